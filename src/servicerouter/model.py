@@ -1,0 +1,165 @@
+"""The desired state: what HAProxy should route, as frozen values with no I/O.
+
+An :class:`App` has :class:`Task`\\ s and :class:`Service`\\ s (one per service
+port). A service's :class:`Endpoint`\\ s are derived from the app's tasks by
+:func:`endpoints`, so a task update (the event fast path) replaces one task and
+every service of the app sees it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Mesos task states (as Marathon reports them).
+TASK_RUNNING = "TASK_RUNNING"
+TASK_KILLING = "TASK_KILLING"
+TERMINAL_STATES = frozenset(
+    {
+        "TASK_FINISHED",
+        "TASK_FAILED",
+        "TASK_KILLED",
+        "TASK_ERROR",
+        "TASK_DROPPED",
+        "TASK_GONE",
+        "TASK_GONE_BY_OPERATOR",
+        "TASK_UNKNOWN",
+        "TASK_LOST",
+    }
+)
+
+
+class Health(enum.Enum):
+    """A task's Marathon health: NONE when it has no health check results."""
+
+    NONE = "none"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class NetworkMode(enum.Enum):
+    """How a task's backend address is found (marathon-api.md, "Which address")."""
+
+    HOST = "host"  # task.host + task.ports[i]
+    BRIDGE = "bridge"  # task.host + task.ports[i] (host port of mapping i)
+    CONTAINER = "container"  # task.ipAddresses[0] + container port i
+
+
+class Mode(enum.Enum):
+    TCP = "tcp"
+    HTTP = "http"
+
+
+class EndpointState(enum.Enum):
+    """What HAProxy should do with an endpoint: the slot's admin state."""
+
+    READY = "ready"
+    DRAIN = "drain"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-service options, from ``HAPROXY_*`` labels (see :mod:`labels`).
+
+    Everything here either lives in the rendered frontend/backend (a change
+    needs a reload) or selects the service (``enabled``, ``groups``).
+    """
+
+    enabled: bool = True
+    groups: tuple[str, ...] = ()
+    mode: Mode = Mode.TCP
+    balance: str = "roundrobin"
+    bind_address: str = "*"
+    vhosts: tuple[str, ...] = ()
+    path: str | None = None
+    sticky: bool = False
+    redirect_to_https: bool = False
+    ssl_cert: str | None = None
+    # Derived from the app's Marathon health check for this port index.
+    health_check_path: str | None = None  # HTTP path, or None for a TCP check
+    health_check: bool = False
+    health_check_interval_ms: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One service port of an app: a frontend and a backend in HAProxy."""
+
+    app_id: str
+    index: int
+    port: int  # the service port HAProxy binds; 0 = none (no frontend)
+    options: Options = field(default_factory=Options)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.app_id, self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One Marathon task, with the backend address of each service port index.
+
+    ``ports[i]`` is the port of service index ``i`` on ``ip``: the host port for
+    host and bridge networking, the container port for IP-per-task.
+    """
+
+    id: str
+    app_id: str
+    ip: str | None  # None when the host name could not be resolved
+    ports: tuple[int, ...]
+    state: str
+    health: Health = Health.NONE
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A task's address for one service, and what HAProxy should do with it."""
+
+    task_id: str
+    ip: str
+    port: int
+    state: EndpointState = EndpointState.READY
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    id: str
+    version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    network: NetworkMode = NetworkMode.HOST
+    container_ports: tuple[int, ...] = ()  # for NetworkMode.CONTAINER
+    has_health_checks: bool = False
+    services: tuple[Service, ...] = ()
+    tasks: tuple[Task, ...] = ()
+
+
+def endpoint_state(task: Task, has_health_checks: bool, health_check: bool) -> EndpointState | None:
+    """The routing rule (documented in the README).
+
+    - ``TASK_RUNNING`` is routed; when the app has Marathon health checks and
+      health checking is on, only once all its results are alive.
+    - ``TASK_KILLING`` stays in its slot but drains.
+    - Anything else (staging, starting, unreachable, terminal) is not routed.
+    """
+    if task.ip is None:
+        return None
+    if task.state == TASK_RUNNING:
+        if health_check and has_health_checks and task.health is not Health.HEALTHY:
+            return None
+        return EndpointState.READY
+    if task.state == TASK_KILLING:
+        return EndpointState.DRAIN
+    return None
+
+
+def endpoints(app: App, service: Service, health_check: bool = True) -> tuple[Endpoint, ...]:
+    """The endpoints HAProxy should have for ``service``, in task order."""
+    out = []
+    for task in app.tasks:
+        state = endpoint_state(task, app.has_health_checks, health_check)
+        if state is None or service.index >= len(task.ports) or task.ip is None:
+            continue
+        out.append(Endpoint(task.id, task.ip, task.ports[service.index], state))
+    return tuple(out)
