@@ -1,0 +1,147 @@
+"""Layout + slot table → ``haproxy.cfg``, through the Jinja2 templates. Pure.
+
+The templates live in the top-level ``templates/`` folder (shipped inside the
+wheel as ``servicerouter/templates``). ``--templates DIR`` puts an operator's
+folder in front: any file found there replaces the built-in one.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .. import __version__
+from ..layout import BackendShape, Layout, Settings, SlotTable
+from ..model import Endpoint, EndpointState
+from ..naming import slot_name
+
+FREE_SLOT_ADDRESS = "127.0.0.1:1"
+
+
+class TemplateError(ValueError):
+    """A template that cannot be loaded or rendered; names the file and line."""
+
+
+def builtin_templates() -> Path:
+    """The packaged templates (wheel), or the repository's (editable install)."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "templates"
+    if packaged.is_dir():
+        return packaged
+    return here.parent.parent / "templates"
+
+
+def hostport(ip: str, port: int) -> str:
+    """An address as HAProxy parses it: ``1.2.3.4:80``, ``*:80``, ``ipv6@::1:80``."""
+    if ip in ("*", ""):
+        return f"*:{port}"
+    if isinstance(ipaddress.ip_address(ip), ipaddress.IPv6Address):
+        return f"ipv6@{ip}:{port}"
+    return f"{ip}:{port}"
+
+
+def server_params(shape: BackendShape, slot: str) -> str:
+    """Keywords every server of a backend carries (also used by ``add server``)."""
+    opts = shape.service.options
+    params = []
+    if opts.health_check:
+        params += ["check", "inter", str(opts.health_check_interval_ms)]
+    if opts.sticky:
+        params += ["cookie", slot]
+    return "".join(f" {p}" for p in params)
+
+
+@dataclass(frozen=True, slots=True)
+class _Server:
+    name: str
+    address: str
+    disabled: bool
+    params: str
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(list(template_dirs)),
+        autoescape=False,  # noqa: S701 - HAProxy config, not HTML; values are validated
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def _servers(shape: BackendShape, slots: Sequence[Endpoint | None]) -> list[_Server]:
+    out = []
+    for i in range(shape.slots):
+        name = slot_name(i + 1)
+        held = slots[i] if i < len(slots) else None
+        if held is None:
+            out.append(_Server(name, FREE_SLOT_ADDRESS, True, server_params(shape, name)))
+        else:
+            # A draining endpoint starts disabled; the post-reload reconcile
+            # sets it to drain (there is no config keyword for drain).
+            draining = held.state is EndpointState.DRAIN
+            out.append(_Server(name, hostport(held.ip, held.port), draining,
+                               server_params(shape, name)))
+    return out
+
+
+def _backend_context(shape: BackendShape, slots: Sequence[Endpoint | None]) -> dict[str, Any]:
+    opts = shape.service.options
+    return {
+        "name": shape.name,
+        "app_id": shape.app_id,
+        "port": shape.service.port,
+        "bind": opts.bind_address,
+        "mode": opts.mode.value,
+        "balance": opts.balance,
+        "ssl_cert": opts.ssl_cert,
+        "sticky": opts.sticky,
+        "httpchk": opts.health_check_path if opts.health_check else None,
+        "servers": _servers(shape, slots),
+        "options": opts,
+    }
+
+
+def _vhost_routes(layout: Layout) -> list[dict[str, Any]]:
+    routes = []
+    for name, shape in sorted(layout.items()):
+        opts = shape.service.options
+        if opts.vhosts:
+            routes.append({"acl": f"host_{name}", "backend": name, "hosts": opts.vhosts,
+                           "path": opts.path, "redirect_to_https": opts.redirect_to_https})
+    # Longer paths first, so /api/v2 wins over /api for the same host.
+    routes.sort(key=lambda r: -len(r["path"] or ""))
+    return routes
+
+
+def render(layout: Layout, table: SlotTable, settings: Settings,
+           templates: str | Path | None = None) -> str:
+    """The complete ``haproxy.cfg`` text. Raises :class:`TemplateError`."""
+    dirs = ((str(templates),) if templates else ()) + (str(builtin_templates()),)
+    routes = _vhost_routes(layout)
+    certs = list(dict.fromkeys([*settings.ssl_certs, *(
+        s.service.options.ssl_cert for s in layout.values()
+        if s.service.options.vhosts and s.service.options.ssl_cert)]))
+    context = {
+        "version": __version__,
+        "settings": settings,
+        "backends": [_backend_context(layout[n], table.get(n, [])) for n in sorted(layout)],
+        "vhost_routes": routes,
+        "certs": certs,
+        "hostport": hostport,
+    }
+    try:
+        return _environment(dirs).get_template("haproxy.cfg.j2").render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}"
+                            ) from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"templates in {' then '.join(dirs)}: {exc}") from None

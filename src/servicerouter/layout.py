@@ -1,0 +1,144 @@
+"""The shape of the HAProxy configuration, and the slot table.
+
+The *layout* is everything a reload decides: which backends exist, their
+frontend options and how many server slots each has. The *slot table* is
+what each slot holds right now; it changes at runtime, through the stats
+socket, without a reload. Both are plain values: the engine owns them, the
+planner computes changes to them, and render turns them into ``haproxy.cfg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .model import App, Endpoint, EndpointState, Service, endpoints
+from .naming import capacity, service_name
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Operator settings that shape the rendered config (flags of ``render``/``run``)."""
+
+    socket_path: str = "/run/haproxy/admin.sock"
+    stats_port: int = 9090
+    stats_address: str = "127.0.0.1"
+    http_port: int = 80
+    https_port: int = 443
+    ssl_certs: tuple[str, ...] = ()
+    slots_min_free: int = 4
+    slots_increment: int = 8
+    health_check: bool = True
+    groups: tuple[str, ...] = ()  # empty: every app
+    hard_stop_after: str = "5m"
+    maxconn: int = 0  # 0: HAProxy's own default
+
+
+@dataclass(frozen=True, slots=True)
+class BackendShape:
+    """One service as it appears in the config: frontend + backend with N slots."""
+
+    name: str
+    service: Service
+    slots: int
+
+    @property
+    def app_id(self) -> str:
+        return self.service.app_id
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether ``add server`` works here (HAProxy 2.6: not static-rr, not hashing)."""
+        return self.service.options.balance not in ("static-rr", "source")
+
+
+# A slot holds an endpoint or nothing (a free slot: disabled, 127.0.0.1:1).
+SlotTable = dict[str, list[Endpoint | None]]
+Layout = dict[str, BackendShape]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredService:
+    service: Service
+    endpoints: tuple[Endpoint, ...]
+
+
+def selected(service: Service, settings: Settings) -> bool:
+    """Whether a service gets a frontend: enabled, in a selected group, with a port."""
+    if not service.options.enabled or not service.port:
+        return False
+    if not settings.groups:
+        return True
+    return any(g in settings.groups for g in service.options.groups)
+
+
+def desired_services(app: App, settings: Settings) -> dict[str, DesiredService]:
+    """Backend name → desired service and endpoints, for one app."""
+    out = {}
+    for service in app.services:
+        if selected(service, settings):
+            name = service_name(app.id, service.port, service.index)
+            out[name] = DesiredService(service, endpoints(app, service, settings.health_check))
+    return out
+
+
+def desired_state(apps: Iterable[App], settings: Settings) -> dict[str, DesiredService]:
+    out: dict[str, DesiredService] = {}
+    for app in apps:
+        out.update(desired_services(app, settings))
+    return out
+
+
+def fill_slots(
+    want: tuple[Endpoint, ...], current: list[Endpoint | None] | None, size: int
+) -> list[Endpoint | None]:
+    """Place endpoints into ``size`` slots, keeping each task in the slot it has.
+
+    Used when (re)building the layout; ``size`` must be at least ``len(want)``.
+    """
+    slots: list[Endpoint | None] = [None] * size
+    placed: set[str] = set()
+    by_task = {e.task_id: e for e in want}
+    for i, held in enumerate(current or ()):
+        if held is not None and held.task_id in by_task and i < size:
+            slots[i] = by_task[held.task_id]
+            placed.add(held.task_id)
+    free = (i for i, s in enumerate(slots) if s is None)
+    for e in want:
+        if e.task_id not in placed:
+            slots[next(free)] = e
+    return slots
+
+
+def build_layout(
+    desired: Mapping[str, DesiredService], previous: SlotTable, settings: Settings
+) -> tuple[Layout, SlotTable]:
+    """A fresh layout for ``desired``, keeping tasks in their current slots.
+
+    Capacity: the endpoints plus at least ``slots_min_free`` free slots, in
+    whole ``slots_increment`` blocks, and never below the highest slot a
+    kept task occupies (so nothing moves).
+    """
+    layout: Layout = {}
+    table: SlotTable = {}
+    for name, d in sorted(desired.items()):
+        current = previous.get(name) or []
+        wanted = {e.task_id for e in d.endpoints}
+        highest = max((i + 1 for i, s in enumerate(current)
+                       if s is not None and s.task_id in wanted), default=0)
+        size = max(capacity(len(d.endpoints), settings.slots_min_free, settings.slots_increment),
+                   highest)
+        layout[name] = BackendShape(name, d.service, size)
+        table[name] = fill_slots(d.endpoints, current, size)
+    return layout, table
+
+
+def slot_counts(table: SlotTable) -> tuple[int, int]:
+    """(used, free) slots over all backends."""
+    used = sum(1 for slots in table.values() for s in slots if s is not None)
+    total = sum(len(slots) for slots in table.values())
+    return used, total - used
+
+
+def is_draining(e: Endpoint | None) -> bool:
+    return e is not None and e.state is EndpointState.DRAIN

@@ -1,0 +1,292 @@
+"""Marathon JSON (current 1.5+ and legacy ≤1.4) into the model. Pure.
+
+Handles host networking, ``container/bridge`` (and legacy
+``docker.network: BRIDGE``) and IP-per-task (``networks[].mode: container``
+and legacy ``ipAddress.discovery.ports``). Explicit ``null`` is treated as
+absent everywhere. A malformed app becomes an :class:`AppError` naming the
+app and the field; it never stops the other apps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..labels import LabelError, parse_labels, parse_path
+from ..model import App, Health, NetworkMode, Options, Service, Task
+
+# host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
+Resolver = Callable[[str], "str | None"]
+
+
+class PayloadError(ValueError):
+    """The response as a whole is unusable (not JSON, no ``apps`` list)."""
+
+
+class AppParseError(ValueError):
+    def __init__(self, field_name: str, problem: str) -> None:
+        self.field = field_name
+        super().__init__(f"field {field_name}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class AppError:
+    app_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"app {self.app_id}: {self.message}"
+
+
+@dataclass
+class ParseResult:
+    apps: list[App] = field(default_factory=list)
+    errors: list[AppError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _get(obj: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
+    """``obj[key]``, treating a missing object, a missing key and null alike."""
+    if not isinstance(obj, Mapping):
+        return default
+    value = obj.get(key)
+    return default if value is None else value
+
+
+def _list(obj: Mapping[str, Any] | None, key: str, where: str) -> list[Any]:
+    value = _get(obj, key, [])
+    if not isinstance(value, list):
+        raise AppParseError(where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AppParseError(where, f"expected an integer, got {value!r}")
+    return value
+
+
+def network_mode(app: Mapping[str, Any]) -> NetworkMode:
+    networks = _list(app, "networks", "networks")
+    if networks:
+        mode = _get(networks[0], "mode", "host")
+        if mode == "container/bridge":
+            return NetworkMode.BRIDGE
+        if mode == "container":
+            return NetworkMode.CONTAINER
+        if mode == "host":
+            return NetworkMode.HOST
+        raise AppParseError("networks[0].mode", f"unknown network mode {mode!r}")
+    if _get(app, "ipAddress") is not None:
+        return NetworkMode.CONTAINER
+    docker_net = _get(_get(_get(app, "container"), "docker"), "network")
+    if docker_net == "BRIDGE":
+        return NetworkMode.BRIDGE
+    if docker_net == "USER":
+        return NetworkMode.CONTAINER
+    return NetworkMode.HOST
+
+
+def _port_mappings(app: Mapping[str, Any]) -> tuple[list[Any], str]:
+    container = _get(app, "container")
+    mappings = _list(container, "portMappings", "container.portMappings")
+    if mappings:
+        return mappings, "container.portMappings"
+    return (_list(_get(container, "docker"), "portMappings", "container.docker.portMappings"),
+            "container.docker.portMappings")
+
+
+def service_ports(app: Mapping[str, Any], mode: NetworkMode) -> tuple[list[int], list[int]]:
+    """(service port per index, container port per index for IP-per-task)."""
+    if mode is not NetworkMode.HOST:
+        mappings, where = _port_mappings(app)
+        if mappings:
+            svc = [_int(_get(m, "servicePort", 0), f"{where}[{i}].servicePort")
+                   for i, m in enumerate(mappings)]
+            cports = [_int(_get(m, "containerPort", 0), f"{where}[{i}].containerPort")
+                      for i, m in enumerate(mappings)]
+            return svc, cports
+        discovery = _list(_get(_get(app, "ipAddress"), "discovery"), "ports",
+                          "ipAddress.discovery.ports")
+        if discovery:
+            cports = [_int(_get(p, "number", 0), f"ipAddress.discovery.ports[{i}].number")
+                      for i, p in enumerate(discovery)]
+            legacy = _list(app, "ports", "ports")
+            svc = [_int(p, f"ports[{i}]") for i, p in enumerate(legacy)][: len(cports)]
+            return svc + [0] * (len(cports) - len(svc)), cports
+    defs = _list(app, "portDefinitions", "portDefinitions")
+    if defs:
+        return [_int(_get(d, "port", 0), f"portDefinitions[{i}].port")
+                for i, d in enumerate(defs)], []
+    return [_int(p, f"ports[{i}]") for i, p in enumerate(_list(app, "ports", "ports"))], []
+
+
+def task_health(raw_task: Mapping[str, Any], has_health_checks: bool) -> Health:
+    """Healthy when the task has results and every one is alive."""
+    if not has_health_checks:
+        return Health.NONE
+    results = _get(raw_task, "healthCheckResults", [])
+    if not isinstance(results, list) or not results:
+        return Health.NONE
+    for r in results:
+        alive = _get(r, "alive")
+        if alive is None:  # older payloads: compare the timestamps
+            last_ok, last_fail = _get(r, "lastSuccess", ""), _get(r, "lastFailure", "")
+            alive = bool(last_ok) and str(last_ok) > str(last_fail)
+        if not alive:
+            return Health.UNHEALTHY
+    return Health.HEALTHY
+
+
+def task_address(
+    app: App, host: str, ip_addresses: Iterable[Any], ports: Iterable[Any], resolve: Resolver
+) -> tuple[str | None, tuple[int, ...]]:
+    """The backend IP and per-index ports of a task (marathon-api.md, "Which address")."""
+    if app.network is NetworkMode.CONTAINER:
+        ips = [_get(a, "ipAddress") for a in ip_addresses if _get(a, "ipAddress")]
+        v4 = [ip for ip in ips if _get_protocol(ip_addresses, ip) != "IPv6"]
+        ip = (v4 or ips or [None])[0]
+        return ip, app.container_ports
+    return (resolve(host) if host else None), tuple(
+        p for p in ports if isinstance(p, int) and not isinstance(p, bool)
+    )
+
+
+def _get_protocol(ip_addresses: Iterable[Any], ip: str) -> str:
+    for a in ip_addresses:
+        if _get(a, "ipAddress") == ip:
+            return str(_get(a, "protocol", "IPv4"))
+    return "IPv4"
+
+
+def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) -> Task:
+    where = f"tasks[{index}]"
+    task_id = _get(raw, "id")
+    if not isinstance(task_id, str) or not task_id:
+        raise AppParseError(f"{where}.id", "missing")
+    host = _get(raw, "host", "")
+    ip, ports = task_address(app, str(host), _list(raw, "ipAddresses", f"{where}.ipAddresses"),
+                             _list(raw, "ports", f"{where}.ports"), resolve)
+    return Task(
+        id=task_id,
+        app_id=app.id,
+        ip=ip,
+        ports=ports,
+        state=str(_get(raw, "state", "TASK_UNKNOWN")),
+        health=task_health(raw, app.has_health_checks),
+        host=str(host),
+    )
+
+
+def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]]:
+    """One app definition into an :class:`App` and its warnings.
+
+    Raises :class:`AppParseError` or :class:`~servicerouter.labels.LabelError`.
+    """
+    app_id = _get(raw, "id")
+    if not isinstance(app_id, str) or not app_id.startswith("/") or len(app_id) < 2:
+        raise AppParseError("id", f"expected an absolute app id, got {app_id!r}")
+    mode = network_mode(raw)
+    svc_ports, container_ports = service_ports(raw, mode)
+    labels = _get(raw, "labels", {})
+    if not isinstance(labels, Mapping):
+        raise AppParseError("labels", "expected an object")
+    parsed = parse_labels(labels, len(svc_ports))
+    warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
+
+    health_checks = _list(raw, "healthChecks", "healthChecks")
+    services = []
+    for index, port in enumerate(svc_ports):
+        sl = parsed.for_index(index)
+        port = sl.port or port
+        if not port:
+            warnings.append(f"app {app_id}: service port index {index} has no service port "
+                            f"(set label HAPROXY_{index}_PORT); no frontend for it")
+        options = _with_health_check(sl.options, health_checks, index)
+        services.append(Service(app_id, index, port, options))
+
+    app = App(
+        id=app_id,
+        version=str(_get(raw, "version", "")),
+        labels={str(k): str(v) for k, v in labels.items()},
+        network=mode,
+        container_ports=tuple(container_ports),
+        has_health_checks=any(_get(h, "protocol") != "COMMAND" for h in health_checks),
+        services=tuple(services),
+    )
+    tasks = tuple(parse_task(app, t, resolve, i)
+                  for i, t in enumerate(_list(raw, "tasks", "tasks")))
+    return replace(app, tasks=tasks), warnings
+
+
+def _with_health_check(options: Options, health_checks: list[Any], index: int) -> Options:
+    """Mirror the app's Marathon health check for this port index in HAProxy."""
+    for hc in health_checks:
+        if _get(hc, "portIndex", 0) != index or _get(hc, "port") is not None:
+            continue
+        protocol = str(_get(hc, "protocol", "HTTP"))
+        interval = int(_get(hc, "intervalSeconds", 2) or 2) * 1000
+        if protocol in ("HTTP", "MESOS_HTTP"):
+            try:
+                path = parse_path("healthChecks.path", str(_get(hc, "path", "/")))
+            except LabelError:
+                path = "/"
+            return replace(options, health_check=True, health_check_path=path,
+                           health_check_interval_ms=interval)
+        if protocol in ("TCP", "MESOS_TCP", "HTTPS", "MESOS_HTTPS"):
+            return replace(options, health_check=True, health_check_interval_ms=interval)
+    return options
+
+
+def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
+    """A ``/v2/apps`` response into apps, per-app errors and warnings.
+
+    Raises :class:`PayloadError` (naming ``source``) when the payload as a
+    whole is unusable, so the caller writes nothing.
+    """
+    apps_raw = payload.get("apps") if isinstance(payload, Mapping) else None
+    if not isinstance(apps_raw, list):
+        raise PayloadError(f"{source}: response has no 'apps' list")
+    result = ParseResult()
+    seen: set[str] = set()
+    for i, raw in enumerate(apps_raw):
+        app_id = _get(raw, "id", f"<apps[{i}]>")
+        try:
+            app, warnings = parse_app(raw, resolve)
+        except (AppParseError, LabelError) as exc:
+            result.errors.append(AppError(str(app_id), f"{exc}; app skipped, others applied"))
+            continue
+        if app.id in seen:
+            result.errors.append(AppError(app.id, "listed twice; second copy skipped"))
+            continue
+        seen.add(app.id)
+        result.apps.append(app)
+        result.warnings.extend(warnings)
+    return result
+
+
+def task_from_event(app: App, event: Mapping[str, Any], resolve: Resolver,
+                    previous: Task | None) -> Task:
+    """A ``status_update_event`` into a :class:`Task` of ``app`` (the fast path).
+
+    The event carries no health results; a task keeps the health it had, and
+    a new task of a health-checked app starts with none (not yet routable).
+    """
+    ip, ports = task_address(app, str(_get(event, "host", "")), _get(event, "ipAddresses", []),
+                             _get(event, "ports", []), resolve)
+    return Task(
+        id=str(event["taskId"]),
+        app_id=app.id,
+        ip=ip,
+        ports=ports,
+        state=str(_get(event, "taskStatus", "TASK_UNKNOWN")),
+        health=previous.health if previous else Health.NONE,
+        host=str(_get(event, "host", "")),
+    )
+
+
+def instance_of(task_id: str) -> str:
+    """The instance id of a task id (current ``<instance>._app.<n>``; legacy: itself)."""
+    head, sep, _ = task_id.rpartition("._app.")
+    return head if sep else task_id

@@ -1,0 +1,55 @@
+"""Stable, readable, unique HAProxy names for services and slots.
+
+``/shop/web`` on service port 10001 becomes ``shop_web_10001``: path segments
+are joined with ``_``. To keep the mapping one-to-one, an ``_`` inside a
+segment is doubled and any character HAProxy does not allow in a proxy name is
+written as ``:xx`` (its hex code), so ``/a/b_c`` → ``a_b__c`` and ``/a_b/c`` →
+``a__b_c`` never collide.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ALLOWED = re.compile(r"[A-Za-z0-9.-]")
+SLOT_PREFIX = "s"
+
+
+def _escape_segment(segment: str) -> str:
+    out = []
+    for ch in segment:
+        if ch == "_":
+            out.append("__")
+        elif _ALLOWED.match(ch):
+            out.append(ch)
+        else:
+            out.extend(f":{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def service_name(app_id: str, port: int, index: int = 0) -> str:
+    """The frontend/backend name of an app's service port.
+
+    Services without a service port (``port == 0``) are named by index
+    (``app_idx1``) so they stay unique.
+    """
+    base = "_".join(_escape_segment(s) for s in app_id.strip("/").split("/"))
+    return f"{base}_{port}" if port else f"{base}_idx{index}"
+
+
+def slot_name(number: int) -> str:
+    """Slot names are fixed at config time: s1, s2, ..."""
+    return f"{SLOT_PREFIX}{number}"
+
+
+def slot_number(name: str) -> int | None:
+    if name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX):].isdigit():
+        return int(name[len(SLOT_PREFIX):])
+    return None
+
+
+def capacity(used: int, min_free: int, increment: int) -> int:
+    """Slots for a backend: room for ``used`` plus ``min_free``, in whole increments."""
+    need = max(used + min_free, 1)
+    step = max(increment, 1)
+    return -(-need // step) * step
