@@ -69,7 +69,7 @@ class _Server:
 def _environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(list(template_dirs)),
-        autoescape=False,  # noqa: S701 - HAProxy config, not HTML; values are validated
+        autoescape=False,  # HAProxy config, not HTML; every value is validated first
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
