@@ -1,0 +1,211 @@
+"""SSEParser and decode_frame on Marathon's wire format: CRLF frames, bare-CRLF heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+from httpx_sse import EventSource
+
+from servicerouter.marathon.events import (
+    DEFAULT_EVENT_TYPES,
+    SSEParser,
+    decode_frame,
+    reconnect_delays,
+)
+
+TASK = "nginx-bridge.instance-1883a887-7b50-11eb-9836-026ee08d9f6f._app.1"
+INSTANCE = "nginx-bridge.instance-1883a887-7b50-11eb-9836-026ee08d9f6f"
+PLAN = {
+    "id": "5c4a1b36-2f0e-4a7a-a0c9-3f9b3f2f6a10",
+    "steps": [{"actions": [{"action": "StartApplication", "app": "/nginx-bridge"}]}],
+    "version": "2021-03-02T08:11:40.004Z",
+}
+
+
+def status(state: str, ips: list[dict[str, str]]) -> dict[str, object]:
+    return {
+        "slaveId": "1f09399d-0cb0-4484-afd7-f08e99d2acbb-S1",
+        "taskId": TASK,
+        "taskStatus": state,
+        "message": "",
+        "appId": "/nginx-bridge",
+        "host": "10.0.6.25",
+        "ipAddresses": ips,
+        "ports": [16916, 16917],
+        "version": "2021-03-02T08:11:40.004Z",
+        "eventType": "status_update_event",
+        "timestamp": "2021-03-02T08:11:41.700Z",
+    }
+
+
+def frame(name: str, payload: dict[str, object]) -> bytes:
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return b"event: " + name.encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+
+
+HEARTBEAT = b"\r\n"
+
+# Byte-for-byte the shape of a Marathon 1.x stream: the first frame is verbatim.
+ATTACHED = (
+    b"event: event_stream_attached\r\n"
+    b'data: {"remoteAddress":"10.0.5.20","eventType":"event_stream_attached",'
+    b'"timestamp":"2021-03-02T08:11:30.061Z"}\r\n'
+    b"\r\n"
+)
+EXPECTED = [
+    "event_stream_attached",
+    "api_post_event",
+    "group_change_success",
+    "deployment_info",
+    "status_update_event",
+    "status_update_event",
+    "status_update_event",
+    "instance_health_changed_event",
+    "deployment_success",
+]
+WIRE = b"".join(
+    [
+        ATTACHED,
+        frame(
+            "api_post_event",
+            {
+                "clientIp": "10.0.5.31",
+                "uri": "/v2/apps",
+                "appDefinition": {
+                    "id": "/nginx-bridge",
+                    "instances": 2,
+                    "labels": {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": "nginx.example.com"},
+                    "container": {"type": "DOCKER", "docker": {"image": "nginx:1.19"}},
+                    "networks": [{"mode": "container/bridge"}],
+                    "version": "2021-03-02T08:11:40.004Z",
+                },
+                "eventType": "api_post_event",
+                "timestamp": "2021-03-02T08:11:40.010Z",
+            },
+        ),
+        frame(
+            "group_change_success",
+            {
+                "groupId": "/",
+                "version": "2021-03-02T08:11:40.004Z",
+                "eventType": "group_change_success",
+            },
+        ),
+        frame("deployment_info", {"plan": PLAN, "currentStep": PLAN["steps"][0]}),
+        frame("status_update_event", status("TASK_STAGING", [])),
+        frame("status_update_event", status("TASK_STARTING", [])),
+        HEARTBEAT,
+        frame(
+            "status_update_event",
+            status("TASK_RUNNING", [{"ipAddress": "172.17.0.4", "protocol": "IPv4"}]),
+        ),
+        frame(
+            "instance_health_changed_event",
+            {"instanceId": INSTANCE, "runSpecId": "/nginx-bridge", "healthy": True},
+        ),
+        frame("deployment_success", {"id": PLAN["id"], "plan": PLAN}),
+        HEARTBEAT,
+        HEARTBEAT,
+    ]
+)
+
+
+def parse_all(chunks: list[bytes]) -> list[tuple[str, bytes]]:
+    parser = SSEParser()
+    frames: list[tuple[str, bytes]] = []
+    for chunk in chunks:
+        frames.extend(parser.feed(chunk))
+    return frames
+
+
+def test_wire_bytes_parse_into_frames_and_heartbeats_are_ignored() -> None:
+    frames = parse_all([WIRE])
+    assert [name for name, _ in frames] == EXPECTED
+    for _, data in frames:
+        assert not data.endswith(b"\r")
+        json.loads(data)
+    assert json.loads(frames[0][1])["remoteAddress"] == "10.0.5.20"
+
+
+def test_heartbeats_alone_produce_nothing() -> None:
+    assert parse_all([HEARTBEAT] * 50) == []
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1000])
+def test_any_chunking_gives_the_same_frames(size: int) -> None:
+    chunks = [WIRE[i : i + size] for i in range(0, len(WIRE), size)]
+    assert parse_all(chunks) == parse_all([WIRE])
+
+
+def test_split_at_every_position_including_between_cr_and_lf() -> None:
+    whole = parse_all([WIRE[:600]])
+    for cut in range(600):
+        assert parse_all([WIRE[:cut], WIRE[cut:600]]) == whole
+
+
+async def test_agrees_with_httpx_sse() -> None:
+    """httpx-sse (0.4.3) also handles CRLF and heartbeats: same frames, same data."""
+    response = httpx.Response(
+        200, headers={"Content-Type": "text/event-stream;charset=UTF-8"}, content=WIRE
+    )
+    theirs = [(e.event, e.data) async for e in EventSource(response).aiter_sse()]
+    assert [(n, d.decode()) for n, d in parse_all([WIRE])] == theirs
+
+
+def test_lf_only_multiline_data_and_comments() -> None:
+    wire = b': comment\nevent: x\ndata: {"a":\ndata: 1}\nid: 7\nretry: 10\n\n'
+    assert parse_all([wire]) == [("x", b'{"a":\n1}')]
+
+
+def test_event_line_without_data_dispatches_nothing_and_resets() -> None:
+    assert parse_all([b"event: lonely\r\n\r\ndata: {}\r\n\r\n"]) == [("message", b"{}")]
+
+
+def test_overlong_line_is_refused() -> None:
+    parser = SSEParser(max_line=10)
+    with pytest.raises(ValueError, match="longer than 10 bytes"):
+        parser.feed(b"data: " + b"x" * 20)
+
+
+def test_decode_frame_skips_malformed_json_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="servicerouter.marathon.events"):
+        assert decode_frame("http://m1:8080", "status_update_event", b"{not json", 1.0) is None
+        assert decode_frame("http://m1:8080", "app_terminated_event", b"[1, 2]", 1.0) is None
+    assert "status_update_event" in caplog.records[0].getMessage()
+    assert "http://m1:8080" in caplog.records[0].getMessage()
+    assert "app_terminated_event" in caplog.records[1].getMessage()
+
+
+def test_decode_frame_builds_the_event() -> None:
+    event = decode_frame("u", "app_terminated_event", b'{"appId":"/a"}', 12.5)
+    assert event is not None
+    assert (event.type, event.data, event.received_at) == (
+        "app_terminated_event",
+        {"appId": "/a"},
+        12.5,
+    )
+    unnamed = decode_frame("u", "message", b'{"eventType":"deployment_failed"}', 0.0)
+    assert unnamed is not None and unnamed.type == "deployment_failed"
+    unknown = decode_frame("u", "brand_new_event", b"{}", 0.0)
+    assert unknown is not None and unknown.type == "brand_new_event"
+
+
+def test_default_event_types() -> None:
+    assert "status_update_event" in DEFAULT_EVENT_TYPES
+    assert len(set(DEFAULT_EVENT_TYPES)) == len(DEFAULT_EVENT_TYPES)
+
+
+def test_reconnect_delays_double_to_the_cap_with_jitter() -> None:
+    no_jitter = reconnect_delays(rand=lambda: 0.0)
+    assert [round(next(no_jitter), 3) for _ in range(10)] == [
+        0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0,
+    ]  # fmt: skip
+    full_jitter = reconnect_delays(initial=1.0, maximum=4.0, jitter=0.5, rand=lambda: 1.0)
+    assert [next(full_jitter) for _ in range(4)] == [0.5, 1.0, 2.0, 2.0]
+    for delay, _ in zip(reconnect_delays(), range(100), strict=False):
+        assert 0.05 <= delay <= 10.0
+    with pytest.raises(ValueError):
+        reconnect_delays(initial=0).__next__()
