@@ -234,9 +234,7 @@ class RuntimeClient:
         self, commands: list[str], lines: list[list[int]], results: list[CommandResult | None]
     ) -> str | None:
         """Run one session; fill ``results``; return why it is uncertain, or None."""
-        payload = b"".join(
-            b";".join(commands[i].encode() for i in ln) + b"\n" for ln in lines
-        )
+        payload = b"".join(b";".join(commands[i].encode() for i in ln) + b"\n" for ln in lines)
         data, problem = await self._exchange(b"prompt\n" + payload + b"quit\n")
         order = [i for ln in lines for i in ln]
         replies, exact = split_prompt_replies(data.decode("utf-8", "replace"), len(order))
@@ -269,8 +267,7 @@ class RuntimeClient:
             ) from exc
         except OSError as exc:
             raise RuntimeUnavailable(
-                f"cannot connect to HAProxy runtime socket {self.address}: "
-                f"{exc.strerror or exc}",
+                f"cannot connect to HAProxy runtime socket {self.address}: {exc.strerror or exc}",
                 self.address,
             ) from exc
 

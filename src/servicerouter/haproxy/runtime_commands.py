@@ -86,6 +86,8 @@ def disable_health(backend: str, server: str) -> str:
 
 
 def show_servers_state(backend: str | None = None) -> str:
-    return "show servers state" if backend is None else (
-        f"show servers state {check_name(backend, 'backend name')}"
+    return (
+        "show servers state"
+        if backend is None
+        else (f"show servers state {check_name(backend, 'backend name')}")
     )
