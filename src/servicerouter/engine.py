@@ -1,0 +1,399 @@
+"""The daemon's core: owns state, time and concurrency.
+
+One writer: only :meth:`Engine._apply_loop` talks to HAProxy, so runtime
+commands, reloads and reconciliation never race each other. Everything else
+(the event stream, full resyncs, single-app refetches) only changes the
+in-memory :class:`~servicerouter.state.ClusterState`, marks backends dirty and
+wakes the apply loop, which waits a short coalescing window and then plans and
+applies everything that changed in one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from .haproxy.render import TemplateError, render
+from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
+from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
+from .marathon.client import MarathonClient
+from .marathon.errors import MarathonError
+from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, reconnect_delays
+from .marathon.parse import Resolver, parse_app, parse_apps
+from .metrics import Metrics
+from .planner import Plan, ReloadReason, plan, reconcile
+from .state import ClusterState
+from .sync import EventHandler
+
+log = logging.getLogger("servicerouter.engine")
+
+# When several reasons cause one reload, it is counted under the first of these.
+_REASON_ORDER = [ReloadReason.RUNTIME_ERROR, ReloadReason.NEW_APP, ReloadReason.REMOVED_APP,
+                 ReloadReason.OPTIONS_CHANGED, ReloadReason.CAPACITY, ReloadReason.RESYNC,
+                 ReloadReason.MANUAL]
+ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
+
+
+class Reloader(Protocol):
+    """How HAProxy picks up a new config file: confirmed, or raises ReloadError."""
+
+    async def reload(self) -> None: ...
+
+
+class ConfigWriter(Protocol):
+    """Validates and writes a candidate config (``haproxy -c``, atomic replace)."""
+
+    async def validate(self, text: str) -> tuple[bool, str]: ...
+
+    def write(self, text: str) -> None: ...
+
+    def keep_rejected(self, text: str) -> Path: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    settings: Settings
+    templates: Path | None = None
+    update_strategy: str = "runtime"  # or "reload": every change reloads (for comparison)
+    resync_interval: float = 300.0
+    reconcile_interval: float = 10.0
+    min_reload_interval: float = 1.0
+    coalesce_window: float = 0.002
+    drain_seconds: float = 0.0
+    stall_timeout: float = 30.0
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, marathon: MarathonClient, runtime: RuntimeClient,
+                 writer: ConfigWriter, reloader: Reloader, metrics: Metrics,
+                 resolve: Resolver) -> None:
+        self.config = config
+        self.marathon = marathon
+        self.runtime = runtime
+        self.writer = writer
+        self.reloader = reloader
+        self.metrics = metrics
+        self.resolve = resolve
+        self.state = ClusterState(config.settings)
+        self.layout: Layout = {}
+        self.table: SlotTable = {}
+        self.running_config: str | None = None
+        self.last_reload: tuple[float, str] | None = None  # (unix time, reason)
+        self.last_sync: float | None = None  # unix time of the last good full sync
+        self.haproxy_ok = False
+        self.reloads = 0
+        self.runtime_updates = 0
+        self._dirty: set[str] = set()
+        self._pending: dict[str, str] = {}
+        self._event_times: list[float] = []
+        self._awaiting_reload: list[float] = []
+        self._reconcile_wanted = False
+        self._rejected: str | None = None
+        self._next_reload_at = 0.0
+        self._reload_backoff = 0.0
+        self._wake = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._events = EventHandler(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ready = asyncio.Event()  # set after the first good config is live
+
+    # ---------------------------------------------------------------- inputs
+    def mark(self, dirty: set[str], event_time: float | None = None) -> None:
+        """Record backends that may have changed, and wake the apply loop."""
+        if dirty:
+            self._dirty |= dirty
+            if event_time is not None:
+                self._event_times.append(event_time)
+            self._wake.set()
+
+    def request_reload(self, reason: ReloadReason = ReloadReason.MANUAL) -> None:
+        self._pending["*"] = reason
+        self._wake.set()
+
+    def request_reconcile(self) -> None:
+        self._reconcile_wanted = True
+        self._wake.set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def full_sync(self) -> bool:
+        """Fetch every app, replace the desired state, wake the apply loop."""
+        async with self._sync_lock:
+            started = time.perf_counter()
+            try:
+                fetched = await self.marathon.get_apps()
+                result = parse_apps(fetched.data, fetched.url, self.resolve)
+            except (MarathonError, ValueError) as exc:
+                self.metrics.marathon_up.set(0)
+                log.error("full sync failed: %s; HAProxy keeps its current config", exc)
+                return False
+            self.metrics.marathon_up.set(1)
+            for err in result.errors:
+                log.error("%s", err)
+            self._events.warn_once(result.warnings)
+            dirty = self.state.replace_all(result.apps, keep=[e.app_id for e in result.errors])
+            self._events.after_full_sync()
+            self.mark(dirty)
+            self.last_sync = time.time()
+            self.metrics.last_sync.set(self.last_sync)
+            self.metrics.sync_duration.labels("full").observe(time.perf_counter() - started)
+            log.info("full sync from %s: %d apps, %d services, %d endpoints, %d changed, "
+                     "%.0f ms", fetched.url, len(self.state.apps), len(self.state.desired),
+                     self.state.endpoint_count, len(dirty), 1000 * (time.perf_counter() - started))
+            return True
+
+    async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:
+        try:
+            raw = await self.marathon.get_app(app_id)
+        except MarathonError as exc:
+            log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
+            self.spawn(self.full_sync())
+            return
+        if raw is None:
+            self.mark(self.state.remove_app(app_id), event_time)
+            return
+        try:
+            app, warnings = parse_app(raw, self.resolve)
+        except ValueError as exc:
+            log.error("app %s: %s; app keeps its last good state, others applied", app_id, exc)
+            return
+        self._events.warn_once(warnings)
+        self.mark(self.state.set_app(app), event_time)
+
+    def on_event(self, event: MarathonEvent) -> None:
+        self._events.handle(event)
+
+    # ------------------------------------------------------------- the loops
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set. The first full sync is retried with backoff."""
+        delays = reconnect_delays(initial=0.5, maximum=15.0)
+        while not stop.is_set() and not await self.full_sync():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), next(delays))
+        if stop.is_set():
+            return
+        self.request_reload(ReloadReason.RESYNC)  # the first config, from nothing
+        loops = [self._apply_loop(stop), self._event_loop(stop), self._timer_loop(stop)]
+        runners = [asyncio.ensure_future(c) for c in loops]
+        try:
+            await stop.wait()
+        finally:
+            for r in [*runners, *self._tasks]:
+                r.cancel()
+            await asyncio.gather(*runners, *self._tasks, return_exceptions=True)
+
+    async def _event_loop(self, stop: asyncio.Event) -> None:
+        delays = reconnect_delays()
+        first = True
+        while not stop.is_set():
+            try:
+                stream = EventStream(self.marathon, self.config.event_types,
+                                     stall_timeout=self.config.stall_timeout)
+                async with stream:
+                    log.info("event stream attached to %s", stream.url)
+                    if not first:
+                        self.metrics.stream_reconnects.inc()
+                        self.spawn(self.full_sync())  # events may have been missed
+                    first = False
+                    delays = reconnect_delays()
+                    async for event in stream:
+                        self.on_event(event)
+            except MarathonError as exc:
+                log.warning("event stream: %s; reconnecting", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), next(delays))
+
+    async def _timer_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        next_resync = time.monotonic() + cfg.resync_interval
+        next_reconcile = time.monotonic() + cfg.reconcile_interval
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_resync:
+                next_resync = now + cfg.resync_interval
+                self.spawn(self.full_sync())
+            if now >= next_reconcile:
+                next_reconcile = now + cfg.reconcile_interval
+                self.request_reconcile()
+            self._events.expire_drains()
+            wait = min(next_resync, next_reconcile, self._events.next_deadline()) - now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(wait, 0.05))
+
+    async def _apply_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            timeout = None
+            if self._pending:
+                timeout = max(self._next_reload_at - time.monotonic(), 0.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if self.config.coalesce_window:
+                await asyncio.sleep(self.config.coalesce_window)
+            try:
+                await self.step()
+            except Exception:  # a bug must not stop routing; the next step retries
+                log.exception("apply step failed")
+                self.request_reconcile()
+
+    # ------------------------------------------------------------ one step
+    async def step(self) -> None:
+        """Plan and apply everything marked dirty; reload if needed and allowed."""
+        dirty, self._dirty = self._dirty, set()
+        events, self._event_times = self._event_times, []
+        started = time.perf_counter()
+        if dirty:
+            p = plan(self.layout, self.table, self.state.desired, dirty)
+            if self.config.update_strategy == "reload" and p.commands:
+                p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
+            if p.commands:
+                if await self._execute(p.commands):
+                    self._commit(p)
+                    now = time.monotonic()
+                    for t in events:
+                        self.metrics.event_to_apply.observe(now - t)
+                    self.metrics.sync_duration.labels("incremental").observe(
+                        time.perf_counter() - started)
+                else:
+                    self._pending.update(dict.fromkeys(p.slots, ReloadReason.RUNTIME_ERROR))
+            if p.reload:
+                self._pending.update(p.reload)
+                self._awaiting_reload.extend(events)
+        if self._pending and time.monotonic() >= self._next_reload_at:
+            await self._reload()
+        if self._reconcile_wanted and not self._pending:
+            self._reconcile_wanted = False
+            await self.reconcile()
+        self._update_gauges()
+
+    def _commit(self, p: Plan) -> None:
+        self.table.update(p.slots)
+        for name, size in p.grown.items():
+            self.layout[name] = replace(self.layout[name], slots=size)
+        self.runtime_updates += len(p.slots)
+
+    async def _execute(self, commands: list[str]) -> bool:
+        """Send commands in batches; False if any failed or its outcome is unknown."""
+        self.metrics.count_commands(commands)
+        try:
+            results = await self.runtime.execute(commands)
+        except HAProxyRuntimeError as exc:
+            self.haproxy_ok = False
+            self.metrics.haproxy_up.set(0)
+            self.metrics.runtime_errors.inc(len(commands))
+            log.error("runtime API: %s; HAProxy's state is restored by a reload", exc)
+            return False
+        self.haproxy_ok = True
+        self.metrics.haproxy_up.set(1)
+        self.metrics.runtime_batches.inc()
+        failed = [r for r in results if not r.ok]
+        for r in failed[:10]:
+            log.error("runtime command %r failed: %s", r.command, r.reply.strip() or r.status)
+        self.metrics.runtime_errors.inc(len(failed))
+        return not failed
+
+    def _primary_reason(self) -> str:
+        reasons = {str(r) for r in self._pending.values()}
+        return next((r.value for r in _REASON_ORDER if r.value in reasons), min(reasons))
+
+    async def _reload(self) -> bool:
+        """Render all of the desired state, validate, write, reload, reconcile."""
+        reason = self._primary_reason()
+        started = time.perf_counter()
+        layout, table = build_layout(self.state.desired, self.table, self.config.settings)
+        try:
+            text = render(layout, table, self.config.settings, self.config.templates)
+        except TemplateError as exc:
+            return self._reload_failed("validate", f"{exc}; the running config keeps serving")
+        if text == self._rejected:
+            return self._reload_failed("validate", None)  # already reported, still invalid
+        ok, output = await self.writer.validate(text)
+        if not ok:
+            self._rejected = text
+            kept = self.writer.keep_rejected(text)
+            return self._reload_failed("validate", f"candidate config rejected by haproxy -c "
+                                       f"(kept at {kept}): {output.strip()}; the running "
+                                       "config keeps serving")
+        try:
+            self.writer.write(text)
+        except OSError as exc:
+            return self._reload_failed("write", f"writing the config failed: {exc}")
+        try:
+            await self.reloader.reload()
+        except Exception as exc:
+            stage = getattr(exc, "stage", "reload")
+            return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
+                                       f"reload failed: {exc}")
+        self.layout, self.table, self.running_config = layout, table, text
+        self._pending.clear()
+        self._dirty.clear()
+        self._rejected = None
+        self._reload_backoff = 0.0
+        self._next_reload_at = time.monotonic() + self.config.min_reload_interval
+        self.reloads += 1
+        self.last_reload = (time.time(), reason)
+        self.metrics.reloads.labels(reason).inc()
+        self.metrics.reload_duration.observe(time.perf_counter() - started)
+        log.info("reloaded HAProxy (%s): %d services, %.0f ms", reason, len(layout),
+                 1000 * (time.perf_counter() - started))
+        await self.reconcile()
+        now = time.monotonic()
+        for t in self._awaiting_reload:
+            self.metrics.event_to_apply.observe(now - t)
+        self._awaiting_reload.clear()
+        self.ready.set()
+        return True
+
+    def _reload_failed(self, stage: str, message: str | None) -> bool:
+        if message:
+            log.error("%s", message)
+            self.metrics.reload_failures.labels(stage).inc()
+        # Back off so a broken config or a dead HAProxy is not retried in a storm;
+        # a new change (new dirty backends) still gets planned meanwhile.
+        self._reload_backoff = min(max(self._reload_backoff * 2, 1.0), 30.0)
+        self._next_reload_at = time.monotonic() + max(self._reload_backoff,
+                                                      self.config.min_reload_interval)
+        return False
+
+    async def reconcile(self) -> None:
+        """Read HAProxy's servers back and repair any difference from the slot table."""
+        if not self.layout:
+            return
+        try:
+            actual = await self.runtime.show_servers_state()
+        except HAProxyRuntimeError as exc:
+            self.haproxy_ok = False
+            self.metrics.haproxy_up.set(0)
+            log.error("reconcile: %s", exc)
+            return
+        self.haproxy_ok = True
+        self.metrics.haproxy_up.set(1)
+        commands, broken = reconcile(self.layout, self.table, actual)
+        if commands:
+            log.warning("reconcile: HAProxy differs from the slot table; sending %d repairs",
+                        len(commands))
+            if not await self._execute(commands):
+                broken.update(dict.fromkeys(self.layout, ReloadReason.RUNTIME_ERROR))
+        if broken:
+            log.warning("reconcile: %d backends missing in HAProxy; reloading", len(broken))
+            self._pending.update(broken)
+            self._wake.set()
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.apps.set(len(self.state.apps))
+        m.services.set(len(self.layout))
+        used, free = slot_counts(self.table)
+        m.endpoints.set(used)
+        m.slots.labels("used").set(used)
+        m.slots.labels("free").set(free)
+

@@ -1,0 +1,88 @@
+"""Prometheus metrics. Names and labels are a contract: operators alert on them.
+
+Totals only, never per-app labels: a cluster has thousands of apps.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from . import __version__
+
+RELOAD_REASONS = ("new_app", "removed_app", "options_changed", "capacity", "runtime_error",
+                  "resync", "manual", "endpoints_changed")
+RELOAD_STAGES = ("validate", "write", "reload", "confirm")
+# 0.5 ms to 10 s, about 2.5x per step.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Every metric servicerouter exports, in one registry (one per daemon)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.reloads = Counter("servicerouter_reloads", "HAProxy reloads, by reason.",
+                               ["reason"], registry=r)
+        self.reload_failures = Counter(
+            "servicerouter_reload_failures", "Reloads that failed, by the stage that failed.",
+            ["stage"], registry=r)
+        self.runtime_commands = Counter(
+            "servicerouter_runtime_commands", "Runtime API commands sent, by command.",
+            ["command"], registry=r)
+        self.runtime_batches = Counter(
+            "servicerouter_runtime_batches", "Batches of runtime commands applied.", registry=r)
+        self.runtime_errors = Counter(
+            "servicerouter_runtime_errors",
+            "Runtime commands that failed or whose outcome is unknown.", registry=r)
+        self.marathon_events = Counter(
+            "servicerouter_marathon_events", "Marathon events received, by type.",
+            ["event_type"], registry=r)
+        self.marathon_requests = Counter(
+            "servicerouter_marathon_requests", "Requests to Marathon, by endpoint and outcome.",
+            ["endpoint", "outcome"], registry=r)
+        self.stream_reconnects = Counter(
+            "servicerouter_marathon_stream_reconnects",
+            "Times the event stream was (re)connected after a failure.", registry=r)
+        self.event_to_apply = Histogram(
+            "servicerouter_event_to_apply_seconds",
+            "From a Marathon event's arrival to HAProxy confirming the change.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.sync_duration = Histogram(
+            "servicerouter_sync_duration_seconds",
+            "Time to bring HAProxy in line with Marathon (full: fetch+parse+plan+apply).",
+            ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.reload_duration = Histogram(
+            "servicerouter_reload_duration_seconds",
+            "Render, validate, write and confirmed reload of HAProxy.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.apps = Gauge("servicerouter_apps", "Marathon apps known.", registry=r)
+        self.services = Gauge("servicerouter_services", "Service ports routed.", registry=r)
+        self.endpoints = Gauge("servicerouter_endpoints", "Endpoints in slots.", registry=r)
+        self.slots = Gauge("servicerouter_slots", "Server slots, used or free.", ["state"],
+                           registry=r)
+        self.marathon_up = Gauge("servicerouter_marathon_up",
+                                 "1 when the last request to Marathon succeeded.", registry=r)
+        self.haproxy_up = Gauge("servicerouter_haproxy_up",
+                                "1 when HAProxy's admin socket answered last time.", registry=r)
+        self.last_sync = Gauge("servicerouter_last_successful_sync_timestamp_seconds",
+                               "Unix time of the last successful full sync.", registry=r)
+        self.build_info = Info("servicerouter_build", "servicerouter version.", registry=r)
+        self.build_info.info({"version": __version__})
+        for reason in RELOAD_REASONS:
+            self.reloads.labels(reason)
+        for stage in RELOAD_STAGES:
+            self.reload_failures.labels(stage)
+        for kind in ("full", "incremental"):
+            self.sync_duration.labels(kind)
+
+    def count_commands(self, commands: list[str]) -> None:
+        """Count commands by verb (``set server addr`` → ``set_server_addr``)."""
+        counts: dict[str, int] = {}
+        for c in commands:
+            words = c.split()
+            verb = "_".join(words[:2] + ([words[3]] if words[:2] == ["set", "server"]
+                                         and len(words) > 3 else []))
+            counts[verb] = counts.get(verb, 0) + 1
+        for verb, n in counts.items():
+            self.runtime_commands.labels(verb).inc(n)

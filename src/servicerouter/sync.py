@@ -1,0 +1,131 @@
+"""Marathon events into state changes: the fast path and what needs a refetch.
+
+A ``status_update_event`` carries everything about one task, so it is
+applied directly to the in-memory app (no refetch). Events that change app
+definitions refetch just those apps; anything broader triggers a full
+resync. Marathon does not guarantee event order, which is why the engine
+still resyncs on every reconnect and on a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .marathon.events import MarathonEvent
+from .marathon.parse import task_from_event
+from .model import TASK_KILLING, TASK_RUNNING, TERMINAL_STATES, Task
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("servicerouter.events")
+
+# Deployments touching more apps than this are handled with one full resync.
+MAX_APPS_PER_REFETCH = 20
+NOT_ROUTABLE = TERMINAL_STATES | {"TASK_UNREACHABLE"}
+
+
+def deployment_apps(data: dict[str, Any]) -> set[str]:
+    """App ids named by a deployment event's plan (``plan.steps[].actions[].app``)."""
+    apps: set[str] = set()
+    plan = data.get("plan") or {}
+    for step in plan.get("steps") or []:
+        for action in (step or {}).get("actions") or []:
+            app = (action or {}).get("app")
+            if isinstance(app, str):
+                apps.add(app)
+    return apps
+
+
+class EventHandler:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._warned: set[str] = set()
+        self._draining: dict[str, tuple[Task, float]] = {}  # task id -> (task, deadline)
+
+    def warn_once(self, warnings: Iterable[str]) -> None:
+        for w in warnings:
+            if w not in self._warned:
+                self._warned.add(w)
+                log.warning("%s", w)
+
+    def handle(self, event: MarathonEvent) -> None:
+        engine = self.engine
+        engine.metrics.marathon_events.labels(event.type).inc()
+        data, t = event.data, event.received_at
+        try:
+            if event.type == "status_update_event":
+                self._status_update(data, t)
+            elif event.type == "health_status_changed_event":
+                engine.mark(engine.state.set_health(str(data.get("appId")),
+                                                    str(data.get("instanceId")),
+                                                    bool(data.get("alive"))), t)
+            elif event.type == "instance_health_changed_event":
+                engine.mark(engine.state.set_health(str(data.get("runSpecId")),
+                                                    str(data.get("instanceId")),
+                                                    bool(data.get("healthy"))), t)
+            elif event.type == "api_post_event":
+                app_id = (data.get("appDefinition") or {}).get("id")
+                if isinstance(app_id, str):
+                    engine.spawn(engine.refetch_app(app_id, t))
+            elif event.type == "app_terminated_event":
+                engine.mark(engine.state.remove_app(str(data.get("appId"))), t)
+            elif event.type in ("deployment_success", "deployment_failed"):
+                self._refetch(deployment_apps(data), t)
+            elif event.type == "group_change_success":
+                engine.spawn(engine.full_sync())
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("ignored malformed %s event (%s): %.200s", event.type, exc, data)
+
+    def _refetch(self, app_ids: set[str], t: float) -> None:
+        if len(app_ids) > MAX_APPS_PER_REFETCH:
+            self.engine.spawn(self.engine.full_sync())
+            return
+        for app_id in sorted(app_ids):
+            self.engine.spawn(self.engine.refetch_app(app_id, t))
+
+    def _status_update(self, data: dict[str, Any], t: float) -> None:
+        engine, state = self.engine, self.engine.state
+        app_id, task_id = str(data["appId"]), str(data["taskId"])
+        status = str(data.get("taskStatus", ""))
+        app = state.apps.get(app_id)
+        if app is None:
+            if status == TASK_RUNNING:
+                engine.spawn(engine.refetch_app(app_id, t))  # an app we do not know yet
+            return
+        if status in NOT_ROUTABLE:
+            previous = state.task(app_id, task_id)
+            drain = engine.config.drain_seconds
+            if drain > 0 and previous is not None and previous.state == TASK_RUNNING:
+                self._draining[task_id] = (replace(previous, state=TASK_KILLING),
+                                           time.monotonic() + drain)
+                engine.mark(state.update_task(self._draining[task_id][0]), t)
+            elif task_id not in self._draining:
+                engine.mark(state.remove_task(app_id, task_id), t)
+            return
+        task = task_from_event(app, data, engine.resolve, state.task(app_id, task_id))
+        if task.state == TASK_KILLING:
+            self._draining.pop(task_id, None)
+        engine.mark(state.update_task(task), t)
+
+    # -------------------------------------------------- --drain-seconds timers
+    def next_deadline(self) -> float:
+        return min((d for _, d in self._draining.values()), default=float("inf"))
+
+    def expire_drains(self) -> None:
+        now = time.monotonic()
+        for task_id, (task, deadline) in list(self._draining.items()):
+            if deadline <= now:
+                del self._draining[task_id]
+                self.engine.mark(self.engine.state.remove_task(task.app_id, task_id))
+
+    def after_full_sync(self) -> None:
+        """A full sync drops departed tasks; keep the ones still draining."""
+        state = self.engine.state
+        for task_id, (task, _) in self._draining.items():
+            if state.task(task.app_id, task_id) is None:
+                self.engine.mark(state.update_task(task))
