@@ -66,7 +66,7 @@ class _Server:
 
 
 @functools.lru_cache(maxsize=8)
-def _environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
+def template_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(list(template_dirs)),
         autoescape=False,  # HAProxy config, not HTML; every value is validated first
@@ -139,7 +139,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         "hostport": hostport,
     }
     try:
-        return _environment(dirs).get_template("haproxy.cfg.j2").render(context)
+        return template_environment(dirs).get_template("haproxy.cfg.j2").render(context)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}"
                             ) from None

@@ -1,0 +1,240 @@
+"""Command line: argument parsing and wiring only.
+
+``servicerouter render|run|simulate``. Every ``run`` and ``render`` flag can
+also come from the environment as ``SERVICEROUTER_<FLAG>`` (``--haproxy-socket``
+→ ``SERVICEROUTER_HAPROXY_SOCKET``; repeatable flags take a comma-separated
+list). Invoked with no subcommand but with flags
+(``servicerouter --marathon URL --haproxy-config PATH``), it runs the daemon,
+as the old ``servicerouter.py`` did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .layout import Settings
+
+SUBCOMMANDS = ("render", "run", "simulate")
+ENV_PREFIX = "SERVICEROUTER_"
+
+
+class CliError(Exception):
+    """A one-line error for the operator; exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
+    """Use ``SERVICEROUTER_<FLAG>`` as the default of each long flag."""
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+        if not longs or longs[0].startswith("--no-"):
+            continue
+        name = _env_name(longs[0])
+        if name not in env:
+            continue
+        raw = env[name]
+        try:
+            if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
+                value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(action, argparse._AppendAction):
+                value = [action.type(v) if action.type else v
+                         for v in (p.strip() for p in raw.split(",")) if v]
+            else:
+                value = action.type(raw) if action.type else raw
+        except (TypeError, ValueError):
+            parser.error(f"environment variable {name}={raw!r} is not valid for {longs[0]}")
+        action.default = value
+        action.required = False
+        action.help = (action.help or "") + f" [env {name}]"
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(value)
+    return port
+
+
+def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g = p.add_argument_group("Marathon")
+    g.add_argument("--marathon", action="append", metavar="URL", default=None,
+                   required=required, help="Marathon base URL; repeat for a cluster")
+    g.add_argument("--marathon-credentials", metavar="USER:PASS",
+                   help="HTTP basic auth for Marathon")
+    g.add_argument("--dcos-token", metavar="JWT", help="DC/OS auth token for Marathon")
+    g.add_argument("--marathon-ca", metavar="PATH",
+                   help="CA bundle to verify Marathon's TLS certificate")
+    g.add_argument("--no-verify-tls", action="store_true",
+                   help="do not verify Marathon's TLS certificate (not recommended)")
+    g.add_argument("--group", action="append", metavar="NAME", default=None,
+                   help="only apps whose HAPROXY_GROUP includes NAME; repeatable "
+                        "(default: every app)")
+    g.add_argument("--health-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="route a task of an app with Marathon health checks only when healthy")
+
+
+def _add_render(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("HAProxy configuration")
+    g.add_argument("--haproxy-socket", default="/run/haproxy/admin.sock", metavar="PATH",
+                   help="admin stats socket the config declares (default %(default)s)")
+    g.add_argument("--stats-port", type=_port, default=9090,
+                   help="HAProxy stats + Prometheus exporter port, 0 = none (default 9090)")
+    g.add_argument("--stats-address", default="127.0.0.1",
+                   help="address the stats listener binds (default %(default)s)")
+    g.add_argument("--http-port", type=_port, default=80,
+                   help="virtual-host HTTP port, bound when a service has a vhost; 0 = none")
+    g.add_argument("--https-port", type=_port, default=443,
+                   help="virtual-host HTTPS port, bound when a service has a vhost and a "
+                        "certificate exists; 0 = none")
+    g.add_argument("--ssl-certs", action="append", metavar="PEM", default=None,
+                   help="certificate for the HTTPS frontend; repeatable")
+    g.add_argument("--slots-min-free", type=int, default=4,
+                   help="free server slots each backend keeps at least (default 4)")
+    g.add_argument("--slots-increment", type=int, default=8,
+                   help="backends grow in blocks of this many slots (default 8)")
+    g.add_argument("--templates", metavar="DIR",
+                   help="folder of templates that replace the built-in ones by file name")
+
+
+def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    env = dict(os.environ) if env is None else env
+    parser = _Parser(prog="servicerouter", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"servicerouter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    render = sub.add_parser("render", help="print a haproxy.cfg for the current Marathon state")
+    _add_marathon(render, required=False)
+    render.add_argument("--apps-json", metavar="FILE",
+                        help="render from a saved /v2/apps payload instead of Marathon")
+    render.add_argument("--output", "-o", metavar="PATH",
+                        help="write the config atomically here instead of stdout")
+    _add_render(render)
+
+    run = sub.add_parser("run", help="the daemon: keep HAProxy routing Marathon's tasks")
+    _add_marathon(run, required=False)
+    _add_render(run)
+    from .daemon import add_run_arguments  # keeps the daemon's flags next to its wiring
+
+    add_run_arguments(run)
+
+    sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",
+                   add_help=False)
+    for p in (render, run):
+        _apply_env(p, env)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    for flag in ("slots_min_free", "slots_increment"):
+        if getattr(args, flag) < (0 if flag == "slots_min_free" else 1):
+            raise CliError(f"--{flag.replace('_', '-')} must be "
+                           f"{'>= 0' if flag == 'slots_min_free' else '>= 1'}")
+    return Settings(
+        socket_path=args.haproxy_socket,
+        stats_port=args.stats_port,
+        stats_address=args.stats_address,
+        http_port=args.http_port,
+        https_port=args.https_port,
+        ssl_certs=tuple(args.ssl_certs or ()),
+        slots_min_free=args.slots_min_free,
+        slots_increment=args.slots_increment,
+        health_check=args.health_check,
+        groups=tuple(args.group or ()),
+    )
+
+
+def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
+    from .marathon.client import MarathonClient
+
+    if not args.marathon:
+        raise CliError("--marathon URL is required (or SERVICEROUTER_MARATHON)")
+    auth = None
+    if args.marathon_credentials:
+        user, sep, password = args.marathon_credentials.partition(":")
+        if not sep:
+            raise CliError("--marathon-credentials must be USER:PASS")
+        auth = (user, password)
+    verify: bool | str = False if args.no_verify_tls else (args.marathon_ca or True)
+    return MarathonClient(args.marathon, auth=auth, dcos_token=args.dcos_token,
+                          verify=verify, **kw)
+
+
+async def _render(args: argparse.Namespace) -> int:
+    from .haproxy.process import atomic_write
+    from .haproxy.render import render
+    from .layout import build_layout, desired_state
+    from .marathon.parse import parse_apps
+    from .resolve import CachingResolver
+
+    settings = settings_from(args)
+    if args.apps_json:
+        try:
+            payload = json.loads(Path(args.apps_json).read_bytes())
+        except OSError as exc:
+            raise CliError(f"--apps-json {args.apps_json}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--apps-json {args.apps_json}: not JSON ({exc})") from None
+        source = args.apps_json
+    else:
+        async with marathon_client(args) as client:
+            fetched = await client.get_apps()
+        payload, source = fetched.data, fetched.url
+    result = parse_apps(payload, source, CachingResolver())
+    for message in [*map(str, result.errors), *result.warnings]:
+        print(f"servicerouter: {message}", file=sys.stderr)
+    layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
+    text = render(layout, table, settings, args.templates)
+    if args.output:
+        atomic_write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from .simulator.cli import main as simulate
+
+        return simulate(argv[1:])
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "--version"):
+        argv = ["run", *argv]  # the old servicerouter.py invocation
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .haproxy.render import TemplateError
+    from .marathon.errors import MarathonError
+
+    try:
+        if args.command == "render":
+            return asyncio.run(_render(args))
+        from .daemon import run_daemon
+
+        return asyncio.run(run_daemon(args))
+    except (CliError, MarathonError, TemplateError, OSError, ValueError) as exc:
+        print(f"servicerouter: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

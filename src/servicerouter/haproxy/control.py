@@ -1,0 +1,141 @@
+"""How the daemon writes configs and reloads HAProxy: one interface, three modes.
+
+- ``--start-haproxy``: servicerouter runs HAProxy (master-worker) itself,
+  restarts it if it dies, and stops it on exit.
+- ``--haproxy-master-socket PATH``: an HAProxy started elsewhere in
+  master-worker mode, reloaded through its master CLI and confirmed with
+  ``show proc``.
+- ``--reload-command CMD``: anything else (``systemctl reload haproxy``);
+  confirmed by the command's exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .files import atomic_write, keep_rejected
+from .master_cli import MasterCLI
+from .process import HAProxyProcess, SupervisionError, run_reload_command, validate
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+log = logging.getLogger("servicerouter.haproxy")
+
+
+class ConfigFile:
+    """The live config file: ``haproxy -c`` first, then an atomic replace."""
+
+    def __init__(self, path: Path, haproxy_bin: str = "haproxy") -> None:
+        self.path = path
+        self.haproxy_bin = haproxy_bin
+
+    async def validate(self, text: str) -> tuple[bool, str]:
+        result = await validate(text, self.haproxy_bin)
+        return result.ok, result.output
+
+    def write(self, text: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, text)
+
+    def keep_rejected(self, text: str) -> Path:
+        return keep_rejected(self.path, text)
+
+
+class _Reloader:
+    async def start(self, engine: Engine) -> None:
+        """Called once before the engine runs."""
+
+    async def reload(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Called once when the daemon stops."""
+
+
+class CommandReloader(_Reloader):
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    async def reload(self) -> None:
+        await run_reload_command(self.command)
+
+
+class MasterReloader(_Reloader):
+    def __init__(self, socket: str) -> None:
+        self.master = MasterCLI(socket)
+
+    async def reload(self) -> None:
+        await self.master.reload()
+
+
+class StartedHAProxy(_Reloader):
+    """HAProxy as the daemon's child: started at the first good config, supervised."""
+
+    def __init__(self, config: ConfigFile, master_socket: str, socket_path: str) -> None:
+        self.config = config
+        self.socket_path = Path(socket_path)
+        self.process = HAProxyProcess(config.path, master_socket,
+                                      haproxy_bin=config.haproxy_bin)
+        self._engine: Engine | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    async def start(self, engine: Engine) -> None:
+        self._engine = engine
+        # A config left by an earlier run keeps serving while Marathon is unreachable.
+        if self.config.path.exists() and (await validate(self.config.path,
+                                                         self.config.haproxy_bin)).ok:
+            log.info("starting HAProxy on the existing %s until Marathon answers",
+                     self.config.path)
+            await self._start()
+
+    async def _start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        await self.process.start()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    async def _supervise(self) -> None:
+        try:
+            await self.process.supervise(on_restart=self._restarted)
+        except SupervisionError as exc:
+            log.critical("%s", exc)
+            if self._engine is not None:
+                self._engine.metrics.haproxy_up.set(0)
+
+    async def _restarted(self, _: Any) -> None:
+        # A restarted HAProxy starts from the file: runtime changes since the last
+        # reload are gone until reconcile puts them back.
+        log.warning("HAProxy restarted; reconciling its servers with the slot table")
+        if self._engine is not None:
+            self._engine.request_reconcile()
+
+    async def reload(self) -> None:
+        if self.process.is_running():
+            await self.process.reload()
+        else:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._supervisor
+            await self._start()
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self.process.stop()
+        if self._supervisor is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+
+
+def build_reloader(args: argparse.Namespace, config: ConfigFile) -> _Reloader:
+    if args.start_haproxy:
+        return StartedHAProxy(config, args.haproxy_master_socket, args.haproxy_socket)
+    if args.reload_command:
+        return CommandReloader(args.reload_command)
+    return MasterReloader(args.haproxy_master_socket)

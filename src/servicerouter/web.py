@@ -1,0 +1,129 @@
+"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/status``, ``/config``.
+
+Bound to loopback by default (``--listen 127.0.0.1:9091``); binding anywhere
+else is the operator's explicit choice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .haproxy.runtime import HAProxyRuntimeError
+from .naming import slot_name
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+MAX_PAGE = 1000
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"query parameter {name}={raw!r} is not a whole number")
+    return max(low, min(high, int(raw)))
+
+
+def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlette:
+    """The Starlette application serving ``engine``'s metrics and state."""
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(engine.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> Response:
+        problems = []
+        try:
+            await engine.runtime.show_info()
+            engine.metrics.haproxy_up.set(1)
+        except HAProxyRuntimeError as exc:
+            engine.metrics.haproxy_up.set(0)
+            problems.append(f"HAProxy does not answer: {exc}")
+        stale_after = 2 * engine.config.resync_interval + 30
+        if engine.last_sync is None:
+            problems.append("no successful sync with Marathon yet")
+        elif time.time() - engine.last_sync > stale_after:
+            problems.append(f"last successful sync with Marathon was "
+                            f"{time.time() - engine.last_sync:.0f}s ago (> {stale_after:.0f}s)")
+        if not engine.ready.is_set():
+            problems.append("no configuration is live yet")
+        if problems:
+            return JSONResponse({"status": "unhealthy", "reason": "; ".join(problems)},
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def status(request: Request) -> Response:
+        try:
+            limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+            offset = _int_param(request, "offset", 0, 0, 10**9)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        app_filter = request.query_params.get("app")
+        names = sorted(n for n, shape in engine.layout.items()
+                       if app_filter is None or shape.app_id == app_filter
+                       or shape.app_id.startswith(app_filter.rstrip("/") + "/"))
+        page = names[offset:offset + limit]
+        haproxy: dict[tuple[str, str], str] = {}
+        if page:
+            # A few backends: ask for each; a large page: one read of everything.
+            targets: list[str | None] = list(page) if len(page) <= 20 else [None]
+            try:
+                for target in targets:
+                    for s in await engine.runtime.show_servers_state(target):
+                        haproxy[(s.backend, s.server)] = s.admin + ("" if s.up else " down")
+            except HAProxyRuntimeError:
+                haproxy = {}
+        services = [_service_status(engine, n, haproxy) for n in page]
+        used = sum(1 for slots in engine.table.values() for s in slots if s is not None)
+        body: dict[str, Any] = {
+            "counts": {"apps": len(engine.state.apps), "services": len(engine.layout),
+                       "endpoints": used, "reloads": engine.reloads,
+                       "runtime_updates": engine.runtime_updates},
+            "last_reload": None if engine.last_reload is None else {
+                "time": engine.last_reload[0], "reason": engine.last_reload[1]},
+            "last_sync": engine.last_sync,
+            "haproxy_up": engine.haproxy_ok,
+            "total": len(names), "offset": offset, "limit": limit,
+            "services": services,
+        }
+        return JSONResponse(body)
+
+    async def config(_: Request) -> Response:
+        if engine.running_config is None:
+            return PlainTextResponse("no configuration is live yet\n", status_code=503)
+        return PlainTextResponse(engine.running_config)
+
+    return Starlette(routes=[
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/status", status),
+        Route("/config", config),
+    ])
+
+
+def _service_status(engine: Engine, name: str,
+                    haproxy: dict[tuple[str, str], str]) -> dict[str, Any]:
+    shape = engine.layout[name]
+    slots = engine.table.get(name, [])
+    endpoints = []
+    for i in range(shape.slots):
+        held = slots[i] if i < len(slots) else None
+        if held is None:
+            continue
+        s = slot_name(i + 1)
+        endpoints.append({"slot": s, "task_id": held.task_id, "address": f"{held.ip}:{held.port}",
+                          "desired": held.state.value, "haproxy": haproxy.get((name, s))})
+    used = len(endpoints)
+    opts = shape.service.options
+    return {"app_id": shape.app_id, "port": shape.service.port, "backend": name,
+            "mode": opts.mode.value, "vhosts": list(opts.vhosts),
+            "slots": {"used": used, "free": shape.slots - used}, "endpoints": endpoints}

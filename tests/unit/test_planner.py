@@ -1,0 +1,174 @@
+"""The runtime-or-reload decision, slot bookkeeping and reconciliation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from servicerouter.haproxy.runtime_parse import ServerState
+from servicerouter.layout import BackendShape, DesiredService, Settings, build_layout
+from servicerouter.model import Endpoint, EndpointState, Mode, Options, Service
+from servicerouter.planner import ReloadReason, plan, plan_backend, reconcile
+
+B = "web_10000"
+SERVICE = Service("/web", 0, 10000)
+
+
+def ep(n: int, state: EndpointState = EndpointState.READY) -> Endpoint:
+    return Endpoint(f"web.t{n}", "127.0.0.1", 31000 + n, state)
+
+
+def shape(slots: int = 4, service: Service = SERVICE) -> BackendShape:
+    return BackendShape(B, service, slots)
+
+
+def desired(*eps: Endpoint, service: Service = SERVICE) -> dict[str, DesiredService]:
+    return {B: DesiredService(service, tuple(eps))}
+
+
+def test_new_endpoint_fills_the_first_free_slot_and_is_made_ready() -> None:
+    p = plan({B: shape()}, {B: [ep(1), None, None, None]}, desired(ep(1), ep(2)), [B])
+    assert p.commands == [
+        f"set server {B}/s2 addr 127.0.0.1 port 31002",
+        f"set server {B}/s2 state ready",
+    ]
+    assert p.slots[B] == [ep(1), ep(2), None, None]
+    assert not p.reload
+
+
+def test_removed_endpoint_goes_to_maint_and_its_slot_is_reused() -> None:
+    p = plan({B: shape()}, {B: [ep(1), ep(2), None, None]}, desired(ep(2), ep(3)), [B])
+    assert p.commands == [
+        f"set server {B}/s1 state maint",
+        f"set server {B}/s1 addr 127.0.0.1 port 31003",
+        f"set server {B}/s1 state ready",
+    ]
+    assert p.slots[B] == [ep(3), ep(2), None, None]
+
+
+def test_a_live_task_keeps_its_slot() -> None:
+    p = plan({B: shape()}, {B: [None, None, ep(7), None]}, desired(ep(1), ep(7)), [B])
+    assert p.slots[B][2] == ep(7)
+    assert p.slots[B][0] == ep(1)
+
+
+def test_killing_task_drains_in_place() -> None:
+    p = plan({B: shape()}, {B: [ep(1), None, None, None]},
+             desired(ep(1, EndpointState.DRAIN)), [B])
+    assert p.commands == [f"set server {B}/s1 state drain"]
+    assert p.slots[B][0] == ep(1, EndpointState.DRAIN)
+
+
+def test_a_task_already_draining_never_gets_a_new_slot() -> None:
+    p = plan({B: shape()}, {B: [None] * 4}, desired(ep(1, EndpointState.DRAIN)), [B])
+    assert not p
+
+
+def test_nothing_changed_means_an_empty_plan() -> None:
+    p = plan({B: shape()}, {B: [ep(1), None, None, None]}, desired(ep(1)), [B])
+    assert not p and p.commands == [] and p.reload == {}
+
+
+@pytest.mark.parametrize(
+    ("layout", "want", "reason"),
+    [
+        ({}, desired(ep(1)), ReloadReason.NEW_APP),
+        ({B: shape()}, {}, ReloadReason.REMOVED_APP),
+        ({B: shape()}, desired(ep(1), service=replace(SERVICE, port=10001)),
+         ReloadReason.OPTIONS_CHANGED),
+        ({B: shape()}, desired(ep(1), service=replace(
+            SERVICE, options=Options(mode=Mode.HTTP))), ReloadReason.OPTIONS_CHANGED),
+    ],
+)
+def test_shape_changes_need_a_reload(layout, want, reason) -> None:
+    p = plan(layout, {}, want, [B])
+    assert p.reload == {B: reason}
+    assert p.commands == []
+
+
+def test_out_of_slots_adds_servers_at_runtime_when_the_algorithm_allows() -> None:
+    p = plan({B: shape(2)}, {B: [ep(1), ep(2)]}, desired(ep(1), ep(2), ep(3)), [B])
+    assert p.commands == [
+        f"add server {B}/s3 127.0.0.1:31003",
+        f"set server {B}/s3 state ready",
+    ]
+    assert p.grown == {B: 3}
+    assert not p.reload
+
+
+def test_added_server_carries_the_backend_keywords_and_health_checks() -> None:
+    svc = replace(SERVICE, options=Options(health_check=True, sticky=True, mode=Mode.HTTP))
+    p = plan({B: shape(1, svc)}, {B: [ep(1)]}, desired(ep(1), ep(2), service=svc), [B])
+    assert p.commands[0] == f"add server {B}/s2 127.0.0.1:31002 check inter 2000 cookie s2"
+    assert p.commands[1] == f"enable health {B}/s2"
+
+
+@pytest.mark.parametrize("balance", ["static-rr", "source"])
+def test_out_of_slots_reloads_for_static_algorithms(balance: str) -> None:
+    svc = replace(SERVICE, options=Options(balance=balance))
+    p = plan({B: shape(1, svc)}, {B: [ep(1)]}, desired(ep(1), ep(2), service=svc), [B])
+    assert p.reload == {B: ReloadReason.CAPACITY}
+
+
+def test_only_dirty_backends_are_planned() -> None:
+    other = "api_10001"
+    layout = {B: shape(), other: BackendShape(other, Service("/api", 0, 10001), 4)}
+    want = {**desired(ep(1)), other: DesiredService(Service("/api", 0, 10001), (ep(9),))}
+    p = plan(layout, {B: [None] * 4, other: [None] * 4}, want, [B])
+    assert set(p.slots) == {B}
+
+
+def test_one_backend_reloading_does_not_hold_back_another() -> None:
+    new = "new_10002"
+    want = {**desired(ep(1)), new: DesiredService(Service("/new", 0, 10002), ())}
+    p = plan({B: shape()}, {B: [None] * 4}, want, [B, new])
+    assert p.reload == {new: ReloadReason.NEW_APP}
+    assert p.slots[B][0] == ep(1)
+
+
+def test_build_layout_sizes_with_headroom_and_keeps_slots() -> None:
+    s = Settings(slots_min_free=4, slots_increment=8)
+    want = desired(*(ep(n) for n in range(1, 6)))
+    layout, table = build_layout(want, {B: [None] * 9 + [ep(3)]}, s)
+    assert layout[B].slots == 16
+    assert table[B][9] == ep(3)
+    assert sum(e is not None for e in table[B]) == 5
+
+
+def state(b: str, s: str, addr: str, port: int, admin: int) -> ServerState:
+    return ServerState(1, b, 1, s, addr, 2, admin, 1, 1, 0, 0, 0, 0, port)
+
+
+def test_reconcile_repairs_lost_runtime_changes() -> None:
+    layout = {B: shape(2)}
+    table = {B: [ep(1), None]}
+    actual = [state(B, "s1", "127.0.0.1", 1, 0x05),  # still the config's disabled free slot
+              state(B, "s2", "127.0.0.1", 31005, 0x00)]  # a stale endpoint still ready
+    commands, broken = reconcile(layout, table, actual)
+    assert commands == [
+        f"set server {B}/s1 addr 127.0.0.1 port 31001",
+        f"set server {B}/s1 state ready",
+        f"set server {B}/s2 state maint",
+    ]
+    assert not broken
+
+
+def test_reconcile_accepts_a_matching_haproxy_and_sees_drain() -> None:
+    table = {B: [ep(1), ep(2, EndpointState.DRAIN)]}
+    actual = [state(B, "s1", "127.0.0.1", 31001, 0x04),  # disabled in config, set ready
+              state(B, "s2", "127.0.0.1", 31002, 0x08)]
+    assert reconcile({B: shape(2)}, table, actual) == ([], {})
+
+
+def test_reconcile_asks_for_a_reload_when_haproxy_lacks_a_backend() -> None:
+    _, broken = reconcile({B: shape(2)}, {B: [ep(1), None]}, [])
+    assert broken == {B: ReloadReason.RESYNC}
+
+
+def test_plan_backend_cost_is_independent_of_other_backends() -> None:
+    # plan_backend sees one backend only: the planner's unit of work.
+    result = plan_backend(shape(), [ep(1), None, None, None], [ep(1), ep(2)])
+    assert result is not None
+    commands, slots = result
+    assert len(commands) == 2 and slots[1] == ep(2)
