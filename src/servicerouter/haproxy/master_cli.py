@@ -1,0 +1,209 @@
+"""HAProxy master CLI (``-S <socket>``): ``show proc``, confirmed ``reload``, worker commands.
+
+Measured on 2.6.12:
+
+* A command gets its reply only after the client half-closes (``shutdown(SHUT_WR)``);
+  the master then answers and closes.
+* ``reload`` answers nothing and closes (2.7+ prints ``Success=1``). While the master
+  re-executes itself its socket briefly refuses connections.
+* ``show proc`` after a good reload: the master's ``reloads`` count is +1 and the
+  ``# workers`` section lists a new pid; the previous worker moves to ``# old workers``
+  while it still serves connections. After a rejected configuration: ``reloads`` is +1,
+  ``[failed: N]`` is +1 and the worker is unchanged (its own count goes +1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+
+
+class HAProxyProcessError(Exception):
+    """Base class for the master CLI and process supervision errors."""
+
+
+class MasterUnavailable(HAProxyProcessError):
+    """The master CLI socket could not be reached."""
+
+
+class ReloadError(HAProxyProcessError):
+    """A reload was not confirmed (rejected configuration, timeout, failing command)."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    pid: int
+    reloads: int  # reloads this worker has seen since it was forked
+    uptime: str  # e.g. "0d00h05m36s"
+    version: str
+
+    @property
+    def uptime_seconds(self) -> int:
+        return parse_uptime(self.uptime)
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    master_pid: int
+    reloads: int
+    failed_reloads: int
+    uptime: str
+    version: str
+    workers: list[WorkerInfo] = field(default_factory=list)
+    old_workers: list[WorkerInfo] = field(default_factory=list)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
+
+    @property
+    def all_pids(self) -> list[int]:
+        return [self.master_pid, *self.worker_pids, *(w.pid for w in self.old_workers)]
+
+
+_UPTIME = re.compile(r"^(\d+)d(\d+)h(\d+)m(\d+)s$")
+_MASTER = re.compile(r"^(\d+)\s+master\s+(\d+)(?:\s+\[failed:\s*(\d+)\])?\s+(\S+)\s+(\S+)")
+_WORKER = re.compile(r"^(\d+)\s+worker\s+(?:\[was:\s*\d+\]\s+)?(\d+)\s+(\S+)\s+(\S+)")
+
+
+def parse_uptime(text: str) -> int:
+    m = _UPTIME.match(text)
+    if not m:
+        raise ValueError(f"bad uptime {text!r}")
+    d, h, mi, s = (int(g) for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def parse_show_proc(text: str) -> ProcInfo:
+    """Parse the master CLI's ``show proc`` (2.6 layout; tolerant of 2.7+ extras)."""
+    master: re.Match[str] | None = None
+    workers: list[WorkerInfo] = []
+    old: list[WorkerInfo] = []
+    section = "master"
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            title = stripped.lstrip("# ").lower()
+            if title.startswith("old workers"):
+                section = "old"
+            elif title.startswith("workers"):
+                section = "workers"
+            elif title.startswith("programs"):
+                section = "programs"
+            continue
+        if section == "master":
+            master = master or _MASTER.match(stripped)
+            continue
+        m = _WORKER.match(stripped)
+        if m and section in ("workers", "old"):
+            info = WorkerInfo(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4))
+            (workers if section == "workers" else old).append(info)
+    if master is None:
+        raise ValueError(f"no master line in 'show proc' output: {text[:200]!r}")
+    return ProcInfo(
+        master_pid=int(master.group(1)),
+        reloads=int(master.group(2)),
+        failed_reloads=int(master.group(3) or 0),
+        uptime=master.group(4),
+        version=master.group(5),
+        workers=workers,
+        old_workers=old,
+    )
+
+
+class MasterCLI:
+    """Client for the master CLI socket (unix path), e.g. ``--haproxy-master-socket``."""
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"MasterCLI({self.path!r})"
+
+    async def command(self, line: str) -> str:
+        """Send one line, half-close, read the reply until the master closes."""
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"master CLI command contains a line break: {line!r}")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.path), self.timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = getattr(exc, "strerror", None) or f"timed out after {self.timeout}s"
+            raise MasterUnavailable(
+                f"cannot connect to HAProxy master socket {self.path}: {reason}"
+            ) from exc
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            data = await asyncio.wait_for(reader.read(), self.timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise MasterUnavailable(
+                f"HAProxy master socket {self.path}: no complete reply to {line!r}: {exc!r}"
+            ) from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        return data.decode("utf-8", "replace")
+
+    async def show_proc(self) -> ProcInfo:
+        text = await self.command("show proc")
+        try:
+            return parse_show_proc(text)
+        except ValueError as exc:
+            raise HAProxyProcessError(f"HAProxy master socket {self.path}: {exc}") from exc
+
+    async def worker_command(self, command: str, worker: str = "1") -> str:
+        """Run a Runtime API command on a worker: ``@1`` = current worker, ``!<pid>``
+        for an explicit pid, ``master`` for the master itself."""
+        return await self.command(f"@{worker} {command}")
+
+    async def reload(self, timeout: float = 30.0, poll: float = 0.05) -> ProcInfo:
+        """Reload and confirm: wait until the master's ``reloads`` count goes up and a new
+        worker pid appears. Raises ReloadError (rejected config, or not confirmed in time)."""
+        before = await self.show_proc()
+        with contextlib.suppress(MasterUnavailable):  # 2.6 closes without a reply
+            await self.command("reload")
+        return await self.wait_reloaded(before, timeout=timeout, poll=poll)
+
+    async def wait_reloaded(
+        self, before: ProcInfo, *, timeout: float = 30.0, poll: float = 0.05
+    ) -> ProcInfo:
+        deadline = time.monotonic() + timeout
+        last: ProcInfo | None = None
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(poll)
+            try:
+                last = await self.show_proc()
+            except HAProxyProcessError as exc:  # the master is re-executing itself
+                last_error = exc
+                continue
+            if last.reloads <= before.reloads:
+                continue
+            if last.failed_reloads > before.failed_reloads:
+                raise ReloadError(
+                    f"HAProxy (master socket {self.path}) rejected the new configuration: "
+                    f"failed reloads {before.failed_reloads} -> {last.failed_reloads}; "
+                    f"worker(s) {last.worker_pids} keep serving the previous one"
+                )
+            if set(last.worker_pids) - set(before.worker_pids):
+                return last
+        state = (
+            f"reloads {before.reloads} -> {last.reloads}, workers {last.worker_pids}"
+            if last
+            else f"master unreachable: {last_error}"
+        )
+        raise ReloadError(
+            f"HAProxy reload via master socket {self.path} not confirmed within "
+            f"{timeout}s ({state})"
+        )

@@ -1,0 +1,388 @@
+"""Validate, write, reload and supervise HAProxy.
+
+``HAProxyProcess`` runs ``haproxy -W -db -S <master.sock> -f <config>``: master-worker,
+with ``-db`` keeping the master in the foreground even if the config says ``daemon``, in
+its own process group so that :meth:`HAProxyProcess.stop` can kill every process it ever
+forked (master, current and old workers) with one ``killpg``. The master gets
+``PR_SET_PDEATHSIG=SIGTERM``, so it stops if servicerouter dies; workers leave when
+their master dies.
+
+Measured on 2.6.12: when the current worker is SIGKILLed the master logs
+``exit-on-failure: killing every processes with SIGTERM`` and exits with status 137,
+even with ``master-worker no-exit-on-failure``. So the only recovery is to start
+everything again, which :meth:`HAProxyProcess.supervise` does (bounded, with backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from servicerouter.haproxy.files import atomic_write, keep_rejected
+from servicerouter.haproxy.master_cli import (
+    HAProxyProcessError,
+    MasterCLI,
+    MasterUnavailable,
+    ProcInfo,
+    ReloadError,
+)
+
+__all__ = [
+    "HAProxyProcess",
+    "HAProxyProcessError",
+    "MasterCLI",
+    "MasterUnavailable",
+    "ProcInfo",
+    "ReloadError",
+    "StartError",
+    "SupervisionError",
+    "ValidationResult",
+    "atomic_write",
+    "keep_rejected",
+    "run_reload_command",
+    "validate",
+]
+
+log = logging.getLogger("servicerouter.haproxy")
+
+
+class StartError(HAProxyProcessError):
+    """HAProxy did not come up (its log tail is in the message)."""
+
+
+class SupervisionError(HAProxyProcessError):
+    """HAProxy kept dying; the restart budget is spent."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    ok: bool
+    output: str
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _group_members(pgid: int, comm: str | None) -> list[int]:
+    """Pids in process group ``pgid`` (optionally only those whose comm is ``comm``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and (comm is None or name == comm):
+            pids.append(int(entry))
+    return pids
+
+
+async def _kill_group(proc: asyncio.subprocess.Process, comm: str | None = None) -> None:
+    """SIGKILL the process group led by ``proc`` (started with ``start_new_session``).
+
+    Once the leader is reaped its pid could be reused, so then only members whose
+    ``comm`` matches are killed, one by one."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return
+    with contextlib.suppress(OSError):
+        for pid in _group_members(proc.pid, comm):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def validate(
+    config: str | os.PathLike[str], haproxy_bin: str = "haproxy", timeout: float = 60.0
+) -> ValidationResult:
+    """``haproxy -c -f <config>``. ``config`` is a path (``Path``, or a ``str`` naming an
+    existing file without a newline) or the configuration text itself."""
+    text: str | None = None
+    if isinstance(config, str) and ("\n" in config or not os.path.isfile(config)):
+        text = config
+    tmp: str | None = None
+    try:
+        if text is not None:
+            fd, tmp = tempfile.mkstemp(prefix="servicerouter-check-", suffix=".cfg")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        path = tmp or os.fspath(config)
+        proc = await asyncio.create_subprocess_exec(
+            haproxy_bin, "-c", "-f", path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            await _kill_group(proc)
+            return ValidationResult(False, f"{haproxy_bin} -c timed out after {timeout}s")
+        output = out.decode("utf-8", "replace").strip()
+        return ValidationResult(proc.returncode == 0, output)
+    except OSError as exc:
+        return ValidationResult(False, f"cannot run {haproxy_bin} -c: {exc}")
+    finally:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) -> None:
+    """Run an external reload command (``--reload-command``); a ``str`` goes through
+    ``/bin/sh -c``. Success is exit status 0; otherwise ReloadError with the output tail."""
+    argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    shown = cmd if isinstance(cmd, str) else shlex.join(argv)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ReloadError(f"reload command {shown!r} could not start: {exc}") from exc
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        await _kill_group(proc)
+        raise ReloadError(f"reload command {shown!r} timed out after {timeout}s") from None
+    if proc.returncode != 0:
+        detail = _tail(err.decode("utf-8", "replace")) or _tail(out.decode("utf-8", "replace"))
+        raise ReloadError(f"reload command {shown!r} exited with {proc.returncode}: {detail}")
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class HAProxyProcess:
+    """One supervised HAProxy master-worker (the ``--start-haproxy`` mode).
+
+    Usage: ``await p.start()``; ``await p.reload()`` after writing the new config;
+    ``asyncio.create_task(p.supervise(on_restart=...))``; ``await p.stop()``.
+    After a restart all runtime changes are gone: ``on_restart`` must re-apply state.
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str],
+        master_socket: str | os.PathLike[str],
+        *,
+        haproxy_bin: str = "haproxy",
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 15.0,
+        reload_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+        log_lines: int = 200,
+    ) -> None:
+        self.config = os.fspath(config)
+        self.master_socket = os.fspath(master_socket)
+        self.haproxy_bin = haproxy_bin
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.reload_timeout = reload_timeout
+        self.stop_timeout = stop_timeout
+        self.master = MasterCLI(self.master_socket)
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=log_lines)
+        self._log_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.haproxy_bin, "-W", "-db", "-S", self.master_socket, "-f", self.config,
+                *self.extra_args]  # fmt: skip
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self._log)[-lines:])
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> ProcInfo:
+        """Start HAProxy; return once the master answers and a worker exists."""
+        async with self._lock:
+            if self.is_running():
+                raise StartError(f"HAProxy already running (master pid {self.pid})")
+            self._stopping = False
+            return await self._start()
+
+    async def _start(self) -> ProcInfo:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.master_socket)  # a stale socket would answer "refused" anyway
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig,
+            )
+        except OSError as exc:
+            raise StartError(f"cannot run {self.haproxy_bin}: {exc}") from exc
+        self._log_task = asyncio.create_task(self._pump_log(self._proc))
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.returncode is not None:
+                await self._drain_log()
+                raise StartError(
+                    f"HAProxy exited with status {self._proc.returncode} at start "
+                    f"(config {self.config}):\n{self.log_tail()}"
+                )
+            with contextlib.suppress(HAProxyProcessError):
+                info = await self.master.show_proc()
+                if info.workers and info.master_pid == self._proc.pid:
+                    log.info("HAProxy started: master %d, workers %s",
+                             info.master_pid, info.worker_pids)  # fmt: skip
+                    return info
+            await asyncio.sleep(0.05)
+        await self._terminate()
+        raise StartError(
+            f"HAProxy master socket {self.master_socket} did not answer with a worker within "
+            f"{self.start_timeout}s:\n{self.log_tail()}"
+        )
+
+    async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._log.append(line)
+            level = logging.WARNING if "[ALERT]" in line or "[WARNING]" in line else logging.INFO
+            log.log(level, "haproxy: %s", line)
+
+    async def _drain_log(self) -> None:
+        if self._log_task:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._log_task), 1.0)
+
+    async def reload(self, timeout: float | None = None) -> ProcInfo:
+        """Reload via the master CLI and confirm a new worker (ReloadError otherwise)."""
+        async with self._lock:
+            if not self.is_running():
+                raise ReloadError(f"HAProxy is not running (config {self.config})")
+            try:
+                return await self.master.reload(timeout=timeout or self.reload_timeout)
+            except ReloadError as exc:
+                raise ReloadError(f"{exc}\n{self.log_tail(10)}") from None
+
+    async def wait(self) -> int:
+        """Wait for the master to exit; return its status."""
+        if self._proc is None:
+            raise HAProxyProcessError("HAProxy was never started")
+        return await self._proc.wait()
+
+    async def supervise(
+        self,
+        *,
+        max_restarts: int = 5,
+        window: float = 300.0,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        on_restart: Callable[[ProcInfo], Awaitable[None]] | None = None,
+    ) -> None:
+        """Restart HAProxy whenever the master exits (e.g. after its worker was killed),
+        at most ``max_restarts`` times per ``window`` seconds, with exponential backoff.
+        Returns when :meth:`stop` is called; raises SupervisionError when over budget."""
+        recent: collections.deque[float] = collections.deque()
+        delay = backoff
+        while True:
+            status = await self.wait()
+            if self._stopping:
+                return
+            await self._drain_log()
+            await self._reap_group()
+            now = time.monotonic()
+            while recent and now - recent[0] > window:
+                recent.popleft()
+            if len(recent) >= max_restarts:
+                raise SupervisionError(
+                    f"HAProxy exited {len(recent) + 1} times in {window}s (last status "
+                    f"{status}); giving up:\n{self.log_tail()}"
+                )
+            recent.append(now)
+            log.error("HAProxy master exited with status %s; restarting in %.1fs", status, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff) if len(recent) > 1 else backoff
+            async with self._lock:
+                if self._stopping:
+                    return
+                try:
+                    info = await self._start()
+                except StartError as exc:
+                    log.error("HAProxy restart failed: %s", exc)
+                    continue
+                self.restarts += 1
+            if on_restart is not None:
+                await on_restart(info)
+
+    async def stop(self, graceful: bool = False, timeout: float | None = None) -> int | None:
+        """Stop HAProxy and everything it forked. ``graceful`` first soft-stops (SIGUSR1:
+        workers finish their connections) for up to ``timeout``; then SIGTERM, then
+        SIGKILL to the whole process group. Returns the master's status."""
+        self._stopping = True
+        async with self._lock:
+            if self._proc is None:
+                return None
+            timeout = self.stop_timeout if timeout is None else timeout
+            if graceful and self._proc.returncode is None:
+                self._signal(signal.SIGUSR1)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._proc.wait(), timeout)
+            await self._terminate(timeout)
+            await self._drain_log()
+            if self._log_task and not self._log_task.done():
+                self._log_task.cancel()
+            return self._proc.returncode
+
+    def _signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    async def _terminate(self, timeout: float | None = None) -> None:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            self._signal(signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), timeout or self.stop_timeout)
+        if self._proc.returncode is None:
+            log.warning("HAProxy master %d ignored SIGTERM; killing its group", self._proc.pid)
+        await self._reap_group()
+
+    async def _reap_group(self) -> None:
+        """SIGKILL whatever is left in the process group (old workers included)."""
+        assert self._proc is not None
+        await _kill_group(self._proc, comm=os.path.basename(self.haproxy_bin)[:15])

@@ -1,0 +1,224 @@
+"""Runtime API client against the real HAProxy binary, loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from servicerouter.haproxy import runtime_commands as c
+from servicerouter.haproxy.process import HAProxyProcess
+from servicerouter.haproxy.runtime import (
+    RuntimeClient,
+    RuntimeUnavailable,
+    Status,
+)
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs the haproxy binary"),
+    pytest.mark.timeout(30),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CONFIG = """\
+global
+    stats socket {dir}/admin.sock mode 600 level admin
+    stats socket ipv4@127.0.0.1:{admin_port} level admin
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+frontend web
+    bind 127.0.0.1:{port}
+    use_backend lc if {{ path_beg /lc }}
+    default_backend web
+backend web
+    balance roundrobin
+    server s1 127.0.0.1:1 disabled
+    server s2 127.0.0.1:1 disabled
+    server s3 127.0.0.1:1 check disabled
+backend lc
+    balance leastconn
+"""
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.dir = root
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = root / "haproxy.cfg"
+        self.config.write_text(CONFIG.format(dir=root, port=self.port, admin_port=self.admin_port))
+        self.admin = str(root / "admin.sock")
+        self.proc = HAProxyProcess(self.config, root / "master.sock", haproxy_bin=HAPROXY)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="sr-", dir="/tmp"))  # unix socket paths < 108 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+async def env(short_dir: Path) -> AsyncIterator[Env]:
+    e = Env(short_dir)
+    await e.proc.start()
+    try:
+        yield e
+    finally:
+        await e.proc.stop()
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[int]:
+    """A tiny HTTP server answering ``backend-<port>``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = f"backend-{port}".encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def http_get(port: int, path: str = "/") -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_set_addr_and_ready_routes_real_traffic(env: Env, backend: int) -> None:
+    client = RuntimeClient(env.admin)
+    assert (await http_get(env.port))[0] == 503  # every slot disabled
+    results = await client.execute(
+        [
+            c.set_server_addr("web", "s1", "127.0.0.1", backend),
+            c.set_server_state("web", "s1", "ready"),
+        ]
+    )
+    assert [r.status for r in results] == [Status.OK, Status.OK]
+    assert "changed from" in results[0].reply
+    assert await http_get(env.port) == (200, f"backend-{backend}")  # at once, no check
+    states = {s.server: s for s in await client.show_servers_state("web")}
+    s1 = states["s1"]
+    assert (s1.addr, s1.port, s1.ready, s1.up, s1.in_maint) == (
+        "127.0.0.1",
+        backend,
+        True,
+        True,
+        False,
+    )
+    assert s1.configured_disabled  # the 0x04 marker stays after `ready`
+    assert states["s2"].in_maint and not states["s2"].up
+
+
+async def test_errors_are_per_command_and_the_batch_goes_on(env: Env) -> None:
+    client = RuntimeClient(env.admin)
+    results = await client.execute(
+        [
+            "set server web/nope state ready",
+            "set server nope/s1 state ready",
+            "set server web state ready",
+            "set server web/s2 addr foo",
+            "set server web/s2 weight abc",  # 2.6 prints this one without a newline
+            c.set_weight("web", "s2", 7),
+            "show servers state web",
+            c.set_server_addr("web", "s2", "127.0.0.2", 8080),
+        ]
+    )
+    assert [r.status for r in results] == [Status.ERROR] * 5 + [Status.OK] * 3
+    assert [r.reply for r in results[:3]] == [
+        "No such server.",
+        "No such backend.",
+        "Require 'backend/server'.",
+    ]
+    assert results[3].reply.startswith("Invalid addr")
+    s2 = next(s for s in await client.show_servers_state("web") if s.server == "s2")
+    assert (s2.weight, s2.addr, s2.port) == (7, "127.0.0.2", 8080)
+
+
+async def test_large_batch_over_many_lines_keeps_order(env: Env) -> None:
+    client = RuntimeClient(env.admin, bufsize=2048, margin=512)
+    cmds = [c.set_weight("web", f"s{1 + i % 3}", i % 200) for i in range(3000)]
+    assert len(client.plan(cmds)[0]) > 50  # many lines, one session
+    results = await client.execute(cmds)
+    assert all(r.ok for r in results)
+    weights = {s.server: s.weight for s in await client.show_servers_state("web")}
+    assert weights == {"s1": 2997 % 200, "s2": 2998 % 200, "s3": 2999 % 200}
+
+
+async def test_tcp_admin_socket_and_show_info(env: Env) -> None:
+    client = RuntimeClient(f"ipv4@127.0.0.1:{env.admin_port}")
+    info = await client.show_info()
+    proc = await env.proc.master.show_proc()
+    assert int(info["Pid"]) == proc.worker_pids[0]
+    assert info["Version"].startswith("2.")
+    stat = await client.show_stat()
+    assert {(r["pxname"], r["svname"]) for r in stat} >= {("web", "s1"), ("web", "FRONTEND")}
+    assert await client.show_backends() == ["web", "lc"]
+
+
+async def test_missing_socket_is_unavailable_and_names_it(short_dir: Path) -> None:
+    path = str(short_dir / "nope.sock")
+    with pytest.raises(RuntimeUnavailable) as info:
+        await RuntimeClient(path).execute([c.set_weight("web", "s1", 1), "show info"])
+    assert path in str(info.value)
+    assert [r.status for r in info.value.results] == [Status.NOT_SENT] * 2
+    assert info.value.not_sent == ["set server web/s1 weight 1", "show info"]
+
+
+@pytest.mark.parametrize("algo_backend", ["web", "lc"])  # roundrobin, leastconn
+async def test_add_server_then_ready(env: Env, backend: int, algo_backend: str) -> None:
+    client = RuntimeClient(env.admin)
+    path = "/lc" if algo_backend == "lc" else "/"
+    if algo_backend == "web":
+        await client.execute_checked(
+            [c.set_server_state("web", f"s{i}", "maint") for i in (1, 2, 3)]
+        )
+    results = await client.execute_checked(
+        [
+            c.add_server(algo_backend, "dyn1", "127.0.0.1", backend, "check", "weight", "5"),
+            c.set_server_state(algo_backend, "dyn1", "ready"),
+            c.enable_health(algo_backend, "dyn1"),
+        ]
+    )
+    assert results[0].reply == "New server registered."
+    dyn = next(s for s in await client.show_servers_state(algo_backend) if s.server == "dyn1")
+    assert (dyn.ready, dyn.up, dyn.weight) == (True, True, 5)
+    assert await http_get(env.port, path) == (200, f"backend-{backend}")
+    # del server needs maint first; then the slot is gone
+    bad = await client.execute([c.del_server(algo_backend, "dyn1")])
+    assert bad[0].status is Status.ERROR and "maintenance" in bad[0].reply
+    await client.execute_checked(
+        [c.set_server_state(algo_backend, "dyn1", "maint"), c.del_server(algo_backend, "dyn1")]
+    )
+    assert all(s.server != "dyn1" for s in await client.show_servers_state(algo_backend))
