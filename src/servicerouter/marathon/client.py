@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .. import __version__
@@ -87,6 +89,8 @@ def parse_marathon_url(raw: str, default_auth: Auth | None = None) -> MarathonTa
         )
     if not url.host:
         raise MarathonConfigError(f"Marathon URL {_redact(text)!r} has no host")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise MarathonConfigError(f"Marathon URL {_redact(text)!r} has an invalid port")
     if url.query or url.fragment:
         raise MarathonConfigError(
             f"Marathon URL {_redact(text)!r} must not have a query or fragment"
@@ -135,12 +139,30 @@ def transport_reason(exc: httpx.TransportError, timeout: httpx.Timeout) -> tuple
         return "timeout", f"no bytes for {timeout.read:g}s"
     if isinstance(exc, httpx.TimeoutException):
         return "timeout", f"timed out ({type(exc).__name__})"
-    text = str(exc) or type(exc).__name__
-    if "refused" in text.lower():
-        text = "connection refused"
-    elif isinstance(exc, httpx.ConnectError):
+    cause = _root_os_error(exc)
+    if isinstance(cause, ConnectionRefusedError):
+        return "error", "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return "error", f"cannot resolve host: {cause.strerror}"
+    text = (cause.strerror if cause is not None else None) or str(exc) or type(exc).__name__
+    if "connection refused" in text.lower():
+        return "error", "connection refused"
+    if isinstance(exc, httpx.ConnectError):
         text = f"cannot connect: {text}"
     return "error", text
+
+
+def _root_os_error(exc: BaseException) -> OSError | None:
+    """The innermost OSError with an errno under httpx's and anyio's wrappers."""
+    found: OSError | None = None
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, OSError) and current.errno is not None:
+            found = current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return found
 
 
 class MarathonClient:
@@ -297,7 +319,9 @@ class MarathonClient:
     ) -> tuple[MarathonTarget, httpx.Response, float]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._retry_total),
-            wait=wait_exponential_jitter(initial=self._retry_initial, max=self._retry_max),
+            # exponential from retry_initial up to retry_max, plus up to retry_initial of jitter
+            wait=wait_exponential(multiplier=self._retry_initial, max=self._retry_max)
+            + wait_random(0, self._retry_initial),
             retry=retry_if_exception_type(MarathonUnavailable),
             before_sleep=lambda state: log.warning(
                 "%s; retrying (attempt %d of %d)",
