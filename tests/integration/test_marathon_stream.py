@@ -328,6 +328,22 @@ async def test_200_that_is_not_an_event_stream_is_refused() -> None:
             await EventStream(client).connect()
 
 
+async def test_a_server_that_never_answers_times_out_at_the_stall_timeout() -> None:
+    release = asyncio.Event()
+
+    async def reply(writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+
+    server, url = await raw_server(reply, [])
+    async with server, MarathonClient([url]) as client:
+        start = time.monotonic()
+        with pytest.raises(MarathonUnavailable, match=r"\(no bytes for 0.3s\)"):
+            await EventStream(client, stall_timeout=0.3).connect()
+        assert time.monotonic() - start < 2.0
+        release.set()
+        await asyncio.sleep(0.01)
+
+
 # -- the REST client over real sockets ------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,6 +84,15 @@ def test_no_urls_and_conflicting_auth_are_refused() -> None:
         MarathonClient([])
     with pytest.raises(MarathonConfigError, match="not both"):
         MarathonClient(["http://m1"], auth=("a", "b"), dcos_token="jwt")
+
+
+def test_tls_is_verified_by_default_and_a_bad_ca_bundle_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MarathonConfigError, match="CA bundle"):
+        MarathonClient(["https://m1:8443"], verify=str(tmp_path / "missing.pem"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(MarathonConfigError, match=r"garbage\.pem"):
+        MarathonClient(["https://m1:8443"], verify=str(garbage))
 
 
 def test_comma_separated_string_is_accepted() -> None:

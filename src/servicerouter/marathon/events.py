@@ -215,7 +215,11 @@ class EventStream:
             self.url = answered.url
             self.last_activity = time.monotonic()
             if self._on_connect is not None:
-                self._on_connect(answered.url)
+                try:
+                    self._on_connect(answered.url)
+                except BaseException:
+                    await self.aclose()
+                    raise
             return answered.url
         raise MarathonUnavailable(failures, what=f"GET {EVENTS_PATH}")
 
