@@ -74,17 +74,18 @@ QUERY_ERROR_PREFIXES: tuple[str, ...] = (
     "Unknown ",
 )
 
-QUERY_PREFIXES: tuple[str, ...] = ("show ", "help")
+QUERY_PREFIXES: tuple[str, ...] = ("show", "help")
 
 
 def is_query(command: str) -> bool:
     """Commands whose reply is free text (may contain blank lines): sent one per session."""
-    c = command.lstrip()
-    return c == "show" or c.startswith(QUERY_PREFIXES)
+    return command.lstrip().startswith(QUERY_PREFIXES)
 
 
 def classify(command: str, reply: str) -> Status:
     """OK or ERROR for one complete reply to one command."""
+    if not reply and not is_query(command):
+        return Status.OK
     text = reply.strip("\n")
     if is_query(command):
         return Status.ERROR if text.startswith(QUERY_ERROR_PREFIXES) else Status.OK
