@@ -1,0 +1,135 @@
+"""``make demo``: the simulator, real HAProxy and the daemon, under steady churn.
+
+Starts a Marathon simulator whose executor runs real tasks on 127.0.0.1,
+servicerouter with ``--start-haproxy``, a few apps, and then scales and kills
+tasks at random. It prints each action, the service ports to curl, and a live
+line comparing HAProxy's own reload count (``show proc``) with the runtime
+updates servicerouter applied. Ctrl-C stops everything; so does ``--duration``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from ..haproxy.master_cli import MasterCLI
+from .procs import Proc, free_port, wait_for
+
+APPS = {  # id -> (service port, instances)
+    "/demo/web": (10001, 3),
+    "/demo/api": (10002, 2),
+    "/demo/search": (10003, 2),
+}
+BACKEND = f"{sys.executable} -m servicerouter.demo.backend"
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _app_body(app_id: str, port: int, instances: int) -> dict[str, object]:
+    return {"id": app_id, "cmd": BACKEND, "instances": instances, "cpus": 0.1, "mem": 32,
+            "portDefinitions": [{"port": port, "protocol": "tcp", "name": "http"}],
+            "labels": {"HAPROXY_GROUP": "demo", "HAPROXY_0_MODE": "http"},
+            "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0,
+                              "intervalSeconds": 2, "gracePeriodSeconds": 10,
+                              "timeoutSeconds": 1, "maxConsecutiveFailures": 3}]}
+
+
+def churn(sim: httpx.Client, rng: random.Random) -> str:
+    """One random action through the Marathon API, as an operator would."""
+    app_id = rng.choice(sorted(APPS))
+    app = sim.get(f"/v2/apps{app_id}", params={"embed": "app.tasks"}).json()["app"]
+    running = [t["id"] for t in app.get("tasks", []) if t["state"] == "TASK_RUNNING"]
+    roll = rng.random()
+    if roll < 0.6 and running:
+        victim = rng.choice(running)
+        sim.delete(f"/v2/apps{app_id}/tasks/{victim}", params={"scale": "false"})
+        return f"killed task {victim} of {app_id} (Marathon replaces it)"
+    instances = int(app["instances"])
+    target = max(1, min(6, instances + rng.choice([-1, 1])))
+    sim.put(f"/v2/apps{app_id}", json={"instances": target})
+    return f"scaled {app_id} from {instances} to {target} instances"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m servicerouter.demo", description=__doc__)
+    parser.add_argument("--duration", type=float, default=1800,
+                        help="stop after this many seconds (default 1800)")
+    parser.add_argument("--interval", type=float, default=1.5,
+                        help="seconds between churn actions (default 1.5)")
+    parser.add_argument("--workdir", help="keep configs and logs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if shutil.which("haproxy") is None:
+        print("demo: haproxy is not installed; run 'make install' first", file=sys.stderr)
+        return 1
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="servicerouter-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sim_port, listen_port = free_port(), free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    simulator = Proc("simulator", [sys.executable, "-m", "servicerouter.simulator",
+                                   "--listen", f"127.0.0.1:{sim_port}", "--executor", "local",
+                                   "--kill-grace", "1"], work / "simulator.log")
+    daemon = Proc("servicerouter", [
+        sys.executable, "-m", "servicerouter", "run", "--marathon", sim_url,
+        "--haproxy-config", str(work / "haproxy.cfg"),
+        "--haproxy-socket", str(work / "admin.sock"),
+        "--start-haproxy", "--haproxy-master-socket", str(work / "master.sock"),
+        "--http-port", "0", "--https-port", "0", "--stats-port", "0",
+        "--listen", f"127.0.0.1:{listen_port}", "--drain-seconds", "1",
+    ], work / "servicerouter.log")
+    procs = [simulator, daemon]
+    try:
+        print(f"demo: working in {work} (logs: simulator.log, servicerouter.log)")
+        simulator.start()
+        sim = httpx.Client(base_url=sim_url, timeout=10)
+        wait_for(lambda: sim.get("/ping").status_code == 200, 15, what="the simulator")
+        print(f"demo: Marathon simulator on {sim_url}")
+        for app_id, (port, instances) in APPS.items():
+            sim.post("/v2/apps", json=_app_body(app_id, port, instances)).raise_for_status()
+        daemon.start()
+        web = httpx.Client(base_url=f"http://127.0.0.1:{listen_port}", timeout=10)
+        wait_for(lambda: web.get("/healthz").status_code == 200, 60, what="servicerouter")
+        print(f"demo: servicerouter on http://127.0.0.1:{listen_port} "
+              "(/metrics /healthz /status /config)")
+        for app_id, (port, _) in APPS.items():
+            print(f"demo: {app_id:14} curl http://127.0.0.1:{port}/")
+        print("demo: churning; Ctrl-C stops everything")
+        master = MasterCLI(str(work / "master.sock"))
+        baseline = asyncio.run(master.show_proc()).reloads
+        rng = random.Random()
+        deadline = time.monotonic() + args.duration
+        while time.monotonic() < deadline:
+            action = churn(sim, rng)
+            time.sleep(args.interval)
+            metrics = web.get("/metrics").text
+            updates = int(_metric(metrics, "servicerouter_runtime_batches_total"))
+            commands = int(_metric(metrics, "servicerouter_runtime_commands_total"))
+            reloads = asyncio.run(master.show_proc()).reloads - baseline
+            print(f"  {action}\n    HAProxy reloads since start: {reloads}   "
+                  f"runtime updates: {updates} ({commands} commands)", flush=True)
+    except KeyboardInterrupt:
+        print("\ndemo: stopping")
+    except (TimeoutError, httpx.HTTPError) as exc:
+        print(f"demo: {exc}; see the logs in {work}", file=sys.stderr)
+        return 1
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""A task for the demo and the tests: answers every request with its task id.
+
+Started by the simulator's executor as ``python -m servicerouter.demo.backend``
+with ``$PORT`` and ``$MESOS_TASK_ID`` set, exactly as Marathon starts a task.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT0") or os.environ.get("PORT") or "0")
+    _Handler.body = (os.environ.get("MESOS_TASK_ID", "unknown") + "\n").encode()
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

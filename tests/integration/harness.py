@@ -1,0 +1,167 @@
+"""Real processes for integration tests: the simulator, the daemon, HAProxy.
+
+Everything listens on loopback; every process started here is stopped by
+the fixture that started it (process groups, so nothing is left behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from servicerouter.demo.procs import Proc, free_port, wait_for
+from servicerouter.haproxy.master_cli import MasterCLI
+from servicerouter.haproxy.runtime import RuntimeClient
+from servicerouter.haproxy.runtime_parse import ServerState
+
+PYTHON = sys.executable
+BACKEND_CMD = f"{PYTHON} -m servicerouter.demo.backend"
+
+
+class Simulator:
+    def __init__(self, tmp: Path, *, kill_grace: float = 0.5, extra: list[str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Proc("simulator", [
+            PYTHON, "-m", "servicerouter.simulator", "--listen", f"127.0.0.1:{self.port}",
+            "--executor", "local", "--heartbeat-interval", "1", "--kill-grace", str(kill_grace),
+            *(extra or []),
+        ], tmp / "simulator.log")
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def start(self) -> Simulator:
+        self.proc.start()
+        wait_for(lambda: self.http.get("/ping").status_code == 200, what="simulator /ping")
+        return self
+
+    def stop(self) -> None:
+        self.http.close()
+        self.proc.stop()
+
+    def create_app(self, app_id: str, instances: int = 2, ports: int = 1,
+                   labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        body = {"id": app_id, "cmd": BACKEND_CMD, "instances": instances, "cpus": 0.1,
+                "mem": 32, "portDefinitions": [{"port": 0, "protocol": "tcp"}] * ports,
+                "labels": labels or {}, **extra}
+        r = self.http.post("/v2/apps", json=body)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def app(self, app_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/v2/apps/{app_id.strip('/')}", params={"embed": "app.tasks"})
+        r.raise_for_status()
+        return dict(r.json()["app"])
+
+    def service_port(self, app_id: str, index: int = 0) -> int:
+        return int(self.app(app_id)["portDefinitions"][index]["port"])
+
+    def running(self, app_id: str) -> set[str]:
+        return {t["id"] for t in self.app(app_id).get("tasks", [])
+                if t["state"] == "TASK_RUNNING"}
+
+    def wait_tasks(self, app_id: str, ok: Callable[[set[str]], bool], timeout: float = 20.0,
+                   what: str = "tasks") -> set[str]:
+        """Wait until the app's running task ids satisfy ``ok``; return them."""
+        def check() -> set[str] | None:
+            tasks = self.running(app_id)
+            return tasks if ok(tasks) else None
+
+        return set(wait_for(check, timeout, what=f"{what} of {app_id}"))
+
+    def wait_running(self, app_id: str, n: int, timeout: float = 20.0) -> set[str]:
+        return self.wait_tasks(app_id, lambda t: len(t) == n, timeout, f"{n} running tasks")
+
+    def kill_task(self, app_id: str, task_id: str) -> None:
+        r = self.http.delete(f"/v2/apps/{app_id.strip('/')}/tasks/{task_id}",
+                             params={"scale": "false"})
+        assert r.status_code == 200, r.text
+
+    def scale(self, app_id: str, instances: int) -> None:
+        r = self.http.put(f"/v2/apps/{app_id.strip('/')}", json={"instances": instances})
+        assert r.status_code == 200, r.text
+
+    def delete_app(self, app_id: str) -> None:
+        r = self.http.delete(f"/v2/apps/{app_id.strip('/')}")
+        assert r.status_code == 200, r.text
+
+
+class Daemon:
+    """``servicerouter run --start-haproxy`` with everything in ``tmp``."""
+
+    def __init__(self, tmp: Path, marathon: str, *extra: str) -> None:
+        self.tmp = tmp
+        self.config = tmp / "haproxy.cfg"
+        self.socket = tmp / "admin.sock"
+        self.master_socket = tmp / "master.sock"
+        self.listen_port = free_port()
+        self.url = f"http://127.0.0.1:{self.listen_port}"
+        self.proc = Proc("servicerouter", [
+            PYTHON, "-m", "servicerouter", "run", "--marathon", marathon,
+            "--haproxy-config", str(self.config), "--haproxy-socket", str(self.socket),
+            "--start-haproxy", "--haproxy-master-socket", str(self.master_socket),
+            "--stats-port", "0", "--http-port", "0", "--https-port", "0",
+            "--listen", f"127.0.0.1:{self.listen_port}", "--min-reload-interval", "0.2",
+            "--reconcile-interval", "1", "--resync-interval", "30", "--stall-timeout", "5",
+            "--log-level", "debug", *extra,
+        ], tmp / "servicerouter.log")
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def start(self, wait_healthy: bool = True) -> Daemon:
+        self.proc.start()
+        if wait_healthy:
+            wait_for(lambda: self.http.get("/healthz").status_code == 200, 30,
+                     what="servicerouter /healthz 200")
+        return self
+
+    def stop(self) -> int | None:
+        self.http.close()
+        return self.proc.stop()
+
+    def status(self, **params: str) -> dict[str, Any]:
+        return dict(self.http.get("/status", params=params).json())
+
+    def metrics(self) -> str:
+        return self.http.get("/metrics").text
+
+    # HAProxy's own view ------------------------------------------------------
+    def reloads(self) -> int:
+        """The master's reload count, from HAProxy itself (``show proc``)."""
+        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc()).reloads
+
+    def servers(self, backend: str | None = None) -> list[ServerState]:
+        return asyncio.run(RuntimeClient(str(self.socket)).show_servers_state(backend))
+
+    def ready_addresses(self, backend: str) -> set[str]:
+        return {f"{s.addr}:{s.port}" for s in self.servers(backend) if s.ready}
+
+
+def responders(port: int, requests: int = 20) -> set[str]:
+    """Task ids answering through HAProxy's frontend on ``port`` (loopback)."""
+    seen = set()
+    with httpx.Client(timeout=5) as c:
+        for _ in range(requests):
+            r = c.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"})
+            r.raise_for_status()
+            seen.add(r.text.strip())
+    return seen
+
+
+def wait_routed(port: int, expected: set[str], timeout: float = 15.0) -> None:
+    """Wait until traffic through ``port`` reaches exactly ``expected`` tasks."""
+    wait_for(lambda: responders(port, 4 * len(expected) + 4) == expected, timeout,
+             what=f"traffic on :{port} reaching exactly {sorted(expected)}")
+
+
+@contextlib.contextmanager
+def running(*procs: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in reversed(procs):
+            p.stop()

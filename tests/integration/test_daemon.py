@@ -1,0 +1,187 @@
+"""The daemon end to end: simulator → servicerouter → real HAProxy → real tasks.
+
+Reload counts come from HAProxy's master (``show proc``), never from our own
+counters; routing is checked with real requests through the frontends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servicerouter.haproxy.render import builtin_templates
+from servicerouter.naming import service_name
+
+from .conftest import needs_haproxy
+from .harness import Daemon, Simulator, free_port, responders, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+
+def start_daemon(tmp: Path, sim: Simulator, *extra: str) -> Daemon:
+    return Daemon(tmp, sim.url, *extra).start()
+
+
+def test_task_replacements_inside_capacity_need_no_reload(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    simulator.create_app("/churn", instances=4)
+    live = simulator.wait_running("/churn", 4)
+    port = simulator.service_port("/churn")
+    daemon = start_daemon(tmp_path, simulator)
+    with running(daemon):
+        wait_routed(port, live)
+        reloads_before = daemon.reloads()
+        rng = random.Random(7)
+        replaced = 0
+        while replaced < 100:
+            victims = rng.sample(sorted(live), 2)
+            for task_id in victims:
+                simulator.kill_task("/churn", task_id)
+            replaced += len(victims)
+            gone = set(victims)
+            live = simulator.wait_tasks("/churn", lambda t, gone=gone: len(t) == 4
+                                        and not t & gone, what="replacements")
+            wait_routed(port, live)
+        assert daemon.reloads() == reloads_before, "task churn inside capacity reloaded HAProxy"
+        assert "servicerouter_reloads_total{reason=\"capacity\"} 0.0" in daemon.metrics()
+
+
+def test_new_app_is_routed_with_one_reload_and_removed_app_unbound(
+        tmp_path: Path, simulator: Simulator) -> None:
+    simulator.create_app("/first", instances=1)
+    simulator.wait_running("/first", 1)
+    daemon = start_daemon(tmp_path, simulator)
+    with running(daemon):
+        before = daemon.reloads()
+        simulator.create_app("/second", instances=2)
+        live = simulator.wait_running("/second", 2)
+        port = simulator.service_port("/second")
+        wait_routed(port, live)
+        time.sleep(0.5)  # a second reload, if any, would land within the reload interval
+        assert daemon.reloads() == before + 1
+
+        simulator.delete_app("/second")
+        wait_for(lambda: _refused(port), 15, what=f"port {port} unbound")
+        assert responders(simulator.service_port("/first"), 2)
+
+
+def _refused(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_scaling_past_capacity_adds_servers_without_reload(tmp_path: Path,
+                                                           simulator: Simulator) -> None:
+    simulator.create_app("/grow", instances=2)
+    simulator.wait_running("/grow", 2)
+    port = simulator.service_port("/grow")
+    daemon = start_daemon(tmp_path, simulator, "--slots-min-free", "1", "--slots-increment", "4")
+    with running(daemon):
+        backend = service_name("/grow", port)
+        assert len(daemon.servers(backend)) == 4
+        before = daemon.reloads()
+        simulator.scale("/grow", 7)
+        live = simulator.wait_running("/grow", 7, timeout=30)
+        wait_routed(port, live)
+        assert len(daemon.servers(backend)) >= 7
+        assert daemon.reloads() == before, "add server should have avoided the reload"
+
+
+def test_killed_haproxy_worker_is_recovered(tmp_path: Path, simulator: Simulator) -> None:
+    simulator.create_app("/sturdy", instances=2)
+    live = simulator.wait_running("/sturdy", 2)
+    port = simulator.service_port("/sturdy")
+    daemon = start_daemon(tmp_path, simulator)
+    with running(daemon):
+        wait_routed(port, live)
+        # A change applied at runtime only: the file on disk does not have it.
+        simulator.kill_task("/sturdy", sorted(live)[0])
+        old = live
+        live = simulator.wait_tasks("/sturdy", lambda t: len(t) == 2 and t != old)
+        wait_routed(port, live)
+        import asyncio
+
+        from servicerouter.haproxy.master_cli import MasterCLI
+
+        info = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        os.kill(info.worker_pids[0], signal.SIGKILL)
+        # HAProxy comes back and routes to exactly the live tasks again.
+        wait_routed(port, live, timeout=30)
+        assert daemon.proc.alive()
+
+
+def test_invalid_candidate_config_keeps_the_old_one_serving(tmp_path: Path,
+                                                            simulator: Simulator) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), templates)
+    simulator.create_app("/steady", instances=1)
+    live = simulator.wait_running("/steady", 1)
+    port = simulator.service_port("/steady")
+    daemon = start_daemon(tmp_path, simulator, "--templates", str(templates))
+    with running(daemon):
+        wait_routed(port, live)
+        service = templates / "service.j2"
+        service.write_text(service.read_text().replace("    balance {{ b.balance }}",
+                                                       "    balance {{ b.balance }}\n"
+                                                       "    not-a-keyword on"))
+        simulator.create_app("/broken", instances=1)
+        wait_for(lambda: 'servicerouter_reload_failures_total{stage="validate"} 1.0'
+                 in daemon.metrics(), 20, what="a validation failure")
+        assert "not-a-keyword" in daemon.proc.output()
+        assert (tmp_path / "haproxy.cfg.rejected").exists() or list(tmp_path.glob("*rejected*"))
+        assert "not-a-keyword" not in (tmp_path / "haproxy.cfg").read_text()
+        wait_routed(port, live)  # the running config keeps serving
+        # Task churn of the existing app still flows at runtime meanwhile.
+        simulator.kill_task("/steady", next(iter(live)))
+        old = live
+        live = simulator.wait_tasks("/steady", lambda t: len(t) == 1 and t != old)
+        wait_routed(port, live)
+
+
+def test_sigterm_stops_daemon_and_haproxy(tmp_path: Path, simulator: Simulator) -> None:
+    simulator.create_app("/bye", instances=1)
+    simulator.wait_running("/bye", 1)
+    port = simulator.service_port("/bye")
+    daemon = start_daemon(tmp_path, simulator)
+    import asyncio
+
+    from servicerouter.haproxy.master_cli import MasterCLI
+
+    pids = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc()).all_pids
+    assert daemon.proc.popen is not None
+    daemon.proc.popen.send_signal(signal.SIGTERM)
+    assert daemon.proc.popen.wait(15) == 0
+    for pid in pids:
+        wait_for(lambda p=pid: not _exists(p), 10, what=f"haproxy pid {pid} gone")
+    assert _refused(port)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still "exists"; treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_listen_defaults_to_loopback() -> None:
+    from servicerouter.cli import build_parser
+
+    args = build_parser({}).parse_args(["run"])
+    assert args.listen == ("127.0.0.1", 9091)
+    assert free_port() > 0
