@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -63,8 +64,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture
@@ -149,6 +153,8 @@ async def test_start_reload_stop_leaves_nothing(haproxy: HAProxyProcess) -> None
     assert second.worker_pids != first.worker_pids
     info = await runtime.show_info()  # a fresh connection reaches the new worker
     assert int(info["Pid"]) == second.worker_pids[0]
+    via_master = await haproxy.master.worker_command("show info")
+    assert f"Pid: {second.worker_pids[0]}" in via_master
     s1 = (await runtime.show_servers_state("web"))[0]
     assert s1.weight == 1  # runtime changes do not survive a reload
 
@@ -214,3 +220,41 @@ async def test_graceful_stop_with_lingering_old_worker(haproxy: HAProxyProcess) 
     await haproxy.stop(graceful=True, timeout=0.5)
     assert not [p for p in pids if alive(p)]
     writer.close()
+
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from servicerouter.haproxy.process import HAProxyProcess
+
+async def main():
+    p = HAProxyProcess(sys.argv[1], sys.argv[2], haproxy_bin=sys.argv[3])
+    info = await p.start()
+    print(" ".join(map(str, info.all_pids)), flush=True)
+    await asyncio.sleep(30)
+
+asyncio.run(main())
+"""
+
+
+async def test_haproxy_dies_with_its_supervisor(root: Path) -> None:
+    """If servicerouter is SIGKILLed, PR_SET_PDEATHSIG stops the master and its workers."""
+    cfg = root / "haproxy.cfg"
+    cfg.write_text(config(root, free_port()))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(cfg), str(root / "master.sock"), HAPROXY,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert child.stdout is not None
+    try:
+        line = await asyncio.wait_for(child.stdout.readline(), 10)
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        child.kill()
+        await child.wait()
+    for _ in range(100):
+        if not any(alive(p) for p in pids):
+            break
+        await asyncio.sleep(0.05)
+    assert not [p for p in pids if alive(p)]

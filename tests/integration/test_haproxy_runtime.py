@@ -50,7 +50,7 @@ backend web
     balance roundrobin
     server s1 127.0.0.1:1 disabled
     server s2 127.0.0.1:1 disabled
-    server s3 127.0.0.1:1 check disabled
+    server s3 127.0.0.1:1 check inter 100ms disabled
 backend lc
     balance leastconn
 """
@@ -222,3 +222,31 @@ async def test_add_server_then_ready(env: Env, backend: int, algo_backend: str) 
         [c.set_server_state(algo_backend, "dyn1", "maint"), c.del_server(algo_backend, "dyn1")]
     )
     assert all(s.server != "dyn1" for s in await client.show_servers_state(algo_backend))
+
+
+async def test_ready_with_check_is_up_at_once_then_checks_decide(env: Env, backend: int) -> None:
+    """2.6: `state ready` on a `check` server puts it UP immediately (health = rise);
+    the first failing check takes it DOWN."""
+    client = RuntimeClient(env.admin)
+    dead = free_port()
+    await client.execute_checked(
+        [
+            c.set_server_state("web", "s1", "maint"),
+            c.set_server_addr("web", "s3", "127.0.0.1", dead),
+            c.set_server_state("web", "s3", "ready"),
+        ]
+    )
+    s3 = next(s for s in await client.show_servers_state("web") if s.server == "s3")
+    assert s3.up and s3.ready  # before any check ran
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        s3 = next(s for s in await client.show_servers_state("web") if s.server == "s3")
+        if not s3.up:
+            break
+    assert not s3.up and s3.ready  # DOWN by health check, still administratively ready
+    await client.execute_checked([c.set_server_addr("web", "s3", "127.0.0.1", backend)])
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        if (await http_get(env.port))[0] == 200:
+            break
+    assert await http_get(env.port) == (200, f"backend-{backend}")
