@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "asyncio"):  # one line per request is not news
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     from .haproxy.render import TemplateError
     from .marathon.errors import MarathonError
 

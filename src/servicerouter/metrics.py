@@ -5,13 +5,22 @@ Totals only, never per-app labels: a cluster has thousands of apps.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from . import __version__
 
 RELOAD_REASONS = ("new_app", "removed_app", "options_changed", "capacity", "runtime_error",
                   "resync", "manual", "endpoints_changed")
 RELOAD_STAGES = ("validate", "write", "reload", "confirm")
+disable_created_metrics()  # *_created series only add noise to every scrape
+
 # 0.5 ms to 10 s, about 2.5x per step.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
