@@ -48,8 +48,10 @@ class BackendShape:
 
     @property
     def dynamic(self) -> bool:
-        """Whether ``add server`` works here (HAProxy 2.6: not static-rr, not hashing)."""
-        return self.service.options.balance not in ("static-rr", "source")
+        """Whether ``add server`` works here. HAProxy 2.6 refuses it for static-rr and
+        hashing algorithms, and refuses ``cookie`` on dynamic servers (sticky sessions)."""
+        opts = self.service.options
+        return opts.balance not in ("static-rr", "source") and not opts.sticky
 
 
 # A slot holds an endpoint or nothing (a free slot: disabled, 127.0.0.1:1).

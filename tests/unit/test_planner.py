@@ -98,10 +98,17 @@ def test_out_of_slots_adds_servers_at_runtime_when_the_algorithm_allows() -> Non
 
 
 def test_added_server_carries_the_backend_keywords_and_health_checks() -> None:
-    svc = replace(SERVICE, options=Options(health_check=True, sticky=True, mode=Mode.HTTP))
+    svc = replace(SERVICE, options=Options(health_check=True, mode=Mode.HTTP))
     p = plan({B: shape(1, svc)}, {B: [ep(1)]}, desired(ep(1), ep(2), service=svc), [B])
-    assert p.commands[0] == f"add server {B}/s2 127.0.0.1:31002 check inter 2000 cookie s2"
+    assert p.commands[0] == f"add server {B}/s2 127.0.0.1:31002 check inter 2000"
     assert p.commands[1] == f"enable health {B}/s2"
+
+
+def test_sticky_backends_reload_to_grow() -> None:
+    # HAProxy 2.6: "'cookie' option is not accepted for dynamic server".
+    svc = replace(SERVICE, options=Options(sticky=True, mode=Mode.HTTP))
+    p = plan({B: shape(1, svc)}, {B: [ep(1)]}, desired(ep(1), ep(2), service=svc), [B])
+    assert p.reload == {B: ReloadReason.CAPACITY}
 
 
 @pytest.mark.parametrize("balance", ["static-rr", "source"])
