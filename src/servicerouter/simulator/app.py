@@ -37,7 +37,7 @@ def create_app(ctx: SimContext, proxy: LeaderProxy | None = None) -> ASGIApp:
         routes = [
             Route("/ping", api.ping, methods=["GET", "HEAD"]),
             Route("/v2/events", events_endpoint, methods=["GET"]),
-            Route("/{path:path}", proxy, methods=ALL_METHODS),
+            Route("/{path:path}", proxy.forward, methods=ALL_METHODS),
         ]
     else:
         routes = api.routes() + control.routes()

@@ -115,6 +115,7 @@ class FakeExecutor(Executor):
         self.port_range = port_range
         self._next_port = port_range[0]
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._batch: list[Task] = []
 
     def _fake_port(self) -> int:
         lo, hi = self.port_range
@@ -143,7 +144,23 @@ class FakeExecutor(Executor):
         self._timers[task.id] = loop.call_later(max(0.0, delay), fire)
 
     def launch(self, task: Task) -> None:
-        self._later(task, self.task_start_delay, self._start)
+        if self.task_start_delay > 0:
+            self._later(task, self.task_start_delay, self._start)
+            return
+        # No delay: start in the next loop iteration, all launches in one batch.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._start(task)
+            return
+        self._batch.append(task)
+        if len(self._batch) == 1:
+            loop.call_soon(self._start_batch)
+
+    def _start_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        for task in batch:
+            self._start(task)
 
     def _start(self, task: Task) -> None:
         if task.state != TASK_STAGING:
@@ -170,3 +187,4 @@ class FakeExecutor(Executor):
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._batch.clear()

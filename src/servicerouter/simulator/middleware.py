@@ -96,7 +96,7 @@ class LeaderProxy:
             timeout=httpx.Timeout(30.0, connect=connect_timeout), follow_redirects=False
         )
 
-    async def __call__(self, request: Request) -> Response:
+    async def forward(self, request: Request) -> Response:
         url = self.leader_url + request.url.path
         if request.url.query:
             url += "?" + request.url.query

@@ -53,11 +53,19 @@ JsonDict = dict[str, Any]
 _last_version_ms = 0
 
 
+_iso_cache: tuple[int, str] = (-1, "")
+
+
 def iso_ms(t: float | None = None) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``, as Marathon writes timestamps."""
+    global _iso_cache
     ms = int((time.time() if t is None else t) * 1000)
     secs, rem = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem:03d}Z"
+    cached_secs, prefix = _iso_cache
+    if cached_secs != secs:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        _iso_cache = (secs, prefix)
+    return f"{prefix}.{rem:03d}Z"
 
 
 def new_version() -> str:

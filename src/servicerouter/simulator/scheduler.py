@@ -45,6 +45,7 @@ class Scheduler:
         self.relaunch_backoff = relaunch_backoff
         self._dirty: set[App] = set()
         self._scheduled = False
+        self._flushing = False
         self._timers: set[asyncio.TimerHandle] = set()
         self._closed = False
         executor.attach(self)
@@ -59,11 +60,22 @@ class Scheduler:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # synchronous use (unit tests): reconcile now
-            self.flush()
+        except RuntimeError:  # synchronous use (unit tests): reconcile now, not nested
+            if not self._flushing:
+                self._flush_sync()
             return
         self._scheduled = True
         loop.call_soon(self.flush)
+
+    def _flush_sync(self) -> None:
+        self._flushing = True
+        try:
+            for _ in range(100_000):  # bounded: each round handles what the last one marked
+                if not self._dirty:
+                    break
+                self.flush()
+        finally:
+            self._flushing = False
 
     def flush(self) -> None:
         self._scheduled = False

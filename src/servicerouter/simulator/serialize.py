@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 from .model import TASK_RUNNING, TASK_STAGING, TASK_STARTING, App, JsonDict, Task, safe_app_id
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON as UTF-8 bytes, like Marathon writes it."""
+    return _ENCODER.encode(obj).encode()
 
 
 @dataclass(frozen=True)
