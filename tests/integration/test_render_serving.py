@@ -1,0 +1,70 @@
+"""``render`` and ``haproxy-marathon-bridge`` against the simulator, served by
+the real HAProxy to real backends on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servicerouter.demo.procs import Proc
+
+from .conftest import needs_haproxy
+from .harness import Simulator, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+
+def test_rendered_config_serves_the_running_tasks(tmp_path: Path,
+                                                  simulator: Simulator) -> None:
+    simulator.create_app("/render/web", instances=3)
+    simulator.create_app("/render/two", instances=1, ports=2)
+    web = simulator.wait_running("/render/web", 3)
+    two = simulator.wait_running("/render/two", 1)
+    cfg = tmp_path / "haproxy.cfg"
+    subprocess.run([sys.executable, "-m", "servicerouter", "render", "--marathon", simulator.url,
+                    "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
+                    "--output", str(cfg)], check=True, timeout=30)
+    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    haproxy = Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], tmp_path / "haproxy.log")
+    with running(haproxy.start()):
+        wait_for(lambda: (tmp_path / "admin.sock").exists(), what="HAProxy up")
+        wait_routed(simulator.service_port("/render/web"), web)
+        # Both service ports of /render/two reach its one task (the backend answers
+        # on $PORT0 only, so the second port's traffic is checked for binding alone).
+        wait_routed(simulator.service_port("/render/two", 0), two)
+        assert str(simulator.service_port("/render/two", 1)) in cfg.read_text()
+
+
+def test_bridge_prints_a_minimal_valid_config(tmp_path: Path, simulator: Simulator) -> None:
+    simulator.create_app("/bridge/web", instances=2)
+    live = simulator.wait_running("/bridge/web", 2)
+    port = simulator.service_port("/bridge/web")
+    host_port = simulator.url.removeprefix("http://")
+    out = subprocess.run([sys.executable, "-c", "import sys; from servicerouter.bridge import "
+                          "main; sys.exit(main())", "127.0.0.1:1", host_port],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert f"bind 0.0.0.0:{port}" in text and "balance leastconn" in text
+    assert text.count(" check\n") == len(live)
+    cfg = tmp_path / "bridge.cfg"
+    cfg.write_text(text)
+    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_bridge_with_no_marathon_answering_fails_clearly() -> None:
+    out = subprocess.run([sys.executable, "-c", "import sys; from servicerouter.bridge import "
+                          "main; sys.exit(main())", "127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1].startswith("haproxy-marathon-bridge: error: "
+                                                          "no Marathon answered")
+    assert "Traceback" not in out.stderr
