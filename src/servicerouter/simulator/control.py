@@ -17,7 +17,8 @@
 ``GET /_sim/events/log?since=SEQ``     emitted events after SEQ (bounded ring of 10,000):
                                        ``{"seq": last, "events": [{"seq", "eventType",
                                        "time" (epoch seconds), "taskId"?, "appId"?,
-                                       "taskStatus"?, "alive"?, "dropped"?}]}``
+                                       "taskStatus"?, "host"?, "ports"?, "alive"?,
+                                       "dropped"?}]}``
 ``GET /_sim/status``                   counts of apps, tasks, deployments, streams
 =====================================  ==============================================
 

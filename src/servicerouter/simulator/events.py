@@ -206,7 +206,7 @@ class EventBus:
         self.seq += 1
         event_type = payload["eventType"]
         entry: JsonDict = {"seq": self.seq, "eventType": event_type, "time": time.time()}
-        for key in ("taskId", "appId", "taskStatus", "alive", "instanceId", "id"):
+        for key in ("taskId", "appId", "taskStatus", "alive", "instanceId", "id", "host", "ports"):
             if key in payload:
                 entry[key] = payload[key]
         if "appId" not in entry and "runSpecId" in payload:
