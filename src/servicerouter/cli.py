@@ -50,14 +50,14 @@ def _apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
         if name not in env:
             continue
         raw = env[name]
+        convert = action.type if callable(action.type) else str
         try:
             if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
                 value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
             elif isinstance(action, argparse._AppendAction):
-                value = [action.type(v) if action.type else v
-                         for v in (p.strip() for p in raw.split(",")) if v]
+                value = [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
             else:
-                value = action.type(raw) if action.type else raw
+                value = convert(raw)
         except (TypeError, ValueError):
             parser.error(f"environment variable {name}={raw!r} is not valid for {longs[0]}")
         action.default = value

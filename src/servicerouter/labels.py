@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .model import Mode, Options
 
@@ -146,7 +147,8 @@ def _apply(current: ServiceLabels, key: str, label: str, value: str) -> ServiceL
     if key == "PORT":
         return replace(current, port=parse_port(label, value))
     field_name, parse = _OPTION_LABELS[key]
-    return replace(current, options=replace(current.options, **{field_name: parse(label, value)}))
+    change: dict[str, Any] = {field_name: parse(label, value)}
+    return replace(current, options=replace(current.options, **change))
 
 
 def parse_labels(labels: Mapping[str, object] | None, service_count: int) -> AppLabels:

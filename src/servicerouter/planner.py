@@ -94,22 +94,22 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
     for e in want:
         if e.task_id in kept or e.state is EndpointState.DRAIN:
             continue  # a task that is already going away never gets a slot
-        i = next(free, None)
-        if i is None:
+        slot = next(free, None)
+        if slot is None:
             if not shape.dynamic:
                 return None
-            i = len(slots)
+            slot = len(slots)
             slots.append(None)
-            s = slot_name(i + 1)
+            s = slot_name(slot + 1)
             params = server_params(shape, s).split()
             commands.append(add_server(b, s, e.ip, e.port, *params))
             if shape.service.options.health_check:
                 commands.append(enable_health(b, s))
         else:
-            s = slot_name(i + 1)
+            s = slot_name(slot + 1)
             commands.append(set_server_addr(b, s, e.ip, e.port))
         commands.append(set_server_state(b, s, "ready"))
-        slots[i] = e
+        slots[slot] = e
     return commands, slots
 
 

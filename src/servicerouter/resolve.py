@@ -37,8 +37,8 @@ class CachingResolver:
         ip: str | None
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
-            ip = str((v4 or [infos[0][4][0]])[0])
+            v4 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET]
+            ip = (v4 or [str(infos[0][4][0])])[0]
             expires = now + self.ttl
         except (OSError, IndexError) as exc:
             log.warning("cannot resolve agent host %r: %s; its tasks are not routed", host, exc)

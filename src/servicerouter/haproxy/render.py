@@ -111,7 +111,7 @@ def _backend_context(shape: BackendShape, slots: Sequence[Endpoint | None]) -> d
 
 
 def _vhost_routes(layout: Layout) -> list[dict[str, Any]]:
-    routes = []
+    routes: list[dict[str, Any]] = []
     for name, shape in sorted(layout.items()):
         opts = shape.service.options
         if opts.vhosts:
