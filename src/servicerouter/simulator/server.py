@@ -114,6 +114,9 @@ class SimulatorServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> SimulatorServer:
+        if self.standby_of is None:
+            for definition in self.initial_apps:  # may raise ValidationError: before binding
+                self.scheduler.create_app(definition)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -133,9 +136,6 @@ class SimulatorServer:
         )
         if self.standby_of is not None:
             self._proxy = LeaderProxy(self.standby_of, advertised)
-        else:
-            for definition in self.initial_apps:
-                self.scheduler.create_app(definition)
         config = uvicorn.Config(
             create_app(self.ctx, self._proxy),
             log_level=self.log_level,
