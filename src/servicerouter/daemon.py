@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -67,14 +68,29 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="reconnect the event stream after this much silence (default 30)")
 
 
+def detect_reload_command(root: Path = Path("/")) -> str | None:
+    """The init system's reload, as ``servicerouter.py`` looked for it."""
+    units = ("lib/systemd/system/haproxy.service", "usr/lib/systemd/system/haproxy.service",
+             "etc/systemd/system/haproxy.service")
+    if any((root / u).is_file() for u in units) and shutil.which("systemctl"):
+        return "systemctl reload haproxy"
+    if (root / "etc/init.d/haproxy").is_file():
+        return "/etc/init.d/haproxy reload"
+    return None
+
+
 async def run_daemon(args: argparse.Namespace) -> int:
     from .cli import CliError, marathon_client, settings_from
     from .engine import Engine, EngineConfig
 
     settings = settings_from(args)
     if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket):
-        raise CliError("say how HAProxy is reloaded: --start-haproxy, "
-                       "--haproxy-master-socket PATH or --reload-command CMD")
+        args.reload_command = detect_reload_command()
+        if args.reload_command is None:
+            raise CliError("say how HAProxy is reloaded: --start-haproxy, "
+                           "--haproxy-master-socket PATH or --reload-command CMD")
+        log.info("no reload mode given; reloading with %r, as servicerouter.py did",
+                 args.reload_command)
     if args.start_haproxy and not args.haproxy_master_socket:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))
     config = EngineConfig(

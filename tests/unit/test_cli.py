@@ -1,0 +1,102 @@
+"""CLI contracts: flags, SERVICEROUTER_* variables, the old invocation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servicerouter import cli
+from servicerouter.daemon import detect_reload_command
+
+
+def test_every_run_flag_reads_its_environment_variable() -> None:
+    env = {"SERVICEROUTER_MARATHON": "http://m1:8080, http://m2:8080",
+           "SERVICEROUTER_HAPROXY_SOCKET": "/tmp/x.sock",
+           "SERVICEROUTER_STATS_PORT": "0", "SERVICEROUTER_START_HAPROXY": "true",
+           "SERVICEROUTER_HEALTH_CHECK": "false", "SERVICEROUTER_LISTEN": "0.0.0.0:9999",
+           "SERVICEROUTER_MIN_RELOAD_INTERVAL": "2.5", "SERVICEROUTER_GROUP": "external"}
+    args = cli.build_parser(env).parse_args(["run"])
+    assert args.marathon == ["http://m1:8080", "http://m2:8080"]
+    assert args.haproxy_socket == "/tmp/x.sock" and args.stats_port == 0
+    assert args.start_haproxy is True and args.health_check is False
+    assert args.listen == ("0.0.0.0", 9999) and args.min_reload_interval == 2.5
+    assert args.group == ["external"]
+
+
+def test_flags_win_over_the_environment() -> None:
+    args = cli.build_parser({"SERVICEROUTER_STATS_PORT": "0"}).parse_args(
+        ["run", "--stats-port", "9100"])
+    assert args.stats_port == 9100
+
+
+def test_defaults_listen_on_loopback() -> None:
+    args = cli.build_parser({}).parse_args(["run"])
+    assert args.listen == ("127.0.0.1", 9091)
+    assert args.stats_address == "127.0.0.1"
+    assert args.haproxy_socket == "/run/haproxy/admin.sock"
+    assert (args.slots_min_free, args.slots_increment) == (4, 8)
+    assert (args.resync_interval, args.min_reload_interval) == (300.0, 1.0)
+
+
+def test_bad_environment_value_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser({"SERVICEROUTER_STATS_PORT": "http"})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SERVICEROUTER_STATS_PORT='http'" in err[0]
+
+
+def test_unknown_flag_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["render", "--bogus"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["servicerouter: error: unrecognized arguments: --bogus (see --help)"]
+
+
+def test_render_reports_a_missing_payload_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["render", "--apps-json", "/nonexistent.json"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "servicerouter: error: --apps-json /nonexistent.json: No such file or directory")
+
+
+def test_render_reports_invalid_json(tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "apps.json"
+    bad.write_text("{not json")
+    assert cli.main(["render", "--apps-json", str(bad)]) == 1
+    assert f"--apps-json {bad}: not JSON" in capsys.readouterr().err
+
+
+def test_render_reports_a_payload_without_apps(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "apps.json"
+    bad.write_text('{"message": "nope"}')
+    assert cli.main(["render", "--apps-json", str(bad), "-o", str(tmp_path / "out")]) == 1
+    assert "has no 'apps' list" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing is written
+
+
+def test_invalid_marathon_url_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["render", "--marathon", "marathon:8080"]) == 1
+    assert "marathon:8080" in capsys.readouterr().err
+
+
+def test_old_invocation_without_subcommand_means_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    async def fake_run(args: object) -> int:
+        seen["args"] = args
+        return 0
+
+    monkeypatch.setattr("servicerouter.daemon.run_daemon", fake_run)
+    assert cli.main(["--marathon", "http://m:8080", "--haproxy-config", "/tmp/h.cfg"]) == 0
+    assert seen["args"].command == "run"  # type: ignore[attr-defined]
+    assert seen["args"].haproxy_config == "/tmp/h.cfg"  # type: ignore[attr-defined]
+
+
+def test_reload_command_is_detected_like_servicerouter_py(tmp_path: Path) -> None:
+    assert detect_reload_command(tmp_path) is None
+    (tmp_path / "etc/init.d").mkdir(parents=True)
+    (tmp_path / "etc/init.d/haproxy").write_text("#!/bin/sh\n")
+    assert detect_reload_command(tmp_path) == "/etc/init.d/haproxy reload"
