@@ -9,6 +9,7 @@ app and the field; it never stops the other apps.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -139,25 +140,28 @@ def task_health(raw_task: Mapping[str, Any], has_health_checks: bool) -> Health:
     return Health.HEALTHY
 
 
+def _ip(value: Any) -> str | None:
+    """``value`` as a plain IP address (no IPv6 zone), or None: it is printed in haproxy.cfg."""
+    if not isinstance(value, str) or "%" in value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
 def task_address(
     app: App, host: str, ip_addresses: Iterable[Any], ports: Iterable[Any], resolve: Resolver
 ) -> tuple[str | None, tuple[int, ...]]:
     """The backend IP and per-index ports of a task (marathon-api.md, "Which address")."""
     if app.network is NetworkMode.CONTAINER:
-        ips = [_get(a, "ipAddress") for a in ip_addresses if _get(a, "ipAddress")]
-        v4 = [ip for ip in ips if _get_protocol(ip_addresses, ip) != "IPv6"]
+        ips = [ip for ip in (_ip(_get(a, "ipAddress")) for a in ip_addresses) if ip]
+        v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
         ip = (v4 or ips or [None])[0]
         return ip, app.container_ports
-    return (resolve(host) if host else None), tuple(
+    return (_ip(resolve(host)) if host else None), tuple(
         p for p in ports if isinstance(p, int) and not isinstance(p, bool)
     )
-
-
-def _get_protocol(ip_addresses: Iterable[Any], ip: str) -> str:
-    for a in ip_addresses:
-        if _get(a, "ipAddress") == ip:
-            return str(_get(a, "protocol", "IPv4"))
-    return "IPv4"
 
 
 def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) -> Task:
@@ -222,11 +226,15 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
 
 def _with_health_check(options: Options, health_checks: list[Any], index: int) -> Options:
     """Mirror the app's Marathon health check for this port index in HAProxy."""
-    for hc in health_checks:
+    for i, hc in enumerate(health_checks):
         if _get(hc, "portIndex", 0) != index or _get(hc, "port") is not None:
             continue
         protocol = str(_get(hc, "protocol", "HTTP"))
-        interval = int(_get(hc, "intervalSeconds", 2) or 2) * 1000
+        seconds = _get(hc, "intervalSeconds", 2)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise AppParseError(f"healthChecks[{i}].intervalSeconds",
+                                f"expected a number of seconds, got {seconds!r}")
+        interval = int(seconds or 2) * 1000
         if protocol in ("HTTP", "MESOS_HTTP"):
             try:
                 path = parse_path("healthChecks.path", str(_get(hc, "path", "/")))

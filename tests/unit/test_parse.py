@@ -1,0 +1,379 @@
+"""Marathon JSON → model: every network mode, legacy shapes, nulls, health, error isolation."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from servicerouter.marathon.parse import (
+    PayloadError,
+    parse_app,
+    parse_apps,
+    task_from_event,
+    task_health,
+)
+from servicerouter.model import (
+    Endpoint,
+    EndpointState,
+    Health,
+    NetworkMode,
+    endpoints,
+)
+
+from .payloads import APP_FIXTURES, load, resolve
+
+
+def _apps(name: str) -> dict[str, Any]:
+    result = parse_apps(load(name), name, resolve)
+    return {a.id: a for a in result.apps}
+
+
+def _routes(name: str, app_id: str, index: int, health_check: bool = True) -> set[tuple]:
+    app = _apps(name)[app_id]
+    service = app.services[index]
+    return {(e.ip, e.port, e.state) for e in endpoints(app, service, health_check)}
+
+
+R, D = EndpointState.READY, EndpointState.DRAIN
+
+
+@pytest.mark.parametrize("name", APP_FIXTURES)
+def test_every_fixture_parses_without_exceptions(name: str) -> None:
+    result = parse_apps(load(name), name, resolve)
+    assert result.apps, name
+    for app in result.apps:
+        for task in app.tasks:
+            assert task.app_id == app.id
+
+
+@pytest.mark.parametrize(
+    ("name", "app_id", "network", "service_ports"),
+    [
+        ("apps_host_2ports.json", "/shop/frontend", NetworkMode.HOST, [10101, 10102]),
+        ("apps_docker_bridge.json", "/nginx-bridge", NetworkMode.BRIDGE, [10200, 10201]),
+        ("apps_ip_per_task.json", "/payments/api", NetworkMode.CONTAINER, [10300, 10301]),
+        ("apps_legacy_host.json", "/legacy/web", NetworkMode.HOST, [10001, 10002]),
+        ("apps_legacy_host.json", "/legacy/worker", NetworkMode.HOST, [10010]),
+        ("apps_legacy_bridge.json", "/legacy/nginx", NetworkMode.BRIDGE, [10210, 10211]),
+        # legacy IP-per-task has no service ports: 0 unless HAPROXY_{n}_PORT says
+        ("apps_legacy_ip_per_task.json", "/legacy/ipt-docker", NetworkMode.CONTAINER, [10400, 0]),
+        ("apps_legacy_ip_per_task.json", "/legacy/ipt-mesos", NetworkMode.CONTAINER, [0]),
+    ],
+)
+def test_network_mode_and_service_ports(name, app_id, network, service_ports) -> None:
+    app = _apps(name)[app_id]
+    assert app.network is network
+    assert [s.port for s in app.services] == service_ports
+    assert [s.index for s in app.services] == list(range(len(service_ports)))
+
+
+@pytest.mark.parametrize(
+    ("name", "app_id", "index", "health_check", "expected"),
+    [
+        # host: task.host + task.ports[i]; the unhealthy task is not routed
+        ("apps_host_2ports.json", "/shop/frontend", 0, True, {("10.0.1.11", 31822, R)}),
+        ("apps_host_2ports.json", "/shop/frontend", 1, True, {("10.0.1.11", 31823, R)}),
+        # health checking off: every RUNNING task is routed
+        ("apps_host_2ports.json", "/shop/frontend", 0, False,
+         {("10.0.1.11", 31822, R), ("10.0.1.12", 31455, R)}),
+        # bridge: task.host (not the docker IP) + host port of mapping i; STAGING not routed
+        ("apps_docker_bridge.json", "/nginx-bridge", 0, True,
+         {("10.0.6.25", 16916, R), ("10.0.6.26", 31184, R)}),
+        ("apps_docker_bridge.json", "/nginx-bridge", 1, True,
+         {("10.0.6.25", 16917, R), ("10.0.6.26", 31185, R)}),
+        # IP per task: ipAddresses[0] + containerPort i (not task.host, task.ports empty)
+        ("apps_ip_per_task.json", "/payments/api", 0, True,
+         {("9.0.2.130", 8080, R), ("9.0.3.7", 8080, R)}),
+        ("apps_ip_per_task.json", "/payments/api", 1, True,
+         {("9.0.2.130", 9090, R), ("9.0.3.7", 9090, R)}),
+        # legacy host: health from lastSuccess/lastFailure; a host name resolved;
+        # the unresolvable host is never routed, even with health checking off
+        ("apps_legacy_host.json", "/legacy/web", 0, True, {("10.0.1.21", 31001, R)}),
+        ("apps_legacy_host.json", "/legacy/web", 1, False,
+         {("10.0.1.21", 31002, R), ("10.0.1.22", 31102, R), ("10.0.9.7", 31202, R)}),
+        ("apps_legacy_host.json", "/legacy/worker", 0, True, {("10.0.1.23", 31401, R)}),
+        # legacy docker BRIDGE: host + host port; TASK_KILLING stays, draining
+        ("apps_legacy_bridge.json", "/legacy/nginx", 0, True,
+         {("10.0.7.5", 31500, R), ("10.0.7.6", 31600, D)}),
+        # legacy IP per task: IPv4 preferred over an IPv6 listed first,
+        # discovery port numbers; no address → not routed; STAGING not routed
+        ("apps_legacy_ip_per_task.json", "/legacy/ipt-docker", 0, True, {("9.0.4.10", 8080, R)}),
+        ("apps_legacy_ip_per_task.json", "/legacy/ipt-docker", 1, True, {("9.0.4.10", 9000, R)}),
+        ("apps_legacy_ip_per_task.json", "/legacy/ipt-mesos", 0, True, {("9.0.4.20", 7000, R)}),
+    ],
+)
+def test_address_and_port_per_network_mode(name, app_id, index, health_check, expected) -> None:
+    assert _routes(name, app_id, index, health_check) == expected
+
+
+@pytest.mark.parametrize(
+    ("results", "expected"),
+    [
+        (None, Health.NONE),
+        ([], Health.NONE),
+        ([{"alive": True}], Health.HEALTHY),
+        ([{"alive": True}, {"alive": False}], Health.UNHEALTHY),
+        ([{"alive": False}], Health.UNHEALTHY),
+        # ≤1.3: taskId, no alive; compare timestamps
+        ([{"taskId": "t", "lastSuccess": "2016-01-01T00:00:02Z",
+           "lastFailure": "2016-01-01T00:00:01Z"}], Health.HEALTHY),
+        ([{"taskId": "t", "lastSuccess": "2016-01-01T00:00:01Z",
+           "lastFailure": "2016-01-01T00:00:02Z"}], Health.UNHEALTHY),
+        ([{"taskId": "t", "lastSuccess": "2016-01-01T00:00:01Z", "lastFailure": None}],
+         Health.HEALTHY),
+        ([{"taskId": "t", "lastSuccess": None, "lastFailure": None}], Health.UNHEALTHY),
+        ([{"alive": None, "lastSuccess": "2016-01-01T00:00:01Z"}], Health.HEALTHY),
+    ],
+)
+def test_task_health(results, expected) -> None:
+    assert task_health({"healthCheckResults": results}, True) is expected
+
+
+def test_task_health_without_health_checks_is_none() -> None:
+    assert task_health({"healthCheckResults": [{"alive": False}]}, False) is Health.NONE
+
+
+def _host_app(**over: Any) -> dict[str, Any]:
+    app: dict[str, Any] = {
+        "id": "/t/app",
+        "portDefinitions": [{"port": 10900}],
+        "healthChecks": [{"protocol": "HTTP", "path": "/h", "portIndex": 0}],
+        "tasks": [],
+    }
+    app.update(over)
+    return app
+
+
+def _task(state: str, results: Any = None, host: str = "10.1.1.1") -> dict[str, Any]:
+    return {"id": "t.1", "host": host, "ports": [31000], "state": state,
+            "healthCheckResults": results}
+
+
+ALIVE, DEAD = [{"alive": True}], [{"alive": False}]
+
+
+@pytest.mark.parametrize(
+    ("health_checks", "task", "health_check", "expected"),
+    [
+        ([], _task("TASK_RUNNING"), True, R),
+        (None, _task("TASK_RUNNING"), True, R),
+        ("hc", _task("TASK_RUNNING", ALIVE), True, R),
+        ("hc", _task("TASK_RUNNING", [*ALIVE, *DEAD]), True, None),
+        ("hc", _task("TASK_RUNNING", DEAD), True, None),
+        ("hc", _task("TASK_RUNNING", None), True, None),  # no results yet (grace period)
+        ("hc", _task("TASK_RUNNING", DEAD), False, R),  # --no-health-check
+        ("hc", _task("TASK_KILLING", ALIVE), True, D),
+        ("hc", _task("TASK_KILLING", DEAD), True, D),
+        ([], _task("TASK_KILLING"), True, D),
+        ([], _task("TASK_STAGING"), True, None),
+        ([], _task("TASK_STARTING"), True, None),
+        ([], _task("TASK_UNREACHABLE"), True, None),
+        ([], _task("TASK_FINISHED"), True, None),
+        ([], _task("TASK_RUNNING", host="nowhere.invalid"), True, None),
+        ([], _task("TASK_KILLING", host="nowhere.invalid"), True, None),
+        ([], _task("TASK_RUNNING", host=""), True, None),
+        # COMMAND checks are not Marathon results HAProxy can mirror: routed as RUNNING
+        ([{"protocol": "COMMAND", "command": {"value": "true"}}], _task("TASK_RUNNING"), True, R),
+    ],
+)
+def test_routable_rule(health_checks, task, health_check, expected) -> None:
+    hcs = _host_app()["healthChecks"] if health_checks == "hc" else health_checks
+    app, _ = parse_app(_host_app(healthChecks=hcs, tasks=[task]), resolve)
+    got = endpoints(app, app.services[0], health_check)
+    assert [e.state for e in got] == ([] if expected is None else [expected])
+
+
+def test_service_port_zero_warns_and_label_port_overrides() -> None:
+    app, warnings = parse_app(_host_app(portDefinitions=[{"port": 0}, {"port": 0}],
+                                        labels={"HAPROXY_1_PORT": "10950"}), resolve)
+    assert [s.port for s in app.services] == [0, 10950]
+    assert len(warnings) == 1
+    assert "/t/app" in warnings[0] and "index 0" in warnings[0]
+    assert "HAPROXY_0_PORT" in warnings[0]
+
+
+BAD_APPS = [
+    ({"portDefinitions": [{"port": "http"}]}, "portDefinitions[0].port"),
+    ({"portDefinitions": [{"port": True}]}, "portDefinitions[0].port"),
+    ({"portDefinitions": {"port": 1}}, "portDefinitions"),
+    ({"labels": {"HAPROXY_0_PORT": "http"}}, "HAPROXY_0_PORT"),
+    ({"labels": {"HAPROXY_0_VHOST": "a.com\n  bind :1"}}, "HAPROXY_0_VHOST"),
+    ({"labels": ["HAPROXY_0_PORT"]}, "labels"),
+    ({"tasks": {"id": "x"}}, "tasks"),
+    ({"tasks": "x"}, "tasks"),
+    ({"tasks": [{"host": "10.0.0.1"}]}, "tasks[0].id"),
+    ({"tasks": [{"id": "t.1", "ports": "31000"}]}, "tasks[0].ports"),
+    ({"tasks": [{"id": "t.1", "ipAddresses": {}}]}, "tasks[0].ipAddresses"),
+    ({"networks": [{"mode": "overlay"}]}, "networks[0].mode"),
+    ({"networks": "host"}, "networks"),
+    ({"ports": ["10001"], "portDefinitions": None}, "ports[0]"),
+    ({"healthChecks": {"protocol": "HTTP"}}, "healthChecks"),
+    ({"healthChecks": [{"protocol": "HTTP", "intervalSeconds": "often"}]},
+     "healthChecks[0].intervalSeconds"),
+    ({"networks": [{"mode": "container"}],
+      "container": {"portMappings": [{"containerPort": "8080", "servicePort": 10001}]}},
+     "container.portMappings[0].containerPort"),
+    ({"container": {"docker": {"network": "BRIDGE",
+                               "portMappings": [{"containerPort": 80, "servicePort": "x"}]}}},
+     "container.docker.portMappings[0].servicePort"),
+    ({"ipAddress": {"discovery": {"ports": [{"number": "8080"}]}}},
+     "ipAddress.discovery.ports[0].number"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_APPS)
+def test_bad_app_is_an_error_naming_app_and_field_others_still_parse(override, field) -> None:
+    good_a = _host_app(id="/good/a", portDefinitions=[{"port": 10801}])
+    good_b = _host_app(id="/good/b", portDefinitions=[{"port": 10802}])
+    bad = _host_app(id="/bad/app")
+    bad.update(override)
+    result = parse_apps({"apps": [good_a, bad, good_b]}, "http://m/v2/apps", resolve)
+    assert [a.id for a in result.apps] == ["/good/a", "/good/b"]
+    assert len(result.errors) == 1
+    message = str(result.errors[0])
+    assert result.errors[0].app_id == "/bad/app"
+    assert "/bad/app" in message and field in message
+
+
+def test_mixed_fixture_isolates_each_bad_app() -> None:
+    result = parse_apps(load("apps_mixed_malformed.json"), "mixed", resolve)
+    assert [a.id for a in result.apps] == ["/good/one", "/good/two"]
+    errors = {e.app_id: str(e) for e in result.errors}
+    assert set(errors) == {"/bad/port-string", "/bad/label-port", "/bad/tasks", "/bad/network"}
+    assert "portDefinitions[0].port" in errors["/bad/port-string"]
+    assert "HAPROXY_0_PORT" in errors["/bad/label-port"]
+    assert "'http'" in errors["/bad/label-port"]
+    assert "tasks" in errors["/bad/tasks"]
+    assert "networks[0].mode" in errors["/bad/network"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "app_id"),
+    [
+        (None, "<apps[1]>"),
+        ("not an app", "<apps[1]>"),
+        ({"id": None}, "<apps[1]>"),
+        ({"id": "relative/id"}, "relative/id"),
+        ({"id": "/"}, "/"),
+        ({"id": 42}, "42"),
+    ],
+)
+def test_app_without_a_usable_id_is_an_error(bad, app_id) -> None:
+    result = parse_apps({"apps": [_host_app(id="/ok"), bad]}, "src", resolve)
+    assert [a.id for a in result.apps] == ["/ok"]
+    assert [e.app_id for e in result.errors] == [app_id]
+    assert "id" in result.errors[0].message
+
+
+def test_duplicate_app_is_an_error_and_first_copy_wins() -> None:
+    first = _host_app(portDefinitions=[{"port": 10001}])
+    second = _host_app(portDefinitions=[{"port": 10002}])
+    result = parse_apps({"apps": [first, second]}, "src", resolve)
+    assert [s.port for a in result.apps for s in a.services] == [10001]
+    assert result.errors[0].app_id == "/t/app"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, [], "apps", 42, {}, {"apps": None}, {"apps": {}}, {"app": {"id": "/x"}},
+     {"message": "App '/x' does not exist"}],
+)
+def test_unusable_payload_raises_payload_error_naming_source(payload) -> None:
+    with pytest.raises(PayloadError, match="http://marathon-1:8080/v2/apps"):
+        parse_apps(payload, "http://marathon-1:8080/v2/apps", resolve)
+
+
+def test_empty_apps_list_is_fine() -> None:
+    result = parse_apps({"apps": []}, "src", resolve)
+    assert (result.apps, result.errors, result.warnings) == ([], [], [])
+
+
+def _nullify(obj: Any, keep: frozenset[str]) -> Any:
+    """Every optional key explicitly null (Marathon ≤1.4 wrote many)."""
+    if isinstance(obj, dict):
+        return {k: (_nullify(v, keep) if k in keep else None) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nullify(v, keep) for v in obj]
+    return obj
+
+
+def test_explicit_nulls_everywhere_are_absent() -> None:
+    keep = frozenset({"apps", "id", "portDefinitions", "port", "tasks", "host", "ports",
+                      "state"})
+    raw = _nullify(load("apps_host_2ports.json"), keep)
+    result = parse_apps(raw, "src", resolve)
+    assert result.errors == []
+    (app,) = result.apps
+    assert app.network is NetworkMode.HOST and not app.has_health_checks
+    assert [s.port for s in app.services] == [10101, 10102]
+    assert {e.ip for e in endpoints(app, app.services[0])} == {"10.0.1.11", "10.0.1.12"}
+
+
+@pytest.mark.parametrize("name", APP_FIXTURES)
+def test_parsing_does_not_mutate_the_payload(name: str) -> None:
+    raw = load(name)
+    before = copy.deepcopy(raw)
+    parse_apps(raw, name, resolve)
+    assert raw == before
+
+
+@pytest.mark.parametrize(
+    ("ip_addresses", "expected"),
+    [
+        ([{"ipAddress": "9.0.0.1", "protocol": "IPv4"}], "9.0.0.1"),
+        ([{"ipAddress": "fd00::1", "protocol": "IPv6"},
+          {"ipAddress": "9.0.0.1", "protocol": "IPv4"}], "9.0.0.1"),
+        ([{"ipAddress": "fd00::1", "protocol": "IPv6"}], "fd00::1"),
+        ([], None),
+        (None, None),
+        ([{"ipAddress": None}], None),
+        # not an address: never reaches haproxy.cfg
+        ([{"ipAddress": "9.0.0.1 backup", "protocol": "IPv4"}], None),
+        ([{"ipAddress": "fe80::1%eth0\n  mode http", "protocol": "IPv6"}], None),
+        ([{"ipAddress": "bogus"}, {"ipAddress": "9.0.0.2"}], "9.0.0.2"),
+    ],
+)
+def test_ip_per_task_address(ip_addresses, expected) -> None:
+    raw = {"id": "/c", "networks": [{"mode": "container", "name": "dcos"}],
+           "container": {"portMappings": [{"containerPort": 8080, "servicePort": 10001}]},
+           "tasks": [{"id": "c.1", "host": "10.0.0.9", "ports": [], "state": "TASK_RUNNING",
+                      "ipAddresses": ip_addresses}]}
+    app, _ = parse_app(raw, resolve)
+    assert app.tasks[0].ip == expected
+    eps = endpoints(app, app.services[0])
+    assert eps == (() if expected is None else (Endpoint("c.1", expected, 8080),))
+
+
+@pytest.mark.parametrize(
+    ("hc", "expected"),
+    [
+        ({"protocol": "HTTP", "path": "/ping", "intervalSeconds": 5}, (True, "/ping", 5000)),
+        ({"protocol": "MESOS_HTTP", "path": None}, (True, "/", 2000)),
+        ({"protocol": "HTTP", "path": "/x y\n  option"}, (True, "/", 2000)),
+        ({"protocol": "TCP", "intervalSeconds": 30}, (True, None, 30000)),
+        ({"protocol": "MESOS_TCP"}, (True, None, 2000)),
+        ({"protocol": "COMMAND", "command": {"value": "true"}}, (False, None, 2000)),
+        ({"protocol": "HTTP", "portIndex": 1}, (False, None, 2000)),
+        ({"protocol": "HTTP", "port": 8080}, (False, None, 2000)),
+    ],
+)
+def test_health_check_mirrored_for_its_port_index(hc, expected) -> None:
+    app, _ = parse_app(_host_app(healthChecks=[hc]), resolve)
+    o = app.services[0].options
+    assert (o.health_check, o.health_check_path, o.health_check_interval_ms) == expected
+
+
+def test_status_update_event_fast_path() -> None:
+    app = _apps("apps_docker_bridge.json")["/nginx-bridge"]
+    previous = app.tasks[0]
+    event = {"eventType": "status_update_event", "taskId": previous.id,
+             "taskStatus": "TASK_KILLING", "appId": app.id, "host": "10.0.6.25",
+             "ports": [16916, 16917], "ipAddresses": [{"ipAddress": "172.17.0.4"}]}
+    task = task_from_event(app, event, resolve, previous)
+    assert (task.ip, task.ports, task.state, task.health) == (
+        "10.0.6.25", (16916, 16917), "TASK_KILLING", Health.HEALTHY)
+    new = task_from_event(app, {**event, "taskId": "nginx-bridge.new._app.1",
+                                "taskStatus": "TASK_RUNNING"}, resolve, None)
+    assert new.health is Health.NONE  # health-checked app: not routable until results
