@@ -354,6 +354,8 @@ def test_ip_per_task_address(ip_addresses, expected) -> None:
         ({"protocol": "HTTP", "path": "/x y\n  option"}, (True, "/", 2000)),
         ({"protocol": "TCP", "intervalSeconds": 30}, (True, None, 30000)),
         ({"protocol": "MESOS_TCP"}, (True, None, 2000)),
+        ({"protocol": "TCP", "intervalSeconds": 0.5}, (True, None, 500)),  # never "inter 0"
+        ({"protocol": "TCP", "intervalSeconds": 0}, (True, None, 2000)),
         ({"protocol": "COMMAND", "command": {"value": "true"}}, (False, None, 2000)),
         ({"protocol": "HTTP", "portIndex": 1}, (False, None, 2000)),
         ({"protocol": "HTTP", "port": 8080}, (False, None, 2000)),

@@ -234,7 +234,7 @@ def _with_health_check(options: Options, health_checks: list[Any], index: int) -
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
             raise AppParseError(f"healthChecks[{i}].intervalSeconds",
                                 f"expected a number of seconds, got {seconds!r}")
-        interval = int(seconds or 2) * 1000
+        interval = int((seconds or 2) * 1000)
         if protocol in ("HTTP", "MESOS_HTTP"):
             try:
                 path = parse_path("healthChecks.path", str(_get(hc, "path", "/")))
