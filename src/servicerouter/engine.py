@@ -334,8 +334,9 @@ class Engine:
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
                                        f"reload failed: {exc}")
         self.layout, self.table, self.running_config = layout, table, text
+        # Backends dirtied while the reload ran stay dirty: the next step plans
+        # them against the new layout (a no-op where the render already had them).
         self._pending.clear()
-        self._dirty.clear()
         self._rejected = None
         self._reload_backoff = 0.0
         self._next_reload_at = time.monotonic() + self.config.min_reload_interval

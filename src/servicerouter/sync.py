@@ -97,19 +97,26 @@ class EventHandler:
             if status == TASK_RUNNING:
                 engine.spawn(engine.refetch_app(app_id, t))  # an app we do not know yet
             return
+        drain = engine.config.drain_seconds
+        now = time.monotonic()
         if status in NOT_ROUTABLE:
+            # With --drain-seconds, a departing task drains that long from the moment
+            # it started to leave (TASK_KILLING, or now) before its slot is freed.
             previous = state.task(app_id, task_id)
-            drain = engine.config.drain_seconds
-            if drain > 0 and previous is not None and previous.state == TASK_RUNNING:
-                self._draining[task_id] = (replace(previous, state=TASK_KILLING),
-                                           time.monotonic() + drain)
-                engine.mark(state.update_task(self._draining[task_id][0]), t)
-            elif task_id not in self._draining:
+            entry = self._draining.get(task_id)
+            if entry is None and drain > 0 and previous is not None \
+                    and previous.state in (TASK_RUNNING, TASK_KILLING):
+                entry = self._draining[task_id] = (replace(previous, state=TASK_KILLING),
+                                                   now + drain)
+            if entry is not None and entry[1] > now:
+                engine.mark(state.update_task(entry[0]), t)
+            else:
+                self._draining.pop(task_id, None)
                 engine.mark(state.remove_task(app_id, task_id), t)
             return
         task = task_from_event(app, data, engine.resolve, state.task(app_id, task_id))
-        if task.state == TASK_KILLING:
-            self._draining.pop(task_id, None)
+        if task.state == TASK_KILLING and drain > 0:
+            self._draining.setdefault(task_id, (task, now + drain))
         engine.mark(state.update_task(task), t)
 
     # -------------------------------------------------- --drain-seconds timers
