@@ -67,7 +67,7 @@ def parse_bool(label: str, value: str) -> bool:
 
 def parse_port(label: str, value: str) -> int:
     v = value.strip()
-    if not v.isdigit() or not 1 <= int(v) <= 65535:
+    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
         raise LabelError(label, value, "is not a port (1-65535)")
     return int(v)
 
@@ -94,6 +94,8 @@ def parse_bind_address(label: str, value: str) -> str:
     v = value.strip()
     if v == "*":
         return v
+    if "%" in v:  # an IPv6 zone may hold any text, newlines included
+        raise LabelError(label, value, "is not an IP address or '*' (no IPv6 zone)")
     try:
         return str(ipaddress.ip_address(v))
     except ValueError:

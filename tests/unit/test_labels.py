@@ -1,0 +1,173 @@
+"""HAPROXY_* labels → Options: parsing, validation, and that nothing can inject config."""
+
+from __future__ import annotations
+
+import pytest
+
+from servicerouter.labels import LabelError, parse_labels
+from servicerouter.model import Mode, Options
+
+
+def _opts(labels: dict[str, str], index: int = 0, ports: int = 2) -> Options:
+    return parse_labels(labels, ports).for_index(index).options
+
+
+@pytest.mark.parametrize(
+    ("labels", "field", "expected"),
+    [
+        ({}, "enabled", True),
+        ({"HAPROXY_0_ENABLED": "false"}, "enabled", False),
+        ({"HAPROXY_0_ENABLED": " No "}, "enabled", False),
+        ({"HAPROXY_0_ENABLED": "TRUE"}, "enabled", True),
+        ({"HAPROXY_GROUP": "external"}, "groups", ("external",)),
+        ({"HAPROXY_GROUP": "a, b,,c"}, "groups", ("a", "b", "c")),
+        ({"HAPROXY_GROUP": "a", "HAPROXY_0_GROUP": "b"}, "groups", ("b",)),
+        ({"HAPROXY_0_MODE": "HTTP"}, "mode", Mode.HTTP),
+        ({"HAPROXY_0_MODE": "tcp"}, "mode", Mode.TCP),
+        ({"HAPROXY_0_BALANCE": "leastconn"}, "balance", "leastconn"),
+        ({"HAPROXY_0_BALANCE": "Static-RR"}, "balance", "static-rr"),
+        ({"HAPROXY_0_BIND_ADDR": "10.0.0.1"}, "bind_address", "10.0.0.1"),
+        ({"HAPROXY_0_BIND_ADDR": "*"}, "bind_address", "*"),
+        ({"HAPROXY_0_BIND_ADDR": "::1"}, "bind_address", "::1"),
+        ({"HAPROXY_0_BIND_ADDR": "0:0::1"}, "bind_address", "::1"),
+        ({"HAPROXY_0_VHOST": "Shop.Example.com, www.example.com"}, "vhosts",
+         ("shop.example.com", "www.example.com")),
+        ({"HAPROXY_0_PATH": "/api/v1"}, "path", "/api/v1"),
+        ({"HAPROXY_0_STICKY": "yes"}, "sticky", True),
+        ({"HAPROXY_0_REDIRECT_TO_HTTPS": "1"}, "redirect_to_https", True),
+        ({"HAPROXY_0_SSL_CERT": "/etc/ssl/shop.pem"}, "ssl_cert", "/etc/ssl/shop.pem"),
+    ],
+)
+def test_label_sets_option(labels, field, expected) -> None:
+    assert getattr(_opts(labels), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "port"),
+    [({}, None), ({"HAPROXY_0_PORT": "10001"}, 10001), ({"HAPROXY_0_PORT": " 80 "}, 80),
+     ({"HAPROXY_0_PORT": "65535"}, 65535)],
+)
+def test_port_label(labels, port) -> None:
+    assert parse_labels(labels, 1).for_index(0).port == port
+
+
+def test_labels_apply_to_their_index_only() -> None:
+    parsed = parse_labels({"HAPROXY_GROUP": "g", "HAPROXY_1_MODE": "http",
+                           "HAPROXY_1_PORT": "10002"}, 2)
+    assert parsed.for_index(0).options == Options(groups=("g",))
+    assert parsed.for_index(0).port is None
+    assert parsed.for_index(1).options == Options(groups=("g",), mode=Mode.HTTP)
+    assert parsed.for_index(1).port == 10002
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{"HAPROXY_0_VHOST": "a.example.com"}, {"HAPROXY_0_PATH": "/a"},
+     {"HAPROXY_0_STICKY": "true"}, {"HAPROXY_0_REDIRECT_TO_HTTPS": "true"},
+     {"HAPROXY_0_VHOST": "a.example.com", "HAPROXY_0_MODE": "tcp"}],
+)
+def test_http_features_imply_http_mode(labels) -> None:
+    assert _opts(labels).mode is Mode.HTTP
+
+
+BAD_VALUES = ["a\nb", "a;b", "a b", "a#b", 'a"b', "a'b", "a\rb", "a\tb", "a\\b", "a\x00b"]
+INJECTION_LABELS = ["HAPROXY_0_VHOST", "HAPROXY_0_PATH", "HAPROXY_0_SSL_CERT",
+                    "HAPROXY_0_BIND_ADDR", "HAPROXY_0_BALANCE", "HAPROXY_0_GROUP",
+                    "HAPROXY_GROUP", "HAPROXY_0_MODE", "HAPROXY_0_PORT", "HAPROXY_0_ENABLED",
+                    "HAPROXY_0_STICKY", "HAPROXY_0_REDIRECT_TO_HTTPS"]
+# A plausible good value per label, so the bad character is the only problem.
+BASE = {"HAPROXY_0_VHOST": "shop.example.com", "HAPROXY_0_PATH": "/shop",
+        "HAPROXY_0_SSL_CERT": "/etc/ssl/shop.pem", "HAPROXY_0_BIND_ADDR": "10.0.0.1",
+        "HAPROXY_0_BALANCE": "roundrobin", "HAPROXY_0_GROUP": "external",
+        "HAPROXY_GROUP": "external", "HAPROXY_0_MODE": "http", "HAPROXY_0_PORT": "10001",
+        "HAPROXY_0_ENABLED": "true", "HAPROXY_0_STICKY": "true",
+        "HAPROXY_0_REDIRECT_TO_HTTPS": "true"}
+
+
+def _injections() -> list[tuple[str, str]]:
+    out = []
+    for label in INJECTION_LABELS:
+        good = BASE[label]
+        for bad in BAD_VALUES:
+            out.append((label, bad.replace("a", good, 1).replace("b", good[-1])))
+        # a whole extra config line after a valid value
+        out.append((label, f"{good}\n    server evil 1.2.3.4:80"))
+        out.append((label, f"{good} if TRUE"))
+    out += [
+        ("HAPROXY_0_BIND_ADDR", "fe80::1%eth0\n    mode http"),  # IPv6 zone carrying text
+        ("HAPROXY_0_BIND_ADDR", "fe80::1%x y"),
+        ("HAPROXY_0_BIND_ADDR", "fe80::1%eth0"),
+        ("HAPROXY_0_BIND_ADDR", "10.0.0.1:80"),
+        ("HAPROXY_0_BIND_ADDR", "localhost"),
+        ("HAPROXY_0_PATH", "shop"),
+        ("HAPROXY_0_PATH", "/a/../../etc"),
+        ("HAPROXY_0_PATH", "/a{b}"),
+        ("HAPROXY_0_SSL_CERT", "relative.pem"),
+        ("HAPROXY_0_SSL_CERT", "/etc/ssl/../shadow"),
+        ("HAPROXY_0_SSL_CERT", "/etc/ssl/a%20b.pem"),
+        ("HAPROXY_0_VHOST", "*.example.com"),
+        ("HAPROXY_0_VHOST", "-bad.example.com"),
+        ("HAPROXY_0_VHOST", "a..b"),
+        ("HAPROXY_0_VHOST", " , "),
+        ("HAPROXY_0_VHOST", "x" * 64 + ".com"),
+        ("HAPROXY_0_BALANCE", "uri"),
+        ("HAPROXY_0_GROUP", "g" * 65),
+        ("HAPROXY_0_PORT", "0"),
+        ("HAPROXY_0_PORT", "65536"),
+        ("HAPROXY_0_PORT", "-1"),
+        ("HAPROXY_0_PORT", "http"),
+        ("HAPROXY_0_PORT", "\u00b2"),  # str.isdigit() says yes, int() says no
+        ("HAPROXY_0_PORT", "\uff11\uff10\uff10\uff10"),  # fullwidth digits
+        ("HAPROXY_0_MODE", "health"),
+        ("HAPROXY_0_ENABLED", "maybe"),
+    ]
+    return out
+
+
+@pytest.mark.parametrize(("label", "value"), _injections())
+def test_bad_value_is_rejected_naming_label_and_value(label: str, value: str) -> None:
+    with pytest.raises(LabelError) as info:
+        parse_labels({label: value}, 1)
+    assert info.value.label == label
+    assert info.value.value == value
+    assert label in str(info.value)
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(("label", "value"), [(k, v) for k, v in BASE.items()])
+def test_plausible_values_are_accepted(label: str, value: str) -> None:
+    parse_labels({label: value}, 1)
+
+
+@pytest.mark.parametrize(
+    "label",
+    ["HAPROXY_0_FRONTEND_HEAD", "HAPROXY_0_BACKEND_HEAD", "HAPROXY_0_BACKEND_SERVER_OPTIONS",
+     "HAPROXY_0_HTTP_FRONTEND_ACL", "HAPROXY_DEPLOYMENT_GROUP", "HAPROXY_0_USE_HSTS",
+     "HAPROXY_0_port"],
+)
+def test_unsupported_label_warns_and_is_ignored(label: str) -> None:
+    raw = "frontend evil\n  bind :1\n  mode http"
+    parsed = parse_labels({label: raw, "HAPROXY_0_MODE": "http"}, 1)
+    assert len(parsed.warnings) == 1
+    assert label in parsed.warnings[0] and "not supported" in parsed.warnings[0]
+    assert parsed.for_index(0).options == Options(mode=Mode.HTTP)
+    assert parsed.for_index(0).port is None
+
+
+def test_label_for_an_index_the_app_lacks_warns() -> None:
+    parsed = parse_labels({"HAPROXY_2_MODE": "http"}, 2)
+    assert len(parsed.warnings) == 1
+    assert "HAPROXY_2_MODE" in parsed.warnings[0]
+    assert all(parsed.for_index(i).options == Options() for i in range(2))
+
+
+@pytest.mark.parametrize("labels", [None, {}, {"VIP_0": "/x:80", "DCOS_SERVICE_NAME": "x"}])
+def test_no_haproxy_labels(labels) -> None:
+    parsed = parse_labels(labels, 1)
+    assert parsed.warnings == ()
+    assert parsed.for_index(0).options == Options()
+
+
+def test_non_string_value_is_rejected() -> None:
+    with pytest.raises(LabelError, match="HAPROXY_0_PORT"):
+        parse_labels({"HAPROXY_0_PORT": 10001}, 1)  # type: ignore[dict-item]
