@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from servicerouter.simulator import SimulatorServer
+from servicerouter.simulator import SimulatorServer, SimulatorThread
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -346,3 +346,14 @@ async def test_standby_without_leader_answers_502() -> None:
     ):
         r = await c.get("/v2/apps")
         assert r.status_code == 502 and "message" in r.json()
+
+
+def test_simulator_thread_for_synchronous_code() -> None:
+    with SimulatorThread(executor="none", apps=[{"id": "/a", "instances": 2}]) as sim:
+        r = httpx.get(sim.url + "/v2/apps", params={"embed": "apps.tasks"})
+        assert r.status_code == 200 and r.json()["apps"][0]["id"] == "/a"
+        app = sim.call(sim.scheduler.create_app, {"id": "/b"})
+        assert app.id == "/b"
+        assert sim.call(lambda: sorted(sim.state.apps)) == ["/a", "/b"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(sim.url + "/ping", timeout=1)

@@ -213,3 +213,30 @@ def test_cli_serves_apps_and_sigterm_kills_everything(tmp_path: Path) -> None:
             proc.wait()
         for pid in procs_with_env(f"SIMTEST={marker}"):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_ip_per_task_tasks_get_their_own_loopback_address() -> None:
+    definition = {
+        "id": "/ipt",
+        "cmd": f"exec {sys.executable} -m http.server $PORT0 --bind $HOST",
+        "instances": 2,
+        "networks": [{"mode": "container", "name": "dcos"}],
+        "container": {"type": "DOCKER", "portMappings": [{"containerPort": 8080, "name": "web"}]},
+    }
+    async with SimulatorServer(executor="local", apps=[definition], kill_grace=0.2) as sim:
+        app = sim.state.get_app("/ipt")
+        await wait_for(lambda: sum(t.state == "TASK_RUNNING" for t in app.tasks.values()) == 2)
+        tasks = list(app.tasks.values())
+        ips = [t.ip_addresses[0]["ipAddress"] for t in tasks]
+        assert len(set(ips)) == 2 and all(ip.startswith("127.") for ip in ips)
+        assert all(t.ports == [] for t in tasks)
+        assert app.service_ports == [10000]
+
+        def serving(ip: str) -> bool:
+            try:
+                return httpx.get(f"http://{ip}:8080/", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        for ip in ips:
+            await wait_for(lambda ip=ip: serving(ip))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -15,6 +16,7 @@ from servicerouter.simulator.serialize import (
     Embed,
     SelectorError,
     app_bytes,
+    apps_bytes,
     parse_embed,
     parse_selector,
     tasks_json_bytes,
@@ -268,3 +270,30 @@ def test_event_bus_drop_log_and_slow_consumer() -> None:
 def test_iso_ms() -> None:
     assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
     assert iso_ms(1614676300.0049) == "2021-03-02T09:11:40.004Z"
+
+
+def test_ten_thousand_apps_render_fast_and_changes_are_o_changed() -> None:
+    state = MarathonState()
+    sched = Scheduler(state, FakeExecutor(kill_grace=0.0))
+    for i in range(10_000):
+        sched.create_app(
+            {
+                "id": f"/g{i % 100}/app{i}",
+                "instances": 5,
+                "labels": {"HAPROXY_GROUP": "external"},
+                "healthChecks": [{"protocol": "HTTP"}],
+            }
+        )
+    assert len(state.tasks) == 50_000
+    embed = Embed(tasks=True, counts=True, deployments=True)
+    first = apps_bytes(state.iter_apps(), embed)
+    start = time.perf_counter()
+    again = apps_bytes(state.iter_apps(), embed)
+    cached = time.perf_counter() - start
+    assert again == first
+    sched.update_app("/g0/app0", {"instances": 4})  # one app changes
+    start = time.perf_counter()
+    changed = apps_bytes(state.iter_apps(), embed)
+    one_change = time.perf_counter() - start
+    assert changed != first and changed.startswith(b'{"apps":[') and changed.endswith(b"]}")
+    assert cached < 1.5 and one_change < 1.5, (cached, one_change)

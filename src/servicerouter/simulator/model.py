@@ -5,8 +5,8 @@ No I/O here. Serialisation to Marathon's JSON shapes lives in :mod:`.serialize`.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +81,26 @@ def safe_app_id(app_id: str) -> str:
     return app_id.strip("/").replace("/", "_")
 
 
+_UUID_NODE = secrets.randbits(48) | 0x010000000000  # random node id, multicast bit set
+_UUID_CLOCK_SEQ = 0x8000 | secrets.randbits(14)  # RFC 4122 variant
+_last_uuid_ts = 0
+
+
+def time_uuid() -> str:
+    """A time-based (version 1) UUID like Marathon's instance ids, ~10x faster than uuid1()."""
+    global _last_uuid_ts
+    ts = max(time.time_ns() // 100 + 0x01B21DD213814000, _last_uuid_ts + 1)
+    _last_uuid_ts = ts
+    time_hi = ((ts >> 48) & 0x0FFF) | 0x1000
+    return (
+        f"{ts & 0xFFFFFFFF:08x}-{(ts >> 32) & 0xFFFF:04x}-{time_hi:04x}-"
+        f"{_UUID_CLOCK_SEQ:04x}-{_UUID_NODE:012x}"
+    )
+
+
 def new_task_ids(app_id: str) -> tuple[str, str]:
     """(task id, instance id) in the current format ``group_app.instance-<uuid>._app.1``."""
-    instance_id = f"{safe_app_id(app_id)}.instance-{uuid.uuid1()}"
+    instance_id = f"{safe_app_id(app_id)}.instance-{time_uuid()}"
     return f"{instance_id}._app.1", instance_id
 
 
