@@ -4,7 +4,8 @@
 are joined with ``_``. To keep the mapping one-to-one, an ``_`` inside a
 segment is doubled and any character HAProxy does not allow in a proxy name is
 written as ``:xx`` (its hex code), so ``/a/b_c`` → ``a_b__c`` and ``/a_b/c`` →
-``a__b_c`` never collide.
+``a__b_c`` never collide. An ``_`` that starts or ends a segment is written
+``:5f``, so ``/a_/b`` and ``/a/_b`` do not both become ``a___b``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ SLOT_PREFIX = "s"
 
 
 def _escape_segment(segment: str) -> str:
+    if not segment:
+        return ":"  # never in a Marathon id; still kept apart from "/a_b"
     out = []
-    for ch in segment:
+    last = len(segment) - 1
+    for i, ch in enumerate(segment):
         if ch == "_":
-            out.append("__")
+            # Doubled inside a segment; escaped at its ends, so a run of "_"
+            # next to a separator stays readable as one: /a_/b != /a/_b.
+            out.append("__" if 0 < i < last else ":5f")
         elif _ALLOWED.match(ch):
             out.append(ch)
         else:
