@@ -1,0 +1,175 @@
+"""Task replacement at a fixed rate against simulator (``--executor none``) + daemon +
+HAProxy, with the dedicated admin-socket poller timing when each new task is ready.
+Shared by ``convergence`` and ``reloads``."""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servicerouter.demo.procs import Proc, wait_for
+from servicerouter.naming import service_name
+
+from .common import Context, Daemon, Simulator, fake_app, percentile, write_apps
+
+
+@dataclass
+class Phase:
+    rate: float
+    requested: int
+    replaced: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    missing: int = 0
+    reloads: int = 0
+    commands: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        lat = self.latencies_ms
+        return {"rate/s": self.rate, "replacements": self.replaced,
+                "achieved/s": (self.replaced - 1) / self.seconds if self.seconds else 0.0,
+                "p50 ms": percentile(lat, 50), "p99 ms": percentile(lat, 99),
+                "max ms": max(lat) if lat else float("nan"), "not ready": self.missing,
+                "HAProxy reloads": self.reloads,
+                "reloads/1000": self.reloads * 1000 / self.replaced if self.replaced else 0.0,
+                "runtime cmds": int(self.commands)}
+
+
+class ChurnStack:
+    """``apps`` apps x ``instances`` fake tasks, the daemon with ``strategy``, the poller."""
+
+    def __init__(self, ctx: Context, name: str, strategy: str, apps: int, instances: int,
+                 daemon_args: tuple[str, ...] = ()) -> None:
+        self.root = ctx.dir(f"{name}-{strategy}")
+        self.strategy = strategy
+        self.n_tasks = apps * instances
+        f = write_apps(self.root / "apps.json",
+                       [fake_app(f"/bench/c{i}", instances) for i in range(apps)])
+        self.sim = Simulator(self.root, apps_file=f, kill_grace=0.0)
+        self.daemon = Daemon(self.root, self.sim.url, strategy, extra=daemon_args)
+        self.poll_out = self.root / "poller.out"
+        self.poller = Proc("poller", [sys.executable, "-m", "benchmarks.poller", "--socket",
+                                      str(self.daemon.socket), "--out", str(self.poll_out),
+                                      "--duration", "1200"], self.root / "poller.log",
+                           env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        self.backend: dict[str, str] = {}
+        self.pool: collections.deque[tuple[str, str]] = collections.deque()
+        self.running: dict[str, dict[str, Any]] = {}  # new task id -> RUNNING log entry
+        self.seq = 0
+
+    def __enter__(self) -> ChurnStack:
+        try:
+            self.sim.start()
+            wait_for(lambda: self.sim.status()["tasks"] == self.n_tasks, 60, 0.1,
+                     what="tasks placed")
+            apps = self.sim.apps()
+            wait_for(lambda: sum(1 for a in self.sim.apps() for t in a["tasks"]
+                                 if t["state"] == "TASK_RUNNING") == self.n_tasks, 60, 0.1,
+                     what="tasks running")
+            self.seq = self.sim.seq()
+            for a in apps:
+                self.backend[a["id"]] = service_name(a["id"], a["portDefinitions"][0]["port"])
+                self.pool.extend((a["id"], t["id"]) for t in a["tasks"])
+            self.daemon.start()
+            wait_for(lambda: self.daemon.ready_servers() == self.n_tasks, 60, 0.1,
+                     what="all tasks ready in HAProxy")
+            self.poller.start()
+            wait_for(lambda: self.poll_out.exists() and self.poll_out.stat().st_size > 0, 30,
+                     0.05, what="poller output")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.poller.stop()
+        self.daemon.stop()
+        self.sim.stop()
+
+    def poller_summary(self) -> dict[str, Any]:
+        self.poller.stop()
+        p = Path(str(self.poll_out) + ".summary")
+        return dict(json.loads(p.read_text())) if p.exists() else {}
+
+    # -------------------------------------------------------------------------
+    def _learn(self) -> None:
+        """New RUNNING tasks from the simulator's event log (bounded ring: read often)."""
+        r = self.sim.http.get("/_sim/events/log", params={"since": self.seq, "limit": 10000})
+        body = r.json()
+        for e in body["events"]:
+            self.seq = max(self.seq, e["seq"])
+            if e.get("eventType") == "status_update_event" and \
+                    e.get("taskStatus") == "TASK_RUNNING" and e.get("taskId") not in self.running:
+                self.running[e["taskId"]] = e
+                self.pool.append((e["appId"], e["taskId"]))
+
+    def _seen(self) -> dict[tuple[str, str, int], float]:
+        seen: dict[tuple[str, str, int], float] = {}
+        for line in self.poll_out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 5:
+                key = (parts[2], parts[3], int(parts[4]))
+                seen.setdefault(key, float(parts[0]))
+        return seen
+
+    def _key(self, e: dict[str, Any]) -> tuple[str, str, int]:
+        return (self.backend[e["appId"]], "127.0.0.1", int(e["ports"][0]))
+
+    def replace(self, rate: float, count: int, settle: float) -> Phase:
+        """Kill ``count`` tasks (oldest first) at ``rate``/s through the Marathon API;
+        Marathon replaces each. Then wait up to ``settle`` s for the replacements."""
+        phase = Phase(rate, count)
+        self._learn()
+        before = set(self.running)
+        reloads0 = self.daemon.reloads()
+        cmds0 = self.daemon.metric("servicerouter_runtime_commands_total")
+        t0 = time.monotonic()
+        next_learn = t0 + 0.25
+        for i in range(count):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if time.monotonic() >= next_learn or not self.pool:
+                self._learn()
+                next_learn = time.monotonic() + 0.25
+            if not self.pool:
+                break
+            app_id, task_id = self.pool.popleft()
+            r = self.sim.http.delete(f"/v2/apps/{app_id.strip('/')}/tasks/{task_id}",
+                                     params={"scale": "false"})
+            if r.status_code == 200:
+                phase.replaced += 1
+        phase.seconds = time.monotonic() - t0
+
+        def new() -> list[str]:
+            return [t for t in self.running if t not in before]
+
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            self._learn()
+            seen = self._seen()
+            if len(new()) >= phase.replaced and all(self._key(self.running[t]) in seen
+                                                    for t in new()):
+                break
+            time.sleep(0.2)
+        self._learn()
+        seen = self._seen()
+        for t in new():
+            e = self.running[t]
+            got = seen.get(self._key(e))
+            if got is None:
+                phase.missing += 1
+            else:
+                phase.latencies_ms.append((got - e["time"]) * 1000)
+        phase.missing += max(0, phase.replaced - len(new()))
+        phase.reloads = self.daemon.reloads() - reloads0
+        phase.commands = self.daemon.metric("servicerouter_runtime_commands_total") - cmds0
+        return phase

@@ -1,0 +1,99 @@
+"""A dedicated poller of HAProxy's admin socket, run as its own process:
+``python -m benchmarks.poller --socket PATH --out FILE --duration SECONDS``.
+
+In a tight loop it opens a connection, sends ``show servers state`` and reads the whole
+reply (a new connection each time, so after a reload it talks to the new worker). Each
+time a (backend, address, port) becomes administratively ready (not maint, not drain) it
+appends ``<t_done> <t_sent> <backend> <addr> <port>`` to FILE (epoch seconds, the same
+clock as the simulator's event log). ``t_done`` (reply read) is an upper bound of when the
+change happened; the previous poll's ``t_sent`` a lower bound, so the resolution is one
+poll interval, reported in ``FILE.summary`` (JSON) when it stops (SIGTERM or duration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import time
+
+NOT_READY = 0x01 | 0x02 | 0x20 | 0x08 | 0x10  # maint (forced, inherited, DNS) or drain
+
+
+def poll(path: str) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"show servers state\n")
+        chunks = []
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+    return b"".join(chunks)
+
+
+def ready_set(data: bytes) -> set[tuple[bytes, bytes, bytes]]:
+    out = set()
+    for line in data.split(b"\n")[1:]:
+        if not line or line[:1] == b"#":
+            continue
+        f = line.split(b" ", 19)
+        if len(f) < 19 or int(f[6]) & NOT_READY:
+            continue
+        out.add((f[1], f[4], f[18]))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--duration", type=float, default=900.0)
+    args = ap.parse_args()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    deadline = time.monotonic() + args.duration
+    prev: set[tuple[bytes, bytes, bytes]] = set()
+    intervals: list[float] = []
+    errors = 0
+    last_done = None
+    with open(args.out, "w", buffering=1) as out:
+        while not stopping and time.monotonic() < deadline:
+            t_sent = time.time()
+            try:
+                data = poll(args.socket)
+            except OSError:
+                errors += 1
+                time.sleep(0.001)
+                continue
+            t_done = time.time()
+            if not data.startswith(b"1\n"):
+                errors += 1
+                continue
+            ready = ready_set(data)
+            lines = [f"{t_done:.6f} {t_sent:.6f} {b.decode()} {a.decode()} {p.decode()}\n"
+                     for b, a, p in ready - prev]
+            if lines:
+                out.write("".join(lines))
+            prev = ready
+            if last_done is not None:
+                intervals.append(t_done - last_done)
+            last_done = t_done
+    intervals.sort()
+
+    def pct(p: float) -> float:
+        return intervals[min(len(intervals) - 1, int(len(intervals) * p / 100))] * 1000 \
+            if intervals else float("nan")
+
+    with open(args.out + ".summary", "w") as f:
+        json.dump({"polls": len(intervals) + 1, "errors": errors, "interval_ms_p50": pct(50),
+                   "interval_ms_p99": pct(99),
+                   "interval_ms_max": intervals[-1] * 1000 if intervals else float("nan")}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
