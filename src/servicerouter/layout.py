@@ -102,7 +102,8 @@ def fill_slots(
     placed: set[str] = set()
     by_task = {e.task_id: e for e in want}
     for i, held in enumerate(current or ()):
-        if held is not None and held.task_id in by_task and i < size:
+        if (held is not None and held.task_id in by_task and held.task_id not in placed
+                and i < size):
             slots[i] = by_task[held.task_id]
             placed.add(held.task_id)
     free = (i for i, s in enumerate(slots) if s is None)
