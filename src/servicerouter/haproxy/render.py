@@ -143,5 +143,22 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}"
                             ) from None
-    except jinja2.TemplateError as exc:
-        raise TemplateError(f"templates in {' then '.join(dirs)}: {exc}") from None
+    except Exception as exc:  # an operator's template can raise anything
+        where = _template_location(exc) or f"templates in {' then '.join(dirs)}"
+        raise TemplateError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def _template_location(exc: BaseException) -> str | None:
+    """``template FILE:LINE`` of the innermost template frame of a rendering error.
+
+    Jinja rewrites tracebacks so that template code appears as frames whose
+    file is the template's path and whose line is the template's line.
+    """
+    where = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            where = f"template {filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where

@@ -1,0 +1,312 @@
+"""Layout + slot table → haproxy.cfg text: structure, options, overrides, template errors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from servicerouter.haproxy.render import TemplateError, builtin_templates, hostport, render
+from servicerouter.layout import Settings, build_layout, desired_state
+from servicerouter.marathon.parse import parse_apps
+from servicerouter.model import App, Endpoint, Mode, Options, Service, Task
+
+from .payloads import APP_FIXTURES, load, resolve
+
+
+def render_fixture(name: str, settings: Settings | None = None, **kw) -> str:
+    settings = settings or Settings()
+    apps = parse_apps(load(name), name, resolve).apps
+    layout, table = build_layout(desired_state(apps, settings), {}, settings)
+    return render(layout, table, settings, **kw)
+
+
+def render_apps(apps: list[App], settings: Settings | None = None, **kw) -> str:
+    settings = settings or Settings()
+    layout, table = build_layout(desired_state(apps, settings), {}, settings)
+    return render(layout, table, settings, **kw)
+
+
+def section(text: str, header: str) -> list[str]:
+    """The lines of one section (``frontend x``), without the header."""
+    lines = text.splitlines()
+    start = lines.index(header)
+    out = []
+    for line in lines[start + 1:]:
+        if not line.startswith(" "):
+            break
+        out.append(line.strip())
+    return out
+
+
+def one(options: Options = Options(), port: int = 10001,  # noqa: B008
+        endpoints: int = 2, app_id: str = "/web") -> App:
+    tasks = tuple(Task(f"t{n}", app_id, f"10.0.0.{n}", (31000 + n,), "TASK_RUNNING")
+                  for n in range(1, endpoints + 1))
+    return App(app_id, services=(Service(app_id, 0, port, options),), tasks=tasks)
+
+
+@pytest.mark.parametrize("name", APP_FIXTURES)
+def test_every_selected_service_port_is_bound(name: str) -> None:
+    apps = parse_apps(load(name), name, resolve).apps
+    text = render_fixture(name)
+    ports = {s.port for a in apps for s in a.services if s.port and s.options.enabled}
+    assert ports
+    for port in ports:
+        assert re.search(rf"^    bind \S+:{port}\b", text, re.M), port
+    # every frontend has its backend, and vice versa
+    frontends = set(re.findall(r"^frontend (\S+)", text, re.M)) - {"stats", "http_in",
+                                                                    "https_in"}
+    assert frontends == set(re.findall(r"^backend (\S+)", text, re.M))
+
+
+@pytest.mark.parametrize("name", APP_FIXTURES)
+def test_free_slots_are_disabled_on_loopback_port_1(name: str) -> None:
+    text = render_fixture(name)
+    servers = re.findall(r"^    server (s\d+) (\S+)(.*)$", text, re.M)
+    assert servers
+    free = [s for s in servers if s[1] == "127.0.0.1:1"]
+    assert free and all(" disabled" in s[2] for s in free)
+    # slots per backend are numbered s1..sN, N a multiple of the increment
+    for backend in re.findall(r"^backend (\S+)", text, re.M):
+        names = [ln.split()[1] for ln in section(text, f"backend {backend}")
+                 if ln.startswith("server ")]
+        assert names == [f"s{i}" for i in range(1, len(names) + 1)]
+        assert len(names) % 8 == 0
+
+
+def test_task_endpoints_fill_the_first_slots() -> None:
+    text = render_fixture("apps_host_2ports.json")
+    lines = section(text, "backend shop_frontend_10101")
+    # intervalSeconds 10 in the app's health check
+    assert "server s1 10.0.1.11:31822 check inter 10000" in lines
+    assert "server s2 127.0.0.1:1 disabled check inter 10000" in lines
+    assert "option httpchk GET /health" in lines
+    assert "mode http" in lines and "option forwardfor" in lines
+
+
+def test_draining_endpoint_starts_disabled() -> None:
+    text = render_fixture("apps_legacy_bridge.json")
+    lines = section(text, "backend legacy_nginx_10210")
+    assert "server s1 10.0.7.5:31500 check inter 5000 cookie s1" in lines
+    assert "server s2 10.0.7.6:31600 disabled check inter 5000 cookie s2" in lines
+
+
+def test_sticky_backend_has_cookie_lines() -> None:
+    text = render_apps([one(Options(sticky=True, mode=Mode.HTTP))])
+    lines = section(text, "backend web_10001")
+    assert "cookie SRVID insert indirect nocache" in lines
+    servers = [ln for ln in lines if ln.startswith("server ")]
+    assert servers and all(ln.endswith(f"cookie {ln.split()[1]}") for ln in servers)
+
+
+def test_non_sticky_backend_has_no_cookie() -> None:
+    assert "cookie" not in render_apps([one()])
+
+
+@pytest.mark.parametrize(
+    ("options", "expected", "absent", "server_suffix"),
+    [
+        (Options(), ["mode tcp", "balance roundrobin"], ["option httpchk", "option forwardfor"],
+         ":31001"),
+        (Options(balance="leastconn", mode=Mode.HTTP), ["mode http", "balance leastconn",
+                                                        "option forwardfor"], [], ":31001"),
+        # TCP health check: check on servers, no httpchk
+        (Options(health_check=True, health_check_interval_ms=500), [], ["option httpchk"],
+         " check inter 500"),
+        (Options(health_check=True, health_check_path="/ping"), ["option httpchk GET /ping"],
+         [], " check inter 2000"),
+    ],
+)
+def test_backend_options(options, expected, absent, server_suffix) -> None:
+    lines = section(render_apps([one(options)]), "backend web_10001")
+    for line in expected:
+        assert line in lines
+    for word in absent:
+        assert not any(ln.startswith(word) for ln in lines)
+    assert next(ln for ln in lines if ln.startswith("server s1 ")).endswith(server_suffix)
+
+
+@pytest.mark.parametrize(
+    ("bind", "expected"),
+    [("*", "bind *:10001"), ("10.1.2.3", "bind 10.1.2.3:10001"),
+     ("::1", "bind ipv6@::1:10001")],
+)
+def test_frontend_bind_address(bind: str, expected: str) -> None:
+    assert expected in section(render_apps([one(Options(bind_address=bind))]),
+                               "frontend web_10001")
+
+
+def test_ssl_cert_on_a_service_frontend() -> None:
+    text = render_apps([one(Options(ssl_cert="/etc/ssl/web.pem"))])
+    assert "bind *:10001 ssl crt /etc/ssl/web.pem" in section(text, "frontend web_10001")
+    assert "https_in" not in text  # no vhosts: no shared frontend
+
+
+def vhost_app(**kw) -> App:
+    return one(Options(mode=Mode.HTTP, vhosts=("shop.example.com", "www.example.com"), **kw))
+
+
+def test_vhosts_route_through_http_in() -> None:
+    text = render_apps([vhost_app()])
+    lines = section(text, "frontend http_in")
+    assert "bind *:80" in lines
+    assert "acl host_web_10001 hdr(host),field(1,:) -i shop.example.com www.example.com" in lines
+    assert "use_backend web_10001 if host_web_10001" in lines
+    assert "https_in" not in text  # no certificates: no HTTPS frontend
+    assert "redirect" not in text
+
+
+def test_vhost_path_and_redirect() -> None:
+    text = render_apps([vhost_app(path="/api", redirect_to_https=True)],
+                       Settings(ssl_certs=("/etc/ssl/default.pem",)))
+    lines = section(text, "frontend http_in")
+    assert "acl host_web_10001_path path_beg /api" in lines
+    assert ("http-request redirect scheme https code 301 if host_web_10001 host_web_10001_path"
+            in lines)
+    assert "use_backend web_10001 if host_web_10001 host_web_10001_path" in lines
+    https = section(text, "frontend https_in")
+    assert "bind *:443 ssl crt /etc/ssl/default.pem" in https
+    assert "use_backend web_10001 if host_web_10001 host_web_10001_path" in https
+    assert not any("redirect" in ln for ln in https)
+
+
+def test_longer_paths_route_first() -> None:
+    apps = [one(Options(mode=Mode.HTTP, vhosts=("h.example.com",), path=p), port=port,
+                app_id=f"/{name}")
+            for name, p, port in [("a", "/api", 10001), ("b", "/api/v2", 10002),
+                                  ("c", None, 10003)]]
+    uses = [ln for ln in section(render_apps(apps), "frontend http_in")
+            if ln.startswith("use_backend")]
+    assert [u.split()[1] for u in uses] == ["b_10002", "a_10001", "c_10003"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "service_cert", "https_bind"),
+    [
+        (Settings(), None, None),
+        (Settings(ssl_certs=("/etc/ssl/a.pem",)), None, "bind *:443 ssl crt /etc/ssl/a.pem"),
+        (Settings(), "/etc/ssl/web.pem", "bind *:443 ssl crt /etc/ssl/web.pem"),
+        (Settings(ssl_certs=("/etc/ssl/a.pem",), https_port=8443), "/etc/ssl/web.pem",
+         "bind *:8443 ssl crt /etc/ssl/a.pem crt /etc/ssl/web.pem"),
+        (Settings(ssl_certs=("/etc/ssl/a.pem",), https_port=0), None, None),
+    ],
+)
+def test_https_in_only_with_certificates(settings, service_cert, https_bind) -> None:
+    text = render_apps([vhost_app(ssl_cert=service_cert)], settings)
+    if https_bind is None:
+        assert "frontend https_in" not in text
+    else:
+        assert https_bind in section(text, "frontend https_in")
+
+
+def test_http_port_zero_disables_http_in() -> None:
+    text = render_apps([vhost_app()], Settings(http_port=0, ssl_certs=("/etc/ssl/a.pem",)))
+    assert "frontend http_in" not in text
+    assert "frontend https_in" in text
+    assert "frontend web_10001" in text
+
+
+def test_no_vhosts_no_shared_frontends() -> None:
+    text = render_apps([one()], Settings(ssl_certs=("/etc/ssl/a.pem",)))
+    assert "http_in" not in text and "https_in" not in text
+
+
+@pytest.mark.parametrize(("port", "present"), [(9090, True), (0, False)])
+def test_stats_port(port: int, present: bool) -> None:
+    text = render_apps([one()], Settings(stats_port=port))
+    assert ("frontend stats" in text) is present
+    if present:
+        assert "bind 127.0.0.1:9090" in section(text, "frontend stats")
+
+
+def test_global_section_from_settings(tmp_path: Path) -> None:
+    sock = str(tmp_path / "admin.sock")
+    text = render_apps([one()], Settings(socket_path=sock, maxconn=5000,
+                                         hard_stop_after="30s"))
+    lines = section(text, "global")
+    assert f"stats socket {sock} mode 600 level admin expose-fd listeners" in lines
+    assert "maxconn 5000" in lines and "hard-stop-after 30s" in lines
+    assert "maxconn" not in "\n".join(section(render_apps([one()]), "global"))
+
+
+def test_no_apps_still_renders_a_config() -> None:
+    text = render({}, {}, Settings())
+    assert "global" in text and "defaults" in text and "backend" not in text
+
+
+def test_free_slot_params_match_the_backend() -> None:
+    layout, table = build_layout(desired_state([one(endpoints=0)], Settings()), {}, Settings())
+    table = {"web_10001": [Endpoint("t1", "10.0.0.1", 1), None]}
+    lines = section(render(layout, table, Settings()), "backend web_10001")
+    assert lines.count("server s1 10.0.0.1:1") == 1
+    # slots the table does not cover are free too
+    assert "server s8 127.0.0.1:1 disabled" in lines
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "expected"),
+    [("10.0.0.1", 80, "10.0.0.1:80"), ("*", 80, "*:80"), ("", 80, "*:80"),
+     ("fd00::1", 8080, "ipv6@fd00::1:8080")],
+)
+def test_hostport(ip: str, port: int, expected: str) -> None:
+    assert hostport(ip, port) == expected
+
+
+def test_drain_state_round_trip_is_disabled_not_missing() -> None:
+    a = one(endpoints=1)
+    a = replace(a, tasks=(replace(a.tasks[0], state="TASK_KILLING"),))
+    lines = section(render_apps([a]), "backend web_10001")
+    # no config keyword for drain: disabled now, the post-reload reconcile drains it
+    assert "server s1 10.0.0.1:31001 disabled" in lines
+
+
+# ------------------------------------------------------------- operator templates
+
+def test_operator_template_overrides_one_file(tmp_path: Path) -> None:
+    (tmp_path / "defaults.j2").write_text(
+        "defaults\n    mode tcp\n    timeout connect 1s\n    # operator defaults\n")
+    text = render_apps([one()], templates=tmp_path)
+    assert "# operator defaults" in text
+    assert "timeout connect 1s" in text
+    assert "option redispatch" not in text  # the built-in defaults.j2 is replaced
+    assert "frontend web_10001" in text  # the other files still come from the built-ins
+
+
+def test_operator_template_dir_as_string(tmp_path: Path) -> None:
+    (tmp_path / "stats.j2").write_text("# no stats here\n")
+    assert "# no stats here" in render_apps([one()], templates=str(tmp_path))
+
+
+def test_builtin_templates_exist() -> None:
+    names = {p.name for p in builtin_templates().glob("*.j2")}
+    assert {"haproxy.cfg.j2", "global.j2", "defaults.j2", "stats.j2", "vhosts.j2",
+            "service.j2"} <= names
+
+
+@pytest.mark.parametrize(
+    ("file", "body", "line"),
+    [
+        ("service.j2", "frontend {{ b.name }}\n\n{% if %}\n", 3),  # syntax error
+        ("service.j2", "frontend {{ b.name }}\n{% for x in b.servers %}\n", 2),  # unclosed
+        ("defaults.j2", "defaults\n    mode tcp\n    {{ no_such_variable }}\n", 3),  # undefined
+        ("stats.j2", "frontend stats\n  bind {{ settings.nope }}\n", 2),  # undefined attribute
+        ("global.j2", "global\n  {{ 1 // 0 }}\n", 2),  # error while rendering
+    ],
+)
+def test_broken_template_names_file_and_line(tmp_path: Path, file: str, body: str,
+                                             line: int) -> None:
+    (tmp_path / file).write_text(body)
+    with pytest.raises(TemplateError) as info:
+        render_apps([one()], templates=tmp_path)
+    message = str(info.value)
+    assert file in message
+    assert f":{line}" in message
+
+
+def test_missing_included_template_names_it(tmp_path: Path) -> None:
+    (tmp_path / "haproxy.cfg.j2").write_text('{% include "nope.j2" %}\n')
+    with pytest.raises(TemplateError, match=r"nope\.j2"):
+        render_apps([one()], templates=tmp_path)
