@@ -25,7 +25,7 @@ BACKEND_CMD = f"{PYTHON} -m servicerouter.demo.backend"
 
 
 class Simulator:
-    def __init__(self, tmp: Path, *, kill_grace: float = 0.5, extra: list[str] | None = None):
+    def __init__(self, tmp: Path, *, kill_grace: float = 1.0, extra: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = Proc("simulator", [
@@ -46,8 +46,11 @@ class Simulator:
 
     def create_app(self, app_id: str, instances: int = 2, ports: int = 1,
                    labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        # Explicit free service ports: HAProxy binds with SO_REUSEPORT, so two runs
+        # on one machine sharing a port would silently share its connections.
         body = {"id": app_id, "cmd": BACKEND_CMD, "instances": instances, "cpus": 0.1,
-                "mem": 32, "portDefinitions": [{"port": 0, "protocol": "tcp"}] * ports,
+                "mem": 32, "portDefinitions": [{"port": free_port(), "protocol": "tcp"}
+                                               for _ in range(ports)],
                 "labels": labels or {}, **extra}
         r = self.http.post("/v2/apps", json=body)
         assert r.status_code == 201, r.text
@@ -83,7 +86,8 @@ class Simulator:
         assert r.status_code == 200, r.text
 
     def scale(self, app_id: str, instances: int) -> None:
-        r = self.http.put(f"/v2/apps/{app_id.strip('/')}", json={"instances": instances})
+        r = self.http.put(f"/v2/apps/{app_id.strip('/')}", json={"instances": instances},
+                          params={"force": "true"})
         assert r.status_code == 200, r.text
 
     def delete_app(self, app_id: str) -> None:

@@ -60,7 +60,9 @@ def churn(sim: httpx.Client, rng: random.Random) -> str:
         return f"killed task {victim} of {app_id} (Marathon replaces it)"
     instances = int(app["instances"])
     target = max(1, min(6, instances + rng.choice([-1, 1])))
-    sim.put(f"/v2/apps{app_id}", json={"instances": target})
+    r = sim.put(f"/v2/apps{app_id}", json={"instances": target}, params={"force": "true"})
+    if r.status_code >= 400:
+        return f"scaling {app_id} to {target} was refused: {r.status_code} {r.text[:80]}"
     return f"scaled {app_id} from {instances} to {target} instances"
 
 

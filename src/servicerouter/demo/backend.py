@@ -2,6 +2,9 @@
 
 Started by the simulator's executor as ``python -m servicerouter.demo.backend``
 with ``$PORT`` and ``$MESOS_TASK_ID`` set, exactly as Marathon starts a task.
+On SIGTERM it behaves like a well-run service: it keeps serving for
+``$SHUTDOWN_DELAY`` seconds (default 0.5) while the load balancer drains it
+(Marathon reports TASK_KILLING as the kill starts), then exits.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -30,11 +34,16 @@ class _Handler(BaseHTTPRequestHandler):
 def main() -> int:
     port = int(os.environ.get("PORT0") or os.environ.get("PORT") or "0")
     _Handler.body = (os.environ.get("MESOS_TASK_ID", "unknown") + "\n").encode()
+    delay = float(os.environ.get("SHUTDOWN_DELAY", "0.5"))
     server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    def lame_duck(*_: object) -> None:
+        threading.Timer(delay, server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, lame_duck)
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever(poll_interval=0.05)
     finally:
         server.server_close()
     return 0
