@@ -1,0 +1,134 @@
+"""Every fixture, rendered under several settings, passes the real ``haproxy -c``.
+
+``haproxy -c`` only parses and checks the configuration: it binds nothing and
+sends no traffic, so the fixtures' non-loopback addresses are safe here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from servicerouter.haproxy.render import render
+from servicerouter.layout import Settings, build_layout, desired_state
+from servicerouter.marathon.parse import parse_apps
+from servicerouter.model import App, Mode, Options, Service, Task
+
+from ..unit.payloads import APP_FIXTURES, load, resolve
+
+HAPROXY = shutil.which("haproxy")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(HAPROXY is None, reason="haproxy is not on PATH (CI installs it)"),
+]
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A self-signed certificate and its key in one PEM, as HAProxy's ``crt`` wants."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test",
+         "-days", "1", "-keyout", str(d / "k"), "-out", str(d / "c")],
+        check=True, capture_output=True, timeout=30,
+    )
+    path = d / "test.pem"
+    path.write_bytes((d / "c").read_bytes() + (d / "k").read_bytes())
+    return str(path)
+
+
+def haproxy_check(text: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    proc = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, f"haproxy -c failed:\n{proc.stdout}{proc.stderr}\n---\n{text}"
+
+
+def render_apps(apps: list[App], settings: Settings) -> str:
+    layout, table = build_layout(desired_state(apps, settings), {}, settings)
+    return render(layout, table, settings)
+
+
+def fixture_apps(name: str) -> list[App]:
+    return parse_apps(load(name), name, resolve).apps
+
+
+def settings_variants(tmp_path: Path, pem: str) -> dict[str, Settings]:
+    base = Settings(socket_path=str(tmp_path / "admin.sock"))
+    return {
+        "default": base,
+        "certs": replace(base, ssl_certs=(pem,)),
+        "stats-off": replace(base, stats_port=0),
+        "http-off": replace(base, http_port=0, ssl_certs=(pem,)),
+        "no-health-check": replace(base, health_check=False, maxconn=2000,
+                                   hard_stop_after="10s"),
+        "group-external": replace(base, groups=("external",)),
+    }
+
+
+VARIANTS = ["default", "certs", "stats-off", "http-off", "no-health-check", "group-external"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", APP_FIXTURES)
+def test_fixture_renders_a_valid_config(name: str, variant: str, tmp_path: Path,
+                                        pem: str) -> None:
+    settings = settings_variants(tmp_path, pem)[variant]
+    haproxy_check(render_apps(fixture_apps(name), settings), tmp_path)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_all_fixtures_together(variant: str, tmp_path: Path, pem: str) -> None:
+    apps = [a for name in APP_FIXTURES for a in fixture_apps(name)]
+    settings = settings_variants(tmp_path, pem)[variant]
+    haproxy_check(render_apps(apps, settings), tmp_path)
+
+
+def _app(app_id: str, port: int, options: Options, ips: tuple[str, ...] = ("10.0.0.1",),
+         state: str = "TASK_RUNNING") -> App:
+    tasks = tuple(Task(f"{app_id.strip('/')}.t{i}", app_id, ip, (31000 + i,), state)
+                  for i, ip in enumerate(ips))
+    return App(app_id, services=(Service(app_id, 0, port, options),), tasks=tasks)
+
+
+def every_option_apps(pem: str) -> list[App]:
+    http = Mode.HTTP
+    return [
+        _app("/vh/plain", 10001, Options(mode=http, vhosts=("a.example.com",))),
+        _app("/vh/path", 10002, Options(mode=http, vhosts=("a.example.com", "b.example.com"),
+                                         path="/api/v2", redirect_to_https=True)),
+        _app("/vh/sticky", 10003, Options(mode=http, vhosts=("s.example.com",), sticky=True,
+                                           balance="leastconn")),
+        _app("/vh/cert", 10004, Options(mode=http, vhosts=("c.example.com",), ssl_cert=pem)),
+        _app("/tcp/ssl", 10005, Options(ssl_cert=pem, bind_address="127.0.0.1")),
+        _app("/tcp/v6", 10006, Options(bind_address="::1", balance="source"),
+             ips=("fd00::1", "fd00::2")),
+        _app("/tcp/static", 10007, Options(balance="static-rr", health_check=True,
+                                           health_check_interval_ms=500)),
+        _app("/http/check", 10008, Options(mode=http, balance="random", health_check=True,
+                                           health_check_path="/health%20z")),
+        _app("/tcp/first", 10009, Options(balance="first"), state="TASK_KILLING"),
+        _app("/odd/na_me_/x y", 10010, Options()),
+    ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_option_together(variant: str, tmp_path: Path, pem: str) -> None:
+    settings = settings_variants(tmp_path, pem)[variant]
+    haproxy_check(render_apps(every_option_apps(pem), settings), tmp_path)
+
+
+def test_the_check_itself_rejects_a_broken_config(tmp_path: Path) -> None:
+    """Guard: haproxy -c must fail on nonsense, or the tests above prove nothing."""
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("frontend x\n    bind *:1\n    no_such_keyword 1\n")
+    proc = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, timeout=30)
+    assert proc.returncode != 0
