@@ -20,7 +20,7 @@ from servicerouter.haproxy.render import builtin_templates
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, free_port, responders, running, wait_for, wait_routed
+from .harness import Daemon, Simulator, responders, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -178,10 +178,3 @@ def _exists(pid: int) -> bool:
     except OSError:
         return False
 
-
-def test_listen_defaults_to_loopback() -> None:
-    from servicerouter.cli import build_parser
-
-    args = build_parser({}).parse_args(["run"])
-    assert args.listen == ("127.0.0.1", 9091)
-    assert free_port() > 0
