@@ -346,7 +346,7 @@ class Engine:
         self.metrics.reload_duration.observe(time.perf_counter() - started)
         log.info("reloaded HAProxy (%s): %d services, %.0f ms", reason, len(layout),
                  1000 * (time.perf_counter() - started))
-        await self.reconcile()
+        await self.reconcile(after_reload=True)
         now = time.monotonic()
         for t in self._awaiting_reload:
             self.metrics.event_to_apply.observe(now - t)
@@ -365,7 +365,7 @@ class Engine:
                                                       self.config.min_reload_interval)
         return False
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, after_reload: bool = False) -> None:
         """Read HAProxy's servers back and repair any difference from the slot table."""
         if not self.layout:
             return
@@ -385,9 +385,19 @@ class Engine:
             if not await self._execute(commands):
                 broken.update(dict.fromkeys(self.layout, ReloadReason.RUNTIME_ERROR))
         if broken:
-            log.warning("reconcile: %d backends missing in HAProxy; reloading", len(broken))
             self._pending.update(broken)
             self._wake.set()
+            if after_reload:
+                # HAProxy lacks what was just written and reloaded: most likely the
+                # admin socket belongs to another HAProxy than the one reloaded. Back
+                # off instead of reloading once per interval forever.
+                self._reload_failed("confirm", (
+                    f"after the reload HAProxy at {self.config.settings.socket_path} still lacks "
+                    f"{len(broken)} backends of the new config (e.g. {min(broken)}); is "
+                    "--haproxy-socket the socket of the HAProxy that reloads?"))
+            else:
+                log.warning("reconcile: %d backends missing in HAProxy; reloading",
+                            len(broken))
 
     def _update_gauges(self) -> None:
         m = self.metrics

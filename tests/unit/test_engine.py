@@ -1,0 +1,198 @@
+"""Engine.step with fake HAProxy edges: what happens when things fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servicerouter.engine import Engine, EngineConfig
+from servicerouter.haproxy.runtime import RuntimeUnavailable
+from servicerouter.haproxy.runtime_parse import CommandResult, ServerState, Status
+from servicerouter.layout import Settings
+from servicerouter.metrics import Metrics
+from servicerouter.model import App, Service, Task
+
+
+class FakeRuntime:
+    """Applies nothing; reports servers exactly as the engine's slot table says,
+    unless ``servers`` is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.fail_next: str | None = None  # "error" or "down"
+        self.servers: list[ServerState] | None = None
+        self.engine: Engine | None = None
+
+    async def execute(self, commands: list[str]) -> list[CommandResult]:
+        if self.fail_next == "down":
+            self.fail_next = None
+            raise RuntimeUnavailable("cannot connect to /x.sock", address="/x.sock")
+        self.sent.append(list(commands))
+        if self.fail_next == "error":
+            self.fail_next = None
+            return [CommandResult(c, Status.ERROR, "No such server.") for c in commands]
+        return [CommandResult(c, Status.OK, "") for c in commands]
+
+    async def show_servers_state(self, backend: str | None = None) -> list[ServerState]:
+        if self.servers is not None or self.engine is None:
+            return self.servers or []
+        out = []
+        for name, shape in self.engine.layout.items():
+            slots = self.engine.table.get(name, [])
+            for i in range(shape.slots):
+                e = slots[i] if i < len(slots) else None
+                addr, port, admin = ("127.0.0.1", 1, 0x05) if e is None else (
+                    e.ip, e.port, 0x08 if e.state.value == "drain" else 0)
+                out.append(ServerState(1, name, i + 1, f"s{i + 1}", addr, 2, admin, 1, 1,
+                                       0, 0, 0, 0, port))
+        return out
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.valid = True
+        self.validated = 0
+        self.written: list[str] = []
+        self.rejected: list[str] = []
+
+    async def validate(self, text: str) -> tuple[bool, str]:
+        self.validated += 1
+        return self.valid, "" if self.valid else "[ALERT] parsing [x.cfg:12]: unknown keyword"
+
+    def write(self, text: str) -> None:
+        self.written.append(text)
+
+    def keep_rejected(self, text: str) -> Path:
+        self.rejected.append(text)
+        return Path("/tmp/haproxy.cfg.rejected")
+
+
+class FakeReloader:
+    def __init__(self) -> None:
+        self.reloads = 0
+        self.fail = False
+
+    async def reload(self) -> None:
+        if self.fail:
+            raise RuntimeError("master CLI: reload not confirmed")
+        self.reloads += 1
+
+
+def make_engine() -> tuple[Engine, FakeRuntime, FakeWriter, FakeReloader]:
+    runtime, writer, reloader = FakeRuntime(), FakeWriter(), FakeReloader()
+    config = EngineConfig(settings=Settings(stats_port=0), min_reload_interval=0.0)
+    engine = Engine(config, None, runtime, writer, reloader,  # type: ignore[arg-type]
+                    Metrics(), lambda host: host)
+    runtime.engine = engine
+    return engine, runtime, writer, reloader
+
+
+def app(*tasks: int, app_id: str = "/web") -> App:
+    return App(app_id, services=(Service(app_id, 0, 10000),), tasks=tuple(
+        Task(f"t{n}", app_id, "127.0.0.1", (31000 + n,), "TASK_RUNNING") for n in tasks))
+
+
+def counter(engine: Engine, name: str, **labels: str) -> float:
+    value = engine.metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+async def started(engine: Engine, *tasks: int) -> None:
+    engine.mark(engine.state.set_app(app(*tasks)))
+    await engine.step()
+
+
+async def test_first_step_reloads_then_churn_is_runtime_only() -> None:
+    engine, runtime, writer, reloader = make_engine()
+    await started(engine, 1)
+    assert reloader.reloads == 1 and len(writer.written) == 1
+    engine.mark(engine.state.set_app(app(2)), event_time=0.0)
+    await engine.step()
+    assert reloader.reloads == 1
+    assert runtime.sent[-1] == ["set server web_10000/s1 state maint",
+                                "set server web_10000/s1 addr 127.0.0.1 port 31002",
+                                "set server web_10000/s1 state ready"]
+    assert engine.table["web_10000"][0] is not None
+    assert engine.table["web_10000"][0].task_id == "t2"
+    assert counter(engine, "servicerouter_event_to_apply_seconds_count") == 1
+
+
+async def test_a_failed_runtime_command_restores_state_with_a_reload() -> None:
+    engine, runtime, _, reloader = make_engine()
+    await started(engine, 1)
+    runtime.fail_next = "error"
+    engine.mark(engine.state.set_app(app(1, 2)))
+    await engine.step()
+    assert reloader.reloads == 2
+    assert counter(engine, "servicerouter_reloads_total", reason="runtime_error") == 1
+    assert counter(engine, "servicerouter_runtime_errors_total") == 2
+    assert {e.task_id for e in engine.table["web_10000"] if e} == {"t1", "t2"}
+
+
+async def test_unreachable_haproxy_is_reported_and_retried_by_reload() -> None:
+    engine, runtime, _, reloader = make_engine()
+    await started(engine, 1)
+    runtime.fail_next = "down"
+    engine.mark(engine.state.set_app(app(1, 2)))
+    await engine.step()
+    assert engine.haproxy_ok is True  # the reload's reconcile reached it again
+    assert reloader.reloads == 2
+
+
+async def test_a_rejected_candidate_keeps_the_old_config_and_is_not_retried() -> None:
+    engine, _, writer, reloader = make_engine()
+    await started(engine, 1)
+    writer.valid = False
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    await engine.step()
+    assert reloader.reloads == 1 and len(writer.written) == 1  # nothing replaced
+    assert len(writer.rejected) == 1
+    assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
+    engine._next_reload_at = 0.0  # the backoff has passed
+    await engine.step()
+    assert writer.validated == 2  # the same candidate is not validated again
+    assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
+    # Churn of the existing app still flows at runtime meanwhile.
+    engine.mark(engine.state.set_app(app(1, 3)))
+    await engine.step()
+    assert any(e and e.task_id == "t3" for e in engine.table["web_10000"])
+
+
+@pytest.mark.parametrize(("failure", "stage"), [("write", "write"), ("reload", "reload")])
+async def test_failed_write_or_reload_keeps_the_layout(failure: str, stage: str) -> None:
+    engine, _, writer, reloader = make_engine()
+    await started(engine, 1)
+    if failure == "write":
+        def broken(text: str) -> Any:
+            raise OSError(28, "No space left on device")
+        writer.write = broken  # type: ignore[method-assign]
+    else:
+        reloader.fail = True
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    await engine.step()
+    assert "new_10000" not in engine.layout
+    assert counter(engine, "servicerouter_reload_failures_total", stage=stage) == 1
+
+
+async def test_update_strategy_reload_reloads_on_churn() -> None:
+    engine, runtime, _, reloader = make_engine()
+    engine.config = EngineConfig(settings=Settings(stats_port=0), min_reload_interval=0.0,
+                                 update_strategy="reload")
+    await started(engine, 1)
+    engine.mark(engine.state.set_app(app(2)))
+    await engine.step()
+    assert reloader.reloads == 2
+    assert counter(engine, "servicerouter_reloads_total", reason="endpoints_changed") == 1
+    assert runtime.sent == []  # nothing went through the runtime API
+
+
+async def test_haproxy_missing_the_reloaded_backends_backs_off() -> None:
+    engine, runtime, _, reloader = make_engine()
+    runtime.servers = []  # the socket answers for another HAProxy
+    await started(engine, 1)
+    assert reloader.reloads == 1
+    assert counter(engine, "servicerouter_reload_failures_total", stage="confirm") == 1
+    await engine.step()  # within the backoff: no second reload
+    assert reloader.reloads == 1
