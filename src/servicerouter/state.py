@@ -7,11 +7,14 @@ grows with the app it touches, not with the cluster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
 from .layout import DesiredService, Settings, desired_services
 from .model import App, Health, Task
+
+log = logging.getLogger("servicerouter.state")
 
 
 class ClusterState:
@@ -20,12 +23,46 @@ class ClusterState:
         self.apps: dict[str, App] = {}
         self.desired: dict[str, DesiredService] = {}
         self._backends: dict[str, tuple[str, ...]] = {}  # app id -> backend names
+        # One port, one app: HAProxy binds with SO_REUSEPORT, so two frontends on
+        # a port would silently split its connections between two apps.
+        self._reserved = {p for p in (settings.stats_port, settings.http_port,
+                                      settings.https_port) if p}
+        self._port_owner: dict[int, str] = {}
+        self._ports_of: dict[str, set[int]] = {}
+        self._waiting: dict[int, set[str]] = {}  # port -> apps refused it
+        self._reported: set[tuple[str, int]] = set()
+
+    def _claim_ports(self, app_id: str, new: dict[str, DesiredService]) -> set[int]:
+        """Drop services whose port is taken or reserved; return the ports kept."""
+        kept: set[int] = set()
+        for name, d in list(new.items()):
+            port = d.service.port
+            owner = self._port_owner.get(port, app_id)
+            if port in self._reserved or owner != app_id:
+                del new[name]
+                self._waiting.setdefault(port, set()).add(app_id)
+                if (app_id, port) not in self._reported:
+                    self._reported.add((app_id, port))
+                    holder = f"app {owner}" if owner != app_id else "servicerouter itself"
+                    log.error("app %s: service port %d is already bound by %s; service "
+                              "skipped until the port is free, others applied", app_id,
+                              port, holder)
+                continue
+            self._port_owner[port] = app_id
+            kept.add(port)
+        return kept
 
     def _refresh(self, app_id: str) -> set[str]:
         """Recompute one app's desired services; return the names that changed."""
         old = set(self._backends.get(app_id, ()))
         app = self.apps.get(app_id)
         new = desired_services(app, self.settings) if app else {}
+        ports = self._claim_ports(app_id, new)
+        freed = self._ports_of.get(app_id, set()) - ports
+        if ports:
+            self._ports_of[app_id] = ports
+        else:
+            self._ports_of.pop(app_id, None)
         dirty = {n for n in old if n not in new}
         for n in dirty:
             self.desired.pop(n, None)
@@ -37,6 +74,12 @@ class ClusterState:
             self._backends[app_id] = tuple(new)
         else:
             self._backends.pop(app_id, None)
+        for port in freed:  # a port let go: the first app refused it may have it now
+            del self._port_owner[port]
+            for waiter in sorted(self._waiting.pop(port, ())):
+                self._reported.discard((waiter, port))
+                if waiter in self.apps:
+                    dirty |= self._refresh(waiter)
         return dirty
 
     def set_app(self, app: App) -> set[str]:

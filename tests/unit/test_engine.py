@@ -90,7 +90,8 @@ def make_engine() -> tuple[Engine, FakeRuntime, FakeWriter, FakeReloader]:
 
 
 def app(*tasks: int, app_id: str = "/web") -> App:
-    return App(app_id, services=(Service(app_id, 0, 10000),), tasks=tuple(
+    port = 10000 if app_id == "/web" else 10001
+    return App(app_id, services=(Service(app_id, 0, port),), tasks=tuple(
         Task(f"t{n}", app_id, "127.0.0.1", (31000 + n,), "TASK_RUNNING") for n in tasks))
 
 
@@ -172,7 +173,7 @@ async def test_failed_write_or_reload_keeps_the_layout(failure: str, stage: str)
         reloader.fail = True
     engine.mark(engine.state.set_app(app(1, app_id="/new")))
     await engine.step()
-    assert "new_10000" not in engine.layout
+    assert "new_10001" not in engine.layout
     assert counter(engine, "servicerouter_reload_failures_total", stage=stage) == 1
 
 

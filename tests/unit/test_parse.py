@@ -379,3 +379,15 @@ def test_status_update_event_fast_path() -> None:
     new = task_from_event(app, {**event, "taskId": "nginx-bridge.new._app.1",
                                 "taskStatus": "TASK_RUNNING"}, resolve, None)
     assert new.health is Health.NONE  # health-checked app: not routable until results
+
+
+def test_two_service_ports_of_one_app_on_the_same_port_is_an_app_error() -> None:
+    from servicerouter.marathon.parse import parse_apps as _parse
+
+    raw = {"apps": [{"id": "/dup", "portDefinitions": [{"port": 10000}, {"port": 10001}],
+                     "labels": {"HAPROXY_1_PORT": "10000"}},
+                    {"id": "/fine", "portDefinitions": [{"port": 10002}]}]}
+    result = _parse(raw, "test", lambda h: h)
+    assert [a.id for a in result.apps] == ["/fine"]
+    (err,) = result.errors
+    assert err.app_id == "/dup" and "port 10000" in err.message

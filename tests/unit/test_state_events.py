@@ -8,8 +8,9 @@ from servicerouter.state import ClusterState
 from servicerouter.sync import deployment_apps
 
 
-def app(tasks: tuple[Task, ...] = (), health: bool = False, app_id: str = "/web") -> App:
-    return App(id=app_id, services=(Service(app_id, 0, 10000), Service(app_id, 1, 10001)),
+def app(tasks: tuple[Task, ...] = (), health: bool = False, app_id: str = "/web",
+        port: int = 10000) -> App:
+    return App(id=app_id, services=(Service(app_id, 0, port), Service(app_id, 1, port + 1)),
                tasks=tasks, has_health_checks=health)
 
 
@@ -54,10 +55,10 @@ def test_health_event_applies_to_the_instance_tasks() -> None:
 def test_replace_all_keeps_apps_that_failed_to_parse() -> None:
     s = ClusterState(Settings())
     s.set_app(app((task(1),)))
-    s.set_app(app(app_id="/api"))
+    s.set_app(app(app_id="/api", port=11000))
     dirty = s.replace_all([], keep=["/web"])
     assert "/web" in s.apps and "/api" not in s.apps
-    assert dirty == {"api_10000", "api_10001"}
+    assert dirty == {"api_11000", "api_11001"}
 
 
 def test_group_filter_selects_services() -> None:
@@ -70,3 +71,27 @@ def test_deployment_apps_reads_the_plan() -> None:
                                {"actions": [{"app": "/b"}, {"pod": "/p"}]}]}}
     assert deployment_apps(data) == {"/a", "/b"}
     assert deployment_apps({"plan": None}) == set()
+
+
+def one_port_app(app_id: str, port: int) -> App:
+    return App(id=app_id, services=(Service(app_id, 0, port),))
+
+
+def test_a_port_is_bound_by_one_app_only_and_freed_ports_pass_on() -> None:
+    s = ClusterState(Settings())
+    assert s.set_app(one_port_app("/first", 10000)) == {"first_10000"}
+    assert s.set_app(one_port_app("/second", 10000)) == set()  # refused: port taken
+    assert set(s.desired) == {"first_10000"}
+    # The owner keeps its port across updates and full syncs.
+    s.replace_all([one_port_app("/second", 10000), one_port_app("/first", 10000)])
+    assert set(s.desired) == {"first_10000"}
+    # Once the owner lets go, the refused app gets the port.
+    assert s.remove_app("/first") == {"first_10000", "second_10000"}
+    assert set(s.desired) == {"second_10000"}
+
+
+def test_ports_servicerouter_binds_itself_are_refused() -> None:
+    s = ClusterState(Settings(stats_port=9090, http_port=80, https_port=443))
+    for port in (9090, 80, 443):
+        assert s.set_app(one_port_app(f"/p{port}", port)) == set()
+    assert s.desired == {}
