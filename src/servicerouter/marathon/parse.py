@@ -165,8 +165,7 @@ def task_address(
     if app.network is NetworkMode.CONTAINER:
         ips = [ip for ip in (_ip(_get(a, "ipAddress")) for a in ip_addresses) if ip]
         v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
-        ip = (v4 or ips or [None])[0]
-        return ip, app.container_ports
+        return next(iter(v4 or ips), None), app.container_ports
     return (_ip(resolve(host)) if host else None), tuple(
         p for p in ports if isinstance(p, int) and not isinstance(p, bool)
     )
@@ -208,7 +207,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
     warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
-    services = []
+    services: list[Service] = []
     for index, port in enumerate(svc_ports):
         sl = parsed.for_index(index)
         port = sl.port or port
