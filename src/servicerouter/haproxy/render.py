@@ -41,9 +41,14 @@ def hostport(ip: str, port: int) -> str:
     """An address as HAProxy parses it: ``1.2.3.4:80``, ``*:80``, ``ipv6@::1:80``."""
     if ip in ("*", ""):
         return f"*:{port}"
-    if isinstance(ipaddress.ip_address(ip), ipaddress.IPv6Address):
+    if _is_ipv6(ip):
         return f"ipv6@{ip}:{port}"
     return f"{ip}:{port}"
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_ipv6(ip: str) -> bool:
+    return isinstance(ipaddress.ip_address(ip), ipaddress.IPv6Address)
 
 
 def server_params(shape: BackendShape, slot: str) -> str:
@@ -79,17 +84,19 @@ def template_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
 
 def _servers(shape: BackendShape, slots: Sequence[Endpoint | None]) -> list[_Server]:
     out = []
+    # Only sticky servers' parameters name the slot: compute the others once per backend.
+    shared = None if shape.service.options.sticky else server_params(shape, "")
     for i in range(shape.slots):
         name = slot_name(i + 1)
         held = slots[i] if i < len(slots) else None
+        params = shared if shared is not None else server_params(shape, name)
         if held is None:
-            out.append(_Server(name, FREE_SLOT_ADDRESS, True, server_params(shape, name)))
+            out.append(_Server(name, FREE_SLOT_ADDRESS, True, params))
         else:
             # A draining endpoint starts disabled; the post-reload reconcile
             # sets it to drain (there is no config keyword for drain).
             draining = held.state is EndpointState.DRAIN
-            out.append(_Server(name, hostport(held.ip, held.port), draining,
-                               server_params(shape, name)))
+            out.append(_Server(name, hostport(held.ip, held.port), draining, params))
     return out
 
 
