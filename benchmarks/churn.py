@@ -4,6 +4,7 @@ Shared by ``convergence`` and ``reloads``."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import sys
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from servicerouter.demo.procs import Proc, wait_for
 from servicerouter.naming import service_name
@@ -61,6 +64,7 @@ class ChurnStack:
         self.pool: collections.deque[tuple[str, str]] = collections.deque()
         self.running: dict[str, dict[str, Any]] = {}  # new task id -> RUNNING log entry
         self.seq = 0
+        self._span = 0.0  # seconds from the first kill sent to the last
 
     def __enter__(self) -> ChurnStack:
         try:
@@ -103,7 +107,9 @@ class ChurnStack:
     def _learn(self) -> None:
         """New RUNNING tasks from the simulator's event log (bounded ring: read often)."""
         r = self.sim.http.get("/_sim/events/log", params={"since": self.seq, "limit": 10000})
-        body = r.json()
+        self._absorb(r.json())
+
+    def _absorb(self, body: dict[str, Any]) -> None:
         for e in body["events"]:
             self.seq = max(self.seq, e["seq"])
             if e.get("eventType") == "status_update_event" and \
@@ -123,6 +129,38 @@ class ChurnStack:
     def _key(self, e: dict[str, Any]) -> tuple[str, str, int]:
         return (self.backend[e["appId"]], "127.0.0.1", int(e["ports"][0]))
 
+    async def _kill_paced(self, rate: float, count: int) -> int:
+        """Send the kills on schedule without waiting for each answer (so a slow reply
+        never lowers the rate); learn new tasks from the event log every 0.25 s."""
+        ok = 0
+
+        async def kill(c: httpx.AsyncClient, app_id: str, task_id: str) -> None:
+            nonlocal ok
+            r = await c.delete(f"/v2/apps/{app_id.strip('/')}/tasks/{task_id}",
+                               params={"scale": "false"})
+            ok += r.status_code == 200
+
+        async with httpx.AsyncClient(base_url=self.sim.url, timeout=30) as c:
+            pending = []
+            t0 = time.monotonic()
+            next_learn = t0 + 0.25
+            for i in range(count):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if time.monotonic() >= next_learn or not self.pool:
+                    r = await c.get("/_sim/events/log", params={"since": self.seq,
+                                                                "limit": 10000})
+                    self._absorb(r.json())
+                    next_learn = time.monotonic() + 0.25
+                if not self.pool:
+                    break
+                app_id, task_id = self.pool.popleft()
+                pending.append(asyncio.ensure_future(kill(c, app_id, task_id)))
+                self._span = time.monotonic() - t0
+            await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 60)
+        return ok
+
     def replace(self, rate: float, count: int, settle: float) -> Phase:
         """Kill ``count`` tasks (oldest first) at ``rate``/s through the Marathon API;
         Marathon replaces each. Then wait up to ``settle`` s for the replacements."""
@@ -131,23 +169,8 @@ class ChurnStack:
         before = set(self.running)
         reloads0 = self.daemon.reloads()
         cmds0 = self.daemon.metric("servicerouter_runtime_commands_total")
-        t0 = time.monotonic()
-        next_learn = t0 + 0.25
-        for i in range(count):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if time.monotonic() >= next_learn or not self.pool:
-                self._learn()
-                next_learn = time.monotonic() + 0.25
-            if not self.pool:
-                break
-            app_id, task_id = self.pool.popleft()
-            r = self.sim.http.delete(f"/v2/apps/{app_id.strip('/')}/tasks/{task_id}",
-                                     params={"scale": "false"})
-            if r.status_code == 200:
-                phase.replaced += 1
-        phase.seconds = time.monotonic() - t0
+        phase.replaced = asyncio.run(self._kill_paced(rate, count))
+        phase.seconds = self._span
 
         def new() -> list[str]:
             return [t for t in self.running if t not in before]
