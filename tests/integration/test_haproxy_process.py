@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import stat
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from servicerouter.demo.procs import free_port
 from servicerouter.haproxy.master_cli import MasterCLI, MasterUnavailable, ProcInfo
 from servicerouter.haproxy.process import (
     HAProxyProcess,
@@ -33,12 +33,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs the haproxy binary"),
     pytest.mark.timeout(30),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(root: Path, port: int, extra: str = "") -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from servicerouter.demo.procs import free_port
 from servicerouter.haproxy import runtime_commands as c
 from servicerouter.haproxy.process import HAProxyProcess
 from servicerouter.haproxy.runtime import (
@@ -25,12 +25,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs the haproxy binary"),
     pytest.mark.timeout(30),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 CONFIG = """\

@@ -10,27 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import TASK_KILLING, TASK_RUNNING, TERMINAL_STATES  # Mesos facts, shared
+
 TASK_STAGING = "TASK_STAGING"
 TASK_STARTING = "TASK_STARTING"
-TASK_RUNNING = "TASK_RUNNING"
-TASK_KILLING = "TASK_KILLING"
 TASK_KILLED = "TASK_KILLED"
 TASK_FAILED = "TASK_FAILED"
 TASK_FINISHED = "TASK_FINISHED"
-
-TERMINAL_STATES = frozenset(
-    {
-        "TASK_FINISHED",
-        "TASK_FAILED",
-        "TASK_KILLED",
-        "TASK_ERROR",
-        "TASK_DROPPED",
-        "TASK_GONE",
-        "TASK_GONE_BY_OPERATOR",
-        "TASK_UNKNOWN",
-        "TASK_LOST",
-    }
-)
 
 # instance_changed_event "condition" per Mesos task state.
 CONDITIONS = {
