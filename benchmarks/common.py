@@ -25,7 +25,8 @@ from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.haproxy.runtime import RuntimeClient
 
 PYTHON = sys.executable
-BACKEND_CMD = f"{PYTHON} -m servicerouter.demo.backend"
+# exec: the task must get SIGTERM itself; Mesos kills what a shell leaves behind.
+BACKEND_CMD = f"exec {PYTHON} -m servicerouter.demo.backend"
 STRATEGIES = ("runtime", "reload")
 
 

@@ -30,10 +30,10 @@ from servicerouter.demo.procs import wait_for
 
 from .common import PYTHON, Context, Daemon, Simulator, Table, percentile
 
-# servicerouter.demo.backend with a buffered response writer: the stock handler writes the
-# headers and the body in two sends, and Nagle + delayed ACK then add ~40 ms per request.
-BACKEND_CMD = (f"{PYTHON} -c 'import sys; from servicerouter.demo import backend as b; "
-               "b._Handler.wbufsize = 65536; sys.exit(b.main())'")
+# The demo backend: buffered writes (one send per response) and a 0.5 s lame duck on
+# SIGTERM. exec, so the task itself gets SIGTERM: the executor, like Mesos, kills what a
+# shell leaves behind the moment the shell exits.
+BACKEND_CMD = f"exec {PYTHON} -m servicerouter.demo.backend"
 
 CONNECTIONS, THREADS, PACE_MS = 24, 2, 8
 HEALTH = [{"protocol": "HTTP", "path": "/", "portIndex": 0, "gracePeriodSeconds": 10,

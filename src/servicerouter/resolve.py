@@ -26,15 +26,17 @@ class CachingResolver:
         self._cache: dict[str, tuple[str | None, float]] = {}
 
     def __call__(self, host: str) -> str | None:
-        try:
-            return str(ipaddress.ip_address(host))
-        except ValueError:
-            pass
         now = time.monotonic()
-        hit = self._cache.get(host)
+        hit = self._cache.get(host)  # first: a full sync asks for each agent ~5x per app
         if hit is not None and hit[1] > now:
             return hit[0]
         ip: str | None
+        try:
+            ip = str(ipaddress.ip_address(host))
+            self._cache[host] = (ip, float("inf"))
+            return ip
+        except ValueError:
+            pass
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             v4 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET]

@@ -21,7 +21,8 @@ from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.haproxy.runtime_parse import ServerState
 
 PYTHON = sys.executable
-BACKEND_CMD = f"{PYTHON} -m servicerouter.demo.backend"
+# exec: the task must get SIGTERM itself; Mesos kills what a shell leaves behind.
+BACKEND_CMD = f"exec {PYTHON} -m servicerouter.demo.backend"
 
 
 class Simulator:

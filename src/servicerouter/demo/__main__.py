@@ -28,7 +28,8 @@ APPS = {  # id -> (service port, instances)
     "/demo/api": (10002, 2),
     "/demo/search": (10003, 2),
 }
-BACKEND = f"{sys.executable} -m servicerouter.demo.backend"
+# exec: the task must get SIGTERM itself; Mesos kills what a shell leaves behind.
+BACKEND = f"exec {sys.executable} -m servicerouter.demo.backend"
 
 
 def _metric(text: str, name: str) -> float:
