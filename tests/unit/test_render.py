@@ -310,3 +310,19 @@ def test_missing_included_template_names_it(tmp_path: Path) -> None:
     (tmp_path / "haproxy.cfg.j2").write_text('{% include "nope.j2" %}\n')
     with pytest.raises(TemplateError, match=r"nope\.j2"):
         render_apps([one()], templates=tmp_path)
+
+
+def test_operator_template_can_loop_over_servers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from servicerouter.haproxy.render import render as _render
+    from servicerouter.layout import BackendShape, Settings
+    from servicerouter.model import Endpoint, Service
+
+    (tmp_path / "service.j2").write_text(
+        "backend {{ b.name }}\n{% for s in b.servers %}"
+        "    server {{ s.name }} {{ s.address }}{% if s.disabled %} disabled{% endif %}"
+        " weight 50\n{% endfor %}")
+    shape = BackendShape("web_10000", Service("/web", 0, 10000), 2)
+    text = _render({"web_10000": shape}, {"web_10000": [Endpoint("t1", "10.0.0.1", 31001)]},
+                   Settings(stats_port=0), tmp_path)
+    assert "    server s1 10.0.0.1:31001 weight 50\n" in text
+    assert "    server s2 127.0.0.1:1 disabled weight 50\n" in text
