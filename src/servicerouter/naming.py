@@ -10,13 +10,17 @@ written as ``:xx`` (its hex code), so ``/a/b_c`` â†’ ``a_b__c`` and ``/a_b/c`` â
 
 from __future__ import annotations
 
+import functools
 import re
 
 _ALLOWED = re.compile(r"[A-Za-z0-9.-]")
+_PLAIN = re.compile(r"[A-Za-z0-9.-]+")  # every real Marathon id segment
 SLOT_PREFIX = "s"
 
 
 def _escape_segment(segment: str) -> str:
+    if _PLAIN.fullmatch(segment):
+        return segment
     if not segment:
         return ":"  # never in a Marathon id; still kept apart from "/a_b"
     out = []
@@ -33,6 +37,7 @@ def _escape_segment(segment: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=65536)  # names are stable; a full sync asks for all of them
 def service_name(app_id: str, port: int, index: int = 0) -> str:
     """The frontend/backend name of an app's service port.
 
