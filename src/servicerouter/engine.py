@@ -87,6 +87,7 @@ class Engine:
         self.last_reload: tuple[float, str] | None = None  # (unix time, reason)
         self.last_sync: float | None = None  # unix time of the last good full sync
         self.haproxy_ok = False
+        self.app_errors: dict[str, str] = {}  # app id -> why its last definition failed
         self.reloads = 0
         self.runtime_updates = 0
         self._dirty: set[str] = set()
@@ -139,6 +140,7 @@ class Engine:
             self.metrics.marathon_up.set(1)
             for err in result.errors:
                 log.error("%s", err)
+            self.app_errors = {e.app_id: e.message for e in result.errors}
             self._events.warn_once(result.warnings)
             dirty = self.state.replace_all(result.apps, keep=[e.app_id for e in result.errors])
             self._events.after_full_sync()
@@ -165,7 +167,9 @@ class Engine:
             app, warnings = parse_app(raw, self.resolve)
         except ValueError as exc:
             log.error("app %s: %s; app keeps its last good state, others applied", app_id, exc)
+            self.app_errors[app_id] = f"{exc}; app keeps its last good state"
             return
+        self.app_errors.pop(app_id, None)
         self._events.warn_once(warnings)
         self.mark(self.state.set_app(app), event_time)
 

@@ -30,26 +30,30 @@ class ClusterState:
         self._port_owner: dict[int, str] = {}
         self._ports_of: dict[str, set[int]] = {}
         self._waiting: dict[int, set[str]] = {}  # port -> apps refused it
-        self._reported: set[tuple[str, int]] = set()
+        # app id -> service port -> why it was refused (shown in /status)
+        self.refused: dict[str, dict[int, str]] = {}
 
     def _claim_ports(self, app_id: str, new: dict[str, DesiredService]) -> set[int]:
         """Drop services whose port is taken or reserved; return the ports kept."""
         kept: set[int] = set()
+        before = self.refused.pop(app_id, {})
+        refused: dict[int, str] = {}
         for name, d in list(new.items()):
             port = d.service.port
             owner = self._port_owner.get(port, app_id)
             if port in self._reserved or owner != app_id:
                 del new[name]
                 self._waiting.setdefault(port, set()).add(app_id)
-                if (app_id, port) not in self._reported:
-                    self._reported.add((app_id, port))
-                    holder = f"app {owner}" if owner != app_id else "servicerouter itself"
-                    log.error("app %s: service port %d is already bound by %s; service "
-                              "skipped until the port is free, others applied", app_id,
-                              port, holder)
+                holder = f"app {owner}" if owner != app_id else "servicerouter itself"
+                refused[port] = (f"service port {port} is already bound by {holder}; "
+                                 "service skipped until the port is free")
+                if port not in before:
+                    log.error("app %s: %s, others applied", app_id, refused[port])
                 continue
             self._port_owner[port] = app_id
             kept.add(port)
+        if refused:
+            self.refused[app_id] = refused
         return kept
 
     def _refresh(self, app_id: str) -> set[str]:
@@ -77,7 +81,6 @@ class ClusterState:
         for port in freed:  # a port let go: the first app refused it may have it now
             del self._port_owner[port]
             for waiter in sorted(self._waiting.pop(port, ())):
-                self._reported.discard((waiter, port))
                 if waiter in self.apps:
                     dirty |= self._refresh(waiter)
         return dirty

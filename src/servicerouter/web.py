@@ -92,6 +92,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
                 "time": engine.last_reload[0], "reason": engine.last_reload[1]},
             "last_sync": engine.last_sync,
             "haproxy_up": engine.haproxy_ok,
+            "problems": _problems(engine, app_filter),
             "total": len(names), "offset": offset, "limit": limit,
             "services": services,
         }
@@ -127,3 +128,15 @@ def _service_status(engine: Engine, name: str,
     return {"app_id": shape.app_id, "port": shape.service.port, "backend": name,
             "mode": opts.mode.value, "vhosts": list(opts.vhosts),
             "slots": {"used": used, "free": shape.slots - used}, "endpoints": endpoints}
+
+
+def _problems(engine: Engine, app_filter: str | None) -> list[dict[str, str]]:
+    """Apps (or their service ports) left out, and why; at most MAX_PAGE."""
+    out = [{"app_id": app_id, "error": message}
+           for app_id, message in engine.app_errors.items()]
+    out += [{"app_id": app_id, "error": message}
+            for app_id, ports in engine.state.refused.items() for message in ports.values()]
+    if app_filter is not None:
+        prefix = app_filter.rstrip("/") + "/"
+        out = [p for p in out if p["app_id"] == app_filter or p["app_id"].startswith(prefix)]
+    return sorted(out, key=lambda p: (p["app_id"], p["error"]))[:MAX_PAGE]

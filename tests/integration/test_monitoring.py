@@ -97,6 +97,19 @@ def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
         assert web.get("/status", params={"limit": "x"}).status_code == 400
         assert web.get("/config").text == cfg.read_text()
 
+        # Bad input is named in /status and the others keep routing.
+        simulator.create_app("/mon/badlabel", instances=0, labels={"HAPROXY_0_MODE": "udp"})
+        simulator.create_app("/mon/dup", instances=0, labels={"HAPROXY_0_PORT": str(port)})
+
+        def two_problems() -> dict[str, str] | None:
+            found = {p["app_id"]: p["error"] for p in web.get("/status").json()["problems"]}
+            return found if len(found) == 2 else None
+
+        found = wait_for(two_problems, 15, what="two problems in /status")
+        assert "HAPROXY_0_MODE='udp'" in found["/mon/badlabel"]
+        assert f"service port {port} is already bound by app /mon/web" in found["/mon/dup"]
+        wait_routed(port, live)
+
         # HAProxy stops behind the daemon's back: healthz says so, in one line of JSON.
         haproxy.stop()
         r = wait_for(lambda: (resp := web.get("/healthz")).status_code == 503 and resp, 10,
