@@ -1,21 +1,14 @@
-"""Runtime API throughput: ``measure()`` for a harness, ``python benchmarks/runtime_client.py``
-to print the table against a throwaway HAProxy (and the alternatives the client rejected).
-"""
+"""Runtime API throughput: ``measure()`` and the designs the client rejected
+(``measure_alternatives()``), run by ``python -m benchmarks --only runtime``."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from servicerouter.haproxy import runtime_commands as c
-from servicerouter.haproxy.process import HAProxyProcess
 from servicerouter.haproxy.runtime import RuntimeClient
 
 
@@ -109,38 +102,3 @@ async def measure_alternatives(
     await client.execute(cmds)
     res["runtime_client_one_prompt_session"] = n / (time.perf_counter() - t)
     return res
-
-
-async def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="sr-bench-", dir="/tmp"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    servers = [f"s{i}" for i in range(1, 101)]
-    slots = "".join(f"    server {s} 127.0.0.1:1 disabled\n" for s in servers)
-    cfg = root / "haproxy.cfg"
-    cfg.write_text(
-        f"global\n    stats socket {root}/admin.sock mode 600 level admin\n"
-        "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n"
-        f"    timeout server 5s\nfrontend f\n    bind 127.0.0.1:{port}\n"
-        f"    default_backend b\nbackend b\n{slots}"
-    )
-    proc = HAProxyProcess(
-        cfg, root / "master.sock", haproxy_bin=shutil.which("haproxy") or "haproxy"
-    )
-    await proc.start()
-    try:
-        client = RuntimeClient(str(root / "admin.sock"))
-        for row in await measure(client, "b", servers, [1, 10, 100, 1000, 10000]):
-            print(row)
-        for name, rate in (
-            await measure_alternatives(str(root / "admin.sock"), "b", servers)
-        ).items():
-            print(f"{name}: {rate:,.0f} commands/s")
-    finally:
-        await proc.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
