@@ -6,6 +6,7 @@ else is the operator's explicit choice.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +44,15 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
     async def healthz(_: Request) -> Response:
         problems = []
         try:
-            await engine.runtime.show_info()
+            await asyncio.wait_for(engine.runtime.show_info(), health_probe_timeout)
             engine.metrics.haproxy_up.set(1)
         except HAProxyRuntimeError as exc:
             engine.metrics.haproxy_up.set(0)
             problems.append(f"HAProxy does not answer: {exc}")
+        except asyncio.TimeoutError:
+            engine.metrics.haproxy_up.set(0)
+            problems.append(f"HAProxy does not answer on {engine.config.settings.socket_path} "
+                            f"within {health_probe_timeout:g}s")
         stale_after = 2 * engine.config.resync_interval + 30
         if engine.last_sync is None:
             problems.append("no successful sync with Marathon yet")
