@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from servicerouter.demo.procs import Proc, free_port, wait_for
+from servicerouter.demo.procs import Proc, free_port
 from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.haproxy.runtime import RuntimeClient
 
@@ -141,9 +141,8 @@ class Simulator:
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def start(self, timeout: float = 120.0) -> Simulator:
-        self.proc.start()
-        wait_for(lambda: self.proc.alive() and self.http.get("/ping").status_code == 200,
-                 timeout, 0.1, what="simulator /ping")
+        self.proc.start(lambda: self.proc.alive() and self.http.get("/ping").status_code == 200,
+                        timeout, 0.1, what="simulator /ping")
         return self
 
     def stop(self) -> None:
@@ -190,14 +189,8 @@ class Daemon:
         return self.proc.popen.pid
 
     def start(self, timeout: float = 60.0) -> Daemon:
-        self.proc.start()
-
-        def healthy() -> bool:
-            if not self.proc.alive():
-                raise RuntimeError(f"servicerouter exited:\n{self.proc.output()[-3000:]}")
-            return self.http.get("/healthz").status_code == 200
-
-        wait_for(healthy, timeout, 0.1, what="servicerouter /healthz 200")
+        self.proc.start(lambda: self.proc.alive() and self.http.get("/healthz").status_code
+                        == 200, timeout, 0.1, what="servicerouter /healthz 200")
         return self
 
     def stop(self) -> None:

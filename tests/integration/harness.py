@@ -37,8 +37,8 @@ class Simulator:
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def start(self) -> Simulator:
-        self.proc.start()
-        wait_for(lambda: self.http.get("/ping").status_code == 200, what="simulator /ping")
+        self.proc.start(lambda: self.http.get("/ping").status_code == 200,
+                        what="simulator /ping")
         return self
 
     def stop(self) -> None:
@@ -118,10 +118,8 @@ class Daemon:
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     def start(self, wait_healthy: bool = True) -> Daemon:
-        self.proc.start()
-        if wait_healthy:
-            wait_for(lambda: self.http.get("/healthz").status_code == 200, 30,
-                     what="servicerouter /healthz 200")
+        healthy = (lambda: self.http.get("/healthz").status_code == 200) if wait_healthy else None
+        self.proc.start(healthy, 30, what="servicerouter /healthz 200")
         return self
 
     def stop(self) -> int | None:

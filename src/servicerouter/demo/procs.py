@@ -43,11 +43,19 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Proc:
+    def start(self, ready: Callable[[], Any] | None = None, timeout: float = 15.0,
+              interval: float = 0.05, what: str = "the process to be ready") -> Proc:
+        """Start; with ``ready``, wait for it and stop the process if it never is."""
         with self.log.open("ab") as f:
             self.popen = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
                                           env={**os.environ, **self.env})
+        if ready is not None:
+            try:
+                wait_for(ready, timeout, interval, what)
+            except BaseException:
+                self.stop()  # a start that fails must not leave the process behind
+                raise
         return self
 
     def alive(self) -> bool:
