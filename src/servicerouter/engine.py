@@ -174,7 +174,10 @@ class Engine:
         self.mark(self.state.set_app(app), event_time)
 
     def on_event(self, event: MarathonEvent) -> None:
-        self._events.handle(event)
+        try:
+            self._events.handle(event)
+        except Exception:  # one bad event must not end the stream; resync repairs
+            log.exception("event %s could not be applied: %.200s", event.type, event.data)
 
     # ------------------------------------------------------------- the loops
     async def run(self, stop: asyncio.Event) -> None:

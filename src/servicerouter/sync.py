@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .marathon import eventdata as ev
 from .marathon.events import MarathonEvent
 from .marathon.parse import task_from_event
-from .model import TASK_KILLING, TASK_RUNNING, TERMINAL_STATES, Task
+from .model import TASK_KILLING, TASK_RUNNING, Task
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -26,19 +27,7 @@ log = logging.getLogger("servicerouter.events")
 
 # Deployments touching more apps than this are handled with one full resync.
 MAX_APPS_PER_REFETCH = 20
-NOT_ROUTABLE = TERMINAL_STATES | {"TASK_UNREACHABLE"}
-
-
-def deployment_apps(data: dict[str, Any]) -> set[str]:
-    """App ids named by a deployment event's plan (``plan.steps[].actions[].app``)."""
-    apps: set[str] = set()
-    plan = data.get("plan") or {}
-    for step in plan.get("steps") or []:
-        for action in (step or {}).get("actions") or []:
-            app = (action or {}).get("app")
-            if isinstance(app, str):
-                apps.add(app)
-    return apps
+NOT_ROUTABLE = ev.TERMINAL_TASK_STATUSES | {"TASK_UNREACHABLE"}
 
 
 class EventHandler:
@@ -56,30 +45,23 @@ class EventHandler:
     def handle(self, event: MarathonEvent) -> None:
         engine = self.engine
         engine.metrics.marathon_events.labels(event.type).inc()
-        data, t = event.data, event.received_at
-        try:
-            if event.type == "status_update_event":
-                self._status_update(data, t)
-            elif event.type == "health_status_changed_event":
-                engine.mark(engine.state.set_health(str(data.get("appId")),
-                                                    str(data.get("instanceId")),
-                                                    bool(data.get("alive"))), t)
-            elif event.type == "instance_health_changed_event":
-                engine.mark(engine.state.set_health(str(data.get("runSpecId")),
-                                                    str(data.get("instanceId")),
-                                                    bool(data.get("healthy"))), t)
-            elif event.type == "api_post_event":
-                app_id = (data.get("appDefinition") or {}).get("id")
-                if isinstance(app_id, str):
-                    engine.spawn(engine.refetch_app(app_id, t))
-            elif event.type == "app_terminated_event":
-                engine.mark(engine.state.remove_app(str(data.get("appId"))), t)
-            elif event.type in ("deployment_success", "deployment_failed"):
-                self._refetch(deployment_apps(data), t)
-            elif event.type == "group_change_success":
-                engine.spawn(engine.full_sync())
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("ignored malformed %s event (%s): %.200s", event.type, exc, data)
+        t, app = event.received_at, ev.app_id(event)
+        if event.type == "status_update_event":
+            self._status_update(event)
+        elif event.type in ("health_status_changed_event", "instance_health_changed_event"):
+            instance, healthy = ev.instance_id(event), ev.health(event)
+            if app and instance and healthy is not None:
+                engine.mark(engine.state.set_health(app, instance, healthy), t)
+        elif event.type == "api_post_event":
+            if app:
+                engine.spawn(engine.refetch_app(app, t))
+        elif event.type == "app_terminated_event":
+            if app:
+                engine.mark(engine.state.remove_app(app), t)
+        elif event.type in ("deployment_success", "deployment_failed"):
+            self._refetch(ev.deployment_app_ids(event), t)
+        elif event.type == "group_change_success":
+            engine.spawn(engine.full_sync())
 
     def _refetch(self, app_ids: set[str], t: float) -> None:
         if len(app_ids) > MAX_APPS_PER_REFETCH:
@@ -88,10 +70,13 @@ class EventHandler:
         for app_id in sorted(app_ids):
             self.engine.spawn(self.engine.refetch_app(app_id, t))
 
-    def _status_update(self, data: dict[str, Any], t: float) -> None:
-        engine, state = self.engine, self.engine.state
-        app_id, task_id = str(data["appId"]), str(data["taskId"])
-        status = str(data.get("taskStatus", ""))
+    def _status_update(self, event: MarathonEvent) -> None:
+        engine, state, t = self.engine, self.engine.state, event.received_at
+        app_id, task_id, status = ev.app_id(event), ev.task_id(event), ev.task_status(event)
+        if not (app_id and task_id and status):
+            log.warning("ignored status_update_event without appId, taskId or taskStatus: "
+                        "%.200s", event.data)
+            return
         app = state.apps.get(app_id)
         if app is None:
             if status == TASK_RUNNING:
@@ -114,7 +99,7 @@ class EventHandler:
                 self._draining.pop(task_id, None)
                 engine.mark(state.remove_task(app_id, task_id), t)
             return
-        task = task_from_event(app, data, engine.resolve, state.task(app_id, task_id))
+        task = task_from_event(app, event.data, engine.resolve, state.task(app_id, task_id))
         if task.state == TASK_KILLING and drain > 0:
             self._draining.setdefault(task_id, (task, now + drain))
         engine.mark(state.update_task(task), t)

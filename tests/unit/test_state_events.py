@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from servicerouter.layout import Settings
+from servicerouter.marathon.eventdata import deployment_app_ids
+from servicerouter.marathon.events import MarathonEvent
 from servicerouter.model import App, Health, Service, Task
 from servicerouter.state import ClusterState
-from servicerouter.sync import deployment_apps
 
 
 def app(tasks: tuple[Task, ...] = (), health: bool = False, app_id: str = "/web",
@@ -69,8 +70,8 @@ def test_group_filter_selects_services() -> None:
 def test_deployment_apps_reads_the_plan() -> None:
     data = {"plan": {"steps": [{"actions": [{"action": "ScaleApplication", "app": "/a"}]},
                                {"actions": [{"app": "/b"}, {"pod": "/p"}]}]}}
-    assert deployment_apps(data) == {"/a", "/b"}
-    assert deployment_apps({"plan": None}) == set()
+    assert deployment_app_ids(MarathonEvent("deployment_success", data, 0.0)) == {"/a", "/b"}
+    assert deployment_app_ids(MarathonEvent("deployment_success", {"plan": None}, 0.0)) == set()
 
 
 def one_port_app(app_id: str, port: int) -> App:

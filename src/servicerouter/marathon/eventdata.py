@@ -10,21 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import TERMINAL_STATES
 from .events import MarathonEvent
 
-TERMINAL_TASK_STATUSES: frozenset[str] = frozenset(
-    {
-        "TASK_FINISHED",
-        "TASK_FAILED",
-        "TASK_KILLED",
-        "TASK_ERROR",
-        "TASK_LOST",
-        "TASK_DROPPED",
-        "TASK_GONE",
-        "TASK_GONE_BY_OPERATOR",
-        "TASK_UNKNOWN",
-    }
-)
+TERMINAL_TASK_STATUSES: frozenset[str] = TERMINAL_STATES
 """Mesos states after which a task is gone from `/v2/apps` (TASK_UNREACHABLE may return)."""
 
 
