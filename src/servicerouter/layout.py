@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .model import App, Endpoint, EndpointState, Service, endpoints
+from .model import App, Endpoint, Service, endpoints
 from .naming import capacity, service_name
 
 
@@ -142,6 +142,3 @@ def slot_counts(table: SlotTable) -> tuple[int, int]:
     total = sum(len(slots) for slots in table.values())
     return used, total - used
 
-
-def is_draining(e: Endpoint | None) -> bool:
-    return e is not None and e.state is EndpointState.DRAIN

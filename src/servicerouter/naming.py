@@ -53,12 +53,6 @@ def slot_name(number: int) -> str:
     return f"{SLOT_PREFIX}{number}"
 
 
-def slot_number(name: str) -> int | None:
-    if name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX):].isdigit():
-        return int(name[len(SLOT_PREFIX):])
-    return None
-
-
 def capacity(used: int, min_free: int, increment: int) -> int:
     """Slots for a backend: room for ``used`` plus ``min_free``, in whole increments."""
     need = max(used + min_free, 1)

@@ -50,10 +50,6 @@ class Plan:
     # Backend → why it needs a reload.
     reload: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def reasons(self) -> set[str]:
-        return set(self.reload.values())
-
     def __bool__(self) -> bool:
         return bool(self.commands or self.reload)
 

@@ -10,7 +10,6 @@ from servicerouter.layout import (
     desired_services,
     desired_state,
     fill_slots,
-    is_draining,
     selected,
     slot_counts,
 )
@@ -161,7 +160,6 @@ def test_dynamic_backends(options: Options, dynamic: bool) -> None:
     assert layout["a_10001"].dynamic is dynamic
 
 
-def test_slot_counts_and_draining() -> None:
+def test_slot_counts() -> None:
     table = {"x": [ep(1), None, ep(2, D)], "y": [None, None]}
     assert slot_counts(table) == (2, 3)
-    assert [is_draining(e) for e in table["x"]] == [False, False, True]
