@@ -57,6 +57,19 @@ class Simulator:
         assert r.status_code == 201, r.text
         return dict(r.json())
 
+    def launch(self, app_id: str, instances: int = 2, **kw: Any) -> tuple[int, set[str]]:
+        """Create an app and wait for its tasks: (service port 0, running task ids)."""
+        self.create_app(app_id, instances=instances, **kw)
+        live = self.wait_running(app_id, instances)
+        return self.service_port(app_id), live
+
+    def replace_one(self, app_id: str, live: set[str]) -> set[str]:
+        """Kill one task; return the running set once Marathon has replaced it."""
+        victim = sorted(live)[0]
+        self.kill_task(app_id, victim)
+        return self.wait_tasks(app_id, lambda t: len(t) == len(live) and victim not in t,
+                               what="a replacement")
+
     def app(self, app_id: str) -> dict[str, Any]:
         r = self.http.get(f"/v2/apps/{app_id.strip('/')}", params={"embed": "app.tasks"})
         r.raise_for_status()

@@ -31,9 +31,7 @@ def start_daemon(tmp: Path, sim: Simulator, *extra: str) -> Daemon:
 
 def test_task_replacements_inside_capacity_need_no_reload(tmp_path: Path,
                                                           simulator: Simulator) -> None:
-    simulator.create_app("/churn", instances=4)
-    live = simulator.wait_running("/churn", 4)
-    port = simulator.service_port("/churn")
+    port, live = simulator.launch("/churn", 4)
     daemon = start_daemon(tmp_path, simulator)
     with running(daemon):
         wait_routed(port, live)
@@ -60,9 +58,7 @@ def test_new_app_is_routed_with_one_reload_and_removed_app_unbound(
     daemon = start_daemon(tmp_path, simulator)
     with running(daemon):
         before = daemon.reloads()
-        simulator.create_app("/second", instances=2)
-        live = simulator.wait_running("/second", 2)
-        port = simulator.service_port("/second")
+        port, live = simulator.launch("/second", 2)
         wait_routed(port, live)
         time.sleep(0.5)  # a second reload, if any, would land within the reload interval
         assert daemon.reloads() == before + 1
@@ -82,9 +78,7 @@ def _refused(port: int) -> bool:
 
 def test_scaling_past_capacity_adds_servers_without_reload(tmp_path: Path,
                                                            simulator: Simulator) -> None:
-    simulator.create_app("/grow", instances=2)
-    simulator.wait_running("/grow", 2)
-    port = simulator.service_port("/grow")
+    port, _ = simulator.launch("/grow", 2)
     daemon = start_daemon(tmp_path, simulator, "--slots-min-free", "1", "--slots-increment", "4")
     with running(daemon):
         backend = service_name("/grow", port)
@@ -98,16 +92,12 @@ def test_scaling_past_capacity_adds_servers_without_reload(tmp_path: Path,
 
 
 def test_killed_haproxy_worker_is_recovered(tmp_path: Path, simulator: Simulator) -> None:
-    simulator.create_app("/sturdy", instances=2)
-    live = simulator.wait_running("/sturdy", 2)
-    port = simulator.service_port("/sturdy")
+    port, live = simulator.launch("/sturdy", 2)
     daemon = start_daemon(tmp_path, simulator)
     with running(daemon):
         wait_routed(port, live)
         # A change applied at runtime only: the file on disk does not have it.
-        simulator.kill_task("/sturdy", sorted(live)[0])
-        old = live
-        live = simulator.wait_tasks("/sturdy", lambda t: len(t) == 2 and t != old)
+        live = simulator.replace_one("/sturdy", live)
         wait_routed(port, live)
         import asyncio
 
@@ -124,9 +114,7 @@ def test_invalid_candidate_config_keeps_the_old_one_serving(tmp_path: Path,
                                                             simulator: Simulator) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(builtin_templates(), templates)
-    simulator.create_app("/steady", instances=1)
-    live = simulator.wait_running("/steady", 1)
-    port = simulator.service_port("/steady")
+    port, live = simulator.launch("/steady", 1)
     daemon = start_daemon(tmp_path, simulator, "--templates", str(templates))
     with running(daemon):
         wait_routed(port, live)
@@ -142,16 +130,11 @@ def test_invalid_candidate_config_keeps_the_old_one_serving(tmp_path: Path,
         assert "not-a-keyword" not in (tmp_path / "haproxy.cfg").read_text()
         wait_routed(port, live)  # the running config keeps serving
         # Task churn of the existing app still flows at runtime meanwhile.
-        simulator.kill_task("/steady", next(iter(live)))
-        old = live
-        live = simulator.wait_tasks("/steady", lambda t: len(t) == 1 and t != old)
-        wait_routed(port, live)
+        wait_routed(port, simulator.replace_one("/steady", live))
 
 
 def test_sigterm_stops_daemon_and_haproxy(tmp_path: Path, simulator: Simulator) -> None:
-    simulator.create_app("/bye", instances=1)
-    simulator.wait_running("/bye", 1)
-    port = simulator.service_port("/bye")
+    port, _ = simulator.launch("/bye", 1)
     daemon = start_daemon(tmp_path, simulator)
     import asyncio
 

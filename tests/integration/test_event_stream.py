@@ -19,19 +19,9 @@ def metric(daemon: Daemon, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def replace_one(sim: Simulator, app_id: str, live: set[str]) -> set[str]:
-    """Kill one task; return the new running set once Marathon replaced it."""
-    victim = sorted(live)[0]
-    sim.kill_task(app_id, victim)
-    return sim.wait_tasks(app_id, lambda t: len(t) == len(live) and victim not in t,
-                          what="a replacement")
-
-
 @pytest.fixture
 def app(simulator: Simulator) -> tuple[int, set[str]]:
-    simulator.create_app("/events", instances=2)
-    live = simulator.wait_running("/events", 2)
-    return simulator.service_port("/events"), live
+    return simulator.launch("/events", 2)
 
 
 def test_stalled_stream_is_reconnected(tmp_path: Path, simulator: Simulator,
@@ -46,7 +36,7 @@ def test_stalled_stream_is_reconnected(tmp_path: Path, simulator: Simulator,
         simulator.http.post("/_sim/streams/resume").raise_for_status()
         wait_for(lambda: metric(daemon, "servicerouter_marathon_stream_reconnects_total") >= 1,
                  15, what="a reconnect")
-        wait_routed(port, replace_one(simulator, "/events", live))
+        wait_routed(port, simulator.replace_one("/events", live))
 
 
 def test_closed_stream_is_reconnected_and_events_flow_again(
@@ -58,7 +48,7 @@ def test_closed_stream_is_reconnected_and_events_flow_again(
         simulator.http.post("/_sim/streams/close").raise_for_status()
         wait_for(lambda: metric(daemon, "servicerouter_marathon_stream_reconnects_total") >= 1,
                  15, what="a reconnect")
-        wait_routed(port, replace_one(simulator, "/events", live))
+        wait_routed(port, simulator.replace_one("/events", live))
 
 
 def test_standby_redirects_the_stream_to_the_leader(tmp_path: Path,
@@ -73,7 +63,7 @@ def test_standby_redirects_the_stream_to_the_leader(tmp_path: Path,
         with running(daemon):
             wait_routed(port, live)
             # Routed within seconds (resync is 30 s away): events came from the leader.
-            wait_routed(port, replace_one(simulator, "/events", live), timeout=10)
+            wait_routed(port, simulator.replace_one("/events", live), timeout=10)
             assert metric(daemon, 'servicerouter_marathon_events_total{event_type='
                                   '"status_update_event"}') > 0
 
@@ -86,6 +76,6 @@ def test_full_resync_repairs_a_missed_event(tmp_path: Path, simulator: Simulator
         wait_routed(port, live)
         syncs = metric(daemon, 'servicerouter_sync_duration_seconds_count{kind="full"}')
         simulator.http.post("/_sim/events/drop", params={"count": 1000}).raise_for_status()
-        new = replace_one(simulator, "/events", live)
+        new = simulator.replace_one("/events", live)
         wait_routed(port, new, timeout=15)
         assert metric(daemon, 'servicerouter_sync_duration_seconds_count{kind="full"}') > syncs

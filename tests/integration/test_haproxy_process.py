@@ -27,10 +27,12 @@ from servicerouter.haproxy.process import (
 )
 from servicerouter.haproxy.runtime import RuntimeClient
 
+from .conftest import needs_haproxy
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs the haproxy binary"),
+    needs_haproxy,
     pytest.mark.timeout(30),
 ]
 

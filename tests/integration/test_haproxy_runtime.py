@@ -19,10 +19,12 @@ from servicerouter.haproxy.runtime import (
     Status,
 )
 
+from .conftest import needs_haproxy
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not Path(HAPROXY).exists(), reason="needs the haproxy binary"),
+    needs_haproxy,
     pytest.mark.timeout(30),
 ]
 

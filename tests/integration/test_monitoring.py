@@ -37,9 +37,7 @@ def scrape(text: str) -> dict[str, float]:
 
 def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
                                                       simulator: Simulator) -> None:
-    simulator.create_app("/mon/web", instances=2)
-    live = simulator.wait_running("/mon/web", 2)
-    port = simulator.service_port("/mon/web")
+    port, live = simulator.launch("/mon/web", 2)
     cfg, admin, master = tmp_path / "haproxy.cfg", tmp_path / "admin.sock", tmp_path / "m.sock"
     common = ["--marathon", simulator.url, "--haproxy-socket", str(admin),
               "--stats-port", "0", "--http-port", "0", "--https-port", "0"]
@@ -61,10 +59,7 @@ def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
     with running(haproxy, daemon):
         wait_for(lambda: web.get("/healthz").status_code == 200, 30, what="healthz 200")
         wait_routed(port, live)
-        live = simulator.wait_tasks("/mon/web", lambda t: len(t) == 2, what="tasks")
-        victim = sorted(live)[0]
-        simulator.kill_task("/mon/web", victim)
-        live = simulator.wait_tasks("/mon/web", lambda t: len(t) == 2 and victim not in t)
+        live = simulator.replace_one("/mon/web", live)
         wait_routed(port, live)
         simulator.create_app("/mon/api", instances=1)
         simulator.wait_running("/mon/api", 1)

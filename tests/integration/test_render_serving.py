@@ -41,9 +41,7 @@ def test_rendered_config_serves_the_running_tasks(tmp_path: Path,
 
 
 def test_bridge_prints_a_minimal_valid_config(tmp_path: Path, simulator: Simulator) -> None:
-    simulator.create_app("/bridge/web", instances=2)
-    live = simulator.wait_running("/bridge/web", 2)
-    port = simulator.service_port("/bridge/web")
+    port, live = simulator.launch("/bridge/web", 2)
     host_port = simulator.url.removeprefix("http://")
     out = subprocess.run([sys.executable, "-c", "import sys; from servicerouter.bridge import "
                           "main; sys.exit(main())", "127.0.0.1:1", host_port],
