@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from .haproxy.control import ConfigFile, build_reloader
+from .haproxy.process import kill_children
 from .haproxy.runtime import RuntimeClient
 from .metrics import Metrics
 from .resolve import CachingResolver
@@ -115,6 +116,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
+    writer.cleanup()  # what a killed predecessor left next to the config
     reloader = build_reloader(args, writer)
     runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
@@ -135,5 +137,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(web, 5)
             await reloader.stop()
+            await kill_children()
+            writer.cleanup()
     log.info("servicerouter stopped")
     return 0

@@ -29,15 +29,35 @@ log = logging.getLogger("servicerouter.haproxy")
 
 
 class ConfigFile:
-    """The live config file: ``haproxy -c`` first, then an atomic replace."""
+    """The live config file: ``haproxy -c`` first, then an atomic replace.
 
-    def __init__(self, path: Path, haproxy_bin: str = "haproxy") -> None:
+    The candidate is piped to ``haproxy -c`` (never written to /tmp); :meth:`cleanup`
+    removes what a killed daemon may have left of an ``atomic_write`` next to the
+    config, at start and at exit."""
+
+    def __init__(self, path: Path, haproxy_bin: str = "haproxy",
+                 check_timeout: float = 60.0) -> None:
         self.path = path
         self.haproxy_bin = haproxy_bin
+        self.check_timeout = check_timeout
 
     async def validate(self, text: str) -> tuple[bool, str]:
-        result = await validate(text, self.haproxy_bin)
-        return result.ok, result.output
+        result = await validate(text, self.haproxy_bin, self.check_timeout)
+        # Name the file an operator can open: a rejected candidate is kept there.
+        return result.ok, result.output.replace("/dev/stdin", f"{self.path}.rejected")
+
+    def read(self) -> str | None:
+        """The config HAProxy runs from, or None if there is none (yet)."""
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def cleanup(self) -> None:
+        """Remove files of ours a killed daemon may have left next to the config."""
+        with contextlib.suppress(OSError):
+            for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                leftover.unlink()
 
     def write(self, text: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

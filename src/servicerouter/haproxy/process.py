@@ -22,10 +22,10 @@ import logging
 import os
 import shlex
 import signal
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from servicerouter.haproxy.files import atomic_write, keep_rejected
 from servicerouter.haproxy.master_cli import (
@@ -48,6 +48,7 @@ __all__ = [
     "ValidationResult",
     "atomic_write",
     "keep_rejected",
+    "kill_children",
     "run_reload_command",
     "validate",
 ]
@@ -108,41 +109,71 @@ async def _kill_group(proc: asyncio.subprocess.Process, comm: str | None = None)
                 os.kill(pid, signal.SIGKILL)
 
 
+# Short-lived children (``haproxy -c``, reload commands) still running: killed with their
+# process groups by :func:`kill_children` when the daemon stops. If the daemon is killed
+# outright, PR_SET_PDEATHSIG kills them instead (the direct child only: a reload
+# command's own children are bounded by its timeout, not by the daemon's life).
+_children: set[asyncio.subprocess.Process] = set()
+
+
+def _pdeathsig(sig: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child between fork and exec
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
+async def _spawn(argv: Sequence[str], sig: int, **kw: Any) -> asyncio.subprocess.Process:
+    """A child in its own process group that dies with the daemon (``sig`` on our death)."""
+    kw.setdefault("stdin", asyncio.subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, start_new_session=True, preexec_fn=_pdeathsig(sig), **kw)  # fmt: skip
+    _children.add(proc)
+    return proc
+
+
+async def kill_children() -> None:
+    """SIGKILL every ``haproxy -c`` and reload command still running (at shutdown)."""
+    for proc in list(_children):
+        await _kill_group(proc)
+        _children.discard(proc)
+
+
 async def validate(
     config: str | os.PathLike[str], haproxy_bin: str = "haproxy", timeout: float = 60.0
 ) -> ValidationResult:
     """``haproxy -c -f <config>``. ``config`` is a path (``Path``, or a ``str`` naming an
-    existing file without a newline) or the configuration text itself."""
+    existing file without a newline) or the configuration text itself, which is piped
+    to ``haproxy -c -f /dev/stdin``: a candidate never touches the disk, so no temporary
+    file can outlive the daemon. The check is killed after ``timeout`` seconds, and
+    when the daemon dies."""
     text: str | None = None
     if isinstance(config, str) and ("\n" in config or not os.path.isfile(config)):
         text = config
-    tmp: str | None = None
+    path = "/dev/stdin" if text is not None else os.fspath(config)
     try:
-        if text is not None:
-            fd, tmp = tempfile.mkstemp(prefix="servicerouter-check-", suffix=".cfg")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-        path = tmp or os.fspath(config)
-        proc = await asyncio.create_subprocess_exec(
-            haproxy_bin, "-c", "-f", path,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
-            await _kill_group(proc)
-            return ValidationResult(False, f"{haproxy_bin} -c timed out after {timeout}s")
-        output = out.decode("utf-8", "replace").strip()
-        return ValidationResult(proc.returncode == 0, output)
+        proc = await _spawn([haproxy_bin, "-c", "-f", path], signal.SIGKILL,
+                            stdin=asyncio.subprocess.PIPE if text is not None
+                            else asyncio.subprocess.DEVNULL,
+                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     except OSError as exc:
         return ValidationResult(False, f"cannot run {haproxy_bin} -c: {exc}")
+    try:
+        data = text.encode("utf-8") if text is not None else None
+        out, _ = await asyncio.wait_for(proc.communicate(data), timeout)
+    except asyncio.TimeoutError:
+        await _kill_group(proc)
+        return ValidationResult(False, f"{haproxy_bin} -c timed out after {timeout}s")
+    except (BrokenPipeError, ConnectionResetError):  # exited before reading it all
+        out = await proc.stdout.read() if proc.stdout else b""
+        await proc.wait()
     finally:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        _children.discard(proc)
+    output = out.decode("utf-8", "replace").strip()
+    return ValidationResult(proc.returncode == 0, output)
 
 
 async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) -> None:
@@ -151,13 +182,8 @@ async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) ->
     argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     shown = cmd if isinstance(cmd, str) else shlex.join(argv)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        proc = await _spawn(argv, signal.SIGTERM, stdout=asyncio.subprocess.PIPE,
+                            stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         raise ReloadError(f"reload command {shown!r} could not start: {exc}") from exc
     try:
@@ -165,16 +191,11 @@ async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) ->
     except asyncio.TimeoutError:
         await _kill_group(proc)
         raise ReloadError(f"reload command {shown!r} timed out after {timeout}s") from None
+    finally:
+        _children.discard(proc)
     if proc.returncode != 0:
         detail = _tail(err.decode("utf-8", "replace")) or _tail(out.decode("utf-8", "replace"))
         raise ReloadError(f"reload command {shown!r} exited with {proc.returncode}: {detail}")
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class HAProxyProcess:
@@ -214,8 +235,10 @@ class HAProxyProcess:
 
     @property
     def argv(self) -> list[str]:
-        return [self.haproxy_bin, "-W", "-db", "-S", self.master_socket, "-f", self.config,
-                *self.extra_args]  # fmt: skip
+        # ",mode,600": the master socket otherwise follows the umask (0777 under umask
+        # 000), and anyone who can connect to it can run ``show proc`` and ``reload``.
+        return [self.haproxy_bin, "-W", "-db", "-S", f"{self.master_socket},mode,600",
+                "-f", self.config, *self.extra_args]  # fmt: skip
 
     @property
     def pid(self) -> int | None:
@@ -249,7 +272,7 @@ class HAProxyProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig,
+                preexec_fn=_pdeathsig(signal.SIGTERM),
             )
         except OSError as exc:
             raise StartError(f"cannot run {self.haproxy_bin}: {exc}") from exc

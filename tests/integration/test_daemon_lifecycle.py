@@ -1,0 +1,87 @@
+"""The daemon as an operator meets it: what it leaves behind, its sockets, signals,
+restarts next to an HAProxy it did not start, and a lost admin socket.
+
+Reload counts come from HAProxy's master (``show proc``); routing from real requests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from .conftest import needs_haproxy
+from .harness import Daemon, Simulator, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _slow_check_haproxy(tmp: Path) -> Path:
+    """An haproxy whose ``-c`` hangs (as one at 100% CPU did), all else is the real one."""
+    wrapper = tmp / "haproxy-slow-check"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then exec sleep 300; fi\n'
+                       'exec haproxy "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_sigkilled_daemon_leaves_no_process_and_no_file(tmp_path: Path,
+                                                        simulator: Simulator) -> None:
+    simulator.launch("/left", 1)
+    before_tmp = set(Path("/tmp").glob("servicerouter-check-*"))
+    daemon = Daemon(tmp_path, simulator.url, "--haproxy-bin", str(_slow_check_haproxy(tmp_path)))
+    with running(daemon):
+        daemon.start(wait_healthy=False)
+        assert daemon.proc.popen is not None
+        pid = daemon.proc.popen.pid
+        checks = wait_for(lambda: _children_of(pid), 20, what="a running haproxy -c")
+        os.kill(pid, signal.SIGKILL)
+        daemon.proc.popen.wait(10)
+        for child in checks:
+            wait_for(lambda c=child: not _alive(c), 10, what=f"haproxy -c {child} gone")
+    assert set(Path("/tmp").glob("servicerouter-check-*")) == before_tmp
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert leftovers == []
+
+
+def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/private", 1)
+    daemon = Daemon(tmp_path, simulator.url)
+    daemon.proc.argv = ["/bin/sh", "-c", 'umask 000; exec "$@"', "sh", *daemon.proc.argv]
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        for sock in (daemon.socket, daemon.master_socket):
+            mode = stat.S_IMODE(sock.stat().st_mode)
+            assert mode == 0o600, f"{sock} has mode {oct(mode)}"
+        # ... and still after a reload (the master re-executes itself).
+        before = daemon.reloads()
+        simulator.launch("/private2", 1)
+        wait_for(lambda: daemon.reloads() > before, 20, what="a reload")
+        assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
+        assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
