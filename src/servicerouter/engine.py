@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .haproxy.render import TemplateError, render
-from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
+from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
@@ -37,6 +37,7 @@ _REASON_ORDER = [ReloadReason.RUNTIME_ERROR, ReloadReason.NEW_APP, ReloadReason.
                  ReloadReason.OPTIONS_CHANGED, ReloadReason.CAPACITY, ReloadReason.RESYNC,
                  ReloadReason.MANUAL]
 ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
+WORKER_CHECK_INTERVAL = 1.0  # seconds between looks at HAProxy's worker pid
 
 
 class Reloader(Protocol):
@@ -95,6 +96,12 @@ class Engine:
         self._event_times: list[float] = []
         self._awaiting_reload: list[float] = []
         self._reconcile_wanted = False
+        # The admin socket's spelling in the running config, and whether the next reload
+        # must spell it differently so that HAProxy binds its file anew (it was removed).
+        self._live_socket = config.settings.socket_path
+        self._restore_socket = False
+        self._worker: int | None = None  # HAProxy's worker pid, as last seen
+        self._checking_worker = False
         self._rejected: str | None = None
         self._next_reload_at = 0.0
         self._reload_backoff = 0.0
@@ -223,8 +230,13 @@ class Engine:
         cfg = self.config
         next_resync = time.monotonic() + cfg.resync_interval
         next_reconcile = time.monotonic() + cfg.reconcile_interval
+        next_worker_check = time.monotonic()
         while not stop.is_set():
             now = time.monotonic()
+            if now >= next_worker_check and not self._checking_worker:
+                next_worker_check = now + min(WORKER_CHECK_INTERVAL, cfg.reconcile_interval)
+                self._checking_worker = True
+                self.spawn(self._check_worker())
             if now >= next_resync:
                 next_resync = now + cfg.resync_interval
                 self.spawn(self.full_sync())
@@ -232,9 +244,38 @@ class Engine:
                 next_reconcile = now + cfg.reconcile_interval
                 self.request_reconcile()
             self._events.expire_drains()
-            wait = min(next_resync, next_reconcile, self._events.next_deadline()) - now
+            wait = min(next_resync, next_reconcile, next_worker_check,
+                       self._events.next_deadline()) - now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(wait, 0.05))
+
+    async def _check_worker(self) -> None:
+        """Reconcile when HAProxy's worker changed behind our back (a worker restarted by
+        its master or an init system starts from the file: runtime changes since the
+        last reload are gone), whether a reload is pending or not; and notice a removed
+        admin socket before the next change needs it."""
+        try:
+            pid = (await self.runtime.show_info()).get("Pid")
+        except HAProxyRuntimeError:
+            if self.layout and self.runtime.socket_missing():
+                self._socket_gone()
+            return
+        finally:
+            self._checking_worker = False
+        if self._worker is not None and pid != self._worker:
+            log.warning("HAProxy's worker changed (pid %s -> %s) without a reload of ours; "
+                        "reconciling its servers with the slot table", self._worker, pid)
+            self.request_reconcile()
+        self._worker = int(pid) if pid and pid.isdigit() else None
+
+    def _socket_gone(self) -> None:
+        if self._restore_socket:
+            return
+        self._restore_socket = True
+        log.error("HAProxy's admin socket %s is gone; reloading once to have HAProxy bind "
+                  "it again (runtime updates resume after that)", self.config.settings.socket_path)
+        self._pending.setdefault("*", ReloadReason.RUNTIME_ERROR)
+        self._wake.set()
 
     async def _apply_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -277,7 +318,9 @@ class Engine:
                 self._awaiting_reload.extend(events)
         if self._pending and time.monotonic() >= self._next_reload_at:
             await self._reload()
-        if self._reconcile_wanted and not self._pending:
+        # Not held back by a pending reload: a reload that keeps failing (a rejected
+        # candidate) must not leave a restarted worker serving the file's dead tasks.
+        if self._reconcile_wanted:
             self._reconcile_wanted = False
             await self.reconcile()
         self._update_gauges()
@@ -298,6 +341,8 @@ class Engine:
             self.metrics.haproxy_up.set(0)
             self.metrics.runtime_errors.inc(len(commands))
             log.error("runtime API: %s; HAProxy's state is restored by a reload", exc)
+            if self.runtime.socket_missing():
+                self._socket_gone()
             return False
         self.haproxy_ok = True
         self.metrics.haproxy_up.set(1)
@@ -316,9 +361,14 @@ class Engine:
         """Render all of the desired state, validate, write, reload, reconcile."""
         reason = self._primary_reason()
         started = time.perf_counter()
-        layout, table = build_layout(self.state.desired, self.table, self.config.settings)
+        settings = self.config.settings
+        layout, table = build_layout(self.state.desired, self.table, settings)
+        socket = (respell_socket_path(settings.socket_path, self._live_socket)
+                  if self._restore_socket else settings.socket_path)
+        if socket != settings.socket_path:
+            settings = replace(settings, socket_path=socket)
         try:
-            text = render(layout, table, self.config.settings, self.config.templates)
+            text = render(layout, table, settings, self.config.templates)
         except TemplateError as exc:
             return self._reload_failed("validate", f"{exc}; the running config keeps serving")
         if text == self._rejected:
@@ -341,6 +391,8 @@ class Engine:
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
                                        f"reload failed: {exc}")
         self.layout, self.table, self.running_config = layout, table, text
+        self._live_socket, self._restore_socket = socket, False
+        self._worker = None  # our reload forked it: no reason to reconcile twice
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
         self._pending.clear()
@@ -382,6 +434,11 @@ class Engine:
             self.haproxy_ok = False
             self.metrics.haproxy_up.set(0)
             log.error("reconcile: %s", exc)
+            if self.runtime.socket_missing():
+                if after_reload:  # a reload did not bring it back: not every interval
+                    self._reload_failed("confirm", f"after the reload the admin socket "
+                                        f"{self.config.settings.socket_path} is still gone")
+                self._socket_gone()
             return
         self.haproxy_ok = True
         self.metrics.haproxy_up.set(1)

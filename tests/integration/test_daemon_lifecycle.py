@@ -6,12 +6,18 @@ Reload counts come from HAProxy's master (``show proc``); routing from real requ
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
+
+from servicerouter.haproxy.master_cli import MasterCLI
+from servicerouter.haproxy.render import builtin_templates
 
 from .conftest import needs_haproxy
 from .harness import Daemon, Simulator, running, wait_for, wait_routed
@@ -85,3 +91,49 @@ def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) 
         wait_for(lambda: daemon.reloads() > before, 20, what="a reload")
         assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+
+
+def test_removed_admin_socket_is_restored_by_one_reload(tmp_path: Path,
+                                                        simulator: Simulator) -> None:
+    port, live = simulator.launch("/sock", 2)
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        before = daemon.reloads()
+        removed = time.monotonic()
+        daemon.socket.unlink()
+        wait_for(daemon.socket.exists, 20, what="the admin socket back")
+        restored = time.monotonic() - removed
+        wait_for(lambda: daemon.http.get("/healthz").status_code == 200, 20, what="healthz 200")
+        print(f"admin socket restored {restored:.2f}s after its removal")
+        assert daemon.reloads() == before + 1
+        # Runtime updates resume: a replacement is routed without another reload.
+        live = simulator.replace_one("/sock", live)
+        wait_routed(port, live)
+        assert daemon.reloads() == before + 1
+        assert "HAProxy's admin socket" in daemon.proc.output()
+
+
+def test_worker_crash_while_a_reload_is_pending_is_reconciled(tmp_path: Path,
+                                                              simulator: Simulator) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), templates)
+    port, live = simulator.launch("/steady", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--templates", str(templates))
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        live = simulator.replace_one("/steady", live)  # at runtime only, not in the file
+        wait_routed(port, live)
+        service = templates / "service.j2"
+        service.write_text(service.read_text().replace(
+            "    balance {{ b.balance }}", "    balance {{ b.balance }}\n    not-a-keyword on"))
+        simulator.create_app("/broken", instances=1)
+        wait_for(lambda: 'servicerouter_reload_failures_total{stage="validate"} 1.0'
+                 in daemon.metrics(), 20, what="a rejected candidate (the reload stays pending)")
+        info = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        os.kill(info.worker_pids[0], signal.SIGKILL)
+        # The fresh worker starts from the file (a dead task in it); reconcile repairs it
+        # although the new app's reload is still pending.
+        wait_routed(port, live, timeout=30)

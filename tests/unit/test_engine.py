@@ -24,6 +24,10 @@ class FakeRuntime:
         self.fail_next: str | None = None  # "error" or "down"
         self.servers: list[ServerState] | None = None
         self.engine: Engine | None = None
+        self.missing = False  # the admin socket's file is gone
+
+    def socket_missing(self) -> bool:
+        return self.missing
 
     async def execute(self, commands: list[str]) -> list[CommandResult]:
         if self.fail_next == "down":
@@ -197,3 +201,37 @@ async def test_haproxy_missing_the_reloaded_backends_backs_off() -> None:
     assert counter(engine, "servicerouter_reload_failures_total", stage="confirm") == 1
     await engine.step()  # within the backoff: no second reload
     assert reloader.reloads == 1
+
+
+async def test_a_removed_admin_socket_is_restored_by_one_reload_spelled_anew() -> None:
+    engine, runtime, writer, reloader = make_engine()
+    await started(engine, 1)
+    assert "stats socket /run/haproxy/admin.sock " in writer.written[-1]
+    runtime.fail_next, runtime.missing = "down", True
+    engine.mark(engine.state.set_app(app(1, 2)))
+    await engine.step()
+    # One reload, with the path spelled so that HAProxy binds the file again.
+    assert reloader.reloads == 2
+    assert "stats socket /run/haproxy/./admin.sock " in writer.written[-1]
+    assert counter(engine, "servicerouter_reloads_total", reason="runtime_error") == 1
+    runtime.missing = False
+    engine.request_reload()
+    await engine.step()
+    assert "stats socket /run/haproxy/admin.sock " in writer.written[-1]
+
+
+async def test_reconcile_runs_while_a_reload_is_pending() -> None:
+    engine, runtime, writer, _ = make_engine()
+    await started(engine, 1)
+    writer.valid = False  # every candidate from now on is rejected
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    await engine.step()
+    assert engine._pending  # the new app's reload keeps failing
+    # A worker restarted from the file: slot s1 back at the file's (dead) task.
+    runtime.servers = [ServerState(1, "web_10000", 1, "s1", "127.0.0.1", 2, 0, 1, 1,
+                                   0, 0, 0, 0, 39999)]
+    runtime.servers += [ServerState(1, "web_10000", i, f"s{i}", "127.0.0.1", 2, 0x05, 1, 1,
+                                    0, 0, 0, 0, 1) for i in range(2, 5)]
+    engine.request_reconcile()
+    await engine.step()
+    assert "set server web_10000/s1 addr 127.0.0.1 port 31001" in runtime.sent[-1]

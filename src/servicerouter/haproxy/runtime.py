@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import Sequence
 
@@ -59,6 +60,7 @@ __all__ = [
     "RuntimeUncertainError",
     "ServerState",
     "Status",
+    "respell_socket_path",
 ]
 
 DEFAULT_BUFSIZE = 16384
@@ -132,6 +134,19 @@ def parse_address(address: str) -> tuple[str, int] | str:
     return address
 
 
+def respell_socket_path(path: str, live: str) -> str:
+    """Another spelling of the unix socket ``path`` than ``live`` (the one the running
+    config has): ``/run/haproxy/./admin.sock`` for ``/run/haproxy/admin.sock``, and
+    back. Measured on 2.6.12: a reload hands every listener whose address is spelled
+    the same to the new worker (``sock_unix_addrcmp`` compares the strings), so a
+    removed socket file stays removed; a config that spells the path differently makes
+    the new worker bind (and create) the file anew. Both spellings name one file."""
+    if live != path:
+        return path
+    head, sep, name = path.rpartition("/")
+    return f"{head}/./{name}" if sep else f"./{path}"
+
+
 class RuntimeClient:
     """Runtime API client for one admin socket (unix path or TCP ``host:port``).
 
@@ -156,6 +171,13 @@ class RuntimeClient:
 
     def __repr__(self) -> str:
         return f"RuntimeClient({self.address!r})"
+
+    def socket_missing(self) -> bool:
+        """Whether this is a unix socket whose file is gone (removed by hand, or by a
+        tmp cleaner). HAProxy still holds the listener, and a reload hands that same
+        listener to the new worker, so the file only comes back through
+        :func:`respell_socket_path`."""
+        return isinstance(self._target, str) and not os.path.exists(self._target)
 
     # ------------------------------------------------------------------ batching
     def _size(self, command: str) -> int:
