@@ -9,6 +9,7 @@ import logging
 import shutil
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -16,7 +17,11 @@ from .haproxy.control import ConfigFile, build_reloader
 from .haproxy.process import kill_children
 from .haproxy.runtime import RuntimeClient
 from .metrics import Metrics
+from .planner import ReloadReason
 from .resolve import CachingResolver
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 log = logging.getLogger("servicerouter")
 
@@ -69,6 +74,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="reconnect the event stream after this much silence (default 30)")
 
 
+def _operator_signals(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+    """SIGHUP: reload HAProxy (reason ``manual``), re-reading templates and certificate
+    files; SIGUSR1: full resync from Marathon. The daemon keeps running."""
+    def hup() -> None:
+        log.info("SIGHUP received; re-reading templates and reloading HAProxy (manual)")
+        engine.request_reload(ReloadReason.MANUAL)
+
+    def usr1() -> None:
+        log.info("SIGUSR1 received; full resync from Marathon")
+        engine.spawn(engine.full_sync())
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    loop.add_signal_handler(signal.SIGUSR1, usr1)
+
+
 def detect_reload_command(root: Path = Path("/")) -> str | None:
     """The init system's reload, as ``servicerouter.py`` looked for it."""
     units = ("lib/systemd/system/haproxy.service", "usr/lib/systemd/system/haproxy.service",
@@ -112,8 +132,19 @@ async def run_daemon(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def stopping(name: str) -> None:
+        log.info("%s received; stopping (HAProxy %s)", name,
+                 "stops too" if args.start_haproxy else "keeps serving")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, stopping, sig.name)
+    for sig in (signal.SIGUSR2, signal.SIGALRM):  # would kill the daemon without a word
+        loop.add_signal_handler(sig, log.warning, "%s ignored (SIGHUP reloads HAProxy, "
+                                "SIGUSR1 resyncs from Marathon, SIGTERM stops)", sig.name)
+    for sig in (signal.SIGHUP, signal.SIGUSR1):  # until the engine exists
+        loop.add_signal_handler(sig, log.warning, "%s ignored: still starting", sig.name)
 
     writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
     writer.cleanup()  # what a killed predecessor left next to the config
@@ -121,6 +152,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
     runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, CachingResolver())
+        _operator_signals(loop, engine)
         from .web import create_app
 
         host, port = args.listen

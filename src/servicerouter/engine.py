@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .haproxy.render import TemplateError, render
+from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
@@ -33,9 +33,9 @@ from .sync import EventHandler
 log = logging.getLogger("servicerouter.engine")
 
 # When several reasons cause one reload, it is counted under the first of these.
-_REASON_ORDER = [ReloadReason.RUNTIME_ERROR, ReloadReason.NEW_APP, ReloadReason.REMOVED_APP,
-                 ReloadReason.OPTIONS_CHANGED, ReloadReason.CAPACITY, ReloadReason.RESYNC,
-                 ReloadReason.MANUAL]
+_REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_ERROR,
+                 ReloadReason.NEW_APP, ReloadReason.REMOVED_APP, ReloadReason.OPTIONS_CHANGED,
+                 ReloadReason.CAPACITY, ReloadReason.RESYNC]
 ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
 WORKER_CHECK_INTERVAL = 1.0  # seconds between looks at HAProxy's worker pid
 
@@ -121,6 +121,13 @@ class Engine:
             self._wake.set()
 
     def request_reload(self, reason: ReloadReason = ReloadReason.MANUAL) -> None:
+        """Reload even if nothing changed. ``manual`` (SIGHUP) also re-reads the templates,
+        retries a candidate rejected before and skips any backoff."""
+        if reason is ReloadReason.MANUAL:
+            template_environment.cache_clear()
+            self._rejected = None
+            self._reload_backoff = 0.0
+            self._next_reload_at = time.monotonic()
         self._pending["*"] = reason
         self._wake.set()
 
@@ -195,7 +202,7 @@ class Engine:
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():
             return
-        self.request_reload(ReloadReason.RESYNC)  # the first config, from nothing
+        self.request_reload(ReloadReason.STARTUP)  # the first config, from nothing
         loops = [self._apply_loop(stop), self._event_loop(stop), self._timer_loop(stop)]
         runners = [asyncio.ensure_future(c) for c in loops]
         try:

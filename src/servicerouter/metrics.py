@@ -17,7 +17,7 @@ from prometheus_client import (
 from . import __version__
 
 RELOAD_REASONS = ("new_app", "removed_app", "options_changed", "capacity", "runtime_error",
-                  "resync", "manual", "endpoints_changed")
+                  "resync", "manual", "endpoints_changed", "startup")
 RELOAD_STAGES = ("validate", "write", "reload", "confirm")
 disable_created_metrics()  # *_created series only add noise to every scrape
 

@@ -32,7 +32,8 @@ class ReloadReason(str, enum.Enum):
     CAPACITY = "capacity"
     RUNTIME_ERROR = "runtime_error"
     RESYNC = "resync"
-    MANUAL = "manual"
+    MANUAL = "manual"  # SIGHUP
+    STARTUP = "startup"  # the daemon's first config
 
     def __str__(self) -> str:
         return self.value

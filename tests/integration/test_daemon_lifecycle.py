@@ -137,3 +137,47 @@ def test_worker_crash_while_a_reload_is_pending_is_reconciled(tmp_path: Path,
         # The fresh worker starts from the file (a dead task in it); reconcile repairs it
         # although the new app's reload is still pending.
         wait_routed(port, live, timeout=30)
+
+
+def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
+        tmp_path: Path, simulator: Simulator) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), templates)
+    port, live = simulator.launch("/hup", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--templates", str(templates))
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        assert 'servicerouter_reloads_total{reason="startup"} 1.0' in daemon.metrics()
+        before = daemon.reloads()
+        service = templates / "service.j2"
+        service.write_text(service.read_text().replace(
+            "    balance {{ b.balance }}", "    balance {{ b.balance }}\n    # edited"))
+        assert daemon.proc.popen is not None
+        daemon.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: 'servicerouter_reloads_total{reason="manual"} 1.0' in daemon.metrics(),
+                 20, what="a manual reload after SIGHUP")
+        assert daemon.reloads() == before + 1
+        assert "# edited" in daemon.config.read_text()
+        assert daemon.proc.alive()
+        wait_routed(port, live)
+
+
+def test_sigusr1_resyncs_and_sigterm_says_why_it_stops(tmp_path: Path,
+                                                       simulator: Simulator) -> None:
+    port, live = simulator.launch("/usr1", 1)
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        syncs = daemon.proc.output().count("full sync from")
+        assert daemon.proc.popen is not None
+        daemon.proc.popen.send_signal(signal.SIGUSR1)
+        wait_for(lambda: daemon.proc.output().count("full sync from") > syncs, 20,
+                 what="a full sync after SIGUSR1")
+        daemon.proc.popen.send_signal(signal.SIGUSR2)  # the default action would kill it
+        wait_for(lambda: "SIGUSR2 ignored" in daemon.proc.output(), 10, what="a log line")
+        assert daemon.proc.alive()
+        daemon.proc.popen.send_signal(signal.SIGTERM)
+        assert daemon.proc.popen.wait(20) == 0
+        assert "SIGTERM received; stopping" in daemon.proc.output()
