@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .adopt import adopt, config_shape
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
@@ -54,6 +55,8 @@ class ConfigWriter(Protocol):
     def write(self, text: str) -> None: ...
 
     def keep_rejected(self, text: str) -> Path: ...
+
+    def read(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,8 @@ class Engine:
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():
             return
-        self.request_reload(ReloadReason.STARTUP)  # the first config, from nothing
+        if not await self._adopt():
+            self.request_reload(ReloadReason.STARTUP)  # the first config, from nothing
         loops = [self._apply_loop(stop), self._event_loop(stop), self._timer_loop(stop)]
         runners = [asyncio.ensure_future(c) for c in loops]
         try:
@@ -211,6 +215,40 @@ class Engine:
             for r in [*runners, *self._tasks]:
                 r.cancel()
             await asyncio.gather(*runners, *self._tasks, return_exceptions=True)
+
+    async def _adopt(self) -> bool:
+        """Take over a running HAProxy whose config has our shape: no reload at start.
+
+        Reads the running config file and ``show servers state``; the slot table is
+        rebuilt from the addresses HAProxy serves (:func:`adopt.adopt`). True if the
+        render of that layout and table has the running file's shape; then the apply
+        loop plans every backend against the adopted table (a task replaced while the
+        daemon was down is a runtime change) and reconcile follows."""
+        running = self.writer.read()
+        if running is None:
+            return False
+        try:
+            servers = await self.runtime.show_servers_state()
+        except HAProxyRuntimeError as exc:
+            log.info("no running HAProxy to adopt (%s); the first config is a reload", exc)
+            return False
+        layout, table = adopt(self.state.desired, servers)
+        self.table = table  # even if the shape differs: tasks keep their slots
+        try:
+            text = render(layout, table, self.config.settings, self.config.templates)
+        except TemplateError:
+            return False  # the startup reload reports it
+        if config_shape(text) != config_shape(running):
+            log.info("the running HAProxy's config differs from ours (%d services in it, "
+                     "%d wanted); reloading", len(layout), len(self.state.desired))
+            return False
+        self.layout, self.running_config, self.haproxy_ok = layout, running, True
+        log.info("adopted the running HAProxy: %d services, %d endpoints in their slots, "
+                 "no reload", len(layout), slot_counts(table)[0])
+        self.mark(set(self.state.desired))
+        self.request_reconcile()
+        self.ready.set()
+        return True
 
     async def _event_loop(self, stop: asyncio.Event) -> None:
         delays = reconnect_delays()

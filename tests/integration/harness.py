@@ -112,7 +112,9 @@ class Simulator:
 class Daemon:
     """``servicerouter run --start-haproxy`` with everything in ``tmp``."""
 
-    def __init__(self, tmp: Path, marathon: str, *extra: str) -> None:
+    def __init__(self, tmp: Path, marathon: str, *extra: str, start_haproxy: bool = True) -> None:
+        """``start_haproxy=False``: reload an HAProxy started elsewhere through
+        ``master_socket`` (see :class:`ExternalHAProxy`)."""
         self.tmp = tmp
         self.config = tmp / "haproxy.cfg"
         self.socket = tmp / "admin.sock"
@@ -122,7 +124,8 @@ class Daemon:
         self.proc = Proc("servicerouter", [
             PYTHON, "-m", "servicerouter", "run", "--marathon", marathon,
             "--haproxy-config", str(self.config), "--haproxy-socket", str(self.socket),
-            "--start-haproxy", "--haproxy-master-socket", str(self.master_socket),
+            *(["--start-haproxy"] if start_haproxy else []),
+            "--haproxy-master-socket", str(self.master_socket),
             "--stats-port", "0", "--http-port", "0", "--https-port", "0",
             "--listen", f"127.0.0.1:{self.listen_port}", "--min-reload-interval", "0.2",
             "--reconcile-interval", "1", "--resync-interval", "30", "--stall-timeout", "5",
@@ -155,6 +158,34 @@ class Daemon:
 
     def ready_addresses(self, backend: str) -> set[str]:
         return {f"{s.addr}:{s.port}" for s in self.servers(backend) if s.ready}
+
+
+class ExternalHAProxy:
+    """A master-worker HAProxy the test starts itself (``haproxy -W -S sock -f cfg``), as an
+    init system would, on the files a :class:`Daemon` in ``tmp`` uses. It starts from a
+    config with only the admin socket; the daemon renders the real one."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.config = tmp / "haproxy.cfg"
+        self.master_socket = tmp / "master.sock"
+        self.socket = tmp / "admin.sock"
+        self.proc = Proc("haproxy", ["haproxy", "-W", "-db", "-S",
+                                     f"{self.master_socket},mode,600", "-f", str(self.config)],
+                         tmp / "haproxy.log")
+
+    def start(self) -> ExternalHAProxy:
+        if not self.config.exists():
+            self.config.write_text(f"global\n    stats socket {self.socket} mode 600 level admin "
+                                   "expose-fd listeners\n")
+        self.proc.start(lambda: asyncio.run(MasterCLI(str(self.master_socket)).show_proc())
+                        .workers, what="haproxy master with a worker")
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def reloads(self) -> int:
+        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc()).reloads
 
 
 def responders(port: int, requests: int = 20) -> set[str]:

@@ -20,7 +20,7 @@ from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.haproxy.render import builtin_templates
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, running, wait_for, wait_routed
+from .harness import Daemon, ExternalHAProxy, Simulator, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -181,3 +181,43 @@ def test_sigusr1_resyncs_and_sigterm_says_why_it_stops(tmp_path: Path,
         daemon.proc.popen.send_signal(signal.SIGTERM)
         assert daemon.proc.popen.wait(20) == 0
         assert "SIGTERM received; stopping" in daemon.proc.output()
+
+
+def test_restart_next_to_a_running_haproxy_adopts_it_without_a_reload(
+        tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/adopt", 3)
+    other_port, other_live = simulator.launch("/other", 1)
+    haproxy = ExternalHAProxy(tmp_path).start()
+    with running(haproxy):
+        first = Daemon(tmp_path, simulator.url, start_haproxy=False)
+        with running(first):
+            first.start()
+            wait_routed(port, live)
+            live = simulator.replace_one("/adopt", live)  # a runtime change, not in the file
+            wait_routed(port, live)
+        reloads = haproxy.reloads()
+        assert reloads >= 1  # the first daemon's startup reload
+
+        # Nothing changed: a restart adopts HAProxy as it is.
+        second = Daemon(tmp_path, simulator.url, start_haproxy=False)
+        with running(second):
+            second.start()
+            wait_for(lambda: "adopted the running HAProxy" in second.proc.output(), 20,
+                     what="the adoption log line")
+            wait_routed(port, live)
+        assert haproxy.reloads() == reloads
+
+        # A task replaced while no daemon runs is applied at runtime by the next one.
+        live = simulator.replace_one("/adopt", live)
+        third = Daemon(tmp_path, simulator.url, start_haproxy=False)
+        with running(third):
+            third.start()
+            wait_routed(port, live)
+            wait_routed(other_port, other_live)
+            assert haproxy.reloads() == reloads
+            # ... and a change of shape still reloads, once.
+            port2, live2 = simulator.launch("/added", 1)
+            wait_routed(port2, live2)
+            assert haproxy.reloads() == reloads + 1
+        print(f"reloads across two daemon restarts with HAProxy kept running: "
+              f"{haproxy.reloads() - reloads - 1}")

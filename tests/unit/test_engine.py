@@ -72,6 +72,9 @@ class FakeWriter:
         self.rejected.append(text)
         return Path("/tmp/haproxy.cfg.rejected")
 
+    def read(self) -> str | None:
+        return self.written[-1] if self.written else None
+
 
 class FakeReloader:
     def __init__(self) -> None:
