@@ -58,7 +58,7 @@ def _apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
                 value = [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
             else:
                 value = convert(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
             parser.error(f"environment variable {name}={raw!r} is not valid for {longs[0]}")
         action.default = value
         action.required = False
@@ -66,10 +66,20 @@ def _apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
 
 
 def _port(value: str) -> int:
-    port = int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError(value)
-    return port
+    if not value.strip().isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
+    return int(value)
+
+
+def templates_dir(args: argparse.Namespace) -> Path | None:
+    """``--templates DIR``, which must exist (a typo must not silently mean the
+    built-in templates)."""
+    if not args.templates:
+        return None
+    path = Path(args.templates)
+    if not path.is_dir():
+        raise CliError(f"--templates {args.templates}: no such directory")
+    return path
 
 
 def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
@@ -185,6 +195,7 @@ async def _render(args: argparse.Namespace) -> int:
     from .resolve import CachingResolver
 
     settings = settings_from(args)
+    templates_dir(args)  # before fetching anything
     if args.apps_json:
         try:
             payload = json.loads(Path(args.apps_json).read_bytes())
@@ -201,9 +212,15 @@ async def _render(args: argparse.Namespace) -> int:
     for message in [*map(str, result.errors), *result.warnings]:
         print(f"servicerouter: {message}", file=sys.stderr)
     layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
-    text = render(layout, table, settings, args.templates)
+    text = render(layout, table, settings, templates_dir(args))
     if args.output:
-        atomic_write(args.output, text)
+        target = Path(args.output)
+        if not target.parent.is_dir():
+            raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
+        try:
+            atomic_write(target, text)
+        except OSError as exc:
+            raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -226,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "asyncio"):  # one line per request is not news
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    from .haproxy.master_cli import HAProxyProcessError
     from .haproxy.render import TemplateError
     from .marathon.errors import MarathonError
 
@@ -235,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))
-    except (CliError, MarathonError, TemplateError, OSError, ValueError) as exc:
+    except (CliError, MarathonError, TemplateError, HAProxyProcessError, OSError,
+            ValueError) as exc:
         print(f"servicerouter: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,15 +30,41 @@ log = logging.getLogger("servicerouter")
 def _hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(value)
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (port 1-65535)")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _seconds(value: str) -> float:
-    seconds = float(value)
-    if seconds < 0:
-        raise ValueError(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
     return seconds
+
+
+def _bind(flag: str, host: str, port: int) -> socket.socket:
+    """Bind the web listener now, so that a busy port is one clear error before the
+    daemon says it listens (and before it starts HAProxy)."""
+    from .cli import CliError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, IndexError) as exc:
+        raise CliError(f"{flag} {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+                       ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"{flag} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,10 +128,14 @@ def detect_reload_command(root: Path = Path("/")) -> str | None:
 
 
 async def run_daemon(args: argparse.Namespace) -> int:
-    from .cli import CliError, marathon_client, settings_from
+    from .cli import CliError, marathon_client, settings_from, templates_dir
     from .engine import Engine, EngineConfig
 
     settings = settings_from(args)
+    templates = templates_dir(args)
+    if shutil.which(args.haproxy_bin) is None:
+        raise CliError(f"--haproxy-bin {args.haproxy_bin}: no such executable "
+                       "(needed for haproxy -c and --start-haproxy)")
     if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket):
         args.reload_command = detect_reload_command()
         if args.reload_command is None:
@@ -116,7 +147,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))
     config = EngineConfig(
         settings=settings,
-        templates=Path(args.templates) if args.templates else None,
+        templates=templates,
         update_strategy=args.update_strategy,
         resync_interval=max(args.resync_interval, 1.0),
         reconcile_interval=max(args.reconcile_interval, 0.5),
@@ -146,6 +177,8 @@ async def run_daemon(args: argparse.Namespace) -> int:
     for sig in (signal.SIGHUP, signal.SIGUSR1):  # until the engine exists
         loop.add_signal_handler(sig, log.warning, "%s ignored: still starting", sig.name)
 
+    host, port = args.listen
+    listener = _bind("--listen", host, port)
     writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
     writer.cleanup()  # what a killed predecessor left next to the config
     reloader = build_reloader(args, writer)
@@ -155,10 +188,10 @@ async def run_daemon(args: argparse.Namespace) -> int:
         _operator_signals(loop, engine)
         from .web import create_app
 
-        host, port = args.listen
         server = uvicorn.Server(uvicorn.Config(create_app(engine), host=host, port=port,
-                                               log_level="warning", lifespan="off"))
-        web = asyncio.ensure_future(server.serve())
+                                               log_level="warning", lifespan="off",
+                                               log_config=None))
+        web = asyncio.ensure_future(server.serve(sockets=[listener]))
         log.info("servicerouter listening on http://%s:%d (metrics, healthz, status, config)",
                  host, port)
         try:

@@ -300,18 +300,19 @@ class Engine:
         last reload are gone), whether a reload is pending or not; and notice a removed
         admin socket before the next change needs it."""
         try:
-            pid = (await self.runtime.show_info()).get("Pid")
+            raw = (await self.runtime.show_info()).get("Pid", "")
+            pid = int(raw) if raw.isdigit() else None
         except HAProxyRuntimeError:
             if self.layout and self.runtime.socket_missing():
                 self._socket_gone()
             return
         finally:
             self._checking_worker = False
-        if self._worker is not None and pid != self._worker:
+        if self._worker is not None and pid is not None and pid != self._worker:
             log.warning("HAProxy's worker changed (pid %s -> %s) without a reload of ours; "
                         "reconciling its servers with the slot table", self._worker, pid)
             self.request_reconcile()
-        self._worker = int(pid) if pid and pid.isdigit() else None
+        self._worker = pid
 
     def _socket_gone(self) -> None:
         if self._restore_socket:

@@ -15,12 +15,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .files import atomic_write, keep_rejected
 from .master_cli import MasterCLI
-from .process import HAProxyProcess, SupervisionError, run_reload_command, validate
+from .process import (
+    HAProxyProcess,
+    StartError,
+    SupervisionError,
+    run_reload_command,
+    validate,
+)
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -65,6 +72,13 @@ class ConfigFile:
 
     def keep_rejected(self, text: str) -> Path:
         return keep_rejected(self.path, text)
+
+
+def _alerts(exc: Exception) -> str:
+    """HAProxy's ALERT lines of a failed start, on one line."""
+    lines = str(exc).splitlines()
+    alerts = [ln.split(" : ", 1)[-1].strip() for ln in lines if "[ALERT]" in ln]
+    return "; ".join(alerts) or lines[0]
 
 
 class _Reloader:
@@ -112,7 +126,12 @@ class StartedHAProxy(_Reloader):
                                                          self.config.haproxy_bin)).ok:
             log.info("starting HAProxy on the existing %s until Marathon answers",
                      self.config.path)
-            await self._start()
+            try:
+                await self._start()
+            except StartError as exc:
+                raise StartError(f"--start-haproxy: HAProxy did not start on the existing "
+                                 f"--haproxy-config {self.config.path}: {_alerts(exc)}"
+                                 ) from None
 
     async def _start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +167,9 @@ class StartedHAProxy(_Reloader):
         if self._supervisor is not None:
             self._supervisor.cancel()
         await self.process.stop()
+        for stale in (self.process.master_socket, self.socket_path):  # HAProxy leaves them
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
         if self._supervisor is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor

@@ -1,0 +1,88 @@
+"""Operator mistakes: one line naming the flag and the value, a non-zero exit, no traceback.
+
+Run as the operator runs it: ``python -m servicerouter`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import needs_haproxy
+from .harness import free_port
+
+pytestmark = pytest.mark.integration
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "apps_host_2ports.json"
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    p = subprocess.run([sys.executable, "-m", "servicerouter", *argv], capture_output=True,
+                       text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stderr
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_listen_on_a_busy_port(tmp_path: Path, busy_port: int) -> None:
+    code, err = run("run", "--marathon", "http://127.0.0.1:1", "--start-haproxy",
+                    "--haproxy-config", str(tmp_path / "h.cfg"),
+                    "--listen", f"127.0.0.1:{busy_port}")
+    assert code == 1
+    assert f"--listen 127.0.0.1:{busy_port}" in one_error_line(err)
+    assert "listening" not in err  # never claimed
+
+
+@needs_haproxy
+def test_existing_config_with_a_busy_port(tmp_path: Path, busy_port: int) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"global\n    stats socket {tmp_path}/admin.sock mode 600 level admin\n"
+                      "defaults\n    mode tcp\n    timeout client 1s\n    timeout server 1s\n"
+                      f"    timeout connect 1s\nlisten busy\n    bind 127.0.0.1:{busy_port}\n")
+    code, err = run("run", "--marathon", "http://127.0.0.1:1", "--start-haproxy",
+                    "--haproxy-config", str(config), "--haproxy-socket",
+                    str(tmp_path / "admin.sock"), "--listen", f"127.0.0.1:{free_port()}")
+    assert code == 1
+    line = one_error_line(err)
+    assert f"--haproxy-config {config}" in line and f"127.0.0.1:{busy_port}" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--haproxy-bin", "/nonexistent"], "--haproxy-bin /nonexistent: no such executable"),
+    (["run", "--templates", "/nonexistent"], "--templates /nonexistent: no such directory"),
+    (["render", "--apps-json", str(FIXTURE), "-o", "/nonexistent/dir/haproxy.cfg"],
+     "--output /nonexistent/dir/haproxy.cfg: directory /nonexistent/dir does not exist"),
+    (["render", "--apps-json", str(FIXTURE), "--templates", "/nonexistent"],
+     "--templates /nonexistent: no such directory"),
+    (["run", "--stats-port", "http"], "argument --stats-port: 'http' is not a port"),
+    (["run", "--listen", "9091"], "argument --listen: '9091' is not HOST:PORT"),
+    (["run", "--resync-interval", "-3"], "argument --resync-interval: '-3' is not a number"),
+])
+def test_bad_flag_values(tmp_path: Path, argv: list[str], expected: str) -> None:
+    if argv[0] == "run":
+        argv += ["--marathon", "http://127.0.0.1:1", "--start-haproxy",
+                 "--haproxy-config", str(tmp_path / "h.cfg"),
+                 "--listen", f"127.0.0.1:{free_port()}"]
+    code, err = run(*argv)
+    assert code != 0
+    line = one_error_line(err)
+    assert expected in line
+    assert "_port" not in line and "_seconds" not in line and "_hostport" not in line
