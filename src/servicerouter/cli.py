@@ -84,6 +84,8 @@ def templates_dir(args: argparse.Namespace) -> Path | None:
 
 def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text (default), or one JSON object per line for log shippers")
     g = p.add_argument_group("Marathon")
     g.add_argument("--marathon", action="append", metavar="URL", default=None,
                    required=required, help="Marathon base URL; repeat for a cluster")
@@ -239,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logformat import configure
+
+    configure(args.log_level, args.log_format)
     for noisy in ("httpx", "httpcore", "asyncio"):  # one line per request is not news
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     from .haproxy.master_cli import HAProxyProcessError

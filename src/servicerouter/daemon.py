@@ -9,6 +9,7 @@ import logging
 import shutil
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="reconnect the event stream after this much silence (default 30)")
 
 
+class _WebServer(uvicorn.Server):
+    """uvicorn without its own SIGTERM/SIGINT handlers: they would replace the daemon's
+    while the server runs (and log nothing); the daemon stops the server itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _operator_signals(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
     """SIGHUP: reload HAProxy (reason ``manual``), re-reading templates and certificate
     files; SIGUSR1: full resync from Marathon. The daemon keeps running."""
@@ -188,7 +198,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         _operator_signals(loop, engine)
         from .web import create_app
 
-        server = uvicorn.Server(uvicorn.Config(create_app(engine), host=host, port=port,
+        server = _WebServer(uvicorn.Config(create_app(engine), host=host, port=port,
                                                log_level="warning", lifespan="off",
                                                log_config=None))
         web = asyncio.ensure_future(server.serve(sockets=[listener]))

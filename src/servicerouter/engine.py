@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .adopt import adopt, config_shape
+from .applylog import reload_causes, runtime_lines
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
@@ -350,8 +351,12 @@ class Engine:
             if self.config.update_strategy == "reload" and p.commands:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
+                before = {name: self.table.get(name, []) for name in p.slots}
                 if await self._execute(p.commands):
                     self._commit(p)
+                    for line in runtime_lines(p.commands, p.slots, before, self.layout,
+                                              1000 * (time.perf_counter() - started)):
+                        log.info("%s", line)
                     now = time.monotonic()
                     for t in events:
                         self.metrics.event_to_apply.observe(now - t)
@@ -380,6 +385,11 @@ class Engine:
     async def _execute(self, commands: list[str]) -> bool:
         """Send commands in batches; False if any failed or its outcome is unknown."""
         self.metrics.count_commands(commands)
+        if log.isEnabledFor(logging.DEBUG):
+            for c in commands[:200]:
+                log.debug("runtime command: %s", c)
+            if len(commands) > 200:
+                log.debug("... and %d more runtime commands", len(commands) - 200)
         try:
             results = await self.runtime.execute(commands)
         except HAProxyRuntimeError as exc:
@@ -406,6 +416,7 @@ class Engine:
     async def _reload(self) -> bool:
         """Render all of the desired state, validate, write, reload, reconcile."""
         reason = self._primary_reason()
+        causes = reload_causes(self._pending, self.state.desired, self.layout, reason)
         started = time.perf_counter()
         settings = self.config.settings
         layout, table = build_layout(self.state.desired, self.table, settings)
@@ -449,7 +460,7 @@ class Engine:
         self.last_reload = (time.time(), reason)
         self.metrics.reloads.labels(reason).inc()
         self.metrics.reload_duration.observe(time.perf_counter() - started)
-        log.info("reloaded HAProxy (%s): %d services, %.0f ms", reason, len(layout),
+        log.info("reloaded HAProxy (%s): %d services, %.0f ms", causes, len(layout),
                  1000 * (time.perf_counter() - started))
         await self.reconcile(after_reload=True)
         now = time.monotonic()

@@ -7,6 +7,7 @@ Reload counts come from HAProxy's master (``show proc``); routing from real requ
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -221,3 +222,27 @@ def test_restart_next_to_a_running_haproxy_adopts_it_without_a_reload(
             assert haproxy.reloads() == reloads + 1
         print(f"reloads across two daemon restarts with HAProxy kept running: "
               f"{haproxy.reloads() - reloads - 1}")
+
+
+def test_json_logs_name_each_apply_step_per_app(tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/logs/web", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--log-format", "json")
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        live = simulator.replace_one("/logs/web", live)
+        wait_routed(port, live)
+        wait_for(lambda: "/logs/web: +1 -1 tasks, runtime" in daemon.proc.output(), 10,
+                 what="the per-app apply line")
+    records = [json.loads(line) for line in daemon.proc.output().splitlines() if line]
+    messages = {(r["level"], r["message"]) for r in records}
+    assert any(level == "INFO" and m.startswith("reloaded HAProxy (startup")
+               for level, m in messages)
+    assert any(level == "INFO" and m.startswith("/logs/web: +1 -1 tasks, runtime, ")
+               for level, m in messages)
+    assert any(level == "DEBUG" and m.startswith("runtime command: set server ")
+               for level, m in messages)
+    # HAProxy's per-server state changes are DEBUG; nothing of HAProxy's is louder
+    # than INFO in a run without faults.
+    relayed = [r for r in records if r["message"].startswith("haproxy: ")]
+    assert relayed and all(r["level"] in ("DEBUG", "INFO") for r in relayed), relayed
