@@ -34,7 +34,10 @@ def config_shape(text: str) -> list[str]:
         if not stripped or stripped.startswith("#"):
             continue
         m = _SERVER.match(line)
-        out.append(f"server {m.group(1)}{m.group(2).rstrip()}" if m else line.rstrip())
+        # "/./": the admin socket's other spelling after a restore (see
+        # runtime.respell_socket_path); the same file, so the same shape.
+        out.append(f"server {m.group(1)}{m.group(2).rstrip()}" if m
+                   else line.rstrip().replace("/./", "/"))
     return out
 
 

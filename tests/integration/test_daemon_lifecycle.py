@@ -76,6 +76,24 @@ def test_sigkilled_daemon_leaves_no_process_and_no_file(tmp_path: Path,
     assert leftovers == []
 
 
+def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
+                                                  simulator: Simulator) -> None:
+    """--start-haproxy ties HAProxy's life to the daemon's (see the README for why, and
+    for the master-socket mode that keeps HAProxy serving)."""
+    port, live = simulator.launch("/tied", 1)
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        pids = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc()).all_pids
+        assert daemon.proc.popen is not None
+        os.kill(daemon.proc.popen.pid, signal.SIGKILL)
+        daemon.proc.popen.wait(10)
+        for pid in pids:
+            wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) -> None:
     port, live = simulator.launch("/private", 1)
     daemon = Daemon(tmp_path, simulator.url)
