@@ -281,3 +281,20 @@ def test_json_logs_name_each_apply_step_per_app(tmp_path: Path, simulator: Simul
     # than INFO in a run without faults.
     relayed = [r for r in records if r["message"].startswith("haproxy: ")]
     assert relayed and all(r["level"] in ("DEBUG", "INFO") for r in relayed), relayed
+
+
+def test_start_haproxy_restart_serves_the_old_config_and_adopts_it(
+        tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/again", 2)
+    first = Daemon(tmp_path, simulator.url)
+    with running(first):
+        first.start()
+        routed(simulator, "/again", port)
+    live = simulator.replace_one("/again", live)
+    second = Daemon(tmp_path, simulator.url)
+    with running(second):
+        second.start()
+        routed(simulator, "/again", port)
+        # HAProxy started from the file of the first run, which has this run's shape.
+        assert master_reloads(second) == 0
+        assert "adopted the running HAProxy" in second.proc.output()
