@@ -181,7 +181,10 @@ async def run_daemon(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(sig, stopping, sig.name)
-    for sig in (signal.SIGUSR2, signal.SIGALRM):  # would kill the daemon without a word
+    # Signals whose default action would end the daemon without a word.
+    quiet_killers = ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR",
+                     "SIGXCPU", "SIGXFSZ")
+    for sig in (getattr(signal, n) for n in quiet_killers if hasattr(signal, n)):
         loop.add_signal_handler(sig, log.warning, "%s ignored (SIGHUP reloads HAProxy, "
                                 "SIGUSR1 resyncs from Marathon, SIGTERM stops)", sig.name)
     for sig in (signal.SIGHUP, signal.SIGUSR1):  # until the engine exists
