@@ -77,6 +77,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     how = g.add_mutually_exclusive_group()
     how.add_argument("--start-haproxy", action="store_true",
                      help="start and supervise HAProxy (master-worker) and stop it on exit")
+    g.add_argument("--keep-haproxy-on-exit", action="store_true",
+                   help="with --start-haproxy: run HAProxy detached, so that it keeps serving "
+                        "when servicerouter stops, crashes or is upgraded; a restarted "
+                        "servicerouter adopts it (without a reload when nothing changed)")
     how.add_argument("--reload-command", metavar="CMD",
                      help="reload with this command (e.g. 'systemctl reload haproxy')")
     g.add_argument("--haproxy-master-socket", metavar="PATH",
@@ -153,6 +157,9 @@ async def run_daemon(args: argparse.Namespace) -> int:
                            "--haproxy-master-socket PATH or --reload-command CMD")
         log.info("no reload mode given; reloading with %r, as servicerouter.py did",
                  args.reload_command)
+    if args.keep_haproxy_on_exit and not args.start_haproxy:
+        raise CliError("--keep-haproxy-on-exit goes with --start-haproxy (an HAProxy started "
+                       "elsewhere is never stopped by servicerouter)")
     if args.start_haproxy and not args.haproxy_master_socket:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))
     config = EngineConfig(
@@ -176,7 +183,8 @@ async def run_daemon(args: argparse.Namespace) -> int:
 
     def stopping(name: str) -> None:
         log.info("%s received; stopping (HAProxy %s)", name,
-                 "stops too" if args.start_haproxy else "keeps serving")
+                 "stops too" if args.start_haproxy and not args.keep_haproxy_on_exit
+                 else "keeps serving")
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):

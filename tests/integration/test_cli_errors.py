@@ -86,3 +86,12 @@ def test_bad_flag_values(tmp_path: Path, argv: list[str], expected: str) -> None
     line = one_error_line(err)
     assert expected in line
     assert "_port" not in line and "_seconds" not in line and "_hostport" not in line
+
+
+def test_keep_haproxy_on_exit_needs_start_haproxy(tmp_path: Path) -> None:
+    code, err = run("run", "--marathon", "http://127.0.0.1:1", "--keep-haproxy-on-exit",
+                    "--haproxy-master-socket", str(tmp_path / "m.sock"),
+                    "--haproxy-config", str(tmp_path / "h.cfg"),
+                    "--listen", f"127.0.0.1:{free_port()}")
+    assert code == 1
+    assert "--keep-haproxy-on-exit goes with --start-haproxy" in one_error_line(err)

@@ -7,6 +7,7 @@ Reload counts come from HAProxy's master (``show proc``); routing from real requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -298,3 +299,37 @@ def test_start_haproxy_restart_serves_the_old_config_and_adopts_it(
         # HAProxy started from the file of the first run, which has this run's shape.
         assert master_reloads(second) == 0
         assert "adopted the running HAProxy" in second.proc.output()
+
+
+def test_keep_haproxy_on_exit_serves_through_a_daemon_crash_and_is_adopted(
+        tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/kept", 2)
+    first = Daemon(tmp_path, simulator.url, "--keep-haproxy-on-exit")
+    master = MasterCLI(str(first.master_socket))
+    pids: list[int] = []
+    try:
+        with running(first):
+            first.start()
+            routed(simulator, "/kept", port)
+            pids = asyncio.run(master.show_proc()).all_pids
+            assert first.proc.popen is not None
+            os.kill(first.proc.popen.pid, signal.SIGKILL)
+            first.proc.popen.wait(10)
+        # No daemon: HAProxy keeps serving, and a task is replaced meanwhile.
+        routed(simulator, "/kept", port)
+        live = simulator.replace_one("/kept", live)
+        second = Daemon(tmp_path, simulator.url, "--keep-haproxy-on-exit")
+        with running(second):
+            second.start()
+            routed(simulator, "/kept", port)
+            info = asyncio.run(master.show_proc())
+            assert info.master_pid == pids[0] and info.reloads == 0  # adopted, no reload
+            assert "adopting the HAProxy master" in second.proc.output()
+        # A clean stop leaves it serving too.
+        routed(simulator, "/kept", port)
+    finally:
+        for pid in pids[:1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")

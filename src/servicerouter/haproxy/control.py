@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .detached import KeptHAProxy
 from .files import atomic_write, keep_rejected
 from .master_cli import MasterCLI
 from .process import (
@@ -175,7 +176,9 @@ class StartedHAProxy(_Reloader):
                 await self._supervisor
 
 
-def build_reloader(args: argparse.Namespace, config: ConfigFile) -> _Reloader:
+def build_reloader(args: argparse.Namespace, config: ConfigFile) -> _Reloader | KeptHAProxy:
+    if args.start_haproxy and getattr(args, "keep_haproxy_on_exit", False):
+        return KeptHAProxy(config, args.haproxy_master_socket, args.haproxy_socket)
     if args.start_haproxy:
         return StartedHAProxy(config, args.haproxy_master_socket, args.haproxy_socket)
     if args.reload_command:
