@@ -132,3 +132,13 @@ async def test_second_session_unavailable_keeps_first_results(
     assert [r.status for r in info.value.results] == [Status.OK, Status.NOT_SENT, Status.NOT_SENT]
     assert "1 of 3 commands were sent" in str(info.value)
     assert path in str(info.value)
+
+
+def test_respelled_socket_path_names_the_same_file_differently() -> None:
+    from servicerouter.haproxy.runtime import respell_socket_path
+
+    live = "/run/haproxy/admin.sock"
+    other = respell_socket_path(live, live)
+    assert other == "/run/haproxy/./admin.sock"
+    assert respell_socket_path(live, other) == live  # and back, for the next restore
+    assert respell_socket_path("admin.sock", "admin.sock") == "./admin.sock"
