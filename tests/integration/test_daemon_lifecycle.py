@@ -339,3 +339,30 @@ def test_keep_haproxy_on_exit_serves_through_a_daemon_crash_and_is_adopted(
                 os.kill(pid, signal.SIGTERM)
         for pid in pids:
             wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+
+
+def test_kept_haproxy_that_dies_is_started_again(tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/kept2", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--keep-haproxy-on-exit")
+    master = MasterCLI(str(daemon.master_socket))
+    pids: list[int] = []
+    try:
+        with running(daemon):
+            daemon.start()
+            routed(simulator, "/kept2", port)
+            live = simulator.replace_one("/kept2", live)  # runtime only: not in the file
+            routed(simulator, "/kept2", port)
+            pids = asyncio.run(master.show_proc()).all_pids
+            os.kill(pids[0], signal.SIGKILL)
+            for pid in pids:
+                wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+            # The watcher starts a new master from the file; reconcile restores the rest.
+            routed(simulator, "/kept2", port, timeout=30)
+            pids = asyncio.run(master.show_proc()).all_pids
+            assert "does not answer; starting HAProxy again" in daemon.proc.output()
+    finally:
+        for pid in pids[:1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
