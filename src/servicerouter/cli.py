@@ -1,6 +1,6 @@
 """Command line: argument parsing and wiring only.
 
-``servicerouter render|run|simulate``. Every ``run`` and ``render`` flag can
+``servicerouter render|run|sync|simulate``. Every ``run`` and ``render`` flag can
 also come from the environment as ``SERVICEROUTER_<FLAG>`` (``--haproxy-socket``
 → ``SERVICEROUTER_HAPROXY_SOCKET``; repeatable flags take a comma-separated
 list). Invoked with no subcommand but with flags
@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .layout import Settings
 
-SUBCOMMANDS = ("render", "run", "simulate")
+SUBCOMMANDS = ("render", "run", "sync", "simulate")
 ENV_PREFIX = "SERVICEROUTER_"
 
 
@@ -135,9 +135,17 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
 
     add_run_arguments(run)
 
+    sync = sub.add_parser("sync", help="for cron: fetch, render, and only if the config "
+                                       "changed validate, replace and reload HAProxy")
+    _add_marathon(sync, required=False)
+    _add_render(sync)
+    from .oneshot import add_sync_arguments
+
+    add_sync_arguments(sync)
+
     sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",
                    add_help=False)
-    for p in (render, run):
+    for p in (render, run, sync):
         _apply_env(p, env)
     return parser
 
@@ -179,13 +187,24 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
 
 async def _render(args: argparse.Namespace) -> int:
     from .haproxy.process import atomic_write
+
+    text = await render_text(args)
+    if args.output:
+        atomic_write(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def render_text(args: argparse.Namespace) -> str:
+    """Fetch (or read ``--apps-json``) and render one config; messages go to stderr."""
     from .haproxy.render import render
     from .layout import build_layout, desired_state
     from .marathon.parse import parse_apps
     from .resolve import CachingResolver
 
     settings = settings_from(args)
-    if args.apps_json:
+    if getattr(args, "apps_json", None):
         try:
             payload = json.loads(Path(args.apps_json).read_bytes())
         except OSError as exc:
@@ -201,11 +220,18 @@ async def _render(args: argparse.Namespace) -> int:
     for message in [*map(str, result.errors), *result.warnings]:
         print(f"servicerouter: {message}", file=sys.stderr)
     layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
-    text = render(layout, table, settings, args.templates)
-    if args.output:
-        atomic_write(args.output, text)
-    else:
-        sys.stdout.write(text)
+    return render(layout, table, settings, args.templates)
+
+
+async def _sync(args: argparse.Namespace) -> int:
+    from .oneshot import SyncError, sync
+
+    try:
+        done = await sync(args, lambda: render_text(args))
+    except SyncError as exc:
+        raise CliError(str(exc)) from None
+    if done:  # cron mails any output: say only what changed
+        print(f"servicerouter: {done}")
     return 0
 
 
@@ -232,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "render":
             return asyncio.run(_render(args))
+        if args.command == "sync":
+            return asyncio.run(_sync(args))
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))

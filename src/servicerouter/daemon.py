@@ -66,6 +66,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="drain a departed task this long before removing it (default 0)")
     g.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="reconnect the event stream after this much silence (default 30)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the runtime commands and reloads it would perform, as changes "
+                        "come; touch nothing (no socket, file or process)")
 
 
 def detect_reload_command(root: Path = Path("/")) -> str | None:
@@ -84,7 +87,8 @@ async def run_daemon(args: argparse.Namespace) -> int:
     from .engine import Engine, EngineConfig
 
     settings = settings_from(args)
-    if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket):
+    if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket
+            or args.dry_run):
         args.reload_command = detect_reload_command()
         if args.reload_command is None:
             raise CliError("say how HAProxy is reloaded: --start-haproxy, "
@@ -117,6 +121,10 @@ async def run_daemon(args: argparse.Namespace) -> int:
     writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
     reloader = build_reloader(args, writer)
     runtime = RuntimeClient(settings.socket_path)
+    if args.dry_run:  # print instead of act: same engine, stand-ins at the edges
+        from .dryrun import dry_run_parts
+
+        runtime, writer, reloader = dry_run_parts(args, settings.socket_path)  # type: ignore[assignment]
     async with marathon_client(args, on_request=on_request) as marathon:
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, CachingResolver())
         from .web import create_app
