@@ -126,6 +126,12 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
                         help="render from a saved /v2/apps payload instead of Marathon")
     render.add_argument("--output", "-o", metavar="PATH",
                         help="write the config atomically here instead of stdout")
+    render.add_argument("--mesos-dns", metavar="DOMAIN",
+                        help="Mesos-DNS mode: backends are server-template slots HAProxy "
+                             "resolves from the SRV records _<app>._tcp.DOMAIN (e.g. "
+                             "marathon.mesos); no daemon needed")
+    render.add_argument("--dns-resolver", metavar="IP:PORT",
+                        help="with --mesos-dns: the Mesos-DNS server HAProxy asks")
     _add_render(render)
 
     run = sub.add_parser("run", help="the daemon: keep HAProxy routing Marathon's tasks")
@@ -204,6 +210,13 @@ async def render_text(args: argparse.Namespace) -> str:
     from .resolve import CachingResolver
 
     settings = settings_from(args)
+    dns = None
+    if getattr(args, "mesos_dns", None):  # checked before anything is fetched
+        from .mesosdns import MesosDNS, parse_domain, parse_resolver
+
+        if not args.dns_resolver:
+            raise CliError("--mesos-dns needs --dns-resolver IP:PORT (Mesos-DNS's address)")
+        dns = MesosDNS(parse_domain(args.mesos_dns), parse_resolver(args.dns_resolver))
     if getattr(args, "apps_json", None):
         try:
             payload = json.loads(Path(args.apps_json).read_bytes())
@@ -219,6 +232,13 @@ async def render_text(args: argparse.Namespace) -> str:
     result = parse_apps(payload, source, CachingResolver())
     for message in [*map(str, result.errors), *result.warnings]:
         print(f"servicerouter: {message}", file=sys.stderr)
+    if dns is not None:  # backends resolved by HAProxy from Mesos-DNS
+        from .mesosdns import render_config
+
+        text, left_out = render_config(list(result.apps), settings, dns, args.templates)
+        for message in left_out:
+            print(f"servicerouter: {message}", file=sys.stderr)
+        return text
     layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
     return render(layout, table, settings, args.templates)
 
