@@ -115,7 +115,8 @@ def _port(value: str) -> int:
 
 
 def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="how much to log, on stderr")
     g = p.add_argument_group("Marathon")
     g.add_argument("--marathon", action="append", metavar="URL", default=None,
                    required=required, help="Marathon base URL; repeat for a cluster")
