@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -44,6 +45,24 @@ def bridge(*args: str | Path, command: list[str] | None = None
            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*(command or BRIDGE), *map(str, args)], capture_output=True,
                           text=True, timeout=90, stdin=subprocess.DEVNULL, check=False)
+
+
+def http_get(conn: socket.socket) -> str:
+    """One keep-alive HTTP/1.1 request on an open connection; the body (a task id)."""
+    conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        assert chunk, "connection closed"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        chunk = conn.recv(4096)
+        assert chunk, "connection closed"
+        body += chunk
+    return body.decode().strip()
 
 
 def recorder(tmp: Path, name: str = "apt-get") -> tuple[Path, Path]:
@@ -115,11 +134,23 @@ def test_install_then_refresh_reloads_only_on_change(tmp_path: Path,
         assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
         assert reloads() == 1 and config.stat().st_mtime_ns == before
 
+        # A reload does not break connections: one opened before it keeps working.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            first = http_get(conn)
+            assert first in live
+            simulator.scale("/cron/web", 3)
+            live = simulator.wait_running("/cron/web", 3)
+            out = bridge(*refresh, command=installed)
+            assert out.returncode == 0, out.stderr
+            assert reloads() == 2
+            assert http_get(conn) in live, "the reload broke an open connection"
+        wait_routed(port, live)
+
         # A task replaced: the next refresh reloads once and routes to the new set.
         live = simulator.replace_one("/cron/web", live)
         out = bridge(*refresh, command=installed)
         assert out.returncode == 0, out.stderr
-        assert reloads() == 2
+        assert reloads() == 3
         wait_routed(port, live)
         wait_for(lambda: haproxy.alive(), what="HAProxy still running")
 
