@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, needs_haproxy]
 DOMAIN = "marathon.mesos"
 
 
-class MesosDNS(BaseResolver):  # type: ignore[misc]
+class MesosDNS(BaseResolver):
     """Answers ``_<app>._tcp.<domain>`` with the current task set, like Mesos-DNS:
     SRV records naming one host per task, their A records as additional answers."""
 

@@ -4,6 +4,7 @@ entry point, only real SERVICEROUTER_* variables, and the Makefile's install."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def test_healthcheck_asks_healthz() -> None:
 def test_environment_names_real_flags() -> None:
     env = one("ENV").value
     names = {k for k in env[0::2] if k.startswith("SERVICEROUTER_")}
-    run = cli.build_parser({})._subparsers._group_actions[0].choices["run"]  # type: ignore
+    sub = next(a for a in cli.build_parser({})._actions
+               if isinstance(a, argparse._SubParsersAction))
+    run = sub.choices["run"]
     known = {cli._env_name(a.option_strings[0]) for a in run._actions if a.option_strings}
     assert names and not names - known, sorted(names - known)
 

@@ -4,6 +4,7 @@ SERVICEROUTER_* names in the units and the example file against the real flags."
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -32,7 +33,9 @@ def directives(text: str) -> list[tuple[str, str]]:
 
 def env_names() -> set[str]:
     """Every SERVICEROUTER_* variable `run` reads (one per long flag)."""
-    run = cli.build_parser({})._subparsers._group_actions[0].choices["run"]  # type: ignore
+    sub = next(a for a in cli.build_parser({})._actions
+               if isinstance(a, argparse._SubParsersAction))
+    run = sub.choices["run"]
     return {cli._env_name(o) for a in run._actions for o in a.option_strings[:1]
             if o.startswith("--") and o != "--help"}
 
