@@ -177,6 +177,10 @@ def test_install_refuses_an_unknown_package_manager(tmp_path: Path) -> None:
 def test_install_refuses_clearly_when_not_root(tmp_path: Path) -> None:
     drop = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
             if os.geteuid() == 0 else [])
+    probe = subprocess.run([*drop, sys.executable, "-c", "import servicerouter.bridge"],
+                           capture_output=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot run this checkout's Python (a private directory)")
     existed = Path("/etc/haproxy-marathon-bridge").exists()
     out = bridge("install_haproxy_system", "127.0.0.1:8080", command=[*drop, *BRIDGE])
     assert out.returncode == 1, out.stderr
