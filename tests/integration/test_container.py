@@ -40,9 +40,14 @@ def test_healthcheck_passes_on_a_healthy_daemon_and_fails_without_one(
 
 def _engine() -> str | None:
     for tool in ("docker", "podman"):
-        if shutil.which(tool) and subprocess.run([tool, "info"], capture_output=True,
-                                                 timeout=30, check=False).returncode == 0:
-            return tool
+        if not shutil.which(tool):
+            continue
+        try:
+            if subprocess.run([tool, "info"], capture_output=True, timeout=30,
+                              check=False).returncode == 0:
+                return tool
+        except subprocess.TimeoutExpired:
+            continue
     return None
 
 
