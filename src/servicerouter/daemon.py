@@ -68,7 +68,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="reconnect the event stream after this much silence (default 30)")
     g.add_argument("--dry-run", action="store_true",
                    help="print the runtime commands and reloads it would perform, as changes "
-                        "come; touch nothing (no socket, file or process)")
+                        "come; touch no HAProxy socket, file or process (--listen still "
+                        "serves /status)")
 
 
 def detect_reload_command(root: Path = Path("/")) -> str | None:
