@@ -132,5 +132,8 @@ def test_dry_run_prints_what_it_would_do_and_touches_nothing(tmp_path: Path,
         wait_for(lambda: addr.search(proc.output()), 30,
                  what=f"{addr.pattern!r} for the replacement")
         assert proc.output().count("would reload HAProxy") == 1, "churn needs no reload"
+        simulator.launch("/dry/other", 1)  # a new app changes the shape: one more reload
+        wait_for(lambda: proc.output().count("would reload HAProxy") == 2, 30,
+                 what="the reload a new app needs")
     assert not work.exists(), "a dry run wrote files"
     assert proc.popen is not None and proc.popen.returncode == 0, proc.output()
