@@ -4,7 +4,12 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit integration demo bench clean
+.PHONY: install test lint unit integration demo bench clean install-venv install-files install-system
+
+# Production install (see README.md, "Production set-up"): the program in its own
+# venv under PREFIX, the systemd units, the user, an example environment file.
+PREFIX  ?= /opt/servicerouter
+DESTDIR ?=
 
 install: $(STAMP)
 
@@ -38,6 +43,25 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks
+
+install-venv:
+	python3 -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --no-cache-dir .
+	@echo "installed: $(PREFIX)/bin/servicerouter"
+
+install-files:
+	install -D -m 0644 contrib/systemd/servicerouter.service $(DESTDIR)/etc/systemd/system/servicerouter.service
+	install -D -m 0644 contrib/systemd/servicerouter-haproxy.service $(DESTDIR)/etc/systemd/system/servicerouter-haproxy.service
+	install -D -m 0644 contrib/systemd/servicerouter.sysusers $(DESTDIR)/usr/lib/sysusers.d/servicerouter.conf
+	install -D -m 0644 README.md $(DESTDIR)/usr/share/doc/servicerouter/README.md
+	@test -e $(DESTDIR)/etc/default/servicerouter || install -D -m 0600 contrib/systemd/servicerouter.default $(DESTDIR)/etc/default/servicerouter
+
+install-system: install-venv install-files
+	@command -v haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
+	@if command -v systemd-sysusers >/dev/null; then systemd-sysusers /usr/lib/sysusers.d/servicerouter.conf; fi
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "next: set SERVICEROUTER_MARATHON in /etc/default/servicerouter, then"
+	@echo "      systemctl enable --now servicerouter   (or servicerouter-haproxy beside haproxy.service)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,8 @@
 """``haproxy-marathon-bridge HOST:PORT [HOST:PORT ...]``: the seed's minimal bridge.
 
+Also, as the seed's script did, ``install_haproxy_system HOST:PORT ...`` and
+``refresh_system_haproxy`` (see :mod:`servicerouter.bridge_system`).
+
 Fetches the apps from the first Marathon that answers and prints a minimal
 ``haproxy.cfg`` (one TCP listener per service port, ``balance leastconn``,
 a health check on every server) to stdout, like the script Marathon once
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from . import bridge_system as bs
 from .haproxy.render import builtin_templates, hostport, template_environment
 from .layout import Settings, desired_state
 from .marathon.errors import MarathonError
@@ -34,7 +40,7 @@ def _url(hostport_arg: str) -> str:
     return f"http://{hostport_arg}"
 
 
-def render_bridge(payload: Any, source: str) -> tuple[str, list[str]]:
+def render_bridge(payload: Any, source: str, stats_port: int = 9090) -> tuple[str, list[str]]:
     """The minimal config for a ``/v2/apps`` payload, and the messages to report."""
     result = parse_apps(payload, source, CachingResolver())
     messages = [*map(str, result.errors), *result.warnings]
@@ -45,7 +51,7 @@ def render_bridge(payload: Any, source: str) -> tuple[str, list[str]]:
         listeners.append({"name": name, "port": d.service.port, "servers": servers})
     env = template_environment((str(builtin_templates()),))
     text = env.get_template("bridge.cfg.j2").render(
-        version=__version__, source=source, listeners=listeners)
+        version=__version__, source=source, listeners=listeners, stats_port=stats_port)
     return text, messages
 
 
@@ -57,18 +63,102 @@ async def _fetch(urls: list[str]) -> tuple[Any, str]:
     return fetched.data, fetched.url
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="haproxy-marathon-bridge",
-        description="Print a minimal haproxy.cfg for the apps of the first Marathon that "
-                    "answers.")
-    parser.add_argument("marathons", nargs="+", metavar="HOST:PORT")
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(value)
+    return port
+
+
+def _parser(mode: str | None) -> argparse.ArgumentParser:
+    prog = "haproxy-marathon-bridge" + (f" {mode}" if mode else "")
+    descriptions = {
+        None: "Print a minimal haproxy.cfg for the apps of the first Marathon that answers. "
+              "Also: 'install_haproxy_system HOST:PORT ...' and 'refresh_system_haproxy' "
+              "(see their --help).",
+        INSTALL: "As root: install HAProxy with the system's package manager, record the "
+                 f"Marathons in /{bs.MARATHONS}, install /{bs.COMMAND} and a cron job "
+                 f"/{bs.CRON} that refreshes HAProxy every minute.",
+        REFRESH: f"Regenerate /{bs.HAPROXY_CONFIG} from the Marathons in /{bs.MARATHONS}; "
+                 "only if it changed, validate it (haproxy -c), replace it atomically and "
+                 "reload HAProxy without breaking connections.",
+    }
+    parser = argparse.ArgumentParser(prog=prog, description=descriptions[mode])
+    if mode != REFRESH:
+        parser.add_argument("marathons", nargs="+", metavar="HOST:PORT")
+    parser.add_argument("--stats-port", type=_port, default=9090,
+                        help="HAProxy stats page on 127.0.0.1:PORT, 0 = none (default 9090)")
+    if mode is not None:
+        parser.add_argument("--root", default="/", metavar="DIR",
+                            help="put every path under DIR instead of / (default /)")
+    if mode == INSTALL:
+        parser.add_argument("--package-manager", metavar="PATH",
+                            help="package manager to install HAProxy with; its file name "
+                                 f"({', '.join(bs.PACKAGE_MANAGERS)}) picks the arguments "
+                                 "(default: the first of them found on PATH)")
+    if mode == REFRESH:
+        parser.add_argument("--haproxy-bin", default="haproxy", metavar="PATH",
+                            help="haproxy binary for validation (default haproxy)")
     parser.add_argument("--version", action="version", version=f"servicerouter {__version__}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+INSTALL = "install_haproxy_system"
+REFRESH = "refresh_system_haproxy"
+
+
+def _generator(stats_port: int) -> Any:
+    async def generate(marathons: list[str]) -> str:
+        payload, source = await _fetch([_url(m) for m in marathons])
+        text, messages = render_bridge(payload, source, stats_port)
+        for m in messages:
+            print(f"haproxy-marathon-bridge: {m}", file=sys.stderr)
+        return text
+
+    return generate
+
+
+def _system(mode: str, args: argparse.Namespace) -> int:
+    from .haproxy.master_cli import HAProxyProcessError
+
+    paths = bs.Paths(Path(args.root))
+    try:
+        if mode == INSTALL:
+            if os.geteuid() != 0 and paths.root == Path("/"):
+                raise bs.BridgeError(
+                    "install_haproxy_system must run as root: it installs a package and "
+                    f"writes /{bs.MARATHONS}, /{bs.COMMAND} and /{bs.CRON}; nothing was "
+                    "changed (use sudo, or --root DIR to install into a scratch tree)")
+            for m in args.marathons:  # refuse a bad list before installing anything
+                _url(m)
+            extra = [] if args.stats_port == 9090 else ["--stats-port", str(args.stats_port)]
+            bs.install(paths, args.marathons, args.package_manager, extra)
+            return 0
+        with bs.refresh_lock(paths) as locked:
+            if not locked:
+                print(f"haproxy-marathon-bridge: another refresh holds {paths / bs.LOCK}; "
+                      "skipped", file=sys.stderr)
+                return 0
+            done = asyncio.run(bs.refresh(paths, _generator(args.stats_port),
+                                          args.haproxy_bin))
+        if done != "unchanged":  # cron mails any output: say only what changed
+            print(f"haproxy-marathon-bridge: {done}")
+        return 0
+    except (bs.BridgeError, MarathonError, HAProxyProcessError, ValueError, OSError) as exc:
+        print(f"haproxy-marathon-bridge: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = argv[0] if argv and argv[0] in (INSTALL, REFRESH) else None
+    args = _parser(mode).parse_args(argv[1:] if mode else argv)
+    if mode is not None:
+        return _system(mode, args)
     try:
         urls = [_url(m) for m in args.marathons]
         payload, source = asyncio.run(_fetch(urls))
-        text, messages = render_bridge(payload, source)
+        text, messages = render_bridge(payload, source, args.stats_port)
     except (MarathonError, ValueError) as exc:
         print(f"haproxy-marathon-bridge: error: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """Command line: argument parsing and wiring only.
 
-``servicerouter render|run|simulate``. Every ``run`` and ``render`` flag can
+``servicerouter render|run|sync|simulate``. Every ``run`` and ``render`` flag can
 also come from the environment as ``SERVICEROUTER_<FLAG>`` (``--haproxy-socket``
 → ``SERVICEROUTER_HAPROXY_SOCKET``; repeatable flags take a comma-separated
 list). Invoked with no subcommand but with flags
@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .layout import Settings
 
-SUBCOMMANDS = ("render", "run", "simulate")
+SUBCOMMANDS = ("render", "run", "sync", "simulate")
 ENV_PREFIX = "SERVICEROUTER_"
 
 
@@ -41,28 +42,69 @@ def _env_name(flag: str) -> str:
 
 
 def _apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
-    """Use ``SERVICEROUTER_<FLAG>`` as the default of each long flag."""
+    """Use ``SERVICEROUTER_<FLAG>`` as the default of each long flag, and show the
+    variable and the default in ``--help`` (for every flag, set or not)."""
     for action in parser._actions:
         longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
-        if not longs or longs[0].startswith("--no-"):
+        if not longs or action.default == argparse.SUPPRESS:
             continue
         name = _env_name(longs[0])
-        if name not in env:
-            continue
-        raw = env[name]
-        convert = action.type if callable(action.type) else str
-        try:
-            if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
-                value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(action, argparse._AppendAction):
-                value = [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
-            else:
-                value = convert(raw)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            parser.error(f"environment variable {name}={raw!r} is not valid for {longs[0]}")
-        action.default = value
-        action.required = False
-        action.help = (action.help or "") + f" [env {name}]"
+        if name in env:
+            action.default = _env_value(parser, action, longs[0], name, env[name])
+            action.required = False
+        action.help = _help_with_env(action, name, set_=name in env)
+
+
+def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, flag: str,
+               name: str, raw: str) -> Any:
+    convert = action.type if callable(action.type) else str
+    try:
+        if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
+            word = raw.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(raw)
+            return word in _TRUE
+        if isinstance(action, argparse._AppendAction):
+            return [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
+        value: Any = convert(raw)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        parser.error(f"environment variable {name}={raw!r} is not valid for {flag}")
+    if action.choices is not None and value not in action.choices:
+        parser.error(f"environment variable {name}={raw!r} is not one of "
+                     f"{', '.join(map(str, action.choices))} ({flag})")
+    return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _shown_default(action: argparse.Action) -> str:
+    value = action.default
+    if isinstance(value, bool) or action.nargs == 0:
+        return "on" if value else "off"
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        return f"{value[0]}:{value[1]}"  # HOST:PORT
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _help_with_env(action: argparse.Action, name: str, set_: bool) -> str:
+    """``help [env NAME, default X]``; the help's own "(default ...)" is replaced so
+    the default shown is the one in force (the variable's value when it is set)."""
+    text = (action.help or "").replace("%(default)s", "DEFAULT")
+    said = re.search(r"\(default:? ([^)]*)\)", text)
+    text = re.sub(r"\s*\(default:? [^)]*\)", "", text).strip()
+    shown = _shown_default(action)
+    if shown == "none" and said and said.group(1) != "DEFAULT":
+        shown = said.group(1)  # "every app" says more than "none"
+    return f"{text} [env {name}{' (set)' if set_ else ''}, default {shown}]".replace(
+        "%", "%%").strip()
 
 
 def _port(value: str) -> int:
@@ -83,9 +125,10 @@ def templates_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="how much to log, on stderr")
     p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="text (default), or one JSON object per line for log shippers")
+                   help="text, or one JSON object per line for log shippers")
     g = p.add_argument_group("Marathon")
     g.add_argument("--marathon", action="append", metavar="URL", default=None,
                    required=required, help="Marathon base URL; repeat for a cluster")
@@ -138,6 +181,12 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
                         help="render from a saved /v2/apps payload instead of Marathon")
     render.add_argument("--output", "-o", metavar="PATH",
                         help="write the config atomically here instead of stdout")
+    render.add_argument("--mesos-dns", metavar="DOMAIN",
+                        help="Mesos-DNS mode: backends are server-template slots HAProxy "
+                             "resolves from the SRV records _<app>._tcp.DOMAIN (e.g. "
+                             "marathon.mesos); no daemon needed")
+    render.add_argument("--dns-resolver", metavar="IP:PORT",
+                        help="with --mesos-dns: the Mesos-DNS server HAProxy asks")
     _add_render(render)
 
     run = sub.add_parser("run", help="the daemon: keep HAProxy routing Marathon's tasks")
@@ -147,9 +196,17 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
 
     add_run_arguments(run)
 
+    sync = sub.add_parser("sync", help="for cron: fetch, render, and only if the config "
+                                       "changed validate, replace and reload HAProxy")
+    _add_marathon(sync, required=False)
+    _add_render(sync)
+    from .oneshot import add_sync_arguments
+
+    add_sync_arguments(sync)
+
     sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",
                    add_help=False)
-    for p in (render, run):
+    for p in (render, run, sync):
         _apply_env(p, env)
     return parser
 
@@ -191,14 +248,39 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
 
 async def _render(args: argparse.Namespace) -> int:
     from .haproxy.process import atomic_write
+
+    if args.output:  # checked before anything is fetched
+        target = Path(args.output)
+        if not target.parent.is_dir():
+            raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
+    text = await render_text(args)
+    if args.output:
+        try:
+            atomic_write(target, text)
+        except OSError as exc:
+            raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def render_text(args: argparse.Namespace) -> str:
+    """Fetch (or read ``--apps-json``) and render one config; messages go to stderr."""
     from .haproxy.render import render
     from .layout import build_layout, desired_state
     from .marathon.parse import parse_apps
     from .resolve import CachingResolver
 
     settings = settings_from(args)
-    templates_dir(args)  # before fetching anything
-    if args.apps_json:
+    templates = templates_dir(args)  # checked before anything is fetched
+    dns = None
+    if getattr(args, "mesos_dns", None):  # checked before anything is fetched
+        from .mesosdns import MesosDNS, parse_domain, parse_resolver
+
+        if not args.dns_resolver:
+            raise CliError("--mesos-dns needs --dns-resolver IP:PORT (Mesos-DNS's address)")
+        dns = MesosDNS(parse_domain(args.mesos_dns), parse_resolver(args.dns_resolver))
+    if getattr(args, "apps_json", None):
         try:
             payload = json.loads(Path(args.apps_json).read_bytes())
         except OSError as exc:
@@ -213,18 +295,26 @@ async def _render(args: argparse.Namespace) -> int:
     result = parse_apps(payload, source, CachingResolver())
     for message in [*map(str, result.errors), *result.warnings]:
         print(f"servicerouter: {message}", file=sys.stderr)
+    if dns is not None:  # backends resolved by HAProxy from Mesos-DNS
+        from .mesosdns import render_config
+
+        text, left_out = render_config(list(result.apps), settings, dns, templates)
+        for message in left_out:
+            print(f"servicerouter: {message}", file=sys.stderr)
+        return text
     layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
-    text = render(layout, table, settings, templates_dir(args))
-    if args.output:
-        target = Path(args.output)
-        if not target.parent.is_dir():
-            raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
-        try:
-            atomic_write(target, text)
-        except OSError as exc:
-            raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
-    else:
-        sys.stdout.write(text)
+    return render(layout, table, settings, templates)
+
+
+async def _sync(args: argparse.Namespace) -> int:
+    from .oneshot import SyncError, sync
+
+    try:
+        done = await sync(args, lambda: render_text(args))
+    except SyncError as exc:
+        raise CliError(str(exc)) from None
+    if done:  # cron mails any output: say only what changed
+        print(f"servicerouter: {done}")
     return 0
 
 
@@ -253,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "render":
             return asyncio.run(_render(args))
+        if args.command == "sync":
+            return asyncio.run(_sync(args))
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))

@@ -11,7 +11,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -104,6 +104,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="drain a departed task this long before removing it (default 0)")
     g.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="reconnect the event stream after this much silence (default 30)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the runtime commands and reloads it would perform, as changes "
+                        "come; touch no HAProxy socket, file or process (--listen still "
+                        "serves /status)")
 
 
 class _WebServer(uvicorn.Server):
@@ -150,7 +154,8 @@ async def run_daemon(args: argparse.Namespace) -> int:
     if shutil.which(args.haproxy_bin) is None:
         raise CliError(f"--haproxy-bin {args.haproxy_bin}: no such executable "
                        "(needed for haproxy -c and --start-haproxy)")
-    if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket):
+    if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket
+            or args.dry_run):
         args.reload_command = detect_reload_command()
         if args.reload_command is None:
             raise CliError("say how HAProxy is reloaded: --start-haproxy, "
@@ -200,10 +205,19 @@ async def run_daemon(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     listener = _bind("--listen", host, port)
-    writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
-    writer.cleanup()  # what a killed predecessor left next to the config
-    reloader = build_reloader(args, writer)
-    runtime = RuntimeClient(settings.socket_path)
+    # The engine acts through these three; --dry-run swaps in stand-ins that print.
+    runtime: Any
+    writer: Any
+    reloader: Any
+    if args.dry_run:
+        from .dryrun import dry_run_parts
+
+        runtime, writer, reloader = dry_run_parts(args, settings.socket_path)
+    else:
+        writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
+        writer.cleanup()  # what a killed predecessor left next to the config
+        reloader = build_reloader(args, writer)
+        runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, CachingResolver())
         _operator_signals(loop, engine)

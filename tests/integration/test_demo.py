@@ -3,11 +3,17 @@ tasks with no reload and leaves no process behind."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import needs_haproxy
@@ -34,3 +40,39 @@ def test_demo_churns_without_reloads_and_cleans_up(tmp_path: Path) -> None:
     assert reloads and max(reloads) == 0
     assert updates and updates[-1] > 0
     assert _ours(tmp_path) == []
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR short enough for HAProxy's socket paths (at most 97 characters)."""
+    path = Path(tempfile.mkdtemp(prefix="sr-demo-test-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_shows_ports_that_already_serve_and_removes_its_temp_dir(short_tmp: Path) -> None:
+    # TMPDIR: the demo's own temporary workdir lands here, where the test can look.
+    tmp_path = short_tmp
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    demo = subprocess.Popen([sys.executable, "-m", "servicerouter.demo", "--duration", "3",
+                             "--interval", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    seen: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            seen.append(line)
+            m = re.search(r"curl (http://127\.0\.0\.1:\d+/)", line)
+            if m:  # the moment a port is shown, it answers
+                r = httpx.get(m.group(1), headers={"Connection": "close"}, timeout=5)
+                assert r.status_code == 200, (line, r.status_code)
+        assert demo.wait(120) == 0, "".join(seen)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+    assert sum("curl http" in line for line in seen) == 3, "".join(seen)
+    assert list(tmp_path.glob("servicerouter-demo-*")) == [], "the demo left its workdir"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import shutil
 import sys
@@ -67,6 +68,14 @@ def churn(sim: httpx.Client, rng: random.Random) -> str:
     return f"scaled {app_id} from {instances} to {target} instances"
 
 
+def serving(port: int, requests: int) -> bool:
+    """Whether ``requests`` requests in a row through HAProxy's ``port`` all succeed."""
+    with httpx.Client(timeout=2) as c:
+        return all(c.get(f"http://127.0.0.1:{port}/",
+                         headers={"Connection": "close"}).status_code == 200
+                   for _ in range(requests))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m servicerouter.demo", description=__doc__)
     parser.add_argument("--duration", type=float, default=1800,
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("haproxy") is None:
         print("demo: haproxy is not installed; run 'make install' first", file=sys.stderr)
         return 1
+    temporary = not args.workdir
     work = Path(args.workdir or tempfile.mkdtemp(prefix="servicerouter-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     sim_port, listen_port = free_port(), free_port()
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ], work / "servicerouter.log")
     procs = [simulator, daemon]
     try:
-        print(f"demo: working in {work} (logs: simulator.log, servicerouter.log)")
+        print(f"demo: working in {work} (logs: simulator.log, servicerouter.log"
+              f"{'; removed at the end' if temporary else ''})")
         simulator.start()
         sim = httpx.Client(base_url=sim_url, timeout=10)
         wait_for(lambda: sim.get("/ping").status_code == 200, 15, what="the simulator")
@@ -107,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(lambda: web.get("/healthz").status_code == 200, 60, what="servicerouter")
         print(f"demo: servicerouter on http://127.0.0.1:{listen_port} "
               "(/metrics /healthz /status /config)")
-        for app_id, (port, _) in APPS.items():
-            print(f"demo: {app_id:14} curl http://127.0.0.1:{port}/")
+        # A port is shown once its tasks are healthy and routed, so the first curl works.
+        for app_id, (port, instances) in APPS.items():
+            wait_for(functools.partial(serving, port, 2 * instances), 60, interval=0.2,
+                     what=f"{app_id} to serve on port {port}")
+            print(f"demo: {app_id:14} curl http://127.0.0.1:{port}/", flush=True)
         print("demo: churning; Ctrl-C stops everything")
         master = MasterCLI(str(work / "master.sock"))
         baseline = asyncio.run(master.show_proc()).reloads
@@ -126,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndemo: stopping")
     except (TimeoutError, httpx.HTTPError) as exc:
-        print(f"demo: {exc}; see the logs in {work}", file=sys.stderr)
+        print(f"demo: {exc}", file=sys.stderr)
+        for p in procs:  # the logs go with a temporary workdir: show their ends
+            tail = p.output().splitlines()[-15:]
+            print(f"demo: last lines of {p.log.name}:", *tail, sep="\n  ", file=sys.stderr)
         return 1
     finally:
         for p in reversed(procs):
             p.stop()
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

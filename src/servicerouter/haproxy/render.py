@@ -141,9 +141,15 @@ def _vhost_routes(layout: Layout) -> list[dict[str, Any]]:
 
 
 def render(layout: Layout, table: SlotTable, settings: Settings,
-           templates: str | Path | None = None) -> str:
-    """The complete ``haproxy.cfg`` text. Raises :class:`TemplateError`."""
-    dirs = ((str(templates),) if templates else ()) + (str(builtin_templates()),)
+           templates: str | Path | None = None, *, mode_templates: str | None = None,
+           extra: dict[str, Any] | None = None) -> str:
+    """The complete ``haproxy.cfg`` text. Raises :class:`TemplateError`.
+
+    ``mode_templates`` (a folder under the built-in templates, e.g. ``mesosdns``)
+    replaces built-in files by name for a rendering mode, below the operator's
+    ``templates``; ``extra`` adds names to the templates' context."""
+    mode = (str(builtin_templates() / mode_templates),) if mode_templates else ()
+    dirs = ((str(templates),) if templates else ()) + mode + (str(builtin_templates()),)
     routes = _vhost_routes(layout)
     certs = list(dict.fromkeys([*settings.ssl_certs, *(
         s.service.options.ssl_cert for s in layout.values()
@@ -155,6 +161,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         "vhost_routes": routes,
         "certs": certs,
         "hostport": hostport,
+        **(extra or {}),
     }
     try:
         return template_environment(dirs).get_template("haproxy.cfg.j2").render(context)

@@ -246,6 +246,52 @@ def _check_health_checks(d: JsonDict, n_ports: int, errors: _Errors) -> None:
     d["healthChecks"] = out
 
 
+CONSTRAINT_OPERATORS = "UNIQUE, CLUSTER, GROUP_BY, LIKE, MAX_PER or UNLIKE"
+
+
+def _constraint_error(c: list[Any]) -> str | None:
+    """Why Marathon would refuse one ``[field, operator, value?]`` constraint."""
+    if not 2 <= len(c) <= 3:
+        return "Each constraint must have either 2 or 3 fields"
+    if not all(isinstance(part, str) for part in c):
+        return "error.expected.jsstring"
+    field, op, value = c[0], c[1], (c[2] if len(c) == 3 else None)
+    if not field:
+        return "Missing field and operator"
+    if op == "UNIQUE":
+        return None if value is None else "Value specified but not used"
+    if op == "CLUSTER":
+        return None if value else "Missing value"
+    if op in ("GROUP_BY", "MAX_PER"):
+        if value is None or value.lstrip("-").isdigit():
+            return None
+        return ("Value was specified but is not a number" if op == "GROUP_BY"
+                else "Value was not specified or is not a number")
+    if op in ("LIKE", "UNLIKE"):
+        if value is None:
+            return "A regular expression value must be provided"
+        try:
+            re.compile(value)
+        except re.error:
+            return f"'{value}' is not a valid regular expression"
+        return None
+    return f"Constraint operator must be one of the following {CONSTRAINT_OPERATORS}"
+
+
+def _check_constraints(d: JsonDict, errors: _Errors) -> None:
+    constraints = d.get("constraints")
+    if constraints is None:
+        return
+    if not isinstance(constraints, list):
+        errors.add("/constraints", "error.expected.jsarray")
+        return
+    for i, c in enumerate(constraints):
+        problem = (_constraint_error(c) if isinstance(c, list)
+                   else "error.expected.jsarray")
+        if problem:
+            errors.add(f"/constraints({i})", problem)
+
+
 def normalize_app(raw: Any, app_id: str | None = None) -> JsonDict:
     """Validate ``raw`` and return it in the current shape with defaults.
 
@@ -299,6 +345,7 @@ def normalize_app(raw: Any, app_id: str | None = None) -> JsonDict:
             errors.add("/networks", f"{mode} networks may not be used with anything else")
     n_ports = _check_ports(d, mode, errors)
     _check_health_checks(d, n_ports, errors)
+    _check_constraints(d, errors)
     strategy = d.get("upgradeStrategy") or {}
     for key in ("minimumHealthCapacity", "maximumOverCapacity"):
         value = strategy.get(key, 1)

@@ -1,0 +1,132 @@
+"""``servicerouter run --dry-run``: the daemon's decisions printed, nothing touched.
+
+Stand-ins for the three things the engine acts through. Each prints what it
+would do, one line per action on stdout, and changes nothing: no runtime
+command reaches a socket, no file is written, no HAProxy is started or
+reloaded. Candidate configs are still checked with the real ``haproxy -c``
+(piped to it, nothing written), so "would reload" means HAProxy would accept it.
+
+The imaginary HAProxy holds exactly what was printed: ``show servers state``
+is answered from the engine's own slot table, so reconciliation finds nothing
+to repair and only real changes from Marathon produce output.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .haproxy.process import validate
+from .haproxy.runtime import CommandResult, Status
+from .haproxy.runtime_parse import ADMF_FDRAIN, ADMF_FMAINT, ServerState
+from .model import EndpointState
+from .naming import slot_name
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+PREFIX = "dry-run:"
+
+
+def _print(line: str) -> None:
+    print(f"{PREFIX} {line}", file=sys.stdout, flush=True)
+
+
+class DryRunRuntime:
+    """Prints runtime commands; answers queries from the engine's slot table."""
+
+    def __init__(self, socket_path: str, out: Callable[[str], None] = _print) -> None:
+        self.socket_path = socket_path
+        self.out = out
+        self.engine: Engine | None = None
+
+    async def execute(self, commands: Sequence[str]) -> list[CommandResult]:
+        for c in commands:
+            self.out(f"would send to {self.socket_path}: {c}")
+        return [CommandResult(c, Status.OK, "") for c in commands]
+
+    async def show_info(self) -> dict[str, str]:
+        return {"Name": "HAProxy (dry run: not contacted)"}
+
+    async def show_servers_state(self, backend: str | None = None) -> list[ServerState]:
+        return expected_servers(self.engine, backend) if self.engine else []
+
+    def socket_missing(self) -> bool:
+        return False
+
+
+def expected_servers(engine: Engine, only: str | None = None) -> list[ServerState]:
+    """What HAProxy would hold had every printed command been applied."""
+    states = []
+    for b_id, (name, shape) in enumerate(sorted(engine.layout.items()), start=1):
+        if only is not None and name != only:
+            continue
+        slots = engine.table.get(name, [])
+        for i in range(shape.slots):
+            e = slots[i] if i < len(slots) else None
+            admin = (ADMF_FMAINT if e is None else
+                     ADMF_FDRAIN if e.state is EndpointState.DRAIN else 0)
+            states.append(ServerState(
+                backend_id=b_id, backend=name, server_id=i + 1, server=slot_name(i + 1),
+                addr=e.ip if e else "127.0.0.1", port=e.port if e else 1, op_state=2,
+                admin_state=admin, weight=1, initial_weight=1, check_status=0,
+                check_result=0, check_health=0, check_state=0))
+    return states
+
+
+class DryRunConfig:
+    """Validates candidates for real; prints instead of writing them."""
+
+    def __init__(self, path: Path, haproxy_bin: str = "haproxy",
+                 out: Callable[[str], None] = _print) -> None:
+        self.path = path
+        self.haproxy_bin = haproxy_bin
+        self.out = out
+
+    async def validate(self, text: str) -> tuple[bool, str]:
+        result = await validate(text, self.haproxy_bin)
+        return result.ok, result.output
+
+    def read(self) -> str | None:
+        return None  # nothing to adopt: a dry run starts from an empty HAProxy
+
+    def cleanup(self) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        self.out(f"would write {self.path} ({len(text.splitlines())} lines, valid)")
+
+    def keep_rejected(self, text: str) -> Path:
+        rejected = self.path.with_name(self.path.name + ".rejected")
+        self.out(f"haproxy -c rejects the candidate config; would keep it at {rejected} "
+                 "(not written)")
+        return rejected
+
+
+class DryRunReloader:
+    def __init__(self, how: str, out: Callable[[str], None] = _print) -> None:
+        self.how = how
+        self.out = out
+
+    async def start(self, engine: Engine) -> None:
+        if isinstance(engine.runtime, DryRunRuntime):
+            engine.runtime.engine = engine
+        self.out("watching Marathon; printing what would be done, touching nothing")
+
+    async def reload(self) -> None:
+        self.out(f"would reload HAProxy ({self.how})")
+
+    async def stop(self) -> None:
+        pass
+
+
+def dry_run_parts(args: Any, socket_path: str) -> tuple[DryRunRuntime, DryRunConfig,
+                                                         DryRunReloader]:
+    how = ("start HAProxy or reload it through its master socket" if args.start_haproxy else
+           f"through {args.haproxy_master_socket}" if args.haproxy_master_socket else
+           f"with {args.reload_command!r}" if args.reload_command else
+           "with the init system's reload")
+    return (DryRunRuntime(socket_path), DryRunConfig(Path(args.haproxy_config), args.haproxy_bin),
+            DryRunReloader(how))

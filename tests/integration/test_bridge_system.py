@@ -1,0 +1,190 @@
+"""``haproxy-marathon-bridge install_haproxy_system`` and ``refresh_system_haproxy``
+into a scratch root: the real HAProxy, the simulator, real backends on loopback.
+
+Only the package manager is a recorder (``--package-manager``); the installed
+command, the cron file, the Marathon list, ``haproxy -c`` and the reload through
+HAProxy's master socket (as Debian's haproxy.service starts it) are all real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servicerouter.demo.procs import Proc
+from servicerouter.haproxy.master_cli import MasterCLI
+
+from .conftest import needs_haproxy
+from .harness import Simulator, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+BRIDGE = [sys.executable, "-c", "import sys; from servicerouter.bridge import main; "
+                                "sys.exit(main())"]
+# What Debian's haproxy package ships before anything is configured: no listener.
+DEFAULT_CFG = """global
+    log /dev/log local0
+defaults
+    log global
+    mode tcp
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+"""
+
+
+def bridge(*args: str | Path, command: list[str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(command or BRIDGE), *map(str, args)], capture_output=True,
+                          text=True, timeout=90, stdin=subprocess.DEVNULL, check=False)
+
+
+def http_get(conn: socket.socket) -> str:
+    """One keep-alive HTTP/1.1 request on an open connection; the body (a task id)."""
+    conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        assert chunk, "connection closed"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        chunk = conn.recv(4096)
+        assert chunk, "connection closed"
+        body += chunk
+    return body.decode().strip()
+
+
+def recorder(tmp: Path, name: str = "apt-get") -> tuple[Path, Path]:
+    """A stand-in package manager that records its arguments (one call per line)."""
+    record = tmp / "package-manager.calls"
+    script = tmp / "bin" / name
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {record}\n')
+    script.chmod(0o755)
+    return script, record
+
+
+def test_install_then_refresh_reloads_only_on_change(tmp_path: Path,
+                                                     simulator: Simulator) -> None:
+    root = tmp_path / "root"
+    apt, record = recorder(tmp_path)
+    marathon = simulator.url.removeprefix("http://")
+    # Install, as root into the scratch root; the first Marathon never answers.
+    out = bridge("install_haproxy_system", "--root", root, "--package-manager", apt,
+                 "--stats-port", "0", "127.0.0.1:1", marathon)
+    assert out.returncode == 0, out.stderr
+    assert record.read_text().splitlines() == ["apt-get update -qq",
+                                               "apt-get install -y -qq haproxy"]
+    marathons = root / "etc/haproxy-marathon-bridge/marathons"
+    assert marathons.read_text() == f"127.0.0.1:1\n{marathon}\n"
+    cron = root / "etc/cron.d/haproxy-marathon-bridge"
+    entries = [line for line in cron.read_text().splitlines()
+               if line and not line.startswith("#") and "=" not in line]
+    assert entries == ["* * * * * root /usr/local/bin/haproxy-marathon-bridge "
+                       "refresh_system_haproxy --stats-port 0"]
+    assert cron.read_text().endswith("\n") and stat.S_IMODE(cron.stat().st_mode) == 0o644
+    command = root / "usr/local/bin/haproxy-marathon-bridge"
+    assert os.access(command, os.X_OK)
+    installed = [str(command)]  # from here on, the command the cron job runs
+
+    # HAProxy as Debian's haproxy.service starts it: -Ws, master socket, default config.
+    (root / "etc/haproxy").mkdir(parents=True)
+    config = root / "etc/haproxy/haproxy.cfg"
+    config.write_text(DEFAULT_CFG)
+    refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", "0")
+    out = bridge(*refresh, command=installed)
+    assert out.returncode == 1
+    assert "no running HAProxy to reload" in out.stderr and "Traceback" not in out.stderr
+    assert config.read_text() == DEFAULT_CFG, "nothing is written when nothing can reload"
+
+    port, live = simulator.launch("/cron/web", 2)
+    master = root / "run/haproxy-master.sock"
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    def reloads() -> int:
+        return asyncio.run(MasterCLI(str(master)).show_proc()).reloads
+
+    with running(haproxy.start(lambda: master.exists() and reloads() == 0,
+                               what="HAProxy's master socket")):
+        out = bridge(*refresh, command=installed)
+        assert out.returncode == 0, out.stderr
+        assert "reloaded" in out.stdout
+        assert reloads() == 1
+        check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True,
+                               text=True, timeout=30)
+        assert check.returncode == 0
+        assert (check.stdout + check.stderr).strip() == "Configuration file is valid", \
+            "the bridge's config makes haproxy -c warn"
+        wait_routed(port, live)
+
+        # Nothing changed: no write, no reload, no output for cron to mail.
+        before = config.stat().st_mtime_ns
+        out = bridge(*refresh, command=installed)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+        assert reloads() == 1 and config.stat().st_mtime_ns == before
+
+        # A reload does not break connections: one opened before it keeps working.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            first = http_get(conn)
+            assert first in live
+            simulator.scale("/cron/web", 3)
+            live = simulator.wait_running("/cron/web", 3)
+            out = bridge(*refresh, command=installed)
+            assert out.returncode == 0, out.stderr
+            assert reloads() == 2
+            assert http_get(conn) in live, "the reload broke an open connection"
+        wait_routed(port, live)
+
+        # A task replaced: the next refresh reloads once and routes to the new set.
+        live = simulator.replace_one("/cron/web", live)
+        out = bridge(*refresh, command=installed)
+        assert out.returncode == 0, out.stderr
+        assert reloads() == 3
+        wait_routed(port, live)
+        wait_for(lambda: haproxy.alive(), what="HAProxy still running")
+
+
+def test_refresh_without_install_says_what_to_run(tmp_path: Path) -> None:
+    out = bridge("refresh_system_haproxy", "--root", tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"haproxy-marathon-bridge: error: no Marathon list at "
+        f"{tmp_path}/etc/haproxy-marathon-bridge/marathons: run "
+        "'haproxy-marathon-bridge install_haproxy_system HOST:PORT ...' first")
+
+
+def test_install_refuses_an_unknown_package_manager(tmp_path: Path) -> None:
+    pm, record = recorder(tmp_path, "brew")
+    out = bridge("install_haproxy_system", "--root", tmp_path / "root", "--package-manager",
+                 pm, "127.0.0.1:8080")
+    assert out.returncode == 1 and "'brew' is not one of apt-get, dnf, yum, zypper" in out.stderr
+    assert not record.exists() and not (tmp_path / "root").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and shutil.which("setpriv") is None,
+                    reason="needs setpriv to drop root")
+def test_install_refuses_clearly_when_not_root(tmp_path: Path) -> None:
+    drop = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            if os.geteuid() == 0 else [])
+    probe = subprocess.run([*drop, sys.executable, "-c", "import servicerouter.bridge"],
+                           capture_output=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot run this checkout's Python (a private directory)")
+    existed = Path("/etc/haproxy-marathon-bridge").exists()
+    out = bridge("install_haproxy_system", "127.0.0.1:8080", command=[*drop, *BRIDGE])
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith("haproxy-marathon-bridge: error: install_haproxy_system "
+                                 "must run as root"), out.stderr
+    assert "nothing was changed" in out.stderr
+    assert Path("/etc/haproxy-marathon-bridge").exists() == existed

@@ -1,0 +1,139 @@
+"""``servicerouter sync`` (cron) and ``servicerouter run --dry-run`` against the
+simulator, with the real HAProxy (sync) or none at all (dry run)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from servicerouter.demo.procs import Proc, free_port
+from servicerouter.haproxy.master_cli import MasterCLI
+
+from .conftest import needs_haproxy
+from .harness import PYTHON, Simulator, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+# An HAProxy in master-worker mode before anything is configured (no listener).
+EMPTY_CFG = """global
+    log /dev/log local0
+defaults
+    log global
+    mode tcp
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+"""
+
+
+def sync(marathon: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "servicerouter", "sync", "--marathon", marathon,
+         "--haproxy-config", str(tmp / "haproxy.cfg"),
+         "--haproxy-socket", str(tmp / "admin.sock"), "--stats-port", "0",
+         "--http-port", "0", "--https-port", "0", *extra],
+        capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, check=False)
+
+
+def test_sync_applies_only_changes_and_fails_clearly(tmp_path: Path,
+                                                     simulator: Simulator) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    master = tmp_path / "master.sock"
+    by_master = ("--haproxy-master-socket", str(master))
+
+    def reloads() -> int:
+        return asyncio.run(MasterCLI(str(master)).show_proc()).reloads
+
+    port, live = simulator.launch("/sync/web", 2)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists() and reloads() == 0,
+                               what="HAProxy's master socket")):
+        out = sync(simulator.url, tmp_path, *by_master)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"servicerouter: {config} updated; HAProxy reloaded via "
+                                     f"master socket {master}"), out.stdout
+        assert reloads() == 1
+        wait_routed(port, live)
+
+        # Unchanged: exit 0, silent (cron mails output), no write, no reload.
+        mtime = config.stat().st_mtime_ns
+        out = sync(simulator.url, tmp_path, *by_master)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+        assert reloads() == 1 and config.stat().st_mtime_ns == mtime
+
+        # A change: one reload, traffic reaches the new task set.
+        simulator.scale("/sync/web", 3)
+        live = simulator.wait_running("/sync/web", 3)
+        assert sync(simulator.url, tmp_path, *by_master).returncode == 0
+        assert reloads() == 2
+        wait_routed(port, live)
+        good = config.read_text()
+
+        # haproxy -c rejects the candidate: exit 1, file and HAProxy untouched.
+        bad = tmp_path / "templates"
+        bad.mkdir()
+        (bad / "defaults.j2").write_text("defaults\n    mode tcp\n    no-such-keyword 1\n")
+        out = sync(simulator.url, tmp_path, *by_master, "--templates", str(bad))
+        assert out.returncode == 1
+        assert out.stderr.startswith("servicerouter: error: haproxy -c rejected the new "
+                                     f"config (kept at {config}.rejected)"), out.stderr
+        assert "no-such-keyword" in out.stderr and "Traceback" not in out.stderr
+        assert config.read_text() == good and reloads() == 2
+
+        # The reload fails: the old file comes back, so the next sync retries.
+        simulator.scale("/sync/web", 2)
+        live = simulator.wait_running("/sync/web", 2)
+        out = sync(simulator.url, tmp_path, "--reload-command", "exit 3")
+        assert out.returncode == 1
+        assert "reload via command 'exit 3' failed" in out.stderr, out.stderr
+        assert "was restored" in out.stderr
+        assert config.read_text() == good and reloads() == 2
+        assert sync(simulator.url, tmp_path, *by_master).returncode == 0
+        assert reloads() == 3
+        wait_routed(port, live)
+
+
+def test_sync_without_a_reload_method_changes_nothing(tmp_path: Path,
+                                                      simulator: Simulator) -> None:
+    out = sync(simulator.url, tmp_path, "--haproxy-master-socket", str(tmp_path / "none.sock"))
+    assert out.returncode == 1
+    assert out.stderr.startswith("servicerouter: error: reload via master socket "), out.stderr
+    assert not (tmp_path / "haproxy.cfg").exists()
+
+
+def test_dry_run_prints_what_it_would_do_and_touches_nothing(tmp_path: Path,
+                                                             simulator: Simulator) -> None:
+    port, live = simulator.launch("/dry/web", 2)
+    work = tmp_path / "etc"
+    proc = Proc("servicerouter", [
+        PYTHON, "-m", "servicerouter", "run", "--dry-run", "--marathon", simulator.url,
+        "--haproxy-config", str(work / "haproxy.cfg"), "--haproxy-socket",
+        str(work / "admin.sock"), "--start-haproxy", "--stats-port", "0", "--http-port", "0",
+        "--https-port", "0", "--listen", f"127.0.0.1:{free_port()}", "--reconcile-interval",
+        "1", "--min-reload-interval", "0.2",
+    ], tmp_path / "dry.log")
+    with running(proc.start()):
+        wait_for(lambda: "dry-run: would reload HAProxy" in proc.output(), 30,
+                 what="the first (imaginary) reload")
+        out = proc.output()
+        assert f"dry-run: would write {work / 'haproxy.cfg'}" in out
+        new = simulator.replace_one("/dry/web", live)
+        (task,) = [t for t in simulator.app("/dry/web")["tasks"] if t["id"] in new - live]
+        addr = re.compile(rf"dry-run: would send to {re.escape(str(work))}/admin.sock: "
+                          rf"set server dry_web_{port}/s\d+ addr 127.0.0.1 port "
+                          rf"{task['ports'][0]}\n")
+        wait_for(lambda: addr.search(proc.output()), 30,
+                 what=f"{addr.pattern!r} for the replacement")
+        assert proc.output().count("would reload HAProxy") == 1, "churn needs no reload"
+        simulator.launch("/dry/other", 1)  # a new app changes the shape: one more reload
+        wait_for(lambda: proc.output().count("would reload HAProxy") == 2, 30,
+                 what="the reload a new app needs")
+    assert not work.exists(), "a dry run wrote files"
+    assert proc.popen is not None and proc.popen.returncode == 0, proc.output()

@@ -1,0 +1,76 @@
+"""--help shows every flag's SERVICEROUTER_* variable and default; yes/no flags
+(including --no-verify-tls) read their variable too."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from servicerouter import cli
+
+COMMANDS = ("run", "render", "sync")
+
+
+def subparser(command: str, env: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    parser = cli.build_parser(env or {})
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def flat_help(p: argparse.ArgumentParser, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    return p.format_help()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_shows_its_variable_and_default(command: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    p = subparser(command)
+    text = flat_help(p, monkeypatch)
+    missing = []
+    for action in p._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag in (None, "--help"):
+            continue
+        name = cli._env_name(flag)
+        if not re.search(rf"\[env {name}, default [^\]]+\]", text):
+            missing.append(f"{flag} ({name})")
+    assert not missing, f"{command} --help lacks '[env NAME, default X]' for: {missing}"
+
+
+def test_help_shows_the_default_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = flat_help(subparser("run", {"SERVICEROUTER_STATS_PORT": "0"}), monkeypatch)
+    assert "[env SERVICEROUTER_STATS_PORT (set), default 0]" in text
+    text = flat_help(subparser("run"), monkeypatch)
+    assert "[env SERVICEROUTER_STATS_PORT, default 9090]" in text
+    assert "[env SERVICEROUTER_LISTEN, default 127.0.0.1:9091]" in text
+    assert "[env SERVICEROUTER_GROUP, default every app]" in text
+    assert "[env SERVICEROUTER_NO_VERIFY_TLS, default off]" in text
+    assert "%(default)" not in text
+    for line in text.splitlines():  # no half-removed "(default %(default)s)"
+        assert line.count("(") == line.count(")"), line
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("1", True), ("yes", True),
+                                                 ("false", False), ("0", False)])
+def test_no_verify_tls_reads_its_variable(value: str, expected: bool) -> None:
+    args = subparser("run", {"SERVICEROUTER_NO_VERIFY_TLS": value}).parse_args([])
+    assert args.no_verify_tls is expected
+
+
+def test_a_yes_no_variable_with_another_value_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser({"SERVICEROUTER_NO_VERIFY_TLS": "maybe"})
+    assert "SERVICEROUTER_NO_VERIFY_TLS='maybe' is not valid for --no-verify-tls" in \
+        capsys.readouterr().err
+
+
+def test_a_choice_variable_outside_the_choices_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser({"SERVICEROUTER_UPDATE_STRATEGY": "sometimes"})
+    assert "SERVICEROUTER_UPDATE_STRATEGY='sometimes' is not one of runtime, reload" in \
+        capsys.readouterr().err
