@@ -8,6 +8,7 @@ import contextlib
 import logging
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -83,7 +84,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
     from .cli import CliError, marathon_client, settings_from
     from .engine import Engine, EngineConfig
 
-    settings = settings_from(args)
+    settings = replace(settings_from(args), reserved_ports=(args.listen[1],))
     if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket):
         args.reload_command = detect_reload_command()
         if args.reload_command is None:

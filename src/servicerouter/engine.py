@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import hostfacts
 from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
@@ -25,7 +26,7 @@ from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
 from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, reconnect_delays
 from .marathon.parse import Resolver, parse_app, parse_apps
-from .metrics import Metrics
+from .metrics import EXCLUDED_REASONS, Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
 from .state import ClusterState
 from .sync import EventHandler
@@ -138,11 +139,14 @@ class Engine:
                 log.error("full sync failed: %s; HAProxy keeps its current config", exc)
                 return False
             self.metrics.marathon_up.set(1)
-            for err in result.errors:
-                log.error("%s", err)
+            for err in result.errors:  # logged when new or changed, not once per sync
+                if self.app_errors.get(err.app_id) != err.message:
+                    log.error("%s", err)
             self.app_errors = {e.app_id: e.message for e in result.errors}
             self._events.warn_once(result.warnings)
-            dirty = self.state.replace_all(result.apps, keep=[e.app_id for e in result.errors])
+            dirty = self.state.set_facts(hostfacts.gather(result.apps, self.config.settings))
+            dirty |= self.state.replace_all(result.apps,
+                                            keep=[e.app_id for e in result.errors])
             self._events.after_full_sync()
             self.mark(dirty)
             self.last_sync = time.time()
@@ -171,7 +175,8 @@ class Engine:
             return
         self.app_errors.pop(app_id, None)
         self._events.warn_once(warnings)
-        self.mark(self.state.set_app(app), event_time)
+        dirty = self.state.set_facts(hostfacts.gather([app], self.config.settings))
+        self.mark(dirty | self.state.set_app(app), event_time)
 
     def on_event(self, event: MarathonEvent) -> None:
         try:
@@ -414,4 +419,10 @@ class Engine:
         m.endpoints.set(used)
         m.slots.labels("used").set(used)
         m.slots.labels("free").set(free)
+        excluded = dict.fromkeys(EXCLUDED_REASONS, 0)
+        excluded["invalid_app"] = len(self.app_errors)
+        for problem in self.state.problem_list():
+            excluded[problem.reason] = excluded.get(problem.reason, 0) + 1
+        for reason, count in excluded.items():
+            m.services_excluded.labels(reason).set(count)
 
