@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import hostfacts
+from .guard import Guard
 from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
@@ -97,6 +98,7 @@ class Engine:
         self._awaiting_reload: list[float] = []
         self._reconcile_wanted = False
         self._rejected: str | None = None
+        self.guard = Guard(self.state, writer, config.settings, config.templates)
         self._next_reload_at = 0.0
         self._reload_backoff = 0.0
         self._wake = asyncio.Event()
@@ -321,6 +323,7 @@ class Engine:
         """Render all of the desired state, validate, write, reload, reconcile."""
         reason = self._primary_reason()
         started = time.perf_counter()
+        self.mark(self.guard.exclude_unbindable())
         layout, table = build_layout(self.state.desired, self.table, self.config.settings)
         try:
             text = render(layout, table, self.config.settings, self.config.templates)
@@ -330,11 +333,23 @@ class Engine:
             return self._reload_failed("validate", None)  # already reported, still invalid
         ok, output = await self.writer.validate(text)
         if not ok:
-            self._rejected = text
             kept = self.writer.keep_rejected(text)
+            if await self.guard.exclude_rejected(layout, table, text, output, kept):
+                layout, table = build_layout(self.state.desired, self.table,
+                                             self.config.settings)
+                text = render(layout, table, self.config.settings, self.config.templates)
+                ok, output = await self.writer.validate(text)
+                if not ok:
+                    kept = self.writer.keep_rejected(text)
+        if not ok:
+            self._rejected = text
             return self._reload_failed("validate", f"candidate config rejected by haproxy -c "
                                        f"(kept at {kept}): {output.strip()}; the running "
                                        "config keeps serving")
+        forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
+        if text == self.running_config and not forced & {str(r) for r in self._pending.values()}:
+            self._pending.clear()  # what changed was left out: HAProxy has the rest already
+            return True
         try:
             self.writer.write(text)
         except OSError as exc:
@@ -342,10 +357,12 @@ class Engine:
         try:
             await self.reloader.reload()
         except Exception as exc:
+            self._restore_file()
             stage = getattr(exc, "stage", "reload")
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
                                        f"reload failed: {exc}")
         self.layout, self.table, self.running_config = layout, table, text
+        self.guard.served(text)
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
         self._pending.clear()
@@ -365,6 +382,15 @@ class Engine:
         self._awaiting_reload.clear()
         self.ready.set()
         return True
+
+    def _restore_file(self) -> None:
+        """After a failed reload, put the last good config back on disk: a restarted
+        master (after a worker crash) must find a config it can serve."""
+        if self.running_config is not None:
+            try:
+                self.writer.write(self.running_config)
+            except OSError as exc:
+                log.error("restoring the last good config after a failed reload: %s", exc)
 
     def _reload_failed(self, stage: str, message: str | None) -> bool:
         if message:

@@ -253,6 +253,12 @@ class ClusterState:
         fresh = {a.id: a for a in sorted(apps, key=lambda a: (a.version, a.id))}
         keep = set(keep)
         dirty: set[str] = set()
+        # A frontend address that failed to bind gets another try at each full sync.
+        for name, (svc, problem) in list(self.excluded.items()):
+            if problem.reason == "bind_failed":
+                del self.excluded[name]
+                if svc.app_id in self.apps:
+                    dirty |= self._refresh(svc.app_id)
         for app_id in list(self.apps):
             if app_id not in fresh and app_id not in keep:
                 dirty |= self.remove_app(app_id)
