@@ -45,6 +45,7 @@ class ClusterState:
         self.problems: dict[str, tuple[Problem, ...]] = {}
         self._freed_ports: set[int] = set()  # set by the claims of the last _refresh
         self._freed_hosts: set[str] = set()
+        self._retrying: set[Problem] = set()  # bind failures a full sync is trying again
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -167,7 +168,7 @@ class ClusterState:
         """Keep an app's problems for /status; log only the ones that are new."""
         before = set(self.problems.pop(app_id, ()))
         for p in problems:
-            if p not in before:
+            if p not in before and p not in self._retrying:
                 log.log(logging.WARNING if p.reason == "too_many_servers" else logging.ERROR,
                         "%s", p)
         if problems:
@@ -218,7 +219,9 @@ class ClusterState:
         if d is None:
             return set()
         self.excluded[name] = (d.service, problem)
-        return self._refresh(d.service.app_id)
+        dirty = self._refresh(d.service.app_id)
+        self._retrying.discard(problem)
+        return dirty
 
     def set_facts(self, facts: Facts) -> set[str]:
         """New host facts (merged over the old); re-admit the apps whose facts changed."""
@@ -253,10 +256,12 @@ class ClusterState:
         fresh = {a.id: a for a in sorted(apps, key=lambda a: (a.version, a.id))}
         keep = set(keep)
         dirty: set[str] = set()
-        # A frontend address that failed to bind gets another try at each full sync.
+        # A frontend address that failed to bind gets another try at each full sync
+        # (reported again only if it changed: the engine re-excludes it before reloading).
         for name, (svc, problem) in list(self.excluded.items()):
             if problem.reason == "bind_failed":
                 del self.excluded[name]
+                self._retrying.add(problem)
                 if svc.app_id in self.apps:
                     dirty |= self._refresh(svc.app_id)
         for app_id in list(self.apps):
