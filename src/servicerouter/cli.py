@@ -196,11 +196,13 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 async def _render(args: argparse.Namespace) -> int:
+    from . import hostfacts
     from .haproxy.process import atomic_write
     from .haproxy.render import render
-    from .layout import build_layout, desired_state
+    from .layout import build_layout
     from .marathon.parse import parse_apps
     from .resolve import CachingResolver
+    from .state import ClusterState
 
     settings = settings_from(args)
     if args.apps_json:
@@ -218,7 +220,11 @@ async def _render(args: argparse.Namespace) -> int:
     result = parse_apps(payload, source, CachingResolver())
     for message in [*map(str, result.errors), *result.warnings]:
         print(f"servicerouter: {message}", file=sys.stderr)
-    layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
+    # The same admission as the daemon (README: Multi-tenant safety); problems are logged.
+    state = ClusterState(settings)
+    state.set_facts(hostfacts.gather(result.apps, settings))
+    state.replace_all(result.apps)
+    layout, table = build_layout(state.desired, {}, settings)
     text = render(layout, table, settings, args.templates)
     if args.output:
         atomic_write(args.output, text)

@@ -165,3 +165,23 @@ def test_excluded_service_comes_back_only_when_its_definition_changes() -> None:
     assert s.desired == {} and reasons(s, "/x") == ["haproxy_rejected"]
     s.set_app(app("/x", 10001, tasks=2, balance="leastconn"))  # a new definition
     assert set(s.desired) == {"x_10001"} and s.problems == {}
+
+
+def test_bind_checks_at_the_edge() -> None:
+    import socket
+
+    assert hostfacts.host_has_address("127.0.0.1")
+    assert not hostfacts.host_has_address("192.0.2.77")  # TEST-NET-1: no host has it
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert "cannot be bound" in str(hostfacts.bind_problem("127.0.0.1", port))
+        assert "cannot be bound" in str(hostfacts.bind_problem("*", port))
+    with socket.socket() as reuse:  # how HAProxy listens: a port it holds passes
+        reuse.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reuse.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reuse.bind(("127.0.0.1", 0))
+        reuse.listen()
+        assert hostfacts.bind_problem("127.0.0.1", reuse.getsockname()[1]) is None
+    assert "cannot be bound" in str(hostfacts.bind_problem("192.0.2.77", 10001))
