@@ -43,6 +43,7 @@ class Guard:
         self.settings = settings
         self.templates = templates
         self._bound: set[str] | None = None  # frontend addresses in the config HAProxy has
+        self.bind_problem = hostfacts.bind_problem  # the edge; unit tests replace it
 
     def served(self, text: str) -> None:
         """HAProxy now serves ``text``: its addresses are bound."""
@@ -61,7 +62,7 @@ class Guard:
             address = hostport(opts.bind_address, svc.port)
             if address in (self._bound or ()):
                 continue
-            problem = hostfacts.bind_problem(opts.bind_address, svc.port)
+            problem = self.bind_problem(opts.bind_address, svc.port)
             if problem is not None:
                 app = self.state.apps[svc.app_id]
                 label = (f"HAPROXY_{svc.index}_BIND_ADDR" if opts.bind_address != "*"

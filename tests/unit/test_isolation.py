@@ -121,3 +121,28 @@ async def test_a_failed_reload_puts_the_last_good_config_back_on_disk() -> None:
     await engine.step()
     assert "backend b_10009" in writer.written[-2]  # the candidate HAProxy failed on
     assert writer.written[-1] == good == engine.running_config
+
+
+async def test_a_frontend_that_cannot_be_bound_is_left_out_before_the_reload() -> None:
+    engine, _, _, reloader = make_engine()
+    engine.guard.bind_problem = lambda address, port: (
+        "cannot be bound: Address already in use" if port == 10009 else None)
+    for app_id, port in (("/a", 10007), ("/held", 10009)):
+        engine.mark(engine.state.set_app(App(app_id, services=(Service(app_id, 0, port),))))
+    await engine.step()
+    assert reloader.reloads == 1 and set(engine.layout) == {"a_10007"}
+    (problem,) = engine.state.problems["/held"]
+    assert (problem.reason, problem.label, problem.value) == (
+        "bind_failed", "service port index 0", "*:10009")
+    # Tried again at the next full sync: still held, so no reload at all.
+    engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
+    engine._next_reload_at = 0.0
+    await engine.step()
+    assert reloader.reloads == 1 and engine.state.problems["/held"] == (problem,)
+    # Free now: routed at the next full sync.
+    engine.guard.bind_problem = lambda address, port: None
+    engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
+    engine._next_reload_at = 0.0
+    await engine.step()
+    assert reloader.reloads == 2 and set(engine.layout) == {"a_10007", "held_10009"}
+    assert engine.state.problems == {}
