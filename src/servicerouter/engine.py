@@ -334,7 +334,8 @@ class Engine:
         ok, output = await self.writer.validate(text)
         if not ok:
             kept = self.writer.keep_rejected(text)
-            if await self.guard.exclude_rejected(layout, table, text, output, kept):
+            if await self.guard.exclude_rejected(layout, table, text, output, kept,
+                                                 self.layout):
                 layout, table = build_layout(self.state.desired, self.table,
                                              self.config.settings)
                 text = render(layout, table, self.config.settings, self.config.templates)

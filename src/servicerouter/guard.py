@@ -74,18 +74,26 @@ class Guard:
         return dirty
 
     async def exclude_rejected(self, layout: Layout, table: SlotTable, text: str,
-                               output: str, kept: Path) -> bool:
+                               output: str, kept: Path, running: Layout) -> bool:
         """Find the services haproxy -c rejects and leave them out; False if none can be
-        blamed (the config without them is rejected too)."""
+        blamed: the config is rejected without them too, or every one is rejected (an
+        operator's template or setting, not a tenant's value).
+
+        A service HAProxy runs now with the same definition is not a suspect: when it
+        is rejected all the same, the change is the operator's."""
+        trusted = {n for n, shape in layout.items()
+                   if n in running and running[n].service == shape.service}
+        suspects = [n for n in layout if n not in trusted]
 
         async def check(names: Collection[str]) -> tuple[bool, str]:
-            part = {n: layout[n] for n in names}
+            part = {n: layout[n] for n in [*names, *trusted]}
             return await self.writer.validate(render(part, table, self.settings,
                                                      self.templates))
 
-        mapped = isolation.culprits(output, text, layout)
-        bad = await isolation.rejected_services(list(layout), mapped, check)
-        if not bad:
+        mapped = {n: a for n, a in isolation.culprits(output, text, layout).items()
+                  if n not in trusted}
+        bad = await isolation.rejected_services(suspects, mapped, check)
+        if not bad or (len(bad) == len(suspects) > 1):
             return False
         log.error("haproxy -c rejected the candidate config (kept at %s); leaving out the %d "
                   "services it blames, validating the rest", kept, len(bad))

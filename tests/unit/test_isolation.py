@@ -9,7 +9,7 @@ from servicerouter.engine import Engine
 from servicerouter.layout import BackendShape, Settings
 from servicerouter.model import App, Options, Service, Task
 
-from .test_engine import make_engine
+from .test_engine import counter, make_engine
 
 TEXT = """global
     stats socket /tmp/x.sock
@@ -146,3 +146,26 @@ async def test_a_frontend_that_cannot_be_bound_is_left_out_before_the_reload() -
     await engine.step()
     assert reloader.reloads == 2 and set(engine.layout) == {"a_10007", "held_10009"}
     assert engine.state.problems == {}
+
+
+async def test_when_every_service_is_rejected_nobody_is_blamed() -> None:
+    """An operator's template that breaks every backend is not the tenants' fault."""
+    engine, _, writer, reloader = make_engine()
+    broken = [False]
+
+    async def validate(text: str) -> tuple[bool, str]:
+        writer.validated += 1
+        if broken[0] and "backend " in text:
+            return False, "[ALERT] (1) : config : unknown keyword 'not-a-keyword'"
+        return True, ""
+
+    writer.validate = validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(App("/a", services=(Service("/a", 0, 10007),))))
+    await engine.step()
+    broken[0] = True
+    for app_id, port in (("/b", 10009), ("/c", 10011)):
+        engine.mark(engine.state.set_app(App(app_id, services=(Service(app_id, 0, port),))))
+    await engine.step()
+    assert reloader.reloads == 1 and set(engine.layout) == {"a_10007"}
+    assert engine.state.problems == {} and engine.state.excluded == {}
+    assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
