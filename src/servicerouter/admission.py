@@ -49,6 +49,7 @@ class CertFact:
 
     path: str | None
     problem: str | None = None
+    stamp: tuple[int, int] = (0, 0)  # (mtime ns, size): a file replaced is a new fact
 
 
 @dataclass(frozen=True, slots=True)

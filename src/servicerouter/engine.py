@@ -234,6 +234,7 @@ class Engine:
             now = time.monotonic()
             if now >= next_resync:
                 next_resync = now + cfg.resync_interval
+                self._rejected = None  # a refused candidate is validated again each resync
                 self.spawn(self.full_sync())
             if now >= next_reconcile:
                 next_reconcile = now + cfg.reconcile_interval

@@ -70,9 +70,11 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
         return CertFact(None, f"cannot be read: {exc.strerror}")
     finally:
         os.close(fd)
+    stamp = (info.st_mtime_ns, info.st_size)
     if not _CERT.search(data) or not _KEY.search(data):
-        return CertFact(None, "does not hold both a certificate and a private key (PEM)")
-    return CertFact(real)
+        return CertFact(None, "does not hold both a certificate and a private key (PEM)",
+                        stamp)
+    return CertFact(real, None, stamp)
 
 
 def host_has_address(address: str) -> bool:

@@ -234,6 +234,9 @@ class ClusterState:
         for app in list(self.apps.values()):
             if any(s.options.ssl_cert in changed_certs or s.options.bind_address in changed_addrs
                    for s in app.services):
+                # A certificate file replaced: what HAProxy refused may load now.
+                for name in [n for n, (svc, _) in self.excluded.items() if svc.app_id == app.id]:
+                    del self.excluded[name]
                 dirty |= self._refresh(app.id)
         return dirty
 

@@ -113,8 +113,8 @@ def test_certificates_only_from_allowed_folders(tmp_path: Path) -> None:
     def check(path: Path) -> CertFact:
         return hostfacts.check_cert(str(path), [str(allowed)], [str(tmp_path / "listed.pem")])
 
-    assert check(allowed / "good.pem") == CertFact(str(allowed / "good.pem"))
-    assert check(allowed / "alias.pem") == CertFact(str(allowed / "good.pem"))
+    assert check(allowed / "good.pem").path == str(allowed / "good.pem")
+    assert check(allowed / "alias.pem") == check(allowed / "good.pem")
     assert check(tmp_path / "listed.pem").path == str(tmp_path / "listed.pem")
     problems = {name: check(p).problem for name, p in [
         ("outside", outside / "secret.pem"), ("escape", allowed / "escape.pem"),
@@ -185,3 +185,20 @@ def test_bind_checks_at_the_edge() -> None:
         reuse.listen()
         assert hostfacts.bind_problem("127.0.0.1", reuse.getsockname()[1]) is None
     assert "cannot be bound" in str(hostfacts.bind_problem("192.0.2.77", 10001))
+
+
+def test_a_replaced_certificate_file_is_judged_again(tmp_path: Path) -> None:
+    cert = tmp_path / "a.pem"
+    cert.write_text(PEM)
+    settings = Settings(http_port=0, https_port=0, ssl_cert_dirs=(str(tmp_path),))
+    apps = [app("/tls", 10001, ssl_cert=str(cert))]
+    s = ClusterState(settings)
+    s.set_facts(hostfacts.gather(apps, settings))
+    s.replace_all(apps)
+    s.exclude("tls_10001", Problem("/tls", 0, "haproxy_rejected", "backend tls_10001", "x",
+                                   "rejected"))
+    assert s.desired == {}
+    assert s.set_facts(hostfacts.gather(apps, settings)) == set()  # nothing changed
+    cert.write_text(PEM + "\n")  # the operator puts a fixed file in place
+    assert s.set_facts(hostfacts.gather(apps, settings)) == {"tls_10001"}
+    assert set(s.desired) == {"tls_10001"}
