@@ -351,6 +351,7 @@ class Engine:
         forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
         if text == self.running_config and not forced & {str(r) for r in self._pending.values()}:
             self._pending.clear()  # what changed was left out: HAProxy has the rest already
+            self._awaiting_reload.clear()
             return True
         try:
             self.writer.write(text)

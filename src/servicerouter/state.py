@@ -85,7 +85,7 @@ class ClusterState:
         for host in old_hosts:
             self._host_holders[host].discard(app_id)
         hosts: set[str] = set()
-        routes: set[tuple[str, str]] = set()
+        routes: dict[tuple[str, str], str] = {}  # this app's: (host, path) -> backend
         problems = []
         for name, d in sorted(new.items()):
             opts = d.service.options
@@ -102,7 +102,8 @@ class ClusterState:
                                f"(app {owner[1]} claimed it first)")
                 elif route in routes or route in self._route_owner:
                     problem = (f"names host {host} and path {opts.path or '/'}, which "
-                               f"{self._route_owner.get(route, name)} already routes")
+                               f"{self._route_owner.get(route) or routes[route]} already "
+                               "routes")
                 if problem:
                     self._host_waiting.setdefault(host, set()).add(app_id)
                     break
@@ -114,21 +115,18 @@ class ClusterState:
                                         f"{problem}; service left out, others applied"))
                 continue
             for host in opts.vhosts:
-                routes.add((host, opts.path or ""))
+                routes[(host, opts.path or "")] = name
                 hosts.add(host)
         for host in hosts:
             holders = self._host_holders.setdefault(host, set())
             if not holders:
                 self._host_owner[host] = (key or "", app_id)
             holders.add(app_id)
-        for route in routes:
-            self._route_owner[route] = next(n for n, d in sorted(new.items())
-                                            if route[0] in d.service.options.vhosts
-                                            and (d.service.options.path or "") == route[1])
+        self._route_owner.update(routes)
         if hosts:
             self._hosts_of[app_id] = hosts
         if routes:
-            self._routes_of[app_id] = routes
+            self._routes_of[app_id] = set(routes)
         self._freed_hosts = {h for h in old_hosts if not self._host_holders.get(h)}
         for host in self._freed_hosts:
             self._host_owner.pop(host, None)

@@ -202,3 +202,13 @@ def test_a_replaced_certificate_file_is_judged_again(tmp_path: Path) -> None:
     cert.write_text(PEM + "\n")  # the operator puts a fixed file in place
     assert s.set_facts(hostfacts.gather(apps, settings)) == {"tls_10001"}
     assert set(s.desired) == {"tls_10001"}
+
+
+def test_two_ports_of_one_app_on_one_host_and_path_keep_the_first() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    opts = Options(vhosts=("h.example.com",))
+    s.set_app(App("/t/two", services=(Service("/t/two", 0, 10001, opts),
+                                      Service("/t/two", 1, 10002, opts))))
+    assert set(s.desired) == {"t_two_10001"}
+    (p,) = s.problems["/t/two"]
+    assert p.index == 1 and "which t_two_10001 already routes" in p.message
