@@ -92,7 +92,8 @@ def bind_problem(address: str, port: int) -> str | None:
     """Why HAProxy could not bind ``address:port`` now, or None when it can.
 
     Binds as HAProxy does (SO_REUSEADDR and SO_REUSEPORT), so a port HAProxy itself
-    already listens on passes, and one held by any other process fails."""
+    already listens on passes, and one held by any other process fails. A port the
+    daemon may not bind (below 1024 without the right) is left to HAProxy."""
     host = "" if address in ("*", "") else address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -102,6 +103,8 @@ def bind_problem(address: str, port: int) -> str | None:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind((host, port))
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return None  # a privileged port: HAProxy may run with rights the daemon lacks
         return f"cannot be bound: {exc.strerror or exc}"
     return None
 
