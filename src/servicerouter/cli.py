@@ -167,6 +167,19 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                    help="backends grow in blocks of this many slots (default 8)")
     g.add_argument("--templates", metavar="DIR",
                    help="folder of templates that replace the built-in ones by file name")
+    g = p.add_argument_group("multi-tenant safety (README: Multi-tenant safety)")
+    g.add_argument("--ssl-cert-dir", action="append", metavar="DIR", default=None,
+                   help="folder apps' HAPROXY_{n}_SSL_CERT files may come from (symlinks "
+                        "resolved, may not lead out); repeatable; the --ssl-certs files are "
+                        "allowed too (default: none)")
+    g.add_argument("--vhost-policy", choices=["group", "exclusive", "open"], default="group",
+                   help="who may use a virtual host another app claimed first: group: apps "
+                        "of its top-level Marathon group, by path; exclusive: nobody; open: "
+                        "anyone (single tenant) (default group)")
+    g.add_argument("--max-servers-per-backend", type=int, default=2000, metavar="N",
+                   help="an app's service routes to at most its first N tasks (by task id), "
+                        "so one app cannot make validating and reloading slow for all; "
+                        "0 = no cap (default 2000)")
 
 
 def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
@@ -212,6 +225,8 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    if args.max_servers_per_backend < 0:
+        raise CliError("--max-servers-per-backend must be >= 0 (0: no cap)")
     for flag in ("slots_min_free", "slots_increment"):
         if getattr(args, flag) < (0 if flag == "slots_min_free" else 1):
             raise CliError(f"--{flag.replace('_', '-')} must be "
@@ -227,6 +242,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         slots_increment=args.slots_increment,
         health_check=args.health_check,
         groups=tuple(args.group or ()),
+        ssl_cert_dirs=tuple(args.ssl_cert_dir or ()),
+        vhost_policy=args.vhost_policy,
+        max_servers_per_backend=args.max_servers_per_backend,
     )
 
 
@@ -266,10 +284,12 @@ async def _render(args: argparse.Namespace) -> int:
 
 async def render_text(args: argparse.Namespace) -> str:
     """Fetch (or read ``--apps-json``) and render one config; messages go to stderr."""
+    from . import hostfacts
     from .haproxy.render import render
-    from .layout import build_layout, desired_state
+    from .layout import build_layout
     from .marathon.parse import parse_apps
     from .resolve import CachingResolver
+    from .state import ClusterState
 
     settings = settings_from(args)
     templates = templates_dir(args)  # checked before anything is fetched
@@ -302,7 +322,11 @@ async def render_text(args: argparse.Namespace) -> str:
         for message in left_out:
             print(f"servicerouter: {message}", file=sys.stderr)
         return text
-    layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
+    # The same admission as the daemon (README: Multi-tenant safety); problems are logged.
+    state = ClusterState(settings)
+    state.set_facts(hostfacts.gather(result.apps, settings))
+    state.replace_all(result.apps)
+    layout, table = build_layout(state.desired, {}, settings)
     return render(layout, table, settings, templates)
 
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +150,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
     from .cli import CliError, marathon_client, settings_from, templates_dir
     from .engine import Engine, EngineConfig
 
-    settings = settings_from(args)
+    settings = replace(settings_from(args), reserved_ports=(args.listen[1],))
     templates = templates_dir(args)
     if shutil.which(args.haproxy_bin) is None:
         raise CliError(f"--haproxy-bin {args.haproxy_bin}: no such executable "

@@ -18,8 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import hostfacts
 from .adopt import adopt, config_shape
 from .applylog import reload_causes, runtime_lines
+from .guard import Guard
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
@@ -27,7 +29,7 @@ from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
 from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, reconnect_delays
 from .marathon.parse import Resolver, parse_app, parse_apps
-from .metrics import Metrics
+from .metrics import EXCLUDED_REASONS, Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
 from .state import ClusterState
 from .sync import EventHandler
@@ -107,6 +109,7 @@ class Engine:
         self._worker: int | None = None  # HAProxy's worker pid, as last seen
         self._checking_worker = False
         self._rejected: str | None = None
+        self.guard = Guard(self.state, writer, config.settings, config.templates)
         self._next_reload_at = 0.0
         self._reload_backoff = 0.0
         self._wake = asyncio.Event()
@@ -156,11 +159,14 @@ class Engine:
                 log.error("full sync failed: %s; HAProxy keeps its current config", exc)
                 return False
             self.metrics.marathon_up.set(1)
-            for err in result.errors:
-                log.error("%s", err)
+            for err in result.errors:  # logged when new or changed, not once per sync
+                if self.app_errors.get(err.app_id) != err.message:
+                    log.error("%s", err)
             self.app_errors = {e.app_id: e.message for e in result.errors}
             self._events.warn_once(result.warnings)
-            dirty = self.state.replace_all(result.apps, keep=[e.app_id for e in result.errors])
+            dirty = self.state.set_facts(hostfacts.gather(result.apps, self.config.settings))
+            dirty |= self.state.replace_all(result.apps,
+                                            keep=[e.app_id for e in result.errors])
             self._events.after_full_sync()
             self.mark(dirty)
             self.last_sync = time.time()
@@ -189,7 +195,8 @@ class Engine:
             return
         self.app_errors.pop(app_id, None)
         self._events.warn_once(warnings)
-        self.mark(self.state.set_app(app), event_time)
+        dirty = self.state.set_facts(hostfacts.gather([app], self.config.settings))
+        self.mark(dirty | self.state.set_app(app), event_time)
 
     def on_event(self, event: MarathonEvent) -> None:
         try:
@@ -244,6 +251,7 @@ class Engine:
                      "%d wanted); reloading", len(layout), len(self.state.desired))
             return False
         self.layout, self.running_config, self.haproxy_ok = layout, running, True
+        self.guard.served(running)
         log.info("adopted the running HAProxy: %d services, %d endpoints in their slots, "
                  "no reload", len(layout), slot_counts(table)[0])
         self.mark(set(self.state.desired))
@@ -285,6 +293,7 @@ class Engine:
                 self.spawn(self._check_worker())
             if now >= next_resync:
                 next_resync = now + cfg.resync_interval
+                self._rejected = None  # a refused candidate is validated again each resync
                 self.spawn(self.full_sync())
             if now >= next_reconcile:
                 next_reconcile = now + cfg.reconcile_interval
@@ -418,6 +427,7 @@ class Engine:
         reason = self._primary_reason()
         causes = reload_causes(self._pending, self.state.desired, self.layout, reason)
         started = time.perf_counter()
+        self.mark(self.guard.exclude_unbindable())
         settings = self.config.settings
         layout, table = build_layout(self.state.desired, self.table, settings)
         socket = (respell_socket_path(settings.socket_path, self._live_socket)
@@ -432,11 +442,24 @@ class Engine:
             return self._reload_failed("validate", None)  # already reported, still invalid
         ok, output = await self.writer.validate(text)
         if not ok:
-            self._rejected = text
             kept = self.writer.keep_rejected(text)
+            if await self.guard.exclude_rejected(layout, table, text, output, kept,
+                                                 self.layout):
+                layout, table = build_layout(self.state.desired, self.table, settings)
+                text = render(layout, table, settings, self.config.templates)
+                ok, output = await self.writer.validate(text)
+                if not ok:
+                    kept = self.writer.keep_rejected(text)
+        if not ok:
+            self._rejected = text
             return self._reload_failed("validate", f"candidate config rejected by haproxy -c "
                                        f"(kept at {kept}): {output.strip()}; the running "
                                        "config keeps serving")
+        forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
+        if text == self.running_config and not forced & {str(r) for r in self._pending.values()}:
+            self._pending.clear()  # what changed was left out: HAProxy has the rest already
+            self._awaiting_reload.clear()
+            return True
         try:
             self.writer.write(text)
         except OSError as exc:
@@ -444,12 +467,14 @@ class Engine:
         try:
             await self.reloader.reload()
         except Exception as exc:
+            self._restore_file()
             stage = getattr(exc, "stage", "reload")
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
                                        f"reload failed: {exc}")
         self.layout, self.table, self.running_config = layout, table, text
         self._live_socket, self._restore_socket = socket, False
         self._worker = None  # our reload forked it: no reason to reconcile twice
+        self.guard.served(text)
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
         self._pending.clear()
@@ -469,6 +494,15 @@ class Engine:
         self._awaiting_reload.clear()
         self.ready.set()
         return True
+
+    def _restore_file(self) -> None:
+        """After a failed reload, put the last good config back on disk: a restarted
+        master (after a worker crash) must find a config it can serve."""
+        if self.running_config is not None:
+            try:
+                self.writer.write(self.running_config)
+            except OSError as exc:
+                log.error("restoring the last good config after a failed reload: %s", exc)
 
     def _reload_failed(self, stage: str, message: str | None) -> bool:
         if message:
@@ -528,4 +562,10 @@ class Engine:
         m.endpoints.set(used)
         m.slots.labels("used").set(used)
         m.slots.labels("free").set(free)
+        excluded = dict.fromkeys(EXCLUDED_REASONS, 0)
+        excluded["invalid_app"] = len(self.app_errors)
+        for problem in self.state.problem_list():
+            excluded[problem.reason] = excluded.get(problem.reason, 0) + 1
+        for reason, count in excluded.items():
+            m.services_excluded.labels(reason).set(count)
 

@@ -32,6 +32,17 @@ class Settings:
     groups: tuple[str, ...] = ()  # empty: every app
     hard_stop_after: str = "5m"
     maxconn: int = 0  # 0: HAProxy's own default
+    # Multi-tenant safety (admission): see the README, "Multi-tenant safety".
+    ssl_cert_dirs: tuple[str, ...] = ()  # folders app certificates (SSL_CERT) may come from
+    vhost_policy: str = "group"  # group | exclusive | open
+    max_servers_per_backend: int = 2000  # 0: no cap
+    reserved_ports: tuple[int, ...] = ()  # the daemon's own (--listen); never an app's
+
+    @property
+    def own_ports(self) -> frozenset[int]:
+        """Ports servicerouter and its HAProxy use themselves: no app may bind them."""
+        return frozenset(p for p in (self.stats_port, self.http_port, self.https_port,
+                                     *self.reserved_ports) if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +140,10 @@ def build_layout(
         wanted = {e.task_id for e in d.endpoints}
         highest = max((i + 1 for i, s in enumerate(current)
                        if s is not None and s.task_id in wanted), default=0)
-        size = max(capacity(len(d.endpoints), settings.slots_min_free, settings.slots_increment),
-                   highest)
+        size = capacity(len(d.endpoints), settings.slots_min_free, settings.slots_increment)
+        if settings.max_servers_per_backend:  # admission capped the endpoints already
+            size = min(size, max(settings.max_servers_per_backend, len(d.endpoints)))
+        size = max(size, highest)
         layout[name] = BackendShape(name, d.service, size)
         table[name] = fill_slots(d.endpoints, current, size)
     return layout, table

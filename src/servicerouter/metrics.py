@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .admission import REASONS as EXCLUDED_REASONS
 
 RELOAD_REASONS = ("new_app", "removed_app", "options_changed", "capacity", "runtime_error",
                   "resync", "manual", "endpoints_changed", "startup")
@@ -76,6 +77,12 @@ class Metrics:
                                 "1 when HAProxy's admin socket answered last time.", registry=r)
         self.last_sync = Gauge("servicerouter_last_successful_sync_timestamp_seconds",
                                "Unix time of the last successful full sync.", registry=r)
+        self.services_excluded = Gauge(
+            "servicerouter_services_excluded",
+            "Services left out (or capped: too_many_servers), by reason; see /status problems.",
+            ["reason"], registry=r)
+        for reason in EXCLUDED_REASONS:
+            self.services_excluded.labels(reason)
         self.build_info = Info("servicerouter_build", "servicerouter version.", registry=r)
         self.build_info.info({"version": __version__})
         for reason in RELOAD_REASONS:

@@ -124,6 +124,36 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Problem:
+    """A service left out (or limited), and why: one per service, naming the app, the
+    label or field, and the value (cut to :data:`MAX_VALUE` characters)."""
+
+    app_id: str
+    index: int  # the service port index; -1 when the whole app is concerned
+    reason: str  # a metric label: see admission.REASONS
+    label: str  # the label or definition field at fault
+    value: str
+    message: str  # what is wrong; the sentence ends with what was done about it
+
+    def __str__(self) -> str:
+        return f"app {self.app_id}: {self.label}={self.value!r} {self.message}"
+
+
+MAX_VALUE = 200
+
+
+def shown(value: object) -> str:
+    """A tenant's value as it appears in an error: repr-safe, at most MAX_VALUE chars."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_VALUE else text[:MAX_VALUE] + "..."
+
+
+def valid_port(value: object) -> bool:
+    """A TCP port HAProxy can bind or connect to: an integer in 1-65535."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+@dataclass(frozen=True, slots=True)
 class App:
     id: str
     version: str = ""
@@ -133,6 +163,8 @@ class App:
     has_health_checks: bool = False
     services: tuple[Service, ...] = ()
     tasks: tuple[Task, ...] = ()
+    # Services left out while parsing (a value that cannot work), see Problem.
+    problems: tuple[Problem, ...] = ()
 
 
 def endpoint_state(task: Task, has_health_checks: bool, health_check: bool) -> EndpointState | None:

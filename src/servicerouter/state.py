@@ -11,8 +11,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
+from .admission import Facts, check_service, port_label, vhost_owner
 from .layout import DesiredService, Settings, desired_services
-from .model import App, Health, Task
+from .model import App, Health, Problem, Service, Task
 
 log = logging.getLogger("servicerouter.state")
 
@@ -22,51 +23,170 @@ class ClusterState:
         self.settings = settings
         self.apps: dict[str, App] = {}
         self.desired: dict[str, DesiredService] = {}
+        self.facts = Facts()
         self._backends: dict[str, tuple[str, ...]] = {}  # app id -> backend names
         # One port, one app: HAProxy binds with SO_REUSEPORT, so two frontends on
         # a port would silently split its connections between two apps.
-        self._reserved = {p for p in (settings.stats_port, settings.http_port,
-                                      settings.https_port) if p}
         self._port_owner: dict[int, str] = {}
         self._ports_of: dict[str, set[int]] = {}
         self._waiting: dict[int, set[str]] = {}  # port -> apps refused it
-        # app id -> service port -> why it was refused (shown in /status)
-        self.refused: dict[str, dict[int, str]] = {}
+        # One virtual host, one owner (a top-level group, or an app: --vhost-policy);
+        # one host and path, one service. Kept while a holder still claims it.
+        self._host_owner: dict[str, tuple[str, str]] = {}  # host -> (owner key, first app)
+        self._host_holders: dict[str, set[str]] = {}  # host -> apps claiming it
+        self._route_owner: dict[tuple[str, str], str] = {}  # (host, path) -> backend name
+        self._hosts_of: dict[str, set[str]] = {}
+        self._routes_of: dict[str, set[tuple[str, str]]] = {}
+        self._host_waiting: dict[str, set[str]] = {}
+        # backend -> (service as rendered, problem): left out after HAProxy refused it;
+        # let back in when the app's definition of that service changes.
+        self.excluded: dict[str, tuple[Service, Problem]] = {}
+        # app id -> its services left out (or capped), and why: shown in /status
+        self.problems: dict[str, tuple[Problem, ...]] = {}
+        self._freed_ports: set[int] = set()  # set by the claims of the last _refresh
+        self._freed_hosts: set[str] = set()
+        self._retrying: set[Problem] = set()  # bind failures a full sync is trying again
 
-    def _claim_ports(self, app_id: str, new: dict[str, DesiredService]) -> set[int]:
-        """Drop services whose port is taken or reserved; return the ports kept."""
+    def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
+        """Drop services whose port another app holds; return the problems."""
+        app_id = app.id
         kept: set[int] = set()
-        before = self.refused.pop(app_id, {})
-        refused: dict[int, str] = {}
-        for name, d in list(new.items()):
+        problems = []
+        for name, d in sorted(new.items()):
             port = d.service.port
             owner = self._port_owner.get(port, app_id)
-            if port in self._reserved or owner != app_id:
+            if owner != app_id:
                 del new[name]
                 self._waiting.setdefault(port, set()).add(app_id)
-                holder = f"app {owner}" if owner != app_id else "servicerouter itself"
-                refused[port] = (f"service port {port} is already bound by {holder}; "
-                                 "service skipped until the port is free")
-                if port not in before:
-                    log.error("app %s: %s, others applied", app_id, refused[port])
+                problems.append(Problem(
+                    app_id, d.service.index, "port_taken", port_label(app, d.service.index),
+                    str(port), f"is already bound by app {owner}; "
+                    "service skipped until the port is free"))
                 continue
             self._port_owner[port] = app_id
             kept.add(port)
-        if refused:
-            self.refused[app_id] = refused
-        return kept
+        freed = self._ports_of.get(app_id, set()) - kept
+        if kept:
+            self._ports_of[app_id] = kept
+        else:
+            self._ports_of.pop(app_id, None)
+        for port in freed:
+            del self._port_owner[port]
+        self._freed_ports = freed
+        return problems
+
+    def _claim_vhosts(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
+        """Drop services naming a host (or host and path) another owner holds."""
+        app_id, policy = app.id, self.settings.vhost_policy
+        key = vhost_owner(app_id, policy)
+        old_hosts = self._hosts_of.pop(app_id, set())
+        for route in self._routes_of.pop(app_id, set()):
+            del self._route_owner[route]
+        for host in old_hosts:
+            self._host_holders[host].discard(app_id)
+        hosts: set[str] = set()
+        routes: dict[tuple[str, str], str] = {}  # this app's: (host, path) -> backend
+        problems = []
+        for name, d in sorted(new.items()):
+            opts = d.service.options
+            if key is None or not opts.vhosts:
+                continue
+            problem = None
+            for host in opts.vhosts:
+                owner = self._host_owner.get(host)
+                holders = self._host_holders.get(host)
+                route = (host, opts.path or "")
+                if owner is not None and holders and owner[0] != key:
+                    problem = (f"names host {host}, which belongs to "
+                               f"{'group' if policy == 'group' else 'app'} {owner[0]} "
+                               f"(app {owner[1]} claimed it first)")
+                elif route in routes or route in self._route_owner:
+                    problem = (f"names host {host} and path {opts.path or '/'}, which "
+                               f"{self._route_owner.get(route) or routes[route]} already "
+                               "routes")
+                if problem:
+                    self._host_waiting.setdefault(host, set()).add(app_id)
+                    break
+            if problem:
+                del new[name]
+                problems.append(Problem(app_id, d.service.index, "vhost_taken",
+                                        f"HAPROXY_{d.service.index}_VHOST",
+                                        ",".join(opts.vhosts),
+                                        f"{problem}; service left out, others applied"))
+                continue
+            for host in opts.vhosts:
+                routes[(host, opts.path or "")] = name
+                hosts.add(host)
+        for host in hosts:
+            holders = self._host_holders.setdefault(host, set())
+            if not holders:
+                self._host_owner[host] = (key or "", app_id)
+            holders.add(app_id)
+        self._route_owner.update(routes)
+        if hosts:
+            self._hosts_of[app_id] = hosts
+        if routes:
+            self._routes_of[app_id] = set(routes)
+        self._freed_hosts = {h for h in old_hosts if not self._host_holders.get(h)}
+        for host in self._freed_hosts:
+            self._host_owner.pop(host, None)
+            self._host_holders.pop(host, None)
+        for host in old_hosts - self._freed_hosts - hosts:  # still held by others of its group
+            owner_key, first = self._host_owner[host]
+            if first == app_id:
+                self._host_owner[host] = (owner_key, min(self._host_holders[host],
+                                                         key=self._claim_order))
+        return problems
+
+    def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
+        """One app's services as admitted: checked, owned, not excluded by HAProxy."""
+        new = desired_services(app, self.settings)
+        problems = list(app.problems)
+        for name, d in list(new.items()):
+            admitted, found = check_service(app, d, self.settings, self.facts)
+            problems += found
+            if admitted is None:
+                del new[name]
+            else:
+                new[name] = admitted
+        problems += self._claim_ports(app, new)
+        problems += self._claim_vhosts(app, new)
+        for name, d in list(new.items()):
+            held = self.excluded.get(name)
+            if held is None:
+                continue
+            if held[0] == d.service:
+                del new[name]
+                problems.append(held[1])
+            else:
+                del self.excluded[name]  # a new definition: HAProxy gets to judge it again
+        return new, problems
+
+    def _report(self, app_id: str, problems: list[Problem]) -> None:
+        """Keep an app's problems for /status; log only the ones that are new."""
+        before = set(self.problems.pop(app_id, ()))
+        for p in problems:
+            if p not in before and p not in self._retrying:
+                log.log(logging.WARNING if p.reason == "too_many_servers" else logging.ERROR,
+                        "%s", p)
+        if problems:
+            self.problems[app_id] = tuple(dict.fromkeys(problems))
 
     def _refresh(self, app_id: str) -> set[str]:
         """Recompute one app's desired services; return the names that changed."""
         old = set(self._backends.get(app_id, ()))
         app = self.apps.get(app_id)
-        new = desired_services(app, self.settings) if app else {}
-        ports = self._claim_ports(app_id, new)
-        freed = self._ports_of.get(app_id, set()) - ports
-        if ports:
-            self._ports_of[app_id] = ports
+        self._freed_ports, self._freed_hosts = set(), set()
+        if app:
+            new, problems = self._admit(app)
         else:
-            self._ports_of.pop(app_id, None)
+            new, problems = {}, []
+            self._claim_ports(App(app_id), new)
+            self._claim_vhosts(App(app_id), new)
+            for name in old:
+                self.excluded.pop(name, None)
+        self._report(app_id, problems)
+        freed_ports, freed_hosts = self._freed_ports, self._freed_hosts
         dirty = {n for n in old if n not in new}
         for n in dirty:
             self.desired.pop(n, None)
@@ -78,12 +198,48 @@ class ClusterState:
             self._backends[app_id] = tuple(new)
         else:
             self._backends.pop(app_id, None)
-        for port in freed:  # a port let go: the first app refused it may have it now
-            del self._port_owner[port]
-            for waiter in sorted(self._waiting.pop(port, ())):
-                if waiter in self.apps:
-                    dirty |= self._refresh(waiter)
+        # A port or host let go: the apps refused it may have it now.
+        waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
+        waiters |= {w for host in freed_hosts for w in self._host_waiting.pop(host, ())}
+        for waiter in sorted(waiters - {app_id}, key=self._claim_order):
+            if waiter in self.apps:
+                dirty |= self._refresh(waiter)
         return dirty
+
+    def _claim_order(self, app_id: str) -> tuple[str, str]:
+        """Who claims first when several apps are new at once: the oldest definition."""
+        app = self.apps.get(app_id)
+        return (app.version if app else "", app_id)
+
+    def exclude(self, name: str, problem: Problem) -> set[str]:
+        """Leave out a backend HAProxy refused, until its definition changes."""
+        d = self.desired.get(name)
+        if d is None:
+            return set()
+        self.excluded[name] = (d.service, problem)
+        dirty = self._refresh(d.service.app_id)
+        self._retrying.discard(problem)
+        return dirty
+
+    def set_facts(self, facts: Facts) -> set[str]:
+        """New host facts (merged over the old); re-admit the apps whose facts changed."""
+        old, self.facts = self.facts, self.facts.merged(facts)
+        changed_certs = {k for k, v in self.facts.certs.items() if old.certs.get(k) != v}
+        changed_addrs = {k for k, v in self.facts.addresses.items() if old.addresses.get(k) != v}
+        if not changed_certs and not changed_addrs:
+            return set()
+        dirty: set[str] = set()
+        for app in list(self.apps.values()):
+            if any(s.options.ssl_cert in changed_certs or s.options.bind_address in changed_addrs
+                   for s in app.services):
+                # A certificate file replaced: what HAProxy refused may load now.
+                for name in [n for n, (svc, _) in self.excluded.items() if svc.app_id == app.id]:
+                    del self.excluded[name]
+                dirty |= self._refresh(app.id)
+        return dirty
+
+    def problem_list(self) -> list[Problem]:
+        return [p for problems in self.problems.values() for p in problems]
 
     def set_app(self, app: App) -> set[str]:
         self.apps[app.id] = app
@@ -97,9 +253,18 @@ class ClusterState:
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``
         (apps that failed to parse this time), which keep their last good state."""
-        fresh = {a.id: a for a in apps}
+        # New apps claim ports and hosts oldest definition first, not in payload order.
+        fresh = {a.id: a for a in sorted(apps, key=lambda a: (a.version, a.id))}
         keep = set(keep)
         dirty: set[str] = set()
+        # A frontend address that failed to bind gets another try at each full sync
+        # (reported again only if it changed: the engine re-excludes it before reloading).
+        for name, (svc, problem) in list(self.excluded.items()):
+            if problem.reason == "bind_failed":
+                del self.excluded[name]
+                self._retrying.add(problem)
+                if svc.app_id in self.apps:
+                    dirty |= self._refresh(svc.app_id)
         for app_id in list(self.apps):
             if app_id not in fresh and app_id not in keep:
                 dirty |= self.remove_app(app_id)

@@ -64,6 +64,11 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         if problems:
             return JSONResponse({"status": "unhealthy", "reason": "; ".join(problems)},
                                 status_code=503)
+        excluded = len(engine.app_errors) + len(engine.state.problem_list())
+        if excluded:  # HAProxy serves everything else: healthy, with apps left out
+            return JSONResponse({"status": "degraded", "services_excluded": excluded,
+                                 "reason": f"{excluded} services left out or limited; "
+                                           "see /status problems"})
         return JSONResponse({"status": "ok"})
 
     async def status(request: Request) -> Response:
@@ -135,12 +140,13 @@ def _service_status(engine: Engine, name: str,
             "slots": {"used": used, "free": shape.slots - used}, "endpoints": endpoints}
 
 
-def _problems(engine: Engine, app_filter: str | None) -> list[dict[str, str]]:
+def _problems(engine: Engine, app_filter: str | None) -> list[dict[str, Any]]:
     """Apps (or their service ports) left out, and why; at most MAX_PAGE."""
-    out = [{"app_id": app_id, "error": message}
-           for app_id, message in engine.app_errors.items()]
-    out += [{"app_id": app_id, "error": message}
-            for app_id, ports in engine.state.refused.items() for message in ports.values()]
+    out: list[dict[str, Any]] = [{"app_id": app_id, "reason": "invalid_app", "error": message}
+                                 for app_id, message in engine.app_errors.items()]
+    out += [{"app_id": p.app_id, "service_index": p.index, "reason": p.reason, "label": p.label,
+             "value": p.value, "error": f"{p.label}={p.value!r} {p.message}"}
+            for p in engine.state.problem_list()]
     if app_filter is not None:
         prefix = app_filter.rstrip("/") + "/"
         out = [p for p in out if p["app_id"] == app_filter or p["app_id"].startswith(prefix)]

@@ -103,7 +103,7 @@ def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
 
         found = wait_for(two_problems, 15, what="two problems in /status")
         assert "HAPROXY_0_MODE='udp'" in found["/mon/badlabel"]
-        assert f"service port {port} is already bound by app /mon/web" in found["/mon/dup"]
+        assert f"HAPROXY_0_PORT='{port}' is already bound by app /mon/web" in found["/mon/dup"]
         wait_routed(port, live)
 
         # HAProxy stops behind the daemon's back: healthz says so, in one line of JSON.

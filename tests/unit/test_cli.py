@@ -100,3 +100,20 @@ def test_reload_command_is_detected_like_servicerouter_py(tmp_path: Path) -> Non
     (tmp_path / "etc/init.d").mkdir(parents=True)
     (tmp_path / "etc/init.d/haproxy").write_text("#!/bin/sh\n")
     assert detect_reload_command(tmp_path) == "/etc/init.d/haproxy reload"
+
+
+def test_multi_tenant_flags_and_their_environment_variables() -> None:
+    env = {"SERVICEROUTER_SSL_CERT_DIR": "/etc/ssl/a,/etc/ssl/b",
+           "SERVICEROUTER_VHOST_POLICY": "exclusive",
+           "SERVICEROUTER_MAX_SERVERS_PER_BACKEND": "500"}
+    settings = cli.settings_from(cli.build_parser(env).parse_args(["run"]))
+    assert settings.ssl_cert_dirs == ("/etc/ssl/a", "/etc/ssl/b")
+    assert (settings.vhost_policy, settings.max_servers_per_backend) == ("exclusive", 500)
+    defaults = cli.settings_from(cli.build_parser({}).parse_args(["render"]))
+    assert (defaults.ssl_cert_dirs, defaults.vhost_policy) == ((), "group")
+    assert defaults.max_servers_per_backend == 2000
+    with pytest.raises(cli.CliError, match="--max-servers-per-backend"):
+        cli.settings_from(cli.build_parser({}).parse_args(
+            ["run", "--max-servers-per-backend", "-1"]))
+    with pytest.raises(SystemExit):
+        cli.build_parser({}).parse_args(["run", "--vhost-policy", "anyone"])

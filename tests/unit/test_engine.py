@@ -93,6 +93,7 @@ def make_engine() -> tuple[Engine, FakeRuntime, FakeWriter, FakeReloader]:
     engine = Engine(config, None, runtime, writer, reloader,  # type: ignore[arg-type]
                     Metrics(), lambda host: host)
     runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port: None  # no real sockets here
     return engine, runtime, writer, reloader
 
 
@@ -158,9 +159,11 @@ async def test_a_rejected_candidate_keeps_the_old_config_and_is_not_retried() ->
     assert reloader.reloads == 1 and len(writer.written) == 1  # nothing replaced
     assert len(writer.rejected) == 1
     assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
+    # The config without any service is rejected too: no service is to blame.
+    assert writer.validated == 4  # the current config, then all services, then none
     engine._next_reload_at = 0.0  # the backoff has passed
     await engine.step()
-    assert writer.validated == 2  # the same candidate is not validated again
+    assert writer.validated == 4  # the same candidate is not validated again
     assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
     # Churn of the existing app still flows at runtime meanwhile.
     engine.mark(engine.state.set_app(app(1, 3)))

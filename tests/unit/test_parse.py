@@ -391,3 +391,40 @@ def test_two_service_ports_of_one_app_on_the_same_port_is_an_app_error() -> None
     assert [a.id for a in result.apps] == ["/fine"]
     (err,) = result.errors
     assert err.app_id == "/dup" and "port 10000" in err.message
+
+
+_BAD_INTERVALS = [(float("inf"), "inf"), (float("nan"), "nan"), (1e308, "1e+308"),
+                  (2147484, "2147484"), (-1, "-1")]
+_BAD_VALUES = [
+    ({"portDefinitions": [{"port": 10901}, {"port": -5}]}, "portDefinitions[1].port", "-5"),
+    ({"portDefinitions": [{"port": 10901}, {"port": 65536}]}, "portDefinitions[1].port",
+     "65536"),
+    ({"portDefinitions": [{"port": 10901}, {"port": 1e20}]}, "portDefinitions[1].port",
+     "1e+20"),
+    *[({"portDefinitions": [{"port": 10901}, {"port": 10902}],
+        "healthChecks": [{"protocol": "TCP", "portIndex": 1, "intervalSeconds": v}]},
+       "healthChecks[0].intervalSeconds", text) for v, text in _BAD_INTERVALS],
+]
+
+
+@pytest.mark.parametrize(("override", "field", "value"), _BAD_VALUES)
+def test_a_value_that_cannot_work_leaves_out_that_service_only(override, field, value) -> None:
+    raw = _host_app(id="/bad/ports")
+    raw.update(override)
+    result = parse_apps({"apps": [raw, _host_app(id="/good", portDefinitions=[{"port": 10903}])]},
+                        "test", resolve)
+    assert result.errors == []
+    bad, good = result.apps
+    assert [s.port for s in bad.services] == [10901]  # the app's other port goes on
+    assert [s.port for s in good.services] == [10903]
+    (problem,) = bad.problems
+    assert (problem.app_id, problem.index, problem.label, problem.value) == (
+        "/bad/ports", 1, field, value)
+    assert "service left out" in problem.message
+
+
+def test_largest_health_check_interval_haproxy_holds_is_kept() -> None:
+    app, _ = parse_app(_host_app(healthChecks=[{"protocol": "TCP",
+                                                "intervalSeconds": 2147483}]), resolve)
+    assert app.services[0].options.health_check_interval_ms == 2147483000 <= 2**31 - 1
+    assert app.problems == ()

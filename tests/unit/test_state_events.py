@@ -83,14 +83,16 @@ def test_a_port_is_bound_by_one_app_only_and_freed_ports_pass_on() -> None:
     assert s.set_app(one_port_app("/first", 10000)) == {"first_10000"}
     assert s.set_app(one_port_app("/second", 10000)) == set()  # refused: port taken
     assert set(s.desired) == {"first_10000"}
-    assert "already bound by app /first" in s.refused["/second"][10000]
+    (problem,) = s.problems["/second"]
+    assert (problem.reason, problem.value) == ("port_taken", "10000")
+    assert "already bound by app /first" in problem.message
     # The owner keeps its port across updates and full syncs.
     s.replace_all([one_port_app("/second", 10000), one_port_app("/first", 10000)])
     assert set(s.desired) == {"first_10000"}
     # Once the owner lets go, the refused app gets the port.
     assert s.remove_app("/first") == {"first_10000", "second_10000"}
     assert set(s.desired) == {"second_10000"}
-    assert s.refused == {}
+    assert s.problems == {}
 
 
 def test_ports_servicerouter_binds_itself_are_refused() -> None:

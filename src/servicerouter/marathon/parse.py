@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..labels import LabelError, parse_labels, parse_path
-from ..model import App, Health, NetworkMode, Options, Service, Task
+from ..model import App, Health, NetworkMode, Options, Problem, Service, Task, shown, valid_port
 
 # host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
 Resolver = Callable[[str], "str | None"]
@@ -99,13 +100,24 @@ def _port_mappings(app: Mapping[str, Any]) -> tuple[list[Any], str]:
             "container.docker.portMappings")
 
 
-def service_ports(app: Mapping[str, Any], mode: NetworkMode) -> tuple[list[int], list[int]]:
-    """(service port per index, container port per index for IP-per-task)."""
+def _number(value: Any, where: str) -> int | float:
+    """A JSON number, kept as given: its range is checked per service (see parse_app)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AppParseError(where, f"expected an integer, got {value!r}")
+    return value
+
+
+def service_ports(app: Mapping[str, Any], mode: NetworkMode
+                  ) -> tuple[list[tuple[int | float, str]], list[int]]:
+    """((service port, its field) per index, container port per index for IP-per-task).
+
+    A service port is any JSON number here; :func:`parse_app` leaves out a service whose
+    port is not 0 (none) or 1-65535, without failing the app's other ports."""
     if mode is not NetworkMode.HOST:
         mappings, where = _port_mappings(app)
         if mappings:
-            svc = [_int(_get(m, "servicePort", 0), f"{where}[{i}].servicePort")
-                   for i, m in enumerate(mappings)]
+            svc = [(_number(_get(m, "servicePort", 0), f"{where}[{i}].servicePort"),
+                    f"{where}[{i}].servicePort") for i, m in enumerate(mappings)]
             cports = [_int(_get(m, "containerPort", 0), f"{where}[{i}].containerPort")
                       for i, m in enumerate(mappings)]
             return svc, cports
@@ -115,13 +127,15 @@ def service_ports(app: Mapping[str, Any], mode: NetworkMode) -> tuple[list[int],
             cports = [_int(_get(p, "number", 0), f"ipAddress.discovery.ports[{i}].number")
                       for i, p in enumerate(discovery)]
             legacy = _list(app, "ports", "ports")
-            svc = [_int(p, f"ports[{i}]") for i, p in enumerate(legacy)][: len(cports)]
-            return svc + [0] * (len(cports) - len(svc)), cports
+            svc = [(_number(p, f"ports[{i}]"), f"ports[{i}]")
+                   for i, p in enumerate(legacy)][: len(cports)]
+            return svc + [(0, "ports")] * (len(cports) - len(svc)), cports
     defs = _list(app, "portDefinitions", "portDefinitions")
     if defs:
-        return [_int(_get(d, "port", 0), f"portDefinitions[{i}].port")
-                for i, d in enumerate(defs)], []
-    return [_int(p, f"ports[{i}]") for i, p in enumerate(_list(app, "ports", "ports"))], []
+        return [(_number(_get(d, "port", 0), f"portDefinitions[{i}].port"),
+                 f"portDefinitions[{i}].port") for i, d in enumerate(defs)], []
+    return [(_number(p, f"ports[{i}]"), f"ports[{i}]")
+            for i, p in enumerate(_list(app, "ports", "ports"))], []
 
 
 def task_health(raw_task: Mapping[str, Any], has_health_checks: bool) -> Health:
@@ -208,13 +222,25 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
     services: list[Service] = []
-    for index, port in enumerate(svc_ports):
+    problems: list[Problem] = []
+    for index, (raw_port, port_field) in enumerate(svc_ports):
         sl = parsed.for_index(index)
-        port = sl.port or port
+        if sl.port is None and raw_port != 0 and not valid_port(raw_port):
+            problems.append(Problem(app_id, index, "port", port_field, shown(raw_port),
+                                    "is not a port (1-65535); service left out"))
+            continue
+        port = sl.port or int(raw_port)
         if not port:
             warnings.append(f"app {app_id}: service port index {index} has no service port "
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
-        options = _with_health_check(sl.options, health_checks, index)
+        try:
+            options = _with_health_check(sl.options, health_checks, index)
+        except _BadInterval as bad:
+            problems.append(Problem(app_id, index, "health_check", bad.where, shown(bad.value),
+                                    f"is not a health check interval HAProxy accepts "
+                                    f"(finite, 0 to {MAX_INTERVAL_SECONDS} s); "
+                                    "service left out"))
+            continue
         if port and any(s.port == port for s in services):
             first = next(s.index for s in services if s.port == port)
             raise AppParseError(f"service port index {index}",
@@ -229,10 +255,22 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
         container_ports=tuple(container_ports),
         has_health_checks=any(_get(h, "protocol") != "COMMAND" for h in health_checks),
         services=tuple(services),
+        problems=tuple(problems),
     )
     tasks = tuple(parse_task(app, t, resolve, i)
                   for i, t in enumerate(_list(raw, "tasks", "tasks")))
     return replace(app, tasks=tasks), warnings
+
+
+# HAProxy keeps timers in signed 32-bit milliseconds: "inter" above 2147483647 ms is
+# refused by haproxy -c (and Infinity/NaN have no millisecond value at all).
+MAX_INTERVAL_SECONDS = 2147483  # whole seconds: 2147483000 ms fits, 2147484 s does not
+
+
+class _BadInterval(Exception):
+    def __init__(self, where: str, value: float) -> None:
+        self.where, self.value = where, value
+        super().__init__(where)
 
 
 def _with_health_check(options: Options, health_checks: list[Any], index: int) -> Options:
@@ -242,10 +280,12 @@ def _with_health_check(options: Options, health_checks: list[Any], index: int) -
             continue
         protocol = str(_get(hc, "protocol", "HTTP"))
         seconds = _get(hc, "intervalSeconds", 2)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise AppParseError(f"healthChecks[{i}].intervalSeconds",
                                 f"expected a number of seconds, got {seconds!r}")
-        interval = int((seconds or 2) * 1000)
+        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_INTERVAL_SECONDS):
+            raise _BadInterval(f"healthChecks[{i}].intervalSeconds", seconds)
+        interval = max(int((seconds or 2) * 1000), 1)
         if protocol in ("HTTP", "MESOS_HTTP"):
             try:
                 path = parse_path("healthChecks.path", str(_get(hc, "path", "/")))
@@ -275,6 +315,10 @@ def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
             app, warnings = parse_app(raw, resolve)
         except (AppParseError, LabelError) as exc:
             result.errors.append(AppError(str(app_id), f"{exc}; app skipped, others applied"))
+            continue
+        except Exception as exc:  # a shape no rule foresaw: still only this app's problem
+            result.errors.append(AppError(str(app_id), f"cannot be read ({type(exc).__name__}: "
+                                          f"{shown(str(exc))}); app skipped, others applied"))
             continue
         if app.id in seen:
             result.errors.append(AppError(app.id, "listed twice; second copy skipped"))

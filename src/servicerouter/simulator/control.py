@@ -20,6 +20,10 @@
                                        "taskStatus"?, "host"?, "ports"?, "alive"?,
                                        "dropped"?}]}``
 ``GET /_sim/status``                   counts of apps, tasks, deployments, streams
+``POST /_sim/apps/{appId}/tamper``      body ``{"definition": {..}, "taskPorts": [..]}``:
+                                       store these values verbatim, unvalidated (what an
+                                       older or laxer Marathon lets through), then an
+                                       ``api_post_event``; for tests of bad input
 =====================================  ==============================================
 
 They are exempt from basic auth so tests can drive a protected simulator.
@@ -33,7 +37,9 @@ from starlette.routing import Route
 
 from .api import handle_errors, json_response
 from .context import SimContext
+from .events import api_post
 from .model import TASK_FAILED, TERMINAL_STATES, Task
+from .serialize import definition_json
 from .state import ApiError
 
 
@@ -113,6 +119,26 @@ async def events_log(request: Request) -> Response:
     return json_response({"seq": bus.seq, "events": bus.log_since(since, limit)})
 
 
+@handle_errors
+async def tamper(request: Request) -> Response:
+    ctx = _ctx(request)
+    app = ctx.state.get_app(request.path_params["app_id"])
+    try:
+        body = await request.json()  # Python's json: NaN and Infinity are allowed
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, {"message": 'body must be {"definition": {..}, "taskPorts": [..]}'})
+    app.definition.update(body.get("definition") or {})
+    if "taskPorts" in body:
+        for task in app.tasks.values():
+            task.ports = list(body["taskPorts"])
+            task.cache = None
+    app.cache.clear()
+    ctx.state.emit(api_post("127.0.0.1", f"/v2/apps{app.id}", definition_json(app)))
+    return json_response(definition_json(app))
+
+
 async def status(request: Request) -> Response:
     ctx = _ctx(request)
     return json_response(
@@ -138,4 +164,5 @@ def routes() -> list[Route]:
         Route("/_sim/tasks/{task_id}/health", task_health, methods=["POST"]),
         Route("/_sim/tasks/{task_id}/fail", task_fail, methods=["POST"]),
         Route("/_sim/status", status, methods=["GET"]),
+        Route("/_sim/apps/{app_id:path}/tamper", tamper, methods=["POST"]),
     ]

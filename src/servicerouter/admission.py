@@ -1,0 +1,131 @@
+"""Admission: what one app's service may have on this host. Pure.
+
+``marathon/parse`` checks the syntax of one app; admission decides what a
+service's values will *do* here: a port the daemon uses itself, a bind address
+the host lacks, a certificate from outside the operator's folders, a task port
+HAProxy cannot connect to, more servers than one backend may hold. The facts
+about the host (certificate files, local addresses) are gathered at the edge
+(:mod:`servicerouter.hostfacts`) and passed in.
+
+Who owns a port or a virtual host across apps is decided in
+:class:`~servicerouter.state.ClusterState`, which remembers who claimed it
+first; the rules it applies (:func:`vhost_owner`) are here.
+
+Every refusal is a :class:`~servicerouter.model.Problem` naming app, label
+and value; the service is left out and everything else goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from .layout import DesiredService, Settings
+from .model import App, Problem, shown, valid_port
+
+# Why a service is left out (or limited): the values of the
+# servicerouter_services_excluded{reason} metric.
+REASONS = (
+    "invalid_app",  # the app definition could not be read at all (every port of it)
+    "port",  # a service port outside 1-65535
+    "health_check",  # a health check interval HAProxy cannot hold
+    "task_port",  # a task (backend) port outside 1-65535
+    "port_reserved",  # the daemon's own ports
+    "port_taken",  # another app holds the service port
+    "vhost_taken",  # another group (or app) owns the virtual host, or host+path
+    "bind_address",  # HAPROXY_{n}_BIND_ADDR is not an address of this host
+    "ssl_cert",  # HAPROXY_{n}_SSL_CERT refused
+    "bind_failed",  # the frontend address could not be bound just before a reload
+    "haproxy_rejected",  # haproxy -c rejected what the service renders to
+    "too_many_servers",  # capped at --max-servers-per-backend (still routed)
+)
+VHOST_POLICIES = ("group", "exclusive", "open")
+
+
+@dataclass(frozen=True, slots=True)
+class CertFact:
+    """What the edge found for one ``SSL_CERT`` path: the file HAProxy should load
+    (symlinks resolved), or why it may not."""
+
+    path: str | None
+    problem: str | None = None
+    stamp: tuple[int, int] = (0, 0)  # (mtime ns, size): a file replaced is a new fact
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Host facts admission needs, gathered at the edge for the values apps name."""
+
+    certs: Mapping[str, CertFact] = field(default_factory=dict)
+    addresses: Mapping[str, bool] = field(default_factory=dict)  # bind address -> host has it
+
+    def merged(self, other: Facts) -> Facts:
+        return Facts({**self.certs, **other.certs}, {**self.addresses, **other.addresses})
+
+
+def top_group(app_id: str) -> str:
+    """The top-level Marathon group of an app: ``/shop/web/api`` → ``/shop``; an app at
+    the root is its own group (``/web`` → ``/web``)."""
+    return "/" + app_id.strip("/").split("/")[0]
+
+
+def vhost_owner(app_id: str, policy: str) -> str | None:
+    """The key that owns a virtual host an app claims first; None: nobody owns hosts."""
+    if policy == "group":
+        return top_group(app_id)
+    if policy == "exclusive":
+        return app_id
+    return None
+
+
+def _label(app: App, index: int, suffix: str, fallback: str) -> str:
+    label = f"HAPROXY_{index}_{suffix}"
+    return label if label in app.labels else fallback
+
+
+def port_label(app: App, index: int) -> str:
+    """The label (or definition field) a service port came from."""
+    return _label(app, index, "PORT", f"service port index {index}")
+
+
+def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
+                  ) -> tuple[DesiredService | None, list[Problem]]:
+    """Admit one desired service: the service as HAProxy should have it (certificate
+    path resolved, endpoints capped), or None when it is left out; and the problems."""
+    svc, opts, index = d.service, d.service.options, d.service.index
+
+    def refuse(reason: str, label: str, value: object, message: str
+               ) -> tuple[DesiredService | None, list[Problem]]:
+        return None, [Problem(app.id, index, reason, label, shown(value),
+                              f"{message}; service left out, others applied")]
+
+    if svc.port in settings.own_ports:
+        return refuse("port_reserved", port_label(app, index), svc.port,
+                      "is a port servicerouter or its HAProxy uses itself")
+    if opts.bind_address != "*" and facts.addresses.get(opts.bind_address) is False:
+        return refuse("bind_address", f"HAPROXY_{index}_BIND_ADDR", opts.bind_address,
+                      "is not an address of this host")
+    if opts.ssl_cert is not None:
+        fact = facts.certs.get(opts.ssl_cert)
+        label = f"HAPROXY_{index}_SSL_CERT"
+        if fact is None or fact.path is None:
+            why = fact.problem if fact and fact.problem else "was not checked"
+            return refuse("ssl_cert", label, opts.ssl_cert, why)
+        if fact.path != opts.ssl_cert:
+            svc = replace(svc, options=replace(opts, ssl_cert=fact.path))
+    bad = next((e for e in d.endpoints if not valid_port(e.port)), None)
+    if bad is not None:
+        return refuse("task_port", f"tasks[{bad.task_id}].port", bad.port,
+                      "is not a port HAProxy can connect to (1-65535)")
+    endpoints, problems = d.endpoints, []
+    cap = settings.max_servers_per_backend
+    if cap and len(endpoints) > cap:
+        keep = set(sorted(e.task_id for e in endpoints)[:cap])  # stable: by task id
+        endpoints = tuple(e for e in endpoints if e.task_id in keep)
+        problems.append(Problem(
+            app.id, index, "too_many_servers", "instances", str(len(d.endpoints)),
+            f"tasks are more than --max-servers-per-backend {cap}; only the first {cap} "
+            "by task id are routed"))
+    if svc is d.service and endpoints is d.endpoints:
+        return d, problems
+    return DesiredService(svc, endpoints), problems

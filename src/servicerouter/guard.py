@@ -1,0 +1,106 @@
+"""What the engine does before a reload so one service cannot fail it for everyone.
+
+- Every frontend address the running HAProxy does not have yet is bound once
+  (:func:`~servicerouter.hostfacts.bind_problem`): a service whose address
+  cannot be bound is left out instead of failing the reload (and pausing every
+  frontend while HAProxy tries).
+- When ``haproxy -c`` rejects a candidate anyway, the services it blames
+  (:mod:`~servicerouter.isolation`) are left out and the rest is validated again.
+
+Both leave the service out through :meth:`ClusterState.exclude`, until the
+app's definition of it changes; a bind failure is also retried at each full
+resync (:meth:`ClusterState.replace_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import hostfacts, isolation
+from .admission import port_label
+from .haproxy.render import hostport, render
+from .layout import Layout, Settings, SlotTable
+from .model import Problem, shown
+from .state import ClusterState
+
+if TYPE_CHECKING:
+    from .engine import ConfigWriter
+
+log = logging.getLogger("servicerouter.engine")
+_BIND = re.compile(r"^\s*bind\s+(\S+)", re.MULTILINE)
+
+
+class Guard:
+    def __init__(self, state: ClusterState, writer: ConfigWriter, settings: Settings,
+                 templates: Path | None) -> None:
+        self.state = state
+        self.writer = writer
+        self.settings = settings
+        self.templates = templates
+        self._bound: set[str] | None = None  # frontend addresses in the config HAProxy has
+        self.bind_problem = hostfacts.bind_problem  # the edge; unit tests replace it
+
+    def served(self, text: str) -> None:
+        """HAProxy now serves ``text``: its addresses are bound."""
+        self._bound = set(_BIND.findall(text))
+
+    def exclude_unbindable(self) -> set[str]:
+        """Try to bind each frontend address the running HAProxy does not have yet; leave
+        out the services whose address fails. Returns the backends that changed."""
+        if self._bound is None:  # HAProxy may serve the file an earlier run left
+            path = getattr(self.writer, "path", None)
+            with contextlib.suppress(OSError, TypeError):
+                self._bound = set(_BIND.findall(Path(path).read_text()))  # type: ignore[arg-type]
+        dirty: set[str] = set()
+        for name, d in sorted(self.state.desired.items()):
+            opts, svc = d.service.options, d.service
+            address = hostport(opts.bind_address, svc.port)
+            if address in (self._bound or ()):
+                continue
+            problem = self.bind_problem(opts.bind_address, svc.port)
+            if problem is not None:
+                app = self.state.apps[svc.app_id]
+                label = (f"HAPROXY_{svc.index}_BIND_ADDR" if opts.bind_address != "*"
+                         else port_label(app, svc.index))
+                dirty |= self.state.exclude(name, Problem(
+                    svc.app_id, svc.index, "bind_failed", label, address,
+                    f"{problem}; service left out until its definition changes or the next "
+                    "full resync, others applied"))
+        return dirty
+
+    async def exclude_rejected(self, layout: Layout, table: SlotTable, text: str,
+                               output: str, kept: Path, running: Layout) -> bool:
+        """Find the services haproxy -c rejects and leave them out; False if none can be
+        blamed: the config is rejected without them too, or every one is rejected (an
+        operator's template or setting, not a tenant's value).
+
+        A service HAProxy runs now with the same definition is not a suspect: when it
+        is rejected all the same, the change is the operator's."""
+        trusted = {n for n, shape in layout.items()
+                   if n in running and running[n].service == shape.service}
+        suspects = [n for n in layout if n not in trusted]
+
+        async def check(names: Collection[str]) -> tuple[bool, str]:
+            part = {n: layout[n] for n in [*names, *trusted]}
+            return await self.writer.validate(render(part, table, self.settings,
+                                                     self.templates))
+
+        mapped = {n: a for n, a in isolation.culprits(output, text, layout).items()
+                  if n not in trusted}
+        bad = await isolation.rejected_services(suspects, mapped, check)
+        if not bad or (len(bad) == len(suspects) > 1):
+            return False
+        log.error("haproxy -c rejected the candidate config (kept at %s); leaving out the %d "
+                  "services it blames, validating the rest", kept, len(bad))
+        for name, alert in sorted(bad.items()):
+            svc = layout[name].service
+            self.state.exclude(name, Problem(
+                svc.app_id, svc.index, "haproxy_rejected", f"backend {name}", shown(alert),
+                "is what haproxy -c said about this service; service left out until its "
+                "definition changes, others applied"))
+        return True

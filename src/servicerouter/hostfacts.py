@@ -1,0 +1,124 @@
+"""Facts about this host that admission needs: the edge where they are gathered.
+
+- certificate files an app names (``HAPROXY_{n}_SSL_CERT``): under an
+  operator-allowed folder once symlinks are resolved, a regular file, holding a
+  certificate and a private key;
+- bind addresses an app names (``HAPROXY_{n}_BIND_ADDR``): ones the host has,
+  found by binding a socket to the address (port 0, closed at once);
+- just before a reload, whether each new frontend address can be bound.
+
+Only values apps actually name are looked at, so a sync touches a handful of files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import socket
+import stat
+from collections.abc import Iterable
+
+from .admission import CertFact, Facts
+from .layout import Settings
+from .model import App
+
+MAX_CERT_BYTES = 1 << 20
+_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[str]
+               ) -> CertFact:
+    """May HAProxy load ``path`` for an app? The file to load (symlinks resolved), or why not.
+
+    Allowed: a file named in ``--ssl-certs``, or one under an ``--ssl-cert-dir`` both as
+    written and once every symlink is resolved (a link may not lead out of the folder)."""
+    lexical = os.path.normpath(path)
+    real = os.path.realpath(path)
+    allowed = False
+    for f in allowed_files:
+        if lexical == os.path.normpath(f) and real == os.path.realpath(f):
+            allowed = True
+    folders = [(os.path.normpath(d), os.path.realpath(d)) for d in allowed_dirs]
+    for written, resolved in folders:
+        if (_inside(lexical, written) or _inside(lexical, resolved)) and _inside(real, resolved):
+            allowed = True
+    if not allowed:
+        if any(_inside(lexical, w) or _inside(lexical, r) for w, r in folders):
+            return CertFact(None, f"resolves to {real}, outside the allowed certificate folders "
+                                  "(a symlink may not lead out of them)")
+        where = ", ".join(d for d, _ in folders) or "none: set --ssl-cert-dir"
+        return CertFact(None, f"is not under an allowed certificate folder ({where})")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return CertFact(None, f"cannot be opened: {exc.strerror}")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return CertFact(None, "is not a regular file")
+        if info.st_size > MAX_CERT_BYTES:
+            return CertFact(None, f"is larger than {MAX_CERT_BYTES} bytes")
+        data = os.read(fd, MAX_CERT_BYTES)
+    except OSError as exc:
+        return CertFact(None, f"cannot be read: {exc.strerror}")
+    finally:
+        os.close(fd)
+    stamp = (info.st_mtime_ns, info.st_size)
+    if not _CERT.search(data) or not _KEY.search(data):
+        return CertFact(None, "does not hold both a certificate and a private key (PEM)",
+                        stamp)
+    return CertFact(real, None, stamp)
+
+
+def host_has_address(address: str) -> bool:
+    """Whether this host has ``address`` (binding a socket to it succeeds)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+    except OSError as exc:
+        return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
+def bind_problem(address: str, port: int) -> str | None:
+    """Why HAProxy could not bind ``address:port`` now, or None when it can.
+
+    Binds as HAProxy does (SO_REUSEADDR and SO_REUSEPORT), so a port HAProxy itself
+    already listens on passes, and one held by any other process fails. A port the
+    daemon may not bind (below 1024 without the right) is left to HAProxy."""
+    host = "" if address in ("*", "") else address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(AttributeError, OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return None  # a privileged port: HAProxy may run with rights the daemon lacks
+        return f"cannot be bound: {exc.strerror or exc}"
+    return None
+
+
+def gather(apps: Iterable[App], settings: Settings) -> Facts:
+    """The facts for every certificate and bind address ``apps`` name."""
+    certs: dict[str, CertFact] = {}
+    addresses: dict[str, bool] = {}
+    for app in apps:
+        for svc in app.services:
+            opts = svc.options
+            if opts.ssl_cert is not None and opts.ssl_cert not in certs:
+                certs[opts.ssl_cert] = check_cert(opts.ssl_cert, settings.ssl_cert_dirs,
+                                                  settings.ssl_certs)
+            if opts.bind_address != "*" and opts.bind_address not in addresses:
+                addresses[opts.bind_address] = host_has_address(opts.bind_address)
+    return Facts(certs, addresses)

@@ -1,0 +1,225 @@
+"""One app never harms another: bad values, stolen names and oversized apps, end to end.
+
+Real HAProxy, the simulator, real tasks. Values Marathon itself would refuse
+(ports out of range, Infinity) are stored with the simulator's test-only
+``/_sim/apps/{id}/tamper``, as a laxer Marathon would serve them. Every test
+checks that another app keeps serving through HAProxy and that a new app is
+still routed while the bad one is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from servicerouter.haproxy.master_cli import MasterCLI
+from servicerouter.naming import service_name
+
+from .conftest import needs_haproxy
+from .harness import Daemon, Simulator, responders, running, wait_for
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+# Markers of a PEM file, but nothing HAProxy can load: passes admission, fails haproxy -c.
+FAKE_PEM = ("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+
+
+def tamper(sim: Simulator, app_id: str, **body: Any) -> None:
+    r = sim.http.post(f"/_sim/apps{app_id}/tamper", content=json.dumps(body),  # NaN allowed
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def problems(daemon: Daemon) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in daemon.status()["problems"]:
+        out.setdefault(p["app_id"], []).append(p)
+    return out
+
+
+def scrape(daemon: Daemon, name: str) -> dict[str, float]:
+    found = {}
+    for line in daemon.metrics().splitlines():
+        if line.startswith(name + "{"):
+            key, _, value = line.rpartition(" ")
+            found[key[len(name) + 1:-1]] = float(value)
+    return found
+
+
+def serving(sim: Simulator, app_id: str, port: int, timeout: float = 30.0) -> None:
+    """Wait until traffic through ``port`` reaches exactly the app's running tasks (as
+    the simulator has them now: it may have replaced one meanwhile)."""
+    wait_for(lambda: responders(port, 12) == sim.running(app_id), timeout,
+             what=f"traffic on :{port} reaching exactly the tasks of {app_id}")
+
+
+def new_app_is_routed(sim: Simulator, daemon: Daemon, app_id: str) -> None:
+    before = daemon.reloads()
+    port, _ = sim.launch(app_id, 1)
+    serving(sim, app_id, port)
+    # The master's socket is briefly away while it re-executes for a reload.
+    wait_for(lambda: daemon.reloads() > before, 15, what="HAProxy's reload count to grow")
+
+
+def test_fresh_start_next_to_bad_apps_serves_the_others(tmp_path: Path,
+                                                        simulator: Simulator) -> None:
+    certs, elsewhere = tmp_path / "certs", tmp_path / "elsewhere"
+    certs.mkdir()
+    elsewhere.mkdir()
+    (certs / "adir").mkdir()
+    (certs / "fake.pem").write_text(FAKE_PEM)
+    (elsewhere / "other-tenant.pem").write_text(FAKE_PEM)
+    os.symlink(elsewhere / "other-tenant.pem", certs / "escape.pem")
+    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs))
+    good_port, _ = simulator.launch("/good", 2)
+
+    expected: dict[str, str] = {}  # app id -> reason
+
+    def bad(app_id: str, reason: str, instances: int = 0, labels: dict[str, str] | None = None,
+            **tampered: Any) -> None:
+        # No cmd: the simulator's fake executor runs the tasks (their ports are tampered).
+        simulator.create_app(app_id, instances=instances, labels=labels, cmd=None)
+        if instances:
+            simulator.wait_running(app_id, instances)
+        if tampered:
+            tamper(simulator, app_id, **tampered)
+        expected[app_id] = reason
+
+    for name, value in (("missing", certs / "missing.pem"), ("dir", certs / "adir"),
+                        ("shadow", "/etc/shadow"), ("outside", elsewhere / "other-tenant.pem"),
+                        ("symlink", certs / "escape.pem")):
+        bad(f"/bad/cert-{name}", "ssl_cert", labels={"HAPROXY_0_SSL_CERT": str(value)})
+    bad("/bad/cert-unloadable", "haproxy_rejected",
+        labels={"HAPROXY_0_SSL_CERT": str(certs / "fake.pem")})
+    for name, port in (("neg", -5), ("big", 65536), ("huge", 1e20)):
+        bad(f"/bad/port-{name}", "port", definition={"portDefinitions": [{"port": port}]})
+    for name, port in (("zero", 0), ("neg", -3), ("big", 70000)):
+        bad(f"/bad/taskport-{name}", "task_port", instances=1, taskPorts=[port])
+    for name, seconds in (("inf", float("inf")), ("nan", float("nan")), ("1e308", 1e308),
+                          ("big", 2147484)):
+        bad(f"/bad/hc-{name}", "health_check", definition={"healthChecks": [
+            {"protocol": "TCP", "portIndex": 0, "intervalSeconds": seconds}]})
+    bad("/bad/bind-addr", "bind_address", labels={"HAPROXY_0_BIND_ADDR": "192.0.2.77"})
+    bad("/bad/daemon-port", "port_reserved",
+        labels={"HAPROXY_0_PORT": str(daemon.listen_port)})
+    bad("/bad/held-port", "bind_failed", labels={"HAPROXY_0_PORT": str(simulator.port)})
+    bad("/bad/taken-port", "port_taken", labels={"HAPROXY_0_PORT": str(good_port)})
+
+    daemon.start()
+    with running(daemon):
+        serving(simulator, "/good", good_port)
+        found = wait_for(lambda: (p := problems(daemon)) and set(p) >= set(expected) and p,
+                         30, what="every bad app in /status problems")
+        for app_id, reason in expected.items():
+            (problem,) = found[app_id]
+            assert problem["reason"] == reason, (app_id, problem)
+            assert problem["value"] and len(problem["value"]) <= 203, problem
+        assert "outside the allowed" in found["/bad/cert-symlink"][0]["error"]
+        assert "192.0.2.77" in found["/bad/bind-addr"][0]["error"]
+        health = daemon.http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "degraded"
+        assert health.json()["services_excluded"] == len(expected)
+        excluded = scrape(daemon, "servicerouter_services_excluded")
+        assert excluded['reason="ssl_cert"'] == 5 and excluded['reason="task_port"'] == 3
+        assert sum(excluded.values()) == len(expected)
+        # What is on disk is what HAProxy accepts (a restarted master serves it).
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(daemon.config)],
+                               capture_output=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        new_app_is_routed(simulator, daemon, "/new/one")
+
+        # The worker dies: the master restarts from the file, and everything still routes.
+        new_port = simulator.service_port("/new/one")
+        info = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        os.kill(info.worker_pids[0], signal.SIGKILL)
+        wait_for(lambda: asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+                 .master_pid != info.master_pid, 30, what="HAProxy restarted by the daemon")
+        serving(simulator, "/good", good_port)
+        serving(simulator, "/new/one", new_port)
+        new_app_is_routed(simulator, daemon, "/new/two")
+
+        # Problems are logged once, not once per sync.
+        simulator.http.post("/_sim/streams/close")  # reconnect: a full sync follows
+        wait_for(lambda: "event stream attached" in _log(daemon).split(
+            "HAProxy restarted")[-1], 30, what="a full sync after reconnecting")
+        log = _log(daemon)
+        assert log.count("/bad/bind-addr: HAPROXY_0_BIND_ADDR") == 1
+        assert log.count("/bad/held-port: HAPROXY_0_PORT") == 1  # retried at each sync
+
+
+def _log(daemon: Daemon) -> str:
+    return (daemon.tmp / "servicerouter.log").read_text()
+
+
+def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
+                                                             simulator: Simulator) -> None:
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    daemon = Daemon(tmp_path, simulator.url, "--http-port", str(http_port)).start()
+    with running(daemon):
+        simulator.launch("/teama/web", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
+        simulator.launch("/teama/api", 1, labels={"HAPROXY_0_VHOST": "shop.test",
+                                                           "HAPROXY_0_PATH": "/api"})
+        # Another group: an id that sorts first, and PATH=/ to catch everything.
+        _, thief = simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "shop.test",
+                                                             "HAPROXY_0_PATH": "/"})
+
+        def reached(path: str) -> set[str]:
+            with httpx.Client(timeout=5) as c:
+                return {c.get(f"http://127.0.0.1:{http_port}{path}",
+                              headers={"Host": "shop.test", "Connection": "close"}).text.strip()
+                        for _ in range(6)}
+
+        def routed_to_group() -> bool:  # a task the simulator replaces counts as the app's
+            return (reached("/") == simulator.running("/teama/web")
+                    and reached("/api/x") == simulator.running("/teama/api"))
+
+        wait_for(routed_to_group, 30, what="shop.test routed to its group only")
+        (problem,) = wait_for(lambda: problems(daemon).get("/aaa/thief"), 15,
+                              what="the thief's problem")
+        assert problem["reason"] == "vhost_taken" and problem["label"] == "HAPROXY_0_VHOST"
+        assert "group /teama (app /teama/web claimed it first)" in problem["error"]
+        assert not thief & (reached("/") | reached("/api/x"))
+        new_app_is_routed(simulator, daemon, "/teamc/new")
+        wait_for(routed_to_group, 30, what="shop.test still routed to its group only")
+        assert not (reached("/") | reached("/api/x")) & simulator.running("/aaa/thief")
+
+
+def test_an_app_over_the_server_cap_routes_its_first_tasks(tmp_path: Path) -> None:
+    # A port range with room for 1,000 tasks besides the others (the default has 1,000).
+    simulator = Simulator(tmp_path, extra=["--port-range", "40000-42999"]).start()
+    daemon = Daemon(tmp_path, simulator.url, "--max-servers-per-backend", "40")
+    with running(simulator, daemon):
+        daemon.start()
+        good_port, _ = simulator.launch("/good", 2)
+        serving(simulator, "/good", good_port)
+        # No cmd: the simulator runs these 1,000 tasks with its fake executor.
+        simulator.create_app("/huge", instances=1000, cmd=None)
+        big_port = simulator.service_port("/huge")
+        backend = service_name("/huge", big_port)
+        tasks = wait_for(lambda: len(t := simulator.running("/huge")) == 1000 and t, 60,
+                         what="1,000 tasks of /huge")
+        wait_for(lambda: len(daemon.servers(backend)) == 40, 60, what="/huge in HAProxy")
+        addresses = {f"{s.addr}:{s.port}" for s in daemon.servers(backend)}
+        assert len(addresses) <= 40
+        (problem,) = wait_for(lambda: problems(daemon).get("/huge"), 15, what="/huge capped")
+        assert problem["reason"] == "too_many_servers" and problem["value"] == "1000"
+        assert "first 40" in problem["error"]
+        first = set(sorted(tasks)[:40])
+        wait_for(lambda: {e["task_id"] for e in daemon.status(app="/huge")["services"][0][
+            "endpoints"]} == first, 30, what="the first 40 tasks by id in /huge's slots")
+        serving(simulator, "/good", good_port)
+        new_app_is_routed(simulator, daemon, "/new")
+        serving(simulator, "/good", good_port)

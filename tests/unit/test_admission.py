@@ -1,0 +1,214 @@
+"""Admission: values checked against what they do on this host, and who owns a host name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from servicerouter import hostfacts
+from servicerouter.admission import CertFact, Facts, top_group
+from servicerouter.layout import Settings, build_layout
+from servicerouter.model import App, Options, Problem, Service, Task
+from servicerouter.state import ClusterState
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
+      "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
+
+def app(app_id: str, port: int, version: str = "2026-01-01", tasks: int = 1,
+        task_port: int = 31000, **opts: object) -> App:
+    options = Options(**opts)  # type: ignore[arg-type]
+    return App(id=app_id, version=version, services=(Service(app_id, 0, port, options),),
+               tasks=tuple(Task(f"{app_id.strip('/')}.{i:04d}", app_id, "10.0.0.1",
+                                (task_port + i,), "TASK_RUNNING") for i in range(tasks)))
+
+
+def reasons(s: ClusterState, app_id: str) -> list[str]:
+    return [p.reason for p in s.problems.get(app_id, ())]
+
+
+def test_top_group() -> None:
+    assert top_group("/shop/web/api") == "/shop"
+    assert top_group("/web") == "/web"
+
+
+def test_vhost_belongs_to_the_group_of_its_first_claimer_shared_by_path() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/teama/web", 10001, vhosts=("shop.example.com",)))
+    # Same top-level group, another path: shares the host.
+    s.set_app(app("/teama/api", 10002, vhosts=("shop.example.com",), path="/api"))
+    # Another group, even with an id that sorts first and with PATH=/: refused.
+    s.set_app(app("/aaa/thief", 10003, vhosts=("shop.example.com",), path="/"))
+    assert set(s.desired) == {"teama_web_10001", "teama_api_10002"}
+    (problem,) = s.problems["/aaa/thief"]
+    assert problem.reason == "vhost_taken" and problem.label == "HAPROXY_0_VHOST"
+    assert "group /teama (app /teama/web claimed it first)" in problem.message
+    # Kept across a full sync where the thief comes first and is older.
+    s.replace_all([app("/aaa/thief", 10003, version="2000-01-01", vhosts=("shop.example.com",)),
+                   app("/teama/web", 10001, vhosts=("shop.example.com",)),
+                   app("/teama/api", 10002, vhosts=("shop.example.com",), path="/api")])
+    assert "aaa_thief_10003" not in s.desired
+    # The same host and path twice, even within the group: the second is refused.
+    s.set_app(app("/teama/copy", 10004, vhosts=("shop.example.com",), path="/api"))
+    assert reasons(s, "/teama/copy") == ["vhost_taken"]
+    # When the group lets go of the host, the waiting app gets it.
+    s.remove_app("/teama/api")
+    s.remove_app("/teama/copy")
+    dirty = s.remove_app("/teama/web")
+    assert "aaa_thief_10003" in dirty and "aaa_thief_10003" in s.desired
+    assert s.problems == {}
+
+
+def test_first_claim_among_new_apps_is_the_oldest_definition() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.replace_all([app("/a/new", 10001, version="2026-02-01", vhosts=("x.example.com",)),
+                   app("/b/old", 10002, version="2025-01-01", vhosts=("x.example.com",))])
+    assert set(s.desired) == {"b_old_10002"}
+
+
+@pytest.mark.parametrize(("policy", "routed"), [
+    ("group", {"t_web_10001", "t_api_10002"}),
+    ("exclusive", {"t_web_10001"}),
+    ("open", {"t_web_10001", "t_api_10002", "u_x_10003"}),
+])
+def test_vhost_policies(policy: str, routed: set[str]) -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
+    s.set_app(app("/t/web", 10001, vhosts=("h.example.com",)))
+    s.set_app(app("/t/api", 10002, vhosts=("h.example.com",), path="/api"))
+    s.set_app(app("/u/x", 10003, vhosts=("h.example.com",), path="/x"))
+    assert set(s.desired) == routed
+
+
+def test_daemon_ports_and_bad_task_ports_and_addresses_leave_out_one_service() -> None:
+    s = ClusterState(Settings(stats_port=0, http_port=0, https_port=0,
+                              reserved_ports=(9091,)))
+    s.set_facts(Facts(addresses={"192.0.2.77": False, "127.0.0.1": True}))
+    s.set_app(app("/own", 9091))
+    s.set_app(app("/zero", 10001, task_port=0))
+    s.set_app(app("/big", 10002, task_port=70000))
+    s.set_app(app("/addr", 10003, bind_address="192.0.2.77"))
+    s.set_app(app("/fine", 10004, bind_address="127.0.0.1"))
+    assert set(s.desired) == {"fine_10004"}
+    assert reasons(s, "/own") == ["port_reserved"]
+    assert reasons(s, "/zero") == ["task_port"] == reasons(s, "/big")
+    (p,) = s.problems["/addr"]
+    assert str(p) == ("app /addr: HAPROXY_0_BIND_ADDR='192.0.2.77' is not an address of this "
+                      "host; service left out, others applied")
+
+
+def test_certificates_only_from_allowed_folders(tmp_path: Path) -> None:
+    allowed, outside = tmp_path / "certs", tmp_path / "elsewhere"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "good.pem").write_text(PEM)
+    (allowed / "nokey.pem").write_text(PEM.split("-----BEGIN PRIVATE")[0])
+    (outside / "secret.pem").write_text(PEM)
+    os.symlink(outside / "secret.pem", allowed / "escape.pem")
+    os.symlink(allowed / "good.pem", allowed / "alias.pem")
+    (allowed / "dir.pem").mkdir()
+    (tmp_path / "listed.pem").write_text(PEM)
+
+    def check(path: Path) -> CertFact:
+        return hostfacts.check_cert(str(path), [str(allowed)], [str(tmp_path / "listed.pem")])
+
+    assert check(allowed / "good.pem").path == str(allowed / "good.pem")
+    assert check(allowed / "alias.pem") == check(allowed / "good.pem")
+    assert check(tmp_path / "listed.pem").path == str(tmp_path / "listed.pem")
+    problems = {name: check(p).problem for name, p in [
+        ("outside", outside / "secret.pem"), ("escape", allowed / "escape.pem"),
+        ("missing", allowed / "missing.pem"), ("dir", allowed / "dir.pem"),
+        ("nokey", allowed / "nokey.pem"), ("shadow", Path("/etc/shadow"))]}
+    assert "not under an allowed certificate folder" in str(problems["outside"])
+    assert "outside the allowed certificate folders" in str(problems["escape"])
+    assert "cannot be opened" in str(problems["missing"])
+    assert "not a regular file" in str(problems["dir"])
+    assert "certificate and a private key" in str(problems["nokey"])
+    assert "not under an allowed certificate folder" in str(problems["shadow"])
+
+
+def test_refused_certificate_leaves_out_the_service_and_a_good_one_is_resolved(
+        tmp_path: Path) -> None:
+    (tmp_path / "a.pem").write_text(PEM)
+    os.symlink(tmp_path / "a.pem", tmp_path / "link.pem")
+    settings = Settings(http_port=0, https_port=0, ssl_cert_dirs=(str(tmp_path),))
+    apps = [app("/tls", 10001, ssl_cert=str(tmp_path / "link.pem")),
+            app("/bad", 10002, ssl_cert="/etc/shadow")]
+    s = ClusterState(settings)
+    s.set_facts(hostfacts.gather(apps, settings))
+    s.replace_all(apps)
+    assert s.desired["tls_10001"].service.options.ssl_cert == str(tmp_path / "a.pem")
+    assert reasons(s, "/bad") == ["ssl_cert"]
+
+
+def test_more_tasks_than_the_cap_route_the_first_by_task_id() -> None:
+    settings = Settings(http_port=0, https_port=0, max_servers_per_backend=4)
+    s = ClusterState(settings)
+    big = app("/big", 10001, tasks=10)
+    s.set_app(App(big.id, big.version, services=big.services, tasks=big.tasks[::-1]))
+    d = s.desired["big_10001"]
+    assert sorted(e.task_id for e in d.endpoints) == [f"big.{i:04d}" for i in range(4)]
+    (p,) = s.problems["/big"]
+    assert (p.reason, p.value) == ("too_many_servers", "10")
+    layout, _ = build_layout(s.desired, {}, settings)
+    assert layout["big_10001"].slots == 4  # no free slots past the cap
+
+
+def test_excluded_service_comes_back_only_when_its_definition_changes() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/x", 10001, tasks=2))
+    problem = Problem("/x", 0, "haproxy_rejected", "HAPROXY_0_*", "", "rejected")
+    assert s.exclude("x_10001", problem) == {"x_10001"}
+    assert s.desired == {}
+    s.update_task(Task("x.9999", "/x", "10.0.0.2", (31999,), "TASK_RUNNING"))  # churn only
+    assert s.desired == {} and reasons(s, "/x") == ["haproxy_rejected"]
+    s.set_app(app("/x", 10001, tasks=2, balance="leastconn"))  # a new definition
+    assert set(s.desired) == {"x_10001"} and s.problems == {}
+
+
+def test_bind_checks_at_the_edge() -> None:
+    import socket
+
+    assert hostfacts.host_has_address("127.0.0.1")
+    assert not hostfacts.host_has_address("192.0.2.77")  # TEST-NET-1: no host has it
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert "cannot be bound" in str(hostfacts.bind_problem("127.0.0.1", port))
+        assert "cannot be bound" in str(hostfacts.bind_problem("*", port))
+    with socket.socket() as reuse:  # how HAProxy listens: a port it holds passes
+        reuse.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reuse.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reuse.bind(("127.0.0.1", 0))
+        reuse.listen()
+        assert hostfacts.bind_problem("127.0.0.1", reuse.getsockname()[1]) is None
+    assert "cannot be bound" in str(hostfacts.bind_problem("192.0.2.77", 10001))
+
+
+def test_a_replaced_certificate_file_is_judged_again(tmp_path: Path) -> None:
+    cert = tmp_path / "a.pem"
+    cert.write_text(PEM)
+    settings = Settings(http_port=0, https_port=0, ssl_cert_dirs=(str(tmp_path),))
+    apps = [app("/tls", 10001, ssl_cert=str(cert))]
+    s = ClusterState(settings)
+    s.set_facts(hostfacts.gather(apps, settings))
+    s.replace_all(apps)
+    s.exclude("tls_10001", Problem("/tls", 0, "haproxy_rejected", "backend tls_10001", "x",
+                                   "rejected"))
+    assert s.desired == {}
+    assert s.set_facts(hostfacts.gather(apps, settings)) == set()  # nothing changed
+    cert.write_text(PEM + "\n")  # the operator puts a fixed file in place
+    assert s.set_facts(hostfacts.gather(apps, settings)) == {"tls_10001"}
+    assert set(s.desired) == {"tls_10001"}
+
+
+def test_two_ports_of_one_app_on_one_host_and_path_keep_the_first() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    opts = Options(vhosts=("h.example.com",))
+    s.set_app(App("/t/two", services=(Service("/t/two", 0, 10001, opts),
+                                      Service("/t/two", 1, 10002, opts))))
+    assert set(s.desired) == {"t_two_10001"}
+    (p,) = s.problems["/t/two"]
+    assert p.index == 1 and "which t_two_10001 already routes" in p.message
