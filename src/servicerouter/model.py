@@ -66,20 +66,36 @@ class Options:
     needs a reload) or selects the service (``enabled``, ``groups``).
     """
 
-    enabled: bool = True
+    enabled: bool | None = None  # None: no ENABLED label (on, unless --strict-mode)
     groups: tuple[str, ...] = ()
     mode: Mode = Mode.TCP
     balance: str = "roundrobin"
     bind_address: str = "*"
     vhosts: tuple[str, ...] = ()
-    path: str | None = None
+    paths: tuple[str, ...] = ()  # path_beg prefixes (HAPROXY_{n}_PATH)
+    path_ignore_case: bool = False
     sticky: bool = False
     redirect_to_https: bool = False
+    hsts: bool = False
     ssl_cert: str | None = None
+    auth: tuple[str, str, str] | None = None  # (realm, user, crypt hash)
+    network_allowed: tuple[str, ...] = ()  # CIDRs; empty: everyone
+    backend_weight: int = 0
+    proxypass_path: str | None = None
+    revproxy_path: str | None = None
+    redir_path: str | None = None
+    snippet: str | None = None  # an operator-written snippet, by name
+    health_check_port_index: int | None = None  # HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX
     # Derived from the app's Marathon health check for this port index.
     health_check_path: str | None = None  # HTTP path, or None for a TCP check
     health_check: bool = False
     health_check_interval_ms: int = 2000
+    health_check_timeout_ms: int | None = None  # timeout check
+    health_check_fall: int | None = None  # maxConsecutiveFailures + 1, as marathon-lb
+    health_check_port: int | None = None  # check on this port instead of the traffic port
+    health_check_ssl: bool = False  # HTTPS checks: check-ssl verify none
+    # Why the labels cannot be honoured safely: the service is not exposed (fail closed).
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

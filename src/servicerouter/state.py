@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from .layout import DesiredService, Settings, desired_services
+from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Task
 
 log = logging.getLogger("servicerouter.state")
@@ -61,7 +61,15 @@ class ClusterState:
         old = set(self._backends.get(app_id, ()))
         app = self.apps.get(app_id)
         new = desired_services(app, self.settings) if app else {}
+        before = dict(self.refused.get(app_id, {}))
         ports = self._claim_ports(app_id, new)
+        for service in app.services if app else ():
+            problem = (service_problem(service, self.settings)
+                       if selected(service, self.settings) else None)
+            if problem:  # labels that cannot be honoured: not exposed, said in /status
+                self.refused.setdefault(app_id, {})[service.port] = problem
+                if before.get(service.port) != problem:
+                    log.error("app %s: %s", app_id, problem)
         freed = self._ports_of.get(app_id, set()) - ports
         if ports:
             self._ports_of[app_id] = ports

@@ -358,7 +358,8 @@ def test_ip_per_task_address(ip_addresses, expected) -> None:
         ({"protocol": "TCP", "intervalSeconds": 0}, (True, None, 2000)),
         ({"protocol": "COMMAND", "command": {"value": "true"}}, (False, None, 2000)),
         ({"protocol": "HTTP", "portIndex": 1}, (False, None, 2000)),
-        ({"protocol": "HTTP", "port": 8080}, (False, None, 2000)),
+        # an explicit port applies to every service port, as in marathon-lb
+        ({"protocol": "HTTP", "port": 8080}, (True, "/", 2000)),
     ],
 )
 def test_health_check_mirrored_for_its_port_index(hc, expected) -> None:

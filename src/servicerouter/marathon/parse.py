@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..labels import LabelError, parse_labels, parse_path
-from ..model import App, Health, NetworkMode, Options, Service, Task
+from ..model import App, Health, Mode, NetworkMode, Options, Service, Task
+
+_CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
 
 # host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
 Resolver = Callable[[str], "str | None"]
@@ -214,7 +217,12 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
         if not port:
             warnings.append(f"app {app_id}: service port index {index} has no service port "
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
-        options = _with_health_check(sl.options, health_checks, index)
+        options = _with_health_check(sl.options, health_checks, index, app_id,
+                                     container_ports, sl.explicit, warnings)
+        refusal = _refusal(options, index)
+        if refusal:
+            options = replace(options, refused=refusal)
+            warnings.append(f"app {app_id}: error: {refusal}")
         if port and any(s.port == port for s in services):
             first = next(s.index for s in services if s.port == port)
             raise AppParseError(f"service port index {index}",
@@ -235,27 +243,85 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
     return replace(app, tasks=tasks), warnings
 
 
-def _with_health_check(options: Options, health_checks: list[Any], index: int) -> Options:
-    """Mirror the app's Marathon health check for this port index in HAProxy."""
+def _number(hc: Any, key: str, where: str, default: float, low: float, high: float) -> float:
+    """A finite number in [low, high] from a health check, or ``default`` if absent."""
+    value = _get(hc, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not low <= value <= high:
+        raise AppParseError(where, f"expected a number from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def _with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
+                       container_ports: list[int], explicit: frozenset[str],
+                       warnings: list[str]) -> Options:
+    """Mirror the app's Marathon health check for this port index in HAProxy.
+
+    As marathon-lb: the first check with an explicit ``port``, or whose
+    ``portIndex`` is this index. HTTP and MESOS_HTTP checks make the port HTTP
+    (unless a MODE label says otherwise); HTTPS checks are sent over TLS
+    (``check-ssl verify none``) without changing the mode; COMMAND checks
+    cannot be run by HAProxy and only get a warning.
+    """
     for i, hc in enumerate(health_checks):
-        if _get(hc, "portIndex", 0) != index or _get(hc, "port") is not None:
+        where = f"healthChecks[{i}]"
+        port_index = _get(hc, "portIndex", 0)
+        if isinstance(port_index, bool) or not isinstance(port_index, int) \
+                or not 0 <= port_index <= 1000:
+            raise AppParseError(f"{where}.portIndex", f"expected an index, got {port_index!r}")
+        port = _get(hc, "port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            raise AppParseError(f"{where}.port", f"expected a port (1-65535), got {port!r}")
+        if port is None and port_index != index:
             continue
         protocol = str(_get(hc, "protocol", "HTTP"))
-        seconds = _get(hc, "intervalSeconds", 2)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise AppParseError(f"healthChecks[{i}].intervalSeconds",
-                                f"expected a number of seconds, got {seconds!r}")
-        interval = int((seconds or 2) * 1000)
-        if protocol in ("HTTP", "MESOS_HTTP"):
+        if protocol == "COMMAND" or protocol not in _CHECK_PROTOCOLS:
+            warnings.append(f"app {app_id}: {where} is a {protocol} check, which HAProxy "
+                            f"cannot run; service port index {index} is not health-checked "
+                            "by HAProxy (Marathon's results still decide routing)")
+            return options
+        interval = _number(hc, "intervalSeconds", f"{where}.intervalSeconds", 2, 0, 86400)
+        timeout = _number(hc, "timeoutSeconds", f"{where}.timeoutSeconds", 20, 0, 86400)
+        failures = _number(hc, "maxConsecutiveFailures", f"{where}.maxConsecutiveFailures",
+                           3, 0, 1000)
+        change: dict[str, Any] = {
+            "health_check": True,
+            "health_check_interval_ms": max(int((interval or 2) * 1000), 1),
+            "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
+            "health_check_fall": int(failures) + 1,  # as marathon-lb
+            "health_check_port": port,
+            "health_check_ssl": protocol in ("HTTPS", "MESOS_HTTPS"),
+        }
+        if protocol in ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS"):
             try:
-                path = parse_path("healthChecks.path", str(_get(hc, "path", "/")))
+                change["health_check_path"] = parse_path(f"{where}.path",
+                                                         str(_get(hc, "path", "/")))
             except LabelError:
-                path = "/"
-            return replace(options, health_check=True, health_check_path=path,
-                           health_check_interval_ms=interval)
-        if protocol in ("TCP", "MESOS_TCP", "HTTPS", "MESOS_HTTPS"):
-            return replace(options, health_check=True, health_check_interval_ms=interval)
+                warnings.append(f"app {app_id}: {where}.path {_get(hc, 'path')!r} is not a "
+                                "plain absolute path; HAProxy checks / instead")
+                change["health_check_path"] = "/"
+        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit:
+            change["mode"] = Mode.HTTP
+        index_label = options.health_check_port_index
+        if index_label is not None and port is None:
+            if index_label < len(container_ports) and container_ports[index_label]:
+                change["health_check_port"] = container_ports[index_label]
+            else:
+                warnings.append(
+                    f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
+                    f"{index_label} needs a port that is the same for every task (an "
+                    "IP-per-task container port); the traffic port is checked instead")
+        return replace(options, **change)
     return options
+
+
+def _refusal(options: Options, index: int) -> str | None:
+    """Why a service's labels cannot be honoured safely (fail closed), or None."""
+    if options.auth and options.mode is not Mode.HTTP:
+        return (f"label HAPROXY_{index}_AUTH needs HTTP mode, but the service is "
+                f"{options.mode.value}; service port index {index} not exposed")
+    return None
 
 
 def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
