@@ -58,8 +58,10 @@ def test_every_selected_service_port_is_bound(name: str) -> None:
         assert re.search(rf"^    bind \S+:{port}\b", text, re.M), port
     # every frontend has its backend, and vice versa
     frontends = set(re.findall(r"^frontend (\S+)", text, re.M)) - {"stats", "http_in",
-                                                                    "https_in"}
-    assert frontends == set(re.findall(r"^backend (\S+)", text, re.M))
+                                                                    "https_in", "appid_in"}
+    backends = set(re.findall(r"^backend (\S+)", text, re.M)) - {"stats_page",
+                                                                  "servicerouter_daemon"}
+    assert frontends == backends
 
 
 @pytest.mark.parametrize("name", APP_FIXTURES)
@@ -176,7 +178,7 @@ def test_vhost_path_and_redirect() -> None:
     assert not any("redirect" in ln for ln in https)
     # The redirect lives in the backend, before anything else answers
     backend = section(text, "backend web_10001")
-    assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[capture.req.uri] "
+    assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
             "code 301 unless { ssl_fc }") in backend
 
 
@@ -241,7 +243,8 @@ def test_global_section_from_settings(tmp_path: Path) -> None:
 
 def test_no_apps_still_renders_a_config() -> None:
     text = render({}, {}, Settings())
-    assert "global" in text and "defaults" in text and "backend" not in text
+    assert "global" in text and "defaults" in text
+    assert re.findall(r"^backend (\S+)", text, re.M) == ["stats_page"]
 
 
 def test_free_slot_params_match_the_backend() -> None:

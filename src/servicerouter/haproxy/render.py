@@ -151,7 +151,7 @@ class _BackendView:
 def _redirect_location(https_port: int) -> str:
     """A 301 target keeping host (without its port), path and query."""
     port = "" if https_port in (0, 443) else f":{https_port}"
-    return f"https://%[hdr(host),field(1,:)]{port}%[capture.req.uri]"
+    return f"https://%[hdr(host),field(1,:)]{port}%[pathq]"
 
 
 def _regex_literal(text: str) -> str:
