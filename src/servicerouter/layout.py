@@ -92,8 +92,10 @@ def selected(service: Service, settings: Settings) -> bool:
 
 
 def https_available(service: Service, settings: Settings) -> bool:
-    """Whether an HTTPS frontend can answer a redirect to https:// for this service."""
-    return bool(settings.https_port and (settings.ssl_certs or service.options.ssl_cert))
+    """Whether the shared HTTPS frontend serves this service, so that a redirect to
+    https:// (the same host, on --https-port) reaches it."""
+    opts = service.options
+    return bool(opts.vhosts and settings.https_port and (settings.ssl_certs or opts.ssl_cert))
 
 
 def service_problem(service: Service, settings: Settings) -> str | None:
@@ -104,7 +106,8 @@ def service_problem(service: Service, settings: Settings) -> str | None:
     i = service.index
     if opts.redirect_to_https and not https_available(service, settings):
         return (f"label HAPROXY_{i}_REDIRECT_TO_HTTPS=true, but no HTTPS frontend can serve "
-                f"the redirect (needs --https-port and --ssl-certs or HAPROXY_{i}_SSL_CERT); "
+                f"the redirect (needs HAPROXY_{i}_VHOST, --https-port, and --ssl-certs or "
+                f"HAPROXY_{i}_SSL_CERT); "
                 "service not exposed rather than served over plain HTTP")
     if opts.snippet and opts.snippet not in settings.snippets:
         return (f"label HAPROXY_{i}_SNIPPET={opts.snippet!r} names no snippet in the "
