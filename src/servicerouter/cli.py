@@ -123,6 +123,11 @@ def _add_render(p: argparse.ArgumentParser) -> None:
     g.add_argument("--syslog-socket", metavar="PATH|IP:PORT", default=None,
                    help="HAProxy logs to this syslog socket (marathon-lb: /dev/log); "
                         "default: no HAProxy logging")
+    g.add_argument("--min-serv-port-ip-per-task", type=_port, default=10050, metavar="PORT",
+                   help="IP-per-task apps without a service port get one from this range "
+                        "(default %(default)s; 0 = off)")
+    g.add_argument("--max-serv-port-ip-per-task", type=_port, default=10100, metavar="PORT",
+                   help="upper end of that range (default %(default)s)")
     g.add_argument("--app-id-port", type=_port, default=0,
                    help="port of the frontend routing by X-Marathon-App-Id (marathon-lb: "
                         "9091, which is our --listen default); 0 = none (default)")
@@ -161,7 +166,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if getattr(args, flag) < (0 if flag == "slots_min_free" else 1):
             raise CliError(f"--{flag.replace('_', '-')} must be "
                            f"{'>= 0' if flag == 'slots_min_free' else '>= 1'}")
+    low, high = args.min_serv_port_ip_per_task, args.max_serv_port_ip_per_task
+    if low and high < low:
+        raise CliError(f"--max-serv-port-ip-per-task {high} is below "
+                       f"--min-serv-port-ip-per-task {low}")
     return Settings(
+        ip_per_task_ports=(low, high),
         strict_mode=args.strict_mode,
         syslog_socket=syslog_target(args.syslog_socket),
         app_id_port=args.app_id_port,
@@ -249,6 +259,7 @@ async def _render(args: argparse.Namespace) -> int:
     from .haproxy.render import render
     from .layout import build_layout, desired_state
     from .marathon.parse import parse_apps
+    from .portassign import assign_all
     from .resolve import CachingResolver
 
     settings = settings_from(args)
@@ -265,7 +276,8 @@ async def _render(args: argparse.Namespace) -> int:
             fetched = await client.get_apps()
         payload, source = fetched.data, fetched.url
     result = parse_apps(payload, source, CachingResolver())
-    for message in [*map(str, result.errors), *result.warnings]:
+    result.apps, assigned = assign_all(result.apps, settings)
+    for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)
     layout, table = build_layout(desired_state(result.apps, settings), {}, settings)
     text = render(layout, table, settings, args.templates)

@@ -27,6 +27,7 @@ from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, re
 from .marathon.parse import Resolver, parse_app, parse_apps
 from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
+from .portassign import assign_all
 from .state import ClusterState
 from .sync import EventHandler
 
@@ -141,7 +142,8 @@ class Engine:
             for err in result.errors:
                 log.error("%s", err)
             self.app_errors = {e.app_id: e.message for e in result.errors}
-            self._events.warn_once(result.warnings)
+            result.apps, assigned = assign_all(result.apps, self.config.settings)  # IP-per-task
+            self._events.warn_once([*result.warnings, *assigned])
             dirty = self.state.replace_all(result.apps, keep=[e.app_id for e in result.errors])
             self._events.after_full_sync()
             self.mark(dirty)
@@ -170,8 +172,15 @@ class Engine:
             self.app_errors[app_id] = f"{exc}; app keeps its last good state"
             return
         self.app_errors.pop(app_id, None)
-        self._events.warn_once(warnings)
-        self.mark(self.state.set_app(app), event_time)
+        # IP-per-task ports are a function of all such apps: one arriving may move another's.
+        others = [a for i, a in self.state.apps.items() if i != app.id]
+        assigned_apps, assigned = assign_all([*others, app], self.config.settings)
+        self._events.warn_once([*warnings, *assigned])
+        dirty = self.state.set_app(assigned_apps[-1])
+        for before, after in zip(others, assigned_apps, strict=False):
+            if after is not before:
+                dirty |= self.state.set_app(after)
+        self.mark(dirty, event_time)
 
     def on_event(self, event: MarathonEvent) -> None:
         try:

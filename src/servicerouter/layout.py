@@ -37,6 +37,7 @@ class Settings:
     app_id_port: int = 0  # frontend routing by X-Marathon-App-Id; 0 = none
     daemon_address: str = ""  # host:port of the daemon's web server (stats-port endpoints)
     snippets: tuple[str, ...] = ()  # names of snippets/<name>.j2 in --templates
+    ip_per_task_ports: tuple[int, int] = (10050, 10100)  # range for portassign; (0, 0): off
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,7 @@ class Service:
     index: int
     port: int  # the service port HAProxy binds; 0 = none (no frontend)
     options: Options = field(default_factory=Options)
+    auto_port: bool = False  # port assigned from the IP-per-task range (portassign)
 
     @property
     def key(self) -> tuple[str, int]:

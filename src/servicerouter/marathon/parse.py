@@ -214,7 +214,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
     for index, port in enumerate(svc_ports):
         sl = parsed.for_index(index)
         port = sl.port or port
-        if not port:
+        if not port and mode is not NetworkMode.CONTAINER:  # IP-per-task: portassign
             warnings.append(f"app {app_id}: service port index {index} has no service port "
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
         options = _with_health_check(sl.options, health_checks, index, app_id,
