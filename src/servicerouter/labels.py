@@ -115,7 +115,8 @@ LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("GROUP", "port", "groups of this service port; overrides HAPROXY_GROUP",
               "internal", field="groups", parse=parse_groups),
     LabelSpec("MODE", "port", "tcp or http; a VHOST, PATH, AUTH or HTTP health check implies "
-              "http", "http", "an explicit MODE wins over the health check's",
+              "http", "http", "an explicit MODE wins over an HTTP health check's; HTTPS checks "
+              "do not make the port HTTP (its tasks speak TLS), they are sent with check-ssl",
               "mode", parse_mode),
     LabelSpec("BALANCE", "port", "load-balancing algorithm, with its arguments",
               "url_param userid", "only algorithms and arguments from a fixed grammar",
@@ -156,11 +157,14 @@ LABELS: tuple[LabelSpec, ...] = (
               "(IP-per-task); otherwise a warning and the traffic port is checked",
               "health_check_port_index", parse_index),
     LabelSpec("HTTP_BACKEND_PROXYPASS_PATH", "port", "strips this prefix from request paths "
-              "and sets Host to the first vhost", "/path/to/strip", field="proxypass_path",
-              parse=parse_path),
+              "and sets Host to the first vhost", "/path/to/strip",
+              "the first non-wildcard vhost, where marathon-lb printed the whole VHOST value",
+              "proxypass_path", parse_path),
     LabelSpec("HTTP_BACKEND_REVPROXY_PATH", "port", "rewrites the path of Location response "
               "headers to start with this path", "/my/content",
-              "rewrites Location only", "revproxy_path", parse_path),
+              "keeps the rest of the Location (marathon-lb replaces the whole Location with "
+              "this path); only relative Locations and the service's own vhosts",
+              "revproxy_path", parse_path),
     LabelSpec("HTTP_BACKEND_REDIR", "port", "301 from / on the service's vhosts to this path",
               "/my/content", field="redir_path", parse=parse_path),
     LabelSpec("SNIPPET", "port", "an operator-written snippet (templates dir, "
@@ -272,3 +276,25 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             per_index[index] = replace(per_index[index], options=replace(
                 per_index[index].options, backend_weight=1))  # as marathon-lb
     return AppLabels(per_index, tuple(warnings), templates)
+
+
+def markdown_table() -> str:
+    """The README's label table, generated from :data:`LABELS` (a test keeps them equal).
+
+    Raw template labels share one reason, so they share one row.
+    """
+    rows = ["| label | scope | meaning | example | difference from marathon-lb |",
+            "|---|---|---|---|---|"]
+    raw: list[str] = []
+    for spec in LABELS:
+        if spec.status == REFUSED and spec.name in _RAW_LABELS:
+            raw.append(f"`{spec.label}`")
+            continue
+        example = f"`{spec.label.replace('{n}', '0')}={spec.example}`" if spec.example else ""
+        difference = spec.difference
+        if spec.status == NOT_YET:
+            difference = f"**{spec.status}**: {difference}"
+        rows.append(f"| `{spec.label}` | {spec.scope} | {spec.meaning} | {example} | "
+                    f"{difference} |")
+    rows.append(f"| {', '.join(raw)} | port | marathon-lb template overrides | | {_RAW} |")
+    return "\n".join(rows) + "\n"
