@@ -118,6 +118,10 @@ def _add_render(p: argparse.ArgumentParser) -> None:
     g.add_argument("--templates", metavar="DIR",
                    help="folder of templates that replace the built-in ones by file name; "
                         "snippets/NAME.j2 in it are selectable with HAPROXY_{n}_SNIPPET=NAME")
+    g.add_argument("--allow-label-templates", action="store_true",
+                   help="trusted clusters only: honour the template labels HAPROXY_{n}_"
+                        "FRONTEND_HEAD, _BACKEND_HEAD and _BACKEND_HTTP_OPTIONS; each such app "
+                        "is validated alone and left out if broken")
     g.add_argument("--strict-mode", action="store_true",
                    help="expose only services labelled HAPROXY_{n}_ENABLED=true (marathon-lb)")
     g.add_argument("--syslog-socket", metavar="PATH|IP:PORT", default=None,
@@ -172,6 +176,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                        f"--min-serv-port-ip-per-task {low}")
     return Settings(
         ip_per_task_ports=(low, high),
+        allow_label_templates=args.allow_label_templates,
         strict_mode=args.strict_mode,
         syslog_socket=syslog_target(args.syslog_socket),
         app_id_port=args.app_id_port,
@@ -275,7 +280,7 @@ async def _render(args: argparse.Namespace) -> int:
         async with marathon_client(args) as client:
             fetched = await client.get_apps()
         payload, source = fetched.data, fetched.url
-    result = parse_apps(payload, source, CachingResolver())
+    result = parse_apps(payload, source, CachingResolver(), settings.allow_label_templates)
     result.apps, assigned = assign_all(result.apps, settings)
     for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)

@@ -79,7 +79,8 @@ def _paths(label: str, value: str) -> tuple[tuple[str, ...], bool]:
 
 _RAW = ("carries raw HAProxy configuration written by the app owner, which could change any "
         "app's routing; refused (operators write templates and named snippets, selected with "
-        "HAPROXY_{n}_SNIPPET; a trusted cluster may pass --allow-label-templates)")
+        "HAPROXY_{n}_SNIPPET; with --allow-label-templates a trusted cluster may use "
+        "FRONTEND_HEAD, BACKEND_HEAD and BACKEND_HTTP_OPTIONS, each app validated alone)")
 _RAW_LABELS = (
     "FRONTEND_HEAD", "BACKEND_HEAD", "USERLIST_HEAD", "BACKEND_REDIRECT_HTTP_TO_HTTPS",
     "BACKEND_REDIRECT_HTTP_TO_HTTPS_WITH_PATH", "HTTP_FRONTEND_ACL", "MAP_HTTP_FRONTEND_ACL",
@@ -98,6 +99,12 @@ _RAW_LABELS = (
     "BACKEND_SERVER_HTTP_HEALTHCHECK_OPTIONS", "FRONTEND_BACKEND_GLUE",
     "HTTP_BACKEND_NETWORK_ALLOWED_ACL", "TCP_BACKEND_NETWORK_ALLOWED_ACL",
 )
+# With --allow-label-templates: the template labels that shape only the app's own
+# frontend and backend (marathon-lb's placeholders: FRONTEND_HEAD {backend} {bindAddr}
+# {servicePort} {mode} {sslCert} {bindOptions}; BACKEND_HEAD {backend} {balance} {mode}).
+# The others write shared frontends or the per-slot server lines servicerouter manages
+# at runtime, so they stay refused even then.
+TEMPLATE_LABELS = ("FRONTEND_HEAD", "BACKEND_HEAD", "BACKEND_HTTP_OPTIONS")
 _DEPLOYMENT = "blue/green deployments (marathon-lb's zdd.py) are not yet supported"
 
 LABELS: tuple[LabelSpec, ...] = (
@@ -193,7 +200,6 @@ class ServiceLabels:
 class AppLabels:
     services: Mapping[int, ServiceLabels]
     warnings: tuple[str, ...] = ()
-    templates: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
     def for_index(self, index: int) -> ServiceLabels:
         return self.services.get(index) or self.services.get(-1) or ServiceLabels()
@@ -249,9 +255,15 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             continue
         index, key = int(m.group(1)), m.group(2)
         spec = _PORT.get(key)
-        if spec is not None and spec.status == REFUSED and allow_templates \
-                and key in _RAW_LABELS and index < max(service_count, 1):
+        if spec is not None and allow_templates and key in TEMPLATE_LABELS \
+                and index < max(service_count, 1):
             templates.setdefault(index, {})[key] = value.replace("\r\n", "\n")
+            continue
+        if spec is not None and allow_templates and key in _RAW_LABELS:
+            warnings.append(f"label {label} is not supported even with "
+                            "--allow-label-templates (only "
+                            f"{', '.join(TEMPLATE_LABELS)}): it writes shared frontends or "
+                            "the server lines servicerouter manages at runtime; ignored")
             continue
         if spec is None or spec.status != SUPPORTED:
             warnings.append(_unsupported(label, spec))
@@ -263,6 +275,8 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         current = per_index.get(index) or ServiceLabels(base)
         per_index[index] = _apply(current, spec, label, value)
 
+    for index in templates:
+        per_index.setdefault(index, ServiceLabels(base))
     for index, sl in list(per_index.items()):
         opts = sl.options
         http_only = (opts.vhosts or opts.paths or opts.redirect_to_https or opts.sticky
@@ -272,10 +286,13 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             # Virtual hosts, paths, redirects, cookies and auth are HTTP features.
             # An explicit MODE=tcp with AUTH stays tcp: parse refuses that service.
             per_index[index] = replace(sl, options=replace(opts, mode=Mode.HTTP))
+        if templates.get(index):
+            per_index[index] = replace(per_index[index], options=replace(
+                per_index[index].options, raw_templates=tuple(sorted(templates[index].items()))))
         if opts.paths and opts.backend_weight == 0:
             per_index[index] = replace(per_index[index], options=replace(
                 per_index[index].options, backend_weight=1))  # as marathon-lb
-    return AppLabels(per_index, tuple(warnings), templates)
+    return AppLabels(per_index, tuple(warnings))
 
 
 def markdown_table() -> str:

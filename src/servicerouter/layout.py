@@ -38,6 +38,7 @@ class Settings:
     daemon_address: str = ""  # host:port of the daemon's web server (stats-port endpoints)
     snippets: tuple[str, ...] = ()  # names of snippets/<name>.j2 in --templates
     ip_per_task_ports: tuple[int, int] = (10050, 10100)  # range for portassign; (0, 0): off
+    allow_label_templates: bool = False  # marathon-lb template labels, each app vetted alone
 
 
 @dataclass(frozen=True, slots=True)

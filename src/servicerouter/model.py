@@ -85,6 +85,8 @@ class Options:
     revproxy_path: str | None = None
     redir_path: str | None = None
     snippet: str | None = None  # an operator-written snippet, by name
+    # marathon-lb template labels (FRONTEND_HEAD, ...), kept only with --allow-label-templates
+    raw_templates: tuple[tuple[str, str], ...] = ()
     health_check_port_index: int | None = None  # HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX
     # Derived from the app's Marathon health check for this port index.
     health_check_path: str | None = None  # HTTP path, or None for a TCP check

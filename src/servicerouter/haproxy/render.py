@@ -138,6 +138,10 @@ class _BackendView:
         self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
         self.redir = opts.redir_path
         self.snippet = opts.snippet
+        raw = _raw_templates(shape) if opts.raw_templates else {}
+        self.frontend_head = raw.get("FRONTEND_HEAD")
+        self.backend_head = raw.get("BACKEND_HEAD")
+        self.http_options = raw.get("BACKEND_HTTP_OPTIONS")
         self.options = opts
         self._slots = _slot_lines(shape, slots)
         self.server_lines = "\n".join(
@@ -146,6 +150,42 @@ class _BackendView:
     @functools.cached_property
     def servers(self) -> list[_Server]:
         return [_Server(*s) for s in self._slots]
+
+
+def _raw_templates(shape: BackendShape) -> dict[str, str]:
+    """An app's marathon-lb template labels (only with --allow-label-templates), with
+    marathon-lb's placeholders filled in. Raises :class:`TemplateError` naming the label."""
+    opts = shape.service.options
+    values = {"backend": shape.name, "bindAddr": opts.bind_address,
+              "servicePort": shape.service.port, "mode": opts.mode.value,
+              "balance": opts.balance, "bindOptions": "",
+              "sslCert": f" ssl crt {opts.ssl_cert}" if opts.ssl_cert else ""}
+    out = {}
+    for key, text in opts.raw_templates:
+        try:
+            formatted = text.format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_"
+                                f"{key}: {type(exc).__name__}: {exc}") from None
+        lines = [ln for ln in formatted.splitlines() if ln.strip()]
+        head = {"FRONTEND_HEAD": f"frontend {shape.name}",
+                "BACKEND_HEAD": f"backend {shape.name}"}.get(key)
+        body = lines[1:] if head else lines
+        if head and (not lines or " ".join(lines[0].split()) != head):
+            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
+                                f"must start with '{head}' (marathon-lb: '{head.split()[0]} "
+                                "{backend}')")
+        if any(ln.split()[0] in _SECTIONS or not ln[:1].isspace() for ln in body):
+            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
+                                "may only add indented lines to its own section")
+        out[key] = "\n".join(lines)
+    return out
+
+
+# Section keywords: a label template may not open a section other than its own.
+_SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "userlist",
+                       "peers", "resolvers", "mailers", "program", "http-errors", "ring",
+                       "cache", "fcgi-app"})
 
 
 def _redirect_location(https_port: int) -> str:

@@ -193,7 +193,8 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     )
 
 
-def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]]:
+def parse_app(raw: Mapping[str, Any], resolve: Resolver,
+              allow_templates: bool = False) -> tuple[App, list[str]]:
     """One app definition into an :class:`App` and its warnings.
 
     Raises :class:`AppParseError` or :class:`~servicerouter.labels.LabelError`.
@@ -206,7 +207,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
     labels = _get(raw, "labels", {})
     if not isinstance(labels, Mapping):
         raise AppParseError("labels", "expected an object")
-    parsed = parse_labels(labels, len(svc_ports))
+    parsed = parse_labels(labels, len(svc_ports), allow_templates)
     warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
@@ -324,7 +325,8 @@ def _refusal(options: Options, index: int) -> str | None:
     return None
 
 
-def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
+def parse_apps(payload: Any, source: str, resolve: Resolver,
+               allow_templates: bool = False) -> ParseResult:
     """A ``/v2/apps`` response into apps, per-app errors and warnings.
 
     Raises :class:`PayloadError` (naming ``source``) when the payload as a
@@ -338,7 +340,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
     for i, raw in enumerate(apps_raw):
         app_id = _get(raw, "id", f"<apps[{i}]>")
         try:
-            app, warnings = parse_app(raw, resolve)
+            app, warnings = parse_app(raw, resolve, allow_templates)
         except (AppParseError, LabelError) as exc:
             result.errors.append(AppError(str(app_id), f"{exc}; app skipped, others applied"))
             continue
