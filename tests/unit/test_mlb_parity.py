@@ -246,3 +246,42 @@ def test_new_flags_and_their_environment_variables() -> None:
     assert settings.strict_mode and settings.syslog_socket == "/dev/log"
     assert settings.app_id_port == 9191 and settings.ssl_certs == ("/a.pem", "/b.pem")
     assert settings.groups == ("*",) and settings.daemon_address == "127.0.0.1:9091"
+
+
+def test_marathon_lb_documented_examples_fixture() -> None:
+    """tests/fixtures/apps_marathon_lb_docs.json: marathon-lb's documented label
+    examples, rebuilt as apps, read the way its documentation says."""
+    from servicerouter.marathon.parse import parse_apps
+    from servicerouter.portassign import assign_all
+
+    from .payloads import load
+
+    result = parse_apps(load("apps_marathon_lb_docs.json"), "docs", resolve)
+    assert not result.errors
+    apps = {a.id: a for a in result.apps}
+    ui = apps["/docs/marathon-ui"].services[0].options
+    assert ui.vhosts == ("marathon.mesosphere.com", "marathon")
+    assert (ui.paths, ui.path_ignore_case, ui.backend_weight) == (("/multiple", "/paths"), True, 1)
+    assert (ui.mode, ui.health_check_fall, ui.health_check_timeout_ms) == (Mode.HTTP, 4, 20000)
+
+    faces = apps["/docs/two-faces"]
+    external = desired_state([faces], Settings(groups=("external",)))
+    internal = desired_state([faces], Settings(groups=("internal",)))
+    assert [d.service.port for d in external.values()] == [10501]
+    assert [d.service.port for d in internal.values()] == [10502]
+
+    private = apps["/docs/private"].services[0].options
+    assert private.auth is not None and private.auth[:2] == ("Private Area", "admin")
+    assert private.network_allowed == ("10.1.40.0/24", "10.1.55.43/32")
+    assert private.hsts and private.sticky
+
+    checked = apps["/docs/checked"]
+    assert checked.services[0].options.health_check_port == 9001
+    (assigned,), _ = assign_all([checked], Settings())
+    assert all(10050 <= s.port <= 10100 and s.auto_port for s in assigned.services)
+
+    warned = [w for w in result.warnings if w.startswith("app /docs/bluegreen")]
+    assert sum("not yet supported" in w for w in warned) == 3
+    assert any("HAPROXY_0_BIND_OPTIONS" in w and "bind keywords" in w for w in warned)
+    assert any("HAPROXY_0_FRONTEND_HEAD" in w and "raw HAProxy configuration" in w
+               for w in warned)
