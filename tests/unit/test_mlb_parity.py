@@ -56,8 +56,9 @@ def test_https_checks_speak_tls_and_keep_tcp_passthrough(protocol: str) -> None:
 
 def test_explicit_check_port_applies_to_every_service_port() -> None:
     for index in (0, 1):
-        o, _ = _opts(checks=[{"protocol": "TCP", "port": 8080}], index=index)
-        assert o.health_check_port == 8080
+        o, _ = _opts(checks=[{"protocol": "HTTP", "port": 8080}], index=index)
+        assert o.health_check_port == 8080 and o.health_check_path == "/"
+        assert o.mode is Mode.TCP  # a check elsewhere says nothing about this port
 
 
 def test_command_check_warns_and_is_not_translated() -> None:

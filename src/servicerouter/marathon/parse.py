@@ -259,8 +259,8 @@ def _with_health_check(options: Options, health_checks: list[Any], index: int, a
     """Mirror the app's Marathon health check for this port index in HAProxy.
 
     As marathon-lb: the first check with an explicit ``port``, or whose
-    ``portIndex`` is this index. HTTP and MESOS_HTTP checks make the port HTTP
-    (unless a MODE label says otherwise); HTTPS checks are sent over TLS
+    ``portIndex`` is this index. HTTP and MESOS_HTTP checks of the port itself make
+    it HTTP (unless a MODE label says otherwise); HTTPS checks are sent over TLS
     (``check-ssl verify none``) without changing the mode; COMMAND checks
     cannot be run by HAProxy and only get a warning.
     """
@@ -302,7 +302,9 @@ def _with_health_check(options: Options, health_checks: list[Any], index: int, a
                 warnings.append(f"app {app_id}: {where}.path {_get(hc, 'path')!r} is not a "
                                 "plain absolute path; HAProxy checks / instead")
                 change["health_check_path"] = "/"
-        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit:
+        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
+            # A check of this very port: it speaks HTTP. (A check on an explicit port says
+            # nothing about the other ports' protocol, so it does not switch them.)
             change["mode"] = Mode.HTTP
         index_label = options.health_check_port_index
         if index_label is not None and port is None:
