@@ -105,9 +105,16 @@ def _get(url: str, host: str | None = None, sni: str | None = None,
         return c.get(url, headers=headers, extensions=extensions, **kw)
 
 
-def _wait_status(url: str, status: int, what: str, **kw: Any) -> httpx.Response:
-    return wait_for(lambda: (r := _get(url, **kw)).status_code == status and r, 20,
-                    what=what)
+def _wait_status(url: str, status: int, what: str, task: str | None = None,
+                 **kw: Any) -> httpx.Response:
+    """The first response with ``status`` (and from ``task``, if given). Apps arrive
+    one reload at a time, so a route may answer before its neighbours exist."""
+    def check() -> httpx.Response | None:
+        r = _get(url, **kw)
+        ok = r.status_code == status and (task is None or _task(r) == task)
+        return r if ok else None
+
+    return wait_for(check, 30, what=what)
 
 
 def _task(r: httpx.Response) -> str:
@@ -126,8 +133,11 @@ def test_host_and_path_routing_follow_backend_weight(cluster: Cluster) -> None:
     base = f"http://127.0.0.1:{cluster.http}"
     _wait_status(f"{base}/", 200, "other.mlb.test routed", host="other.mlb.test")
     assert _task(_get(f"{base}/anything", host="Other.MLB.test:80")) == other
-    assert _task(_wait_status(f"{base}/api/v2/x", 200, "w routed", host="w.mlb.test")) == api
-    assert _task(_wait_status(f"{base}/V2/x", 200, "-i path", host="w.mlb.test")) == v2
+    # Wait until all three routes are live, then check the order.
+    _wait_status(f"{base}/V2/x", 200, "-i path to v2", task=v2, host="w.mlb.test")
+    _wait_status(f"{base}/api/v2/x", 200, "weight 10 first", task=api, host="w.mlb.test")
+    assert _task(_get(f"{base}/api/v2/x", host="w.mlb.test")) == api
+    assert _task(_get(f"{base}/v2/x", host="w.mlb.test")) == v2
     assert _get(f"{base}/elsewhere", host="w.mlb.test").status_code == 503
 
 
@@ -135,11 +145,15 @@ def test_https_routes_by_sni_with_host_as_fallback(cluster: Cluster) -> None:
     (a,) = cluster.launch("/mlb/sni/a", {"HAPROXY_0_VHOST": "a.sni.test"})
     (b,) = cluster.launch("/mlb/sni/b", {"HAPROXY_0_VHOST": "b.sni.test"})
     url = f"https://127.0.0.1:{cluster.https}/"
-    # SNI names a, Host names b: SNI decides.
-    r = _wait_status(url, 200, "SNI a.sni.test routed", host="b.sni.test", sni="a.sni.test")
-    assert _task(r) == a
+    # Both routes live (each by its own name) ...
+    _wait_status(url, 200, "a routed", task=a, host="a.sni.test", sni="a.sni.test")
+    _wait_status(url, 200, "b routed", task=b, host="b.sni.test", sni="b.sni.test")
+    # ... then SNI names a, Host names b: SNI decides.
+    assert _task(_get(url, host="b.sni.test", sni="a.sni.test")) == a
+    assert _task(_get(url, host="a.sni.test", sni="b.sni.test")) == b
     # No SNI at all (an IP address sends none): Host decides.
-    assert _task(_wait_status(url, 200, "Host fallback", host="b.sni.test")) == b
+    assert _task(_get(url, host="b.sni.test")) == b
+    assert _task(_get(url, host="a.sni.test")) == a
 
 
 def test_redirect_to_https_is_a_301_keeping_host_path_and_query(cluster: Cluster) -> None:
@@ -220,6 +234,7 @@ def test_proxypass_revproxy_and_redir(cluster: Cluster) -> None:
                                   "HAPROXY_0_HTTP_BACKEND_REDIR": "/my/content"})
     base = f"http://127.0.0.1:{cluster.http}"
     echo = _wait_status(f"{base}/api/_echo/x?y=1", 200, "proxypass", host="proxy.mlb.test")
+    assert echo.text.startswith("{"), echo.text
     seen = json.loads(echo.text)
     assert seen["task"] == task and seen["path"] == "/_echo/x?y=1"
     # The task redirects to /elsewhere; the client is sent back under /api.
