@@ -28,7 +28,7 @@ from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, re
 from .marathon.parse import Resolver, parse_app, parse_apps
 from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
-from .portassign import assign_all
+from .portassign import assign_all, assign_one
 from .state import ClusterState
 from .sync import EventHandler
 
@@ -188,13 +188,12 @@ class Engine:
             return
         self.app_errors.pop(app_id, None)
         # IP-per-task ports are a function of all such apps: one arriving may move another's.
-        others = [a for i, a in self.state.apps.items() if i != app.id]
-        assigned_apps, assigned = assign_all([*others, app], self.config.settings)
+        app, moved, assigned = assign_one(
+            app, [a for i, a in self.state.apps.items() if i != app.id], self.config.settings)
         self._events.warn_once([*warnings, *assigned])
-        dirty = self.state.set_app(assigned_apps[-1])
-        for before, after in zip(others, assigned_apps, strict=False):
-            if after is not before:
-                dirty |= self.state.set_app(after)
+        dirty = self.state.set_app(app)
+        for other in moved:
+            dirty |= self.state.set_app(other)
         self.mark(dirty, event_time)
 
     def on_event(self, event: MarathonEvent) -> None:

@@ -18,6 +18,7 @@ from .layout import Settings, build_layout, desired_state
 from .model import App
 
 Validate = Callable[[str], Awaitable[tuple[bool, str]]]
+_OUT = "app left out (or kept at its last good state), others applied"
 
 
 def has_templates(app: App) -> bool:
@@ -62,9 +63,9 @@ class TemplateVetting:
         try:
             text = render_alone(app, self.settings, self.templates)
         except TemplateError as exc:
-            return f"{exc}; app left out, others applied"
+            return f"{exc}; {_OUT}"
         valid, output = await self.validate(text)
         if not valid:
             return (f"its template labels do not validate alone (haproxy -c: "
-                    f"{output.strip()[:500]}); app left out, others applied")
+                    f"{output.strip()[:500]}); {_OUT}")
         return None

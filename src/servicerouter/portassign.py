@@ -68,3 +68,13 @@ def assign_all(apps: Sequence[App], settings: Settings) -> tuple[list[App], list
                 settings.app_id_port} - {0}
     ports, warnings = assign_ports(apps, low, high, reserved)
     return [with_ports(a, ports) for a in apps], warnings
+
+
+def assign_one(app: App, others: Sequence[App], settings: Settings
+               ) -> tuple[App, list[App], list[str]]:
+    """``app`` (re)defined among ``others``: its ports, the others whose ports moved
+    because of it, and warnings. Ports are a function of all IP-per-task apps."""
+    assigned, warnings = assign_all([*others, app], settings)
+    moved = [after for before, after in zip(others, assigned, strict=False)
+             if after is not before]
+    return assigned[-1], moved, warnings

@@ -56,3 +56,17 @@ def test_reserved_daemon_ports_are_never_assigned() -> None:
                         https_port=0)
     apps, _ = assign_all([_app("/a")], settings)
     assert apps[0].services[0].port == 10051
+
+
+def test_one_app_arriving_reports_the_apps_whose_ports_it_moved() -> None:
+    from servicerouter.portassign import assign_one
+
+    settings = Settings(ip_per_task_ports=(10050, 10051))
+    others, _ = assign_all([_app("/b"), _app("/c")], settings)
+    app, moved, warnings = assign_one(_app("/a"), others, settings)
+    # Three services, two ports: sorted order decides, and whoever lost is reported.
+    ports = {a.id: a.services[0].port for a in [app, *others]}
+    for m in moved:
+        ports[m.id] = m.services[0].port
+    assert sorted(p for p in ports.values() if p) == [10050, 10051]
+    assert len(warnings) == 1 and all(m.id in ("/b", "/c") for m in moved)
