@@ -308,6 +308,15 @@ def test_forwarding_headers_reach_the_task(cluster: Cluster) -> None:
     h = {k.lower(): v for k, v in json.loads(r.text)["headers"].items()}
     assert (h["x-forwarded-proto"], h["x-forwarded-port"]) == ("https", str(cluster.https))
     assert "check inter 1000 fall 3" in cluster.daemon.config.read_text()
+    # A service port with its own certificate (SSL offload) says https too.
+    tls_app = "/mlb/xff-tls"
+    cluster.launch(tls_app, {"HAPROXY_0_MODE": "http",
+                             "HAPROXY_0_SSL_CERT": str(cluster.tmp / "site.pem")})
+    tls_port = cluster.sim.service_port(tls_app)
+    r = _wait_status(f"https://127.0.0.1:{tls_port}/_echo", 200, "own TLS port",
+                     sni="x.mlb.test")
+    h = {k.lower(): v for k, v in json.loads(r.text)["headers"].items()}
+    assert (h["x-forwarded-proto"], h["x-forwarded-port"]) == ("https", str(tls_port))
 
 
 def test_app_id_header_routing(cluster: Cluster) -> None:
@@ -330,6 +339,16 @@ def test_stats_port_endpoints(cluster: Cluster) -> None:
     before = cluster.daemon.reloads()
     assert _get(f"{base}/_mlb_signal/usr1").status_code == 200
     wait_for(lambda: cluster.daemon.reloads() > before, 20, what="reload by /_mlb_signal/usr1")
+    syncs = _full_syncs(cluster.daemon)
+    assert _get(f"{base}/_mlb_signal/hup").status_code == 200
+    wait_for(lambda: _full_syncs(cluster.daemon) > syncs, 20, what="resync by /_mlb_signal/hup")
+
+
+def _full_syncs(daemon: Daemon) -> float:
+    for line in daemon.metrics().splitlines():
+        if line.startswith('servicerouter_sync_duration_seconds_count{kind="full"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_named_snippet_applies_to_its_app_only(cluster: Cluster) -> None:
