@@ -160,8 +160,8 @@ LABELS: tuple[LabelSpec, ...] = (
               "also comma-separated; every entry must be an address or range",
               "network_allowed", parse_networks),
     LabelSpec("BACKEND_HEALTHCHECK_PORT_INDEX", "port", "health-check the tasks on the "
-              "port of this index", "1", "only where that port is the same for every task "
-              "(IP-per-task); otherwise a warning and the traffic port is checked",
+              "port of this index", "1", "same as marathon-lb: each task's own port at that index "
+              "(set per slot at runtime with check-port)",
               "health_check_port_index", parse_index),
     LabelSpec("HTTP_BACKEND_PROXYPASS_PATH", "port", "strips this prefix from request paths "
               "and sets Host to the first vhost", "/path/to/strip",

@@ -140,6 +140,7 @@ class Endpoint:
     ip: str
     port: int
     state: EndpointState = EndpointState.READY
+    check_port: int | None = None  # HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX, per task
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +177,16 @@ def endpoint_state(task: Task, has_health_checks: bool, health_check: bool) -> E
 def endpoints(app: App, service: Service, health_check: bool = True) -> tuple[Endpoint, ...]:
     """The endpoints HAProxy should have for ``service``, in task order."""
     out = []
+    opts = service.options
+    # The task's own port at another index is checked (the ports differ per task),
+    # unless the check has a fixed port.
+    check_index = (opts.health_check_port_index
+                   if opts.health_check and opts.health_check_port is None else None)
     for task in app.tasks:
         state = endpoint_state(task, app.has_health_checks, health_check)
         if state is None or service.index >= len(task.ports) or task.ip is None:
             continue
-        out.append(Endpoint(task.id, task.ip, task.ports[service.index], state))
+        check_port = (task.ports[check_index]
+                      if check_index is not None and check_index < len(task.ports) else None)
+        out.append(Endpoint(task.id, task.ip, task.ports[service.index], state, check_port))
     return tuple(out)

@@ -8,6 +8,7 @@ apps, so the tests also show that one app's labels never leak into another's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from servicerouter.haproxy.render import builtin_templates
+from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
@@ -364,3 +366,37 @@ def test_named_snippet_applies_to_its_app_only(cluster: Cluster) -> None:
     problems = cluster.daemon.status(app="/mlb/snippet/missing")["problems"]
     assert any("names no snippet" in p["error"] for p in problems)
     assert _get(base, host="missing.mlb.test").status_code == 503
+
+
+def _check_ports(cluster: Cluster, backend: str) -> dict[str, int]:
+    """``addr:port`` → health-check port of each server in use, from HAProxy itself."""
+    text = asyncio.run(RuntimeClient(str(cluster.daemon.socket)).query(
+        f"show servers state {backend}"))
+    header = next(ln for ln in text.splitlines() if ln.startswith("# be_id")).split()[1:]
+    out = {}
+    for fields in (ln.split() for ln in text.splitlines()):
+        if len(fields) != len(header) or fields[0].startswith("#"):
+            continue  # the format version line, the header
+        row = dict(zip(header, fields, strict=True))
+        if row["srv_addr"] != "127.0.0.1" or row["srv_port"] != "1":
+            out[f"{row['srv_addr']}:{row['srv_port']}"] = int(row["srv_check_port"])
+    return out
+
+
+def test_healthcheck_port_index_checks_each_tasks_own_port(cluster: Cluster) -> None:
+    app = "/mlb/checkport"
+    cluster.launch(app, {"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"}, ports=2,
+                   healthChecks=[{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1}])
+    backend = cluster.backend(app)
+
+    def expected() -> dict[str, int]:
+        tasks = [t for t in cluster.sim.app(app)["tasks"] if t["state"] == "TASK_RUNNING"]
+        return {f"127.0.0.1:{t['ports'][0]}": t["ports"][1] for t in tasks}
+
+    wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
+             what="each server checked on its task's second port")
+    reloads = cluster.daemon.reloads()
+    cluster.sim.replace_one(app, cluster.sim.wait_running(app, 1))
+    wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
+             what="the replacement checked on its own second port")
+    assert cluster.daemon.reloads() == reloads, "a task replacement reloaded HAProxy"

@@ -3,6 +3,7 @@ mode, '*' groups, fail-closed refusals), and what the rendered config says."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from servicerouter.haproxy.render import render
 from servicerouter.layout import BackendShape, Settings, build_layout, desired_state, selected
 from servicerouter.layout import service_problem as problem
 from servicerouter.marathon.parse import AppParseError, parse_app
-from servicerouter.model import App, Mode, Options, Service, Task
+from servicerouter.model import App, Health, Mode, Options, Service, Task, endpoints
 
 from .payloads import resolve
 
@@ -23,7 +24,8 @@ def _app(labels: dict[str, str] | None = None, checks: list[Any] | None = None,
     return {"id": "/w", "portDefinitions": [{"port": 10001}, {"port": 10002}],
             "labels": labels or {}, "healthChecks": checks or [],
             "tasks": [{"id": "w.1", "host": "10.0.0.1", "ports": [31001, 31002],
-                       "state": "TASK_RUNNING"}], **extra}
+                       "state": "TASK_RUNNING", "healthCheckResults": [{"alive": True}]}],
+            **extra}
 
 
 def _opts(labels: dict[str, str] | None = None, checks: list[Any] | None = None,
@@ -87,10 +89,36 @@ def test_healthcheck_port_index_uses_the_container_port() -> None:
            "healthChecks": [{"protocol": "HTTP", "portIndex": 0}]}
     app, warnings = parse_app(raw, resolve)
     assert app.services[0].options.health_check_port == 9001 and not warnings
-    # Host networking: the port differs per task, so HAProxy checks the traffic port.
-    o, warnings = _opts({"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"},
-                        [{"protocol": "HTTP"}])
-    assert o.health_check_port is None and "same for every task" in warnings[0]
+    # Host networking: the port differs per task, so each endpoint carries its own.
+    app, warnings = parse_app(_app({"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"},
+                                   [{"protocol": "HTTP"}]), resolve)
+    assert app.services[0].options.health_check_port is None and not warnings
+    (ep,) = endpoints(app, app.services[0])
+    assert (ep.port, ep.check_port) == (31001, 31002)
+    text = _render_app(app)
+    assert "server s1 10.0.0.1:31001 check inter 2000 fall 4 port 31002" in text
+    assert "server s2 127.0.0.1:1 disabled check inter 2000 fall 4\n" in text
+
+
+def _render_app(app: App) -> str:
+    settings = Settings()
+    layout, table = build_layout(desired_state([app], settings), {}, settings)
+    return render(layout, table, settings)
+
+
+def test_per_task_check_ports_are_set_at_runtime() -> None:
+    from servicerouter.planner import plan
+
+    app, _ = parse_app(_app({"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"},
+                            [{"protocol": "HTTP"}]), resolve)
+    settings = Settings()
+    layout, table = build_layout(desired_state([app], settings), {}, settings)
+    moved = replace(app, tasks=(Task("w.2", "/w", "10.0.0.2", (31005, 31006),
+                                     "TASK_RUNNING", Health.HEALTHY),))
+    p = plan(layout, table, desired_state([moved], settings), set(layout))
+    name = next(iter(layout))
+    assert f"set server {name}/s1 check-port 31006" in p.commands
+    assert not p.reload
 
 
 def test_auth_on_an_explicit_tcp_port_is_refused_not_served_open() -> None:

@@ -104,8 +104,9 @@ def _slot_lines(shape: BackendShape, slots: Sequence[Endpoint | None]
         if held is None:
             out.append((name, FREE_SLOT_ADDRESS, True, params))
         else:
+            extra = f" port {held.check_port}" if held.check_port else ""
             out.append((name, hostport(held.ip, held.port),
-                        held.state is EndpointState.DRAIN, params))
+                        held.state is EndpointState.DRAIN, params + extra))
     return out
 
 

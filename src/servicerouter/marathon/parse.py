@@ -307,14 +307,15 @@ def _with_health_check(options: Options, health_checks: list[Any], index: int, a
             # nothing about the other ports' protocol, so it does not switch them.)
             change["mode"] = Mode.HTTP
         index_label = options.health_check_port_index
-        if index_label is not None and port is None:
+        if index_label is not None and port is None and container_ports:
+            # IP-per-task: the container port is the same for every task. Otherwise
+            # each task's own port at that index is checked (model.endpoints).
             if index_label < len(container_ports) and container_ports[index_label]:
                 change["health_check_port"] = container_ports[index_label]
             else:
                 warnings.append(
                     f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
-                    f"{index_label} needs a port that is the same for every task (an "
-                    "IP-per-task container port); the traffic port is checked instead")
+                    f"{index_label} names no container port; the traffic port is checked")
         return replace(options, **change)
     return options
 
