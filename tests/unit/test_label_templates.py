@@ -51,7 +51,8 @@ def test_placeholders_are_filled_as_marathon_lb_does() -> None:
       "only add indented lines"),
      ("BACKEND_HTTP_OPTIONS", "  option forwardfor\nlisten evil\n  bind :1",
       "only add indented lines"),
-     ("BACKEND_HEAD", "backend {backend}\n  acl x {{ ssl_fc }}\n  x {nope}", "KeyError")],
+     ("BACKEND_HEAD", "backend {backend}\n  acl x {{ ssl_fc }}\n  x {nope}", "KeyError"),
+     ("BACKEND_HEAD", "backend {backend}\n  x {backend.__class__}", "KeyError")],
 )
 def test_templates_cannot_leave_their_own_section(key: str, value: str, message: str) -> None:
     with pytest.raises(TemplateError, match=message):

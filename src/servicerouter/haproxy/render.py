@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,10 @@ def _raw_templates(shape: BackendShape) -> dict[str, str]:
     out = {}
     for key, text in opts.raw_templates:
         try:
+            # Plain placeholders only: no attribute or index lookups ({backend.__class__}).
+            fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            if fields - values.keys():
+                raise KeyError(", ".join(sorted(fields - values.keys())))
             formatted = text.format(**values)
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_"
