@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from . import __version__
 from .layout import Settings
 
 SUBCOMMANDS = ("render", "run", "sync", "simulate")
+_CERT_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
+_SNIPPET_FILE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ENV_PREFIX = "SERVICEROUTER_"
 
 
@@ -159,14 +162,33 @@ def _add_render(p: argparse.ArgumentParser) -> None:
     g.add_argument("--https-port", type=_port, default=443,
                    help="virtual-host HTTPS port, bound when a service has a vhost and a "
                         "certificate exists; 0 = none")
-    g.add_argument("--ssl-certs", action="append", metavar="PEM", default=None,
-                   help="certificate for the HTTPS frontend; repeatable")
+    g.add_argument("--ssl-certs", action="append", metavar="PEM[,PEM]", default=None,
+                   help="certificates for the HTTPS frontend; repeatable or comma-separated "
+                        "(marathon-lb's form)")
     g.add_argument("--slots-min-free", type=int, default=4,
                    help="free server slots each backend keeps at least (default 4)")
     g.add_argument("--slots-increment", type=int, default=8,
                    help="backends grow in blocks of this many slots (default 8)")
     g.add_argument("--templates", metavar="DIR",
-                   help="folder of templates that replace the built-in ones by file name")
+                   help="folder of templates that replace the built-in ones by file name; "
+                        "snippets/NAME.j2 in it are selectable with HAPROXY_{n}_SNIPPET=NAME")
+    g.add_argument("--allow-label-templates", action="store_true",
+                   help="trusted clusters only: honour the template labels HAPROXY_{n}_"
+                        "FRONTEND_HEAD, _BACKEND_HEAD and _BACKEND_HTTP_OPTIONS; each such app "
+                        "is validated alone and left out if broken")
+    g.add_argument("--strict-mode", action="store_true",
+                   help="expose only services labelled HAPROXY_{n}_ENABLED=true (marathon-lb)")
+    g.add_argument("--syslog-socket", metavar="PATH|IP:PORT", default=None,
+                   help="HAProxy logs to this syslog socket (marathon-lb: /dev/log); "
+                        "default: no HAProxy logging")
+    g.add_argument("--min-serv-port-ip-per-task", type=_port, default=10050, metavar="PORT",
+                   help="IP-per-task apps without a service port get one from this range "
+                        "(default %(default)s; 0 = off)")
+    g.add_argument("--max-serv-port-ip-per-task", type=_port, default=10100, metavar="PORT",
+                   help="upper end of that range (default %(default)s)")
+    g.add_argument("--app-id-port", type=_port, default=0,
+                   help="port of the frontend routing by X-Marathon-App-Id (marathon-lb: "
+                        "9091, which is our --listen default); 0 = none (default)")
     g = p.add_argument_group("multi-tenant safety (README: Multi-tenant safety)")
     g.add_argument("--ssl-cert-dir", action="append", metavar="DIR", default=None,
                    help="folder apps' HAPROXY_{n}_SSL_CERT files may come from (symlinks "
@@ -231,13 +253,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if getattr(args, flag) < (0 if flag == "slots_min_free" else 1):
             raise CliError(f"--{flag.replace('_', '-')} must be "
                            f"{'>= 0' if flag == 'slots_min_free' else '>= 1'}")
+    low, high = args.min_serv_port_ip_per_task, args.max_serv_port_ip_per_task
+    if low and high < low:
+        raise CliError(f"--max-serv-port-ip-per-task {high} is below "
+                       f"--min-serv-port-ip-per-task {low}")
     return Settings(
+        ip_per_task_ports=(low, high),
+        allow_label_templates=args.allow_label_templates,
+        strict_mode=args.strict_mode,
+        syslog_socket=syslog_target(args.syslog_socket),
+        app_id_port=args.app_id_port,
+        daemon_address=_daemon_address(getattr(args, "listen", None)),
+        snippets=snippet_names(args.templates),
         socket_path=args.haproxy_socket,
         stats_port=args.stats_port,
         stats_address=args.stats_address,
         http_port=args.http_port,
         https_port=args.https_port,
-        ssl_certs=tuple(args.ssl_certs or ()),
+        ssl_certs=split_certs(args.ssl_certs),
         slots_min_free=args.slots_min_free,
         slots_increment=args.slots_increment,
         health_check=args.health_check,
@@ -246,6 +279,54 @@ def settings_from(args: argparse.Namespace) -> Settings:
         vhost_policy=args.vhost_policy,
         max_servers_per_backend=args.max_servers_per_backend,
     )
+
+
+def split_certs(values: Sequence[str] | None) -> tuple[str, ...]:
+    """``--ssl-certs a,b --ssl-certs c`` → (a, b, c): each an absolute file path."""
+    certs = [c.strip() for v in values or () for c in v.split(",") if c.strip()]
+    for c in certs:
+        if not _CERT_PATH.match(c) or "/../" in c:
+            raise CliError(f"--ssl-certs: {c!r} is not an absolute path of [A-Za-z0-9._/-]")
+    return tuple(dict.fromkeys(certs))
+
+
+def syslog_target(value: str | None) -> str | None:
+    """An absolute socket path or IP:PORT for HAProxy's ``log`` line, or None."""
+    if not value:
+        return None
+    if _CERT_PATH.match(value) and "/../" not in value:
+        return value
+    host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        if sep and port.isdigit() and 0 < int(port) < 65536:
+            return value
+    except ValueError:
+        pass
+    raise CliError(f"--syslog-socket {value!r} is neither an absolute socket path nor IP:PORT")
+
+
+def snippet_names(templates: str | None) -> tuple[str, ...]:
+    """Names of the operator's snippets: ``<templates>/snippets/<name>.j2``."""
+    if not templates:
+        return ()
+    folder = Path(templates) / "snippets"
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p.stem for p in folder.glob("*.j2")
+                        if p.is_file() and _SNIPPET_FILE.match(p.stem)))
+
+
+def _daemon_address(listen: tuple[str, int] | None) -> str:
+    """Where HAProxy's stats frontend forwards marathon-lb's endpoints: the daemon's web."""
+    if not listen:
+        return ""
+    host, port = listen
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
 
 
 def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
@@ -288,6 +369,7 @@ async def render_text(args: argparse.Namespace) -> str:
     from .haproxy.render import render
     from .layout import build_layout
     from .marathon.parse import parse_apps
+    from .portassign import assign_all
     from .resolve import CachingResolver
     from .state import ClusterState
 
@@ -312,8 +394,9 @@ async def render_text(args: argparse.Namespace) -> str:
         async with marathon_client(args) as client:
             fetched = await client.get_apps()
         payload, source = fetched.data, fetched.url
-    result = parse_apps(payload, source, CachingResolver())
-    for message in [*map(str, result.errors), *result.warnings]:
+    result = parse_apps(payload, source, CachingResolver(), settings.allow_label_templates)
+    result.apps, assigned = assign_all(result.apps, settings)
+    for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)
     if dns is not None:  # backends resolved by HAProxy from Mesos-DNS
         from .mesosdns import render_config

@@ -24,6 +24,7 @@ from .applylog import reload_causes, runtime_lines
 from .guard import Guard
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
+from .label_templates import TemplateVetting
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
@@ -31,6 +32,7 @@ from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, re
 from .marathon.parse import Resolver, parse_app, parse_apps
 from .metrics import EXCLUDED_REASONS, Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
+from .portassign import assign_all, assign_one
 from .state import ClusterState
 from .sync import EventHandler
 
@@ -115,6 +117,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._events = EventHandler(self)
+        self._vetting = TemplateVetting(config.settings, config.templates, writer.validate)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()  # set after the first good config is live
 
@@ -153,7 +156,8 @@ class Engine:
             started = time.perf_counter()
             try:
                 fetched = await self.marathon.get_apps()
-                result = parse_apps(fetched.data, fetched.url, self.resolve)
+                result = parse_apps(fetched.data, fetched.url, self.resolve,
+                                    self.config.settings.allow_label_templates)
             except (MarathonError, ValueError) as exc:
                 self.metrics.marathon_up.set(0)
                 log.error("full sync failed: %s; HAProxy keeps its current config", exc)
@@ -162,11 +166,17 @@ class Engine:
             for err in result.errors:  # logged when new or changed, not once per sync
                 if self.app_errors.get(err.app_id) != err.message:
                     log.error("%s", err)
-            self.app_errors = {e.app_id: e.message for e in result.errors}
-            self._events.warn_once(result.warnings)
+            before, self.app_errors = self.app_errors, {e.app_id: e.message
+                                                        for e in result.errors}
+            result.apps, assigned = assign_all(result.apps, self.config.settings)  # IP-per-task
+            result.apps, broken = await self._vetting.vet(result.apps)  # label templates
+            for app_id, message in broken.items():
+                if before.get(app_id) != message:
+                    log.error("app %s: %s", app_id, message)
+            self.app_errors.update(broken)
+            self._events.warn_once([*result.warnings, *assigned])
             dirty = self.state.set_facts(hostfacts.gather(result.apps, self.config.settings))
-            dirty |= self.state.replace_all(result.apps,
-                                            keep=[e.app_id for e in result.errors])
+            dirty |= self.state.replace_all(result.apps, keep=list(self.app_errors))
             self._events.after_full_sync()
             self.mark(dirty)
             self.last_sync = time.time()
@@ -188,15 +198,27 @@ class Engine:
             self.mark(self.state.remove_app(app_id), event_time)
             return
         try:
-            app, warnings = parse_app(raw, self.resolve)
+            app, warnings = parse_app(raw, self.resolve,
+                                      self.config.settings.allow_label_templates)
         except ValueError as exc:
             log.error("app %s: %s; app keeps its last good state, others applied", app_id, exc)
             self.app_errors[app_id] = f"{exc}; app keeps its last good state"
             return
+        _, broken = await self._vetting.vet([app])  # label templates, validated alone
+        if broken:
+            log.error("app %s: %s", app_id, broken[app_id])
+            self.app_errors[app_id] = broken[app_id]
+            return
         self.app_errors.pop(app_id, None)
-        self._events.warn_once(warnings)
+        # IP-per-task ports are a function of all such apps: one arriving may move another's.
+        app, moved, assigned = assign_one(
+            app, [a for i, a in self.state.apps.items() if i != app.id], self.config.settings)
+        self._events.warn_once([*warnings, *assigned])
         dirty = self.state.set_facts(hostfacts.gather([app], self.config.settings))
-        self.mark(dirty | self.state.set_app(app), event_time)
+        dirty |= self.state.set_app(app)
+        for other in moved:
+            dirty |= self.state.set_app(other)
+        self.mark(dirty, event_time)
 
     def on_event(self, event: MarathonEvent) -> None:
         try:

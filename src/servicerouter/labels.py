@@ -1,42 +1,190 @@
-"""``HAPROXY_*`` labels into :class:`~servicerouter.model.Options`, validated.
+"""``HAPROXY_*`` labels into :class:`~servicerouter.model.Options`: one table.
+
+Every label marathon-lb knows is one row of :data:`LABELS`: its name, scope
+(the app, or one service port), the grammar of its value, the ``Options``
+field it sets, what it means, an example and how it differs from
+marathon-lb. The parser, the warnings and the README's label table all come
+from this table (a test checks the README against it), so adding a label is
+one row.
 
 Labels are written by app owners, not by the operator running HAProxy, so
-every value is checked against a strict whitelist or pattern before it can
-reach the rendered configuration: nothing in a label can add a line, a
-keyword or an argument to ``haproxy.cfg``. Labels that carried raw HAProxy
+every value goes through a strict grammar (:mod:`label_values`) before it can
+reach the rendered configuration. Labels that carried raw HAProxy
 configuration in marathon-lb (``HAPROXY_0_FRONTEND_HEAD`` and friends) are
-deliberately not supported; operators customise through ``--templates``.
+refused with that reason; operators customise through ``--templates`` and
+named snippets, which an app selects with ``HAPROXY_{n}_SNIPPET``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .label_values import (
+    BALANCE_ALGORITHMS,
+    LabelError,
+    parse_auth,
+    parse_balance,
+    parse_bind_address,
+    parse_bool,
+    parse_file_path,
+    parse_groups,
+    parse_index,
+    parse_mode,
+    parse_networks,
+    parse_path,
+    parse_paths,
+    parse_port,
+    parse_snippet_name,
+    parse_vhosts,
+    parse_weight,
+)
 from .model import Mode, Options
 
+__all__ = ["BALANCE_ALGORITHMS", "GROUP_LABEL", "LABELS", "AppLabels", "LabelError",
+           "LabelSpec", "ServiceLabels", "parse_bool", "parse_labels", "parse_path",
+           "parse_port"]
+
 GROUP_LABEL = "HAPROXY_GROUP"
-_SERVICE_LABEL = re.compile(r"^HAPROXY_(\d+)_([A-Z_]+)$")
+_SERVICE_LABEL = re.compile(r"^HAPROXY_(\d+)_([A-Z0-9_]+)$")
 
-BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random")
-_TRUE = frozenset({"true", "yes", "1", "on"})
-_FALSE = frozenset({"false", "no", "0", "off"})
-_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
-_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_PATH = re.compile(r"^/[A-Za-z0-9._~%/-]{0,255}$")
-_FILE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
+SUPPORTED = "supported"
+NOT_YET = "not yet supported"
+REFUSED = "refused"
 
-class LabelError(ValueError):
-    """A label value that cannot be used; the message names label and value."""
 
-    def __init__(self, label: str, value: str, problem: str) -> None:
-        self.label = label
-        self.value = value
-        super().__init__(f"label {label}={value!r} {problem}")
+@dataclass(frozen=True, slots=True)
+class LabelSpec:
+    """One row of the label table."""
+
+    name: str  # the part after HAPROXY_ (app scope) or HAPROXY_{n}_ (port scope)
+    scope: str  # "app" or "port"
+    meaning: str
+    example: str = ""
+    difference: str = "same as marathon-lb"
+    field: str | None = None  # the Options field it sets (None: PORT, or unsupported)
+    parse: Callable[[str, str], Any] | None = None
+    status: str = SUPPORTED
+
+    @property
+    def label(self) -> str:
+        return f"HAPROXY_{self.name}" if self.scope == "app" else f"HAPROXY_{{n}}_{self.name}"
+
+
+def _paths(label: str, value: str) -> tuple[tuple[str, ...], bool]:
+    return parse_paths(label, value)
+
+
+_RAW = ("carries raw HAProxy configuration written by the app owner, which could change any "
+        "app's routing; refused (operators write templates and named snippets, selected with "
+        "HAPROXY_{n}_SNIPPET; with --allow-label-templates a trusted cluster may use "
+        "FRONTEND_HEAD, BACKEND_HEAD and BACKEND_HTTP_OPTIONS, each app validated alone)")
+_RAW_LABELS = (
+    "FRONTEND_HEAD", "BACKEND_HEAD", "USERLIST_HEAD", "BACKEND_REDIRECT_HTTP_TO_HTTPS",
+    "BACKEND_REDIRECT_HTTP_TO_HTTPS_WITH_PATH", "HTTP_FRONTEND_ACL", "MAP_HTTP_FRONTEND_ACL",
+    "HTTP_FRONTEND_ACL_ONLY", "MAP_HTTP_FRONTEND_ACL_ONLY", "HTTP_FRONTEND_ROUTING_ONLY",
+    "HTTP_FRONTEND_ROUTING_ONLY_WITH_AUTH", "HTTP_FRONTEND_ACL_WITH_AUTH",
+    "HTTP_FRONTEND_ACL_WITH_PATH", "HTTP_FRONTEND_ACL_WITH_AUTH_AND_PATH",
+    "HTTP_FRONTEND_ACL_ONLY_WITH_PATH", "HTTP_FRONTEND_ACL_ONLY_WITH_PATH_AND_AUTH",
+    "HTTPS_FRONTEND_ACL_ONLY_WITH_PATH", "HTTP_FRONTEND_ROUTING_ONLY_WITH_PATH",
+    "HTTP_FRONTEND_ROUTING_ONLY_WITH_PATH_AND_AUTH", "HTTP_FRONTEND_APPID_ACL",
+    "MAP_HTTP_FRONTEND_APPID_ACL", "HTTPS_FRONTEND_ACL", "MAP_HTTPS_FRONTEND_ACL",
+    "HTTPS_FRONTEND_ACL_WITH_AUTH", "HTTPS_FRONTEND_ACL_WITH_PATH",
+    "HTTPS_FRONTEND_ACL_WITH_AUTH_AND_PATH", "BACKEND_HTTP_OPTIONS",
+    "HTTP_BACKEND_PROXYPASS_GLUE", "HTTP_BACKEND_REVPROXY_GLUE", "BACKEND_HSTS_OPTIONS",
+    "BACKEND_HTTP_HEALTHCHECK_OPTIONS", "BACKEND_TCP_HEALTHCHECK_OPTIONS",
+    "BACKEND_STICKY_OPTIONS", "BACKEND_SERVER_OPTIONS", "BACKEND_SERVER_TCP_HEALTHCHECK_OPTIONS",
+    "BACKEND_SERVER_HTTP_HEALTHCHECK_OPTIONS", "FRONTEND_BACKEND_GLUE",
+    "HTTP_BACKEND_NETWORK_ALLOWED_ACL", "TCP_BACKEND_NETWORK_ALLOWED_ACL",
+)
+# With --allow-label-templates: the template labels that shape only the app's own
+# frontend and backend (marathon-lb's placeholders: FRONTEND_HEAD {backend} {bindAddr}
+# {servicePort} {mode} {sslCert} {bindOptions}; BACKEND_HEAD {backend} {balance} {mode}).
+# The others write shared frontends or the per-slot server lines servicerouter manages
+# at runtime, so they stay refused even then.
+TEMPLATE_LABELS = ("FRONTEND_HEAD", "BACKEND_HEAD", "BACKEND_HTTP_OPTIONS")
+_DEPLOYMENT = "blue/green deployments (marathon-lb's zdd.py) are not yet supported"
+
+LABELS: tuple[LabelSpec, ...] = (
+    LabelSpec("GROUP", "app", "load-balancer groups that expose the app; '*' is a group name "
+              "as in marathon-lb (an LB run with --group '*' exposes every app)",
+              "external", field="groups", parse=parse_groups),
+    *(LabelSpec(f"DEPLOYMENT_{n}", "app", "blue/green deployment state written by zdd.py",
+                "", _DEPLOYMENT, status=NOT_YET)
+      for n in ("GROUP", "ALT_PORT", "COLOUR", "STARTED_AT", "TARGET_INSTANCES")),
+    LabelSpec("PORT", "port", "the port HAProxy binds for this service, instead of the "
+              "service port", "10001", parse=parse_port),
+    LabelSpec("ENABLED", "port", "expose this service port (needed under --strict-mode)",
+              "true", "also accepts 1/on and false/f/no/n/0/off; other values are an error, "
+              "not false", "enabled", parse_bool),
+    LabelSpec("GROUP", "port", "groups of this service port; overrides HAPROXY_GROUP",
+              "internal", field="groups", parse=parse_groups),
+    LabelSpec("MODE", "port", "tcp or http; a VHOST, PATH, AUTH or HTTP health check implies "
+              "http", "http", "an explicit MODE wins over an HTTP health check's; HTTPS checks "
+              "do not make the port HTTP (its tasks speak TLS), they are sent with check-ssl",
+              "mode", parse_mode),
+    LabelSpec("BALANCE", "port", "load-balancing algorithm, with its arguments",
+              "url_param userid", "only algorithms and arguments from a fixed grammar",
+              "balance", parse_balance),
+    LabelSpec("BIND_ADDR", "port", "address the service's frontend binds", "10.0.0.42",
+              "an IP address or '*' only", "bind_address", parse_bind_address),
+    LabelSpec("VHOST", "port", "virtual hosts routed to this service on the shared HTTP and "
+              "HTTPS frontends (SNI on HTTPS, Host as fallback)",
+              "shop.example.com,*.shop.example.com", "'*.' wildcards match any subdomain",
+              "vhosts", parse_vhosts),
+    LabelSpec("PATH", "port", "path prefixes (path_beg) routed on the service's vhosts; "
+              "space-separated, '-i' first for case-insensitive",
+              "-i /api /v2/api", field="paths", parse=_paths),
+    LabelSpec("BACKEND_WEIGHT", "port", "orders routes that share a vhost: larger first "
+              "(a PATH alone gives weight 1)", "10",
+              "equal weights: the longer path first, then by name", "backend_weight",
+              parse_weight),
+    LabelSpec("STICKY", "port", "sticky sessions by cookie", "true",
+              "cookie named SRVID, not mesosphere_server_id", "sticky", parse_bool),
+    LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests get a 301 to https://",
+              "true", "refused with an error (service not exposed) when no HTTPS frontend "
+              "can serve the redirect", "redirect_to_https", parse_bool),
+    LabelSpec("USE_HSTS", "port", "adds Strict-Transport-Security: max-age=15768000 to "
+              "responses", "true", field="hsts", parse=parse_bool),
+    LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "
+              "HTTPS frontend", "/etc/ssl/shop.pem", "an absolute path of plain characters",
+              "ssl_cert", parse_file_path),
+    LabelSpec("AUTH", "port", "HTTP basic auth: realm:user:crypt-hash; others get 401",
+              "shop:admin:$6$salt$hash", "plain-text passwords are refused; enforced on "
+              "every frontend of the service, and a service whose auth cannot be enforced "
+              "is not exposed", "auth", parse_auth),
+    LabelSpec("BACKEND_NETWORK_ALLOWED_ACL", "port", "client addresses or CIDR ranges "
+              "allowed; others get 403 (HTTP) or are refused (TCP)", "10.1.40.0/24 10.1.55.43",
+              "also comma-separated; every entry must be an address or range",
+              "network_allowed", parse_networks),
+    LabelSpec("BACKEND_HEALTHCHECK_PORT_INDEX", "port", "health-check the tasks on the "
+              "port of this index", "1", "same as marathon-lb: each task's own port at that index "
+              "(set per slot at runtime with check-port)",
+              "health_check_port_index", parse_index),
+    LabelSpec("HTTP_BACKEND_PROXYPASS_PATH", "port", "strips this prefix from request paths "
+              "and sets Host to the first vhost", "/path/to/strip",
+              "the first non-wildcard vhost, where marathon-lb printed the whole VHOST value",
+              "proxypass_path", parse_path),
+    LabelSpec("HTTP_BACKEND_REVPROXY_PATH", "port", "rewrites the path of Location response "
+              "headers to start with this path", "/my/content",
+              "keeps the rest of the Location (marathon-lb replaces the whole Location with "
+              "this path); only relative Locations and the service's own vhosts",
+              "revproxy_path", parse_path),
+    LabelSpec("HTTP_BACKEND_REDIR", "port", "301 from / on the service's vhosts to this path",
+              "/my/content", field="redir_path", parse=parse_path),
+    LabelSpec("SNIPPET", "port", "an operator-written snippet (templates dir, "
+              "snippets/NAME.j2) added to this service's backend", "compress",
+              "new: replaces per-app template labels", "snippet", parse_snippet_name),
+    LabelSpec("BIND_OPTIONS", "port", "raw bind keywords", "", "carries raw HAProxy bind "
+              "keywords (ciphers, options) that apply to every listener; refused (set them "
+              "in the operator's templates)", status=REFUSED),
+    *(LabelSpec(n, "port", "a marathon-lb template override", "", _RAW, status=REFUSED)
+      for n in _RAW_LABELS),
+)
+_APP = {s.name: s for s in LABELS if s.scope == "app"}
+_PORT = {s.name: s for s in LABELS if s.scope == "port"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +193,7 @@ class ServiceLabels:
 
     options: Options = field(default_factory=Options)
     port: int | None = None  # HAPROXY_{n}_PORT overrides the service port
+    explicit: frozenset[str] = frozenset()  # label names (PORT, MODE, ...) that were set
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,109 +205,35 @@ class AppLabels:
         return self.services.get(index) or self.services.get(-1) or ServiceLabels()
 
 
-def parse_bool(label: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise LabelError(label, value, "is not a boolean (true or false)")
-
-
-def parse_port(label: str, value: str) -> int:
-    v = value.strip()
-    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
-        raise LabelError(label, value, "is not a port (1-65535)")
-    return int(v)
-
-
-def parse_groups(label: str, value: str) -> tuple[str, ...]:
-    groups = tuple(g.strip() for g in value.split(",") if g.strip())
-    for g in groups:
-        if not _GROUP.match(g):
-            raise LabelError(label, value, "is not a comma-separated list of group names")
-    return groups
-
-
-def parse_vhosts(label: str, value: str) -> tuple[str, ...]:
-    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
-    if not hosts:
-        raise LabelError(label, value, "names no host")
-    for h in hosts:
-        if len(h) > 253 or not _HOSTNAME.match(h):
-            raise LabelError(label, value, f"has {h!r}, which is not a host name")
-    return hosts
-
-
-def parse_bind_address(label: str, value: str) -> str:
-    v = value.strip()
-    if v == "*":
-        return v
-    if "%" in v:  # an IPv6 zone may hold any text, newlines included
-        raise LabelError(label, value, "is not an IP address or '*' (no IPv6 zone)")
-    try:
-        return str(ipaddress.ip_address(v))
-    except ValueError:
-        raise LabelError(label, value, "is not an IP address or '*'") from None
-
-
-def parse_path(label: str, value: str, pattern: re.Pattern[str] = _PATH) -> str:
-    v = value.strip()
-    if not pattern.match(v) or "/../" in f"{v}/":
-        raise LabelError(label, value, "is not an absolute path of [A-Za-z0-9._~%/-]")
-    return v
-
-
-def _choice(label: str, value: str, choices: tuple[str, ...]) -> str:
-    v = value.strip().lower()
-    if v not in choices:
-        raise LabelError(label, value, f"is not one of {', '.join(choices)}")
-    return v
-
-
-def _mode(label: str, value: str) -> Mode:
-    return Mode(_choice(label, value, ("tcp", "http")))
-
-
-def _balance(label: str, value: str) -> str:
-    return _choice(label, value, BALANCE_ALGORITHMS)
-
-
-def _ssl_cert(label: str, value: str) -> str:
-    return parse_path(label, value, _FILE_PATH)
-
-
-# Label suffix -> (Options field, parser). HAPROXY_{n}_PORT is handled apart.
-_OPTION_LABELS: dict[str, tuple[str, Callable[[str, str], object]]] = {
-    "ENABLED": ("enabled", parse_bool),
-    "GROUP": ("groups", parse_groups),
-    "MODE": ("mode", _mode),
-    "BALANCE": ("balance", _balance),
-    "BIND_ADDR": ("bind_address", parse_bind_address),
-    "VHOST": ("vhosts", parse_vhosts),
-    "PATH": ("path", parse_path),
-    "STICKY": ("sticky", parse_bool),
-    "REDIRECT_TO_HTTPS": ("redirect_to_https", parse_bool),
-    "SSL_CERT": ("ssl_cert", _ssl_cert),
-}
-SERVICE_LABELS = ("PORT", *_OPTION_LABELS)
-
-
-def _apply(current: ServiceLabels, key: str, label: str, value: str) -> ServiceLabels:
+def _apply(current: ServiceLabels, spec: LabelSpec, label: str, value: str) -> ServiceLabels:
     """Apply one per-service label; raises LabelError on a bad value."""
-    if key == "PORT":
-        return replace(current, port=parse_port(label, value))
-    field_name, parse = _OPTION_LABELS[key]
-    change: dict[str, Any] = {field_name: parse(label, value)}
-    return replace(current, options=replace(current.options, **change))
+    assert spec.parse is not None
+    parsed = spec.parse(label, value)
+    explicit = current.explicit | {spec.name}
+    if spec.name == "PORT":
+        return replace(current, port=parsed, explicit=explicit)
+    change: dict[str, Any] = {spec.field or "": parsed}
+    if spec.name == "PATH":
+        change = {"paths": parsed[0], "path_ignore_case": parsed[1]}
+    return replace(current, options=replace(current.options, **change), explicit=explicit)
 
 
-def parse_labels(labels: Mapping[str, object] | None, service_count: int) -> AppLabels:
+def _unsupported(label: str, spec: LabelSpec | None) -> str:
+    if spec is None:
+        return f"label {label} is not a label servicerouter or marathon-lb knows; ignored"
+    if spec.status == NOT_YET:
+        return f"label {label} is recognised but not yet supported: {spec.difference}; ignored"
+    return f"label {label} is not supported: it {spec.difference}; ignored"
+
+
+def parse_labels(labels: Mapping[str, object] | None, service_count: int,
+                 allow_templates: bool = False) -> AppLabels:
     """Read an app's labels. Raises :class:`LabelError` for the first bad value.
 
     ``HAPROXY_GROUP`` applies to every service; ``HAPROXY_{n}_*`` to index n.
-    Labels for an index the app does not have, and unknown ``HAPROXY_``
-    labels, become warnings.
+    Labels for an index the app does not have, and unsupported ``HAPROXY_``
+    labels, become warnings that say why. With ``allow_templates`` the raw
+    template labels are kept (per index) for the operator's trusted cluster.
     """
     labels = labels or {}
     warnings: list[str] = []
@@ -167,6 +242,7 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int) -> App
         base = replace(base, groups=parse_groups(GROUP_LABEL, str(labels[GROUP_LABEL])))
 
     per_index: dict[int, ServiceLabels] = {-1: ServiceLabels(base)}
+    templates: dict[int, dict[str, str]] = {}
     for label in sorted(labels):
         if not label.startswith("HAPROXY_") or label == GROUP_LABEL:
             continue
@@ -174,24 +250,68 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int) -> App
         if not isinstance(value, str):
             raise LabelError(label, str(value), "is not a string")
         m = _SERVICE_LABEL.match(label)
-        if not m or m.group(2) not in SERVICE_LABELS:
-            warnings.append(
-                f"label {label} is not supported (labels cannot carry HAProxy configuration; "
-                "use --templates); ignored"
-            )
+        if not m:
+            warnings.append(_unsupported(label, _APP.get(label.removeprefix("HAPROXY_"))))
             continue
         index, key = int(m.group(1)), m.group(2)
+        spec = _PORT.get(key)
+        if spec is not None and allow_templates and key in TEMPLATE_LABELS \
+                and index < max(service_count, 1):
+            templates.setdefault(index, {})[key] = value.replace("\r\n", "\n")
+            continue
+        if spec is not None and allow_templates and key in _RAW_LABELS:
+            warnings.append(f"label {label} is not supported even with "
+                            "--allow-label-templates (only "
+                            f"{', '.join(TEMPLATE_LABELS)}): it writes shared frontends or "
+                            "the server lines servicerouter manages at runtime; ignored")
+            continue
+        if spec is None or spec.status != SUPPORTED:
+            warnings.append(_unsupported(label, spec))
+            continue
         if index >= max(service_count, 1):
             warnings.append(f"label {label} names service port index {index}, which the app "
                             f"does not have ({service_count} ports); ignored")
             continue
         current = per_index.get(index) or ServiceLabels(base)
-        per_index[index] = _apply(current, key, label, value)
+        per_index[index] = _apply(current, spec, label, value)
 
+    for index in templates:
+        per_index.setdefault(index, ServiceLabels(base))
     for index, sl in list(per_index.items()):
         opts = sl.options
-        http_only = opts.vhosts or opts.path or opts.redirect_to_https or opts.sticky
-        if http_only and opts.mode is Mode.TCP:
-            # Virtual hosts, paths, redirects and cookies are HTTP features.
+        http_only = (opts.vhosts or opts.paths or opts.redirect_to_https or opts.sticky
+                     or opts.hsts or opts.proxypass_path or opts.revproxy_path
+                     or opts.redir_path)
+        if opts.mode is Mode.TCP and (http_only or (opts.auth and "MODE" not in sl.explicit)):
+            # Virtual hosts, paths, redirects, cookies and auth are HTTP features.
+            # An explicit MODE=tcp with AUTH stays tcp: parse refuses that service.
             per_index[index] = replace(sl, options=replace(opts, mode=Mode.HTTP))
+        if templates.get(index):
+            per_index[index] = replace(per_index[index], options=replace(
+                per_index[index].options, raw_templates=tuple(sorted(templates[index].items()))))
+        if opts.paths and opts.backend_weight == 0:
+            per_index[index] = replace(per_index[index], options=replace(
+                per_index[index].options, backend_weight=1))  # as marathon-lb
     return AppLabels(per_index, tuple(warnings))
+
+
+def markdown_table() -> str:
+    """The README's label table, generated from :data:`LABELS` (a test keeps them equal).
+
+    Raw template labels share one reason, so they share one row.
+    """
+    rows = ["| label | scope | meaning | example | difference from marathon-lb |",
+            "|---|---|---|---|---|"]
+    raw: list[str] = []
+    for spec in LABELS:
+        if spec.status == REFUSED and spec.name in _RAW_LABELS:
+            raw.append(f"`{spec.label}`")
+            continue
+        example = f"`{spec.label.replace('{n}', '0')}={spec.example}`" if spec.example else ""
+        difference = spec.difference
+        if spec.status == NOT_YET:
+            difference = f"**{spec.status}**: {difference}"
+        rows.append(f"| `{spec.label}` | {spec.scope} | {spec.meaning} | {example} | "
+                    f"{difference} |")
+    rows.append(f"| {', '.join(raw)} | port | marathon-lb template overrides | | {_RAW} |")
+    return "\n".join(rows) + "\n"

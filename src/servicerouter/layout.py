@@ -37,12 +37,20 @@ class Settings:
     vhost_policy: str = "group"  # group | exclusive | open
     max_servers_per_backend: int = 2000  # 0: no cap
     reserved_ports: tuple[int, ...] = ()  # the daemon's own (--listen); never an app's
+    # marathon-lb parity (README: Migrating from marathon-lb).
+    strict_mode: bool = False  # services need HAPROXY_{n}_ENABLED=true
+    syslog_socket: str | None = None  # HAProxy `log` target; None: no logging
+    app_id_port: int = 0  # frontend routing by X-Marathon-App-Id; 0 = none
+    daemon_address: str = ""  # host:port of the daemon's web server (stats-port endpoints)
+    snippets: tuple[str, ...] = ()  # names of snippets/<name>.j2 in --templates
+    ip_per_task_ports: tuple[int, int] = (10050, 10100)  # range for portassign; (0, 0): off
+    allow_label_templates: bool = False  # marathon-lb template labels, each app vetted alone
 
     @property
     def own_ports(self) -> frozenset[int]:
         """Ports servicerouter and its HAProxy use themselves: no app may bind them."""
         return frozenset(p for p in (self.stats_port, self.http_port, self.https_port,
-                                     *self.reserved_ports) if p)
+                                     self.app_id_port, *self.reserved_ports) if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +70,13 @@ class BackendShape:
         """Whether ``add server`` works here. HAProxy 2.6 refuses it for static-rr and
         hashing algorithms, and refuses ``cookie`` on dynamic servers (sticky sessions)."""
         opts = self.service.options
-        return opts.balance not in ("static-rr", "source") and not opts.sticky
+        algorithm = opts.balance.split("(")[0].split()[0]
+        return algorithm not in _STATIC_ALGORITHMS and not opts.sticky
+
+
+# Algorithms whose servers HAProxy 2.6 cannot add at runtime (static or map-based hashing).
+_STATIC_ALGORITHMS = frozenset({"static-rr", "source", "uri", "url_param", "hdr",
+                                "rdp-cookie"})
 
 
 # A slot holds an endpoint or nothing (a free slot: disabled, 127.0.0.1:1).
@@ -77,19 +91,49 @@ class DesiredService:
 
 
 def selected(service: Service, settings: Settings) -> bool:
-    """Whether a service gets a frontend: enabled, in a selected group, with a port."""
-    if not service.options.enabled or not service.port:
+    """Whether a service gets a frontend: enabled, in a selected group, with a port.
+
+    Without an ENABLED label a service is enabled unless ``--strict-mode``. A
+    load balancer of group ``*`` takes every group, as marathon-lb's does.
+    """
+    opts = service.options
+    enabled = opts.enabled if opts.enabled is not None else not settings.strict_mode
+    if not enabled or not service.port:
         return False
-    if not settings.groups:
+    if not settings.groups or "*" in settings.groups:
         return True
-    return any(g in settings.groups for g in service.options.groups)
+    return any(g in settings.groups for g in opts.groups)
+
+
+def https_available(service: Service, settings: Settings) -> bool:
+    """Whether the shared HTTPS frontend serves this service, so that a redirect to
+    https:// (the same host, on --https-port) reaches it."""
+    opts = service.options
+    return bool(opts.vhosts and settings.https_port and (settings.ssl_certs or opts.ssl_cert))
+
+
+def service_problem(service: Service, settings: Settings) -> str | None:
+    """Why a selected service must not be exposed (fail closed), or None."""
+    opts = service.options
+    if opts.refused:
+        return opts.refused
+    i = service.index
+    if opts.redirect_to_https and not https_available(service, settings):
+        return (f"label HAPROXY_{i}_REDIRECT_TO_HTTPS=true, but no HTTPS frontend can serve "
+                f"the redirect (needs HAPROXY_{i}_VHOST, --https-port, and --ssl-certs or "
+                f"HAPROXY_{i}_SSL_CERT); "
+                "service not exposed rather than served over plain HTTP")
+    if opts.snippet and opts.snippet not in settings.snippets:
+        return (f"label HAPROXY_{i}_SNIPPET={opts.snippet!r} names no snippet in the "
+                f"templates folder (snippets/{opts.snippet}.j2); service not exposed")
+    return None
 
 
 def desired_services(app: App, settings: Settings) -> dict[str, DesiredService]:
     """Backend name → desired service and endpoints, for one app."""
     out = {}
     for service in app.services:
-        if selected(service, settings):
+        if selected(service, settings) and service_problem(service, settings) is None:
             name = service_name(app.id, service.port, service.index)
             out[name] = DesiredService(service, endpoints(app, service, settings.health_check))
     return out

@@ -66,20 +66,38 @@ class Options:
     needs a reload) or selects the service (``enabled``, ``groups``).
     """
 
-    enabled: bool = True
+    enabled: bool | None = None  # None: no ENABLED label (on, unless --strict-mode)
     groups: tuple[str, ...] = ()
     mode: Mode = Mode.TCP
     balance: str = "roundrobin"
     bind_address: str = "*"
     vhosts: tuple[str, ...] = ()
-    path: str | None = None
+    paths: tuple[str, ...] = ()  # path_beg prefixes (HAPROXY_{n}_PATH)
+    path_ignore_case: bool = False
     sticky: bool = False
     redirect_to_https: bool = False
+    hsts: bool = False
     ssl_cert: str | None = None
+    auth: tuple[str, str, str] | None = None  # (realm, user, crypt hash)
+    network_allowed: tuple[str, ...] = ()  # CIDRs; empty: everyone
+    backend_weight: int = 0
+    proxypass_path: str | None = None
+    revproxy_path: str | None = None
+    redir_path: str | None = None
+    snippet: str | None = None  # an operator-written snippet, by name
+    # marathon-lb template labels (FRONTEND_HEAD, ...), kept only with --allow-label-templates
+    raw_templates: tuple[tuple[str, str], ...] = ()
+    health_check_port_index: int | None = None  # HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX
     # Derived from the app's Marathon health check for this port index.
     health_check_path: str | None = None  # HTTP path, or None for a TCP check
     health_check: bool = False
     health_check_interval_ms: int = 2000
+    health_check_timeout_ms: int | None = None  # timeout check
+    health_check_fall: int | None = None  # maxConsecutiveFailures + 1, as marathon-lb
+    health_check_port: int | None = None  # check on this port instead of the traffic port
+    health_check_ssl: bool = False  # HTTPS checks: check-ssl verify none
+    # Why the labels cannot be honoured safely: the service is not exposed (fail closed).
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,7 @@ class Service:
     index: int
     port: int  # the service port HAProxy binds; 0 = none (no frontend)
     options: Options = field(default_factory=Options)
+    auto_port: bool = False  # port assigned from the IP-per-task range (portassign)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -121,6 +140,7 @@ class Endpoint:
     ip: str
     port: int
     state: EndpointState = EndpointState.READY
+    check_port: int | None = None  # HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX, per task
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +156,8 @@ class Problem:
     message: str  # what is wrong; the sentence ends with what was done about it
 
     def __str__(self) -> str:
+        if self.label.endswith("_*"):  # several labels together: the message names them
+            return f"app {self.app_id}: {self.message}"
         return f"app {self.app_id}: {self.label}={self.value!r} {self.message}"
 
 
@@ -189,9 +211,16 @@ def endpoint_state(task: Task, has_health_checks: bool, health_check: bool) -> E
 def endpoints(app: App, service: Service, health_check: bool = True) -> tuple[Endpoint, ...]:
     """The endpoints HAProxy should have for ``service``, in task order."""
     out = []
+    opts = service.options
+    # The task's own port at another index is checked (the ports differ per task),
+    # unless the check has a fixed port.
+    check_index = (opts.health_check_port_index
+                   if opts.health_check and opts.health_check_port is None else None)
     for task in app.tasks:
         state = endpoint_state(task, app.has_health_checks, health_check)
         if state is None or service.index >= len(task.ports) or task.ip is None:
             continue
-        out.append(Endpoint(task.id, task.ip, task.ports[service.index], state))
+        check_port = (task.ports[check_index]
+                      if check_index is not None and check_index < len(task.ports) else None)
+        out.append(Endpoint(task.id, task.ip, task.ports[service.index], state, check_port))
     return tuple(out)

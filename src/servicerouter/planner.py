@@ -16,7 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .haproxy.render import server_params
-from .haproxy.runtime_commands import add_server, enable_health, set_server_addr, set_server_state
+from .haproxy.runtime_commands import (
+    add_server,
+    enable_health,
+    set_check_port,
+    set_server_addr,
+    set_server_state,
+)
 from .haproxy.runtime_parse import ServerState
 from .layout import BackendShape, DesiredService, Layout, SlotTable
 from .model import Endpoint, EndpointState
@@ -84,6 +90,8 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
         kept.add(held.task_id)
         if (new.ip, new.port) != (held.ip, held.port):
             commands.append(set_server_addr(b, s, new.ip, new.port))
+        if new.check_port and new.check_port != held.check_port:
+            commands.append(set_check_port(b, s, new.check_port))
         if new.state is not held.state or (new.ip, new.port) != (held.ip, held.port):
             commands.append(set_server_state(b, s, _state(new)))
         slots[i] = new
@@ -99,12 +107,16 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
             slots.append(None)
             s = slot_name(slot + 1)
             params = server_params(shape, s).split()
+            if e.check_port:
+                params += ["port", str(e.check_port)]
             commands.append(add_server(b, s, e.ip, e.port, *params))
             if shape.service.options.health_check:
                 commands.append(enable_health(b, s))
         else:
             s = slot_name(slot + 1)
             commands.append(set_server_addr(b, s, e.ip, e.port))
+            if e.check_port:
+                commands.append(set_check_port(b, s, e.check_port))
         commands.append(set_server_state(b, s, "ready"))
         slots[slot] = e
     return commands, slots

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from .admission import Facts, check_service, port_label, vhost_owner
-from .layout import DesiredService, Settings, desired_services
+from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Problem, Service, Task
 
 log = logging.getLogger("servicerouter.state")
@@ -92,16 +92,19 @@ class ClusterState:
             if key is None or not opts.vhosts:
                 continue
             problem = None
+            paths = opts.paths or ("",)
             for host in opts.vhosts:
                 owner = self._host_owner.get(host)
                 holders = self._host_holders.get(host)
-                route = (host, opts.path or "")
+                taken = [(host, p) for p in paths
+                         if (host, p) in routes or (host, p) in self._route_owner]
                 if owner is not None and holders and owner[0] != key:
                     problem = (f"names host {host}, which belongs to "
                                f"{'group' if policy == 'group' else 'app'} {owner[0]} "
                                f"(app {owner[1]} claimed it first)")
-                elif route in routes or route in self._route_owner:
-                    problem = (f"names host {host} and path {opts.path or '/'}, which "
+                elif taken:
+                    route = taken[0]
+                    problem = (f"names host {host} and path {route[1] or '/'}, which "
                                f"{self._route_owner.get(route) or routes[route]} already "
                                "routes")
                 if problem:
@@ -115,7 +118,8 @@ class ClusterState:
                                         f"{problem}; service left out, others applied"))
                 continue
             for host in opts.vhosts:
-                routes[(host, opts.path or "")] = name
+                for path in paths:
+                    routes[(host, path)] = name
                 hosts.add(host)
         for host in hosts:
             holders = self._host_holders.setdefault(host, set())
@@ -142,6 +146,12 @@ class ClusterState:
         """One app's services as admitted: checked, owned, not excluded by HAProxy."""
         new = desired_services(app, self.settings)
         problems = list(app.problems)
+        for service in app.services:  # labels that cannot be honoured: fail closed
+            refusal = service_problem(service, self.settings) \
+                if selected(service, self.settings) else None
+            if refusal:
+                problems.append(Problem(app.id, service.index, "label_refused",
+                                        f"HAPROXY_{service.index}_*", "", refusal))
         for name, d in list(new.items()):
             admitted, found = check_service(app, d, self.settings, self.facts)
             problems += found

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .haproxy.runtime import HAProxyRuntimeError
+from .mlb_endpoints import mlb_routes
 from .naming import slot_name
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         Route("/healthz", healthz),
         Route("/status", status),
         Route("/config", config),
+        *mlb_routes(engine),  # marathon-lb's /_haproxy_* and /_mlb_signal/* (mlb_endpoints)
     ])
 
 

@@ -71,10 +71,14 @@ def settings_variants(tmp_path: Path, pem: str) -> dict[str, Settings]:
         "no-health-check": replace(base, health_check=False, maxconn=2000,
                                    hard_stop_after="10s"),
         "group-external": replace(base, groups=("external",)),
+        "operator": replace(base, ssl_certs=(pem,), syslog_socket="127.0.0.1:514",
+                            app_id_port=9191, daemon_address="127.0.0.1:9091",
+                            groups=("*",), https_port=8443),
     }
 
 
-VARIANTS = ["default", "certs", "stats-off", "http-off", "no-health-check", "group-external"]
+VARIANTS = ["default", "certs", "stats-off", "http-off", "no-health-check", "group-external",
+            "operator"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -104,7 +108,7 @@ def every_option_apps(pem: str) -> list[App]:
     return [
         _app("/vh/plain", 10001, Options(mode=http, vhosts=("a.example.com",))),
         _app("/vh/path", 10002, Options(mode=http, vhosts=("a.example.com", "b.example.com"),
-                                         path="/api/v2", redirect_to_https=True)),
+                                         paths=("/api/v2",), redirect_to_https=True)),
         _app("/vh/sticky", 10003, Options(mode=http, vhosts=("s.example.com",), sticky=True,
                                            balance="leastconn")),
         _app("/vh/cert", 10004, Options(mode=http, vhosts=("c.example.com",), ssl_cert=pem)),
@@ -117,6 +121,19 @@ def every_option_apps(pem: str) -> list[App]:
                                            health_check_path="/health%20z")),
         _app("/tcp/first", 10009, Options(balance="first"), state="TASK_KILLING"),
         _app("/odd/na_me_/x y", 10010, Options()),
+        # marathon-lb's labels
+        _app("/mlb/auth", 10011, Options(
+            mode=http, vhosts=("a.example.com", "*.a.example.com", "my_host.example.com"),
+            paths=("/x", "/y"), path_ignore_case=True, backend_weight=5,
+            auth=("Some Realm", "bob", "$6$abcdefgh$0123456789abcdef"),
+            network_allowed=("10.0.0.0/8", "fd00::/8"), hsts=True, proxypass_path="/x",
+            revproxy_path="/x", redir_path="/x/home", balance="hdr(host) use_domain_only")),
+        _app("/mlb/tcp-acl", 10012, Options(network_allowed=("127.0.0.0/8",),
+                                            balance="uri whole depth 2")),
+        _app("/mlb/checks", 10013, Options(
+            mode=http, balance="url_param id", health_check=True, health_check_path="/h",
+            health_check_interval_ms=1000, health_check_timeout_ms=500, health_check_fall=4,
+            health_check_port=8080, health_check_ssl=True)),
     ]
 
 

@@ -38,9 +38,9 @@ def test_vhost_belongs_to_the_group_of_its_first_claimer_shared_by_path() -> Non
     s = ClusterState(Settings(http_port=0, https_port=0))
     s.set_app(app("/teama/web", 10001, vhosts=("shop.example.com",)))
     # Same top-level group, another path: shares the host.
-    s.set_app(app("/teama/api", 10002, vhosts=("shop.example.com",), path="/api"))
+    s.set_app(app("/teama/api", 10002, vhosts=("shop.example.com",), paths=("/api",)))
     # Another group, even with an id that sorts first and with PATH=/: refused.
-    s.set_app(app("/aaa/thief", 10003, vhosts=("shop.example.com",), path="/"))
+    s.set_app(app("/aaa/thief", 10003, vhosts=("shop.example.com",), paths=("/",)))
     assert set(s.desired) == {"teama_web_10001", "teama_api_10002"}
     (problem,) = s.problems["/aaa/thief"]
     assert problem.reason == "vhost_taken" and problem.label == "HAPROXY_0_VHOST"
@@ -48,10 +48,10 @@ def test_vhost_belongs_to_the_group_of_its_first_claimer_shared_by_path() -> Non
     # Kept across a full sync where the thief comes first and is older.
     s.replace_all([app("/aaa/thief", 10003, version="2000-01-01", vhosts=("shop.example.com",)),
                    app("/teama/web", 10001, vhosts=("shop.example.com",)),
-                   app("/teama/api", 10002, vhosts=("shop.example.com",), path="/api")])
+                   app("/teama/api", 10002, vhosts=("shop.example.com",), paths=("/api",))])
     assert "aaa_thief_10003" not in s.desired
     # The same host and path twice, even within the group: the second is refused.
-    s.set_app(app("/teama/copy", 10004, vhosts=("shop.example.com",), path="/api"))
+    s.set_app(app("/teama/copy", 10004, vhosts=("shop.example.com",), paths=("/api",)))
     assert reasons(s, "/teama/copy") == ["vhost_taken"]
     # When the group lets go of the host, the waiting app gets it.
     s.remove_app("/teama/api")
@@ -76,8 +76,8 @@ def test_first_claim_among_new_apps_is_the_oldest_definition() -> None:
 def test_vhost_policies(policy: str, routed: set[str]) -> None:
     s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
     s.set_app(app("/t/web", 10001, vhosts=("h.example.com",)))
-    s.set_app(app("/t/api", 10002, vhosts=("h.example.com",), path="/api"))
-    s.set_app(app("/u/x", 10003, vhosts=("h.example.com",), path="/x"))
+    s.set_app(app("/t/api", 10002, vhosts=("h.example.com",), paths=("/api",)))
+    s.set_app(app("/u/x", 10003, vhosts=("h.example.com",), paths=("/x",)))
     assert set(s.desired) == routed
 
 

@@ -15,7 +15,7 @@ def _opts(labels: dict[str, str], index: int = 0, ports: int = 2) -> Options:
 @pytest.mark.parametrize(
     ("labels", "field", "expected"),
     [
-        ({}, "enabled", True),
+        ({}, "enabled", None),
         ({"HAPROXY_0_ENABLED": "false"}, "enabled", False),
         ({"HAPROXY_0_ENABLED": " No "}, "enabled", False),
         ({"HAPROXY_0_ENABLED": "TRUE"}, "enabled", True),
@@ -32,7 +32,36 @@ def _opts(labels: dict[str, str], index: int = 0, ports: int = 2) -> Options:
         ({"HAPROXY_0_BIND_ADDR": "0:0::1"}, "bind_address", "::1"),
         ({"HAPROXY_0_VHOST": "Shop.Example.com, www.example.com"}, "vhosts",
          ("shop.example.com", "www.example.com")),
-        ({"HAPROXY_0_PATH": "/api/v1"}, "path", "/api/v1"),
+        ({"HAPROXY_0_PATH": "/api/v1"}, "paths", ("/api/v1",)),
+        ({"HAPROXY_0_PATH": "-i /a /b"}, "paths", ("/a", "/b")),
+        ({"HAPROXY_0_PATH": "-i /a /b"}, "path_ignore_case", True),
+        ({"HAPROXY_0_PATH": "/a"}, "backend_weight", 1),
+        ({"HAPROXY_0_PATH": "/a", "HAPROXY_0_BACKEND_WEIGHT": "5"}, "backend_weight", 5),
+        ({"HAPROXY_0_BACKEND_WEIGHT": "-3"}, "backend_weight", -3),
+        ({"HAPROXY_0_STICKY": "t"}, "sticky", True),
+        ({"HAPROXY_0_STICKY": "Y"}, "sticky", True),
+        ({"HAPROXY_0_STICKY": "f"}, "sticky", False),
+        ({"HAPROXY_GROUP": "*"}, "groups", ("*",)),
+        ({"HAPROXY_0_VHOST": "my_app.example.com"}, "vhosts", ("my_app.example.com",)),
+        ({"HAPROXY_0_VHOST": "*.Example.com"}, "vhosts", ("*.example.com",)),
+        ({"HAPROXY_0_BALANCE": "uri"}, "balance", "uri"),
+        ({"HAPROXY_0_BALANCE": "uri whole depth 3"}, "balance", "uri whole depth 3"),
+        ({"HAPROXY_0_BALANCE": "url_param userid"}, "balance", "url_param userid"),
+        ({"HAPROXY_0_BALANCE": "hdr(Host)"}, "balance", "hdr(host)"),
+        ({"HAPROXY_0_BALANCE": "hdr(host) use_domain_only"}, "balance",
+         "hdr(host) use_domain_only"),
+        ({"HAPROXY_0_USE_HSTS": "true"}, "hsts", True),
+        ({"HAPROXY_0_AUTH": "My Realm:bob:$6$abcdefgh$XyZ./12345678"}, "auth",
+         ("My Realm", "bob", "$6$abcdefgh$XyZ./12345678")),
+        ({"HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.1.40.0/24 10.1.55.43"},
+         "network_allowed", ("10.1.40.0/24", "10.1.55.43/32")),
+        ({"HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.1.40.7/24,::1"},
+         "network_allowed", ("10.1.40.0/24", "::1/128")),
+        ({"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"}, "health_check_port_index", 1),
+        ({"HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/p"}, "proxypass_path", "/p"),
+        ({"HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH": "/r"}, "revproxy_path", "/r"),
+        ({"HAPROXY_0_HTTP_BACKEND_REDIR": "/home"}, "redir_path", "/home"),
+        ({"HAPROXY_0_SNIPPET": "compress"}, "snippet", "compress"),
         ({"HAPROXY_0_STICKY": "yes"}, "sticky", True),
         ({"HAPROXY_0_REDIRECT_TO_HTTPS": "1"}, "redirect_to_https", True),
         ({"HAPROXY_0_SSL_CERT": "/etc/ssl/shop.pem"}, "ssl_cert", "/etc/ssl/shop.pem"),
@@ -57,6 +86,7 @@ def test_labels_apply_to_their_index_only() -> None:
     assert parsed.for_index(0).options == Options(groups=("g",))
     assert parsed.for_index(0).port is None
     assert parsed.for_index(1).options == Options(groups=("g",), mode=Mode.HTTP)
+    assert parsed.for_index(1).explicit == {"MODE", "PORT"}
     assert parsed.for_index(1).port == 10002
 
 
@@ -64,6 +94,8 @@ def test_labels_apply_to_their_index_only() -> None:
     "labels",
     [{"HAPROXY_0_VHOST": "a.example.com"}, {"HAPROXY_0_PATH": "/a"},
      {"HAPROXY_0_STICKY": "true"}, {"HAPROXY_0_REDIRECT_TO_HTTPS": "true"},
+     {"HAPROXY_0_USE_HSTS": "true"}, {"HAPROXY_0_AUTH": "r:u:$6$abcdefgh$abcdefgh"},
+     {"HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/p"},
      {"HAPROXY_0_VHOST": "a.example.com", "HAPROXY_0_MODE": "tcp"}],
 )
 def test_http_features_imply_http_mode(labels) -> None:
@@ -74,14 +106,23 @@ BAD_VALUES = ["a\nb", "a;b", "a b", "a#b", 'a"b', "a'b", "a\rb", "a\tb", "a\\b",
 INJECTION_LABELS = ["HAPROXY_0_VHOST", "HAPROXY_0_PATH", "HAPROXY_0_SSL_CERT",
                     "HAPROXY_0_BIND_ADDR", "HAPROXY_0_BALANCE", "HAPROXY_0_GROUP",
                     "HAPROXY_GROUP", "HAPROXY_0_MODE", "HAPROXY_0_PORT", "HAPROXY_0_ENABLED",
-                    "HAPROXY_0_STICKY", "HAPROXY_0_REDIRECT_TO_HTTPS"]
+                    "HAPROXY_0_STICKY", "HAPROXY_0_REDIRECT_TO_HTTPS", "HAPROXY_0_USE_HSTS",
+                    "HAPROXY_0_BACKEND_WEIGHT", "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL",
+                    "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX",
+                    "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH", "HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH",
+                    "HAPROXY_0_HTTP_BACKEND_REDIR", "HAPROXY_0_SNIPPET"]
 # A plausible good value per label, so the bad character is the only problem.
 BASE = {"HAPROXY_0_VHOST": "shop.example.com", "HAPROXY_0_PATH": "/shop",
         "HAPROXY_0_SSL_CERT": "/etc/ssl/shop.pem", "HAPROXY_0_BIND_ADDR": "10.0.0.1",
         "HAPROXY_0_BALANCE": "roundrobin", "HAPROXY_0_GROUP": "external",
         "HAPROXY_GROUP": "external", "HAPROXY_0_MODE": "http", "HAPROXY_0_PORT": "10001",
         "HAPROXY_0_ENABLED": "true", "HAPROXY_0_STICKY": "true",
-        "HAPROXY_0_REDIRECT_TO_HTTPS": "true"}
+        "HAPROXY_0_REDIRECT_TO_HTTPS": "true", "HAPROXY_0_USE_HSTS": "true",
+        "HAPROXY_0_BACKEND_WEIGHT": "10", "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.0/8",
+        "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1",
+        "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/api",
+        "HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH": "/api",
+        "HAPROXY_0_HTTP_BACKEND_REDIR": "/home", "HAPROXY_0_SNIPPET": "gzip"}
 
 
 def _injections() -> list[tuple[str, str]]:
@@ -105,12 +146,30 @@ def _injections() -> list[tuple[str, str]]:
         ("HAPROXY_0_SSL_CERT", "relative.pem"),
         ("HAPROXY_0_SSL_CERT", "/etc/ssl/../shadow"),
         ("HAPROXY_0_SSL_CERT", "/etc/ssl/a%20b.pem"),
-        ("HAPROXY_0_VHOST", "*.example.com"),
+        ("HAPROXY_0_VHOST", "a.*.example.com"),
+        ("HAPROXY_0_VHOST", "*example.com"),
+        ("HAPROXY_0_VHOST", "*"),
         ("HAPROXY_0_VHOST", "-bad.example.com"),
         ("HAPROXY_0_VHOST", "a..b"),
         ("HAPROXY_0_VHOST", " , "),
         ("HAPROXY_0_VHOST", "x" * 64 + ".com"),
-        ("HAPROXY_0_BALANCE", "uri"),
+        ("HAPROXY_0_BALANCE", "uri len"),
+        ("HAPROXY_0_BALANCE", "url_param"),
+        ("HAPROXY_0_BALANCE", "url_param a b"),
+        ("HAPROXY_0_BALANCE", "hdr(a b)"),
+        ("HAPROXY_0_BALANCE", "hdr(host) if TRUE"),
+        ("HAPROXY_0_BALANCE", "roundrobin leastconn"),
+        ("HAPROXY_0_PATH", "-i"),
+        ("HAPROXY_0_PATH", "/a -i"),
+        ("HAPROXY_0_BACKEND_WEIGHT", "1.5"),
+        ("HAPROXY_0_BACKEND_WEIGHT", "9999999999"),
+        ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/33"),
+        ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "any"),
+        ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.1 if TRUE"),
+        ("HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX", "-1"),
+        ("HAPROXY_0_SNIPPET", "../etc/passwd"),
+        ("HAPROXY_0_SNIPPET", "Gzip"),
+        ("HAPROXY_GROUP", "a*"),
         ("HAPROXY_0_GROUP", "g" * 65),
         ("HAPROXY_0_PORT", "0"),
         ("HAPROXY_0_PORT", "65536"),
@@ -120,6 +179,7 @@ def _injections() -> list[tuple[str, str]]:
         ("HAPROXY_0_PORT", "\uff11\uff10\uff10\uff10"),  # fullwidth digits
         ("HAPROXY_0_MODE", "health"),
         ("HAPROXY_0_ENABLED", "maybe"),
+        ("HAPROXY_0_STICKY", "tru"),
     ]
     return out
 
@@ -142,14 +202,15 @@ def test_plausible_values_are_accepted(label: str, value: str) -> None:
 @pytest.mark.parametrize(
     "label",
     ["HAPROXY_0_FRONTEND_HEAD", "HAPROXY_0_BACKEND_HEAD", "HAPROXY_0_BACKEND_SERVER_OPTIONS",
-     "HAPROXY_0_HTTP_FRONTEND_ACL", "HAPROXY_DEPLOYMENT_GROUP", "HAPROXY_0_USE_HSTS",
+     "HAPROXY_0_HTTP_FRONTEND_ACL", "HAPROXY_DEPLOYMENT_GROUP", "HAPROXY_0_BIND_OPTIONS",
      "HAPROXY_0_port"],
 )
 def test_unsupported_label_warns_and_is_ignored(label: str) -> None:
     raw = "frontend evil\n  bind :1\n  mode http"
     parsed = parse_labels({label: raw, "HAPROXY_0_MODE": "http"}, 1)
     assert len(parsed.warnings) == 1
-    assert label in parsed.warnings[0] and "not supported" in parsed.warnings[0]
+    assert label in parsed.warnings[0]
+    assert "supported" in parsed.warnings[0] or "knows" in parsed.warnings[0]
     assert parsed.for_index(0).options == Options(mode=Mode.HTTP)
     assert parsed.for_index(0).port is None
 
@@ -171,3 +232,53 @@ def test_no_haproxy_labels(labels) -> None:
 def test_non_string_value_is_rejected() -> None:
     with pytest.raises(LabelError, match="HAPROXY_0_PORT"):
         parse_labels({"HAPROXY_0_PORT": 10001}, 1)  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("label", "reason"),
+    [("HAPROXY_0_FRONTEND_HEAD", "raw HAProxy configuration"),
+     ("HAPROXY_0_BACKEND_SERVER_OPTIONS", "raw HAProxy configuration"),
+     ("HAPROXY_0_BIND_OPTIONS", "raw HAProxy bind keywords"),
+     ("HAPROXY_DEPLOYMENT_GROUP", "not yet supported"),
+     ("HAPROXY_DEPLOYMENT_ALT_PORT", "not yet supported"),
+     ("HAPROXY_0_NO_SUCH", "not a label servicerouter or marathon-lb knows")],
+)
+def test_unsupported_label_gets_its_real_reason(label: str, reason: str) -> None:
+    (warning,) = parse_labels({label: "x"}, 1).warnings
+    assert reason in warning
+    assert "cannot carry HAProxy configuration" not in warning or "raw" in reason
+
+
+@pytest.mark.parametrize("password", ["secret", "hunter2hunter2", "abcdefghijklm",
+                                      "$6$short", "$9$abcdefgh$abc"])
+def test_auth_refuses_plain_text_passwords_without_repeating_them(password: str) -> None:
+    with pytest.raises(LabelError) as info:
+        parse_labels({"HAPROXY_0_AUTH": f"realm:bob:{password}"}, 1)
+    assert "plain-text passwords are refused" in str(info.value)
+    assert password not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["realm:bob", "a:b:c:d", "re\"alm:bob:$6$abcdefgh$x",
+                                   "realm:b ob:$6$abcdefgh$x"])
+def test_auth_grammar(value: str) -> None:
+    with pytest.raises(LabelError, match="HAPROXY_0_AUTH"):
+        parse_labels({"HAPROXY_0_AUTH": value}, 1)
+
+
+def test_auth_makes_the_port_http_unless_mode_says_tcp() -> None:
+    auth = "r:u:$6$abcdefgh$abcdefgh"
+    assert _opts({"HAPROXY_0_AUTH": auth}).mode is Mode.HTTP
+    parsed = parse_labels({"HAPROXY_0_AUTH": auth, "HAPROXY_0_MODE": "tcp"}, 1).for_index(0)
+    assert parsed.options.mode is Mode.TCP and "MODE" in parsed.explicit
+
+
+def test_label_table_rows_are_unique_and_complete() -> None:
+    from servicerouter.labels import LABELS, SUPPORTED
+
+    names = [(s.scope, s.name) for s in LABELS]
+    assert len(names) == len(set(names))
+    for spec in LABELS:
+        assert spec.meaning and spec.difference
+        if spec.status == SUPPORTED:
+            assert spec.parse is not None and spec.example, spec.name
+            assert spec.field is None or spec.field in Options.__dataclass_fields__

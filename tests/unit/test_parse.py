@@ -210,8 +210,6 @@ BAD_APPS = [
     ({"networks": "host"}, "networks"),
     ({"ports": ["10001"], "portDefinitions": None}, "ports[0]"),
     ({"healthChecks": {"protocol": "HTTP"}}, "healthChecks"),
-    ({"healthChecks": [{"protocol": "HTTP", "intervalSeconds": "often"}]},
-     "healthChecks[0].intervalSeconds"),
     ({"networks": [{"mode": "container"}],
       "container": {"portMappings": [{"containerPort": "8080", "servicePort": 10001}]}},
      "container.portMappings[0].containerPort"),
@@ -358,7 +356,8 @@ def test_ip_per_task_address(ip_addresses, expected) -> None:
         ({"protocol": "TCP", "intervalSeconds": 0}, (True, None, 2000)),
         ({"protocol": "COMMAND", "command": {"value": "true"}}, (False, None, 2000)),
         ({"protocol": "HTTP", "portIndex": 1}, (False, None, 2000)),
-        ({"protocol": "HTTP", "port": 8080}, (False, None, 2000)),
+        # an explicit port applies to every service port, as in marathon-lb
+        ({"protocol": "HTTP", "port": 8080}, (True, "/", 2000)),
     ],
 )
 def test_health_check_mirrored_for_its_port_index(hc, expected) -> None:
@@ -394,7 +393,7 @@ def test_two_service_ports_of_one_app_on_the_same_port_is_an_app_error() -> None
 
 
 _BAD_INTERVALS = [(float("inf"), "inf"), (float("nan"), "nan"), (1e308, "1e+308"),
-                  (2147484, "2147484"), (-1, "-1")]
+                  (2147484, "2147484"), (-1, "-1"), ("often", "often")]
 _BAD_VALUES = [
     ({"portDefinitions": [{"port": 10901}, {"port": -5}]}, "portDefinitions[1].port", "-5"),
     ({"portDefinitions": [{"port": 10901}, {"port": 65536}]}, "portDefinitions[1].port",

@@ -52,14 +52,16 @@ def one(options: Options = Options(), port: int = 10001,  # noqa: B008
 def test_every_selected_service_port_is_bound(name: str) -> None:
     apps = parse_apps(load(name), name, resolve).apps
     text = render_fixture(name)
-    ports = {s.port for a in apps for s in a.services if s.port and s.options.enabled}
+    ports = {s.port for a in apps for s in a.services if s.port and s.options.enabled is not False}
     assert ports
     for port in ports:
         assert re.search(rf"^    bind \S+:{port}\b", text, re.M), port
     # every frontend has its backend, and vice versa
     frontends = set(re.findall(r"^frontend (\S+)", text, re.M)) - {"stats", "http_in",
-                                                                    "https_in"}
-    assert frontends == set(re.findall(r"^backend (\S+)", text, re.M))
+                                                                    "https_in", "appid_in"}
+    backends = set(re.findall(r"^backend (\S+)", text, re.M)) - {"stats_page",
+                                                                  "servicerouter_daemon"}
+    assert frontends == backends
 
 
 @pytest.mark.parametrize("name", APP_FIXTURES)
@@ -81,8 +83,8 @@ def test_task_endpoints_fill_the_first_slots() -> None:
     text = render_fixture("apps_host_2ports.json")
     lines = section(text, "backend shop_frontend_10101")
     # intervalSeconds 10 in the app's health check
-    assert "server s1 10.0.1.11:31822 check inter 10000" in lines
-    assert "server s2 127.0.0.1:1 disabled check inter 10000" in lines
+    assert "server s1 10.0.1.11:31822 check inter 10000 fall 4" in lines
+    assert "server s2 127.0.0.1:1 disabled check inter 10000 fall 4" in lines
     assert "option httpchk GET /health" in lines
     assert "mode http" in lines and "option forwardfor" in lines
 
@@ -90,8 +92,8 @@ def test_task_endpoints_fill_the_first_slots() -> None:
 def test_draining_endpoint_starts_disabled() -> None:
     text = render_fixture("apps_legacy_bridge.json")
     lines = section(text, "backend legacy_nginx_10210")
-    assert "server s1 10.0.7.5:31500 check inter 5000 cookie s1" in lines
-    assert "server s2 10.0.7.6:31600 disabled check inter 5000 cookie s2" in lines
+    assert "server s1 10.0.7.5:31500 check inter 5000 fall 4 cookie s1" in lines
+    assert "server s2 10.0.7.6:31600 disabled check inter 5000 fall 4 cookie s2" in lines
 
 
 def test_sticky_backend_has_cookie_lines() -> None:
@@ -160,24 +162,31 @@ def test_vhosts_route_through_http_in() -> None:
 
 
 def test_vhost_path_and_redirect() -> None:
-    text = render_apps([vhost_app(path="/api", redirect_to_https=True)],
+    text = render_apps([vhost_app(paths=("/api", "/v2"), path_ignore_case=True,
+                                  redirect_to_https=True)],
                        Settings(ssl_certs=("/etc/ssl/default.pem",)))
     lines = section(text, "frontend http_in")
-    assert "acl host_web_10001_path path_beg /api" in lines
-    assert ("http-request redirect scheme https code 301 if host_web_10001 host_web_10001_path"
-            in lines)
-    assert "use_backend web_10001 if host_web_10001 host_web_10001_path" in lines
+    assert "acl path_web_10001 path_beg -i /api /v2" in lines
+    assert "use_backend web_10001 if host_web_10001 path_web_10001" in lines
     https = section(text, "frontend https_in")
     assert "bind *:443 ssl crt /etc/ssl/default.pem" in https
-    assert "use_backend web_10001 if host_web_10001 host_web_10001_path" in https
+    assert "acl sni_web_10001 ssl_fc_sni -i shop.example.com www.example.com" in https
+    # SNI first, Host as the fallback
+    uses = [ln for ln in https if ln.startswith("use_backend")]
+    assert uses == ["use_backend web_10001 if sni_web_10001 path_web_10001",
+                    "use_backend web_10001 if host_web_10001 path_web_10001"]
     assert not any("redirect" in ln for ln in https)
+    # The redirect lives in the backend, before anything else answers
+    backend = section(text, "backend web_10001")
+    assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
+            "code 301 unless { ssl_fc }") in backend
 
 
 def test_longer_paths_route_first() -> None:
-    apps = [one(Options(mode=Mode.HTTP, vhosts=("h.example.com",), path=p), port=port,
+    apps = [one(Options(mode=Mode.HTTP, vhosts=("h.example.com",), paths=p), port=port,
                 app_id=f"/{name}")
-            for name, p, port in [("a", "/api", 10001), ("b", "/api/v2", 10002),
-                                  ("c", None, 10003)]]
+            for name, p, port in [("a", ("/api",), 10001), ("b", ("/api/v2",), 10002),
+                                  ("c", (), 10003)]]
     uses = [ln for ln in section(render_apps(apps), "frontend http_in")
             if ln.startswith("use_backend")]
     assert [u.split()[1] for u in uses] == ["b_10002", "a_10001", "c_10003"]
@@ -234,7 +243,8 @@ def test_global_section_from_settings(tmp_path: Path) -> None:
 
 def test_no_apps_still_renders_a_config() -> None:
     text = render({}, {}, Settings())
-    assert "global" in text and "defaults" in text and "backend" not in text
+    assert "global" in text and "defaults" in text
+    assert re.findall(r"^backend (\S+)", text, re.M) == ["stats_page"]
 
 
 def test_free_slot_params_match_the_backend() -> None:

@@ -2,6 +2,10 @@
 
 Started by the simulator's executor as ``python -m servicerouter.demo.backend``
 with ``$PORT`` and ``$MESOS_TASK_ID`` set, exactly as Marathon starts a task.
+For the tests of HTTP features it also answers three special requests:
+``/_echo...`` with JSON (task id, path, request headers), ``/_location/<p>``
+with a 302 to ``/<p>``, and an ``Upgrade`` request (a websocket handshake) with
+101, after which it echoes every byte until the client closes.
 On SIGTERM it behaves like a well-run service: it keeps serving for
 ``$SHUTDOWN_DELAY`` seconds (default 0.5) while the load balancer drains it
 (Marathon reports TASK_KILLING as the kill starts), then exits.
@@ -9,11 +13,16 @@ On SIGTERM it behaves like a well-run service: it keeps serving for
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -24,11 +33,36 @@ class _Handler(BaseHTTPRequestHandler):
     body = b""
 
     def do_GET(self) -> None:
-        self.send_response(200)
+        if self.headers.get("Upgrade"):
+            return self._tunnel()
+        body, status, extra = self.body, 200, {}
+        if self.path.startswith("/_echo"):
+            body = json.dumps({"task": self.body.decode().strip(), "path": self.path,
+                               "headers": dict(self.headers.items())}).encode()
+        elif self.path.startswith("/_location/"):
+            status, extra = 302, {"Location": "/" + self.path.removeprefix("/_location/")}
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra.items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(self.body)
+        self.wfile.write(body)
+
+    def _tunnel(self) -> None:
+        """Switch protocols, then echo bytes until the client closes (a websocket's shape)."""
+        self.send_response(101)
+        self.send_header("Upgrade", self.headers["Upgrade"])
+        self.send_header("Connection", "Upgrade")
+        key = self.headers.get("Sec-WebSocket-Key")
+        if key:  # RFC 6455 accept value; HAProxy checks it
+            digest = hashlib.sha1((key + _WEBSOCKET_GUID).encode()).digest()
+            self.send_header("Sec-WebSocket-Accept", base64.b64encode(digest).decode())
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        while data := self.connection.recv(65536):
+            self.connection.sendall(data)
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,12 @@ def server_params(shape: BackendShape, slot: str) -> str:
     params = []
     if opts.health_check:
         params += ["check", "inter", str(opts.health_check_interval_ms)]
+        if opts.health_check_fall:
+            params += ["fall", str(opts.health_check_fall)]
+        if opts.health_check_port:
+            params += ["port", str(opts.health_check_port)]
+        if opts.health_check_ssl:  # HTTPS checks, certificates not verified (as Marathon)
+            params += ["check-ssl", "verify", "none"]
     if opts.sticky:
         params += ["cookie", slot]
     return "".join(f" {p}" for p in params)
@@ -97,8 +105,9 @@ def _slot_lines(shape: BackendShape, slots: Sequence[Endpoint | None]
         if held is None:
             out.append((name, FREE_SLOT_ADDRESS, True, params))
         else:
+            extra = f" port {held.check_port}" if held.check_port else ""
             out.append((name, hostport(held.ip, held.port),
-                        held.state is EndpointState.DRAIN, params))
+                        held.state is EndpointState.DRAIN, params + extra))
     return out
 
 
@@ -107,7 +116,8 @@ class _BackendView:
     prints (joined in Python: at 160,000 slots a Jinja loop costs ~0.3 s);
     ``servers`` is built only for a template that loops over it."""
 
-    def __init__(self, shape: BackendShape, slots: Sequence[Endpoint | None]) -> None:
+    def __init__(self, shape: BackendShape, slots: Sequence[Endpoint | None],
+                 https_port: int = 443) -> None:
         opts = shape.service.options
         self.name = shape.name
         self.app_id = shape.app_id
@@ -118,6 +128,22 @@ class _BackendView:
         self.ssl_cert = opts.ssl_cert
         self.sticky = opts.sticky
         self.httpchk = opts.health_check_path if opts.health_check else None
+        self.check_timeout_ms = opts.health_check_timeout_ms if opts.health_check else None
+        self.http = opts.mode.value == "http"
+        self.networks = " ".join(opts.network_allowed)
+        self.auth = opts.auth  # (realm, user, crypt hash), all validated
+        self.userlist = f"users_{shape.name}"
+        self.redirect_location = _redirect_location(https_port) if opts.redirect_to_https \
+            else None
+        self.hsts = opts.hsts
+        self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
+        self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
+        self.redir = opts.redir_path
+        self.snippet = opts.snippet
+        raw = _raw_templates(shape) if opts.raw_templates else {}
+        self.frontend_head = raw.get("FRONTEND_HEAD")
+        self.backend_head = raw.get("BACKEND_HEAD")
+        self.http_options = raw.get("BACKEND_HTTP_OPTIONS")
         self.options = opts
         self._slots = _slot_lines(shape, slots)
         self.server_lines = "\n".join(
@@ -128,16 +154,113 @@ class _BackendView:
         return [_Server(*s) for s in self._slots]
 
 
+def _raw_templates(shape: BackendShape) -> dict[str, str]:
+    """An app's marathon-lb template labels (only with --allow-label-templates), with
+    marathon-lb's placeholders filled in. Raises :class:`TemplateError` naming the label."""
+    opts = shape.service.options
+    values = {"backend": shape.name, "bindAddr": opts.bind_address,
+              "servicePort": shape.service.port, "mode": opts.mode.value,
+              "balance": opts.balance, "bindOptions": "",
+              "sslCert": f" ssl crt {opts.ssl_cert}" if opts.ssl_cert else ""}
+    out = {}
+    for key, text in opts.raw_templates:
+        try:
+            # Plain placeholders only: no attribute or index lookups ({backend.__class__}).
+            fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            if fields - values.keys():
+                raise KeyError(", ".join(sorted(fields - values.keys())))
+            formatted = text.format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_"
+                                f"{key}: {type(exc).__name__}: {exc}") from None
+        lines = [ln for ln in formatted.splitlines() if ln.strip()]
+        head = {"FRONTEND_HEAD": f"frontend {shape.name}",
+                "BACKEND_HEAD": f"backend {shape.name}"}.get(key)
+        body = lines[1:] if head else lines
+        if head and (not lines or " ".join(lines[0].split()) != head):
+            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
+                                f"must start with '{head}' (marathon-lb: '{head.split()[0]} "
+                                "{backend}')")
+        if any(ln.split()[0] in _SECTIONS or not ln[:1].isspace() for ln in body):
+            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
+                                "may only add indented lines to its own section")
+        out[key] = "\n".join(lines)
+    return out
+
+
+# Section keywords: a label template may not open a section other than its own.
+_SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "userlist",
+                       "peers", "resolvers", "mailers", "program", "http-errors", "ring",
+                       "cache", "fcgi-app"})
+
+
+def _redirect_location(https_port: int) -> str:
+    """A 301 target keeping host (without its port), path and query."""
+    port = "" if https_port in (0, 443) else f":{https_port}"
+    return f"https://%[hdr(host),field(1,:)]{port}%[pathq]"
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` matched literally in a single-quoted HAProxy regex (validated chars only)."""
+    return re.sub(r"([.~%-])", r"\\\1", text)
+
+
+def _host_regex(vhosts: Sequence[str]) -> str:
+    alts = [("[^/:]*" + _regex_literal(h[1:])) if h.startswith("*.") else _regex_literal(h)
+            for h in vhosts]
+    return "|".join(alts)
+
+
+def _proxypass(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
+    if not path:
+        return None
+    host = next((h for h in vhosts if not h.startswith("*.")), None)
+    prefix = _regex_literal(path.rstrip("/"))
+    return {"host": host or "", "match": f"'^{prefix}(/(.*))?$'", "replace": "'/\\2'"}
+
+
+def _revproxy(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
+    """Location headers pointing into the service (relative, or one of its vhosts) get
+    ``path`` in front of their path."""
+    if not path:
+        return None
+    hosts = _host_regex(vhosts)
+    origin = f"(https?://({hosts})(:[0-9]+)?)?" if hosts else "()()()"
+    root = path.rstrip("/")
+    return {"match": f"'^{origin}/(.*)$'", "replace": f"'\\1{root}/\\4'"}
+
+
 def _vhost_routes(layout: Layout) -> list[dict[str, Any]]:
+    """One route per service with vhosts, in the order HAProxy must try them:
+    larger HAPROXY_{n}_BACKEND_WEIGHT first (as marathon-lb), then the longer path
+    (so /api/v2 wins over /api for the same host), then by name."""
     routes: list[dict[str, Any]] = []
     for name, shape in sorted(layout.items()):
         opts = shape.service.options
         if opts.vhosts:
-            routes.append({"acl": f"host_{name}", "backend": name, "hosts": opts.vhosts,
-                           "path": opts.path, "redirect_to_https": opts.redirect_to_https})
-    # Longer paths first, so /api/v2 wins over /api for the same host.
-    routes.sort(key=lambda r: -len(r["path"] or ""))
+            routes.append({
+                "acl": f"host_{name}", "backend": name,
+                "hosts": [h for h in opts.vhosts if not h.startswith("*.")],
+                "wildcards": [h[1:] for h in opts.vhosts if h.startswith("*.")],
+                "paths": list(opts.paths), "path_flags": "-i " if opts.path_ignore_case else "",
+                "weight": opts.backend_weight,
+            })
+    routes.sort(key=lambda r: (-r["weight"], -max((len(p) for p in r["paths"]), default=0),
+                               r["backend"]))
     return routes
+
+
+_APP_ID = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
+
+
+def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
+    """For the X-Marathon-App-Id frontend: each app's first HTTP service (as marathon-lb)."""
+    out: dict[str, str] = {}
+    for name, shape in sorted(layout.items(), key=lambda kv: (kv[1].app_id,
+                                                              kv[1].service.index)):
+        if shape.service.options.mode.value == "http" and _APP_ID.match(shape.app_id):
+            out.setdefault(shape.app_id, name)
+    return [{"app_id": a, "backend": b} for a, b in sorted(out.items())]
 
 
 def render(layout: Layout, table: SlotTable, settings: Settings,
@@ -157,8 +280,10 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     context = {
         "version": __version__,
         "settings": settings,
-        "backends": [_BackendView(layout[n], table.get(n, [])) for n in sorted(layout)],
+        "backends": [_BackendView(layout[n], table.get(n, []), settings.https_port)
+                     for n in sorted(layout)],
         "vhost_routes": routes,
+        "app_id_routes": _app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
         "hostport": hostport,
         **(extra or {}),

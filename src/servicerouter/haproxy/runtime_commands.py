@@ -43,6 +43,10 @@ def set_server_addr(backend: str, server: str, ip: str, port: int | None = None)
     return cmd if port is None else f"{cmd} port {check_port(port)}"
 
 
+def set_check_port(backend: str, server: str, port: int) -> str:
+    return f"set server {_srv(backend, server)} check-port {check_port(port)}"
+
+
 def set_server_state(backend: str, server: str, state: str) -> str:
     if state not in STATES:
         raise ValueError(f"invalid server state {state!r}: one of {', '.join(STATES)}")

@@ -17,7 +17,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..labels import LabelError, parse_labels, parse_path
-from ..model import App, Health, NetworkMode, Options, Problem, Service, Task, shown, valid_port
+from ..model import (
+    App,
+    Health,
+    Mode,
+    NetworkMode,
+    Options,
+    Problem,
+    Service,
+    Task,
+    shown,
+    valid_port,
+)
+
+_CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
 
 # host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
 Resolver = Callable[[str], "str | None"]
@@ -204,7 +217,8 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     )
 
 
-def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]]:
+def parse_app(raw: Mapping[str, Any], resolve: Resolver,
+              allow_templates: bool = False) -> tuple[App, list[str]]:
     """One app definition into an :class:`App` and its warnings.
 
     Raises :class:`AppParseError` or :class:`~servicerouter.labels.LabelError`.
@@ -217,7 +231,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
     labels = _get(raw, "labels", {})
     if not isinstance(labels, Mapping):
         raise AppParseError("labels", "expected an object")
-    parsed = parse_labels(labels, len(svc_ports))
+    parsed = parse_labels(labels, len(svc_ports), allow_templates)
     warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
@@ -230,17 +244,19 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
                                     "is not a port (1-65535); service left out"))
             continue
         port = sl.port or int(raw_port)
-        if not port:
+        if not port and mode is not NetworkMode.CONTAINER:  # IP-per-task: portassign
             warnings.append(f"app {app_id}: service port index {index} has no service port "
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
         try:
-            options = _with_health_check(sl.options, health_checks, index)
-        except _BadInterval as bad:
+            options = _with_health_check(sl.options, health_checks, index, app_id,
+                                         container_ports, sl.explicit, warnings)
+        except _BadHealthCheck as bad:
             problems.append(Problem(app_id, index, "health_check", bad.where, shown(bad.value),
-                                    f"is not a health check interval HAProxy accepts "
-                                    f"(finite, 0 to {MAX_INTERVAL_SECONDS} s); "
-                                    "service left out"))
+                                    f"is not {bad.expected}; service left out"))
             continue
+        refusal = _refusal(options, index)
+        if refusal:  # not exposed; admission reports it (layout.service_problem)
+            options = replace(options, refused=refusal)
         if port and any(s.port == port for s in services):
             first = next(s.index for s in services if s.port == port)
             raise AppParseError(f"service port index {index}",
@@ -267,38 +283,105 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver) -> tuple[App, list[str]
 MAX_INTERVAL_SECONDS = 2147483  # whole seconds: 2147483000 ms fits, 2147484 s does not
 
 
-class _BadInterval(Exception):
-    def __init__(self, where: str, value: float) -> None:
-        self.where, self.value = where, value
+class _BadHealthCheck(Exception):
+    """A health check value HAProxy cannot take: that service is left out."""
+
+    def __init__(self, where: str, value: object, expected: str) -> None:
+        self.where, self.value, self.expected = where, value, expected
         super().__init__(where)
 
 
-def _with_health_check(options: Options, health_checks: list[Any], index: int) -> Options:
-    """Mirror the app's Marathon health check for this port index in HAProxy."""
+def _check_number(hc: Any, key: str, where: str, default: float, low: float, high: float) -> float:
+    """A finite number in [low, high] from a health check, or ``default`` if absent."""
+    value = _get(hc, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not low <= value <= high:
+        raise _BadHealthCheck(where, value, f"a number from {low:g} to {high:g} that HAProxy "
+                                            "accepts")
+    return float(value)
+
+
+def _with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
+                       container_ports: list[int], explicit: frozenset[str],
+                       warnings: list[str]) -> Options:
+    """Mirror the app's Marathon health check for this port index in HAProxy.
+
+    As marathon-lb: the first check with an explicit ``port``, or whose
+    ``portIndex`` is this index. HTTP and MESOS_HTTP checks of the port itself make
+    it HTTP (unless a MODE label says otherwise); HTTPS checks are sent over TLS
+    (``check-ssl verify none``) without changing the mode; COMMAND checks
+    cannot be run by HAProxy and only get a warning. A value HAProxy cannot take
+    (a non-finite or too long interval, a port outside 1-65535) raises
+    :class:`_BadHealthCheck`.
+    """
     for i, hc in enumerate(health_checks):
-        if _get(hc, "portIndex", 0) != index or _get(hc, "port") is not None:
+        where = f"healthChecks[{i}]"
+        port_index = _get(hc, "portIndex", 0)
+        if isinstance(port_index, bool) or not isinstance(port_index, int) \
+                or not 0 <= port_index <= 1000:
+            raise _BadHealthCheck(f"{where}.portIndex", port_index, "a port index")
+        port = _get(hc, "port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            raise _BadHealthCheck(f"{where}.port", port, "a port (1-65535)")
+        if port is None and port_index != index:
             continue
         protocol = str(_get(hc, "protocol", "HTTP"))
-        seconds = _get(hc, "intervalSeconds", 2)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise AppParseError(f"healthChecks[{i}].intervalSeconds",
-                                f"expected a number of seconds, got {seconds!r}")
-        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_INTERVAL_SECONDS):
-            raise _BadInterval(f"healthChecks[{i}].intervalSeconds", seconds)
-        interval = max(int((seconds or 2) * 1000), 1)
-        if protocol in ("HTTP", "MESOS_HTTP"):
+        if protocol == "COMMAND" or protocol not in _CHECK_PROTOCOLS:
+            warnings.append(f"app {app_id}: {where} is a {protocol} check, which HAProxy "
+                            f"cannot run; service port index {index} is not health-checked "
+                            "by HAProxy (Marathon's results still decide routing)")
+            return options
+        interval = _check_number(hc, "intervalSeconds", f"{where}.intervalSeconds", 2, 0,
+                           MAX_INTERVAL_SECONDS)
+        timeout = _check_number(hc, "timeoutSeconds", f"{where}.timeoutSeconds", 20, 0,
+                          MAX_INTERVAL_SECONDS)
+        failures = _check_number(hc, "maxConsecutiveFailures", f"{where}.maxConsecutiveFailures",
+                           3, 0, 1000)
+        change: dict[str, Any] = {
+            "health_check": True,
+            "health_check_interval_ms": max(int((interval or 2) * 1000), 1),
+            "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
+            "health_check_fall": int(failures) + 1,  # as marathon-lb
+            "health_check_port": port,
+            "health_check_ssl": protocol in ("HTTPS", "MESOS_HTTPS"),
+        }
+        if protocol in ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS"):
             try:
-                path = parse_path("healthChecks.path", str(_get(hc, "path", "/")))
+                change["health_check_path"] = parse_path(f"{where}.path",
+                                                         str(_get(hc, "path", "/")))
             except LabelError:
-                path = "/"
-            return replace(options, health_check=True, health_check_path=path,
-                           health_check_interval_ms=interval)
-        if protocol in ("TCP", "MESOS_TCP", "HTTPS", "MESOS_HTTPS"):
-            return replace(options, health_check=True, health_check_interval_ms=interval)
+                warnings.append(f"app {app_id}: {where}.path {_get(hc, 'path')!r} is not a "
+                                "plain absolute path; HAProxy checks / instead")
+                change["health_check_path"] = "/"
+        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
+            # A check of this very port: it speaks HTTP. (A check on an explicit port says
+            # nothing about the other ports' protocol, so it does not switch them.)
+            change["mode"] = Mode.HTTP
+        index_label = options.health_check_port_index
+        if index_label is not None and port is None and container_ports:
+            # IP-per-task: the container port is the same for every task. Otherwise
+            # each task's own port at that index is checked (model.endpoints).
+            if index_label < len(container_ports) and container_ports[index_label]:
+                change["health_check_port"] = container_ports[index_label]
+            else:
+                warnings.append(
+                    f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
+                    f"{index_label} names no container port; the traffic port is checked")
+        return replace(options, **change)
     return options
 
 
-def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
+def _refusal(options: Options, index: int) -> str | None:
+    """Why a service's labels cannot be honoured safely (fail closed), or None."""
+    if options.auth and options.mode is not Mode.HTTP:
+        return (f"label HAPROXY_{index}_AUTH needs HTTP mode, but the service is "
+                f"{options.mode.value}; service port index {index} not exposed")
+    return None
+
+
+def parse_apps(payload: Any, source: str, resolve: Resolver,
+               allow_templates: bool = False) -> ParseResult:
     """A ``/v2/apps`` response into apps, per-app errors and warnings.
 
     Raises :class:`PayloadError` (naming ``source``) when the payload as a
@@ -312,7 +395,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver) -> ParseResult:
     for i, raw in enumerate(apps_raw):
         app_id = _get(raw, "id", f"<apps[{i}]>")
         try:
-            app, warnings = parse_app(raw, resolve)
+            app, warnings = parse_app(raw, resolve, allow_templates)
         except (AppParseError, LabelError) as exc:
             result.errors.append(AppError(str(app_id), f"{exc}; app skipped, others applied"))
             continue

@@ -1,0 +1,226 @@
+"""The grammar of each ``HAPROXY_*`` label value. Pure.
+
+App owners write labels; the operator runs HAProxy. So every value is read
+through a strict grammar here before it can reach ``haproxy.cfg``: a parser
+returns a normalised value made only of characters that cannot end a
+keyword, a line or an argument, or raises :class:`LabelError` naming the
+label and the value. Nothing a label holds can add configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from .model import Mode
+
+# marathon-lb reads "true", "t", "yes", "y" (any case) as true and anything else
+# as false. We accept those and the usual "1"/"on", and refuse anything that is
+# neither true nor false instead of guessing.
+TRUE_VALUES = frozenset({"true", "t", "yes", "y", "1", "on"})
+FALSE_VALUES = frozenset({"false", "f", "no", "n", "0", "off"})
+
+BALANCE_ALGORITHMS = ("roundrobin", "static-rr", "leastconn", "first", "source", "random")
+_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
+_GROUP = re.compile(r"^(?:\*|[A-Za-z0-9_.-]{1,64})$")
+_PATH = re.compile(r"^/[A-Za-z0-9._~%/-]{0,255}$")
+_FILE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_REALM = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
+# Modular crypt format only (MD5 $1$, SHA-256 $5$, SHA-512 $6$, bcrypt $2a/b/y$,
+# yescrypt $y$): these cannot be mistaken for a plain-text password. Old 13-character
+# DES hashes can, so they are refused too.
+_CRYPT = re.compile(r"^\$(?:1|5|6|2[aby]|y)\$[A-Za-z0-9./$=,]{8,200}$")
+_SNIPPET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class LabelError(ValueError):
+    """A label value that cannot be used; the message names label and value."""
+
+    def __init__(self, label: str, value: str, problem: str) -> None:
+        self.label = label
+        self.value = value
+        super().__init__(f"label {label}={value!r} {problem}")
+
+
+def parse_bool(label: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in TRUE_VALUES:
+        return True
+    if v in FALSE_VALUES:
+        return False
+    raise LabelError(label, value, "is not a boolean (true/t/yes/y/1 or false/f/no/n/0)")
+
+
+def parse_port(label: str, value: str) -> int:
+    v = value.strip()
+    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
+        raise LabelError(label, value, "is not a port (1-65535)")
+    return int(v)
+
+
+def parse_index(label: str, value: str) -> int:
+    v = value.strip()
+    if not (v.isascii() and v.isdigit()) or int(v) > 1000:
+        raise LabelError(label, value, "is not a port index (0-1000)")
+    return int(v)
+
+
+def parse_weight(label: str, value: str) -> int:
+    v = value.strip()
+    digits = v[1:] if v[:1] == "-" else v
+    if not (digits.isascii() and digits.isdigit()) or abs(int(v)) > 1_000_000:
+        raise LabelError(label, value, "is not a whole number between -1000000 and 1000000")
+    return int(v)
+
+
+def parse_groups(label: str, value: str) -> tuple[str, ...]:
+    groups = tuple(g.strip() for g in value.split(",") if g.strip())
+    for g in groups:
+        if not _GROUP.match(g):
+            raise LabelError(label, value, "is not a comma-separated list of group names "
+                             "(or '*')")
+    return groups
+
+
+def parse_vhosts(label: str, value: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    if not hosts:
+        raise LabelError(label, value, "names no host")
+    for h in hosts:
+        if len(h) > 253 or not _HOSTNAME.match(h):
+            raise LabelError(label, value, f"has {h!r}, which is not a host name "
+                             "(letters, digits, '-', '_', optionally starting with '*.')")
+    return hosts
+
+
+def parse_bind_address(label: str, value: str) -> str:
+    v = value.strip()
+    if v == "*":
+        return v
+    if "%" in v:  # an IPv6 zone may hold any text, newlines included
+        raise LabelError(label, value, "is not an IP address or '*' (no IPv6 zone)")
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise LabelError(label, value, "is not an IP address or '*'") from None
+
+
+def parse_path(label: str, value: str, pattern: re.Pattern[str] = _PATH) -> str:
+    v = value.strip()
+    if not pattern.match(v) or "/../" in f"{v}/":
+        raise LabelError(label, value, "is not an absolute path of [A-Za-z0-9._~%/-]")
+    return v
+
+
+def parse_paths(label: str, value: str) -> tuple[tuple[str, ...], bool]:
+    """marathon-lb's PATH: space-separated prefixes, optionally led by ``-i``
+    (case-insensitive match), as HAProxy's ``path_beg`` takes them."""
+    words = value.split()
+    ignore_case = bool(words) and words[0] == "-i"
+    paths = words[1:] if ignore_case else words
+    if not paths or len(paths) > 32:
+        raise LabelError(label, value, "is not 1 to 32 space-separated paths, optionally "
+                         "after -i")
+    for p in paths:
+        if not _PATH.match(p) or "/../" in f"{p}/":
+            raise LabelError(label, value, f"has {p!r}, which is not an absolute path of "
+                             "[A-Za-z0-9._~%/-]")
+    return tuple(dict.fromkeys(paths)), ignore_case
+
+
+def parse_file_path(label: str, value: str) -> str:
+    return parse_path(label, value, _FILE_PATH)
+
+
+def parse_mode(label: str, value: str) -> Mode:
+    v = value.strip().lower()
+    if v not in ("tcp", "http"):
+        raise LabelError(label, value, "is not one of tcp, http")
+    return Mode(v)
+
+
+def parse_balance(label: str, value: str) -> str:
+    """An algorithm with the arguments marathon-lb apps use, normalised:
+    ``uri`` (``whole``, ``len N``, ``depth N``), ``url_param NAME``,
+    ``hdr(NAME)``, ``rdp-cookie[(NAME)]``, ``random[(N)]`` and the plain ones."""
+    words = value.strip().split()
+    if not words:
+        raise LabelError(label, value, "names no balance algorithm")
+    algo, args = words[0].lower(), words[1:]
+    if algo in BALANCE_ALGORITHMS and not args:
+        return algo
+    if algo == "uri" and _uri_args(args):
+        return " ".join(["uri", *args])
+    if algo == "url_param" and len(args) == 1 and _TOKEN.match(args[0]):
+        return f"url_param {args[0]}"
+    m = re.fullmatch(r"(hdr|rdp-cookie|random)\(([^()]*)\)", words[0])
+    if m and (not args or (m.group(1) == "hdr" and args == ["use_domain_only"])):
+        name = m.group(2)
+        ok = {"hdr": _HEADER, "rdp-cookie": _TOKEN, "random": re.compile(r"^[1-9][0-9]?$")}
+        if ok[m.group(1)].match(name):
+            return " ".join([f"{m.group(1)}({name.lower() if m.group(1) == 'hdr' else name})",
+                             *args])
+    if algo == "rdp-cookie" and not args:
+        return algo
+    raise LabelError(label, value, f"is not a balance algorithm HAProxy takes from a label "
+                     f"({', '.join(BALANCE_ALGORITHMS)}, uri [whole|len N|depth N], "
+                     "url_param NAME, hdr(NAME), rdp-cookie[(NAME)], random(N))")
+
+
+def _uri_args(args: list[str]) -> bool:
+    i = 0
+    while i < len(args):
+        if args[i] == "whole":
+            i += 1
+        elif args[i] in ("len", "depth") and i + 1 < len(args) and args[i + 1].isascii() \
+                and args[i + 1].isdigit() and 0 < int(args[i + 1]) < 10000:
+            i += 2
+        else:
+            return False
+    return True
+
+
+def parse_auth(label: str, value: str) -> tuple[str, str, str]:
+    """``realm:user:crypt-hash`` (marathon-lb's format). The password must be a
+    modular-crypt hash (``openssl passwd -6``); a plain-text password is refused."""
+    parts = value.strip().split(":")
+    if len(parts) != 3:
+        raise LabelError(label, value.split(":")[0] + ":...", "is not realm:user:crypt-hash")
+    realm, user, secret = (p.strip() for p in parts)
+    shown = f"{realm}:{user}:..."  # never repeat a secret in a log line
+    if not _REALM.match(realm):
+        raise LabelError(label, shown, "has a realm that is not 1-64 of [A-Za-z0-9 ._-]")
+    if not _TOKEN.match(user):
+        raise LabelError(label, shown, "has a user name that is not 1-64 of [A-Za-z0-9_.-]")
+    if not _CRYPT.match(secret):
+        raise LabelError(label, shown, "has a password that is not a crypt hash ($1$, $5$, "
+                         "$6$, $2b$ or $y$, e.g. from `openssl passwd -6`); plain-text "
+                         "passwords are refused")
+    return realm, user, secret
+
+
+def parse_networks(label: str, value: str) -> tuple[str, ...]:
+    """IP addresses or CIDR ranges, space- (marathon-lb) or comma-separated."""
+    words = value.replace(",", " ").split()
+    if not words or len(words) > 256:
+        raise LabelError(label, value, "is not 1 to 256 IP addresses or CIDR ranges")
+    out = []
+    for w in words:
+        if "%" in w:
+            raise LabelError(label, value, f"has {w!r}, which is not an IP address or range")
+        try:
+            out.append(str(ipaddress.ip_network(w, strict=False)))
+        except ValueError:
+            raise LabelError(label, value, f"has {w!r}, which is not an IP address or "
+                             "CIDR range") from None
+    return tuple(dict.fromkeys(out))
+
+
+def parse_snippet_name(label: str, value: str) -> str:
+    v = value.strip()
+    if not _SNIPPET.match(v):
+        raise LabelError(label, value, "is not a snippet name ([a-z0-9_-], up to 64)")
+    return v

@@ -1,0 +1,45 @@
+"""--allow-label-templates through the real HAProxy: a broken template leaves only
+its own app out, and the others keep being routed and updated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import needs_haproxy
+from .harness import Daemon, Simulator, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+GOOD = ("\nbackend {backend}\n  balance {balance}\n  mode {mode}\n"
+        "  http-response set-header X-Raw {backend}\n")
+BROKEN = "backend {backend}\n  mode http\n  no-such-keyword here\n"
+
+
+def test_a_broken_label_template_leaves_only_its_app_out(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    good_port, good = simulator.launch("/raw/good", 1, labels={
+        "HAPROXY_0_MODE": "http", "HAPROXY_0_BACKEND_HEAD": GOOD})
+    simulator.create_app("/raw/broken", instances=1, labels={"HAPROXY_0_BACKEND_HEAD": BROKEN})
+    plain_port, plain = simulator.launch("/raw/plain", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--allow-label-templates").start()
+    with running(daemon):
+        wait_routed(good_port, good)
+        wait_routed(plain_port, plain)
+        r = httpx.get(f"http://127.0.0.1:{good_port}/", timeout=5)
+        assert r.headers["x-raw"].startswith("raw_good_")
+        problems = daemon.status(app="/raw/broken")["problems"]
+        assert any("no-such-keyword" in p["error"] for p in problems), problems
+        broken_port = simulator.service_port("/raw/broken")
+        assert f":{broken_port}" not in daemon.config.read_text()
+        # The others keep being updated.
+        plain = simulator.replace_one("/raw/plain", plain)
+        wait_routed(plain_port, plain)
+        # Fixing the template brings the app in.
+        r = simulator.http.put("/v2/apps/raw/broken", params={"force": "true"}, json={
+            "labels": {"HAPROXY_0_BACKEND_HEAD": GOOD}})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: f":{broken_port}" in daemon.config.read_text(), 30,
+                 what="the fixed app rendered")

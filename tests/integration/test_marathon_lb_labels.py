@@ -1,0 +1,413 @@
+"""marathon-lb's label language end to end: simulator → servicerouter → real HAProxy →
+real tasks, one test per feature, with real HTTP(S) requests on loopback.
+
+The apps are marathon-lb's documented examples (its README and Longhelp), rebuilt
+here as label sets. One daemon serves the whole module: every test adds its own
+apps, so the tests also show that one app's labels never leak into another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from servicerouter.haproxy.render import builtin_templates
+from servicerouter.haproxy.runtime import RuntimeClient
+from servicerouter.naming import service_name
+
+from .conftest import needs_haproxy
+from .harness import Daemon, Simulator, free_port, wait_for
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+SECRET = "correct horse"
+
+
+@dataclass
+class Cluster:
+    sim: Simulator
+    daemon: Daemon
+    http: int
+    https: int
+    stats: int
+    app_id: int
+    tmp: Path
+
+    def launch(self, app_id: str, labels: dict[str, str], instances: int = 1,
+               **extra: Any) -> set[str]:
+        self.sim.create_app(app_id, instances=instances, labels=labels, **extra)
+        return self.sim.wait_running(app_id, instances)
+
+    def backend(self, app_id: str) -> str:
+        return service_name(app_id, self.sim.service_port(app_id))
+
+
+def _cert(tmp: Path) -> Path:
+    """A self-signed certificate for *.sni.test and friends, made with the openssl CLI."""
+    key, crt, pem = tmp / "key.pem", tmp / "crt.pem", tmp / "site.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(crt), "-subj", "/CN=sni.test",
+                    "-addext", "subjectAltName=DNS:*.sni.test,DNS:*.mlb.test"],
+                   check=True, capture_output=True, timeout=60)
+    pem.write_bytes(crt.read_bytes() + key.read_bytes())
+    return pem
+
+
+def _templates(tmp: Path) -> Path:
+    """The operator's templates: one named snippet, and timeout client cut to 1 s so a
+    tunnel outliving it is seen in seconds (everything else is the built-in file)."""
+    folder = tmp / "templates"
+    (folder / "snippets").mkdir(parents=True)
+    (folder / "snippets" / "tagged.j2").write_text(
+        "    http-response set-header X-Snippet tagged\n")
+    defaults = (builtin_templates() / "defaults.j2").read_text()
+    assert "timeout tunnel" in defaults and "timeout client 50s" in defaults
+    (folder / "defaults.j2").write_text(defaults.replace("timeout client 50s",
+                                                         "timeout client 1s"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("mlb")
+    pem = _cert(tmp)
+    sim = Simulator(tmp).start()
+    http, https, stats, app_id = free_port(), free_port(), free_port(), free_port()
+    daemon = Daemon(tmp, sim.url, "--http-port", str(http), "--https-port", str(https),
+                    "--ssl-certs", str(pem), "--stats-port", str(stats),
+                    "--app-id-port", str(app_id), "--templates", str(_templates(tmp)))
+    try:
+        daemon.start()
+        yield Cluster(sim, daemon, http, https, stats, app_id, tmp)
+    finally:
+        daemon.stop()
+        sim.stop()
+
+
+def _get(url: str, host: str | None = None, sni: str | None = None,
+         **kw: Any) -> httpx.Response:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    headers = {"Connection": "close", **({"Host": host} if host else {}),
+               **kw.pop("headers", {})}
+    extensions = {"sni_hostname": sni} if sni else None
+    with httpx.Client(verify=ctx, timeout=5, follow_redirects=False) as c:
+        return c.get(url, headers=headers, extensions=extensions, **kw)
+
+
+def _wait_status(url: str, status: int, what: str, task: str | None = None,
+                 **kw: Any) -> httpx.Response:
+    """The first response with ``status`` (and from ``task``, if given). Apps arrive
+    one reload at a time, so a route may answer before its neighbours exist."""
+    def check() -> httpx.Response | None:
+        r = _get(url, **kw)
+        ok = r.status_code == status and (task is None or _app(r) == _owner(task))
+        return r if ok else None
+
+    return wait_for(check, 30, what=what)
+
+
+def _task(r: httpx.Response) -> str:
+    return r.text.strip()
+
+
+def _owner(task_id: str) -> str:
+    """The app part of a task id (``mlb_sni_a.instance-…._app.1`` → ``mlb_sni_a``): routing
+    is checked per app, so a task the machine's load makes Marathon replace still counts."""
+    return task_id.split(".instance-")[0]
+
+
+def _app(r: httpx.Response) -> str:
+    return _owner(_task(r))
+
+
+def test_host_and_path_routing_follow_backend_weight(cluster: Cluster) -> None:
+    # marathon-lb's Longhelp: shared vhosts and paths are ordered by BACKEND_WEIGHT,
+    # larger first, whatever the paths' lengths.
+    (api,) = cluster.launch("/mlb/weight/api", {"HAPROXY_0_VHOST": "w.mlb.test",
+                                                "HAPROXY_0_PATH": "/api",
+                                                "HAPROXY_0_BACKEND_WEIGHT": "10"})
+    (v2,) = cluster.launch("/mlb/weight/v2", {"HAPROXY_0_VHOST": "w.mlb.test",
+                                              "HAPROXY_0_PATH": "-i /api/v2 /v2"})
+    (other,) = cluster.launch("/mlb/weight/other", {"HAPROXY_0_VHOST": "other.mlb.test"})
+    base = f"http://127.0.0.1:{cluster.http}"
+    _wait_status(f"{base}/", 200, "other.mlb.test routed", host="other.mlb.test")
+    assert _app(_get(f"{base}/anything", host="Other.MLB.test:80")) == _owner(other)
+    # Wait until all three routes are live, then check the order.
+    _wait_status(f"{base}/V2/x", 200, "-i path to v2", task=v2, host="w.mlb.test")
+    _wait_status(f"{base}/api/v2/x", 200, "weight 10 first", task=api, host="w.mlb.test")
+    assert _app(_get(f"{base}/api/v2/x", host="w.mlb.test")) == _owner(api)
+    assert _app(_get(f"{base}/v2/x", host="w.mlb.test")) == _owner(v2)
+    assert _get(f"{base}/elsewhere", host="w.mlb.test").status_code == 503
+
+
+def test_https_routes_by_sni_with_host_as_fallback(cluster: Cluster) -> None:
+    (a,) = cluster.launch("/mlb/sni/a", {"HAPROXY_0_VHOST": "a.sni.test"})
+    (b,) = cluster.launch("/mlb/sni/b", {"HAPROXY_0_VHOST": "b.sni.test"})
+    url = f"https://127.0.0.1:{cluster.https}/"
+    # Both routes live (each by its own name) ...
+    _wait_status(url, 200, "a routed", task=a, host="a.sni.test", sni="a.sni.test")
+    _wait_status(url, 200, "b routed", task=b, host="b.sni.test", sni="b.sni.test")
+    # ... then SNI names a, Host names b: SNI decides.
+    assert _app(_get(url, host="b.sni.test", sni="a.sni.test")) == _owner(a)
+    assert _app(_get(url, host="a.sni.test", sni="b.sni.test")) == _owner(b)
+    # No SNI at all (an IP address sends none): Host decides.
+    assert _app(_get(url, host="b.sni.test")) == _owner(b)
+    assert _app(_get(url, host="a.sni.test")) == _owner(a)
+
+
+def test_redirect_to_https_is_a_301_keeping_host_path_and_query(cluster: Cluster) -> None:
+    (task,) = cluster.launch("/mlb/redirect", {"HAPROXY_0_VHOST": "r.mlb.test",
+                                               "HAPROXY_0_REDIRECT_TO_HTTPS": "true"})
+    r = _wait_status(f"http://127.0.0.1:{cluster.http}/a/b?c=1", 301, "redirect",
+                     host="r.mlb.test:80")
+    assert r.headers["location"] == f"https://r.mlb.test:{cluster.https}/a/b?c=1"
+    url = f"https://127.0.0.1:{cluster.https}/a/b?c=1"
+    r = _wait_status(url, 200, "https", host="r.mlb.test", sni="r.mlb.test")
+    assert _app(r) == _owner(task)
+
+
+def test_hsts_header(cluster: Cluster) -> None:
+    cluster.launch("/mlb/hsts", {"HAPROXY_0_VHOST": "hsts.mlb.test", "HAPROXY_0_USE_HSTS": "t"})
+    cluster.launch("/mlb/nohsts", {"HAPROXY_0_VHOST": "nohsts.mlb.test"})
+    base = f"http://127.0.0.1:{cluster.http}/"
+    r = _wait_status(base, 200, "hsts app", host="hsts.mlb.test")
+    assert r.headers["strict-transport-security"] == "max-age=15768000"
+    assert "strict-transport-security" not in _wait_status(base, 200, "other",
+                                                           host="nohsts.mlb.test").headers
+
+
+def _crypt(password: str) -> str:
+    out = subprocess.run(["openssl", "passwd", "-6", "-salt", "mlbsalt1", password],
+                         check=True, capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def test_basic_auth_challenges_accepts_and_refuses(cluster: Cluster) -> None:
+    app = "/mlb/auth"
+    (task,) = cluster.launch(app, {"HAPROXY_0_VHOST": "auth.mlb.test",
+                                   "HAPROXY_0_AUTH": f"Team Realm:alice:{_crypt(SECRET)}"})
+    base = f"http://127.0.0.1:{cluster.http}/"
+    r = _wait_status(base, 401, "auth challenge", host="auth.mlb.test")
+    assert r.headers["www-authenticate"] == 'Basic realm="Team Realm"'
+    assert _get(base, host="auth.mlb.test", auth=("alice", "wrong")).status_code == 401
+    ok = _get(base, host="auth.mlb.test", auth=("alice", SECRET))
+    assert ok.status_code == 200 and _app(ok) == _owner(task)
+    # The service's own port enforces the same auth: no open side door.
+    own = f"http://127.0.0.1:{cluster.sim.service_port(app)}/"
+    assert _get(own).status_code == 401
+    assert _get(own, auth=("alice", SECRET)).status_code == 200
+
+
+def test_auth_that_cannot_be_enforced_is_not_exposed(cluster: Cluster) -> None:
+    app = "/mlb/auth-tcp"
+    cluster.launch(app, {"HAPROXY_0_MODE": "tcp",
+                         "HAPROXY_0_AUTH": f"r:alice:{_crypt(SECRET)}"})
+    port = cluster.sim.service_port(app)
+
+    def problem() -> str | None:
+        found = [p["error"] for p in cluster.daemon.status(app=app)["problems"]]
+        return found[0] if found else None
+
+    assert "HAPROXY_0_AUTH needs HTTP mode" in wait_for(problem, 20, what="problem listed")
+    with pytest.raises(httpx.ConnectError):
+        _get(f"http://127.0.0.1:{port}/")
+
+
+def test_network_allowed_acl_403_outside_the_ranges(cluster: Cluster) -> None:
+    (task,) = cluster.launch("/mlb/acl/open", {
+        "HAPROXY_0_VHOST": "acl-in.mlb.test",
+        "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.1.40.0/24 127.0.0.0/8"})
+    cluster.launch("/mlb/acl/closed", {
+        "HAPROXY_0_VHOST": "acl-out.mlb.test",
+        "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.0/8, 192.168.0.0/16"})
+    base = f"http://127.0.0.1:{cluster.http}/"
+    assert _app(_wait_status(base, 200, "allowed", host="acl-in.mlb.test")) == _owner(task)
+    _wait_status(base, 403, "denied", host="acl-out.mlb.test")
+
+
+def test_proxypass_revproxy_and_redir(cluster: Cluster) -> None:
+    (task,) = cluster.launch("/mlb/proxy", {
+        "HAPROXY_0_VHOST": "proxy.mlb.test", "HAPROXY_0_PATH": "/api",
+        "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/api",
+        "HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH": "/api"})
+    cluster.launch("/mlb/redir", {"HAPROXY_0_VHOST": "redir.mlb.test",
+                                  "HAPROXY_0_HTTP_BACKEND_REDIR": "/my/content"})
+    base = f"http://127.0.0.1:{cluster.http}"
+    echo = _wait_status(f"{base}/api/_echo/x?y=1", 200, "proxypass", host="proxy.mlb.test")
+    assert echo.text.startswith("{"), echo.text
+    seen = json.loads(echo.text)
+    assert _owner(seen["task"]) == _owner(task) and seen["path"] == "/_echo/x?y=1"
+    # The task redirects to /elsewhere; the client is sent back under /api.
+    r = _get(f"{base}/api/_location/elsewhere", host="proxy.mlb.test")
+    assert r.status_code == 302 and r.headers["location"] == "/api/elsewhere"
+    r = _wait_status(f"{base}/", 301, "redir", host="redir.mlb.test")
+    assert r.headers["location"] == "/my/content"
+    assert _get(f"{base}/other", host="redir.mlb.test").status_code == 200
+
+
+def test_sticky_cookie_keeps_a_client_and_moves_it_when_its_task_dies(cluster: Cluster) -> None:
+    app = "/mlb/sticky"
+    cluster.launch(app, {"HAPROXY_0_VHOST": "sticky.mlb.test", "HAPROXY_0_STICKY": "y"},
+                   instances=2)
+    url = f"http://127.0.0.1:{cluster.http}/"
+    wait_for(lambda: {_task(_get(url, host="sticky.mlb.test")) for _ in range(10)}
+             == cluster.sim.running(app), 30, what="both tasks routed")
+    with httpx.Client(timeout=5) as client:
+        first = client.get(url, headers={"Host": "sticky.mlb.test"})
+        pinned = _task(first)
+        assert "SRVID" in client.cookies
+        assert {_task(client.get(url, headers={"Host": "sticky.mlb.test"}))
+                for _ in range(10)} == {pinned}
+        cluster.sim.kill_task(app, pinned)
+
+        def moved() -> str | None:
+            r = client.get(url, headers={"Host": "sticky.mlb.test", "Connection": "close"})
+            return _task(r) if r.status_code == 200 and _task(r) != pinned else None
+
+        new = wait_for(moved, 20, what="client moved off the dead task")
+        assert {_task(client.get(url, headers={"Host": "sticky.mlb.test"}))
+                for _ in range(5)} == {new}
+
+
+def test_websocket_outlives_timeout_client(cluster: Cluster) -> None:
+    # timeout client is 1 s in this module's templates; timeout tunnel (1 h) takes
+    # over once the connection is upgraded.
+    cluster.launch("/mlb/ws", {"HAPROXY_0_VHOST": "ws.mlb.test"})
+    _wait_status(f"http://127.0.0.1:{cluster.http}/", 200, "ws app", host="ws.mlb.test")
+    with socket.create_connection(("127.0.0.1", cluster.http), timeout=10) as s:
+        s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.mlb.test\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        for i in range(3):  # silent for longer than timeout client, three times
+            time.sleep(1.5)  # the thing under test is an idle period, not a condition
+            s.sendall(f"ping {i}".encode())
+            assert s.recv(100) == f"ping {i}".encode()
+
+
+def test_forwarding_headers_reach_the_task(cluster: Cluster) -> None:
+    # An HTTP health check alone makes the port HTTP (no MODE label), as in marathon-lb.
+    app = "/mlb/xff"
+    cluster.launch(app, {"HAPROXY_0_VHOST": "xff.mlb.test"}, healthChecks=[
+        {"protocol": "HTTP", "path": "/", "portIndex": 0, "intervalSeconds": 1,
+         "timeoutSeconds": 1, "maxConsecutiveFailures": 2}])
+    port = cluster.sim.service_port(app)
+    own = _wait_status(f"http://127.0.0.1:{port}/_echo", 200, "own port, HTTP mode",
+                       headers={"X-Forwarded-Proto": "https", "X-Forwarded-Port": "1"})
+    h = {k.lower(): v for k, v in json.loads(own.text)["headers"].items()}
+    assert h["x-forwarded-for"] == "127.0.0.1"
+    assert h["x-forwarded-port"] == str(port)
+    assert h["x-forwarded-proto"] == "http"  # a client cannot claim https
+    r = _wait_status(f"https://127.0.0.1:{cluster.https}/_echo", 200, "via https_in",
+                     host="xff.mlb.test", sni="xff.mlb.test")
+    h = {k.lower(): v for k, v in json.loads(r.text)["headers"].items()}
+    assert (h["x-forwarded-proto"], h["x-forwarded-port"]) == ("https", str(cluster.https))
+    assert "check inter 1000 fall 3" in cluster.daemon.config.read_text()
+    # A service port with its own certificate (SSL offload) says https too.
+    tls_app = "/mlb/xff-tls"
+    cluster.launch(tls_app, {"HAPROXY_0_MODE": "http",
+                             "HAPROXY_0_SSL_CERT": str(cluster.tmp / "site.pem")})
+    tls_port = cluster.sim.service_port(tls_app)
+    r = _wait_status(f"https://127.0.0.1:{tls_port}/_echo", 200, "own TLS port",
+                     sni="x.mlb.test")
+    h = {k.lower(): v for k, v in json.loads(r.text)["headers"].items()}
+    assert (h["x-forwarded-proto"], h["x-forwarded-port"]) == ("https", str(tls_port))
+
+
+def test_app_id_header_routing(cluster: Cluster) -> None:
+    (task,) = cluster.launch("/mlb/appid", {"HAPROXY_0_MODE": "http"})
+    url = f"http://127.0.0.1:{cluster.app_id}/"
+    r = _wait_status(url, 200, "app-id route", headers={"X-Marathon-App-Id": "/mlb/appid"})
+    assert _app(r) == _owner(task)
+    assert _get(url, headers={"X-Marathon-App-Id": "/mlb/nope"}).status_code == 503
+
+
+def test_stats_port_endpoints(cluster: Cluster) -> None:
+    cluster.launch("/mlb/endpoints", {"HAPROXY_0_VHOST": "ep.mlb.test"})
+    base = f"http://127.0.0.1:{cluster.stats}"
+    assert _get(f"{base}/_haproxy_health_check").status_code == 200
+    backend = cluster.backend("/mlb/endpoints")
+    wait_for(lambda: f"ep.mlb.test {backend}" in _get(f"{base}/_haproxy_getvhostmap").text,
+             20, what="vhost map")
+    assert f"frontend {backend}" in _get(f"{base}/_haproxy_getconfig").text
+    assert _get(f"{base}/_haproxy_getpids").text.strip().isdigit()
+    before = cluster.daemon.reloads()
+    assert _get(f"{base}/_mlb_signal/usr1").status_code == 200
+    wait_for(lambda: cluster.daemon.reloads() > before, 20, what="reload by /_mlb_signal/usr1")
+    syncs = _full_syncs(cluster.daemon)
+    assert _get(f"{base}/_mlb_signal/hup").status_code == 200
+    wait_for(lambda: _full_syncs(cluster.daemon) > syncs, 20, what="resync by /_mlb_signal/hup")
+
+
+def _full_syncs(daemon: Daemon) -> float:
+    for line in daemon.metrics().splitlines():
+        if line.startswith('servicerouter_sync_duration_seconds_count{kind="full"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_named_snippet_applies_to_its_app_only(cluster: Cluster) -> None:
+    cluster.launch("/mlb/snippet/on", {"HAPROXY_0_VHOST": "snip.mlb.test",
+                                       "HAPROXY_0_SNIPPET": "tagged"})
+    cluster.launch("/mlb/snippet/off", {"HAPROXY_0_VHOST": "nosnip.mlb.test"})
+    cluster.launch("/mlb/snippet/missing", {"HAPROXY_0_VHOST": "missing.mlb.test",
+                                            "HAPROXY_0_SNIPPET": "nosuch"})
+    base = f"http://127.0.0.1:{cluster.http}/"
+    assert _wait_status(base, 200, "snippet app", host="snip.mlb.test").headers.get(
+        "x-snippet") == "tagged"
+    assert "x-snippet" not in _wait_status(base, 200, "other", host="nosnip.mlb.test").headers
+    problems = cluster.daemon.status(app="/mlb/snippet/missing")["problems"]
+    assert any("names no snippet" in p["error"] for p in problems)
+    assert _get(base, host="missing.mlb.test").status_code == 503
+
+
+def _check_ports(cluster: Cluster, backend: str) -> dict[str, int]:
+    """``addr:port`` → health-check port of each server in use, from HAProxy itself."""
+    text = asyncio.run(RuntimeClient(str(cluster.daemon.socket)).query(
+        f"show servers state {backend}"))
+    header = next(ln for ln in text.splitlines() if ln.startswith("# be_id")).split()[1:]
+    out = {}
+    for fields in (ln.split() for ln in text.splitlines()):
+        if len(fields) != len(header) or fields[0].startswith("#"):
+            continue  # the format version line, the header
+        row = dict(zip(header, fields, strict=True))
+        if row["srv_addr"] != "127.0.0.1" or row["srv_port"] != "1":
+            out[f"{row['srv_addr']}:{row['srv_port']}"] = int(row["srv_check_port"])
+    return out
+
+
+def test_healthcheck_port_index_checks_each_tasks_own_port(cluster: Cluster) -> None:
+    app = "/mlb/checkport"
+    cluster.launch(app, {"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"}, ports=2,
+                   healthChecks=[{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1}])
+    backend = cluster.backend(app)
+
+    def expected() -> dict[str, int]:
+        tasks = [t for t in cluster.sim.app(app)["tasks"] if t["state"] == "TASK_RUNNING"]
+        return {f"127.0.0.1:{t['ports'][0]}": t["ports"][1] for t in tasks}
+
+    wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
+             what="each server checked on its task's second port")
+    reloads = cluster.daemon.reloads()
+    cluster.sim.replace_one(app, cluster.sim.wait_running(app, 1))
+    wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
+             what="the replacement checked on its own second port")
+    assert cluster.daemon.reloads() == reloads, "a task replacement reloaded HAProxy"

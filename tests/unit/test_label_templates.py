@@ -1,0 +1,79 @@
+"""--allow-label-templates: marathon-lb's per-app template labels, kept inside the
+app's own sections and validated app by app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from servicerouter.haproxy.render import TemplateError
+from servicerouter.label_templates import TemplateVetting, render_alone
+from servicerouter.labels import parse_labels
+from servicerouter.layout import Settings
+from servicerouter.model import App, Mode, Options, Service, Task
+
+HEAD = ("\nbackend {backend}\n  balance {balance}\n  mode {mode}\n"
+        "  http-response set-header X-Raw 1\n")
+
+
+def test_without_the_flag_template_labels_are_refused() -> None:
+    parsed = parse_labels({"HAPROXY_0_BACKEND_HEAD": HEAD}, 1)
+    assert parsed.for_index(0).options.raw_templates == ()
+    assert "raw HAProxy configuration" in parsed.warnings[0]
+
+
+def test_with_the_flag_own_section_templates_are_kept_and_shared_ones_refused() -> None:
+    parsed = parse_labels({"HAPROXY_0_BACKEND_HEAD": HEAD,
+                           "HAPROXY_0_HTTP_FRONTEND_ACL": "  acl x hdr(host) -i x"}, 1,
+                          allow_templates=True)
+    assert parsed.for_index(0).options.raw_templates == (("BACKEND_HEAD", HEAD),)
+    assert "not supported even with --allow-label-templates" in parsed.warnings[0]
+
+
+def _app(raw: tuple[tuple[str, str], ...]) -> App:
+    svc = Service("/raw", 0, 10001, Options(mode=Mode.HTTP, raw_templates=raw))
+    return App("/raw", services=(svc,),
+               tasks=(Task("t1", "/raw", "10.0.0.1", (31001,), "TASK_RUNNING"),))
+
+
+def test_placeholders_are_filled_as_marathon_lb_does() -> None:
+    text = render_alone(_app((("BACKEND_HEAD", HEAD),)), Settings(), None)
+    assert ("backend raw_10001\n  balance roundrobin\n  mode http\n"
+            "  http-response set-header X-Raw 1\n") in text
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("BACKEND_HEAD", "  balance roundrobin", "must start with 'backend raw_10001'"),
+     ("BACKEND_HEAD", "backend other_app\n  mode http", "must start with"),
+     ("FRONTEND_HEAD", "frontend {backend}\nfrontend stolen\n  bind :80",
+      "only add indented lines"),
+     ("BACKEND_HTTP_OPTIONS", "  option forwardfor\nlisten evil\n  bind :1",
+      "only add indented lines"),
+     ("BACKEND_HEAD", "backend {backend}\n  acl x {{ ssl_fc }}\n  x {nope}", "KeyError"),
+     ("BACKEND_HEAD", "backend {backend}\n  x {backend.__class__}", "KeyError")],
+)
+def test_templates_cannot_leave_their_own_section(key: str, value: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        render_alone(_app(((key, value),)), Settings(), None)
+
+
+def test_vetting_leaves_out_only_the_broken_app_and_caches() -> None:
+    calls: list[str] = []
+
+    async def validate(text: str) -> tuple[bool, str]:
+        calls.append(text)
+        return "bogus" not in text, "[ALERT] unknown keyword 'bogus'"
+
+    good = _app((("BACKEND_HEAD", HEAD),))
+    bad = App("/bad", services=(Service("/bad", 0, 10002, Options(
+        raw_templates=(("BACKEND_HEAD", "backend {backend}\n  bogus"),))),))
+    plain = App("/plain", services=(Service("/plain", 0, 10003),))
+    vetting = TemplateVetting(Settings(), None, validate)
+    ok, broken = asyncio.run(vetting.vet([good, bad, plain]))
+    assert [a.id for a in ok] == ["/raw", "/plain"]
+    assert "unknown keyword 'bogus'" in broken["/bad"] and "app left out" in broken["/bad"]
+    assert len(calls) == 2  # apps without template labels are not validated
+    asyncio.run(vetting.vet([good, bad, plain]))
+    assert len(calls) == 2  # unchanged apps are not validated again
