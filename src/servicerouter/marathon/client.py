@@ -2,15 +2,23 @@
 
 One `MarathonClient` holds one `httpx.AsyncClient` (connection pooling, TLS,
 auth) and the list of Marathon URLs. Each request tries the URLs in order,
-starting from the one that last answered; a connection error, a timeout or a
-5xx moves on to the next URL. When every URL failed, the whole round is retried
-with bounded exponential backoff (tenacity). 401/403 is never retried.
+starting from the one that last answered; a connection error, a timeout, a 5xx
+or a redirect moves on to the next URL. Every request has an overall deadline
+(`request_timeout`), not only per-read timeouts, so a Marathon that answers one
+byte per second is skipped like a dead one. When every URL failed, the whole
+round is retried with bounded exponential backoff (tenacity). 401/403 is never
+retried.
+
+Credentials (basic auth, the DC/OS token) are attached per request and only to
+the configured Marathon URLs: never as a default header, so nothing carries
+them to a host the operator did not name (see `EventStream` for redirects).
 
 The event stream (`events.py`) reuses the same client, its URLs and its auth.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -152,6 +160,21 @@ def transport_reason(exc: httpx.TransportError, timeout: httpx.Timeout) -> tuple
     return "error", text
 
 
+class _TokenAuth(httpx.Auth):
+    """DC/OS `Authorization: token=<JWT>`, attached per request like basic auth."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"token={token}"
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+def _port(url: httpx.URL) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
 def _root_os_error(exc: BaseException) -> OSError | None:
     """The innermost OSError with an errno under httpx's and anyio's wrappers."""
     found: OSError | None = None
@@ -180,6 +203,7 @@ class MarathonClient:
         verify: bool | str = True,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        request_timeout: float = 30.0,
         attempts: int = 3,
         retry_initial: float = 0.5,
         retry_max: float = 5.0,
@@ -195,8 +219,13 @@ class MarathonClient:
             raise MarathonConfigError("give either HTTP basic auth or a DC/OS token, not both")
         if attempts < 1:
             raise MarathonConfigError(f"attempts must be >= 1, got {attempts}")
+        if request_timeout <= 0:
+            raise MarathonConfigError(f"request timeout must be > 0, got {request_timeout:g}")
         self.targets: tuple[MarathonTarget, ...] = tuple(parse_marathon_url(u, auth) for u in urls)
         self.timeout = httpx.Timeout(connect_timeout, read=read_timeout, pool=connect_timeout)
+        self.deadline = request_timeout
+        """Overall seconds for one request to one URL, headers and body included."""
+        self._token = _TokenAuth(dcos_token) if dcos_token else None
         self.events_leader: MarathonTarget | None = None
         """Leader learned from a 302 on `/v2/events`; `events.py` tries it first."""
         self._good = 0
@@ -206,8 +235,6 @@ class MarathonClient:
         self._retry_total = retry_total
         self._on_request = on_request
         headers = {"Accept": "application/json", "User-Agent": f"servicerouter/{__version__}"}
-        if dcos_token:
-            headers["Authorization"] = f"token={dcos_token}"
         self.http = httpx.AsyncClient(
             headers=headers,
             timeout=self.timeout,
@@ -239,6 +266,29 @@ class MarathonClient:
     def mark_answered(self, target: MarathonTarget) -> None:
         if target in self.targets:
             self._good = self.targets.index(target)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self._token is not None or any(t.auth is not None for t in self.targets)
+
+    def auth_for(self, target: MarathonTarget) -> httpx.Auth | None:
+        """The credentials for `target`: only ever a configured one (None otherwise)."""
+        if target not in self.targets:
+            return None
+        if self._token is not None:
+            return self._token
+        return httpx.BasicAuth(*target.auth) if target.auth else None
+
+    def configured(self, url: httpx.URL) -> MarathonTarget | None:
+        """The configured target `url` lies under (same scheme, host, port and path prefix)."""
+        for target in self.targets:
+            base = httpx.URL(target.url)
+            if (base.scheme, base.host, _port(base)) != (url.scheme, url.host, _port(url)):
+                continue
+            prefix = base.path.rstrip("/")
+            if url.path == prefix or url.path.startswith(prefix + "/"):
+                return target
+        return None
 
     def report(self, endpoint: str, outcome: str, seconds: float) -> None:
         if self._on_request is None:
@@ -346,7 +396,13 @@ class MarathonClient:
             url = target.url + path
             start = time.monotonic()
             try:
-                response = await self.http.get(url, params=query, auth=target.auth)
+                response = await asyncio.wait_for(
+                    self.http.get(url, params=query, auth=self.auth_for(target)), self.deadline
+                )
+            except asyncio.TimeoutError:
+                self.report(endpoint, "timeout", time.monotonic() - start)
+                failures.append((target.url, f"no complete answer within {self.deadline:g}s"))
+                continue
             except httpx.TransportError as exc:
                 outcome, reason = transport_reason(exc, self.timeout)
                 self.report(endpoint, outcome, time.monotonic() - start)
@@ -361,12 +417,17 @@ class MarathonClient:
                 self.report(endpoint, "error", seconds)
                 failures.append((target.url, f"HTTP {status}: {marathon_message(response)}"))
                 continue
+            if 300 <= status < 400:
+                # A standby proxies /v2/apps; a redirect here is a misbehaving or
+                # intercepting server. Not followed (credentials stay home): next URL.
+                self.report(endpoint, "redirect", seconds)
+                where = response.headers.get("Location") or "no Location"
+                failures.append((target.url, f"HTTP {status} redirect to {where} (not followed)"))
+                continue
             if status != 200 and not (allow_404 and status == 404):
-                self.report(endpoint, "redirect" if 300 <= status < 400 else "error", seconds)
-                where = response.headers.get("Location")
-                detail = f"redirect to {where}" if where else marathon_message(response)
+                self.report(endpoint, "error", seconds)
                 raise MarathonResponseError(
-                    url, f"unexpected HTTP {status}: {detail}", status=status
+                    url, f"unexpected HTTP {status}: {marathon_message(response)}", status=status
                 )
             self.report(endpoint, "success", seconds)
             self.mark_answered(target)
