@@ -14,6 +14,7 @@ import uvicorn
 
 from .haproxy.control import ConfigFile, build_reloader
 from .haproxy.runtime import RuntimeClient
+from .marathon.events import DEFAULT_MAX_EVENT_BYTES
 from .metrics import Metrics
 from .resolve import CachingResolver
 
@@ -32,6 +33,13 @@ def _seconds(value: str) -> float:
     if seconds < 0:
         raise ValueError(value)
     return seconds
+
+
+def _event_bytes(value: str) -> int:
+    size = int(value)
+    if size < 1024:
+        raise ValueError(value)
+    return size
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,6 +74,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="drain a departed task this long before removing it (default 0)")
     g.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="reconnect the event stream after this much silence (default 30)")
+    g.add_argument("--max-event-bytes", type=_event_bytes, default=DEFAULT_MAX_EVENT_BYTES,
+                   metavar="BYTES", help="skip (unread) any Marathon event larger than this, "
+                   "with a warning and a full resync (default 1048576)")
 
 
 def detect_reload_command(root: Path = Path("/")) -> str | None:
@@ -103,6 +114,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         coalesce_window=args.coalesce_ms / 1000.0,
         drain_seconds=args.drain_seconds,
         stall_timeout=max(args.stall_timeout, 1.0),
+        max_event_bytes=args.max_event_bytes,
     )
     metrics = Metrics()
 

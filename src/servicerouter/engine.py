@@ -23,10 +23,18 @@ from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
-from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, reconnect_delays
+from .marathon.events import (
+    DEFAULT_EVENT_TYPES,
+    DEFAULT_MAX_EVENT_BYTES,
+    EventStream,
+    MarathonEvent,
+    reconnect_delays,
+)
 from .marathon.parse import Resolver, parse_app, parse_apps
+from .marathon_health import MarathonHealth
 from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
+from .refetch import AppRefetcher, SingleFlight
 from .state import ClusterState
 from .sync import EventHandler
 
@@ -67,6 +75,7 @@ class EngineConfig:
     drain_seconds: float = 0.0
     stall_timeout: float = 30.0
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 class Engine:
@@ -102,6 +111,11 @@ class Engine:
         self._sync_lock = asyncio.Lock()
         self._events = EventHandler(self)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.marathon_health = MarathonHealth(metrics.marathon_up, metrics.stream_connected)
+        self._full_syncs = SingleFlight(self.full_sync, self.spawn)
+        self._refetches = AppRefetcher(self.refetch_app, self.spawn, self.request_full_sync)
+        self._resync_retry_at: float | None = None  # after a failed full sync
+        self._resync_backoff = 0.0
         self.ready = asyncio.Event()  # set after the first good config is live
 
     # ---------------------------------------------------------------- inputs
@@ -126,6 +140,14 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def request_full_sync(self) -> None:
+        """A full sync soon: at most one runs, at most one more waits behind it."""
+        self._full_syncs.request()
+
+    def request_refetch(self, app_id: str, event_time: float | None = None) -> None:
+        """Refetch one app soon, once however often asked meanwhile (bounded in flight)."""
+        self._refetches.request(app_id, event_time)
+
     async def full_sync(self) -> bool:
         """Fetch every app, replace the desired state, wake the apply loop."""
         async with self._sync_lock:
@@ -134,10 +156,14 @@ class Engine:
                 fetched = await self.marathon.get_apps()
                 result = parse_apps(fetched.data, fetched.url, self.resolve)
             except (MarathonError, ValueError) as exc:
-                self.metrics.marathon_up.set(0)
-                log.error("full sync failed: %s; HAProxy keeps its current config", exc)
+                self.marathon_health.request_failed(f"full sync failed: {exc}")
+                self._resync_backoff = min(max(2 * self._resync_backoff, 1.0), 30.0)
+                self._resync_retry_at = time.monotonic() + self._resync_backoff
+                log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
+                          "in %.0fs", exc, self._resync_backoff)
                 return False
-            self.metrics.marathon_up.set(1)
+            self.marathon_health.request_ok()
+            self._resync_retry_at, self._resync_backoff = None, 0.0
             for err in result.errors:
                 log.error("%s", err)
             self.app_errors = {e.app_id: e.message for e in result.errors}
@@ -157,9 +183,11 @@ class Engine:
         try:
             raw = await self.marathon.get_app(app_id)
         except MarathonError as exc:
+            self.marathon_health.request_failed(f"refetching app {app_id} failed: {exc}")
             log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
-            self.spawn(self.full_sync())
+            self.request_full_sync()
             return
+        self.marathon_health.request_ok()
         if raw is None:
             self.mark(self.state.remove_app(app_id), event_time)
             return
@@ -176,8 +204,9 @@ class Engine:
     def on_event(self, event: MarathonEvent) -> None:
         try:
             self._events.handle(event)
-        except Exception:  # one bad event must not end the stream; resync repairs
-            log.exception("event %s could not be applied: %.200s", event.type, event.data)
+        except Exception as exc:  # one bad event must not end the stream
+            log.debug("event %s raised", event.type, exc_info=True)
+            self._events.bad_event(event, f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------- the loops
     async def run(self, stop: asyncio.Event) -> None:
@@ -204,17 +233,20 @@ class Engine:
         while not stop.is_set():
             try:
                 stream = EventStream(self.marathon, self.config.event_types,
-                                     stall_timeout=self.config.stall_timeout)
+                                     stall_timeout=self.config.stall_timeout,
+                                     max_event_bytes=self.config.max_event_bytes,
+                                     on_alive=self.marathon_health.stream_alive)
                 async with stream:
                     log.info("event stream attached to %s", stream.url)
                     if not first:
                         self.metrics.stream_reconnects.inc()
-                        self.spawn(self.full_sync())  # events may have been missed
+                        self.request_full_sync()  # events may have been missed
                     first = False
                     delays = reconnect_delays()
                     async for event in stream:
                         self.on_event(event)
             except MarathonError as exc:
+                self.marathon_health.stream_lost(str(exc))
                 log.warning("event stream: %s; reconnecting", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
@@ -227,12 +259,16 @@ class Engine:
             now = time.monotonic()
             if now >= next_resync:
                 next_resync = now + cfg.resync_interval
-                self.spawn(self.full_sync())
+                self.request_full_sync()
+            if self._resync_retry_at is not None and now >= self._resync_retry_at:
+                self._resync_retry_at = None
+                self.request_full_sync()
             if now >= next_reconcile:
                 next_reconcile = now + cfg.reconcile_interval
                 self.request_reconcile()
             self._events.expire_drains()
-            wait = min(next_resync, next_reconcile, self._events.next_deadline()) - now
+            wait = min(next_resync, next_reconcile, self._events.next_deadline(),
+                       self._resync_retry_at or next_resync) - now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(wait, 0.05))
 

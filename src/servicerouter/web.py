@@ -64,6 +64,10 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         if problems:
             return JSONResponse({"status": "unhealthy", "reason": "; ".join(problems)},
                                 status_code=503)
+        # Marathon unreachable: HAProxy keeps routing the last good state (200).
+        degraded = engine.marathon_health.problems()
+        if degraded:
+            return JSONResponse({"status": "degraded", "reason": "; ".join(degraded)})
         return JSONResponse({"status": "ok"})
 
     async def status(request: Request) -> Response:
@@ -97,6 +101,10 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
                 "time": engine.last_reload[0], "reason": engine.last_reload[1]},
             "last_sync": engine.last_sync,
             "haproxy_up": engine.haproxy_ok,
+            "marathon": {"up": engine.marathon_health.up,
+                         "stream_connected": engine.marathon_health.stream_connected,
+                         "stream_url": engine.marathon_health.stream_url,
+                         "problems": engine.marathon_health.problems()},
             "problems": _problems(engine, app_filter),
             "total": len(names), "offset": offset, "limit": limit,
             "services": services,
