@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from . import api, control
 from .context import SimContext
+from .faults import FaultMiddleware
 from .middleware import LeaderProxy, MarathonHeaders
 from .sse import events_endpoint
 
@@ -44,4 +45,4 @@ def create_app(ctx: SimContext, proxy: LeaderProxy | None = None) -> ASGIApp:
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
     leader_url = None if ctx.standby_of is not None else f"http://{ctx.advertised}"
-    return MarathonHeaders(app, leader_url, ctx.credentials)
+    return MarathonHeaders(FaultMiddleware(app, ctx.bus.faults), leader_url, ctx.credentials)
