@@ -61,7 +61,7 @@ class EventHandler:
         engine.metrics.marathon_events.labels(event.type).inc()
         t, app = event.received_at, ev.app_id(event)
         if event.skipped_bytes:
-            log.warning("skipped a %s event of %d bytes or more from the event stream: over "
+            log.warning("skipped a %s of %d bytes from the event stream, unread: over "
                         "--max-event-bytes %d; a full resync follows", event.type,
                         event.skipped_bytes, engine.config.max_event_bytes)
             engine.request_full_sync()

@@ -430,6 +430,9 @@ class MarathonClient:
                     url, f"unexpected HTTP {status}: {marathon_message(response)}", status=status
                 )
             self.report(endpoint, "success", seconds)
+            if failures:
+                log.warning("Marathon failover for GET %s: %s; %s answered", path,
+                            ", ".join(f"{u} ({r})" for u, r in failures), target.url)
             self.mark_answered(target)
             return target, response, seconds
         raise MarathonUnavailable(failures, what=f"GET {path}")
