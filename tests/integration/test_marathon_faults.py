@@ -10,6 +10,7 @@ generous bounds are asserted.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import time
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, running, wait_for, wait_routed
+from .harness import Daemon, Simulator, responders, running, wait_for
+from .harness import wait_routed as _wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -35,10 +37,37 @@ def requests(daemon: Daemon, endpoint: str, outcome: str) -> float:
                           f'outcome="{outcome}"}}')
 
 
+def wait_routed(port: int, expected: set[str], timeout: float = 15.0) -> None:
+    """harness.wait_routed, saying what answered instead when it times out."""
+    try:
+        _wait_routed(port, expected, timeout)
+    except TimeoutError as exc:
+        try:
+            got: object = responders(port, 8)
+        except Exception as why:
+            got = why
+        raise AssertionError(f"{exc}; traffic reached {got!r}") from None
+
+
+def task_ports() -> list[str]:
+    """A host-port range of our own: other test runs on this machine use 31000-32000."""
+    low = random.randrange(20000, 29500, 100)
+    return ["--port-range", f"{low}-{low + 99}"]
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    sim = Simulator(tmp_path, extra=task_ports()).start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
 def faulty(tmp: Path, name: str, faults: dict[str, Any] | None = None,
            standby_of: str | None = None) -> Simulator:
     (tmp / name).mkdir()
-    extra = ["--standby-of", standby_of] if standby_of else []
+    extra = ["--standby-of", standby_of] if standby_of else task_ports()
     sim = Simulator(tmp / name, extra=extra).start()
     if faults:
         sim.http.post("/_sim/faults", json=faults).raise_for_status()

@@ -120,13 +120,13 @@ def status_update_problem(event: MarathonEvent) -> str | None:
         return f"taskStatus {status!r} is not a Mesos task state"
     if "host" in data and not isinstance(data["host"], str):
         return f"host {data['host']!r} is not a string"
-    value = data.get("ports", [])
+    value = data.get("ports") or []  # absent or null: no ports (e.g. TASK_STAGING)
     if not isinstance(value, list):
         return f"ports {value!r} is not a list"
     bad = [p for p in value if _bad_port(p)]
     if bad:
         return f"ports {value!r}: {bad[0]!r} is not a port (1-65535)"
-    addresses = data.get("ipAddresses", [])
+    addresses = data.get("ipAddresses") or []
     if not isinstance(addresses, list) or not all(
         isinstance(a, Mapping) and isinstance(a.get("ipAddress"), str) for a in addresses
     ):
