@@ -306,3 +306,47 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def full_syncs(daemon: Daemon) -> float:
+    return metric(daemon, 'servicerouter_sync_duration_seconds_count{kind="full"}')
+
+
+def test_an_event_storm_for_a_new_app_is_one_refetch_and_churn_goes_on(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        wait_routed(port, live)
+        syncs, fetched = full_syncs(daemon), requests(daemon, "app", "success")
+        storm = [{"eventType": "status_update_event", "appId": "/faults/new",
+                  "taskId": f"faults_new.{i}", "taskStatus": "TASK_RUNNING",
+                  "host": "127.0.0.1", "ports": [20000 + i % 100]} for i in range(1000)]
+        simulator.http.post("/_sim/events/inject", json={"events": storm}).raise_for_status()
+        live = converges(simulator, port, "/faults/web", live, daemon)  # not held up
+        wait_for(lambda: metric(daemon, 'servicerouter_marathon_events_total'
+                                        '{event_type="status_update_event"}') >= 1000,
+                 15, what="the storm received")
+        wait_for(lambda: requests(daemon, "app", "success") > fetched, 15,
+                 what="the new app refetched")
+        # /faults/new does not exist in Marathon (404): nothing to route, one request.
+        assert requests(daemon, "app", "success") - fetched <= 2
+        assert requests(daemon, "app", "error") == 0
+        assert full_syncs(daemon) == syncs
+        assert daemon.status()["counts"]["apps"] == 1
+
+
+def test_app_updates_refetch_the_app_not_everything(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        wait_routed(port, live)
+        syncs = full_syncs(daemon)
+        for instances in (3, 4, 3, 4, 3):  # 5 PUTs, each with a group_change_success
+            simulator.scale("/faults/web", instances)
+        live = simulator.wait_running("/faults/web", 3)
+        wait_routed(port, live)
+        log = simulator.http.get("/_sim/events/log").json()["events"]
+        assert sum(e["eventType"] == "group_change_success" for e in log) >= 5
+        assert full_syncs(daemon) == syncs  # none of them cost a full sync
