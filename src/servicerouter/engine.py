@@ -152,9 +152,11 @@ class Engine:
         """Fetch every app, replace the desired state, wake the apply loop."""
         async with self._sync_lock:
             started = time.perf_counter()
+            touched = self._events.watch(None)
             try:
                 fetched = await self.marathon.get_apps()
                 result = parse_apps(fetched.data, fetched.url, self.resolve)
+                result.apps = [self._events.newer_tasks(a, touched) for a in result.apps]
             except (MarathonError, ValueError) as exc:
                 self.marathon_health.request_failed(f"full sync failed: {exc}")
                 self._resync_backoff = min(max(2 * self._resync_backoff, 1.0), 30.0)
@@ -162,6 +164,8 @@ class Engine:
                 log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
                           "in %.0fs", exc, self._resync_backoff)
                 return False
+            finally:
+                self._events.unwatch(touched)
             self.marathon_health.request_ok()
             self._resync_retry_at, self._resync_backoff = None, 0.0
             for err in result.errors:
@@ -180,6 +184,7 @@ class Engine:
             return True
 
     async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:
+        touched = self._events.watch(app_id)
         try:
             raw = await self.marathon.get_app(app_id)
         except MarathonError as exc:
@@ -187,6 +192,8 @@ class Engine:
             log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
             self.request_full_sync()
             return
+        finally:
+            self._events.unwatch(touched)
         self.marathon_health.request_ok()
         if raw is None:
             self.mark(self.state.remove_app(app_id), event_time)
@@ -199,7 +206,7 @@ class Engine:
             return
         self.app_errors.pop(app_id, None)
         self._events.warn_once(warnings)
-        self.mark(self.state.set_app(app), event_time)
+        self.mark(self.state.set_app(self._events.newer_tasks(app, touched)), event_time)
 
     def on_event(self, event: MarathonEvent) -> None:
         try:

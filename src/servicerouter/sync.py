@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .marathon import eventdata as ev
 from .marathon.events import MarathonEvent
 from .marathon.parse import task_from_event
-from .model import TASK_KILLING, TASK_RUNNING, Task
+from .model import TASK_KILLING, TASK_RUNNING, App, Task
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -49,6 +49,9 @@ class EventHandler:
         self._draining: dict[str, tuple[Task, float]] = {}  # task id -> (task, deadline)
         self._terminated: OrderedDict[str, None] = OrderedDict()
         self.late_ignored = 0
+        # Fetches in flight: (app id, or None for all) -> (app id, task id) that events
+        # changed meanwhile; those tasks are newer in memory than in the answer.
+        self._watches: list[tuple[str | None, set[tuple[str, str]]]] = []
 
     def warn_once(self, warnings: Iterable[str]) -> None:
         for w in warnings:
@@ -102,6 +105,38 @@ class EventHandler:
                         event.type, problem, event.data)
             self.engine.request_full_sync()
 
+    # ------------------------------------------- fetches racing with events
+    def watch(self, app_id: str | None) -> set[tuple[str, str]]:
+        """Record the tasks events change while a fetch of ``app_id`` (None: every app)
+        is in flight; pass the result to :meth:`newer_tasks`, then :meth:`unwatch`."""
+        touched: set[tuple[str, str]] = set()
+        self._watches.append((app_id, touched))
+        return touched
+
+    def unwatch(self, touched: set[tuple[str, str]]) -> None:
+        self._watches = [w for w in self._watches if w[1] is not touched]
+
+    def _touch(self, app_id: str, task_id: str) -> None:
+        for watched, touched in self._watches:
+            if watched is None or watched == app_id:
+                touched.add((app_id, task_id))
+
+    def newer_tasks(self, app: App, touched: set[tuple[str, str]]) -> App:
+        """``app`` as a fetch returned it, except the tasks that events changed while the
+        fetch was in flight: those stay as the events left them (gone if they died).
+
+        Without this, an answer sampled just before a task's TASK_RUNNING, landing
+        just after it, would put the task back to STARTING with no event to come."""
+        ids = {task_id for app_id, task_id in touched if app_id == app.id}
+        if not ids:
+            return app
+        current = self.engine.state.apps.get(app.id)
+        newer = {t.id: t for t in (current.tasks if current else ()) if t.id in ids}
+        fetched = {t.id for t in app.tasks}
+        tasks = [newer.get(t.id, t) for t in app.tasks if t.id not in ids or t.id in newer]
+        tasks += [t for task_id, t in newer.items() if task_id not in fetched]
+        return replace(app, tasks=tuple(tasks))
+
     def _remember_terminated(self, task_id: str) -> None:
         self._terminated[task_id] = None
         self._terminated.move_to_end(task_id)
@@ -118,6 +153,7 @@ class EventHandler:
         assert app_id and task_id and status  # status_update_problem checked them
         if status in ev.TERMINAL_TASK_STATUSES:
             self._remember_terminated(task_id)
+            self._touch(app_id, task_id)
         elif task_id in self._terminated:
             self.late_ignored += 1
             log.debug("app %s: ignored %s for task %s, already seen terminal (events "
@@ -128,6 +164,7 @@ class EventHandler:
             if status == TASK_RUNNING:
                 engine.request_refetch(app_id, t)  # an app we do not know yet
             return
+        self._touch(app_id, task_id)
         drain = engine.config.drain_seconds
         now = time.monotonic()
         if status in NOT_ROUTABLE:

@@ -148,3 +148,68 @@ def test_the_memory_of_dead_tasks_is_bounded() -> None:
         h.handle(status(f"d{i}", "TASK_KILLED"))
     assert len(h._terminated) == TERMINATED_MEMORY
     assert "d0" not in h._terminated and f"d{TERMINATED_MEMORY + 9}" in h._terminated
+
+
+# -- a fetch answered before events that are applied before its answer ----------------
+
+
+def fetched(*tasks: tuple[str, str]) -> App:
+    from servicerouter.model import Task
+
+    return App("/web", services=(Service("/web", 0, 10000),), tasks=tuple(
+        Task(t, "/web", "127.0.0.1", (31001,), state) for t, state in tasks))
+
+
+def test_events_during_a_fetch_win_over_its_older_answer() -> None:
+    _engine, h = handler(0)
+    h.handle(status("t1", "TASK_STARTING"))
+    h.handle(status("t2", "TASK_RUNNING"))
+    touched = h.watch("/web")
+    # While the request is in flight: t1 runs, t2 dies, t3 appears.
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.handle(status("t2", "TASK_KILLED"))
+    h.handle(status("t3", "TASK_RUNNING"))
+    h.handle(status("x1", "TASK_RUNNING", app="/other"))
+    h.unwatch(touched)
+    h.handle(status("t4", "TASK_RUNNING"))  # after the fetch: not the fetch's business
+    answer = fetched(("t1", "TASK_STARTING"), ("t2", "TASK_RUNNING"), ("t5", "TASK_RUNNING"))
+    merged = h.newer_tasks(answer, touched)
+    assert sorted((t.id, t.state) for t in merged.tasks) == [
+        ("t1", "TASK_RUNNING"), ("t3", "TASK_RUNNING"), ("t5", "TASK_RUNNING")]
+    assert touched == {("/web", "t1"), ("/web", "t2"), ("/web", "t3")}
+
+
+def test_a_fetch_of_everything_watches_every_app_and_untouched_answers_pass() -> None:
+    _engine, h = handler(0)
+    touched = h.watch(None)
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.unwatch(touched)
+    answer = fetched(("t1", "TASK_STAGING"))
+    assert [t.state for t in h.newer_tasks(answer, touched).tasks] == ["TASK_RUNNING"]
+    assert h.newer_tasks(answer, set()) is answer
+
+
+async def test_a_refetch_keeps_a_task_that_started_while_it_was_in_flight() -> None:
+    import asyncio
+
+    from servicerouter.engine import Engine, EngineConfig
+    from servicerouter.layout import Settings
+
+    gate = asyncio.Event()
+
+    class SlowMarathon:
+        async def get_app(self, app_id: str) -> dict[str, Any]:
+            await gate.wait()  # sampled now: t1 still STARTING
+            return {"id": "/web", "portDefinitions": [{"port": 10000}], "tasks": [
+                {"id": "t1", "host": "127.0.0.1", "ports": [31001], "state": "TASK_STARTING"}]}
+
+    engine = Engine(EngineConfig(settings=Settings()), SlowMarathon(),  # type: ignore
+                    None, None, None, Metrics(), lambda host: host)  # type: ignore
+    engine.state.set_app(App("/web", services=(Service("/web", 0, 10000),)))
+    fetch = asyncio.ensure_future(engine.refetch_app("/web"))
+    await asyncio.sleep(0)
+    engine.on_event(status("t1", "TASK_RUNNING"))  # applied before the answer lands
+    gate.set()
+    await fetch
+    assert [(t.id, t.state) for t in engine.state.apps["/web"].tasks] == [
+        ("t1", "TASK_RUNNING")]
