@@ -330,6 +330,9 @@ def test_an_event_storm_for_a_new_app_is_one_refetch_and_churn_goes_on(
         wait_for(lambda: requests(daemon, "app", "success") > fetched, 15,
                  what="the new app refetched")
         # /faults/new does not exist in Marathon (404): nothing to route, one request.
+        print(f"\n1,000 TASK_RUNNING for a new app: "
+              f"{requests(daemon, 'app', 'success') - fetched:.0f} refetch(es), "
+              f"{full_syncs(daemon) - syncs:.0f} full syncs")
         assert requests(daemon, "app", "success") - fetched <= 2
         assert requests(daemon, "app", "error") == 0
         assert full_syncs(daemon) == syncs
@@ -349,4 +352,5 @@ def test_app_updates_refetch_the_app_not_everything(
         wait_routed(port, live)
         log = simulator.http.get("/_sim/events/log").json()["events"]
         assert sum(e["eventType"] == "group_change_success" for e in log) >= 5
+        print(f"\n5 app PUTs: {full_syncs(daemon) - syncs:.0f} full syncs")
         assert full_syncs(daemon) == syncs  # none of them cost a full sync
