@@ -10,7 +10,6 @@ generous bounds are asserted.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import time
@@ -49,25 +48,10 @@ def wait_routed(port: int, expected: set[str], timeout: float = 15.0) -> None:
         raise AssertionError(f"{exc}; traffic reached {got!r}") from None
 
 
-def task_ports() -> list[str]:
-    """A host-port range of our own: other test runs on this machine use 31000-32000."""
-    low = random.randrange(20000, 29500, 100)
-    return ["--port-range", f"{low}-{low + 99}"]
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path, extra=task_ports()).start()
-    try:
-        yield sim
-    finally:
-        sim.stop()
-
-
 def faulty(tmp: Path, name: str, faults: dict[str, Any] | None = None,
            standby_of: str | None = None) -> Simulator:
     (tmp / name).mkdir()
-    extra = ["--standby-of", standby_of] if standby_of else task_ports()
+    extra = ["--standby-of", standby_of] if standby_of else []
     sim = Simulator(tmp / name, extra=extra).start()
     if faults:
         sim.http.post("/_sim/faults", json=faults).raise_for_status()
