@@ -2,15 +2,15 @@
 
 One `EventStream` is one connection. It ends by raising: `StreamClosed` when
 the server closes (leader change, slow consumer, restart), `StreamStalled` when
-no byte at all (not even the 10 s heartbeat) arrived for `stall_timeout`. The
+no complete line (not even the 10 s heartbeat) arrived for `stall_timeout`. The
 caller owns the reconnect loop (`reconnect_delays()`) and the full resync that
 must follow every (re)connect, because events are not replayed.
 
-Stall detection is httpx's per-read timeout on this request: every socket read
-waits at most `stall_timeout`, so any byte (heartbeats included) restarts the
-clock and no timer task exists per byte or per event.
+Stall detection is httpx's per-read timeout on this request (total silence),
+plus a check on each chunk that some line completed within `stall_timeout`
+(bytes trickling in without a line); no timer task exists per byte or event.
 
-The parser is our own (`SSEParser`, bytes in, frames out) rather than httpx-sse:
+The parser (`sse.SSEParser`, bytes in, frames out) is our own rather than httpx-sse:
 both handle Marathon's CRLF frames and bare-CRLF heartbeats, but httpx-sse
 hides the heartbeats (we need them to be cheap, not invisible), decodes every
 byte to str before splitting, and cannot stamp each frame with the arrival time
@@ -38,6 +38,18 @@ from .errors import (
     StreamStalled,
     excerpt,
 )
+from .sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
+
+__all__ = [
+    "DEFAULT_EVENT_TYPES",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EventStream",
+    "MarathonEvent",
+    "SSEParser",
+    "decode_frame",
+    "reconnect_delays",
+    "stream_events",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,103 +86,6 @@ class MarathonEvent:
     data: dict[str, Any]
     received_at: float
     skipped_bytes: int = 0
-
-
-DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-
-
-class SSEParser:
-    """Incremental SSE parser over bytes: `feed(chunk)` returns the completed frames.
-
-    Lines end in LF or CRLF (Marathon sends CRLF); a bare-CR line ending is not
-    supported. Only `event:` and `data:` are used; comments, `id:` and `retry:`
-    are ignored; a blank line dispatches a frame if it has data (so heartbeats,
-    which are bare blank lines, produce nothing).
-
-    A frame whose lines add up to more than `max_event` bytes is never held in
-    memory: from the byte that crosses the limit on, the rest of it is counted
-    and discarded up to its blank line, and `(event type, size)` is appended to
-    `skipped` for the caller to drain. `lines` counts complete lines (heartbeats
-    included), so a caller can tell a live stream from one dripping a byte at a time.
-    """
-
-    __slots__ = ("_data", "_event", "_long", "_max", "_pending", "_pieces", "_size",
-                 "_skipping", "lines", "skipped")
-
-    def __init__(self, max_event: int = DEFAULT_MAX_EVENT_BYTES) -> None:
-        if max_event < 1:
-            raise ValueError(f"max_event must be >= 1, got {max_event}")
-        self._max = max_event
-        self._pieces: list[bytes] = []  # the incomplete line so far
-        self._pending = 0  # bytes in _pieces
-        self._long = False  # the incomplete line is over the limit and not kept
-        self._event: bytes | None = None
-        self._data: list[bytes] = []
-        self._size = 0  # bytes of the current frame's complete lines
-        self._skipping = False  # the current frame is over the limit: discard to its end
-        self.lines = 0
-        self.skipped: list[tuple[str, int]] = []
-
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        frames: list[tuple[str, bytes]] = []
-        pos, end = 0, len(chunk)
-        while pos < end:
-            nl = chunk.find(b"\n", pos)
-            if nl < 0:
-                self._partial(chunk[pos:] if pos else chunk)
-                break
-            part = chunk[pos:nl]
-            pos = nl + 1
-            self.lines += 1
-            if self._long:  # the end of a line already known to be too long
-                self._long = False
-                self._size += len(part) - part.endswith(b"\r")
-                continue
-            if self._pieces:
-                self._pieces.append(part)
-                part = b"".join(self._pieces)
-                self._pieces, self._pending = [], 0
-            self._line(part, frames)
-        return frames
-
-    def _partial(self, piece: bytes) -> None:
-        if self._long:
-            self._size += len(piece)
-            return
-        self._pieces.append(piece)
-        self._pending += len(piece)
-        if self._size + self._pending > self._max:
-            self._size += self._pending
-            self._pieces, self._pending = [], 0
-            self._long = True
-            self._skip()
-
-    def _skip(self) -> None:
-        if not self._skipping:
-            self._skipping = True
-            self._data = []
-
-    def _line(self, line: bytes, frames: list[tuple[str, bytes]]) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
-            name = self._event.decode("utf-8", "replace") if self._event else "message"
-            if self._skipping:
-                self.skipped.append((name, self._size))
-            elif self._data:
-                frames.append((name, b"\n".join(self._data)))
-            self._event, self._data, self._size, self._skipping = None, [], 0, False
-            return
-        self._size += len(line)
-        if self._size > self._max:
-            self._skip()
-        if line.startswith(b"event:"):
-            value = line[6:]
-            self._event = (value[1:] if value.startswith(b" ") else value)[:200]
-        elif line.startswith(b"data:") and not self._skipping:
-            value = line[5:]
-            self._data.append(value[1:] if value.startswith(b" ") else value)
-        # else: a comment (":..."), id:, retry: or an unknown field: ignored
 
 
 def decode_frame(url: str, name: str, data: bytes, received_at: float) -> MarathonEvent | None:
