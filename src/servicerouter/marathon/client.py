@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,12 @@ from .errors import (
     MarathonResponseError,
     MarathonUnavailable,
     excerpt,
+    marathon_message,
+    transport_reason,
 )
+
+__all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message",
+           "parse_marathon_url", "transport_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -126,40 +130,6 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
         raise MarathonConfigError(f"CA bundle {verify!r} is unusable: {exc}") from None
 
 
-def marathon_message(response: httpx.Response) -> str:
-    """Marathon's `{"message": ...}` from an error body, else a short excerpt."""
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    if not response.content:
-        return "empty body"
-    return excerpt(response.content)
-
-
-def transport_reason(exc: httpx.TransportError, timeout: httpx.Timeout) -> tuple[str, str]:
-    """(outcome, short reason) for a failed request, e.g. ("error", "connection refused")."""
-    if isinstance(exc, httpx.ConnectTimeout):
-        return "timeout", f"connect timed out after {timeout.connect:g}s"
-    if isinstance(exc, httpx.ReadTimeout):
-        return "timeout", f"no bytes for {timeout.read:g}s"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout", f"timed out ({type(exc).__name__})"
-    cause = _root_os_error(exc)
-    if isinstance(cause, ConnectionRefusedError):
-        return "error", "connection refused"
-    if isinstance(cause, socket.gaierror):
-        return "error", f"cannot resolve host: {cause.strerror}"
-    text = (cause.strerror if cause is not None else None) or str(exc) or type(exc).__name__
-    if "connection refused" in text.lower():
-        return "error", "connection refused"
-    if isinstance(exc, httpx.ConnectError):
-        text = f"cannot connect: {text}"
-    return "error", text
-
-
 class _TokenAuth(httpx.Auth):
     """DC/OS `Authorization: token=<JWT>`, attached per request like basic auth."""
 
@@ -173,19 +143,6 @@ class _TokenAuth(httpx.Auth):
 
 def _port(url: httpx.URL) -> int | None:
     return url.port or {"http": 80, "https": 443}.get(url.scheme)
-
-
-def _root_os_error(exc: BaseException) -> OSError | None:
-    """The innermost OSError with an errno under httpx's and anyio's wrappers."""
-    found: OSError | None = None
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 10:
-        if isinstance(current, OSError) and current.errno is not None:
-            found = current
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return found
 
 
 class MarathonClient:
