@@ -127,6 +127,13 @@ def templates_dir(args: argparse.Namespace) -> Path | None:
     return path
 
 
+def _timeout(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise ValueError(value)
+    return seconds
+
+
 def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="how much to log, on stderr")
@@ -140,6 +147,9 @@ def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--dcos-token", metavar="JWT", help="DC/OS auth token for Marathon")
     g.add_argument("--marathon-ca", metavar="PATH",
                    help="CA bundle to verify Marathon's TLS certificate")
+    g.add_argument("--marathon-timeout", type=_timeout, default=30.0, metavar="SECONDS",
+                   help="overall deadline of one request to one Marathon URL, body included; "
+                        "a slower one is skipped like a dead one (default 30)")
     g.add_argument("--no-verify-tls", action="store_true",
                    help="do not verify Marathon's TLS certificate (not recommended)")
     g.add_argument("--group", action="append", metavar="NAME", default=None,
@@ -342,7 +352,7 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
         auth = (user, password)
     verify: bool | str = False if args.no_verify_tls else (args.marathon_ca or True)
     return MarathonClient(args.marathon, auth=auth, dcos_token=args.dcos_token,
-                          verify=verify, **kw)
+                          verify=verify, request_timeout=args.marathon_timeout, **kw)
 
 
 async def _render(args: argparse.Namespace) -> int:

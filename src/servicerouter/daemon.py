@@ -19,6 +19,7 @@ import uvicorn
 from .haproxy.control import ConfigFile, build_reloader
 from .haproxy.process import kill_children
 from .haproxy.runtime import RuntimeClient
+from .marathon.events import DEFAULT_MAX_EVENT_BYTES
 from .metrics import Metrics
 from .planner import ReloadReason
 from .resolve import CachingResolver
@@ -69,6 +70,16 @@ def _bind(flag: str, host: str, port: int) -> socket.socket:
     return sock
 
 
+def _event_bytes(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        size = -1
+    if size < 1024:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of bytes >= 1024")
+    return size
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("HAProxy process")
     g.add_argument("--haproxy-config", default="/etc/haproxy/haproxy.cfg", metavar="PATH",
@@ -105,6 +116,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="drain a departed task this long before removing it (default 0)")
     g.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="reconnect the event stream after this much silence (default 30)")
+    g.add_argument("--max-event-bytes", type=_event_bytes, default=DEFAULT_MAX_EVENT_BYTES,
+                   metavar="BYTES", help="skip (unread) any Marathon event larger than this, "
+                   "with a warning and a full resync (default 1048576)")
     g.add_argument("--dry-run", action="store_true",
                    help="print the runtime commands and reloads it would perform, as changes "
                         "come; touch no HAProxy socket, file or process (--listen still "
@@ -129,7 +143,7 @@ def _operator_signals(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
 
     def usr1() -> None:
         log.info("SIGUSR1 received; full resync from Marathon")
-        engine.spawn(engine.full_sync())
+        engine.request_full_sync()
 
     loop.add_signal_handler(signal.SIGHUP, hup)
     loop.add_signal_handler(signal.SIGUSR1, usr1)
@@ -178,6 +192,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         coalesce_window=args.coalesce_ms / 1000.0,
         drain_seconds=args.drain_seconds,
         stall_timeout=max(args.stall_timeout, 1.0),
+        max_event_bytes=args.max_event_bytes,
     )
     metrics = Metrics()
 

@@ -28,11 +28,19 @@ from .label_templates import TemplateVetting
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
-from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, reconnect_delays
+from .marathon.events import (
+    DEFAULT_EVENT_TYPES,
+    DEFAULT_MAX_EVENT_BYTES,
+    EventStream,
+    MarathonEvent,
+    reconnect_delays,
+)
 from .marathon.parse import Resolver, parse_app, parse_apps
+from .marathon_health import MarathonHealth
 from .metrics import EXCLUDED_REASONS, Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
 from .portassign import assign_all, assign_one
+from .refetch import AppRefetcher, SingleFlight
 from .state import ClusterState
 from .sync import EventHandler
 
@@ -76,6 +84,7 @@ class EngineConfig:
     drain_seconds: float = 0.0
     stall_timeout: float = 30.0
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 class Engine:
@@ -117,8 +126,14 @@ class Engine:
         self._wake = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._events = EventHandler(self)
-        self._vetting = TemplateVetting(config.settings, config.templates, writer.validate)
+        self._vetting = TemplateVetting(config.settings, config.templates,
+                                        lambda text: self.writer.validate(text))
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.marathon_health = MarathonHealth(metrics.marathon_up, metrics.stream_connected)
+        self._full_syncs = SingleFlight(self.full_sync, self.spawn)
+        self._refetches = AppRefetcher(self.refetch_app, self.spawn, self.request_full_sync)
+        self._resync_retry_at: float | None = None  # after a failed full sync
+        self._resync_backoff = 0.0
         self.ready = asyncio.Event()  # set after the first good config is live
 
     # ---------------------------------------------------------------- inputs
@@ -150,19 +165,35 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def request_full_sync(self) -> None:
+        """A full sync soon: at most one runs, at most one more waits behind it."""
+        self._full_syncs.request()
+
+    def request_refetch(self, app_id: str, event_time: float | None = None) -> None:
+        """Refetch one app soon, once however often asked meanwhile (bounded in flight)."""
+        self._refetches.request(app_id, event_time)
+
     async def full_sync(self) -> bool:
         """Fetch every app, replace the desired state, wake the apply loop."""
         async with self._sync_lock:
             started = time.perf_counter()
+            touched = self._events.watch(None)
             try:
                 fetched = await self.marathon.get_apps()
                 result = parse_apps(fetched.data, fetched.url, self.resolve,
                                     self.config.settings.allow_label_templates)
+                result.apps = [self._events.newer_tasks(a, touched) for a in result.apps]
             except (MarathonError, ValueError) as exc:
-                self.metrics.marathon_up.set(0)
-                log.error("full sync failed: %s; HAProxy keeps its current config", exc)
+                self.marathon_health.request_failed(f"full sync failed: {exc}")
+                self._resync_backoff = min(max(2 * self._resync_backoff, 1.0), 30.0)
+                self._resync_retry_at = time.monotonic() + self._resync_backoff
+                log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
+                          "in %.0fs", exc, self._resync_backoff)
                 return False
-            self.metrics.marathon_up.set(1)
+            finally:
+                self._events.unwatch(touched)
+            self.marathon_health.request_ok()
+            self._resync_retry_at, self._resync_backoff = None, 0.0
             for err in result.errors:  # logged when new or changed, not once per sync
                 if self.app_errors.get(err.app_id) != err.message:
                     log.error("%s", err)
@@ -188,12 +219,17 @@ class Engine:
             return True
 
     async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:
+        touched = self._events.watch(app_id)
         try:
             raw = await self.marathon.get_app(app_id)
         except MarathonError as exc:
+            self.marathon_health.request_failed(f"refetching app {app_id} failed: {exc}")
             log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
-            self.spawn(self.full_sync())
+            self.request_full_sync()
             return
+        finally:
+            self._events.unwatch(touched)
+        self.marathon_health.request_ok()
         if raw is None:
             self.mark(self.state.remove_app(app_id), event_time)
             return
@@ -212,7 +248,8 @@ class Engine:
         self.app_errors.pop(app_id, None)
         # IP-per-task ports are a function of all such apps: one arriving may move another's.
         app, moved, assigned = assign_one(
-            app, [a for i, a in self.state.apps.items() if i != app.id], self.config.settings)
+            self._events.newer_tasks(app, touched),
+            [a for i, a in self.state.apps.items() if i != app.id], self.config.settings)
         self._events.warn_once([*warnings, *assigned])
         dirty = self.state.set_facts(hostfacts.gather([app], self.config.settings))
         dirty |= self.state.set_app(app)
@@ -223,8 +260,9 @@ class Engine:
     def on_event(self, event: MarathonEvent) -> None:
         try:
             self._events.handle(event)
-        except Exception:  # one bad event must not end the stream; resync repairs
-            log.exception("event %s could not be applied: %.200s", event.type, event.data)
+        except Exception as exc:  # one bad event must not end the stream
+            log.debug("event %s raised", event.type, exc_info=True)
+            self._events.bad_event(event, f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------- the loops
     async def run(self, stop: asyncio.Event) -> None:
@@ -287,17 +325,20 @@ class Engine:
         while not stop.is_set():
             try:
                 stream = EventStream(self.marathon, self.config.event_types,
-                                     stall_timeout=self.config.stall_timeout)
+                                     stall_timeout=self.config.stall_timeout,
+                                     max_event_bytes=self.config.max_event_bytes,
+                                     on_alive=self.marathon_health.stream_alive)
                 async with stream:
                     log.info("event stream attached to %s", stream.url)
                     if not first:
                         self.metrics.stream_reconnects.inc()
-                        self.spawn(self.full_sync())  # events may have been missed
+                        self.request_full_sync()  # events may have been missed
                     first = False
                     delays = reconnect_delays()
                     async for event in stream:
                         self.on_event(event)
             except MarathonError as exc:
+                self.marathon_health.stream_lost(str(exc))
                 log.warning("event stream: %s; reconnecting", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
@@ -316,13 +357,16 @@ class Engine:
             if now >= next_resync:
                 next_resync = now + cfg.resync_interval
                 self._rejected = None  # a refused candidate is validated again each resync
-                self.spawn(self.full_sync())
+                self.request_full_sync()
+            if self._resync_retry_at is not None and now >= self._resync_retry_at:
+                self._resync_retry_at = None
+                self.request_full_sync()
             if now >= next_reconcile:
                 next_reconcile = now + cfg.reconcile_interval
                 self.request_reconcile()
             self._events.expire_drains()
             wait = min(next_resync, next_reconcile, next_worker_check,
-                       self._events.next_deadline()) - now
+                       self._events.next_deadline(), self._resync_retry_at or next_resync) - now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(wait, 0.05))
 

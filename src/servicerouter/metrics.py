@@ -71,8 +71,13 @@ class Metrics:
         self.endpoints = Gauge("servicerouter_endpoints", "Endpoints in slots.", registry=r)
         self.slots = Gauge("servicerouter_slots", "Server slots, used or free.", ["state"],
                            registry=r)
-        self.marathon_up = Gauge("servicerouter_marathon_up",
-                                 "1 when the last request to Marathon succeeded.", registry=r)
+        self.marathon_up = Gauge(
+            "servicerouter_marathon_up",
+            "1 when the last request to Marathon succeeded and the event stream is live.",
+            registry=r)
+        self.stream_connected = Gauge(
+            "servicerouter_marathon_stream_connected",
+            "1 while the Marathon event stream is connected and live.", registry=r)
         self.haproxy_up = Gauge("servicerouter_haproxy_up",
                                 "1 when HAProxy's admin socket answered last time.", registry=r)
         self.last_sync = Gauge("servicerouter_last_successful_sync_timestamp_seconds",

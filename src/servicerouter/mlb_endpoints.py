@@ -63,7 +63,7 @@ def mlb_routes(engine: Engine) -> list[Route]:
         return PlainTextResponse(f"{info.get('Pid', '')}\n")
 
     async def hup(_: Request) -> Response:
-        engine.spawn(engine.full_sync())
+        engine.request_full_sync()
         engine.request_reload(ReloadReason.MANUAL)
         return PlainTextResponse("resync from Marathon and reload requested\n")
 

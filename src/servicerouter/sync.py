@@ -2,8 +2,16 @@
 
 A ``status_update_event`` carries everything about one task, so it is
 applied directly to the in-memory app (no refetch). Events that change app
-definitions refetch just those apps; anything broader triggers a full
-resync. Marathon does not guarantee event order, which is why the engine
+definitions refetch just those apps (de-duplicated and bounded by the
+engine); anything broader triggers a full resync. ``group_change_success``
+fetches nothing: every app change it accompanies also brings ``api_post_event``
+or deployment events naming the apps.
+
+One bad event costs only its app: a ``status_update_event`` whose fields fail
+:func:`~servicerouter.marathon.eventdata.status_update_problem` is not applied
+and its app is refetched. An event over ``--max-event-bytes`` was never read:
+a full resync replaces it. Marathon does not guarantee event order: a task
+seen terminal stays dead (a bounded memory of recent ones), and the engine
 still resyncs on every reconnect and on a timer.
 """
 
@@ -11,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -18,7 +27,7 @@ from typing import TYPE_CHECKING
 from .marathon import eventdata as ev
 from .marathon.events import MarathonEvent
 from .marathon.parse import task_from_event
-from .model import TASK_KILLING, TASK_RUNNING, Task
+from .model import TASK_KILLING, TASK_RUNNING, App, Task
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -28,6 +37,9 @@ log = logging.getLogger("servicerouter.events")
 # Deployments touching more apps than this are handled with one full resync.
 MAX_APPS_PER_REFETCH = 20
 NOT_ROUTABLE = ev.TERMINAL_TASK_STATUSES | {"TASK_UNREACHABLE"}
+# Task ids seen terminal, remembered so a late TASK_RUNNING cannot revive them.
+# Marathon never reuses a task id; 10,000 ids is minutes of heavy churn (~1 MB).
+TERMINATED_MEMORY = 10_000
 
 
 class EventHandler:
@@ -35,6 +47,11 @@ class EventHandler:
         self.engine = engine
         self._warned: set[str] = set()
         self._draining: dict[str, tuple[Task, float]] = {}  # task id -> (task, deadline)
+        self._terminated: OrderedDict[str, None] = OrderedDict()
+        self.late_ignored = 0
+        # Fetches in flight: (app id, or None for all) -> (app id, task id) that events
+        # changed meanwhile; those tasks are newer in memory than in the answer.
+        self._watches: list[tuple[str | None, set[tuple[str, str]]]] = []
 
     def warn_once(self, warnings: Iterable[str]) -> None:
         for w in warnings:
@@ -46,7 +63,12 @@ class EventHandler:
         engine = self.engine
         engine.metrics.marathon_events.labels(event.type).inc()
         t, app = event.received_at, ev.app_id(event)
-        if event.type == "status_update_event":
+        if event.skipped_bytes:
+            log.warning("skipped a %s of %d bytes from the event stream, unread: over "
+                        "--max-event-bytes %d; a full resync follows", event.type,
+                        event.skipped_bytes, engine.config.max_event_bytes)
+            engine.request_full_sync()
+        elif event.type == "status_update_event":
             self._status_update(event)
         elif event.type in ("health_status_changed_event", "instance_health_changed_event"):
             instance, healthy = ev.instance_id(event), ev.health(event)
@@ -54,34 +76,95 @@ class EventHandler:
                 engine.mark(engine.state.set_health(app, instance, healthy), t)
         elif event.type == "api_post_event":
             if app:
-                engine.spawn(engine.refetch_app(app, t))
+                engine.request_refetch(app, t)
         elif event.type == "app_terminated_event":
             if app:
                 engine.mark(engine.state.remove_app(app), t)
-        elif event.type in ("deployment_success", "deployment_failed"):
+        elif event.type in ("deployment_info", "deployment_success", "deployment_failed"):
             self._refetch(ev.deployment_app_ids(event), t)
-        elif event.type == "group_change_success":
-            engine.spawn(engine.full_sync())
+        # group_change_success: nothing to fetch. Every app PUT emits one (with
+        # groupId "/", i.e. everything); the api_post_event and deployment events
+        # of the same change name the apps, and those are refetched.
 
     def _refetch(self, app_ids: set[str], t: float) -> None:
         if len(app_ids) > MAX_APPS_PER_REFETCH:
-            self.engine.spawn(self.engine.full_sync())
+            self.engine.request_full_sync()
             return
         for app_id in sorted(app_ids):
-            self.engine.spawn(self.engine.refetch_app(app_id, t))
+            self.engine.request_refetch(app_id, t)
+
+    def bad_event(self, event: MarathonEvent, problem: str) -> None:
+        """An event that cannot be applied: refetch its app, or everything if it names none."""
+        app_id = ev.app_id(event)
+        if app_id is not None:
+            log.warning("app %s: %s not applied: %s; refetching the app, others applied",
+                        app_id, event.type, problem)
+            self.engine.request_refetch(app_id, event.received_at)
+        else:
+            log.warning("%s not applied: %s; a full resync follows: %.200s",
+                        event.type, problem, event.data)
+            self.engine.request_full_sync()
+
+    # ------------------------------------------- fetches racing with events
+    def watch(self, app_id: str | None) -> set[tuple[str, str]]:
+        """Record the tasks events change while a fetch of ``app_id`` (None: every app)
+        is in flight; pass the result to :meth:`newer_tasks`, then :meth:`unwatch`."""
+        touched: set[tuple[str, str]] = set()
+        self._watches.append((app_id, touched))
+        return touched
+
+    def unwatch(self, touched: set[tuple[str, str]]) -> None:
+        self._watches = [w for w in self._watches if w[1] is not touched]
+
+    def _touch(self, app_id: str, task_id: str) -> None:
+        for watched, touched in self._watches:
+            if watched is None or watched == app_id:
+                touched.add((app_id, task_id))
+
+    def newer_tasks(self, app: App, touched: set[tuple[str, str]]) -> App:
+        """``app`` as a fetch returned it, except the tasks that events changed while the
+        fetch was in flight: those stay as the events left them (gone if they died).
+
+        Without this, an answer sampled just before a task's TASK_RUNNING, landing
+        just after it, would put the task back to STARTING with no event to come."""
+        ids = {task_id for app_id, task_id in touched if app_id == app.id}
+        if not ids:
+            return app
+        current = self.engine.state.apps.get(app.id)
+        newer = {t.id: t for t in (current.tasks if current else ()) if t.id in ids}
+        fetched = {t.id for t in app.tasks}
+        tasks = [newer.get(t.id, t) for t in app.tasks if t.id not in ids or t.id in newer]
+        tasks += [t for task_id, t in newer.items() if task_id not in fetched]
+        return replace(app, tasks=tuple(tasks))
+
+    def _remember_terminated(self, task_id: str) -> None:
+        self._terminated[task_id] = None
+        self._terminated.move_to_end(task_id)
+        while len(self._terminated) > TERMINATED_MEMORY:
+            self._terminated.popitem(last=False)
 
     def _status_update(self, event: MarathonEvent) -> None:
+        problem = ev.status_update_problem(event)
+        if problem is not None:
+            self.bad_event(event, problem)
+            return
         engine, state, t = self.engine, self.engine.state, event.received_at
         app_id, task_id, status = ev.app_id(event), ev.task_id(event), ev.task_status(event)
-        if not (app_id and task_id and status):
-            log.warning("ignored status_update_event without appId, taskId or taskStatus: "
-                        "%.200s", event.data)
+        assert app_id and task_id and status  # status_update_problem checked them
+        if status in ev.TERMINAL_TASK_STATUSES:
+            self._remember_terminated(task_id)
+            self._touch(app_id, task_id)
+        elif task_id in self._terminated:
+            self.late_ignored += 1
+            log.debug("app %s: ignored %s for task %s, already seen terminal (events "
+                      "arrived out of order)", app_id, status, task_id)
             return
         app = state.apps.get(app_id)
         if app is None:
             if status == TASK_RUNNING:
-                engine.spawn(engine.refetch_app(app_id, t))  # an app we do not know yet
+                engine.request_refetch(app_id, t)  # an app we do not know yet
             return
+        self._touch(app_id, task_id)
         drain = engine.config.drain_seconds
         now = time.monotonic()
         if status in NOT_ROUTABLE:

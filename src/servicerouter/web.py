@@ -66,10 +66,14 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
             return JSONResponse({"status": "unhealthy", "reason": "; ".join(problems)},
                                 status_code=503)
         excluded = len(engine.app_errors) + len(engine.state.problem_list())
+        degraded = engine.marathon_health.problems()  # HAProxy keeps the last good state
         if excluded:  # HAProxy serves everything else: healthy, with apps left out
-            return JSONResponse({"status": "degraded", "services_excluded": excluded,
-                                 "reason": f"{excluded} services left out or limited; "
-                                           "see /status problems"})
+            degraded.append(f"{excluded} services left out or limited; see /status problems")
+        if degraded:
+            body: dict[str, object] = {"status": "degraded", "reason": "; ".join(degraded)}
+            if excluded:
+                body["services_excluded"] = excluded
+            return JSONResponse(body)
         return JSONResponse({"status": "ok"})
 
     async def status(request: Request) -> Response:
@@ -103,6 +107,10 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
                 "time": engine.last_reload[0], "reason": engine.last_reload[1]},
             "last_sync": engine.last_sync,
             "haproxy_up": engine.haproxy_ok,
+            "marathon": {"up": engine.marathon_health.up,
+                         "stream_connected": engine.marathon_health.stream_connected,
+                         "stream_url": engine.marathon_health.stream_url,
+                         "problems": engine.marathon_health.problems()},
             "problems": _problems(engine, app_filter),
             "total": len(names), "offset": offset, "limit": limit,
             "services": services,

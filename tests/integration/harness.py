@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +30,13 @@ class Simulator:
     def __init__(self, tmp: Path, *, kill_grace: float = 1.0, extra: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Task host ports of its own: concurrent runs sharing the default 31000-32000
+        # raced for ports, and a task dying right after TASK_RUNNING broke routing checks.
+        low = random.randrange(20000, 30000, 1000)
         self.proc = Proc("simulator", [
             PYTHON, "-m", "servicerouter.simulator", "--listen", f"127.0.0.1:{self.port}",
             "--executor", "local", "--heartbeat-interval", "1", "--kill-grace", str(kill_grace),
-            *(extra or []),
+            "--port-range", f"{low}-{low + 999}", *(extra or []),
         ], tmp / "simulator.log")
         self.http = httpx.Client(base_url=self.url, timeout=10)
 

@@ -25,7 +25,6 @@ from starlette.routing import Route
 from servicerouter.marathon.client import MarathonClient
 from servicerouter.marathon.errors import (
     MarathonAuthError,
-    MarathonResponseError,
     MarathonUnavailable,
     StreamClosed,
     StreamStalled,
@@ -219,7 +218,7 @@ async def test_302_from_a_standby_is_followed_and_the_leader_remembered() -> Non
 async def test_redirect_loop_is_bounded() -> None:
     async with serving(Marathon()) as standby, MarathonClient([standby.url]) as client:
         standby.redirect_to = standby.url
-        with pytest.raises(MarathonResponseError, match="more than 3 redirects"):
+        with pytest.raises(MarathonUnavailable, match="more than 3 redirects"):
             await EventStream(client).connect()
     assert len(standby.requests) == 4
 
@@ -324,7 +323,7 @@ async def test_200_that_is_not_an_event_stream_is_refused() -> None:
 
     server, url = await raw_server(reply, [])
     async with server, MarathonClient([url]) as client:
-        with pytest.raises(MarathonResponseError, match="not text/event-stream"):
+        with pytest.raises(MarathonUnavailable, match="not text/event-stream"):
             await EventStream(client).connect()
 
 

@@ -63,8 +63,8 @@ def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
         wait_routed(port, live)
         simulator.create_app("/mon/api", instances=1)
         simulator.wait_running("/mon/api", 1)
-        wait_for(lambda: web.get("/status", params={"app": "/mon/api"}).json()["total"] == 1,
-                 15, what="/mon/api in /status")
+        wait_for(lambda: web.get("/status", params={"app": "/mon/api"}).json()["counts"]
+                 ["endpoints"] == 3, 15, what="/mon/api's task in /status")
 
         m = scrape(web.get("/metrics").text)
         haproxy_reloads = asyncio.run(MasterCLI(str(master)).show_proc()).reloads

@@ -117,3 +117,16 @@ def test_multi_tenant_flags_and_their_environment_variables() -> None:
             ["run", "--max-servers-per-backend", "-1"]))
     with pytest.raises(SystemExit):
         cli.build_parser({}).parse_args(["run", "--vhost-policy", "anyone"])
+
+
+def test_marathon_limits_have_flags_environment_and_sane_defaults(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser({}).parse_args(["run"])
+    assert (args.max_event_bytes, args.marathon_timeout) == (1024 * 1024, 30.0)
+    env = {"SERVICEROUTER_MAX_EVENT_BYTES": "2097152", "SERVICEROUTER_MARATHON_TIMEOUT": "5"}
+    args = cli.build_parser(env).parse_args(["run"])
+    assert (args.max_event_bytes, args.marathon_timeout) == (2097152, 5.0)
+    for bad in (["--max-event-bytes", "100"], ["--marathon-timeout", "0"]):
+        with pytest.raises(SystemExit):
+            cli.build_parser({}).parse_args(["run", *bad])
+        assert bad[0] in capsys.readouterr().err

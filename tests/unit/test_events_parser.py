@@ -164,10 +164,35 @@ def test_event_line_without_data_dispatches_nothing_and_resets() -> None:
     assert parse_all([b"event: lonely\r\n\r\ndata: {}\r\n\r\n"]) == [("message", b"{}")]
 
 
-def test_overlong_line_is_refused() -> None:
-    parser = SSEParser(max_line=10)
-    with pytest.raises(ValueError, match="longer than 10 bytes"):
-        parser.feed(b"data: " + b"x" * 20)
+def test_an_event_over_the_limit_is_skipped_unread_and_the_next_one_parses() -> None:
+    parser = SSEParser(max_event=100)
+    big = b"event: status_update_event\r\ndata: " + b"x" * 10_000 + b"\r\n\r\n"
+    small = b'event: app_terminated_event\r\ndata: {"appId":"/a"}\r\n\r\n'
+    frames = []
+    for cut in range(0, len(big + small), 333):  # the big line arrives in pieces
+        frames += parser.feed((big + small)[cut : cut + 333])
+        assert sum(len(p) for p in parser._pieces) <= 100  # never buffered
+    assert frames == [("app_terminated_event", b'{"appId":"/a"}')]
+    assert parser.skipped == [("status_update_event", len(big) - 6)]  # 3 CRLFs not counted
+    assert parser.lines == 6
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 5000])
+def test_the_limit_holds_for_many_data_lines_and_any_chunking(size: int) -> None:
+    wire = b"event: x\ndata: " + b"\ndata: ".join([b"y" * 50] * 40) + b"\n\n" + WIRE
+    parser = SSEParser(max_event=1000)
+    frames = []
+    for cut in range(0, len(wire), size):
+        frames += parser.feed(wire[cut : cut + size])
+    assert [name for name, _ in frames] == EXPECTED
+    assert [name for name, _ in parser.skipped] == ["x"]
+
+
+def test_a_frame_just_under_the_limit_is_kept() -> None:
+    line = b"data: " + b"z" * 94
+    parser = SSEParser(max_event=100)
+    assert parser.feed(line + b"\n\n") == [("message", b"z" * 94)]
+    assert parser.skipped == []
 
 
 def test_decode_frame_skips_malformed_json_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:

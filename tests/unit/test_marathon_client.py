@@ -279,3 +279,51 @@ async def test_get_app_fails_over_like_get_apps() -> None:
 def test_every_error_is_a_marathon_error() -> None:
     for cls in (MarathonAuthError, MarathonResponseError, MarathonUnavailable, MarathonConfigError):
         assert issubclass(cls, MarathonError)
+
+
+# -- redirects, deadlines and where credentials go -----------------------------------
+
+
+async def test_a_302_on_v2_apps_is_not_followed_and_the_next_url_answers() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "m1":
+            return httpx.Response(302, headers={"Location": "http://evil:80/v2/apps"})
+        return httpx.Response(200, json=APPS)
+
+    outcomes: list[str] = []
+    client, seen = make(handler, auth=("ops", "pw"),
+                        on_request=lambda e, o, s: outcomes.append(o))
+    async with client:
+        assert (await client.get_apps()).url == "http://m2:8080"
+    assert [r.url.host for r in seen] == ["m1", "m2"]
+    assert outcomes == ["redirect", "success"]
+
+
+async def test_every_url_redirecting_names_each_redirect() -> None:
+    client, _ = make(lambda r: httpx.Response(302, headers={"Location": "http://x/"}),
+                     attempts=1)
+    async with client:
+        with pytest.raises(MarathonUnavailable, match=r"HTTP 302 redirect to http://x/ "
+                                                      r"\(not followed\)"):
+            await client.get_apps()
+
+
+def test_credentials_belong_to_configured_targets_only() -> None:
+    client = MarathonClient(["http://m1:8080", "https://m2/marathon"], dcos_token="jwt")
+    m1, m2 = client.targets
+    assert client.configured(httpx.URL("http://m1:8080/v2/events?x=1")) is m1
+    assert client.configured(httpx.URL("https://m2:443/marathon/v2/events")) is m2
+    assert client.configured(httpx.URL("https://m2/other/v2/events")) is None
+    assert client.configured(httpx.URL("http://m1:8081/v2/events")) is None
+    assert client.configured(httpx.URL("https://m1:8080/v2/events")) is None
+    stranger = type(m1)(url="http://evil")
+    assert client.auth_for(m1) is not None
+    assert client.auth_for(stranger) is None
+    assert client.has_credentials
+    assert not MarathonClient(["http://m1"]).has_credentials
+    assert "Authorization" not in client.http.headers  # never a default header
+
+
+def test_a_request_timeout_must_be_positive() -> None:
+    with pytest.raises(MarathonConfigError, match="request timeout must be > 0"):
+        MarathonClient(["http://m1"], request_timeout=0)

@@ -17,6 +17,7 @@ from servicerouter.sync import EventHandler
 @dataclass
 class Config:
     drain_seconds: float
+    max_event_bytes: int = 1024 * 1024
 
 
 @dataclass
@@ -28,6 +29,14 @@ class FakeEngine:
     metrics: Metrics = field(default_factory=Metrics)
     dirty: set[str] = field(default_factory=set)
     spawned: list[Any] = field(default_factory=list)
+    refetches: list[str] = field(default_factory=list)
+    full_syncs: int = 0
+
+    def request_refetch(self, app_id: str, event_time: float | None = None) -> None:
+        self.refetches.append(app_id)
+
+    def request_full_sync(self) -> None:
+        self.full_syncs += 1
 
     def mark(self, dirty: set[str], event_time: float | None = None) -> None:
         self.dirty |= dirty
@@ -98,10 +107,11 @@ def test_status_update_for_an_unknown_app_refetches_it() -> None:
     h.handle(MarathonEvent("status_update_event", {
         "appId": "/new", "taskId": "n1", "taskStatus": "TASK_RUNNING", "host": "127.0.0.1",
         "ports": [1]}, time.monotonic()))
-    assert len(engine.spawned) == 1
+    assert engine.refetches == ["/new"]
 
 
 def test_malformed_event_is_ignored_not_fatal() -> None:
     engine, h = handler(0)
     h.handle(MarathonEvent("status_update_event", {"taskId": "x"}, time.monotonic()))
     assert engine.dirty == set()
+    assert engine.full_syncs == 1  # it names no app: only a full sync can repair

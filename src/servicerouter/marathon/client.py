@@ -2,18 +2,25 @@
 
 One `MarathonClient` holds one `httpx.AsyncClient` (connection pooling, TLS,
 auth) and the list of Marathon URLs. Each request tries the URLs in order,
-starting from the one that last answered; a connection error, a timeout or a
-5xx moves on to the next URL. When every URL failed, the whole round is retried
-with bounded exponential backoff (tenacity). 401/403 is never retried.
+starting from the one that last answered; a connection error, a timeout, a 5xx
+or a redirect moves on to the next URL. Every request has an overall deadline
+(`request_timeout`), not only per-read timeouts, so a Marathon that answers one
+byte per second is skipped like a dead one. When every URL failed, the whole
+round is retried with bounded exponential backoff (tenacity). 401/403 is never
+retried.
+
+Credentials (basic auth, the DC/OS token) are attached per request and only to
+the configured Marathon URLs: never as a default header, so nothing carries
+them to a host the operator did not name (see `EventStream` for redirects).
 
 The event stream (`events.py`) reuses the same client, its URLs and its auth.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +45,12 @@ from .errors import (
     MarathonResponseError,
     MarathonUnavailable,
     excerpt,
+    marathon_message,
+    transport_reason,
 )
+
+__all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message",
+           "parse_marathon_url", "transport_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -118,51 +130,19 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
         raise MarathonConfigError(f"CA bundle {verify!r} is unusable: {exc}") from None
 
 
-def marathon_message(response: httpx.Response) -> str:
-    """Marathon's `{"message": ...}` from an error body, else a short excerpt."""
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    if not response.content:
-        return "empty body"
-    return excerpt(response.content)
+class _TokenAuth(httpx.Auth):
+    """DC/OS `Authorization: token=<JWT>`, attached per request like basic auth."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"token={token}"
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["Authorization"] = self._header
+        yield request
 
 
-def transport_reason(exc: httpx.TransportError, timeout: httpx.Timeout) -> tuple[str, str]:
-    """(outcome, short reason) for a failed request, e.g. ("error", "connection refused")."""
-    if isinstance(exc, httpx.ConnectTimeout):
-        return "timeout", f"connect timed out after {timeout.connect:g}s"
-    if isinstance(exc, httpx.ReadTimeout):
-        return "timeout", f"no bytes for {timeout.read:g}s"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout", f"timed out ({type(exc).__name__})"
-    cause = _root_os_error(exc)
-    if isinstance(cause, ConnectionRefusedError):
-        return "error", "connection refused"
-    if isinstance(cause, socket.gaierror):
-        return "error", f"cannot resolve host: {cause.strerror}"
-    text = (cause.strerror if cause is not None else None) or str(exc) or type(exc).__name__
-    if "connection refused" in text.lower():
-        return "error", "connection refused"
-    if isinstance(exc, httpx.ConnectError):
-        text = f"cannot connect: {text}"
-    return "error", text
-
-
-def _root_os_error(exc: BaseException) -> OSError | None:
-    """The innermost OSError with an errno under httpx's and anyio's wrappers."""
-    found: OSError | None = None
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 10:
-        if isinstance(current, OSError) and current.errno is not None:
-            found = current
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return found
+def _port(url: httpx.URL) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
 class MarathonClient:
@@ -180,6 +160,7 @@ class MarathonClient:
         verify: bool | str = True,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        request_timeout: float = 30.0,
         attempts: int = 3,
         retry_initial: float = 0.5,
         retry_max: float = 5.0,
@@ -195,8 +176,13 @@ class MarathonClient:
             raise MarathonConfigError("give either HTTP basic auth or a DC/OS token, not both")
         if attempts < 1:
             raise MarathonConfigError(f"attempts must be >= 1, got {attempts}")
+        if request_timeout <= 0:
+            raise MarathonConfigError(f"request timeout must be > 0, got {request_timeout:g}")
         self.targets: tuple[MarathonTarget, ...] = tuple(parse_marathon_url(u, auth) for u in urls)
         self.timeout = httpx.Timeout(connect_timeout, read=read_timeout, pool=connect_timeout)
+        self.deadline = request_timeout
+        """Overall seconds for one request to one URL, headers and body included."""
+        self._token = _TokenAuth(dcos_token) if dcos_token else None
         self.events_leader: MarathonTarget | None = None
         """Leader learned from a 302 on `/v2/events`; `events.py` tries it first."""
         self._good = 0
@@ -206,8 +192,6 @@ class MarathonClient:
         self._retry_total = retry_total
         self._on_request = on_request
         headers = {"Accept": "application/json", "User-Agent": f"servicerouter/{__version__}"}
-        if dcos_token:
-            headers["Authorization"] = f"token={dcos_token}"
         self.http = httpx.AsyncClient(
             headers=headers,
             timeout=self.timeout,
@@ -239,6 +223,29 @@ class MarathonClient:
     def mark_answered(self, target: MarathonTarget) -> None:
         if target in self.targets:
             self._good = self.targets.index(target)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self._token is not None or any(t.auth is not None for t in self.targets)
+
+    def auth_for(self, target: MarathonTarget) -> httpx.Auth | None:
+        """The credentials for `target`: only ever a configured one (None otherwise)."""
+        if target not in self.targets:
+            return None
+        if self._token is not None:
+            return self._token
+        return httpx.BasicAuth(*target.auth) if target.auth else None
+
+    def configured(self, url: httpx.URL) -> MarathonTarget | None:
+        """The configured target `url` lies under (same scheme, host, port and path prefix)."""
+        for target in self.targets:
+            base = httpx.URL(target.url)
+            if (base.scheme, base.host, _port(base)) != (url.scheme, url.host, _port(url)):
+                continue
+            prefix = base.path.rstrip("/")
+            if url.path == prefix or url.path.startswith(prefix + "/"):
+                return target
+        return None
 
     def report(self, endpoint: str, outcome: str, seconds: float) -> None:
         if self._on_request is None:
@@ -346,7 +353,13 @@ class MarathonClient:
             url = target.url + path
             start = time.monotonic()
             try:
-                response = await self.http.get(url, params=query, auth=target.auth)
+                response = await asyncio.wait_for(
+                    self.http.get(url, params=query, auth=self.auth_for(target)), self.deadline
+                )
+            except asyncio.TimeoutError:
+                self.report(endpoint, "timeout", time.monotonic() - start)
+                failures.append((target.url, f"no complete answer within {self.deadline:g}s"))
+                continue
             except httpx.TransportError as exc:
                 outcome, reason = transport_reason(exc, self.timeout)
                 self.report(endpoint, outcome, time.monotonic() - start)
@@ -361,14 +374,22 @@ class MarathonClient:
                 self.report(endpoint, "error", seconds)
                 failures.append((target.url, f"HTTP {status}: {marathon_message(response)}"))
                 continue
+            if 300 <= status < 400:
+                # A standby proxies /v2/apps; a redirect here is a misbehaving or
+                # intercepting server. Not followed (credentials stay home): next URL.
+                self.report(endpoint, "redirect", seconds)
+                where = response.headers.get("Location") or "no Location"
+                failures.append((target.url, f"HTTP {status} redirect to {where} (not followed)"))
+                continue
             if status != 200 and not (allow_404 and status == 404):
-                self.report(endpoint, "redirect" if 300 <= status < 400 else "error", seconds)
-                where = response.headers.get("Location")
-                detail = f"redirect to {where}" if where else marathon_message(response)
+                self.report(endpoint, "error", seconds)
                 raise MarathonResponseError(
-                    url, f"unexpected HTTP {status}: {detail}", status=status
+                    url, f"unexpected HTTP {status}: {marathon_message(response)}", status=status
                 )
             self.report(endpoint, "success", seconds)
+            if failures:
+                log.warning("Marathon failover for GET %s: %s; %s answered", path,
+                            ", ".join(f"{u} ({r})" for u, r in failures), target.url)
             self.mark_answered(target)
             return target, response, seconds
         raise MarathonUnavailable(failures, what=f"GET {path}")

@@ -2,11 +2,16 @@
 
 Every error derives from `MarathonError` and its `str()` is one line naming the
 URL(s) involved and what went wrong. URLs in messages never carry credentials.
+The helpers at the end turn an httpx failure or an error body into that one line.
 """
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Sequence
+
+import httpx
 
 
 class MarathonError(Exception):
@@ -71,3 +76,50 @@ def excerpt(body: bytes, limit: int = 120) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return repr(text)
+
+
+def marathon_message(response: httpx.Response) -> str:
+    """Marathon's `{"message": ...}` from an error body, else a short excerpt."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    if not response.content:
+        return "empty body"
+    return excerpt(response.content)
+
+
+def transport_reason(exc: httpx.TransportError, timeout: httpx.Timeout) -> tuple[str, str]:
+    """(outcome, short reason) for a failed request, e.g. ("error", "connection refused")."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timeout", f"connect timed out after {timeout.connect:g}s"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "timeout", f"no bytes for {timeout.read:g}s"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout", f"timed out ({type(exc).__name__})"
+    cause = _root_os_error(exc)
+    if isinstance(cause, ConnectionRefusedError):
+        return "error", "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return "error", f"cannot resolve host: {cause.strerror}"
+    text = (cause.strerror if cause is not None else None) or str(exc) or type(exc).__name__
+    if "connection refused" in text.lower():
+        return "error", "connection refused"
+    if isinstance(exc, httpx.ConnectError):
+        text = f"cannot connect: {text}"
+    return "error", text
+
+
+def _root_os_error(exc: BaseException) -> OSError | None:
+    """The innermost OSError with an errno under httpx's and anyio's wrappers."""
+    found: OSError | None = None
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, OSError) and current.errno is not None:
+            found = current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return found

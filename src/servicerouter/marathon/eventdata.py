@@ -96,3 +96,40 @@ def deployment_app_ids(event: MarathonEvent) -> set[str]:
             if isinstance(action, Mapping) and isinstance(action.get("app"), str):
                 found.add(action["app"])
     return found
+
+
+def _bad_port(value: Any) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536
+
+
+def status_update_problem(event: MarathonEvent) -> str | None:
+    """What makes a `status_update_event` unusable for the fast path, or None.
+
+    Checks every field the fast path reads, for type and range: an event that
+    fails is not applied (its app is refetched instead), so one bad event cannot
+    put a task with port 99999 in front of HAProxy.
+    """
+    data = event.data
+    if app_id(event) is None:
+        return f"appId {data.get('appId')!r} is not an app id"
+    for key in ("taskId", "taskStatus"):
+        if _str(data, key) is None:
+            return f"{key} {data.get(key)!r} is not a non-empty string"
+    status = data["taskStatus"]
+    if not status.startswith("TASK_"):
+        return f"taskStatus {status!r} is not a Mesos task state"
+    if "host" in data and not isinstance(data["host"], str):
+        return f"host {data['host']!r} is not a string"
+    value = data.get("ports") or []  # absent or null: no ports (e.g. TASK_STAGING)
+    if not isinstance(value, list):
+        return f"ports {value!r} is not a list"
+    bad = [p for p in value if _bad_port(p)]
+    if bad:
+        return f"ports {value!r}: {bad[0]!r} is not a port (1-65535)"
+    addresses = data.get("ipAddresses") or []
+    if not isinstance(addresses, list) or not all(
+        isinstance(a, Mapping) and isinstance(a.get("ipAddress"), str) for a in addresses
+    ):
+        return f"ipAddresses {addresses!r} is not a list of {{'ipAddress': str}}"
+    return None
+

@@ -2,15 +2,15 @@
 
 One `EventStream` is one connection. It ends by raising: `StreamClosed` when
 the server closes (leader change, slow consumer, restart), `StreamStalled` when
-no byte at all (not even the 10 s heartbeat) arrived for `stall_timeout`. The
+no complete line (not even the 10 s heartbeat) arrived for `stall_timeout`. The
 caller owns the reconnect loop (`reconnect_delays()`) and the full resync that
 must follow every (re)connect, because events are not replayed.
 
-Stall detection is httpx's per-read timeout on this request: every socket read
-waits at most `stall_timeout`, so any byte (heartbeats included) restarts the
-clock and no timer task exists per byte or per event.
+Stall detection is httpx's per-read timeout on this request (total silence),
+plus a check on each chunk that some line completed within `stall_timeout`
+(bytes trickling in without a line); no timer task exists per byte or event.
 
-The parser is our own (`SSEParser`, bytes in, frames out) rather than httpx-sse:
+The parser (`sse.SSEParser`, bytes in, frames out) is our own rather than httpx-sse:
 both handle Marathon's CRLF frames and bare-CRLF heartbeats, but httpx-sse
 hides the heartbeats (we need them to be cheap, not invisible), decodes every
 byte to str before splitting, and cannot stamp each frame with the arrival time
@@ -19,6 +19,7 @@ of its chunk. Measured on the wire sample: see benchmarks in the commit log.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -32,12 +33,23 @@ import httpx
 from .client import MarathonClient, MarathonTarget, marathon_message, transport_reason
 from .errors import (
     MarathonAuthError,
-    MarathonResponseError,
     MarathonUnavailable,
     StreamClosed,
     StreamStalled,
     excerpt,
 )
+from .sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
+
+__all__ = [
+    "DEFAULT_EVENT_TYPES",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "EventStream",
+    "MarathonEvent",
+    "SSEParser",
+    "decode_frame",
+    "reconnect_delays",
+    "stream_events",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,55 +77,15 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 @dataclass(frozen=True, slots=True)
 class MarathonEvent:
     """One event: its type, its decoded JSON payload, and `time.monotonic()` when the
-    chunk holding the frame's last byte arrived (for event-to-apply latency)."""
+    chunk holding the frame's last byte arrived (for event-to-apply latency).
+
+    An event over the stream's size limit arrives with `skipped_bytes` > 0, its
+    type (when its `event:` line said it) and empty data: it was not read."""
 
     type: str
     data: dict[str, Any]
     received_at: float
-
-
-class SSEParser:
-    """Incremental SSE parser over bytes: `feed(chunk)` returns the completed frames.
-
-    Lines end in LF or CRLF (Marathon sends CRLF); a bare-CR line ending is not
-    supported. Only `event:` and `data:` are used; comments, `id:` and `retry:`
-    are ignored; a blank line dispatches a frame if it has data (so heartbeats,
-    which are bare blank lines, produce nothing).
-    """
-
-    __slots__ = ("_data", "_event", "_max_line", "_tail")
-
-    def __init__(self, max_line: int = 64 * 1024 * 1024) -> None:
-        self._tail = b""
-        self._event: bytes | None = None
-        self._data: list[bytes] = []
-        self._max_line = max_line
-
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        if self._tail:
-            chunk = self._tail + chunk
-        lines = chunk.split(b"\n")
-        self._tail = lines.pop()
-        if len(self._tail) > self._max_line:
-            raise ValueError(f"SSE line longer than {self._max_line} bytes")
-        frames: list[tuple[str, bytes]] = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    name = self._event.decode("utf-8", "replace") if self._event else "message"
-                    frames.append((name, b"\n".join(self._data)))
-                    self._data = []
-                self._event = None
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
-            elif line.startswith(b"event:"):
-                value = line[6:]
-                self._event = value[1:] if value.startswith(b" ") else value
-            # else: a comment (":..."), id:, retry: or an unknown field: ignored
-        return frames
+    skipped_bytes: int = 0
 
 
 def decode_frame(url: str, name: str, data: bytes, received_at: float) -> MarathonEvent | None:
@@ -152,8 +124,16 @@ class EventStream:
     ```
     Connecting tries the leader learned from an earlier 302 first, then the
     client's URLs in failover order, each once (no retry here: the caller's
-    reconnect loop backs off). A 302 from a standby is followed (at most
+    reconnect loop backs off). Each URL gets the client's overall deadline for
+    its answer, redirects included. A 302 from a standby is followed (at most
     `max_redirects` hops, query kept) and its target remembered on the client.
+    Credentials follow a redirect only to a configured Marathon URL; with
+    credentials configured, a redirect anywhere else is not followed. A URL that
+    redirects in a loop, too far, or to something unusable is skipped like a
+    dead one, and the next URL is tried.
+
+    Silence is counted in complete lines, not bytes: a stream that drips bytes
+    without completing a line (event or heartbeat) for `stall_timeout` is stalled.
     """
 
     def __init__(
@@ -163,15 +143,21 @@ class EventStream:
         *,
         stall_timeout: float = 30.0,
         max_redirects: int = 3,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         on_connect: Callable[[str], None] | None = None,
+        on_alive: Callable[[str], None] | None = None,
     ) -> None:
         if stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be > 0, got {stall_timeout}")
+        if max_event_bytes < 1:
+            raise ValueError(f"max_event_bytes must be >= 1, got {max_event_bytes}")
         self._client = client
         self._params = [("event_type", t) for t in (event_types or ())]
         self._stall = stall_timeout
         self._max_redirects = max_redirects
+        self._max_event = max_event_bytes
         self._on_connect = on_connect
+        self._on_alive = on_alive
         self._response: httpx.Response | None = None
         self.url: str | None = None
         """Base URL of the Marathon that is streaming to us, once connected."""
@@ -204,14 +190,25 @@ class EventStream:
             candidates = [leader] + [t for t in candidates if t.url != leader.url]
         failures: list[tuple[str, str]] = []
         for target in candidates:
+            start = time.monotonic()
             try:
-                self._response, answered = await self._open(target)
-            except _Unreachable as exc:
-                failures.append((exc.url, exc.reason))
-                if client.events_leader is not None and exc.url == client.events_leader.url:
+                self._response, answered = await asyncio.wait_for(
+                    self._open(target), client.deadline
+                )
+            except (_Unreachable, asyncio.TimeoutError) as exc:
+                if isinstance(exc, _Unreachable):
+                    failures.append((target.url, exc.reason))
+                else:
+                    client.report("events", "timeout", time.monotonic() - start)
+                    failures.append((target.url, f"no answer within {client.deadline:g}s"))
+                if client.events_leader is not None and target.url == client.events_leader.url:
                     client.events_leader = None  # stale leader: fall back on the configured URLs
                 continue
-            client.mark_answered(target)
+            if answered is not target:
+                client.events_leader = answered
+                log.info("event stream: %s redirected to leader %s", target.url, answered.url)
+            if target in client.targets:
+                client.mark_answered(target)
             self.url = answered.url
             self.last_activity = time.monotonic()
             if self._on_connect is not None:
@@ -229,16 +226,19 @@ class EventStream:
         timeout = httpx.Timeout(connect, read=self._stall, write=connect, pool=connect)
         headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
         url = httpx.URL(target.url + EVENTS_PATH, params=self._params)
+        first = target
         for _hop in range(self._max_redirects + 1):
             request = client.http.build_request("GET", url, headers=headers, timeout=timeout)
             where = f"{target.url}{EVENTS_PATH}"
             start = time.monotonic()
             try:
-                response = await client.http.send(request, auth=target.auth, stream=True)
+                response = await client.http.send(
+                    request, auth=client.auth_for(target), stream=True
+                )
             except httpx.TransportError as exc:
                 outcome, reason = transport_reason(exc, timeout)
                 client.report("events", outcome, time.monotonic() - start)
-                raise _Unreachable(target.url, reason) from None
+                raise _Unreachable(target.url, _via(first, target, reason)) from None
             seconds = time.monotonic() - start
             status = response.status_code
             if status == 200:
@@ -246,51 +246,68 @@ class EventStream:
                 if "text/event-stream" not in ctype:
                     await response.aclose()
                     client.report("events", "error", seconds)
-                    raise MarathonResponseError(
-                        where, f"answered 200 with Content-Type {ctype!r}, not text/event-stream"
-                    )
+                    raise _Unreachable(target.url, _via(
+                        first, target,
+                        f"answered 200 with Content-Type {ctype!r}, not text/event-stream"))
                 client.report("events", "success", seconds)
                 return response, target
-            await response.aread()
-            await response.aclose()
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
             if status in _REDIRECTS:
                 client.report("events", "redirect", seconds)
-                url, target = self._follow(where, target, url, response)
+                url, target = self._follow(first, where, target, url, response)
                 continue
             if status in (401, 403):
                 client.report("events", "auth", seconds)
                 raise MarathonAuthError(where, status, marathon_message(response))
             client.report("events", "error", seconds)
-            if status >= 500:
-                raise _Unreachable(target.url, f"HTTP {status}: {marathon_message(response)}")
-            raise MarathonResponseError(
-                where, f"HTTP {status}: {marathon_message(response)}", status=status
-            )
-        raise MarathonResponseError(
-            str(url.copy_with(query=None)), f"more than {self._max_redirects} redirects"
-        )
+            raise _Unreachable(target.url, _via(
+                first, target, f"HTTP {status}: {marathon_message(response)}"))
+        raise _Unreachable(first.url, f"more than {self._max_redirects} redirects "
+                                      f"(a redirect loop?), last to {url.copy_with(query=None)}")
 
     def _follow(
-        self, where: str, target: MarathonTarget, url: httpx.URL, response: httpx.Response
+        self,
+        first: MarathonTarget,
+        where: str,
+        target: MarathonTarget,
+        url: httpx.URL,
+        response: httpx.Response,
     ) -> tuple[httpx.URL, MarathonTarget]:
-        """The next URL and target for a redirect; remembers the leader on the client."""
+        """The next URL and target for a redirect, with the credentials it may have."""
         location = response.headers.get("Location")
+
+        def refuse(problem: str) -> _Unreachable:
+            return _Unreachable(first.url, f"{where}: {problem}")
+
         if not location:
-            raise MarathonResponseError(where, f"HTTP {response.status_code} without Location")
-        nxt = url.join(location)
+            raise refuse(f"HTTP {response.status_code} without Location")
+        try:
+            nxt = url.join(location)
+        except httpx.InvalidURL:
+            raise refuse(f"redirect to an unusable URL {location!r}") from None
         if nxt.scheme not in ("http", "https") or not nxt.host:
-            raise MarathonResponseError(where, f"redirect to an unusable URL {location!r}")
+            raise refuse(f"redirect to an unusable URL {location!r}")
         if url.scheme == "https" and nxt.scheme == "http":
-            raise MarathonResponseError(where, f"refusing to follow a redirect to http: {nxt}")
+            raise refuse(f"refusing to follow a redirect to http: {nxt}")
         if not nxt.path.endswith(EVENTS_PATH):
-            raise MarathonResponseError(where, f"redirect away from {EVENTS_PATH}: {location!r}")
+            raise refuse(f"redirect away from {EVENTS_PATH}: {location!r}")
         if not nxt.query:
             nxt = nxt.copy_with(params=self._params)
+        client = self._client
+        known = client.configured(nxt)
+        if known is not None:
+            return nxt, known  # a configured Marathon: its own credentials
         base = nxt.copy_with(path=nxt.path[: -len(EVENTS_PATH)] or "/", query=None)
-        leader = MarathonTarget(url=str(base).rstrip("/"), auth=target.auth)
-        self._client.events_leader = leader
-        log.info("event stream: %s redirected to leader %s", where, leader.url)
-        return nxt, leader
+        if client.has_credentials:
+            raise refuse(
+                f"redirect to {str(base).rstrip('/')}, which is not a configured Marathon "
+                "URL; not followed, so credentials go only to configured URLs (add it to "
+                "--marathon to use it)"
+            )
+        return nxt, MarathonTarget(url=str(base).rstrip("/"))
 
     async def _events(self) -> AsyncIterator[MarathonEvent]:
         if self._response is None:
@@ -298,28 +315,45 @@ class EventStream:
         response = self._response
         assert response is not None and self.url is not None
         url = self.url
-        parser = SSEParser()
+        parser = SSEParser(self._max_event)
+        stall = self._stall
+        seen_lines, last_line = 0, time.monotonic()
         try:
             try:
                 async for chunk in response.aiter_bytes():
                     now = self.last_activity = time.monotonic()
-                    for name, data in parser.feed(chunk):
+                    frames = parser.feed(chunk)
+                    if parser.lines != seen_lines:
+                        if not seen_lines and self._on_alive is not None:
+                            self._on_alive(url)
+                        seen_lines, last_line = parser.lines, now
+                    elif now - last_line > stall:
+                        raise StreamStalled(
+                            url, f"no complete line for {stall:g}s (bytes trickle in but no "
+                                 "event or heartbeat completes); connection closed")
+                    for name, size in parser.skipped:
+                        yield MarathonEvent(type=name, data={}, received_at=now,
+                                            skipped_bytes=size)
+                    parser.skipped.clear()
+                    for name, data in frames:
                         event = decode_frame(url, name, data, now)
                         if event is not None:
                             yield event
             except httpx.ReadTimeout:
                 raise StreamStalled(
                     url,
-                    f"no bytes for {self._stall:g}s (Marathon sends a heartbeat every 10s); "
+                    f"no bytes for {stall:g}s (Marathon sends a heartbeat every 10s); "
                     "connection closed",
                 ) from None
             except httpx.RequestError as exc:
                 raise StreamClosed(url, f"connection lost: {exc or type(exc).__name__}") from None
-            except ValueError as exc:  # SSEParser: absurdly long line
-                raise StreamClosed(url, f"{exc}; connection closed") from None
             raise StreamClosed(url, "the server closed the stream")
         finally:
             await self.aclose()
+
+
+def _via(first: MarathonTarget, target: MarathonTarget, reason: str) -> str:
+    return reason if target is first else f"redirected to {target.url}: {reason}"
 
 
 class _Unreachable(Exception):
@@ -335,6 +369,7 @@ async def stream_events(
     *,
     stall_timeout: float = 30.0,
     max_redirects: int = 3,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     on_connect: Callable[[str], None] | None = None,
 ) -> AsyncIterator[MarathonEvent]:
     """Generator form of one `EventStream` connection; `on_connect(url)` fires on HTTP 200.
@@ -346,6 +381,7 @@ async def stream_events(
         event_types,
         stall_timeout=stall_timeout,
         max_redirects=max_redirects,
+        max_event_bytes=max_event_bytes,
         on_connect=on_connect,
     )
     async with stream:

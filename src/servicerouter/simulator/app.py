@@ -1,9 +1,9 @@
 """The Starlette application factory of the Marathon simulator.
 
 A leader serves the Marathon API (:mod:`.api`) and the test controls
-(:mod:`.control`). A standby (``ctx.standby_of``) answers ``/ping`` itself,
-redirects ``/v2/events`` to the leader (302, same query) and proxies
-everything else to the leader (``X-Marathon-Via``; 502 when unreachable).
+(:mod:`.control`). A standby (``ctx.standby_of``) answers ``/ping`` and
+``/_sim/faults`` itself, redirects ``/v2/events`` to the leader (302, same
+query) and proxies everything else to the leader (``X-Marathon-Via``; 502 when unreachable).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from . import api, control
 from .context import SimContext
+from .faults import FaultMiddleware
 from .middleware import LeaderProxy, MarathonHeaders
 from .sse import events_endpoint
 
@@ -37,6 +38,8 @@ def create_app(ctx: SimContext, proxy: LeaderProxy | None = None) -> ASGIApp:
         routes = [
             Route("/ping", api.ping, methods=["GET", "HEAD"]),
             Route("/v2/events", events_endpoint, methods=["GET"]),
+            # Faults are per instance: a standby's own switches, not the leader's.
+            Route("/_sim/faults", control.faults, methods=["GET", "POST", "DELETE"]),
             Route("/{path:path}", proxy.forward, methods=ALL_METHODS),
         ]
     else:
@@ -44,4 +47,4 @@ def create_app(ctx: SimContext, proxy: LeaderProxy | None = None) -> ASGIApp:
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
     leader_url = None if ctx.standby_of is not None else f"http://{ctx.advertised}"
-    return MarathonHeaders(app, leader_url, ctx.credentials)
+    return MarathonHeaders(FaultMiddleware(app, ctx.bus.faults), leader_url, ctx.credentials)

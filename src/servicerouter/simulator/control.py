@@ -24,6 +24,12 @@
                                        store these values verbatim, unvalidated (what an
                                        older or laxer Marathon lets through), then an
                                        ``api_post_event``; for tests of bad input
+``GET|POST|DELETE /_sim/faults``       show, set (JSON object, merged) or clear the
+                                       fault switches (see :mod:`.faults`)
+``POST /_sim/events/inject``           body ``{"events": [payload, ...], "pad_bytes": N}``:
+                                       publish these payloads as events (each needs
+                                       ``eventType``), each padded with a ``padding``
+                                       field of N bytes when asked (oversized events)
 =====================================  ==============================================
 
 They are exempt from basic auth so tests can drive a protected simulator.
@@ -154,6 +160,41 @@ async def status(request: Request) -> Response:
     )
 
 
+@handle_errors
+async def faults(request: Request) -> Response:
+    current = _ctx(request).bus.faults
+    if request.method == "DELETE":
+        current.reset()
+    elif request.method == "POST":
+        try:
+            current.update(await request.json())
+        except ValueError as exc:
+            raise ApiError(400, {"message": str(exc)}) from exc
+    return json_response(current.as_json())
+
+
+MAX_PAD = 256 * 1024 * 1024
+
+
+@handle_errors
+async def inject_events(request: Request) -> Response:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, {"message": "body must be JSON"}) from exc
+    events = body.get("events") if isinstance(body, dict) else None
+    pad = body.get("pad_bytes", 0) if isinstance(body, dict) else 0
+    if not isinstance(events, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("eventType"), str) for e in events):
+        raise ApiError(400, {"message": 'body must be {"events": [{"eventType": ..}, ..]}'})
+    if not isinstance(pad, int) or not 0 <= pad <= MAX_PAD:
+        raise ApiError(400, {"message": f"pad_bytes must be 0..{MAX_PAD}"})
+    bus = _ctx(request).bus
+    for payload in events:
+        bus.publish({**payload, "padding": "x" * pad} if pad else payload)
+    return json_response({"published": len(events), "seq": bus.seq})
+
+
 def routes() -> list[Route]:
     return [
         Route("/_sim/streams/close", close_streams, methods=["POST"]),
@@ -165,4 +206,6 @@ def routes() -> list[Route]:
         Route("/_sim/tasks/{task_id}/fail", task_fail, methods=["POST"]),
         Route("/_sim/status", status, methods=["GET"]),
         Route("/_sim/apps/{app_id:path}/tamper", tamper, methods=["POST"]),
+        Route("/_sim/faults", faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_sim/events/inject", inject_events, methods=["POST"]),
     ]

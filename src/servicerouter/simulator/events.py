@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from .faults import Faults
 from .model import CONDITIONS, Deployment, JsonDict, Task, iso_ms
 
 NO_IP_YET = frozenset({"TASK_STAGING", "TASK_STARTING"})
@@ -200,9 +201,15 @@ class EventBus:
         self.stalled = False
         self.seq = 0
         self.log: deque[JsonDict] = deque(maxlen=log_size)
+        self.faults = Faults()
 
     def publish(self, payload: JsonDict) -> None:
-        """Record and fan out one event (called synchronously by the state)."""
+        """Record and fan out one event (called synchronously by the state), as the
+        event fault switches (malformed, late) would have it go out."""
+        for out in self.faults.apply_to_event(payload):
+            self._publish(out)
+
+    def _publish(self, payload: JsonDict) -> None:
         self.seq += 1
         event_type = payload["eventType"]
         entry: JsonDict = {"seq": self.seq, "eventType": event_type, "time": time.time()}

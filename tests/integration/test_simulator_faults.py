@@ -1,0 +1,101 @@
+"""The simulator's fault switches (/_sim/faults, /_sim/events/inject) over HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from servicerouter.simulator import SimulatorServer
+
+from .test_simulator_http import SSE, open_stream, sim  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def client(sim: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
+    async with httpx.AsyncClient(base_url=sim.url, timeout=5) as c:
+        yield c
+
+
+async def test_faults_are_shown_set_validated_and_cleared(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/_sim/faults")).json() == {
+        "slow_bytes_per_second": None, "apps_redirect": None, "events_redirect": None,
+        "malformed_status": 0, "late_running": False}
+    r = await client.post("/_sim/faults", json={"late_running": True, "malformed_status": 2})
+    assert r.json()["late_running"] is True and r.json()["malformed_status"] == 2
+    for bad, says in [({"nope": 1}, "unknown fault 'nope'"),
+                      ({"slow_bytes_per_second": 0}, "slow_bytes_per_second"),
+                      ({"apps_redirect": "ftp://x"}, "apps_redirect"),
+                      ([1], "JSON object")]:
+        r = await client.post("/_sim/faults", json=bad)
+        assert r.status_code == 400 and says in r.json()["message"]
+    assert (await client.delete("/_sim/faults")).json()["late_running"] is False
+
+
+async def test_redirect_switches_answer_302_with_the_same_path_and_query(
+        client: httpx.AsyncClient) -> None:
+    await client.post("/_sim/faults", json={"apps_redirect": "http://127.0.0.1:9/",
+                                            "events_redirect": "http://127.0.0.1:8"})
+    r = await client.get("/v2/apps", params={"embed": "apps.tasks"})
+    assert r.status_code == 302
+    assert r.headers["location"] == "http://127.0.0.1:9/v2/apps?embed=apps.tasks"
+    r = await client.get("/v2/apps/shop/web")
+    assert r.headers["location"] == "http://127.0.0.1:9/v2/apps/shop/web"
+    r = await client.get("/v2/events", params={"event_type": "x"}, headers=SSE)
+    assert r.status_code == 302
+    assert r.headers["location"] == "http://127.0.0.1:8/v2/events?event_type=x"
+    assert (await client.get("/_sim/status")).status_code == 200  # controls are exempt
+    assert (await client.post("/v2/apps", json={"id": "/w"})).status_code == 201
+
+
+async def test_slow_responses_trickle_but_controls_do_not(client: httpx.AsyncClient) -> None:
+    await client.post("/_sim/faults", json={"slow_bytes_per_second": 100})
+    start = time.monotonic()
+    r = await client.get("/v2/leader")
+    took = time.monotonic() - start
+    assert r.status_code == 200 and r.json()["leader"]
+    assert took >= 0.9 * (len(r.content) - 1) / 100  # a lower bound: it cannot be faster
+    assert (await client.get("/_sim/faults")).json()["slow_bytes_per_second"] == 100
+
+
+async def test_malformed_and_late_running_status_updates(
+        sim: SimulatorServer, client: httpx.AsyncClient) -> None:  # noqa: F811
+    stream = await open_stream(client, {"event_type": "status_update_event"})
+    await client.post("/v2/apps", json={"id": "/f", "instances": 1})
+    await stream.wait_for(lambda d: b"TASK_RUNNING" in d)
+    (task,) = sim.state.get_app("/f").tasks
+    await client.post("/_sim/faults", json={"late_running": True, "malformed_status": 1})
+    r = await client.delete(f"/v2/apps/f/tasks/{task}", params={"scale": "false"})
+    assert r.status_code == 200
+
+    def about(data: bytes) -> list[tuple[str, object]]:
+        return [(e["taskStatus"], e["ports"]) for _, e in stream.events()
+                if e["taskId"] == task]
+
+    await stream.wait_for(lambda d: [s for s, _ in about(d)][-2:] == ["TASK_KILLED",
+                                                                      "TASK_RUNNING"])
+    seen = about(stream.data)
+    assert [s for s, _ in seen[:-2]] == ["TASK_STAGING", "TASK_STARTING", "TASK_RUNNING",
+                                         "TASK_KILLING"]
+    assert seen[3][1] == [99999]  # the first update after the switch: malformed
+    assert seen[-1][1] == seen[-2][1] != [99999]  # then a stale RUNNING after the kill
+    assert all(t.ports != [99999] for t in sim.state.tasks.values())  # the truth stays
+    await stream.close()
+
+
+async def test_inject_publishes_payloads_padded_on_request(client: httpx.AsyncClient) -> None:
+    stream = await open_stream(client)
+    await stream.wait_for(lambda d: b"event_stream_attached" in d)
+    r = await client.post("/_sim/events/inject", json={"pad_bytes": 100_000, "events": [
+        {"eventType": "app_terminated_event", "appId": "/big"}]})
+    assert r.json()["published"] == 1
+    await stream.wait_for(lambda d: b'"appId":"/big"' in d)
+    (event,) = [e for name, e in stream.events() if name == "app_terminated_event"]
+    assert len(str(event["padding"])) == 100_000
+    r = await client.post("/_sim/events/inject", json={"events": [{"no": "type"}]})
+    assert r.status_code == 400
+    await stream.close()

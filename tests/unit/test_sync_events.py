@@ -1,0 +1,215 @@
+"""EventHandler against storms, bad events, oversized events and out-of-order states."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from servicerouter.marathon import eventdata as ev
+from servicerouter.marathon.events import MarathonEvent
+from servicerouter.metrics import Metrics
+from servicerouter.model import App, Service
+from servicerouter.sync import TERMINATED_MEMORY, EventHandler
+
+from .test_sync_drain import FakeEngine, handler
+
+
+def status(task: str, state: str, app: str = "/web", **over: Any) -> MarathonEvent:
+    data = {"appId": app, "taskId": task, "taskStatus": state, "host": "127.0.0.1",
+            "ports": [31001], "ipAddresses": []}
+    data.update(over)
+    return MarathonEvent("status_update_event", data, time.monotonic())
+
+
+def tasks(engine: FakeEngine, app: str = "/web") -> list[tuple[str, tuple[int, ...]]]:
+    return [(t.id, t.ports) for t in engine.state.apps[app].tasks]
+
+
+def with_api(engine: FakeEngine) -> EventHandler:
+    engine.state.set_app(App("/api", services=(Service("/api", 0, 10001),)))
+    return EventHandler(engine)  # type: ignore[arg-type]
+
+
+def test_a_storm_for_an_unknown_app_asks_for_its_refetch_each_time() -> None:
+    # The engine's AppRefetcher turns these 1,000 asks into one request
+    # (tests/unit/test_refetch.py); the handler never fetches by itself.
+    engine, h = handler(0)
+    for i in range(1000):
+        h.handle(status(f"n{i}", "TASK_RUNNING", app="/new"))
+    assert set(engine.refetches) == {"/new"} and engine.full_syncs == 0
+    assert engine.spawned == []
+
+
+def test_group_change_success_fetches_nothing() -> None:
+    engine, h = handler(0)
+    for _ in range(5):
+        h.handle(MarathonEvent("group_change_success", {"groupId": "/", "version": "v"}, 0.0))
+    assert engine.refetches == [] and engine.full_syncs == 0
+
+
+def test_deployment_events_refetch_the_apps_of_their_plan() -> None:
+    plan = {"steps": [{"actions": [{"action": "ScaleApplication", "app": "/web"},
+                                   {"action": "RestartApplication", "app": "/api"}]}]}
+    engine, h = handler(0)
+    h.handle(MarathonEvent("deployment_info", {"plan": plan}, 0.0))
+    h.handle(MarathonEvent("deployment_success", {"plan": plan}, 0.0))
+    assert engine.refetches == ["/api", "/web", "/api", "/web"]
+
+
+@pytest.mark.parametrize(("over", "problem"), [
+    ({"ports": [99999]}, "99999 is not a port"),
+    ({"ports": [0]}, "0 is not a port"),
+    ({"ports": ["31001"]}, "'31001' is not a port"),
+    ({"ports": [True]}, "True is not a port"),
+    ({"ports": "31001"}, "is not a list"),
+    ({"host": 5}, "host 5 is not a string"),
+    ({"taskStatus": 7}, "taskStatus 7"),
+    ({"taskStatus": "RUNNING"}, "not a Mesos task state"),
+    ({"taskId": ""}, "taskId ''"),
+    ({"ipAddresses": [{"ipAddress": 1}]}, "ipAddresses"),
+])
+def test_a_bad_event_is_not_applied_its_app_is_refetched_and_neighbours_apply(
+        over: dict[str, Any], problem: str, caplog: pytest.LogCaptureFixture) -> None:
+    engine, h = handler(0)
+    h = with_api(engine)
+    h.handle(status("t1", "TASK_RUNNING"))
+    with caplog.at_level(logging.WARNING, logger="servicerouter.events"):
+        h.handle(status("t2", "TASK_RUNNING", **over))  # one bad event in a batch
+    h.handle(status("a1", "TASK_RUNNING", app="/api"))  # the event right after it
+    h.handle(status("t1", "TASK_KILLED"))
+    assert tasks(engine) == []  # the bad task never entered
+    assert tasks(engine, "/api") == [("a1", (31001,))]
+    assert engine.refetches == ["/web"]
+    message = caplog.records[0].getMessage()
+    assert "app /web" in message and problem in message and "refetching the app" in message
+
+
+def test_status_update_problem_accepts_marathon_shapes() -> None:
+    good = status("t1", "TASK_STAGING", ports=[], ipAddresses=[
+        {"ipAddress": "10.0.0.1", "protocol": "IPv4"}])
+    assert ev.status_update_problem(good) is None
+    no_ports = MarathonEvent("status_update_event", {
+        "appId": "/a", "taskId": "t", "taskStatus": "TASK_KILLED"}, 0.0)
+    assert ev.status_update_problem(no_ports) is None
+
+
+def test_an_event_that_raises_costs_only_its_app() -> None:
+    from servicerouter.engine import Engine, EngineConfig
+    from servicerouter.layout import Settings
+
+    engine = Engine(EngineConfig(settings=Settings()), None, None, None, None,  # type: ignore
+                    Metrics(), lambda host: host)
+    asked: list[str] = []
+    engine.request_refetch = lambda app_id, t=None: asked.append(app_id)  # type: ignore
+    engine._events._status_update = lambda e: 1 / 0  # type: ignore
+    engine.on_event(status("t1", "TASK_RUNNING", app="/boom"))
+    assert asked == ["/boom"]
+
+
+def test_an_oversized_event_asks_for_a_full_resync(caplog: pytest.LogCaptureFixture) -> None:
+    engine, h = handler(0)
+    with caplog.at_level(logging.WARNING, logger="servicerouter.events"):
+        h.handle(MarathonEvent("status_update_event", {}, 0.0, skipped_bytes=52_428_800))
+    assert engine.full_syncs == 1
+    assert "52428800 bytes" in caplog.text and "--max-event-bytes 1048576" in caplog.text
+
+
+@pytest.mark.parametrize("dead", ["TASK_KILLED", "TASK_FAILED", "TASK_GONE"])
+def test_a_late_running_after_the_task_died_is_ignored(dead: str) -> None:
+    engine, h = handler(0)
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.handle(status("t1", dead))
+    h.handle(status("t1", "TASK_RUNNING"))  # arrives late
+    assert tasks(engine) == [] and h.late_ignored == 1
+    h.handle(status("t2", "TASK_RUNNING"))
+    assert tasks(engine) == [("t2", (31001,))]
+
+
+def test_killed_before_running_never_routes_the_task() -> None:
+    engine, h = handler(0)
+    h.handle(status("t1", "TASK_KILLED"))
+    h.handle(status("t1", "TASK_RUNNING"))
+    assert tasks(engine) == []
+
+
+def test_unreachable_may_come_back() -> None:
+    engine, h = handler(0)
+    h.handle(status("t1", "TASK_UNREACHABLE"))
+    h.handle(status("t1", "TASK_RUNNING"))
+    assert tasks(engine) == [("t1", (31001,))]
+
+
+def test_the_memory_of_dead_tasks_is_bounded() -> None:
+    _, h = handler(0)
+    for i in range(TERMINATED_MEMORY + 10):
+        h.handle(status(f"d{i}", "TASK_KILLED"))
+    assert len(h._terminated) == TERMINATED_MEMORY
+    assert "d0" not in h._terminated and f"d{TERMINATED_MEMORY + 9}" in h._terminated
+
+
+# -- a fetch answered before events that are applied before its answer ----------------
+
+
+def fetched(*tasks: tuple[str, str]) -> App:
+    from servicerouter.model import Task
+
+    return App("/web", services=(Service("/web", 0, 10000),), tasks=tuple(
+        Task(t, "/web", "127.0.0.1", (31001,), state) for t, state in tasks))
+
+
+def test_events_during_a_fetch_win_over_its_older_answer() -> None:
+    _engine, h = handler(0)
+    h.handle(status("t1", "TASK_STARTING"))
+    h.handle(status("t2", "TASK_RUNNING"))
+    touched = h.watch("/web")
+    # While the request is in flight: t1 runs, t2 dies, t3 appears.
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.handle(status("t2", "TASK_KILLED"))
+    h.handle(status("t3", "TASK_RUNNING"))
+    h.handle(status("x1", "TASK_RUNNING", app="/other"))
+    h.unwatch(touched)
+    h.handle(status("t4", "TASK_RUNNING"))  # after the fetch: not the fetch's business
+    answer = fetched(("t1", "TASK_STARTING"), ("t2", "TASK_RUNNING"), ("t5", "TASK_RUNNING"))
+    merged = h.newer_tasks(answer, touched)
+    assert sorted((t.id, t.state) for t in merged.tasks) == [
+        ("t1", "TASK_RUNNING"), ("t3", "TASK_RUNNING"), ("t5", "TASK_RUNNING")]
+    assert touched == {("/web", "t1"), ("/web", "t2"), ("/web", "t3")}
+
+
+def test_a_fetch_of_everything_watches_every_app_and_untouched_answers_pass() -> None:
+    _engine, h = handler(0)
+    touched = h.watch(None)
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.unwatch(touched)
+    answer = fetched(("t1", "TASK_STAGING"))
+    assert [t.state for t in h.newer_tasks(answer, touched).tasks] == ["TASK_RUNNING"]
+    assert h.newer_tasks(answer, set()) is answer
+
+
+async def test_a_refetch_keeps_a_task_that_started_while_it_was_in_flight() -> None:
+    import asyncio
+
+    from servicerouter.engine import Engine, EngineConfig
+    from servicerouter.layout import Settings
+
+    gate = asyncio.Event()
+
+    class SlowMarathon:
+        async def get_app(self, app_id: str) -> dict[str, Any]:
+            await gate.wait()  # sampled now: t1 still STARTING
+            return {"id": "/web", "portDefinitions": [{"port": 10000}], "tasks": [
+                {"id": "t1", "host": "127.0.0.1", "ports": [31001], "state": "TASK_STARTING"}]}
+
+    engine = Engine(EngineConfig(settings=Settings()), SlowMarathon(),  # type: ignore
+                    None, None, None, Metrics(), lambda host: host)  # type: ignore
+    engine.state.set_app(App("/web", services=(Service("/web", 0, 10000),)))
+    fetch = asyncio.ensure_future(engine.refetch_app("/web"))
+    await asyncio.sleep(0)
+    engine.on_event(status("t1", "TASK_RUNNING"))  # applied before the answer lands
+    gate.set()
+    await fetch
+    assert [(t.id, t.state) for t in engine.state.apps["/web"].tasks] == [
+        ("t1", "TASK_RUNNING")]
