@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -153,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = argv[0] if argv and argv[0] in (INSTALL, REFRESH) else None
     args = _parser(mode).parse_args(argv[1:] if mode else argv)
+    # A one-shot for cron: a Marathon failover that still got an answer is not news
+    # (cron mails any output); errors are, and are printed below or by the log.
+    logging.basicConfig(level=logging.ERROR, format="haproxy-marathon-bridge: %(message)s")
     if mode is not None:
         return _system(mode, args)
     try:
