@@ -38,6 +38,7 @@ REASONS = (
     "bind_failed",  # the frontend address could not be bound just before a reload
     "haproxy_rejected",  # haproxy -c rejected what the service renders to
     "too_many_servers",  # capped at --max-servers-per-backend (still routed)
+    "label_invalid",  # a HAPROXY_{n}_* value that does not parse (HAPROXY_{n}_PORT: "port")
     "label_refused",  # a label that cannot be honoured safely (AUTH on TCP, ...): fail closed
 )
 VHOST_POLICIES = ("group", "exclusive", "open")

@@ -42,6 +42,7 @@ class LabelError(ValueError):
     def __init__(self, label: str, value: str, problem: str) -> None:
         self.label = label
         self.value = value
+        self.problem = problem
         super().__init__(f"label {label}={value!r} {problem}")
 
 

@@ -200,6 +200,9 @@ class ServiceLabels:
 class AppLabels:
     services: Mapping[int, ServiceLabels]
     warnings: tuple[str, ...] = ()
+    # Service port index -> its first bad label value: that service is left out, the
+    # app's other ports are not (a tenant's typo costs one port, not the whole app).
+    errors: Mapping[int, LabelError] = field(default_factory=dict)
 
     def for_index(self, index: int) -> ServiceLabels:
         return self.services.get(index) or self.services.get(-1) or ServiceLabels()
@@ -227,8 +230,10 @@ def _unsupported(label: str, spec: LabelSpec | None) -> str:
 
 
 def parse_labels(labels: Mapping[str, object] | None, service_count: int,
-                 allow_templates: bool = False) -> AppLabels:
-    """Read an app's labels. Raises :class:`LabelError` for the first bad value.
+                 allow_templates: bool = False, per_service_errors: bool = False) -> AppLabels:
+    """Read an app's labels. Raises :class:`LabelError` for the first bad value; with
+    ``per_service_errors``, a bad ``HAPROXY_{n}_*`` value is kept in ``errors`` for index
+    n instead (a bad app-wide value, ``HAPROXY_GROUP``, still raises).
 
     ``HAPROXY_GROUP`` applies to every service; ``HAPROXY_{n}_*`` to index n.
     Labels for an index the app does not have, and unsupported ``HAPROXY_``
@@ -243,13 +248,17 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
 
     per_index: dict[int, ServiceLabels] = {-1: ServiceLabels(base)}
     templates: dict[int, dict[str, str]] = {}
+    errors: dict[int, LabelError] = {}
     for label in sorted(labels):
         if not label.startswith("HAPROXY_") or label == GROUP_LABEL:
             continue
         value = labels[label]
-        if not isinstance(value, str):
-            raise LabelError(label, str(value), "is not a string")
         m = _SERVICE_LABEL.match(label)
+        if not isinstance(value, str):
+            if m is None or not per_service_errors:
+                raise LabelError(label, str(value), "is not a string")
+            errors.setdefault(int(m.group(1)), LabelError(label, str(value), "is not a string"))
+            continue
         if not m:
             warnings.append(_unsupported(label, _APP.get(label.removeprefix("HAPROXY_"))))
             continue
@@ -273,7 +282,12 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
                             f"does not have ({service_count} ports); ignored")
             continue
         current = per_index.get(index) or ServiceLabels(base)
-        per_index[index] = _apply(current, spec, label, value)
+        try:
+            per_index[index] = _apply(current, spec, label, value)
+        except LabelError as exc:
+            if not per_service_errors:
+                raise
+            errors.setdefault(index, exc)
 
     for index in templates:
         per_index.setdefault(index, ServiceLabels(base))
@@ -292,7 +306,7 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         if opts.paths and opts.backend_weight == 0:
             per_index[index] = replace(per_index[index], options=replace(
                 per_index[index].options, backend_weight=1))  # as marathon-lb
-    return AppLabels(per_index, tuple(warnings))
+    return AppLabels(per_index, tuple(warnings), errors)
 
 
 def markdown_table() -> str:

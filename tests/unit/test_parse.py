@@ -198,8 +198,7 @@ BAD_APPS = [
     ({"portDefinitions": [{"port": "http"}]}, "portDefinitions[0].port"),
     ({"portDefinitions": [{"port": True}]}, "portDefinitions[0].port"),
     ({"portDefinitions": {"port": 1}}, "portDefinitions"),
-    ({"labels": {"HAPROXY_0_PORT": "http"}}, "HAPROXY_0_PORT"),
-    ({"labels": {"HAPROXY_0_VHOST": "a.com\n  bind :1"}}, "HAPROXY_0_VHOST"),
+    ({"labels": {"HAPROXY_GROUP": "a b"}}, "HAPROXY_GROUP"),  # app-wide: the whole app
     ({"labels": ["HAPROXY_0_PORT"]}, "labels"),
     ({"tasks": {"id": "x"}}, "tasks"),
     ({"tasks": "x"}, "tasks"),
@@ -237,12 +236,13 @@ def test_bad_app_is_an_error_naming_app_and_field_others_still_parse(override, f
 
 def test_mixed_fixture_isolates_each_bad_app() -> None:
     result = parse_apps(load("apps_mixed_malformed.json"), "mixed", resolve)
-    assert [a.id for a in result.apps] == ["/good/one", "/good/two"]
+    assert [a.id for a in result.apps] == ["/good/one", "/bad/label-port", "/good/two"]
     errors = {e.app_id: str(e) for e in result.errors}
-    assert set(errors) == {"/bad/port-string", "/bad/label-port", "/bad/tasks", "/bad/network"}
+    assert set(errors) == {"/bad/port-string", "/bad/tasks", "/bad/network"}
     assert "portDefinitions[0].port" in errors["/bad/port-string"]
-    assert "HAPROXY_0_PORT" in errors["/bad/label-port"]
-    assert "'http'" in errors["/bad/label-port"]
+    label_port = result.apps[1]  # a bad label value leaves out that port only
+    assert label_port.services == ()
+    assert [(p.label, p.value) for p in label_port.problems] == [("HAPROXY_0_PORT", "http")]
     assert "tasks" in errors["/bad/tasks"]
     assert "networks[0].mode" in errors["/bad/network"]
 
@@ -403,6 +403,13 @@ _BAD_VALUES = [
     *[({"portDefinitions": [{"port": 10901}, {"port": 10902}],
         "healthChecks": [{"protocol": "TCP", "portIndex": 1, "intervalSeconds": v}]},
        "healthChecks[0].intervalSeconds", text) for v, text in _BAD_INTERVALS],
+    # A bad per-port label value costs that port, not the app (issue #8).
+    ({"portDefinitions": [{"port": 10901}, {"port": 10902}],
+      "labels": {"HAPROXY_1_PORT": "http"}}, "HAPROXY_1_PORT", "http"),
+    ({"portDefinitions": [{"port": 10901}, {"port": 10902}],
+      "labels": {"HAPROXY_1_PORT": "70000"}}, "HAPROXY_1_PORT", "70000"),
+    ({"portDefinitions": [{"port": 10901}, {"port": 10902}],
+      "labels": {"HAPROXY_1_VHOST": "a.com\n  bind :1"}}, "HAPROXY_1_VHOST", "a.com\n  bind :1"),
 ]
 
 

@@ -231,7 +231,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     labels = _get(raw, "labels", {})
     if not isinstance(labels, Mapping):
         raise AppParseError("labels", "expected an object")
-    parsed = parse_labels(labels, len(svc_ports), allow_templates)
+    parsed = parse_labels(labels, len(svc_ports), allow_templates, per_service_errors=True)
     warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
@@ -239,6 +239,13 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     problems: list[Problem] = []
     for index, (raw_port, port_field) in enumerate(svc_ports):
         sl = parsed.for_index(index)
+        label_error = parsed.errors.get(index)
+        if label_error is not None:
+            problems.append(Problem(
+                app_id, index, "port" if label_error.label.endswith("_PORT") else
+                "label_invalid", label_error.label, shown(label_error.value),
+                f"{label_error.problem}; service left out"))
+            continue
         if sl.port is None and raw_port != 0 and not valid_port(raw_port):
             problems.append(Problem(app_id, index, "port", port_field, shown(raw_port),
                                     "is not a port (1-65535); service left out"))
