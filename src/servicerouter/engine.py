@@ -22,6 +22,7 @@ from .adopt import adopt, config_shape
 from .applylog import reload_causes, runtime_lines
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
+from .haproxy.runtime_parse import ParseError, ServerState
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
@@ -29,6 +30,7 @@ from .marathon.events import DEFAULT_EVENT_TYPES, EventStream, MarathonEvent, re
 from .marathon.parse import Resolver, parse_app, parse_apps
 from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
+from .servercheck import StateScan
 from .state import ClusterState
 from .sync import EventHandler
 
@@ -74,6 +76,16 @@ class EngineConfig:
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
 
 
+@dataclass(frozen=True)
+class _Scanned:
+    """What one read of ``show servers state`` found: the backends that differ."""
+
+    generation: int  # Engine._generation when the read began
+    seq: int  # Engine._change_seq when the read began
+    suspect: Layout
+    actual: list[ServerState]
+
+
 class Engine:
     def __init__(self, config: EngineConfig, marathon: MarathonClient, runtime: RuntimeClient,
                  writer: ConfigWriter, reloader: Reloader, metrics: Metrics,
@@ -100,6 +112,13 @@ class Engine:
         self._event_times: list[float] = []
         self._awaiting_reload: list[float] = []
         self._reconcile_wanted = False
+        # The periodic reconcile reads HAProxy's servers in the background while the
+        # apply loop goes on; backends changed after the read began are left to the
+        # next round (their lines may predate the change). See :meth:`_scan`.
+        self.reconciling: asyncio.Task[_Scanned | None] | None = None
+        self._generation = 0  # counts our reloads: a scan from before one is dropped
+        self._change_seq = 0
+        self._changed_at: dict[str, int] = {}  # backend -> _change_seq of its last batch
         # The admin socket's spelling in the running config, and whether the next reload
         # must spell it differently so that HAProxy binds its file anew (it was removed).
         self._live_socket = config.settings.socket_path
@@ -310,6 +329,7 @@ class Engine:
         finally:
             self._checking_worker = False
         if self._worker is not None and pid is not None and pid != self._worker:
+            self.runtime.reset()  # a kept session would still reach the old worker
             log.warning("HAProxy's worker changed (pid %s -> %s) without a reload of ours; "
                         "reconciling its servers with the slot table", self._worker, pid)
             self.request_reconcile()
@@ -351,6 +371,8 @@ class Engine:
             if self.config.update_strategy == "reload" and p.commands:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
+                self._change_seq += 1
+                self._changed_at.update(dict.fromkeys(p.slots, self._change_seq))
                 before = {name: self.table.get(name, []) for name in p.slots}
                 if await self._execute(p.commands):
                     self._commit(p)
@@ -371,10 +393,27 @@ class Engine:
             await self._reload()
         # Not held back by a pending reload: a reload that keeps failing (a rejected
         # candidate) must not leave a restarted worker serving the file's dead tasks.
-        if self._reconcile_wanted:
+        if self._reconcile_wanted and self.reconciling is None:
             self._reconcile_wanted = False
-            await self.reconcile()
+            task = asyncio.ensure_future(self._scan())
+            self._tasks.add(task)
+            task.add_done_callback(self._scan_done)
+            self.reconciling = task
+        if self.reconciling is not None and self.reconciling.done():
+            task, self.reconciling = self.reconciling, None
+            found = None
+            if not task.cancelled():
+                if task.exception() is not None:  # a bug: the next interval tries again
+                    log.error("reconcile failed", exc_info=task.exception())
+                else:
+                    found = task.result()
+            if found is not None:
+                await self._repair(found)
         self._update_gauges()
+
+    def _scan_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # the apply loop repairs what the scan found
 
     def _commit(self, p: Plan) -> None:
         self.table.update(p.slots)
@@ -450,6 +489,8 @@ class Engine:
         self.layout, self.table, self.running_config = layout, table, text
         self._live_socket, self._restore_socket = socket, False
         self._worker = None  # our reload forked it: no reason to reconcile twice
+        self._generation, self._changed_at = self._generation + 1, {}
+        self.runtime.reset()  # its kept session talks to the old worker
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
         self._pending.clear()
@@ -482,11 +523,30 @@ class Engine:
         return False
 
     async def reconcile(self, after_reload: bool = False) -> None:
-        """Read HAProxy's servers back and repair any difference from the slot table."""
+        """Read HAProxy's servers back and repair any difference from the slot table.
+
+        Waits for the whole read (after a reload, before anything else is applied);
+        the periodic reconcile runs :meth:`_scan` in the background instead."""
+        found = await self._scan(after_reload)
+        if found is not None:
+            await self._repair(found, after_reload)
+
+    async def _scan(self, after_reload: bool = False) -> _Scanned | None:
+        """Stream ``show servers state`` and compare it with the slot table chunk by
+        chunk (:class:`~servicerouter.servercheck.StateScan`), yielding to the event loop
+        between chunks; None if HAProxy could not be read."""
         if not self.layout:
-            return
+            return None
+        generation, seq = self._generation, self._change_seq
+        scan = StateScan(self.layout, self.table)
         try:
-            actual = await self.runtime.show_servers_state()
+            try:
+                async for lines in self.runtime.servers_state_chunks():
+                    scan.feed(lines)
+                    await asyncio.sleep(0)  # let events, /healthz and the apply loop in
+                suspect, actual = scan.finish()
+            except ParseError as exc:
+                raise HAProxyRuntimeError(f"{self.config.settings.socket_path}: {exc}") from exc
         except HAProxyRuntimeError as exc:
             self.haproxy_ok = False
             self.metrics.haproxy_up.set(0)
@@ -496,10 +556,21 @@ class Engine:
                     self._reload_failed("confirm", f"after the reload the admin socket "
                                         f"{self.config.settings.socket_path} is still gone")
                 self._socket_gone()
-            return
+            return None
         self.haproxy_ok = True
         self.metrics.haproxy_up.set(1)
-        commands, broken = reconcile(self.layout, self.table, actual)
+        return _Scanned(generation, seq, suspect, actual)
+
+    async def _repair(self, found: _Scanned, after_reload: bool = False) -> None:
+        """Repair what a scan found, leaving out backends changed since it began."""
+        if found.generation != self._generation:
+            return  # a reload since: its own reconcile read the new worker
+        layout = {name: shape for name, shape in found.suspect.items()
+                  if self._changed_at.get(name, 0) <= found.seq
+                  and self.layout.get(name) == shape}
+        if not layout:
+            return
+        commands, broken = reconcile(layout, self.table, found.actual)
         if commands:
             log.warning("reconcile: HAProxy differs from the slot table; sending %d repairs",
                         len(commands))
