@@ -24,10 +24,10 @@ Design (measured on HAProxy 2.6.12, 2-core VM, unix socket, ``set server addr`` 
   every reload it confirms and whenever it sees a new worker pid (the engine checks
   every second and then reconciles). Should a batch still reach an old worker (a
   reload by someone else), that worker refuses every command with ``Proxy is
-  disabled.``: nothing was applied, so the batch is sent once more on a new session. A session idle for ``idle`` seconds is reopened
-  before use (HAProxy closes idle CLI sessions after ``stats timeout``, 10 s by
-  default), and one whose end HAProxy has already sent is reopened: in both cases
-  nothing of the batch has been written yet.
+  disabled.``: nothing was applied, so the batch is sent once more on a new session.
+  A session idle for ``idle`` seconds is reopened before use (HAProxy closes idle CLI
+  sessions after ``stats timeout``, 10 s by default), and so is one whose end HAProxy
+  has already sent: in both cases nothing of the batch has been written yet.
 * ``show``/``help`` commands (free-text replies) run on a short-lived connection each,
   as does :meth:`RuntimeClient.servers_state_chunks` (so a long dump runs beside
   command batches instead of holding them up).
