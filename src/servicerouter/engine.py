@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .adopt import adopt, config_shape
 from .applylog import reload_causes, runtime_lines
@@ -36,6 +37,7 @@ from .state import ClusterState
 from .sync import EventHandler
 
 log = logging.getLogger("servicerouter.engine")
+T = TypeVar("T")
 
 # When several reasons cause one reload, it is counted under the first of these.
 _REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_ERROR,
@@ -365,6 +367,14 @@ class Engine:
     # ------------------------------------------------------------ one step
     async def step(self) -> None:
         """Plan and apply everything marked dirty; reload if needed and allowed."""
+        await self._apply_dirty()
+        if self._pending and time.monotonic() >= self._next_reload_at:
+            await self._reload()
+        await self._step_reconcile()
+        self._update_gauges()
+
+    async def _apply_dirty(self) -> None:
+        """Plan the dirty backends: runtime commands now, reloads into ``_pending``."""
         dirty, self._dirty = self._dirty, set()
         events, self._event_times = self._event_times, []
         started = time.perf_counter()
@@ -391,8 +401,30 @@ class Engine:
             if p.reload:
                 self._pending.update(p.reload)
                 self._awaiting_reload.extend(events)
-        if self._pending and time.monotonic() >= self._next_reload_at:
-            await self._reload()
+
+    async def _while_applying(self, work: Awaitable[T]) -> T:
+        """Await ``work`` (validating or reloading a config: seconds at 10,000 apps) while
+        applying the runtime changes that come meanwhile, as the apply loop would: task
+        churn of other apps is not held behind a reload. Only this coroutine talks to
+        the admin socket meanwhile, so there is still one writer."""
+        job = asyncio.ensure_future(work)
+        try:
+            while not job.done():
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({job, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if self._dirty:
+                    if self.config.coalesce_window:
+                        await asyncio.sleep(self.config.coalesce_window)
+                    await self._apply_dirty()
+        finally:
+            if not job.done():
+                job.cancel()
+        self._wake.set()  # whatever came in during the last apply is looked at again
+        return job.result()
+
+    async def _step_reconcile(self) -> None:
         # Not held back by a pending reload: a reload that keeps failing (a rejected
         # candidate) must not leave a restarted worker serving the file's dead tasks.
         if self._reconcile_wanted and self.reconciling is None:
@@ -411,7 +443,6 @@ class Engine:
                     found = task.result()
             if found is not None:
                 await self._repair(found)
-        self._update_gauges()
 
     def _scan_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -471,7 +502,8 @@ class Engine:
             return self._reload_failed("validate", f"{exc}; the running config keeps serving")
         if text == self._rejected:
             return self._reload_failed("validate", None)  # already reported, still invalid
-        ok, output = await self.writer.validate(text)
+        seq, pending = self._change_seq, dict(self._pending)
+        ok, output = await self._while_applying(self.writer.validate(text))
         if not ok:
             self._rejected = text
             kept = self.writer.keep_rejected(text)
@@ -483,7 +515,7 @@ class Engine:
         except OSError as exc:
             return self._reload_failed("write", f"writing the config failed: {exc}")
         try:
-            await self.reloader.reload()
+            await self._while_applying(self.reloader.reload())
         except Exception as exc:
             stage = getattr(exc, "stage", "reload")
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
@@ -491,11 +523,17 @@ class Engine:
         self.layout, self.table, self.running_config = layout, table, text
         self._live_socket, self._restore_socket = socket, False
         self._worker = None  # our reload forked it: no reason to reconcile twice
+        # Changed at runtime while this config was validated and loaded: planned again
+        # against what the new worker has from the file, before its reconcile.
+        self._dirty |= {name for name, at in self._changed_at.items() if at > seq}
         self._generation, self._changed_at = self._generation + 1, {}
         self.runtime.reset()  # its kept session talks to the old worker
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
-        self._pending.clear()
+        # Reasons that came up meanwhile (another new app) were not in this render.
+        for name, why in pending.items():
+            if self._pending.get(name) == why:
+                del self._pending[name]
         self._rejected = None
         self._reload_backoff = 0.0
         self._next_reload_at = time.monotonic() + self.config.min_reload_interval
@@ -505,6 +543,7 @@ class Engine:
         self.metrics.reload_duration.observe(time.perf_counter() - started)
         log.info("reloaded HAProxy (%s): %d services, %.0f ms", causes, len(layout),
                  1000 * (time.perf_counter() - started))
+        await self._apply_dirty()
         await self.reconcile(after_reload=True)
         now = time.monotonic()
         for t in self._awaiting_reload:

@@ -281,3 +281,70 @@ async def test_a_backend_changed_while_reconcile_reads_is_left_to_the_next_round
     # lines may predate the change: the next round looks at it again.
     assert repairs == ["set server api_10001/s1 addr 127.0.0.1 port 31001",
                        "set server api_10001/s1 state ready"]
+
+
+async def test_churn_of_other_apps_is_applied_while_a_reload_validates() -> None:
+    engine, runtime, writer, reloader = make_engine()
+    await started(engine, 1)
+    gate = asyncio.Event()
+    validate = writer.validate
+
+    async def slow_validate(text: str) -> tuple[bool, str]:
+        await gate.wait()  # haproxy -c on a 10,000-app config takes seconds
+        return await validate(text)
+
+    writer.validate = slow_validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))  # a new app: a reload
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.sleep(0.01)
+    assert not step.done()
+    engine.mark(engine.state.set_app(app(2)))  # meanwhile /web's task is replaced
+
+    def sent() -> list[str]:
+        return [c for batch in runtime.sent for c in batch]
+
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if "set server web_10000/s1 addr 127.0.0.1 port 31002" in sent():
+            break
+    assert "set server web_10000/s1 addr 127.0.0.1 port 31002" in sent()
+    assert not step.done() and reloader.reloads == 1  # applied before the reload
+    before = len(runtime.sent)
+    gate.set()
+    await step
+    assert reloader.reloads == 2
+    # The new worker starts from a file rendered before the replacement: /web is
+    # planned again against it, so the new worker gets the change too.
+    again = [c for batch in runtime.sent[before:] for c in batch]
+    assert "set server web_10000/s1 addr 127.0.0.1 port 31002" in again
+    assert engine.table["web_10000"][0] is not None
+    assert engine.table["web_10000"][0].task_id == "t2"
+    assert not engine._pending
+
+
+async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
+    engine, _, writer, reloader = make_engine()
+    await started(engine, 1)
+    gate = asyncio.Event()
+    validate = writer.validate
+
+    async def slow_validate(text: str) -> tuple[bool, str]:
+        await gate.wait()
+        return await validate(text)
+
+    writer.validate = slow_validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.sleep(0.01)
+    other = App("/other", services=(Service("/other", 0, 10002),), tasks=(
+        Task("o1", "/other", "127.0.0.1", (32001,), "TASK_RUNNING"),))
+    engine.mark(engine.state.set_app(other))  # not in the render being validated
+    await asyncio.sleep(0.01)
+    gate.set()
+    await step
+    assert reloader.reloads == 2
+    assert "new_10001" in engine.layout and "other_10002" not in engine.layout
+    assert engine._pending == {"other_10002": "new_app"}
+    writer.validate = validate  # type: ignore[method-assign]
+    await engine.step()
+    assert reloader.reloads == 3 and "other_10002" in engine.layout
