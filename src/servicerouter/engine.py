@@ -544,7 +544,9 @@ class Engine:
         log.info("reloaded HAProxy (%s): %d services, %.0f ms", causes, len(layout),
                  1000 * (time.perf_counter() - started))
         await self._apply_dirty()
-        await self.reconcile(after_reload=True)
+        # Reading 160,000 slots back takes a while at 10,000 apps: churn goes on meanwhile
+        # (the repairs leave out backends changed after the read began).
+        await self._while_applying(self.reconcile(after_reload=True))
         now = time.monotonic()
         for t in self._awaiting_reload:
             self.metrics.event_to_apply.observe(now - t)
