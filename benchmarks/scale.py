@@ -133,7 +133,7 @@ def _one(ctx: Context, n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str
         daemon.start(timeout=300)
         ready_s = time.perf_counter() - t0
         syncs = daemon.log_ms("full sync from")
-        first_reload = daemon.log_ms(r"reloaded HAProxy \(\w+\)")
+        first_reload = daemon.log_ms(r"reloaded HAProxy \(\w+[;)]")
         cfg_bytes = daemon.config.stat().st_size
         cfg_lines = daemon.config.read_text().count("\n")
         t0 = time.perf_counter()

@@ -73,7 +73,7 @@ class EngineConfig:
     resync_interval: float = 300.0
     reconcile_interval: float = 10.0
     min_reload_interval: float = 1.0
-    coalesce_window: float = 0.002
+    coalesce_window: float = 0.0  # measured: 2 ms bought no CPU and cost 2 ms (issue #11)
     drain_seconds: float = 0.0
     stall_timeout: float = 30.0
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
@@ -135,6 +135,7 @@ class Engine:
         self._sync_lock = asyncio.Lock()
         self._events = EventHandler(self)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._slot_gauges = False
         self.ready = asyncio.Event()  # set after the first good config is live
 
     # ---------------------------------------------------------------- inputs
@@ -492,17 +493,19 @@ class Engine:
         started = time.perf_counter()
         settings = self.config.settings
         layout, table = build_layout(self.state.desired, self.table, settings)
+        # What this render holds: changes after this point are planned again afterwards.
+        seq, pending = self._change_seq, dict(self._pending)
         socket = (respell_socket_path(settings.socket_path, self._live_socket)
                   if self._restore_socket else settings.socket_path)
         if socket != settings.socket_path:
             settings = replace(settings, socket_path=socket)
-        try:
-            text = render(layout, table, settings, self.config.templates)
+        try:  # in a thread: 200-400 ms at 10,000 apps, the event loop goes on meanwhile
+            text = await self._while_applying(asyncio.to_thread(
+                render, layout, table, settings, self.config.templates))
         except TemplateError as exc:
             return self._reload_failed("validate", f"{exc}; the running config keeps serving")
         if text == self._rejected:
             return self._reload_failed("validate", None)  # already reported, still invalid
-        seq, pending = self._change_seq, dict(self._pending)
         ok, output = await self._while_applying(self.writer.validate(text))
         if not ok:
             self._rejected = text
@@ -638,8 +641,12 @@ class Engine:
         m = self.metrics
         m.apps.set(len(self.state.apps))
         m.services.set(len(self.layout))
-        used, free = slot_counts(self.table)
-        m.endpoints.set(used)
-        m.slots.labels("used").set(used)
-        m.slots.labels("free").set(free)
+        # Counting the slots walks the whole table (80,000 slots at 10,000 apps): done
+        # when /metrics is read, not once per apply step (that was most of the CPU at
+        # 100 replacements/s, issue #11).
+        if not self._slot_gauges:
+            self._slot_gauges = True
+            m.endpoints.set_function(lambda: slot_counts(self.table)[0])
+            m.slots.labels("used").set_function(lambda: slot_counts(self.table)[0])
+            m.slots.labels("free").set_function(lambda: slot_counts(self.table)[1])
 
