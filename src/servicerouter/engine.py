@@ -174,7 +174,9 @@ class Engine:
             started = time.perf_counter()
             try:
                 fetched = await self.marathon.get_apps()
-                result = parse_apps(fetched.data, fetched.url, self.resolve)
+                # In a thread (~0.4 s of CPU at 10,000 apps): churn and /healthz go on.
+                result = await asyncio.to_thread(parse_apps, fetched.data, fetched.url,
+                                                 self.resolve)
             except (MarathonError, ValueError) as exc:
                 self.metrics.marathon_up.set(0)
                 log.error("full sync failed: %s; HAProxy keeps its current config", exc)

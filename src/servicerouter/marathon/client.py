@@ -11,6 +11,7 @@ The event stream (`events.py`) reuses the same client, its URLs and its auth.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -261,7 +262,8 @@ class MarathonClient:
         if label:
             params.append(("label", label))
         target, response, seconds = await self._get("apps", "/v2/apps", params)
-        data = self._decode(target, "/v2/apps", response, decode_apps)
+        # In a thread (~0.1 s of CPU at 10,000 apps): the event loop goes on meanwhile.
+        data = await asyncio.to_thread(self._decode, target, "/v2/apps", response, decode_apps)
         if not isinstance(data, dict) or not isinstance(data.get("apps"), list):
             raise MarathonResponseError(
                 target.url + "/v2/apps",
