@@ -420,7 +420,11 @@ class Engine:
                 if self._dirty:
                     if self.config.coalesce_window:
                         await asyncio.sleep(self.config.coalesce_window)
-                    await self._apply_dirty()
+                    try:
+                        await self._apply_dirty()
+                    except Exception:  # a bug must not cancel a reload half-way
+                        log.exception("apply step failed")
+                        self.request_reconcile()
         finally:
             if not job.done():
                 job.cancel()
