@@ -9,6 +9,7 @@ import collections
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ import httpx
 from servicerouter.demo.procs import Proc, wait_for
 from servicerouter.naming import service_name
 
-from .common import Context, Daemon, Simulator, fake_app, percentile, write_apps
+from .common import (
+    Context,
+    Daemon,
+    Simulator,
+    cpu_seconds,
+    fake_app,
+    percentile,
+    write_apps,
+)
 
 
 @dataclass
@@ -31,6 +40,11 @@ class Phase:
     missing: int = 0
     reloads: int = 0
     commands: float = 0.0
+    cpu_seconds: float = 0.0  # the daemon's user+system CPU while the kills were sent
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100 * self.cpu_seconds / self.seconds if self.seconds else float("nan")
 
     def row(self) -> dict[str, Any]:
         lat = self.latencies_ms
@@ -40,25 +54,32 @@ class Phase:
                 "max ms": max(lat) if lat else float("nan"), "not ready": self.missing,
                 "HAProxy reloads": self.reloads,
                 "reloads/1000": self.reloads * 1000 / self.replaced if self.replaced else 0.0,
-                "runtime cmds": int(self.commands)}
+                "runtime cmds": int(self.commands), "daemon CPU %": self.cpu_percent}
 
 
 class ChurnStack:
     """``apps`` apps x ``instances`` fake tasks, the daemon with ``strategy``, the poller."""
 
     def __init__(self, ctx: Context, name: str, strategy: str, apps: int, instances: int,
-                 daemon_args: tuple[str, ...] = ()) -> None:
+                 daemon_args: tuple[str, ...] = (), churn_apps: int | None = None,
+                 timeout: float = 60.0) -> None:
+        """``churn_apps``: replace tasks of the first this many apps only, and poll only
+        their backends (a whole ``show servers state`` at 10,000 apps is 13.6 MB)."""
         self.root = ctx.dir(f"{name}-{strategy}")
         self.strategy = strategy
         self.n_tasks = apps * instances
+        self.timeout = timeout
+        self.churn_ids = {f"/bench/c{i}" for i in range(churn_apps if churn_apps else apps)}
         f = write_apps(self.root / "apps.json",
                        [fake_app(f"/bench/c{i}", instances) for i in range(apps)])
         self.sim = Simulator(self.root, apps_file=f, kill_grace=0.0)
         self.daemon = Daemon(self.root, self.sim.url, strategy, extra=daemon_args)
         self.poll_out = self.root / "poller.out"
+        self.backends_file = self.root / "poller.backends"
+        only = ["--backends", str(self.backends_file)] if churn_apps else []
         self.poller = Proc("poller", [sys.executable, "-m", "benchmarks.poller", "--socket",
                                       str(self.daemon.socket), "--out", str(self.poll_out),
-                                      "--duration", "1200"], self.root / "poller.log",
+                                      "--duration", "1200", *only], self.root / "poller.log",
                            env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         self.backend: dict[str, str] = {}
         self.pool: collections.deque[tuple[str, str]] = collections.deque()
@@ -68,19 +89,22 @@ class ChurnStack:
 
     def __enter__(self) -> ChurnStack:
         try:
-            self.sim.start()
-            wait_for(lambda: self.sim.status()["tasks"] == self.n_tasks, 60, 0.1,
+            self.sim.start(timeout=max(self.timeout, 120))
+            wait_for(lambda: self.sim.status()["tasks"] == self.n_tasks, self.timeout, 0.1,
                      what="tasks placed")
-            apps = self.sim.apps()
             wait_for(lambda: sum(1 for a in self.sim.apps() for t in a["tasks"]
-                                 if t["state"] == "TASK_RUNNING") == self.n_tasks, 60, 0.1,
-                     what="tasks running")
+                                 if t["state"] == "TASK_RUNNING") == self.n_tasks,
+                     self.timeout, 0.5, what="tasks running")
+            apps = self.sim.apps()
             self.seq = self.sim.seq()
             for a in apps:
                 self.backend[a["id"]] = service_name(a["id"], a["portDefinitions"][0]["port"])
-                self.pool.extend((a["id"], t["id"]) for t in a["tasks"])
-            self.daemon.start()
-            wait_for(lambda: self.daemon.ready_servers() == self.n_tasks, 60, 0.1,
+                if a["id"] in self.churn_ids:
+                    self.pool.extend((a["id"], t["id"]) for t in a["tasks"])
+            self.backends_file.write_text("".join(
+                f"{self.backend[a]}\n" for a in sorted(self.churn_ids)))
+            self.daemon.start(timeout=self.timeout)
+            wait_for(lambda: self.daemon.ready_servers() == self.n_tasks, self.timeout, 0.5,
                      what="all tasks ready in HAProxy")
             self.poller.start()
             wait_for(lambda: self.poll_out.exists() and self.poll_out.stat().st_size > 0, 30,
@@ -113,7 +137,8 @@ class ChurnStack:
         for e in body["events"]:
             self.seq = max(self.seq, e["seq"])
             if e.get("eventType") == "status_update_event" and \
-                    e.get("taskStatus") == "TASK_RUNNING" and e.get("taskId") not in self.running:
+                    e.get("taskStatus") == "TASK_RUNNING" and e.get("taskId") not in self.running \
+                    and e.get("appId") in self.churn_ids:
                 self.running[e["taskId"]] = e
                 self.pool.append((e["appId"], e["taskId"]))
 
@@ -129,7 +154,9 @@ class ChurnStack:
     def _key(self, e: dict[str, Any]) -> tuple[str, str, int]:
         return (self.backend[e["appId"]], "127.0.0.1", int(e["ports"][0]))
 
-    async def _kill_paced(self, rate: float, count: int) -> int:
+    async def _kill_paced(self, rate: float, count: int,
+                          during: Callable[[httpx.AsyncClient], Awaitable[Any]] | None = None
+                          ) -> int:
         """Send the kills on schedule without waiting for each answer (so a slow reply
         never lowers the rate); learn new tasks from the event log every 0.25 s."""
         ok = 0
@@ -142,6 +169,8 @@ class ChurnStack:
 
         async with httpx.AsyncClient(base_url=self.sim.url, timeout=30) as c:
             pending = []
+            if during is not None:  # e.g. a new app (a reload) while tasks are replaced
+                pending.append(asyncio.ensure_future(during(c)))
             t0 = time.monotonic()
             next_learn = t0 + 0.25
             for i in range(count):
@@ -161,7 +190,8 @@ class ChurnStack:
             await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 60)
         return ok
 
-    def replace(self, rate: float, count: int, settle: float) -> Phase:
+    def replace(self, rate: float, count: int, settle: float,
+                during: Callable[[httpx.AsyncClient], Awaitable[Any]] | None = None) -> Phase:
         """Kill ``count`` tasks (oldest first) at ``rate``/s through the Marathon API;
         Marathon replaces each. Then wait up to ``settle`` s for the replacements."""
         phase = Phase(rate, count)
@@ -169,8 +199,10 @@ class ChurnStack:
         before = set(self.running)
         reloads0 = self.daemon.reloads()
         cmds0 = self.daemon.metric("servicerouter_runtime_commands_total")
-        phase.replaced = asyncio.run(self._kill_paced(rate, count))
+        cpu0 = cpu_seconds(self.daemon.pid)
+        phase.replaced = asyncio.run(self._kill_paced(rate, count, during))
         phase.seconds = self._span
+        phase.cpu_seconds = cpu_seconds(self.daemon.pid) - cpu0
 
         def new() -> list[str]:
             return [t for t in self.running if t not in before]

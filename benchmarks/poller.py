@@ -21,11 +21,11 @@ import time
 NOT_READY = 0x01 | 0x02 | 0x20 | 0x08 | 0x10  # maint (forced, inherited, DNS) or drain
 
 
-def poll(path: str) -> bytes:
+def poll(path: str, request: bytes = b"show servers state\n") -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(path)
-        s.sendall(b"show servers state\n")
+        s.sendall(request)
         chunks = []
         while True:
             b = s.recv(1 << 20)
@@ -52,7 +52,14 @@ def main() -> int:
     ap.add_argument("--socket", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--duration", type=float, default=900.0)
+    ap.add_argument("--backends", help="file naming the backends to poll, one a line "
+                    "(default: all; at 10,000 apps a whole dump is 13.6 MB per poll)")
     args = ap.parse_args()
+    request = b"show servers state\n"
+    if args.backends:
+        with open(args.backends) as f:
+            names = [ln.strip() for ln in f if ln.strip()]
+        request = ";".join(f"show servers state {n}" for n in names).encode() + b"\n"
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     deadline = time.monotonic() + args.duration
@@ -64,7 +71,7 @@ def main() -> int:
         while not stopping and time.monotonic() < deadline:
             t_sent = time.time()
             try:
-                data = poll(args.socket)
+                data = poll(args.socket, request)
             except OSError:
                 errors += 1
                 time.sleep(0.001)

@@ -44,7 +44,7 @@ async def _run(ctx: Context) -> Table:
         min_seconds = 0.05 if ctx.quick else 0.5
         for row in await measure(client, "b", servers, BATCHES, min_commands=min_commands,
                                  min_seconds=min_seconds):
-            table.rows.append({"mode": "RuntimeClient.execute, one prompt session per call",
+            table.rows.append({"mode": "RuntimeClient.execute, one kept prompt session",
                                "batch": row["batch"], "commands": row["commands"],
                                "commands/s": row["commands_per_s"],
                                "ms per batch": row["ms_per_batch"]})

@@ -175,10 +175,10 @@ def _add_render(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-certs", action="append", metavar="PEM[,PEM]", default=None,
                    help="certificates for the HTTPS frontend; repeatable or comma-separated "
                         "(marathon-lb's form)")
-    g.add_argument("--slots-min-free", type=int, default=4,
-                   help="free server slots each backend keeps at least (default 4)")
-    g.add_argument("--slots-increment", type=int, default=8,
-                   help="backends grow in blocks of this many slots (default 8)")
+    g.add_argument("--slots-min-free", type=int, default=2,
+                   help="free server slots each backend keeps at least (default 2)")
+    g.add_argument("--slots-increment", type=int, default=4,
+                   help="backends grow in blocks of this many slots (default 4)")
     g.add_argument("--templates", metavar="DIR",
                    help="folder of templates that replace the built-in ones by file name; "
                         "snippets/NAME.j2 in it are selectable with HAPROXY_{n}_SNIPPET=NAME")

@@ -110,8 +110,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare HAProxy's servers with the slot table this often (default 10)")
     g.add_argument("--min-reload-interval", type=_seconds, default=1.0, metavar="SECONDS",
                    help="at most one reload per this many seconds (default 1)")
-    g.add_argument("--coalesce-ms", type=_seconds, default=2.0, metavar="MS",
-                   help="events arriving within this window are applied together (default 2)")
+    g.add_argument("--coalesce-ms", type=_seconds, default=0.0, metavar="MS",
+                   help="events arriving within this window are applied together (default 0)")
     g.add_argument("--drain-seconds", type=_seconds, default=0.0, metavar="SECONDS",
                    help="drain a departed task this long before removing it (default 0)")
     g.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="SECONDS",

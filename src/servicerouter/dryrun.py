@@ -14,7 +14,7 @@ to repair and only real changes from Marathon produce output.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from .haproxy.runtime import CommandResult, Status
 from .haproxy.runtime_parse import ADMF_FDRAIN, ADMF_FMAINT, ServerState
 from .model import EndpointState
 from .naming import slot_name
+from .servercheck import state_line
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -53,8 +54,15 @@ class DryRunRuntime:
     async def show_servers_state(self, backend: str | None = None) -> list[ServerState]:
         return expected_servers(self.engine, backend) if self.engine else []
 
+    async def servers_state_chunks(self) -> AsyncIterator[list[str]]:
+        states = expected_servers(self.engine) if self.engine else []
+        yield ["1", *map(state_line, states)]
+
     def socket_missing(self) -> bool:
         return False
+
+    def reset(self) -> None:
+        pass
 
 
 def expected_servers(engine: Engine, only: str | None = None) -> list[ServerState]:

@@ -26,8 +26,8 @@ class Settings:
     http_port: int = 80
     https_port: int = 443
     ssl_certs: tuple[str, ...] = ()
-    slots_min_free: int = 4
-    slots_increment: int = 8
+    slots_min_free: int = 2  # issue #11: half the slots, half HAProxy's RSS and start
+    slots_increment: int = 4
     health_check: bool = True
     groups: tuple[str, ...] = ()  # empty: every app
     hard_stop_after: str = "5m"

@@ -20,6 +20,10 @@ EXPECTED = {
     "convergence": {"convergence": ["strategy", "rate/s", "p50 ms", "p99 ms", "max ms"]},
     "reloads": {"reloads": ["strategy", "replacements", "reloads/1000"]},
     "zeroloss": {"zeroloss": ["strategy", "phase", "requests", "failed", "p99 ms"]},
+    "tail": {"tail": ["phase", "p99 ms", "max ms", "daemon CPU %", "/healthz max ms"],
+             "tail_memory": ["daemon peak RSS MB", "HAProxy worker RSS MB"]},
+    "subscribers": {"subscribers": ["subscribers", "simulator CPU ms/event",
+                                    "lag to last p99 ms"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}

@@ -18,6 +18,7 @@ from servicerouter.haproxy.runtime import (
     RuntimeUnavailable,
     Status,
 )
+from servicerouter.haproxy.runtime_parse import parse_servers_state
 
 from .conftest import needs_haproxy
 
@@ -246,3 +247,45 @@ async def test_ready_with_check_is_up_at_once_then_checks_decide(env: Env, backe
         if (await http_get(env.port))[0] == 200:
             break
     assert await http_get(env.port) == (200, f"backend-{backend}")
+
+
+async def test_streamed_servers_state_is_the_same_as_the_whole_reply(env: Env) -> None:
+    rt = RuntimeClient(env.admin)
+    await rt.execute_checked([c.set_server_addr("web", "s2", "127.0.0.2", 8080),
+                              c.set_server_state("web", "s2", "drain")])
+    whole = await rt.show_servers_state()
+    lines = [ln async for chunk in rt.servers_state_chunks(chunk=64) for ln in chunk]
+    assert parse_servers_state("\n".join(lines)) == whole
+    assert [s.server for s in whole] == ["s1", "s2", "s3"]
+    assert (whole[1].addr, whole[1].port, whole[1].draining) == ("127.0.0.2", 8080, True)
+
+
+async def test_kept_session_is_reset_after_a_reload_to_reach_the_new_worker(env: Env) -> None:
+    rt = RuntimeClient(env.admin)
+    await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.3", 8001)])
+    old = (await rt.show_info())["Pid"]
+    info = await env.proc.reload()
+    assert info.reloads == 1
+    new = (await rt.show_info())["Pid"]  # queries connect anew: the new worker
+    assert new != old
+    # The kept session still belongs to the old worker (measured on 2.6): a change
+    # sent on it would be lost for the new one. After reset() it reaches the new worker.
+    rt.reset()
+    await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.4", 8002)])
+    (s1,) = [s for s in await rt.show_servers_state("web") if s.server == "s1"]
+    assert (s1.addr, s1.port) == ("127.0.0.4", 8002)
+    assert rt.sessions_opened == 2
+
+
+async def test_a_batch_refused_by_an_old_worker_goes_to_the_new_one(env: Env) -> None:
+    """A reload the client was not told about: its kept session still reaches the old
+    worker, which refuses every command ("Proxy is disabled."); nothing was applied, so
+    the batch is sent once more on a new session and reaches the new worker."""
+    rt = RuntimeClient(env.admin)
+    await rt.execute_checked([c.set_server_addr("web", "s2", "127.0.0.3", 8001)])
+    await env.proc.reload()
+    await rt.execute_checked([c.set_server_addr("web", "s2", "127.0.0.5", 8005),
+                              c.set_server_state("web", "s2", "ready")])
+    (s2,) = [s for s in await rt.show_servers_state("web") if s.server == "s2"]
+    assert (s2.addr, s2.port, s2.ready) == ("127.0.0.5", 8005, True)
+    assert rt.sessions_opened == 2

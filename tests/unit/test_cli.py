@@ -35,7 +35,7 @@ def test_defaults_listen_on_loopback() -> None:
     assert args.listen == ("127.0.0.1", 9091)
     assert args.stats_address == "127.0.0.1"
     assert args.haproxy_socket == "/run/haproxy/admin.sock"
-    assert (args.slots_min_free, args.slots_increment) == (4, 8)
+    assert (args.slots_min_free, args.slots_increment) == (2, 4)
     assert (args.resync_interval, args.min_reload_interval) == (300.0, 1.0)
 
 

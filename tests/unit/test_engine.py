@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from servicerouter.haproxy.runtime_parse import CommandResult, ServerState, Stat
 from servicerouter.layout import Settings
 from servicerouter.metrics import Metrics
 from servicerouter.model import App, Service, Task
+from servicerouter.servercheck import state_line
 
 
 class FakeRuntime:
@@ -25,9 +28,13 @@ class FakeRuntime:
         self.servers: list[ServerState] | None = None
         self.engine: Engine | None = None
         self.missing = False  # the admin socket's file is gone
+        self.resets = 0  # kept sessions closed (after each reload)
 
     def socket_missing(self) -> bool:
         return self.missing
+
+    def reset(self) -> None:
+        self.resets += 1
 
     async def execute(self, commands: list[str]) -> list[CommandResult]:
         if self.fail_next == "down":
@@ -52,6 +59,10 @@ class FakeRuntime:
                 out.append(ServerState(1, name, i + 1, f"s{i + 1}", addr, 2, admin, 1, 1,
                                        0, 0, 0, 0, port))
         return out
+
+
+    async def servers_state_chunks(self) -> AsyncIterator[list[str]]:
+        yield ["1", *map(state_line, await self.show_servers_state())]
 
 
 class FakeWriter:
@@ -117,6 +128,7 @@ async def test_first_step_reloads_then_churn_is_runtime_only() -> None:
     engine, runtime, writer, reloader = make_engine()
     await started(engine, 1)
     assert reloader.reloads == 1 and len(writer.written) == 1
+    assert runtime.resets == 1  # the kept admin session is not carried over a reload
     engine.mark(engine.state.set_app(app(2)), event_time=0.0)
     await engine.step()
     assert reloader.reloads == 1
@@ -239,5 +251,103 @@ async def test_reconcile_runs_while_a_reload_is_pending() -> None:
     runtime.servers += [ServerState(1, "web_10000", i, f"s{i}", "127.0.0.1", 2, 0x05, 1, 1,
                                     0, 0, 0, 0, 1) for i in range(2, 5)]
     engine.request_reconcile()
-    await engine.step()
+    await engine.step()  # starts the read in the background
+    assert engine.reconciling is not None
+    await engine.reconciling
+    await engine.step()  # repairs what it found
     assert "set server web_10000/s1 addr 127.0.0.1 port 31001" in runtime.sent[-1]
+
+
+async def test_a_backend_changed_while_reconcile_reads_is_left_to_the_next_round() -> None:
+    engine, runtime, _, _ = make_engine()
+    await started(engine, 1, 2)
+    engine.mark(engine.state.set_app(app(1, 2, app_id="/api")))
+    await engine.step()  # a second backend (a reload)
+    # HAProxy as read: both backends' s1 back at a dead task.
+    stale = [ServerState(1, name, 1, "s1", "127.0.0.1", 2, 0, 1, 1, 0, 0, 0, 0, 39999)
+             for name in ("web_10000", "api_10001")]
+    runtime.servers = stale + [
+        ServerState(1, name, i, f"s{i}", "127.0.0.1", 2, 0x00 if i == 2 else 0x05, 1, 1,
+                    0, 0, 0, 0, 31002 if i == 2 else 1)
+        for name in ("web_10000", "api_10001") for i in range(2, 9)]
+    engine.request_reconcile()
+    await engine.step()  # the read starts in the background ...
+    await asyncio.sleep(0)
+    engine.mark(engine.state.set_app(app(1, 3)))  # ... while /web's tasks change
+    await engine.step()
+    assert engine.reconciling is not None
+    await engine.reconciling
+    before = len(runtime.sent)
+    await engine.step()
+    repairs = [c for batch in runtime.sent[before:] for c in batch]
+    # /api is repaired from what was read; /web changed after the read began, so its
+    # lines may predate the change: the next round looks at it again.
+    assert repairs == ["set server api_10001/s1 addr 127.0.0.1 port 31001",
+                       "set server api_10001/s1 state ready"]
+
+
+async def test_churn_of_other_apps_is_applied_while_a_reload_validates() -> None:
+    engine, runtime, writer, reloader = make_engine()
+    await started(engine, 1)
+    gate = asyncio.Event()
+    validate = writer.validate
+
+    async def slow_validate(text: str) -> tuple[bool, str]:
+        await gate.wait()  # haproxy -c on a 10,000-app config takes seconds
+        return await validate(text)
+
+    writer.validate = slow_validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))  # a new app: a reload
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.sleep(0.01)
+    assert not step.done()
+    engine.mark(engine.state.set_app(app(2)))  # meanwhile /web's task is replaced
+
+    def sent() -> list[str]:
+        return [c for batch in runtime.sent for c in batch]
+
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if "set server web_10000/s1 addr 127.0.0.1 port 31002" in sent():
+            break
+    assert "set server web_10000/s1 addr 127.0.0.1 port 31002" in sent()
+    assert not step.done() and reloader.reloads == 1  # applied before the reload
+    before = len(runtime.sent)
+    gate.set()
+    await step
+    assert reloader.reloads == 2
+    # The new worker starts from a file rendered before the replacement: /web is
+    # planned again against it, so the new worker gets the change too.
+    again = [c for batch in runtime.sent[before:] for c in batch]
+    assert "set server web_10000/s1 addr 127.0.0.1 port 31002" in again
+    assert engine.table["web_10000"][0] is not None
+    assert engine.table["web_10000"][0].task_id == "t2"
+    assert not engine._pending
+
+
+async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
+    engine, _, writer, reloader = make_engine()
+    await started(engine, 1)
+    gate = asyncio.Event()
+    validate = writer.validate
+
+    async def slow_validate(text: str) -> tuple[bool, str]:
+        await gate.wait()
+        return await validate(text)
+
+    writer.validate = slow_validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.sleep(0.01)
+    other = App("/other", services=(Service("/other", 0, 10002),), tasks=(
+        Task("o1", "/other", "127.0.0.1", (32001,), "TASK_RUNNING"),))
+    engine.mark(engine.state.set_app(other))  # not in the render being validated
+    await asyncio.sleep(0.01)
+    gate.set()
+    await step
+    assert reloader.reloads == 2
+    assert "new_10001" in engine.layout and "other_10002" not in engine.layout
+    assert engine._pending == {"other_10002": "new_app"}
+    writer.validate = validate  # type: ignore[method-assign]
+    await engine.step()
+    assert reloader.reloads == 3 and "other_10002" in engine.layout

@@ -121,8 +121,9 @@ def _desired(name: str, eps: tuple[Endpoint, ...]) -> dict:
     return {name: type(d)(d.service, eps)}
 
 
-@pytest.mark.parametrize(("count", "size"), [(0, 8), (4, 8), (5, 16), (12, 16), (13, 24)])
+@pytest.mark.parametrize(("count", "size"), [(0, 4), (2, 4), (3, 8), (5, 8), (7, 12)])
 def test_build_layout_capacity(count: int, size: int) -> None:
+    """Defaults: at least 2 free, in blocks of 4 (issue #11: 5 tasks take 8 slots, not 16)."""
     eps = tuple(ep(n) for n in range(1, count + 1))
     layout, table = build_layout(_desired("a_10001", eps), {}, Settings())
     assert layout["a_10001"].slots == size

@@ -28,40 +28,70 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+class Fake:
+    """A fake admin socket. It answers ``prompt`` itself; tests push one reply function
+    per request (a batch on the kept session, or a one-shot query session)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen: list[bytes] = []
+        self.script: list[Reply] = []
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        data = b""
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if data.startswith(b"prompt\n"):
+                    data = data[len(b"prompt\n"):]
+                    writer.write(b"\n> ")
+                if not data.endswith(b"\n"):
+                    continue
+                self.seen.append(data)
+                request, data = data, b""
+                out = self.script.pop(0)(request)
+                if out is None:
+                    await reader.read()  # hang until the client gives up
+                    break
+                writer.write(out)
+                await writer.drain()
+                if request.endswith(b"quit\n") or not out.endswith(b"\n> "):
+                    break  # a query session ends; a reply cut short ends the session
+        finally:
+            writer.close()
+
+
 @pytest.fixture
 async def fake(sock_dir: Path) -> AsyncIterator[tuple[str, list[bytes], list[Reply]]]:
-    """A fake admin socket; tests push one reply function per expected connection."""
-    path = str(sock_dir / "fake.sock")
-    seen: list[bytes] = []
-    script: list[Reply] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        data = b""
-        while not data.endswith(b"quit\n"):
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            data += chunk
-        seen.append(data)
-        out = script.pop(0)(data)
-        if out is None:
-            await reader.read()  # hang until the client gives up
-        else:
-            writer.write(out)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_unix_server(handle, path)
+    f = Fake(str(sock_dir / "fake.sock"))
+    server = await asyncio.start_unix_server(f.handle, f.path)
     try:
-        yield path, seen, script
+        yield f.path, f.seen, f.script
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def fake_server(sock_dir: Path) -> AsyncIterator[Fake]:
+    f = Fake(str(sock_dir / "fake.sock"))
+    server = await asyncio.start_unix_server(f.handle, f.path)
+    try:
+        yield f
     finally:
         server.close()
 
 
 def well_behaved(request: bytes) -> bytes:
-    body = request.decode().split("\n")[1:-2]  # drop "prompt" and "quit"
+    body = [ln for ln in request.decode().split("\n") if ln and ln != "quit"]
     n = sum(len(line.split(";")) for line in body)
-    return b"\n> " + b"\n> " * n
+    return b"\n> " * n
 
 
 async def test_happy_path_one_session(fake: tuple[str, list[bytes], list[Reply]]) -> None:
@@ -69,16 +99,14 @@ async def test_happy_path_one_session(fake: tuple[str, list[bytes], list[Reply]]
     script.append(well_behaved)
     results = await RuntimeClient(path).execute(["set server b/s weight 1"] * 3)
     assert [r.status for r in results] == [Status.OK] * 3
-    assert seen == [
-        b"prompt\nset server b/s weight 1;set server b/s weight 1;set server b/s weight 1\nquit\n"
-    ]
+    assert seen == [b"set server b/s weight 1;set server b/s weight 1;set server b/s weight 1\n"]
 
 
 async def test_cut_short_reply_marks_the_tail_unknown(
     fake: tuple[str, list[bytes], list[Reply]],
 ) -> None:
     path, seen, script = fake
-    script.append(lambda _: b"\n> \n> No such server.\n\n> IP chan")
+    script.append(lambda _: b"\n> No such server.\n\n> IP chan")
     cmds = [
         "set server b/s weight 1",
         "set server b/x weight 1",
@@ -111,7 +139,7 @@ async def test_ambiguous_extra_replies_are_unknown(
     fake: tuple[str, list[bytes], list[Reply]],
 ) -> None:
     path, _, script = fake
-    script.append(lambda _: b"\n> a\n> b\n> c\n> ")
+    script.append(lambda _: b"a\n> b\n> c\n> ")
     with pytest.raises(RuntimeUncertain) as info:
         await RuntimeClient(path).execute(["set server b/s weight 1", "set server b/s weight 2"])
     assert [r.status for r in info.value.results] == [Status.UNKNOWN] * 2
@@ -142,3 +170,58 @@ def test_respelled_socket_path_names_the_same_file_differently() -> None:
     assert other == "/run/haproxy/./admin.sock"
     assert respell_socket_path(live, other) == live  # and back, for the next restore
     assert respell_socket_path("admin.sock", "admin.sock") == "./admin.sock"
+
+
+async def test_batches_share_one_kept_session_until_reset(fake_server: Fake) -> None:
+    rt = RuntimeClient(fake_server.path)
+    fake_server.script += [well_behaved] * 3
+    for weight in (1, 2):
+        await rt.execute_checked([f"set server b/s weight {weight}"])
+    assert fake_server.connections == 1 and rt.sessions_opened == 1
+    rt.reset()  # as the engine does after a reload: the next batch reaches the new worker
+    await rt.execute_checked(["set server b/s weight 3"])
+    assert fake_server.connections == 2
+    assert fake_server.seen == [b"set server b/s weight 1\n", b"set server b/s weight 2\n",
+                                b"set server b/s weight 3\n"]
+
+
+async def test_a_session_haproxy_ended_while_idle_is_reopened_before_the_write(
+    fake_server: Fake,
+) -> None:
+    rt = RuntimeClient(fake_server.path)
+    fake_server.script += [well_behaved] * 2
+    await rt.execute_checked(["set server b/s weight 1"])
+    fake_server.writers[0].close()  # HAProxy's stats timeout, or the old worker exiting
+    for _ in range(100):  # until the client's transport has seen the end
+        await asyncio.sleep(0.01)
+        if rt._kept is None or rt._kept[0].at_eof():
+            break
+    results = await rt.execute(["set server b/s weight 2"])
+    assert [r.status for r in results] == [Status.OK]
+    assert fake_server.connections == 2
+
+
+async def test_an_idle_session_is_reopened_before_haproxy_would_end_it(
+    fake_server: Fake,
+) -> None:
+    rt = RuntimeClient(fake_server.path, idle=0.0)
+    fake_server.script += [well_behaved] * 2
+    await rt.execute_checked(["set server b/s weight 1"])
+    await asyncio.sleep(0.01)
+    await rt.execute_checked(["set server b/s weight 2"])
+    assert fake_server.connections == 2
+
+
+async def test_after_an_uncertain_batch_the_next_one_does_not_resend_it(
+    fake_server: Fake,
+) -> None:
+    rt = RuntimeClient(fake_server.path, timeout=0.3)
+    fake_server.script += [lambda _: None, well_behaved]
+    with pytest.raises(RuntimeUncertain) as info:
+        await rt.execute(["set server b/s state ready"])
+    assert info.value.uncertain == ["set server b/s state ready"]
+    results = await rt.execute(["set server b/s weight 5"])
+    assert [r.status for r in results] == [Status.OK]
+    # A new session, and only the new command on it: the uncertain one is not resent.
+    assert fake_server.connections == 2
+    assert fake_server.seen == [b"set server b/s state ready\n", b"set server b/s weight 5\n"]
