@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -190,8 +191,12 @@ class Daemon:
                  extra: Sequence[str] = ()) -> None:
         self.tmp = tmp
         self.config = tmp / "haproxy.cfg"
-        self.socket = tmp / "admin.sock"
-        self.master_socket = tmp / "master.sock"
+        # Sockets in a short private folder: HAProxy refuses socket paths over 97
+        # characters, and a run folder under pytest's tmp can be longer than that.
+        # (Made by start(): a Daemon built but never started leaves nothing behind.)
+        self.sockets = Path(tempfile.gettempdir(), f"srb-{os.getpid()}-{free_port()}")
+        self.socket = self.sockets / "admin.sock"
+        self.master_socket = self.sockets / "master.sock"
         self.listen_port = free_port()
         self.url = f"http://127.0.0.1:{self.listen_port}"
         self.log = tmp / "servicerouter.log"
@@ -211,13 +216,19 @@ class Daemon:
         return self.proc.popen.pid
 
     def start(self, timeout: float = 60.0) -> Daemon:
-        self.proc.start(lambda: self.proc.alive() and self.http.get("/healthz").status_code
-                        == 200, timeout, 0.1, what="servicerouter /healthz 200")
+        self.sockets.mkdir(mode=0o700)
+        try:
+            self.proc.start(lambda: self.proc.alive() and self.http.get("/healthz").status_code
+                            == 200, timeout, 0.1, what="servicerouter /healthz 200")
+        except BaseException:
+            shutil.rmtree(self.sockets, ignore_errors=True)  # start stopped the process
+            raise
         return self
 
     def stop(self) -> None:
         self.http.close()
         self.proc.stop(timeout=30)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def metrics(self) -> str:
         return self.http.get("/metrics").text

@@ -256,7 +256,19 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# HAProxy 2.6 refuses a UNIX socket path longer than this ("socket path ... too long
+# (max 97)"): a clear error at start beats a candidate config rejected at every reload.
+MAX_SOCKET_PATH = 97
+
+
+def check_socket_path(flag: str, path: str | None) -> None:
+    if path and len(path) > MAX_SOCKET_PATH:
+        raise CliError(f"{flag} {path}: {len(path)} characters; HAProxy takes socket paths "
+                       f"of at most {MAX_SOCKET_PATH}")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
+    check_socket_path("--haproxy-socket", args.haproxy_socket)
     if args.max_servers_per_backend < 0:
         raise CliError("--max-servers-per-backend must be >= 0 (0: no cap)")
     for flag in ("slots_min_free", "slots_increment"):

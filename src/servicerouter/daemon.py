@@ -161,7 +161,7 @@ def detect_reload_command(root: Path = Path("/")) -> str | None:
 
 
 async def run_daemon(args: argparse.Namespace) -> int:
-    from .cli import CliError, marathon_client, settings_from, templates_dir
+    from .cli import CliError, check_socket_path, marathon_client, settings_from, templates_dir
     from .engine import Engine, EngineConfig
 
     settings = replace(settings_from(args), reserved_ports=(args.listen[1],))
@@ -182,6 +182,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
                        "elsewhere is never stopped by servicerouter)")
     if args.start_haproxy and not args.haproxy_master_socket:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))
+    check_socket_path("--haproxy-master-socket", args.haproxy_master_socket)
     config = EngineConfig(
         settings=settings,
         templates=templates,

@@ -457,12 +457,14 @@ class Engine:
         events, self._event_times = self._event_times, []
         started = time.perf_counter()
         if dirty:
+            # Every backend looked at now, applied or left for a reload, is planned again
+            # after a reload whose render began before this (it may lack this change).
+            self._change_seq += 1
+            self._changed_at.update(dict.fromkeys(dirty, self._change_seq))
             p = plan(self.layout, self.table, self.state.desired, dirty)
             if self.config.update_strategy == "reload" and p.commands:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
-                self._change_seq += 1
-                self._changed_at.update(dict.fromkeys(p.slots, self._change_seq))
                 before = {name: self.table.get(name, []) for name in p.slots}
                 if await self._execute(p.commands):
                     self._commit(p)

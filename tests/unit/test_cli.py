@@ -130,3 +130,12 @@ def test_marathon_limits_have_flags_environment_and_sane_defaults(
         with pytest.raises(SystemExit):
             cli.build_parser({}).parse_args(["run", *bad])
         assert bad[0] in capsys.readouterr().err
+
+
+def test_a_socket_path_haproxy_would_refuse_is_a_clear_error_at_start() -> None:
+    long = "/run/" + "x" * 93  # 98 characters: HAProxy 2.6 says "too long (max 97)"
+    args = cli.build_parser({}).parse_args(["run", "--haproxy-socket", long])
+    with pytest.raises(cli.CliError, match=r"--haproxy-socket .*98 characters.*at most 97"):
+        cli.settings_from(args)
+    args = cli.build_parser({}).parse_args(["run", "--haproxy-socket", long[:97]])
+    assert cli.settings_from(args).socket_path == long[:97]
