@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import hostfacts
+from . import hostfacts, pool
 from .adopt import adopt, config_shape
 from .applylog import reload_causes, runtime_lines
 from .guard import Guard
@@ -41,6 +41,8 @@ log = logging.getLogger("servicerouter.engine")
 # When several reasons cause one reload, it is counted under the first of these.
 _REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_ERROR,
                  ReloadReason.NEW_APP, ReloadReason.REMOVED_APP, ReloadReason.OPTIONS_CHANGED,
+                 ReloadReason.POOL_EXHAUSTED, ReloadReason.OWN_FRONTEND,
+                 ReloadReason.OUTSIDE_POOL, ReloadReason.VHOST_ACL,
                  ReloadReason.CAPACITY, ReloadReason.RESYNC]
 ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
 WORKER_CHECK_INTERVAL = 1.0  # seconds between looks at HAProxy's worker pid
@@ -378,7 +380,9 @@ class Engine:
         events, self._event_times = self._event_times, []
         started = time.perf_counter()
         if dirty:
-            p = plan(self.layout, self.table, self.state.desired, dirty)
+            p = plan(self.layout, self.table, self.state.desired, dirty, self.config.settings)
+            for name, why in sorted(p.why.items()):
+                log.info("%s needs a reload (%s): %s", name, p.reload.get(name, "?"), why)
             if self.config.update_strategy == "reload" and p.commands:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
@@ -408,6 +412,14 @@ class Engine:
         self._update_gauges()
 
     def _commit(self, p: Plan) -> None:
+        for name, shape in p.layout.items():  # range mode: spares taken and returned
+            if shape is None:
+                self.layout.pop(name, None)
+                self.table.pop(name, None)
+            else:
+                self.layout[name] = shape
+        if p.layout:
+            self._write_maps(self.layout)  # a restarted worker reads the same maps
         self.table.update(p.slots)
         for name, size in p.grown.items():
             self.layout[name] = replace(self.layout[name], slots=size)
@@ -451,7 +463,8 @@ class Engine:
         started = time.perf_counter()
         self.mark(self.guard.exclude_unbindable())
         settings = self.config.settings
-        layout, table = build_layout(self.state.desired, self.table, settings)
+        layout, table = pool.with_pool(*build_layout(self.state.desired, self.table, settings),
+                                       self.layout, settings)
         socket = (respell_socket_path(settings.socket_path, self._live_socket)
                   if self._restore_socket else settings.socket_path)
         if socket != settings.socket_path:
@@ -462,18 +475,22 @@ class Engine:
             return self._reload_failed("validate", f"{exc}; the running config keeps serving")
         if text == self._rejected:
             return self._reload_failed("validate", None)  # already reported, still invalid
+        self._write_maps(layout)  # haproxy -c opens the map files the candidate names
         ok, output = await self.writer.validate(text)
         if not ok:
             kept = self.writer.keep_rejected(text)
             if await self.guard.exclude_rejected(layout, table, text, output, kept,
                                                  self.layout):
-                layout, table = build_layout(self.state.desired, self.table, settings)
+                layout, table = pool.with_pool(
+                    *build_layout(self.state.desired, self.table, settings), self.layout,
+                    settings)
                 text = render(layout, table, settings, self.config.templates)
                 ok, output = await self.writer.validate(text)
                 if not ok:
                     kept = self.writer.keep_rejected(text)
         if not ok:
             self._rejected = text
+            self._write_maps(self.layout)
             return self._reload_failed("validate", f"candidate config rejected by haproxy -c "
                                        f"(kept at {kept}): {output.strip()}; the running "
                                        "config keeps serving")
@@ -490,6 +507,7 @@ class Engine:
             await self.reloader.reload()
         except Exception as exc:
             self._restore_file()
+            self._write_maps(self.layout)
             stage = getattr(exc, "stage", "reload")
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
                                        f"reload failed: {exc}")
@@ -526,6 +544,36 @@ class Engine:
             except OSError as exc:
                 log.error("restoring the last good config after a failed reload: %s", exc)
 
+    def _write_maps(self, layout: Layout) -> None:
+        """Range mode: write the map files of ``layout`` (what HAProxy holds or is about to
+        load), so that a reload or a restarted worker starts with the runtime maps."""
+        write = getattr(self.writer, "write_maps", None)  # --dry-run writes nothing
+        settings = self.config.settings
+        if write is None or not pool.range_on(settings):
+            return
+        try:
+            write(settings.map_dir, pool.map_files(layout, settings))
+        except OSError as exc:
+            log.error("writing the map files in %s: %s; reconcile repairs HAProxy's maps",
+                      settings.map_dir, exc)
+
+    async def _map_repairs(self) -> tuple[list[str], bool]:
+        """Range mode: ``show map`` of each map against the layout → (repairs, readable)."""
+        settings = self.config.settings
+        if not pool.range_on(settings):
+            return [], True
+        repairs: list[str] = []
+        for name, want in pool.used_maps(self.layout, settings).items():
+            path = pool.map_path(settings, name)
+            try:
+                have = pool.parse_show_map(await self.runtime.query(f"show map {path}"))
+            except (HAProxyRuntimeError, ValueError) as exc:
+                log.error("reconcile: show map %s: %s; reloading", path, exc)
+                return [], False
+            first, last = pool.map_diff(path, have, want)
+            repairs += first + last
+        return repairs, True
+
     def _reload_failed(self, stage: str, message: str | None) -> bool:
         if message:
             log.error("%s", message)
@@ -556,6 +604,10 @@ class Engine:
         self.haproxy_ok = True
         self.metrics.haproxy_up.set(1)
         commands, broken = reconcile(self.layout, self.table, actual)
+        maps, readable = await self._map_repairs()
+        commands += maps
+        if not readable:
+            broken["*"] = ReloadReason.RESYNC
         if commands:
             log.warning("reconcile: HAProxy differs from the slot table; sending %d repairs",
                         len(commands))

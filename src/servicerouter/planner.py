@@ -15,6 +15,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import pool
 from .haproxy.render import server_params
 from .haproxy.runtime_commands import (
     add_server,
@@ -24,8 +25,8 @@ from .haproxy.runtime_commands import (
     set_server_state,
 )
 from .haproxy.runtime_parse import ServerState
-from .layout import BackendShape, DesiredService, Layout, SlotTable
-from .model import Endpoint, EndpointState
+from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
+from .model import Endpoint, EndpointState, Options
 from .naming import slot_name
 
 
@@ -38,6 +39,11 @@ class ReloadReason(str, enum.Enum):
     CAPACITY = "capacity"
     RUNTIME_ERROR = "runtime_error"
     RESYNC = "resync"
+    # Range mode (pool.py): what still needs a reload, and why.
+    OWN_FRONTEND = "own_frontend"  # a port outside the range, a bind address, a certificate
+    OUTSIDE_POOL = "outside_pool"  # options no spare backend has
+    POOL_EXHAUSTED = "pool_exhausted"  # no spare of the app's shape left
+    VHOST_ACL = "vhost_acl"  # a vhost change the host map cannot express (paths, wildcards)
     MANUAL = "manual"  # SIGHUP
     STARTUP = "startup"  # the daemon's first config
 
@@ -56,6 +62,11 @@ class Plan:
     grown: dict[str, int] = field(default_factory=dict)
     # Backend → why it needs a reload.
     reload: dict[str, str] = field(default_factory=dict)
+    # Range mode: layout entries the commands change (None: gone); a spare taken by an
+    # app appears as its service under the spare's name, a returned one as a spare.
+    layout: dict[str, BackendShape | None] = field(default_factory=dict)
+    # Backend → a sentence on why it needs a reload (logged; ``reload`` has the reason).
+    why: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.commands or self.reload)
@@ -123,8 +134,13 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
 
 
 def plan(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService],
-         dirty: Iterable[str]) -> Plan:
-    """Plan the backends in ``dirty`` (names of services that may have changed)."""
+         dirty: Iterable[str], settings: Settings | None = None) -> Plan:
+    """Plan the backends in ``dirty`` (names of services that may have changed).
+
+    With ``settings`` in range mode, apps arriving, leaving or changing vhosts are map
+    commands too (:func:`plan_range`)."""
+    if settings is not None and pool.range_on(settings):
+        return plan_range(layout, table, desired, dirty, settings)
     result = Plan()
     for name in sorted(set(dirty)):
         shape, want = layout.get(name), desired.get(name)
@@ -172,8 +188,9 @@ def reconcile(layout: Layout, table: SlotTable,
     have = {(s.backend, s.server): s for s in actual}
     commands: list[str] = []
     broken: dict[str, ReloadReason] = {}
-    for name, shape in layout.items():
-        slots = table.get(name, [])
+    for key, shape in layout.items():
+        slots = table.get(key, [])
+        name = shape.name  # in range mode an app may live in a spare backend
         for i in range(shape.slots):
             s = slot_name(i + 1)
             got = have.get((name, s))
@@ -190,3 +207,121 @@ def reconcile(layout: Layout, table: SlotTable,
                     commands.append(set_server_addr(name, s, expected.ip, expected.port))
                 commands.append(set_server_state(name, s, _state(expected)))
     return commands, broken
+
+
+def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService],
+               dirty: Iterable[str], settings: Settings) -> Plan:
+    """:func:`plan` in range mode. A new app whose service the port map can route takes
+    a spare of its shape: slots first, then the map entries (it is never routed to an
+    empty backend). A removed one loses its map entries first, then its slots go to
+    maint and a spare backend returns to the pool. A vhost change is a host map change
+    when the vhost ACLs that remain stay the same; otherwise, a reload and why."""
+    result = Plan()
+    free: dict[Options, list[BackendShape]] = {}
+    for held in layout.values():
+        if pool.is_spare(held):
+            free.setdefault(held.service.options, []).append(held)
+    for spares in free.values():
+        spares.sort(key=lambda s: s.name, reverse=True)  # pop() takes the lowest
+    new_layout: dict[str, BackendShape | None] = {}
+    vhosted: set[str] = set()  # entries whose change touches the vhost routes
+    for name in sorted(set(dirty)):
+        shape, want = layout.get(name), desired.get(name)
+        if shape is not None and pool.is_spare(shape):
+            continue  # a spare's own name is never an app's (naming.py)
+        if shape is None and want is None:
+            continue
+        if shape is None and want is not None:  # a new app
+            svc = want.service
+            why = pool.own_frontend(svc, settings)
+            key = pool.shape_of(svc.options)
+            if why is not None:
+                result.reload[name], result.why[name] = ReloadReason.OWN_FRONTEND, f"needs {why}"
+                continue
+            if key is None:
+                result.reload[name] = ReloadReason.OUTSIDE_POOL
+                result.why[name] = pool.outside_shapes_reason(svc)
+                continue
+            if not free.get(key):
+                result.reload[name] = ReloadReason.POOL_EXHAUSTED
+                result.why[name] = (f"no spare backend of its shape ({svc.options.mode.value}, "
+                                    f"balance {svc.options.balance}) left; the reload refills "
+                                    "the pool")
+                continue
+            taken = free[key].pop()
+            shape = BackendShape(taken.name, svc, taken.slots)
+            changed = plan_backend(shape, [], want.endpoints)
+            if changed is None:
+                free[key].append(taken)
+                result.reload[name] = ReloadReason.CAPACITY
+                continue
+            new_layout[taken.name] = None
+            new_layout[name] = shape
+            result.slots[name] = changed[1]
+            result.commands.extend(changed[0])
+            if svc.options.vhosts:
+                vhosted.add(name)
+            continue
+        assert shape is not None
+        if want is None:  # a removed app
+            if not pool.map_routed(shape, settings):
+                result.reload[name] = ReloadReason.REMOVED_APP
+                result.why[name] = f"has {pool.own_frontend(shape.service, settings)}"
+                continue
+            current = table.get(name, [])
+            result.commands.extend(set_server_state(shape.name, slot_name(i + 1), "maint")
+                                   for i, held in enumerate(current) if held is not None)
+            new_layout[name] = None
+            back = pool.shape_of(shape.service.options)
+            if pool.is_spare_holder(shape) and back is not None:  # back to the pool
+                new_layout[shape.name] = pool.spare(shape.name, back, shape.slots)
+                result.slots[shape.name] = [None] * shape.slots
+            if shape.service.options.vhosts:
+                vhosted.add(name)
+            continue
+        service = shape.service
+        if want.service != service:
+            if (pool.map_routed(shape, settings) and pool.own_frontend(want.service, settings)
+                    is None and pool.shape_of(want.service.options) is not None
+                    and pool.shape_of(want.service.options) == pool.shape_of(service.options)):
+                shape = BackendShape(shape.name, want.service, shape.slots)  # vhosts only
+                new_layout[name] = shape
+                vhosted.add(name)
+            else:
+                result.reload[name] = ReloadReason.OPTIONS_CHANGED
+                continue
+        changed = plan_backend(shape, table.get(name, []), want.endpoints)
+        if changed is None:
+            result.reload[name] = ReloadReason.CAPACITY
+            new_layout.pop(name, None)
+            vhosted.discard(name)
+            continue
+        commands, slots = changed
+        if commands:
+            result.commands.extend(commands)
+            result.slots[name] = slots
+            if len(slots) > shape.slots:
+                result.grown[name] = len(slots)
+    after: Layout = dict(layout)
+    for entry, value in new_layout.items():
+        if value is None:
+            after.pop(entry, None)
+        else:
+            after[entry] = value
+    host_before, acl_before = pool.host_routes(layout, settings) if vhosted else ({}, [])
+    host_after, acl_after = pool.host_routes(after, settings) if vhosted else ({}, [])
+    if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
+        for name in sorted(vhosted):
+            result.reload[name] = ReloadReason.VHOST_ACL
+            result.why[name] = ("a vhost change the host map cannot express (a path, a "
+                                "wildcard, or a host another app names too)")
+        host_after = host_before
+    ports_path = pool.map_path(settings, pool.PORTS_MAP)
+    hosts_path = pool.map_path(settings, pool.HOSTS_MAP)
+    first_p, last_p = pool.map_diff(ports_path, pool.ports_map(layout, settings),
+                                    pool.ports_map(after, settings))
+    first_h, last_h = pool.map_diff(hosts_path, host_before, host_after)
+    if first_p or last_p or first_h or last_h or new_layout:
+        result.commands = [*first_p, *first_h, *result.commands, *last_p, *last_h]
+    result.layout = new_layout
+    return result
