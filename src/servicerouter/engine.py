@@ -11,6 +11,7 @@ applies everything that changed in one batch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -387,9 +388,11 @@ class Engine:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
                 before = {name: self.table.get(name, []) for name in p.slots}
+                shapes = {n: self.layout[n] for n in p.layout if n in self.layout}  # range mode
                 if await self._execute(p.commands):
                     self._commit(p)
-                    for line in runtime_lines(p.commands, p.slots, before, self.layout,
+                    for line in runtime_lines(p.commands, p.slots, before,
+                                              collections.ChainMap(self.layout, shapes),
                                               1000 * (time.perf_counter() - started)):
                         log.info("%s", line)
                     now = time.monotonic()
@@ -412,6 +415,7 @@ class Engine:
         self._update_gauges()
 
     def _commit(self, p: Plan) -> None:
+        self.table.update(p.slots)
         for name, shape in p.layout.items():  # range mode: spares taken and returned
             if shape is None:
                 self.layout.pop(name, None)
@@ -420,7 +424,6 @@ class Engine:
                 self.layout[name] = shape
         if p.layout:
             self._write_maps(self.layout)  # a restarted worker reads the same maps
-        self.table.update(p.slots)
         for name, size in p.grown.items():
             self.layout[name] = replace(self.layout[name], slots=size)
         self.runtime_updates += len(p.slots)
@@ -631,7 +634,9 @@ class Engine:
     def _update_gauges(self) -> None:
         m = self.metrics
         m.apps.set(len(self.state.apps))
-        m.services.set(len(self.layout))
+        spares = sum(1 for shape in self.layout.values() if not shape.app_id)  # range mode
+        m.services.set(len(self.layout) - spares)
+        m.pool_spares.set(spares)
         used, free = slot_counts(self.table)
         m.endpoints.set(used)
         m.slots.labels("used").set(used)

@@ -70,6 +70,8 @@ class Metrics:
         self.apps = Gauge("servicerouter_apps", "Marathon apps known.", registry=r)
         self.services = Gauge("servicerouter_services", "Service ports routed.", registry=r)
         self.endpoints = Gauge("servicerouter_endpoints", "Endpoints in slots.", registry=r)
+        self.pool_spares = Gauge("servicerouter_pool_spares",
+                                 "Range mode: spare backends free for new apps.", registry=r)
         self.slots = Gauge("servicerouter_slots", "Server slots, used or free.", ["state"],
                            registry=r)
         self.marathon_up = Gauge("servicerouter_marathon_up",

@@ -272,6 +272,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             result.commands.extend(set_server_state(shape.name, slot_name(i + 1), "maint")
                                    for i, held in enumerate(current) if held is not None)
             new_layout[name] = None
+            result.slots[name] = [None] * len(current)  # for the log; the entry goes
             back = pool.shape_of(shape.service.options)
             if pool.is_spare_holder(shape) and back is not None:  # back to the pool
                 new_layout[shape.name] = pool.spare(shape.name, back, shape.slots)
