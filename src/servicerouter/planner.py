@@ -223,106 +223,121 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             free.setdefault(held.service.options, []).append(held)
     for spares in free.values():
         spares.sort(key=lambda s: s.name, reverse=True)  # pop() takes the lowest
-    new_layout: dict[str, BackendShape | None] = {}
+    # Per planned entry: its server commands, layout changes (None: gone) and slots, so
+    # that a vhost change the host map cannot express is dropped whole.
+    commands: dict[str, list[str]] = {}
+    changes: dict[str, dict[str, BackendShape | None]] = {}
+    slots: dict[str, dict[str, list[Endpoint | None]]] = {}
     vhosted: set[str] = set()  # entries whose change touches the vhost routes
+
+    def reload(name: str, reason: ReloadReason, why: str | None = None) -> None:
+        result.reload[name] = reason
+        if why:
+            result.why[name] = why
+
     for name in sorted(set(dirty)):
         shape, want = layout.get(name), desired.get(name)
         if shape is not None and pool.is_spare(shape):
             continue  # a spare's own name is never an app's (naming.py)
-        if shape is None and want is None:
+        if want is None:
+            if shape is None:
+                continue
+            if not pool.map_routed(shape, settings):  # a removed app with its own frontend
+                reload(name, ReloadReason.REMOVED_APP,
+                       f"has {pool.own_frontend(shape.service, settings)}")
+                continue
+            current = table.get(name, [])
+            commands[name] = [set_server_state(shape.name, slot_name(i + 1), "maint")
+                              for i, held in enumerate(current) if held is not None]
+            changes[name] = {name: None}
+            slots[name] = {name: [None] * len(current)}  # for the log; the entry goes
+            back = pool.shape_of(shape.service.options)
+            if pool.is_spare_holder(shape) and back is not None:  # back to the pool
+                changes[name][shape.name] = pool.spare(shape.name, back, shape.slots)
+                slots[name][shape.name] = [None] * shape.slots
+            if shape.service.options.vhosts:
+                vhosted.add(name)
             continue
-        if shape is None and want is not None:  # a new app
-            svc = want.service
+        svc = want.service
+        if shape is None:  # a new app
             why = pool.own_frontend(svc, settings)
             key = pool.shape_of(svc.options)
             if why is not None:
-                result.reload[name], result.why[name] = ReloadReason.OWN_FRONTEND, f"needs {why}"
+                reload(name, ReloadReason.OWN_FRONTEND, f"needs {why}")
                 continue
             if key is None:
-                result.reload[name] = ReloadReason.OUTSIDE_POOL
-                result.why[name] = pool.outside_shapes_reason(svc)
+                reload(name, ReloadReason.OUTSIDE_POOL, pool.outside_shapes_reason(svc))
                 continue
             if not free.get(key):
-                result.reload[name] = ReloadReason.POOL_EXHAUSTED
-                result.why[name] = (f"no spare backend of its shape ({svc.options.mode.value}, "
-                                    f"balance {svc.options.balance}) left; the reload refills "
-                                    "the pool")
+                reload(name, ReloadReason.POOL_EXHAUSTED,
+                       f"no spare backend of its shape ({svc.options.mode.value}, balance "
+                       f"{svc.options.balance}) left; the reload refills the pool")
                 continue
             taken = free[key].pop()
             shape = BackendShape(taken.name, svc, taken.slots)
             changed = plan_backend(shape, [], want.endpoints)
             if changed is None:
                 free[key].append(taken)
-                result.reload[name] = ReloadReason.CAPACITY
+                reload(name, ReloadReason.CAPACITY)
                 continue
-            new_layout[taken.name] = None
-            new_layout[name] = shape
-            result.slots[name] = changed[1]
-            result.commands.extend(changed[0])
+            commands[name] = changed[0]
+            changes[name] = {taken.name: None, name: shape}
+            slots[name] = {name: changed[1]}
             if svc.options.vhosts:
                 vhosted.add(name)
             continue
-        assert shape is not None
-        if want is None:  # a removed app
-            if not pool.map_routed(shape, settings):
-                result.reload[name] = ReloadReason.REMOVED_APP
-                result.why[name] = f"has {pool.own_frontend(shape.service, settings)}"
+        entry: dict[str, BackendShape | None] = {}
+        if svc != shape.service:
+            if not (pool.map_routed(shape, settings) and pool.own_frontend(svc, settings) is None
+                    and pool.shape_of(svc.options) is not None
+                    and pool.shape_of(svc.options) == pool.shape_of(shape.service.options)):
+                reload(name, ReloadReason.OPTIONS_CHANGED)
                 continue
-            current = table.get(name, [])
-            result.commands.extend(set_server_state(shape.name, slot_name(i + 1), "maint")
-                                   for i, held in enumerate(current) if held is not None)
-            new_layout[name] = None
-            result.slots[name] = [None] * len(current)  # for the log; the entry goes
-            back = pool.shape_of(shape.service.options)
-            if pool.is_spare_holder(shape) and back is not None:  # back to the pool
-                new_layout[shape.name] = pool.spare(shape.name, back, shape.slots)
-                result.slots[shape.name] = [None] * shape.slots
-            if shape.service.options.vhosts:
-                vhosted.add(name)
-            continue
-        service = shape.service
-        if want.service != service:
-            if (pool.map_routed(shape, settings) and pool.own_frontend(want.service, settings)
-                    is None and pool.shape_of(want.service.options) is not None
-                    and pool.shape_of(want.service.options) == pool.shape_of(service.options)):
-                shape = BackendShape(shape.name, want.service, shape.slots)  # vhosts only
-                new_layout[name] = shape
-                vhosted.add(name)
-            else:
-                result.reload[name] = ReloadReason.OPTIONS_CHANGED
-                continue
+            shape = BackendShape(shape.name, svc, shape.slots)  # only vhosts or weight differ
+            entry[name] = shape
+            vhosted.add(name)
         changed = plan_backend(shape, table.get(name, []), want.endpoints)
         if changed is None:
-            result.reload[name] = ReloadReason.CAPACITY
-            new_layout.pop(name, None)
+            reload(name, ReloadReason.CAPACITY)
             vhosted.discard(name)
             continue
-        commands, slots = changed
-        if commands:
-            result.commands.extend(commands)
-            result.slots[name] = slots
-            if len(slots) > shape.slots:
-                result.grown[name] = len(slots)
-    after: Layout = dict(layout)
-    for entry, value in new_layout.items():
-        if value is None:
-            after.pop(entry, None)
-        else:
-            after[entry] = value
-    host_before, acl_before = pool.host_routes(layout, settings) if vhosted else ({}, [])
-    host_after, acl_after = pool.host_routes(after, settings) if vhosted else ({}, [])
+        commands[name], slots[name], changes[name] = changed[0], {}, entry
+        if changed[0]:
+            slots[name][name] = changed[1]
+            if len(changed[1]) > shape.slots:
+                result.grown[name] = len(changed[1])
+
+    def apply(names: Iterable[str]) -> Layout:
+        out = dict(layout)
+        for n in names:
+            for key, value in changes[n].items():
+                if value is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = value
+        return out
+
+    after = apply(changes)
+    hosts_before, acl_before = pool.host_routes(layout, settings) if vhosted else ({}, [])
+    hosts_after, acl_after = pool.host_routes(after, settings) if vhosted else ({}, [])
     if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
         for name in sorted(vhosted):
-            result.reload[name] = ReloadReason.VHOST_ACL
-            result.why[name] = ("a vhost change the host map cannot express (a path, a "
-                                "wildcard, or a host another app names too)")
-        host_after = host_before
-    ports_path = pool.map_path(settings, pool.PORTS_MAP)
-    hosts_path = pool.map_path(settings, pool.HOSTS_MAP)
-    first_p, last_p = pool.map_diff(ports_path, pool.ports_map(layout, settings),
+            reload(name, ReloadReason.VHOST_ACL,
+                   "a vhost change the host map cannot express (a path, a wildcard, or a "
+                   "host another app names too)")
+            del commands[name], changes[name], slots[name]
+            result.grown.pop(name, None)
+        after = apply(changes)
+        hosts_after = hosts_before
+    first_p, last_p = pool.map_diff(pool.map_path(settings, pool.PORTS_MAP),
+                                    pool.ports_map(layout, settings),
                                     pool.ports_map(after, settings))
-    first_h, last_h = pool.map_diff(hosts_path, host_before, host_after)
-    if first_p or last_p or first_h or last_h or new_layout:
-        result.commands = [*first_p, *first_h, *result.commands, *last_p, *last_h]
-    result.layout = new_layout
+    first_h, last_h = pool.map_diff(pool.map_path(settings, pool.HOSTS_MAP), hosts_before,
+                                    hosts_after)
+    result.commands = [*first_p, *first_h, *(c for n in commands for c in commands[n]),
+                       *last_p, *last_h]
+    for entry_slots in slots.values():
+        result.slots.update(entry_slots)
+    for entry_changes in changes.values():
+        result.layout.update(entry_changes)
     return result
