@@ -217,12 +217,14 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
     maint and a spare backend returns to the pool. A vhost change is a host map change
     when the vhost ACLs that remain stay the same; otherwise, a reload and why."""
     result = Plan()
+    dirty = sorted(set(dirty))
     free: dict[Options, list[BackendShape]] = {}
-    for held in layout.values():
-        if pool.is_spare(held):
-            free.setdefault(held.service.options, []).append(held)
-    for spares in free.values():
-        spares.sort(key=lambda s: s.name, reverse=True)  # pop() takes the lowest
+    if any(name not in layout and name in desired for name in dirty):  # new apps: spares
+        for spare_name, held in layout.items():
+            if spare_name.startswith(pool.SPARE_PREFIX) and pool.is_spare(held):
+                free.setdefault(held.service.options, []).append(held)
+        for spares in free.values():
+            spares.sort(key=lambda s: s.name, reverse=True)  # pop() takes the lowest
     # Per planned entry: its server commands, layout changes (None: gone) and slots, so
     # that a vhost change the host map cannot express is dropped whole.
     commands: dict[str, list[str]] = {}
@@ -235,7 +237,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
         if why:
             result.why[name] = why
 
-    for name in sorted(set(dirty)):
+    for name in dirty:
         shape, want = layout.get(name), desired.get(name)
         if shape is not None and pool.is_spare(shape):
             continue  # a spare's own name is never an app's (naming.py)
@@ -307,31 +309,35 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             if len(changed[1]) > shape.slots:
                 result.grown[name] = len(changed[1])
 
-    def apply(names: Iterable[str]) -> Layout:
-        out = dict(layout)
-        for n in names:
-            for key, value in changes[n].items():
+    hosts_before: dict[str, str] = {}
+    hosts_after: dict[str, str] = {}
+    if vhosted:  # costs a pass over the vhost routes; only when a vhost changes
+        after = dict(layout)
+        for entry_changes in changes.values():
+            for changed_name, value in entry_changes.items():
                 if value is None:
-                    out.pop(key, None)
+                    after.pop(changed_name, None)
                 else:
-                    out[key] = value
-        return out
-
-    after = apply(changes)
-    hosts_before, acl_before = pool.host_routes(layout, settings) if vhosted else ({}, [])
-    hosts_after, acl_after = pool.host_routes(after, settings) if vhosted else ({}, [])
-    if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
-        for name in sorted(vhosted):
-            reload(name, ReloadReason.VHOST_ACL,
-                   "a vhost change the host map cannot express (a path, a wildcard, or a "
-                   "host another app names too)")
-            del commands[name], changes[name], slots[name]
-            result.grown.pop(name, None)
-        after = apply(changes)
-        hosts_after = hosts_before
-    first_p, last_p = pool.map_diff(pool.map_path(settings, pool.PORTS_MAP),
-                                    pool.ports_map(layout, settings),
-                                    pool.ports_map(after, settings))
+                    after[changed_name] = value
+        hosts_before, acl_before = pool.host_routes(layout, settings)
+        hosts_after, acl_after = pool.host_routes(after, settings)
+        if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
+            for name in sorted(vhosted):
+                reload(name, ReloadReason.VHOST_ACL,
+                       "a vhost change the host map cannot express (a path, a wildcard, or "
+                       "a host another app names too)")
+                del commands[name], changes[name], slots[name]
+                result.grown.pop(name, None)
+            hosts_after = hosts_before
+    # The port map changes only where the layout does: compare just those entries.
+    touched: dict[str, BackendShape | None] = {}
+    for entry_changes in changes.values():
+        touched.update(entry_changes)
+    ports_before = pool.ports_map({k: s for k in touched if (s := layout.get(k)) is not None},
+                                  settings)
+    ports_after = pool.ports_map({k: s for k, s in touched.items() if s is not None}, settings)
+    first_p, last_p = pool.map_diff(pool.map_path(settings, pool.PORTS_MAP), ports_before,
+                                    ports_after)
     first_h, last_h = pool.map_diff(pool.map_path(settings, pool.HOSTS_MAP), hosts_before,
                                     hosts_after)
     result.commands = [*first_p, *first_h, *(c for n in commands for c in commands[n]),

@@ -30,6 +30,7 @@ PORTS_MAP = "ports.map"
 HOSTS_MAP = "hosts.map"
 SPARE_RATIO = 0.10  # spares per shape: at least this share of the shape's services
 MAX_SPARES = 2000  # per shape, whatever the demand
+GROWTH = 2  # spares after a reload: this many times the apps that took one since the last
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -231,7 +232,7 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
     number = 0
     for key, used in sorted(in_use.items(), key=lambda kv: repr(kv[0])):
         count = max(settings.pool_spares, math.ceil(SPARE_RATIO * used),
-                    2 * demand.get(key, 0))
+                    GROWTH * demand.get(key, 0))
         for _ in range(min(count, MAX_SPARES)):
             number += 1
             name = f"{SPARE_PREFIX}{number}"

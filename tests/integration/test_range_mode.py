@@ -107,8 +107,9 @@ def test_a_port_outside_the_range_gets_its_own_frontend_by_reload(tmp_path: Path
         outside = free_port()
         launch(simulator, "/ranged/outside", outside)
         routed(simulator, "/ranged/outside", outside)
+        wait_for(lambda: reload_reasons(daemon).get("own_frontend") == 1.0, 15,
+                 what="the reload counted as own_frontend")
         assert reloads(daemon) == before + 1
-        assert reload_reasons(daemon).get("own_frontend") == 1.0
         config = daemon.config.read_text()
         assert f"frontend ranged_outside_{outside}\n    bind *:{outside}\n" in config
         assert f"bind *:{low}-{high}\n" in config  # the range frontend is unchanged
