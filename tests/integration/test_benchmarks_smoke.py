@@ -20,6 +20,8 @@ EXPECTED = {
     "convergence": {"convergence": ["strategy", "rate/s", "p50 ms", "p99 ms", "max ms"]},
     "reloads": {"reloads": ["strategy", "replacements", "reloads/1000"]},
     "zeroloss": {"zeroloss": ["strategy", "phase", "requests", "failed", "p99 ms"]},
+    "newapp": {"newapp": ["mode", "apps before", "routed", "p50 ms", "p99 ms",
+                          "HAProxy reloads"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}
