@@ -550,7 +550,7 @@ class Engine:
     def _write_maps(self, layout: Layout) -> None:
         """Range mode: write the map files of ``layout`` (what HAProxy holds or is about to
         load), so that a reload or a restarted worker starts with the runtime maps."""
-        write = getattr(self.writer, "write_maps", None)  # --dry-run writes nothing
+        write = getattr(self.writer, "write_maps", None)
         settings = self.config.settings
         if write is None or not pool.range_on(settings):
             return

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from servicerouter.demo.procs import free_port, free_port_range
+from servicerouter.demo.procs import Proc, free_port, free_port_range
 from servicerouter.haproxy.master_cli import MasterCLI
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, responders, running, wait_for
+from .harness import PYTHON, Daemon, Simulator, responders, running, wait_for
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -201,3 +202,26 @@ def test_a_killed_worker_comes_back_with_the_runtime_maps(tmp_path: Path,
         wait_for(lambda: by_host(http_port, "kept.test") == simulator.running("/kept/web"),
                  30, what="kept.test routed again")
         assert refused(low + 3)
+
+
+def test_dry_run_in_range_mode_validates_with_maps_and_touches_nothing(
+        tmp_path: Path, simulator: Simulator) -> None:
+    low, high = free_port_range(RANGE_SIZE)
+    work = tmp_path / "etc"
+    proc = Proc("servicerouter", [
+        PYTHON, "-m", "servicerouter", "run", "--dry-run", "--marathon", simulator.url,
+        "--haproxy-config", str(work / "haproxy.cfg"), "--haproxy-socket",
+        str(work / "admin.sock"), "--start-haproxy", "--stats-port", "0", "--http-port",
+        str(free_port()), "--https-port", "0", "--listen", f"127.0.0.1:{free_port()}",
+        "--reconcile-interval", "1", "--service-port-range", f"{low}-{high}",
+    ], tmp_path / "dry.log")
+    with running(proc.start()):
+        wait_for(lambda: "dry-run: would reload HAProxy" in proc.output(), 30,
+                 what="the first (imaginary) reload, its candidate valid with its maps")
+        launch(simulator, "/dry/new", low + 1)
+        wait_for(lambda: f"add map {work}/haproxy.cfg.d/ports.map {low + 1} _pool_"
+                 in proc.output(), 30, what="the new app's map entry, printed")
+        assert proc.output().count("would reload HAProxy") == 1, "a new app needs no reload"
+    assert not work.exists(), "a dry run wrote files"
+    assert proc.popen is not None and proc.popen.returncode == 0, proc.output()
+    assert "servicerouter-dry-run-" not in " ".join(os.listdir(tempfile.gettempdir()))
