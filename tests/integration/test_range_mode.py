@@ -225,3 +225,27 @@ def test_dry_run_in_range_mode_validates_with_maps_and_touches_nothing(
     assert not work.exists(), "a dry run wrote files"
     assert proc.popen is not None and proc.popen.returncode == 0, proc.output()
     assert "servicerouter-dry-run-" not in " ".join(os.listdir(tempfile.gettempdir()))
+
+
+def test_https_routes_a_new_vhost_by_sni_and_host_through_the_map(tmp_path: Path,
+                                                                   simulator: Simulator) -> None:
+    from .test_marathon_lb_labels import _app, _cert, _get, _owner
+
+    https = free_port()
+    daemon, (low, _) = start(tmp_path, simulator, "--https-port", str(https),
+                             "--ssl-certs", str(_cert(tmp_path)))
+    with running(daemon):
+        before = reloads(daemon)
+        launch(simulator, "/sni/a", low + 1, labels={"HAPROXY_0_VHOST": "a.sni.test"})
+        launch(simulator, "/sni/b", low + 2, labels={"HAPROXY_0_VHOST": "b.sni.test"})
+        (a,) = simulator.wait_running("/sni/a", 1)
+        (b,) = simulator.wait_running("/sni/b", 1)
+        url = f"https://127.0.0.1:{https}/"
+        wait_for(lambda: _app(_get(url, host="a.sni.test", sni="a.sni.test")) == _owner(a)
+                 and _app(_get(url, host="b.sni.test", sni="b.sni.test")) == _owner(b), 30,
+                 what="both vhosts routed over HTTPS")
+        # SNI decides; without SNI (an IP address sends none) Host does: as with ACLs.
+        assert _app(_get(url, host="b.sni.test", sni="a.sni.test")) == _owner(a)
+        assert _app(_get(url, host="a.sni.test")) == _owner(a)
+        assert _get(url, host="nobody.sni.test").status_code == 503
+        assert reloads(daemon) == before
