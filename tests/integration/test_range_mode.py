@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from servicerouter.demo.procs import Proc, free_port, free_port_range
 from servicerouter.haproxy.master_cli import MasterCLI
+from servicerouter.layout import Settings
 
 from .conftest import needs_haproxy
 from .harness import PYTHON, Daemon, Simulator, responders, running, wait_for
@@ -249,3 +251,24 @@ def test_https_routes_a_new_vhost_by_sni_and_host_through_the_map(tmp_path: Path
         assert _app(_get(url, host="a.sni.test")) == _owner(a)
         assert _get(url, host="nobody.sni.test").status_code == 503
         assert reloads(daemon) == before
+
+
+def test_the_range_flag_is_checked_at_start(tmp_path: Path) -> None:
+    from servicerouter.cli import CliError
+    from servicerouter.daemon import range_settings
+    from servicerouter.demo.procs import free_port_range
+
+    config = tmp_path / "haproxy.cfg"
+    with pytest.raises(CliError, match=r"--service-port-range: '9-1' is not LOW-HIGH"):
+        range_settings(Settings(), "9-1", 8, config)
+    with pytest.raises(CliError, match="--pool-spares 0: must be >= 1"):
+        range_settings(Settings(), "20000-20001", 0, config)
+    low, high = free_port_range(4)
+    with socket.socket() as busy:  # another process's listener, no SO_REUSEPORT
+        busy.bind(("", low + 2))
+        busy.listen()
+        with pytest.raises(CliError, match=rf"1 of its ports are in use .* \(e\.g\. {low + 2}\)"):
+            range_settings(Settings(), f"{low}-{high}", 8, config)
+    got = range_settings(Settings(), f"{low}-{high}", 3, config)
+    assert (got.service_port_range, got.pool_spares) == ((low, high), 3)
+    assert got.map_dir == f"{config.resolve()}.d"

@@ -247,3 +247,4 @@ def test_show_map_parses_and_diffs() -> None:
         [f"set map {PORTS} 20002 _pool_4", f"add map {PORTS} 20003 c"])
     with pytest.raises(ValueError, match="Unknown map"):
         pool.parse_show_map("Unknown map identifier. Please use #<id> or <file>.\n")
+
