@@ -488,6 +488,7 @@ class Engine:
                     *build_layout(self.state.desired, self.table, settings), self.layout,
                     settings)
                 text = render(layout, table, settings, self.config.templates)
+                self._write_maps(layout)
                 ok, output = await self.writer.validate(text)
                 if not ok:
                     kept = self.writer.keep_rejected(text)
