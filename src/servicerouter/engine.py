@@ -25,6 +25,7 @@ from .applylog import reload_causes, runtime_lines
 from .guard import Guard
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
+from .haproxy.runtime_parse import ServerState
 from .label_templates import TemplateVetting
 from .layout import Layout, Settings, SlotTable, build_layout, slot_counts
 from .marathon.client import MarathonClient
@@ -265,15 +266,28 @@ class Engine:
         except HAProxyRuntimeError as exc:
             log.info("no running HAProxy to adopt (%s); the first config is a reload", exc)
             return False
-        layout, table = adopt(self.state.desired, servers)
+        spares = await self._adoptable_spares(servers)  # range mode; None: not adoptable
+        if spares is None:
+            return False
+        layout, table = adopt(self.state.desired, servers, spares[0])
+        layout.update(spares[1])
+        table.update((name, [None] * shape.slots) for name, shape in spares[1].items()
+                     if name not in table)
         self.table = table  # even if the shape differs: tasks keep their slots
         try:
             text = render(layout, table, self.config.settings, self.config.templates)
         except TemplateError:
             return False  # the startup reload reports it
-        if config_shape(text) != config_shape(running):
+        ours, theirs = config_shape(text), config_shape(running)
+        if ours != theirs:
+            first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False))
+                          if a != b),
+                         min(len(ours), len(theirs)))
             log.info("the running HAProxy's config differs from ours (%d services in it, "
-                     "%d wanted); reloading", len(layout), len(self.state.desired))
+                     "%d wanted; first at line %d of its shape: %r, ours %r); reloading",
+                     len(layout), len(self.state.desired), first + 1,
+                     theirs[first] if first < len(theirs) else None,
+                     ours[first] if first < len(ours) else None)
             return False
         self.layout, self.running_config, self.haproxy_ok = layout, running, True
         self.guard.served(running)
@@ -283,6 +297,32 @@ class Engine:
         self.request_reconcile()
         self.ready.set()
         return True
+
+    async def _adoptable_spares(self, servers: list[ServerState]
+                                ) -> tuple[dict[str, str], Layout] | None:
+        """Range mode, at start: (service → the spare backend it lives in, from the
+        running port map; the free spares, from the pool file written with the config).
+        Without the range mode: nothing to add. None: what HAProxy runs cannot be read."""
+        settings = self.config.settings
+        if not pool.range_on(settings):
+            return {}, {}
+        read = getattr(self.writer, "read_map_file", None)
+        text = read(settings.map_dir, pool.SPARES_FILE) if read else None
+        try:
+            shapes = pool.parse_spares(text or "")
+            ports = pool.parse_show_map(await self.runtime.query(
+                f"show map {pool.map_path(settings, pool.PORTS_MAP)}"))
+        except (HAProxyRuntimeError, ValueError, TypeError, KeyError) as exc:
+            log.info("range mode: the running pool cannot be read (%s); reloading", exc)
+            return None
+        held = {name: ports[str(d.service.port)] for name, d in self.state.desired.items()
+                if ports.get(str(d.service.port), "").startswith(pool.SPARE_PREFIX)}
+        sizes: dict[str, int] = {}
+        for s in servers:
+            sizes[s.backend] = sizes.get(s.backend, 0) + 1
+        free = {name: pool.spare(name, shape, sizes[name]) for name, shape in shapes.items()
+                if name not in held.values() and sizes.get(name)}
+        return held, free
 
     async def _event_loop(self, stop: asyncio.Event) -> None:
         delays = reconnect_delays()

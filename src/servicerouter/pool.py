@@ -15,9 +15,10 @@ pool. The pool is refilled at each reload (:func:`with_pool`).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from .haproxy.runtime_parse import QUERY_ERROR_PREFIXES
@@ -28,6 +29,7 @@ from .naming import capacity
 SPARE_PREFIX = "_pool_"  # a service name never starts with "_" (naming.py escapes it)
 PORTS_MAP = "ports.map"
 HOSTS_MAP = "hosts.map"
+SPARES_FILE = "spares.json"  # the spare backends' shapes, for adoption at a restart
 SPARE_RATIO = 0.10  # spares per shape: at least this share of the shape's services
 MAX_SPARES = 2000  # per shape, whatever the demand
 GROWTH = 2  # spares after a reload: this many times the apps that took one since the last
@@ -150,7 +152,31 @@ def map_files(layout: Layout, settings: Settings) -> dict[str, str]:
     if not range_on(settings):
         return {}
     hosts, _ = host_routes(layout, settings)
-    return {PORTS_MAP: _map_text(ports_map(layout, settings)), HOSTS_MAP: _map_text(hosts)}
+    return {PORTS_MAP: _map_text(ports_map(layout, settings)), HOSTS_MAP: _map_text(hosts),
+            SPARES_FILE: spares_text(layout)}
+
+
+def spares_text(layout: Layout) -> str:
+    """JSON: spare backend name → its shape (free or holding an app), so that a restarted
+    daemon can render the running config's pool again and adopt it without a reload."""
+    out = {}
+    for s in layout.values():
+        if s.name.startswith(SPARE_PREFIX):
+            shape = s.service.options if is_spare(s) else shape_of(s.service.options)
+            if shape is not None:
+                out[s.name] = {f.name: getattr(shape, f.name) for f in fields(shape)}
+    return json.dumps(out, sort_keys=True, default=lambda v: v.value) + "\n"
+
+
+def parse_spares(text: str) -> dict[str, Options]:
+    """:func:`spares_text` back; ValueError (or TypeError) when it is not ours."""
+    out = {}
+    for name, raw in json.loads(text).items():
+        values: dict[str, Any] = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                  if isinstance(v, list) else v for k, v in raw.items()}
+        values["mode"] = Mode(values["mode"])
+        out[str(name)] = Options(**values)
+    return out
 
 
 def used_maps(layout: Layout, settings: Settings) -> dict[str, dict[str, str]]:

@@ -24,7 +24,15 @@ from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.layout import Settings
 
 from .conftest import needs_haproxy
-from .harness import PYTHON, Daemon, Simulator, responders, running, wait_for
+from .harness import (
+    PYTHON,
+    Daemon,
+    ExternalHAProxy,
+    Simulator,
+    responders,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -72,6 +80,11 @@ def by_host(http_port: int, host: str) -> set[str]:
         replies = [c.get(f"http://127.0.0.1:{http_port}/",
                          headers={"Host": host, "Connection": "close"}) for _ in range(6)]
     return {r.text.strip() for r in replies if r.status_code == 200}
+
+
+def vhosts_of(daemon: Daemon, app_id: str) -> list[str] | None:
+    services = daemon.status(app=app_id)["services"]
+    return list(services[0]["vhosts"]) if services else None
 
 
 def reload_reasons(daemon: Daemon) -> dict[str, float]:
@@ -136,6 +149,9 @@ def test_vhosts_are_added_and_moved_through_the_host_map(tmp_path: Path,
         # Move it: off /shop/web first, then onto /shop/new (an app already running).
         simulator.http.put("/v2/apps/shop/web", json={"labels": HTTP},
                            params={"force": "true"}).raise_for_status()
+        # The daemon's own view, not just a 503: the label change restarts the tasks too.
+        wait_for(lambda: vhosts_of(daemon, "/shop/web") == [], 30,
+                 what="the daemon applying /shop/web's label change")
         wait_for(lambda: not by_host(http_port, "shop.test"), 30,
                  what="shop.test unrouted once /shop/web dropped it")
         simulator.http.put("/v2/apps/shop/new",
@@ -272,3 +288,33 @@ def test_the_range_flag_is_checked_at_start(tmp_path: Path) -> None:
     got = range_settings(Settings(), f"{low}-{high}", 3, config)
     assert (got.service_port_range, got.pool_spares) == ((low, high), 3)
     assert got.map_dir == f"{config.resolve()}.d"
+
+
+def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
+        tmp_path: Path, simulator: Simulator) -> None:
+    low, high = free_port_range(RANGE_SIZE)
+    haproxy = ExternalHAProxy(tmp_path).start()
+    args = ("--service-port-range", f"{low}-{high}")
+    with running(haproxy):
+        launch(simulator, "/kept/old", low + 1)
+        first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(first):
+            first.start()
+            routed(simulator, "/kept/old", low + 1)
+            launch(simulator, "/kept/spare", low + 2, instances=2)  # lives in a spare
+            routed(simulator, "/kept/spare", low + 2)
+        reloads_before = reloads_of(haproxy)
+        second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(second):
+            second.start()
+            wait_for(lambda: "adopted the running HAProxy" in second.proc.output(), 20,
+                     what="the adoption log line")
+            routed(simulator, "/kept/old", low + 1)
+            routed(simulator, "/kept/spare", low + 2)
+            launch(simulator, "/kept/new", low + 3)  # the adopted pool serves a new app
+            routed(simulator, "/kept/new", low + 3)
+            assert reloads_of(haproxy) == reloads_before
+
+
+def reloads_of(haproxy: ExternalHAProxy) -> int:
+    return int(wait_for(lambda: (haproxy.reloads(),), 10, what="show proc")[0])

@@ -106,8 +106,10 @@ def test_render_routes_in_range_services_by_the_port_map() -> None:
     assert "frontend a_20001" not in text and "frontend c_20002" not in text
     assert "frontend b_30000\n    bind *:30000\n" in text
     assert f"map_str({HOSTS})" in text and "acl host_" not in text
-    assert pool.map_files(layout, S) == {"ports.map": "20001 a_20001\n20002 c_20002\n",
-                                         "hosts.map": "c.test c_20002\n"}
+    files = pool.map_files(layout, S)
+    assert files["ports.map"] == "20001 a_20001\n20002 c_20002\n"
+    assert files["hosts.map"] == "c.test c_20002\n"
+    assert set(files) == {"ports.map", "hosts.map", "spares.json"}
 
 
 @pytest.mark.parametrize("routes,in_map,acl_hosts", [
@@ -248,3 +250,17 @@ def test_show_map_parses_and_diffs() -> None:
     with pytest.raises(ValueError, match="Unknown map"):
         pool.parse_show_map("Unknown map identifier. Please use #<id> or <file>.\n")
 
+
+
+def test_the_spares_file_gives_the_pool_back() -> None:
+    checked = replace(HTTP, health_check=True, health_check_path="/h",
+                      network_allowed=("10.0.0.0/8",))
+    layout, table = cluster(svc("/a", 20001, checked))
+    layout, _, _, _ = run(layout, table, dict([svc("/a", 20001, checked),
+                                               svc("/b", 20002, checked)]), {"b_20002"})
+    spares = pool.parse_spares(pool.spares_text(layout))
+    assert layout["b_20002"].name in spares  # a spare holding an app stays in the file
+    assert spares == {s.name: pool.shape_of(s.service.options) for s in layout.values()
+                      if s.name.startswith(pool.SPARE_PREFIX)}
+    with pytest.raises(ValueError):
+        pool.parse_spares("")

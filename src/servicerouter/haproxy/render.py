@@ -286,7 +286,8 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         "backends": [_BackendView(layout[n], table.get(n, []), settings.https_port,
                                   not ranged or not (pool.map_routed(layout[n], settings)
                                                      or pool.is_spare(layout[n])))
-                     for n in sorted(layout)],
+                     # By backend name: an app in a spare sits where the spare did.
+                     for n in sorted(layout, key=lambda n: layout[n].name)],
         "vhost_routes": routes,
         # Range mode (pool.py): the port-range frontend and the host map.
         "service_range": {"bind": pool.range_bind(layout, settings),
