@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .common import STRATEGIES, Context, Table, machine
 
-ORDER = ("runtime", "scale", "convergence", "reloads", "zeroloss", "newapp")
+ORDER = ("runtime", "scale", "convergence", "reloads", "zeroloss", "newapp", "vhosts")
 
 
 def run(names: list[str], quick: bool, strategies: list[str] | None = None,

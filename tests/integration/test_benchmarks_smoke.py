@@ -22,6 +22,7 @@ EXPECTED = {
     "zeroloss": {"zeroloss": ["strategy", "phase", "requests", "failed", "p99 ms"]},
     "newapp": {"newapp": ["mode", "apps before", "routed", "p50 ms", "p99 ms",
                           "HAProxy reloads"]},
+    "vhosts": {"vhosts": ["vhosts", "routing", "host", "p50 ms", "p99 ms"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}
