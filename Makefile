@@ -39,7 +39,7 @@ test: install lint
 	$(VENV)/bin/pytest -q
 
 demo: install
-	$(PY) -m servicerouter.demo
+	$(PY) -m servicerouter.demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) -m benchmarks

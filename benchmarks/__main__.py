@@ -17,7 +17,7 @@ from pathlib import Path
 from .common import STRATEGIES, Context, Table, machine
 
 ORDER = ("runtime", "scale", "convergence", "reloads", "zeroloss", "tail", "subscribers",
-         "slots")
+         "slots", "newapp", "vhosts")
 
 
 def run(names: list[str], quick: bool, strategies: list[str] | None = None,

@@ -41,14 +41,15 @@ def config_shape(text: str) -> list[str]:
     return out
 
 
-def adopt(desired: Mapping[str, DesiredService],
-          servers: Iterable[ServerState]) -> tuple[Layout, SlotTable]:
+def adopt(desired: Mapping[str, DesiredService], servers: Iterable[ServerState],
+          backend_of: Mapping[str, str] | None = None) -> tuple[Layout, SlotTable]:
     """The layout and slot table HAProxy holds now, for the desired backends it has.
 
     A slot holds the desired endpoint at the address it serves (in maintenance: a
     free slot); a slot serving an address no desired endpoint has is free here, and
     reconcile will put it into maintenance. Backends HAProxy lacks are left out (their
-    render then differs from the running file, so the daemon reloads)."""
+    render then differs from the running file, so the daemon reloads). ``backend_of``:
+    range mode, the spare backend a service lives in (its port map entry)."""
     slots_of: dict[str, dict[int, ServerState]] = {}
     for s in servers:
         m = _SLOT.match(s.server)
@@ -57,7 +58,8 @@ def adopt(desired: Mapping[str, DesiredService],
     layout: Layout = {}
     table: SlotTable = {}
     for name, want in sorted(desired.items()):
-        have = slots_of.get(name)
+        backend = (backend_of or {}).get(name, name)
+        have = slots_of.get(backend)
         if not have:
             continue
         by_address = {(e.ip, e.port): e for e in want.endpoints}
@@ -66,6 +68,6 @@ def adopt(desired: Mapping[str, DesiredService],
         for number, state in have.items():
             if not state.in_maint:
                 slots[number - 1] = by_address.pop((state.addr, state.port), None)
-        layout[name] = BackendShape(name, want.service, size)
+        layout[name] = BackendShape(backend, want.service, size)
         table[name] = slots
     return layout, table

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from .layout import DesiredService, Layout, SlotTable
+from .layout import BackendShape, DesiredService, Layout, SlotTable
 from .model import Endpoint
 
 MAX_APPS_PER_REASON = 5
 
 
 def command_backend(command: str) -> str | None:
-    """The backend a runtime command changes (``set server web_80/s1 ...`` → ``web_80``)."""
+    """The backend a runtime command changes (``set server web_80/s1 ...`` → ``web_80``;
+    ``add map <file> <key> web_80`` → ``web_80``)."""
+    if command.startswith(("add map ", "set map ")):
+        return command.rsplit(" ", 1)[1]
     for token in command.split()[2:3]:
         if "/" in token:
             return token.split("/", 1)[0]
@@ -25,12 +28,17 @@ def command_backend(command: str) -> str | None:
 
 
 def runtime_lines(commands: list[str], slots: Mapping[str, list[Endpoint | None]],
-                  before: SlotTable, layout: Layout, ms: float) -> list[str]:
-    """One line per app whose backends ``commands`` changed into ``slots``."""
+                  before: SlotTable, layout: Mapping[str, BackendShape], ms: float
+                  ) -> list[str]:
+    """One line per app whose backends ``commands`` changed into ``slots``. (Range mode:
+    a spare returned to the pool is no app's; a service in a spare is counted by the
+    spare's commands.)"""
     per_backend = Counter(command_backend(c) for c in commands)
     apps: dict[str, list[int]] = {}
     for name, new_slots in slots.items():
         shape = layout.get(name)
+        if shape is not None and not shape.app_id:
+            continue  # a spare backend (pool.py), back in the pool
         app_id = shape.app_id if shape else name
         old = {e.task_id: e for e in before.get(name, []) if e is not None}
         new = {e.task_id: e for e in new_slots if e is not None}
@@ -38,7 +46,7 @@ def runtime_lines(commands: list[str], slots: Mapping[str, list[Endpoint | None]
         total[0] += len(new.keys() - old.keys())
         total[1] += len(old.keys() - new.keys())
         total[2] += sum(1 for t in new.keys() & old.keys() if new[t] != old[t])
-        total[3] += per_backend.get(name, 0)
+        total[3] += per_backend.get(shape.name if shape else name, 0)
     return [f"{app}: +{a} -{r}{f' ~{c}' if c else ''} tasks, runtime, {n} commands, "
             f"{ms:.0f} ms" for app, (a, r, c, n) in sorted(apps.items())]
 

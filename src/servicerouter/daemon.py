@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import uvicorn
 from .haproxy.control import ConfigFile, build_reloader
 from .haproxy.process import kill_children
 from .haproxy.runtime import RuntimeClient
+from .layout import Settings
 from .marathon.events import DEFAULT_MAX_EVENT_BYTES
 from .metrics import Metrics
 from .planner import ReloadReason
@@ -98,6 +100,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--haproxy-master-socket", metavar="PATH",
                    help="HAProxy's master CLI socket: reload an HAProxy started elsewhere "
                         "through it, or where --start-haproxy puts it")
+    g = p.add_argument_group("range mode (README: Service port range)")
+    g.add_argument("--service-port-range", metavar="LOW-HIGH", default=None,
+                   help="bind this whole port range in one frontend and route it by a port "
+                        "map, so apps with a service port in it (and vhosts) come and go "
+                        "without reloads; map files go in <--haproxy-config>.d (default: off)")
+    g.add_argument("--pool-spares", type=int, default=8, metavar="N",
+                   help="with --service-port-range: at least N spare backends per backend "
+                        "shape for new apps (default 8)")
     g = p.add_argument_group("daemon")
     g.add_argument("--listen", type=_hostport, default=("127.0.0.1", 9091), metavar="HOST:PORT",
                    help="/metrics, /healthz, /status, /config (default 127.0.0.1:9091)")
@@ -123,6 +133,35 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the runtime commands and reloads it would perform, as changes "
                         "come; touch no HAProxy socket, file or process (--listen still "
                         "serves /status)")
+
+
+def range_settings(settings: Settings, text: str, spares: int, config: Path) -> Settings:
+    """--service-port-range: validated, with the map folder next to the config; the range's
+    ports must be free (or held by HAProxy itself) on this host."""
+    from . import hostfacts, pool
+    from .cli import CliError
+
+    try:
+        low, high = pool.parse_port_range(text)
+    except ValueError as exc:
+        raise CliError(f"--service-port-range: {exc}") from None
+    if spares < 1:
+        raise CliError(f"--pool-spares {spares}: must be >= 1")
+    map_dir = f"{config.resolve()}.d"
+    if not _MAP_DIR.fullmatch(map_dir):
+        raise CliError(f"--haproxy-config {config}: the map folder {map_dir} must be a path "
+                       "of [A-Za-z0-9._/-] (HAProxy reads it unquoted)")
+    busy = [p for p in range(low, high + 1) if p not in settings.own_ports
+            and hostfacts.bind_problem("*", p) is not None]
+    if busy:
+        raise CliError(f"--service-port-range {text}: {len(busy)} of its ports are in use by "
+                       f"another process (e.g. {', '.join(map(str, busy[:5]))}); HAProxy must "
+                       "bind the whole range")
+    return replace(settings, service_port_range=(low, high), map_dir=map_dir,
+                   pool_spares=spares)
+
+
+_MAP_DIR = re.compile(r"/[A-Za-z0-9._/-]+")
 
 
 class _WebServer(uvicorn.Server):
@@ -165,6 +204,9 @@ async def run_daemon(args: argparse.Namespace) -> int:
     from .engine import Engine, EngineConfig
 
     settings = replace(settings_from(args), reserved_ports=(args.listen[1],))
+    if args.service_port_range:
+        settings = range_settings(settings, args.service_port_range, args.pool_spares,
+                                  Path(args.haproxy_config))
     templates = templates_dir(args)
     if shutil.which(args.haproxy_bin) is None:
         raise CliError(f"--haproxy-bin {args.haproxy_bin}: no such executable "

@@ -13,11 +13,14 @@ to repair and only real changes from Marathon produce output.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import pool
 from .haproxy.process import validate
 from .haproxy.runtime import CommandResult, Status
 from .haproxy.runtime_parse import ADMF_FDRAIN, ADMF_FMAINT, ServerState
@@ -58,6 +61,14 @@ class DryRunRuntime:
         states = expected_servers(self.engine) if self.engine else []
         yield ["1", *map(state_line, states)]
 
+    async def query(self, command: str) -> str:
+        """``show map <file>`` (range mode): the maps of the engine's layout."""
+        if self.engine is None or not command.startswith("show map "):
+            return ""
+        name = Path(command.split(" ", 2)[2]).name
+        entries = pool.used_maps(self.engine.layout, self.engine.config.settings).get(name, {})
+        return "".join(f"0x0 {k} {v}\n" for k, v in sorted(entries.items()))
+
     def socket_missing(self) -> bool:
         return False
 
@@ -68,10 +79,11 @@ class DryRunRuntime:
 def expected_servers(engine: Engine, only: str | None = None) -> list[ServerState]:
     """What HAProxy would hold had every printed command been applied."""
     states = []
-    for b_id, (name, shape) in enumerate(sorted(engine.layout.items()), start=1):
+    for b_id, (key, shape) in enumerate(sorted(engine.layout.items()), start=1):
+        name = shape.name  # range mode: an app may live in a spare backend
         if only is not None and name != only:
             continue
-        slots = engine.table.get(name, [])
+        slots = engine.table.get(key, [])
         for i in range(shape.slots):
             e = slots[i] if i < len(slots) else None
             admin = (ADMF_FMAINT if e is None else
@@ -92,16 +104,31 @@ class DryRunConfig:
         self.path = path
         self.haproxy_bin = haproxy_bin
         self.out = out
+        # Range mode: haproxy -c opens the map files a candidate names; they go in a
+        # private temporary folder (removed at exit), never in the real one.
+        self._maps: tuple[str, Path] | None = None
 
     async def validate(self, text: str) -> tuple[bool, str]:
+        if self._maps is not None:
+            real, private = self._maps
+            text = text.replace(f"{real.rstrip('/')}/", f"{private}/")
         result = await validate(text, self.haproxy_bin)
         return result.ok, result.output
+
+    def write_maps(self, directory: str, files: dict[str, str]) -> None:
+        if self._maps is None:
+            self._maps = (directory, Path(tempfile.mkdtemp(prefix="servicerouter-dry-run-")))
+        for name, text in files.items():
+            (self._maps[1] / name).write_text(text)
+        self.out(f"would write {len(files)} map files in {directory}")
 
     def read(self) -> str | None:
         return None  # nothing to adopt: a dry run starts from an empty HAProxy
 
     def cleanup(self) -> None:
-        pass
+        if self._maps is not None:
+            shutil.rmtree(self._maps[1], ignore_errors=True)
+            self._maps = None
 
     def write(self, text: str) -> None:
         self.out(f"would write {self.path} ({len(text.splitlines())} lines, valid)")

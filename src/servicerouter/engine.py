@@ -11,6 +11,7 @@ applies everything that changed in one batch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from . import hostfacts
+from . import hostfacts, pool
 from .adopt import adopt, config_shape
 from .applylog import reload_causes, runtime_lines
 from .guard import Guard
@@ -54,6 +55,8 @@ T = TypeVar("T")
 # When several reasons cause one reload, it is counted under the first of these.
 _REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_ERROR,
                  ReloadReason.NEW_APP, ReloadReason.REMOVED_APP, ReloadReason.OPTIONS_CHANGED,
+                 ReloadReason.POOL_EXHAUSTED, ReloadReason.OWN_FRONTEND,
+                 ReloadReason.OUTSIDE_POOL, ReloadReason.VHOST_ACL,
                  ReloadReason.CAPACITY, ReloadReason.RESYNC]
 ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
 WORKER_CHECK_INTERVAL = 1.0  # seconds between looks at HAProxy's worker pid
@@ -326,15 +329,28 @@ class Engine:
         except HAProxyRuntimeError as exc:
             log.info("no running HAProxy to adopt (%s); the first config is a reload", exc)
             return False
-        layout, table = adopt(self.state.desired, servers)
+        spares = await self._adoptable_spares(servers)  # range mode; None: not adoptable
+        if spares is None:
+            return False
+        layout, table = adopt(self.state.desired, servers, spares[0])
+        layout.update(spares[1])
+        table.update((name, [None] * shape.slots) for name, shape in spares[1].items()
+                     if name not in table)
         self.table = table  # even if the shape differs: tasks keep their slots
         try:
             text = render(layout, table, self.config.settings, self.config.templates)
         except TemplateError:
             return False  # the startup reload reports it
-        if config_shape(text) != config_shape(running):
+        ours, theirs = config_shape(text), config_shape(running)
+        if ours != theirs:
+            first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False))
+                          if a != b),
+                         min(len(ours), len(theirs)))
             log.info("the running HAProxy's config differs from ours (%d services in it, "
-                     "%d wanted); reloading", len(layout), len(self.state.desired))
+                     "%d wanted; first at line %d of its shape: %r, ours %r); reloading",
+                     len(layout), len(self.state.desired), first + 1,
+                     theirs[first] if first < len(theirs) else None,
+                     ours[first] if first < len(ours) else None)
             return False
         self.layout, self.running_config, self.haproxy_ok = layout, running, True
         self.guard.served(running)
@@ -344,6 +360,32 @@ class Engine:
         self.request_reconcile()
         self.ready.set()
         return True
+
+    async def _adoptable_spares(self, servers: list[ServerState]
+                                ) -> tuple[dict[str, str], Layout] | None:
+        """Range mode, at start: (service → the spare backend it lives in, from the
+        running port map; the free spares, from the pool file written with the config).
+        Without the range mode: nothing to add. None: what HAProxy runs cannot be read."""
+        settings = self.config.settings
+        if not pool.range_on(settings):
+            return {}, {}
+        read = getattr(self.writer, "read_map_file", None)
+        text = read(settings.map_dir, pool.SPARES_FILE) if read else None
+        try:
+            shapes = pool.parse_spares(text or "")
+            ports = pool.parse_show_map(await self.runtime.query(
+                f"show map {pool.map_path(settings, pool.PORTS_MAP)}"))
+        except (HAProxyRuntimeError, ValueError, TypeError, KeyError) as exc:
+            log.info("range mode: the running pool cannot be read (%s); reloading", exc)
+            return None
+        held = {name: ports[str(d.service.port)] for name, d in self.state.desired.items()
+                if ports.get(str(d.service.port), "").startswith(pool.SPARE_PREFIX)}
+        sizes: dict[str, int] = {}
+        for s in servers:
+            sizes[s.backend] = sizes.get(s.backend, 0) + 1
+        free = {name: pool.spare(name, shape, sizes[name]) for name, shape in shapes.items()
+                if name not in held.values() and sizes.get(name)}
+        return held, free
 
     async def _event_loop(self, stop: asyncio.Event) -> None:
         delays = reconnect_delays()
@@ -461,14 +503,18 @@ class Engine:
             # after a reload whose render began before this (it may lack this change).
             self._change_seq += 1
             self._changed_at.update(dict.fromkeys(dirty, self._change_seq))
-            p = plan(self.layout, self.table, self.state.desired, dirty)
+            p = plan(self.layout, self.table, self.state.desired, dirty, self.config.settings)
+            for name, why in sorted(p.why.items()):
+                log.info("%s needs a reload (%s): %s", name, p.reload.get(name, "?"), why)
             if self.config.update_strategy == "reload" and p.commands:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
                 before = {name: self.table.get(name, []) for name in p.slots}
+                shapes = {n: self.layout[n] for n in p.layout if n in self.layout}  # range mode
                 if await self._execute(p.commands):
                     self._commit(p)
-                    for line in runtime_lines(p.commands, p.slots, before, self.layout,
+                    for line in runtime_lines(p.commands, p.slots, before,
+                                              collections.ChainMap(self.layout, shapes),
                                               1000 * (time.perf_counter() - started)):
                         log.info("%s", line)
                     now = time.monotonic()
@@ -534,6 +580,14 @@ class Engine:
 
     def _commit(self, p: Plan) -> None:
         self.table.update(p.slots)
+        for name, shape in p.layout.items():  # range mode: spares taken and returned
+            if shape is None:
+                self.layout.pop(name, None)
+                self.table.pop(name, None)
+            else:
+                self.layout[name] = shape
+        if p.layout:
+            self._write_maps(self.layout)  # a restarted worker reads the same maps
         for name, size in p.grown.items():
             self.layout[name] = replace(self.layout[name], slots=size)
         self.runtime_updates += len(p.slots)
@@ -576,7 +630,8 @@ class Engine:
         started = time.perf_counter()
         self.mark(self.guard.exclude_unbindable())
         settings = self.config.settings
-        layout, table = build_layout(self.state.desired, self.table, settings)
+        layout, table = pool.with_pool(*build_layout(self.state.desired, self.table, settings),
+                                       self.layout, settings)
         # What this render holds: changes after this point are planned again afterwards.
         seq, pending = self._change_seq, dict(self._pending)
         socket = (respell_socket_path(settings.socket_path, self._live_socket)
@@ -590,18 +645,23 @@ class Engine:
             return self._reload_failed("validate", f"{exc}; the running config keeps serving")
         if text == self._rejected:
             return self._reload_failed("validate", None)  # already reported, still invalid
+        self._write_maps(layout)  # haproxy -c opens the map files the candidate names
         ok, output = await self._while_applying(self.writer.validate(text))
         if not ok:
             kept = self.writer.keep_rejected(text)
             if await self.guard.exclude_rejected(layout, table, text, output, kept,
                                                  self.layout):
-                layout, table = build_layout(self.state.desired, self.table, settings)
+                layout, table = pool.with_pool(
+                    *build_layout(self.state.desired, self.table, settings), self.layout,
+                    settings)
                 text = render(layout, table, settings, self.config.templates)
+                self._write_maps(layout)
                 ok, output = await self._while_applying(self.writer.validate(text))
                 if not ok:
                     kept = self.writer.keep_rejected(text)
         if not ok:
             self._rejected = text
+            self._write_maps(self.layout)
             return self._reload_failed("validate", f"candidate config rejected by haproxy -c "
                                        f"(kept at {kept}): {output.strip()}; the running "
                                        "config keeps serving")
@@ -616,10 +676,14 @@ class Engine:
             self.writer.write(text)
         except OSError as exc:
             return self._reload_failed("write", f"writing the config failed: {exc}")
+        # The candidate's maps again: runtime map changes applied while it was validated
+        # wrote the running layout's (what still differs is repaired after the reload).
+        self._write_maps(layout)
         try:
             await self._while_applying(self.reloader.reload())
         except Exception as exc:
             self._restore_file()
+            self._write_maps(self.layout)
             stage = getattr(exc, "stage", "reload")
             return self._reload_failed(stage if stage in ("reload", "confirm") else "reload",
                                        f"reload failed: {exc}")
@@ -666,6 +730,36 @@ class Engine:
                 self.writer.write(self.running_config)
             except OSError as exc:
                 log.error("restoring the last good config after a failed reload: %s", exc)
+
+    def _write_maps(self, layout: Layout) -> None:
+        """Range mode: write the map files of ``layout`` (what HAProxy holds or is about to
+        load), so that a reload or a restarted worker starts with the runtime maps."""
+        write = getattr(self.writer, "write_maps", None)
+        settings = self.config.settings
+        if write is None or not pool.range_on(settings):
+            return
+        try:
+            write(settings.map_dir, pool.map_files(layout, settings))
+        except OSError as exc:
+            log.error("writing the map files in %s: %s; reconcile repairs HAProxy's maps",
+                      settings.map_dir, exc)
+
+    async def _map_repairs(self) -> tuple[list[str], bool]:
+        """Range mode: ``show map`` of each map against the layout → (repairs, readable)."""
+        settings = self.config.settings
+        if not pool.range_on(settings):
+            return [], True
+        repairs: list[str] = []
+        for name, want in pool.used_maps(self.layout, settings).items():
+            path = pool.map_path(settings, name)
+            try:
+                have = pool.parse_show_map(await self.runtime.query(f"show map {path}"))
+            except (HAProxyRuntimeError, ValueError) as exc:
+                log.error("reconcile: show map %s: %s; reloading", path, exc)
+                return [], False
+            first, last = pool.map_diff(path, have, want)
+            repairs += first + last
+        return repairs, True
 
     def _reload_failed(self, stage: str, message: str | None) -> bool:
         if message:
@@ -718,15 +812,18 @@ class Engine:
         return _Scanned(generation, seq, suspect, actual)
 
     async def _repair(self, found: _Scanned, after_reload: bool = False) -> None:
-        """Repair what a scan found, leaving out backends changed since it began."""
+        """Repair what a scan found, leaving out backends changed since it began; in range
+        mode, also the maps (read now, in the apply loop, against the current layout)."""
         if found.generation != self._generation:
             return  # a reload since: its own reconcile read the new worker
         layout = {name: shape for name, shape in found.suspect.items()
                   if self._changed_at.get(name, 0) <= found.seq
                   and self.layout.get(name) == shape}
-        if not layout:
-            return
-        commands, broken = reconcile(layout, self.table, found.actual)
+        commands, broken = reconcile(layout, self.table, found.actual) if layout else ([], {})
+        maps, readable = await self._map_repairs()
+        commands += maps
+        if not readable:
+            broken["*"] = ReloadReason.RESYNC
         if commands:
             log.warning("reconcile: HAProxy differs from the slot table; sending %d repairs",
                         len(commands))
@@ -750,7 +847,9 @@ class Engine:
     def _update_gauges(self) -> None:
         m = self.metrics
         m.apps.set(len(self.state.apps))
-        m.services.set(len(self.layout))
+        spares = sum(1 for shape in self.layout.values() if not shape.app_id)  # range mode
+        m.services.set(len(self.layout) - spares)
+        m.pool_spares.set(spares)
         # Counting the slots walks the whole table (80,000 slots at 10,000 apps): done
         # when /metrics is read, not once per apply step (that was most of the CPU at
         # 100 replacements/s, issue #11).

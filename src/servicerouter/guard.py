@@ -21,7 +21,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import hostfacts, isolation
+from . import hostfacts, isolation, pool
 from .admission import port_label
 from .haproxy.render import hostport, render
 from .layout import Layout, Settings, SlotTable
@@ -62,6 +62,8 @@ class Guard:
             address = hostport(opts.bind_address, svc.port)
             if address in (self._bound or ()):
                 continue
+            if pool.range_on(self.settings) and pool.own_frontend(svc, self.settings) is None:
+                continue  # the range frontend binds it (checked at start), not the service
             problem = self.bind_problem(opts.bind_address, svc.port)
             if problem is not None:
                 app = self.state.apps[svc.app_id]

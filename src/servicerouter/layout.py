@@ -45,6 +45,10 @@ class Settings:
     snippets: tuple[str, ...] = ()  # names of snippets/<name>.j2 in --templates
     ip_per_task_ports: tuple[int, int] = (10050, 10100)  # range for portassign; (0, 0): off
     allow_label_templates: bool = False  # marathon-lb template labels, each app vetted alone
+    # Range mode (README: Service port range): (0, 0) = off. See pool.py.
+    service_port_range: tuple[int, int] = (0, 0)
+    map_dir: str = ""  # absolute folder of the map files (<config>.d)
+    pool_spares: int = 8  # at least this many spare backends per pool shape
 
     @property
     def own_ports(self) -> frozenset[int]:

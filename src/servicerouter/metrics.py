@@ -18,7 +18,8 @@ from . import __version__
 from .admission import REASONS as EXCLUDED_REASONS
 
 RELOAD_REASONS = ("new_app", "removed_app", "options_changed", "capacity", "runtime_error",
-                  "resync", "manual", "endpoints_changed", "startup")
+                  "resync", "manual", "endpoints_changed", "startup",
+                  "pool_exhausted", "own_frontend", "outside_pool", "vhost_acl")
 RELOAD_STAGES = ("validate", "write", "reload", "confirm")
 disable_created_metrics()  # *_created series only add noise to every scrape
 
@@ -69,6 +70,8 @@ class Metrics:
         self.apps = Gauge("servicerouter_apps", "Marathon apps known.", registry=r)
         self.services = Gauge("servicerouter_services", "Service ports routed.", registry=r)
         self.endpoints = Gauge("servicerouter_endpoints", "Endpoints in slots.", registry=r)
+        self.pool_spares = Gauge("servicerouter_pool_spares",
+                                 "Range mode: spare backends free for new apps.", registry=r)
         self.slots = Gauge("servicerouter_slots", "Server slots, used or free.", ["state"],
                            registry=r)
         self.marathon_up = Gauge(

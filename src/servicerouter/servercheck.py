@@ -32,6 +32,9 @@ class StateScan:
     def __init__(self, layout: Layout, table: SlotTable) -> None:
         self.layout = layout
         self.table = table
+        # HAProxy's backend name -> layout key: in range mode an app's service may live
+        # in a spare backend (``_pool_N``) whose name is not the service's.
+        self._key = {shape.name: key for key, shape in layout.items()}
         self.lines = 0
         self._version_seen = False
         self._seen: dict[str, int] = {}  # backend -> slots of its shape seen
@@ -63,8 +66,10 @@ class StateScan:
             name = f[1]
             if name != self._name:
                 self._flush()
-                self._name, self._shape = name, layout.get(name)
-                self._slots = table.get(name) or []
+                key = self._key.get(name)
+                self._name = name
+                self._shape = layout.get(key) if key is not None else None
+                self._slots = (table.get(key) if key is not None else None) or []
             shape = self._shape
             if shape is None:
                 continue  # not a backend of ours (stats, or one a reload will remove)
@@ -96,9 +101,10 @@ class StateScan:
     def _flush(self) -> None:
         name = self._name
         if name is not None and self._shape is not None:
-            self._seen[name] = self._seen.get(name, 0) + self._count
+            key = self._key[name]
+            self._seen[key] = self._seen.get(key, 0) + self._count
             if self._bad:
-                self._kept.setdefault(name, []).extend(self._current)
+                self._kept.setdefault(key, []).extend(self._current)
         self._current, self._bad, self._count = [], False, 0
 
     def finish(self) -> tuple[Layout, list[ServerState]]:

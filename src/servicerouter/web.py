@@ -84,13 +84,15 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
             return JSONResponse({"error": str(exc)}, status_code=400)
         app_filter = request.query_params.get("app")
         names = sorted(n for n, shape in engine.layout.items()
-                       if app_filter is None or shape.app_id == app_filter
-                       or shape.app_id.startswith(app_filter.rstrip("/") + "/"))
+                       if shape.app_id  # not a spare backend (range mode)
+                       and (app_filter is None or shape.app_id == app_filter
+                            or shape.app_id.startswith(app_filter.rstrip("/") + "/")))
         page = names[offset:offset + limit]
         haproxy: dict[tuple[str, str], str] = {}
         if page:
             # A few backends: ask for each; a large page: one read of everything.
-            targets: list[str | None] = list(page) if len(page) <= 20 else [None]
+            targets: list[str | None] = ([engine.layout[n].name for n in page]
+                                         if len(page) <= 20 else [None])
             try:
                 for target in targets:
                     for s in await engine.runtime.show_servers_state(target):
@@ -100,7 +102,8 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         services = [_service_status(engine, n, haproxy) for n in page]
         used = sum(1 for slots in engine.table.values() for s in slots if s is not None)
         body: dict[str, Any] = {
-            "counts": {"apps": len(engine.state.apps), "services": len(engine.layout),
+            "counts": {"apps": len(engine.state.apps), "services": sum(
+                           1 for shape in engine.layout.values() if shape.app_id),
                        "endpoints": used, "reloads": engine.reloads,
                        "runtime_updates": engine.runtime_updates},
             "last_reload": None if engine.last_reload is None else {
@@ -142,10 +145,11 @@ def _service_status(engine: Engine, name: str,
             continue
         s = slot_name(i + 1)
         endpoints.append({"slot": s, "task_id": held.task_id, "address": f"{held.ip}:{held.port}",
-                          "desired": held.state.value, "haproxy": haproxy.get((name, s))})
+                          "desired": held.state.value,
+                          "haproxy": haproxy.get((shape.name, s))})
     used = len(endpoints)
     opts = shape.service.options
-    return {"app_id": shape.app_id, "port": shape.service.port, "backend": name,
+    return {"app_id": shape.app_id, "port": shape.service.port, "backend": shape.name,
             "mode": opts.mode.value, "vhosts": list(opts.vhosts),
             "slots": {"used": used, "free": shape.slots - used}, "endpoints": endpoints}
 

@@ -24,6 +24,9 @@ EXPECTED = {
              "tail_memory": ["daemon peak RSS MB", "HAProxy worker RSS MB"]},
     "subscribers": {"subscribers": ["subscribers", "simulator CPU ms/event",
                                     "lag to last p99 ms"]},
+    "newapp": {"newapp": ["mode", "apps before", "routed", "p50 ms", "p99 ms",
+                          "HAProxy reloads"]},
+    "vhosts": {"vhosts": ["vhosts", "routing", "host", "p50 ms", "p99 ms"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}

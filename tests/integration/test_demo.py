@@ -42,6 +42,24 @@ def test_demo_churns_without_reloads_and_cleans_up(tmp_path: Path) -> None:
     assert _ours(tmp_path) == []
 
 
+def test_demo_in_range_mode_shows_new_apps_arriving_without_reloads(tmp_path: Path) -> None:
+    from servicerouter.demo.procs import free_port_range
+
+    low, high = free_port_range(16)
+    run = subprocess.run([sys.executable, "-m", "servicerouter.demo", "--duration", "12",
+                          "--interval", "0.5", "--workdir", str(tmp_path),
+                          "--service-port-range", f"{low}-{high}"],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert re.search(rf"/demo/web +curl http://127\.0\.0\.1:{low + 3}/", out)
+    assert re.search(r"^  new app /demo/new1: curl http://127\.0\.0\.1:\d+/ served", out, re.M)
+    created = [int(n) for n in re.findall(r"apps created: (\d+)   reloads: 0$", out, re.M)]
+    assert created and max(created) >= 1, out
+    assert not re.search(r"reloads: [1-9]", out), out
+    assert _ours(tmp_path) == []
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A TMPDIR short enough for HAProxy's socket paths (at most 97 characters)."""

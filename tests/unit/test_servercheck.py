@@ -108,3 +108,19 @@ def test_output_of_another_shape_is_an_error() -> None:
         suspects(layout, table, ["Permission denied"])
     with pytest.raises(ParseError, match="short"):
         suspects(layout, table, ["1", "1 app0_10000 1 s1 10.0.0.1 2"])
+
+
+def test_an_app_held_in_a_spare_backend_is_matched_by_haproxys_backend_name() -> None:
+    # Range mode: the service "app0_10000" lives in HAProxy's backend "_pool_1".
+    layout, table = world(backends=1)
+    layout = {"app0_10000": BackendShape("_pool_1", layout["app0_10000"].service, 4)}
+    states = haproxy({"_pool_1": layout["app0_10000"]}, {"_pool_1": table["app0_10000"]})
+    lines = ["1", *map(state_line, states)]
+    assert suspects(layout, table, lines) == ({}, [])  # in agreement: nothing to repair
+    states[0] = ServerState(1, "_pool_1", 1, "s1", "10.9.9.9", 2, 0x04, 1, 1, 0, 0, 0, 0,
+                            31001)
+    found, actual = suspects(layout, table, ["1", *map(state_line, states)])
+    assert list(found) == ["app0_10000"]
+    commands, broken = reconcile(found, table, actual)
+    assert commands == ["set server _pool_1/s1 addr 10.0.0.1 port 31001",
+                        "set server _pool_1/s1 state ready"] and not broken

@@ -5,6 +5,10 @@ servicerouter with ``--start-haproxy``, a few apps, and then scales and kills
 tasks at random. It prints each action, the service ports to curl, and a live
 line comparing HAProxy's own reload count (``show proc``) with the runtime
 updates servicerouter applied. Ctrl-C stops everything; so does ``--duration``.
+
+With ``--service-port-range LOW-HIGH`` (or SERVICEROUTER_SERVICE_PORT_RANGE) the daemon
+runs in range mode and the churn also creates and deletes whole apps in the range:
+each new app is routed through the port map and a spare backend, with no reload.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import random
 import shutil
 import sys
@@ -22,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from ..haproxy.master_cli import MasterCLI
+from ..pool import parse_port_range
 from .procs import Proc, free_port, wait_for
 
 APPS = {  # id -> (service port, instances)
@@ -68,6 +74,31 @@ def churn(sim: httpx.Client, rng: random.Random) -> str:
     return f"scaled {app_id} from {instances} to {target} instances"
 
 
+class AppChurn:
+    """Range mode: new apps arrive on free ports of the range, old ones leave."""
+
+    def __init__(self, low: int, high: int, taken: set[int]) -> None:
+        self.free = [p for p in range(low, high + 1) if p not in taken]
+        self.mine: dict[str, int] = {}
+        self.count = 0
+
+    def step(self, sim: httpx.Client, rng: random.Random) -> str:
+        if self.mine and (len(self.mine) >= 4 or not self.free or rng.random() < 0.3):
+            app_id = rng.choice(sorted(self.mine))
+            sim.delete(f"/v2/apps{app_id}").raise_for_status()
+            self.free.append(self.mine.pop(app_id))
+            return f"deleted app {app_id}"
+        self.count += 1
+        app_id, port = f"/demo/new{self.count}", self.free.pop(0)
+        sim.post("/v2/apps", json=_app_body(app_id, port, 1)).raise_for_status()
+        self.mine[app_id] = port
+        started = time.monotonic()
+        wait_for(functools.partial(serving, port, 2), 60, interval=0.05,
+                 what=f"{app_id} to serve on port {port}")
+        return (f"new app {app_id}: curl http://127.0.0.1:{port}/ served "
+                f"{time.monotonic() - started:.1f} s after its creation (task start included)")
+
+
 def serving(port: int, requests: int) -> bool:
     """Whether ``requests`` requests in a row through HAProxy's ``port`` all succeed."""
     with httpx.Client(timeout=2) as c:
@@ -83,7 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.5,
                         help="seconds between churn actions (default 1.5)")
     parser.add_argument("--workdir", help="keep configs and logs here (default: a temp dir)")
+    parser.add_argument("--service-port-range", metavar="LOW-HIGH",
+                        default=os.environ.get("SERVICEROUTER_SERVICE_PORT_RANGE"),
+                        help="range mode: the demo's apps, and new apps created and deleted "
+                             "without reloads, on ports of LOW-HIGH (all free)")
     args = parser.parse_args(argv)
+    apps: AppChurn | None = None
+    if args.service_port_range:
+        try:
+            low, high = parse_port_range(args.service_port_range)
+        except ValueError as exc:
+            parser.error(f"--service-port-range: {exc}")
+        if high - low < 8:
+            parser.error(f"--service-port-range {args.service_port_range}: needs at least 9 "
+                         "ports (e.g. 10000-10049)")
+        # The demo's own apps move into the range too: LOW+1, LOW+2, LOW+3.
+        for i, (app_id, (_, instances)) in enumerate(sorted(APPS.items())):
+            APPS[app_id] = (low + 1 + i, instances)
+        apps = AppChurn(low, high, {port for port, _ in APPS.values()})
     if shutil.which("haproxy") is None:
         print("demo: haproxy is not installed; run 'make install' first", file=sys.stderr)
         return 1
@@ -102,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "--start-haproxy", "--haproxy-master-socket", str(work / "master.sock"),
         "--http-port", "0", "--https-port", "0", "--stats-port", "0",
         "--listen", f"127.0.0.1:{listen_port}", "--drain-seconds", "1",
+        *(["--service-port-range", args.service_port_range] if apps else []),
     ], work / "servicerouter.log")
     procs = [simulator, daemon]
     try:
@@ -123,13 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(functools.partial(serving, port, 2 * instances), 60, interval=0.2,
                      what=f"{app_id} to serve on port {port}")
             print(f"demo: {app_id:14} curl http://127.0.0.1:{port}/", flush=True)
-        print("demo: churning; Ctrl-C stops everything")
+        print("demo: churning" + (" tasks and whole apps (range mode "
+                                  f"{args.service_port_range})" if apps else "")
+              + "; Ctrl-C stops everything")
         master = MasterCLI(str(work / "master.sock"))
         baseline = asyncio.run(master.show_proc()).reloads
         rng = random.Random()
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
-            action = churn(sim, rng)
+            action = apps.step(sim, rng) if apps and rng.random() < 0.5 else churn(sim, rng)
             time.sleep(args.interval)
             metrics = web.get("/metrics").text
             updates = int(_metric(metrics, "servicerouter_runtime_batches_total"))
@@ -137,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             reloads = asyncio.run(master.show_proc()).reloads - baseline
             print(f"  {action}\n    HAProxy reloads since start: {reloads}   "
                   f"runtime updates: {updates} ({commands} commands)", flush=True)
+            if apps:
+                print(f"    apps created: {apps.count}   reloads: {reloads}", flush=True)
     except KeyboardInterrupt:
         print("\ndemo: stopping")
     except (TimeoutError, httpx.HTTPError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,6 +20,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_range(count: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
+    """``count`` consecutive ports free on every address, below the ephemeral range (so
+    that no ``free_port`` of another run lands in them): (first, last). Bounded tries."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(low, high - count)
+        socks = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return first, first + count - 1
+    raise RuntimeError(f"no {count} consecutive free ports in {low}-{high} after 200 tries")
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,

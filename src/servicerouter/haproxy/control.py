@@ -74,6 +74,19 @@ class ConfigFile:
     def keep_rejected(self, text: str) -> Path:
         return keep_rejected(self.path, text)
 
+    def read_map_file(self, directory: str, name: str) -> str | None:
+        """Range mode: a file :meth:`write_maps` wrote, or None."""
+        try:
+            return (Path(directory) / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def write_maps(self, directory: str, files: dict[str, str]) -> None:
+        """Range mode: the map files the config names (pool.py), each replaced atomically."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            atomic_write(Path(directory) / name, text)
+
 
 def _alerts(exc: Exception) -> str:
     """HAProxy's ALERT lines of a failed start, on one line."""

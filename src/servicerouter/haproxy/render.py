@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from .. import __version__
+from .. import __version__, pool
 from ..layout import BackendShape, Layout, Settings, SlotTable
 from ..model import Endpoint, EndpointState
 from ..naming import slot_name
@@ -117,9 +117,10 @@ class _BackendView:
     ``servers`` is built only for a template that loops over it."""
 
     def __init__(self, shape: BackendShape, slots: Sequence[Endpoint | None],
-                 https_port: int = 443) -> None:
+                 https_port: int = 443, frontend: bool = True) -> None:
         opts = shape.service.options
         self.name = shape.name
+        self.frontend = frontend  # False: routed by the range frontend's port map, or a spare
         self.app_id = shape.app_id
         self.port = shape.service.port
         self.bind = opts.bind_address
@@ -230,13 +231,14 @@ def _revproxy(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
     return {"match": f"'^{origin}/(.*)$'", "replace": f"'\\1{root}/\\4'"}
 
 
-def _vhost_routes(layout: Layout) -> list[dict[str, Any]]:
+def vhost_routes(layout: Layout) -> list[dict[str, Any]]:
     """One route per service with vhosts, in the order HAProxy must try them:
     larger HAPROXY_{n}_BACKEND_WEIGHT first (as marathon-lb), then the longer path
     (so /api/v2 wins over /api for the same host), then by name."""
     routes: list[dict[str, Any]] = []
-    for name, shape in sorted(layout.items()):
+    for shape in sorted(layout.values(), key=lambda s: s.name):
         opts = shape.service.options
+        name = shape.name
         if opts.vhosts:
             routes.append({
                 "acl": f"host_{name}", "backend": name,
@@ -273,16 +275,26 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     ``templates``; ``extra`` adds names to the templates' context."""
     mode = (str(builtin_templates() / mode_templates),) if mode_templates else ()
     dirs = ((str(templates),) if templates else ()) + mode + (str(builtin_templates()),)
-    routes = _vhost_routes(layout)
+    _, routes = pool.host_routes(layout, settings)
+    ranged = pool.range_on(settings)
     certs = list(dict.fromkeys([*settings.ssl_certs, *(
         s.service.options.ssl_cert for s in layout.values()
         if s.service.options.vhosts and s.service.options.ssl_cert)]))
     context = {
         "version": __version__,
         "settings": settings,
-        "backends": [_BackendView(layout[n], table.get(n, []), settings.https_port)
-                     for n in sorted(layout)],
+        "backends": [_BackendView(layout[n], table.get(n, []), settings.https_port,
+                                  not ranged or not (pool.map_routed(layout[n], settings)
+                                                     or pool.is_spare(layout[n])))
+                     # By backend name: an app in a spare sits where the spare did.
+                     for n in sorted(layout, key=lambda n: layout[n].name)],
         "vhost_routes": routes,
+        # Range mode (pool.py): the port-range frontend and the host map.
+        "service_range": {"bind": pool.range_bind(layout, settings),
+                          "ports_map": pool.map_path(settings, pool.PORTS_MAP)} if ranged
+        else None,
+        "host_map": pool.map_path(settings, pool.HOSTS_MAP) if pool.host_map_used(settings)
+        else None,
         "app_id_routes": _app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
         "hostport": hostport,

@@ -1,0 +1,320 @@
+"""Range mode (``--service-port-range``): apps and vhosts come and go through HAProxy's
+maps and a pool of spare backends, without reloads.
+
+Reload counts come from HAProxy's master (``show proc``); routing from real requests
+through the real HAProxy. The range is a block of consecutive ports free on this
+machine, below the ephemeral range (so no other test's ``free_port`` lands in it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from servicerouter.demo.procs import Proc, free_port, free_port_range
+from servicerouter.haproxy.master_cli import MasterCLI
+from servicerouter.layout import Settings
+
+from .conftest import needs_haproxy
+from .harness import (
+    PYTHON,
+    Daemon,
+    ExternalHAProxy,
+    Simulator,
+    responders,
+    running,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+RANGE_SIZE = 24
+HTTP = {"HAPROXY_0_MODE": "http"}
+
+
+def start(tmp: Path, sim: Simulator, *extra: str) -> tuple[Daemon, tuple[int, int]]:
+    low, high = free_port_range(RANGE_SIZE)
+    daemon = Daemon(tmp, sim.url, "--service-port-range", f"{low}-{high}", *extra).start()
+    return daemon, (low, high)
+
+
+def reloads(daemon: Daemon) -> int:
+    """The master's reload count; retried while the master re-executes after a reload."""
+    return int(wait_for(lambda: (daemon.reloads(),), 10, what="show proc")[0])
+
+
+def launch(sim: Simulator, app_id: str, port: int, instances: int = 1,
+           labels: dict[str, str] | None = None) -> None:
+    sim.create_app(app_id, instances=instances, labels=labels,
+                   portDefinitions=[{"port": port, "protocol": "tcp"}])
+
+
+def routed(sim: Simulator, app_id: str, port: int, timeout: float = 30.0) -> set[str]:
+    """Wait until traffic on ``port`` reaches exactly the app's running tasks."""
+    def check() -> set[str] | None:
+        tasks = sim.running(app_id)
+        return tasks if tasks and responders(port, 4 * len(tasks) + 4) == tasks else None
+
+    return set(wait_for(check, timeout, what=f"traffic on :{port} reaching {app_id}'s tasks"))
+
+
+def refused(port: int) -> bool:
+    """A connection to ``port`` is refused or reset before any HTTP answer."""
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=5, headers={"Connection": "close"})
+    except httpx.TransportError:
+        return True
+    return False
+
+
+def by_host(http_port: int, host: str) -> set[str]:
+    with httpx.Client(timeout=5) as c:
+        replies = [c.get(f"http://127.0.0.1:{http_port}/",
+                         headers={"Host": host, "Connection": "close"}) for _ in range(6)]
+    return {r.text.strip() for r in replies if r.status_code == 200}
+
+
+def vhosts_of(daemon: Daemon, app_id: str) -> list[str] | None:
+    services = daemon.status(app=app_id)["services"]
+    return list(services[0]["vhosts"]) if services else None
+
+
+def reload_reasons(daemon: Daemon) -> dict[str, float]:
+    out = {}
+    for line in daemon.metrics().splitlines():
+        if line.startswith("servicerouter_reloads_total{"):
+            key, _, value = line.rpartition(" ")
+            out[key.split('"')[1]] = float(value)
+    return out
+
+
+def test_apps_in_the_range_come_and_go_without_reloads(tmp_path: Path,
+                                                       simulator: Simulator) -> None:
+    daemon, (low, _) = start(tmp_path, simulator)
+    with running(daemon):
+        before = reloads(daemon)
+        assert refused(low + 1)  # bound by the range frontend, no app: refused at connect
+        launch(simulator, "/ranged/new", low + 1, instances=2)
+        routed(simulator, "/ranged/new", low + 1)
+        assert reloads(daemon) == before
+        simulator.delete_app("/ranged/new")
+        wait_for(lambda: refused(low + 1), 20, what=f"port {low + 1} refused once the app left")
+        assert reloads(daemon) == before
+        # The returned spare serves the next app.
+        launch(simulator, "/ranged/next", low + 2)
+        routed(simulator, "/ranged/next", low + 2)
+        assert reloads(daemon) == before
+        assert "needs a reload" not in (tmp_path / "servicerouter.log").read_text()
+
+
+def test_a_port_outside_the_range_gets_its_own_frontend_by_reload(tmp_path: Path,
+                                                                  simulator: Simulator) -> None:
+    daemon, (low, high) = start(tmp_path, simulator)
+    with running(daemon):
+        before = reloads(daemon)
+        outside = free_port()
+        launch(simulator, "/ranged/outside", outside)
+        routed(simulator, "/ranged/outside", outside)
+        wait_for(lambda: reload_reasons(daemon).get("own_frontend") == 1.0, 15,
+                 what="the reload counted as own_frontend")
+        assert reloads(daemon) == before + 1
+        config = daemon.config.read_text()
+        assert f"frontend ranged_outside_{outside}\n    bind *:{outside}\n" in config
+        assert f"bind *:{low}-{high}\n" in config  # the range frontend is unchanged
+        log = (tmp_path / "servicerouter.log").read_text()
+        assert f"service port {outside} is outside --service-port-range {low}-{high}" in log
+
+
+def test_vhosts_are_added_and_moved_through_the_host_map(tmp_path: Path,
+                                                         simulator: Simulator) -> None:
+    http_port = free_port()
+    daemon, (low, _) = start(tmp_path, simulator, "--http-port", str(http_port))
+    with running(daemon):
+        before = reloads(daemon)
+        # Both HTTP (a vhost implies it): moving the vhost changes no backend's mode.
+        launch(simulator, "/shop/web", low + 1, labels={**HTTP, "HAPROXY_0_VHOST": "shop.test"})
+        launch(simulator, "/shop/new", low + 2, labels=HTTP)
+        web = simulator.wait_running("/shop/web", 1)
+        wait_for(lambda: by_host(http_port, "shop.test") == web, 30,
+                 what="shop.test routed to /shop/web")
+        assert reloads(daemon) == before
+        # Move it: off /shop/web first, then onto /shop/new (an app already running).
+        simulator.http.put("/v2/apps/shop/web", json={"labels": HTTP},
+                           params={"force": "true"}).raise_for_status()
+        # The daemon's own view, not just a 503: the label change restarts the tasks too.
+        wait_for(lambda: vhosts_of(daemon, "/shop/web") == [], 30,
+                 what="the daemon applying /shop/web's label change")
+        wait_for(lambda: not by_host(http_port, "shop.test"), 30,
+                 what="shop.test unrouted once /shop/web dropped it")
+        simulator.http.put("/v2/apps/shop/new",
+                           json={"labels": {**HTTP, "HAPROXY_0_VHOST": "shop.test"}},
+                           params={"force": "true"}).raise_for_status()
+        wait_for(lambda: (t := simulator.running("/shop/new")) and by_host(http_port,
+                                                                          "shop.test") == t,
+                 30, what="shop.test routed to /shop/new")
+        assert reloads(daemon) == before
+        assert "acl host_" not in daemon.config.read_text()  # maps, not one ACL per host
+
+
+def test_twenty_new_apps_cost_at_most_one_reload(tmp_path: Path, simulator: Simulator) -> None:
+    daemon, (low, _) = start(tmp_path, simulator)
+    with running(daemon):
+        before = reloads(daemon)
+        apps = [(f"/burst/app{i:02d}", low + 1 + i) for i in range(20)]
+        for app_id, port in apps:
+            launch(simulator, app_id, port)
+        for app_id, port in apps:
+            routed(simulator, app_id, port, timeout=60)
+        spent = reloads(daemon) - before
+        print(f"20 new apps with the default pool: {spent} reload(s)")
+        assert spent <= 1
+
+
+def test_an_exhausted_pool_grows_by_one_reload(tmp_path: Path, simulator: Simulator) -> None:
+    daemon, (low, _) = start(tmp_path, simulator, "--pool-spares", "2")
+    with running(daemon):
+        before = reloads(daemon)
+        for i in range(2):
+            launch(simulator, f"/grow/a{i}", low + 1 + i)
+            routed(simulator, f"/grow/a{i}", low + 1 + i)
+        assert reloads(daemon) == before
+        launch(simulator, "/grow/a2", low + 3)  # the third: no TCP spare left
+        routed(simulator, "/grow/a2", low + 3)
+        wait_for(lambda: reload_reasons(daemon).get("pool_exhausted") == 1.0, 15,
+                 what="a reload counted as pool_exhausted")
+        assert reloads(daemon) == before + 1
+        # The reload doubled the demand it saw: the next apps take spares again.
+        for i in range(3, 6):
+            launch(simulator, f"/grow/a{i}", low + 1 + i)
+            routed(simulator, f"/grow/a{i}", low + 1 + i)
+        assert reloads(daemon) == before + 1
+        for i in range(6):  # and nothing that was routed before lost its route
+            routed(simulator, f"/grow/a{i}", low + 1 + i)
+
+
+def test_a_killed_worker_comes_back_with_the_runtime_maps(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    http_port = free_port()
+    daemon, (low, _) = start(tmp_path, simulator, "--http-port", str(http_port))
+    with running(daemon):
+        before = reloads(daemon)
+        launch(simulator, "/kept/tcp", low + 1, instances=2)
+        launch(simulator, "/kept/web", low + 2, labels={"HAPROXY_0_VHOST": "kept.test"})
+        routed(simulator, "/kept/tcp", low + 1)
+        web = simulator.wait_running("/kept/web", 1)
+        wait_for(lambda: by_host(http_port, "kept.test") == web, 30, what="kept.test routed")
+        assert reloads(daemon) == before  # all of it runtime: map entries and spares
+        info: Any = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        os.kill(info.worker_pids[0], signal.SIGKILL)
+        wait_for(lambda: asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+                 .worker_pids not in ([], info.worker_pids), 20, what="a new worker")
+        routed(simulator, "/kept/tcp", low + 1)
+        wait_for(lambda: by_host(http_port, "kept.test") == simulator.running("/kept/web"),
+                 30, what="kept.test routed again")
+        assert refused(low + 3)
+
+
+def test_dry_run_in_range_mode_validates_with_maps_and_touches_nothing(
+        tmp_path: Path, simulator: Simulator) -> None:
+    low, high = free_port_range(RANGE_SIZE)
+    work = tmp_path / "etc"
+    proc = Proc("servicerouter", [
+        PYTHON, "-m", "servicerouter", "run", "--dry-run", "--marathon", simulator.url,
+        "--haproxy-config", str(work / "haproxy.cfg"), "--haproxy-socket",
+        str(work / "admin.sock"), "--start-haproxy", "--stats-port", "0", "--http-port",
+        str(free_port()), "--https-port", "0", "--listen", f"127.0.0.1:{free_port()}",
+        "--reconcile-interval", "1", "--service-port-range", f"{low}-{high}",
+    ], tmp_path / "dry.log")
+    with running(proc.start()):
+        wait_for(lambda: "dry-run: would reload HAProxy" in proc.output(), 30,
+                 what="the first (imaginary) reload, its candidate valid with its maps")
+        launch(simulator, "/dry/new", low + 1)
+        wait_for(lambda: f"add map {work}/haproxy.cfg.d/ports.map {low + 1} _pool_"
+                 in proc.output(), 30, what="the new app's map entry, printed")
+        assert proc.output().count("would reload HAProxy") == 1, "a new app needs no reload"
+    assert not work.exists(), "a dry run wrote files"
+    assert proc.popen is not None and proc.popen.returncode == 0, proc.output()
+    assert "servicerouter-dry-run-" not in " ".join(os.listdir(tempfile.gettempdir()))
+
+
+def test_https_routes_a_new_vhost_by_sni_and_host_through_the_map(tmp_path: Path,
+                                                                   simulator: Simulator) -> None:
+    from .test_marathon_lb_labels import _app, _cert, _get, _owner
+
+    https = free_port()
+    daemon, (low, _) = start(tmp_path, simulator, "--https-port", str(https),
+                             "--ssl-certs", str(_cert(tmp_path)))
+    with running(daemon):
+        before = reloads(daemon)
+        launch(simulator, "/sni/a", low + 1, labels={"HAPROXY_0_VHOST": "a.sni.test"})
+        launch(simulator, "/sni/b", low + 2, labels={"HAPROXY_0_VHOST": "b.sni.test"})
+        (a,) = simulator.wait_running("/sni/a", 1)
+        (b,) = simulator.wait_running("/sni/b", 1)
+        url = f"https://127.0.0.1:{https}/"
+        wait_for(lambda: _app(_get(url, host="a.sni.test", sni="a.sni.test")) == _owner(a)
+                 and _app(_get(url, host="b.sni.test", sni="b.sni.test")) == _owner(b), 30,
+                 what="both vhosts routed over HTTPS")
+        # SNI decides; without SNI (an IP address sends none) Host does: as with ACLs.
+        assert _app(_get(url, host="b.sni.test", sni="a.sni.test")) == _owner(a)
+        assert _app(_get(url, host="a.sni.test")) == _owner(a)
+        assert _get(url, host="nobody.sni.test").status_code == 503
+        assert reloads(daemon) == before
+
+
+def test_the_range_flag_is_checked_at_start(tmp_path: Path) -> None:
+    from servicerouter.cli import CliError
+    from servicerouter.daemon import range_settings
+    from servicerouter.demo.procs import free_port_range
+
+    config = tmp_path / "haproxy.cfg"
+    with pytest.raises(CliError, match=r"--service-port-range: '9-1' is not LOW-HIGH"):
+        range_settings(Settings(), "9-1", 8, config)
+    with pytest.raises(CliError, match="--pool-spares 0: must be >= 1"):
+        range_settings(Settings(), "20000-20001", 0, config)
+    low, high = free_port_range(4)
+    with socket.socket() as busy:  # another process's listener, no SO_REUSEPORT
+        busy.bind(("", low + 2))
+        busy.listen()
+        with pytest.raises(CliError, match=rf"1 of its ports are in use .* \(e\.g\. {low + 2}\)"):
+            range_settings(Settings(), f"{low}-{high}", 8, config)
+    got = range_settings(Settings(), f"{low}-{high}", 3, config)
+    assert (got.service_port_range, got.pool_spares) == ((low, high), 3)
+    assert got.map_dir == f"{config.resolve()}.d"
+
+
+def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
+        tmp_path: Path, simulator: Simulator) -> None:
+    low, high = free_port_range(RANGE_SIZE)
+    haproxy = ExternalHAProxy(tmp_path).start()
+    args = ("--service-port-range", f"{low}-{high}")
+    with running(haproxy):
+        launch(simulator, "/kept/old", low + 1)
+        first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(first):
+            first.start()
+            routed(simulator, "/kept/old", low + 1)
+            launch(simulator, "/kept/spare", low + 2, instances=2)  # lives in a spare
+            routed(simulator, "/kept/spare", low + 2)
+        reloads_before = reloads_of(haproxy)
+        second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(second):
+            second.start()
+            wait_for(lambda: "adopted the running HAProxy" in second.proc.output(), 20,
+                     what="the adoption log line")
+            routed(simulator, "/kept/old", low + 1)
+            routed(simulator, "/kept/spare", low + 2)
+            launch(simulator, "/kept/new", low + 3)  # the adopted pool serves a new app
+            routed(simulator, "/kept/new", low + 3)
+            assert reloads_of(haproxy) == reloads_before
+
+
+def reloads_of(haproxy: ExternalHAProxy) -> int:
+    return int(wait_for(lambda: (haproxy.reloads(),), 10, what="show proc")[0])

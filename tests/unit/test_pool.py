@@ -1,0 +1,266 @@
+"""Range mode (pool.py and planner.plan_range): port map, host map, spare backends."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from servicerouter import pool
+from servicerouter.haproxy.render import render
+from servicerouter.haproxy.runtime_parse import ServerState
+from servicerouter.layout import DesiredService, Layout, Settings, SlotTable, build_layout
+from servicerouter.model import Endpoint, Mode, Options, Service
+from servicerouter.naming import service_name
+from servicerouter.planner import ReloadReason, plan, reconcile
+
+S = Settings(socket_path="/run/a.sock", stats_port=0, http_port=8080, https_port=0,
+             service_port_range=(20000, 20099), map_dir="/etc/haproxy/haproxy.cfg.d",
+             pool_spares=2)
+PORTS = "/etc/haproxy/haproxy.cfg.d/ports.map"
+HOSTS = "/etc/haproxy/haproxy.cfg.d/hosts.map"
+HTTP = Options(mode=Mode.HTTP)
+TCP = Options()
+
+
+def svc(app: str, port: int, options: Options = TCP, tasks: int = 1
+        ) -> tuple[str, DesiredService]:
+    eps = tuple(Endpoint(f"{app}.t{i}", "127.0.0.1", 31000 + port % 1000 * 10 + i)
+                for i in range(tasks))
+    return service_name(app, port), DesiredService(Service(app, 0, port, options), eps)
+
+
+def cluster(*services: tuple[str, DesiredService], settings: Settings = S
+            ) -> tuple[Layout, SlotTable]:
+    return pool.with_pool(*build_layout(dict(services), {}, settings), {}, settings)
+
+
+@pytest.mark.parametrize("text,expected", [("20000-20099", (20000, 20099)),
+                                           (" 80-80 ", (80, 80))])
+def test_port_range_parses(text: str, expected: tuple[int, int]) -> None:
+    assert pool.parse_port_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["20000", "b-c", "20099-20000", "0-10", "1-70000", "1-2-3"])
+def test_a_bad_port_range_is_named(text: str) -> None:
+    with pytest.raises(ValueError, match=repr(text).replace("(", r"\(")):
+        pool.parse_port_range(text)
+
+
+@pytest.mark.parametrize("port,options,why", [
+    (20001, Options(), None),
+    (20001, HTTP, None),
+    (30000, Options(), "service port 30000 is outside --service-port-range 20000-20099"),
+    (20001, Options(bind_address="127.0.0.1"), "a bind address (HAPROXY_0_BIND_ADDR=127.0.0.1)"),
+    (20001, Options(ssl_cert="/c.pem"), "a per-port certificate (HAPROXY_0_SSL_CERT=/c.pem)"),
+])
+def test_own_frontend_says_why(port: int, options: Options, why: str | None) -> None:
+    assert pool.own_frontend(Service("/a", 0, port, options), S) == why
+
+
+def test_without_the_range_everything_has_its_own_frontend() -> None:
+    assert pool.own_frontend(Service("/a", 0, 20001), Settings()) == "no --service-port-range"
+    layout, _ = pool.with_pool(*build_layout(dict([svc("/a", 20001)]), {}, Settings()), {},
+                               Settings())
+    assert list(layout) == ["a_20001"] and pool.map_files(layout, Settings()) == {}
+
+
+def test_the_pool_has_tcp_and_http_spares_and_every_shape_in_use() -> None:
+    checked = replace(HTTP, health_check=True, health_check_path="/health")
+    layout, table = cluster(svc("/a", 20001), svc("/b", 20002, checked))
+    spares = [s for s in layout.values() if pool.is_spare(s)]
+    shapes = sorted(repr(s.service.options) for s in spares)
+    assert len(spares) == 6  # --pool-spares 2 x (tcp, http, http with a check)
+    assert shapes.count(repr(Options())) == 2 and shapes.count(repr(HTTP)) == 2
+    assert shapes.count(repr(checked)) == 2
+    assert all(table[s.name] == [None] * s.slots for s in spares)
+
+
+def test_the_pool_grows_with_its_services_and_with_demand() -> None:
+    many = [svc(f"/a{i}", 20000 + i) for i in range(40)]
+    layout, _ = cluster(*many)
+    assert sum(pool.is_spare(s) for s in layout.values()) == 4 + 2  # 10% of 40 tcp; 2 http
+    # After a run of apps taking spares, the next reload doubles what was taken.
+    taken = {name: replace(shape, name=f"{pool.SPARE_PREFIX}9{i}")
+             for i, (name, shape) in enumerate(sorted(layout.items()))
+             if name < "a2" and not pool.is_spare(shape)}
+    previous = {**{n: s for n, s in layout.items() if n not in taken}, **taken}
+    grown, _ = pool.with_pool(*build_layout(dict(many), {}, S), previous, S)
+    assert sum(pool.is_spare(s) and s.service.options == Options()
+               for s in grown.values()) == 2 * len(taken)
+
+
+def test_range_bind_leaves_out_ports_other_frontends_bind() -> None:
+    s = replace(S, service_port_range=(20000, 20010), reserved_ports=(20000,))
+    layout, _ = cluster(svc("/a", 20005, Options(bind_address="127.0.0.1")), svc("/b", 20006),
+                        settings=s)
+    assert pool.range_bind(layout, s) == "*:20001-20004,*:20006-20010"
+
+
+def test_render_routes_in_range_services_by_the_port_map() -> None:
+    layout, table = cluster(svc("/a", 20001), svc("/b", 30000),
+                            svc("/c", 20002, replace(HTTP, vhosts=("c.test",))))
+    text = render(layout, table, S)
+    assert "frontend service_range\n    bind *:20000-20099\n" in text
+    assert f"reject unless {{ dst_port,map_int({PORTS}) -m found }}" in text
+    assert "frontend a_20001" not in text and "frontend c_20002" not in text
+    assert "frontend b_30000\n    bind *:30000\n" in text
+    assert f"map_str({HOSTS})" in text and "acl host_" not in text
+    files = pool.map_files(layout, S)
+    assert files["ports.map"] == "20001 a_20001\n20002 c_20002\n"
+    assert files["hosts.map"] == "c.test c_20002\n"
+    assert set(files) == {"ports.map", "hosts.map", "spares.json"}
+
+
+@pytest.mark.parametrize("routes,in_map,acl_hosts", [
+    ([("/a", ("a.test",), ())], {"a.test"}, []),
+    # Two routes name the host: their order (weight, path length) matters: ACLs.
+    ([("/a", ("x.test",), ()), ("/b", ("x.test",), ("/api",))], set(), ["x.test", "x.test"]),
+    ([("/a", ("p.test",), ("/p",))], set(), ["p.test"]),
+    # A wildcard that matches the host could win by order: ACLs.
+    ([("/a", ("w.x.test",), ()), ("/b", ("*.x.test",), ())], set(), ["w.x.test"]),
+    ([("/a", ("Mixed.Test",), ())], {"mixed.test"}, []),
+])
+def test_a_host_is_in_the_map_only_when_no_ordering_rule_is_at_stake(
+        routes: list[tuple[str, tuple[str, ...], tuple[str, ...]]], in_map: set[str],
+        acl_hosts: list[str]) -> None:
+    services = [svc(app, 20001 + i, replace(HTTP, vhosts=hosts, paths=paths))
+                for i, (app, hosts, paths) in enumerate(routes)]
+    layout, _ = cluster(*services)
+    hosts, acls = pool.host_routes(layout, S)
+    assert set(hosts) == in_map
+    assert sorted(h for r in acls for h in r["hosts"]) == acl_hosts
+    plain, all_acls = pool.host_routes(layout, replace(S, service_port_range=(0, 0)))
+    assert plain == {} and len(all_acls) == len(routes)
+
+
+def run(layout: Layout, table: SlotTable, desired: dict[str, DesiredService],
+        dirty: set[str]) -> tuple[Layout, SlotTable, list[str], dict[str, str]]:
+    """Plan, and commit the plan as the engine does."""
+    p = plan(layout, table, desired, dirty, S)
+    layout, table = dict(layout), dict(table)
+    table.update(p.slots)
+    for name, shape in p.layout.items():
+        if shape is None:
+            layout.pop(name, None)
+            table.pop(name, None)
+        else:
+            layout[name] = shape
+    return layout, table, p.commands, p.reload
+
+
+def test_a_new_app_takes_a_spare_slots_first_then_the_map_entry() -> None:
+    layout, table = cluster(svc("/a", 20001))
+    desired = dict([svc("/a", 20001), svc("/new", 20002, tasks=2)])
+    after, table, commands, reload = run(layout, table, desired, {"new_20002"})
+    assert not reload
+    spare = after["new_20002"].name
+    assert spare.startswith(pool.SPARE_PREFIX) and spare not in after
+    assert commands[-1] == f"add map {PORTS} 20002 {spare}"
+    assert {c.split()[2] for c in commands[:-1]} == {f"{spare}/s1", f"{spare}/s2"}
+    assert pool.ports_map(after, S)["20002"] == spare
+    assert [e is not None for e in table["new_20002"][:3]] == [True, True, False]
+
+
+def test_a_removed_app_loses_its_map_entry_first_and_its_spare_returns() -> None:
+    layout, table = cluster(svc("/a", 20001))
+    desired = dict([svc("/a", 20001), svc("/new", 20002)])
+    after, table, _, _ = run(layout, table, desired, {"new_20002"})
+    spare = after["new_20002"].name
+    spares = sum(pool.is_spare(s) for s in after.values())
+    back, table, commands, reload = run(after, table, dict([svc("/a", 20001)]), {"new_20002"})
+    assert not reload
+    assert commands == [f"del map {PORTS} 20002", f"set server {spare}/s1 state maint"]
+    assert pool.is_spare(back[spare]) and "new_20002" not in back and "new_20002" not in table
+    assert sum(pool.is_spare(s) for s in back.values()) == spares + 1
+    # A removed app that had a backend of its own (from a reload) is unrouted, no reload.
+    gone, _, commands, reload = run(layout, table, {}, {"a_20001"})
+    assert not reload and commands[0] == f"del map {PORTS} 20001" and "a_20001" not in gone
+
+
+@pytest.mark.parametrize("port,options,reason,why", [
+    (30000, Options(), ReloadReason.OWN_FRONTEND, "outside --service-port-range"),
+    (20002, Options(ssl_cert="/c.pem"), ReloadReason.OWN_FRONTEND, "a per-port certificate"),
+    (20002, Options(auth=("r", "u", "h")), ReloadReason.OUTSIDE_POOL, "HAPROXY_0_AUTH"),
+    (20002, Options(balance="leastconn"), ReloadReason.POOL_EXHAUSTED, "no spare backend"),
+])
+def test_what_still_needs_a_reload_says_why(port: int, options: Options, reason: ReloadReason,
+                                            why: str) -> None:
+    layout, table = cluster(svc("/a", 20001))
+    name, d = svc("/new", port, options)
+    p = plan(layout, table, {name: d}, {name}, S)
+    assert p.reload == {name: reason} and why in p.why[name]
+    assert not p.commands and not p.layout
+
+
+def test_the_pool_runs_out() -> None:
+    layout, table = cluster(svc("/a", 20001))
+    desired = dict([svc(f"/n{i}", 20010 + i) for i in range(3)])
+    p = plan(layout, table, desired, set(desired), S)
+    assert list(p.reload.values()) == [ReloadReason.POOL_EXHAUSTED]  # 2 spares, 3 apps
+    assert len([c for c in p.commands if c.startswith("add map")]) == 2
+
+
+def test_a_vhost_is_added_and_moved_through_the_host_map() -> None:
+    layout, table = cluster(svc("/a", 20001, HTTP), svc("/b", 20002, HTTP))
+    both = dict([svc("/a", 20001, replace(HTTP, vhosts=("v.test",))), svc("/b", 20002, HTTP)])
+    layout, table, commands, reload = run(layout, table, both, {"a_20001"})
+    assert not reload and commands == [f"add map {HOSTS} v.test a_20001"]
+    moved = dict([svc("/a", 20001, HTTP), svc("/b", 20002, replace(HTTP, vhosts=("v.test",)))])
+    layout, table, commands, reload = run(layout, table, moved, {"a_20001", "b_20002"})
+    assert not reload and commands == [f"set map {HOSTS} v.test b_20002"]
+    assert layout["b_20002"].service.options.vhosts == ("v.test",)
+
+
+def test_a_vhost_change_the_map_cannot_express_reloads() -> None:
+    layout, table = cluster(svc("/a", 20001, replace(HTTP, vhosts=("v.test",))))
+    name, d = svc("/b", 20002, replace(HTTP, vhosts=("v.test",), paths=("/api",)))
+    p = plan(layout, table, {**dict([svc("/a", 20001, replace(HTTP, vhosts=("v.test",)))]),
+                             name: d}, {name}, S)
+    assert p.reload == {name: ReloadReason.VHOST_ACL}
+    assert not p.commands and not p.layout and not p.slots  # dropped whole
+
+
+def test_a_mode_change_is_still_an_options_change() -> None:
+    layout, table = cluster(svc("/a", 20001))
+    p = plan(layout, table, dict([svc("/a", 20001, HTTP)]), {"a_20001"}, S)
+    assert p.reload == {"a_20001": ReloadReason.OPTIONS_CHANGED}
+
+
+def test_reconcile_reads_an_app_in_a_spare_under_the_spare_name() -> None:
+    layout, table = cluster()
+    layout, table, _, _ = run(layout, table, dict([svc("/new", 20002)]), {"new_20002"})
+    spare = layout["new_20002"].name
+    held = table["new_20002"][0]
+    assert held is not None
+    actual = [ServerState(1, spare, i, f"s{i}", "127.0.0.1", 2, 1, 1, 1, 0, 0, 0, 0, 1)
+              for i in range(1, 9)]  # HAProxy restarted from the file: all in maint
+    commands, broken = reconcile({"new_20002": layout["new_20002"]}, table, actual)
+    assert not broken
+    assert commands == [f"set server {spare}/s1 addr 127.0.0.1 port {held.port}",
+                        f"set server {spare}/s1 state ready"]
+
+
+def test_show_map_parses_and_diffs() -> None:
+    have = pool.parse_show_map("0x55d1 20001 a_20001\n0x55d2 20002 _pool_3\n")
+    assert have == {"20001": "a_20001", "20002": "_pool_3"}
+    assert pool.map_diff(PORTS, have, {"20002": "_pool_4", "20003": "c"}) == (
+        [f"del map {PORTS} 20001"],
+        [f"set map {PORTS} 20002 _pool_4", f"add map {PORTS} 20003 c"])
+    with pytest.raises(ValueError, match="Unknown map"):
+        pool.parse_show_map("Unknown map identifier. Please use #<id> or <file>.\n")
+
+
+
+def test_the_spares_file_gives_the_pool_back() -> None:
+    checked = replace(HTTP, health_check=True, health_check_path="/h",
+                      network_allowed=("10.0.0.0/8",))
+    layout, table = cluster(svc("/a", 20001, checked))
+    layout, _, _, _ = run(layout, table, dict([svc("/a", 20001, checked),
+                                               svc("/b", 20002, checked)]), {"b_20002"})
+    spares = pool.parse_spares(pool.spares_text(layout))
+    assert layout["b_20002"].name in spares  # a spare holding an app stays in the file
+    assert spares == {s.name: pool.shape_of(s.service.options) for s in layout.values()
+                      if s.name.startswith(pool.SPARE_PREFIX)}
+    with pytest.raises(ValueError):
+        pool.parse_spares("")
