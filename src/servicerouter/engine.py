@@ -693,7 +693,10 @@ class Engine:
         self.guard.served(text)
         # Changed at runtime while this config was validated and loaded: planned again
         # against what the new worker has from the file, before its reconcile.
-        self._dirty |= {name for name, at in self._changed_at.items() if at > seq}
+        replan = {name for name, at in self._changed_at.items() if at > seq}
+        self._dirty |= replan
+        for name in replan:  # decided again against the new layout, just below: a new app
+            self._pending.pop(name, None)  # that came meanwhile may fit a fresh spare now
         self._generation, self._changed_at = self._generation + 1, {}
         self.runtime.reset()  # its kept session talks to the old worker
         # Backends dirtied while the reload ran stay dirty: the next step plans
