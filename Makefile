@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit integration demo bench clean install-venv install-files install-system
+.PHONY: install test lint unit integration demo bench bench-all clean install-venv install-files install-system
 
 # Production install (see README.md, "Production set-up"): the program in its own
 # venv under PREFIX, the systemd units, the user, an example environment file.
@@ -43,6 +43,9 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks
+
+bench-all: install
+	$(PY) -m benchmarks --all
 
 install-venv:
 	python3 -m venv $(PREFIX)

@@ -24,12 +24,19 @@ EXPECTED = {
              "tail_memory": ["daemon peak RSS MB", "HAProxy worker RSS MB"]},
     "subscribers": {"subscribers": ["subscribers", "simulator CPU ms/event",
                                     "lag to last p99 ms"]},
+    "slots": {"slots": ["min free", "increment", "slots", "haproxy -c ms", "worker RSS MB"]},
     "newapp": {"newapp": ["mode", "apps before", "routed", "p50 ms", "p99 ms",
                           "HAProxy reloads"]},
     "vhosts": {"vhosts": ["vhosts", "routing", "host", "p50 ms", "p99 ms"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}
+
+
+def test_every_benchmark_is_smoked() -> None:
+    from benchmarks.__main__ import DEFAULT, EXTRA
+
+    assert set(EXPECTED) == {*DEFAULT, *EXTRA}
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
