@@ -26,6 +26,19 @@ PYTHON = sys.executable
 BACKEND_CMD = f"exec {PYTHON} -m servicerouter.demo.backend"
 
 
+# HAProxy's config before anything is configured (what Debian's package ships, less
+# its listeners): a master-worker HAProxy can start on it and be reloaded.
+EMPTY_CFG = """global
+    log /dev/log local0
+defaults
+    log global
+    mode tcp
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+"""
+
+
 class Simulator:
     def __init__(self, tmp: Path, *, kill_grace: float = 1.0, extra: list[str] | None = None):
         self.port = free_port()

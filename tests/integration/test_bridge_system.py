@@ -23,22 +23,12 @@ from servicerouter.demo.procs import Proc
 from servicerouter.haproxy.master_cli import MasterCLI
 
 from .conftest import needs_haproxy
-from .harness import Simulator, running, wait_for, wait_routed
+from .harness import EMPTY_CFG, Simulator, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
 BRIDGE = [sys.executable, "-c", "import sys; from servicerouter.bridge import main; "
                                 "sys.exit(main())"]
-# What Debian's haproxy package ships before anything is configured: no listener.
-DEFAULT_CFG = """global
-    log /dev/log local0
-defaults
-    log global
-    mode tcp
-    timeout connect 5s
-    timeout client 50s
-    timeout server 50s
-"""
 
 
 def bridge(*args: str | Path, command: list[str] | None = None
@@ -101,12 +91,12 @@ def test_install_then_refresh_reloads_only_on_change(tmp_path: Path,
     # HAProxy as Debian's haproxy.service starts it: -Ws, master socket, default config.
     (root / "etc/haproxy").mkdir(parents=True)
     config = root / "etc/haproxy/haproxy.cfg"
-    config.write_text(DEFAULT_CFG)
+    config.write_text(EMPTY_CFG)
     refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", "0")
     out = bridge(*refresh, command=installed)
     assert out.returncode == 1
     assert "no running HAProxy to reload" in out.stderr and "Traceback" not in out.stderr
-    assert config.read_text() == DEFAULT_CFG, "nothing is written when nothing can reload"
+    assert config.read_text() == EMPTY_CFG, "nothing is written when nothing can reload"
 
     port, live = simulator.launch("/cron/web", 2)
     master = root / "run/haproxy-master.sock"

@@ -15,20 +15,10 @@ from servicerouter.demo.procs import Proc, free_port
 from servicerouter.haproxy.master_cli import MasterCLI
 
 from .conftest import needs_haproxy
-from .harness import PYTHON, Simulator, running, wait_for, wait_routed
+from .harness import EMPTY_CFG, PYTHON, Simulator, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
-# An HAProxy in master-worker mode before anything is configured (no listener).
-EMPTY_CFG = """global
-    log /dev/log local0
-defaults
-    log global
-    mode tcp
-    timeout connect 5s
-    timeout client 50s
-    timeout server 50s
-"""
 
 
 def sync(marathon: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
