@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -848,23 +849,30 @@ class Engine:
                             len(broken))
 
     def _update_gauges(self) -> None:
+        self.metrics.apps.set(len(self.state.apps))
+        if self._slot_gauges:
+            return
+        # Gauges that walk the layout, the slot table (80,000 slots at 10,000 apps) or the
+        # problems are computed when /metrics is read, not once per apply step (per-step
+        # counting was most of the CPU at 100 replacements/s, issue #11).
+        self._slot_gauges = True
         m = self.metrics
-        m.apps.set(len(self.state.apps))
-        spares = sum(1 for shape in self.layout.values() if not shape.app_id)  # range mode
-        m.services.set(len(self.layout) - spares)
-        m.pool_spares.set(spares)
-        # Counting the slots walks the whole table (80,000 slots at 10,000 apps): done
-        # when /metrics is read, not once per apply step (that was most of the CPU at
-        # 100 replacements/s, issue #11).
-        if not self._slot_gauges:
-            self._slot_gauges = True
-            m.endpoints.set_function(lambda: slot_counts(self.table)[0])
-            m.slots.labels("used").set_function(lambda: slot_counts(self.table)[0])
-            m.slots.labels("free").set_function(lambda: slot_counts(self.table)[1])
-        excluded = dict.fromkeys(EXCLUDED_REASONS, 0)
-        excluded["invalid_app"] = len(self.app_errors)
-        for problem in self.state.problem_list():
-            excluded[problem.reason] = excluded.get(problem.reason, 0) + 1
-        for reason, count in excluded.items():
-            m.services_excluded.labels(reason).set(count)
+        m.services.set_function(lambda: len(self.layout) - self._spare_count())
+        m.pool_spares.set_function(self._spare_count)
+        m.endpoints.set_function(lambda: slot_counts(self.table)[0])
+        m.slots.labels("used").set_function(lambda: slot_counts(self.table)[0])
+        m.slots.labels("free").set_function(lambda: slot_counts(self.table)[1])
+        for reason in EXCLUDED_REASONS:
+            m.services_excluded.labels(reason).set_function(
+                functools.partial(self._excluded_count, reason))
+
+    def _spare_count(self) -> int:
+        """Spare backends of the range mode's pool (layout entries of no app)."""
+        return sum(1 for shape in self.layout.values() if not shape.app_id)
+
+    def _excluded_count(self, reason: str) -> int:
+        """Services left out for ``reason`` (``invalid_app``: apps that do not parse)."""
+        if reason == "invalid_app":
+            return len(self.app_errors)
+        return sum(1 for p in self.state.problem_list() if p.reason == reason)
 
