@@ -65,6 +65,19 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
+def _wait_gone(pids: list[int]) -> None:
+    for pid in pids:
+        wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+
+
+def _stop_kept(pids: list[int]) -> None:
+    """Stop a kept (detached) HAProxy: its master first, then wait for every process."""
+    for pid in pids[:1]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    _wait_gone(pids)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -114,8 +127,7 @@ def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
         assert daemon.proc.popen is not None
         os.kill(daemon.proc.popen.pid, signal.SIGKILL)
         daemon.proc.popen.wait(10)
-        for pid in pids:
-            wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+        _wait_gone(pids)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -341,11 +353,7 @@ def test_keep_haproxy_on_exit_serves_through_a_daemon_crash_and_is_adopted(
         # A clean stop leaves it serving too.
         routed(simulator, "/kept", port)
     finally:
-        for pid in pids[:1]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+        _stop_kept(pids)
 
 
 def test_kept_haproxy_that_dies_is_started_again(tmp_path: Path, simulator: Simulator) -> None:
@@ -361,15 +369,10 @@ def test_kept_haproxy_that_dies_is_started_again(tmp_path: Path, simulator: Simu
             routed(simulator, "/kept2", port)
             pids = asyncio.run(master.show_proc()).all_pids
             os.kill(pids[0], signal.SIGKILL)
-            for pid in pids:
-                wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+            _wait_gone(pids)
             # The watcher starts a new master from the file; reconcile restores the rest.
             routed(simulator, "/kept2", port, timeout=30)
             pids = asyncio.run(master.show_proc()).all_pids
             assert "does not answer; starting HAProxy again" in daemon.proc.output()
     finally:
-        for pid in pids[:1]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            wait_for(lambda p=pid: not _alive(p), 15, what=f"haproxy pid {pid} gone")
+        _stop_kept(pids)
