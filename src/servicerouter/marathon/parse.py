@@ -64,7 +64,7 @@ class ParseResult:
 
 def _get(obj: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
     """``obj[key]``, treating a missing object, a missing key and null alike."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
         return default
     value = obj.get(key)
     return default if value is None else value
@@ -199,22 +199,39 @@ def task_address(
 
 
 def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) -> Task:
-    where = f"tasks[{index}]"
-    task_id = _get(raw, "id")
+    """One task of ``app``'s ``tasks[index]``. Raises :class:`AppParseError` naming the field.
+
+    A full sync at 10,000 apps parses 50,000 tasks: this is written for the plain
+    ``dict`` both decoders give (one ``get`` per field, field paths formatted only
+    for an error), and takes any other mapping through the same checks."""
+    get = raw.get if isinstance(raw, dict) else (lambda k: _get(raw, k))
+    task_id = get("id")
     if not isinstance(task_id, str) or not task_id:
-        raise AppParseError(f"{where}.id", "missing")
-    host = _get(raw, "host", "")
-    ip, ports = task_address(app, str(host), _list(raw, "ipAddresses", f"{where}.ipAddresses"),
-                             _list(raw, "ports", f"{where}.ports"), resolve)
-    return Task(
-        id=task_id,
-        app_id=app.id,
-        ip=ip,
-        ports=ports,
-        state=str(_get(raw, "state", "TASK_UNKNOWN")),
-        health=task_health(raw, app.has_health_checks),
-        host=str(host),
-    )
+        raise AppParseError(f"tasks[{index}].id", "missing")
+    host = get("host")
+    host = "" if host is None else str(host)
+    ip_addresses = _task_list(get("ipAddresses"), index, "ipAddresses")
+    ports = _task_list(get("ports"), index, "ports")
+    if app.network is NetworkMode.CONTAINER:
+        ip, task_ports = task_address(app, host, ip_addresses, ports, resolve)
+    else:  # task_address's host-network branch, inlined for the common case
+        ip = _ip(resolve(host)) if host else None
+        task_ports = tuple([p for p in ports if type(p) is int])
+    state = get("state")
+    return Task(task_id, app.id, ip, task_ports,
+                "TASK_UNKNOWN" if state is None else str(state),
+                task_health(raw, app.has_health_checks) if app.has_health_checks
+                else Health.NONE,
+                host)
+
+
+def _task_list(value: Any, index: int, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise AppParseError(f"tasks[{index}].{key}",
+                            f"expected a list, got {type(value).__name__}")
+    return value
 
 
 def parse_app(raw: Mapping[str, Any], resolve: Resolver,
