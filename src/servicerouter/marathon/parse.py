@@ -198,6 +198,23 @@ def task_address(
     )
 
 
+class _HostIPs(dict[str, "str | None"]):
+    """Agent host → backend IP, for one payload: each host is resolved (and its IP
+    checked) once per parse, then found with one dict lookup (5 tasks an app share a
+    handful of agents)."""
+
+    def __init__(self, resolve: Resolver) -> None:
+        super().__init__()
+        self.resolve = resolve
+
+    def __missing__(self, host: str) -> str | None:
+        ip = self[host] = _ip(self.resolve(host))
+        return ip
+
+    def __call__(self, host: str) -> str | None:  # a Resolver too
+        return self[host]
+
+
 def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) -> Task:
     """One task of ``app``'s ``tasks[index]``. Raises :class:`AppParseError` naming the field.
 
@@ -215,7 +232,8 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     if app.network is NetworkMode.CONTAINER:
         ip, task_ports = task_address(app, host, ip_addresses, ports, resolve)
     else:  # task_address's host-network branch, inlined for the common case
-        ip = _ip(resolve(host)) if host else None
+        ip = (resolve[host] if isinstance(resolve, _HostIPs) else _ip(resolve(host))) \
+            if host else None
         task_ports = tuple([p for p in ports if type(p) is int])
     state = get("state")
     return Task(task_id, app.id, ip, task_ports,
@@ -287,7 +305,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
                                 f"port {port} is also service port index {first}'s")
         services.append(Service(app_id, index, port, options))
 
-    app = App(
+    fields: dict[str, Any] = dict(
         id=app_id,
         version=str(_get(raw, "version", "")),
         labels={str(k): str(v) for k, v in labels.items()},
@@ -297,9 +315,11 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
         services=tuple(services),
         problems=tuple(problems),
     )
-    tasks = tuple(parse_task(app, t, resolve, i)
-                  for i, t in enumerate(_list(raw, "tasks", "tasks")))
-    return replace(app, tasks=tasks), warnings
+    app = App(**fields)  # what parse_task reads; the tasks go into the final App
+    hosts = resolve if isinstance(resolve, _HostIPs) else _HostIPs(resolve)
+    tasks = tuple([parse_task(app, t, hosts, i)
+                   for i, t in enumerate(_list(raw, "tasks", "tasks"))])
+    return App(**fields, tasks=tasks), warnings  # (not dataclasses.replace: 7 µs an app)
 
 
 # HAProxy keeps timers in signed 32-bit milliseconds: "inter" above 2147483647 ms is
@@ -416,6 +436,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
         raise PayloadError(f"{source}: response has no 'apps' list")
     result = ParseResult()
     seen: set[str] = set()
+    resolve = _HostIPs(resolve)
     for i, raw in enumerate(apps_raw):
         app_id = _get(raw, "id", f"<apps[{i}]>")
         try:
