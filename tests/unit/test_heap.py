@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import pytest
 
@@ -37,4 +38,28 @@ async def test_an_error_inside_still_resumes_the_collector() -> None:
     with pytest.raises(ValueError):
         await broken()
     assert gc.isenabled()
+    gc.unfreeze()
+
+
+class _Body:
+    """Stands for a response body: weakly referenceable, so we can see it freed."""
+
+
+async def test_cyclic_garbage_made_during_a_sync_is_freed_not_frozen() -> None:
+    # An httpx response and its stream refer to each other: only the collector
+    # frees them. Frozen with the sync's survivors, they would never be freed, and
+    # every full sync would leak the size of the /v2/apps body.
+    bodies: list[weakref.ref[_Body]] = []
+
+    @quiet_gc
+    async def sync() -> None:
+        body = _Body()
+        cycle: dict[str, object] = {"body": body}
+        cycle["self"] = cycle
+        bodies.append(weakref.ref(body))
+
+    gc.unfreeze()
+    for _ in range(3):
+        await sync()
+    assert [ref() for ref in bodies] == [None, None, None]
     gc.unfreeze()

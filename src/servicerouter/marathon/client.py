@@ -87,6 +87,17 @@ class FetchResult:
         return apps
 
 
+def _unlink_stream(response: httpx.Response) -> None:
+    """Free a read response by reference counting, not by the cyclic collector.
+
+    httpx 0.28 links a response and its stream both ways (encode/httpx#3733), so
+    the body (~30 MB of ``/v2/apps`` at 10,000 apps) would live until a collection,
+    and a full sync pauses the collector (heap.py): it would stay through the whole
+    sync. The response is read and closed here; its stream is never used again."""
+    if response.is_closed:
+        response.stream = httpx.ByteStream(b"")
+
+
 def parse_marathon_url(raw: str, default_auth: Auth | None = None) -> MarathonTarget:
     """Validate one Marathon base URL; move credentials `http://user:pass@host` into auth.
 
@@ -370,6 +381,7 @@ class MarathonClient:
                 failures.append((target.url, reason))
                 continue
             seconds = time.monotonic() - start
+            _unlink_stream(response)
             status = response.status_code
             if status in (401, 403):
                 self.report(endpoint, "auth", seconds)
