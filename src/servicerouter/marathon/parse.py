@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -226,7 +227,8 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     if not isinstance(task_id, str) or not task_id:
         raise AppParseError(f"tasks[{index}].id", "missing")
     host = get("host")
-    host = "" if host is None else str(host)
+    # Interned: a few agents and states shared by 50,000 tasks, not one copy each.
+    host = "" if host is None else sys.intern(str(host))
     ip_addresses = _task_list(get("ipAddresses"), index, "ipAddresses")
     ports = _task_list(get("ports"), index, "ports")
     if app.network is NetworkMode.CONTAINER:
@@ -237,7 +239,7 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
         task_ports = tuple([p for p in ports if type(p) is int])
     state = get("state")
     return Task(task_id, app.id, ip, task_ports,
-                "TASK_UNKNOWN" if state is None else str(state),
+                "TASK_UNKNOWN" if state is None else sys.intern(str(state)),
                 task_health(raw, app.has_health_checks) if app.has_health_checks
                 else Health.NONE,
                 host)
