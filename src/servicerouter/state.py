@@ -13,9 +13,12 @@ from dataclasses import replace
 
 from .admission import Facts, check_service, port_label, vhost_owner
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
-from .model import App, Health, Problem, Service, Task
+from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
 
 log = logging.getLogger("servicerouter.state")
+
+# Admission outcomes decided by an app's tasks rather than its definition.
+TASK_REASONS = frozenset({"task_port", "too_many_servers"})
 
 
 class ClusterState:
@@ -288,18 +291,51 @@ class ClusterState:
         app = self.apps.get(task.app_id)
         if app is None:
             return set()
-        tasks = [t for t in app.tasks if t.id != task.id]
-        if len(tasks) == len(app.tasks):
-            tasks.append(task)
+        tasks, previous = list(app.tasks), None
+        for i, t in enumerate(tasks):
+            if t.id == task.id:
+                previous, tasks[i] = t, task
+                break
         else:
-            tasks = [task if t.id == task.id else t for t in app.tasks]
-        return self.set_app(replace(app, tasks=tuple(tasks)))
+            tasks.append(task)
+        changed = app.with_tasks(tuple(tasks))
+        check = self.settings.health_check
+        if endpoint_state(task, app.has_health_checks, check) is None and (
+                previous is None
+                or endpoint_state(previous, app.has_health_checks, check) is None):
+            self.apps[app.id] = changed  # routed neither before nor now (staging,
+            return set()  # starting, unhealthy): no endpoint can change
+        return self._retask(changed)
 
     def remove_task(self, app_id: str, task_id: str) -> set[str]:
         app = self.apps.get(app_id)
         if app is None or all(t.id != task_id for t in app.tasks):
             return set()
-        return self.set_app(replace(app, tasks=tuple(t for t in app.tasks if t.id != task_id)))
+        return self._retask(app.with_tasks(tuple(t for t in app.tasks if t.id != task_id)))
+
+    def _retask(self, app: App) -> set[str]:
+        """Another set of tasks for a known app, its definition unchanged (every task
+        event): its admission, claims and exclusions stand, so only the endpoints of
+        its admitted services are computed again, not the whole admission of
+        :meth:`_refresh` (a fifth of the daemon's CPU under churn). Where tasks decide
+        admission (a task port outside 1-65535, the server cap), the full refresh runs."""
+        self.apps[app.id] = app
+        if any(p.reason in TASK_REASONS for p in self.problems.get(app.id, ())):
+            return self._refresh(app.id)
+        cap, check = self.settings.max_servers_per_backend, self.settings.health_check
+        changed: dict[str, DesiredService] = {}
+        for name in self._backends.get(app.id, ()):
+            d = self.desired[name]
+            eps = endpoints(app, d.service, check)
+            if cap and len(eps) > cap:
+                return self._refresh(app.id)
+            for e in eps:
+                if not valid_port(e.port):
+                    return self._refresh(app.id)
+            if eps != d.endpoints:
+                changed[name] = DesiredService(d.service, eps)
+        self.desired.update(changed)
+        return set(changed)
 
     def task(self, app_id: str, task_id: str) -> Task | None:
         app = self.apps.get(app_id)
@@ -317,7 +353,7 @@ class ClusterState:
                       for t in app.tasks)
         if tasks == app.tasks:
             return set()
-        return self.set_app(replace(app, tasks=tasks))
+        return self._retask(app.with_tasks(tasks))
 
     @property
     def endpoint_count(self) -> int:

@@ -100,3 +100,56 @@ def test_ports_servicerouter_binds_itself_are_refused() -> None:
     for port in (9090, 80, 443):
         assert s.set_app(one_port_app(f"/p{port}", port)) == set()
     assert s.desired == {}
+
+
+def _full_refresh(s: ClusterState) -> dict[str, object]:
+    """What a fresh state computes for the same apps through the whole admission."""
+    fresh = ClusterState(s.settings)
+    for a in s.apps.values():
+        fresh.set_app(a)
+    return {"desired": fresh.desired, "problems": fresh.problems}
+
+
+def test_task_events_give_the_state_the_whole_admission_would() -> None:
+    # The task-event path recomputes endpoints only; where tasks decide admission (a
+    # task port outside 1-65535, the server cap) it must still leave the service out,
+    # cap it, and let it back in, exactly as a full refresh would.
+    s = ClusterState(Settings(max_servers_per_backend=2))
+    s.set_app(app())
+    steps = [
+        lambda: s.update_task(task(1)),
+        lambda: s.update_task(task(2, health=Health.HEALTHY)),
+        lambda: s.update_task(task(3)),  # a third server: capped at 2
+        lambda: s.remove_task("/web", task(3).id),  # back under the cap
+        lambda: s.update_task(Task("web.instance-9._app.1", "/web", "127.0.0.1",
+                                   (70000, 32009), "TASK_RUNNING")),  # port 70000
+        lambda: s.update_task(task(4, "TASK_KILLING")),
+        lambda: s.remove_task("/web", "web.instance-9._app.1"),  # the bad port leaves
+        lambda: s.set_health("/web", "web.instance-2", False),
+        lambda: s.update_task(task(5, "TASK_STAGING")),  # not routed: nothing to do
+        lambda: s.update_task(task(5, "TASK_STARTING")),
+        lambda: s.update_task(task(5)),  # now routed
+        lambda: s.update_task(task(5, "TASK_KILLING")),
+        lambda: s.remove_task("/web", task(5).id),
+        lambda: s.remove_task("/web", task(1).id),
+    ]
+    reasons = []
+    for step in steps:
+        step()
+        assert {"desired": s.desired, "problems": s.problems} == _full_refresh(s)
+        reasons.append(sorted({p.reason for p in s.problem_list()}))
+    assert ["too_many_servers"] in reasons and any("task_port" in r for r in reasons)
+    assert reasons[-1] == []
+
+
+def test_with_tasks_keeps_every_other_field() -> None:
+    from dataclasses import fields, replace
+
+    from servicerouter.model import NetworkMode, Problem
+
+    full = App(id="/x", version="v1", labels={"A": "1"}, network=NetworkMode.CONTAINER,
+               container_ports=(80,), has_health_checks=True,
+               services=(Service("/x", 0, 10000),), tasks=(task(1),),
+               problems=(Problem("/x", 0, "port", "ports[0]", "0", "no"),))
+    assert all(getattr(full, f.name) != getattr(App(id="/y"), f.name) for f in fields(App))
+    assert full.with_tasks((task(2),)) == replace(full, tasks=(task(2),))
