@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .marathon import eventdata as ev
 from .marathon.events import MarathonEvent
@@ -49,6 +49,7 @@ class EventHandler:
         self._draining: dict[str, tuple[Task, float]] = {}  # task id -> (task, deadline)
         self._terminated: OrderedDict[str, None] = OrderedDict()
         self.late_ignored = 0
+        self._counters: dict[str, Any] = {}  # event type -> its events counter
         # Fetches in flight: (app id, or None for all) -> (app id, task id) that events
         # changed meanwhile; those tasks are newer in memory than in the answer.
         self._watches: list[tuple[str | None, set[tuple[str, str]]]] = []
@@ -61,7 +62,11 @@ class EventHandler:
 
     def handle(self, event: MarathonEvent) -> None:
         engine = self.engine
-        engine.metrics.marathon_events.labels(event.type).inc()
+        counter = self._counters.get(event.type)
+        if counter is None:  # the labelled child, looked up once per event type
+            counter = self._counters[event.type] = \
+                engine.metrics.marathon_events.labels(event.type)
+        counter.inc()
         t, app = event.received_at, ev.app_id(event)
         if event.skipped_bytes:
             log.warning("skipped a %s of %d bytes from the event stream, unread: over "

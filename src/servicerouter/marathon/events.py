@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import msgspec
 
 from .client import MarathonClient, MarathonTarget, marathon_message, transport_reason
 from .errors import (
@@ -88,10 +89,18 @@ class MarathonEvent:
     skipped_bytes: int = 0
 
 
+_decoder = msgspec.json.Decoder()
+
+
 def decode_frame(url: str, name: str, data: bytes, received_at: float) -> MarathonEvent | None:
     """A parsed frame as an event; None (and a warning) when its data is not a JSON object."""
+    try:  # msgspec: ~1 µs an event instead of json.loads' ~3.5 (hundreds a second)
+        payload = _decoder.decode(data)
+    except msgspec.DecodeError:
+        payload = None  # not JSON to msgspec: json.loads decides (it takes NaN, too)
     try:
-        payload = json.loads(data)
+        if payload is None:
+            payload = json.loads(data)
     except ValueError as exc:
         log.warning(
             "event stream %s: skipped a %s event whose data is not JSON (%s): %s",
