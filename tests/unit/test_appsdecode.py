@@ -77,3 +77,20 @@ def test_unread_fields_are_dropped() -> None:
                                  "tasks": [{"id": "t", "slaveId": "s", "host": "h"}]}]})
     assert decode_apps(body.encode()) == {"apps": [{"id": "/a", "tasks": [{"id": "t",
                                                                           "host": "h"}]}]}
+
+
+def test_apps_are_decoded_one_at_a_time_and_released_behind_the_parser() -> None:
+    body = json.dumps({"apps": [
+        {"id": "/a", "portDefinitions": [{"port": 10000}], "tasks": []},
+        {"id": "/b", "tasks": 3},  # not Marathon's shape: json.loads, this app only
+        {"id": "/c", "portDefinitions": [{"port": 10002}], "tasks": []},
+    ]}).encode()
+    payload = decode_apps(body)
+    apps = payload["apps"]
+    assert len(apps) == 3 and apps[1] == {"id": "/b", "tasks": 3}
+    assert apps[0] == {"id": "/a", "portDefinitions": [{"port": 10000}], "tasks": []}
+    result = parse_apps(payload, "http://m", resolve, consume=True)
+    assert [a.id for a in result.apps] == ["/a", "/c"]
+    assert [e.app_id for e in result.errors] == ["/b"]  # reported, the others applied
+    with pytest.raises(LookupError):
+        apps[0]  # read once, then released: the decoded payload is never whole

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,13 +147,18 @@ class _BackendView:
         self.backend_head = raw.get("BACKEND_HEAD")
         self.http_options = raw.get("BACKEND_HTTP_OPTIONS")
         self.options = opts
-        self._slots = _slot_lines(shape, slots)
-        self.server_lines = "\n".join(
-            f"    server {n} {a}{' disabled' if d else ''}{p}" for n, a, d, p in self._slots)
+        # The server lines are made when the template reads them, not kept: ~2 KB a
+        # backend, 21 MB held through the render at 10,000 apps.
+        self._shape, self._slot_endpoints = shape, slots
+
+    @property
+    def server_lines(self) -> str:
+        return "\n".join(f"    server {n} {a}{' disabled' if d else ''}{p}"
+                         for n, a, d, p in _slot_lines(self._shape, self._slot_endpoints))
 
     @functools.cached_property
     def servers(self) -> list[_Server]:
-        return [_Server(*s) for s in self._slots]
+        return [_Server(*s) for s in _slot_lines(self._shape, self._slot_endpoints)]
 
 
 def _raw_templates(shape: BackendShape) -> dict[str, str]:
@@ -265,6 +271,16 @@ def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
     return [{"app_id": a, "backend": b} for a, b in sorted(out.items())]
 
 
+def _joined(pieces: Iterator[str], batch: int = 8192) -> str:
+    """``"".join(pieces)`` a batch at a time. Jinja's ``render`` joins its generator
+    whole: at 10,000 apps that is a list of ~500,000 small strings alive at once,
+    28 MB on top of the 4.3 MB config (the daemon's peak RSS is at the render)."""
+    chunks = []
+    while batch_of := list(itertools.islice(pieces, batch)):
+        chunks.append("".join(batch_of))
+    return "".join(chunks)
+
+
 def render(layout: Layout, table: SlotTable, settings: Settings,
            templates: str | Path | None = None, *, mode_templates: str | None = None,
            extra: dict[str, Any] | None = None) -> str:
@@ -301,7 +317,8 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         **(extra or {}),
     }
     try:
-        return template_environment(dirs).get_template("haproxy.cfg.j2").render(context)
+        template = template_environment(dirs).get_template("haproxy.cfg.j2")
+        return _joined(template.generate(context))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}"
                             ) from None

@@ -13,15 +13,21 @@ parser's as before.
 
 :func:`decode_apps` returns the same shape ``json.loads`` would, reduced to those
 fields (absent fields stay absent, ``null`` stays ``None``), and :func:`.parse.parse_apps`
-reads it unchanged. A field the parser starts to read must be added to
-``_App`` or ``_Task``: ``tests/unit/test_appsdecode.py`` compares both
-decoders' parse results over every fixture and sample payload.
+reads it unchanged, with one difference: the ``apps`` list is a :class:`DecodedApps`,
+which decodes each app when it is read. The body is scanned once for the apps'
+extent (``msgspec.Raw``, no copy); a full sync then decodes, parses and drops one app
+at a time, so the decoded payload (~60 MB at 10,000 apps) never exists at once.
+
+A field the parser starts to read must be added to ``_App`` or ``_Task``:
+``tests/unit/test_appsdecode.py`` compares both decoders' parse results over every
+fixture and sample payload.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict
+from collections.abc import Iterator, Sequence
+from typing import Any, TypedDict, overload
 
 import msgspec
 
@@ -49,20 +55,71 @@ class _App(TypedDict, total=False):
 
 
 class _Apps(TypedDict):
-    apps: list[_App]
+    apps: list[msgspec.Raw]
 
 
-_decoder = msgspec.json.Decoder(_Apps)
+_outer = msgspec.json.Decoder(_Apps)
+_app = msgspec.json.Decoder(_App)
+
+
+class DecodedApps(Sequence[Any]):
+    """The ``apps`` of a ``/v2/apps`` body, each decoded when it is read (not kept).
+
+    Setting an item (to anything) drops that app's raw JSON: a consumer that reads
+    each app once releases it behind it (``parse_apps(..., consume=True)``). An app
+    of another shape than ``_App`` is decoded whole by ``json.loads``, so the parser
+    reports it exactly as before; the rest of the body is unaffected."""
+
+    __slots__ = ("_raws",)
+
+    def __init__(self, raws: list[msgspec.Raw | None]) -> None:
+        self._raws = raws
+
+    def __len__(self) -> int:
+        return len(self._raws)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self._raws))[index]]
+        raw = self._raws[index]
+        if raw is None:
+            raise LookupError(f"app {index} was already read and released")
+        try:
+            return _app.decode(raw)
+        except msgspec.ValidationError:
+            return json.loads(bytes(raw))
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self._raws)):
+            yield self[i]
+
+    def __setitem__(self, index: int, _: object) -> None:
+        self._raws[index] = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (list, DecodedApps)) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"DecodedApps({len(self._raws)} apps)"
 
 
 def decode_apps(content: bytes) -> Any:
     """The ``/v2/apps`` body as :func:`json.loads` gives it, with only the fields the
-    parser reads. Raises ValueError when the body is not JSON.
+    parser reads, and ``apps`` decoded lazily (:class:`DecodedApps`). Raises ValueError
+    when the body is not JSON.
 
-    A body of another shape than Marathon's (no ``apps`` list, an app or a task that
-    is not an object, ``tasks`` that is not a list, NaN) is decoded by ``json.loads``
-    instead, whole: the parser then reports it exactly as before."""
+    A body of another shape than Marathon's (no ``apps`` list, an app that is not an
+    object, NaN) is decoded by ``json.loads`` instead, whole: the parser then reports
+    it exactly as before."""
     try:
-        return {"apps": _decoder.decode(content)["apps"]}
+        return {"apps": DecodedApps(list(_outer.decode(content)["apps"]))}
     except (msgspec.ValidationError, msgspec.DecodeError):
         return json.loads(content)

@@ -39,7 +39,7 @@ from tenacity import (
 )
 
 from .. import __version__
-from .appsdecode import decode_apps
+from .appsdecode import DecodedApps, decode_apps
 from .errors import (
     MarathonAuthError,
     MarathonConfigError,
@@ -82,8 +82,8 @@ class FetchResult:
     leader: str | None = None
 
     @property
-    def apps(self) -> list[dict[str, Any]]:
-        apps: list[dict[str, Any]] = self.data["apps"]
+    def apps(self) -> Sequence[Any]:
+        apps: Sequence[Any] = self.data["apps"]  # a list, or DecodedApps
         return apps
 
 
@@ -281,7 +281,7 @@ class MarathonClient:
         target, response, seconds = await self._get("apps", "/v2/apps", params)
         # In a thread (~0.1 s of CPU at 10,000 apps): the event loop goes on meanwhile.
         data = await asyncio.to_thread(self._decode, target, "/v2/apps", response, decode_apps)
-        if not isinstance(data, dict) or not isinstance(data.get("apps"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("apps"), (list, DecodedApps)):
             raise MarathonResponseError(
                 target.url + "/v2/apps",
                 f"JSON has no 'apps' list: {excerpt(response.content)}",

@@ -30,6 +30,7 @@ from ..model import (
     shown,
     valid_port,
 )
+from .appsdecode import DecodedApps
 
 _CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
 
@@ -439,7 +440,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     ~60 MB and ~30 MB alive at once).
     """
     apps_raw = payload.get("apps") if isinstance(payload, Mapping) else None
-    if not isinstance(apps_raw, list):
+    if not isinstance(apps_raw, (list, DecodedApps)):
         raise PayloadError(f"{source}: response has no 'apps' list")
     result = ParseResult()
     seen: set[str] = set()
