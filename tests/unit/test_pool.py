@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -123,7 +124,7 @@ def test_a_stream_of_new_apps_reloads_at_most_once_per_100_creations() -> None:
             else:
                 layout[key] = shape
     assert reloads_at[0] == 9  # the default 8 spares run out once
-    assert all(b - a >= 100 for a, b in zip(reloads_at, reloads_at[1:], strict=False))
+    assert all(b - a >= 100 for a, b in itertools.pairwise(reloads_at))
     assert len(reloads_at) <= 5, reloads_at
     print(f"reloads at creations {reloads_at}")
 
@@ -225,7 +226,7 @@ def test_a_removed_app_loses_its_map_entry_first_and_its_spare_returns() -> None
     # The next app of its shape takes it (the lowest name first: _pool_N, then it).
     taken = [s.name for s in gone.values() if pool.is_spare(s) and s.service.options == TCP]
     desired = dict([svc(f"/n{i}", 20010 + i) for i in range(len(taken))])
-    full, full_table, commands, reload = run(gone, gone_table, desired, set(desired))
+    full, _, commands, reload = run(gone, gone_table, desired, set(desired))
     assert not reload and sorted(s.name for s in full.values()) == sorted(
         [*taken, *(s.name for s in gone.values() if pool.is_spare(s)
                    and s.service.options != TCP)])
