@@ -79,6 +79,12 @@ def refused(port: int) -> bool:
     return False
 
 
+def unmapped(tmp: Path, port: int) -> bool:
+    """The daemon removed ``port`` from the port map file it writes with each change."""
+    ports = (tmp / "haproxy.cfg.d" / "ports.map").read_text()
+    return not any(line.split()[0] == str(port) for line in ports.splitlines())
+
+
 def by_host(http_port: int, host: str) -> set[str]:
     with httpx.Client(timeout=5) as c:
         replies = [c.get(f"http://127.0.0.1:{http_port}/",
@@ -199,7 +205,9 @@ def test_a_removed_apps_own_backend_serves_the_next_app_without_a_reload(
         assert "backend own_a_" in daemon.config.read_text()
         backend = daemon.status(app="/own/a")["services"][0]["backend"]
         simulator.delete_app("/own/a")
-        wait_for(lambda: refused(low + 1), 20, what=f"port {low + 1} refused once /own/a left")
+        # (Refused already while its task drains: wait for the removal itself.)
+        wait_for(lambda: unmapped(tmp_path, low + 1), 20, what="/own/a's map entry gone")
+        assert refused(low + 1)
         assert reloads(daemon) == before
         # The one _pool_ TCP spare and /own/a's backend: two apps, no reload.
         launch(simulator, "/own/b", low + 2)
@@ -347,17 +355,25 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             routed(simulator, "/kept/old", low + 1)
             launch(simulator, "/kept/spare", low + 2, instances=2)  # lives in a spare
             routed(simulator, "/kept/spare", low + 2)
+            # Its own backend (from the first config) goes back to the pool, and into
+            # spares.json, so the next daemon adopts it as a spare.
+            simulator.delete_app("/kept/old")
+            wait_for(lambda: unmapped(tmp_path, low + 1), 20, what="/kept/old unmapped")
         reloads_before = reloads_of(haproxy)
         second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
         with running(second):
             second.start()
             wait_for(lambda: "adopted the running HAProxy" in second.proc.output(), 20,
                      what="the adoption log line")
-            routed(simulator, "/kept/old", low + 1)
+            assert refused(low + 1)
             routed(simulator, "/kept/spare", low + 2)
             launch(simulator, "/kept/new", low + 3)  # the adopted pool serves a new app
             routed(simulator, "/kept/new", low + 3)
+            launch(simulator, "/kept/old", low + 1)  # back: into its own old backend
+            routed(simulator, "/kept/old", low + 1)
             assert reloads_of(haproxy) == reloads_before
+            ports = (tmp_path / "haproxy.cfg.d" / "ports.map").read_text()
+            assert f"{low + 1} kept_old_{low + 1}\n" in ports
 
 
 def reloads_of(haproxy: ExternalHAProxy) -> int:
@@ -437,8 +453,9 @@ def test_sync_in_range_mode_routes_like_run(
         # A vhost change (a host map change): the reload makes HAProxy read the new map.
         simulator.http.put("/v2/apps/cron/web", json={"labels": {"HAPROXY_0_VHOST": "two.test"}},
                            params={"force": "true"}).raise_for_status()
-        web = wait_for(lambda: (t := simulator.running("/cron/web")) and t != web and t, 30,
-                       what="/cron/web's new task")
+        old = web
+        web = wait_for(lambda: (t := simulator.running("/cron/web")) and len(t) == 1
+                       and t != old and t, 30, what="/cron/web's new task, alone")
         out = oneshot("sync", simulator, tmp_path, low, high, *args)
         assert out.returncode == 0 and out.stdout, out.stderr
         assert reloads() == 2
