@@ -12,6 +12,10 @@ TASK_KILLING, waits ``--kill-grace 1`` then SIGTERMs; servicerouter drains on TA
 and the replacement is routed once its Marathon HTTP health check passes). Phase
 ``new apps``: a new app created every 2 s (each one is a reload, in both strategies).
 Failed = non-2xx/3xx responses + socket errors (connect, read, write, timeout).
+
+:func:`run_range` (``--only zeroloss_range``, in ``--all``): the ``new apps`` phase again
+with ``--service-port-range`` (issue #13): the loaded app and the new ones have service
+ports in the range, so each new app takes a spare backend and a ``ports.map`` entry.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from servicerouter.demo.procs import wait_for
+from servicerouter.demo.procs import free_port_range, wait_for
 
 from .common import PYTHON, Context, Daemon, Simulator, Table, percentile
 
@@ -52,9 +56,9 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def web_app(app_id: str, instances: int) -> dict[str, Any]:
+def web_app(app_id: str, instances: int, port: int = 0) -> dict[str, Any]:
     return {"id": app_id, "cmd": BACKEND_CMD, "instances": instances, "cpus": 0.1, "mem": 32,
-            "portDefinitions": [{"port": 0, "protocol": "tcp"}],
+            "portDefinitions": [{"port": port, "protocol": "tcp"}],
             "labels": {"HAPROXY_0_MODE": "http"}, "healthChecks": HEALTH}
 
 
@@ -171,47 +175,40 @@ def _running(sim: Simulator, app_id: str) -> list[dict[str, Any]]:
 
 
 def _strategy(ctx: Context, strategy: str, wrk: str | None,
-              churn_s: float, newapps_s: float) -> list[dict[str, Any]]:
-    root = ctx.dir(f"zeroloss-{strategy}")
+              churn_s: float, newapps_s: float, ranged: bool = False) -> list[dict[str, Any]]:
+    """Both phases; ``ranged``: only ``new apps``, with ``--service-port-range``."""
+    root = ctx.dir(f"zeroloss-{strategy}{'-range' if ranged else ''}")
+    low, high = free_port_range(32) if ranged else (0, 0)
     sim = Simulator(root, executor="local", kill_grace=1.0, port_range="31000-32000")
-    daemon = Daemon(root, sim.url, strategy, extra=["--min-reload-interval", "1"])
+    daemon = Daemon(root, sim.url, strategy, extra=[
+        "--min-reload-interval", "1",
+        *(["--service-port-range", f"{low}-{high}"] if ranged else [])])
+    label = f"{strategy} + range" if ranged else strategy
     rows = []
     try:
         sim.start()
-        r = sim.http.post("/v2/apps", json=web_app("/bench/web", 4))
+        r = sim.http.post("/v2/apps", json=web_app("/bench/web", 4, low))
         assert r.status_code == 201, r.text
         port = int(r.json()["portDefinitions"][0]["port"])
         wait_for(lambda: len(_running(sim, "/bench/web")) == 4, 30, 0.1, what="4 healthy tasks")
         daemon.start()
         wait_for(lambda: daemon.ready_servers() == 4, 30, 0.1, what="4 servers ready")
         time.sleep(1.0)
-        # phase 1: churn with drain
-        reloads0 = daemon.reloads()
-        load = Load(root, port, churn_s, wrk).start()
-        t0 = time.monotonic()
-        kills = 0
-        while time.monotonic() - t0 < churn_s - 3:
-            time.sleep(max(0.0, t0 + 1 + 2 * kills - time.monotonic()))
-            victims = _running(sim, "/bench/web")
-            if len(victims) >= 3:
-                sim.http.delete(f"/v2/apps/bench/web/tasks/{victims[0]['id']}",
-                                params={"scale": "false"})
-                kills += 1
-        res = load.join()
-        rows.append({"strategy": strategy, "phase": f"churn: {kills} kills with drain",
-                     "reloads": daemon.reloads() - reloads0, **res})
-        # phase 2: new apps (reloads in both strategies)
-        time.sleep(2.0)
+        if not ranged:  # phase 1: churn with drain
+            rows.append(_churn(root, sim, daemon, strategy, port, churn_s, wrk))
+            time.sleep(2.0)
+        # phase 2: new apps (reloads in both strategies; in range mode spares, map entries)
         reloads0 = daemon.reloads()
         load = Load(root, port, newapps_s, wrk).start()
         t0 = time.monotonic()
         created = 0
         while time.monotonic() - t0 < newapps_s - 3:
             time.sleep(max(0.0, t0 + 1 + 2 * created - time.monotonic()))
-            r = sim.http.post("/v2/apps", json=web_app(f"/bench/new{created}", 1))
+            r = sim.http.post("/v2/apps", json=web_app(f"/bench/new{created}", 1,
+                                                       low + 1 + created if ranged else 0))
             created += r.status_code == 201
         res = load.join()
-        rows.append({"strategy": strategy, "phase": f"new apps: {created} created",
+        rows.append({"strategy": label, "phase": f"new apps: {created} created",
                      "reloads": daemon.reloads() - reloads0, **res})
     finally:
         daemon.stop()
@@ -219,15 +216,41 @@ def _strategy(ctx: Context, strategy: str, wrk: str | None,
     return rows
 
 
-def run(ctx: Context) -> list[Table]:
+def _churn(root: Path, sim: Simulator, daemon: Daemon, strategy: str, port: int,
+           seconds: float, wrk: str | None) -> dict[str, Any]:
+    reloads0 = daemon.reloads()
+    load = Load(root, port, seconds, wrk).start()
+    t0 = time.monotonic()
+    kills = 0
+    while time.monotonic() - t0 < seconds - 3:
+        time.sleep(max(0.0, t0 + 1 + 2 * kills - time.monotonic()))
+        victims = _running(sim, "/bench/web")
+        if len(victims) >= 3:
+            sim.http.delete(f"/v2/apps/bench/web/tasks/{victims[0]['id']}",
+                            params={"scale": "false"})
+            kills += 1
+    res = load.join()
+    return {"strategy": strategy, "phase": f"churn: {kills} kills with drain",
+            "reloads": daemon.reloads() - reloads0, **res}
+
+
+def run_range(ctx: Context) -> list[Table]:
+    """The ``new apps`` phase with ``--service-port-range`` (runtime strategy)."""
+    return run(ctx, ranged=True)
+
+
+def run(ctx: Context, ranged: bool = False) -> list[Table]:
     wrk = ensure_wrk()
     churn_s, newapps_s = (6.0, 5.0) if ctx.quick else (42.0, 14.0)  # >= 100,000 requests
-    table = Table("zeroloss", "Zero loss: HTTP load through HAProxy while tasks churn",
+    name = "zeroloss_range" if ranged else "zeroloss"
+    title = ("Zero loss with --service-port-range: keep-alive HTTP load while apps are "
+             "created" if ranged else "Zero loss: HTTP load through HAProxy while tasks churn")
+    table = Table(name, title,
                   ["strategy", "phase", "tool", "requests", "seconds", "req/s", "non2xx",
                    "socket errors", "socket detail", "failed", "p50 ms", "p90 ms", "p99 ms",
                    "max ms", "reloads"])
-    for strategy in ctx.strategies:
-        for row in _strategy(ctx, strategy, wrk, churn_s, newapps_s):
+    for strategy in ("runtime",) if ranged else ctx.strategies:
+        for row in _strategy(ctx, strategy, wrk, churn_s, newapps_s, ranged):
             row["failed"] = row.get("non2xx", 0) + row.get("socket errors", 0)
             secs = row.get("seconds") or 0
             row["req/s"] = row.get("requests", 0) / secs if secs else 0.0
@@ -238,4 +261,10 @@ def run(ctx: Context) -> list[Table]:
         "fixed rate; no coordinated-omission correction). App: 4 instances of "
         "servicerouter.demo.backend, HTTP mode, Marathon HTTP health check (mirrored as an "
         "HAProxy check), simulator --kill-grace 1, daemon --min-reload-interval 1.")
+    if ranged:
+        table.notes.append(
+            "Range mode: daemon --service-port-range (32 ports, default --pool-spares 8); "
+            "the loaded app and each new one (1 instance, same HTTP shape) have service "
+            "ports in the range, so a new app is a spare backend plus a ports.map entry. "
+            "Compare with the zeroloss table's 'new apps' rows (a reload per app).")
     return [table]

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from .layout import BackendShape, DesiredService, Layout, SlotTable
 from .model import Endpoint
+from .pool import SPARE_PREFIX
 
 MAX_APPS_PER_REASON = 5
 
@@ -37,8 +38,8 @@ def runtime_lines(commands: list[str], slots: Mapping[str, list[Endpoint | None]
     apps: dict[str, list[int]] = {}
     for name, new_slots in slots.items():
         shape = layout.get(name)
-        if shape is not None and not shape.app_id:
-            continue  # a spare backend (pool.py), back in the pool
+        if (shape is not None and not shape.app_id) or name.startswith(SPARE_PREFIX):
+            continue  # a spare backend (pool.py), back in the pool (keyed _pool_...)
         app_id = shape.app_id if shape else name
         old = {e.task_id: e for e in before.get(name, []) if e is not None}
         new = {e.task_id: e for e in new_slots if e is not None}

@@ -20,10 +20,13 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .layout import Settings
+
+if TYPE_CHECKING:
+    from .oneshot import Rendered
 
 SUBCOMMANDS = ("render", "run", "sync", "simulate")
 _CERT_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
@@ -233,6 +236,9 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     render.add_argument("--dns-resolver", metavar="IP:PORT",
                         help="with --mesos-dns: the Mesos-DNS server HAProxy asks")
     _add_render(render)
+    from .daemon import add_range_arguments
+
+    add_range_arguments(render, files="<--output>.d")
 
     run = sub.add_parser("run", help="the daemon: keep HAProxy routing Marathon's tasks")
     _add_marathon(run, required=False)
@@ -248,6 +254,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     from .oneshot import add_sync_arguments
 
     add_sync_arguments(sync)
+    add_range_arguments(sync)
 
     sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",
                    add_help=False)
@@ -374,9 +381,13 @@ async def _render(args: argparse.Namespace) -> int:
         target = Path(args.output)
         if not target.parent.is_dir():
             raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
-    text = await render_text(args)
+    rendered = await render_config(args)
+    text = rendered.text
     if args.output:
-        try:
+        from .oneshot import write_maps
+
+        try:  # the maps first: the config never names a map file that is not there
+            write_maps(rendered.map_dir, rendered.maps)
             atomic_write(target, text)
         except OSError as exc:
             raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
@@ -387,15 +398,23 @@ async def _render(args: argparse.Namespace) -> int:
 
 async def render_text(args: argparse.Namespace) -> str:
     """Fetch (or read ``--apps-json``) and render one config; messages go to stderr."""
-    from . import hostfacts
+    return (await render_config(args)).text
+
+
+async def render_config(args: argparse.Namespace) -> Rendered:
+    """:func:`render_text` with, in range mode, the map files the config reads."""
+    from . import hostfacts, pool
     from .haproxy.render import render
     from .layout import build_layout
     from .marathon.parse import parse_apps
+    from .oneshot import Rendered
     from .portassign import assign_all
     from .resolve import CachingResolver
     from .state import ClusterState
 
     settings = settings_from(args)
+    if getattr(args, "service_port_range", None):  # checked before anything is fetched
+        settings = _range_settings(args, settings)
     templates = templates_dir(args)  # checked before anything is fetched
     dns = None
     if getattr(args, "mesos_dns", None):  # checked before anything is fetched
@@ -421,25 +440,40 @@ async def render_text(args: argparse.Namespace) -> str:
     for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)
     if dns is not None:  # backends resolved by HAProxy from Mesos-DNS
-        from .mesosdns import render_config
+        from .mesosdns import render_config as render_dns
 
-        text, left_out = render_config(list(result.apps), settings, dns, templates)
+        text, left_out = render_dns(list(result.apps), settings, dns, templates)
         for message in left_out:
             print(f"servicerouter: {message}", file=sys.stderr)
-        return text
+        return Rendered(text)
     # The same admission as the daemon (README: Multi-tenant safety); problems are logged.
     state = ClusterState(settings)
     state.set_facts(hostfacts.gather(result.apps, settings))
     state.replace_all(result.apps)
-    layout, table = build_layout(state.desired, {}, settings)
-    return render(layout, table, settings, templates)
+    layout, table = pool.with_pool(*build_layout(state.desired, {}, settings), {}, settings)
+    return Rendered(render(layout, table, settings, templates), settings.map_dir,
+                    pool.map_files(layout, settings))
+
+
+def _range_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """render/sync --service-port-range: as ``run`` does, the map files next to the config
+    (sync: --haproxy-config; render: --output, which it then needs)."""
+    from .daemon import range_settings
+
+    config = getattr(args, "haproxy_config", None) or getattr(args, "output", None)
+    if getattr(args, "mesos_dns", None):
+        raise CliError("--service-port-range does not combine with --mesos-dns")
+    if not config:
+        raise CliError("render --service-port-range needs --output PATH: the config names "
+                       "its map files, written next to it in PATH.d")
+    return range_settings(settings, args.service_port_range, args.pool_spares, Path(config))
 
 
 async def _sync(args: argparse.Namespace) -> int:
     from .oneshot import SyncError, sync
 
     try:
-        done = await sync(args, lambda: render_text(args))
+        done = await sync(args, lambda: render_config(args))
     except SyncError as exc:
         raise CliError(str(exc)) from None
     if done:  # cron mails any output: say only what changed

@@ -100,14 +100,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--haproxy-master-socket", metavar="PATH",
                    help="HAProxy's master CLI socket: reload an HAProxy started elsewhere "
                         "through it, or where --start-haproxy puts it")
-    g = p.add_argument_group("range mode (README: Service port range)")
-    g.add_argument("--service-port-range", metavar="LOW-HIGH", default=None,
-                   help="bind this whole port range in one frontend and route it by a port "
-                        "map, so apps with a service port in it (and vhosts) come and go "
-                        "without reloads; map files go in <--haproxy-config>.d (default: off)")
-    g.add_argument("--pool-spares", type=int, default=8, metavar="N",
-                   help="with --service-port-range: at least N spare backends per backend "
-                        "shape for new apps (default 8)")
+    add_range_arguments(p)
     g = p.add_argument_group("daemon")
     g.add_argument("--listen", type=_hostport, default=("127.0.0.1", 9091), metavar="HOST:PORT",
                    help="/metrics, /healthz, /status, /config (default 127.0.0.1:9091)")
@@ -133,6 +126,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the runtime commands and reloads it would perform, as changes "
                         "come; touch no HAProxy socket, file or process (--listen still "
                         "serves /status)")
+
+
+def add_range_arguments(p: argparse.ArgumentParser, files: str = "<--haproxy-config>.d"
+                        ) -> None:
+    """--service-port-range and --pool-spares (run, sync, render: the same config)."""
+    g = p.add_argument_group("range mode (README: Service port range)")
+    g.add_argument("--service-port-range", metavar="LOW-HIGH", default=None,
+                   help="bind this whole port range in one frontend and route it by a port "
+                        "map, so apps with a service port in it (and vhosts) come and go "
+                        f"without reloads; map files go in {files} (default: off)")
+    g.add_argument("--pool-spares", type=int, default=8, metavar="N",
+                   help="with --service-port-range: at least N spare backends per backend "
+                        "shape for new apps (default 8)")
 
 
 def range_settings(settings: Settings, text: str, spares: int, config: Path) -> Settings:

@@ -383,12 +383,13 @@ class Engine:
         except (HAProxyRuntimeError, ValueError, TypeError, KeyError) as exc:
             log.info("range mode: the running pool cannot be read (%s); reloading", exc)
             return None
-        held = {name: ports[str(d.service.port)] for name, d in self.state.desired.items()
-                if ports.get(str(d.service.port), "").startswith(pool.SPARE_PREFIX)}
+        held = {name: b for name, d in self.state.desired.items()  # in a backend not its own
+                if (b := ports.get(str(d.service.port), name)) != name}
         sizes: dict[str, int] = {}
         for s in servers:
             sizes[s.backend] = sizes.get(s.backend, 0) + 1
-        free = {name: pool.spare(name, shape, sizes[name]) for name, shape in shapes.items()
+        free = {pool.spare_key(name): pool.spare(name, shape, sizes[name])
+                for name, shape in shapes.items()
                 if name not in held.values() and sizes.get(name)}
         return held, free
 

@@ -4,13 +4,19 @@ Fetch, render, compare with the file on disk. Only when it changed: validate
 (``haproxy -c``), replace the file atomically and reload HAProxy (a reload
 command or the master socket). Exit 0 when nothing changed or the change was
 applied; 1 with one clear line otherwise, leaving the running config as it was.
+
+With ``--service-port-range`` the config names map files (``<config>.d``, as ``run``
+writes them): they count as part of the config (a change to them alone reloads too),
+are in place before ``haproxy -c``, and are put back with the file when it fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .haproxy.files import atomic_write, keep_rejected
@@ -22,6 +28,37 @@ log = logging.getLogger("servicerouter")
 
 class SyncError(Exception):
     """What went wrong and what was left as it was; exit status 1."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered config and, in range mode, the map files it reads from ``map_dir``."""
+
+    text: str
+    map_dir: str = ""
+    maps: Mapping[str, str] = field(default_factory=dict)
+
+
+def read_maps(rendered: Rendered) -> dict[str, str | None]:
+    """The map files on disk now, for the names ``rendered`` has (None: missing)."""
+    out: dict[str, str | None] = {}
+    for name in rendered.maps:
+        try:
+            out[name] = (Path(rendered.map_dir) / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            out[name] = None
+    return out
+
+
+def write_maps(map_dir: str, maps: Mapping[str, str | None]) -> None:
+    """Each map file replaced atomically (None: removed); OSError as it comes."""
+    if maps:
+        Path(map_dir).mkdir(parents=True, exist_ok=True)
+    for name, text in maps.items():
+        if text is None:
+            (Path(map_dir) / name).unlink(missing_ok=True)
+        else:
+            atomic_write(Path(map_dir) / name, text)
 
 
 def add_sync_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,22 +103,39 @@ def reload_with(args: argparse.Namespace) -> tuple[str, Callable[[], Awaitable[s
     return f"command {command!r}", via_command
 
 
-async def sync(args: argparse.Namespace, render_text: Callable[[], Awaitable[str]]) -> str:
+def _put_back(map_dir: str, old: Mapping[str, str | None]) -> None:
+    """The map files as they were, as far as possible (the error being reported says
+    what failed first)."""
+    with contextlib.suppress(OSError):
+        write_maps(map_dir, old)
+
+
+async def sync(args: argparse.Namespace,
+               render_config: Callable[[], Awaitable[Rendered]]) -> str:
     """One sync; returns what was done in one line ("" when nothing changed)."""
     config = Path(args.haproxy_config)
     how, reload = reload_with(args)  # before fetching: no reload, no point
-    candidate = await render_text()
+    rendered = await render_config()
+    candidate = rendered.text
     try:
         current: str | None = config.read_text()
     except FileNotFoundError:
         current = None
     except OSError as exc:
         raise SyncError(f"cannot read {config}: {exc.strerror}; nothing was changed") from None
-    if current == candidate:
+    old_maps = read_maps(rendered)
+    if current == candidate and old_maps == rendered.maps:
         log.debug("%s is up to date; nothing to do", config)
         return ""
+    try:  # haproxy -c opens the map files the candidate names
+        write_maps(rendered.map_dir, rendered.maps)
+    except OSError as exc:
+        _put_back(rendered.map_dir, old_maps)
+        raise SyncError(f"cannot write the map files in {rendered.map_dir}: {exc}; the "
+                        "running HAProxy is unchanged") from None
     checked = await validate(candidate, args.haproxy_bin)
     if not checked.ok:
+        _put_back(rendered.map_dir, old_maps)
         kept = keep_rejected(config, candidate)
         raise SyncError(f"haproxy -c rejected the new config (kept at {kept}); {config} and "
                         f"the running HAProxy are unchanged: {checked.output.strip()}")
@@ -89,6 +143,7 @@ async def sync(args: argparse.Namespace, render_text: Callable[[], Awaitable[str
         config.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(config, candidate)
     except OSError as exc:
+        _put_back(rendered.map_dir, old_maps)
         raise SyncError(f"cannot write {config}: {exc}; the running HAProxy is "
                         "unchanged") from None
     try:
@@ -100,6 +155,7 @@ async def sync(args: argparse.Namespace, render_text: Callable[[], Awaitable[str
             config.unlink(missing_ok=True)
         else:
             atomic_write(config, current)
+        _put_back(rendered.map_dir, old_maps)
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
                         "config HAProxy is running, the next sync retries") from None
     return f"{config} updated; HAProxy reloaded via {how} ({detail})"

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import pool
-from .haproxy.render import server_params
+from .haproxy.render import FREE_SLOT_ADDRESS, server_params
 from .haproxy.runtime_commands import (
     add_server,
     enable_health,
@@ -28,6 +28,8 @@ from .haproxy.runtime_parse import ServerState
 from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
 from .model import Endpoint, EndpointState, Options
 from .naming import slot_name
+
+_FREE_SLOT = FREE_SLOT_ADDRESS.split(":")[0], int(FREE_SLOT_ADDRESS.split(":")[1])
 
 
 class ReloadReason(str, enum.Enum):
@@ -214,14 +216,15 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
     """:func:`plan` in range mode. A new app whose service the port map can route takes
     a spare of its shape: slots first, then the map entries (it is never routed to an
     empty backend). A removed one loses its map entries first, then its slots go to
-    maint and a spare backend returns to the pool. A vhost change is a host map change
+    maint and its backend returns to the pool (a spare it took, or its own backend from
+    a reload, free under :func:`pool.spare_key`). A vhost change is a host map change
     when the vhost ACLs that remain stay the same; otherwise, a reload and why."""
     result = Plan()
     dirty = sorted(set(dirty))
     free: dict[Options, list[BackendShape]] = {}
     if any(name not in layout and name in desired for name in dirty):  # new apps: spares
-        for spare_name, held in layout.items():
-            if spare_name.startswith(pool.SPARE_PREFIX) and pool.is_spare(held):
+        for held in layout.values():
+            if pool.is_spare(held):
                 free.setdefault(held.service.options, []).append(held)
         for spares in free.values():
             spares.sort(key=lambda s: s.name, reverse=True)  # pop() takes the lowest
@@ -254,9 +257,13 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             changes[name] = {name: None}
             slots[name] = {name: [None] * len(current)}  # for the log; the entry goes
             back = pool.shape_of(shape.service.options)
-            if pool.is_spare_holder(shape) and back is not None:  # back to the pool
-                changes[name][shape.name] = pool.spare(shape.name, back, shape.slots)
-                slots[name][shape.name] = [None] * shape.slots
+            if back is not None:  # its backend back to the pool, addresses cleared
+                commands[name] += [set_server_addr(shape.name, slot_name(i + 1),
+                                                   *_FREE_SLOT)
+                                   for i, held in enumerate(current) if held is not None]
+                returned = pool.spare_key(shape.name)
+                changes[name][returned] = pool.spare(shape.name, back, shape.slots)
+                slots[name][returned] = [None] * shape.slots
             if shape.service.options.vhosts:
                 vhosted.add(name)
             continue
@@ -275,7 +282,10 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
                        f"no spare backend of its shape ({svc.options.mode.value}, balance "
                        f"{svc.options.balance}) left; the reload refills the pool")
                 continue
-            taken = free[key].pop()
+            # Its own old backend if it is back (a re-created app), else the lowest.
+            own = [s for s in free[key] if s.name == name]
+            taken = own[0] if own else free[key][-1]
+            free[key].remove(taken)
             shape = BackendShape(taken.name, svc, taken.slots)
             changed = plan_backend(shape, [], want.endpoints)
             if changed is None:
@@ -283,7 +293,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
                 reload(name, ReloadReason.CAPACITY)
                 continue
             commands[name] = changed[0]
-            changes[name] = {taken.name: None, name: shape}
+            changes[name] = {pool.spare_key(taken.name): None, name: shape}
             slots[name] = {name: changed[1]}
             if svc.options.vhosts:
                 vhosted.add(name)

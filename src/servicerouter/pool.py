@@ -9,8 +9,10 @@ what HAProxy holds, and reconcile compares ``show map`` with them.
 A new app takes a *spare*: a backend rendered ahead of time in a pool *shape* (the
 backend options of the apps it can serve: mode, balance, health checks ...). The
 planner fills its slots and then adds the map entry; a removed app's map entry
-goes first, then its slots are set to maint and a spare backend returns to the
-pool. The pool is refilled at each reload (:func:`with_pool`).
+goes first, then its slots are set to maint and its backend returns to the pool,
+whether it was a spare or the app's own backend from a reload (then a free spare
+under its old name, keyed :func:`spare_key`). The pool is refilled at each reload
+(:func:`with_pool`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ SPARES_FILE = "spares.json"  # the spare backends' shapes, for adoption at a res
 SPARE_RATIO = 0.10  # spares per shape: at least this share of the shape's services
 MAX_SPARES = 2000  # per shape, whatever the demand
 GROWTH = 2  # spares after a reload: this many times the apps that took one since the last
+# A shape new apps arrived in since the last reload gets room for this many more: a
+# steady stream of new apps then costs at most one reload per RUNWAY creations.
+RUNWAY = 100
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -56,7 +61,22 @@ def map_path(settings: Settings, name: str) -> str:
 
 
 def is_spare(shape: BackendShape) -> bool:
-    return shape.name.startswith(SPARE_PREFIX) and not shape.service.app_id
+    """A free backend of the pool: no app (a ``_pool_N`` one, or a removed app's own
+    backend returned to the pool under its old name)."""
+    return not shape.service.app_id
+
+
+def spare_key(backend: str) -> str:
+    """The layout key of a free spare backend. ``_pool_N`` keys itself; a removed app's
+    backend is keyed apart from its service name, so that the app coming back is a new
+    app (which then takes that backend first, see planner.plan_range)."""
+    return backend if backend.startswith(SPARE_PREFIX) else SPARE_PREFIX + backend
+
+
+def lives_elsewhere(key: str, shape: BackendShape) -> bool:
+    """An app's service living in a backend not of its own name (a spare it took, or a
+    removed app's backend returned to the pool) since the last reload."""
+    return bool(shape.service.app_id) and shape.name != key
 
 
 def own_frontend(service: Service, settings: Settings) -> str | None:
@@ -160,8 +180,8 @@ def spares_text(layout: Layout) -> str:
     """JSON: spare backend name → its shape (free or holding an app), so that a restarted
     daemon can render the running config's pool again and adopt it without a reload."""
     out = {}
-    for s in layout.values():
-        if s.name.startswith(SPARE_PREFIX):
+    for key, s in layout.items():
+        if is_spare(s) or lives_elsewhere(key, s):
             shape = s.service.options if is_spare(s) else shape_of(s.service.options)
             if shape is not None:
                 out[s.name] = {f.name: getattr(shape, f.name) for f in fields(shape)}
@@ -239,8 +259,11 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
 
     Shapes: plain TCP and HTTP, plus the shape of every service the port map routes.
     Per shape: ``max(--pool-spares, 10% of its services, 2 x the apps that took a
-    spare since the last reload)``: a steady stream of new apps doubles the pool at
-    each reload it causes, so reloads become rarer as the stream goes on."""
+    spare since the last reload)``, and at least RUNWAY (100) for a shape new apps
+    arrived in since the last reload: a steady stream of new apps reloads once when
+    the default pool runs out, then at most once per 100 creations, and rarer as the
+    stream doubles the pool at each reload it causes. A shape no new app came in
+    costs only --pool-spares."""
     if not range_on(settings):
         return layout, table
     in_use: dict[Options, int] = {Options(mode=Mode.TCP): 0, Options(mode=Mode.HTTP): 0}
@@ -251,14 +274,15 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
             continue
         in_use[key] = in_use.get(key, 0) + 1
         old = previous.get(name)
-        if previous and (old is None or is_spare_holder(old)):
+        if previous and (old is None or lives_elsewhere(name, old)):
             demand[key] = demand.get(key, 0) + 1
     layout, table = dict(layout), dict(table)
     size = capacity(0, settings.slots_min_free, settings.slots_increment)
     number = 0
     for key, used in sorted(in_use.items(), key=lambda kv: repr(kv[0])):
-        count = max(settings.pool_spares, math.ceil(SPARE_RATIO * used),
-                    GROWTH * demand.get(key, 0))
+        wanted = demand.get(key, 0)
+        count = max(settings.pool_spares, math.ceil(SPARE_RATIO * used), GROWTH * wanted,
+                    RUNWAY if wanted else 0)
         for _ in range(min(count, MAX_SPARES)):
             number += 1
             name = f"{SPARE_PREFIX}{number}"
@@ -266,7 +290,3 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
             table[name] = [None] * size
     return layout, table
 
-
-def is_spare_holder(shape: BackendShape) -> bool:
-    """An app's service living in a spare backend (taken since the last reload)."""
-    return shape.name.startswith(SPARE_PREFIX) and bool(shape.service.app_id)

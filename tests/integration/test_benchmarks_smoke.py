@@ -28,6 +28,8 @@ EXPECTED = {
     "newapp": {"newapp": ["mode", "apps before", "routed", "p50 ms", "p99 ms",
                           "HAProxy reloads"]},
     "vhosts": {"vhosts": ["vhosts", "routing", "host", "p50 ms", "p99 ms"]},
+    "zeroloss_range": {"zeroloss_range": ["strategy", "phase", "requests", "failed",
+                                          "reloads"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}
@@ -51,3 +53,5 @@ def test_benchmark_runs_and_reports(name: str, tmp_path: Path) -> None:
             assert col in table.columns
             assert all(col in row for row in table.rows), (table_name, col, table.rows)
         assert table.markdown().startswith("### ")
+    if name == "zeroloss_range":  # the point of the range mode: a new app, no reload
+        assert [row["reloads"] for row in got[name].rows] == [0], got[name].rows

@@ -59,3 +59,12 @@ def test_json_log_lines() -> None:
     doc = json.loads(JsonFormatter().format(record))
     assert doc["level"] == "INFO" and doc["logger"] == "servicerouter.engine"
     assert doc["message"] == "reloaded HAProxy (startup)" and doc["time"].endswith("+00:00")
+
+
+def test_a_backend_returned_to_the_pool_gets_no_line_of_its_own() -> None:
+    commands = ["del map /m/ports.map 10000", "set server shop_web_10000/s1 state maint",
+                "set server shop_web_10000/s1 addr 127.0.0.1 port 1"]
+    slots = {"shop_web_10000": [None] * 4, "_pool_shop_web_10000": [None] * 4}
+    lines = runtime_lines(commands, slots, {"shop_web_10000": [ep(1), None, None, None]},
+                          LAYOUT, 1.0)
+    assert lines == ["/shop/web: +0 -1 tasks, runtime, 2 commands, 1 ms"]

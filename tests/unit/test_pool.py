@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -87,7 +88,45 @@ def test_the_pool_grows_with_its_services_and_with_demand() -> None:
     previous = {**{n: s for n, s in layout.items() if n not in taken}, **taken}
     grown, _ = pool.with_pool(*build_layout(dict(many), {}, S), previous, S)
     assert sum(pool.is_spare(s) and s.service.options == Options()
-               for s in grown.values()) == 2 * len(taken)
+               for s in grown.values()) == pool.RUNWAY  # room for the next 100
+    # A long stream: 2 x what was taken, once that is more than the runway.
+    big = [svc(f"/b{i}", 20000 + i) for i in range(80)]
+    layout, _ = cluster(*big)
+    newer = {name for name, _ in big[10:]}
+    previous = {name: replace(shape, name=f"{pool.SPARE_PREFIX}9{i}") if name in newer
+                else shape for i, (name, shape) in enumerate(layout.items())}
+    grown, _ = pool.with_pool(*build_layout(dict(big), {}, S), previous, S)
+    assert sum(pool.is_spare(s) and s.service.options == Options()
+               for s in grown.values()) == 2 * 70
+    # A shape no new app came in keeps only --pool-spares.
+    assert sum(pool.is_spare(s) and s.service.options == HTTP for s in grown.values()) == 2
+
+
+def test_a_stream_of_new_apps_reloads_at_most_once_per_100_creations() -> None:
+    """The default pool (--pool-spares 8) on a cold cluster, one new TCP app at a time,
+    through the planner and a reload (with_pool) whenever it says so."""
+    s = replace(S, pool_spares=Settings().pool_spares, service_port_range=(20000, 22999))
+    desired: dict[str, DesiredService] = {}
+    layout, table = pool.with_pool(*build_layout({}, {}, s), {}, s)
+    reloads_at = []
+    for i in range(1000):
+        name, d = svc(f"/s{i}", 20000 + i)
+        desired[name] = d
+        p = plan(layout, table, desired, {name}, s)
+        if p.reload:
+            reloads_at.append(i + 1)
+            layout, table = pool.with_pool(*build_layout(desired, table, s), layout, s)
+            continue
+        layout, table = dict(layout), {**table, **p.slots}
+        for key, shape in p.layout.items():
+            if shape is None:
+                del layout[key], table[key]
+            else:
+                layout[key] = shape
+    assert reloads_at[0] == 9  # the default 8 spares run out once
+    assert all(b - a >= 100 for a, b in itertools.pairwise(reloads_at))
+    assert len(reloads_at) <= 5, reloads_at
+    print(f"reloads at creations {reloads_at}")
 
 
 def test_range_bind_leaves_out_ports_other_frontends_bind() -> None:
@@ -170,12 +209,35 @@ def test_a_removed_app_loses_its_map_entry_first_and_its_spare_returns() -> None
     spares = sum(pool.is_spare(s) for s in after.values())
     back, table, commands, reload = run(after, table, dict([svc("/a", 20001)]), {"new_20002"})
     assert not reload
-    assert commands == [f"del map {PORTS} 20002", f"set server {spare}/s1 state maint"]
+    assert commands == [f"del map {PORTS} 20002", f"set server {spare}/s1 state maint",
+                        f"set server {spare}/s1 addr 127.0.0.1 port 1"]
     assert pool.is_spare(back[spare]) and "new_20002" not in back and "new_20002" not in table
     assert sum(pool.is_spare(s) for s in back.values()) == spares + 1
-    # A removed app that had a backend of its own (from a reload) is unrouted, no reload.
-    gone, _, commands, reload = run(layout, table, {}, {"a_20001"})
-    assert not reload and commands[0] == f"del map {PORTS} 20001" and "a_20001" not in gone
+    # A removed app that had a backend of its own (from a reload) is unrouted, no reload,
+    # and that backend returns to the pool as a spare under its old name.
+    gone, gone_table, commands, reload = run(layout, table, {}, {"a_20001"})
+    assert not reload and commands == [f"del map {PORTS} 20001",
+                                       "set server a_20001/s1 state maint",
+                                       "set server a_20001/s1 addr 127.0.0.1 port 1"]
+    assert "a_20001" not in gone and "a_20001" not in gone_table
+    returned = gone[pool.spare_key("a_20001")]
+    assert pool.is_spare(returned) and returned.name == "a_20001"
+    assert gone_table[pool.spare_key("a_20001")] == [None] * returned.slots
+    # The next app of its shape takes it (the lowest name first: _pool_N, then it).
+    taken = [s.name for s in gone.values() if pool.is_spare(s) and s.service.options == TCP]
+    desired = dict([svc(f"/n{i}", 20010 + i) for i in range(len(taken))])
+    full, _, commands, reload = run(gone, gone_table, desired, set(desired))
+    assert not reload and sorted(s.name for s in full.values()) == sorted(
+        [*taken, *(s.name for s in gone.values() if pool.is_spare(s)
+                   and s.service.options != TCP)])
+    holder = next(k for k, v in full.items() if v.name == "a_20001")
+    assert f"add map {PORTS} {full[holder].service.port} a_20001" in commands
+    assert pool.ports_map(full, S)[str(full[holder].service.port)] == "a_20001"
+    # ... and the same app coming back takes its own old backend, whatever the order.
+    again, _, commands, reload = run(gone, gone_table, dict([svc("/a", 20001)]), {"a_20001"})
+    assert not reload and again["a_20001"].name == "a_20001"
+    assert pool.spare_key("a_20001") not in again
+    assert commands[-1] == f"add map {PORTS} 20001 a_20001"
 
 
 @pytest.mark.parametrize("port,options,reason,why", [
@@ -262,5 +324,8 @@ def test_the_spares_file_gives_the_pool_back() -> None:
     assert layout["b_20002"].name in spares  # a spare holding an app stays in the file
     assert spares == {s.name: pool.shape_of(s.service.options) for s in layout.values()
                       if s.name.startswith(pool.SPARE_PREFIX)}
+    # A removed app's own backend, back in the pool, is in the file under its name.
+    gone, _, _, _ = run(layout, table, dict([svc("/b", 20002, checked)]), {"a_20001"})
+    assert pool.parse_spares(pool.spares_text(gone))["a_20001"] == pool.shape_of(checked)
     with pytest.raises(ValueError):
         pool.parse_spares("")
