@@ -216,7 +216,7 @@ def responders(port: int, requests: int = 20) -> set[str]:
     return seen
 
 
-def wait_routed(port: int, expected: set[str], timeout: float = 15.0) -> None:
+def wait_routed(port: int, expected: set[str], timeout: float = 30.0) -> None:
     """Wait until traffic through ``port`` reaches exactly ``expected`` tasks."""
     wait_for(lambda: responders(port, 4 * len(expected) + 4) == expected, timeout,
              what=f"traffic on :{port} reaching exactly {sorted(expected)}")
