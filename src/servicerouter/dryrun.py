@@ -125,6 +125,9 @@ class DryRunConfig:
     def read(self) -> str | None:
         return None  # nothing to adopt: a dry run starts from an empty HAProxy
 
+    def remove(self) -> None:
+        pass  # a dry run never wrote it
+
     def cleanup(self) -> None:
         if self._maps is not None:
             shutil.rmtree(self._maps[1], ignore_errors=True)
@@ -149,6 +152,9 @@ class DryRunReloader:
         if isinstance(engine.runtime, DryRunRuntime):
             engine.runtime.engine = engine
         self.out("watching Marathon; printing what would be done, touching nothing")
+
+    def starts_haproxy(self) -> bool:
+        return False  # a dry run checks every candidate with haproxy -c
 
     async def reload(self) -> None:
         self.out(f"would reload HAProxy ({self.how})")

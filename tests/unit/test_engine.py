@@ -86,11 +86,17 @@ class FakeWriter:
     def read(self) -> str | None:
         return self.written[-1] if self.written else None
 
+    def remove(self) -> None:
+        self.written.clear()
+
 
 class FakeReloader:
     def __init__(self) -> None:
         self.reloads = 0
         self.fail = False
+
+    def starts_haproxy(self) -> bool:
+        return False
 
     async def reload(self) -> None:
         if self.fail:

@@ -74,6 +74,10 @@ class ConfigFile:
     def keep_rejected(self, text: str) -> Path:
         return keep_rejected(self.path, text)
 
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
     def read_map_file(self, directory: str, name: str) -> str | None:
         """Range mode: a file :meth:`write_maps` wrote, or None."""
         try:
@@ -98,6 +102,10 @@ def _alerts(exc: Exception) -> str:
 class _Reloader:
     async def start(self, engine: Engine) -> None:
         """Called once before the engine runs."""
+
+    def starts_haproxy(self) -> bool:
+        """True when the next reload starts HAProxy: none of ours runs yet."""
+        return False
 
     async def reload(self) -> None:
         raise NotImplementedError
@@ -166,6 +174,9 @@ class StartedHAProxy(_Reloader):
         log.warning("HAProxy restarted; reconciling its servers with the slot table")
         if self._engine is not None:
             self._engine.request_reconcile()
+
+    def starts_haproxy(self) -> bool:
+        return not self.process.is_running()
 
     async def reload(self) -> None:
         if self.process.is_running():

@@ -129,6 +129,9 @@ class KeptHAProxy:
             if self._engine is not None:
                 self._engine.request_reconcile()  # it starts from the file
 
+    def starts_haproxy(self) -> bool:
+        return self._master_pid is None  # none adopted, none started yet
+
     async def reload(self) -> None:
         try:
             await self.master.reload()
