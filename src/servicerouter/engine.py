@@ -650,12 +650,14 @@ class Engine:
         ok, output = await self._while_applying(self.writer.validate(text))
         if not ok:
             kept = self.writer.keep_rejected(text)
-            if await self.guard.exclude_rejected(layout, table, text, output, kept,
-                                                 self.layout):
+            # Bisection runs haproxy -c up to 32 times: other apps' churn goes on meanwhile.
+            if await self._while_applying(self.guard.exclude_rejected(
+                    layout, table, text, output, kept, self.layout)):
                 layout, table = pool.with_pool(
                     *build_layout(self.state.desired, self.table, settings), self.layout,
                     settings)
-                text = render(layout, table, settings, self.config.templates)
+                text = await self._while_applying(asyncio.to_thread(
+                    render, layout, table, settings, self.config.templates))
                 self._write_maps(layout)
                 ok, output = await self._while_applying(self.writer.validate(text))
                 if not ok:
