@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -24,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from . import hostfacts, pool
 from .adopt import adopt, config_shape
 from .applylog import reload_causes, runtime_lines
+from .gauges import Gauges
 from .guard import Guard
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient, respell_socket_path
@@ -42,7 +42,7 @@ from .marathon.events import (
 )
 from .marathon.parse import Resolver, parse_app, parse_apps
 from .marathon_health import MarathonHealth
-from .metrics import EXCLUDED_REASONS, Metrics
+from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan, reconcile
 from .portassign import assign_all, assign_one
 from .refetch import AppRefetcher, SingleFlight
@@ -160,7 +160,7 @@ class Engine:
         self._refetches = AppRefetcher(self.refetch_app, self.spawn, self.request_full_sync)
         self._resync_retry_at: float | None = None  # after a failed full sync
         self._resync_backoff = 0.0
-        self._slot_gauges = False
+        self.gauges = Gauges(self)
         self.ready = asyncio.Event()  # set after the first good config is live
 
     # ---------------------------------------------------------------- inputs
@@ -492,7 +492,7 @@ class Engine:
         if self._pending and time.monotonic() >= self._next_reload_at:
             await self._reload()
         await self._step_reconcile()
-        self._update_gauges()
+        self.gauges.update()
 
     async def _apply_dirty(self) -> None:
         """Plan the dirty backends: runtime commands now, reloads into ``_pending``."""
@@ -849,32 +849,3 @@ class Engine:
             else:
                 log.warning("reconcile: %d backends missing in HAProxy; reloading",
                             len(broken))
-
-    def _update_gauges(self) -> None:
-        self.metrics.apps.set(len(self.state.apps))
-        if self._slot_gauges:
-            return
-        # Gauges that walk the layout, the slot table (80,000 slots at 10,000 apps) or the
-        # problems are computed when /metrics is read, not once per apply step (per-step
-        # counting was most of the CPU at 100 replacements/s, issue #11).
-        self._slot_gauges = True
-        m = self.metrics
-        m.services.set_function(lambda: len(self.layout) - self._spare_count())
-        m.pool_spares.set_function(self._spare_count)
-        m.endpoints.set_function(lambda: slot_counts(self.table)[0])
-        m.slots.labels("used").set_function(lambda: slot_counts(self.table)[0])
-        m.slots.labels("free").set_function(lambda: slot_counts(self.table)[1])
-        for reason in EXCLUDED_REASONS:
-            m.services_excluded.labels(reason).set_function(
-                functools.partial(self._excluded_count, reason))
-
-    def _spare_count(self) -> int:
-        """Spare backends of the range mode's pool (layout entries of no app)."""
-        return sum(1 for shape in self.layout.values() if not shape.app_id)
-
-    def _excluded_count(self, reason: str) -> int:
-        """Services left out for ``reason`` (``invalid_app``: apps that do not parse)."""
-        if reason == "invalid_app":
-            return len(self.app_errors)
-        return sum(1 for p in self.state.problem_list() if p.reason == reason)
-
