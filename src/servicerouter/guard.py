@@ -30,7 +30,7 @@ from .model import Problem, shown
 from .state import ClusterState
 
 if TYPE_CHECKING:
-    from .engine import ConfigWriter
+    from .reload import ConfigWriter
 
 log = logging.getLogger("servicerouter.engine")
 _BIND = re.compile(r"^\s*bind\s+(\S+)", re.MULTILINE)

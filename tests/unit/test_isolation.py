@@ -103,7 +103,7 @@ async def test_engine_leaves_out_what_haproxy_rejects_and_reloads_the_rest() -> 
 
 async def _changed(engine: Engine, app: App) -> None:
     engine.mark(engine.state.set_app(app))
-    engine._next_reload_at = 0.0
+    engine.reload_pipeline.next_at = 0.0
     await engine.step()
 
 
@@ -136,13 +136,13 @@ async def test_a_frontend_that_cannot_be_bound_is_left_out_before_the_reload() -
         "bind_failed", "service port index 0", "*:10009")
     # Tried again at the next full sync: still held, so no reload at all.
     engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
-    engine._next_reload_at = 0.0
+    engine.reload_pipeline.next_at = 0.0
     await engine.step()
     assert reloader.reloads == 1 and engine.state.problems["/held"] == (problem,)
     # Free now: routed at the next full sync.
     engine.guard.bind_problem = lambda address, port: None
     engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
-    engine._next_reload_at = 0.0
+    engine.reload_pipeline.next_at = 0.0
     await engine.step()
     assert reloader.reloads == 2 and set(engine.layout) == {"a_10007", "held_10009"}
     assert engine.state.problems == {}
