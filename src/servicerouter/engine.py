@@ -8,6 +8,7 @@ wakes the apply loop, which waits a short coalescing window and then plans and
 applies everything that changed in one batch.
 
 The engine coordinates; the apply loop's stages live beside it:
+:mod:`~servicerouter.intake` (full sync, one-app refetch),
 :mod:`~servicerouter.reload` (render, validate, isolate, write, reload),
 :mod:`~servicerouter.reconcile` (read HAProxy back, repair) and
 :mod:`~servicerouter.gauges`.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import hostfacts, pool
+from . import pool
 from .adopt import adopt, config_shape
 from .applylog import runtime_lines
 from .gauges import Gauges
@@ -33,8 +34,7 @@ from .guard import Guard
 from .haproxy.render import TemplateError, render, template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
 from .haproxy.runtime_parse import ServerState
-from .heap import quiet_gc
-from .label_templates import TemplateVetting
+from .intake import Intake
 from .layout import Layout, Settings, SlotTable, slot_counts
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
@@ -45,11 +45,10 @@ from .marathon.events import (
     MarathonEvent,
     reconnect_delays,
 )
-from .marathon.parse import Resolver, parse_app, parse_apps
+from .marathon.parse import Resolver
 from .marathon_health import MarathonHealth
 from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan
-from .portassign import assign_all, assign_one
 from .reconcile import Reconciler
 from .refetch import AppRefetcher, SingleFlight
 from .reload import ConfigWriter, Reloader, ReloadPipeline, write_maps
@@ -109,16 +108,13 @@ class Engine:
         self.changed_at: dict[str, int] = {}  # backend -> change_seq of its last batch
         self.guard = Guard(self.state, writer, config.settings, config.templates)
         self._wake = asyncio.Event()
-        self._sync_lock = asyncio.Lock()
-        self._events = EventHandler(self)
-        self._vetting = TemplateVetting(config.settings, config.templates,
-                                        lambda text: self.writer.validate(text))
+        self.events = EventHandler(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.marathon_health = MarathonHealth(metrics.marathon_up, metrics.stream_connected)
-        self._full_syncs = SingleFlight(self.full_sync, self.spawn)
-        self._refetches = AppRefetcher(self.refetch_app, self.spawn, self.request_full_sync)
-        self._resync_retry_at: float | None = None  # after a failed full sync
-        self._resync_backoff = 0.0
+        self.intake = Intake(self)
+        self._full_syncs = SingleFlight(self.intake.full_sync, self.spawn)
+        self._refetches = AppRefetcher(self.intake.refetch_app, self.spawn,
+                                       self.request_full_sync)
         self.reload_pipeline = ReloadPipeline(self)
         self.reconciler = Reconciler(self)
         self.gauges = Gauges(self)
@@ -164,105 +160,18 @@ class Engine:
         """Refetch one app soon, once however often asked meanwhile (bounded in flight)."""
         self._refetches.request(app_id, event_time)
 
-    @quiet_gc  # the collector cost a third of a 10,000-app sync (see heap.py)
-    async def full_sync(self) -> bool:
-        """Fetch every app, replace the desired state, wake the apply loop."""
-        async with self._sync_lock:
-            started = time.perf_counter()
-            touched = self._events.watch(None)
-            try:
-                fetched = await self.marathon.get_apps()
-                # In a thread (~0.4 s of CPU at 10,000 apps): churn and /healthz go on.
-                result = await asyncio.to_thread(parse_apps, fetched.data, fetched.url,
-                                                 self.resolve,
-                                                 self.config.settings.allow_label_templates)
-                result.apps = [self._events.newer_tasks(a, touched) for a in result.apps]
-            except (MarathonError, ValueError) as exc:
-                self.marathon_health.request_failed(f"full sync failed: {exc}")
-                self._resync_backoff = min(max(2 * self._resync_backoff, 1.0), 30.0)
-                self._resync_retry_at = time.monotonic() + self._resync_backoff
-                log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
-                          "in %.0fs", exc, self._resync_backoff)
-                return False
-            finally:
-                self._events.unwatch(touched)
-            self.marathon_health.request_ok()
-            self._resync_retry_at, self._resync_backoff = None, 0.0
-            for err in result.errors:  # logged when new or changed, not once per sync
-                if self.app_errors.get(err.app_id) != err.message:
-                    log.error("%s", err)
-            before, self.app_errors = self.app_errors, {e.app_id: e.message
-                                                        for e in result.errors}
-            result.apps, assigned = assign_all(result.apps, self.config.settings)  # IP-per-task
-            result.apps, broken = await self._vetting.vet(result.apps)  # label templates
-            for app_id, message in broken.items():
-                if before.get(app_id) != message:
-                    log.error("app %s: %s", app_id, message)
-            self.app_errors.update(broken)
-            self._events.warn_once([*result.warnings, *assigned])
-            dirty = self.state.set_facts(hostfacts.gather(result.apps, self.config.settings))
-            dirty |= self.state.replace_all(result.apps, keep=list(self.app_errors))
-            self._events.after_full_sync()
-            self.mark(dirty)
-            self.last_sync = time.time()
-            self.metrics.last_sync.set(self.last_sync)
-            self.metrics.sync_duration.labels("full").observe(time.perf_counter() - started)
-            log.info("full sync from %s: %d apps, %d services, %d endpoints, %d changed, "
-                     "%.0f ms", fetched.url, len(self.state.apps), len(self.state.desired),
-                     self.state.endpoint_count, len(dirty), 1000 * (time.perf_counter() - started))
-            return True
-
-    async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:
-        touched = self._events.watch(app_id)
-        try:
-            raw = await self.marathon.get_app(app_id)
-        except MarathonError as exc:
-            self.marathon_health.request_failed(f"refetching app {app_id} failed: {exc}")
-            log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
-            self.request_full_sync()
-            return
-        finally:
-            self._events.unwatch(touched)
-        self.marathon_health.request_ok()
-        if raw is None:
-            self.mark(self.state.remove_app(app_id), event_time)
-            return
-        try:
-            app, warnings = parse_app(raw, self.resolve,
-                                      self.config.settings.allow_label_templates)
-        except ValueError as exc:
-            log.error("app %s: %s; app keeps its last good state, others applied", app_id, exc)
-            self.app_errors[app_id] = f"{exc}; app keeps its last good state"
-            return
-        _, broken = await self._vetting.vet([app])  # label templates, validated alone
-        if broken:
-            log.error("app %s: %s", app_id, broken[app_id])
-            self.app_errors[app_id] = broken[app_id]
-            return
-        self.app_errors.pop(app_id, None)
-        # IP-per-task ports are a function of all such apps: one arriving may move another's.
-        app, moved, assigned = assign_one(
-            self._events.newer_tasks(app, touched),
-            [a for i, a in self.state.apps.items() if i != app.id], self.config.settings)
-        self._events.warn_once([*warnings, *assigned])
-        dirty = self.state.set_facts(hostfacts.gather([app], self.config.settings))
-        dirty |= self.state.set_app(app)
-        for other in moved:
-            dirty |= self.state.set_app(other)
-        self.mark(dirty, event_time)
-
     def on_event(self, event: MarathonEvent) -> None:
         try:
-            self._events.handle(event)
+            self.events.handle(event)
         except Exception as exc:  # one bad event must not end the stream
             log.debug("event %s raised", event.type, exc_info=True)
-            self._events.bad_event(event, f"{type(exc).__name__}: {exc}")
+            self.events.bad_event(event, f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------- the loops
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. The first full sync is retried with backoff."""
         delays = reconnect_delays(initial=0.5, maximum=15.0)
-        while not stop.is_set() and not await self.full_sync():
+        while not stop.is_set() and not await self.intake.full_sync():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():
@@ -392,15 +301,15 @@ class Engine:
                 # A refused candidate is validated again at each resync.
                 self.reload_pipeline.rejected = None
                 self.request_full_sync()
-            if self._resync_retry_at is not None and now >= self._resync_retry_at:
-                self._resync_retry_at = None
+            if self.intake.retry_at is not None and now >= self.intake.retry_at:
+                self.intake.retry_at = None
                 self.request_full_sync()
             if now >= next_reconcile:
                 next_reconcile = now + cfg.reconcile_interval
                 self.request_reconcile()
-            self._events.expire_drains()
+            self.events.expire_drains()
             wait = min(next_resync, next_reconcile, next_worker_check,
-                       self._events.next_deadline(), self._resync_retry_at or next_resync) - now
+                       self.events.next_deadline(), self.intake.retry_at or next_resync) - now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(wait, 0.05))
 
