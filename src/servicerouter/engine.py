@@ -9,6 +9,7 @@ applies everything that changed in one batch.
 
 The engine coordinates; the apply loop's stages live beside it:
 :mod:`~servicerouter.intake` (full sync, one-app refetch),
+:mod:`~servicerouter.takeover` (adopting a running HAProxy at start),
 :mod:`~servicerouter.reload` (render, validate, isolate, write, reload),
 :mod:`~servicerouter.reconcile` (read HAProxy back, repair) and
 :mod:`~servicerouter.gauges`.
@@ -26,16 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import pool
-from .adopt import adopt, config_shape
 from .applylog import runtime_lines
 from .gauges import Gauges
 from .guard import Guard
-from .haproxy.render import TemplateError, render, template_environment
+from .haproxy.render import template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
-from .haproxy.runtime_parse import ServerState
 from .intake import Intake
-from .layout import Layout, Settings, SlotTable, slot_counts
+from .layout import Layout, Settings, SlotTable
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
 from .marathon.events import (
@@ -54,6 +52,7 @@ from .refetch import AppRefetcher, SingleFlight
 from .reload import ConfigWriter, Reloader, ReloadPipeline, write_maps
 from .state import ClusterState
 from .sync import EventHandler
+from .takeover import take_over
 
 log = logging.getLogger("servicerouter.engine")
 T = TypeVar("T")
@@ -176,7 +175,7 @@ class Engine:
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():
             return
-        if not await self._adopt():
+        if not await take_over(self):  # a running HAProxy of our shape: no reload
             self.request_reload(ReloadReason.STARTUP)  # the first config, from nothing
         loops = [self._apply_loop(stop), self._event_loop(stop), self._timer_loop(stop)]
         runners = [asyncio.ensure_future(c) for c in loops]
@@ -186,80 +185,6 @@ class Engine:
             for r in [*runners, *self._tasks]:
                 r.cancel()
             await asyncio.gather(*runners, *self._tasks, return_exceptions=True)
-
-    async def _adopt(self) -> bool:
-        """Take over a running HAProxy whose config has our shape: no reload at start.
-
-        Reads the running config file and ``show servers state``; the slot table is
-        rebuilt from the addresses HAProxy serves (:func:`adopt.adopt`). True if the
-        render of that layout and table has the running file's shape; then the apply
-        loop plans every backend against the adopted table (a task replaced while the
-        daemon was down is a runtime change) and reconcile follows."""
-        running = self.writer.read()
-        if running is None:
-            return False
-        try:
-            servers = await self.runtime.show_servers_state()
-        except HAProxyRuntimeError as exc:
-            log.info("no running HAProxy to adopt (%s); the first config is a reload", exc)
-            return False
-        spares = await self._adoptable_spares(servers)  # range mode; None: not adoptable
-        if spares is None:
-            return False
-        layout, table = adopt(self.state.desired, servers, spares[0])
-        layout.update(spares[1])
-        table.update((name, [None] * shape.slots) for name, shape in spares[1].items()
-                     if name not in table)
-        self.table = table  # even if the shape differs: tasks keep their slots
-        try:
-            text = render(layout, table, self.config.settings, self.config.templates)
-        except TemplateError:
-            return False  # the startup reload reports it
-        ours, theirs = config_shape(text), config_shape(running)
-        if ours != theirs:
-            first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False))
-                          if a != b),
-                         min(len(ours), len(theirs)))
-            log.info("the running HAProxy's config differs from ours (%d services in it, "
-                     "%d wanted; first at line %d of its shape: %r, ours %r); reloading",
-                     len(layout), len(self.state.desired), first + 1,
-                     theirs[first] if first < len(theirs) else None,
-                     ours[first] if first < len(ours) else None)
-            return False
-        self.layout, self.running_config, self.haproxy_ok = layout, running, True
-        self.guard.served(running)
-        log.info("adopted the running HAProxy: %d services, %d endpoints in their slots, "
-                 "no reload", len(layout), slot_counts(table)[0])
-        self.mark(set(self.state.desired))
-        self.request_reconcile()
-        self.ready.set()
-        return True
-
-    async def _adoptable_spares(self, servers: list[ServerState]
-                                ) -> tuple[dict[str, str], Layout] | None:
-        """Range mode, at start: (service → the spare backend it lives in, from the
-        running port map; the free spares, from the pool file written with the config).
-        Without the range mode: nothing to add. None: what HAProxy runs cannot be read."""
-        settings = self.config.settings
-        if not pool.range_on(settings):
-            return {}, {}
-        read = getattr(self.writer, "read_map_file", None)
-        text = read(settings.map_dir, pool.SPARES_FILE) if read else None
-        try:
-            shapes = pool.parse_spares(text or "")
-            ports = pool.parse_show_map(await self.runtime.query(
-                f"show map {pool.map_path(settings, pool.PORTS_MAP)}"))
-        except (HAProxyRuntimeError, ValueError, TypeError, KeyError) as exc:
-            log.info("range mode: the running pool cannot be read (%s); reloading", exc)
-            return None
-        held = {name: ports[str(d.service.port)] for name, d in self.state.desired.items()
-                if ports.get(str(d.service.port), "").startswith(pool.SPARE_PREFIX)}
-        sizes: dict[str, int] = {}
-        for s in servers:
-            sizes[s.backend] = sizes.get(s.backend, 0) + 1
-        free = {name: pool.spare(name, shape, sizes[name]) for name, shape in shapes.items()
-                if name not in held.values() and sizes.get(name)}
-        return held, free
 
     async def _event_loop(self, stop: asyncio.Event) -> None:
         delays = reconnect_delays()
