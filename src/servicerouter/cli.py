@@ -162,6 +162,36 @@ def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
                    help="route a task of an app with Marathon health checks only when healthy")
 
 
+def _add_haproxy_process(p: argparse.ArgumentParser, daemon: bool) -> None:
+    """The flags saying which HAProxy to validate and reload and how: one definition for
+    ``run`` (``daemon``: it can also start HAProxy) and ``sync``."""
+    g = p.add_argument_group("HAProxy process")
+    g.add_argument("--haproxy-config", default="/etc/haproxy/haproxy.cfg", metavar="PATH",
+                   help="config file servicerouter compares, validates and replaces "
+                        "(default %(default)s)")
+    g.add_argument("--haproxy-bin", default="haproxy", metavar="PATH",
+                   help="haproxy binary for haproxy -c (and for run --start-haproxy) "
+                        "(default %(default)s)")
+    how = g.add_mutually_exclusive_group()
+    if daemon:
+        how.add_argument("--start-haproxy", action="store_true",
+                         help="start and supervise HAProxy (master-worker) and stop it on exit")
+        g.add_argument("--keep-haproxy-on-exit", action="store_true",
+                       help="with --start-haproxy: run HAProxy detached, so that it keeps "
+                            "serving when servicerouter stops, crashes or is upgraded; a "
+                            "restarted servicerouter adopts it (without a reload when nothing "
+                            "changed)")
+    how.add_argument("--reload-command", metavar="CMD",
+                     help="reload with this command (e.g. 'systemctl reload haproxy'); "
+                          "default: systemctl or /etc/init.d/haproxy when found")
+    # run: also where --start-haproxy puts the master socket, so not exclusive there.
+    (g if daemon else how).add_argument(
+        "--haproxy-master-socket", metavar="PATH",
+        help="HAProxy's master CLI socket (e.g. /run/haproxy-master.sock on Debian): reload "
+             "an HAProxy started elsewhere through it and confirm the new worker; with run "
+             "--start-haproxy, where HAProxy puts it")
+
+
 def _add_render(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("HAProxy configuration")
     g.add_argument("--haproxy-socket", default="/run/haproxy/admin.sock", metavar="PATH",
@@ -243,6 +273,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the daemon: keep HAProxy routing Marathon's tasks")
     _add_marathon(run, required=False)
     _add_render(run)
+    _add_haproxy_process(run, daemon=True)
     from .daemon import add_run_arguments  # keeps the daemon's flags next to its wiring
 
     add_run_arguments(run)
@@ -251,9 +282,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
                                        "changed validate, replace and reload HAProxy")
     _add_marathon(sync, required=False)
     _add_render(sync)
-    from .oneshot import add_sync_arguments
-
-    add_sync_arguments(sync)
+    _add_haproxy_process(sync, daemon=False)
     add_range_arguments(sync)
 
     sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",

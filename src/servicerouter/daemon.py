@@ -83,23 +83,6 @@ def _event_bytes(value: str) -> int:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("HAProxy process")
-    g.add_argument("--haproxy-config", default="/etc/haproxy/haproxy.cfg", metavar="PATH",
-                   help="config file servicerouter writes (default %(default)s)")
-    g.add_argument("--haproxy-bin", default="haproxy", metavar="PATH",
-                   help="haproxy binary for validation and --start-haproxy")
-    how = g.add_mutually_exclusive_group()
-    how.add_argument("--start-haproxy", action="store_true",
-                     help="start and supervise HAProxy (master-worker) and stop it on exit")
-    g.add_argument("--keep-haproxy-on-exit", action="store_true",
-                   help="with --start-haproxy: run HAProxy detached, so that it keeps serving "
-                        "when servicerouter stops, crashes or is upgraded; a restarted "
-                        "servicerouter adopts it (without a reload when nothing changed)")
-    how.add_argument("--reload-command", metavar="CMD",
-                     help="reload with this command (e.g. 'systemctl reload haproxy')")
-    g.add_argument("--haproxy-master-socket", metavar="PATH",
-                   help="HAProxy's master CLI socket: reload an HAProxy started elsewhere "
-                        "through it, or where --start-haproxy puts it")
     add_range_arguments(p)
     g = p.add_argument_group("daemon")
     g.add_argument("--listen", type=_hostport, default=("127.0.0.1", 9091), metavar="HOST:PORT",

@@ -14,6 +14,7 @@ resync (:meth:`ClusterState.replace_all`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -29,7 +30,7 @@ from .model import Problem, shown
 from .state import ClusterState
 
 if TYPE_CHECKING:
-    from .engine import ConfigWriter
+    from .reload import ConfigWriter
 
 log = logging.getLogger("servicerouter.engine")
 _BIND = re.compile(r"^\s*bind\s+(\S+)", re.MULTILINE)
@@ -89,8 +90,10 @@ class Guard:
 
         async def check(names: Collection[str]) -> tuple[bool, str]:
             part = {n: layout[n] for n in [*names, *trusted]}
-            return await self.writer.validate(render(part, table, self.settings,
-                                                     self.templates))
+            # In a thread, as the engine renders: the event loop applies churn meanwhile.
+            candidate = await asyncio.to_thread(render, part, table, self.settings,
+                                                self.templates)
+            return await self.writer.validate(candidate)
 
         mapped = {n: a for n, a in isolation.culprits(output, text, layout).items()
                   if n not in trusted}

@@ -61,21 +61,6 @@ def write_maps(map_dir: str, maps: Mapping[str, str | None]) -> None:
             atomic_write(Path(map_dir) / name, text)
 
 
-def add_sync_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("HAProxy process")
-    g.add_argument("--haproxy-config", default="/etc/haproxy/haproxy.cfg", metavar="PATH",
-                   help="config file to compare, validate and replace (default %(default)s)")
-    g.add_argument("--haproxy-bin", default="haproxy", metavar="PATH",
-                   help="haproxy binary for validation (default %(default)s)")
-    how = g.add_mutually_exclusive_group()
-    how.add_argument("--reload-command", metavar="CMD",
-                     help="reload with this command (e.g. 'systemctl reload haproxy'); "
-                          "default: systemctl or /etc/init.d/haproxy when found")
-    how.add_argument("--haproxy-master-socket", metavar="PATH",
-                     help="reload through HAProxy's master CLI socket and confirm the new "
-                          "worker (e.g. /run/haproxy-master.sock on Debian)")
-
-
 def reload_with(args: argparse.Namespace) -> tuple[str, Callable[[], Awaitable[str]]]:
     """The reload to use, as (description, action); SyncError when none is known."""
     if args.haproxy_master_socket:

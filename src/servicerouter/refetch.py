@@ -19,7 +19,7 @@ from typing import Any
 
 log = logging.getLogger("servicerouter.refetch")
 
-Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+Spawn = Callable[[Coroutine[Any, Any, Any]], object]  # runs it beside the caller
 
 REFETCH_DEBOUNCE = 0.05
 """Seconds a refetch waits before its request, so a burst of events for one app

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -24,7 +25,7 @@ from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, responders, running, wait_for
+from .harness import Daemon, ExternalHAProxy, Simulator, responders, running, wait_for
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -223,3 +224,65 @@ def test_an_app_over_the_server_cap_routes_its_first_tasks(tmp_path: Path) -> No
         serving(simulator, "/good", good_port)
         new_app_is_routed(simulator, daemon, "/new")
         serving(simulator, "/good", good_port)
+
+
+# ``haproxy -c`` for the next test, real haproxy underneath. A candidate naming the app
+# MARKED is rejected with an alert that names no line, proxy or file, so only bisection
+# can blame the app; while GATE/hold exists, every other check (isolation's) waits for
+# it to go (at most 50 s, under the daemon's 60 s check timeout), after saying so in
+# GATE/held.
+GATED_CHECK = """#!/bin/sh
+case " $* " in
+*" -c "*)
+    cfg=$(cat)
+    if printf '%s\\n' "$cfg" | grep -q MARKED; then
+        echo "[ALERT]    (1) : config : something is wrong, HAProxy does not say where"
+        exit 1
+    fi
+    if [ -e GATE/hold ]; then
+        : > GATE/held
+        i=0
+        while [ -e GATE/hold ] && [ $i -lt 500 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    printf '%s\\n' "$cfg" | REAL "$@"
+    exit $? ;;
+esac
+exec REAL "$@"
+"""
+
+
+def test_isolating_a_rejected_app_does_not_hold_other_apps_churn(
+        tmp_path: Path, simulator: Simulator) -> None:
+    real = shutil.which("haproxy")
+    assert real
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    check = tmp_path / "haproxy-gated"
+    check.write_text(GATED_CHECK.replace("MARKED", "bisectme").replace("GATE", str(gate))
+                     .replace("REAL", real))
+    check.chmod(0o755)
+    port, _ = simulator.launch("/steady", 2)
+    # HAProxy itself is the real binary; only the daemon's haproxy -c goes through the gate.
+    haproxy = ExternalHAProxy(tmp_path).start()
+    daemon = Daemon(tmp_path, simulator.url, "--haproxy-bin", str(check), start_haproxy=False)
+    with running(haproxy, daemon):
+        daemon.start()
+        serving(simulator, "/steady", port)
+        reloads = wait_for(lambda: (haproxy.reloads(),), 10, what="show proc")[0]
+        (gate / "hold").touch()
+        try:
+            simulator.create_app("/bisectme", instances=1)
+            wait_for((gate / "held").exists, 30, what="isolation's haproxy -c at the gate")
+            # While isolation waits on haproxy -c, another app's new task is routed.
+            simulator.scale("/steady", 3)
+            simulator.wait_running("/steady", 3)
+            serving(simulator, "/steady", port)
+            assert "/bisectme" not in problems(daemon)  # isolation has not finished
+            assert haproxy.reloads() == reloads  # a runtime change: no reload
+        finally:
+            (gate / "hold").unlink()
+        (problem,) = wait_for(lambda: problems(daemon).get("/bisectme"), 60,
+                              what="/bisectme left out by isolation")
+        assert problem["reason"] == "haproxy_rejected"
+        assert "HAProxy does not say where" in problem["value"]
+        serving(simulator, "/steady", port)

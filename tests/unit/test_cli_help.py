@@ -74,3 +74,21 @@ def test_a_choice_variable_outside_the_choices_is_refused(
         cli.build_parser({"SERVICEROUTER_UPDATE_STRATEGY": "sometimes"})
     assert "SERVICEROUTER_UPDATE_STRATEGY='sometimes' is not one of runtime, reload" in \
         capsys.readouterr().err
+
+
+def test_run_and_sync_say_the_same_about_the_haproxy_they_reload() -> None:
+    """One definition of the HAProxy-process flags: the same help and default in both."""
+    def described(command: str) -> dict[str, tuple[str | None, object]]:
+        return {o: (a.help, a.default) for a in subparser(command)._actions
+                for o in a.option_strings}
+
+    run, sync = described("run"), described("sync")
+    shared = ("--haproxy-config", "--haproxy-bin", "--reload-command",
+              "--haproxy-master-socket")
+    assert {f: run[f] for f in shared} == {f: sync[f] for f in shared}
+    assert "--start-haproxy" in run and "--start-haproxy" not in sync
+    # sync reloads one way; run may also put --start-haproxy's master socket somewhere.
+    with pytest.raises(SystemExit):
+        subparser("sync").parse_args(["--reload-command", "x", "--haproxy-master-socket", "y"])
+    args = subparser("run").parse_args(["--start-haproxy", "--haproxy-master-socket", "y"])
+    assert args.start_haproxy and args.haproxy_master_socket == "y"

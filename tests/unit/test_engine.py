@@ -179,7 +179,7 @@ async def test_a_rejected_candidate_keeps_the_old_config_and_is_not_retried() ->
     assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
     # The config without any service is rejected too: no service is to blame.
     assert writer.validated == 4  # the current config, then all services, then none
-    engine._next_reload_at = 0.0  # the backoff has passed
+    engine.reload_pipeline.next_at = 0.0  # the backoff has passed
     await engine.step()
     assert writer.validated == 4  # the same candidate is not validated again
     assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
@@ -250,7 +250,7 @@ async def test_reconcile_runs_while_a_reload_is_pending() -> None:
     writer.valid = False  # every candidate from now on is rejected
     engine.mark(engine.state.set_app(app(1, app_id="/new")))
     await engine.step()
-    assert engine._pending  # the new app's reload keeps failing
+    assert engine.pending  # the new app's reload keeps failing
     # A worker restarted from the file: slot s1 back at the file's (dead) task.
     runtime.servers = [ServerState(1, "web_10000", 1, "s1", "127.0.0.1", 2, 0, 1, 1,
                                    0, 0, 0, 0, 39999)]
@@ -258,8 +258,8 @@ async def test_reconcile_runs_while_a_reload_is_pending() -> None:
                                     0, 0, 0, 0, 1) for i in range(2, 5)]
     engine.request_reconcile()
     await engine.step()  # starts the read in the background
-    assert engine.reconciling is not None
-    await engine.reconciling
+    assert engine.reconciler.running is not None
+    await engine.reconciler.running
     await engine.step()  # repairs what it found
     assert "set server web_10000/s1 addr 127.0.0.1 port 31001" in runtime.sent[-1]
 
@@ -281,8 +281,8 @@ async def test_a_backend_changed_while_reconcile_reads_is_left_to_the_next_round
     await asyncio.sleep(0)
     engine.mark(engine.state.set_app(app(1, 3)))  # ... while /web's tasks change
     await engine.step()
-    assert engine.reconciling is not None
-    await engine.reconciling
+    assert engine.reconciler.running is not None
+    await engine.reconciler.running
     before = len(runtime.sent)
     await engine.step()
     repairs = [c for batch in runtime.sent[before:] for c in batch]
@@ -328,7 +328,7 @@ async def test_churn_of_other_apps_is_applied_while_a_reload_validates() -> None
     assert "set server web_10000/s1 addr 127.0.0.1 port 31002" in again
     assert engine.table["web_10000"][0] is not None
     assert engine.table["web_10000"][0].task_id == "t2"
-    assert not engine._pending
+    assert not engine.pending
 
 
 async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
@@ -353,7 +353,7 @@ async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
     await step
     assert reloader.reloads == 2
     assert "new_10001" in engine.layout and "other_10002" not in engine.layout
-    assert engine._pending == {"other_10002": "new_app"}
+    assert engine.pending == {"other_10002": "new_app"}
     writer.validate = validate  # type: ignore[method-assign]
     await engine.step()
     assert reloader.reloads == 3 and "other_10002" in engine.layout

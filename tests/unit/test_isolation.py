@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
+from dataclasses import replace
 
 from servicerouter import isolation
 from servicerouter.engine import Engine
@@ -103,7 +105,7 @@ async def test_engine_leaves_out_what_haproxy_rejects_and_reloads_the_rest() -> 
 
 async def _changed(engine: Engine, app: App) -> None:
     engine.mark(engine.state.set_app(app))
-    engine._next_reload_at = 0.0
+    engine.reload_pipeline.next_at = 0.0
     await engine.step()
 
 
@@ -136,13 +138,13 @@ async def test_a_frontend_that_cannot_be_bound_is_left_out_before_the_reload() -
         "bind_failed", "service port index 0", "*:10009")
     # Tried again at the next full sync: still held, so no reload at all.
     engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
-    engine._next_reload_at = 0.0
+    engine.reload_pipeline.next_at = 0.0
     await engine.step()
     assert reloader.reloads == 1 and engine.state.problems["/held"] == (problem,)
     # Free now: routed at the next full sync.
     engine.guard.bind_problem = lambda address, port: None
     engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
-    engine._next_reload_at = 0.0
+    engine.reload_pipeline.next_at = 0.0
     await engine.step()
     assert reloader.reloads == 2 and set(engine.layout) == {"a_10007", "held_10009"}
     assert engine.state.problems == {}
@@ -169,3 +171,38 @@ async def test_when_every_service_is_rejected_nobody_is_blamed() -> None:
     assert reloader.reloads == 1 and set(engine.layout) == {"a_10007"}
     assert engine.state.problems == {} and engine.state.excluded == {}
     assert counter(engine, "servicerouter_reload_failures_total", stage="validate") == 1
+
+
+async def test_churn_of_other_apps_is_applied_while_isolation_bisects() -> None:
+    engine, runtime, writer, reloader = make_engine()
+    web = App("/web", services=(Service("/web", 0, 10000),), tasks=(
+        Task("w1", "/web", "127.0.0.1", (31001,), "TASK_RUNNING"),))
+    engine.mark(engine.state.set_app(web))
+    await engine.step()
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def validate(text: str) -> tuple[bool, str]:
+        if "backend bad_10009" in text:  # names nothing: only bisection blames it
+            return False, "[ALERT] (1) : config : something went wrong"
+        held.set()  # isolation's check without the bad app waits here
+        await release.wait()
+        return True, ""
+
+    writer.validate = validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(App("/bad", services=(Service("/bad", 0, 10009),))))
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.wait_for(held.wait(), 10)
+    sent = len(runtime.sent)
+    engine.mark(engine.state.set_app(replace(web, tasks=(*web.tasks, Task(
+        "w2", "/web", "127.0.0.1", (31002,), "TASK_RUNNING")))))
+    for _ in range(1000):  # bounded: the apply runs as soon as the loop gets to it
+        if len(runtime.sent) > sent:
+            break
+        await asyncio.sleep(0.001)
+    assert any("31002" in c for batch in runtime.sent[sent:] for c in batch)
+    assert not step.done() and reloader.reloads == 1  # isolation still waits
+    release.set()
+    await asyncio.wait_for(step, 10)
+    assert engine.state.problems["/bad"][0].reason == "haproxy_rejected"
+    assert reloader.reloads == 2 and "bad_10009" not in engine.layout
+    assert "127.0.0.1:31002" in writer.written[-1]  # the reload kept the runtime change

@@ -104,7 +104,7 @@ def test_an_event_that_raises_costs_only_its_app() -> None:
                     Metrics(), lambda host: host)
     asked: list[str] = []
     engine.request_refetch = lambda app_id, t=None: asked.append(app_id)  # type: ignore
-    engine._events._status_update = lambda e: 1 / 0  # type: ignore
+    engine.events._status_update = lambda e: 1 / 0  # type: ignore
     engine.on_event(status("t1", "TASK_RUNNING", app="/boom"))
     assert asked == ["/boom"]
 
@@ -206,7 +206,7 @@ async def test_a_refetch_keeps_a_task_that_started_while_it_was_in_flight() -> N
     engine = Engine(EngineConfig(settings=Settings()), SlowMarathon(),  # type: ignore
                     None, None, None, Metrics(), lambda host: host)  # type: ignore
     engine.state.set_app(App("/web", services=(Service("/web", 0, 10000),)))
-    fetch = asyncio.ensure_future(engine.refetch_app("/web"))
+    fetch = asyncio.ensure_future(engine.intake.refetch_app("/web"))
     await asyncio.sleep(0)
     engine.on_event(status("t1", "TASK_RUNNING"))  # applied before the answer lands
     gate.set()

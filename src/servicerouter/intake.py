@@ -1,0 +1,133 @@
+"""Marathon's apps into the desired state: the full sync and the one-app refetch.
+
+Both fetch, parse (a full sync in a thread), assign IP-per-task ports, vet label
+templates, and then change the in-memory :class:`~servicerouter.state.ClusterState`
+and mark what changed; the apply loop does the rest. An app that fails keeps its
+last good state and is reported in ``app_errors``; a failed full sync is retried
+with backoff (1 s doubling to 30 s) while HAProxy keeps its config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from . import hostfacts
+from .heap import quiet_gc
+from .label_templates import TemplateVetting
+from .marathon.errors import MarathonError
+from .marathon.parse import parse_app, parse_apps
+from .portassign import assign_all, assign_one
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("servicerouter.engine")
+
+
+class Intake:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = asyncio.Lock()  # one full sync at a time
+        self._vetting = TemplateVetting(engine.config.settings, engine.config.templates,
+                                        lambda text: engine.writer.validate(text))
+        self.retry_at: float | None = None  # after a failed full sync
+        self._backoff = 0.0
+
+    @quiet_gc  # the collector cost a third of a 10,000-app sync (see heap.py)
+    async def full_sync(self) -> bool:
+        """Fetch every app, replace the desired state, wake the apply loop."""
+        e = self.engine
+        async with self._lock:
+            started = time.perf_counter()
+            touched = e.events.watch(None)
+            try:
+                fetched = await e.marathon.get_apps()
+                source = fetched.url
+                # In a thread (~0.3 s of CPU at 10,000 apps): churn and /healthz go on.
+                # Each app is decoded when parsed and freed behind it (consume), the rest
+                # with `fetched`: the model reuses their memory (peak RSS, issue #11).
+                result = await asyncio.to_thread(functools.partial(
+                    parse_apps, fetched.data, source, e.resolve,
+                    e.config.settings.allow_label_templates, consume=True))
+                del fetched
+                result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
+            except (MarathonError, ValueError) as exc:
+                e.marathon_health.request_failed(f"full sync failed: {exc}")
+                self._backoff = min(max(2 * self._backoff, 1.0), 30.0)
+                self.retry_at = time.monotonic() + self._backoff
+                log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
+                          "in %.0fs", exc, self._backoff)
+                return False
+            finally:
+                e.events.unwatch(touched)
+            e.marathon_health.request_ok()
+            self.retry_at, self._backoff = None, 0.0
+            for err in result.errors:  # logged when new or changed, not once per sync
+                if e.app_errors.get(err.app_id) != err.message:
+                    log.error("%s", err)
+            before, e.app_errors = e.app_errors, {err.app_id: err.message
+                                                  for err in result.errors}
+            result.apps, assigned = assign_all(result.apps, e.config.settings)  # IP-per-task
+            result.apps, broken = await self._vetting.vet(result.apps)  # label templates
+            for app_id, message in broken.items():
+                if before.get(app_id) != message:
+                    log.error("app %s: %s", app_id, message)
+            e.app_errors.update(broken)
+            e.events.warn_once([*result.warnings, *assigned])
+            dirty = e.state.set_facts(hostfacts.gather(result.apps, e.config.settings))
+            dirty |= e.state.replace_all(result.apps, keep=list(e.app_errors))
+            e.events.after_full_sync()
+            e.mark(dirty)
+            e.last_sync = time.time()
+            e.metrics.last_sync.set(e.last_sync)
+            e.metrics.sync_duration.labels("full").observe(time.perf_counter() - started)
+            log.info("full sync from %s: %d apps, %d services, %d endpoints, %d changed, "
+                     "%.0f ms", source, len(e.state.apps), len(e.state.desired),
+                     e.state.endpoint_count, len(dirty), 1000 * (time.perf_counter() - started))
+            return True
+
+    async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:
+        """Fetch one app again and replace it in the desired state (an app gone from
+        Marathon is removed); a failed fetch becomes a full resync."""
+        e = self.engine
+        touched = e.events.watch(app_id)
+        try:
+            raw = await e.marathon.get_app(app_id)
+        except MarathonError as exc:
+            e.marathon_health.request_failed(f"refetching app {app_id} failed: {exc}")
+            log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
+            e.request_full_sync()
+            return
+        finally:
+            e.events.unwatch(touched)
+        e.marathon_health.request_ok()
+        if raw is None:
+            e.mark(e.state.remove_app(app_id), event_time)
+            return
+        try:
+            app, warnings = parse_app(raw, e.resolve,
+                                      e.config.settings.allow_label_templates)
+        except ValueError as exc:
+            log.error("app %s: %s; app keeps its last good state, others applied", app_id, exc)
+            e.app_errors[app_id] = f"{exc}; app keeps its last good state"
+            return
+        _, broken = await self._vetting.vet([app])  # label templates, validated alone
+        if broken:
+            log.error("app %s: %s", app_id, broken[app_id])
+            e.app_errors[app_id] = broken[app_id]
+            return
+        e.app_errors.pop(app_id, None)
+        # IP-per-task ports are a function of all such apps: one arriving may move another's.
+        app, moved, assigned = assign_one(
+            e.events.newer_tasks(app, touched),
+            [a for i, a in e.state.apps.items() if i != app.id], e.config.settings)
+        e.events.warn_once([*warnings, *assigned])
+        dirty = e.state.set_facts(hostfacts.gather([app], e.config.settings))
+        dirty |= e.state.set_app(app)
+        for other in moved:
+            dirty |= e.state.set_app(other)
+        e.mark(dirty, event_time)

@@ -1,0 +1,185 @@
+"""Reading HAProxy back: ``show servers state`` (and, in range mode, ``show map``)
+compared with the slot table, and the runtime commands that repair a difference.
+
+After a reload the engine waits for the whole read; the periodic reconcile (and
+the one after HAProxy's worker changed behind our back) reads in the background
+while the apply loop goes on, and backends changed after the read began are
+left to the next round (their lines may predate the change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import pool
+from .haproxy.runtime import HAProxyRuntimeError
+from .haproxy.runtime_parse import ParseError, ServerState
+from .layout import Layout
+from .planner import ReloadReason, reconcile
+from .servercheck import StateScan
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("servicerouter.engine")
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """What one read of ``show servers state`` found: the backends that differ."""
+
+    generation: int  # Engine.generation when the read began
+    seq: int  # Engine.change_seq when the read began
+    suspect: Layout
+    actual: list[ServerState]
+
+
+class Reconciler:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.wanted = False
+        self.running: asyncio.Task[Scanned | None] | None = None  # the background read
+        self.worker: int | None = None  # HAProxy's worker pid, as last seen
+        self.checking_worker = False
+
+    def request(self) -> None:
+        self.wanted = True
+        self.engine.wake()
+
+    async def reconcile(self, after_reload: bool = False) -> None:
+        """Read HAProxy's servers back and repair any difference from the slot table.
+
+        Waits for the whole read (after a reload, before anything else is applied);
+        the periodic reconcile runs :meth:`scan` in the background instead."""
+        found = await self.scan(after_reload)
+        if found is not None:
+            await self.repair(found, after_reload)
+
+    async def step(self) -> None:
+        """In the apply loop: start a wanted background read, repair what a finished one
+        found. Not held back by a pending reload: a reload that keeps failing (a
+        rejected candidate) must not leave a restarted worker serving the file's dead
+        tasks."""
+        if self.wanted and self.running is None:
+            self.wanted = False
+            task = self.engine.spawn(self.scan())
+            task.add_done_callback(lambda _: self.engine.wake())  # repaired in the loop
+            self.running = task
+        if self.running is not None and self.running.done():
+            task, self.running = self.running, None
+            found = None
+            if not task.cancelled():
+                if task.exception() is not None:  # a bug: the next interval tries again
+                    log.error("reconcile failed", exc_info=task.exception())
+                else:
+                    found = task.result()
+            if found is not None:
+                await self.repair(found)
+
+    async def scan(self, after_reload: bool = False) -> Scanned | None:
+        """Stream ``show servers state`` and compare it with the slot table chunk by
+        chunk (:class:`~servicerouter.servercheck.StateScan`), yielding to the event loop
+        between chunks; None if HAProxy could not be read."""
+        e = self.engine
+        if not e.layout:
+            return None
+        generation, seq = e.generation, e.change_seq
+        scan = StateScan(e.layout, e.table)
+        try:
+            try:
+                async for lines in e.runtime.servers_state_chunks():
+                    scan.feed(lines)
+                    await asyncio.sleep(0)  # let events, /healthz and the apply loop in
+                suspect, actual = scan.finish()
+            except ParseError as exc:
+                raise HAProxyRuntimeError(f"{e.config.settings.socket_path}: {exc}") from exc
+        except HAProxyRuntimeError as exc:
+            e.haproxy_ok = False
+            e.metrics.haproxy_up.set(0)
+            log.error("reconcile: %s", exc)
+            if e.runtime.socket_missing():
+                if after_reload:  # a reload did not bring it back: not every interval
+                    e.reload_pipeline.failed("confirm", f"after the reload the admin socket "
+                                             f"{e.config.settings.socket_path} is still gone")
+                e.reload_pipeline.socket_gone()
+            return None
+        e.haproxy_ok = True
+        e.metrics.haproxy_up.set(1)
+        return Scanned(generation, seq, suspect, actual)
+
+    async def repair(self, found: Scanned, after_reload: bool = False) -> None:
+        """Repair what a scan found, leaving out backends changed since it began; in range
+        mode, also the maps (read now, in the apply loop, against the current layout)."""
+        e = self.engine
+        if found.generation != e.generation:
+            return  # a reload since: its own reconcile read the new worker
+        layout = {name: shape for name, shape in found.suspect.items()
+                  if e.changed_at.get(name, 0) <= found.seq
+                  and e.layout.get(name) == shape}
+        commands, broken = reconcile(layout, e.table, found.actual) if layout else ([], {})
+        maps, readable = await self.map_repairs()
+        commands += maps
+        if not readable:
+            broken["*"] = ReloadReason.RESYNC
+        if commands:
+            log.warning("reconcile: HAProxy differs from the slot table; sending %d repairs",
+                        len(commands))
+            if not await e.execute(commands):
+                broken.update(dict.fromkeys(e.layout, ReloadReason.RUNTIME_ERROR))
+        if broken:
+            e.pending.update(broken)
+            e.wake()
+            if after_reload:
+                # HAProxy lacks what was just written and reloaded: most likely the
+                # admin socket belongs to another HAProxy than the one reloaded. Back
+                # off instead of reloading once per interval forever.
+                e.reload_pipeline.failed("confirm", (
+                    f"after the reload HAProxy at {e.config.settings.socket_path} still lacks "
+                    f"{len(broken)} backends of the new config (e.g. {min(broken)}); is "
+                    "--haproxy-socket the socket of the HAProxy that reloads?"))
+            else:
+                log.warning("reconcile: %d backends missing in HAProxy; reloading",
+                            len(broken))
+
+    async def map_repairs(self) -> tuple[list[str], bool]:
+        """Range mode: ``show map`` of each map against the layout → (repairs, readable)."""
+        e = self.engine
+        settings = e.config.settings
+        if not pool.range_on(settings):
+            return [], True
+        repairs: list[str] = []
+        for name, want in pool.used_maps(e.layout, settings).items():
+            path = pool.map_path(settings, name)
+            try:
+                have = pool.parse_show_map(await e.runtime.query(f"show map {path}"))
+            except (HAProxyRuntimeError, ValueError) as exc:
+                log.error("reconcile: show map %s: %s; reloading", path, exc)
+                return [], False
+            first, last = pool.map_diff(path, have, want)
+            repairs += first + last
+        return repairs, True
+
+    async def check_worker(self) -> None:
+        """Reconcile when HAProxy's worker changed behind our back (a worker restarted by
+        its master or an init system starts from the file: runtime changes since the
+        last reload are gone), whether a reload is pending or not; and notice a removed
+        admin socket before the next change needs it."""
+        e = self.engine
+        try:
+            raw = (await e.runtime.show_info()).get("Pid", "")
+            pid = int(raw) if raw.isdigit() else None
+        except HAProxyRuntimeError:
+            if e.layout and e.runtime.socket_missing():
+                e.reload_pipeline.socket_gone()
+            return
+        finally:
+            self.checking_worker = False
+        if self.worker is not None and pid is not None and pid != self.worker:
+            e.runtime.reset()  # a kept session would still reach the old worker
+            log.warning("HAProxy's worker changed (pid %s -> %s) without a reload of ours; "
+                        "reconciling its servers with the slot table", self.worker, pid)
+            self.request()
+        self.worker = pid

@@ -1,0 +1,269 @@
+"""The reload pipeline: render the whole desired state, validate it (leaving out
+what ``haproxy -c`` blames on one service), write it, have HAProxy reload it, and
+read HAProxy back.
+
+Every slow stage (the render, ``haproxy -c``, isolation's bisection, the reload,
+the reconcile after it) runs inside :meth:`Engine.while_applying`: other apps'
+task churn is applied at runtime meanwhile, so a reload never holds it. A failed
+stage backs off (1 s doubling to 30 s) and the running config keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from . import pool
+from .applylog import reload_causes
+from .haproxy.render import TemplateError, render
+from .haproxy.runtime import respell_socket_path
+from .layout import Layout, Settings, SlotTable, build_layout
+from .planner import ReloadReason
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("servicerouter.engine")
+
+# When several reasons cause one reload, it is counted under the first of these.
+REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_ERROR,
+                ReloadReason.NEW_APP, ReloadReason.REMOVED_APP, ReloadReason.OPTIONS_CHANGED,
+                ReloadReason.POOL_EXHAUSTED, ReloadReason.OWN_FRONTEND,
+                ReloadReason.OUTSIDE_POOL, ReloadReason.VHOST_ACL,
+                ReloadReason.CAPACITY, ReloadReason.RESYNC]
+
+
+class Reloader(Protocol):
+    """How HAProxy picks up a new config file: confirmed, or raises ReloadError."""
+
+    async def reload(self) -> None: ...
+
+    def starts_haproxy(self) -> bool:
+        """True when the next :meth:`reload` starts HAProxy (none runs yet)."""
+        ...
+
+
+class ConfigWriter(Protocol):
+    """Validates and writes a candidate config (``haproxy -c``, atomic replace)."""
+
+    async def validate(self, text: str) -> tuple[bool, str]: ...
+
+    def write(self, text: str) -> None: ...
+
+    def keep_rejected(self, text: str) -> Path: ...
+
+    def read(self) -> str | None: ...
+
+    def remove(self) -> None:
+        """Remove the config file (a first candidate HAProxy did not start on)."""
+        ...
+
+
+def primary_reason(pending: dict[str, str]) -> str:
+    """The reason one reload is counted under, of all the ``pending`` ones."""
+    reasons = {str(r) for r in pending.values()}
+    return next((r.value for r in REASON_ORDER if r.value in reasons), min(reasons))
+
+
+class ReloadPipeline:
+    """Runs reloads for the engine, and remembers what decides the next one: its
+    earliest time (minimum interval, backoff), the last rejected candidate, and
+    the admin socket's spelling."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.rejected: str | None = None  # a candidate haproxy -c refused, not retried
+        self.backoff = 0.0
+        self.next_at = 0.0  # time.monotonic() before which no reload starts
+        # The admin socket's spelling in the running config, and whether the next reload
+        # must spell it differently so that HAProxy binds its file anew (it was removed).
+        self.live_socket = engine.config.settings.socket_path
+        self.restore_socket = False
+        self.cold_start_failed = False  # HAProxy did not start on an unchecked first config
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_at
+
+    def manual(self) -> None:
+        """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff."""
+        self.rejected = None
+        self.backoff = 0.0
+        self.next_at = time.monotonic()
+
+    def socket_gone(self) -> None:
+        """The admin socket file is gone: one reload has HAProxy bind it again."""
+        if self.restore_socket:
+            return
+        self.restore_socket = True
+        log.error("HAProxy's admin socket %s is gone; reloading once to have HAProxy bind "
+                  "it again (runtime updates resume after that)",
+                  self.engine.config.settings.socket_path)
+        self.engine.pending.setdefault("*", ReloadReason.RUNTIME_ERROR)
+        self.engine.wake()
+
+    def failed(self, stage: str, message: str | None) -> bool:
+        if message:
+            log.error("%s", message)
+            self.engine.metrics.reload_failures.labels(stage).inc()
+        # Back off so a broken config or a dead HAProxy is not retried in a storm;
+        # a new change (new dirty backends) still gets planned meanwhile.
+        self.backoff = min(max(self.backoff * 2, 1.0), 30.0)
+        self.next_at = time.monotonic() + max(self.backoff,
+                                              self.engine.config.min_reload_interval)
+        return False
+
+    async def run(self) -> bool:
+        """Render all of the desired state, validate, write, reload, reconcile."""
+        e = self.engine
+        reason = primary_reason(e.pending)
+        causes = reload_causes(e.pending, e.state.desired, e.layout, reason)
+        started = time.perf_counter()
+        # The first config, with no HAProxy running yet: nothing serves that a bad
+        # candidate could harm, and HAProxy's own start refuses whatever `haproxy -c`
+        # would. So it starts on the candidate directly, and the bind test and the
+        # check (0.8 s at 10,000 apps) run only if it does not start (then as always).
+        cold = (e.running_config is None and not self.cold_start_failed
+                and e.reloader.starts_haproxy())
+        if not cold:
+            e.mark(e.guard.exclude_unbindable())
+        settings = e.config.settings
+        socket = (respell_socket_path(settings.socket_path, self.live_socket)
+                  if self.restore_socket else settings.socket_path)
+        if socket != settings.socket_path:
+            settings = replace(settings, socket_path=socket)
+        # What this render holds: changes after this point are planned again afterwards.
+        seq, pending = e.change_seq, dict(e.pending)
+        try:  # in a thread (~0.4 s at 10,000 apps) while churn goes on
+            layout, table, text = await e.while_applying(asyncio.to_thread(
+                self._build(settings)))
+        except TemplateError as exc:
+            return self.failed("validate", f"{exc}; the running config keeps serving")
+        if text == self.rejected:
+            return self.failed("validate", None)  # already reported, still invalid
+        e.write_maps(layout)  # haproxy -c opens the map files the candidate names
+        ok, output = (True, "") if cold else \
+            await e.while_applying(e.writer.validate(text))
+        if not ok:
+            kept = e.writer.keep_rejected(text)
+            # Bisection runs haproxy -c up to 32 times: other apps' churn goes on meanwhile.
+            if await e.while_applying(e.guard.exclude_rejected(
+                    layout, table, text, output, kept, e.layout)):
+                layout, table, text = await e.while_applying(asyncio.to_thread(
+                    self._build(settings)))
+                e.write_maps(layout)
+                ok, output = await e.while_applying(e.writer.validate(text))
+                if not ok:
+                    kept = e.writer.keep_rejected(text)
+        if not ok:
+            self.rejected = text
+            e.write_maps(e.layout)
+            return self.failed("validate", f"candidate config rejected by haproxy -c "
+                               f"(kept at {kept}): {output.strip()}; the running "
+                               "config keeps serving")
+        forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
+        if text == e.running_config and not forced & {str(r) for r in pending.values()}:
+            for name, why in pending.items():  # what changed was left out: HAProxy has
+                if e.pending.get(name) == why:  # the rest already
+                    del e.pending[name]
+            e.awaiting_reload.clear()
+            return True
+        try:
+            e.writer.write(text)
+        except OSError as exc:
+            return self.failed("write", f"writing the config failed: {exc}")
+        # The candidate's maps again: runtime map changes applied while it was validated
+        # wrote the running layout's (what still differs is repaired after the reload).
+        e.write_maps(layout)
+        try:
+            await e.while_applying(e.reloader.reload())
+        except Exception as exc:
+            self.restore_file()
+            e.write_maps(e.layout)
+            if cold:  # checked and isolated service by service, as any other candidate
+                self.cold_start_failed = True
+                e.writer.remove()
+                log.warning("HAProxy did not start on the first config (%s); checking it "
+                            "with haproxy -c, service by service", str(exc).splitlines()[0])
+                return await self.run()
+            stage = getattr(exc, "stage", "reload")
+            return self.failed(stage if stage in ("reload", "confirm") else "reload",
+                               f"reload failed: {exc}")
+        e.layout, e.table, e.running_config = layout, table, text
+        self.live_socket, self.restore_socket = socket, False
+        e.reconciler.worker = None  # our reload forked it: no reason to reconcile twice
+        e.guard.served(text)
+        # Changed at runtime while this config was validated and loaded: planned again
+        # against what the new worker has from the file, before its reconcile.
+        replan = {name for name, at in e.changed_at.items() if at > seq}
+        e.dirty |= replan
+        for name in replan:  # decided again against the new layout, just below: a new app
+            e.pending.pop(name, None)  # that came meanwhile may fit a fresh spare now
+        e.generation, e.changed_at = e.generation + 1, {}
+        e.runtime.reset()  # its kept session talks to the old worker
+        # Backends dirtied while the reload ran stay dirty: the next step plans
+        # them against the new layout (a no-op where the render already had them).
+        # Reasons that came up meanwhile (another new app) were not in this render.
+        for name, why in pending.items():
+            if e.pending.get(name) == why:
+                del e.pending[name]
+        self.rejected = None
+        self.backoff = 0.0
+        self.next_at = time.monotonic() + e.config.min_reload_interval
+        e.reloads += 1
+        e.last_reload = (time.time(), reason)
+        e.metrics.reloads.labels(reason).inc()
+        e.metrics.reload_duration.observe(time.perf_counter() - started)
+        log.info("reloaded HAProxy (%s): %d services, %.0f ms", causes, len(layout),
+                 1000 * (time.perf_counter() - started))
+        await e.apply_dirty()
+        now = time.monotonic()
+        for t in e.awaiting_reload:
+            e.metrics.event_to_apply.observe(now - t)
+        e.awaiting_reload.clear()
+        e.ready.set()  # HAProxy serves this config; the read-back below confirms it
+        # Reading 160,000 slots back takes a while at 10,000 apps: churn goes on meanwhile
+        # (the repairs leave out backends changed after the read began).
+        await e.while_applying(e.reconciler.reconcile(after_reload=True))
+        return True
+
+    def _build(self, settings: Settings) -> Callable[[], tuple[Layout, SlotTable, str]]:
+        """The layout, slots and text of a candidate, to run in a thread while the
+        apply loop goes on: from copies, since it replaces entries of these meanwhile
+        (at 10,000 apps the layout alone held the loop ~0.15 s)."""
+        e = self.engine
+        desired, current, running = dict(e.state.desired), dict(e.table), dict(e.layout)
+
+        def build() -> tuple[Layout, SlotTable, str]:
+            layout, table = pool.with_pool(*build_layout(desired, current, settings),
+                                           running, settings)
+            return layout, table, render(layout, table, settings, e.config.templates)
+
+        return build
+
+    def restore_file(self) -> None:
+        """After a failed reload, put the last good config back on disk: a restarted
+        master (after a worker crash) must find a config it can serve."""
+        running = self.engine.running_config
+        if running is not None:
+            try:
+                self.engine.writer.write(running)
+            except OSError as exc:
+                log.error("restoring the last good config after a failed reload: %s", exc)
+
+
+def write_maps(writer: ConfigWriter, layout: Layout, settings: Settings) -> None:
+    """Range mode: write the map files of ``layout`` (what HAProxy holds or is about to
+    load), so that a reload or a restarted worker starts with the runtime maps."""
+    write = getattr(writer, "write_maps", None)
+    if write is None or not pool.range_on(settings):
+        return
+    try:
+        write(settings.map_dir, pool.map_files(layout, settings))
+    except OSError as exc:
+        log.error("writing the map files in %s: %s; reconcile repairs HAProxy's maps",
+                  settings.map_dir, exc)
