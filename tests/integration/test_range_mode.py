@@ -152,9 +152,10 @@ def test_vhosts_are_added_and_moved_through_the_host_map(tmp_path: Path,
         # Both HTTP (a vhost implies it): moving the vhost changes no backend's mode.
         launch(simulator, "/shop/web", low + 1, labels={**HTTP, "HAPROXY_0_VHOST": "shop.test"})
         launch(simulator, "/shop/new", low + 2, labels=HTTP)
-        web = simulator.wait_running("/shop/web", 1)
-        wait_for(lambda: by_host(http_port, "shop.test") == web, 30,
-                 what="shop.test routed to /shop/web")
+        simulator.wait_running("/shop/web", 1)
+        # Its tasks read again each time: a task that dies at start is replaced.
+        wait_for(lambda: (t := simulator.running("/shop/web")) and by_host(
+            http_port, "shop.test") == t, 30, what="shop.test routed to /shop/web")
         assert reloads(daemon) == before
         # Move it: off /shop/web first, then onto /shop/new (an app already running).
         simulator.http.put("/v2/apps/shop/web", json={"labels": HTTP},
