@@ -216,11 +216,30 @@ def _strategy(ctx: Context, strategy: str, wrk: str | None,
     return rows
 
 
+def _frontend(daemon: Daemon, port: int) -> dict[str, int]:
+    """HAProxy's own counters of the loaded app's frontend and backend (one worker:
+    they restart at a reload, so they are read only in a phase without one)."""
+    from servicerouter.haproxy.runtime import RuntimeClient
+    from servicerouter.naming import service_name
+
+    name = service_name("/bench/web", port)
+    rows = asyncio.run(RuntimeClient(str(daemon.socket)).show_stat())
+    out: dict[str, int] = {}
+    for row in rows:
+        if row.get("pxname") == name and row.get("svname") in ("FRONTEND", "BACKEND"):
+            for key in ("stot", "hrsp_5xx", "cli_abrt", "srv_abrt", "ereq", "eresp"):
+                value = row.get(key) or "0"
+                out[f"{row['svname'].lower()} {key}"] = int(value) if value.isdigit() else 0
+    return out
+
+
 def _churn(root: Path, sim: Simulator, daemon: Daemon, strategy: str, port: int,
            seconds: float, wrk: str | None) -> dict[str, Any]:
     reloads0 = daemon.reloads()
     load = Load(root, port, seconds, wrk).start()
     t0 = time.monotonic()
+    time.sleep(1.0)  # wrk's connections are open
+    before = _frontend(daemon, port)
     kills = 0
     while time.monotonic() - t0 < seconds - 3:
         time.sleep(max(0.0, t0 + 1 + 2 * kills - time.monotonic()))
@@ -229,9 +248,18 @@ def _churn(root: Path, sim: Simulator, daemon: Daemon, strategy: str, port: int,
             sim.http.delete(f"/v2/apps/bench/web/tasks/{victims[0]['id']}",
                             params={"scale": "false"})
             kills += 1
+    # HAProxy's view up to 1 s before wrk stops (wrk's own count includes what happens
+    # to its connections as it exits).
+    time.sleep(max(0.0, t0 + seconds - 1 - time.monotonic()))
+    after = _frontend(daemon, port)
     res = load.join()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    haproxy = (f"{delta.get('frontend stot', 0)} reconnects, "
+               f"{delta.get('frontend hrsp_5xx', 0)} 5xx, "
+               f"{delta.get('backend cli_abrt', 0) + delta.get('backend srv_abrt', 0)} aborts, "
+               f"{delta.get('frontend ereq', 0) + delta.get('backend eresp', 0)} errors")
     return {"strategy": strategy, "phase": f"churn: {kills} kills with drain",
-            "reloads": daemon.reloads() - reloads0, **res}
+            "reloads": daemon.reloads() - reloads0, "HAProxy's view": haproxy, **res}
 
 
 def run_range(ctx: Context) -> list[Table]:
@@ -247,8 +275,8 @@ def run(ctx: Context, ranged: bool = False) -> list[Table]:
              "created" if ranged else "Zero loss: HTTP load through HAProxy while tasks churn")
     table = Table(name, title,
                   ["strategy", "phase", "tool", "requests", "seconds", "req/s", "non2xx",
-                   "socket errors", "socket detail", "failed", "p50 ms", "p90 ms", "p99 ms",
-                   "max ms", "reloads"])
+                   "socket errors", "socket detail", "failed", "HAProxy's view", "p50 ms",
+                   "p90 ms", "p99 ms", "max ms", "reloads"])
     for strategy in ("runtime",) if ranged else ctx.strategies:
         for row in _strategy(ctx, strategy, wrk, churn_s, newapps_s, ranged):
             row["failed"] = row.get("non2xx", 0) + row.get("socket errors", 0)
@@ -261,6 +289,12 @@ def run(ctx: Context, ranged: bool = False) -> list[Table]:
         "fixed rate; no coordinated-omission correction). App: 4 instances of "
         "servicerouter.demo.backend, HTTP mode, Marathon HTTP health check (mirrored as an "
         "HAProxy check), simulator --kill-grace 1, daemon --min-reload-interval 1.")
+    table.notes.append(
+        "HAProxy's view (churn phases): the loaded frontend's new client connections "
+        "(wrk reconnects after an error), 5xx answers, client and server aborts and "
+        "request/response errors, from 1 s after wrk starts to 1 s before it stops, read "
+        "from HAProxy's own counters (show stat). wrk's 'failed' also counts what happens "
+        "to its 24 connections as it exits.")
     if ranged:
         table.notes.append(
             "Range mode: daemon --service-port-range (32 ports, default --pool-spares 8); "
