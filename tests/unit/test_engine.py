@@ -357,3 +357,41 @@ async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
     writer.validate = validate  # type: ignore[method-assign]
     await engine.step()
     assert reloader.reloads == 3 and "other_10002" in engine.layout
+
+
+class ColdReloader(FakeReloader):
+    """Starts HAProxy (none runs yet); refuses the first ``refuse`` candidates."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__()
+        self.refuse, self.tries = refuse, 0
+
+    def starts_haproxy(self) -> bool:
+        return self.reloads == 0
+
+    async def reload(self) -> None:
+        self.tries += 1
+        if self.tries <= self.refuse:
+            raise RuntimeError("HAProxy exited with status 1 at start: [ALERT] ...")
+        self.reloads += 1
+
+
+async def test_the_first_config_starts_haproxy_without_haproxy_c() -> None:
+    engine, _, writer, _ = make_engine()
+    engine.reloader = reloader = ColdReloader(refuse=0)
+    await started(engine, 1)
+    assert reloader.reloads == 1 and writer.validated == 0  # HAProxy's start checked it
+    engine.mark(engine.state.set_app(app(1, app_id="/api")))
+    await engine.step()  # HAProxy runs now: every later candidate is checked first
+    assert reloader.reloads == 2 and writer.validated == 1
+
+
+async def test_a_first_config_haproxy_refuses_is_checked_and_isolated_as_usual() -> None:
+    engine, _, writer, _ = make_engine()
+    engine.reloader = reloader = ColdReloader(refuse=1)
+    await started(engine, 1)
+    # Refused at start: the unchecked file was removed, then the candidate went through
+    # haproxy -c (isolation's path) and started.
+    assert reloader.tries == 2 and reloader.reloads == 1
+    assert writer.validated == 1 and len(writer.written) == 1
+    assert engine.ready.is_set()
