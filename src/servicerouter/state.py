@@ -325,7 +325,9 @@ class ClusterState:
         cap, check = self.settings.max_servers_per_backend, self.settings.health_check
         changed: dict[str, DesiredService] = {}
         for name in self._backends.get(app.id, ()):
-            d = self.desired[name]
+            d = self.desired.get(name)
+            if d is None:  # not expected; the full refresh decides it again
+                return self._refresh(app.id)
             eps = endpoints(app, d.service, check)
             if cap and len(eps) > cap:
                 return self._refresh(app.id)
