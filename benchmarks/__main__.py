@@ -1,7 +1,7 @@
 """``python -m benchmarks [--quick] [--all | --only NAME ...] [--json FILE]``: run the
 benchmarks, print one table each. ``make bench`` runs the default set, every target of the
 scale and churn issues, in one run under 10 minutes on a 2-core machine; the range-mode
-benchmarks (``newapp``, ``vhosts``, ``zeroloss_range``: about 4.5 more minutes) run with
+benchmarks (``newapp``, ``vhosts``, ``zeroloss_range``: about 5 more minutes) run with
 ``--all`` (``make bench-all``) or ``--only``. ``--quick`` uses tiny sizes (the smoke test)."""
 
 from __future__ import annotations
