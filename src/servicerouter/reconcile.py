@@ -87,7 +87,10 @@ class Reconciler:
         if not e.layout:
             return None
         generation, seq = e.generation, e.change_seq
-        scan = StateScan(e.layout, e.table)
+        # Copies: the apply loop replaces entries while the dump streams in (in range
+        # mode a new app takes a spare under another key), and the scan must judge
+        # HAProxy against one moment's layout; what changed since is left out by repair.
+        scan = StateScan(dict(e.layout), dict(e.table))
         try:
             try:
                 async for lines in e.runtime.servers_state_chunks():
