@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,16 +114,29 @@ def machine() -> dict[str, str]:
     }
 
 
-def vm_hwm_kb(pid: int) -> int:
-    """Peak RSS (VmHWM) of a live process, in KiB; 0 if gone."""
+def _status_kb(pid: int, field: str) -> int:
+    """A KiB field of /proc/<pid>/status (``VmHWM``, ``VmRSS``); 0 if the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """Peak RSS (VmHWM) of a live process, in KiB; 0 if gone."""
+    return _status_kb(pid, "VmHWM")
+
+
+def raise_nofile() -> None:
+    """Raise this process's open-file limit to its hard limit (inherited by what it
+    starts): 10,000 frontends are 10,000 file descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -137,14 +151,7 @@ def cpu_seconds(pid: int) -> float:
 
 def vm_rss_kb(pid: int) -> int:
     """Current RSS (VmRSS) of a live process, in KiB; 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _status_kb(pid, "VmRSS")
 
 
 # ------------------------------------------------------------------ processes

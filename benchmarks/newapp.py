@@ -19,8 +19,7 @@ from servicerouter.demo.procs import free_port_range
 from servicerouter.haproxy.runtime import HAProxyRuntimeError, RuntimeClient
 from servicerouter.naming import service_name
 
-from .common import Context, Daemon, Simulator, Table, percentile, write_apps
-from .scale import _raise_nofile
+from .common import Context, Daemon, Simulator, Table, percentile, raise_nofile, write_apps
 
 GAP = 1.2  # seconds between new apps
 
@@ -101,7 +100,7 @@ def run(ctx: Context) -> list[Table]:
     table = Table("newapp", "New app → routed, with and without --service-port-range",
                   ["mode", "apps before", "new apps", "routed", "p50 ms", "p99 ms", "max ms",
                    "HAProxy reloads"])
-    _raise_nofile()  # 10,000 frontends (and the range's 10,022 ports) are file descriptors
+    raise_nofile()  # 10,000 frontends (and the range's 10,022 ports) are file descriptors
     sizes, count = ((0, 10), 3) if ctx.quick else ((0, 1000, 10000), 20)
     for size in sizes:
         for ranged in (True, False):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import resource
 import subprocess
 import time
 from dataclasses import replace
@@ -29,15 +28,19 @@ from servicerouter.planner import plan
 from servicerouter.resolve import CachingResolver
 from servicerouter.state import ClusterState
 
-from .common import Context, Daemon, Simulator, Table, fake_app, percentile, vm_hwm_kb, write_apps
+from .common import (
+    Context,
+    Daemon,
+    Simulator,
+    Table,
+    fake_app,
+    percentile,
+    raise_nofile,
+    vm_hwm_kb,
+    write_apps,
+)
 
 TASKS = 5
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _in_process(sim: Simulator, n: int) -> tuple[dict[str, Any], ClusterState, Any, Any]:
@@ -159,7 +162,7 @@ def _one(ctx: Context, n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str
 
 
 def run(ctx: Context) -> list[Table]:
-    _raise_nofile()
+    raise_nofile()
     sizes = (50, 200) if ctx.quick else (1000, 10000)
     t1 = Table("scale_inprocess", f"Full sync in-process (apps x {TASKS} tasks)",
                ["apps", "endpoints", "payload MB", "fetch ms", "decode ms", "json.loads ms",
