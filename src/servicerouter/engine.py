@@ -349,9 +349,14 @@ class Engine:
         try:
             results = await self.runtime.execute(commands)
         except HAProxyRuntimeError as exc:
+            self.metrics.runtime_errors.inc(len(commands))
+            if self.reload_pipeline.handing_over:  # the old worker ended our session
+                log.warning("runtime API while a reload hands over to HAProxy's new "
+                            "worker: %s; planned again against the worker that serves "
+                            "after it", exc)
+                return False
             self.haproxy_ok = False
             self.metrics.haproxy_up.set(0)
-            self.metrics.runtime_errors.inc(len(commands))
             log.error("runtime API: %s; HAProxy's state is restored by a reload", exc)
             if self.runtime.socket_missing():
                 self.reload_pipeline.socket_gone()

@@ -289,3 +289,21 @@ async def test_a_batch_refused_by_an_old_worker_goes_to_the_new_one(env: Env) ->
     (s2,) = [s for s in await rt.show_servers_state("web") if s.server == "s2"]
     assert (s2.addr, s2.port, s2.ready) == ("127.0.0.5", 8005, True)
     assert rt.sessions_opened == 2
+
+
+async def test_a_kept_session_is_never_opened_with_the_worker_it_must_not_be_with(
+        env: Env) -> None:
+    """While a reload hands over, ``not_from`` names the old worker: a kept session that
+    lands on it is closed unused and tried again, until the timeout says so."""
+    rt = RuntimeClient(env.admin, timeout=0.5)
+    pid = int((await rt.show_info())["Pid"])
+    rt.not_from = pid
+    with pytest.raises(RuntimeUnavailable, match=f"still answered by the old worker {pid}"):
+        await rt.execute([c.set_server_addr("web", "s3", "127.0.0.6", 8006)])
+    (s3,) = [s for s in await rt.show_servers_state("web") if s.server == "s3"]
+    assert (s3.addr, s3.port) != ("127.0.0.6", 8006)  # nothing was sent to it
+    rt.not_from = pid + 1  # another worker's: this one is fine
+    await rt.execute_checked([c.set_server_addr("web", "s3", "127.0.0.6", 8006)])
+    (s3,) = [s for s in await rt.show_servers_state("web") if s.server == "s3"]
+    assert (s3.addr, s3.port) == ("127.0.0.6", 8006)
+    assert rt.sessions_opened == 1

@@ -29,12 +29,17 @@ class FakeRuntime:
         self.engine: Engine | None = None
         self.missing = False  # the admin socket's file is gone
         self.resets = 0  # kept sessions closed (after each reload)
+        self.pid = 100  # the worker that answers the admin socket
+        self.not_from: int | None = None
 
     def socket_missing(self) -> bool:
         return self.missing
 
     def reset(self) -> None:
         self.resets += 1
+
+    async def show_info(self) -> dict[str, str]:
+        return {"Pid": str(self.pid)}
 
     async def execute(self, commands: list[str]) -> list[CommandResult]:
         if self.fail_next == "down":
@@ -357,6 +362,59 @@ async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
     writer.validate = validate  # type: ignore[method-assign]
     await engine.step()
     assert reloader.reloads == 3 and "other_10002" in engine.layout
+
+
+async def test_the_switch_over_follows_the_new_worker_not_the_masters_confirmation() -> None:
+    """HAProxy's master confirms a reload ~0.4 s after the fork at 10,000 apps; its new
+    worker answers sooner. A change made while the config was loaded reaches the new
+    worker as soon as it answers, before the master confirms."""
+    engine, runtime, writer, reloader = make_engine()
+    await started(engine, 1)
+    confirm, forked = asyncio.Event(), asyncio.Event()
+    gate = asyncio.Event()
+    validate = writer.validate
+
+    async def slow_validate(text: str) -> tuple[bool, str]:
+        await gate.wait()
+        return await validate(text)
+
+    async def slow_reload() -> None:
+        reloader.reloads += 1
+        runtime.pid = 200  # the new worker answers the admin socket
+        forked.set()
+        await confirm.wait()  # the master is still busy
+
+    writer.validate = slow_validate  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.sleep(0.01)
+    engine.mark(engine.state.set_app(app(2)))  # /web's task replaced meanwhile
+    reloader.reload = slow_reload  # type: ignore[method-assign]
+    gate.set()
+    await asyncio.wait_for(forked.wait(), 5)
+    change = "set server web_10000/s1 addr 127.0.0.1 port 31002"
+    for _ in range(400):  # the new layout is in force, and /web planned against it
+        if "new_10001" in engine.layout and sum(change in b for b in runtime.sent) >= 2:
+            break
+        await asyncio.sleep(0.005)
+    assert "new_10001" in engine.layout
+    assert sum(change in b for b in runtime.sent) >= 2  # the old worker got it, then the new
+    assert runtime.not_from == 100  # a kept session must not land on the old worker
+    assert engine.reconciler.worker == 200  # ours: not reconciled as a stranger's restart
+    assert not step.done()
+    confirm.set()
+    await asyncio.wait_for(step, 5)
+    assert runtime.not_from is None and reloader.reloads == 2
+
+
+async def test_a_reload_the_master_refuses_is_not_switched_to() -> None:
+    engine, runtime, _, reloader = make_engine()
+    await started(engine, 1)
+    reloader.fail = True  # no new worker comes: the same pid keeps answering
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    await engine.step()
+    assert "new_10001" not in engine.layout and runtime.not_from is None
+    assert counter(engine, "servicerouter_reload_failures_total", stage="reload") == 1
 
 
 class ColdReloader(FakeReloader):

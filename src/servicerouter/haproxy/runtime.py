@@ -192,6 +192,10 @@ class RuntimeClient:
         self._kept_used = 0.0
         self._lock = asyncio.Lock()
         self.sessions_opened = 0  # kept sessions opened (for tests and benchmarks)
+        # While a reload hands over: the old worker's pid, which a new kept session
+        # must not be with (it may still accept one for a moment after it was told to
+        # stop, and whatever it is told is lost to the new worker).
+        self.not_from: int | None = None
 
     def reset(self) -> None:
         """Close the kept session: the next batch connects anew and so reaches the
@@ -350,20 +354,41 @@ class RuntimeClient:
             kept = None
         if kept is not None:
             return kept
-        reader, writer = await self._connect()
-        try:
-            writer.write(b"prompt\n")
-            ack = await asyncio.wait_for(reader.readexactly(len(PROMPT_BYTES)), self.timeout)
-            if ack != PROMPT_BYTES:
-                raise OSError(f"unexpected answer to 'prompt': {ack!r}")
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            writer.close()
-            raise RuntimeUnavailable(
-                f"HAProxy runtime socket {self.address}: no prompt session "
-                f"({exc or type(exc).__name__})", self.address) from exc
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reader, writer = await self._connect()
+            try:
+                writer.write(b"prompt\n")
+                ack = await asyncio.wait_for(reader.readexactly(len(PROMPT_BYTES)),
+                                             self.timeout)
+                if ack != PROMPT_BYTES:
+                    raise OSError(f"unexpected answer to 'prompt': {ack!r}")
+                if self.not_from is None or await self._pid(reader, writer) != self.not_from:
+                    break
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError) as exc:
+                writer.close()
+                raise RuntimeUnavailable(
+                    f"HAProxy runtime socket {self.address}: no prompt session "
+                    f"({exc or type(exc).__name__})", self.address) from exc
+            writer.close()  # the old worker's: nothing was written on it yet
+            if time.monotonic() >= deadline:
+                raise RuntimeUnavailable(
+                    f"HAProxy runtime socket {self.address}: still answered by the old "
+                    f"worker {self.not_from} after {self.timeout}s", self.address)
+            await asyncio.sleep(0.01)
         self._kept = reader, writer
         self.sessions_opened += 1
         return reader, writer
+
+    async def _pid(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        """The pid of the worker at the other end of a prompt session."""
+        writer.write(b"show info\n")
+        reply = await asyncio.wait_for(reader.readuntil(PROMPT_BYTES), self.timeout)
+        try:
+            return int(parse_show_info(reply.decode("utf-8", "replace"))["Pid"])
+        except (KeyError, ValueError):
+            raise OSError("no Pid in the answer to 'show info'") from None
 
     async def _kept_exchange(self, payload: bytes, replies: int) -> tuple[bytes, str | None]:
         """Write ``payload`` on the kept session, read until ``replies`` prompts came;
