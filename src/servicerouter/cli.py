@@ -432,7 +432,7 @@ async def render_text(args: argparse.Namespace) -> str:
 
 async def render_config(args: argparse.Namespace) -> Rendered:
     """:func:`render_text` with, in range mode, the map files the config reads."""
-    from . import hostfacts, pool
+    from . import hostfacts, owners, pool
     from .haproxy.render import render
     from .layout import build_layout
     from .marathon.parse import parse_apps
@@ -477,11 +477,15 @@ async def render_config(args: argparse.Namespace) -> Rendered:
         return Rendered(text)
     # The same admission as the daemon (README: Multi-tenant safety); problems are logged.
     state = ClusterState(settings)
+    kept = getattr(args, "haproxy_config", None)  # sync: the owners its last run served
+    prior = owners.load(owners.owners_path(Path(kept))) if kept else None
+    if prior is not None:
+        state.restore_owners(prior)
     state.set_facts(hostfacts.gather(result.apps, settings))
     state.replace_all(result.apps)
     layout, table = pool.with_pool(*build_layout(state.desired, {}, settings), {}, settings)
     return Rendered(render(layout, table, settings, templates), settings.map_dir,
-                    pool.map_files(layout, settings))
+                    pool.map_files(layout, settings), state.owners() if kept else None)
 
 
 def _range_settings(args: argparse.Namespace, settings: Settings) -> Settings:

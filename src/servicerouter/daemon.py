@@ -23,6 +23,7 @@ from .haproxy.runtime import RuntimeClient
 from .layout import Settings
 from .marathon.events import DEFAULT_MAX_EVENT_BYTES
 from .metrics import Metrics
+from .owners import owners_path
 from .planner import ReloadReason
 from .resolve import CachingResolver
 
@@ -225,6 +226,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds,
         stall_timeout=max(args.stall_timeout, 1.0),
         max_event_bytes=args.max_event_bytes,
+        owners_file=None if args.dry_run else owners_path(Path(args.haproxy_config)),
     )
     metrics = Metrics()
 

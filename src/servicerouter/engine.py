@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import owners
 from .applylog import runtime_lines
 from .gauges import Gauges
 from .guard import Guard
@@ -74,6 +75,7 @@ class EngineConfig:
     stall_timeout: float = 30.0
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    owners_file: Path | None = None  # who owns ports and hosts, kept across restarts
 
 
 class Engine:
@@ -118,6 +120,7 @@ class Engine:
         self.reconciler = Reconciler(self)
         self.gauges = Gauges(self)
         self.ready = asyncio.Event()  # set after the first good config is live
+        self._owners_saved = 0  # the state's owners_version last written to owners_file
 
     # ---------------------------------------------------------------- inputs
     def mark(self, dirty: set[str], event_time: float | None = None) -> None:
@@ -170,6 +173,12 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. The first full sync is retried with backoff."""
         delays = reconnect_delays(initial=0.5, maximum=15.0)
+        if self.config.owners_file is not None:
+            prior = owners.load(self.config.owners_file)
+            if prior is not None:
+                self.state.restore_owners(prior)
+                log.info("owners of %d ports and %d hosts read from %s", len(prior.ports),
+                         len(prior.hosts), self.config.owners_file)
         while not stop.is_set() and not await self.intake.full_sync():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
@@ -262,6 +271,14 @@ class Engine:
             await self.reload_pipeline.run()
         await self.reconciler.step()
         self.gauges.update()
+        self.keep_owners()
+
+    def keep_owners(self) -> None:
+        """Write who owns ports and hosts to ``owners_file`` if that changed."""
+        version = self.state.owners_version
+        if self.config.owners_file is not None and version != self._owners_saved:
+            owners.save(self.config.owners_file, self.state.owners())  # reports a failure
+            self._owners_saved = version  # and tries again at the next change only
 
     async def apply_dirty(self) -> None:
         """Plan the dirty backends: runtime commands now, reloads into ``pending``."""

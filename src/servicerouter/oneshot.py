@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import owners
 from .haproxy.files import atomic_write, keep_rejected
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
+from .owners import Owners
 
 log = logging.getLogger("servicerouter")
 
@@ -37,6 +39,7 @@ class Rendered:
     text: str
     map_dir: str = ""
     maps: Mapping[str, str] = field(default_factory=dict)
+    owners: Owners | None = None  # sync: who owns ports and hosts, kept once it is served
 
 
 def read_maps(rendered: Rendered) -> dict[str, str | None]:
@@ -111,6 +114,7 @@ async def sync(args: argparse.Namespace,
     old_maps = read_maps(rendered)
     if current == candidate and old_maps == rendered.maps:
         log.debug("%s is up to date; nothing to do", config)
+        _keep_owners(config, rendered)
         return ""
     try:  # haproxy -c opens the map files the candidate names
         write_maps(rendered.map_dir, rendered.maps)
@@ -143,4 +147,12 @@ async def sync(args: argparse.Namespace,
         _put_back(rendered.map_dir, old_maps)
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
                         "config HAProxy is running, the next sync retries") from None
+    _keep_owners(config, rendered)
     return f"{config} updated; HAProxy reloaded via {how} ({detail})"
+
+
+def _keep_owners(config: Path, rendered: Rendered) -> None:
+    """Who owns ports and hosts in the config HAProxy now serves: the next run's claims
+    start from them (owners.py)."""
+    if rendered.owners is not None:
+        owners.save(owners.owners_path(config), rendered.owners)

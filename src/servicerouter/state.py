@@ -14,6 +14,7 @@ from dataclasses import replace
 from .admission import Facts, check_service, port_label, vhost_owner
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
+from .owners import Owners
 
 log = logging.getLogger("servicerouter.state")
 
@@ -49,6 +50,10 @@ class ClusterState:
         self._freed_ports: set[int] = set()  # set by the claims of the last _refresh
         self._freed_hosts: set[str] = set()
         self._retrying: set[Problem] = set()  # bind failures a full sync is trying again
+        # Bumped whenever a port or host changes owner (kept on disk: owners.py), and who
+        # owned what before this process: claimed again first at the first full sync.
+        self.owners_version = 0
+        self._prior: Owners | None = None
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -66,7 +71,9 @@ class ClusterState:
                     str(port), f"is already bound by app {owner}; "
                     "service skipped until the port is free"))
                 continue
-            self._port_owner[port] = app_id
+            if port not in self._port_owner:
+                self._port_owner[port] = app_id
+                self.owners_version += 1
             kept.add(port)
         freed = self._ports_of.get(app_id, set()) - kept
         if kept:
@@ -75,6 +82,7 @@ class ClusterState:
             self._ports_of.pop(app_id, None)
         for port in freed:
             del self._port_owner[port]
+            self.owners_version += 1
         self._freed_ports = freed
         return problems
 
@@ -126,8 +134,9 @@ class ClusterState:
                 hosts.add(host)
         for host in hosts:
             holders = self._host_holders.setdefault(host, set())
-            if not holders:
+            if not holders and self._host_owner.get(host) != (key or "", app_id):
                 self._host_owner[host] = (key or "", app_id)
+                self.owners_version += 1
             holders.add(app_id)
         self._route_owner.update(routes)
         if hosts:
@@ -138,11 +147,13 @@ class ClusterState:
         for host in self._freed_hosts:
             self._host_owner.pop(host, None)
             self._host_holders.pop(host, None)
+            self.owners_version += 1
         for host in old_hosts - self._freed_hosts - hosts:  # still held by others of its group
             owner_key, first = self._host_owner[host]
             if first == app_id:
                 self._host_owner[host] = (owner_key, min(self._host_holders[host],
                                                          key=self._claim_order))
+                self.owners_version += 1
         return problems
 
     def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
@@ -268,6 +279,9 @@ class ClusterState:
         (apps that failed to parse this time), which keep their last good state."""
         # New apps claim ports and hosts oldest definition first, not in payload order.
         fresh = {a.id: a for a in sorted(apps, key=lambda a: (a.version, a.id))}
+        if self._prior is not None:
+            self._seed(self._prior, fresh)
+            self._prior = None
         keep = set(keep)
         dirty: set[str] = set()
         # A frontend address that failed to bind gets another try at each full sync
@@ -285,6 +299,34 @@ class ClusterState:
             if self.apps.get(app.id) != app:
                 dirty |= self.set_app(app)
         return dirty
+
+    def owners(self) -> Owners:
+        """Who owns each service port and virtual host now (for owners.py)."""
+        return Owners(dict(self._port_owner), dict(self._host_owner))
+
+    def restore_owners(self, owners: Owners) -> None:
+        """Who owned ports and hosts before this process: at the first full sync they
+        are theirs again if they still claim them, whatever their definitions' age."""
+        self._prior = owners
+
+    def _seed(self, prior: Owners, fresh: dict[str, App]) -> None:
+        """Hand the prior owners that are still in Marathon what they held, before any
+        app claims; one that no longer claims it lets go when its turn comes (the apps
+        refused meanwhile are then looked at again)."""
+        if self.apps:
+            return  # not the first sync: the claims in memory are the newer truth
+        policy = self.settings.vhost_policy
+        for port, app_id in prior.ports.items():
+            if app_id in fresh and port not in self._port_owner:
+                self._port_owner[port] = app_id
+                self._ports_of.setdefault(app_id, set()).add(port)
+        for host, (key, app_id) in prior.hosts.items():
+            # An owner under another --vhost-policy than now is no owner now.
+            if app_id in fresh and host not in self._host_owner \
+                    and vhost_owner(app_id, policy) == key:
+                self._host_owner[host] = (key, app_id)
+                self._host_holders[host] = {app_id}
+                self._hosts_of.setdefault(app_id, set()).add(host)
 
     def update_task(self, task: Task) -> set[str]:
         """Add or replace one task of a known app (the event fast path)."""

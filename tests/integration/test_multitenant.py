@@ -198,6 +198,47 @@ def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
         assert not (reached("/") | reached("/api/x")) & simulator.running("/aaa/thief")
 
 
+def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """The owner redeploys after a thief was refused: the thief's definition is now the
+    older one. A restarted daemon claims from the owners kept next to the config, not by
+    age, so the host stays with its owner."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+
+    def daemon() -> Daemon:
+        return Daemon(tmp_path, simulator.url, "--http-port", str(http_port))
+
+    def reached() -> set[str]:
+        with httpx.Client(timeout=5) as c:
+            return {c.get(f"http://127.0.0.1:{http_port}/",
+                          headers={"Host": "owned.test", "Connection": "close"}).text.strip()
+                    for _ in range(6)}
+
+    first = daemon().start()
+    with running(first):
+        simulator.launch("/teama/web", 1, labels={"HAPROXY_0_VHOST": "owned.test"})
+        wait_for(lambda: reached() == simulator.running("/teama/web"), 30,
+                 what="owned.test routed to /teama/web")
+        simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "owned.test"})
+        wait_for(lambda: problems(first).get("/aaa/thief"), 15, what="the thief refused")
+        simulator.scale("/teama/web", 2)  # a deploy: its version is now the newer one
+        simulator.wait_running("/teama/web", 2)
+        wait_for(lambda: reached() == simulator.running("/teama/web"), 30,
+                 what="owned.test routed to both tasks of /teama/web")
+    assert (tmp_path / "haproxy.cfg.owners.json").exists()
+    second = daemon().start()
+    with running(second):
+        wait_for(lambda: problems(second).get("/aaa/thief"), 15,
+                 what="the thief refused again after the restart")
+        (problem,) = problems(second)["/aaa/thief"]
+        assert problem["reason"] == "vhost_taken"
+        wait_for(lambda: reached() == simulator.running("/teama/web"), 30,
+                 what="owned.test still routed to /teama/web after the restart")
+        assert not reached() & simulator.running("/aaa/thief")
+
+
 def test_an_app_over_the_server_cap_routes_its_first_tasks(tmp_path: Path) -> None:
     # A port range with room for 1,000 tasks besides the others (the default has 1,000).
     simulator = Simulator(tmp_path, extra=["--port-range", "40000-42999"]).start()

@@ -127,3 +127,32 @@ def test_dry_run_prints_what_it_would_do_and_touches_nothing(tmp_path: Path,
                  what="the reload a new app needs")
     assert not work.exists(), "a dry run wrote files"
     assert proc.popen is not None and proc.popen.returncode == 0, proc.output()
+
+
+def test_each_sync_run_keeps_ports_with_their_owner_not_the_older_thief(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Every cron run starts afresh: without the owners it keeps next to the config, the
+    oldest definition would take a port from its owner at the owner's next deploy."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    master = tmp_path / "master.sock"
+    by_master = ("--haproxy-master-socket", str(master))
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists(), what="HAProxy's master socket")):
+        port, live = simulator.launch("/teama/db", 1)
+        out = sync(simulator.url, tmp_path, *by_master)
+        assert out.returncode == 0, out.stderr
+        wait_routed(port, live)
+        simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_PORT": str(port)})
+        out = sync(simulator.url, tmp_path, *by_master)
+        assert "port_taken" not in out.stderr and "is already bound by app /teama/db" \
+            in out.stderr, out.stderr
+        simulator.scale("/teama/db", 2)  # a deploy: the thief's definition is now older
+        live = simulator.wait_running("/teama/db", 2)
+        out = sync(simulator.url, tmp_path, *by_master)
+        assert out.returncode == 0, out.stderr
+        assert "is already bound by app /teama/db" in out.stderr, out.stderr
+        wait_routed(port, live)
+        owners = (tmp_path / "haproxy.cfg.owners.json").read_text()
+        assert f'"{port}": "/teama/db"' in owners

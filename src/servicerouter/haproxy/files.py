@@ -10,14 +10,14 @@ from pathlib import Path
 __all__ = ["atomic_write", "keep_rejected"]
 
 
-def atomic_write(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644) -> None:
     """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync
-    the directory. Keeps the old file's mode bits (0644 for a new file)."""
+    the directory. Keeps the old file's mode bits (``new_mode`` for a new file)."""
     target = Path(path)
     try:
         mode = target.stat().st_mode & 0o7777
     except FileNotFoundError:
-        mode = 0o644
+        mode = new_mode
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -1,0 +1,98 @@
+"""Who owns each service port and virtual host, kept on disk next to the config.
+
+Ownership is first come, first served (:class:`~servicerouter.state.ClusterState`):
+an app that names a port or a host another app holds waits until it is let go. Held
+in memory only, that order would be lost at every restart of the daemon and at every
+``servicerouter sync`` run: all apps would be new at once, and the oldest definition
+would win, so an app refused a team's host could take it over by the owner's next
+deploy and a restart. The owners are written here whenever they change and read back
+before the first full sync, so whoever held a port or a host before still does.
+
+The file is the daemon's own (0600). A missing, unreadable or malformed file is
+reported and treated as empty: the claims then start over, oldest definition first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .haproxy.files import atomic_write
+
+log = logging.getLogger("servicerouter.owners")
+
+VERSION = 1
+
+
+@dataclass
+class Owners:
+    """Service port → app id; virtual host → (owner key, app that claimed it first)."""
+
+    ports: dict[int, str] = field(default_factory=dict)
+    hosts: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": VERSION,
+                           "ports": {str(p): a for p, a in sorted(self.ports.items())},
+                           "hosts": {h: list(o) for h, o in sorted(self.hosts.items())}},
+                          indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Owners:
+        """Raises ValueError naming what is wrong."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise ValueError(f"not a version {VERSION} owners file")
+        ports, hosts = data.get("ports"), data.get("hosts")
+        if not isinstance(ports, dict) or not isinstance(hosts, dict):
+            raise ValueError("'ports' and 'hosts' must be objects")
+        out = cls()
+        for port, app in ports.items():
+            if not (port.isdigit() and 1 <= int(port) <= 65535 and isinstance(app, str)):
+                raise ValueError(f"ports: {port!r}: {app!r} is not a port and an app id")
+            out.ports[int(port)] = app
+        for host, owner in hosts.items():
+            if not (isinstance(owner, list) and len(owner) == 2
+                    and all(isinstance(x, str) for x in owner)):
+                raise ValueError(f"hosts: {host!r}: {owner!r} is not [owner, app id]")
+            out.hosts[host] = (owner[0], owner[1])
+        return out
+
+
+def owners_path(config: Path) -> Path:
+    """Where the owners of the apps of ``config`` are kept: next to it."""
+    return config.with_name(config.name + ".owners.json")
+
+
+def load(path: Path) -> Owners | None:
+    """The owners kept at ``path``; None (reported unless simply absent) if there are none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("owners file %s unreadable (%s): ports and hosts are claimed anew, "
+                  "oldest definition first", path, exc)
+        return None
+    try:
+        return Owners.from_json(text)
+    except ValueError as exc:
+        log.error("owners file %s: %s; ports and hosts are claimed anew, oldest "
+                  "definition first", path, exc)
+        return None
+
+
+def save(path: Path, owners: Owners) -> bool:
+    """Write ``owners`` to ``path`` (atomically, 0600); False (reported) if it failed."""
+    try:
+        atomic_write(path, owners.to_json(), new_mode=0o600)
+    except OSError as exc:
+        log.error("owners file %s not written (%s): after a restart, ports and hosts "
+                  "would be claimed anew", path, exc)
+        return False
+    return True

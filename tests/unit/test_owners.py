@@ -1,0 +1,118 @@
+"""Who owns a port or a host survives a restart (owners.py): the claims of the first
+full sync start from the owners kept on disk, not from the age of the definitions."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from servicerouter import owners
+from servicerouter.layout import Settings
+from servicerouter.model import App, Options, Service, Task
+from servicerouter.owners import Owners
+from servicerouter.state import ClusterState
+
+
+def app(app_id: str, port: int, version: str, **opts: object) -> App:
+    options = Options(**opts)  # type: ignore[arg-type]
+    return App(id=app_id, version=version, services=(Service(app_id, 0, port, options),),
+               tasks=(Task(f"{app_id.strip('/')}.1", app_id, "10.0.0.1", (31000,),
+                           "TASK_RUNNING"),))
+
+
+SHOP = ("shop.example.com",)
+# The owner redeployed after the thief was refused: its definition is the newer one.
+OWNER = app("/teama/web", 10001, "2026-03-01", vhosts=SHOP)
+THIEF = app("/aaa/thief", 10002, "2026-02-01", vhosts=SHOP)
+PORT_OWNER = app("/teamb/db", 10003, "2026-03-01")
+PORT_THIEF = app("/aaa/db", 10003, "2026-02-01")
+
+
+def running() -> ClusterState:
+    """A daemon that saw the owners claim first, and the thieves refused."""
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/teama/web", 10001, "2026-01-01", vhosts=SHOP))
+    s.set_app(app("/teamb/db", 10003, "2026-01-01"))
+    s.set_app(THIEF)
+    s.set_app(PORT_THIEF)
+    s.set_app(OWNER)  # redeployed
+    s.set_app(PORT_OWNER)
+    assert set(s.desired) == {"teama_web_10001", "teamb_db_10003"}
+    return s
+
+
+def restarted(kept: Owners | None) -> ClusterState:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    if kept is not None:
+        s.restore_owners(Owners.from_json(kept.to_json()))  # through the file's format
+    s.replace_all([THIEF, PORT_THIEF, OWNER, PORT_OWNER])
+    return s
+
+
+def test_without_the_owners_a_restart_hands_the_host_and_port_to_the_older_thieves() -> None:
+    assert set(restarted(None).desired) == {"aaa_thief_10002", "aaa_db_10003"}
+
+
+def test_a_restart_keeps_the_owners_and_refuses_the_thieves_again() -> None:
+    s = restarted(running().owners())
+    assert set(s.desired) == {"teama_web_10001", "teamb_db_10003"}
+    assert [p.reason for p in s.problems["/aaa/thief"]] == ["vhost_taken"]
+    assert [p.reason for p in s.problems["/aaa/db"]] == ["port_taken"]
+    assert "app /teama/web claimed it first" in s.problems["/aaa/thief"][0].message
+
+
+def test_an_owner_that_let_go_or_left_while_we_were_down_owns_nothing() -> None:
+    kept = running().owners()
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.restore_owners(kept)
+    # /teama/web dropped its vhost; /teamb/db was deleted: the waiting apps get them.
+    s.replace_all([THIEF, PORT_THIEF, app("/teama/web", 10001, "2026-04-01")])
+    assert set(s.desired) == {"aaa_thief_10002", "aaa_db_10003", "teama_web_10001"}
+    assert s.problems == {}
+
+
+def test_owners_under_another_vhost_policy_are_not_owners_now() -> None:
+    kept = running().owners()  # --vhost-policy group: the owner key is /teama
+    s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy="exclusive"))
+    s.restore_owners(kept)
+    s.replace_all([THIEF, OWNER])  # exclusive: keys are app ids; the oldest claims first
+    assert set(s.desired) == {"aaa_thief_10002"}
+
+
+def test_only_the_first_full_sync_starts_from_the_kept_owners() -> None:
+    s = running()
+    version = s.owners_version
+    s.restore_owners(Owners(ports={10001: "/nobody"}))
+    s.replace_all([THIEF, PORT_THIEF, OWNER, PORT_OWNER])
+    assert set(s.desired) == {"teama_web_10001", "teamb_db_10003"}
+    assert s.owners_version == version  # nothing changed owner
+
+
+def test_the_owners_file_round_trip_is_private(tmp_path: Path) -> None:
+    path = owners.owners_path(tmp_path / "haproxy.cfg")
+    assert path.name == "haproxy.cfg.owners.json"
+    assert owners.load(path) is None  # none yet: no complaint
+    kept = running().owners()
+    assert owners.save(path, kept)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert owners.load(path) == kept
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("{", "not JSON"),
+    ('{"version": 9, "ports": {}, "hosts": {}}', "not a version 1 owners file"),
+    ('{"version": 1, "ports": {"0": "/a"}, "hosts": {}}', "ports: '0': '/a' is not a port"),
+    ('{"version": 1, "ports": {}, "hosts": {"h": "/a"}}',
+     "hosts: 'h': '/a' is not [owner, app id]"),
+])
+def test_a_broken_owners_file_is_reported_and_claims_start_over(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, error: str) -> None:
+    path = tmp_path / "haproxy.cfg.owners.json"
+    path.write_text(text)
+    with caplog.at_level(logging.ERROR, logger="servicerouter.owners"):
+        assert owners.load(path) is None
+    assert f"owners file {path}: {error}" in caplog.text
+    assert "claimed anew, oldest definition first" in caplog.text
