@@ -105,6 +105,7 @@ class EndpointState(enum.Enum):
     DRAIN = "drain"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Options:
     """Per-service options, from ``HAPROXY_*`` labels (see :mod:`labels`).

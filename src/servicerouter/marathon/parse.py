@@ -223,27 +223,34 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     A full sync at 10,000 apps parses 50,000 tasks: this is written for the plain
     ``dict`` both decoders give (one ``get`` per field, field paths formatted only
     for an error), and takes any other mapping through the same checks."""
-    get = raw.get if isinstance(raw, dict) else (lambda k: _get(raw, k))
+    get = raw.get if type(raw) is dict else (lambda k: _get(raw, k))
     task_id = get("id")
     if not isinstance(task_id, str) or not task_id:
         raise AppParseError(f"tasks[{index}].id", "missing")
     host = get("host")
     # Interned: a few agents and states shared by 50,000 tasks, not one copy each.
-    host = "" if host is None else sys.intern(str(host))
-    ip_addresses = _task_list(get("ipAddresses"), index, "ipAddresses")
-    ports = _task_list(get("ports"), index, "ports")
+    host = "" if host is None else _intern(host if type(host) is str else str(host))
+    ip_addresses = get("ipAddresses")
+    if ip_addresses is not None and type(ip_addresses) is not list:
+        ip_addresses = _task_list(ip_addresses, index, "ipAddresses")
+    ports = get("ports")
+    if ports is not None and type(ports) is not list:
+        ports = _task_list(ports, index, "ports")
     if app.network is NetworkMode.CONTAINER:
-        ip, task_ports = task_address(app, host, ip_addresses, ports, resolve)
+        ip, task_ports = task_address(app, host, ip_addresses or (), ports or (), resolve)
     else:  # task_address's host-network branch, inlined for the common case
-        ip = (resolve[host] if isinstance(resolve, _HostIPs) else _ip(resolve(host))) \
+        ip = (resolve[host] if type(resolve) is _HostIPs else _ip(resolve(host))) \
             if host else None
-        task_ports = tuple([p for p in ports if type(p) is int])
+        task_ports = tuple([p for p in ports if type(p) is int]) if ports else ()
     state = get("state")
     return Task(task_id, app.id, ip, task_ports,
-                "TASK_UNKNOWN" if state is None else sys.intern(str(state)),
-                task_health(raw, app.has_health_checks) if app.has_health_checks
-                else Health.NONE,
+                "TASK_UNKNOWN" if state is None else
+                _intern(state if type(state) is str else str(state)),
+                task_health(raw, True) if app.has_health_checks else Health.NONE,
                 host)
+
+
+_intern = sys.intern
 
 
 def _task_list(value: Any, index: int, key: str) -> list[Any]:
