@@ -282,7 +282,8 @@ class ClusterState:
             if app_id not in fresh and app_id not in keep:
                 dirty |= self.remove_app(app_id)
         for app in fresh.values():
-            if self.apps.get(app.id) != app:
+            held = self.apps.get(app.id)
+            if held is not app and held != app:  # `is`: reused by the parse (parsecache)
                 dirty |= self.set_app(app)
         return dirty
 

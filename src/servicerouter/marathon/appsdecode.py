@@ -99,6 +99,11 @@ class DecodedApps(Sequence[Any]):
         for i in range(len(self._raws)):
             yield self[i]
 
+    def raw_json(self, index: int) -> msgspec.Raw | None:
+        """App ``index``'s JSON text as it came (a view of the body), or None once read
+        and released."""
+        return self._raws[index]
+
     def __setitem__(self, index: int, _: object) -> None:
         self._raws[index] = None
 

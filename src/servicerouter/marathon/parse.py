@@ -31,6 +31,7 @@ from ..model import (
     valid_port,
 )
 from .appsdecode import DecodedApps
+from .parsecache import ParseCache
 
 _CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
 
@@ -435,7 +436,8 @@ def _refusal(options: Options, index: int) -> str | None:
 
 
 def parse_apps(payload: Any, source: str, resolve: Resolver,
-               allow_templates: bool = False, *, consume: bool = False) -> ParseResult:
+               allow_templates: bool = False, *, consume: bool = False,
+               cache: ParseCache | None = None) -> ParseResult:
     """A ``/v2/apps`` response into apps, per-app errors and warnings.
 
     Raises :class:`PayloadError` (naming ``source``) when the payload as a
@@ -445,6 +447,10 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     app is freed as soon as it is parsed and the model is built in the memory it
     leaves (at 10,000 apps the decoded payload and the model would otherwise be
     ~60 MB and ~30 MB alive at once).
+
+    ``cache``: reuse the apps of the last parse with this cache whose JSON is the same
+    (see :mod:`.parsecache`), and keep this parse's for the next one. Only a
+    :func:`.appsdecode.decode_apps` payload has each app's JSON to compare.
     """
     apps_raw = payload.get("apps") if isinstance(payload, Mapping) else None
     if not isinstance(apps_raw, (list, DecodedApps)):
@@ -452,25 +458,46 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     result = ParseResult()
     seen: set[str] = set()
     resolve = _HostIPs(resolve)
-    for i, raw in enumerate(apps_raw):
-        if consume:
-            apps_raw[i] = None
-        app_id = _get(raw, "id", f"<apps[{i}]>")
-        try:
-            app, warnings = parse_app(raw, resolve, allow_templates)
-        except (AppParseError, LabelError) as exc:
-            result.errors.append(AppError(str(app_id), f"{exc}; app skipped, others applied"))
-            continue
-        except Exception as exc:  # a shape no rule foresaw: still only this app's problem
-            result.errors.append(AppError(str(app_id), f"cannot be read ({type(exc).__name__}: "
-                                          f"{shown(str(exc))}); app skipped, others applied"))
-            continue
+    lazy = apps_raw if cache is not None and isinstance(apps_raw, DecodedApps) else None
+    if cache is not None:
+        cache.begin()
+    for i in range(len(apps_raw)):
+        key, reused = None, None
+        if lazy is not None and cache is not None:
+            text = lazy.raw_json(i)
+            if text is not None:
+                key = cache.key(memoryview(text), allow_templates)
+                reused = cache.get(key, resolve)
+        if reused is not None:
+            if consume:
+                apps_raw[i] = None
+            app, warnings = reused
+        else:
+            raw = apps_raw[i]
+            if consume:
+                apps_raw[i] = None
+            app_id = _get(raw, "id", f"<apps[{i}]>")
+            try:
+                app, warnings = parse_app(raw, resolve, allow_templates)
+            except (AppParseError, LabelError) as exc:
+                result.errors.append(AppError(str(app_id),
+                                              f"{exc}; app skipped, others applied"))
+                continue
+            except Exception as exc:  # a shape no rule foresaw: still only this app's problem
+                result.errors.append(AppError(str(app_id), f"cannot be read "
+                                              f"({type(exc).__name__}: {shown(str(exc))}); "
+                                              "app skipped, others applied"))
+                continue
+            if key is not None and cache is not None:
+                cache.put(key, app, warnings)
         if app.id in seen:
             result.errors.append(AppError(app.id, "listed twice; second copy skipped"))
             continue
         seen.add(app.id)
         result.apps.append(app)
         result.warnings.extend(warnings)
+    if cache is not None:
+        cache.finish()
     return result
 
 
