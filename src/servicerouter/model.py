@@ -275,11 +275,15 @@ def endpoints(app: App, service: Service, health_check: bool = True) -> tuple[En
     # unless the check has a fixed port.
     check_index = (opts.health_check_port_index
                    if opts.health_check and opts.health_check_port is None else None)
+    index, has_checks = service.index, app.has_health_checks
     for task in app.tasks:
-        state = endpoint_state(task, app.has_health_checks, health_check)
-        if state is None or service.index >= len(task.ports) or task.ip is None:
+        ip, ports = task.ip, task.ports
+        if ip is None or index >= len(ports):
             continue
-        check_port = (task.ports[check_index]
-                      if check_index is not None and check_index < len(task.ports) else None)
-        out.append(Endpoint(task.id, task.ip, task.ports[service.index], state, check_port))
+        state = endpoint_state(task, has_checks, health_check)
+        if state is None:
+            continue
+        check_port = (ports[check_index]
+                      if check_index is not None and check_index < len(ports) else None)
+        out.append(Endpoint(task.id, ip, ports[index], state, check_port))
     return tuple(out)
