@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
+
 from ..labels import LabelError, parse_labels, parse_path
 from ..model import (
     App,
@@ -30,7 +32,7 @@ from ..model import (
     shown,
     valid_port,
 )
-from .appsdecode import DecodedApps
+from .appsdecode import DecodedApps, TaskJSON
 from .parsecache import ParseCache
 
 _CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
@@ -158,7 +160,10 @@ def task_health(raw_task: Mapping[str, Any], has_health_checks: bool) -> Health:
     """Healthy when the task has results and every one is alive."""
     if not has_health_checks:
         return Health.NONE
-    results = _get(raw_task, "healthCheckResults", [])
+    return _health(_get(raw_task, "healthCheckResults", []))
+
+
+def _health(results: Any) -> Health:
     if not isinstance(results, list) or not results:
         return Health.NONE
     for r in results:
@@ -224,6 +229,8 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     A full sync at 10,000 apps parses 50,000 tasks: this is written for the plain
     ``dict`` both decoders give (one ``get`` per field, field paths formatted only
     for an error), and takes any other mapping through the same checks."""
+    if type(raw) is TaskJSON:
+        return _typed_task(app, raw, resolve, index)
     get = raw.get if type(raw) is dict else (lambda k: _get(raw, k))
     task_id = get("id")
     if not isinstance(task_id, str) or not task_id:
@@ -252,6 +259,33 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
 
 
 _intern = sys.intern
+
+
+def _typed_task(app: App, raw: TaskJSON, resolve: Resolver, index: int) -> Task:
+    """:func:`parse_task` of a task msgspec decoded (:class:`.appsdecode.TaskJSON`): every
+    field is already of its JSON type (a task with another type is decoded as a dict and
+    takes the general path), so only the values are checked here, as there."""
+    task_id = raw.id
+    if not task_id:
+        raise AppParseError(f"tasks[{index}].id", "missing")
+    host = raw.host
+    host = "" if host is None else _intern(host)
+    ports = raw.ports
+    if app.network is NetworkMode.CONTAINER:
+        ip_addresses = [_json(a) for a in raw.ipAddresses or ()]
+        ip, task_ports = task_address(app, host, ip_addresses, ports or (), resolve)
+    else:
+        ip = (resolve[host] if type(resolve) is _HostIPs else _ip(resolve(host))) \
+            if host else None
+        task_ports = tuple(ports) if ports else ()
+    state = raw.state
+    return Task(task_id, app.id, ip, task_ports,
+                "TASK_UNKNOWN" if state is None else _intern(state),
+                _health(raw.healthCheckResults) if app.has_health_checks else Health.NONE,
+                host)
+
+
+_json = msgspec.json.decode
 
 
 def _task_list(value: Any, index: int, key: str) -> list[Any]:
