@@ -180,6 +180,8 @@ class ClusterState:
 
     def _report(self, app_id: str, problems: list[Problem]) -> None:
         """Keep an app's problems for /status; log only the ones that are new."""
+        if not problems and app_id not in self.problems:
+            return  # none before, none now (most apps)
         before = set(self.problems.pop(app_id, ()))
         for p in problems:
             if p not in before and p not in self._retrying:
@@ -203,7 +205,7 @@ class ClusterState:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)
         freed_ports, freed_hosts = self._freed_ports, self._freed_hosts
-        dirty = {n for n in old if n not in new}
+        dirty = {n for n in old if n not in new} if old else set()
         for n in dirty:
             self.desired.pop(n, None)
         for n, d in new.items():
@@ -215,6 +217,8 @@ class ClusterState:
         else:
             self._backends.pop(app_id, None)
         # A port or host let go: the apps refused it may have it now.
+        if not freed_ports and not freed_hosts:  # nothing let go (most apps of a sync)
+            return dirty
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
         waiters |= {w for host in freed_hosts for w in self._host_waiting.pop(host, ())}
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
