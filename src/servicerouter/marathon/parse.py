@@ -309,10 +309,10 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     mode = network_mode(raw)
     svc_ports, container_ports = service_ports(raw, mode)
     labels = _get(raw, "labels", {})
-    if not isinstance(labels, Mapping):
+    if type(labels) is not dict and not isinstance(labels, Mapping):
         raise AppParseError("labels", "expected an object")
     parsed = parse_labels(labels, len(svc_ports), allow_templates, per_service_errors=True)
-    warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
+    warnings = [f"app {app_id}: {w}" for w in parsed.warnings] if parsed.warnings else []
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
     services: list[Service] = []
@@ -336,7 +336,8 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
         try:
             options = _with_health_check(sl.options, health_checks, index, app_id,
-                                         container_ports, sl.explicit, warnings)
+                                         container_ports, sl.explicit, warnings) \
+                if health_checks else sl.options
         except _BadHealthCheck as bad:
             problems.append(Problem(app_id, index, "health_check", bad.where, shown(bad.value),
                                     f"is not {bad.expected}; service left out"))
@@ -344,7 +345,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
         refusal = _refusal(options, index)
         if refusal:  # not exposed; admission reports it (layout.service_problem)
             options = replace(options, refused=refusal)
-        if port and any(s.port == port for s in services):
+        if port and services and any(s.port == port for s in services):
             first = next(s.index for s in services if s.port == port)
             raise AppParseError(f"service port index {index}",
                                 f"port {port} is also service port index {first}'s")
