@@ -81,10 +81,10 @@ class ClusterState:
     def _claim_vhosts(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services naming a host (or host and path) another owner holds."""
         app_id, policy = app.id, self.settings.vhost_policy
-        key = vhost_owner(app_id, policy)
-        if (key is None or not any(d.service.options.vhosts for d in new.values())) \
-                and app_id not in self._hosts_of and app_id not in self._routes_of:
+        if app_id not in self._hosts_of and app_id not in self._routes_of \
+                and not any(d.service.options.vhosts for d in new.values()):
             return []  # claims nothing, held nothing (most apps: ~3 µs a full sync each)
+        key = vhost_owner(app_id, policy)
         old_hosts = self._hosts_of.pop(app_id, set())
         for route in self._routes_of.pop(app_id, set()):
             del self._route_owner[route]
