@@ -20,6 +20,7 @@ from .heap import quiet_gc
 from .label_templates import TemplateVetting
 from .marathon.errors import MarathonError
 from .marathon.parse import parse_app, parse_apps
+from .marathon.parsecache import ParseCache
 from .portassign import assign_all, assign_one
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Intake:
                                         lambda text: engine.writer.validate(text))
         self.retry_at: float | None = None  # after a failed full sync
         self._backoff = 0.0
+        self._parsed = ParseCache()  # apps whose JSON did not change are not parsed again
 
     @quiet_gc  # the collector cost a third of a 10,000-app sync (see heap.py)
     async def full_sync(self) -> bool:
@@ -52,7 +54,8 @@ class Intake:
                 # with `fetched`: the model reuses their memory (peak RSS, issue #11).
                 result = await asyncio.to_thread(functools.partial(
                     parse_apps, fetched.data, source, e.resolve,
-                    e.config.settings.allow_label_templates, consume=True))
+                    e.config.settings.allow_label_templates, consume=True,
+                    cache=self._parsed))
                 del fetched
                 result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
             except (MarathonError, ValueError) as exc:
@@ -86,8 +89,9 @@ class Intake:
             e.metrics.last_sync.set(e.last_sync)
             e.metrics.sync_duration.labels("full").observe(time.perf_counter() - started)
             log.info("full sync from %s: %d apps, %d services, %d endpoints, %d changed, "
-                     "%.0f ms", source, len(e.state.apps), len(e.state.desired),
-                     e.state.endpoint_count, len(dirty), 1000 * (time.perf_counter() - started))
+                     "%d apps reused unparsed, %.0f ms", source, len(e.state.apps),
+                     len(e.state.desired), e.state.endpoint_count, len(dirty),
+                     self._parsed.reused, 1000 * (time.perf_counter() - started))
             return True
 
     async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:

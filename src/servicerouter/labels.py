@@ -184,6 +184,7 @@ LABELS: tuple[LabelSpec, ...] = (
       for n in _RAW_LABELS),
 )
 _APP = {s.name: s for s in LABELS if s.scope == "app"}
+_DEFAULTS = Options()
 _PORT = {s.name: s for s in LABELS if s.scope == "port"}
 
 
@@ -242,7 +243,7 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
     """
     labels = labels or {}
     warnings: list[str] = []
-    base = Options()
+    base = _DEFAULTS  # frozen: shared by every app (10,000 Options() cost 14 ms a sync)
     if GROUP_LABEL in labels:
         base = replace(base, groups=parse_groups(GROUP_LABEL, str(labels[GROUP_LABEL])))
 

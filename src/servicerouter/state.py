@@ -89,6 +89,9 @@ class ClusterState:
     def _claim_vhosts(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services naming a host (or host and path) another owner holds."""
         app_id, policy = app.id, self.settings.vhost_policy
+        if app_id not in self._hosts_of and app_id not in self._routes_of \
+                and not any(d.service.options.vhosts for d in new.values()):
+            return []  # claims nothing, held nothing (most apps: ~3 µs a full sync each)
         key = vhost_owner(app_id, policy)
         old_hosts = self._hosts_of.pop(app_id, set())
         for route in self._routes_of.pop(app_id, set()):
@@ -188,6 +191,8 @@ class ClusterState:
 
     def _report(self, app_id: str, problems: list[Problem]) -> None:
         """Keep an app's problems for /status; log only the ones that are new."""
+        if not problems and app_id not in self.problems:
+            return  # none before, none now (most apps)
         before = set(self.problems.pop(app_id, ()))
         for p in problems:
             if p not in before and p not in self._retrying:
@@ -211,7 +216,7 @@ class ClusterState:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)
         freed_ports, freed_hosts = self._freed_ports, self._freed_hosts
-        dirty = {n for n in old if n not in new}
+        dirty = {n for n in old if n not in new} if old else set()
         for n in dirty:
             self.desired.pop(n, None)
         for n, d in new.items():
@@ -223,6 +228,8 @@ class ClusterState:
         else:
             self._backends.pop(app_id, None)
         # A port or host let go: the apps refused it may have it now.
+        if not freed_ports and not freed_hosts:  # nothing let go (most apps of a sync)
+            return dirty
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
         waiters |= {w for host in freed_hosts for w in self._host_waiting.pop(host, ())}
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
@@ -296,7 +303,8 @@ class ClusterState:
             if app_id not in fresh and app_id not in keep:
                 dirty |= self.remove_app(app_id)
         for app in fresh.values():
-            if self.apps.get(app.id) != app:
+            held = self.apps.get(app.id)
+            if held is not app and held != app:  # `is`: reused by the parse (parsecache)
                 dirty |= self.set_app(app)
         return dirty
 

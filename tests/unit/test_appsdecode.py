@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from servicerouter.marathon.appsdecode import decode_apps
+from servicerouter.marathon.appsdecode import TaskJSON, decode_apps
 from servicerouter.marathon.parse import ParseResult, PayloadError, parse_apps
 
 from .payloads import FIXTURES, resolve
@@ -75,8 +75,15 @@ def test_bodies_of_another_shape_are_reported_the_same(body: bytes) -> None:
 def test_unread_fields_are_dropped() -> None:
     body = json.dumps({"apps": [{"id": "/a", "cmd": "sleep", "env": {"A": "1"},
                                  "tasks": [{"id": "t", "slaveId": "s", "host": "h"}]}]})
-    assert decode_apps(body.encode()) == {"apps": [{"id": "/a", "tasks": [{"id": "t",
-                                                                          "host": "h"}]}]}
+    assert decode_apps(body.encode()) == {"apps": [{"id": "/a", "tasks": [
+        TaskJSON(id="t", host="h")]}]}
+
+
+def test_a_task_field_of_another_type_decodes_that_app_as_json_loads_does() -> None:
+    odd = {"id": "/b", "tasks": [{"id": "t", "ports": [1, "2"], "host": "h"}]}
+    apps = decode_apps(json.dumps({"apps": [{"id": "/a", "tasks": [{"id": "t"}]}, odd]})
+                       .encode())["apps"]
+    assert apps[0]["tasks"] == [TaskJSON(id="t")] and apps[1] == odd
 
 
 def test_apps_are_decoded_one_at_a_time_and_released_behind_the_parser() -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
+
 from ..labels import LabelError, parse_labels, parse_path
 from ..model import (
     App,
@@ -30,7 +32,8 @@ from ..model import (
     shown,
     valid_port,
 )
-from .appsdecode import DecodedApps
+from .appsdecode import DecodedApps, TaskJSON
+from .parsecache import ParseCache
 
 _CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
 
@@ -157,7 +160,10 @@ def task_health(raw_task: Mapping[str, Any], has_health_checks: bool) -> Health:
     """Healthy when the task has results and every one is alive."""
     if not has_health_checks:
         return Health.NONE
-    results = _get(raw_task, "healthCheckResults", [])
+    return _health(_get(raw_task, "healthCheckResults", []))
+
+
+def _health(results: Any) -> Health:
     if not isinstance(results, list) or not results:
         return Health.NONE
     for r in results:
@@ -223,27 +229,63 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     A full sync at 10,000 apps parses 50,000 tasks: this is written for the plain
     ``dict`` both decoders give (one ``get`` per field, field paths formatted only
     for an error), and takes any other mapping through the same checks."""
-    get = raw.get if isinstance(raw, dict) else (lambda k: _get(raw, k))
+    if type(raw) is TaskJSON:
+        return _typed_task(app, raw, resolve, index)
+    get = raw.get if type(raw) is dict else (lambda k: _get(raw, k))
     task_id = get("id")
     if not isinstance(task_id, str) or not task_id:
         raise AppParseError(f"tasks[{index}].id", "missing")
     host = get("host")
     # Interned: a few agents and states shared by 50,000 tasks, not one copy each.
-    host = "" if host is None else sys.intern(str(host))
-    ip_addresses = _task_list(get("ipAddresses"), index, "ipAddresses")
-    ports = _task_list(get("ports"), index, "ports")
+    host = "" if host is None else _intern(host if type(host) is str else str(host))
+    ip_addresses = get("ipAddresses")
+    if ip_addresses is not None and type(ip_addresses) is not list:
+        ip_addresses = _task_list(ip_addresses, index, "ipAddresses")
+    ports = get("ports")
+    if ports is not None and type(ports) is not list:
+        ports = _task_list(ports, index, "ports")
     if app.network is NetworkMode.CONTAINER:
-        ip, task_ports = task_address(app, host, ip_addresses, ports, resolve)
+        ip, task_ports = task_address(app, host, ip_addresses or (), ports or (), resolve)
     else:  # task_address's host-network branch, inlined for the common case
-        ip = (resolve[host] if isinstance(resolve, _HostIPs) else _ip(resolve(host))) \
+        ip = (resolve[host] if type(resolve) is _HostIPs else _ip(resolve(host))) \
             if host else None
-        task_ports = tuple([p for p in ports if type(p) is int])
+        task_ports = tuple([p for p in ports if type(p) is int]) if ports else ()
     state = get("state")
     return Task(task_id, app.id, ip, task_ports,
-                "TASK_UNKNOWN" if state is None else sys.intern(str(state)),
-                task_health(raw, app.has_health_checks) if app.has_health_checks
-                else Health.NONE,
+                "TASK_UNKNOWN" if state is None else
+                _intern(state if type(state) is str else str(state)),
+                task_health(raw, True) if app.has_health_checks else Health.NONE,
                 host)
+
+
+_intern = sys.intern
+
+
+def _typed_task(app: App, raw: TaskJSON, resolve: Resolver, index: int) -> Task:
+    """:func:`parse_task` of a task msgspec decoded (:class:`.appsdecode.TaskJSON`): every
+    field is already of its JSON type (a task with another type is decoded as a dict and
+    takes the general path), so only the values are checked here, as there."""
+    task_id = raw.id
+    if not task_id:
+        raise AppParseError(f"tasks[{index}].id", "missing")
+    host = raw.host
+    host = "" if host is None else _intern(host)
+    ports = raw.ports
+    if app.network is NetworkMode.CONTAINER:
+        ip_addresses = [_json(a) for a in raw.ipAddresses or ()]
+        ip, task_ports = task_address(app, host, ip_addresses, ports or (), resolve)
+    else:
+        ip = (resolve[host] if type(resolve) is _HostIPs else _ip(resolve(host))) \
+            if host else None
+        task_ports = tuple(ports) if ports else ()
+    state = raw.state
+    return Task(task_id, app.id, ip, task_ports,
+                "TASK_UNKNOWN" if state is None else _intern(state),
+                _health(raw.healthCheckResults) if app.has_health_checks else Health.NONE,
+                host)
+
+
+_json = msgspec.json.decode
 
 
 def _task_list(value: Any, index: int, key: str) -> list[Any]:
@@ -267,10 +309,10 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     mode = network_mode(raw)
     svc_ports, container_ports = service_ports(raw, mode)
     labels = _get(raw, "labels", {})
-    if not isinstance(labels, Mapping):
+    if type(labels) is not dict and not isinstance(labels, Mapping):
         raise AppParseError("labels", "expected an object")
     parsed = parse_labels(labels, len(svc_ports), allow_templates, per_service_errors=True)
-    warnings = [f"app {app_id}: {w}" for w in parsed.warnings]
+    warnings = [f"app {app_id}: {w}" for w in parsed.warnings] if parsed.warnings else []
 
     health_checks = _list(raw, "healthChecks", "healthChecks")
     services: list[Service] = []
@@ -294,7 +336,8 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
         try:
             options = _with_health_check(sl.options, health_checks, index, app_id,
-                                         container_ports, sl.explicit, warnings)
+                                         container_ports, sl.explicit, warnings) \
+                if health_checks else sl.options
         except _BadHealthCheck as bad:
             problems.append(Problem(app_id, index, "health_check", bad.where, shown(bad.value),
                                     f"is not {bad.expected}; service left out"))
@@ -302,27 +345,26 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
         refusal = _refusal(options, index)
         if refusal:  # not exposed; admission reports it (layout.service_problem)
             options = replace(options, refused=refusal)
-        if port and any(s.port == port for s in services):
+        if port and services and any(s.port == port for s in services):
             first = next(s.index for s in services if s.port == port)
             raise AppParseError(f"service port index {index}",
                                 f"port {port} is also service port index {first}'s")
         services.append(Service(app_id, index, port, options))
 
-    fields: dict[str, Any] = dict(
-        id=app_id,
-        version=str(_get(raw, "version", "")),
-        labels={str(k): str(v) for k, v in labels.items()},
-        network=mode,
-        container_ports=tuple(container_ports),
-        has_health_checks=any(_get(h, "protocol") != "COMMAND" for h in health_checks),
-        services=tuple(services),
-        problems=tuple(problems),
-    )
-    app = App(**fields)  # what parse_task reads; the tasks go into the final App
-    hosts = resolve if isinstance(resolve, _HostIPs) else _HostIPs(resolve)
+    version = str(_get(raw, "version", ""))
+    app_labels = {str(k): str(v) for k, v in labels.items()}
+    ports = tuple(container_ports)
+    has_checks = any(_get(h, "protocol") != "COMMAND" for h in health_checks) \
+        if health_checks else False
+    services_t, problems_t = tuple(services), tuple(problems)
+    # What parse_task reads; the tasks go into the final App (positional: quick_init's
+    # __init__ takes keywords too, but a 10,000-app sync builds 20,000 of these).
+    app = App(app_id, version, app_labels, mode, ports, has_checks, services_t, (), problems_t)
+    hosts = resolve if type(resolve) is _HostIPs else _HostIPs(resolve)
     tasks = tuple([parse_task(app, t, hosts, i)
                    for i, t in enumerate(_list(raw, "tasks", "tasks"))])
-    return App(**fields, tasks=tasks), warnings  # (not dataclasses.replace: 7 µs an app)
+    return App(app_id, version, app_labels, mode, ports, has_checks, services_t, tasks,
+               problems_t), warnings
 
 
 # HAProxy keeps timers in signed 32-bit milliseconds: "inter" above 2147483647 ms is
@@ -428,7 +470,8 @@ def _refusal(options: Options, index: int) -> str | None:
 
 
 def parse_apps(payload: Any, source: str, resolve: Resolver,
-               allow_templates: bool = False, *, consume: bool = False) -> ParseResult:
+               allow_templates: bool = False, *, consume: bool = False,
+               cache: ParseCache | None = None) -> ParseResult:
     """A ``/v2/apps`` response into apps, per-app errors and warnings.
 
     Raises :class:`PayloadError` (naming ``source``) when the payload as a
@@ -438,6 +481,10 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     app is freed as soon as it is parsed and the model is built in the memory it
     leaves (at 10,000 apps the decoded payload and the model would otherwise be
     ~60 MB and ~30 MB alive at once).
+
+    ``cache``: reuse the apps of the last parse with this cache whose JSON is the same
+    (see :mod:`.parsecache`), and keep this parse's for the next one. Only a
+    :func:`.appsdecode.decode_apps` payload has each app's JSON to compare.
     """
     apps_raw = payload.get("apps") if isinstance(payload, Mapping) else None
     if not isinstance(apps_raw, (list, DecodedApps)):
@@ -445,25 +492,46 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     result = ParseResult()
     seen: set[str] = set()
     resolve = _HostIPs(resolve)
-    for i, raw in enumerate(apps_raw):
-        if consume:
-            apps_raw[i] = None
-        app_id = _get(raw, "id", f"<apps[{i}]>")
-        try:
-            app, warnings = parse_app(raw, resolve, allow_templates)
-        except (AppParseError, LabelError) as exc:
-            result.errors.append(AppError(str(app_id), f"{exc}; app skipped, others applied"))
-            continue
-        except Exception as exc:  # a shape no rule foresaw: still only this app's problem
-            result.errors.append(AppError(str(app_id), f"cannot be read ({type(exc).__name__}: "
-                                          f"{shown(str(exc))}); app skipped, others applied"))
-            continue
+    lazy = apps_raw if cache is not None and isinstance(apps_raw, DecodedApps) else None
+    if cache is not None:
+        cache.begin()
+    for i in range(len(apps_raw)):
+        key, reused = None, None
+        if lazy is not None and cache is not None:
+            text = lazy.raw_json(i)
+            if text is not None:
+                key = cache.key(memoryview(text), allow_templates)
+                reused = cache.get(key, resolve)
+        if reused is not None:
+            if consume:
+                apps_raw[i] = None
+            app, warnings = reused
+        else:
+            raw = apps_raw[i]
+            if consume:
+                apps_raw[i] = None
+            app_id = _get(raw, "id", f"<apps[{i}]>")
+            try:
+                app, warnings = parse_app(raw, resolve, allow_templates)
+            except (AppParseError, LabelError) as exc:
+                result.errors.append(AppError(str(app_id),
+                                              f"{exc}; app skipped, others applied"))
+                continue
+            except Exception as exc:  # a shape no rule foresaw: still only this app's problem
+                result.errors.append(AppError(str(app_id), f"cannot be read "
+                                              f"({type(exc).__name__}: {shown(str(exc))}); "
+                                              "app skipped, others applied"))
+                continue
+            if key is not None and cache is not None:
+                cache.put(key, app, warnings)
         if app.id in seen:
             result.errors.append(AppError(app.id, "listed twice; second copy skipped"))
             continue
         seen.add(app.id)
         result.apps.append(app)
         result.warnings.extend(warnings)
+    if cache is not None:
+        cache.finish()
     return result
 
 
