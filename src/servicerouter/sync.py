@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .marathon import eventdata as ev
 from .marathon.events import MarathonEvent
-from .marathon.parse import task_from_event
+from .marathon.tasks import task_from_event
 from .model import TASK_KILLING, TASK_RUNNING, App, Task
 
 if TYPE_CHECKING:

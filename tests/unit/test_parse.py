@@ -11,9 +11,8 @@ from servicerouter.marathon.parse import (
     PayloadError,
     parse_app,
     parse_apps,
-    task_from_event,
-    task_health,
 )
+from servicerouter.marathon.tasks import task_from_event, task_health
 from servicerouter.model import (
     Endpoint,
     EndpointState,

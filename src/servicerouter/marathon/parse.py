@@ -9,46 +9,36 @@ app and the field; it never stops the other apps.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import math
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgspec
-
-from ..labels import LabelError, parse_labels, parse_path
+from ..labels import LabelError, parse_labels
 from ..model import (
     App,
-    Health,
     Mode,
     NetworkMode,
     Options,
     Problem,
     Service,
-    Task,
     shown,
     valid_port,
 )
-from .appsdecode import DecodedApps, TaskJSON
+from .appsdecode import DecodedApps
+from .fields import AppParseError, Resolver
+from .fields import get as _get
+from .fields import get_int as _int
+from .fields import get_list as _list
+from .healthchecks import BadHealthCheck, with_health_check
 from .parsecache import ParseCache
+from .tasks import HostIPs, parse_task
 
-_CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
-
-# host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
-Resolver = Callable[[str], "str | None"]
+__all__ = ["AppError", "AppParseError", "ParseResult", "PayloadError", "Resolver",
+           "parse_app", "parse_apps"]
 
 
 class PayloadError(ValueError):
     """The response as a whole is unusable (not JSON, no ``apps`` list)."""
-
-
-class AppParseError(ValueError):
-    def __init__(self, field_name: str, problem: str) -> None:
-        self.field = field_name
-        super().__init__(f"field {field_name}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,27 +55,6 @@ class ParseResult:
     apps: list[App] = field(default_factory=list)
     errors: list[AppError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def _get(obj: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
-    """``obj[key]``, treating a missing object, a missing key and null alike."""
-    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
-        return default
-    value = obj.get(key)
-    return default if value is None else value
-
-
-def _list(obj: Mapping[str, Any] | None, key: str, where: str) -> list[Any]:
-    value = _get(obj, key, [])
-    if not isinstance(value, list):
-        raise AppParseError(where, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AppParseError(where, f"expected an integer, got {value!r}")
-    return value
 
 
 def network_mode(app: Mapping[str, Any]) -> NetworkMode:
@@ -156,147 +125,6 @@ def service_ports(app: Mapping[str, Any], mode: NetworkMode
             for i, p in enumerate(_list(app, "ports", "ports"))], []
 
 
-def task_health(raw_task: Mapping[str, Any], has_health_checks: bool) -> Health:
-    """Healthy when the task has results and every one is alive."""
-    if not has_health_checks:
-        return Health.NONE
-    return _health(_get(raw_task, "healthCheckResults", []))
-
-
-def _health(results: Any) -> Health:
-    if not isinstance(results, list) or not results:
-        return Health.NONE
-    for r in results:
-        alive = _get(r, "alive")
-        if alive is None:  # older payloads: compare the timestamps
-            last_ok, last_fail = _get(r, "lastSuccess", ""), _get(r, "lastFailure", "")
-            alive = bool(last_ok) and str(last_ok) > str(last_fail)
-        if not alive:
-            return Health.UNHEALTHY
-    return Health.HEALTHY
-
-
-def _ip(value: Any) -> str | None:
-    """``value`` as a plain IP address (no IPv6 zone), or None: it is printed in haproxy.cfg."""
-    if not isinstance(value, str) or "%" in value:
-        return None
-    return _canonical_ip(value)
-
-
-@functools.lru_cache(maxsize=65536)
-def _canonical_ip(value: str) -> str | None:
-    # Cached: a cluster has few agent addresses, and ipaddress parsing was a third of a
-    # full sync's parse time (50,000 tasks).
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
-
-
-def task_address(
-    app: App, host: str, ip_addresses: Iterable[Any], ports: Iterable[Any], resolve: Resolver
-) -> tuple[str | None, tuple[int, ...]]:
-    """The backend IP and per-index ports of a task (marathon-api.md, "Which address")."""
-    if app.network is NetworkMode.CONTAINER:
-        ips = [ip for ip in (_ip(_get(a, "ipAddress")) for a in ip_addresses) if ip]
-        v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
-        return next(iter(v4 or ips), None), app.container_ports
-    return (_ip(resolve(host)) if host else None), tuple(
-        p for p in ports if isinstance(p, int) and not isinstance(p, bool)
-    )
-
-
-class _HostIPs(dict[str, "str | None"]):
-    """Agent host → backend IP, for one payload: each host is resolved (and its IP
-    checked) once per parse, then found with one dict lookup (5 tasks an app share a
-    handful of agents)."""
-
-    def __init__(self, resolve: Resolver) -> None:
-        super().__init__()
-        self.resolve = resolve
-
-    def __missing__(self, host: str) -> str | None:
-        ip = self[host] = _ip(self.resolve(host))
-        return ip
-
-    def __call__(self, host: str) -> str | None:  # a Resolver too
-        return self[host]
-
-
-def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) -> Task:
-    """One task of ``app``'s ``tasks[index]``. Raises :class:`AppParseError` naming the field.
-
-    A full sync at 10,000 apps parses 50,000 tasks: this is written for the plain
-    ``dict`` both decoders give (one ``get`` per field, field paths formatted only
-    for an error), and takes any other mapping through the same checks."""
-    if type(raw) is TaskJSON:
-        return _typed_task(app, raw, resolve, index)
-    get = raw.get if type(raw) is dict else (lambda k: _get(raw, k))
-    task_id = get("id")
-    if not isinstance(task_id, str) or not task_id:
-        raise AppParseError(f"tasks[{index}].id", "missing")
-    host = get("host")
-    # Interned: a few agents and states shared by 50,000 tasks, not one copy each.
-    host = "" if host is None else _intern(host if type(host) is str else str(host))
-    ip_addresses = get("ipAddresses")
-    if ip_addresses is not None and type(ip_addresses) is not list:
-        ip_addresses = _task_list(ip_addresses, index, "ipAddresses")
-    ports = get("ports")
-    if ports is not None and type(ports) is not list:
-        ports = _task_list(ports, index, "ports")
-    if app.network is NetworkMode.CONTAINER:
-        ip, task_ports = task_address(app, host, ip_addresses or (), ports or (), resolve)
-    else:  # task_address's host-network branch, inlined for the common case
-        ip = (resolve[host] if type(resolve) is _HostIPs else _ip(resolve(host))) \
-            if host else None
-        task_ports = tuple([p for p in ports if type(p) is int]) if ports else ()
-    state = get("state")
-    return Task(task_id, app.id, ip, task_ports,
-                "TASK_UNKNOWN" if state is None else
-                _intern(state if type(state) is str else str(state)),
-                task_health(raw, True) if app.has_health_checks else Health.NONE,
-                host)
-
-
-_intern = sys.intern
-
-
-def _typed_task(app: App, raw: TaskJSON, resolve: Resolver, index: int) -> Task:
-    """:func:`parse_task` of a task msgspec decoded (:class:`.appsdecode.TaskJSON`): every
-    field is already of its JSON type (a task with another type is decoded as a dict and
-    takes the general path), so only the values are checked here, as there."""
-    task_id = raw.id
-    if not task_id:
-        raise AppParseError(f"tasks[{index}].id", "missing")
-    host = raw.host
-    host = "" if host is None else _intern(host)
-    ports = raw.ports
-    if app.network is NetworkMode.CONTAINER:
-        ip_addresses = [_json(a) for a in raw.ipAddresses or ()]
-        ip, task_ports = task_address(app, host, ip_addresses, ports or (), resolve)
-    else:
-        ip = (resolve[host] if type(resolve) is _HostIPs else _ip(resolve(host))) \
-            if host else None
-        task_ports = tuple(ports) if ports else ()
-    state = raw.state
-    return Task(task_id, app.id, ip, task_ports,
-                "TASK_UNKNOWN" if state is None else _intern(state),
-                _health(raw.healthCheckResults) if app.has_health_checks else Health.NONE,
-                host)
-
-
-_json = msgspec.json.decode
-
-
-def _task_list(value: Any, index: int, key: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise AppParseError(f"tasks[{index}].{key}",
-                            f"expected a list, got {type(value).__name__}")
-    return value
-
-
 def parse_app(raw: Mapping[str, Any], resolve: Resolver,
               allow_templates: bool = False) -> tuple[App, list[str]]:
     """One app definition into an :class:`App` and its warnings.
@@ -335,10 +163,10 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
             warnings.append(f"app {app_id}: service port index {index} has no service port "
                             f"(set label HAPROXY_{index}_PORT); no frontend for it")
         try:
-            options = _with_health_check(sl.options, health_checks, index, app_id,
+            options = with_health_check(sl.options, health_checks, index, app_id,
                                          container_ports, sl.explicit, warnings) \
                 if health_checks else sl.options
-        except _BadHealthCheck as bad:
+        except BadHealthCheck as bad:
             problems.append(Problem(app_id, index, "health_check", bad.where, shown(bad.value),
                                     f"is not {bad.expected}; service left out"))
             continue
@@ -360,105 +188,11 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     # What parse_task reads; the tasks go into the final App (positional: quick_init's
     # __init__ takes keywords too, but a 10,000-app sync builds 20,000 of these).
     app = App(app_id, version, app_labels, mode, ports, has_checks, services_t, (), problems_t)
-    hosts = resolve if type(resolve) is _HostIPs else _HostIPs(resolve)
+    hosts = resolve if type(resolve) is HostIPs else HostIPs(resolve)
     tasks = tuple([parse_task(app, t, hosts, i)
                    for i, t in enumerate(_list(raw, "tasks", "tasks"))])
     return App(app_id, version, app_labels, mode, ports, has_checks, services_t, tasks,
                problems_t), warnings
-
-
-# HAProxy keeps timers in signed 32-bit milliseconds: "inter" above 2147483647 ms is
-# refused by haproxy -c (and Infinity/NaN have no millisecond value at all).
-MAX_INTERVAL_SECONDS = 2147483  # whole seconds: 2147483000 ms fits, 2147484 s does not
-
-
-class _BadHealthCheck(Exception):
-    """A health check value HAProxy cannot take: that service is left out."""
-
-    def __init__(self, where: str, value: object, expected: str) -> None:
-        self.where, self.value, self.expected = where, value, expected
-        super().__init__(where)
-
-
-def _check_number(hc: Any, key: str, where: str, default: float, low: float, high: float) -> float:
-    """A finite number in [low, high] from a health check, or ``default`` if absent."""
-    value = _get(hc, key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not low <= value <= high:
-        raise _BadHealthCheck(where, value, f"a number from {low:g} to {high:g} that HAProxy "
-                                            "accepts")
-    return float(value)
-
-
-def _with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
-                       container_ports: list[int], explicit: frozenset[str],
-                       warnings: list[str]) -> Options:
-    """Mirror the app's Marathon health check for this port index in HAProxy.
-
-    As marathon-lb: the first check with an explicit ``port``, or whose
-    ``portIndex`` is this index. HTTP and MESOS_HTTP checks of the port itself make
-    it HTTP (unless a MODE label says otherwise); HTTPS checks are sent over TLS
-    (``check-ssl verify none``) without changing the mode; COMMAND checks
-    cannot be run by HAProxy and only get a warning. A value HAProxy cannot take
-    (a non-finite or too long interval, a port outside 1-65535) raises
-    :class:`_BadHealthCheck`.
-    """
-    for i, hc in enumerate(health_checks):
-        where = f"healthChecks[{i}]"
-        port_index = _get(hc, "portIndex", 0)
-        if isinstance(port_index, bool) or not isinstance(port_index, int) \
-                or not 0 <= port_index <= 1000:
-            raise _BadHealthCheck(f"{where}.portIndex", port_index, "a port index")
-        port = _get(hc, "port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
-                                 or not 1 <= port <= 65535):
-            raise _BadHealthCheck(f"{where}.port", port, "a port (1-65535)")
-        if port is None and port_index != index:
-            continue
-        protocol = str(_get(hc, "protocol", "HTTP"))
-        if protocol == "COMMAND" or protocol not in _CHECK_PROTOCOLS:
-            warnings.append(f"app {app_id}: {where} is a {protocol} check, which HAProxy "
-                            f"cannot run; service port index {index} is not health-checked "
-                            "by HAProxy (Marathon's results still decide routing)")
-            return options
-        interval = _check_number(hc, "intervalSeconds", f"{where}.intervalSeconds", 2, 0,
-                           MAX_INTERVAL_SECONDS)
-        timeout = _check_number(hc, "timeoutSeconds", f"{where}.timeoutSeconds", 20, 0,
-                          MAX_INTERVAL_SECONDS)
-        failures = _check_number(hc, "maxConsecutiveFailures", f"{where}.maxConsecutiveFailures",
-                           3, 0, 1000)
-        change: dict[str, Any] = {
-            "health_check": True,
-            "health_check_interval_ms": max(int((interval or 2) * 1000), 1),
-            "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
-            "health_check_fall": int(failures) + 1,  # as marathon-lb
-            "health_check_port": port,
-            "health_check_ssl": protocol in ("HTTPS", "MESOS_HTTPS"),
-        }
-        if protocol in ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS"):
-            try:
-                change["health_check_path"] = parse_path(f"{where}.path",
-                                                         str(_get(hc, "path", "/")))
-            except LabelError:
-                warnings.append(f"app {app_id}: {where}.path {_get(hc, 'path')!r} is not a "
-                                "plain absolute path; HAProxy checks / instead")
-                change["health_check_path"] = "/"
-        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
-            # A check of this very port: it speaks HTTP. (A check on an explicit port says
-            # nothing about the other ports' protocol, so it does not switch them.)
-            change["mode"] = Mode.HTTP
-        index_label = options.health_check_port_index
-        if index_label is not None and port is None and container_ports:
-            # IP-per-task: the container port is the same for every task. Otherwise
-            # each task's own port at that index is checked (model.endpoints).
-            if index_label < len(container_ports) and container_ports[index_label]:
-                change["health_check_port"] = container_ports[index_label]
-            else:
-                warnings.append(
-                    f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
-                    f"{index_label} names no container port; the traffic port is checked")
-        return replace(options, **change)
-    return options
 
 
 def _refusal(options: Options, index: int) -> str | None:
@@ -491,7 +225,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
         raise PayloadError(f"{source}: response has no 'apps' list")
     result = ParseResult()
     seen: set[str] = set()
-    resolve = _HostIPs(resolve)
+    resolve = HostIPs(resolve)
     lazy = apps_raw if cache is not None and isinstance(apps_raw, DecodedApps) else None
     if cache is not None:
         cache.begin()
@@ -533,29 +267,3 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     if cache is not None:
         cache.finish()
     return result
-
-
-def task_from_event(app: App, event: Mapping[str, Any], resolve: Resolver,
-                    previous: Task | None) -> Task:
-    """A ``status_update_event`` into a :class:`Task` of ``app`` (the fast path).
-
-    The event carries no health results; a task keeps the health it had, and
-    a new task of a health-checked app starts with none (not yet routable).
-    """
-    ip, ports = task_address(app, str(_get(event, "host", "")), _get(event, "ipAddresses", []),
-                             _get(event, "ports", []), resolve)
-    return Task(
-        id=str(event["taskId"]),
-        app_id=app.id,
-        ip=ip,
-        ports=ports,
-        state=str(_get(event, "taskStatus", "TASK_UNKNOWN")),
-        health=previous.health if previous else Health.NONE,
-        host=str(_get(event, "host", "")),
-    )
-
-
-def instance_of(task_id: str) -> str:
-    """The instance id of a task id (current ``<instance>._app.<n>``; legacy: itself)."""
-    head, sep, _ = task_id.rpartition("._app.")
-    return head if sep else task_id

@@ -1,0 +1,37 @@
+"""What every part of the Marathon parser shares: the resolver it is given, the error
+that names a field, and null-tolerant field access. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
+Resolver = Callable[[str], "str | None"]
+
+
+class AppParseError(ValueError):
+    def __init__(self, field_name: str, problem: str) -> None:
+        self.field = field_name
+        super().__init__(f"field {field_name}: {problem}")
+
+
+def get(obj: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
+    """``obj[key]``, treating a missing object, a missing key and null alike."""
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
+        return default
+    value = obj.get(key)
+    return default if value is None else value
+
+
+def get_list(obj: Mapping[str, Any] | None, key: str, where: str) -> list[Any]:
+    value = get(obj, key, [])
+    if not isinstance(value, list):
+        raise AppParseError(where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def get_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AppParseError(where, f"expected an integer, got {value!r}")
+    return value

@@ -1,0 +1,107 @@
+"""A Marathon health check mirrored in HAProxy, as marathon-lb does; a value HAProxy
+cannot take leaves that service out. Pure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from ..labels import LabelError, parse_path
+from ..model import Mode, Options
+from .fields import get
+
+_CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
+
+# HAProxy keeps timers in signed 32-bit milliseconds: "inter" above 2147483647 ms is
+# refused by haproxy -c (and Infinity/NaN have no millisecond value at all).
+MAX_INTERVAL_SECONDS = 2147483  # whole seconds: 2147483000 ms fits, 2147484 s does not
+
+
+class BadHealthCheck(Exception):
+    """A health check value HAProxy cannot take: that service is left out."""
+
+    def __init__(self, where: str, value: object, expected: str) -> None:
+        self.where, self.value, self.expected = where, value, expected
+        super().__init__(where)
+
+
+def _check_number(hc: Any, key: str, where: str, default: float, low: float, high: float) -> float:
+    """A finite number in [low, high] from a health check, or ``default`` if absent."""
+    value = get(hc, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not low <= value <= high:
+        raise BadHealthCheck(where, value, f"a number from {low:g} to {high:g} that HAProxy "
+                                            "accepts")
+    return float(value)
+
+
+def with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
+                       container_ports: list[int], explicit: frozenset[str],
+                       warnings: list[str]) -> Options:
+    """Mirror the app's Marathon health check for this port index in HAProxy.
+
+    As marathon-lb: the first check with an explicit ``port``, or whose
+    ``portIndex`` is this index. HTTP and MESOS_HTTP checks of the port itself make
+    it HTTP (unless a MODE label says otherwise); HTTPS checks are sent over TLS
+    (``check-ssl verify none``) without changing the mode; COMMAND checks
+    cannot be run by HAProxy and only get a warning. A value HAProxy cannot take
+    (a non-finite or too long interval, a port outside 1-65535) raises
+    :class:`BadHealthCheck`.
+    """
+    for i, hc in enumerate(health_checks):
+        where = f"healthChecks[{i}]"
+        port_index = get(hc, "portIndex", 0)
+        if isinstance(port_index, bool) or not isinstance(port_index, int) \
+                or not 0 <= port_index <= 1000:
+            raise BadHealthCheck(f"{where}.portIndex", port_index, "a port index")
+        port = get(hc, "port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            raise BadHealthCheck(f"{where}.port", port, "a port (1-65535)")
+        if port is None and port_index != index:
+            continue
+        protocol = str(get(hc, "protocol", "HTTP"))
+        if protocol == "COMMAND" or protocol not in _CHECK_PROTOCOLS:
+            warnings.append(f"app {app_id}: {where} is a {protocol} check, which HAProxy "
+                            f"cannot run; service port index {index} is not health-checked "
+                            "by HAProxy (Marathon's results still decide routing)")
+            return options
+        interval = _check_number(hc, "intervalSeconds", f"{where}.intervalSeconds", 2, 0,
+                           MAX_INTERVAL_SECONDS)
+        timeout = _check_number(hc, "timeoutSeconds", f"{where}.timeoutSeconds", 20, 0,
+                          MAX_INTERVAL_SECONDS)
+        failures = _check_number(hc, "maxConsecutiveFailures", f"{where}.maxConsecutiveFailures",
+                           3, 0, 1000)
+        change: dict[str, Any] = {
+            "health_check": True,
+            "health_check_interval_ms": max(int((interval or 2) * 1000), 1),
+            "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
+            "health_check_fall": int(failures) + 1,  # as marathon-lb
+            "health_check_port": port,
+            "health_check_ssl": protocol in ("HTTPS", "MESOS_HTTPS"),
+        }
+        if protocol in ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS"):
+            try:
+                change["health_check_path"] = parse_path(f"{where}.path",
+                                                         str(get(hc, "path", "/")))
+            except LabelError:
+                warnings.append(f"app {app_id}: {where}.path {get(hc, 'path')!r} is not a "
+                                "plain absolute path; HAProxy checks / instead")
+                change["health_check_path"] = "/"
+        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
+            # A check of this very port: it speaks HTTP. (A check on an explicit port says
+            # nothing about the other ports' protocol, so it does not switch them.)
+            change["mode"] = Mode.HTTP
+        index_label = options.health_check_port_index
+        if index_label is not None and port is None and container_ports:
+            # IP-per-task: the container port is the same for every task. Otherwise
+            # each task's own port at that index is checked (model.endpoints).
+            if index_label < len(container_ports) and container_ports[index_label]:
+                change["health_check_port"] = container_ports[index_label]
+            else:
+                warnings.append(
+                    f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
+                    f"{index_label} names no container port; the traffic port is checked")
+        return replace(options, **change)
+    return options
