@@ -41,6 +41,9 @@ class Phase:
     reloads: int = 0
     commands: float = 0.0
     cpu_seconds: float = 0.0  # the daemon's user+system CPU while the kills were sent
+    # A server HAProxy had ready for a task still running that stopped being ready (a new
+    # worker without a change made while its config was loaded): ms until ready again.
+    lost_ms: list[float] = field(default_factory=list)
 
     @property
     def cpu_percent(self) -> float:
@@ -54,7 +57,9 @@ class Phase:
                 "max ms": max(lat) if lat else float("nan"), "not ready": self.missing,
                 "HAProxy reloads": self.reloads,
                 "reloads/1000": self.reloads * 1000 / self.replaced if self.replaced else 0.0,
-                "runtime cmds": int(self.commands), "daemon CPU %": self.cpu_percent}
+                "runtime cmds": int(self.commands), "daemon CPU %": self.cpu_percent,
+                "ready lost": len(self.lost_ms),
+                "lost max ms": max(self.lost_ms) if self.lost_ms else 0.0}
 
 
 class ChurnStack:
@@ -84,6 +89,9 @@ class ChurnStack:
         self.backend: dict[str, str] = {}
         self.pool: collections.deque[tuple[str, str]] = collections.deque()
         self.running: dict[str, dict[str, Any]] = {}  # new task id -> RUNNING log entry
+        # (backend, addr, port) -> [(running since, task id)]; when each task was killed
+        self.tasks_at: dict[tuple[str, str, int], list[tuple[float, str]]] = {}
+        self.killed_at: dict[str, float] = {}
         self.seq = 0
         self._span = 0.0  # seconds from the first kill sent to the last
 
@@ -101,6 +109,9 @@ class ChurnStack:
                 self.backend[a["id"]] = service_name(a["id"], a["portDefinitions"][0]["port"])
                 if a["id"] in self.churn_ids:
                     self.pool.extend((a["id"], t["id"]) for t in a["tasks"])
+                    for t in a["tasks"]:
+                        self.tasks_at.setdefault((self.backend[a["id"]], "127.0.0.1",
+                                                  int(t["ports"][0])), []).append((0.0, t["id"]))
             self.backends_file.write_text("".join(
                 f"{self.backend[a]}\n" for a in sorted(self.churn_ids)))
             self.daemon.start(timeout=self.timeout)
@@ -141,6 +152,8 @@ class ChurnStack:
                     and e.get("appId") in self.churn_ids:
                 self.running[e["taskId"]] = e
                 self.pool.append((e["appId"], e["taskId"]))
+                if e["appId"] in self.backend:
+                    self.tasks_at.setdefault(self._key(e), []).append((e["time"], e["taskId"]))
 
     def _seen(self) -> dict[tuple[str, str, int], float]:
         seen: dict[tuple[str, str, int], float] = {}
@@ -150,6 +163,30 @@ class ChurnStack:
                 key = (parts[2], parts[3], int(parts[4]))
                 seen.setdefault(key, float(parts[0]))
         return seen
+
+    def _lost(self, since: float) -> list[float]:
+        """ms each server stayed not ready after it stopped being ready while its task
+        still ran (its task not killed by then), for the poller's lines after ``since``."""
+        ups: dict[tuple[str, str, int], list[float]] = {}
+        downs: list[tuple[float, tuple[str, str, int]]] = []
+        for line in self.poll_out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 5 or float(parts[0]) < since:
+                continue
+            key = (parts[2], parts[3], int(parts[4]))
+            if len(parts) == 6:
+                downs.append((float(parts[0]), key))
+            else:
+                ups.setdefault(key, []).append(float(parts[0]))
+        end = time.time()
+        lost = []
+        for t, key in downs:
+            owners = [task for since_t, task in self.tasks_at.get(key, ()) if since_t <= t]
+            if not owners or self.killed_at.get(owners[-1], end) <= t:
+                continue  # unknown, or its task was killed: meant to go
+            back = min((u for u in ups.get(key, ()) if u > t), default=end)
+            lost.append((back - t) * 1000)
+        return lost
 
     def _key(self, e: dict[str, Any]) -> tuple[str, str, int]:
         return (self.backend[e["appId"]], "127.0.0.1", int(e["ports"][0]))
@@ -163,6 +200,7 @@ class ChurnStack:
 
         async def kill(c: httpx.AsyncClient, app_id: str, task_id: str) -> None:
             nonlocal ok
+            self.killed_at[task_id] = time.time()
             r = await c.delete(f"/v2/apps/{app_id.strip('/')}/tasks/{task_id}",
                                params={"scale": "false"})
             ok += r.status_code == 200
@@ -195,6 +233,7 @@ class ChurnStack:
         """Kill ``count`` tasks (oldest first) at ``rate``/s through the Marathon API;
         Marathon replaces each. Then wait up to ``settle`` s for the replacements."""
         phase = Phase(rate, count)
+        started = time.time()
         self._learn()
         before = set(self.running)
         reloads0 = self.daemon.reloads()
@@ -225,6 +264,7 @@ class ChurnStack:
             else:
                 phase.latencies_ms.append((got - e["time"]) * 1000)
         phase.missing += max(0, phase.replaced - len(new()))
+        phase.lost_ms = self._lost(started)
         phase.reloads = self.daemon.reloads() - reloads0
         phase.commands = self.daemon.metric("servicerouter_runtime_commands_total") - cmds0
         return phase

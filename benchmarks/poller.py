@@ -5,9 +5,11 @@ In a tight loop it opens a connection, sends ``show servers state`` and reads th
 reply (a new connection each time, so after a reload it talks to the new worker). Each
 time a (backend, address, port) becomes administratively ready (not maint, not drain) it
 appends ``<t_done> <t_sent> <backend> <addr> <port>`` to FILE (epoch seconds, the same
-clock as the simulator's event log). ``t_done`` (reply read) is an upper bound of when the
-change happened; the previous poll's ``t_sent`` a lower bound, so the resolution is one
-poll interval, reported in ``FILE.summary`` (JSON) when it stops (SIGTERM or duration).
+clock as the simulator's event log), and the same line ending in `` down`` when one stops
+being ready (a task killed, or a worker that lacks a change). ``t_done`` (reply read) is
+an upper bound of when the change happened; the previous poll's ``t_sent`` a lower
+bound, so the resolution is one poll interval, reported in ``FILE.summary`` (JSON) when
+it stops (SIGTERM or duration).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def main() -> int:
             ready = ready_set(data)
             lines = [f"{t_done:.6f} {t_sent:.6f} {b.decode()} {a.decode()} {p.decode()}\n"
                      for b, a, p in ready - prev]
+            lines += [f"{t_done:.6f} {t_sent:.6f} {b.decode()} {a.decode()} {p.decode()} down\n"
+                      for b, a, p in prev - ready]
             if lines:
                 out.write("".join(lines))
             prev = ready

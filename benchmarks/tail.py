@@ -70,8 +70,8 @@ def run(ctx: Context) -> list[Table]:
     table = Table("tail", f"Tail at scale: {apps:,} apps x {INSTANCES} tasks, default "
                   "settings (reconcile every 10 s)",
                   ["phase", "rate/s", "replacements", "seconds", "p50 ms", "p99 ms", "max ms",
-                   "not ready", "HAProxy reloads", "daemon CPU %", "/healthz max ms",
-                   "/healthz non-200"])
+                   "not ready", "ready lost", "lost max ms", "HAProxy reloads",
+                   "daemon CPU %", "/healthz max ms", "/healthz non-200"])
     mem = Table("tail_memory", f"Memory at {apps:,} apps x {INSTANCES} tasks",
                 ["daemon peak RSS MB", "HAProxy worker RSS MB", "config MB", "config lines"])
     with ChurnStack(ctx, "tail", "runtime", apps, INSTANCES, churn_apps=churned,
@@ -112,7 +112,9 @@ def run(ctx: Context) -> list[Table]:
     table.notes.append(
         f"Tasks of {churned} of the {apps:,} apps are replaced (oldest first); the poller "
         f"reads only their backends. p99 over each phase; 'HAProxy reloads' from the "
-        "master's show proc. /healthz is probed every 20 ms from another process during "
-        "each phase (max = its slowest answer). daemon CPU % = the daemon's user+system "
-        "CPU over the phase's span, as % of one core.")
+        "master's show proc. 'ready lost': servers of tasks still running that stopped "
+        "being ready (a new worker started from a config rendered before they came), and "
+        "the longest until they were ready again. /healthz is probed every 20 ms from "
+        "another process during each phase (max = its slowest answer). daemon CPU % = the "
+        "daemon's user+system CPU over the phase's span, as % of one core.")
     return [table, mem]

@@ -85,19 +85,25 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
     A task keeps its slot while it lives; freed slots are reused, lowest first.
     When the slots run out and the backend's algorithm allows it, servers are
     added at runtime (they appear in the next rendered config too).
+
+    A gone task's slot goes to maint just before a new task takes it, and the slots
+    left free go to maint last: a backend whose every task was replaced (as after a
+    reload that missed them) never has all of them in maint at once, so HAProxy
+    neither answers 503 for a moment nor reports the backend down.
     """
     b = shape.name
     by_task = {e.task_id: e for e in want}
     slots = list(current) + [None] * (shape.slots - len(current))
     commands: list[str] = []
     kept: set[str] = set()
+    gone: set[int] = set()  # slots whose task is gone: reused below, or to maint after
     for i, held in enumerate(slots):
         if held is None:
             continue
         s = slot_name(i + 1)
         new = by_task.get(held.task_id)
         if new is None:
-            commands.append(set_server_state(b, s, "maint"))
+            gone.add(i)
             slots[i] = None
             continue
         kept.add(held.task_id)
@@ -127,11 +133,15 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
                 commands.append(enable_health(b, s))
         else:
             s = slot_name(slot + 1)
+            if slot in gone:
+                gone.discard(slot)
+                commands.append(set_server_state(b, s, "maint"))
             commands.append(set_server_addr(b, s, e.ip, e.port))
             if e.check_port:
                 commands.append(set_check_port(b, s, e.check_port))
         commands.append(set_server_state(b, s, "ready"))
         slots[slot] = e
+    commands += [set_server_state(b, slot_name(i + 1), "maint") for i in sorted(gone)]
     return commands, slots
 
 

@@ -47,6 +47,32 @@ def test_removed_endpoint_goes_to_maint_and_its_slot_is_reused() -> None:
     assert p.slots[B] == [ep(3), ep(2), None, None]
 
 
+def test_every_task_replaced_never_leaves_the_backend_with_no_server() -> None:
+    """All tasks gone at once (a new worker that missed them): each slot goes to maint
+    only as its new task takes it, so one is down at a time, never all."""
+    p = plan({B: shape()}, {B: [ep(1), ep(2), None, None]}, desired(ep(3), ep(4), ep(5)),
+             [B])
+    ready = {"s1", "s2"}  # what HAProxy routes to, command by command
+    for c in p.commands:
+        server, state = c.split()[2].split("/")[1], c.split()[-1]
+        if state == "maint":
+            ready.discard(server)
+        elif state == "ready":
+            ready.add(server)
+        assert ready, f"no server ready after {c!r}"
+    assert p.slots[B] == [ep(3), ep(4), ep(5), None]
+
+
+def test_a_removed_task_not_replaced_goes_to_maint_after_the_new_ones_are_ready() -> None:
+    p = plan({B: shape()}, {B: [ep(1), ep(2), None, None]}, desired(ep(3)), [B])
+    assert p.commands == [
+        f"set server {B}/s1 state maint",
+        f"set server {B}/s1 addr 127.0.0.1 port 31003",
+        f"set server {B}/s1 state ready",
+        f"set server {B}/s2 state maint",
+    ]
+
+
 def test_a_live_task_keeps_its_slot() -> None:
     p = plan({B: shape()}, {B: [None, None, ep(7), None]}, desired(ep(1), ep(7)), [B])
     assert p.slots[B][2] == ep(7)
