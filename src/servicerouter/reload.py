@@ -42,6 +42,7 @@ REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_
 # asked which worker answers it (ReloadPipeline._new_worker).
 PROBE_INTERVAL = 0.02
 PROBE_TIMEOUT = 0.1
+PROBES = 5
 
 
 class Reloader(Protocol):
@@ -207,7 +208,6 @@ class ReloadPipeline:
         e.layout, e.table, e.running_config = layout, table, text
         self.live_socket, self.restore_socket = socket, False
         e.reconciler.worker = self.new_worker  # our reload forked it: no reason to reconcile
-        e.guard.served(text)
         # Changed at runtime while this config was validated and loaded: planned again
         # against what the new worker has from the file, before its reconcile.
         replan = {name for name, at in e.changed_at.items() if at > seq}
@@ -233,7 +233,10 @@ class ReloadPipeline:
         e.metrics.reload_duration.observe(time.perf_counter() - started)
         log.info("reloaded HAProxy (%s): %d services, %.0f ms", causes, len(layout),
                  1000 * (time.perf_counter() - started))
-        await e.apply_dirty()
+        try:
+            await e.apply_dirty()
+        finally:  # after the changes the new worker lacked: ~20 ms at 10,000 apps
+            e.guard.served(text)
         now = time.monotonic()
         for t in e.awaiting_reload:
             e.metrics.event_to_apply.observe(now - t)
@@ -246,10 +249,10 @@ class ReloadPipeline:
         await e.while_applying(e.reconciler.reconcile(after_reload=True))
         return True
 
-    async def _serving_pid(self) -> int | None:
+    async def _serving_pid(self, timeout: float = PROBE_TIMEOUT) -> int | None:
         """The pid of the worker that answers the admin socket now, or None."""
         try:
-            info = await asyncio.wait_for(self.engine.runtime.show_info(), PROBE_TIMEOUT)
+            info = await asyncio.wait_for(self.engine.runtime.show_info(), timeout)
             return int(info["Pid"])
         except (asyncio.TimeoutError, HAProxyRuntimeError, OSError, KeyError, ValueError):
             return None
@@ -258,15 +261,32 @@ class ReloadPipeline:
         """Ask the admin socket which worker answers until it is not ``old_pid``.
 
         HAProxy tells the old worker to stop before it forks the new one; a connection
-        made meanwhile waits in the socket's backlog and is the new worker's first. So
-        one question is always outstanding, each bounded: one the old worker took just
-        before it stopped listening may wait behind its stopping (~0.3 s at 10,000
-        apps). Cancelled when the reloader is done first."""
-        while True:
-            pid = await self._serving_pid()
-            if pid is not None and pid != old_pid:
-                return pid
-            await asyncio.sleep(PROBE_INTERVAL)
+        made meanwhile waits in the socket's backlog and is among the new worker's
+        first. A question the old worker took just before it stopped listening waits
+        behind its stopping (~0.3 s at 10,000 apps), so a new one is asked every
+        PROBE_INTERVAL while earlier ones are still out (at most PROBES at once, each
+        bounded). Cancelled when the reloader is done first."""
+        out: set[asyncio.Future[int | None]] = set()
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        try:
+            while True:
+                if loop.time() >= next_at and len(out) < PROBES:
+                    out.add(asyncio.ensure_future(self._serving_pid(PROBE_TIMEOUT * PROBES)))
+                    next_at = loop.time() + PROBE_INTERVAL
+                wait = max(next_at - loop.time(), 0.001)
+                if not out:
+                    await asyncio.sleep(wait)
+                    continue
+                done, out = await asyncio.wait(out, timeout=wait,
+                                               return_when=asyncio.FIRST_COMPLETED)
+                for probe in done:
+                    pid = probe.result()
+                    if pid is not None and pid != old_pid:
+                        return pid
+        finally:
+            for probe in out:
+                probe.cancel()
 
     async def _reload(self, old_pid: int | None) -> asyncio.Future[None] | None:
         """Have HAProxy load the written config. Returns when its new worker answers the
