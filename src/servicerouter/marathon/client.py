@@ -49,6 +49,7 @@ from .errors import (
     marathon_message,
     transport_reason,
 )
+from .wire import EventStreamTransport
 
 __all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message",
            "parse_marathon_url", "transport_reason"]
@@ -205,13 +206,24 @@ class MarathonClient:
         self._retry_total = retry_total
         self._on_request = on_request
         headers = {"Accept": "application/json", "User-Agent": f"servicerouter/{__version__}"}
+        ssl_context = _ssl_context(verify)
         self.http = httpx.AsyncClient(
             headers=headers,
             timeout=self.timeout,
-            verify=_ssl_context(verify),
+            verify=ssl_context,
             follow_redirects=False,
             trust_env=False,
             transport=transport,
+        )
+        # The event stream's own client: the same headers and TLS verification, and a
+        # transport that hands it the body without httpx's per-chunk layers (wire.py).
+        self.events_http = httpx.AsyncClient(
+            headers=headers,
+            timeout=self.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport or EventStreamTransport(
+                httpx.create_ssl_context(verify=ssl_context, trust_env=False)),
         )
 
     @property
@@ -226,6 +238,7 @@ class MarathonClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.events_http.aclose()
 
     # -- shared with events.py ---------------------------------------------------
 
