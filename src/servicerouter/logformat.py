@@ -28,6 +28,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str = "text") -> None:
     """Root logging for the process: ``fmt`` is ``text`` or ``json``."""
+    # Neither format shows the caller, thread or process: skip looking them up for
+    # every record (the logging HOWTO's "Optimization"; a few % of CPU under churn).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
