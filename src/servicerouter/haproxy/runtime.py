@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import os
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -373,23 +372,27 @@ class RuntimeClient:
         buf = bytearray()
         problem: str | None = None
         seen = 0
+        # One timer for the exchange, not one per read (hundreds of batches a second
+        # under churn): it ends the session once `timeout` passed without a byte.
+        watch = _Watchdog(self.timeout, writer.transport)
         try:
             writer.write(payload)
             while True:
-                chunk = await _read_within(reader, self.timeout)
+                chunk = await reader.read(_READ_CHUNK)
                 if not chunk:
-                    problem = "HAProxy closed the session"
+                    problem = (f"no reply for {self.timeout}s" if watch.fired
+                               else "HAProxy closed the session")
                     break
+                watch.touch()
                 start = max(len(buf) - len(PROMPT_BYTES) + 1, 0)
                 buf += chunk
                 seen += buf.count(PROMPT_BYTES, start)
                 if seen >= replies and buf.endswith(PROMPT_BYTES):
                     break
-        except asyncio.TimeoutError:
-            problem = f"no reply for {self.timeout}s"
         except OSError as exc:
             problem = f"connection failed after the write: {exc.strerror or exc}"
         finally:
+            watch.cancel()
             if problem is not None or seen != replies:
                 self.reset()  # never reuse a session whose state is in doubt
             else:
@@ -491,16 +494,38 @@ class RuntimeClient:
         return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
 
 
-if sys.version_info >= (3, 11):
-    async def _read_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
-        """``reader.read`` bounded by ``timeout`` (asyncio.TimeoutError). On 3.11+ without
-        ``wait_for``'s task per call: the kept session reads once or twice a batch, at
-        hundreds of batches a second under churn."""
-        async with asyncio.timeout(timeout):
-            return await reader.read(_READ_CHUNK)
-else:  # pragma: no cover - Python 3.10
-    async def _read_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
-        return await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+class _Watchdog:
+    """Aborts ``transport`` once ``timeout`` seconds passed since the last ``touch``
+    (or since it was made); ``fired`` says it did. One timer that re-arms itself when
+    it finds it was touched meanwhile, so a read costs a clock read, not a timer."""
+
+    __slots__ = ("_handle", "_last", "_loop", "_timeout", "_transport", "fired")
+
+    def __init__(self, timeout: float, transport: asyncio.WriteTransport) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._transport = transport
+        self._last = self._loop.time()
+        self.fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + timeout, self._check)
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        due = self._last + self._timeout
+        if self._loop.time() >= due:
+            self._handle = None
+            self.fired = True
+            self._transport.abort()  # the pending read returns b"" (EOF)
+        else:
+            self._handle = self._loop.call_at(due, self._check)
 
 
 def _done(results: list[CommandResult | None]) -> list[CommandResult]:
