@@ -7,7 +7,6 @@ Marathon to HAProxy in the log without DEBUG.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from itertools import zip_longest
 
@@ -35,7 +34,10 @@ def runtime_lines(commands: list[str], slots: Mapping[str, list[Endpoint | None]
     """One line per app whose backends ``commands`` changed into ``slots``. (Range mode:
     a spare returned to the pool is no app's; a service in a spare is counted by the
     spare's commands.)"""
-    per_backend = Counter(command_backend(c) for c in commands)
+    per_backend: dict[str | None, int] = {}
+    for c in commands:
+        b = command_backend(c)
+        per_backend[b] = per_backend.get(b, 0) + 1
     apps: dict[str, list[int]] = {}
     for name, new_slots in slots.items():
         shape = layout.get(name)
