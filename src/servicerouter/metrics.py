@@ -108,7 +108,7 @@ class Metrics:
         """Count commands by verb (``set server addr`` → ``set_server_addr``)."""
         counts: dict[str, int] = {}
         for c in commands:
-            words = c.split()
+            words = c.split(None, 4)  # the verb is in the first four words
             verb = "_".join(words[:2] + ([words[3]] if words[:2] == ["set", "server"]
                                          and len(words) > 3 else []))
             counts[verb] = counts.get(verb, 0) + 1
