@@ -206,25 +206,20 @@ class MarathonClient:
         self._retry_total = retry_total
         self._on_request = on_request
         headers = {"Accept": "application/json", "User-Agent": f"servicerouter/{__version__}"}
-        ssl_context = _ssl_context(verify)
+        # One TLS context (what httpx makes of `verify` with trust_env off) for both
+        # the requests and the event stream.
+        self._ssl = httpx.create_ssl_context(verify=_ssl_context(verify), trust_env=False)
+        self._headers = headers
+        self._transport = transport
         self.http = httpx.AsyncClient(
             headers=headers,
             timeout=self.timeout,
-            verify=ssl_context,
+            verify=self._ssl,
             follow_redirects=False,
             trust_env=False,
             transport=transport,
         )
-        # The event stream's own client: the same headers and TLS verification, and a
-        # transport that hands it the body without httpx's per-chunk layers (wire.py).
-        self.events_http = httpx.AsyncClient(
-            headers=headers,
-            timeout=self.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            transport=transport or EventStreamTransport(
-                httpx.create_ssl_context(verify=ssl_context, trust_env=False)),
-        )
+        self._events_http: httpx.AsyncClient | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -238,7 +233,23 @@ class MarathonClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-        await self.events_http.aclose()
+        if self._events_http is not None:
+            await self._events_http.aclose()
+
+    @property
+    def events_http(self) -> httpx.AsyncClient:
+        """The event stream's own client (made when first used): the same headers and
+        TLS verification, and a transport that hands it the body without httpx's
+        per-chunk layers (wire.py)."""
+        if self._events_http is None:
+            self._events_http = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=self.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                transport=self._transport or EventStreamTransport(self._ssl),
+            )
+        return self._events_http
 
     # -- shared with events.py ---------------------------------------------------
 

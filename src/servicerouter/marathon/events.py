@@ -6,9 +6,11 @@ no complete line (not even the 10 s heartbeat) arrived for `stall_timeout`. The
 caller owns the reconnect loop (`reconnect_delays()`) and the full resync that
 must follow every (re)connect, because events are not replayed.
 
-Stall detection is httpx's per-read timeout on this request (total silence),
-plus a check on each chunk that some line completed within `stall_timeout`
-(bytes trickling in without a line); no timer task exists per byte or event.
+Stall detection is the read timeout on this request (total silence: one
+re-arming timer in `wire.py`'s transport), plus a check on each chunk that some
+line completed within `stall_timeout` (bytes trickling in without a line); no
+timer task exists per byte or event. The body comes straight off the socket
+(`wire.EventStreamTransport`), not through httpx's per-chunk generator layers.
 
 The parser (`sse.SSEParser`, bytes in, frames out) is our own rather than httpx-sse:
 both handle Marathon's CRLF frames and bare-CRLF heartbeats, but httpx-sse
