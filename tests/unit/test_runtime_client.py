@@ -255,3 +255,18 @@ async def test_the_reply_timeout_is_silence_not_the_whole_exchange(sock_dir: Pat
             await rt.execute(["set server b/s1 state ready", "set server b/s2 state ready"])
         assert [r.status for r in info.value.results] == [Status.OK, Status.UNKNOWN]
         rt.reset()
+
+
+async def test_an_idle_kept_session_outlives_the_reply_timeout(
+    fake: tuple[str, list[bytes], list[Reply]],
+) -> None:
+    """The reply timer runs for the session's life but only counts while a reply is
+    awaited: a session idle for longer than the timeout (yet below `idle`) is reused."""
+    path, seen, script = fake
+    script.extend([lambda _: b"\n> ", lambda _: b"\n> "])
+    rt = RuntimeClient(path, timeout=0.2, idle=5.0)
+    assert [r.status for r in await rt.execute(["set server b/s1 state ready"])] == [Status.OK]
+    await asyncio.sleep(0.6)
+    assert [r.status for r in await rt.execute(["set server b/s1 state drain"])] == [Status.OK]
+    assert rt.sessions_opened == 1 and len(seen) == 2
+    rt.reset()

@@ -189,6 +189,7 @@ class RuntimeClient:
         self.max_line = bufsize - margin
         self._target = parse_address(address)
         self._kept: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._watch: _Watchdog | None = None  # the kept session's reply timer
         self._kept_used = 0.0
         self._lock = asyncio.Lock()
         self.sessions_opened = 0  # kept sessions opened (for tests and benchmarks)
@@ -197,6 +198,9 @@ class RuntimeClient:
         """Close the kept session: the next batch connects anew and so reaches the
         current worker. Call it after a reload and when the worker pid changed."""
         kept, self._kept = self._kept, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         if kept is not None:
             kept[1].close()
 
@@ -362,6 +366,7 @@ class RuntimeClient:
                 f"HAProxy runtime socket {self.address}: no prompt session "
                 f"({exc or type(exc).__name__})", self.address) from exc
         self._kept = reader, writer
+        self._watch = _Watchdog(self.timeout, writer.transport)
         self.sessions_opened += 1
         return reader, writer
 
@@ -372,9 +377,11 @@ class RuntimeClient:
         buf = bytearray()
         problem: str | None = None
         seen = 0
-        # One timer for the exchange, not one per read (hundreds of batches a second
-        # under churn): it ends the session once `timeout` passed without a byte.
-        watch = _Watchdog(self.timeout, writer.transport)
+        # The session's one timer, not one per batch or read (hundreds of batches a
+        # second under churn): it ends the session once `timeout` passed without a byte.
+        watch = self._watch
+        assert watch is not None  # made with the session
+        watch.start()
         try:
             writer.write(payload)
             while True:
@@ -392,7 +399,7 @@ class RuntimeClient:
         except OSError as exc:
             problem = f"connection failed after the write: {exc.strerror or exc}"
         finally:
-            watch.cancel()
+            watch.stop()
             if problem is not None or seen != replies:
                 self.reset()  # never reuse a session whose state is in doubt
             else:
@@ -495,23 +502,33 @@ class RuntimeClient:
 
 
 class _Watchdog:
-    """Aborts ``transport`` once ``timeout`` seconds passed since the last ``touch``
-    (or since it was made); ``fired`` says it did. One timer that re-arms itself when
-    it finds it was touched meanwhile, so a read costs a clock read, not a timer."""
+    """Aborts a session's ``transport`` once a reply has been awaited for ``timeout``
+    seconds without a byte (``fired`` says it did). One timer for the session's life:
+    it re-arms itself when it finds bytes came meanwhile, or no reply is awaited, so
+    a batch costs two clock reads instead of a timer."""
 
-    __slots__ = ("_handle", "_last", "_loop", "_timeout", "_transport", "fired")
+    __slots__ = ("_handle", "_last", "_loop", "_timeout", "_transport", "busy", "fired")
 
     def __init__(self, timeout: float, transport: asyncio.WriteTransport) -> None:
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._transport = transport
         self._last = self._loop.time()
+        self.busy = False  # a reply is awaited
         self.fired = False
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._last + timeout, self._check)
 
+    def start(self) -> None:
+        """A reply is awaited from now on."""
+        self._last = self._loop.time()
+        self.busy = True
+
     def touch(self) -> None:
         self._last = self._loop.time()
+
+    def stop(self) -> None:
+        self.busy = False
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -519,13 +536,16 @@ class _Watchdog:
             self._handle = None
 
     def _check(self) -> None:
+        now = self._loop.time()
         due = self._last + self._timeout
-        if self._loop.time() >= due:
+        if not self.busy:
+            due = now + self._timeout  # idle: look again later
+        elif now >= due:
             self._handle = None
             self.fired = True
             self._transport.abort()  # the pending read returns b"" (EOF)
-        else:
-            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._handle = self._loop.call_at(due, self._check)
 
 
 def _done(results: list[CommandResult | None]) -> list[CommandResult]:
