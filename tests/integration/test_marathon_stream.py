@@ -452,3 +452,21 @@ async def test_tls_event_stream_is_verified_and_works_with_the_right_ca(
                 async with EventStream(client) as stream:
                     await collect(stream, events)
     assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+
+
+async def test_a_content_length_body_ends_the_stream_at_its_length() -> None:
+    body = ATTACHED + TERMINATED
+
+    async def reply(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body + b"trailing junk")
+        await writer.drain()
+        await asyncio.sleep(3600)  # the socket stays open: the length ends the body
+
+    server, url = await raw_server(reply, [])
+    async with server, MarathonClient([url]) as client:
+        events: list[MarathonEvent] = []
+        with pytest.raises(StreamClosed, match="the server closed the stream"):
+            async with EventStream(client, stall_timeout=5) as stream:
+                await collect(stream, events)
+    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]

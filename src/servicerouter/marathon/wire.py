@@ -148,8 +148,8 @@ class Body(httpx.AsyncByteStream):
                         self._left -= len(data)
                     if data:
                         yield data
-                    if (chunked is not None and chunked.done) or self._left == 0:
-                        return
+                if (chunked is not None and chunked.done) or self._left == 0:
+                    return  # the body is complete (Content-Length: 0 included)
                 try:
                     data = await reader.read(READ_SIZE)
                 except OSError as exc:
