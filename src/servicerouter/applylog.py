@@ -7,8 +7,8 @@ Marathon to HAProxy in the log without DEBUG.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
+from itertools import zip_longest
 
 from .layout import BackendShape, DesiredService, Layout, SlotTable
 from .model import Endpoint
@@ -34,15 +34,27 @@ def runtime_lines(commands: list[str], slots: Mapping[str, list[Endpoint | None]
     """One line per app whose backends ``commands`` changed into ``slots``. (Range mode:
     a spare returned to the pool is no app's; a service in a spare is counted by the
     spare's commands.)"""
-    per_backend = Counter(command_backend(c) for c in commands)
+    per_backend: dict[str | None, int] = {}
+    for c in commands:
+        b = command_backend(c)
+        per_backend[b] = per_backend.get(b, 0) + 1
     apps: dict[str, list[int]] = {}
     for name, new_slots in slots.items():
         shape = layout.get(name)
         if (shape is not None and not shape.app_id) or name.startswith(SPARE_PREFIX):
             continue  # a spare backend (pool.py), back in the pool (keyed _pool_...)
         app_id = shape.app_id if shape else name
-        old = {e.task_id: e for e in before.get(name, []) if e is not None}
-        new = {e.task_id: e for e in new_slots if e is not None}
+        # Only the slots that differ (a slot list is copied, then edited: an untouched
+        # slot holds the same object); a task sits in one slot at a time.
+        old_slots = before.get(name, [])
+        old: dict[str, Endpoint] = {}
+        new: dict[str, Endpoint] = {}
+        for o, n in zip_longest(old_slots, new_slots):
+            if o is not n:
+                if o is not None:
+                    old[o.task_id] = o
+                if n is not None:
+                    new[n.task_id] = n
         total = apps.setdefault(app_id, [0, 0, 0, 0])
         total[0] += len(new.keys() - old.keys())
         total[1] += len(old.keys() - new.keys())

@@ -5,6 +5,8 @@ Totals only, never per-app labels: a cluster has thousands of apps.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -99,14 +101,20 @@ class Metrics:
             self.reload_failures.labels(stage)
         for kind in ("full", "incremental"):
             self.sync_duration.labels(kind)
+        self.incremental_duration = self.sync_duration.labels("incremental")
+        self._command_counters: dict[str, Any] = {}
 
     def count_commands(self, commands: list[str]) -> None:
         """Count commands by verb (``set server addr`` → ``set_server_addr``)."""
         counts: dict[str, int] = {}
         for c in commands:
-            words = c.split()
+            words = c.split(None, 4)  # the verb is in the first four words
             verb = "_".join(words[:2] + ([words[3]] if words[:2] == ["set", "server"]
                                          and len(words) > 3 else []))
             counts[verb] = counts.get(verb, 0) + 1
+        children = self._command_counters  # labelled children, looked up once a verb
         for verb, n in counts.items():
-            self.runtime_commands.labels(verb).inc(n)
+            child = children.get(verb)
+            if child is None:
+                child = children[verb] = self.runtime_commands.labels(verb)
+            child.inc(n)

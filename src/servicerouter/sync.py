@@ -37,6 +37,7 @@ log = logging.getLogger("servicerouter.events")
 # Deployments touching more apps than this are handled with one full resync.
 MAX_APPS_PER_REFETCH = 20
 NOT_ROUTABLE = ev.TERMINAL_TASK_STATUSES | {"TASK_UNREACHABLE"}
+STARTING_UP = frozenset({"TASK_STAGING", "TASK_STARTING"})
 # Task ids seen terminal, remembered so a late TASK_RUNNING cannot revive them.
 # Marathon never reuses a task id; 10,000 ids is minutes of heavy churn (~1 MB).
 TERMINATED_MEMORY = 10_000
@@ -187,7 +188,13 @@ class EventHandler:
                 self._draining.pop(task_id, None)
                 engine.mark(state.remove_task(app_id, task_id), t)
             return
-        task = task_from_event(app, event.data, engine.resolve, state.task(app_id, task_id))
+        previous = state.task(app_id, task_id)
+        if previous is None and status in STARTING_UP and not app.has_health_checks:
+            # A task not routed yet, and nothing routed it could replace: recording it
+            # changes no endpoint (2 of the 5 events of a replacement; its TASK_RUNNING
+            # adds it). Health-checked apps keep it, for health events that come early.
+            return
+        task = task_from_event(app, event.data, engine.resolve, previous)
         if task.state == TASK_KILLING and drain > 0:
             self._draining.setdefault(task_id, (task, now + drain))
         engine.mark(state.update_task(task), t)

@@ -354,3 +354,119 @@ async def test_get_apps_fails_over_from_a_refused_port_to_a_live_one() -> None:
     assert result.url == again.url == m.url
     assert result.apps == [{"id": "/shop/web"}]
     assert [r.query_params.getlist("embed") for r in m.requests] == [["apps.tasks"]] * 2
+
+
+# -- the event stream's own transport (wire.py): chunked bodies, stalls, TLS -----------
+
+
+async def test_chunked_wire_bytes_with_extensions_and_trailers_in_awkward_chunks() -> None:
+    frames = [ATTACHED, HEARTBEAT, MALFORMED, TERMINATED, HEARTBEAT]
+    wire = b"".join(b"%X;x=1\r\n%s\r\n" % (len(f), f) for f in frames)
+    wire += b"0\r\nX-Trailer: 1\r\n\r\n"
+
+    async def reply(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + wire[:5])
+        for cut in range(5, len(wire), 11):  # splits inside sizes, CRLFs and JSON
+            writer.write(wire[cut : cut + 11])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(3600)  # the body ended: the stream is over, not the socket
+
+    server, url = await raw_server(reply, [])
+    async with server, MarathonClient([url]) as client:
+        events: list[MarathonEvent] = []
+        with pytest.raises(StreamClosed, match="the server closed the stream"):
+            async with EventStream(client) as stream:
+                await collect(stream, events)
+    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+
+
+async def test_silence_inside_a_chunked_body_is_a_stall_and_bad_framing_a_lost_connection(
+) -> None:
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(ATTACHED), ATTACHED))
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    async def garbled(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\nnot-hex\r\n")
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    for reply, problem in ((silent, StreamStalled), (garbled, StreamClosed)):
+        server, url = await raw_server(reply, [])
+        async with server, MarathonClient([url]) as client:
+            start = time.monotonic()
+            with pytest.raises(problem) as info:
+                async with EventStream(client, stall_timeout=0.3) as stream:
+                    await collect(stream, [])
+            assert time.monotonic() - start < 5.0
+        text = str(info.value)
+        assert ("no bytes for 0.3s" in text) if problem is StreamStalled else \
+            ("connection lost" in text and "not-hex" in text), text
+
+
+@pytest.fixture
+def tls_files(tmp_path: Any) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return str(key), str(cert)
+
+
+async def test_tls_event_stream_is_verified_and_works_with_the_right_ca(
+        tls_files: tuple[str, str]) -> None:
+    import ssl
+
+    key, cert = tls_files
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Connection: close\r\n\r\n" + ATTACHED + TERMINATED)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        async with MarathonClient([url]) as client:  # the system CAs: refused
+            with pytest.raises(MarathonUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await EventStream(client).connect()
+        async with MarathonClient([url], verify=cert) as client:
+            events: list[MarathonEvent] = []
+            with pytest.raises(StreamClosed):
+                async with EventStream(client) as stream:
+                    await collect(stream, events)
+    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+
+
+async def test_a_content_length_body_ends_the_stream_at_its_length() -> None:
+    body = ATTACHED + TERMINATED
+
+    async def reply(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body + b"trailing junk")
+        await writer.drain()
+        await asyncio.sleep(3600)  # the socket stays open: the length ends the body
+
+    server, url = await raw_server(reply, [])
+    async with server, MarathonClient([url]) as client:
+        events: list[MarathonEvent] = []
+        with pytest.raises(StreamClosed, match="the server closed the stream"):
+            async with EventStream(client, stall_timeout=5) as stream:
+                await collect(stream, events)
+    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]

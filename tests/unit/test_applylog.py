@@ -68,3 +68,17 @@ def test_a_backend_returned_to_the_pool_gets_no_line_of_its_own() -> None:
     lines = runtime_lines(commands, slots, {"shop_web_10000": [ep(1), None, None, None]},
                           LAYOUT, 1.0)
     assert lines == ["/shop/web: +0 -1 tasks, runtime, 2 commands, 1 ms"]
+
+
+def test_runtime_commands_are_counted_by_verb() -> None:
+    from servicerouter.metrics import Metrics
+
+    m = Metrics()
+    m.count_commands(["set server web_80/s1 addr 10.0.0.1 port 31001",
+                      "set server web_80/s1 state ready", "set server web_80/s2 state maint",
+                      "add server web_80/s17 10.0.0.2:31002 check", "add map /m.map k web_80"])
+    m.count_commands(["set server web_80/s1 state drain"])
+    counted = {s.labels["command"]: s.value for metric in m.registry.collect()
+               for s in metric.samples if s.name == "servicerouter_runtime_commands_total"}
+    assert counted == {"set_server_addr": 1, "set_server_state": 3, "add_server": 1,
+                       "add_map": 1}

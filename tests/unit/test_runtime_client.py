@@ -225,3 +225,48 @@ async def test_after_an_uncertain_batch_the_next_one_does_not_resend_it(
     # A new session, and only the new command on it: the uncertain one is not resent.
     assert fake_server.connections == 2
     assert fake_server.seen == [b"set server b/s state ready\n", b"set server b/s weight 5\n"]
+
+
+async def test_the_reply_timeout_is_silence_not_the_whole_exchange(sock_dir: Path) -> None:
+    """A batch whose replies trickle in, each within the timeout, completes even though
+    the exchange takes longer than the timeout; silence past it is still uncertain."""
+    gaps: list[float] = [0.2, 0.2]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"prompt\n")
+        writer.write(b"\n> ")
+        await reader.readuntil(b"\n")  # the batch: two commands on one line
+        for gap in gaps:
+            await asyncio.sleep(gap)
+            writer.write(b"\n> ")
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    path = str(sock_dir / "slow.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    async with server:
+        rt = RuntimeClient(path, timeout=0.3)
+        results = await rt.execute(["set server b/s1 state ready", "set server b/s2 state ready"])
+        assert [r.status for r in results] == [Status.OK, Status.OK]
+        rt.reset()
+        gaps[:] = [0.1, 1.0]  # the second reply comes too late
+        with pytest.raises(RuntimeUncertain, match=r"no reply for 0\.3s") as info:
+            await rt.execute(["set server b/s1 state ready", "set server b/s2 state ready"])
+        assert [r.status for r in info.value.results] == [Status.OK, Status.UNKNOWN]
+        rt.reset()
+
+
+async def test_an_idle_kept_session_outlives_the_reply_timeout(
+    fake: tuple[str, list[bytes], list[Reply]],
+) -> None:
+    """The reply timer runs for the session's life but only counts while a reply is
+    awaited: a session idle for longer than the timeout (yet below `idle`) is reused."""
+    path, seen, script = fake
+    script.extend([lambda _: b"\n> ", lambda _: b"\n> "])
+    rt = RuntimeClient(path, timeout=0.2, idle=5.0)
+    assert [r.status for r in await rt.execute(["set server b/s1 state ready"])] == [Status.OK]
+    await asyncio.sleep(0.6)
+    assert [r.status for r in await rt.execute(["set server b/s1 state drain"])] == [Status.OK]
+    assert rt.sessions_opened == 1 and len(seen) == 2
+    rt.reset()

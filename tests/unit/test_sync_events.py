@@ -213,3 +213,22 @@ async def test_a_refetch_keeps_a_task_that_started_while_it_was_in_flight() -> N
     await fetch
     assert [(t.id, t.state) for t in engine.state.apps["/web"].tasks] == [
         ("t1", "TASK_RUNNING")]
+
+
+def test_a_task_starting_up_is_recorded_only_once_it_matters() -> None:
+    """STAGING/STARTING of a task not seen before change no endpoint (2 of the 5 events of
+    a replacement): skipped, unless the app has health checks (health events may come
+    before TASK_RUNNING). Routing is the same either way."""
+    engine, h = handler(0)
+    h.handle(status("t1", "TASK_STAGING"))
+    h.handle(status("t1", "TASK_STARTING"))
+    assert tasks(engine) == []
+    h.handle(status("t1", "TASK_RUNNING"))
+    assert tasks(engine) == [("t1", (31001,))]
+    assert [e.task_id for e in engine.state.desired["web_10000"].endpoints] == ["t1"]
+    h.handle(status("t1", "TASK_STARTING"))  # a known task: applied as before (unrouted)
+    assert engine.state.desired["web_10000"].endpoints == ()
+    engine.state.set_app(App("/hc", services=(Service("/hc", 0, 10002),),
+                             has_health_checks=True))
+    h.handle(status("h1", "TASK_STARTING", app="/hc"))
+    assert tasks(engine, "/hc") == [("h1", (31001,))]

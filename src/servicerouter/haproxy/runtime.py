@@ -189,6 +189,7 @@ class RuntimeClient:
         self.max_line = bufsize - margin
         self._target = parse_address(address)
         self._kept: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._watch: _Watchdog | None = None  # the kept session's reply timer
         self._kept_used = 0.0
         self._lock = asyncio.Lock()
         self.sessions_opened = 0  # kept sessions opened (for tests and benchmarks)
@@ -201,6 +202,9 @@ class RuntimeClient:
         """Close the kept session: the next batch connects anew and so reaches the
         current worker. Call it after a reload and when the worker pid changed."""
         kept, self._kept = self._kept, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         if kept is not None:
             kept[1].close()
 
@@ -378,6 +382,7 @@ class RuntimeClient:
                     f"worker {self.not_from} after {self.timeout}s", self.address)
             await asyncio.sleep(0.01)
         self._kept = reader, writer
+        self._watch = _Watchdog(self.timeout, writer.transport)
         self.sessions_opened += 1
         return reader, writer
 
@@ -397,23 +402,29 @@ class RuntimeClient:
         buf = bytearray()
         problem: str | None = None
         seen = 0
+        # The session's one timer, not one per batch or read (hundreds of batches a
+        # second under churn): it ends the session once `timeout` passed without a byte.
+        watch = self._watch
+        assert watch is not None  # made with the session
+        watch.start()
         try:
             writer.write(payload)
             while True:
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), self.timeout)
+                chunk = await reader.read(_READ_CHUNK)
                 if not chunk:
-                    problem = "HAProxy closed the session"
+                    problem = (f"no reply for {self.timeout}s" if watch.fired
+                               else "HAProxy closed the session")
                     break
+                watch.touch()
                 start = max(len(buf) - len(PROMPT_BYTES) + 1, 0)
                 buf += chunk
                 seen += buf.count(PROMPT_BYTES, start)
                 if seen >= replies and buf.endswith(PROMPT_BYTES):
                     break
-        except asyncio.TimeoutError:
-            problem = f"no reply for {self.timeout}s"
         except OSError as exc:
             problem = f"connection failed after the write: {exc.strerror or exc}"
         finally:
+            watch.stop()
             if problem is not None or seen != replies:
                 self.reset()  # never reuse a session whose state is in doubt
             else:
@@ -513,6 +524,53 @@ class RuntimeClient:
     async def show_backends(self) -> list[str]:
         text = await self.query("show backend")
         return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+class _Watchdog:
+    """Aborts a session's ``transport`` once a reply has been awaited for ``timeout``
+    seconds without a byte (``fired`` says it did). One timer for the session's life:
+    it re-arms itself when it finds bytes came meanwhile, or no reply is awaited, so
+    a batch costs two clock reads instead of a timer."""
+
+    __slots__ = ("_handle", "_last", "_loop", "_timeout", "_transport", "busy", "fired")
+
+    def __init__(self, timeout: float, transport: asyncio.WriteTransport) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._transport = transport
+        self._last = self._loop.time()
+        self.busy = False  # a reply is awaited
+        self.fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + timeout, self._check)
+
+    def start(self) -> None:
+        """A reply is awaited from now on."""
+        self._last = self._loop.time()
+        self.busy = True
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def stop(self) -> None:
+        self.busy = False
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = self._last + self._timeout
+        if not self.busy:
+            due = now + self._timeout  # idle: look again later
+        elif now >= due:
+            self._handle = None
+            self.fired = True
+            self._transport.abort()  # the pending read returns b"" (EOF)
+            return
+        self._handle = self._loop.call_at(due, self._check)
 
 
 def _done(results: list[CommandResult | None]) -> list[CommandResult]:

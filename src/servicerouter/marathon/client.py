@@ -49,6 +49,7 @@ from .errors import (
     marathon_message,
     transport_reason,
 )
+from .wire import EventStreamTransport
 
 __all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message",
            "parse_marathon_url", "transport_reason"]
@@ -205,14 +206,20 @@ class MarathonClient:
         self._retry_total = retry_total
         self._on_request = on_request
         headers = {"Accept": "application/json", "User-Agent": f"servicerouter/{__version__}"}
+        # One TLS context (what httpx makes of `verify` with trust_env off) for both
+        # the requests and the event stream.
+        self._ssl = httpx.create_ssl_context(verify=_ssl_context(verify), trust_env=False)
+        self._headers = headers
+        self._transport = transport
         self.http = httpx.AsyncClient(
             headers=headers,
             timeout=self.timeout,
-            verify=_ssl_context(verify),
+            verify=self._ssl,
             follow_redirects=False,
             trust_env=False,
             transport=transport,
         )
+        self._events_http: httpx.AsyncClient | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -226,6 +233,23 @@ class MarathonClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self._events_http is not None:
+            await self._events_http.aclose()
+
+    @property
+    def events_http(self) -> httpx.AsyncClient:
+        """The event stream's own client (made when first used): the same headers and
+        TLS verification, and a transport that hands it the body without httpx's
+        per-chunk layers (wire.py)."""
+        if self._events_http is None:
+            self._events_http = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=self.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                transport=self._transport or EventStreamTransport(self._ssl),
+            )
+        return self._events_http
 
     # -- shared with events.py ---------------------------------------------------
 

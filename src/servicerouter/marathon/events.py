@@ -6,9 +6,11 @@ no complete line (not even the 10 s heartbeat) arrived for `stall_timeout`. The
 caller owns the reconnect loop (`reconnect_delays()`) and the full resync that
 must follow every (re)connect, because events are not replayed.
 
-Stall detection is httpx's per-read timeout on this request (total silence),
-plus a check on each chunk that some line completed within `stall_timeout`
-(bytes trickling in without a line); no timer task exists per byte or event.
+Stall detection is the read timeout on this request (total silence: one
+re-arming timer in `wire.py`'s transport), plus a check on each chunk that some
+line completed within `stall_timeout` (bytes trickling in without a line); no
+timer task exists per byte or event. The body comes straight off the socket
+(`wire.EventStreamTransport`), not through httpx's per-chunk generator layers.
 
 The parser (`sse.SSEParser`, bytes in, frames out) is our own rather than httpx-sse:
 both handle Marathon's CRLF frames and bare-CRLF heartbeats, but httpx-sse
@@ -24,7 +26,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,7 @@ from .errors import (
     excerpt,
 )
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
+from .wire import RAW_BODY
 
 __all__ = [
     "DEFAULT_EVENT_TYPES",
@@ -237,11 +240,12 @@ class EventStream:
         url = httpx.URL(target.url + EVENTS_PATH, params=self._params)
         first = target
         for _hop in range(self._max_redirects + 1):
-            request = client.http.build_request("GET", url, headers=headers, timeout=timeout)
+            request = client.events_http.build_request("GET", url, headers=headers,
+                                                       timeout=timeout)
             where = f"{target.url}{EVENTS_PATH}"
             start = time.monotonic()
             try:
-                response = await client.http.send(
+                response = await client.events_http.send(
                     request, auth=client.auth_for(target), stream=True
                 )
             except httpx.TransportError as exc:
@@ -327,9 +331,11 @@ class EventStream:
         parser = SSEParser(self._max_event)
         stall = self._stall
         seen_lines, last_line = 0, time.monotonic()
+        # wire.py's body when it is ours (iterated directly: no httpx layers per chunk)
+        raw: AsyncIterable[bytes] | None = response.extensions.get(RAW_BODY)
         try:
             try:
-                async for chunk in response.aiter_bytes():
+                async for chunk in raw if raw is not None else response.aiter_bytes():
                     now = self.last_activity = time.monotonic()
                     frames = parser.feed(chunk)
                     if parser.lines != seen_lines:
