@@ -89,8 +89,33 @@ def test_demo_shows_ports_that_already_serve_and_removes_its_temp_dir(short_tmp:
                 assert r.status_code == 200, (line, r.status_code)
         assert demo.wait(120) == 0, "".join(seen)
     finally:
+        if demo.poll() is None:  # SIGTERM: the demo stops what it started, as on Ctrl-C
+            demo.terminate()
+            try:
+                demo.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait(10)
+    assert sum("curl http" in line for line in seen) == 3, "".join(seen)
+    assert list(tmp_path.glob("servicerouter-demo-*")) == [], "the demo left its workdir"
+
+
+def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    demo = subprocess.Popen([sys.executable, "-m", "servicerouter.demo", "--duration", "600",
+                             "--workdir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen: list[str] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            seen.append(line)
+            if line.startswith("demo: churning"):
+                break
+        assert _ours(tmp_path), "".join(seen)  # the simulator, the daemon, HAProxy, tasks
+        demo.terminate()
+        assert demo.wait(60) == 0, "".join(seen)
+    finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait(10)
-    assert sum("curl http" in line for line in seen) == 3, "".join(seen)
-    assert list(tmp_path.glob("servicerouter-demo-*")) == [], "the demo left its workdir"
+    assert _ours(tmp_path) == [], "".join(seen)

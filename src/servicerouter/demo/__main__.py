@@ -19,6 +19,7 @@ import functools
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -56,18 +57,23 @@ def _app_body(app_id: str, port: int, instances: int) -> dict[str, object]:
                               "timeoutSeconds": 1, "maxConsecutiveFailures": 3}]}
 
 
+# The churn never takes an app below this many tasks: a curl of its port keeps being
+# answered while one task is killed (drained first) and its replacement starts.
+MIN_INSTANCES = 2
+
+
 def churn(sim: httpx.Client, rng: random.Random) -> str:
     """One random action through the Marathon API, as an operator would."""
     app_id = rng.choice(sorted(APPS))
     app = sim.get(f"/v2/apps{app_id}", params={"embed": "app.tasks"}).json()["app"]
     running = [t["id"] for t in app.get("tasks", []) if t["state"] == "TASK_RUNNING"]
     roll = rng.random()
-    if roll < 0.6 and running:
+    if roll < 0.6 and len(running) >= MIN_INSTANCES:
         victim = rng.choice(running)
         sim.delete(f"/v2/apps{app_id}/tasks/{victim}", params={"scale": "false"})
         return f"killed task {victim} of {app_id} (Marathon replaces it)"
     instances = int(app["instances"])
-    target = max(1, min(6, instances + rng.choice([-1, 1])))
+    target = max(MIN_INSTANCES, min(6, instances + rng.choice([-1, 1])))
     r = sim.put(f"/v2/apps{app_id}", json={"instances": target}, params={"force": "true"})
     if r.status_code >= 400:
         return f"scaling {app_id} to {target} was refused: {r.status_code} {r.text[:80]}"
@@ -97,6 +103,10 @@ class AppChurn:
                  what=f"{app_id} to serve on port {port}")
         return (f"new app {app_id}: curl http://127.0.0.1:{port}/ served "
                 f"{time.monotonic() - started:.1f} s after its creation (task start included)")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def serving(port: int, requests: int) -> bool:
@@ -135,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("haproxy") is None:
         print("demo: haproxy is not installed; run 'make install' first", file=sys.stderr)
         return 1
+    # SIGTERM (kill, a CI runner) stops everything as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     temporary = not args.workdir
     work = Path(args.workdir or tempfile.mkdtemp(prefix="servicerouter-demo-"))
     work.mkdir(parents=True, exist_ok=True)
