@@ -48,6 +48,15 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from servicerouter.haproxy import runtime_commands as cmd
+from servicerouter.haproxy.runtime_errors import (
+    HAProxyRuntimeError,
+    RuntimeCommandError,
+    RuntimeProtocolError,
+    RuntimeUnavailable,
+    RuntimeUncertain,
+    RuntimeUncertainError,
+    raise_for_errors,
+)
 from servicerouter.haproxy.runtime_parse import (
     CommandResult,
     ParseError,
@@ -76,6 +85,7 @@ __all__ = [
     "RuntimeUncertainError",
     "ServerState",
     "Status",
+    "raise_for_errors",
     "respell_socket_path",
 ]
 
@@ -84,56 +94,6 @@ DEFAULT_IDLE = 5.0  # seconds; below HAProxy's default ``stats timeout`` (10 s)
 DEFAULT_MARGIN = 1024
 _READ_CHUNK = 1 << 20
 _STREAM_CHUNK = 1 << 17  # ~1,500 'show servers state' lines
-
-
-class HAProxyRuntimeError(Exception):
-    """Base class; ``address`` names the socket, ``results`` has one entry per command."""
-
-    def __init__(
-        self, message: str, address: str = "", results: Sequence[CommandResult] = ()
-    ) -> None:
-        super().__init__(message)
-        self.address = address
-        self.results = list(results)
-
-
-class RuntimeUnavailable(HAProxyRuntimeError):
-    """Could not connect: the commands in ``not_sent`` were certainly not applied."""
-
-    @property
-    def not_sent(self) -> list[str]:
-        return [r.command for r in self.results if r.status is Status.NOT_SENT]
-
-
-class RuntimeUncertain(HAProxyRuntimeError):
-    """Written but not (completely) answered: ``uncertain`` may or may not be applied."""
-
-    @property
-    def uncertain(self) -> list[str]:
-        return [r.command for r in self.results if r.status is Status.UNKNOWN]
-
-
-RuntimeUncertainError = RuntimeUncertain
-
-
-class RuntimeCommandError(HAProxyRuntimeError):
-    """HAProxy answered with an error (raised by the helpers and :func:`raise_for_errors`)."""
-
-
-class RuntimeProtocolError(HAProxyRuntimeError):
-    """HAProxy's answer did not have the expected shape."""
-
-
-def raise_for_errors(results: Sequence[CommandResult], address: str = "") -> None:
-    errors = [r for r in results if r.status is Status.ERROR]
-    if errors:
-        shown = "; ".join(f"{r.command!r}: {r.reply.strip()}" for r in errors[:5])
-        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise RuntimeCommandError(
-            f"HAProxy runtime socket {address} refused {len(errors)} command(s): {shown}{more}",
-            address,
-            results,
-        )
 
 
 _FORBIDDEN = re.compile(r"[;\n\r\0]")
