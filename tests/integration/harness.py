@@ -52,6 +52,18 @@ class Simulator:
             "--port-range", f"{low}-{low + 999}", *(extra or []),
         ], tmp / "simulator.log")
         self.http = httpx.Client(base_url=self.url, timeout=10)
+        self._service_ports: set[int] = set()  # handed to apps of this simulator
+
+    def service_port_for_new_app(self) -> int:
+        """A port free now and not the service port of an app created before: an app
+        left out (a bad label) binds nothing, so its port looks free, but Marathon still
+        refuses it to another app."""
+        for _ in range(100):
+            port = free_port()
+            if port not in self._service_ports:
+                self._service_ports.add(port)
+                return port
+        raise RuntimeError("no free port that no app of this simulator holds")
 
     def start(self) -> Simulator:
         self.proc.start(lambda: self.http.get("/ping").status_code == 200,
@@ -67,8 +79,8 @@ class Simulator:
         # Explicit free service ports: HAProxy binds with SO_REUSEPORT, so two runs
         # on one machine sharing a port would silently share its connections.
         body = {"id": app_id, "cmd": BACKEND_CMD, "instances": instances, "cpus": 0.1,
-                "mem": 32, "portDefinitions": [{"port": free_port(), "protocol": "tcp"}
-                                               for _ in range(ports)],
+                "mem": 32, "portDefinitions": [{"port": self.service_port_for_new_app(),
+                                                "protocol": "tcp"} for _ in range(ports)],
                 "labels": labels or {}, **extra}
         r = self.http.post("/v2/apps", json=body)
         assert r.status_code == 201, r.text
