@@ -21,13 +21,15 @@ class Gauges:
         self._installed = False
 
     def update(self) -> None:
-        """After each apply step: the cheap gauges now, the others hooked up once."""
+        """After each apply step; the first hooks every gauge up, read at scrape time."""
         e = self.engine
-        e.metrics.apps.set(len(e.state.apps))
         if self._installed:
             return
         self._installed = True
         m = e.metrics
+        # Read at scrape time: an app that came in while a long reload step runs is
+        # counted at once, not when the step ends.
+        m.apps.set_function(lambda: len(e.state.apps))
         m.services.set_function(lambda: len(e.layout) - self.spare_count())
         m.pool_spares.set_function(self.spare_count)
         m.endpoints.set_function(lambda: slot_counts(e.table)[0])

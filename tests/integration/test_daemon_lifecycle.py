@@ -78,6 +78,14 @@ def _stop_kept(pids: list[int]) -> None:
     _wait_gone(pids)
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -101,14 +109,19 @@ def test_sigkilled_daemon_leaves_no_process_and_no_file(tmp_path: Path,
     before_tmp = set(Path("/tmp").glob("servicerouter-check-*"))
     daemon = Daemon(tmp_path, simulator.url, "--haproxy-bin", str(_slow_check_haproxy(tmp_path)))
     with running(daemon):
-        daemon.start(wait_healthy=False)
+        daemon.start()  # the first config starts HAProxy directly, with no haproxy -c
         assert daemon.proc.popen is not None
         pid = daemon.proc.popen.pid
-        checks = wait_for(lambda: _children_of(pid), 20, what="a running haproxy -c")
+        simulator.launch("/second", 1)  # a reload: its candidate meets the hanging -c
+
+        def hanging_checks() -> list[int]:
+            return [c for c in _children_of(pid) if _comm(c) == "sleep"]
+
+        checks = wait_for(hanging_checks, 30, what="a running haproxy -c")
         os.kill(pid, signal.SIGKILL)
         daemon.proc.popen.wait(10)
         for child in checks:
-            wait_for(lambda c=child: not _alive(c), 10, what=f"haproxy -c {child} gone")
+            wait_for(lambda c=child: not _alive(c), 30, what=f"haproxy -c {child} gone")
     assert set(Path("/tmp").glob("servicerouter-check-*")) == before_tmp
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert leftovers == []

@@ -22,9 +22,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_port_range(count: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
+def free_port_range(count: int, low: int = 12000, high: int = 20000) -> tuple[int, int]:
     """``count`` consecutive ports free on every address, below the ephemeral range (so
-    that no ``free_port`` of another run lands in them): (first, last). Bounded tries."""
+    that no ``free_port`` of another run lands in them) and below 20000, where every
+    simulator here places its tasks (a task listening inside a service port range kept
+    HAProxy from binding the range): (first, last). Bounded tries."""
     rng = random.Random()
     for _ in range(200):
         first = rng.randrange(low, high - count)
