@@ -270,6 +270,19 @@ async def raw_server(
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
+async def closed_after(reply: Callable[[asyncio.StreamWriter], Any], match: str,
+                       **stream_kw: Any) -> list[str]:
+    """Stream from a raw server answering with ``reply`` until the stream ends with a
+    StreamClosed matching ``match``; the types of the events seen before."""
+    server, url = await raw_server(reply, [])
+    async with server, MarathonClient([url]) as client:
+        events: list[MarathonEvent] = []
+        with pytest.raises(StreamClosed, match=match):
+            async with EventStream(client, **stream_kw) as stream:
+                await collect(stream, events)
+    return [e.type for e in events]
+
+
 async def test_exact_wire_bytes_close_delimited_in_awkward_chunks() -> None:
     wire = ATTACHED + HEARTBEAT + MALFORMED + TERMINATED + HEARTBEAT + HEARTBEAT
     head = (
@@ -307,13 +320,7 @@ async def test_connection_dropped_mid_frame_is_stream_closed() -> None:
         writer.write(b"ff\r\nevent: status_up")  # then the leader steps down
         await writer.drain()
 
-    server, url = await raw_server(reply, [])
-    async with server, MarathonClient([url]) as client:
-        events: list[MarathonEvent] = []
-        with pytest.raises(StreamClosed, match="connection lost"):
-            async with EventStream(client) as stream:
-                await collect(stream, events)
-    assert [e.type for e in events] == ["event_stream_attached"]
+    assert await closed_after(reply, "connection lost") == ["event_stream_attached"]
 
 
 async def test_200_that_is_not_an_event_stream_is_refused() -> None:
@@ -373,13 +380,8 @@ async def test_chunked_wire_bytes_with_extensions_and_trailers_in_awkward_chunks
             await asyncio.sleep(0.001)
         await asyncio.sleep(3600)  # the body ended: the stream is over, not the socket
 
-    server, url = await raw_server(reply, [])
-    async with server, MarathonClient([url]) as client:
-        events: list[MarathonEvent] = []
-        with pytest.raises(StreamClosed, match="the server closed the stream"):
-            async with EventStream(client) as stream:
-                await collect(stream, events)
-    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+    assert await closed_after(reply, "the server closed the stream") == [
+        "event_stream_attached", "app_terminated_event"]
 
 
 async def test_silence_inside_a_chunked_body_is_a_stall_and_bad_framing_a_lost_connection(
@@ -463,10 +465,5 @@ async def test_a_content_length_body_ends_the_stream_at_its_length() -> None:
         await writer.drain()
         await asyncio.sleep(3600)  # the socket stays open: the length ends the body
 
-    server, url = await raw_server(reply, [])
-    async with server, MarathonClient([url]) as client:
-        events: list[MarathonEvent] = []
-        with pytest.raises(StreamClosed, match="the server closed the stream"):
-            async with EventStream(client, stall_timeout=5) as stream:
-                await collect(stream, events)
-    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+    assert await closed_after(reply, "the server closed the stream", stall_timeout=5) == [
+        "event_stream_attached", "app_terminated_event"]
