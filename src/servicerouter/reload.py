@@ -217,7 +217,8 @@ class ReloadPipeline:
         e.generation, e.changed_at = e.generation + 1, {}
         e.runtime.reset()  # its kept session talks to the old worker
         if confirming is not None:
-            e.runtime.not_from = old_pid
+            e.runtime.not_from = old_pid  # until the master confirms (_confirmed)
+            confirming.add_done_callback(self._confirmed)
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
         # Reasons that came up meanwhile (another new app) were not in this render.
@@ -242,8 +243,8 @@ class ReloadPipeline:
             e.metrics.event_to_apply.observe(now - t)
         e.awaiting_reload.clear()
         e.ready.set()  # HAProxy serves this config; the read-back below confirms it
-        if confirming is not None:
-            await e.while_applying(self._confirmed(confirming))
+        if confirming is not None:  # the reloader done before the next reload starts
+            await e.while_applying(asyncio.wait({confirming}))
         # Reading 160,000 slots back takes a while at 10,000 apps: churn goes on meanwhile
         # (the repairs leave out backends changed after the read began).
         await e.while_applying(e.reconciler.reconcile(after_reload=True))
@@ -322,15 +323,14 @@ class ReloadPipeline:
         await job  # the reloader's verdict: raises if the reload failed
         return None
 
-    async def _confirmed(self, confirming: asyncio.Future[None]) -> None:
-        """The reloader's own confirmation of a reload whose new worker already answers."""
-        try:
-            await confirming
-        except Exception as exc:  # the new worker serves the new config all the same
+    def _confirmed(self, confirming: asyncio.Future[None]) -> None:
+        """The reloader's own confirmation of a reload whose new worker already answers
+        (a done callback: it runs even if what follows the switch-over raised)."""
+        self.engine.runtime.not_from = None  # the old worker stopped listening long ago
+        if not confirming.cancelled() and confirming.exception() is not None:
+            # The new worker serves the new config all the same.
             log.warning("HAProxy's new worker answers, but the reload was not confirmed: "
-                        "%s", exc)
-        finally:
-            self.engine.runtime.not_from = None  # the old worker stopped listening long ago
+                        "%s", confirming.exception())
 
     def _build(self, settings: Settings) -> Callable[[], tuple[Layout, SlotTable, str]]:
         """The layout, slots and text of a candidate, to run in a thread while the
