@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -139,12 +140,33 @@ async def _kill_group(proc: asyncio.subprocess.Process, comm: str | None = None)
 _children: set[asyncio.subprocess.Process] = set()
 
 
-def _pdeathsig(sig: int) -> Callable[[], None]:
-    def preexec() -> None:  # runs in the child between fork and exec
-        with contextlib.suppress(Exception):
-            import ctypes
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, resolved in the daemon: importing or ``dlopen``-ing in a child
+    between fork and exec can deadlock on a lock another thread held at the fork."""
+    try:
+        import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return None
+
+
+def _pdeathsig(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that sends ``sig`` to the child when the daemon dies.
+
+    The signal only covers a parent that dies *after* the ``prctl``. A daemon killed
+    between the fork and it (a window of microseconds, but one a supervisor that kills
+    at the first sight of a child does hit) would leave HAProxy running for good, so the
+    child checks its parent afterwards and gives up if it was orphaned meanwhile."""
+    parent = os.getpid()
+    prctl = _prctl()
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        if prctl is not None:
+            prctl(1, sig)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(128 + sig)
 
     return preexec
 
