@@ -239,7 +239,7 @@ def _churn(root: Path, sim: Simulator, daemon: Daemon, strategy: str, port: int,
     load = Load(root, port, seconds, wrk).start()
     t0 = time.monotonic()
     time.sleep(1.0)  # wrk's connections are open
-    before = _frontend(daemon, port)
+    before, reloads_before = _frontend(daemon, port), daemon.reloads()
     kills = 0
     while time.monotonic() - t0 < seconds - 3:
         time.sleep(max(0.0, t0 + 1 + 2 * kills - time.monotonic()))
@@ -251,13 +251,17 @@ def _churn(root: Path, sim: Simulator, daemon: Daemon, strategy: str, port: int,
     # HAProxy's view up to 1 s before wrk stops (wrk's own count includes what happens
     # to its connections as it exits).
     time.sleep(max(0.0, t0 + seconds - 1 - time.monotonic()))
-    after = _frontend(daemon, port)
+    after, reloads_after = _frontend(daemon, port), daemon.reloads()
     res = load.join()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    haproxy = (f"{delta.get('frontend stot', 0)} reconnects, "
-               f"{delta.get('frontend hrsp_5xx', 0)} 5xx, "
-               f"{delta.get('backend cli_abrt', 0) + delta.get('backend srv_abrt', 0)} aborts, "
-               f"{delta.get('frontend ereq', 0) + delta.get('backend eresp', 0)} errors")
+    if reloads_after != reloads_before:  # a new worker's counters start from zero
+        haproxy = "n/a (reloaded meanwhile)"
+    else:
+        haproxy = (f"{delta.get('frontend stot', 0)} reconnects, "
+                   f"{delta.get('frontend hrsp_5xx', 0)} 5xx, "
+                   f"{delta.get('backend cli_abrt', 0) + delta.get('backend srv_abrt', 0)} "
+                   f"aborts, {delta.get('frontend ereq', 0) + delta.get('backend eresp', 0)} "
+                   "errors")
     return {"strategy": strategy, "phase": f"churn: {kills} kills with drain",
             "reloads": daemon.reloads() - reloads0, "HAProxy's view": haproxy, **res}
 
