@@ -12,7 +12,7 @@ import select
 import signal
 import time
 
-from servicerouter.haproxy.process import _pdeathsig
+from servicerouter.haproxy.children import pdeathsig
 
 
 def _read_until_eof(fd: int, timeout: float = 30.0) -> bytes:
@@ -36,7 +36,7 @@ def _run_preexec(*, parent_gone: bool) -> bytes:
     if daemon == 0:  # pragma: no cover - runs in the forked 'daemon'
         try:
             os.close(r)
-            preexec = _pdeathsig(signal.SIGTERM)
+            preexec = pdeathsig(signal.SIGTERM)
             me = os.getpid()
             child = os.fork()
             if child == 0:
