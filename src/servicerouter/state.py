@@ -11,7 +11,14 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from .admission import Facts, check_service, port_label, vhost_owner
+from .admission import (
+    Facts,
+    check_service,
+    covering_wildcards,
+    domains_above,
+    port_label,
+    vhost_owner,
+)
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
 from .owners import Owners
@@ -42,6 +49,9 @@ class ClusterState:
         self._hosts_of: dict[str, set[str]] = {}
         self._routes_of: dict[str, set[tuple[str, str]]] = {}
         self._host_waiting: dict[str, set[str]] = {}
+        # domain -> owned hosts under it: a wildcard over another owner's host (or a host
+        # under another owner's wildcard) would take its traffic on the vhost frontends.
+        self._under: dict[str, set[str]] = {}
         # backend -> (service as rendered, problem): left out after HAProxy refused it;
         # let back in when the app's definition of that service changes.
         self.excluded: dict[str, tuple[Service, Problem]] = {}
@@ -107,22 +117,29 @@ class ClusterState:
                 continue
             problem = None
             paths = opts.paths or ("",)
+            kind = "group" if policy == "group" else "app"
             for host in opts.vhosts:
                 owner = self._host_owner.get(host)
                 holders = self._host_holders.get(host)
                 taken = [(host, p) for p in paths
                          if (host, p) in routes or (host, p) in self._route_owner]
+                overlap = None if owner is not None else self._overlap(host, key)
+                wait_on = host
                 if owner is not None and holders and owner[0] != key:
-                    problem = (f"names host {host}, which belongs to "
-                               f"{'group' if policy == 'group' else 'app'} {owner[0]} "
+                    problem = (f"names host {host}, which belongs to {kind} {owner[0]} "
                                f"(app {owner[1]} claimed it first)")
                 elif taken:
                     route = taken[0]
                     problem = (f"names host {host} and path {route[1] or '/'}, which "
                                f"{self._route_owner.get(route) or routes[route]} already "
                                "routes")
+                elif overlap is not None:
+                    wait_on, (okey, first) = overlap
+                    how = "is under" if wait_on in covering_wildcards(host) else "covers"
+                    problem = (f"names host {host}, which {how} host {wait_on} of {kind} "
+                               f"{okey} (app {first} claimed it first)")
                 if problem:
-                    self._host_waiting.setdefault(host, set()).add(app_id)
+                    self._host_waiting.setdefault(wait_on, set()).add(app_id)
                     break
             if problem:
                 del new[name]
@@ -141,6 +158,7 @@ class ClusterState:
                 self._host_owner[host] = (key or "", app_id)
                 self.owners_version += 1
             holders.add(app_id)
+            self._index(host, True)
         self._route_owner.update(routes)
         if hosts:
             self._hosts_of[app_id] = hosts
@@ -148,6 +166,7 @@ class ClusterState:
             self._routes_of[app_id] = set(routes)
         self._freed_hosts = {h for h in old_hosts if not self._host_holders.get(h)}
         for host in self._freed_hosts:
+            self._index(host, False)
             self._host_owner.pop(host, None)
             self._host_holders.pop(host, None)
             self.owners_version += 1
@@ -158,6 +177,27 @@ class ClusterState:
                                                          key=self._claim_order))
                 self.owners_version += 1
         return problems
+
+    def _index(self, host: str, add: bool) -> None:
+        for domain in domains_above(host):
+            if add:
+                self._under.setdefault(domain, set()).add(host)
+            elif domain in self._under:
+                self._under[domain].discard(host)
+                if not self._under[domain]:
+                    del self._under[domain]
+
+    def _overlap(self, host: str, key: str | None) -> tuple[str, tuple[str, str]] | None:
+        """A host of another owner that ``host`` would match or be matched by: a
+        wildcard above it, or (``host`` a wildcard) a host under it."""
+        others = covering_wildcards(host)
+        if host.startswith("*."):
+            others += sorted(self._under.get(host[2:], ()))
+        for other in others:
+            owner = self._host_owner.get(other)
+            if owner is not None and owner[0] != key and self._host_holders.get(other):
+                return other, owner
+        return None
 
     def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
         """One app's services as admitted: checked, owned, not excluded by HAProxy."""
@@ -335,6 +375,7 @@ class ClusterState:
                 self._host_owner[host] = (key, app_id)
                 self._host_holders[host] = {app_id}
                 self._hosts_of.setdefault(app_id, set()).add(host)
+                self._index(host, True)
 
     def update_task(self, task: Task) -> set[str]:
         """Add or replace one task of a known app (the event fast path)."""

@@ -198,6 +198,37 @@ def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
         assert not (reached("/") | reached("/api/x")) & simulator.running("/aaa/thief")
 
 
+def test_a_wildcard_from_another_group_does_not_take_an_owned_host(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """*.corp.test with a heavy BACKEND_WEIGHT sorts before shop.corp.test on the vhost
+    frontend: admitted, it would take the owner's traffic. It is refused instead."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    daemon = Daemon(tmp_path, simulator.url, "--http-port", str(http_port)).start()
+    with running(daemon):
+        simulator.launch("/teama/web", 1, labels={"HAPROXY_0_VHOST": "shop.corp.test"})
+        simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "*.corp.test",
+                                                  "HAPROXY_0_BACKEND_WEIGHT": "1000"})
+
+        def reached(host: str) -> set[str]:
+            with httpx.Client(timeout=5) as c:
+                return {c.get(f"http://127.0.0.1:{http_port}/",
+                              headers={"Host": host, "Connection": "close"}).text.strip()
+                        for _ in range(6)}
+
+        (problem,) = wait_for(lambda: problems(daemon).get("/aaa/thief"), 30,
+                              what="the wildcard's problem")
+        assert (problem["reason"], problem["label"], problem["value"]) == (
+            "vhost_taken", "HAPROXY_0_VHOST", "*.corp.test")
+        assert "covers host shop.corp.test of group /teama" in problem["error"]
+        wait_for(lambda: reached("shop.corp.test") == simulator.running("/teama/web"), 30,
+                 what="shop.corp.test routed to /teama/web only")
+        new_app_is_routed(simulator, daemon, "/teamc/new")
+        assert reached("shop.corp.test") == simulator.running("/teama/web")
+        assert not reached("other.corp.test") & simulator.running("/aaa/thief")
+
+
 def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
         tmp_path: Path, simulator: Simulator) -> None:
     """The owner redeploys after a thief was refused: the thief's definition is now the

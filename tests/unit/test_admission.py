@@ -68,6 +68,62 @@ def test_first_claim_among_new_apps_is_the_oldest_definition() -> None:
     assert set(s.desired) == {"b_old_10002"}
 
 
+def test_a_wildcard_never_overlaps_another_owners_host() -> None:
+    """The vhost frontends try a wildcard route before an exact one when its weight,
+    path or name sorts first: a wildcard over another group's host would take its
+    traffic. Whoever claimed first keeps it, in both directions."""
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/teama/web", 10001, vhosts=("shop.corp.example.org",)))
+    s.set_app(app("/aaa/thief", 10002, vhosts=("*.corp.example.org",), backend_weight=100))
+    s.set_app(app("/bbb/wide", 10003, vhosts=("*.example.org",)))
+    assert set(s.desired) == {"teama_web_10001"}
+    (p,) = s.problems["/aaa/thief"]
+    assert (p.reason, p.label, p.value) == ("vhost_taken", "HAPROXY_0_VHOST", "*.corp.example.org")
+    assert "covers host shop.corp.example.org of group /teama (app /teama/web claimed it " \
+           "first)" in p.message
+    assert reasons(s, "/bbb/wide") == ["vhost_taken"]
+    # Its own group may add a wildcard over it; then another group's host under it waits.
+    s.set_app(app("/teama/all", 10004, vhosts=("*.shop.corp.example.org",)))
+    s.set_app(app("/ccc/sub", 10005, vhosts=("a.shop.corp.example.org",)))
+    assert "teama_all_10004" in s.desired and "ccc_sub_10005" not in s.desired
+    assert "is under host *.shop.corp.example.org of group /teama" in \
+           s.problems["/ccc/sub"][0].message
+    # When the owner lets go, the waiting claims are looked at again.
+    s.remove_app("/teama/all")
+    assert "ccc_sub_10005" in s.desired
+    s.remove_app("/ccc/sub")
+    dirty = s.remove_app("/teama/web")
+    assert "aaa_thief_10002" in dirty and set(s.desired) == {"aaa_thief_10002"}
+    # A full sync keeps it so (the older definition does not win over a held host).
+    s.replace_all([app("/aaa/thief", 10002, vhosts=("*.corp.example.org",)),
+                   app("/zzz/old", 10006, version="2000-01-01", vhosts=("x.corp.example.org",))])
+    assert set(s.desired) == {"aaa_thief_10002"}
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("group", True), ("exclusive", True),
+                                                  ("open", False)])
+def test_a_wildcard_over_a_whole_top_level_domain_is_refused(policy: str,
+                                                             refused: bool) -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
+    s.set_app(app("/a/tld", 10001, vhosts=("ok.example.com", "*.com")))
+    assert ("a_tld_10001" not in s.desired) is refused
+    if refused:
+        (p,) = s.problems["/a/tld"]
+        assert (p.reason, p.label) == ("label_refused", "HAPROXY_0_VHOST")
+        assert "*.com, a wildcard over a whole top-level domain" in p.message
+
+
+def test_the_owners_kept_on_disk_hold_against_a_wildcard_after_a_restart() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/teama/web", 10001, version="2026-02-01", vhosts=("shop.corp.example.org",)))
+    restarted = ClusterState(Settings(http_port=0, https_port=0))
+    restarted.restore_owners(s.owners())
+    restarted.replace_all([
+        app("/aaa/thief", 10002, version="2000-01-01", vhosts=("*.corp.example.org",)),
+        app("/teama/web", 10001, version="2026-02-01", vhosts=("shop.corp.example.org",))])
+    assert set(restarted.desired) == {"teama_web_10001"}
+
+
 @pytest.mark.parametrize(("policy", "routed"), [
     ("group", {"t_web_10001", "t_api_10002"}),
     ("exclusive", {"t_web_10001"}),
