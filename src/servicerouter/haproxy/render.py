@@ -140,7 +140,7 @@ class _BackendView:
         self.hsts = opts.hsts
         self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
         self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
-        self.redir = opts.redir_path
+        self.redir = _literal(opts.redir_path) if opts.redir_path else None
         self.snippet = opts.snippet
         raw = _raw_templates(shape) if opts.raw_templates else {}
         self.frontend_head = raw.get("FRONTEND_HEAD")
@@ -207,6 +207,13 @@ def _redirect_location(https_port: int) -> str:
     return f"https://%[hdr(host),field(1,:)]{port}%[pathq]"
 
 
+def _literal(text: str) -> str:
+    """``text`` as itself in a log-format argument (a redirect location, a header
+    replacement), where ``%`` starts a variable: ``/a%20b`` would not validate and
+    ``/%H`` would print the load balancer's host name."""
+    return text.replace("%", "%%")
+
+
 def _regex_literal(text: str) -> str:
     """``text`` matched literally in a single-quoted HAProxy regex (validated chars only)."""
     return re.sub(r"([.~%-])", r"\\\1", text)
@@ -233,7 +240,7 @@ def _revproxy(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
         return None
     hosts = _host_regex(vhosts)
     origin = f"(https?://({hosts})(:[0-9]+)?)?" if hosts else "()()()"
-    root = path.rstrip("/")
+    root = _literal(path.rstrip("/"))
     return {"match": f"'^{origin}/(.*)$'", "replace": f"'\\1{root}/\\4'"}
 
 
