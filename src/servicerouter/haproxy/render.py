@@ -191,6 +191,11 @@ def _raw_templates(shape: BackendShape) -> dict[str, str]:
         if any(ln.split()[0] in _SECTIONS or not ln[:1].isspace() for ln in body):
             raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
                                 "may only add indented lines to its own section")
+        for ln in body:
+            why = _template_line_problem(ln.split(), shape)
+            if why:
+                raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_"
+                                    f"{key}: line {ln.strip()!r} {why}")
         out[key] = "\n".join(lines)
     return out
 
@@ -199,6 +204,49 @@ def _raw_templates(shape: BackendShape) -> dict[str, str]:
 _SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "userlist",
                        "peers", "resolvers", "mailers", "program", "http-errors", "ring",
                        "cache", "fcgi-app"})
+
+
+# Keywords and words of a label template that reach past the app's own traffic: the
+# stats page (with `stats admin`, every app's servers), server lines (the slots are
+# servicerouter's; an extra server reaches this host's loopback), files HAProxy would
+# read (another tenant's key, /etc/shadow as an error page), runtime maps and ACLs
+# shared with other apps (the host map), HAProxy's environment.
+_TEMPLATE_KEYWORDS = frozenset({"stats", "server", "errorfile", "filter", "use-service",
+                                "server-state-file-name", "load-server-state-from-file"})
+_TEMPLATE_WORDS = frozenset({"file", "lf-file", "crt", "crt-list", "ca-file", "crl-file",
+                             "errorfile", "-f", "-M", "use-service"})
+_TEMPLATE_CALLS = re.compile(r"(?:\b(?:map(?:_\w+)?|env|set-map|del-map|add-acl|del-acl"
+                             r"|clear-map|clear-acl)\()|(?:^|[\s,])(?:set|del|add)-(?:map|acl)\b")
+
+
+def _template_line_problem(words: list[str], shape: BackendShape) -> str | None:
+    """Why one line of a label template would act beyond the app's own traffic, or None.
+
+    ``bind`` may bind only the service's own address (as marathon-lb's default
+    ``bind {bindAddr}:{servicePort}{sslCert}``: another port would take a share of
+    whoever else binds it, SO_REUSEPORT); ``use_backend`` and ``default_backend`` may
+    name only the app's own backend (not, say, an internal app bound to loopback)."""
+    opts = shape.service.options
+    if words[0] == "bind":
+        own = {hostport(opts.bind_address, shape.service.port),
+               f"{opts.bind_address}:{shape.service.port}"}
+        tls = ["ssl", "crt", opts.ssl_cert] if opts.ssl_cert else []
+        if words[1:2] and words[1] in own and words[2:] in ([], tls):
+            return None
+        return (f"may bind only the service's own address ({min(own)}"
+                f"{' ssl crt ' + str(opts.ssl_cert) if opts.ssl_cert else ''})")
+    if words[0] in ("use_backend", "default_backend") and words[1:2] != [shape.name]:
+        return f"may route only to the app's own backend {shape.name}"
+    line = " ".join(words)
+    bad = (words[0] if words[0] in _TEMPLATE_KEYWORDS else
+           next((w for w in words if w in _TEMPLATE_WORDS), None))
+    m = _TEMPLATE_CALLS.search(line)
+    if bad is None and m is not None:
+        bad = m.group(0).strip(" ,")
+    if bad is not None:
+        return (f"uses {bad!r}, which reaches beyond the app's own traffic (files, shared "
+                "maps, the stats page, servers, the environment)")
+    return None
 
 
 def _redirect_location(https_port: int) -> str:
