@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import re
 import socket
 import stat
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from .admission import CertFact, Facts
 from .layout import Settings
@@ -93,7 +96,9 @@ def bind_problem(address: str, port: int) -> str | None:
 
     Binds as HAProxy does (SO_REUSEADDR and SO_REUSEPORT), so a port HAProxy itself
     already listens on passes, and one held by any other process fails. A port the
-    daemon may not bind (below 1024 without the right) is left to HAProxy."""
+    daemon may not bind (below 1024 without the right, which HAProxy may have) is
+    judged by the sockets listening on it instead (``/proc/net/tcp``, ``tcp6``): HAProxy
+    would fail to bind it too, and with it the reload of every app."""
     host = "" if address in ("*", "") else address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -104,9 +109,55 @@ def bind_problem(address: str, port: int) -> str | None:
             s.bind((host, port))
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
-            return None  # a privileged port: HAProxy may run with rights the daemon lacks
+            held = [a for a in listening(port) if overlaps(host, a)]
+            if held:
+                return (f"cannot be bound: another socket listens on {held[0]} port {port} "
+                        "(a privileged port, checked in /proc/net/tcp)")
+            return None  # free: HAProxy may run with rights the daemon lacks
         return f"cannot be bound: {exc.strerror or exc}"
     return None
+
+
+def overlaps(host: str, other: str) -> bool:
+    """Whether binding ``host`` ("" for any) conflicts with a listener on ``other``."""
+    if host in ("", "0.0.0.0", "::") or other in ("0.0.0.0", "::"):
+        return True
+    return ipaddress.ip_address(host) == ipaddress.ip_address(other)
+
+
+def listening(port: int, proc: str = "/proc/net") -> list[str]:
+    """The addresses of the TCP sockets listening on ``port`` in this network namespace."""
+    out: list[str] = []
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            out += listeners(Path(proc, name).read_text(), port)
+    return out
+
+
+def listeners(text: str, port: int) -> list[str]:
+    """The addresses listening on ``port`` in a ``/proc/net/tcp`` or ``tcp6`` table. Pure.
+
+    Each address is printed as hex 32-bit words in the host's byte order."""
+    out = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
+            continue
+        address, _, hex_port = fields[1].partition(":")
+        try:
+            if int(hex_port, 16) != port:
+                continue
+            raw = bytes.fromhex(address)
+        except ValueError:
+            continue
+        if len(raw) not in (4, 16):
+            continue
+        if sys.byteorder == "little":
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+        ip = ipaddress.ip_address(raw)
+        mapped = getattr(ip, "ipv4_mapped", None)
+        out.append(str(mapped or ip))
+    return out
 
 
 def gather(apps: Iterable[App], settings: Settings) -> Facts:

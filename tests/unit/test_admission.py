@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,54 @@ def test_bind_checks_at_the_edge() -> None:
         reuse.listen()
         assert hostfacts.bind_problem("127.0.0.1", reuse.getsockname()[1]) is None
     assert "cannot be bound" in str(hostfacts.bind_problem("192.0.2.77", 10001))
+
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   1: 0100007F:0019 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   2: 0100007F:0016 0100007F:BB1C 01 00000000:00000000 00:00000000 00000000     0
+"""
+PROC_NET_TCP6 = """\
+  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 0A
+   1: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A
+"""
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the sample tables are little-endian")
+def test_listeners_read_from_proc_net_tcp() -> None:
+    assert hostfacts.listeners(PROC_NET_TCP, 22) == ["0.0.0.0"]  # not the connection
+    assert hostfacts.listeners(PROC_NET_TCP, 25) == ["127.0.0.1"]
+    assert hostfacts.listeners(PROC_NET_TCP6, 53) == ["::1"]
+    assert hostfacts.listeners(PROC_NET_TCP6, 80) == ["127.0.0.1"]  # v4-mapped
+    assert hostfacts.listeners(PROC_NET_TCP, 80) == []
+    assert hostfacts.overlaps("", "127.0.0.1") and hostfacts.overlaps("10.0.0.1", "::")
+    assert not hostfacts.overlaps("10.0.0.1", "127.0.0.1")
+
+
+def test_a_privileged_port_another_process_holds_is_refused_before_the_reload(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon may not bind below 1024 where HAProxy may (the container's setcap):
+    a port there that sshd holds would fail HAProxy's reload for every app. It is
+    judged from the listening sockets instead."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        real = socket.socket
+
+        class Unprivileged(real):  # type: ignore[misc,valid-type]
+            def bind(self, address: object) -> None:
+                raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(socket, "socket", Unprivileged)
+        assert "another socket listens on 127.0.0.1 port" in str(
+            hostfacts.bind_problem("*", port))
+        assert "another socket listens" in str(hostfacts.bind_problem("127.0.0.1", port))
+        assert hostfacts.bind_problem("127.0.0.2", port) is None  # another address: free
 
 
 def test_a_replaced_certificate_file_is_judged_again(tmp_path: Path) -> None:
