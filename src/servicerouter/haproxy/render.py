@@ -321,7 +321,8 @@ def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
     out: dict[str, str] = {}
     for name, shape in sorted(layout.items(), key=lambda kv: (kv[1].app_id,
                                                               kv[1].service.index)):
-        if shape.service.options.mode.value == "http" and _APP_ID.match(shape.app_id):
+        # fullmatch: "$" also matches before a final newline, which would end the rule
+        if shape.service.options.mode.value == "http" and _APP_ID.fullmatch(shape.app_id):
             out.setdefault(shape.app_id, name)
     return [{"app_id": a, "backend": b} for a, b in sorted(out.items())]
 
