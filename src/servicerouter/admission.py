@@ -52,6 +52,7 @@ class CertFact:
     path: str | None
     problem: str | None = None
     stamp: tuple[int, int] = (0, 0)  # (mtime ns, size): a file replaced is a new fact
+    shared: bool = False  # listed in --ssl-certs: the operator's, any app may name it
 
 
 @dataclass(frozen=True, slots=True)

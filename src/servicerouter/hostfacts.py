@@ -44,10 +44,10 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     written and once every symlink is resolved (a link may not lead out of the folder)."""
     lexical = os.path.normpath(path)
     real = os.path.realpath(path)
-    allowed = False
+    allowed = shared = False
     for f in allowed_files:
         if lexical == os.path.normpath(f) and real == os.path.realpath(f):
-            allowed = True
+            allowed = shared = True
     folders = [(os.path.normpath(d), os.path.realpath(d)) for d in allowed_dirs]
     for written, resolved in folders:
         if (_inside(lexical, written) or _inside(lexical, resolved)) and _inside(real, resolved):
@@ -77,7 +77,7 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     if not _CERT.search(data) or not _KEY.search(data):
         return CertFact(None, "does not hold both a certificate and a private key (PEM)",
                         stamp)
-    return CertFact(real, None, stamp)
+    return CertFact(real, None, stamp, shared)
 
 
 def host_has_address(address: str) -> bool:

@@ -19,6 +19,7 @@ from .admission import (
     port_label,
     vhost_owner,
 )
+from .claims import Claims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
 from .owners import Owners
@@ -64,6 +65,11 @@ class ClusterState:
         # owned what before this process: claimed again first at the first full sync.
         self.owners_version = 0
         self._prior: Owners | None = None
+        # Certificate file (resolved) -> its owner, like hosts (claims.py); not the files
+        # the operator lists in --ssl-certs, which are everyone's.
+        self._certs = Claims()
+        self._shared_certs: set[str] = set()
+        self._freed_certs: set[str] = set()
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -178,6 +184,30 @@ class ClusterState:
                 self.owners_version += 1
         return problems
 
+    def _claim_certs(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
+        """Drop services naming a certificate file another owner holds."""
+        key = vhost_owner(app.id, self.settings.vhost_policy)
+        if key is None or (app.id not in self._certs.held_by
+                           and not any(d.service.options.ssl_cert for d in new.values())):
+            return []  # names none, held none (most apps)
+        wanted = {c for d in new.values() if (c := d.service.options.ssl_cert)
+                  and c not in self._shared_certs}
+        version = self._certs.version
+        refused, self._freed_certs = self._certs.update(app.id, key, wanted)
+        self.owners_version += self._certs.version != version
+        kind = "group" if self.settings.vhost_policy == "group" else "app"
+        problems = []
+        for name, d in sorted(new.items()):
+            cert = d.service.options.ssl_cert
+            if cert in refused:
+                del new[name]
+                owner, first = refused[cert]
+                problems.append(Problem(
+                    app.id, d.service.index, "ssl_cert", f"HAPROXY_{d.service.index}_SSL_CERT",
+                    cert, f"is the certificate of {kind} {owner} (app {first} named it "
+                    "first); service left out, others applied"))
+        return problems
+
     def _index(self, host: str, add: bool) -> None:
         for domain in domains_above(host):
             if add:
@@ -218,6 +248,7 @@ class ClusterState:
                 new[name] = admitted
         problems += self._claim_ports(app, new)
         problems += self._claim_vhosts(app, new)
+        problems += self._claim_certs(app, new)
         for name, d in list(new.items()):
             held = self.excluded.get(name)
             if held is None:
@@ -245,17 +276,19 @@ class ClusterState:
         """Recompute one app's desired services; return the names that changed."""
         old = set(self._backends.get(app_id, ()))
         app = self.apps.get(app_id)
-        self._freed_ports, self._freed_hosts = set(), set()
+        self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
         if app:
             new, problems = self._admit(app)
         else:
             new, problems = {}, []
             self._claim_ports(App(app_id), new)
             self._claim_vhosts(App(app_id), new)
+            self._claim_certs(App(app_id), new)
             for name in old:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)
-        freed_ports, freed_hosts = self._freed_ports, self._freed_hosts
+        freed_ports, freed_hosts, freed_certs = \
+            self._freed_ports, self._freed_hosts, self._freed_certs
         dirty = {n for n in old if n not in new} if old else set()
         for n in dirty:
             self.desired.pop(n, None)
@@ -268,9 +301,10 @@ class ClusterState:
         else:
             self._backends.pop(app_id, None)
         # A port or host let go: the apps refused it may have it now.
-        if not freed_ports and not freed_hosts:  # nothing let go (most apps of a sync)
-            return dirty
+        if not freed_ports and not freed_hosts and not freed_certs:  # nothing let go
+            return dirty  # (most apps of a sync)
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
+        waiters |= self._certs.waiters(freed_certs)
         waiters |= {w for host in freed_hosts for w in self._host_waiting.pop(host, ())}
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
             if waiter in self.apps:
@@ -295,6 +329,7 @@ class ClusterState:
     def set_facts(self, facts: Facts) -> set[str]:
         """New host facts (merged over the old); re-admit the apps whose facts changed."""
         old, self.facts = self.facts, self.facts.merged(facts)
+        self._shared_certs = {f.path for f in self.facts.certs.values() if f.shared and f.path}
         changed_certs = {k for k, v in self.facts.certs.items() if old.certs.get(k) != v}
         changed_addrs = {k for k, v in self.facts.addresses.items() if old.addresses.get(k) != v}
         if not changed_certs and not changed_addrs:
@@ -350,7 +385,7 @@ class ClusterState:
 
     def owners(self) -> Owners:
         """Who owns each service port and virtual host now (for owners.py)."""
-        return Owners(dict(self._port_owner), dict(self._host_owner))
+        return Owners(dict(self._port_owner), dict(self._host_owner), dict(self._certs.owner))
 
     def restore_owners(self, owners: Owners) -> None:
         """Who owned ports and hosts before this process: at the first full sync they
@@ -376,6 +411,9 @@ class ClusterState:
                 self._host_holders[host] = {app_id}
                 self._hosts_of.setdefault(app_id, set()).add(host)
                 self._index(host, True)
+        for cert, (key, app_id) in prior.certs.items():
+            if app_id in fresh and vhost_owner(app_id, policy) == key:
+                self._certs.seed(cert, key, app_id)
 
     def update_task(self, task: Task) -> set[str]:
         """Add or replace one task of a known app (the event fast path)."""

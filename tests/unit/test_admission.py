@@ -12,6 +12,7 @@ from servicerouter import hostfacts
 from servicerouter.admission import CertFact, Facts, top_group
 from servicerouter.layout import Settings, build_layout
 from servicerouter.model import App, Options, Problem, Service, Task
+from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
@@ -173,6 +174,7 @@ def test_certificates_only_from_allowed_folders(tmp_path: Path) -> None:
     assert check(allowed / "good.pem").path == str(allowed / "good.pem")
     assert check(allowed / "alias.pem") == check(allowed / "good.pem")
     assert check(tmp_path / "listed.pem").path == str(tmp_path / "listed.pem")
+    assert check(tmp_path / "listed.pem").shared and not check(allowed / "good.pem").shared
     problems = {name: check(p).problem for name, p in [
         ("outside", outside / "secret.pem"), ("escape", allowed / "escape.pem"),
         ("missing", allowed / "missing.pem"), ("dir", allowed / "dir.pem"),
@@ -317,3 +319,37 @@ def test_two_ports_of_one_app_on_one_host_and_path_keep_the_first() -> None:
     assert set(s.desired) == {"t_two_10001"}
     (p,) = s.problems["/t/two"]
     assert p.index == 1 and "which t_two_10001 already routes" in p.message
+
+
+def test_a_certificate_file_belongs_to_the_owner_that_named_it_first() -> None:
+    """Another tenant's certificate on one's own port presents the other's name and key
+    to clients lured to https://<their host>:<that port>/; their cookies would follow."""
+    def cert_app(app_id: str, port: int, cert: str, version: str = "2026-01-01") -> App:
+        return app(app_id, port, version=version, ssl_cert=cert)
+
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_facts(Facts(certs={"/c/shop.pem": CertFact("/c/shop.pem"),
+                             "/c/alias.pem": CertFact("/c/shop.pem"),  # a symlink to it
+                             "/c/default.pem": CertFact("/c/default.pem", shared=True)}))
+    s.set_app(cert_app("/teama/web", 10001, "/c/shop.pem"))
+    s.set_app(cert_app("/teama/api", 10002, "/c/shop.pem"))  # its own group: shared
+    s.set_app(cert_app("/aaa/thief", 10003, "/c/alias.pem"))
+    s.set_app(cert_app("/bbb/x", 10004, "/c/default.pem"))  # the operator's --ssl-certs
+    s.set_app(cert_app("/ccc/y", 10005, "/c/default.pem"))
+    assert set(s.desired) == {"teama_web_10001", "teama_api_10002", "bbb_x_10004",
+                              "ccc_y_10005"}
+    (p,) = s.problems["/aaa/thief"]
+    assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", "/c/shop.pem")
+    assert "is the certificate of group /teama (app /teama/web named it first)" in p.message
+    # Kept across a restart, though the thief's definition is older.
+    restarted = ClusterState(Settings(http_port=0, https_port=0))
+    restarted.restore_owners(Owners.from_json(s.owners().to_json()))
+    restarted.set_facts(s.facts)
+    restarted.replace_all([cert_app("/aaa/thief", 10003, "/c/alias.pem", "2000-01-01"),
+                           cert_app("/teama/web", 10001, "/c/shop.pem")])
+    assert set(restarted.desired) == {"teama_web_10001"}
+    # When the owner lets go, the waiting app gets it.
+    s.remove_app("/teama/web")
+    assert "aaa_thief_10003" not in s.desired
+    dirty = s.remove_app("/teama/api")
+    assert "aaa_thief_10003" in dirty and "aaa_thief_10003" in s.desired
