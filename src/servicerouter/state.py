@@ -129,7 +129,10 @@ class ClusterState:
                 holders = self._host_holders.get(host)
                 taken = [(host, p) for p in paths
                          if (host, p) in routes or (host, p) in self._route_owner]
-                overlap = None if owner is not None else self._overlap(host, key)
+                # A wildcard is checked even when it has an owner: owners kept from before
+                # wildcards were checked may overlap, and then the exact host keeps it.
+                overlap = self._overlap(host, key) \
+                    if owner is None or host.startswith("*.") else None
                 wait_on = host
                 if owner is not None and holders and owner[0] != key:
                     problem = (f"names host {host}, which belongs to {kind} {owner[0]} "

@@ -353,3 +353,17 @@ def test_a_certificate_file_belongs_to_the_owner_that_named_it_first() -> None:
     assert "aaa_thief_10003" not in s.desired
     dirty = s.remove_app("/teama/api")
     assert "aaa_thief_10003" in dirty and "aaa_thief_10003" in s.desired
+
+
+def test_overlapping_owners_kept_from_an_older_version_leave_the_host_to_the_exact_claim(
+        ) -> None:
+    """An owners file written before wildcards were checked may hold both."""
+    kept = Owners(hosts={"shop.corp.example.org": ("/teama", "/teama/web"),
+                         "*.corp.example.org": ("/aaa", "/aaa/thief")})
+    for thief, owner in (("2000-01-01", "2026-01-01"), ("2026-01-01", "2000-01-01")):
+        s = ClusterState(Settings(http_port=0, https_port=0))
+        s.restore_owners(kept)
+        s.replace_all([app("/aaa/thief", 10002, thief, vhosts=("*.corp.example.org",)),
+                       app("/teama/web", 10001, owner, vhosts=("shop.corp.example.org",))])
+        assert set(s.desired) == {"teama_web_10001"}
+        assert reasons(s, "/aaa/thief") == ["vhost_taken"]
