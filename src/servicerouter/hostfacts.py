@@ -30,6 +30,8 @@ from .model import App
 MAX_CERT_BYTES = 1 << 20
 _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
 _KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+# PKCS#8 "ENCRYPTED PRIVATE KEY", or a legacy PEM key with "Proc-Type: 4,ENCRYPTED".
+_ENCRYPTED = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED")
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -77,6 +79,10 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     if not _CERT.search(data) or not _KEY.search(data):
         return CertFact(None, "does not hold both a certificate and a private key (PEM)",
                         stamp)
+    if _ENCRYPTED.search(data):
+        return CertFact(None, "holds an encrypted private key: HAProxy would ask for its "
+                              "passphrase on a terminal (haproxy -c and the reload hang "
+                              "there) or fail; the key must be unencrypted", stamp)
     return CertFact(real, None, stamp, shared)
 
 

@@ -246,6 +246,19 @@ def test_bind_checks_at_the_edge() -> None:
     assert "cannot be bound" in str(hostfacts.bind_problem("192.0.2.77", 10001))
 
 
+@pytest.mark.parametrize("key", [
+    "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\n"
+    "MIIE\n-----END RSA PRIVATE KEY-----\n"])
+def test_a_certificate_with_an_encrypted_key_is_refused(tmp_path: Path, key: str) -> None:
+    """With a terminal, HAProxy asks for the passphrase there: haproxy -c hangs until its
+    timeout, every check of the bisection too, and every reload with it."""
+    pem = tmp_path / "enc.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" + key)
+    fact = hostfacts.check_cert(str(pem), [str(tmp_path)], [])
+    assert fact.path is None and "encrypted private key" in str(fact.problem)
+
+
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
