@@ -264,6 +264,11 @@ def test_another_groups_certificate_is_not_served_on_a_thiefs_port(
         new_app_is_routed(simulator, daemon, "/teamc/new")
         assert f":{thief_port}" not in daemon.config.read_text()
         assert over_tls(owner_port) == simulator.running("/teama/web")
+        # Kept next to the config: a restart gives the file back to its owner.
+        owners_file = tmp_path / "haproxy.cfg.owners.json"
+        wait_for(lambda: owners_file.exists() and json.loads(owners_file.read_text()).get(
+            "certs") == {str((certs / "shop.pem").resolve()): ["/teama", "/teama/web"]}, 15,
+            what="the certificate's owner in the owners file")
 
 
 def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
