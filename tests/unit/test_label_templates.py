@@ -103,7 +103,15 @@ OWN = "frontend {backend}\n  bind {bindAddr}:{servicePort}{sslCert}{bindOptions}
      ("BACKEND_HEAD", "backend {backend}\n  http-response set-header X %[env(HOME)]",
       "'env\\('"),
      ("BACKEND_HEAD", "backend {backend}\n  http-request use-service prometheus-exporter",
-      "'use-service'")],
+      "'use-service'"),
+     # HAProxy reads quoted keywords, escapes and environment variables: so must the check.
+     ("BACKEND_HEAD", "backend {backend}\n  \"stats\" enable", "'stats'"),
+     ("BACKEND_HEAD", "backend {backend}\n  'ser'\"ver\" x 127.0.0.1:9091", "'server'"),
+     ("BACKEND_HEAD", "backend {backend}\n  s\\x65rver x 127.0.0.1:9091", "backslash escape"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-response set-header X \"${{HOME}}\"",
+      "environment variable"),
+     ("BACKEND_HEAD", "backend {backend}\n  \"listen\" evil\n  bind :1",
+      "only add indented lines")],
 )
 def test_templates_cannot_reach_past_their_own_traffic(key: str, value: str,
                                                        message: str) -> None:

@@ -188,14 +188,19 @@ def _raw_templates(shape: BackendShape) -> dict[str, str]:
             raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
                                 f"must start with '{head}' (marathon-lb: '{head.split()[0]} "
                                 "{backend}')")
-        if any(ln.split()[0] in _SECTIONS or not ln[:1].isspace() for ln in body):
-            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
-                                "may only add indented lines to its own section")
+        where = f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key}"
         for ln in body:
-            why = _template_line_problem(ln.split(), shape)
+            words = _template_words(ln)
+            if words is None:
+                raise TemplateError(f"{where}: line {ln.strip()!r} uses a backslash escape "
+                                    "or an environment variable, which a label may not")
+            if not words:
+                continue
+            if words[0] in _SECTIONS or not ln[:1].isspace():
+                raise TemplateError(f"{where} may only add indented lines to its own section")
+            why = _template_line_problem(words, shape)
             if why:
-                raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_"
-                                    f"{key}: line {ln.strip()!r} {why}")
+                raise TemplateError(f"{where}: line {ln.strip()!r} {why}")
         out[key] = "\n".join(lines)
     return out
 
@@ -217,6 +222,34 @@ _TEMPLATE_WORDS = frozenset({"file", "lf-file", "crt", "crt-list", "ca-file", "c
                              "errorfile", "-f", "-M", "use-service"})
 _TEMPLATE_CALLS = re.compile(r"(?:\b(?:map(?:_\w+)?|env|set-map|del-map|add-acl|del-acl"
                              r"|clear-map|clear-acl)\()|(?:^|[\s,])(?:set|del|add)-(?:map|acl)\b")
+
+
+def _template_words(line: str) -> list[str] | None:
+    """The words HAProxy reads from ``line``, quotes removed (``"stats"`` is ``stats``,
+    and an indented ``"listen"`` opens a section); None when the line uses what this
+    reading does not follow: a backslash escape (``s\\x74ats``) or, in double quotes, an
+    environment variable (``"${SECRET}"``)."""
+    words: list[str] = []
+    word: list[str] | None = None  # None: between words ('' is a word: "")
+    quote = ""
+    for ch in line:
+        if ch == "\\" or (quote == '"' and ch == "$"):
+            return None
+        if quote and ch == quote:
+            quote = ""
+        elif not quote and ch.isspace():
+            if word is not None:
+                words.append("".join(word))
+            word = None
+        else:
+            word = [] if word is None else word
+            if not quote and ch in "'\"":
+                quote = ch
+            else:
+                word.append(ch)
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def _template_line_problem(words: list[str], shape: BackendShape) -> str | None:
