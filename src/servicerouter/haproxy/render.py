@@ -349,13 +349,20 @@ def vhost_routes(layout: Layout) -> list[dict[str, Any]]:
 _APP_ID = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 
 
+def _loopback(address: str) -> bool:
+    """A service bound to loopback only (HAPROXY_{n}_BIND_ADDR=127.0.0.1) is private:
+    the app-id frontend, bound on every address, must not reach it."""
+    return address != "*" and ipaddress.ip_address(address).is_loopback
+
+
 def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
     """For the X-Marathon-App-Id frontend: each app's first HTTP service (as marathon-lb)."""
     out: dict[str, str] = {}
     for name, shape in sorted(layout.items(), key=lambda kv: (kv[1].app_id,
                                                               kv[1].service.index)):
         # fullmatch: "$" also matches before a final newline, which would end the rule
-        if shape.service.options.mode.value == "http" and _APP_ID.fullmatch(shape.app_id):
+        if shape.service.options.mode.value == "http" and _APP_ID.fullmatch(shape.app_id) \
+                and not _loopback(shape.service.options.bind_address):
             out.setdefault(shape.app_id, name)
     return [{"app_id": a, "backend": b} for a, b in sorted(out.items())]
 
