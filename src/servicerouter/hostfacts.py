@@ -128,7 +128,8 @@ def overlaps(host: str, other: str) -> bool:
     """Whether binding ``host`` ("" for any) conflicts with a listener on ``other``."""
     if host in ("", "0.0.0.0", "::") or other in ("0.0.0.0", "::"):
         return True
-    return ipaddress.ip_address(host) == ipaddress.ip_address(other)
+    ip = ipaddress.ip_address(host)
+    return (getattr(ip, "ipv4_mapped", None) or ip) == ipaddress.ip_address(other)
 
 
 def listening(port: int, proc: str = "/proc/net") -> list[str]:

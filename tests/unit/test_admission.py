@@ -281,6 +281,7 @@ def test_listeners_read_from_proc_net_tcp() -> None:
     assert hostfacts.listeners(PROC_NET_TCP, 80) == []
     assert hostfacts.overlaps("", "127.0.0.1") and hostfacts.overlaps("10.0.0.1", "::")
     assert not hostfacts.overlaps("10.0.0.1", "127.0.0.1")
+    assert hostfacts.overlaps("::ffff:127.0.0.1", "127.0.0.1")  # as listeners() gives it
 
 
 def test_a_privileged_port_another_process_holds_is_refused_before_the_reload(
