@@ -52,6 +52,7 @@ class CertFact:
     path: str | None
     problem: str | None = None
     stamp: tuple[int, int] = (0, 0)  # (mtime ns, size): a file replaced is a new fact
+    shared: bool = False  # listed in --ssl-certs: the operator's, any app may name it
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,24 @@ def vhost_owner(app_id: str, policy: str) -> str | None:
     return None
 
 
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(1, len(parts))]
+
+
+def covering_wildcards(host: str) -> list[str]:
+    """The wildcards that match ``host`` (or, for a wildcard, every name it matches):
+    ``*.b.c`` and ``*.c`` for ``a.b.c`` and for ``*.a.b.c``."""
+    return ["*." + a for a in _ancestors(host.removeprefix("*."))]
+
+
+def domains_above(host: str) -> list[str]:
+    """The domains ``host`` lies under (a claim of ``*.<domain>`` would match it):
+    ``b.c`` and ``c`` for ``a.b.c``; ``a.b.c``, ``b.c`` and ``c`` for ``*.a.b.c``."""
+    base = host.removeprefix("*.")
+    return ([base] if host.startswith("*.") else []) + _ancestors(base)
+
+
 def _label(app: App, index: int, suffix: str, fallback: str) -> str:
     label = f"HAPROXY_{index}_{suffix}"
     return label if label in app.labels else fallback
@@ -104,6 +123,12 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
     if svc.port in settings.own_ports:
         return refuse("port_reserved", port_label(app, index), svc.port,
                       "is a port servicerouter or its HAProxy uses itself")
+    broad = [h for h in opts.vhosts if h.startswith("*.") and "." not in h[2:]]
+    if broad and settings.vhost_policy != "open":
+        return refuse("label_refused", f"HAPROXY_{index}_VHOST", ",".join(opts.vhosts),
+                      f"has {broad[0]}, a wildcard over a whole top-level domain (every "
+                      "other tenant's host under it); a wildcard needs two labels after "
+                      "'*.' unless --vhost-policy open")
     if opts.bind_address != "*" and facts.addresses.get(opts.bind_address) is False:
         return refuse("bind_address", f"HAPROXY_{index}_BIND_ADDR", opts.bind_address,
                       "is not an address of this host")

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import re
 import socket
 import stat
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from .admission import CertFact, Facts
 from .layout import Settings
@@ -27,6 +30,8 @@ from .model import App
 MAX_CERT_BYTES = 1 << 20
 _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
 _KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+# PKCS#8 "ENCRYPTED PRIVATE KEY", or a legacy PEM key with "Proc-Type: 4,ENCRYPTED".
+_ENCRYPTED = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED")
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -41,10 +46,10 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     written and once every symlink is resolved (a link may not lead out of the folder)."""
     lexical = os.path.normpath(path)
     real = os.path.realpath(path)
-    allowed = False
+    allowed = shared = False
     for f in allowed_files:
         if lexical == os.path.normpath(f) and real == os.path.realpath(f):
-            allowed = True
+            allowed = shared = True
     folders = [(os.path.normpath(d), os.path.realpath(d)) for d in allowed_dirs]
     for written, resolved in folders:
         if (_inside(lexical, written) or _inside(lexical, resolved)) and _inside(real, resolved):
@@ -74,7 +79,11 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     if not _CERT.search(data) or not _KEY.search(data):
         return CertFact(None, "does not hold both a certificate and a private key (PEM)",
                         stamp)
-    return CertFact(real, None, stamp)
+    if _ENCRYPTED.search(data):
+        return CertFact(None, "holds an encrypted private key: HAProxy would ask for its "
+                              "passphrase on a terminal (haproxy -c and the reload hang "
+                              "there) or fail; the key must be unencrypted", stamp)
+    return CertFact(real, None, stamp, shared)
 
 
 def host_has_address(address: str) -> bool:
@@ -93,7 +102,9 @@ def bind_problem(address: str, port: int) -> str | None:
 
     Binds as HAProxy does (SO_REUSEADDR and SO_REUSEPORT), so a port HAProxy itself
     already listens on passes, and one held by any other process fails. A port the
-    daemon may not bind (below 1024 without the right) is left to HAProxy."""
+    daemon may not bind (below 1024 without the right, which HAProxy may have) is
+    judged by the sockets listening on it instead (``/proc/net/tcp``, ``tcp6``): HAProxy
+    would fail to bind it too, and with it the reload of every app."""
     host = "" if address in ("*", "") else address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -104,9 +115,56 @@ def bind_problem(address: str, port: int) -> str | None:
             s.bind((host, port))
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
-            return None  # a privileged port: HAProxy may run with rights the daemon lacks
+            held = [a for a in listening(port) if overlaps(host, a)]
+            if held:
+                return (f"cannot be bound: another socket listens on {held[0]} port {port} "
+                        "(a privileged port, checked in /proc/net/tcp)")
+            return None  # free: HAProxy may run with rights the daemon lacks
         return f"cannot be bound: {exc.strerror or exc}"
     return None
+
+
+def overlaps(host: str, other: str) -> bool:
+    """Whether binding ``host`` ("" for any) conflicts with a listener on ``other``."""
+    if host in ("", "0.0.0.0", "::") or other in ("0.0.0.0", "::"):
+        return True
+    ip = ipaddress.ip_address(host)
+    return (getattr(ip, "ipv4_mapped", None) or ip) == ipaddress.ip_address(other)
+
+
+def listening(port: int, proc: str = "/proc/net") -> list[str]:
+    """The addresses of the TCP sockets listening on ``port`` in this network namespace."""
+    out: list[str] = []
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            out += listeners(Path(proc, name).read_text(), port)
+    return out
+
+
+def listeners(text: str, port: int) -> list[str]:
+    """The addresses listening on ``port`` in a ``/proc/net/tcp`` or ``tcp6`` table. Pure.
+
+    Each address is printed as hex 32-bit words in the host's byte order."""
+    out = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
+            continue
+        address, _, hex_port = fields[1].partition(":")
+        try:
+            if int(hex_port, 16) != port:
+                continue
+            raw = bytes.fromhex(address)
+        except ValueError:
+            continue
+        if len(raw) not in (4, 16):
+            continue
+        if sys.byteorder == "little":
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+        ip = ipaddress.ip_address(raw)
+        mapped = getattr(ip, "ipv4_mapped", None)
+        out.append(str(mapped or ip))
+    return out
 
 
 def gather(apps: Iterable[App], settings: Settings) -> Facts:

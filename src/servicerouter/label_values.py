@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .model import Mode
+from .model import Mode, shown
 
 # marathon-lb reads "true", "t", "yes", "y" (any case) as true and anything else
 # as false. We accept those and the usual "1"/"on", and refuse anything that is
@@ -43,7 +43,7 @@ class LabelError(ValueError):
         self.label = label
         self.value = value
         self.problem = problem
-        super().__init__(f"label {label}={value!r} {problem}")
+        super().__init__(f"label {label}={shown(value)!r} {problem}")  # a value may be huge
 
 
 def parse_bool(label: str, value: str) -> bool:
@@ -92,7 +92,7 @@ def parse_vhosts(label: str, value: str) -> tuple[str, ...]:
         raise LabelError(label, value, "names no host")
     for h in hosts:
         if len(h) > 253 or not _HOSTNAME.match(h):
-            raise LabelError(label, value, f"has {h!r}, which is not a host name "
+            raise LabelError(label, value, f"has {shown(h)!r}, which is not a host name "
                              "(letters, digits, '-', '_', optionally starting with '*.')")
     return hosts
 
@@ -127,7 +127,7 @@ def parse_paths(label: str, value: str) -> tuple[tuple[str, ...], bool]:
                          "after -i")
     for p in paths:
         if not _PATH.match(p) or "/../" in f"{p}/":
-            raise LabelError(label, value, f"has {p!r}, which is not an absolute path of "
+            raise LabelError(label, value, f"has {shown(p)!r}, which is not an absolute path of "
                              "[A-Za-z0-9._~%/-]")
     return tuple(dict.fromkeys(paths)), ignore_case
 
@@ -211,11 +211,11 @@ def parse_networks(label: str, value: str) -> tuple[str, ...]:
     out = []
     for w in words:
         if "%" in w:
-            raise LabelError(label, value, f"has {w!r}, which is not an IP address or range")
+            raise LabelError(label, value, f"has {shown(w)!r}, which is not an IP address or range")
         try:
             out.append(str(ipaddress.ip_network(w, strict=False)))
         except ValueError:
-            raise LabelError(label, value, f"has {w!r}, which is not an IP address or "
+            raise LabelError(label, value, f"has {shown(w)!r}, which is not an IP address or "
                              "CIDR range") from None
     return tuple(dict.fromkeys(out))
 

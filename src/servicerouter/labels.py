@@ -41,14 +41,16 @@ from .label_values import (
     parse_vhosts,
     parse_weight,
 )
-from .model import Mode, Options
+from .model import Mode, Options, shown
 
 __all__ = ["BALANCE_ALGORITHMS", "GROUP_LABEL", "LABELS", "AppLabels", "LabelError",
            "LabelSpec", "ServiceLabels", "parse_bool", "parse_labels", "parse_path",
            "parse_port"]
 
 GROUP_LABEL = "HAPROXY_GROUP"
-_SERVICE_LABEL = re.compile(r"^HAPROXY_(\d+)_([A-Z0-9_]+)$")
+MAX_WARNINGS = 20  # per app
+# At most 9 digits: int() refuses 4,300, which skipped the whole app.
+_SERVICE_LABEL = re.compile(r"^HAPROXY_(\d{1,9})_([A-Z0-9_]+)$")
 
 SUPPORTED = "supported"
 NOT_YET = "not yet supported"
@@ -223,6 +225,7 @@ def _apply(current: ServiceLabels, spec: LabelSpec, label: str, value: str) -> S
 
 
 def _unsupported(label: str, spec: LabelSpec | None) -> str:
+    label = shown(label)  # a tenant's label name may be as long as Marathon lets it be
     if spec is None:
         return f"label {label} is not a label servicerouter or marathon-lb knows; ignored"
     if spec.status == NOT_YET:
@@ -279,7 +282,7 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             warnings.append(_unsupported(label, spec))
             continue
         if index >= max(service_count, 1):
-            warnings.append(f"label {label} names service port index {index}, which the app "
+            warnings.append(f"label {shown(label)} names service port index {index}, which the app "
                             f"does not have ({service_count} ports); ignored")
             continue
         current = per_index.get(index) or ServiceLabels(base)
@@ -307,6 +310,9 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         if opts.paths and opts.backend_weight == 0:
             per_index[index] = replace(per_index[index], options=replace(
                 per_index[index].options, backend_weight=1))  # as marathon-lb
+    if len(warnings) > MAX_WARNINGS:  # each is logged once: a tenant cannot flood the log
+        warnings[MAX_WARNINGS:] = [f"{len(warnings) - MAX_WARNINGS} more label warnings like "
+                                   "these; not shown"]
     return AppLabels(per_index, tuple(warnings), errors)
 
 

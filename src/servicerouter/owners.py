@@ -28,15 +28,18 @@ VERSION = 1
 
 @dataclass
 class Owners:
-    """Service port → app id; virtual host → (owner key, app that claimed it first)."""
+    """Service port → app id; virtual host, and certificate file (claims.py) → (owner
+    key, app that claimed it first)."""
 
     ports: dict[int, str] = field(default_factory=dict)
     hosts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    certs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION,
                            "ports": {str(p): a for p, a in sorted(self.ports.items())},
-                           "hosts": {h: list(o) for h, o in sorted(self.hosts.items())}},
+                           "hosts": {h: list(o) for h, o in sorted(self.hosts.items())},
+                           "certs": {c: list(o) for c, o in sorted(self.certs.items())}},
                           indent=1)
 
     @classmethod
@@ -49,18 +52,21 @@ class Owners:
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ValueError(f"not a version {VERSION} owners file")
         ports, hosts = data.get("ports"), data.get("hosts")
-        if not isinstance(ports, dict) or not isinstance(hosts, dict):
-            raise ValueError("'ports' and 'hosts' must be objects")
+        certs = data.get("certs", {})  # absent in files written before certificates had owners
+        if not isinstance(ports, dict) or not isinstance(hosts, dict) \
+                or not isinstance(certs, dict):
+            raise ValueError("'ports', 'hosts' and 'certs' must be objects")
         out = cls()
         for port, app in ports.items():
             if not (port.isdigit() and 1 <= int(port) <= 65535 and isinstance(app, str)):
                 raise ValueError(f"ports: {port!r}: {app!r} is not a port and an app id")
             out.ports[int(port)] = app
-        for host, owner in hosts.items():
-            if not (isinstance(owner, list) and len(owner) == 2
-                    and all(isinstance(x, str) for x in owner)):
-                raise ValueError(f"hosts: {host!r}: {owner!r} is not [owner, app id]")
-            out.hosts[host] = (owner[0], owner[1])
+        for kind, claims, into in (("hosts", hosts, out.hosts), ("certs", certs, out.certs)):
+            for thing, owner in claims.items():
+                if not (isinstance(owner, list) and len(owner) == 2
+                        and all(isinstance(x, str) for x in owner)):
+                    raise ValueError(f"{kind}: {thing!r}: {owner!r} is not [owner, app id]")
+                into[thing] = (owner[0], owner[1])
         return out
 
 

@@ -11,7 +11,15 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from .admission import Facts, check_service, port_label, vhost_owner
+from .admission import (
+    Facts,
+    check_service,
+    covering_wildcards,
+    domains_above,
+    port_label,
+    vhost_owner,
+)
+from .claims import Claims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
 from .owners import Owners
@@ -42,6 +50,9 @@ class ClusterState:
         self._hosts_of: dict[str, set[str]] = {}
         self._routes_of: dict[str, set[tuple[str, str]]] = {}
         self._host_waiting: dict[str, set[str]] = {}
+        # domain -> owned hosts under it: a wildcard over another owner's host (or a host
+        # under another owner's wildcard) would take its traffic on the vhost frontends.
+        self._under: dict[str, set[str]] = {}
         # backend -> (service as rendered, problem): left out after HAProxy refused it;
         # let back in when the app's definition of that service changes.
         self.excluded: dict[str, tuple[Service, Problem]] = {}
@@ -54,6 +65,11 @@ class ClusterState:
         # owned what before this process: claimed again first at the first full sync.
         self.owners_version = 0
         self._prior: Owners | None = None
+        # Certificate file (resolved) -> its owner, like hosts (claims.py); not the files
+        # the operator lists in --ssl-certs, which are everyone's.
+        self._certs = Claims()
+        self._shared_certs: set[str] = set()
+        self._freed_certs: set[str] = set()
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -107,22 +123,32 @@ class ClusterState:
                 continue
             problem = None
             paths = opts.paths or ("",)
+            kind = "group" if policy == "group" else "app"
             for host in opts.vhosts:
                 owner = self._host_owner.get(host)
                 holders = self._host_holders.get(host)
                 taken = [(host, p) for p in paths
                          if (host, p) in routes or (host, p) in self._route_owner]
+                # A wildcard is checked even when it has an owner: owners kept from before
+                # wildcards were checked may overlap, and then the exact host keeps it.
+                overlap = self._overlap(host, key) \
+                    if owner is None or host.startswith("*.") else None
+                wait_on = host
                 if owner is not None and holders and owner[0] != key:
-                    problem = (f"names host {host}, which belongs to "
-                               f"{'group' if policy == 'group' else 'app'} {owner[0]} "
+                    problem = (f"names host {host}, which belongs to {kind} {owner[0]} "
                                f"(app {owner[1]} claimed it first)")
                 elif taken:
                     route = taken[0]
                     problem = (f"names host {host} and path {route[1] or '/'}, which "
                                f"{self._route_owner.get(route) or routes[route]} already "
                                "routes")
+                elif overlap is not None:
+                    wait_on, (okey, first) = overlap
+                    how = "is under" if wait_on in covering_wildcards(host) else "covers"
+                    problem = (f"names host {host}, which {how} host {wait_on} of {kind} "
+                               f"{okey} (app {first} claimed it first)")
                 if problem:
-                    self._host_waiting.setdefault(host, set()).add(app_id)
+                    self._host_waiting.setdefault(wait_on, set()).add(app_id)
                     break
             if problem:
                 del new[name]
@@ -141,6 +167,7 @@ class ClusterState:
                 self._host_owner[host] = (key or "", app_id)
                 self.owners_version += 1
             holders.add(app_id)
+            self._index(host, True)
         self._route_owner.update(routes)
         if hosts:
             self._hosts_of[app_id] = hosts
@@ -148,6 +175,7 @@ class ClusterState:
             self._routes_of[app_id] = set(routes)
         self._freed_hosts = {h for h in old_hosts if not self._host_holders.get(h)}
         for host in self._freed_hosts:
+            self._index(host, False)
             self._host_owner.pop(host, None)
             self._host_holders.pop(host, None)
             self.owners_version += 1
@@ -158,6 +186,51 @@ class ClusterState:
                                                          key=self._claim_order))
                 self.owners_version += 1
         return problems
+
+    def _claim_certs(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
+        """Drop services naming a certificate file another owner holds."""
+        key = vhost_owner(app.id, self.settings.vhost_policy)
+        if key is None or (app.id not in self._certs.held_by
+                           and not any(d.service.options.ssl_cert for d in new.values())):
+            return []  # names none, held none (most apps)
+        wanted = {c for d in new.values() if (c := d.service.options.ssl_cert)
+                  and c not in self._shared_certs}
+        version = self._certs.version
+        refused, self._freed_certs = self._certs.update(app.id, key, wanted)
+        self.owners_version += self._certs.version != version
+        kind = "group" if self.settings.vhost_policy == "group" else "app"
+        problems = []
+        for name, d in sorted(new.items()):
+            cert = d.service.options.ssl_cert
+            if cert in refused:
+                del new[name]
+                owner, first = refused[cert]
+                problems.append(Problem(
+                    app.id, d.service.index, "ssl_cert", f"HAPROXY_{d.service.index}_SSL_CERT",
+                    cert, f"is the certificate of {kind} {owner} (app {first} named it "
+                    "first); service left out, others applied"))
+        return problems
+
+    def _index(self, host: str, add: bool) -> None:
+        for domain in domains_above(host):
+            if add:
+                self._under.setdefault(domain, set()).add(host)
+            elif domain in self._under:
+                self._under[domain].discard(host)
+                if not self._under[domain]:
+                    del self._under[domain]
+
+    def _overlap(self, host: str, key: str | None) -> tuple[str, tuple[str, str]] | None:
+        """A host of another owner that ``host`` would match or be matched by: a
+        wildcard above it, or (``host`` a wildcard) a host under it."""
+        others = covering_wildcards(host)
+        if host.startswith("*."):
+            others += sorted(self._under.get(host[2:], ()))
+        for other in others:
+            owner = self._host_owner.get(other)
+            if owner is not None and owner[0] != key and self._host_holders.get(other):
+                return other, owner
+        return None
 
     def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
         """One app's services as admitted: checked, owned, not excluded by HAProxy."""
@@ -178,6 +251,7 @@ class ClusterState:
                 new[name] = admitted
         problems += self._claim_ports(app, new)
         problems += self._claim_vhosts(app, new)
+        problems += self._claim_certs(app, new)
         for name, d in list(new.items()):
             held = self.excluded.get(name)
             if held is None:
@@ -205,17 +279,19 @@ class ClusterState:
         """Recompute one app's desired services; return the names that changed."""
         old = set(self._backends.get(app_id, ()))
         app = self.apps.get(app_id)
-        self._freed_ports, self._freed_hosts = set(), set()
+        self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
         if app:
             new, problems = self._admit(app)
         else:
             new, problems = {}, []
             self._claim_ports(App(app_id), new)
             self._claim_vhosts(App(app_id), new)
+            self._claim_certs(App(app_id), new)
             for name in old:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)
-        freed_ports, freed_hosts = self._freed_ports, self._freed_hosts
+        freed_ports, freed_hosts, freed_certs = \
+            self._freed_ports, self._freed_hosts, self._freed_certs
         dirty = {n for n in old if n not in new} if old else set()
         for n in dirty:
             self.desired.pop(n, None)
@@ -228,9 +304,10 @@ class ClusterState:
         else:
             self._backends.pop(app_id, None)
         # A port or host let go: the apps refused it may have it now.
-        if not freed_ports and not freed_hosts:  # nothing let go (most apps of a sync)
-            return dirty
+        if not freed_ports and not freed_hosts and not freed_certs:  # nothing let go
+            return dirty  # (most apps of a sync)
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
+        waiters |= self._certs.waiters(freed_certs)
         waiters |= {w for host in freed_hosts for w in self._host_waiting.pop(host, ())}
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
             if waiter in self.apps:
@@ -255,6 +332,7 @@ class ClusterState:
     def set_facts(self, facts: Facts) -> set[str]:
         """New host facts (merged over the old); re-admit the apps whose facts changed."""
         old, self.facts = self.facts, self.facts.merged(facts)
+        self._shared_certs = {f.path for f in self.facts.certs.values() if f.shared and f.path}
         changed_certs = {k for k, v in self.facts.certs.items() if old.certs.get(k) != v}
         changed_addrs = {k for k, v in self.facts.addresses.items() if old.addresses.get(k) != v}
         if not changed_certs and not changed_addrs:
@@ -310,7 +388,7 @@ class ClusterState:
 
     def owners(self) -> Owners:
         """Who owns each service port and virtual host now (for owners.py)."""
-        return Owners(dict(self._port_owner), dict(self._host_owner))
+        return Owners(dict(self._port_owner), dict(self._host_owner), dict(self._certs.owner))
 
     def restore_owners(self, owners: Owners) -> None:
         """Who owned ports and hosts before this process: at the first full sync they
@@ -335,6 +413,10 @@ class ClusterState:
                 self._host_owner[host] = (key, app_id)
                 self._host_holders[host] = {app_id}
                 self._hosts_of.setdefault(app_id, set()).add(host)
+                self._index(host, True)
+        for cert, (key, app_id) in prior.certs.items():
+            if app_id in fresh and vhost_owner(app_id, policy) == key:
+                self._certs.seed(cert, key, app_id)
 
     def update_task(self, task: Task) -> set[str]:
         """Add or replace one task of a known app (the event fast path)."""

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, running, wait_for, wait_routed
+from .harness import Daemon, Simulator, responders, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -43,3 +43,25 @@ def test_a_broken_label_template_leaves_only_its_app_out(tmp_path: Path,
         assert r.status_code == 200, r.text
         wait_for(lambda: f":{broken_port}" in daemon.config.read_text(), 30,
                  what="the fixed app rendered")
+
+
+def test_a_label_template_cannot_bind_another_apps_port(tmp_path: Path,
+                                                         simulator: Simulator) -> None:
+    """A second bind line in FRONTEND_HEAD passes haproxy -c (it binds nothing), and with
+    SO_REUSEPORT the kernel would split the other app's connections between the two."""
+    victim_port, victim = simulator.launch("/raw/victim", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--allow-label-templates").start()
+    with running(daemon):
+        wait_routed(victim_port, victim)
+        simulator.launch("/raw/thief", 1, labels={"HAPROXY_0_FRONTEND_HEAD": (
+            "frontend {backend}\n  bind {bindAddr}:{servicePort}\n"
+            f"  bind *:{victim_port}\n  mode {{mode}}\n")})
+        problems = wait_for(lambda: daemon.status(app="/raw/thief")["problems"], 30,
+                            what="the thief's template refused")
+        assert any("may bind only the service's own address" in p["error"]
+                   for p in problems), problems
+        assert daemon.config.read_text().count(f"bind *:{victim_port}") == 1
+        new_port, new = simulator.launch("/raw/new", 1)
+        wait_routed(new_port, new)
+        wait_routed(victim_port, victim)
+        assert responders(victim_port, 12) == victim

@@ -198,6 +198,79 @@ def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
         assert not (reached("/") | reached("/api/x")) & simulator.running("/aaa/thief")
 
 
+def test_a_wildcard_from_another_group_does_not_take_an_owned_host(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """*.corp.test with a heavy BACKEND_WEIGHT sorts before shop.corp.test on the vhost
+    frontend: admitted, it would take the owner's traffic. It is refused instead."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    daemon = Daemon(tmp_path, simulator.url, "--http-port", str(http_port)).start()
+    with running(daemon):
+        simulator.launch("/teama/web", 1, labels={"HAPROXY_0_VHOST": "shop.corp.test"})
+        simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "*.corp.test",
+                                                  "HAPROXY_0_BACKEND_WEIGHT": "1000"})
+
+        def reached(host: str) -> set[str]:
+            with httpx.Client(timeout=5) as c:
+                return {c.get(f"http://127.0.0.1:{http_port}/",
+                              headers={"Host": host, "Connection": "close"}).text.strip()
+                        for _ in range(6)}
+
+        (problem,) = wait_for(lambda: problems(daemon).get("/aaa/thief"), 30,
+                              what="the wildcard's problem")
+        assert (problem["reason"], problem["label"], problem["value"]) == (
+            "vhost_taken", "HAPROXY_0_VHOST", "*.corp.test")
+        assert "covers host shop.corp.test of group /teama" in problem["error"]
+        wait_for(lambda: reached("shop.corp.test") == simulator.running("/teama/web"), 30,
+                 what="shop.corp.test routed to /teama/web only")
+        new_app_is_routed(simulator, daemon, "/teamc/new")
+        assert reached("shop.corp.test") == simulator.running("/teama/web")
+        assert not reached("other.corp.test") & simulator.running("/aaa/thief")
+
+
+def test_another_groups_certificate_is_not_served_on_a_thiefs_port(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Both files are under --ssl-cert-dir, and both apps are allowed certificates; but
+    shop.pem is /teama's: on /aaa/thief's port it would present shop.test's name and
+    key to clients lured to https://shop.test:<that port>/."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=shop.test", "-days", "1", "-keyout", str(tmp_path / "k"), "-out",
+                    str(tmp_path / "c")], check=True, capture_output=True, timeout=60)
+    (certs / "shop.pem").write_bytes((tmp_path / "c").read_bytes()
+                                     + (tmp_path / "k").read_bytes())
+    owner_port, _ = simulator.launch("/teama/web", 1, labels={
+        "HAPROXY_0_SSL_CERT": str(certs / "shop.pem")})
+    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
+    with running(daemon):
+        def over_tls(port: int) -> set[str]:
+            with httpx.Client(timeout=5, verify=False) as c:
+                return {c.get(f"https://127.0.0.1:{port}/",
+                              headers={"Connection": "close"}).text.strip() for _ in range(4)}
+
+        wait_for(lambda: over_tls(owner_port) == simulator.running("/teama/web"), 30,
+                 what="/teama/web served over TLS")
+        thief_port, _ = simulator.launch("/aaa/thief", 1, labels={
+            "HAPROXY_0_SSL_CERT": str(certs / "shop.pem")})
+        (problem,) = wait_for(lambda: problems(daemon).get("/aaa/thief"), 30,
+                              what="the thief's problem")
+        assert (problem["reason"], problem["label"]) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
+        assert "certificate of group /teama (app /teama/web named it first)" in \
+            problem["error"]
+        new_app_is_routed(simulator, daemon, "/teamc/new")
+        assert f":{thief_port}" not in daemon.config.read_text()
+        assert over_tls(owner_port) == simulator.running("/teama/web")
+        # Kept next to the config: a restart gives the file back to its owner.
+        owners_file = tmp_path / "haproxy.cfg.owners.json"
+        wait_for(lambda: owners_file.exists() and json.loads(owners_file.read_text()).get(
+            "certs") == {str((certs / "shop.pem").resolve()): ["/teama", "/teama/web"]}, 15,
+            what="the certificate's owner in the owners file")
+
+
 def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
         tmp_path: Path, simulator: Simulator) -> None:
     """The owner redeploys after a thief was refused: the thief's definition is now the

@@ -128,6 +128,10 @@ def every_option_apps(pem: str) -> list[App]:
             auth=("Some Realm", "bob", "$6$abcdefgh$0123456789abcdef"),
             network_allowed=("10.0.0.0/8", "fd00::/8"), hsts=True, proxypass_path="/x",
             revproxy_path="/x", redir_path="/x/home", balance="hdr(host) use_domain_only")),
+        # '%' starts a log-format variable in a redirect or a header replacement.
+        _app("/mlb/percent", 10014, Options(
+            mode=http, vhosts=("p.example.com",), redir_path="/home%20page%H",
+            revproxy_path="/a%2Fb%ci", proxypass_path="/strip%20me")),
         _app("/mlb/tcp-acl", 10012, Options(network_allowed=("127.0.0.0/8",),
                                             balance="uri whole depth 2")),
         _app("/mlb/checks", 10013, Options(

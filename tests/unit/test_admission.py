@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from servicerouter import hostfacts
 from servicerouter.admission import CertFact, Facts, top_group
 from servicerouter.layout import Settings, build_layout
 from servicerouter.model import App, Options, Problem, Service, Task
+from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
@@ -68,6 +70,62 @@ def test_first_claim_among_new_apps_is_the_oldest_definition() -> None:
     assert set(s.desired) == {"b_old_10002"}
 
 
+def test_a_wildcard_never_overlaps_another_owners_host() -> None:
+    """The vhost frontends try a wildcard route before an exact one when its weight,
+    path or name sorts first: a wildcard over another group's host would take its
+    traffic. Whoever claimed first keeps it, in both directions."""
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/teama/web", 10001, vhosts=("shop.corp.example.org",)))
+    s.set_app(app("/aaa/thief", 10002, vhosts=("*.corp.example.org",), backend_weight=100))
+    s.set_app(app("/bbb/wide", 10003, vhosts=("*.example.org",)))
+    assert set(s.desired) == {"teama_web_10001"}
+    (p,) = s.problems["/aaa/thief"]
+    assert (p.reason, p.label, p.value) == ("vhost_taken", "HAPROXY_0_VHOST", "*.corp.example.org")
+    assert "covers host shop.corp.example.org of group /teama (app /teama/web claimed it " \
+           "first)" in p.message
+    assert reasons(s, "/bbb/wide") == ["vhost_taken"]
+    # Its own group may add a wildcard over it; then another group's host under it waits.
+    s.set_app(app("/teama/all", 10004, vhosts=("*.shop.corp.example.org",)))
+    s.set_app(app("/ccc/sub", 10005, vhosts=("a.shop.corp.example.org",)))
+    assert "teama_all_10004" in s.desired and "ccc_sub_10005" not in s.desired
+    assert "is under host *.shop.corp.example.org of group /teama" in \
+           s.problems["/ccc/sub"][0].message
+    # When the owner lets go, the waiting claims are looked at again.
+    s.remove_app("/teama/all")
+    assert "ccc_sub_10005" in s.desired
+    s.remove_app("/ccc/sub")
+    dirty = s.remove_app("/teama/web")
+    assert "aaa_thief_10002" in dirty and set(s.desired) == {"aaa_thief_10002"}
+    # A full sync keeps it so (the older definition does not win over a held host).
+    s.replace_all([app("/aaa/thief", 10002, vhosts=("*.corp.example.org",)),
+                   app("/zzz/old", 10006, version="2000-01-01", vhosts=("x.corp.example.org",))])
+    assert set(s.desired) == {"aaa_thief_10002"}
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("group", True), ("exclusive", True),
+                                                  ("open", False)])
+def test_a_wildcard_over_a_whole_top_level_domain_is_refused(policy: str,
+                                                             refused: bool) -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
+    s.set_app(app("/a/tld", 10001, vhosts=("ok.example.com", "*.com")))
+    assert ("a_tld_10001" not in s.desired) is refused
+    if refused:
+        (p,) = s.problems["/a/tld"]
+        assert (p.reason, p.label) == ("label_refused", "HAPROXY_0_VHOST")
+        assert "*.com, a wildcard over a whole top-level domain" in p.message
+
+
+def test_the_owners_kept_on_disk_hold_against_a_wildcard_after_a_restart() -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/teama/web", 10001, version="2026-02-01", vhosts=("shop.corp.example.org",)))
+    restarted = ClusterState(Settings(http_port=0, https_port=0))
+    restarted.restore_owners(s.owners())
+    restarted.replace_all([
+        app("/aaa/thief", 10002, version="2000-01-01", vhosts=("*.corp.example.org",)),
+        app("/teama/web", 10001, version="2026-02-01", vhosts=("shop.corp.example.org",))])
+    assert set(restarted.desired) == {"teama_web_10001"}
+
+
 @pytest.mark.parametrize(("policy", "routed"), [
     ("group", {"t_web_10001", "t_api_10002"}),
     ("exclusive", {"t_web_10001"}),
@@ -116,6 +174,7 @@ def test_certificates_only_from_allowed_folders(tmp_path: Path) -> None:
     assert check(allowed / "good.pem").path == str(allowed / "good.pem")
     assert check(allowed / "alias.pem") == check(allowed / "good.pem")
     assert check(tmp_path / "listed.pem").path == str(tmp_path / "listed.pem")
+    assert check(tmp_path / "listed.pem").shared and not check(allowed / "good.pem").shared
     problems = {name: check(p).problem for name, p in [
         ("outside", outside / "secret.pem"), ("escape", allowed / "escape.pem"),
         ("missing", allowed / "missing.pem"), ("dir", allowed / "dir.pem"),
@@ -187,6 +246,68 @@ def test_bind_checks_at_the_edge() -> None:
     assert "cannot be bound" in str(hostfacts.bind_problem("192.0.2.77", 10001))
 
 
+@pytest.mark.parametrize("key", [
+    "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\n"
+    "MIIE\n-----END RSA PRIVATE KEY-----\n"])
+def test_a_certificate_with_an_encrypted_key_is_refused(tmp_path: Path, key: str) -> None:
+    """With a terminal, HAProxy asks for the passphrase there: haproxy -c hangs until its
+    timeout, every check of the bisection too, and every reload with it."""
+    pem = tmp_path / "enc.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" + key)
+    fact = hostfacts.check_cert(str(pem), [str(tmp_path)], [])
+    assert fact.path is None and "encrypted private key" in str(fact.problem)
+
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   1: 0100007F:0019 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   2: 0100007F:0016 0100007F:BB1C 01 00000000:00000000 00:00000000 00000000     0
+"""
+PROC_NET_TCP6 = """\
+  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 0A
+   1: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A
+"""
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the sample tables are little-endian")
+def test_listeners_read_from_proc_net_tcp() -> None:
+    assert hostfacts.listeners(PROC_NET_TCP, 22) == ["0.0.0.0"]  # not the connection
+    assert hostfacts.listeners(PROC_NET_TCP, 25) == ["127.0.0.1"]
+    assert hostfacts.listeners(PROC_NET_TCP6, 53) == ["::1"]
+    assert hostfacts.listeners(PROC_NET_TCP6, 80) == ["127.0.0.1"]  # v4-mapped
+    assert hostfacts.listeners(PROC_NET_TCP, 80) == []
+    assert hostfacts.overlaps("", "127.0.0.1") and hostfacts.overlaps("10.0.0.1", "::")
+    assert not hostfacts.overlaps("10.0.0.1", "127.0.0.1")
+    assert hostfacts.overlaps("::ffff:127.0.0.1", "127.0.0.1")  # as listeners() gives it
+
+
+def test_a_privileged_port_another_process_holds_is_refused_before_the_reload(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon may not bind below 1024 where HAProxy may (the container's setcap):
+    a port there that sshd holds would fail HAProxy's reload for every app. It is
+    judged from the listening sockets instead."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        real = socket.socket
+
+        class Unprivileged(real):  # type: ignore[misc,valid-type]
+            def bind(self, address: object) -> None:
+                raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(socket, "socket", Unprivileged)
+        assert "another socket listens on 127.0.0.1 port" in str(
+            hostfacts.bind_problem("*", port))
+        assert "another socket listens" in str(hostfacts.bind_problem("127.0.0.1", port))
+        assert hostfacts.bind_problem("127.0.0.2", port) is None  # another address: free
+
+
 def test_a_replaced_certificate_file_is_judged_again(tmp_path: Path) -> None:
     cert = tmp_path / "a.pem"
     cert.write_text(PEM)
@@ -212,3 +333,51 @@ def test_two_ports_of_one_app_on_one_host_and_path_keep_the_first() -> None:
     assert set(s.desired) == {"t_two_10001"}
     (p,) = s.problems["/t/two"]
     assert p.index == 1 and "which t_two_10001 already routes" in p.message
+
+
+def test_a_certificate_file_belongs_to_the_owner_that_named_it_first() -> None:
+    """Another tenant's certificate on one's own port presents the other's name and key
+    to clients lured to https://<their host>:<that port>/; their cookies would follow."""
+    def cert_app(app_id: str, port: int, cert: str, version: str = "2026-01-01") -> App:
+        return app(app_id, port, version=version, ssl_cert=cert)
+
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_facts(Facts(certs={"/c/shop.pem": CertFact("/c/shop.pem"),
+                             "/c/alias.pem": CertFact("/c/shop.pem"),  # a symlink to it
+                             "/c/default.pem": CertFact("/c/default.pem", shared=True)}))
+    s.set_app(cert_app("/teama/web", 10001, "/c/shop.pem"))
+    s.set_app(cert_app("/teama/api", 10002, "/c/shop.pem"))  # its own group: shared
+    s.set_app(cert_app("/aaa/thief", 10003, "/c/alias.pem"))
+    s.set_app(cert_app("/bbb/x", 10004, "/c/default.pem"))  # the operator's --ssl-certs
+    s.set_app(cert_app("/ccc/y", 10005, "/c/default.pem"))
+    assert set(s.desired) == {"teama_web_10001", "teama_api_10002", "bbb_x_10004",
+                              "ccc_y_10005"}
+    (p,) = s.problems["/aaa/thief"]
+    assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", "/c/shop.pem")
+    assert "is the certificate of group /teama (app /teama/web named it first)" in p.message
+    # Kept across a restart, though the thief's definition is older.
+    restarted = ClusterState(Settings(http_port=0, https_port=0))
+    restarted.restore_owners(Owners.from_json(s.owners().to_json()))
+    restarted.set_facts(s.facts)
+    restarted.replace_all([cert_app("/aaa/thief", 10003, "/c/alias.pem", "2000-01-01"),
+                           cert_app("/teama/web", 10001, "/c/shop.pem")])
+    assert set(restarted.desired) == {"teama_web_10001"}
+    # When the owner lets go, the waiting app gets it.
+    s.remove_app("/teama/web")
+    assert "aaa_thief_10003" not in s.desired
+    dirty = s.remove_app("/teama/api")
+    assert "aaa_thief_10003" in dirty and "aaa_thief_10003" in s.desired
+
+
+def test_overlapping_owners_kept_from_an_older_version_leave_the_host_to_the_exact_claim(
+        ) -> None:
+    """An owners file written before wildcards were checked may hold both."""
+    kept = Owners(hosts={"shop.corp.example.org": ("/teama", "/teama/web"),
+                         "*.corp.example.org": ("/aaa", "/aaa/thief")})
+    for thief, owner in (("2000-01-01", "2026-01-01"), ("2026-01-01", "2000-01-01")):
+        s = ClusterState(Settings(http_port=0, https_port=0))
+        s.restore_owners(kept)
+        s.replace_all([app("/aaa/thief", 10002, thief, vhosts=("*.corp.example.org",)),
+                       app("/teama/web", 10001, owner, vhosts=("shop.corp.example.org",))])
+        assert set(s.desired) == {"teama_web_10001"}
+        assert reasons(s, "/aaa/thief") == ["vhost_taken"]

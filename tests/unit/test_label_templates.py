@@ -77,3 +77,56 @@ def test_vetting_leaves_out_only_the_broken_app_and_caches() -> None:
     assert len(calls) == 2  # apps without template labels are not validated
     asyncio.run(vetting.vet([good, bad, plain]))
     assert len(calls) == 2  # unchanged apps are not validated again
+
+
+OWN = "frontend {backend}\n  bind {bindAddr}:{servicePort}{sslCert}{bindOptions}\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("FRONTEND_HEAD", "frontend {backend}\n  bind *:80", "bind only the service's own"),
+     ("FRONTEND_HEAD", OWN + "  bind 127.0.0.1:9090", "bind only the service's own"),
+     ("FRONTEND_HEAD", "frontend {backend}\n  bind *:{servicePort} ssl crt /etc/other.pem",
+      "bind only the service's own"),
+     ("FRONTEND_HEAD", OWN + "  use_backend internal_10005 if TRUE", "own backend raw_10001"),
+     ("FRONTEND_HEAD", OWN + "  default_backend internal_10005", "own backend raw_10001"),
+     ("BACKEND_HEAD", "backend {backend}\n  stats enable\n  stats admin if TRUE", "'stats'"),
+     ("BACKEND_HEAD", "backend {backend}\n  server extra 127.0.0.1:9091", "'server'"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-request return status 200 file /etc/shadow",
+      "'file'"),
+     ("BACKEND_HTTP_OPTIONS", "  errorfile 503 /etc/shadow", "'errorfile'"),
+     ("BACKEND_HEAD", "backend {backend}\n  acl a src -f /etc/shadow", "'-f'"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-request set-map(/run/h.map) x.com raw_10001",
+      "'set-map'"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-response set-header X %[str(a),map(/etc/x)]",
+      "'map\\('"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-response set-header X %[env(HOME)]",
+      "'env\\('"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-request use-service prometheus-exporter",
+      "'use-service'"),
+     # HAProxy reads quoted keywords, escapes and environment variables: so must the check.
+     ("BACKEND_HEAD", "backend {backend}\n  \"stats\" enable", "'stats'"),
+     ("BACKEND_HEAD", "backend {backend}\n  'ser'\"ver\" x 127.0.0.1:9091", "'server'"),
+     ("BACKEND_HEAD", "backend {backend}\n  s\\x65rver x 127.0.0.1:9091", "backslash escape"),
+     ("BACKEND_HEAD", "backend {backend}\n  http-response set-header X \"${{HOME}}\"",
+      "environment variable"),
+     ("BACKEND_HEAD", "backend {backend}\n  \"listen\" evil\n  bind :1",
+      "only add indented lines")],
+)
+def test_templates_cannot_reach_past_their_own_traffic(key: str, value: str,
+                                                       message: str) -> None:
+    """Inside its own section a template could still bind another app's port, route to
+    another app's backend, open the stats page, add servers, read files, or edit maps
+    other apps are routed by; with --allow-label-templates each is refused."""
+    with pytest.raises(TemplateError, match=message):
+        render_alone(_app(((key, value),)), Settings(), None)
+
+
+def test_marathon_lb_default_heads_still_render() -> None:
+    svc = Service("/raw", 0, 10001, Options(
+        mode=Mode.HTTP, ssl_cert="/etc/ssl/raw.pem", raw_templates=(
+            ("BACKEND_HEAD", "\nbackend {backend}\n  balance {balance}\n  mode {mode}\n"),
+            ("FRONTEND_HEAD", "\n" + OWN + "  mode {mode}\n"
+             "  use_backend {backend} if {{ path_beg /file }}\n"))))
+    text = render_alone(App("/raw", services=(svc,)), Settings(), None)
+    assert "frontend raw_10001\n  bind *:10001 ssl crt /etc/ssl/raw.pem\n  mode http\n" in text

@@ -282,3 +282,23 @@ def test_label_table_rows_are_unique_and_complete() -> None:
         if spec.status == SUPPORTED:
             assert spec.parse is not None and spec.example, spec.name
             assert spec.field is None or spec.field in Options.__dataclass_fields__
+
+
+@pytest.mark.parametrize("label", ["HAPROXY_0_VHOST", "HAPROXY_0_PATH", "HAPROXY_GROUP",
+                                   "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL"])
+def test_a_huge_bad_value_is_cut_in_the_error(label: str) -> None:
+    """A megabyte label would otherwise be repeated whole in every log line and /status."""
+    value = "/ok " + "x#" * 500_000
+    with pytest.raises(LabelError) as info:
+        parse_labels({label: value}, 1)
+    assert len(str(info.value)) < 1000 and label in str(info.value)
+
+
+def test_junk_labels_cost_a_few_short_warnings_not_the_app() -> None:
+    labels = {f"HAPROXY_{i}_NOPE_{'X' * 5000}": "1" for i in range(100)}
+    labels["HAPROXY_" + "9" * 5000 + "_PORT"] = "1"  # int() refuses 4,300 digits
+    labels["HAPROXY_0_PORT"] = "10001"
+    parsed = parse_labels(labels, 1, per_service_errors=True)
+    assert parsed.for_index(0).port == 10001
+    assert len(parsed.warnings) == 21 and "81 more label warnings" in parsed.warnings[-1]
+    assert all(len(w) < 500 for w in parsed.warnings)

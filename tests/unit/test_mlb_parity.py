@@ -239,6 +239,31 @@ def test_operator_surface_in_the_config() -> None:
     assert "log " not in plain and "appid_in" not in plain and "servicerouter_daemon" not in plain
 
 
+def test_an_app_id_with_a_newline_gets_no_app_id_route() -> None:
+    """A laxer Marathon's id "/w\\n" would have cut the routing rule in two (haproxy -c
+    fails, and the bisection runs); it is simply not routed by app id."""
+    settings = Settings(app_id_port=9191)
+    text = _render(Service("/w\n", 0, 10001, Options(mode=Mode.HTTP)),
+                   Service("/ok", 0, 10002, Options(mode=Mode.HTTP)),
+                   settings=settings)
+    assert "x-marathon-app-id) -i /w" not in text
+    assert "use_backend ok_10002 if { req.hdr(x-marathon-app-id) -i /ok }" in text
+
+
+def test_a_service_bound_to_loopback_is_not_reachable_by_app_id() -> None:
+    """Bound to 127.0.0.1 (or ::1) to stay private: the app-id frontend binds every
+    address, so routing to it there would publish it."""
+    settings = Settings(app_id_port=9191)
+    text = _render(Service("/private", 0, 10001, Options(mode=Mode.HTTP,
+                                                         bind_address="127.0.0.1")),
+                   Service("/private6", 0, 10003, Options(mode=Mode.HTTP, bind_address="::1")),
+                   Service("/public", 0, 10002, Options(mode=Mode.HTTP,
+                                                        bind_address="10.0.0.5")),
+                   settings=settings)
+    assert "-i /private" not in text
+    assert "use_backend public_10002 if { req.hdr(x-marathon-app-id) -i /public }" in text
+
+
 def test_health_check_server_keywords() -> None:
     text = _render(_svc(health_check=True, health_check_interval_ms=1000, health_check_fall=3,
                         health_check_port=8080, health_check_ssl=True,

@@ -101,12 +101,19 @@ def test_the_owners_file_round_trip_is_private(tmp_path: Path) -> None:
     assert owners.load(path) == kept
 
 
+def test_an_owners_file_from_before_certificate_owners_still_loads() -> None:
+    kept = Owners.from_json('{"version": 1, "ports": {"10001": "/a"}, "hosts": {}}')
+    assert kept == Owners({10001: "/a"})
+
+
 @pytest.mark.parametrize(("text", "error"), [
     ("{", "not JSON"),
     ('{"version": 9, "ports": {}, "hosts": {}}', "not a version 1 owners file"),
     ('{"version": 1, "ports": {"0": "/a"}, "hosts": {}}', "ports: '0': '/a' is not a port"),
     ('{"version": 1, "ports": {}, "hosts": {"h": "/a"}}',
      "hosts: 'h': '/a' is not [owner, app id]"),
+    ('{"version": 1, "ports": {}, "hosts": {}, "certs": {"/c.pem": ["/a"]}}',
+     "certs: '/c.pem': ['/a'] is not [owner, app id]"),
 ])
 def test_a_broken_owners_file_is_reported_and_claims_start_over(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, error: str) -> None:

@@ -140,7 +140,7 @@ class _BackendView:
         self.hsts = opts.hsts
         self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
         self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
-        self.redir = opts.redir_path
+        self.redir = _literal(opts.redir_path) if opts.redir_path else None
         self.snippet = opts.snippet
         raw = _raw_templates(shape) if opts.raw_templates else {}
         self.frontend_head = raw.get("FRONTEND_HEAD")
@@ -188,9 +188,19 @@ def _raw_templates(shape: BackendShape) -> dict[str, str]:
             raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
                                 f"must start with '{head}' (marathon-lb: '{head.split()[0]} "
                                 "{backend}')")
-        if any(ln.split()[0] in _SECTIONS or not ln[:1].isspace() for ln in body):
-            raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key} "
-                                "may only add indented lines to its own section")
+        where = f"app {shape.app_id}: label HAPROXY_{shape.service.index}_{key}"
+        for ln in body:
+            words = _template_words(ln)
+            if words is None:
+                raise TemplateError(f"{where}: line {ln.strip()!r} uses a backslash escape "
+                                    "or an environment variable, which a label may not")
+            if not words:
+                continue
+            if words[0] in _SECTIONS or not ln[:1].isspace():
+                raise TemplateError(f"{where} may only add indented lines to its own section")
+            why = _template_line_problem(words, shape)
+            if why:
+                raise TemplateError(f"{where}: line {ln.strip()!r} {why}")
         out[key] = "\n".join(lines)
     return out
 
@@ -201,10 +211,88 @@ _SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "u
                        "cache", "fcgi-app"})
 
 
+# Keywords and words of a label template that reach past the app's own traffic: the
+# stats page (with `stats admin`, every app's servers), server lines (the slots are
+# servicerouter's; an extra server reaches this host's loopback), files HAProxy would
+# read (another tenant's key, /etc/shadow as an error page), runtime maps and ACLs
+# shared with other apps (the host map), HAProxy's environment.
+_TEMPLATE_KEYWORDS = frozenset({"stats", "server", "errorfile", "filter", "use-service",
+                                "server-state-file-name", "load-server-state-from-file"})
+_TEMPLATE_WORDS = frozenset({"file", "lf-file", "crt", "crt-list", "ca-file", "crl-file",
+                             "errorfile", "-f", "-M", "use-service"})
+_TEMPLATE_CALLS = re.compile(r"(?:\b(?:map(?:_\w+)?|env|set-map|del-map|add-acl|del-acl"
+                             r"|clear-map|clear-acl)\()|(?:^|[\s,])(?:set|del|add)-(?:map|acl)\b")
+
+
+def _template_words(line: str) -> list[str] | None:
+    """The words HAProxy reads from ``line``, quotes removed (``"stats"`` is ``stats``,
+    and an indented ``"listen"`` opens a section); None when the line uses what this
+    reading does not follow: a backslash escape (``s\\x74ats``) or, in double quotes, an
+    environment variable (``"${SECRET}"``)."""
+    words: list[str] = []
+    word: list[str] | None = None  # None: between words ('' is a word: "")
+    quote = ""
+    for ch in line:
+        if ch == "\\" or (quote == '"' and ch == "$"):
+            return None
+        if quote and ch == quote:
+            quote = ""
+        elif not quote and ch.isspace():
+            if word is not None:
+                words.append("".join(word))
+            word = None
+        else:
+            word = [] if word is None else word
+            if not quote and ch in "'\"":
+                quote = ch
+            else:
+                word.append(ch)
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
+def _template_line_problem(words: list[str], shape: BackendShape) -> str | None:
+    """Why one line of a label template would act beyond the app's own traffic, or None.
+
+    ``bind`` may bind only the service's own address (as marathon-lb's default
+    ``bind {bindAddr}:{servicePort}{sslCert}``: another port would take a share of
+    whoever else binds it, SO_REUSEPORT); ``use_backend`` and ``default_backend`` may
+    name only the app's own backend (not, say, an internal app bound to loopback)."""
+    opts = shape.service.options
+    if words[0] == "bind":
+        own = {hostport(opts.bind_address, shape.service.port),
+               f"{opts.bind_address}:{shape.service.port}"}
+        tls = ["ssl", "crt", opts.ssl_cert] if opts.ssl_cert else []
+        if words[1:2] and words[1] in own and words[2:] in ([], tls):
+            return None
+        return (f"may bind only the service's own address ({min(own)}"
+                f"{' ssl crt ' + str(opts.ssl_cert) if opts.ssl_cert else ''})")
+    if words[0] in ("use_backend", "default_backend") and words[1:2] != [shape.name]:
+        return f"may route only to the app's own backend {shape.name}"
+    line = " ".join(words)
+    bad = (words[0] if words[0] in _TEMPLATE_KEYWORDS else
+           next((w for w in words if w in _TEMPLATE_WORDS), None))
+    m = _TEMPLATE_CALLS.search(line)
+    if bad is None and m is not None:
+        bad = m.group(0).strip(" ,")
+    if bad is not None:
+        return (f"uses {bad!r}, which reaches beyond the app's own traffic (files, shared "
+                "maps, the stats page, servers, the environment)")
+    return None
+
+
 def _redirect_location(https_port: int) -> str:
     """A 301 target keeping host (without its port), path and query."""
     port = "" if https_port in (0, 443) else f":{https_port}"
     return f"https://%[hdr(host),field(1,:)]{port}%[pathq]"
+
+
+def _literal(text: str) -> str:
+    """``text`` as itself in a log-format argument (a redirect location, a header
+    replacement), where ``%`` starts a variable: ``/a%20b`` would not validate and
+    ``/%H`` would print the load balancer's host name."""
+    return text.replace("%", "%%")
 
 
 def _regex_literal(text: str) -> str:
@@ -233,7 +321,7 @@ def _revproxy(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
         return None
     hosts = _host_regex(vhosts)
     origin = f"(https?://({hosts})(:[0-9]+)?)?" if hosts else "()()()"
-    root = path.rstrip("/")
+    root = _literal(path.rstrip("/"))
     return {"match": f"'^{origin}/(.*)$'", "replace": f"'\\1{root}/\\4'"}
 
 
@@ -261,12 +349,20 @@ def vhost_routes(layout: Layout) -> list[dict[str, Any]]:
 _APP_ID = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
 
 
+def _loopback(address: str) -> bool:
+    """A service bound to loopback only (HAPROXY_{n}_BIND_ADDR=127.0.0.1) is private:
+    the app-id frontend, bound on every address, must not reach it."""
+    return address != "*" and ipaddress.ip_address(address).is_loopback
+
+
 def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
     """For the X-Marathon-App-Id frontend: each app's first HTTP service (as marathon-lb)."""
     out: dict[str, str] = {}
     for name, shape in sorted(layout.items(), key=lambda kv: (kv[1].app_id,
                                                               kv[1].service.index)):
-        if shape.service.options.mode.value == "http" and _APP_ID.match(shape.app_id):
+        # fullmatch: "$" also matches before a final newline, which would end the rule
+        if shape.service.options.mode.value == "http" and _APP_ID.fullmatch(shape.app_id) \
+                and not _loopback(shape.service.options.bind_address):
             out.setdefault(shape.app_id, name)
     return [{"app_id": a, "backend": b} for a, b in sorted(out.items())]
 
