@@ -465,7 +465,9 @@ async def render_config(args: argparse.Namespace) -> Rendered:
             fetched = await client.get_apps()
         payload, source = fetched.data, fetched.url
     result = parse_apps(payload, source, CachingResolver(), settings.allow_label_templates)
-    result.apps, assigned = assign_all(result.apps, settings)
+    kept = getattr(args, "haproxy_config", None)  # sync: the owners its last run served
+    prior = owners.load(owners.owners_path(Path(kept))) if kept else None
+    result.apps, assigned = assign_all(result.apps, settings, prior.ports if prior else None)
     for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)
     if dns is not None:  # backends resolved by HAProxy from Mesos-DNS
@@ -477,8 +479,6 @@ async def render_config(args: argparse.Namespace) -> Rendered:
         return Rendered(text)
     # The same admission as the daemon (README: Multi-tenant safety); problems are logged.
     state = ClusterState(settings)
-    kept = getattr(args, "haproxy_config", None)  # sync: the owners its last run served
-    prior = owners.load(owners.owners_path(Path(kept))) if kept else None
     if prior is not None:
         state.restore_owners(prior)
     state.set_facts(hostfacts.gather(result.apps, settings))

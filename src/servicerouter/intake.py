@@ -74,7 +74,8 @@ class Intake:
                     log.error("%s", err)
             before, e.app_errors = e.app_errors, {err.app_id: err.message
                                                   for err in result.errors}
-            result.apps, assigned = assign_all(result.apps, e.config.settings)  # IP-per-task
+            result.apps, assigned = assign_all(  # IP-per-task; held ports stay put
+                result.apps, e.config.settings, e.state.held_ports())
             result.apps, broken = await self._vetting.vet(result.apps)  # label templates
             for app_id, message in broken.items():
                 if before.get(app_id) != message:
@@ -128,7 +129,8 @@ class Intake:
         # IP-per-task ports are a function of all such apps: one arriving may move another's.
         app, moved, assigned = assign_one(
             e.events.newer_tasks(app, touched),
-            [a for i, a in e.state.apps.items() if i != app.id], e.config.settings)
+            [a for i, a in e.state.apps.items() if i != app.id], e.config.settings,
+            e.state.held_ports())
         e.events.warn_once([*warnings, *assigned])
         dirty = e.state.set_facts(hostfacts.gather([app], e.config.settings))
         dirty |= e.state.set_app(app)

@@ -8,7 +8,7 @@ grows with the app it touches, not with the cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from .admission import (
@@ -389,6 +389,13 @@ class ClusterState:
     def owners(self) -> Owners:
         """Who owns each service port and virtual host now (for owners.py)."""
         return Owners(dict(self._port_owner), dict(self._host_owner), dict(self._certs.owner))
+
+    def held_ports(self) -> Mapping[int, str]:
+        """Port → the app holding it, as the next claims will see it (before the first
+        full sync, who held it before this process): portassign keeps those ports."""
+        if not self.apps and self._prior is not None:
+            return {**self._prior.ports, **self._port_owner}
+        return self._port_owner
 
     def restore_owners(self, owners: Owners) -> None:
         """Who owned ports and hosts before this process: at the first full sync they

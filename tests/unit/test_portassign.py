@@ -6,7 +6,8 @@ import random
 
 from servicerouter.layout import Settings
 from servicerouter.model import App, NetworkMode, Service
-from servicerouter.portassign import assign_all, assign_ports
+from servicerouter.portassign import assign_all, assign_one, assign_ports
+from servicerouter.state import ClusterState
 
 
 def _app(app_id: str, ports: tuple[int, ...] = (0,),
@@ -70,3 +71,53 @@ def test_one_app_arriving_reports_the_apps_whose_ports_it_moved() -> None:
         ports[m.id] = m.services[0].port
     assert sorted(p for p in ports.values() if p) == [10050, 10051]
     assert len(warnings) == 1 and all(m.id in ("/b", "/c") for m in moved)
+
+
+def _claimed(state: ClusterState, app_id: str) -> list[int]:
+    return sorted(d.service.port for d in state.desired.values()
+                  if d.service.app_id == app_id)
+
+
+def test_a_held_port_stays_with_its_app_when_a_newcomer_names_it() -> None:
+    """A tenant cannot take an IP-per-task app's assigned port with HAPROXY_0_PORT (or a
+    port definition) naming it: the holder keeps it, the newcomer is refused."""
+    settings = Settings()
+    state = ClusterState(settings)
+    apps, _ = assign_all([_app("/teama/x")], settings, state.held_ports())
+    state.replace_all(apps)
+    (port,) = _claimed(state, "/teama/x")
+
+    thief = _app("/evil/y", (port,), NetworkMode.HOST)
+    thief, moved, _ = assign_one(thief, apps, settings, state.held_ports())
+    assert moved == []  # without the held ports /teama/x moved to the next free port
+    state.set_app(thief)
+    assert _claimed(state, "/teama/x") == [port]
+    assert _claimed(state, "/evil/y") == []
+    assert [p.reason for p in state.problems["/evil/y"]] == ["port_taken"]
+
+    # ... and still after a restart, whatever order the full sync lists them in.
+    again = ClusterState(settings)
+    again.restore_owners(state.owners())
+    apps, _ = assign_all([thief, _app("/teama/x")], settings, again.held_ports())
+    again.replace_all(apps)
+    assert _claimed(again, "/teama/x") == [port]
+    assert [p.reason for p in again.problems["/evil/y"]] == ["port_taken"]
+
+
+def test_a_held_port_off_the_apps_probe_start_is_kept_not_recomputed() -> None:
+    """A port taken after a collision stays its holder's when the app it collided with
+    leaves or a restart comes: assigned ports move only when their holder lets go."""
+    settings = Settings(ip_per_task_ports=(10050, 10100))
+    (alone,), _ = assign_all([_app("/a")], settings)
+    start = alone.services[0].port
+    blocker = _app("/blocker", (start,), NetworkMode.HOST)
+    (_, pushed), _ = assign_all([blocker, _app("/a")], settings)
+    assert pushed.services[0].port != start
+    (kept,), _ = assign_all([_app("/a")], settings, {pushed.services[0].port: "/a"})
+    assert kept.services[0].port == pushed.services[0].port
+    # Two services of one app keep their own ports, not each other's.
+    two = _app("/two", (0, 0))
+    (first,), _ = assign_all([two], settings)
+    held = {s.port: "/two" for s in first.services}
+    (second,), _ = assign_all([two], settings, held)
+    assert [s.port for s in second.services] == [s.port for s in first.services]
