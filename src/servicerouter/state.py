@@ -14,12 +14,11 @@ from dataclasses import replace
 from .admission import (
     Facts,
     check_service,
-    covering_wildcards,
-    domains_above,
     port_label,
     vhost_owner,
 )
 from .claims import Claims
+from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
 from .owners import Owners
@@ -44,15 +43,7 @@ class ClusterState:
         self._waiting: dict[int, set[str]] = {}  # port -> apps refused it
         # One virtual host, one owner (a top-level group, or an app: --vhost-policy);
         # one host and path, one service. Kept while a holder still claims it.
-        self._host_owner: dict[str, tuple[str, str]] = {}  # host -> (owner key, first app)
-        self._host_holders: dict[str, set[str]] = {}  # host -> apps claiming it
-        self._route_owner: dict[tuple[str, str], str] = {}  # (host, path) -> backend name
-        self._hosts_of: dict[str, set[str]] = {}
-        self._routes_of: dict[str, set[tuple[str, str]]] = {}
-        self._host_waiting: dict[str, set[str]] = {}
-        # domain -> owned hosts under it: a wildcard over another owner's host (or a host
-        # under another owner's wildcard) would take its traffic on the vhost frontends.
-        self._under: dict[str, set[str]] = {}
+        self._hosts = HostClaims(self._claim_order)
         # backend -> (service as rendered, problem): left out after HAProxy refused it;
         # let back in when the app's definition of that service changes.
         self.excluded: dict[str, tuple[Service, Problem]] = {}
@@ -104,87 +95,10 @@ class ClusterState:
 
     def _claim_vhosts(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services naming a host (or host and path) another owner holds."""
-        app_id, policy = app.id, self.settings.vhost_policy
-        if app_id not in self._hosts_of and app_id not in self._routes_of \
-                and not any(d.service.options.vhosts for d in new.values()):
-            return []  # claims nothing, held nothing (most apps: ~3 µs a full sync each)
-        key = vhost_owner(app_id, policy)
-        old_hosts = self._hosts_of.pop(app_id, set())
-        for route in self._routes_of.pop(app_id, set()):
-            del self._route_owner[route]
-        for host in old_hosts:
-            self._host_holders[host].discard(app_id)
-        hosts: set[str] = set()
-        routes: dict[tuple[str, str], str] = {}  # this app's: (host, path) -> backend
-        problems = []
-        for name, d in sorted(new.items()):
-            opts = d.service.options
-            if key is None or not opts.vhosts:
-                continue
-            problem = None
-            paths = opts.paths or ("",)
-            kind = "group" if policy == "group" else "app"
-            for host in opts.vhosts:
-                owner = self._host_owner.get(host)
-                holders = self._host_holders.get(host)
-                taken = [(host, p) for p in paths
-                         if (host, p) in routes or (host, p) in self._route_owner]
-                # A wildcard is checked even when it has an owner: owners kept from before
-                # wildcards were checked may overlap, and then the exact host keeps it.
-                overlap = self._overlap(host, key) \
-                    if owner is None or host.startswith("*.") else None
-                wait_on = host
-                if owner is not None and holders and owner[0] != key:
-                    problem = (f"names host {host}, which belongs to {kind} {owner[0]} "
-                               f"(app {owner[1]} claimed it first)")
-                elif taken:
-                    route = taken[0]
-                    problem = (f"names host {host} and path {route[1] or '/'}, which "
-                               f"{self._route_owner.get(route) or routes[route]} already "
-                               "routes")
-                elif overlap is not None:
-                    wait_on, (okey, first) = overlap
-                    how = "is under" if wait_on in covering_wildcards(host) else "covers"
-                    problem = (f"names host {host}, which {how} host {wait_on} of {kind} "
-                               f"{okey} (app {first} claimed it first)")
-                if problem:
-                    self._host_waiting.setdefault(wait_on, set()).add(app_id)
-                    break
-            if problem:
-                del new[name]
-                problems.append(Problem(app_id, d.service.index, "vhost_taken",
-                                        f"HAPROXY_{d.service.index}_VHOST",
-                                        ",".join(opts.vhosts),
-                                        f"{problem}; service left out, others applied"))
-                continue
-            for host in opts.vhosts:
-                for path in paths:
-                    routes[(host, path)] = name
-                hosts.add(host)
-        for host in hosts:
-            holders = self._host_holders.setdefault(host, set())
-            if not holders and self._host_owner.get(host) != (key or "", app_id):
-                self._host_owner[host] = (key or "", app_id)
-                self.owners_version += 1
-            holders.add(app_id)
-            self._index(host, True)
-        self._route_owner.update(routes)
-        if hosts:
-            self._hosts_of[app_id] = hosts
-        if routes:
-            self._routes_of[app_id] = set(routes)
-        self._freed_hosts = {h for h in old_hosts if not self._host_holders.get(h)}
-        for host in self._freed_hosts:
-            self._index(host, False)
-            self._host_owner.pop(host, None)
-            self._host_holders.pop(host, None)
-            self.owners_version += 1
-        for host in old_hosts - self._freed_hosts - hosts:  # still held by others of its group
-            owner_key, first = self._host_owner[host]
-            if first == app_id:
-                self._host_owner[host] = (owner_key, min(self._host_holders[host],
-                                                         key=self._claim_order))
-                self.owners_version += 1
+        policy, version = self.settings.vhost_policy, self._hosts.version
+        problems, self._freed_hosts = self._hosts.claim(
+            app.id, vhost_owner(app.id, policy), "group" if policy == "group" else "app", new)
+        self.owners_version += self._hosts.version != version
         return problems
 
     def _claim_certs(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
@@ -210,27 +124,6 @@ class ClusterState:
                     cert, f"is the certificate of {kind} {owner} (app {first} named it "
                     "first); service left out, others applied"))
         return problems
-
-    def _index(self, host: str, add: bool) -> None:
-        for domain in domains_above(host):
-            if add:
-                self._under.setdefault(domain, set()).add(host)
-            elif domain in self._under:
-                self._under[domain].discard(host)
-                if not self._under[domain]:
-                    del self._under[domain]
-
-    def _overlap(self, host: str, key: str | None) -> tuple[str, tuple[str, str]] | None:
-        """A host of another owner that ``host`` would match or be matched by: a
-        wildcard above it, or (``host`` a wildcard) a host under it."""
-        others = covering_wildcards(host)
-        if host.startswith("*."):
-            others += sorted(self._under.get(host[2:], ()))
-        for other in others:
-            owner = self._host_owner.get(other)
-            if owner is not None and owner[0] != key and self._host_holders.get(other):
-                return other, owner
-        return None
 
     def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
         """One app's services as admitted: checked, owned, not excluded by HAProxy."""
@@ -308,7 +201,7 @@ class ClusterState:
             return dirty  # (most apps of a sync)
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
         waiters |= self._certs.waiters(freed_certs)
-        waiters |= {w for host in freed_hosts for w in self._host_waiting.pop(host, ())}
+        waiters |= self._hosts.waiters(freed_hosts)
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
             if waiter in self.apps:
                 dirty |= self._refresh(waiter)
@@ -388,7 +281,7 @@ class ClusterState:
 
     def owners(self) -> Owners:
         """Who owns each service port and virtual host now (for owners.py)."""
-        return Owners(dict(self._port_owner), dict(self._host_owner), dict(self._certs.owner))
+        return Owners(dict(self._port_owner), dict(self._hosts.owner), dict(self._certs.owner))
 
     def held_ports(self) -> Mapping[int, str]:
         """Port → the app holding it, as the next claims will see it (before the first
@@ -415,12 +308,8 @@ class ClusterState:
                 self._ports_of.setdefault(app_id, set()).add(port)
         for host, (key, app_id) in prior.hosts.items():
             # An owner under another --vhost-policy than now is no owner now.
-            if app_id in fresh and host not in self._host_owner \
-                    and vhost_owner(app_id, policy) == key:
-                self._host_owner[host] = (key, app_id)
-                self._host_holders[host] = {app_id}
-                self._hosts_of.setdefault(app_id, set()).add(host)
-                self._index(host, True)
+            if app_id in fresh and vhost_owner(app_id, policy) == key:
+                self._hosts.seed(host, key, app_id)
         for cert, (key, app_id) in prior.certs.items():
             if app_id in fresh and vhost_owner(app_id, policy) == key:
                 self._certs.seed(cert, key, app_id)

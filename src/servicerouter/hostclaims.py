@@ -1,0 +1,150 @@
+"""Virtual hosts, owned by the first claimer's owner: who holds each, who waits. Pure.
+
+One virtual host, one owner (``--vhost-policy``: the top-level group, or the app),
+for as long as an app of that owner still names it; one host and path, one service.
+A wildcard counts as a claim on every name it matches, in both directions: on the
+shared frontends ``*.example.com`` would otherwise take ``shop.example.com``'s
+traffic from its owner (or the other way round). Used by :mod:`.state`, which keeps
+the owners on disk through :mod:`.owners`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .admission import covering_wildcards, domains_above
+from .layout import DesiredService
+from .model import Problem
+
+
+class HostClaims:
+    def __init__(self, claim_order: Callable[[str], tuple[str, str]]) -> None:
+        self.owner: dict[str, tuple[str, str]] = {}  # host -> (owner key, first app)
+        self.holders: dict[str, set[str]] = {}  # host -> apps claiming it
+        self.route_owner: dict[tuple[str, str], str] = {}  # (host, path) -> backend name
+        self.hosts_of: dict[str, set[str]] = {}
+        self.routes_of: dict[str, set[tuple[str, str]]] = {}
+        self.waiting: dict[str, set[str]] = {}  # host -> apps refused it
+        # domain -> owned hosts under it: a wildcard over another owner's host (or a host
+        # under another owner's wildcard) would take its traffic on the vhost frontends.
+        self.under: dict[str, set[str]] = {}
+        self.version = 0  # bumped when an owner changes (kept on disk: owners.py)
+        self._claim_order = claim_order  # who gets a host first: the oldest definition
+
+    def claim(self, app_id: str, key: str | None, kind: str,
+              new: dict[str, DesiredService]) -> tuple[list[Problem], set[str]]:
+        """``app_id`` (of owner ``key``, a ``kind``) now defines ``new``: drop the services
+        naming a host (or host and path) another owner holds. Returns their problems,
+        and the hosts nobody holds any more."""
+        if app_id not in self.hosts_of and app_id not in self.routes_of \
+                and not any(d.service.options.vhosts for d in new.values()):
+            return [], set()  # claims nothing, held nothing (most apps: ~3 µs a sync each)
+        old_hosts = self.hosts_of.pop(app_id, set())
+        for route in self.routes_of.pop(app_id, set()):
+            del self.route_owner[route]
+        for host in old_hosts:
+            self.holders[host].discard(app_id)
+        hosts: set[str] = set()
+        routes: dict[tuple[str, str], str] = {}  # this app's: (host, path) -> backend
+        problems = []
+        for name, d in sorted(new.items()):
+            opts = d.service.options
+            if key is None or not opts.vhosts:
+                continue
+            problem = None
+            paths = opts.paths or ("",)
+            for host in opts.vhosts:
+                owner = self.owner.get(host)
+                holders = self.holders.get(host)
+                taken = [(host, p) for p in paths
+                         if (host, p) in routes or (host, p) in self.route_owner]
+                # A wildcard is checked even when it has an owner: owners kept from before
+                # wildcards were checked may overlap, and then the exact host keeps it.
+                overlap = self._overlap(host, key) \
+                    if owner is None or host.startswith("*.") else None
+                wait_on = host
+                if owner is not None and holders and owner[0] != key:
+                    problem = (f"names host {host}, which belongs to {kind} {owner[0]} "
+                               f"(app {owner[1]} claimed it first)")
+                elif taken:
+                    route = taken[0]
+                    problem = (f"names host {host} and path {route[1] or '/'}, which "
+                               f"{self.route_owner.get(route) or routes[route]} already "
+                               "routes")
+                elif overlap is not None:
+                    wait_on, (okey, first) = overlap
+                    how = "is under" if wait_on in covering_wildcards(host) else "covers"
+                    problem = (f"names host {host}, which {how} host {wait_on} of {kind} "
+                               f"{okey} (app {first} claimed it first)")
+                if problem:
+                    self.waiting.setdefault(wait_on, set()).add(app_id)
+                    break
+            if problem:
+                del new[name]
+                problems.append(Problem(app_id, d.service.index, "vhost_taken",
+                                        f"HAPROXY_{d.service.index}_VHOST",
+                                        ",".join(opts.vhosts),
+                                        f"{problem}; service left out, others applied"))
+                continue
+            for host in opts.vhosts:
+                for path in paths:
+                    routes[(host, path)] = name
+                hosts.add(host)
+        for host in hosts:
+            holders = self.holders.setdefault(host, set())
+            if not holders and self.owner.get(host) != (key or "", app_id):
+                self.owner[host] = (key or "", app_id)
+                self.version += 1
+            holders.add(app_id)
+            self._index(host, True)
+        self.route_owner.update(routes)
+        if hosts:
+            self.hosts_of[app_id] = hosts
+        if routes:
+            self.routes_of[app_id] = set(routes)
+        freed = {h for h in old_hosts if not self.holders.get(h)}
+        for host in freed:
+            self._index(host, False)
+            self.owner.pop(host, None)
+            self.holders.pop(host, None)
+            self.version += 1
+        for host in old_hosts - freed - hosts:  # still held by others of its group
+            owner_key, first = self.owner[host]
+            if first == app_id:
+                self.owner[host] = (owner_key, min(self.holders[host],
+                                                         key=self._claim_order))
+                self.version += 1
+        return problems, freed
+
+    def _index(self, host: str, add: bool) -> None:
+        for domain in domains_above(host):
+            if add:
+                self.under.setdefault(domain, set()).add(host)
+            elif domain in self.under:
+                self.under[domain].discard(host)
+                if not self.under[domain]:
+                    del self.under[domain]
+
+    def _overlap(self, host: str, key: str | None) -> tuple[str, tuple[str, str]] | None:
+        """A host of another owner that ``host`` would match or be matched by: a
+        wildcard above it, or (``host`` a wildcard) a host under it."""
+        others = covering_wildcards(host)
+        if host.startswith("*."):
+            others += sorted(self.under.get(host[2:], ()))
+        for other in others:
+            owner = self.owner.get(other)
+            if owner is not None and owner[0] != key and self.holders.get(other):
+                return other, owner
+        return None
+
+    def seed(self, host: str, key: str, app_id: str) -> None:
+        """An owner kept from before a restart (owners.py): it holds ``host`` again."""
+        if host not in self.owner:
+            self.owner[host] = (key, app_id)
+            self.holders[host] = {app_id}
+            self.hosts_of.setdefault(app_id, set()).add(host)
+            self._index(host, True)
+
+    def waiters(self, freed: set[str]) -> set[str]:
+        """The apps refused one of the ``freed`` hosts: they may have it now."""
+        return {w for host in freed for w in self.waiting.pop(host, ())}
