@@ -353,6 +353,9 @@ def test_ip_per_task_address(ip_addresses, expected) -> None:
         ({"protocol": "MESOS_TCP"}, (True, None, 2000)),
         ({"protocol": "TCP", "intervalSeconds": 0.5}, (True, None, 500)),  # never "inter 0"
         ({"protocol": "TCP", "intervalSeconds": 0}, (True, None, 2000)),
+        # a tenant's 1 ms would have every slot checked 1,000 times a second
+        ({"protocol": "TCP", "intervalSeconds": 0.001}, (True, None, 100)),
+        ({"protocol": "TCP", "intervalSeconds": 0.1}, (True, None, 100)),
         ({"protocol": "COMMAND", "command": {"value": "true"}}, (False, None, 2000)),
         ({"protocol": "HTTP", "portIndex": 1}, (False, None, 2000)),
         # an explicit port applies to every service port, as in marathon-lb

@@ -16,6 +16,7 @@ _CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_
 # HAProxy keeps timers in signed 32-bit milliseconds: "inter" above 2147483647 ms is
 # refused by haproxy -c (and Infinity/NaN have no millisecond value at all).
 MAX_INTERVAL_SECONDS = 2147483  # whole seconds: 2147483000 ms fits, 2147484 s does not
+MIN_INTERVAL_MS = 100  # HAProxy checks one server at most 10 times a second
 
 
 class BadHealthCheck(Exception):
@@ -75,7 +76,10 @@ def with_health_check(options: Options, health_checks: list[Any], index: int, ap
                            3, 0, 1000)
         change: dict[str, Any] = {
             "health_check": True,
-            "health_check_interval_ms": max(int((interval or 2) * 1000), 1),
+            # Marathon's interval is whole seconds; a fraction (the simulator's) is kept,
+            # but not below MIN_INTERVAL_MS: 1 ms checks on every slot of an app would
+            # load HAProxy for every tenant.
+            "health_check_interval_ms": max(int((interval or 2) * 1000), MIN_INTERVAL_MS),
             "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
             "health_check_fall": int(failures) + 1,  # as marathon-lb
             "health_check_port": port,
