@@ -163,6 +163,15 @@ def _log(daemon: Daemon) -> str:
     return (daemon.tmp / "servicerouter.log").read_text()
 
 
+def _reached(http_port: int, host: str, path: str = "/") -> set[str]:
+    """The tasks six requests for ``host`` on the vhost frontend reach (one connection
+    each, so the balancing shows)."""
+    with httpx.Client(timeout=5) as c:
+        return {c.get(f"http://127.0.0.1:{http_port}{path}",
+                      headers={"Host": host, "Connection": "close"}).text.strip()
+                for _ in range(6)}
+
+
 def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
                                                              simulator: Simulator) -> None:
     from servicerouter.demo.procs import free_port
@@ -178,10 +187,7 @@ def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
                                                              "HAPROXY_0_PATH": "/"})
 
         def reached(path: str) -> set[str]:
-            with httpx.Client(timeout=5) as c:
-                return {c.get(f"http://127.0.0.1:{http_port}{path}",
-                              headers={"Host": "shop.test", "Connection": "close"}).text.strip()
-                        for _ in range(6)}
+            return _reached(http_port, "shop.test", path)
 
         def routed_to_group() -> bool:  # a task the simulator replaces counts as the app's
             return (reached("/") == simulator.running("/teama/web")
@@ -212,10 +218,7 @@ def test_a_wildcard_from_another_group_does_not_take_an_owned_host(
                                                   "HAPROXY_0_BACKEND_WEIGHT": "1000"})
 
         def reached(host: str) -> set[str]:
-            with httpx.Client(timeout=5) as c:
-                return {c.get(f"http://127.0.0.1:{http_port}/",
-                              headers={"Host": host, "Connection": "close"}).text.strip()
-                        for _ in range(6)}
+            return _reached(http_port, host)
 
         (problem,) = wait_for(lambda: problems(daemon).get("/aaa/thief"), 30,
                               what="the wildcard's problem")
@@ -284,10 +287,7 @@ def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
         return Daemon(tmp_path, simulator.url, "--http-port", str(http_port))
 
     def reached() -> set[str]:
-        with httpx.Client(timeout=5) as c:
-            return {c.get(f"http://127.0.0.1:{http_port}/",
-                          headers={"Host": "owned.test", "Connection": "close"}).text.strip()
-                    for _ in range(6)}
+        return _reached(http_port, "owned.test")
 
     first = daemon().start()
     with running(first):
