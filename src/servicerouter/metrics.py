@@ -5,7 +5,9 @@ Totals only, never per-app labels: a cluster has thousands of apps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import math
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,7 +17,8 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .admission import REASONS as EXCLUDED_REASONS
@@ -81,6 +84,61 @@ class _TallyChild:
         self._counts[self._value] += amount
 
 
+class Timings:
+    """A histogram observed on the hot path (per event, per apply step), as :class:`Tally`
+    is a counter: plain numbers read at scrape time, exposed exactly as prometheus_client's
+    Histogram of the same name, buckets and label."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 label: str | None, registry: CollectorRegistry) -> None:
+        self.name, self._doc, self._label = name, documentation, label
+        self.labelnames: tuple[str, ...] = (label,) if label else ()
+        self._bounds = (*sorted(buckets), math.inf)
+        self._children: dict[str, _TimingsChild] = {}
+        if not label:
+            self._children[""] = _TimingsChild(self._bounds)
+        registry.register(self)
+
+    def labels(self, value: str) -> _TimingsChild:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = _TimingsChild(self._bounds)
+        return child
+
+    def observe(self, amount: float) -> None:
+        self._children[""].observe(amount)
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self._doc,
+                                     labels=list(self.labelnames) or None)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for value, child in list(self._children.items()):
+            acc, buckets = 0.0, []
+            for bound, n in zip(self._bounds, child.counts, strict=True):
+                acc += n
+                buckets.append((floatToGoString(bound), acc))
+            family.add_metric([value] if self._label else [], buckets, child.sum)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+
+class _TimingsChild:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        self.counts[bisect.bisect_left(self._bounds, amount)] += 1
+
+
 class Metrics:
     """Every metric servicerouter exports, in one registry (one per daemon)."""
 
@@ -108,14 +166,14 @@ class Metrics:
         self.stream_reconnects = Counter(
             "servicerouter_marathon_stream_reconnects",
             "Times the event stream was (re)connected after a failure.", registry=r)
-        self.event_to_apply = Histogram(
+        self.event_to_apply = Timings(
             "servicerouter_event_to_apply_seconds",
             "From a Marathon event's arrival to HAProxy confirming the change.",
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.sync_duration = Histogram(
+            LATENCY_BUCKETS, None, r)
+        self.sync_duration = Timings(
             "servicerouter_sync_duration_seconds",
             "Time to bring HAProxy in line with Marathon (full: fetch+parse+plan+apply).",
-            ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+            LATENCY_BUCKETS, "kind", r)
         self.reload_duration = Histogram(
             "servicerouter_reload_duration_seconds",
             "Render, validate, write and confirmed reload of HAProxy.",

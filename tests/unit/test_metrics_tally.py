@@ -1,10 +1,11 @@
-"""metrics.Tally, the hot-path counter: exported exactly as prometheus_client's Counter."""
+"""metrics.Tally and metrics.Timings, the hot-path counter and histogram: exported exactly
+as prometheus_client's Counter and Histogram."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from servicerouter.metrics import Metrics, Tally
+from servicerouter.metrics import LATENCY_BUCKETS, Metrics, Tally, Timings
 
 
 def test_a_tally_is_exported_as_the_counter_it_replaces() -> None:
@@ -36,3 +37,23 @@ def test_the_daemon_counters_read_what_was_counted() -> None:
                {"event_type": "status_update_event"}) == 1
     assert get("servicerouter_runtime_batches_total") == 1
     assert get("servicerouter_runtime_commands_total", {"command": "set_server_state"}) == 1
+
+
+def test_timings_are_exported_as_the_histogram_they_replace() -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    hist = Histogram("x_seconds", "Durations.", buckets=LATENCY_BUCKETS, registry=theirs)
+    by_kind = Histogram("x_sync_seconds", "By kind.", ["kind"], buckets=LATENCY_BUCKETS,
+                        registry=theirs)
+    timings = Timings("x_seconds", "Durations.", LATENCY_BUCKETS, None, ours)
+    timings_by_kind = Timings("x_sync_seconds", "By kind.", LATENCY_BUCKETS, "kind", ours)
+    assert generate_latest(ours) == generate_latest(theirs)
+    by_kind.labels("full")
+    timings_by_kind.labels("full")
+    # On a bound, between bounds, below the first, past the last (+Inf only).
+    for value in (0.0005, 0.003, 0.0001, 0.01, 42.0, 0.0):
+        hist.observe(value)
+        timings.observe(value)
+        by_kind.labels("incremental").observe(value * 2)
+        timings_by_kind.labels("incremental").observe(value * 2)
+    assert generate_latest(ours) == generate_latest(theirs)
+    assert b'x_seconds_bucket{le="+Inf"} 6.0' in generate_latest(ours)
