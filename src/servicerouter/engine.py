@@ -384,9 +384,11 @@ class Engine:
         self.metrics.haproxy_up.set(1)
         self.metrics.runtime_batches.inc()
         failed = [r for r in results if not r.ok]
-        for r in failed[:10]:
-            log.error("runtime command %r failed: %s", r.command, r.reply.strip() or r.status)
-        self.metrics.runtime_errors.inc(len(failed))
+        if failed:
+            for r in failed[:10]:
+                log.error("runtime command %r failed: %s", r.command,
+                          r.reply.strip() or r.status)
+            self.metrics.runtime_errors.inc(len(failed))
         return not failed
 
     def write_maps(self, layout: Layout) -> None:
