@@ -176,10 +176,9 @@ class EventHandler:
         if status in NOT_ROUTABLE:
             # With --drain-seconds, a departing task drains that long from the moment
             # it started to leave (TASK_KILLING, or now) before its slot is freed.
-            previous = state.task(app_id, task_id)
             entry = self._draining.get(task_id)
-            if entry is None and drain > 0 and previous is not None \
-                    and previous.state in (TASK_RUNNING, TASK_KILLING):
+            previous = state.task(app_id, task_id) if entry is None and drain > 0 else None
+            if previous is not None and previous.state in (TASK_RUNNING, TASK_KILLING):
                 entry = self._draining[task_id] = (replace(previous, state=TASK_KILLING),
                                                    now + drain)
             if entry is not None and entry[1] > now:

@@ -147,7 +147,8 @@ def status_update_fields(event: MarathonEvent) -> tuple[str, str, str] | str:
             break
     addresses = data.get("ipAddresses") or []
     if not isinstance(addresses, list) or not all(
-        isinstance(a, Mapping) and isinstance(a.get("ipAddress"), str) for a in addresses
+        (type(a) is dict or isinstance(a, Mapping)) and isinstance(a.get("ipAddress"), str)
+        for a in addresses  # (a dict, as decoded, skips the slow ABC check)
     ):
         return f"ipAddresses {addresses!r} is not a list of {{'ipAddress': str}}"
     return app, task, status
