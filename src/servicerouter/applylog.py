@@ -22,9 +22,9 @@ def command_backend(command: str) -> str | None:
     ``add map <file> <key> web_80`` → ``web_80``)."""
     if command.startswith(("add map ", "set map ")):
         return command.rsplit(" ", 1)[1]
-    for token in command.split()[2:3]:
-        if "/" in token:
-            return token.split("/", 1)[0]
+    words = command.split(None, 3)  # the third word names backend/server
+    if len(words) > 2 and "/" in words[2]:
+        return words[2].split("/", 1)[0]
     return None
 
 

@@ -35,6 +35,7 @@ from .haproxy.render import template_environment
 from .haproxy.runtime import HAProxyRuntimeError, RuntimeClient
 from .intake import Intake
 from .layout import Layout, Settings, SlotTable
+from .logformat import log_lines
 from .marathon.client import MarathonClient
 from .marathon.errors import MarathonError
 from .marathon.events import (
@@ -301,10 +302,10 @@ class Engine:
                 if await self.execute(p.commands):
                     self._commit(p)
                     if log.isEnabledFor(logging.INFO):  # the lines cost ~5% CPU under churn
-                        for line in runtime_lines(p.commands, p.slots, before,
-                                                  collections.ChainMap(self.layout, shapes),
-                                                  1000 * (time.perf_counter() - started)):
-                            log.info("%s", line)
+                        log_lines(log, logging.INFO, runtime_lines(
+                            p.commands, p.slots, before,
+                            collections.ChainMap(self.layout, shapes) if shapes else self.layout,
+                            1000 * (time.perf_counter() - started)))
                     now = time.monotonic()
                     observe = self.metrics.event_to_apply.observe
                     for t in events:
@@ -383,9 +384,11 @@ class Engine:
         self.metrics.haproxy_up.set(1)
         self.metrics.runtime_batches.inc()
         failed = [r for r in results if not r.ok]
-        for r in failed[:10]:
-            log.error("runtime command %r failed: %s", r.command, r.reply.strip() or r.status)
-        self.metrics.runtime_errors.inc(len(failed))
+        if failed:
+            for r in failed[:10]:
+                log.error("runtime command %r failed: %s", r.command,
+                          r.reply.strip() or r.status)
+            self.metrics.runtime_errors.inc(len(failed))
         return not failed
 
     def write_maps(self, layout: Layout) -> None:

@@ -5,7 +5,9 @@ Totals only, never per-app labels: a cluster has thousands of apps.
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+import math
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,6 +17,8 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .admission import REASONS as EXCLUDED_REASONS
@@ -30,6 +34,111 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    2.5, 5.0, 10.0)
 
 
+class Tally:
+    """A counter bumped on the hot path (per event, per runtime command): plain integers,
+    read by the registry at scrape time. prometheus_client's Counter takes a lock and
+    checks its arguments on every ``inc`` (~1 us; several per event under churn); the
+    daemon updates and scrapes from one thread, its event loop. Exposed exactly as a
+    Counter of the same name and label would be (``<name>_total``, a child at 0 from
+    its first ``labels()``)."""
+
+    def __init__(self, name: str, documentation: str, label: str | None,
+                 registry: CollectorRegistry) -> None:
+        self.name, self._doc, self._label = name, documentation, label
+        self.labelnames: tuple[str, ...] = (label,) if label else ()
+        self.counts: dict[str, float] = {} if label else {"": 0.0}
+        registry.register(self)
+
+    def labels(self, value: str) -> _TallyChild:
+        self.counts.setdefault(value, 0.0)
+        return _TallyChild(self.counts, value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.counts[""] += amount
+
+    def add(self, counts: dict[str, int]) -> None:
+        """Add several labels' counts at once."""
+        mine = self.counts
+        for value, n in counts.items():
+            mine[value] = mine.get(value, 0.0) + n
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self._doc,
+                                     labels=[self._label] if self._label else None)
+        for value, n in list(self.counts.items()):
+            family.add_metric([value] if self._label else [], n)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self._doc,
+                                  labels=[self._label] if self._label else None)
+
+
+class _TallyChild:
+    __slots__ = ("_counts", "_value")
+
+    def __init__(self, counts: dict[str, float], value: str) -> None:
+        self._counts, self._value = counts, value
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._counts[self._value] += amount
+
+
+class Timings:
+    """A histogram observed on the hot path (per event, per apply step), as :class:`Tally`
+    is a counter: plain numbers read at scrape time, exposed exactly as prometheus_client's
+    Histogram of the same name, buckets and label."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 label: str | None, registry: CollectorRegistry) -> None:
+        self.name, self._doc, self._label = name, documentation, label
+        self.labelnames: tuple[str, ...] = (label,) if label else ()
+        self._bounds = (*sorted(buckets), math.inf)
+        self._children: dict[str, _TimingsChild] = {}
+        if not label:
+            self._children[""] = _TimingsChild(self._bounds)
+        registry.register(self)
+
+    def labels(self, value: str) -> _TimingsChild:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = _TimingsChild(self._bounds)
+        return child
+
+    def observe(self, amount: float) -> None:
+        self._children[""].observe(amount)
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self._doc,
+                                     labels=list(self.labelnames) or None)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for value, child in list(self._children.items()):
+            acc, buckets = 0.0, []
+            for bound, n in zip(self._bounds, child.counts, strict=True):
+                acc += n
+                buckets.append((floatToGoString(bound), acc))
+            family.add_metric([value] if self._label else [], buckets, child.sum)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+
+class _TimingsChild:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        self.counts[bisect.bisect_left(self._bounds, amount)] += 1
+
+
 class Metrics:
     """Every metric servicerouter exports, in one registry (one per daemon)."""
 
@@ -40,31 +149,31 @@ class Metrics:
         self.reload_failures = Counter(
             "servicerouter_reload_failures", "Reloads that failed, by the stage that failed.",
             ["stage"], registry=r)
-        self.runtime_commands = Counter(
+        self.runtime_commands = Tally(
             "servicerouter_runtime_commands", "Runtime API commands sent, by command.",
-            ["command"], registry=r)
-        self.runtime_batches = Counter(
-            "servicerouter_runtime_batches", "Batches of runtime commands applied.", registry=r)
+            "command", r)
+        self.runtime_batches = Tally(
+            "servicerouter_runtime_batches", "Batches of runtime commands applied.", None, r)
         self.runtime_errors = Counter(
             "servicerouter_runtime_errors",
             "Runtime commands that failed or whose outcome is unknown.", registry=r)
-        self.marathon_events = Counter(
+        self.marathon_events = Tally(
             "servicerouter_marathon_events", "Marathon events received, by type.",
-            ["event_type"], registry=r)
+            "event_type", r)
         self.marathon_requests = Counter(
             "servicerouter_marathon_requests", "Requests to Marathon, by endpoint and outcome.",
             ["endpoint", "outcome"], registry=r)
         self.stream_reconnects = Counter(
             "servicerouter_marathon_stream_reconnects",
             "Times the event stream was (re)connected after a failure.", registry=r)
-        self.event_to_apply = Histogram(
+        self.event_to_apply = Timings(
             "servicerouter_event_to_apply_seconds",
             "From a Marathon event's arrival to HAProxy confirming the change.",
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.sync_duration = Histogram(
+            LATENCY_BUCKETS, None, r)
+        self.sync_duration = Timings(
             "servicerouter_sync_duration_seconds",
             "Time to bring HAProxy in line with Marathon (full: fetch+parse+plan+apply).",
-            ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+            LATENCY_BUCKETS, "kind", r)
         self.reload_duration = Histogram(
             "servicerouter_reload_duration_seconds",
             "Render, validate, write and confirmed reload of HAProxy.",
@@ -102,7 +211,6 @@ class Metrics:
         for kind in ("full", "incremental"):
             self.sync_duration.labels(kind)
         self.incremental_duration = self.sync_duration.labels("incremental")
-        self._command_counters: dict[str, Any] = {}
 
     def count_commands(self, commands: list[str]) -> None:
         """Count commands by verb (``set server addr`` → ``set_server_addr``)."""
@@ -112,9 +220,4 @@ class Metrics:
             verb = "_".join(words[:2] + ([words[3]] if words[:2] == ["set", "server"]
                                          and len(words) > 3 else []))
             counts[verb] = counts.get(verb, 0) + 1
-        children = self._command_counters  # labelled children, looked up once a verb
-        for verb, n in counts.items():
-            child = children.get(verb)
-            if child is None:
-                child = children[verb] = self.runtime_commands.labels(verb)
-            child.inc(n)
+        self.runtime_commands.add(counts)

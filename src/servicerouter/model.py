@@ -287,3 +287,45 @@ def endpoints(app: App, service: Service, health_check: bool = True) -> tuple[En
                       if check_index is not None and check_index < len(ports) else None)
         out.append(Endpoint(task.id, ip, ports[index], state, check_port))
     return tuple(out)
+
+
+def task_endpoint(task: Task, service: Service, has_health_checks: bool,
+                  health_check: bool = True) -> Endpoint | None:
+    """``task``'s endpoint for ``service``, or None if it is not routed: the one
+    :func:`endpoints` gives for it (the event path updates one task at a time)."""
+    ip, ports, index = task.ip, task.ports, service.index
+    if ip is None or index >= len(ports):
+        return None
+    state = endpoint_state(task, has_health_checks, health_check)
+    if state is None:
+        return None
+    opts = service.options
+    check_index = (opts.health_check_port_index
+                   if opts.health_check and opts.health_check_port is None else None)
+    check_port = (ports[check_index]
+                  if check_index is not None and check_index < len(ports) else None)
+    return Endpoint(task.id, ip, ports[index], state, check_port)
+
+
+def edit_endpoints(old: tuple[Endpoint, ...], task_id: str, new: Endpoint | None,
+                   appended: bool) -> tuple[Endpoint, ...] | None:
+    """``old`` (a service's endpoints, in task order) after one task changed: its
+    endpoint replaced by ``new``, or dropped when ``new`` is None; a task that had none
+    gets ``new`` at the end if it was ``appended`` to the app's tasks. None when the
+    place cannot be told from ``old`` alone (a task routed anew in the middle of the
+    tasks, or a task id twice): the caller computes them all."""
+    at = -1
+    for i, e in enumerate(old):
+        if e.task_id == task_id:
+            if at >= 0:
+                return None
+            at = i
+    if at < 0:
+        if new is None:
+            return old
+        return (*old, new) if appended else None
+    if new is None:
+        return old[:at] + old[at + 1:]
+    if new == old[at]:
+        return old
+    return (*old[:at], new, *old[at + 1:])

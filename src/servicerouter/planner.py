@@ -100,13 +100,15 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
     for i, held in enumerate(slots):
         if held is None:
             continue
-        s = slot_name(i + 1)
         new = by_task.get(held.task_id)
         if new is None:
             gone.add(i)
             slots[i] = None
             continue
         kept.add(held.task_id)
+        if new is held:  # unchanged (most slots of a dirty backend): no command
+            continue
+        s = slot_name(i + 1)
         if (new.ip, new.port) != (held.ip, held.port):
             commands.append(set_server_addr(b, s, new.ip, new.port))
         if new.check_port and new.check_port != held.check_port:

@@ -20,13 +20,26 @@ from .admission import (
 from .claims import Claims
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
-from .model import App, Health, Problem, Service, Task, endpoint_state, endpoints, valid_port
+from .model import (
+    App,
+    Endpoint,
+    Health,
+    Problem,
+    Service,
+    Task,
+    edit_endpoints,
+    endpoint_state,
+    endpoints,
+    task_endpoint,
+    valid_port,
+)
 from .owners import Owners
 
 log = logging.getLogger("servicerouter.state")
 
 # Admission outcomes decided by an app's tasks rather than its definition.
 TASK_REASONS = frozenset({"task_port", "too_many_servers"})
+
 
 
 class ClusterState:
@@ -326,6 +339,10 @@ class ClusterState:
                 break
         else:
             tasks.append(task)
+        # Only this task changed: its endpoints are edited, not all rebuilt (unless
+        # its id is there twice, which Marathon never sends: then they are rebuilt).
+        one = (task.id, task, previous is None) \
+            if previous is None or sum(t.id == task.id for t in tasks) == 1 else None
         changed = app.with_tasks(tuple(tasks))
         check = self.settings.health_check
         if endpoint_state(task, app.has_health_checks, check) is None and (
@@ -333,20 +350,26 @@ class ClusterState:
                 or endpoint_state(previous, app.has_health_checks, check) is None):
             self.apps[app.id] = changed  # routed neither before nor now (staging,
             return set()  # starting, unhealthy): no endpoint can change
-        return self._retask(changed)
+        return self._retask(changed, one)
 
     def remove_task(self, app_id: str, task_id: str) -> set[str]:
         app = self.apps.get(app_id)
         if app is None or all(t.id != task_id for t in app.tasks):
             return set()
-        return self._retask(app.with_tasks(tuple(t for t in app.tasks if t.id != task_id)))
+        return self._retask(app.with_tasks(tuple(t for t in app.tasks if t.id != task_id)),
+                            (task_id, None, False))
 
-    def _retask(self, app: App) -> set[str]:
+    def _retask(self, app: App, one: tuple[str, Task | None, bool] | None = None
+                ) -> set[str]:
         """Another set of tasks for a known app, its definition unchanged (every task
         event): its admission, claims and exclusions stand, so only the endpoints of
         its admitted services are computed again, not the whole admission of
         :meth:`_refresh` (a fifth of the daemon's CPU under churn). Where tasks decide
-        admission (a task port outside 1-65535, the server cap), the full refresh runs."""
+        admission (a task port outside 1-65535, the server cap), the full refresh runs.
+
+        ``one`` = (task id, the task now or None if removed, appended at the end): only
+        that task changed, so each service's endpoints are edited in place of being
+        rebuilt from every task (:func:`~.model.edit_endpoints`; the same tuple)."""
         self.apps[app.id] = app
         if any(p.reason in TASK_REASONS for p in self.problems.get(app.id, ())):
             return self._refresh(app.id)
@@ -356,12 +379,21 @@ class ClusterState:
             d = self.desired.get(name)
             if d is None:  # not expected; the full refresh decides it again
                 return self._refresh(app.id)
-            eps = endpoints(app, d.service, check)
+            eps: tuple[Endpoint, ...] | None = None
+            if one is not None:
+                task_id, task, appended = one
+                new = (task_endpoint(task, d.service, app.has_health_checks, check)
+                       if task is not None else None)
+                if new is not None and not valid_port(new.port):
+                    return self._refresh(app.id)
+                eps = edit_endpoints(d.endpoints, task_id, new, appended)
+            if eps is None:
+                eps = endpoints(app, d.service, check)
+                for e in eps:
+                    if not valid_port(e.port):
+                        return self._refresh(app.id)
             if cap and len(eps) > cap:
                 return self._refresh(app.id)
-            for e in eps:
-                if not valid_port(e.port):
-                    return self._refresh(app.id)
             if eps != d.endpoints:
                 changed[name] = DesiredService(d.service, eps)
         self.desired.update(changed)

@@ -8,7 +8,7 @@ fetches nothing: every app change it accompanies also brings ``api_post_event``
 or deployment events naming the apps.
 
 One bad event costs only its app: a ``status_update_event`` whose fields fail
-:func:`~servicerouter.marathon.eventdata.status_update_problem` is not applied
+:func:`~servicerouter.marathon.eventdata.status_update_fields` is not applied
 and its app is refetched. An event over ``--max-event-bytes`` was never read:
 a full resync replaces it. Marathon does not guarantee event order: a task
 seen terminal stays dead (a bounded memory of recent ones), and the engine
@@ -68,14 +68,15 @@ class EventHandler:
             counter = self._counters[event.type] = \
                 engine.metrics.marathon_events.labels(event.type)
         counter.inc()
+        if event.type == "status_update_event" and not event.skipped_bytes:
+            self._status_update(event)  # the fast path: most events under churn
+            return
         t, app = event.received_at, ev.app_id(event)
         if event.skipped_bytes:
             log.warning("skipped a %s of %d bytes from the event stream, unread: over "
                         "--max-event-bytes %d; a full resync follows", event.type,
                         event.skipped_bytes, engine.config.max_event_bytes)
             engine.request_full_sync()
-        elif event.type == "status_update_event":
-            self._status_update(event)
         elif event.type in ("health_status_changed_event", "instance_health_changed_event"):
             instance, healthy = ev.instance_id(event), ev.health(event)
             if app and instance and healthy is not None:
@@ -150,13 +151,12 @@ class EventHandler:
             self._terminated.popitem(last=False)
 
     def _status_update(self, event: MarathonEvent) -> None:
-        problem = ev.status_update_problem(event)
-        if problem is not None:
-            self.bad_event(event, problem)
+        checked = ev.status_update_fields(event)
+        if isinstance(checked, str):
+            self.bad_event(event, checked)
             return
         engine, state, t = self.engine, self.engine.state, event.received_at
-        app_id, task_id, status = ev.app_id(event), ev.task_id(event), ev.task_status(event)
-        assert app_id and task_id and status  # status_update_problem checked them
+        app_id, task_id, status = checked
         if status in ev.TERMINAL_TASK_STATUSES:
             self._remember_terminated(task_id)
             self._touch(app_id, task_id)
@@ -176,10 +176,9 @@ class EventHandler:
         if status in NOT_ROUTABLE:
             # With --drain-seconds, a departing task drains that long from the moment
             # it started to leave (TASK_KILLING, or now) before its slot is freed.
-            previous = state.task(app_id, task_id)
             entry = self._draining.get(task_id)
-            if entry is None and drain > 0 and previous is not None \
-                    and previous.state in (TASK_RUNNING, TASK_KILLING):
+            previous = state.task(app_id, task_id) if entry is None and drain > 0 else None
+            if previous is not None and previous.state in (TASK_RUNNING, TASK_KILLING):
                 entry = self._draining[task_id] = (replace(previous, state=TASK_KILLING),
                                                    now + drain)
             if entry is not None and entry[1] > now:

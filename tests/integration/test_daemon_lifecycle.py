@@ -322,6 +322,27 @@ def test_json_logs_name_each_apply_step_per_app(tmp_path: Path, simulator: Simul
     assert all(r["level"] == "INFO" for r in relayed if "[NOTICE]" in r["message"])
 
 
+def test_text_logs_name_each_apply_step_per_app(tmp_path: Path, simulator: Simulator) -> None:
+    # The per-app line in the default text format: written without a LogRecord when the
+    # daemon's own handler is the only one (logformat.log_lines), the standard layout.
+    port, _ = simulator.launch("/logs/text", 2)
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/logs/text", port)
+        replace_task(simulator, "/logs/text")
+        routed(simulator, "/logs/text", port)
+        pattern = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO servicerouter\.engine: "
+                             r"/logs/text: \+(\d+) -(\d+)(?: ~\d+)? tasks, runtime, \d+ commands, "
+                             r"\d+ ms$", re.MULTILINE)
+
+        def added_and_removed() -> bool:
+            steps = [m.groups() for m in pattern.finditer(daemon.proc.output())]
+            return sum(int(a) for a, _ in steps) >= 1 and sum(int(r) for _, r in steps) >= 1
+
+        wait_for(added_and_removed, 20, what="per-app apply lines for the replacement")
+
+
 def test_start_haproxy_restart_serves_the_old_config_and_adopts_it(
         tmp_path: Path, simulator: Simulator) -> None:
     port, _ = simulator.launch("/again", 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -194,7 +195,7 @@ async def test_a_session_haproxy_ended_while_idle_is_reopened_before_the_write(
     fake_server.writers[0].close()  # HAProxy's stats timeout, or the old worker exiting
     for _ in range(100):  # until the client's transport has seen the end
         await asyncio.sleep(0.01)
-        if rt._kept is None or rt._kept[0].at_eof():
+        if rt._kept is None or rt._kept.closed:
             break
     results = await rt.execute(["set server b/s weight 2"])
     assert [r.status for r in results] == [Status.OK]
@@ -270,3 +271,52 @@ async def test_an_idle_kept_session_outlives_the_reply_timeout(
     assert [r.status for r in await rt.execute(["set server b/s1 state drain"])] == [Status.OK]
     assert rt.sessions_opened == 1 and len(seen) == 2
     rt.reset()
+
+
+async def test_replies_that_come_a_byte_at_a_time_make_one_batch(sock_dir: Path) -> None:
+    """The kept session is woken once every reply is in, however HAProxy's answer is cut
+    (a prompt split across reads included); the replies are attributed as before."""
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"prompt\n")
+            writer.write(b"\n> ")
+            with contextlib.suppress(asyncio.IncompleteReadError):  # until the client closes
+                while await reader.readuntil(b"\n"):
+                    for byte in b"\n> No such server.\n\n> ":
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        await asyncio.sleep(0)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            done.set()
+
+    path = str(sock_dir / "drip.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    async with server:
+        rt = RuntimeClient(path)
+        for _ in range(2):  # the same kept session, twice
+            results = await rt.execute(["set server b/s1 state ready",
+                                        "set server b/x state ready"])
+            assert [(r.status, r.reply.strip()) for r in results] == [
+                (Status.OK, ""), (Status.ERROR, "No such server.")]
+        assert rt.sessions_opened == 1
+        rt.reset()
+        await asyncio.wait_for(done.wait(), 10)
+
+
+async def test_a_socket_that_is_no_prompt_session_is_unavailable(sock_dir: Path) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"prompt\n")
+        writer.write(b"Unknown command.\n")  # not HAProxy's admin socket, or not in admin mode
+        writer.close()
+
+    path = str(sock_dir / "other.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    async with server:
+        with pytest.raises(RuntimeUnavailable, match="no prompt session") as info:
+            await RuntimeClient(path, timeout=1.0).execute(["set server b/s1 state ready"])
+        assert "unexpected answer to 'prompt'" in str(info.value)
+        assert [r.status for r in info.value.results] == [Status.NOT_SENT]

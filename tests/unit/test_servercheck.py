@@ -110,6 +110,23 @@ def test_output_of_another_shape_is_an_error() -> None:
         suspects(layout, table, ["1", "1 app0_10000 1 s1 10.0.0.1 2"])
 
 
+def test_server_names_and_admin_states_out_of_the_ordinary_are_judged_as_before() -> None:
+    layout, table = world(backends=2)
+    states = haproxy(layout, table)
+    text = [state_line(s) for s in states]
+    # "s01" names slot 1 too (read from the name, as before the name table); a name that
+    # is no slot's makes its backend a suspect; an admin state that is not a number is
+    # output of another shape.
+    text[0] = text[0].replace(" s1 ", " s01 ", 1)
+    assert suspects(layout, table, ["1", *text]) == ({}, [])
+    text[5] = text[5].replace(" s2 ", " backup ", 1)
+    assert list(suspects(layout, table, ["1", *text])[0]) == ["app1_10000"]
+    fields = text[1].split(" ")
+    fields[6] = "x"
+    with pytest.raises(ParseError, match="bad 'show servers state' line"):
+        suspects(layout, table, ["1", " ".join(fields)])
+
+
 def test_an_app_held_in_a_spare_backend_is_matched_by_haproxys_backend_name() -> None:
     # Range mode: the service "app0_10000" lives in HAProxy's backend "_pool_1".
     layout, table = world(backends=1)

@@ -153,3 +153,53 @@ def test_with_tasks_keeps_every_other_field() -> None:
                problems=(Problem("/x", 0, "port", "ports[0]", "0", "no"),))
     assert all(getattr(full, f.name) != getattr(App(id="/y"), f.name) for f in fields(App))
     assert full.with_tasks((task(2),)) == replace(full, tasks=(task(2),))
+
+
+def test_task_events_edit_endpoints_exactly_as_rebuilding_them_would() -> None:
+    # The event path edits one task's endpoint into each service's tuple (same order as
+    # model.endpoints: task order). Seeded random churn, every kind of step, against a
+    # fresh state computing everything from the apps: same desired state after each.
+    import random
+
+    from servicerouter.model import Options
+
+    rng = random.Random(11)
+    states = ["TASK_RUNNING", "TASK_RUNNING", "TASK_KILLING", "TASK_STAGING",
+              "TASK_STARTING"]
+    for health_checked in (False, True):
+        for setting in (Settings(), Settings(health_check=False),
+                        Settings(max_servers_per_backend=3)):
+            s = ClusterState(setting)
+            check = Options(health_check=True, health_check_port_index=1)
+            s.set_app(App(id="/web", has_health_checks=health_checked, services=(
+                Service("/web", 0, 10000), Service("/web", 1, 10001, options=check))))
+            for _ in range(300):
+                n = rng.randrange(8)
+                tid = f"web.instance-{n}._app.1"
+                roll = rng.random()
+                if roll < 0.25:
+                    s.remove_task("/web", tid)
+                elif roll < 0.35:
+                    s.set_health("/web", f"web.instance-{n}", rng.random() < 0.7)
+                else:
+                    health = rng.choice(list(Health))
+                    ports = (31000 + rng.randrange(4), 32000 + n)
+                    ip = None if rng.random() < 0.05 else "127.0.0.1"
+                    s.update_task(Task(tid, "/web", ip, ports if rng.random() > 0.05
+                                       else ports[:1], rng.choice(states), health))
+                assert {"desired": s.desired, "problems": s.problems} == _full_refresh(s)
+
+
+def test_edit_endpoints_leaves_what_it_cannot_place_to_the_full_rule() -> None:
+    from servicerouter.model import Endpoint, edit_endpoints
+
+    a, b, c = (Endpoint(t, "127.0.0.1", 31000 + i) for i, t in enumerate("abc"))
+    b2 = Endpoint("b", "127.0.0.1", 32000)
+    assert edit_endpoints((a, b, c), "b", b2, False) == (a, b2, c)
+    assert edit_endpoints((a, b, c), "b", None, False) == (a, c)
+    assert edit_endpoints((a, b), "c", c, True) == (a, b, c)
+    assert edit_endpoints((a, b), "c", None, True) == (a, b)
+    old = (a, b)
+    assert edit_endpoints(old, "b", b, False) is old  # unchanged: the same tuple
+    assert edit_endpoints((a, c), "b", b, False) is None  # routed anew mid-list
+    assert edit_endpoints((a, b, b), "b", b2, False) is None  # one task id twice

@@ -232,3 +232,19 @@ def test_a_task_starting_up_is_recorded_only_once_it_matters() -> None:
                              has_health_checks=True))
     h.handle(status("h1", "TASK_STARTING", app="/hc"))
     assert tasks(engine, "/hc") == [("h1", (31001,))]
+
+
+def test_status_update_fields_reads_what_the_checks_passed_in_one_go() -> None:
+    assert ev.status_update_fields(status("t1", "TASK_RUNNING")) == (
+        "/web", "t1", "TASK_RUNNING")
+    legacy = MarathonEvent("status_update_event", {  # no appId: runSpecId, as app_id reads
+        "runSpecId": "/a", "taskId": "t", "taskStatus": "TASK_KILLED"}, 0.0)
+    assert ev.status_update_fields(legacy) == ("/a", "t", "TASK_KILLED")
+    for data, problem in [({"appId": 5, "taskId": "t", "taskStatus": "TASK_RUNNING"},
+                           "appId 5 is not an app id"),
+                          ({"appId": "/a", "taskStatus": "TASK_RUNNING"}, "taskId None"),
+                          ({"appId": "/a", "taskId": "t", "taskStatus": "TASK_RUNNING",
+                            "ports": [31000, 70000]}, "70000 is not a port")]:
+        event = MarathonEvent("status_update_event", data, 0.0)
+        assert problem in str(ev.status_update_fields(event))
+        assert ev.status_update_problem(event) == ev.status_update_fields(event)

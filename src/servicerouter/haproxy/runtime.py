@@ -69,8 +69,8 @@ from servicerouter.haproxy.runtime_parse import (
     parse_show_stat,
     split_prompt_replies,
 )
+from servicerouter.haproxy.session import PROMPT_BYTES, PromptSession, Watchdog
 
-PROMPT_BYTES = b"\n> "
 # 2.6's answer from a worker whose proxies stopped (it is soft-stopping after a reload).
 _STOPPED = b"Proxy is disabled.\n"
 
@@ -148,8 +148,8 @@ class RuntimeClient:
         self.idle = idle
         self.max_line = bufsize - margin
         self._target = parse_address(address)
-        self._kept: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._watch: _Watchdog | None = None  # the kept session's reply timer
+        self._kept: PromptSession | None = None
+        self._watch: Watchdog | None = None  # the kept session's reply timer
         self._kept_used = 0.0
         self._lock = asyncio.Lock()
         self.sessions_opened = 0  # kept sessions opened (for tests and benchmarks)
@@ -166,7 +166,7 @@ class RuntimeClient:
         if watch is not None:
             watch.cancel()
         if kept is not None:
-            kept[1].close()
+            kept.close()
 
     def __repr__(self) -> str:
         return f"RuntimeClient({self.address!r})"
@@ -308,11 +308,11 @@ class RuntimeClient:
                 self.address,
             ) from exc
 
-    async def _open_kept(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_kept(self) -> PromptSession:
         """The kept session, (re)opened when needed; RuntimeUnavailable if it cannot be
         (nothing of the caller's batch was written then)."""
         kept = self._kept
-        if kept is not None and (kept[0].at_eof() or kept[1].is_closing()
+        if kept is not None and (not kept.is_usable()
                                  or time.monotonic() - self._kept_used > self.idle):
             self.reset()  # HAProxy ended it, or will soon: nothing was written on it yet
             kept = None
@@ -320,46 +320,68 @@ class RuntimeClient:
             return kept
         deadline = time.monotonic() + self.timeout
         while True:
-            reader, writer = await self._connect()
+            session = await self._connect_session()
             try:
-                writer.write(b"prompt\n")
-                ack = await asyncio.wait_for(reader.readexactly(len(PROMPT_BYTES)),
-                                             self.timeout)
+                ack, _ = await asyncio.wait_for(session.exchange(b"prompt\n", 1),
+                                                self.timeout)
                 if ack != PROMPT_BYTES:
-                    raise OSError(f"unexpected answer to 'prompt': {ack!r}")
-                if self.not_from is None or await self._pid(reader, writer) != self.not_from:
+                    raise OSError(f"unexpected answer to 'prompt': {ack!r}"
+                                  + (" (then HAProxy closed the session)"
+                                     if session.closed else ""))
+                if self.not_from is None or await self._pid(session) != self.not_from:
                     break
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError) as exc:
-                writer.close()
+            except (OSError, asyncio.TimeoutError) as exc:
+                session.close()
                 raise RuntimeUnavailable(
                     f"HAProxy runtime socket {self.address}: no prompt session "
                     f"({exc or type(exc).__name__})", self.address) from exc
-            writer.close()  # the old worker's: nothing was written on it yet
+            session.close()  # the old worker's: nothing was written on it yet
             if time.monotonic() >= deadline:
                 raise RuntimeUnavailable(
                     f"HAProxy runtime socket {self.address}: still answered by the old "
                     f"worker {self.not_from} after {self.timeout}s", self.address)
             await asyncio.sleep(0.01)
-        self._kept = reader, writer
-        self._watch = _Watchdog(self.timeout, writer.transport)
+        assert session.transport is not None
+        self._kept = session
+        self._watch = session.watch = Watchdog(self.timeout, session.transport)
         self.sessions_opened += 1
-        return reader, writer
+        return session
 
-    async def _pid(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    async def _connect_session(self) -> PromptSession:
+        """A new connection for a kept session; RuntimeUnavailable as :meth:`_connect`."""
+        loop = asyncio.get_running_loop()
+        target = self._target
+        try:
+            if isinstance(target, str):
+                coro = loop.create_unix_connection(PromptSession, target)
+            else:
+                coro = loop.create_connection(PromptSession, target[0], target[1])
+            _, session = await asyncio.wait_for(coro, self.timeout)
+            return session
+        except asyncio.TimeoutError as exc:
+            raise RuntimeUnavailable(
+                f"cannot connect to HAProxy runtime socket {self.address}: "
+                f"timed out after {self.timeout}s",
+                self.address,
+            ) from exc
+        except OSError as exc:
+            raise RuntimeUnavailable(
+                f"cannot connect to HAProxy runtime socket {self.address}: {exc.strerror or exc}",
+                self.address,
+            ) from exc
+
+    async def _pid(self, session: PromptSession) -> int:
         """The pid of the worker at the other end of a prompt session."""
-        writer.write(b"show info\n")
-        reply = await asyncio.wait_for(reader.readuntil(PROMPT_BYTES), self.timeout)
+        reply, _ = await asyncio.wait_for(session.exchange(b"show info\n", 1), self.timeout)
         try:
             return int(parse_show_info(reply.decode("utf-8", "replace"))["Pid"])
         except (KeyError, ValueError):
             raise OSError("no Pid in the answer to 'show info'") from None
 
     async def _kept_exchange(self, payload: bytes, replies: int) -> tuple[bytes, str | None]:
-        """Write ``payload`` on the kept session, read until ``replies`` prompts came;
+        """Write ``payload`` on the kept session, wait until ``replies`` prompts came;
         return (data, problem-after-write). A problem ends the session."""
-        reader, writer = await self._open_kept()
-        buf = bytearray()
+        session = await self._open_kept()
         problem: str | None = None
         seen = 0
         # The session's one timer, not one per batch or read (hundreds of batches a
@@ -368,28 +390,22 @@ class RuntimeClient:
         assert watch is not None  # made with the session
         watch.start()
         try:
-            writer.write(payload)
-            while True:
-                chunk = await reader.read(_READ_CHUNK)
-                if not chunk:
-                    problem = (f"no reply for {self.timeout}s" if watch.fired
-                               else "HAProxy closed the session")
-                    break
-                watch.touch()
-                start = max(len(buf) - len(PROMPT_BYTES) + 1, 0)
-                buf += chunk
-                seen += buf.count(PROMPT_BYTES, start)
-                if seen >= replies and buf.endswith(PROMPT_BYTES):
-                    break
-        except OSError as exc:
-            problem = f"connection failed after the write: {exc.strerror or exc}"
+            data, seen = await session.exchange(payload, replies)
+            if seen < replies or not data.endswith(PROMPT_BYTES):
+                error = session.error
+                if watch.fired:
+                    problem = f"no reply for {self.timeout}s"
+                elif isinstance(error, OSError):
+                    problem = f"connection failed after the write: {error.strerror or error}"
+                else:
+                    problem = "HAProxy closed the session"
         finally:
             watch.stop()
             if problem is not None or seen != replies:
                 self.reset()  # never reuse a session whose state is in doubt
             else:
                 self._kept_used = time.monotonic()
-        return bytes(buf), problem
+        return data, problem
 
     async def _exchange(self, payload: bytes) -> tuple[bytes, str | None]:
         """Write ``payload`` and read until EOF; return (data, problem-after-write)."""
@@ -484,53 +500,6 @@ class RuntimeClient:
     async def show_backends(self) -> list[str]:
         text = await self.query("show backend")
         return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-
-
-class _Watchdog:
-    """Aborts a session's ``transport`` once a reply has been awaited for ``timeout``
-    seconds without a byte (``fired`` says it did). One timer for the session's life:
-    it re-arms itself when it finds bytes came meanwhile, or no reply is awaited, so
-    a batch costs two clock reads instead of a timer."""
-
-    __slots__ = ("_handle", "_last", "_loop", "_timeout", "_transport", "busy", "fired")
-
-    def __init__(self, timeout: float, transport: asyncio.WriteTransport) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
-        self._transport = transport
-        self._last = self._loop.time()
-        self.busy = False  # a reply is awaited
-        self.fired = False
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._last + timeout, self._check)
-
-    def start(self) -> None:
-        """A reply is awaited from now on."""
-        self._last = self._loop.time()
-        self.busy = True
-
-    def touch(self) -> None:
-        self._last = self._loop.time()
-
-    def stop(self) -> None:
-        self.busy = False
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _check(self) -> None:
-        now = self._loop.time()
-        due = self._last + self._timeout
-        if not self.busy:
-            due = now + self._timeout  # idle: look again later
-        elif now >= due:
-            self._handle = None
-            self.fired = True
-            self._transport.abort()  # the pending read returns b"" (EOF)
-            return
-        self._handle = self._loop.call_at(due, self._check)
 
 
 def _done(results: list[CommandResult | None]) -> list[CommandResult]:
