@@ -269,7 +269,9 @@ async def run_daemon(args: argparse.Namespace) -> int:
         reloader = build_reloader(args, writer)
         runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
-        engine = Engine(config, marathon, runtime, writer, reloader, metrics, CachingResolver())
+        resolver = CachingResolver(background=True)  # DNS never blocks the loop
+        engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
+        resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
         _operator_signals(loop, engine)
         from .web import create_app
 
@@ -289,5 +291,6 @@ async def run_daemon(args: argparse.Namespace) -> int:
             await reloader.stop()
             await kill_children()
             writer.cleanup()
+            resolver.close()
     log.info("servicerouter stopped")
     return 0
