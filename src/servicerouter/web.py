@@ -32,7 +32,10 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
         return default
     if not raw.isdigit():
         raise ValueError(f"query parameter {name}={raw!r} is not a whole number")
-    return max(low, min(high, int(raw)))
+    # isdigit() admits digits int() refuses ("²") and 5,000-digit numbers int() refuses
+    if not raw.isascii():
+        raise ValueError(f"query parameter {name}={raw[:20]!r} is not a whole number")
+    return max(low, min(high, int(raw) if len(raw) <= 18 else high))
 
 
 def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlette:
@@ -42,18 +45,30 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         return Response(generate_latest(engine.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(_: Request) -> Response:
-        problems = []
+    async def probe_haproxy() -> str | None:
         try:
             await asyncio.wait_for(engine.runtime.show_info(), health_probe_timeout)
-            engine.metrics.haproxy_up.set(1)
         except HAProxyRuntimeError as exc:
-            engine.metrics.haproxy_up.set(0)
-            problems.append(f"HAProxy does not answer: {exc}")
+            return f"HAProxy does not answer: {exc}"
         except asyncio.TimeoutError:
-            engine.metrics.haproxy_up.set(0)
-            problems.append(f"HAProxy does not answer on {engine.config.settings.socket_path} "
-                            f"within {health_probe_timeout:g}s")
+            return (f"HAProxy does not answer on {engine.config.settings.socket_path} "
+                    f"within {health_probe_timeout:g}s")
+        return None
+
+    # One probe at a time, shared by every /healthz waiting for it: 200 concurrent
+    # checks opened 200 admin-socket sessions at once, and HAProxy refused some, so
+    # /healthz said "HAProxy does not answer" about a healthy HAProxy.
+    probing: asyncio.Future[str | None] | None = None
+
+    async def healthz(_: Request) -> Response:
+        nonlocal probing
+        problems = []
+        if probing is None or probing.done():
+            probing = asyncio.ensure_future(probe_haproxy())
+        haproxy_problem = await asyncio.shield(probing)  # a client gone cancels only itself
+        engine.metrics.haproxy_up.set(0 if haproxy_problem else 1)
+        if haproxy_problem:
+            problems.append(haproxy_problem)
         stale_after = 2 * engine.config.resync_interval + 30
         if engine.last_sync is None:
             problems.append("no successful sync with Marathon yet")
