@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -542,6 +543,10 @@ async def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _starting(signum: int, _: object) -> None:
+    """SIGHUP or SIGUSR1 before the daemon's handlers exist: nothing to reload yet."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
@@ -555,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "run":  # a `systemctl reload` in the ~1 s of imports killed it
+        for sig in (signal.SIGHUP, signal.SIGUSR1):  # the daemon's own handlers follow
+            signal.signal(sig, _starting)
     from .logformat import configure
 
     configure(args.log_level, args.log_format)

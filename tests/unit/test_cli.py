@@ -173,3 +173,26 @@ def test_a_bad_value_is_exit_2_naming_the_flag_or_variable(
 def test_a_good_stats_address_is_kept(value: str) -> None:
     args = cli.build_parser({}).parse_args(["run", "--stats-address", value])
     assert args.stats_address == value
+
+
+def test_run_survives_sighup_and_sigusr1_while_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the daemon's loop handles them (~1 s of imports and set-up), SIGHUP or
+    SIGUSR1 (a `systemctl reload` right after start) killed the process."""
+    import signal
+
+    from servicerouter import daemon
+
+    seen: dict[str, object] = {}
+
+    async def fake_run(_: object) -> int:
+        seen.update({s.name: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)})
+        return 0
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    monkeypatch.setattr(daemon, "run_daemon", fake_run)
+    try:
+        assert cli.main(["run", "--marathon", "http://m1"]) == 0
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert seen and all(callable(h) for h in seen.values()), seen
