@@ -288,11 +288,11 @@ async def run_daemon(args: argparse.Namespace) -> int:
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
         resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
         _operator_signals(loop, engine)
-        from .web import create_app
+        from .web import GuardedH11Protocol, create_app
 
         server = _WebServer(uvicorn.Config(create_app(engine), host=host, port=port,
                                                log_level="warning", lifespan="off",
-                                               log_config=None))
+                                               log_config=None, http=GuardedH11Protocol))
         web = asyncio.ensure_future(server.serve(sockets=[listener]))
         log.info("servicerouter listening on http://%s:%d (metrics, healthz, status, config)",
                  host, port)

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .haproxy.runtime import HAProxyRuntimeError
 from .mlb_endpoints import mlb_routes
@@ -24,6 +25,42 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 MAX_PAGE = 1000
+MAX_CONNECTIONS = 256
+"""Open connections to the web listener; past this a new one is closed at once (each
+holds a file descriptor the daemon needs for HAProxy's sockets and ``haproxy -c``)."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a connection may go without a request starting or being answered: uvicorn
+itself closes only idle keep-alive connections, never one that sends nothing or a
+request head a byte at a time."""
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the two bounds above (``uvicorn.Config(http=...)``)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._seen: object = None
+        self._guard: asyncio.TimerHandle | None = None
+        if len(self.connections) > MAX_CONNECTIONS:
+            transport.close()
+            return
+        self._guard = self.loop.call_later(REQUEST_TIMEOUT, self._check)
+
+    def _check(self) -> None:
+        cycle = self.cycle
+        busy = cycle is not None and not cycle.response_complete
+        if busy or (cycle is not None and cycle is not self._seen):  # an answer in progress,
+            self._seen = cycle  # or a request started and answered since the last check
+            self._guard = self.loop.call_later(REQUEST_TIMEOUT, self._check)
+            return
+        self._guard = None
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+        super().connection_lost(exc)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -6,13 +6,15 @@ Real daemon, real HAProxy, the simulator; requests only to 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, running, wait_routed
+from .harness import Daemon, Simulator, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -62,4 +64,32 @@ def test_odd_requests_get_a_plain_answer_and_the_daemon_serves_on(
             assert reply.status_code == expected, (method, path[:60], reply.text[:200])
             assert "root:" not in reply.text
         assert http.get("/healthz").status_code == 200
+        wait_routed(port, live)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_connections_that_never_send_a_request_are_closed_and_routing_goes_on(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """uvicorn closed only idle keep-alive connections: one that sent nothing, or half a
+    request head, stayed open for ever, each holding a file descriptor the daemon needs
+    for HAProxy's sockets (1,024 of them under systemd's default soft limit)."""
+    port, live = simulator.launch("/idle", 1)
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon), contextlib.ExitStack() as stack:
+        wait_routed(port, live)
+        socks = [stack.enter_context(socket.create_connection(("127.0.0.1", daemon.listen_port)))
+                 for _ in range(30)]
+        socks[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        assert daemon.http.get("/healthz").status_code == 200  # others are served meanwhile
+        wait_for(lambda: all(_closed_by_peer(s) for s in socks), timeout=60,
+                 what="the daemon to close connections that never sent a request")
+        assert daemon.http.get("/healthz").status_code == 200
         wait_routed(port, live)
