@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -119,6 +120,30 @@ def _port(value: str) -> int:
     return int(value)
 
 
+def _bind_address(value: str) -> str:
+    """An address HAProxy can bind: an IP, a host name, or * (it goes into haproxy.cfg
+    as it is, so nothing else: a space or a newline would break or extend the config)."""
+    text = value.strip()
+    if text in ("", "*") or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", text):
+        return text
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IP address, a host name or *") from None
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high (a typo of 10**6 slots per backend
+    would render, validate and reload a config of millions of servers)."""
+    def count(value: str) -> int:
+        text = value.strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number in {low}-{high}")
+        return int(text)
+    return count
+
+
 def templates_dir(args: argparse.Namespace) -> Path | None:
     """``--templates DIR``, which must exist (a typo must not silently mean the
     built-in templates)."""
@@ -131,9 +156,12 @@ def templates_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _timeout(value: str) -> float:
-    seconds = float(value)
-    if not seconds > 0:
-        raise ValueError(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):  # inf: a Marathon that never answers would hang us
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds > 0")
     return seconds
 
 
@@ -198,7 +226,7 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                    help="admin stats socket the config declares (default %(default)s)")
     g.add_argument("--stats-port", type=_port, default=9090,
                    help="HAProxy stats + Prometheus exporter port, 0 = none (default 9090)")
-    g.add_argument("--stats-address", default="127.0.0.1",
+    g.add_argument("--stats-address", type=_bind_address, default="127.0.0.1",
                    help="address the stats listener binds (default %(default)s)")
     g.add_argument("--http-port", type=_port, default=80,
                    help="virtual-host HTTP port, bound when a service has a vhost; 0 = none")
@@ -208,9 +236,9 @@ def _add_render(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-certs", action="append", metavar="PEM[,PEM]", default=None,
                    help="certificates for the HTTPS frontend; repeatable or comma-separated "
                         "(marathon-lb's form)")
-    g.add_argument("--slots-min-free", type=int, default=2,
+    g.add_argument("--slots-min-free", type=_count(0, 1000), default=2,
                    help="free server slots each backend keeps at least (default 2)")
-    g.add_argument("--slots-increment", type=int, default=4,
+    g.add_argument("--slots-increment", type=_count(1, 1000), default=4,
                    help="backends grow in blocks of this many slots (default 4)")
     g.add_argument("--templates", metavar="DIR",
                    help="folder of templates that replace the built-in ones by file name; "
@@ -241,7 +269,8 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                    help="who may use a virtual host another app claimed first: group: apps "
                         "of its top-level Marathon group, by path; exclusive: nobody; open: "
                         "anyone (single tenant) (default group)")
-    g.add_argument("--max-servers-per-backend", type=int, default=2000, metavar="N",
+    g.add_argument("--max-servers-per-backend", type=_count(0, 1_000_000), default=2000,
+                   metavar="N",
                    help="an app's service routes to at most its first N tasks (by task id), "
                         "so one app cannot make validating and reloading slow for all; "
                         "0 = no cap (default 2000)")
@@ -514,6 +543,10 @@ async def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _starting(signum: int, _: object) -> None:
+    """SIGHUP or SIGUSR1 before the daemon's handlers exist: nothing to reload yet."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
@@ -527,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "run":  # a `systemctl reload` in the ~1 s of imports killed it
+        for sig in (signal.SIGHUP, signal.SIGUSR1):  # the daemon's own handlers follow
+            signal.signal(sig, _starting)
     from .logformat import configure
 
     configure(args.log_level, args.log_format)

@@ -50,6 +50,21 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _interval(value: str) -> float:
+    """A period or timeout that must pass: 0 would spin (a full sync, a reconcile or a
+    stream reconnect every few milliseconds)."""
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds > 0")
+    return seconds
+
+
+def _spares(value: str) -> int:
+    if not value.strip().isdigit() or not 1 <= int(value) <= 1000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number in 1-1000")
+    return int(value)
+
+
 def _bind(flag: str, host: str, port: int) -> socket.socket:
     """Bind the web listener now, so that a busy port is one clear error before the
     daemon says it listens (and before it starts HAProxy)."""
@@ -91,9 +106,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-strategy", choices=["runtime", "reload"], default="runtime",
                    help="runtime: task churn through the Runtime API (default); reload: every "
                         "change reloads, as marathon-lb does (for comparison)")
-    g.add_argument("--resync-interval", type=_seconds, default=300.0, metavar="SECONDS",
+    g.add_argument("--resync-interval", type=_interval, default=300.0, metavar="SECONDS",
                    help="full fetch from Marathon every this often (default 300)")
-    g.add_argument("--reconcile-interval", type=_seconds, default=10.0, metavar="SECONDS",
+    g.add_argument("--reconcile-interval", type=_interval, default=10.0, metavar="SECONDS",
                    help="compare HAProxy's servers with the slot table this often (default 10)")
     g.add_argument("--min-reload-interval", type=_seconds, default=1.0, metavar="SECONDS",
                    help="at most one reload per this many seconds (default 1)")
@@ -101,7 +116,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="events arriving within this window are applied together (default 0)")
     g.add_argument("--drain-seconds", type=_seconds, default=0.0, metavar="SECONDS",
                    help="drain a departed task this long before removing it (default 0)")
-    g.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+    g.add_argument("--stall-timeout", type=_interval, default=30.0, metavar="SECONDS",
                    help="reconnect the event stream after this much silence (default 30)")
     g.add_argument("--max-event-bytes", type=_event_bytes, default=DEFAULT_MAX_EVENT_BYTES,
                    metavar="BYTES", help="skip (unread) any Marathon event larger than this, "
@@ -120,7 +135,7 @@ def add_range_arguments(p: argparse.ArgumentParser, files: str = "<--haproxy-con
                    help="bind this whole port range in one frontend and route it by a port "
                         "map, so apps with a service port in it (and vhosts) come and go "
                         f"without reloads; map files go in {files} (default: off)")
-    g.add_argument("--pool-spares", type=int, default=8, metavar="N",
+    g.add_argument("--pool-spares", type=_spares, default=8, metavar="N",
                    help="with --service-port-range: at least N spare backends per backend "
                         "shape for new apps (default 8)")
 
@@ -269,13 +284,15 @@ async def run_daemon(args: argparse.Namespace) -> int:
         reloader = build_reloader(args, writer)
         runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
-        engine = Engine(config, marathon, runtime, writer, reloader, metrics, CachingResolver())
+        resolver = CachingResolver(background=True)  # DNS never blocks the loop
+        engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
+        resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
         _operator_signals(loop, engine)
-        from .web import create_app
+        from .web import GuardedH11Protocol, create_app
 
         server = _WebServer(uvicorn.Config(create_app(engine), host=host, port=port,
                                                log_level="warning", lifespan="off",
-                                               log_config=None))
+                                               log_config=None, http=GuardedH11Protocol))
         web = asyncio.ensure_future(server.serve(sockets=[listener]))
         log.info("servicerouter listening on http://%s:%d (metrics, healthz, status, config)",
                  host, port)
@@ -289,5 +306,6 @@ async def run_daemon(args: argparse.Namespace) -> int:
             await reloader.stop()
             await kill_children()
             writer.cleanup()
+            resolver.close()
     log.info("servicerouter stopped")
     return 0

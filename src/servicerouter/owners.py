@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,19 +77,44 @@ def owners_path(config: Path) -> Path:
     return config.with_name(config.name + ".owners.json")
 
 
+MAX_BYTES = 64 * 1024 * 1024
+"""An owners file is ~100 bytes an app; past this it is not ours (and not read)."""
+
+
+def _read(path: Path) -> str:
+    """The file's text; OSError or ValueError naming what is wrong. A FIFO, a device
+    (/dev/zero) or a huge file is refused before it is read: it would block or fill
+    memory before the daemon starts."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > MAX_BYTES:
+            raise ValueError(f"{info.st_size} bytes, more than {MAX_BYTES}")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"more than {MAX_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def load(path: Path) -> Owners | None:
     """The owners kept at ``path``; None (reported unless simply absent) if there are none."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read(path)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         log.error("owners file %s unreadable (%s): ports and hosts are claimed anew, "
                   "oldest definition first", path, exc)
         return None
     try:
         return Owners.from_json(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         log.error("owners file %s: %s; ports and hosts are claimed anew, oldest "
                   "definition first", path, exc)
         return None

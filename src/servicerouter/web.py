@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .haproxy.runtime import HAProxyRuntimeError
 from .mlb_endpoints import mlb_routes
@@ -24,6 +25,42 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 MAX_PAGE = 1000
+MAX_CONNECTIONS = 256
+"""Open connections to the web listener; past this a new one is closed at once (each
+holds a file descriptor the daemon needs for HAProxy's sockets and ``haproxy -c``)."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a connection may go without a request starting or being answered: uvicorn
+itself closes only idle keep-alive connections, never one that sends nothing or a
+request head a byte at a time."""
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the two bounds above (``uvicorn.Config(http=...)``)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._seen: object = None
+        self._guard: asyncio.TimerHandle | None = None
+        if len(self.connections) > MAX_CONNECTIONS:
+            transport.close()
+            return
+        self._guard = self.loop.call_later(REQUEST_TIMEOUT, self._check)
+
+    def _check(self) -> None:
+        cycle = self.cycle
+        busy = cycle is not None and not cycle.response_complete
+        if busy or (cycle is not None and cycle is not self._seen):  # an answer in progress,
+            self._seen = cycle  # or a request started and answered since the last check
+            self._guard = self.loop.call_later(REQUEST_TIMEOUT, self._check)
+            return
+        self._guard = None
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+        super().connection_lost(exc)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -32,7 +69,10 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
         return default
     if not raw.isdigit():
         raise ValueError(f"query parameter {name}={raw!r} is not a whole number")
-    return max(low, min(high, int(raw)))
+    # isdigit() admits digits int() refuses ("²") and 5,000-digit numbers int() refuses
+    if not raw.isascii():
+        raise ValueError(f"query parameter {name}={raw[:20]!r} is not a whole number")
+    return max(low, min(high, int(raw) if len(raw) <= 18 else high))
 
 
 def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlette:
@@ -42,18 +82,30 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         return Response(generate_latest(engine.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(_: Request) -> Response:
-        problems = []
+    async def probe_haproxy() -> str | None:
         try:
             await asyncio.wait_for(engine.runtime.show_info(), health_probe_timeout)
-            engine.metrics.haproxy_up.set(1)
         except HAProxyRuntimeError as exc:
-            engine.metrics.haproxy_up.set(0)
-            problems.append(f"HAProxy does not answer: {exc}")
+            return f"HAProxy does not answer: {exc}"
         except asyncio.TimeoutError:
-            engine.metrics.haproxy_up.set(0)
-            problems.append(f"HAProxy does not answer on {engine.config.settings.socket_path} "
-                            f"within {health_probe_timeout:g}s")
+            return (f"HAProxy does not answer on {engine.config.settings.socket_path} "
+                    f"within {health_probe_timeout:g}s")
+        return None
+
+    # One probe at a time, shared by every /healthz waiting for it: 200 concurrent
+    # checks opened 200 admin-socket sessions at once, and HAProxy refused some, so
+    # /healthz said "HAProxy does not answer" about a healthy HAProxy.
+    probing: asyncio.Future[str | None] | None = None
+
+    async def healthz(_: Request) -> Response:
+        nonlocal probing
+        problems = []
+        if probing is None or probing.done():
+            probing = asyncio.ensure_future(probe_haproxy())
+        haproxy_problem = await asyncio.shield(probing)  # a client gone cancels only itself
+        engine.metrics.haproxy_up.set(0 if haproxy_problem else 1)
+        if haproxy_problem:
+            problems.append(haproxy_problem)
         stale_after = 2 * engine.config.resync_interval + 30
         if engine.last_sync is None:
             problems.append("no successful sync with Marathon yet")

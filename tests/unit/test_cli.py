@@ -112,9 +112,8 @@ def test_multi_tenant_flags_and_their_environment_variables() -> None:
     defaults = cli.settings_from(cli.build_parser({}).parse_args(["render"]))
     assert (defaults.ssl_cert_dirs, defaults.vhost_policy) == ((), "group")
     assert defaults.max_servers_per_backend == 2000
-    with pytest.raises(cli.CliError, match="--max-servers-per-backend"):
-        cli.settings_from(cli.build_parser({}).parse_args(
-            ["run", "--max-servers-per-backend", "-1"]))
+    with pytest.raises(SystemExit):  # argparse: exit 2 (test_a_bad_value_is_exit_2_...)
+        cli.build_parser({}).parse_args(["run", "--max-servers-per-backend", "-1"])
     with pytest.raises(SystemExit):
         cli.build_parser({}).parse_args(["run", "--vhost-policy", "anyone"])
 
@@ -139,3 +138,61 @@ def test_a_socket_path_haproxy_would_refuse_is_a_clear_error_at_start() -> None:
         cli.settings_from(args)
     args = cli.build_parser({}).parse_args(["run", "--haproxy-socket", long[:97]])
     assert cli.settings_from(args).socket_path == long[:97]
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--marathon-timeout", "inf", "is not a number of seconds > 0"),  # would wait forever
+    ("--marathon-timeout", "nan", "is not a number of seconds > 0"),
+    ("--stall-timeout", "0", "is not a number of seconds > 0"),  # reconnect storm
+    ("--resync-interval", "0", "is not a number of seconds > 0"),  # full sync every 50 ms
+    ("--reconcile-interval", "0", "is not a number of seconds > 0"),
+    ("--slots-min-free", "-3", "is not a whole number in 0-1000"),
+    ("--slots-increment", "0", "is not a whole number in 1-1000"),
+    ("--slots-increment", "1000000", "is not a whole number in 1-1000"),  # 10^6 servers each
+    ("--max-servers-per-backend", "-1", "is not a whole number in 0-1000000"),
+    ("--pool-spares", "0", "is not a whole number in 1-1000"),
+    ("--stats-address", "a b", "is not an IP address, a host name or *"),
+    ("--stats-address", "127.0.0.1\n    bind :1", "is not an IP address, a host name or *"),
+])
+def test_a_bad_value_is_exit_2_naming_the_flag_or_variable(
+        capsys: pytest.CaptureFixture[str], flag: str, value: str, says: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser({}).parse_args(["run", "--marathon", "http://m1", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}: {value!r} {says}" in err[0], err
+    name = "SERVICEROUTER_" + flag.lstrip("-").upper().replace("-", "_")
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser({name: value})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"environment variable {name}={value!r}" in err[0], err
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "::1", "*", "", "lb-1.example.com"])
+def test_a_good_stats_address_is_kept(value: str) -> None:
+    args = cli.build_parser({}).parse_args(["run", "--stats-address", value])
+    assert args.stats_address == value
+
+
+def test_run_survives_sighup_and_sigusr1_while_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the daemon's loop handles them (~1 s of imports and set-up), SIGHUP or
+    SIGUSR1 (a `systemctl reload` right after start) killed the process."""
+    import signal
+
+    from servicerouter import daemon
+
+    seen: dict[str, object] = {}
+
+    async def fake_run(_: object) -> int:
+        seen.update({s.name: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)})
+        return 0
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    monkeypatch.setattr(daemon, "run_daemon", fake_run)
+    try:
+        assert cli.main(["run", "--marathon", "http://m1"]) == 0
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert seen and all(callable(h) for h in seen.values()), seen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -329,3 +330,70 @@ def test_credentials_belong_to_configured_targets_only() -> None:
 def test_a_request_timeout_must_be_positive() -> None:
     with pytest.raises(MarathonConfigError, match="request timeout must be > 0"):
         MarathonClient(["http://m1"], request_timeout=0)
+
+
+# -- bodies that would not fit in memory (the daemon survives its inputs) -------------
+
+
+async def test_a_body_that_never_ends_is_cut_off_at_max_body() -> None:
+    sent = 0
+
+    async def endless():  # type: ignore[no-untyped-def]
+        nonlocal sent
+        while True:
+            sent += 1
+            yield b" " * 65536
+
+    client, _ = make(lambda r: httpx.Response(200, content=endless()), max_body=1 << 20)
+    async with client:
+        with pytest.raises(MarathonResponseError, match=r"larger than 1048576 bytes") as info:
+            await client.get_apps()
+    assert "http://m1:8080/v2/apps" in str(info.value)
+    assert sent <= 20  # stopped reading just past the limit, not at the deadline
+
+
+async def test_a_gzip_bomb_is_cut_off_at_max_body_after_decompression() -> None:
+    bomb = gzip.compress(b"\0" * (16 << 20))  # ~16 KB on the wire, 16 MB inflated
+    client, _ = make(
+        lambda r: httpx.Response(200, content=bomb, headers={"Content-Encoding": "gzip"}),
+        max_body=1 << 20,
+    )
+    async with client:
+        with pytest.raises(MarathonResponseError, match=r"larger than 1048576 bytes"):
+            await client.get_apps()
+
+
+async def test_a_declared_content_length_over_max_body_is_refused_unread() -> None:
+    client, _ = make(
+        lambda r: httpx.Response(200, content=b'{"apps": []}',
+                                 headers={"Content-Length": str(10**12)}),
+        max_body=1 << 20,
+    )
+    async with client:
+        with pytest.raises(MarathonResponseError, match=r"Content-Length 1000000000000"):
+            await client.get_apps()
+
+
+async def test_a_body_under_max_body_is_read_whole_and_decompressed() -> None:
+    body = gzip.compress(json.dumps(APPS).encode())
+    client, _ = make(
+        lambda r: httpx.Response(200, content=body, headers={"Content-Encoding": "gzip"}),
+        max_body=1 << 20,
+    )
+    async with client:
+        result = await client.get_apps()
+    assert [a["id"] for a in result.apps] == ["/shop/web"]
+
+
+async def test_json_nested_too_deep_is_a_clear_error_not_a_recursion_error() -> None:
+    deep = b'{"apps": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    client, _ = make(lambda r: httpx.Response(200, content=deep))
+    async with client:
+        with pytest.raises(MarathonResponseError, match=r"nested too deep") as info:
+            await client.get_apps()
+    assert "http://m1:8080/v2/apps" in str(info.value)
+
+
+def test_max_body_must_be_positive() -> None:
+    with pytest.raises(MarathonConfigError, match="max body"):
+        MarathonClient(["http://m1"], max_body=0)

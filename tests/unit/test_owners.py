@@ -4,6 +4,7 @@ full sync start from the owners kept on disk, not from the age of the definition
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -123,3 +124,33 @@ def test_a_broken_owners_file_is_reported_and_claims_start_over(
         assert owners.load(path) is None
     assert f"owners file {path}: {error}" in caplog.text
     assert "claimed anew, oldest definition first" in caplog.text
+
+
+def test_an_owners_file_nested_too_deep_is_reported_not_a_crash(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "haproxy.cfg.owners.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with caplog.at_level(logging.ERROR, logger="servicerouter.owners"):
+        assert owners.load(path) is None  # was: RecursionError out of the daemon's start
+    assert f"owners file {path}: maximum recursion depth" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory", "huge"])
+def test_an_owners_path_that_is_not_a_small_file_is_refused_unread(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """A FIFO blocked the daemon's start forever; /dev/zero filled its memory."""
+    path = tmp_path / "haproxy.cfg.owners.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        monkeypatch.setattr(owners, "MAX_BYTES", 1000)
+        path.write_text('{"version": 1, "ports": {}, "hosts": {}}' + " " * 2000)
+    with caplog.at_level(logging.ERROR, logger="servicerouter.owners"):
+        assert owners.load(path) is None
+    assert f"owners file {path} unreadable" in caplog.text
+    assert ("more than 1000" if kind == "huge" else "not a regular file") in caplog.text

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 
+from servicerouter.marathon.appsdecode import decode_apps
 from servicerouter.marathon.parse import (
     PayloadError,
     parse_app,
@@ -436,3 +438,34 @@ def test_largest_health_check_interval_haproxy_holds_is_kept() -> None:
                                                 "intervalSeconds": 2147483}]), resolve)
     assert app.services[0].options.health_check_interval_ms == 2147483000 <= 2**31 - 1
     assert app.problems == ()
+
+
+# -- one app's bytes that cannot be decoded: only that app is lost --------------------
+
+_GOOD = (b'{"id": "/good", "portDefinitions": [{"port": 10000}], "tasks": [{"id": "g1", '
+         b'"host": "10.0.0.1", "ports": [31000], "state": "TASK_RUNNING"}]}')
+
+
+@pytest.mark.parametrize("bad", [
+    b'{"id": "/bad\xff\xfe", "tasks": []}',  # invalid UTF-8 in one app
+    b'{"id": "/bad", "labels": {"HAPROXY_GROUP": "ext\xc3"}}',
+])
+def test_an_app_that_cannot_be_decoded_is_skipped_and_the_others_applied(bad: bytes) -> None:
+    body = b'{"apps": [' + _GOOD + b", " + bad + b"]}"
+    result = parse_apps(decode_apps(body), "m", resolve, consume=True)
+    assert [a.id for a in result.apps] == ["/good"]
+    assert [e.app_id for e in result.errors] == ["<apps[1]>"]
+    assert "cannot be decoded" in str(result.errors[0])
+    assert "UTF-8" in str(result.errors[0])
+
+
+@pytest.mark.parametrize(("task", "kind"), [("null", "NoneType"), ("5", "int"),
+                                            ('"t1"', "str"), ("[1]", "list")])
+def test_a_task_that_is_not_an_object_is_named_not_a_type_error(task: str, kind: str) -> None:
+    app = {"id": "/t", "portDefinitions": [{"port": 10002}],
+           "tasks": [{"id": "ok", "host": "10.0.0.1", "ports": [31000]}, json.loads(task)]}
+    result = parse_apps({"apps": [app, json.loads(_GOOD)]}, "m", resolve)
+    assert [a.id for a in result.apps] == ["/good"]
+    assert len(result.errors) == 1
+    message = str(result.errors[0])
+    assert f"tasks[1]: expected an object, got {kind}" in message, message

@@ -140,3 +140,20 @@ def test_parse_show_stat() -> None:
     assert rows[1] == {"pxname": "web", "svname": "s1", "status": "UP", "weight": "10"}
     with pytest.raises(ParseError):
         parse_show_stat("pxname,svname\n")
+
+
+# -- an admin socket answering what HAProxy would not: ParseError, short -------------
+
+
+def test_show_stat_with_a_field_over_the_csv_limit_is_a_parse_error() -> None:
+    with pytest.raises(ParseError, match="not CSV"):  # was csv.Error, not a ValueError
+        parse_show_stat("# pxname,svname\nx," + "y" * 200_000 + "\n")
+
+
+def test_a_huge_bad_servers_state_line_is_named_but_not_copied_whole() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_servers_state("1\n" + "x " * 1_000_000 + "\n")
+    assert len(str(info.value)) < 1000
+    with pytest.raises(ParseError) as info:
+        parse_servers_state("1\n" + "z" * 1_000_000 + "\n")
+    assert "short 'show servers state' line" in str(info.value) and len(str(info.value)) < 1000

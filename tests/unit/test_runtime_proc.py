@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
 import pytest
 
-from servicerouter.haproxy.master_cli import WorkerInfo, parse_show_proc, parse_uptime
+from servicerouter.haproxy.master_cli import (
+    MAX_REPLY,
+    HAProxyProcessError,
+    MasterCLI,
+    MasterUnavailable,
+    WorkerInfo,
+    parse_show_proc,
+    parse_uptime,
+)
 
 HEAD = "#<PID>          <type>          <reloads>       <uptime>        <version>      \n"
 FRESH = (
@@ -55,3 +68,59 @@ def test_no_master_line(text: str) -> None:
 def test_uptime(text: str, seconds: int) -> None:
     assert parse_uptime(text) == seconds
     assert WorkerInfo(1, 0, text, "v").uptime_seconds == seconds
+
+
+# -- a master socket that misbehaves: bounded time and memory, a clear error ----------
+
+
+async def _serve(tmp_path: Path, reply: Callable[[asyncio.StreamWriter], Awaitable[None]],
+                 ) -> tuple[asyncio.AbstractServer, str]:
+    path = str(tmp_path / "master.sock")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            await reader.readline()
+            await reply(writer)
+            writer.close()
+
+    return await asyncio.start_unix_server(handle, path), path
+
+
+async def test_a_reply_without_end_is_cut_off_not_held(tmp_path: Path) -> None:
+    written = 0
+
+    async def flood(writer: asyncio.StreamWriter) -> None:
+        nonlocal written
+        while written < 64 * MAX_REPLY:  # the test's own bound: 64 MB
+            writer.write(b"x" * 65536)
+            written += 65536
+            await writer.drain()
+
+    server, path = await _serve(tmp_path, flood)
+    async with server:
+        with pytest.raises(MasterUnavailable, match=r"longer than 1048576 bytes") as info:
+            await MasterCLI(path, timeout=20).show_proc()
+    assert path in str(info.value) and "show proc" in str(info.value)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\xff\xfe\x00garbage\n", b"1 master x y\n",
+                                     b"# workers\n1 worker 0 0d00h00m01s 2.6\n"])
+async def test_garbage_to_show_proc_is_a_clear_error(tmp_path: Path, garbage: bytes) -> None:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(garbage)
+
+    server, path = await _serve(tmp_path, answer)
+    async with server:
+        with pytest.raises(HAProxyProcessError, match=r"no master line") as info:
+            await MasterCLI(path, timeout=5).show_proc()
+    assert path in str(info.value)
+
+
+async def test_a_master_that_never_answers_times_out(tmp_path: Path) -> None:
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server, path = await _serve(tmp_path, silent)
+    async with server:
+        with pytest.raises(MasterUnavailable, match=r"no complete reply to 'show proc'"):
+            await MasterCLI(path, timeout=0.3).show_proc()

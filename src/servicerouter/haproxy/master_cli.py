@@ -116,6 +116,29 @@ def parse_show_proc(text: str) -> ProcInfo:
     )
 
 
+MAX_REPLY = 1 << 20
+"""Bytes of one master CLI reply (``show proc`` is a few hundred): a socket that
+answers without end within the timeout is not held in memory."""
+
+
+class _ReplyTooLong(Exception):
+    pass
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> bytes:
+    """The reply until the master closes, at most MAX_REPLY bytes (else _ReplyTooLong)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > MAX_REPLY:
+            raise _ReplyTooLong(f"{size} bytes read")
+        parts.append(chunk)
+
+
 class MasterCLI:
     """Client for the master CLI socket (unix path), e.g. ``--haproxy-master-socket``."""
 
@@ -144,7 +167,12 @@ class MasterCLI:
             await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
-            data = await asyncio.wait_for(reader.read(), self.timeout)
+            data = await asyncio.wait_for(_read_reply(reader), self.timeout)
+        except _ReplyTooLong as exc:
+            raise MasterUnavailable(
+                f"HAProxy master socket {self.path}: reply to {line!r} longer than "
+                f"{MAX_REPLY} bytes ({exc}); not read further"
+            ) from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise MasterUnavailable(
                 f"HAProxy master socket {self.path}: no complete reply to {line!r}: {exc!r}"

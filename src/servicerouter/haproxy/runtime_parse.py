@@ -190,7 +190,8 @@ def parse_servers_state(text: str) -> list[ServerState]:
             continue
         f = line.split(" ")
         if len(f) < _MIN_FIELDS:
-            raise ParseError(f"short 'show servers state' line ({len(f)} fields): {line!r}")
+            raise ParseError(f"short 'show servers state' line ({len(f)} fields): "
+                             f"{line[:200]!r}")
         try:
             out.append(
                 ServerState(
@@ -212,7 +213,8 @@ def parse_servers_state(text: str) -> list[ServerState]:
                 )
             )
         except ValueError as exc:
-            raise ParseError(f"bad 'show servers state' line {line!r}: {exc}") from exc
+            raise ParseError(f"bad 'show servers state' line {line[:200]!r}: "
+                             f"{str(exc)[:200]}") from exc
     return out
 
 
@@ -232,4 +234,7 @@ def parse_show_stat(text: str) -> list[dict[str, str]]:
     if not lines or not lines[0].startswith("# "):
         raise ParseError("'show stat' output lacks its '# pxname,...' header")
     reader = csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]])))
-    return [{k: v for k, v in row.items() if k} for row in reader]
+    try:
+        return [{k: v for k, v in row.items() if k} for row in reader]
+    except csv.Error as exc:  # a field over csv's size limit, a stray NUL: not ValueError
+        raise ParseError(f"'show stat' output is not CSV: {exc}") from None

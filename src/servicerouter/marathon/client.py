@@ -62,6 +62,10 @@ outcome is "success", "error", "timeout", "auth" or "redirect"."""
 
 Auth = tuple[str, str]
 
+DEFAULT_MAX_BODY = 256 * 1024 * 1024
+"""Bytes of one answer's body, after decompression (`/v2/apps` is ~30 MB at 10,000
+apps): a gzip bomb or a body that never ends is cut off here, not held in memory."""
+
 
 @dataclass(frozen=True)
 class MarathonTarget:
@@ -86,6 +90,10 @@ class FetchResult:
     def apps(self) -> Sequence[Any]:
         apps: Sequence[Any] = self.data["apps"]  # a list, or DecodedApps
         return apps
+
+
+class _TooLarge(Exception):
+    """A body over `MarathonClient.max_body`; its argument says how that was seen."""
 
 
 def _unlink_stream(response: httpx.Response) -> None:
@@ -181,6 +189,7 @@ class MarathonClient:
         retry_total: float = 60.0,
         on_request: OnRequest | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         if isinstance(urls, str):
             urls = [u for u in urls.split(",") if u.strip()]
@@ -192,6 +201,9 @@ class MarathonClient:
             raise MarathonConfigError(f"attempts must be >= 1, got {attempts}")
         if request_timeout <= 0:
             raise MarathonConfigError(f"request timeout must be > 0, got {request_timeout:g}")
+        if max_body < 1:
+            raise MarathonConfigError(f"max body must be >= 1 byte, got {max_body}")
+        self.max_body = max_body
         self.targets: tuple[MarathonTarget, ...] = tuple(parse_marathon_url(u, auth) for u in urls)
         self.timeout = httpx.Timeout(connect_timeout, read=read_timeout, pool=connect_timeout)
         self.deadline = request_timeout
@@ -346,11 +358,13 @@ class MarathonClient:
         # is ~15% slower on a 5 MB /v2/apps (benchmark in the commit message).
         try:
             return decode(response.content)
-        except ValueError:
+        except (ValueError, RecursionError) as exc:
             ctype = response.headers.get("Content-Type", "no Content-Type")
+            what = ("JSON nested too deep to decode" if isinstance(exc, RecursionError)
+                    else "not JSON")
             raise MarathonResponseError(
                 target.url + path,
-                f"body is not JSON ({ctype}, {len(response.content)} bytes): "
+                f"body is {what} ({ctype}, {len(response.content)} bytes): "
                 f"{excerpt(response.content)}",
                 status=response.status_code,
             ) from None
@@ -382,6 +396,28 @@ class MarathonClient:
                 return await self._round(endpoint, path, params, allow_404)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
+    async def _fetch(self, url: str, query: httpx.QueryParams,
+                     auth: httpx.Auth | None) -> httpx.Response:
+        """GET `url` and read its body, decompressed, up to `max_body` bytes (else
+        `_TooLarge`): httpx alone would hold whatever a server sends, or inflates."""
+        request = self.http.build_request("GET", url, params=query)
+        response = await self.http.send(request, auth=auth, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.max_body:
+                raise _TooLarge(f"Content-Length {declared}")
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise _TooLarge(f"{size} bytes read")
+                parts.append(chunk)
+            response._content = b"".join(parts)  # what Response.aread() sets
+        finally:
+            await response.aclose()
+        return response
+
     async def _round(
         self, endpoint: str, path: str, params: list[tuple[str, str]], allow_404: bool
     ) -> tuple[MarathonTarget, httpx.Response, float]:
@@ -393,8 +429,13 @@ class MarathonClient:
             start = time.monotonic()
             try:
                 response = await asyncio.wait_for(
-                    self.http.get(url, params=query, auth=self.auth_for(target)), self.deadline
+                    self._fetch(url, query, self.auth_for(target)), self.deadline
                 )
+            except _TooLarge as exc:
+                self.report(endpoint, "error", time.monotonic() - start)
+                raise MarathonResponseError(
+                    url, f"body is larger than {self.max_body} bytes ({exc}); not read further",
+                ) from None
             except asyncio.TimeoutError:
                 self.report(endpoint, "timeout", time.monotonic() - start)
                 failures.append((target.url, f"no complete answer within {self.deadline:g}s"))

@@ -241,7 +241,15 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
                 apps_raw[i] = None
             app, warnings = reused
         else:
-            raw = apps_raw[i]
+            try:  # one app's JSON (decoded only now) must not fail the others
+                raw = apps_raw[i]
+            except (ValueError, RecursionError) as exc:  # invalid UTF-8, nested too deep
+                if consume:
+                    apps_raw[i] = None
+                result.errors.append(AppError(f"<apps[{i}]>", f"cannot be decoded "
+                                              f"({type(exc).__name__}: {shown(str(exc))}); "
+                                              "app skipped, others applied"))
+                continue
             if consume:
                 apps_raw[i] = None
             app_id = _get(raw, "id", f"<apps[{i}]>")

@@ -91,7 +91,12 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     for an error), and takes any other mapping through the same checks."""
     if type(raw) is TaskJSON:
         return _typed_task(app, raw, resolve, index)
-    get = raw.get if type(raw) is dict else (lambda k: get(raw, k))
+    if type(raw) is dict:
+        get = raw.get
+    elif isinstance(raw, Mapping):
+        get = functools.partial(_get, raw)
+    else:  # null, a number, a string: say so (not a TypeError from inside the parser)
+        raise AppParseError(f"tasks[{index}]", f"expected an object, got {type(raw).__name__}")
     task_id = get("id")
     if not isinstance(task_id, str) or not task_id:
         raise AppParseError(f"tasks[{index}].id", "missing")
@@ -119,6 +124,7 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
 
 
 _intern = sys.intern
+_get = get  # fields.get: parse_task's local `get` shadows it
 
 
 def _typed_task(app: App, raw: TaskJSON, resolve: Resolver, index: int) -> Task:

@@ -1,0 +1,95 @@
+"""The daemon's web surface under load and odd requests: it stays truthful and bounded.
+
+Real daemon, real HAProxy, the simulator; requests only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import needs_haproxy
+from .harness import Daemon, Simulator, running, wait_for, wait_routed
+
+pytestmark = [pytest.mark.integration, needs_haproxy]
+
+
+async def _burst(url: str, path: str, clients: int) -> list[tuple[int, str]]:
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        replies = await asyncio.gather(*(http.get(path) for _ in range(clients)))
+    return [(r.status_code, r.text) for r in replies]
+
+
+def test_many_concurrent_healthz_do_not_report_a_healthy_haproxy_down(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Each /healthz asked HAProxy's admin socket on its own: 150 at once were partly
+    refused by HAProxy, and /healthz answered 503 "HAProxy does not answer"."""
+    port, live = simulator.launch("/burst", 2)
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        wait_routed(port, live)
+        for _ in range(3):
+            replies = asyncio.run(_burst(daemon.url, "/healthz", 150))
+            bad = [r for r in replies if r != (200, '{"status":"ok"}')]
+            assert not bad, f"{len(bad)} of {len(replies)}: {bad[0]}"
+        assert "servicerouter_haproxy_up 1.0" in daemon.metrics()
+        wait_routed(port, live)
+
+
+ODD = [
+    ("POST", "/healthz", 405), ("DELETE", "/config", 405), ("PUT", "/status", 405),
+    ("GET", "/../../etc/passwd", 404), ("GET", "/config/../../../etc/passwd", 404),
+    ("GET", "/%2e%2e/%2e%2e/etc/passwd", 404),
+    ("GET", "/status?limit=abc", 400), ("GET", "/status?offset=-1", 400),
+    ("GET", "/status?limit=" + "9" * 5000, 200),  # clamped to the page size
+    ("GET", "/status?limit=%C2%B2", 400),  # a digit to isdigit(), not to int()
+    ("GET", "/status?app=" + "x" * 10000, 200),
+]
+
+
+def test_odd_requests_get_a_plain_answer_and_the_daemon_serves_on(
+        tmp_path: Path, simulator: Simulator) -> None:
+    port, live = simulator.launch("/odd", 1)
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon), httpx.Client(base_url=daemon.url, timeout=10) as http:
+        wait_routed(port, live)
+        for method, path, expected in ODD:
+            reply = http.request(method, path)
+            assert reply.status_code == expected, (method, path[:60], reply.text[:200])
+            assert "root:" not in reply.text
+        assert http.get("/healthz").status_code == 200
+        wait_routed(port, live)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_connections_that_never_send_a_request_are_closed_and_routing_goes_on(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """uvicorn closed only idle keep-alive connections: one that sent nothing, or half a
+    request head, stayed open for ever, each holding a file descriptor the daemon needs
+    for HAProxy's sockets (1,024 of them under systemd's default soft limit)."""
+    port, live = simulator.launch("/idle", 1)
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon), contextlib.ExitStack() as stack:
+        wait_routed(port, live)
+        socks = [stack.enter_context(socket.create_connection(("127.0.0.1", daemon.listen_port)))
+                 for _ in range(30)]
+        socks[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        assert daemon.http.get("/healthz").status_code == 200  # others are served meanwhile
+        wait_for(lambda: all(_closed_by_peer(s) for s in socks), timeout=60,
+                 what="the daemon to close connections that never sent a request")
+        assert daemon.http.get("/healthz").status_code == 200
+        wait_routed(port, live)
