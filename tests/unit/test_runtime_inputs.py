@@ -1,7 +1,8 @@
 """HAProxy's admin socket answering what HAProxy never would (audit of the daemon's inputs).
 
-Holes in runtime.py (another helper's area at the time of writing): marked xfail(strict)
-with the fix to make; the integrator removes the mark with the fix.
+A reply is bounded in time (``REPLY_SPAN`` x the timeout, however bytes trickle in)
+and in size (``MAX_REPLY`` on the kept session), so such a peer ends the session with
+an error instead of holding a batch, and the memory, for ever.
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime.py _kept_exchange: the reply timer restarts at every byte (watch.touch), so a "
-    "socket that trickles a byte every 50 ms without ever sending the prompt keeps "
-    "execute() waiting forever; fix: also bound the whole reply (e.g. 10 x timeout)"))
 async def test_a_reply_that_trickles_without_end_is_bounded_in_time(sock_dir: Path) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -53,10 +50,6 @@ async def test_a_reply_that_trickles_without_end_is_bounded_in_time(sock_dir: Pa
             rt.reset()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime.py _kept_exchange/_exchange: the reply buffer has no size bound; a socket "
-    "that floods without a prompt is held in memory whole; fix: give up (RuntimeUncertain, "
-    "session reset) past a cap such as 16 MB"))
 async def test_a_reply_that_floods_without_a_prompt_is_bounded_in_memory(
         sock_dir: Path) -> None:
     sent = 0
@@ -83,3 +76,23 @@ async def test_a_reply_that_floods_without_a_prompt_is_bounded_in_memory(
         finally:
             rt.reset()
     assert sent < 32 << 20, f"the client read {sent >> 20} MB of a reply before giving up"
+
+
+async def test_a_query_whose_reply_trickles_without_end_is_bounded_in_time(
+        sock_dir: Path) -> None:
+    """A query (its own connection, read to EOF) from a peer that never closes it."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            await reader.readuntil(b"quit\n")
+            for _ in range(400):  # 20 s of one byte every 50 ms, never an end
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.close()
+
+    path = str(sock_dir / "trickle-query.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    async with server:
+        rt = RuntimeClient(path, timeout=0.3)
+        with pytest.raises(HAProxyRuntimeError, match="no complete reply within 3s"):
+            await asyncio.wait_for(rt.query("show info"), 6)

@@ -69,7 +69,13 @@ from servicerouter.haproxy.runtime_parse import (
     parse_show_stat,
     split_prompt_replies,
 )
-from servicerouter.haproxy.session import PROMPT_BYTES, PromptSession, Watchdog
+from servicerouter.haproxy.session import (
+    MAX_REPLY,
+    PROMPT_BYTES,
+    REPLY_SPAN,
+    PromptSession,
+    Watchdog,
+)
 
 # 2.6's answer from a worker whose proxies stopped (it is soft-stopping after a reload).
 _STOPPED = b"Proxy is disabled.\n"
@@ -93,6 +99,9 @@ DEFAULT_BUFSIZE = 16384
 DEFAULT_IDLE = 5.0  # seconds; below HAProxy's default ``stats timeout`` (10 s)
 DEFAULT_MARGIN = 1024
 _READ_CHUNK = 1 << 20
+# A whole reply read to EOF (show stat: ~56 MB at 10,000 apps x 16 slots): more is not
+# HAProxy answering, and is not held in memory.
+MAX_DUMP = 256 << 20
 _STREAM_CHUNK = 1 << 17  # ~1,500 'show servers state' lines
 
 
@@ -394,7 +403,9 @@ class RuntimeClient:
             if seen < replies or not data.endswith(PROMPT_BYTES):
                 error = session.error
                 if watch.fired:
-                    problem = f"no reply for {self.timeout}s"
+                    problem = watch.fired
+                elif session.overflowed:
+                    problem = f"a reply of over {MAX_REPLY >> 20} MB without a prompt"
                 elif isinstance(error, OSError):
                     problem = f"connection failed after the write: {error.strerror or error}"
                 else:
@@ -412,15 +423,26 @@ class RuntimeClient:
         reader, writer = await self._connect()
         buf = bytearray()
         problem: str | None = None
+        span = REPLY_SPAN * self.timeout
+        end = time.monotonic() + span
         try:
             writer.write(payload)  # the transport buffers; we read while it drains
             while True:
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), self.timeout)
+                left = end - time.monotonic()
+                if left <= 0:
+                    problem = f"no complete reply within {span:g}s"
+                    break
+                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK),
+                                               min(self.timeout, left))
                 if not chunk:
                     break
                 buf += chunk
+                if len(buf) > MAX_DUMP:
+                    problem = f"a reply of over {MAX_DUMP >> 20} MB"
+                    break
         except asyncio.TimeoutError:
-            problem = f"no reply for {self.timeout}s"
+            problem = (f"no reply for {self.timeout}s" if end > time.monotonic() else
+                       f"no complete reply within {span:g}s")
         except OSError as exc:
             problem = f"connection failed after the write: {exc.strerror or exc}"
         finally:

@@ -13,6 +13,11 @@ import asyncio
 
 PROMPT_BYTES = b"\n> "
 _CHUNK = 1 << 16  # bytes read per socket read
+# A batch's replies are kilobytes; a peer that sends more without a prompt is not HAProxy
+# answering: the session ends rather than hold it all in memory.
+MAX_REPLY = 16 << 20
+# However steadily bytes come, a reply is awaited at most this many times the timeout.
+REPLY_SPAN = 10
 
 
 class PromptSession(asyncio.BufferedProtocol):
@@ -23,6 +28,7 @@ class PromptSession(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.watch: Watchdog | None = None  # told of every byte that comes
         self.closed = False  # HAProxy ended the session, or it broke
+        self.overflowed = False  # ended by us: more than MAX_REPLY bytes without a prompt
         self.error: Exception | None = None  # why it broke, if it did
         self._chunk = memoryview(bytearray(_CHUNK))
         self._buf = bytearray()  # what came since the last exchange's reply was taken
@@ -44,6 +50,12 @@ class PromptSession(asyncio.BufferedProtocol):
         buf = self._buf
         start = max(len(buf) - len(PROMPT_BYTES) + 1, 0)  # a prompt split across reads
         buf += self._chunk[:nbytes]
+        if len(buf) > MAX_REPLY:
+            self.overflowed = True
+            self._buf = bytearray()
+            assert self.transport is not None
+            self.transport.abort()  # connection_lost wakes the waiting exchange
+            return
         if self._waiter is not None:
             self._seen += buf.count(PROMPT_BYTES, start)
             if self._seen >= self._want and buf.endswith(PROMPT_BYTES):
@@ -98,25 +110,27 @@ class PromptSession(asyncio.BufferedProtocol):
 
 class Watchdog:
     """Aborts a session's ``transport`` once a reply has been awaited for ``timeout``
-    seconds without a byte (``fired`` says it did). One timer for the session's life:
-    it re-arms itself when it finds bytes came meanwhile, or no reply is awaited, so
-    a batch costs two clock reads instead of a timer."""
+    seconds without a byte, or for ``REPLY_SPAN`` times that however bytes trickle in
+    (``fired`` says why). One timer for the session's life: it re-arms itself when it
+    finds bytes came meanwhile, or no reply is awaited, so a batch costs two clock
+    reads instead of a timer."""
 
-    __slots__ = ("_handle", "_last", "_loop", "_timeout", "_transport", "busy", "fired")
+    __slots__ = ("_handle", "_last", "_loop", "_started", "_timeout", "_transport", "busy",
+                 "fired")
 
     def __init__(self, timeout: float, transport: asyncio.BaseTransport) -> None:
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._transport = transport
-        self._last = self._loop.time()
+        self._last = self._started = self._loop.time()
         self.busy = False  # a reply is awaited
-        self.fired = False
+        self.fired: str | None = None  # why it ended the session
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._last + timeout, self._check)
 
     def start(self) -> None:
         """A reply is awaited from now on."""
-        self._last = self._loop.time()
+        self._last = self._started = self._loop.time()
         self.busy = True
 
     def touch(self) -> None:
@@ -132,12 +146,14 @@ class Watchdog:
 
     def _check(self) -> None:
         now = self._loop.time()
-        due = self._last + self._timeout
+        span = self._started + REPLY_SPAN * self._timeout
+        due = min(self._last + self._timeout, span)
         if not self.busy:
             due = now + self._timeout  # idle: look again later
         elif now >= due:
             self._handle = None
-            self.fired = True
+            self.fired = (f"no reply for {self._timeout}s" if due < span else
+                          f"no complete reply within {REPLY_SPAN * self._timeout:g}s")
             assert isinstance(self._transport, asyncio.Transport)
             self._transport.abort()  # the session ends: the waiting exchange returns
             return
