@@ -45,7 +45,8 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import TypeVar
 
 from servicerouter.haproxy import runtime_commands as cmd
 from servicerouter.haproxy.runtime_errors import (
@@ -106,6 +107,7 @@ _STREAM_CHUNK = 1 << 17  # ~1,500 'show servers state' lines
 
 
 _FORBIDDEN = re.compile(r"[;\n\r\0]")
+_T = TypeVar("_T")
 _TCP = re.compile(r"^(?:(ipv4|ipv6|tcp)@)?\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})$")
 
 
@@ -299,12 +301,15 @@ class RuntimeClient:
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         target = self._target
+        if isinstance(target, str):
+            return await self._dial(asyncio.open_unix_connection(target, limit=_READ_CHUNK))
+        return await self._dial(asyncio.open_connection(target[0], target[1],
+                                                        limit=_READ_CHUNK))
+
+    async def _dial(self, connecting: Awaitable[_T]) -> _T:
+        """A connection being made, within the timeout; RuntimeUnavailable if not."""
         try:
-            if isinstance(target, str):
-                coro = asyncio.open_unix_connection(target, limit=_READ_CHUNK)
-            else:
-                coro = asyncio.open_connection(target[0], target[1], limit=_READ_CHUNK)
-            return await asyncio.wait_for(coro, self.timeout)
+            return await asyncio.wait_for(connecting, self.timeout)
         except asyncio.TimeoutError as exc:
             raise RuntimeUnavailable(
                 f"cannot connect to HAProxy runtime socket {self.address}: "
@@ -360,24 +365,12 @@ class RuntimeClient:
         """A new connection for a kept session; RuntimeUnavailable as :meth:`_connect`."""
         loop = asyncio.get_running_loop()
         target = self._target
-        try:
-            if isinstance(target, str):
-                coro = loop.create_unix_connection(PromptSession, target)
-            else:
-                coro = loop.create_connection(PromptSession, target[0], target[1])
-            _, session = await asyncio.wait_for(coro, self.timeout)
-            return session
-        except asyncio.TimeoutError as exc:
-            raise RuntimeUnavailable(
-                f"cannot connect to HAProxy runtime socket {self.address}: "
-                f"timed out after {self.timeout}s",
-                self.address,
-            ) from exc
-        except OSError as exc:
-            raise RuntimeUnavailable(
-                f"cannot connect to HAProxy runtime socket {self.address}: {exc.strerror or exc}",
-                self.address,
-            ) from exc
+        if isinstance(target, str):
+            _, session = await self._dial(loop.create_unix_connection(PromptSession, target))
+        else:
+            _, session = await self._dial(loop.create_connection(PromptSession, target[0],
+                                                                 target[1]))
+        return session
 
     async def _pid(self, session: PromptSession) -> int:
         """The pid of the worker at the other end of a prompt session."""
