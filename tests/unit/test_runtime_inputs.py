@@ -27,17 +27,22 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+async def _trickle(writer: asyncio.StreamWriter) -> None:
+    """20 s of one byte every 50 ms: never a prompt, never an end."""
+    for _ in range(400):
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    writer.close()
+
+
 async def test_a_reply_that_trickles_without_end_is_bounded_in_time(sock_dir: Path) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             await reader.readuntil(b"prompt\n")
             writer.write(b"\n> ")
             await reader.readuntil(b"\n")
-            for _ in range(400):  # 20 s of one byte every 50 ms, never a prompt
-                writer.write(b"x")
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            writer.close()
+            await _trickle(writer)
 
     path = str(sock_dir / "trickle.sock")
     server = await asyncio.start_unix_server(handle, path)
@@ -84,11 +89,7 @@ async def test_a_query_whose_reply_trickles_without_end_is_bounded_in_time(
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             await reader.readuntil(b"quit\n")
-            for _ in range(400):  # 20 s of one byte every 50 ms, never an end
-                writer.write(b"x")
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            writer.close()
+            await _trickle(writer)
 
     path = str(sock_dir / "trickle-query.sock")
     server = await asyncio.start_unix_server(handle, path)
