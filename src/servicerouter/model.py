@@ -269,23 +269,12 @@ def endpoint_state(task: Task, has_health_checks: bool, health_check: bool) -> E
 
 def endpoints(app: App, service: Service, health_check: bool = True) -> tuple[Endpoint, ...]:
     """The endpoints HAProxy should have for ``service``, in task order."""
+    check_index, has_checks = _check_index(service), app.has_health_checks
     out = []
-    opts = service.options
-    # The task's own port at another index is checked (the ports differ per task),
-    # unless the check has a fixed port.
-    check_index = (opts.health_check_port_index
-                   if opts.health_check and opts.health_check_port is None else None)
-    index, has_checks = service.index, app.has_health_checks
     for task in app.tasks:
-        ip, ports = task.ip, task.ports
-        if ip is None or index >= len(ports):
-            continue
-        state = endpoint_state(task, has_checks, health_check)
-        if state is None:
-            continue
-        check_port = (ports[check_index]
-                      if check_index is not None and check_index < len(ports) else None)
-        out.append(Endpoint(task.id, ip, ports[index], state, check_port))
+        e = _endpoint(task, service.index, check_index, has_checks, health_check)
+        if e is not None:
+            out.append(e)
     return tuple(out)
 
 
@@ -293,15 +282,26 @@ def task_endpoint(task: Task, service: Service, has_health_checks: bool,
                   health_check: bool = True) -> Endpoint | None:
     """``task``'s endpoint for ``service``, or None if it is not routed: the one
     :func:`endpoints` gives for it (the event path updates one task at a time)."""
-    ip, ports, index = task.ip, task.ports, service.index
+    return _endpoint(task, service.index, _check_index(service), has_health_checks,
+                     health_check)
+
+
+def _check_index(service: Service) -> int | None:
+    """The index of the task's own port that HAProxy checks (the ports differ per task),
+    unless the check has a fixed port."""
+    opts = service.options
+    return (opts.health_check_port_index
+            if opts.health_check and opts.health_check_port is None else None)
+
+
+def _endpoint(task: Task, index: int, check_index: int | None, has_checks: bool,
+              health_check: bool) -> Endpoint | None:
+    ip, ports = task.ip, task.ports
     if ip is None or index >= len(ports):
         return None
-    state = endpoint_state(task, has_health_checks, health_check)
+    state = endpoint_state(task, has_checks, health_check)
     if state is None:
         return None
-    opts = service.options
-    check_index = (opts.health_check_port_index
-                   if opts.health_check and opts.health_check_port is None else None)
     check_port = (ports[check_index]
                   if check_index is not None and check_index < len(ports) else None)
     return Endpoint(task.id, ip, ports[index], state, check_port)

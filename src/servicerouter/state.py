@@ -41,7 +41,6 @@ log = logging.getLogger("servicerouter.state")
 TASK_REASONS = frozenset({"task_port", "too_many_servers"})
 
 
-
 class ClusterState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
