@@ -133,7 +133,7 @@ def _bind_address(value: str) -> str:
             f"{value!r} is not an IP address, a host name or *") from None
 
 
-def _count(low: int, high: int) -> Callable[[str], int]:
+def whole_number(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in low..high (a typo of 10**6 slots per backend
     would render, validate and reload a config of millions of servers)."""
     def count(value: str) -> int:
@@ -155,7 +155,9 @@ def templates_dir(args: argparse.Namespace) -> Path | None:
     return path
 
 
-def _timeout(value: str) -> float:
+def positive_seconds(value: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (0 would spin: a full sync, a
+    reconcile or a stream reconnect every few milliseconds; inf would wait for ever)."""
     try:
         seconds = float(value)
     except ValueError:
@@ -178,7 +180,7 @@ def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--dcos-token", metavar="JWT", help="DC/OS auth token for Marathon")
     g.add_argument("--marathon-ca", metavar="PATH",
                    help="CA bundle to verify Marathon's TLS certificate")
-    g.add_argument("--marathon-timeout", type=_timeout, default=30.0, metavar="SECONDS",
+    g.add_argument("--marathon-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                    help="overall deadline of one request to one Marathon URL, body included; "
                         "a slower one is skipped like a dead one (default 30)")
     g.add_argument("--no-verify-tls", action="store_true",
@@ -236,9 +238,9 @@ def _add_render(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-certs", action="append", metavar="PEM[,PEM]", default=None,
                    help="certificates for the HTTPS frontend; repeatable or comma-separated "
                         "(marathon-lb's form)")
-    g.add_argument("--slots-min-free", type=_count(0, 1000), default=2,
+    g.add_argument("--slots-min-free", type=whole_number(0, 1000), default=2,
                    help="free server slots each backend keeps at least (default 2)")
-    g.add_argument("--slots-increment", type=_count(1, 1000), default=4,
+    g.add_argument("--slots-increment", type=whole_number(1, 1000), default=4,
                    help="backends grow in blocks of this many slots (default 4)")
     g.add_argument("--templates", metavar="DIR",
                    help="folder of templates that replace the built-in ones by file name; "
@@ -269,7 +271,7 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                    help="who may use a virtual host another app claimed first: group: apps "
                         "of its top-level Marathon group, by path; exclusive: nobody; open: "
                         "anyone (single tenant) (default group)")
-    g.add_argument("--max-servers-per-backend", type=_count(0, 1_000_000), default=2000,
+    g.add_argument("--max-servers-per-backend", type=whole_number(0, 1_000_000), default=2000,
                    metavar="N",
                    help="an app's service routes to at most its first N tasks (by task id), "
                         "so one app cannot make validating and reloading slow for all; "

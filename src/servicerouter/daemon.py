@@ -50,21 +50,6 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _interval(value: str) -> float:
-    """A period or timeout that must pass: 0 would spin (a full sync, a reconcile or a
-    stream reconnect every few milliseconds)."""
-    seconds = _seconds(value)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds > 0")
-    return seconds
-
-
-def _spares(value: str) -> int:
-    if not value.strip().isdigit() or not 1 <= int(value) <= 1000:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number in 1-1000")
-    return int(value)
-
-
 def _bind(flag: str, host: str, port: int) -> socket.socket:
     """Bind the web listener now, so that a busy port is one clear error before the
     daemon says it listens (and before it starts HAProxy)."""
@@ -99,6 +84,8 @@ def _event_bytes(value: str) -> int:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import positive_seconds
+
     add_range_arguments(p)
     g = p.add_argument_group("daemon")
     g.add_argument("--listen", type=_hostport, default=("127.0.0.1", 9091), metavar="HOST:PORT",
@@ -106,9 +93,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-strategy", choices=["runtime", "reload"], default="runtime",
                    help="runtime: task churn through the Runtime API (default); reload: every "
                         "change reloads, as marathon-lb does (for comparison)")
-    g.add_argument("--resync-interval", type=_interval, default=300.0, metavar="SECONDS",
+    g.add_argument("--resync-interval", type=positive_seconds, default=300.0, metavar="SECONDS",
                    help="full fetch from Marathon every this often (default 300)")
-    g.add_argument("--reconcile-interval", type=_interval, default=10.0, metavar="SECONDS",
+    g.add_argument("--reconcile-interval", type=positive_seconds, default=10.0, metavar="SECONDS",
                    help="compare HAProxy's servers with the slot table this often (default 10)")
     g.add_argument("--min-reload-interval", type=_seconds, default=1.0, metavar="SECONDS",
                    help="at most one reload per this many seconds (default 1)")
@@ -116,7 +103,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="events arriving within this window are applied together (default 0)")
     g.add_argument("--drain-seconds", type=_seconds, default=0.0, metavar="SECONDS",
                    help="drain a departed task this long before removing it (default 0)")
-    g.add_argument("--stall-timeout", type=_interval, default=30.0, metavar="SECONDS",
+    g.add_argument("--stall-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                    help="reconnect the event stream after this much silence (default 30)")
     g.add_argument("--max-event-bytes", type=_event_bytes, default=DEFAULT_MAX_EVENT_BYTES,
                    metavar="BYTES", help="skip (unread) any Marathon event larger than this, "
@@ -130,12 +117,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def add_range_arguments(p: argparse.ArgumentParser, files: str = "<--haproxy-config>.d"
                         ) -> None:
     """--service-port-range and --pool-spares (run, sync, render: the same config)."""
+    from .cli import whole_number
+
     g = p.add_argument_group("range mode (README: Service port range)")
     g.add_argument("--service-port-range", metavar="LOW-HIGH", default=None,
                    help="bind this whole port range in one frontend and route it by a port "
                         "map, so apps with a service port in it (and vhosts) come and go "
                         f"without reloads; map files go in {files} (default: off)")
-    g.add_argument("--pool-spares", type=_spares, default=8, metavar="N",
+    g.add_argument("--pool-spares", type=whole_number(1, 1000), default=8, metavar="N",
                    help="with --service-port-range: at least N spare backends per backend "
                         "shape for new apps (default 8)")
 
