@@ -180,7 +180,7 @@ class Daemon:
     # HAProxy's own view ------------------------------------------------------
     def reloads(self) -> int:
         """The master's reload count, from HAProxy itself (``show proc``)."""
-        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc()).reloads
+        return master_reloads(self.master_socket)
 
     def servers(self, backend: str | None = None) -> list[ServerState]:
         return asyncio.run(RuntimeClient(str(self.socket)).show_servers_state(backend))
@@ -214,7 +214,13 @@ class ExternalHAProxy:
         self.proc.stop()
 
     def reloads(self) -> int:
-        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc()).reloads
+        return master_reloads(self.master_socket)
+
+
+def master_reloads(master_socket: Path) -> int:
+    """The master's reload count, from HAProxy itself (``show proc``), waiting out the
+    moment its socket refuses while it re-executes itself for a reload."""
+    return asyncio.run(MasterCLI(str(master_socket)).show_proc(patience=30)).reloads
 
 
 def responders(port: int, requests: int = 20) -> set[str]:

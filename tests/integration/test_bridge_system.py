@@ -8,7 +8,6 @@ HAProxy's master socket (as Debian's haproxy.service starts it) are all real.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -20,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from servicerouter.demo.procs import Proc
-from servicerouter.haproxy.master_cli import MasterCLI
 
 from .conftest import needs_haproxy
-from .harness import EMPTY_CFG, Simulator, running, wait_for, wait_routed
+from .harness import EMPTY_CFG, Simulator, master_reloads, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -103,7 +101,7 @@ def test_install_then_refresh_reloads_only_on_change(tmp_path: Path,
     haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
                    tmp_path / "haproxy.log")
     def reloads() -> int:
-        return asyncio.run(MasterCLI(str(master)).show_proc()).reloads
+        return master_reloads(master)
 
     with running(haproxy.start(lambda: master.exists() and reloads() == 0,
                                what="HAProxy's master socket")):

@@ -45,12 +45,6 @@ def replace_task(sim: Simulator, app_id: str) -> None:
     sim.replace_one(app_id, sim.running(app_id))
 
 
-def master_reloads(haproxy: Daemon | ExternalHAProxy) -> int:
-    """The master's reload count; retried while the master re-executes itself (its
-    socket refuses connections for a moment after each reload)."""
-    return int(wait_for(lambda: (haproxy.reloads(),), 10, what="show proc")[0])
-
-
 def _children_of(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -155,9 +149,9 @@ def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) 
             mode = stat.S_IMODE(sock.stat().st_mode)
             assert mode == 0o600, f"{sock} has mode {oct(mode)}"
         # ... and still after a reload (the master re-executes itself).
-        before = master_reloads(daemon)
+        before = daemon.reloads()
         simulator.launch("/private2", 1)
-        wait_for(lambda: master_reloads(daemon) > before, 20, what="a reload")
+        wait_for(lambda: daemon.reloads() > before, 20, what="a reload")
         assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
 
@@ -169,18 +163,18 @@ def test_removed_admin_socket_is_restored_by_one_reload(tmp_path: Path,
     with running(daemon):
         daemon.start()
         routed(simulator, "/sock", port)
-        before = master_reloads(daemon)
+        before = daemon.reloads()
         removed = time.monotonic()
         daemon.socket.unlink()
         wait_for(daemon.socket.exists, 20, what="the admin socket back")
         restored = time.monotonic() - removed
         wait_for(lambda: daemon.http.get("/healthz").status_code == 200, 20, what="healthz 200")
         print(f"admin socket restored {restored:.2f}s after its removal")
-        assert master_reloads(daemon) == before + 1
+        assert daemon.reloads() == before + 1
         # Runtime updates resume: a replacement is routed without another reload.
         replace_task(simulator, "/sock")
         routed(simulator, "/sock", port)
-        assert master_reloads(daemon) == before + 1
+        assert daemon.reloads() == before + 1
         assert "HAProxy's admin socket" in daemon.proc.output()
 
 
@@ -218,7 +212,7 @@ def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
         daemon.start()
         routed(simulator, "/hup", port)
         assert 'servicerouter_reloads_total{reason="startup"} 1.0' in daemon.metrics()
-        before = master_reloads(daemon)
+        before = daemon.reloads()
         service = templates / "service.j2"
         service.write_text(service.read_text().replace(
             "    balance {{ b.balance }}", "    balance {{ b.balance }}\n    # edited"))
@@ -226,7 +220,7 @@ def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
         daemon.proc.popen.send_signal(signal.SIGHUP)
         wait_for(lambda: 'servicerouter_reloads_total{reason="manual"} 1.0' in daemon.metrics(),
                  20, what="a manual reload after SIGHUP")
-        assert master_reloads(daemon) == before + 1
+        assert daemon.reloads() == before + 1
         assert "# edited" in daemon.config.read_text()
         assert daemon.proc.alive()
         routed(simulator, "/hup", port)
@@ -264,7 +258,7 @@ def test_restart_next_to_a_running_haproxy_adopts_it_without_a_reload(
             routed(simulator, "/adopt", port)
             replace_task(simulator, "/adopt")  # a runtime change, not in the file
             routed(simulator, "/adopt", port)
-        reloads = master_reloads(haproxy)
+        reloads = haproxy.reloads()
         assert reloads >= 1  # the first daemon's startup reload
 
         # Nothing changed: a restart adopts HAProxy as it is.
@@ -274,7 +268,7 @@ def test_restart_next_to_a_running_haproxy_adopts_it_without_a_reload(
             wait_for(lambda: "adopted the running HAProxy" in second.proc.output(), 20,
                      what="the adoption log line")
             routed(simulator, "/adopt", port)
-        assert master_reloads(haproxy) == reloads
+        assert haproxy.reloads() == reloads
 
         # A task replaced while no daemon runs is applied at runtime by the next one.
         replace_task(simulator, "/adopt")
@@ -283,13 +277,13 @@ def test_restart_next_to_a_running_haproxy_adopts_it_without_a_reload(
             third.start()
             routed(simulator, "/adopt", port)
             routed(simulator, "/other", other_port)
-            assert master_reloads(haproxy) == reloads
+            assert haproxy.reloads() == reloads
             # ... and a change of shape still reloads, once.
             port2, _ = simulator.launch("/added", 1)
             routed(simulator, "/added", port2)
-            assert master_reloads(haproxy) == reloads + 1
+            assert haproxy.reloads() == reloads + 1
         print(f"reloads across two daemon restarts with HAProxy kept running: "
-              f"{master_reloads(haproxy) - reloads - 1}")
+              f"{haproxy.reloads() - reloads - 1}")
 
 
 def test_json_logs_name_each_apply_step_per_app(tmp_path: Path, simulator: Simulator) -> None:
@@ -356,7 +350,7 @@ def test_start_haproxy_restart_serves_the_old_config_and_adopts_it(
         second.start()
         routed(simulator, "/again", port)
         # HAProxy started from the file of the first run, which has this run's shape.
-        assert master_reloads(second) == 0
+        assert second.reloads() == 0
         assert "adopted the running HAProxy" in second.proc.output()
 
 

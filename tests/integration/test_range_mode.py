@@ -32,6 +32,7 @@ from .harness import (
     Daemon,
     ExternalHAProxy,
     Simulator,
+    master_reloads,
     responders,
     running,
     wait_for,
@@ -48,11 +49,6 @@ def start(tmp: Path, sim: Simulator, *extra: str, size: int = RANGE_SIZE
     low, high = free_port_range(size)
     daemon = Daemon(tmp, sim.url, "--service-port-range", f"{low}-{high}", *extra).start()
     return daemon, (low, high)
-
-
-def reloads(daemon: Daemon) -> int:
-    """The master's reload count; retried while the master re-executes after a reload."""
-    return int(wait_for(lambda: (daemon.reloads(),), 10, what="show proc")[0])
 
 
 def launch(sim: Simulator, app_id: str, port: int, instances: int = 1,
@@ -110,18 +106,18 @@ def test_apps_in_the_range_come_and_go_without_reloads(tmp_path: Path,
                                                        simulator: Simulator) -> None:
     daemon, (low, _) = start(tmp_path, simulator)
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         assert refused(low + 1)  # bound by the range frontend, no app: refused at connect
         launch(simulator, "/ranged/new", low + 1, instances=2)
         routed(simulator, "/ranged/new", low + 1)
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         simulator.delete_app("/ranged/new")
         wait_for(lambda: refused(low + 1), 20, what=f"port {low + 1} refused once the app left")
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         # The returned spare serves the next app.
         launch(simulator, "/ranged/next", low + 2)
         routed(simulator, "/ranged/next", low + 2)
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         assert "needs a reload" not in (tmp_path / "servicerouter.log").read_text()
 
 
@@ -129,13 +125,13 @@ def test_a_port_outside_the_range_gets_its_own_frontend_by_reload(tmp_path: Path
                                                                   simulator: Simulator) -> None:
     daemon, (low, high) = start(tmp_path, simulator)
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         outside = free_port()
         launch(simulator, "/ranged/outside", outside)
         routed(simulator, "/ranged/outside", outside)
         wait_for(lambda: reload_reasons(daemon).get("own_frontend") == 1.0, 15,
                  what="the reload counted as own_frontend")
-        assert reloads(daemon) == before + 1
+        assert daemon.reloads() == before + 1
         config = daemon.config.read_text()
         assert f"frontend ranged_outside_{outside}\n    bind *:{outside}\n" in config
         assert f"bind *:{low}-{high}\n" in config  # the range frontend is unchanged
@@ -148,7 +144,7 @@ def test_vhosts_are_added_and_moved_through_the_host_map(tmp_path: Path,
     http_port = free_port()
     daemon, (low, _) = start(tmp_path, simulator, "--http-port", str(http_port))
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         # Both HTTP (a vhost implies it): moving the vhost changes no backend's mode.
         launch(simulator, "/shop/web", low + 1, labels={**HTTP, "HAPROXY_0_VHOST": "shop.test"})
         launch(simulator, "/shop/new", low + 2, labels=HTTP)
@@ -156,7 +152,7 @@ def test_vhosts_are_added_and_moved_through_the_host_map(tmp_path: Path,
         # Its tasks read again each time: a task that dies at start is replaced.
         wait_for(lambda: (t := simulator.running("/shop/web")) and by_host(
             http_port, "shop.test") == t, 30, what="shop.test routed to /shop/web")
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         # Move it: off /shop/web first, then onto /shop/new (an app already running).
         simulator.http.put("/v2/apps/shop/web", json={"labels": HTTP},
                            params={"force": "true"}).raise_for_status()
@@ -171,7 +167,7 @@ def test_vhosts_are_added_and_moved_through_the_host_map(tmp_path: Path,
         wait_for(lambda: (t := simulator.running("/shop/new")) and by_host(http_port,
                                                                           "shop.test") == t,
                  30, what="shop.test routed to /shop/new")
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         assert "acl host_" not in daemon.config.read_text()  # maps, not one ACL per host
 
 
@@ -181,14 +177,14 @@ def test_a_hundred_new_apps_cost_at_most_one_reload(tmp_path: Path,
     cluster: the default 8 spares run out once, and that reload leaves room for 100."""
     daemon, (low, _) = start(tmp_path, simulator, size=104)
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         apps = [(f"/burst/app{i:03d}", low + 1 + i) for i in range(100)]
         for first in range(0, len(apps), 10):  # a stream: ten at a time, then all routed
             for app_id, port in apps[first:first + 10]:
                 launch(simulator, app_id, port)
             for app_id, port in apps[first:first + 10]:
                 routed(simulator, app_id, port, timeout=60)
-        spent = reloads(daemon) - before
+        spent = daemon.reloads() - before
         print(f"100 new apps with the default pool: {spent} reload(s)")
         assert spent <= 1
         for app_id, port in apps[::9]:  # what the reload moved is still routed
@@ -204,20 +200,20 @@ def test_a_removed_apps_own_backend_serves_the_next_app_without_a_reload(
                     "--pool-spares", "1").start()
     with running(daemon):
         routed(simulator, "/own/a", low + 1)
-        before = reloads(daemon)
+        before = daemon.reloads()
         assert "backend own_a_" in daemon.config.read_text()
         backend = daemon.status(app="/own/a")["services"][0]["backend"]
         simulator.delete_app("/own/a")
         # (Refused already while its task drains: wait for the removal itself.)
         wait_for(lambda: unmapped(tmp_path, low + 1), 20, what="/own/a's map entry gone")
         assert refused(low + 1)
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         # The one _pool_ TCP spare and /own/a's backend: two apps, no reload.
         launch(simulator, "/own/b", low + 2)
         launch(simulator, "/own/c", low + 3, instances=2)
         routed(simulator, "/own/b", low + 2)
         routed(simulator, "/own/c", low + 3)
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         ports = dict(line.split() for line in
                      (tmp_path / "haproxy.cfg.d" / "ports.map").read_text().splitlines())
         held = {ports[str(low + 2)], ports[str(low + 3)]}
@@ -236,21 +232,21 @@ def test_a_removed_apps_own_backend_serves_the_next_app_without_a_reload(
 def test_an_exhausted_pool_grows_by_one_reload(tmp_path: Path, simulator: Simulator) -> None:
     daemon, (low, _) = start(tmp_path, simulator, "--pool-spares", "2")
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         for i in range(2):
             launch(simulator, f"/grow/a{i}", low + 1 + i)
             routed(simulator, f"/grow/a{i}", low + 1 + i)
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
         launch(simulator, "/grow/a2", low + 3)  # the third: no TCP spare left
         routed(simulator, "/grow/a2", low + 3)
         wait_for(lambda: reload_reasons(daemon).get("pool_exhausted") == 1.0, 15,
                  what="a reload counted as pool_exhausted")
-        assert reloads(daemon) == before + 1
+        assert daemon.reloads() == before + 1
         # The reload doubled the demand it saw: the next apps take spares again.
         for i in range(3, 6):
             launch(simulator, f"/grow/a{i}", low + 1 + i)
             routed(simulator, f"/grow/a{i}", low + 1 + i)
-        assert reloads(daemon) == before + 1
+        assert daemon.reloads() == before + 1
         for i in range(6):  # and nothing that was routed before lost its route
             routed(simulator, f"/grow/a{i}", low + 1 + i)
 
@@ -260,13 +256,13 @@ def test_a_killed_worker_comes_back_with_the_runtime_maps(tmp_path: Path,
     http_port = free_port()
     daemon, (low, _) = start(tmp_path, simulator, "--http-port", str(http_port))
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         launch(simulator, "/kept/tcp", low + 1, instances=2)
         launch(simulator, "/kept/web", low + 2, labels={"HAPROXY_0_VHOST": "kept.test"})
         routed(simulator, "/kept/tcp", low + 1)
         web = simulator.wait_running("/kept/web", 1)
         wait_for(lambda: by_host(http_port, "kept.test") == web, 30, what="kept.test routed")
-        assert reloads(daemon) == before  # all of it runtime: map entries and spares
+        assert daemon.reloads() == before  # all of it runtime: map entries and spares
         info: Any = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
         os.kill(info.worker_pids[0], signal.SIGKILL)
         wait_for(lambda: asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
@@ -308,7 +304,7 @@ def test_https_routes_a_new_vhost_by_sni_and_host_through_the_map(tmp_path: Path
     daemon, (low, _) = start(tmp_path, simulator, "--https-port", str(https),
                              "--ssl-certs", str(_cert(tmp_path)))
     with running(daemon):
-        before = reloads(daemon)
+        before = daemon.reloads()
         launch(simulator, "/sni/a", low + 1, labels={"HAPROXY_0_VHOST": "a.sni.test"})
         launch(simulator, "/sni/b", low + 2, labels={"HAPROXY_0_VHOST": "b.sni.test"})
         (a,) = simulator.wait_running("/sni/a", 1)
@@ -321,7 +317,7 @@ def test_https_routes_a_new_vhost_by_sni_and_host_through_the_map(tmp_path: Path
         assert _app(_get(url, host="b.sni.test", sni="a.sni.test")) == _owner(a)
         assert _app(_get(url, host="a.sni.test")) == _owner(a)
         assert _get(url, host="nobody.sni.test").status_code == 503
-        assert reloads(daemon) == before
+        assert daemon.reloads() == before
 
 
 def test_the_range_flag_is_checked_at_start(tmp_path: Path) -> None:
@@ -362,7 +358,7 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             # spares.json, so the next daemon adopts it as a spare.
             simulator.delete_app("/kept/old")
             wait_for(lambda: unmapped(tmp_path, low + 1), 20, what="/kept/old unmapped")
-        reloads_before = reloads_of(haproxy)
+        reloads_before = haproxy.reloads()
         second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
         with running(second):
             second.start()
@@ -374,13 +370,9 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             routed(simulator, "/kept/new", low + 3)
             launch(simulator, "/kept/old", low + 1)  # back: into its own old backend
             routed(simulator, "/kept/old", low + 1)
-            assert reloads_of(haproxy) == reloads_before
+            assert haproxy.reloads() == reloads_before
             ports = (tmp_path / "haproxy.cfg.d" / "ports.map").read_text()
             assert f"{low + 1} kept_old_{low + 1}\n" in ports
-
-
-def reloads_of(haproxy: ExternalHAProxy) -> int:
-    return int(wait_for(lambda: (haproxy.reloads(),), 10, what="show proc")[0])
 
 
 def oneshot(command: str, sim: Simulator, tmp: Path, low: int, high: int, *extra: str
@@ -434,7 +426,7 @@ def test_sync_in_range_mode_routes_like_run(
             "--http-port", str(http_port))
 
     def reloads() -> int:
-        return asyncio.run(MasterCLI(str(master)).show_proc()).reloads
+        return master_reloads(master)
 
     launch(simulator, "/cron/web", low + 1, labels={"HAPROXY_0_VHOST": "one.test"})
     web = simulator.wait_running("/cron/web", 1)

@@ -3,7 +3,6 @@ simulator, with the real HAProxy (sync) or none at all (dry run)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -12,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from servicerouter.demo.procs import Proc, free_port
-from servicerouter.haproxy.master_cli import MasterCLI
 
 from .conftest import needs_haproxy
-from .harness import EMPTY_CFG, PYTHON, Simulator, running, wait_for, wait_routed
+from .harness import EMPTY_CFG, PYTHON, Simulator, master_reloads, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -38,7 +36,7 @@ def test_sync_applies_only_changes_and_fails_clearly(tmp_path: Path,
     by_master = ("--haproxy-master-socket", str(master))
 
     def reloads() -> int:
-        return asyncio.run(MasterCLI(str(master)).show_proc()).reloads
+        return master_reloads(master)
 
     port, live = simulator.launch("/sync/web", 2)
     haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],

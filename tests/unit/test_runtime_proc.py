@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -124,3 +125,28 @@ async def test_a_master_that_never_answers_times_out(tmp_path: Path) -> None:
     async with server:
         with pytest.raises(MasterUnavailable, match=r"no complete reply to 'show proc'"):
             await MasterCLI(path, timeout=0.3).show_proc()
+
+
+async def test_patience_waits_out_a_master_that_refuses_while_it_re_executes(
+        tmp_path: Path) -> None:
+    """After a reload, 2.6's master socket refuses connections for a moment (the master is
+    re-executing itself): a bound socket that does not listen yet refuses the same way."""
+    path = str(tmp_path / "master.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    with pytest.raises(MasterUnavailable, match="Connection refused"):
+        await MasterCLI(path).show_proc()  # no patience: the refusal is the answer
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.write(FRESH.encode())
+        writer.close()
+
+    async def listen_later() -> asyncio.Server:
+        await asyncio.sleep(0.3)  # the master is back
+        return await asyncio.start_unix_server(answer, sock=sock)
+
+    later = asyncio.create_task(listen_later())
+    info = await MasterCLI(path).show_proc(patience=30)
+    async with await later:
+        assert info.master_pid == 3157 and info.worker_pids == [3160]

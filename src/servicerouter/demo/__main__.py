@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from ..haproxy.master_cli import MasterCLI
+from ..haproxy.master_cli import HAProxyProcessError, MasterCLI
 from ..pool import parse_port_range
 from .procs import Proc, free_port, wait_for
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{args.service_port_range})" if apps else "")
               + "; Ctrl-C stops everything")
         master = MasterCLI(str(work / "master.sock"))
-        baseline = asyncio.run(master.show_proc()).reloads
+        baseline = asyncio.run(master.show_proc(patience=30)).reloads
         rng = random.Random()
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics = web.get("/metrics").text
             updates = int(_metric(metrics, "servicerouter_runtime_batches_total"))
             commands = int(_metric(metrics, "servicerouter_runtime_commands_total"))
-            reloads = asyncio.run(master.show_proc()).reloads - baseline
+            reloads = asyncio.run(master.show_proc(patience=30)).reloads - baseline
             print(f"  {action}\n    HAProxy reloads since start: {reloads}   "
                   f"runtime updates: {updates} ({commands} commands)", flush=True)
             if apps:
                 print(f"    apps created: {apps.count}   reloads: {reloads}", flush=True)
     except KeyboardInterrupt:
         print("\ndemo: stopping")
-    except (TimeoutError, httpx.HTTPError) as exc:
+    except (TimeoutError, httpx.HTTPError, HAProxyProcessError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         for p in procs:  # the logs go with a temporary workdir: show their ends
             tail = p.output().splitlines()[-15:]

@@ -108,16 +108,12 @@ class KeptHAProxy:
             await asyncio.sleep(delay)
             if self._master_pid is None:
                 continue  # nothing started yet: the first reload starts it
-            try:
-                await self.master.show_proc()
+            try:  # a reload re-executes the master: its socket refuses for a moment
+                await self.master.show_proc(patience=2.0)
                 delay = WATCH_INTERVAL
                 continue
             except HAProxyProcessError:
                 pass
-            await asyncio.sleep(0.5)  # a reload re-executes the master: ask once more
-            with contextlib.suppress(HAProxyProcessError):
-                await self.master.show_proc()
-                continue
             log.error("HAProxy's master %s does not answer; starting HAProxy again",
                       self.master_socket)
             try:
