@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from servicerouter.demo.procs import Proc, free_port, wait_for
-from servicerouter.haproxy.master_cli import MasterCLI
+from servicerouter.haproxy.master_cli import MasterCLI, ProcInfo
 from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.haproxy.runtime_parse import ServerState
 
@@ -181,6 +181,10 @@ class Daemon:
     def reloads(self) -> int:
         """The master's reload count, from HAProxy itself (``show proc``)."""
         return master_reloads(self.master_socket)
+
+    def proc_info(self) -> ProcInfo:
+        """``show proc``, waiting out the moment the master refuses after a reload."""
+        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc(patience=30))
 
     def servers(self, backend: str | None = None) -> list[ServerState]:
         return asyncio.run(RuntimeClient(str(self.socket)).show_servers_state(backend))

@@ -99,11 +99,9 @@ def test_killed_haproxy_worker_is_recovered(tmp_path: Path, simulator: Simulator
         # A change applied at runtime only: the file on disk does not have it.
         live = simulator.replace_one("/sturdy", live)
         wait_routed(port, live)
-        import asyncio
 
-        from servicerouter.haproxy.master_cli import MasterCLI
 
-        info = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        info = daemon.proc_info()
         os.kill(info.worker_pids[0], signal.SIGKILL)
         # HAProxy comes back and routes to exactly the live tasks again.
         wait_routed(port, live, timeout=30)
@@ -136,11 +134,9 @@ def test_invalid_candidate_config_keeps_the_old_one_serving(tmp_path: Path,
 def test_sigterm_stops_daemon_and_haproxy(tmp_path: Path, simulator: Simulator) -> None:
     port, _ = simulator.launch("/bye", 1)
     daemon = start_daemon(tmp_path, simulator)
-    import asyncio
 
-    from servicerouter.haproxy.master_cli import MasterCLI
 
-    pids = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc()).all_pids
+    pids = daemon.proc_info().all_pids
     assert daemon.proc.popen is not None
     daemon.proc.popen.send_signal(signal.SIGTERM)
     assert daemon.proc.popen.wait(15) == 0

@@ -130,7 +130,7 @@ def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
     with running(daemon):
         daemon.start()
         routed(simulator, "/tied", port)
-        pids = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc()).all_pids
+        pids = daemon.proc_info().all_pids
         assert daemon.proc.popen is not None
         os.kill(daemon.proc.popen.pid, signal.SIGKILL)
         daemon.proc.popen.wait(10)
@@ -195,7 +195,7 @@ def test_worker_crash_while_a_reload_is_pending_is_reconciled(tmp_path: Path,
         simulator.create_app("/broken", instances=1)
         wait_for(lambda: 'servicerouter_reload_failures_total{stage="validate"} 1.0'
                  in daemon.metrics(), 20, what="a rejected candidate (the reload stays pending)")
-        info = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        info = daemon.proc_info()
         os.kill(info.worker_pids[0], signal.SIGKILL)
         # The fresh worker starts from the file (a dead task in it); reconcile repairs it
         # although the new app's reload is still pending.
@@ -364,7 +364,7 @@ def test_keep_haproxy_on_exit_serves_through_a_daemon_crash_and_is_adopted(
         with running(first):
             first.start()
             routed(simulator, "/kept", port)
-            pids = asyncio.run(master.show_proc()).all_pids
+            pids = asyncio.run(master.show_proc(patience=30)).all_pids
             assert first.proc.popen is not None
             os.kill(first.proc.popen.pid, signal.SIGKILL)
             first.proc.popen.wait(10)
@@ -375,7 +375,7 @@ def test_keep_haproxy_on_exit_serves_through_a_daemon_crash_and_is_adopted(
         with running(second):
             second.start()
             routed(simulator, "/kept", port)
-            info = asyncio.run(master.show_proc())
+            info = asyncio.run(master.show_proc(patience=30))
             assert info.master_pid == pids[0] and info.reloads == 0  # adopted, no reload
             assert "adopting the HAProxy master" in second.proc.output()
         # A clean stop leaves it serving too.
@@ -395,12 +395,12 @@ def test_kept_haproxy_that_dies_is_started_again(tmp_path: Path, simulator: Simu
             routed(simulator, "/kept2", port)
             replace_task(simulator, "/kept2")  # runtime only: not in the file
             routed(simulator, "/kept2", port)
-            pids = asyncio.run(master.show_proc()).all_pids
+            pids = asyncio.run(master.show_proc(patience=30)).all_pids
             os.kill(pids[0], signal.SIGKILL)
             _wait_gone(pids)
             # The watcher starts a new master from the file; reconcile restores the rest.
             routed(simulator, "/kept2", port, timeout=30)
-            pids = asyncio.run(master.show_proc()).all_pids
+            pids = asyncio.run(master.show_proc(patience=30)).all_pids
             assert "does not answer; starting HAProxy again" in daemon.proc.output()
     finally:
         _stop_kept(pids)

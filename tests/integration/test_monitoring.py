@@ -8,7 +8,6 @@ count with HAProxy's own.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -17,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from servicerouter.demo.procs import Proc, free_port
-from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Simulator, running, wait_for, wait_routed
+from .harness import Simulator, master_reloads, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -67,7 +65,7 @@ def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
                  ["endpoints"] == 3, 15, what="/mon/api's task in /status")
 
         m = scrape(web.get("/metrics").text)
-        haproxy_reloads = asyncio.run(MasterCLI(str(master)).show_proc()).reloads
+        haproxy_reloads = master_reloads(master)
         ours = sum(v for k, v in m.items() if k.startswith("servicerouter_reloads_total{"))
         # HAProxy runs on the daemon's own render: adopted, no reload; then /mon/api.
         assert ours == haproxy_reloads == 1

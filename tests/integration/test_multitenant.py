@@ -9,7 +9,6 @@ still routed while the bad one is there.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 
-from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
@@ -142,9 +140,9 @@ def test_fresh_start_next_to_bad_apps_serves_the_others(tmp_path: Path,
 
         # The worker dies: the master restarts from the file, and everything still routes.
         new_port = simulator.service_port("/new/one")
-        info = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        info = daemon.proc_info()
         os.kill(info.worker_pids[0], signal.SIGKILL)
-        wait_for(lambda: asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        wait_for(lambda: daemon.proc_info()
                  .master_pid != info.master_pid, 30, what="HAProxy restarted by the daemon")
         serving(simulator, "/good", good_port)
         serving(simulator, "/new/one", new_port)

@@ -22,7 +22,6 @@ import httpx
 import pytest
 
 from servicerouter.demo.procs import Proc, free_port, free_port_range
-from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.layout import Settings
 
 from .conftest import needs_haproxy
@@ -220,9 +219,9 @@ def test_a_removed_apps_own_backend_serves_the_next_app_without_a_reload(
         assert backend in held, f"/own/a's old backend {backend} holds neither app: {held}"
         assert refused(low + 1)
         # A restarted worker reads the same config and maps: the same routing.
-        info: Any = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        info: Any = daemon.proc_info()
         os.kill(info.worker_pids[0], signal.SIGKILL)
-        wait_for(lambda: asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        wait_for(lambda: daemon.proc_info()
                  .worker_pids not in ([], info.worker_pids), 20, what="a new worker")
         routed(simulator, "/own/b", low + 2)
         routed(simulator, "/own/c", low + 3)
@@ -263,9 +262,9 @@ def test_a_killed_worker_comes_back_with_the_runtime_maps(tmp_path: Path,
         web = simulator.wait_running("/kept/web", 1)
         wait_for(lambda: by_host(http_port, "kept.test") == web, 30, what="kept.test routed")
         assert daemon.reloads() == before  # all of it runtime: map entries and spares
-        info: Any = asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        info: Any = daemon.proc_info()
         os.kill(info.worker_pids[0], signal.SIGKILL)
-        wait_for(lambda: asyncio.run(MasterCLI(str(daemon.master_socket)).show_proc())
+        wait_for(lambda: daemon.proc_info()
                  .worker_pids not in ([], info.worker_pids), 20, what="a new worker")
         routed(simulator, "/kept/tcp", low + 1)
         wait_for(lambda: by_host(http_port, "kept.test") == simulator.running("/kept/web"),
