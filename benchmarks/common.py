@@ -252,7 +252,7 @@ class Daemon:
 
     def reloads(self) -> int:
         """HAProxy's own reload count (the master's ``show proc``)."""
-        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc()).reloads
+        return asyncio.run(MasterCLI(str(self.master_socket)).show_proc(patience=30)).reloads
 
     def runtime(self) -> RuntimeClient:
         return RuntimeClient(str(self.socket))

@@ -61,7 +61,7 @@ class HealthProbe:
 def haproxy_worker_rss_mb(stack: ChurnStack) -> float:
     from servicerouter.haproxy.master_cli import MasterCLI
 
-    info = asyncio.run(MasterCLI(str(stack.daemon.master_socket)).show_proc())
+    info = asyncio.run(MasterCLI(str(stack.daemon.master_socket)).show_proc(patience=30))
     return sum(vm_rss_kb(p) for p in info.worker_pids) / 1024
 
 
