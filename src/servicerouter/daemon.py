@@ -57,8 +57,11 @@ def _bind(flag: str, host: str, port: int) -> socket.socket:
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        # With getaddrinfo's proto (IPPROTO_TCP), not 0: asyncio sets TCP_NODELAY only on
+        # connections whose socket says TCP. Without it every keep-alive answer (headers
+        # and body are two writes) waited ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, kind, proto)
     except (OSError, IndexError) as exc:
         raise CliError(f"{flag} {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
                        ) from None

@@ -59,6 +59,21 @@ def make_executor(
     raise ValueError(f"unknown executor {kind!r} (expected 'local' or 'none')")
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound (port 0: any free one). IPPROTO_TCP, not 0, so that
+    asyncio sets TCP_NODELAY on each connection: else every keep-alive answer (headers
+    and body are two writes) waits ~40 ms for the client's delayed ACK, which real
+    Marathon does not add."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class SimulatorServer:
     """A simulated Marathon served by uvicorn in the running event loop.
 
@@ -117,13 +132,7 @@ class SimulatorServer:
         if self.standby_of is None:
             for definition in self.initial_apps:  # may raise ValidationError: before binding
                 self.scheduler.create_app(definition)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
+        sock = bound_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         advertised = f"{self.host}:{self.port}"
         self.ctx = SimContext(
