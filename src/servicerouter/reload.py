@@ -245,7 +245,7 @@ class ReloadPipeline:
         e.ready.set()  # HAProxy serves this config; the read-back below confirms it
         if confirming is not None:  # the reloader done before the next reload starts
             await e.while_applying(asyncio.wait({confirming}))
-        # Reading 160,000 slots back takes a while at 10,000 apps: churn goes on meanwhile
+        # Reading 80,000 slots back takes a while at 10,000 apps: churn goes on meanwhile
         # (the repairs leave out backends changed after the read began).
         await e.while_applying(e.reconciler.reconcile(after_reload=True))
         return True
