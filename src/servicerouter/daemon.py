@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .owners import owners_path
 from .planner import ReloadReason
 from .resolve import CachingResolver
+from .sdnotify import Notifier
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -185,6 +186,14 @@ def _operator_signals(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
     loop.add_signal_handler(signal.SIGUSR1, usr1)
 
 
+async def _tell_serving(engine: Engine, notifier: Notifier) -> None:
+    """``systemctl status`` says when HAProxy first serves the Marathon apps' config."""
+    await engine.ready.wait()
+    services = sum(1 for shape in engine.layout.values() if shape.app_id)
+    notifier.send(STATUS=f"HAProxy serves the config from Marathon ({services} services "
+                  "at first; /status has the current state)")
+
+
 def detect_reload_command(root: Path = Path("/")) -> str | None:
     """The init system's reload, as ``servicerouter.py`` looked for it."""
     units = ("lib/systemd/system/haproxy.service", "usr/lib/systemd/system/haproxy.service",
@@ -200,6 +209,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
     from .cli import CliError, check_socket_path, marathon_client, settings_from, templates_dir
     from .engine import Engine, EngineConfig
 
+    notifier = Notifier.from_environment()  # first: no child may inherit NOTIFY_SOCKET
     settings = replace(settings_from(args), reserved_ports=(args.listen[1],))
     if args.service_port_range:
         settings = range_settings(settings, args.service_port_range, args.pool_spares,
@@ -247,6 +257,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         log.info("%s received; stopping (HAProxy %s)", name,
                  "stops too" if args.start_haproxy and not args.keep_haproxy_on_exit
                  else "keeps serving")
+        notifier.send(STOPPING="1")
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -288,10 +299,14 @@ async def run_daemon(args: argparse.Namespace) -> int:
         web = asyncio.ensure_future(server.serve(sockets=[listener]))
         log.info("servicerouter listening on http://%s:%d (metrics, healthz, status, config)",
                  host, port)
+        # Signal handlers and the listener are in place: systemd may send a reload now.
+        notifier.send(READY="1", STATUS="started; waiting for the first config to be live")
+        serving = asyncio.ensure_future(_tell_serving(engine, notifier))
         try:
             await reloader.start(engine)
             await engine.run(stop)
         finally:
+            serving.cancel()
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(web, 5)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import time
 from pathlib import Path
@@ -224,6 +225,35 @@ def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
         assert "# edited" in daemon.config.read_text()
         assert daemon.proc.alive()
         routed(simulator, "/hup", port)
+
+
+def test_systemd_hears_ready_and_a_reload_right_after_it_reloads(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Type=notify: READY=1 comes once SIGHUP is handled, so a `systemctl reload` right
+    after `systemctl start` reloads. Under Type=simple systemd sent it at once, to a
+    Python still importing, and SIGHUP's default action ended the daemon."""
+    port, _ = simulator.launch("/notify", 1)
+    address = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(address))
+        systemd.settimeout(60)
+        daemon = Daemon(tmp_path, simulator.url)
+        daemon.proc.env["NOTIFY_SOCKET"] = str(address)
+        with running(daemon):
+            daemon.start(wait_healthy=False)
+            assert "READY=1" in systemd.recv(4096).decode().splitlines()
+            assert daemon.proc.popen is not None
+            daemon.proc.popen.send_signal(signal.SIGHUP)  # at once, as systemd may
+            status = systemd.recv(4096).decode()
+            assert status.startswith("STATUS=HAProxy serves the config from Marathon"), status
+            routed(simulator, "/notify", port)
+            wait_for(lambda: "SIGHUP received" in daemon.proc.output(), 20,
+                     what="the SIGHUP taken as a reload")
+            assert daemon.proc.alive()
+            for pid in daemon.proc_info().all_pids:  # HAProxy does not inherit it
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                assert not any(v.startswith(b"NOTIFY_SOCKET=") for v in environ), pid
+        assert systemd.recv(4096).decode() == "STOPPING=1\n"
 
 
 def test_sigusr1_resyncs_and_sigterm_says_why_it_stops(tmp_path: Path,
