@@ -9,17 +9,31 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, and never one this process was given before. A port
+    handed out but not bound yet (a daemon's ``--http-port`` before its first reload)
+    looks free to the kernel, which gave it again to the next app's service port once:
+    the daemon then rightly refused that app. Bounded tries."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with _handing_out:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no free loopback port this process was not given before")
 
 
 def free_port_range(count: int, low: int = 12000, high: int = 20000) -> tuple[int, int]:
