@@ -73,7 +73,9 @@ def churn(sim: httpx.Client, rng: random.Random) -> str:
         sim.delete(f"/v2/apps{app_id}/tasks/{victim}", params={"scale": "false"})
         return f"killed task {victim} of {app_id} (Marathon replaces it)"
     instances = int(app["instances"])
-    target = max(MIN_INSTANCES, min(6, instances + rng.choice([-1, 1])))
+    # One up or down, inside MIN_INSTANCES..6: never a "scale" from 2 to 2.
+    step = 1 if instances <= MIN_INSTANCES else -1 if instances >= 6 else rng.choice([-1, 1])
+    target = instances + step
     r = sim.put(f"/v2/apps{app_id}", json={"instances": target}, params={"force": "true"})
     if r.status_code >= 400:
         return f"scaling {app_id} to {target} was refused: {r.status_code} {r.text[:80]}"
