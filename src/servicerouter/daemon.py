@@ -186,12 +186,30 @@ def _operator_signals(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
     loop.add_signal_handler(signal.SIGUSR1, usr1)
 
 
-async def _tell_serving(engine: Engine, notifier: Notifier) -> None:
-    """``systemctl status`` says when HAProxy first serves the Marathon apps' config."""
-    await engine.ready.wait()
+STATUS_INTERVAL = 5.0
+
+
+def status_line(engine: Engine) -> str:
+    """What ``systemctl status`` shows once HAProxy serves the config from Marathon."""
     services = sum(1 for shape in engine.layout.values() if shape.app_id)
-    notifier.send(STATUS=f"HAProxy serves the config from Marathon ({services} services "
-                  "at first; /status has the current state)")
+    left_out = len(engine.app_errors) + len(engine.state.problem_list())
+    return (f"HAProxy serves the config from Marathon: {services} services of "
+            f"{len(engine.state.apps)} apps; {engine.reloads} reloads, "
+            f"{engine.runtime_updates} runtime updates"
+            + (f"; {left_out} problems (see /status)" if left_out else ""))
+
+
+async def _tell_status(engine: Engine, notifier: Notifier) -> None:
+    """Keep ``systemctl status`` current: once HAProxy first serves the config, then
+    whenever the line changes (looked at every STATUS_INTERVAL; cancelled at stop)."""
+    await engine.ready.wait()
+    last = None
+    while notifier.address:  # a send that failed gave up for good
+        line = status_line(engine)
+        if line != last:
+            notifier.send(STATUS=line)
+            last = line
+        await asyncio.sleep(STATUS_INTERVAL)
 
 
 def detect_reload_command(root: Path = Path("/")) -> str | None:
@@ -301,12 +319,12 @@ async def run_daemon(args: argparse.Namespace) -> int:
                  host, port)
         # Signal handlers and the listener are in place: systemd may send a reload now.
         notifier.send(READY="1", STATUS="started; waiting for the first config to be live")
-        serving = asyncio.ensure_future(_tell_serving(engine, notifier))
+        status = asyncio.ensure_future(_tell_status(engine, notifier))
         try:
             await reloader.start(engine)
             await engine.run(stop)
         finally:
-            serving.cancel()
+            status.cancel()
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(web, 5)

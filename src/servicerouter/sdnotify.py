@@ -11,8 +11,8 @@ the unix socket named by ``NOTIFY_SOCKET``; a leading ``@`` names an abstract so
 No dependency is needed for that. The variable is taken out of the environment when
 read, so HAProxy and reload commands do not inherit it (``NotifyAccess=main`` would
 ignore them anyway). Without the variable every call is a no-op; a send that fails is
-logged and never raised: readiness is a courtesy to the init system, not a reason to
-stop routing.
+logged once and never raised (later calls are no-ops): readiness is a courtesy to the
+init system, not a reason to stop routing.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Notifier:
                 sock.settimeout(1.0)
                 sock.sendto(text.encode(), target)
         except OSError as exc:
-            log.warning("cannot tell systemd %s through NOTIFY_SOCKET %s: %s",
-                        ", ".join(fields), self.address, exc)
+            log.warning("cannot tell systemd %s through NOTIFY_SOCKET %s: %s; no more "
+                        "notifications", ", ".join(fields), self.address, exc)
+            self.address = None
             return False
         return True
