@@ -92,6 +92,9 @@ class FetchResult:
         return apps
 
 
+_WIRE_HEADERS = frozenset(("content-encoding", "content-length", "transfer-encoding"))
+
+
 class _TooLarge(Exception):
     """A body over `MarathonClient.max_body`; its argument says how that was seen."""
 
@@ -413,10 +416,15 @@ class MarathonClient:
                 if size > self.max_body:
                     raise _TooLarge(f"{size} bytes read")
                 parts.append(chunk)
-            response._content = b"".join(parts)  # what Response.aread() sets
         finally:
             await response.aclose()
-        return response
+        # The body as read, in a response of its own (httpx has no public way to hand a
+        # streamed response a body read under a cap). Its headers lose what described
+        # the bytes on the wire: the body is decompressed and whole.
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in _WIRE_HEADERS]
+        return httpx.Response(response.status_code, headers=headers,
+                              content=b"".join(parts), request=request)
 
     async def _round(
         self, endpoint: str, path: str, params: list[tuple[str, str]], allow_404: bool
