@@ -60,6 +60,29 @@ def test_demo_in_range_mode_shows_new_apps_arriving_without_reloads(tmp_path: Pa
     assert _ours(tmp_path) == []
 
 
+def _why(seen: list[str], line: str, reply: httpx.Response) -> str:
+    """What the daemon and HAProxy said when a port shown as serving did not answer 200
+    (the demo removes its workdir when it stops: read it now)."""
+    out = [f"{line.strip()} answered {reply.status_code}", *seen]
+    work = next((m.group(1) for s in seen if (m := re.match(r"demo: working in (\S+)", s))),
+                None)
+    daemon = next((m.group(1) for s in seen
+                   if (m := re.match(r"demo: servicerouter on (http://\S+)", s))), None)
+    if daemon is not None:
+        app = re.search(r"demo: (/demo/\w+)", line)
+        try:
+            out.append(httpx.get(f"{daemon}/status", params={"app": app.group(1)} if app
+                                 else None, timeout=5).text)
+        except httpx.HTTPError as exc:
+            out.append(f"/status: {exc!r}")
+    if work is not None:
+        for name in ("servicerouter.log", "simulator.log"):
+            log = Path(work) / name
+            if log.exists():
+                out += [f"--- {name}", *log.read_text(errors="replace").splitlines()[-40:]]
+    return "\n".join(out)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A TMPDIR short enough for HAProxy's socket paths (at most 97 characters)."""
@@ -86,7 +109,7 @@ def test_demo_shows_ports_that_already_serve_and_removes_its_temp_dir(short_tmp:
             m = re.search(r"curl (http://127\.0\.0\.1:\d+/)", line)
             if m:  # the moment a port is shown, it answers
                 r = httpx.get(m.group(1), headers={"Connection": "close"}, timeout=5)
-                assert r.status_code == 200, (line, r.status_code)
+                assert r.status_code == 200, _why(seen, line, r)
         assert demo.wait(120) == 0, "".join(seen)
     finally:
         if demo.poll() is None:  # SIGTERM: the demo stops what it started, as on Ctrl-C
