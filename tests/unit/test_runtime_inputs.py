@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,50 +36,45 @@ async def _trickle(writer: asyncio.StreamWriter) -> None:
     writer.close()
 
 
-async def test_a_reply_that_trickles_without_end_is_bounded_in_time(sock_dir: Path) -> None:
+async def _batch_fails(sock_dir: Path, reply: Callable[[asyncio.StreamWriter], Awaitable[None]],
+                      timeout: float, bound: float) -> None:
+    """A batch on the kept session to a peer that opens the prompt session and takes the
+    command as HAProxy does, then answers with ``reply``: the batch ends in an error
+    within ``bound`` seconds."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             await reader.readuntil(b"prompt\n")
             writer.write(b"\n> ")
             await reader.readuntil(b"\n")
-            await _trickle(writer)
+            await reply(writer)
 
-    path = str(sock_dir / "trickle.sock")
-    server = await asyncio.start_unix_server(handle, path)
-    async with server:
-        rt = RuntimeClient(path, timeout=0.3)
+    path = str(sock_dir / "session.sock")
+    async with await asyncio.start_unix_server(handle, path):
+        rt = RuntimeClient(path, timeout=timeout)
         try:
             with pytest.raises(HAProxyRuntimeError):
-                await asyncio.wait_for(rt.execute(["set server b/s1 state ready"]), 6)
+                await asyncio.wait_for(rt.execute(["set server b/s1 state ready"]), bound)
         finally:
             rt.reset()
+
+
+async def test_a_reply_that_trickles_without_end_is_bounded_in_time(sock_dir: Path) -> None:
+    await _batch_fails(sock_dir, _trickle, timeout=0.3, bound=6)
 
 
 async def test_a_reply_that_floods_without_a_prompt_is_bounded_in_memory(
         sock_dir: Path) -> None:
     sent = 0
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def flood(writer: asyncio.StreamWriter) -> None:
         nonlocal sent
-        with contextlib.suppress(OSError):
-            await reader.readuntil(b"prompt\n")
-            writer.write(b"\n> ")
-            await reader.readuntil(b"\n")
-            while sent < 128 << 20:  # the test's own bound
-                writer.write(b"x" * 65536)
-                sent += 65536
-                await writer.drain()
-            await asyncio.sleep(5)
+        while sent < 128 << 20:  # the test's own bound
+            writer.write(b"x" * 65536)
+            sent += 65536
+            await writer.drain()
+        await asyncio.sleep(5)
 
-    path = str(sock_dir / "flood.sock")
-    server = await asyncio.start_unix_server(handle, path)
-    async with server:
-        rt = RuntimeClient(path, timeout=0.5)
-        try:
-            with pytest.raises(HAProxyRuntimeError):
-                await asyncio.wait_for(rt.execute(["set server b/s1 state ready"]), 20)
-        finally:
-            rt.reset()
+    await _batch_fails(sock_dir, flood, timeout=0.5, bound=20)
     assert sent < 32 << 20, f"the client read {sent >> 20} MB of a reply before giving up"
 
 
