@@ -22,6 +22,7 @@ from .haproxy.runtime_commands import (
     enable_health,
     set_check_port,
     set_server_addr,
+    set_server_health,
     set_server_state,
 )
 from .haproxy.runtime_parse import ServerState
@@ -78,8 +79,46 @@ def _state(e: Endpoint) -> str:
     return "drain" if e.state is EndpointState.DRAIN else "ready"
 
 
+def vouched_checks(shape: BackendShape, vouched: bool) -> bool:
+    """Whether ``shape``'s servers are checked by HAProxy and routed only once Marathon
+    calls them healthy (``vouched``: ``Settings.health_check``, off with
+    ``--no-health-check``).
+
+    Such a server is put in rotation at full check health (``set server … health up``):
+    HAProxy starts one that leaves maintenance, or starts with a new worker, at health
+    ``rise``, where its first failed check takes it DOWN (measured on 2.6.12: ~2 check
+    intervals of 503 for an app whose fresh tasks meet one slow moment together, though
+    Marathon just called them healthy). At full health it takes ``fall`` failures in a
+    row, as the app's Marathon check asks. Under ``--no-health-check`` HAProxy's own
+    check is the only gate, and its default start is kept."""
+    return vouched and shape.service.options.health_check
+
+
+def _ready(b: str, s: str, e: Endpoint, healthy: bool) -> list[str]:
+    """The commands that put slot ``s`` of ``b`` in ``e``'s state, from maintenance or
+    another address."""
+    state = _state(e)
+    if healthy and state == "ready":
+        return [set_server_state(b, s, state), set_server_health(b, s, "up")]
+    return [set_server_state(b, s, state)]
+
+
+def health_up(layout: Layout, table: SlotTable, vouched: bool) -> list[str]:
+    """After a reload: every routed server of a backend with :func:`vouched_checks` to
+    full health, since the new worker starts them all at ``rise``."""
+    commands: list[str] = []
+    for key, shape in layout.items():
+        if not vouched_checks(shape, vouched):
+            continue
+        for i, e in enumerate(table.get(key, ())):
+            if e is not None and e.state is EndpointState.READY:
+                commands.append(set_server_health(shape.name, slot_name(i + 1), "up"))
+    return commands
+
+
 def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
-                 want: Sequence[Endpoint]) -> tuple[list[str], list[Endpoint | None]] | None:
+                 want: Sequence[Endpoint], vouched: bool = True,
+                 ) -> tuple[list[str], list[Endpoint | None]] | None:
     """Commands that turn ``current`` slots into ``want``; None when out of capacity.
 
     A task keeps its slot while it lives; freed slots are reused, lowest first.
@@ -90,8 +129,11 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
     left free go to maint last: a backend whose every task was replaced (as after a
     reload that missed them) never has all of them in maint at once, so HAProxy
     neither answers 503 for a moment nor reports the backend down.
+
+    A server put in rotation gets full check health when :func:`vouched_checks`.
     """
     b = shape.name
+    healthy = vouched_checks(shape, vouched)
     by_task = {e.task_id: e for e in want}
     slots = list(current) + [None] * (shape.slots - len(current))
     commands: list[str] = []
@@ -114,7 +156,7 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
         if new.check_port and new.check_port != held.check_port:
             commands.append(set_check_port(b, s, new.check_port))
         if new.state is not held.state or (new.ip, new.port) != (held.ip, held.port):
-            commands.append(set_server_state(b, s, _state(new)))
+            commands += _ready(b, s, new, healthy)
         slots[i] = new
     free = iter([i for i, held in enumerate(slots) if held is None])
     for e in want:
@@ -141,7 +183,7 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
             commands.append(set_server_addr(b, s, e.ip, e.port))
             if e.check_port:
                 commands.append(set_check_port(b, s, e.check_port))
-        commands.append(set_server_state(b, s, "ready"))
+        commands += _ready(b, s, e, healthy)
         slots[slot] = e
     commands += [set_server_state(b, slot_name(i + 1), "maint") for i in sorted(gone)]
     return commands, slots
@@ -155,6 +197,7 @@ def plan(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService]
     commands too (:func:`plan_range`)."""
     if settings is not None and pool.range_on(settings):
         return plan_range(layout, table, desired, dirty, settings)
+    vouched = settings.health_check if settings is not None else True
     result = Plan()
     for name in sorted(set(dirty)):
         shape, want = layout.get(name), desired.get(name)
@@ -169,7 +212,7 @@ def plan(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService]
             result.reload[name] = ReloadReason.OPTIONS_CHANGED
             continue
         current = table.get(name, [])
-        changed = plan_backend(shape, current, want.endpoints)
+        changed = plan_backend(shape, current, want.endpoints, vouched)
         if changed is None:
             result.reload[name] = ReloadReason.CAPACITY
             continue
@@ -190,14 +233,15 @@ def _matches(expected: Endpoint | None, actual: ServerState) -> bool:
     return actual.draining == (expected.state is EndpointState.DRAIN)
 
 
-def reconcile(layout: Layout, table: SlotTable,
-              actual: Iterable[ServerState]) -> tuple[list[str], dict[str, ReloadReason]]:
+def reconcile(layout: Layout, table: SlotTable, actual: Iterable[ServerState],
+              vouched: bool = True) -> tuple[list[str], dict[str, ReloadReason]]:
     """Compare HAProxy's ``show servers state`` with the slot table.
 
     Returns the commands that repair differences (a runtime change lost while
     a fresh worker started, an HAProxy restarted behind our back with the
     config's initial states) and the backends HAProxy lacks or has too few
-    servers in, which only a reload can fix.
+    servers in, which only a reload can fix. A server put back in rotation gets full
+    check health as in :func:`plan_backend`.
     """
     have = {(s.backend, s.server): s for s in actual}
     commands: list[str] = []
@@ -205,6 +249,7 @@ def reconcile(layout: Layout, table: SlotTable,
     for key, shape in layout.items():
         slots = table.get(key, [])
         name = shape.name  # in range mode an app may live in a spare backend
+        healthy = vouched_checks(shape, vouched)
         for i in range(shape.slots):
             s = slot_name(i + 1)
             got = have.get((name, s))
@@ -217,9 +262,10 @@ def reconcile(layout: Layout, table: SlotTable,
             if expected is None:
                 commands.append(set_server_state(name, s, "maint"))
             else:
-                if (got.addr, got.port) != (expected.ip, expected.port):
+                moved = (got.addr, got.port) != (expected.ip, expected.port)
+                if moved:
                     commands.append(set_server_addr(name, s, expected.ip, expected.port))
-                commands.append(set_server_state(name, s, _state(expected)))
+                commands += _ready(name, s, expected, healthy and (got.in_maint or moved))
     return commands, broken
 
 
@@ -299,7 +345,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             taken = own[0] if own else free[key][-1]
             free[key].remove(taken)
             shape = BackendShape(taken.name, svc, taken.slots)
-            changed = plan_backend(shape, [], want.endpoints)
+            changed = plan_backend(shape, [], want.endpoints, settings.health_check)
             if changed is None:
                 free[key].append(taken)
                 reload(name, ReloadReason.CAPACITY)
@@ -320,7 +366,8 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             shape = BackendShape(shape.name, svc, shape.slots)  # only vhosts or weight differ
             entry[name] = shape
             vhosted.add(name)
-        changed = plan_backend(shape, table.get(name, []), want.endpoints)
+        changed = plan_backend(shape, table.get(name, []), want.endpoints,
+                               settings.health_check)
         if changed is None:
             reload(name, ReloadReason.CAPACITY)
             vhosted.discard(name)

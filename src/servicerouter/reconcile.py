@@ -122,7 +122,9 @@ class Reconciler:
         layout = {name: shape for name, shape in found.suspect.items()
                   if e.changed_at.get(name, 0) <= found.seq
                   and e.layout.get(name) == shape}
-        commands, broken = reconcile(layout, e.table, found.actual) if layout else ([], {})
+        commands, broken = (reconcile(layout, e.table, found.actual,
+                                      e.config.settings.health_check)
+                            if layout else ([], {}))
         maps, readable = await self.map_repairs()
         commands += maps
         if not readable:

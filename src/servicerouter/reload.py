@@ -23,7 +23,7 @@ from .applylog import reload_causes
 from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout
-from .planner import ReloadReason
+from .planner import ReloadReason, health_up
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -243,6 +243,11 @@ class ReloadPipeline:
             e.metrics.event_to_apply.observe(now - t)
         e.awaiting_reload.clear()
         e.ready.set()  # HAProxy serves this config; the read-back below confirms it
+        fresh = health_up(e.layout, e.table, e.config.settings.health_check)
+        if fresh and not await e.execute(fresh):  # before most of their first checks
+            log.warning("could not raise the check health of %d servers the new worker "
+                        "started at rise; one failed first check takes such a server "
+                        "DOWN until it passes rise checks", len(fresh))
         if confirming is not None:  # the reloader done before the next reload starts
             await e.while_applying(asyncio.wait({confirming}))
         # Reading 80,000 slots back takes a while at 10,000 apps: churn goes on meanwhile

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -24,10 +25,11 @@ import pytest
 
 from servicerouter.haproxy.render import builtin_templates
 from servicerouter.haproxy.runtime import RuntimeClient
+from servicerouter.haproxy.runtime_parse import ServerState
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, free_port, wait_for
+from .harness import Daemon, Simulator, free_port, responders, wait_for
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -411,3 +413,96 @@ def test_healthcheck_port_index_checks_each_tasks_own_port(cluster: Cluster) -> 
     wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
              what="the replacement checked on its own second port")
     assert cluster.daemon.reloads() == reloads, "a task replacement reloaded HAProxy"
+
+
+
+
+def _checked_app(cluster: Cluster, app: str, interval: float, fail_first: float) -> int:
+    """An app of one task with an HTTP health check. With ``fail_first`` > 0 the task
+    answers HAProxy's first check 503 after that many seconds; Marathon's probes answer
+    200 at once, so Marathon calls it healthy."""
+    cluster.launch(app, {}, env={"FAIL_FIRST_CHECK": str(fail_first)}, healthChecks=[
+        {"protocol": "HTTP", "path": "/", "portIndex": 0, "intervalSeconds": interval,
+         "timeoutSeconds": 2, "maxConsecutiveFailures": 3}])
+    return cluster.sim.service_port(app)
+
+
+def _only_task(cluster: Cluster, app: str) -> tuple[str, int]:
+    (task,) = [t for t in cluster.sim.app(app)["tasks"] if t["state"] == "TASK_RUNNING"]
+    return task["id"], task["ports"][0]
+
+
+def _checks(host_port: int) -> tuple[int, int]:
+    """HAProxy's checks the task saw, and how many of them it failed."""
+    seen, failed = httpx.get(f"http://127.0.0.1:{host_port}/_checks", timeout=5).text.split()
+    return int(seen), int(failed)
+
+
+def _server(cluster: Cluster, app: str, host_port: int) -> ServerState:
+    (server,) = [s for s in cluster.daemon.servers(cluster.backend(app))
+                 if s.port == host_port and s.ready]
+    return server
+
+
+def _answers_until_the_second_check(port: int, task: str, host_port: int) -> list[str]:
+    """What requests through HAProxy's ``port`` got, from ``task``'s first answer until
+    HAProxy's second check of it (the first one failed): by then a server at health
+    "rise" is DOWN, until two more good checks."""
+    answers: list[str] = []
+
+    def second_check_came() -> bool:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"},
+                          timeout=5)
+            if answers or r.text.strip() == task:
+                answers.append(f"{r.status_code} {r.text.strip()}")
+        except httpx.HTTPError as exc:
+            if answers:
+                answers.append(repr(exc))
+        seen, failed = _checks(host_port)
+        return bool(answers) and seen >= 2 and failed == 1
+
+    wait_for(second_check_came, 60, interval=0.02, what=f"HAProxy's second check of {task}")
+    return answers
+
+
+def test_a_task_marathon_calls_healthy_stays_up_through_a_failed_first_check(
+        cluster: Cluster) -> None:
+    """HAProxy starts a server that leaves maintenance at check health "rise": one failed
+    first check took the app's only task DOWN for two intervals of 503, though Marathon
+    had just called it healthy. Now it enters rotation at full health and it takes
+    "fall" (maxConsecutiveFailures + 1) failed checks in a row, as the app asks."""
+    app = "/mlb/firstcheck"
+    port = _checked_app(cluster, app, interval=1, fail_first=1)
+    task, host_port = _only_task(cluster, app)
+    answers = _answers_until_the_second_check(port, task, host_port)
+    assert set(answers) == {f"200 {task}"}, answers
+    reloads = cluster.daemon.reloads()
+    cluster.sim.replace_one(app, {task})  # its replacement goes in at runtime
+    task, host_port = _only_task(cluster, app)
+    answers = _answers_until_the_second_check(port, task, host_port)
+    assert set(answers) == {f"200 {task}"}, answers
+    server = _server(cluster, app, host_port)
+    assert server.up and server.check_health >= 4, server
+    assert cluster.daemon.reloads() == reloads, "a task replacement reloaded HAProxy"
+
+
+def test_after_a_reload_a_healthy_task_is_checked_from_full_health(cluster: Cluster) -> None:
+    """A new worker starts every server at health "rise" as well, where one failed check
+    takes it DOWN: servicerouter raises the routed servers of checked apps to full
+    health right after a reload."""
+    app = "/mlb/reloadcheck"
+    port = _checked_app(cluster, app, interval=1, fail_first=0)
+    task, host_port = _only_task(cluster, app)
+    wait_for(lambda: responders(port, 2) == {task}, 30, what=f"{app} routed")
+    # From now on no check of HAProxy's passes (nor fails before its timeout): the new
+    # worker's health can only come from its start, or from servicerouter.
+    httpx.get(f"http://127.0.0.1:{host_port}/_checks/hang", timeout=5)
+    reloads = cluster.daemon.reloads()
+    cluster.daemon.proc.popen.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_for(lambda: cluster.daemon.reloads() > reloads, 30, what="the reload SIGHUP asks for")
+    # At full health (rise 2 + fall 4 - 1 = 5): 4 once a hung check timed out. HAProxy's
+    # own start leaves it at 2, and DOWN (0) after that one timeout.
+    wait_for(lambda: _server(cluster, app, host_port).check_health >= 4, 30,
+             what="the server at full check health in the new worker")
+    assert responders(port, 2) == {task}

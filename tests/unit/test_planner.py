@@ -9,7 +9,7 @@ import pytest
 from servicerouter.haproxy.runtime_parse import ServerState
 from servicerouter.layout import BackendShape, DesiredService, Settings, build_layout
 from servicerouter.model import Endpoint, EndpointState, Mode, Options, Service
-from servicerouter.planner import ReloadReason, plan, plan_backend, reconcile
+from servicerouter.planner import ReloadReason, health_up, plan, plan_backend, reconcile
 
 B = "web_10000"
 SERVICE = Service("/web", 0, 10000)
@@ -130,6 +130,52 @@ def test_added_server_carries_the_backend_keywords_and_health_checks() -> None:
     assert p.commands[1] == f"enable health {B}/s2"
 
 
+CHECKED = replace(SERVICE, options=Options(health_check=True, mode=Mode.HTTP))
+
+
+def test_a_checked_server_enters_rotation_at_full_health() -> None:
+    # HAProxy starts a server leaving maint at health "rise": one failed first check
+    # would take a task Marathon just called healthy DOWN.
+    p = plan({B: shape(2, CHECKED)}, {B: [ep(1, EndpointState.DRAIN), None]},
+             desired(ep(1, EndpointState.DRAIN), ep(2), service=CHECKED), [B])
+    assert p.commands == [
+        f"set server {B}/s2 addr 127.0.0.1 port 31002",
+        f"set server {B}/s2 state ready",
+        f"set server {B}/s2 health up",
+    ]
+
+
+def test_an_added_checked_server_enters_rotation_at_full_health() -> None:
+    p = plan({B: shape(1, CHECKED)}, {B: [ep(1)]}, desired(ep(1), ep(2), service=CHECKED),
+             [B])
+    assert p.commands[1:] == [f"enable health {B}/s2", f"set server {B}/s2 state ready",
+                              f"set server {B}/s2 health up"]
+
+
+def test_without_marathon_health_gating_haproxys_check_starts_as_it_would() -> None:
+    # --no-health-check routes tasks Marathon has not called healthy: HAProxy's check
+    # is then the only gate, and a draining task is never pushed up either.
+    p = plan({B: shape(2, CHECKED)}, {B: [None, None]}, desired(ep(1), service=CHECKED),
+             [B], Settings(health_check=False))
+    assert not any("health" in c for c in p.commands)
+    p = plan({B: shape(2, CHECKED)}, {B: [ep(1), None]},
+             desired(ep(1, EndpointState.DRAIN), service=CHECKED), [B])
+    assert p.commands == [f"set server {B}/s1 state drain"]
+
+
+def test_an_unchecked_server_gets_no_health_command() -> None:
+    p = plan({B: shape(2)}, {B: [None, None]}, desired(ep(1)), [B])
+    assert not any("health" in c for c in p.commands)
+
+
+def test_health_up_after_a_reload_names_every_routed_checked_server() -> None:
+    other = "api_10001"
+    layout = {B: shape(3, CHECKED), other: BackendShape(other, Service("/api", 0, 10001), 2)}
+    table = {B: [ep(1), None, ep(3, EndpointState.DRAIN)], other: [ep(4), None]}
+    assert health_up(layout, table, vouched=True) == [f"set server {B}/s1 health up"]
+    assert health_up(layout, table, vouched=False) == []
+
+
 def test_sticky_backends_reload_to_grow() -> None:
     # HAProxy 2.6: "'cookie' option is not accepted for dynamic server".
     svc = replace(SERVICE, options=Options(sticky=True, mode=Mode.HTTP))
@@ -192,6 +238,16 @@ def test_reconcile_accepts_a_matching_haproxy_and_sees_drain() -> None:
     actual = [state(B, "s1", "127.0.0.1", 31001, 0x04),  # disabled in config, set ready
               state(B, "s2", "127.0.0.1", 31002, 0x08)]
     assert reconcile({B: shape(2)}, table, actual) == ([], {})
+
+
+def test_reconcile_puts_a_checked_server_back_at_full_health_but_trusts_its_checks() -> None:
+    table = {B: [ep(1), ep(2)]}
+    actual = [state(B, "s1", "127.0.0.1", 31001, 0x05),  # restarted worker: maint
+              state(B, "s2", "127.0.0.1", 31002, 0x00)]  # in rotation (DOWN or not)
+    assert reconcile({B: shape(2, CHECKED)}, table, actual)[0] == [
+        f"set server {B}/s1 state ready", f"set server {B}/s1 health up"]
+    assert reconcile({B: shape(2, CHECKED)}, table, actual, vouched=False)[0] == [
+        f"set server {B}/s1 state ready"]
 
 
 def test_reconcile_asks_for_a_reload_when_haproxy_lacks_a_backend() -> None:
