@@ -255,6 +255,26 @@ async def test_auth_error_on_the_stream() -> None:
     assert len(m.requests) == 1
 
 
+async def test_a_master_refusing_access_leaves_the_stream_to_the_next() -> None:
+    # One master whose credentials lag behind a rotation does not stop the others.
+    async with serving(Marathon(status=401)) as refusing, \
+            serving(Marathon(script=[ATTACHED, None])) as ok, \
+            MarathonClient([refusing.url, ok.url]) as client:
+        stream = EventStream(client)
+        assert await stream.connect() == ok.url
+        await stream.aclose()
+    assert len(refusing.requests) == 1
+
+
+async def test_every_master_refusing_access_is_an_auth_error() -> None:
+    async with serving(Marathon(status=403)) as m1, serving(Marathon(status=401)) as m2, \
+            MarathonClient([m1.url, m2.url]) as client:
+        with pytest.raises(MarathonAuthError) as info:
+            await EventStream(client).connect()
+    assert info.value.status == 403 and m1.url in str(info.value)
+    assert len(m1.requests) == len(m2.requests) == 1
+
+
 # -- the exact bytes on the socket, close-delimited like Marathon --------------------
 
 

@@ -179,11 +179,43 @@ async def test_auth_error_is_not_retried_and_says_why() -> None:
     async with client:
         with pytest.raises(MarathonAuthError) as info:
             await client.get_apps()
-    assert len(seen) == 1
-    assert outcomes == ["auth"]
+    assert len(seen) == 2  # each URL once: every one refused, so no second round
+    assert outcomes == ["auth", "auth"]
     assert info.value.status == 401
     assert "http://m1:8080/v2/apps" in str(info.value)
     assert "invalid username or password" in str(info.value)
+
+
+async def test_a_url_refusing_access_leaves_the_request_to_the_next(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # One master whose credentials lag behind a rotation does not stop the others.
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "m1":
+            return httpx.Response(401, json={"message": "invalid username or password"})
+        return httpx.Response(200, json=APPS)
+
+    client, seen = make(handler)
+    async with client:
+        result = await client.get_apps()
+    assert result.url == "http://m2:8080" and [r.url.host for r in seen] == ["m1", "m2"]
+    assert "http://m1:8080 (HTTP 401, access refused: invalid username or password)" \
+        in caplog.text
+
+
+async def test_refused_by_one_url_and_down_at_the_other_is_retried() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "m1":
+            return httpx.Response(403, json={"message": "forbidden"})
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    client, seen = make(handler, attempts=3)
+    async with client:
+        with pytest.raises(MarathonUnavailable) as info:
+            await client.get_apps()
+    assert len(seen) == 6  # 3 rounds x 2 URLs: the other one may come back
+    assert str(info.value) == (
+        "no Marathon answered GET /v2/apps: http://m1:8080 (HTTP 403, access refused: "
+        "forbidden), http://m2:8080 (connection refused)")
 
 
 async def test_non_json_body_names_the_url_and_shows_an_excerpt() -> None:

@@ -2,12 +2,14 @@
 
 One `MarathonClient` holds one `httpx.AsyncClient` (connection pooling, TLS,
 auth) and the list of Marathon URLs. Each request tries the URLs in order,
-starting from the one that last answered; a connection error, a timeout, a 5xx
-or a redirect moves on to the next URL. Every request has an overall deadline
-(`request_timeout`), not only per-read timeouts, so a Marathon that answers one
-byte per second is skipped like a dead one. When every URL failed, the whole
-round is retried with bounded exponential backoff (tenacity). 401/403 is never
-retried.
+starting from the one that last answered; a connection error, a timeout, a 5xx,
+a redirect or a 401/403 moves on to the next URL (one master whose credentials
+lag behind a rotation does not stop the others). Every request has an overall
+deadline (`request_timeout`), not only per-read timeouts, so a Marathon that
+answers one byte per second is skipped like a dead one. When every URL failed,
+the whole round is retried with bounded exponential backoff (tenacity); when
+every URL refused access (401/403), it is not retried: asking again would not
+change the credentials.
 
 Credentials (basic auth, the DC/OS token) are attached per request and only to
 the configured Marathon URLs: never as a default header, so nothing carries
@@ -47,6 +49,7 @@ from .errors import (
     MarathonUnavailable,
     excerpt,
     marathon_message,
+    refusal,
     transport_reason,
 )
 from .wire import EventStreamTransport
@@ -432,6 +435,7 @@ class MarathonClient:
         """Try every URL once; return the first usable answer."""
         query = httpx.QueryParams(tuple(params))
         failures: list[tuple[str, str]] = []
+        refused: list[MarathonAuthError] = []
         for target in self.candidates():
             url = target.url + path
             start = time.monotonic()
@@ -458,7 +462,10 @@ class MarathonClient:
             status = response.status_code
             if status in (401, 403):
                 self.report(endpoint, "auth", seconds)
-                raise MarathonAuthError(url, status, marathon_message(response))
+                refused.append(MarathonAuthError(url, status, marathon_message(response)))
+                failures.append((target.url, f"HTTP {status}, access refused: "
+                                             f"{marathon_message(response)}"))
+                continue
             if status >= 500:
                 self.report(endpoint, "error", seconds)
                 failures.append((target.url, f"HTTP {status}: {marathon_message(response)}"))
@@ -481,4 +488,4 @@ class MarathonClient:
                             ", ".join(f"{u} ({r})" for u, r in failures), target.url)
             self.mark_answered(target)
             return target, response, seconds
-        raise MarathonUnavailable(failures, what=f"GET {path}")
+        raise refusal(refused, failures) or MarathonUnavailable(failures, what=f"GET {path}")

@@ -42,6 +42,14 @@ class MarathonAuthError(MarathonError):
         super().__init__(f"Marathon {url} refused access (HTTP {status}): {message} ({hint})")
 
 
+def refusal(refused: Sequence[MarathonAuthError],
+            failures: Sequence[tuple[str, str]]) -> MarathonAuthError | None:
+    """After a round over the URLs: the first refusal when every URL refused access
+    (401/403), which is not retried; None when some URL failed otherwise, so the round
+    is retried as an unavailable Marathon (the refusals are among ``failures``)."""
+    return refused[0] if refused and len(refused) == len(failures) else None
+
+
 class MarathonResponseError(MarathonError):
     """Marathon answered, but not with something we can use."""
 

@@ -40,6 +40,7 @@ from .errors import (
     StreamClosed,
     StreamStalled,
     excerpt,
+    refusal,
 )
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
 from .wire import RAW_BODY
@@ -201,14 +202,19 @@ class EventStream:
         if leader is not None:
             candidates = [leader] + [t for t in candidates if t.url != leader.url]
         failures: list[tuple[str, str]] = []
+        refused: list[MarathonAuthError] = []
         for target in candidates:
             start = time.monotonic()
             try:
                 self._response, answered = await asyncio.wait_for(
                     self._open(target), client.deadline
                 )
-            except (_Unreachable, asyncio.TimeoutError) as exc:
-                if isinstance(exc, _Unreachable):
+            except (_Unreachable, MarathonAuthError, asyncio.TimeoutError) as exc:
+                if isinstance(exc, MarathonAuthError):  # this one's credentials: the next
+                    refused.append(exc)
+                    failures.append((target.url, f"HTTP {exc.status}, access refused: "
+                                                 f"{exc.message}"))
+                elif isinstance(exc, _Unreachable):
                     failures.append((target.url, exc.reason))
                 else:
                     client.report("events", "timeout", time.monotonic() - start)
@@ -230,7 +236,8 @@ class EventStream:
                     await self.aclose()
                     raise
             return answered.url
-        raise MarathonUnavailable(failures, what=f"GET {EVENTS_PATH}")
+        raise refusal(refused, failures) or MarathonUnavailable(failures,
+                                                                what=f"GET {EVENTS_PATH}")
 
     async def _open(self, target: MarathonTarget) -> tuple[httpx.Response, MarathonTarget]:
         client = self._client
