@@ -39,6 +39,12 @@ class CliError(Exception):
     """A one-line error for the operator; exit status 1."""
 
 
+class UsageError(CliError):
+    """A flag's value, or a combination of flags, that cannot work whatever the host's
+    state: exit status 2, as argparse's own errors, which a supervisor can tell from
+    a failure worth restarting for (the systemd units: RestartPreventExitStatus=2)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -330,21 +336,21 @@ MAX_SOCKET_PATH = 97
 
 def check_socket_path(flag: str, path: str | None) -> None:
     if path and len(path) > MAX_SOCKET_PATH:
-        raise CliError(f"{flag} {path}: {len(path)} characters; HAProxy takes socket paths "
+        raise UsageError(f"{flag} {path}: {len(path)} characters; HAProxy takes socket paths "
                        f"of at most {MAX_SOCKET_PATH}")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     check_socket_path("--haproxy-socket", args.haproxy_socket)
     if args.max_servers_per_backend < 0:
-        raise CliError("--max-servers-per-backend must be >= 0 (0: no cap)")
+        raise UsageError("--max-servers-per-backend must be >= 0 (0: no cap)")
     for flag in ("slots_min_free", "slots_increment"):
         if getattr(args, flag) < (0 if flag == "slots_min_free" else 1):
-            raise CliError(f"--{flag.replace('_', '-')} must be "
+            raise UsageError(f"--{flag.replace('_', '-')} must be "
                            f"{'>= 0' if flag == 'slots_min_free' else '>= 1'}")
     low, high = args.min_serv_port_ip_per_task, args.max_serv_port_ip_per_task
     if low and high < low:
-        raise CliError(f"--max-serv-port-ip-per-task {high} is below "
+        raise UsageError(f"--max-serv-port-ip-per-task {high} is below "
                        f"--min-serv-port-ip-per-task {low}")
     return Settings(
         ip_per_task_ports=(low, high),
@@ -375,7 +381,7 @@ def split_certs(values: Sequence[str] | None) -> tuple[str, ...]:
     certs = [c.strip() for v in values or () for c in v.split(",") if c.strip()]
     for c in certs:
         if not _CERT_PATH.match(c) or "/../" in c:
-            raise CliError(f"--ssl-certs: {c!r} is not an absolute path of [A-Za-z0-9._/-]")
+            raise UsageError(f"--ssl-certs: {c!r} is not an absolute path of [A-Za-z0-9._/-]")
     return tuple(dict.fromkeys(certs))
 
 
@@ -392,7 +398,7 @@ def syslog_target(value: str | None) -> str | None:
             return value
     except ValueError:
         pass
-    raise CliError(f"--syslog-socket {value!r} is neither an absolute socket path nor IP:PORT")
+    raise UsageError(f"--syslog-socket {value!r} is neither an absolute socket path nor IP:PORT")
 
 
 def snippet_names(templates: str | None) -> tuple[str, ...]:
@@ -422,12 +428,12 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
     from .marathon.client import MarathonClient
 
     if not args.marathon:
-        raise CliError("--marathon URL is required (or SERVICEROUTER_MARATHON)")
+        raise UsageError("--marathon URL is required (or SERVICEROUTER_MARATHON)")
     auth = None
     if args.marathon_credentials:
         user, sep, password = args.marathon_credentials.partition(":")
         if not sep:
-            raise CliError("--marathon-credentials must be USER:PASS")
+            raise UsageError("--marathon-credentials must be USER:PASS")
         auth = (user, password)
     verify: bool | str = False if args.no_verify_tls else (args.marathon_ca or True)
     return MarathonClient(args.marathon, auth=auth, dcos_token=args.dcos_token,
@@ -481,7 +487,7 @@ async def render_config(args: argparse.Namespace) -> Rendered:
         from .mesosdns import MesosDNS, parse_domain, parse_resolver
 
         if not args.dns_resolver:
-            raise CliError("--mesos-dns needs --dns-resolver IP:PORT (Mesos-DNS's address)")
+            raise UsageError("--mesos-dns needs --dns-resolver IP:PORT (Mesos-DNS's address)")
         dns = MesosDNS(parse_domain(args.mesos_dns), parse_resolver(args.dns_resolver))
     if getattr(args, "apps_json", None):
         try:
@@ -526,9 +532,9 @@ def _range_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
     config = getattr(args, "haproxy_config", None) or getattr(args, "output", None)
     if getattr(args, "mesos_dns", None):
-        raise CliError("--service-port-range does not combine with --mesos-dns")
+        raise UsageError("--service-port-range does not combine with --mesos-dns")
     if not config:
-        raise CliError("render --service-port-range needs --output PATH: the config names "
+        raise UsageError("render --service-port-range needs --output PATH: the config names "
                        "its map files, written next to it in PATH.d")
     return range_settings(settings, args.service_port_range, args.pool_spares, Path(config))
 
@@ -582,6 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))
+    except UsageError as exc:
+        print(f"servicerouter: error: {exc} (see --help)", file=sys.stderr)
+        return 2
     except (CliError, MarathonError, TemplateError, HAProxyProcessError, OSError,
             ValueError) as exc:
         print(f"servicerouter: error: {exc}", file=sys.stderr)

@@ -137,17 +137,17 @@ def range_settings(settings: Settings, text: str, spares: int, config: Path) -> 
     """--service-port-range: validated, with the map folder next to the config; the range's
     ports must be free (or held by HAProxy itself) on this host."""
     from . import hostfacts, pool
-    from .cli import CliError
+    from .cli import CliError, UsageError
 
     try:
         low, high = pool.parse_port_range(text)
     except ValueError as exc:
-        raise CliError(f"--service-port-range: {exc}") from None
+        raise UsageError(f"--service-port-range: {exc}") from None
     if spares < 1:
-        raise CliError(f"--pool-spares {spares}: must be >= 1")
+        raise UsageError(f"--pool-spares {spares}: must be >= 1")
     map_dir = f"{config.resolve()}.d"
     if not _MAP_DIR.fullmatch(map_dir):
-        raise CliError(f"--haproxy-config {config}: the map folder {map_dir} must be a path "
+        raise UsageError(f"--haproxy-config {config}: the map folder {map_dir} must be a path "
                        "of [A-Za-z0-9._/-] (HAProxy reads it unquoted)")
     busy = [p for p in range(low, high + 1) if p not in settings.own_ports
             and hostfacts.bind_problem("*", p) is not None]
@@ -224,7 +224,14 @@ def detect_reload_command(root: Path = Path("/")) -> str | None:
 
 
 async def run_daemon(args: argparse.Namespace) -> int:
-    from .cli import CliError, check_socket_path, marathon_client, settings_from, templates_dir
+    from .cli import (
+        CliError,
+        UsageError,
+        check_socket_path,
+        marathon_client,
+        settings_from,
+        templates_dir,
+    )
     from .engine import Engine, EngineConfig
 
     notifier = Notifier.from_environment()  # first: no child may inherit NOTIFY_SOCKET
@@ -240,12 +247,12 @@ async def run_daemon(args: argparse.Namespace) -> int:
             or args.dry_run):
         args.reload_command = detect_reload_command()
         if args.reload_command is None:
-            raise CliError("say how HAProxy is reloaded: --start-haproxy, "
+            raise UsageError("say how HAProxy is reloaded: --start-haproxy, "
                            "--haproxy-master-socket PATH or --reload-command CMD")
         log.info("no reload mode given; reloading with %r, as servicerouter.py did",
                  args.reload_command)
     if args.keep_haproxy_on_exit and not args.start_haproxy:
-        raise CliError("--keep-haproxy-on-exit goes with --start-haproxy (an HAProxy started "
+        raise UsageError("--keep-haproxy-on-exit goes with --start-haproxy (an HAProxy started "
                        "elsewhere is never stopped by servicerouter)")
     if args.start_haproxy and not args.haproxy_master_socket:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))

@@ -65,27 +65,36 @@ def test_existing_config_with_a_busy_port(tmp_path: Path, busy_port: int) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg"]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["run", "--haproxy-bin", "/nonexistent"], "--haproxy-bin /nonexistent: no such executable"),
-    (["run", "--templates", "/nonexistent"], "--templates /nonexistent: no such directory"),
-    (["render", "--apps-json", str(FIXTURE), "-o", "/nonexistent/dir/haproxy.cfg"],
+# Exit status 1: the host lacks something (a file, a directory, a port); 2: the flags
+# themselves cannot work, as argparse's own errors (systemd: RestartPreventExitStatus=2).
+@pytest.mark.parametrize("argv, status, expected", [
+    (["run", "--haproxy-bin", "/nonexistent"], 1,
+     "--haproxy-bin /nonexistent: no such executable"),
+    (["run", "--templates", "/nonexistent"], 1, "--templates /nonexistent: no such directory"),
+    (["render", "--apps-json", str(FIXTURE), "-o", "/nonexistent/dir/haproxy.cfg"], 1,
      "--output /nonexistent/dir/haproxy.cfg: directory /nonexistent/dir does not exist"),
-    (["render", "--apps-json", str(FIXTURE), "--templates", "/nonexistent"],
+    (["render", "--apps-json", str(FIXTURE), "--templates", "/nonexistent"], 1,
      "--templates /nonexistent: no such directory"),
-    (["run", "--stats-port", "http"], "argument --stats-port: 'http' is not a port"),
-    (["run", "--listen", "9091"], "argument --listen: '9091' is not HOST:PORT"),
-    (["run", "--resync-interval", "-3"], "argument --resync-interval: '-3' is not a number"),
+    (["run", "--stats-port", "http"], 2, "argument --stats-port: 'http' is not a port"),
+    (["run", "--listen", "9091"], 2, "argument --listen: '9091' is not HOST:PORT"),
+    (["run", "--resync-interval", "-3"], 2, "argument --resync-interval: '-3' is not a number"),
+    (["run", "--ssl-certs", "certs/site.pem"], 2,
+     "--ssl-certs: 'certs/site.pem' is not an absolute path"),
+    (["render", "--apps-json", str(FIXTURE), "--mesos-dns", "marathon.mesos"], 2,
+     "--mesos-dns needs --dns-resolver IP:PORT"),
+    (["run", "--service-port-range", "10000-9000"], 2, "--service-port-range: "),
 ])
-def test_bad_flag_values(tmp_path: Path, argv: list[str], expected: str) -> None:
+def test_bad_flag_values(tmp_path: Path, argv: list[str], status: int, expected: str) -> None:
     if argv[0] == "run":
         argv += ["--marathon", "http://127.0.0.1:1", "--start-haproxy",
                  "--haproxy-config", str(tmp_path / "h.cfg"),
                  "--listen", f"127.0.0.1:{free_port()}"]
     code, err = run(*argv)
-    assert code != 0
+    assert code == status, err
     line = one_error_line(err)
     assert expected in line
     assert "_port" not in line and "_seconds" not in line and "_hostport" not in line
+    assert line.endswith("(see --help)") == (status == 2)
 
 
 def test_keep_haproxy_on_exit_needs_start_haproxy(tmp_path: Path) -> None:
@@ -93,5 +102,5 @@ def test_keep_haproxy_on_exit_needs_start_haproxy(tmp_path: Path) -> None:
                     "--haproxy-master-socket", str(tmp_path / "m.sock"),
                     "--haproxy-config", str(tmp_path / "h.cfg"),
                     "--listen", f"127.0.0.1:{free_port()}")
-    assert code == 1
+    assert code == 2
     assert "--keep-haproxy-on-exit goes with --start-haproxy" in one_error_line(err)

@@ -62,6 +62,8 @@ def test_unit_stops_gracefully_reloads_and_reads_the_environment_file(unit: str)
     assert "README.md $(DESTDIR)/usr/share/doc/servicerouter/README.md" in \
         (ROOT / "Makefile").read_text()
     assert keys["NoNewPrivileges"] == "yes" and keys["ProtectSystem"] == "strict"
+    # A usage error (exit 2, cli.UsageError) is not restarted every 2 s for ever.
+    assert keys["Restart"] == "on-failure" and keys["RestartPreventExitStatus"] == "2"
 
 
 def test_units_and_example_use_only_real_variables() -> None:
