@@ -43,6 +43,9 @@ REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_
 PROBE_INTERVAL = 0.02
 PROBE_TIMEOUT = 0.1
 PROBES = 5
+# After a reload: health up commands per admin-session exchange (~6 ms), so that churn
+# is applied between them.
+HEALTH_CHUNK = 1000
 
 
 class Reloader(Protocol):
@@ -244,16 +247,25 @@ class ReloadPipeline:
         e.awaiting_reload.clear()
         e.ready.set()  # HAProxy serves this config; the read-back below confirms it
         fresh = health_up(e.layout, e.table, e.config.settings.health_check)
-        if fresh and not await e.execute(fresh):  # before most of their first checks
-            log.warning("could not raise the check health of %d servers the new worker "
-                        "started at rise; one failed first check takes such a server "
-                        "DOWN until it passes rise checks", len(fresh))
+        if fresh:  # before most of their first checks; churn goes on between chunks
+            await e.while_applying(self._raise_health(fresh))
         if confirming is not None:  # the reloader done before the next reload starts
             await e.while_applying(asyncio.wait({confirming}))
         # Reading 80,000 slots back takes a while at 10,000 apps: churn goes on meanwhile
         # (the repairs leave out backends changed after the read began).
         await e.while_applying(e.reconciler.reconcile(after_reload=True))
         return True
+
+    async def _raise_health(self, commands: list[str]) -> None:
+        """Send the ``health up`` of every routed checked server (:func:`health_up`) in
+        chunks: 50,000 at once would hold the admin session, and churn, ~0.3 s."""
+        e = self.engine
+        for i in range(0, len(commands), HEALTH_CHUNK):
+            if not await e.execute(commands[i:i + HEALTH_CHUNK]):
+                log.warning("could not raise the check health of the servers the new worker "
+                            "started at rise: one failed first check takes such a server "
+                            "DOWN until it passes rise checks")
+                return
 
     async def _serving_pid(self, timeout: float = PROBE_TIMEOUT) -> int | None:
         """The pid of the worker that answers the admin socket now, or None."""
