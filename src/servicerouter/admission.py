@@ -40,6 +40,7 @@ REASONS = (
     "too_many_servers",  # capped at --max-servers-per-backend (still routed)
     "label_invalid",  # a HAPROXY_{n}_* value that does not parse (HAPROXY_{n}_PORT: "port")
     "label_refused",  # a label that cannot be honoured safely (AUTH on TCP, ...): fail closed
+    "deployment_group",  # HAPROXY_DEPLOYMENT_* refused (deployments.py): the app is left out
 )
 VHOST_POLICIES = ("group", "exclusive", "open")
 

@@ -67,7 +67,8 @@ class Guard:
                 continue  # the range frontend binds it (checked at start), not the service
             problem = self.bind_problem(opts.bind_address, svc.port)
             if problem is not None:
-                app = self.state.apps[svc.app_id]
+                app = self.state.app(svc.app_id)
+                assert app is not None, svc.app_id  # its services are desired
                 label = (f"HAPROXY_{svc.index}_BIND_ADDR" if opts.bind_address != "*"
                          else port_label(app, svc.index))
                 dirty |= self.state.exclude(name, Problem(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import deployments as deploy
 from .label_values import (
     BALANCE_ALGORITHMS,
     LabelError,
@@ -107,15 +108,32 @@ _RAW_LABELS = (
 # The others write shared frontends or the per-slot server lines servicerouter manages
 # at runtime, so they stay refused even then.
 TEMPLATE_LABELS = ("FRONTEND_HEAD", "BACKEND_HEAD", "BACKEND_HTTP_OPTIONS")
-_DEPLOYMENT = "blue/green deployments (marathon-lb's zdd.py) are not yet supported"
+_DEPLOYMENT_FOLDER = ("only apps of the group's own folder join it (/shop/web-blue and "
+                      "/shop/web-green in shop/web), so no tenant routes its tasks into "
+                      "another's service; old tasks drain rather than go to maintenance")
 
 LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("GROUP", "app", "load-balancer groups that expose the app; '*' is a group name "
               "as in marathon-lb (an LB run with --group '*' exposes every app)",
               "external", field="groups", parse=parse_groups),
-    *(LabelSpec(f"DEPLOYMENT_{n}", "app", "blue/green deployment state written by zdd.py",
-                "", _DEPLOYMENT, status=NOT_YET)
-      for n in ("GROUP", "ALT_PORT", "COLOUR", "STARTED_AT", "TARGET_INSTANCES")),
+    LabelSpec("DEPLOYMENT_GROUP", "app", "blue/green deployment (zdd.py): the apps with this "
+              "group are routed as one app of this id, the oldest's definition with every "
+              "member's tasks", "shop/web", _DEPLOYMENT_FOLDER, parse=deploy.parse_group),
+    LabelSpec("DEPLOYMENT_STARTED_AT", "app", "zdd.py: when this app's deploy started; the "
+              "earlier app of a group is the old one", "2024-05-01T12:00:00",
+              "an ISO 8601 time; another value leaves the app out", parse=deploy.parse_time),
+    LabelSpec("DEPLOYMENT_TARGET_INSTANCES", "app", "zdd.py: the instances of the pair in all; "
+              "old tasks drain as new ones become healthy, down to it", "4",
+              parse=deploy.parse_count),
+    LabelSpec("DEPLOYMENT_NEW_INSTANCES", "app", "zdd.py: a traffic split between the old and "
+              "new app; the app scaled last counts as the new one", "2",
+              "'scaled last' is read from the app's version (Marathon's last change)",
+              parse=deploy.parse_count),
+    LabelSpec("DEPLOYMENT_ALT_PORT", "app", "zdd.py: the service port of the other colour",
+              "10080", "checked to be a port; the pair is routed on the old app's ports",
+              parse=deploy.parse_port),
+    LabelSpec("DEPLOYMENT_COLOUR", "app", "zdd.py: blue or green", "blue",
+              "read by zdd.py only", parse=deploy.parse_colour),
     LabelSpec("PORT", "port", "the port HAProxy binds for this service, instead of the "
               "service port", "10001", parse=parse_port),
     LabelSpec("ENABLED", "port", "expose this service port (needed under --strict-mode)",
@@ -264,7 +282,9 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             errors.setdefault(int(m.group(1)), LabelError(label, str(value), "is not a string"))
             continue
         if not m:
-            warnings.append(_unsupported(label, _APP.get(label.removeprefix("HAPROXY_"))))
+            spec = _APP.get(label.removeprefix("HAPROXY_"))
+            if spec is None or spec.status != SUPPORTED:  # DEPLOYMENT_*: deployments.py
+                warnings.append(_unsupported(label, spec))
             continue
         index, key = int(m.group(1)), m.group(2)
         spec = _PORT.get(key)

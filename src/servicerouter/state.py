@@ -18,6 +18,7 @@ from .admission import (
     vhost_owner,
 )
 from .claims import Claims
+from .deployments import Deployment, DeploymentError, deployment_of, group_name, merge
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
@@ -73,6 +74,12 @@ class ClusterState:
         self._certs = Claims()
         self._shared_certs: set[str] = set()
         self._freed_certs: set[str] = set()
+        # Blue/green (deployments.py): app id -> its deployment group, group -> its
+        # members and the app they are routed as; apps whose labels were refused.
+        self._group_of: dict[str, str] = {}
+        self._members: dict[str, dict[str, Deployment]] = {}
+        self._merged: dict[str, App] = {}
+        self._deploy_problem: dict[str, Problem] = {}
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -183,12 +190,13 @@ class ClusterState:
     def _refresh(self, app_id: str) -> set[str]:
         """Recompute one app's desired services; return the names that changed."""
         old = set(self._backends.get(app_id, ()))
-        app = self.apps.get(app_id)
+        app = self.app(app_id)
         self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
         if app:
             new, problems = self._admit(app)
-        else:
-            new, problems = {}, []
+        else:  # gone, routed as its deployment group, or refused
+            refused = self._deploy_problem.get(app_id)
+            new, problems = {}, [refused] if refused else []
             self._claim_ports(App(app_id), new)
             self._claim_vhosts(App(app_id), new)
             self._claim_certs(App(app_id), new)
@@ -215,13 +223,13 @@ class ClusterState:
         waiters |= self._certs.waiters(freed_certs)
         waiters |= self._hosts.waiters(freed_hosts)
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
-            if waiter in self.apps:
+            if self.app(waiter) is not None:
                 dirty |= self._refresh(waiter)
         return dirty
 
     def _claim_order(self, app_id: str) -> tuple[str, str]:
         """Who claims first when several apps are new at once: the oldest definition."""
-        app = self.apps.get(app_id)
+        app = self.app(app_id)
         return (app.version if app else "", app_id)
 
     def exclude(self, name: str, problem: Problem) -> set[str]:
@@ -243,7 +251,8 @@ class ClusterState:
         if not changed_certs and not changed_addrs:
             return set()
         dirty: set[str] = set()
-        for app in list(self.apps.values()):
+        for app in [*self._merged.values(),
+                    *(a for a in self.apps.values() if a.id not in self._group_of)]:
             if any(s.options.ssl_cert in changed_certs or s.options.bind_address in changed_addrs
                    for s in app.services):
                 # A certificate file replaced: what HAProxy refused may load now.
@@ -255,14 +264,77 @@ class ClusterState:
     def problem_list(self) -> list[Problem]:
         return [p for problems in self.problems.values() for p in problems]
 
+    def app(self, app_id: str) -> App | None:
+        """The app routed under ``app_id``: a Marathon app, or the app a deployment group
+        is routed as; None for a member of a group (routed as the group), a refused one,
+        or an unknown id."""
+        if app_id in self._merged:
+            return self._merged[app_id]
+        if app_id in self._group_of or app_id in self._deploy_problem:
+            return None
+        return self.apps.get(app_id)
+
     def set_app(self, app: App) -> set[str]:
         self.apps[app.id] = app
-        return self._refresh(app.id)
+        return self._regroup(app.id)
 
     def remove_app(self, app_id: str) -> set[str]:
         if self.apps.pop(app_id, None) is None:
             return set()
-        return self._refresh(app_id)
+        return self._regroup(app_id)
+
+    def _regroup(self, app_id: str) -> set[str]:
+        """After ``app_id`` changed or left: its deployment group membership, then the
+        app itself and every group it left or joined, refreshed."""
+        app = self.apps.get(app_id)
+        before = self._group_of.pop(app_id, None)
+        self._deploy_problem.pop(app_id, None)
+        touched = {before} if before else set()
+        if before:
+            del self._members[before][app_id]
+        if app is not None:
+            try:
+                deployment = deployment_of(app)
+            except DeploymentError as exc:
+                deployment, self._deploy_problem[app_id] = None, exc.problem(app_id)
+            if deployment is not None:
+                owner = self.apps.get(deployment.group)
+                if owner is not None and owner.id != app_id \
+                        and self._group_of.get(owner.id) != deployment.group:
+                    # Routed as that app's id, the pair would take its names and ports.
+                    self._deploy_problem[app_id] = DeploymentError(
+                        "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
+                        f"is the id of app {owner.id}, which is not in the group; the app "
+                        "is left out").problem(app_id)
+                else:
+                    self._group_of[app_id] = deployment.group
+                    self._members.setdefault(deployment.group, {})[app_id] = deployment
+                    touched.add(deployment.group)
+        dirty = self._refresh(app_id)
+        for group in sorted(touched):
+            dirty |= self._refresh_group(group)
+        if self._group_of.get(app_id) != app_id:  # an app named as a group came, went or
+            for other in sorted(self._claimants(app_id) - {app_id}):  # left it: the apps
+                dirty |= self._regroup(other)  # naming the group are judged again
+        return dirty
+
+    def _claimants(self, group: str) -> set[str]:
+        """The apps that name ``group`` in their labels: members, and refused ones."""
+        return set(self._members.get(group, ())) | {
+            a for a in self._deploy_problem
+            if a in self.apps and group_name(self.apps[a]) == group}
+
+    def _refresh_group(self, group: str) -> set[str]:
+        """Route a deployment group's members again as one app (:func:`merge`)."""
+        members = self._members.get(group)
+        if members:
+            ids = sorted(members)
+            self._merged[group] = merge(group, [self.apps[i] for i in ids],
+                                        [members[i] for i in ids])
+        else:
+            self._members.pop(group, None)
+            self._merged.pop(group, None)
+        return self._refresh(group)
 
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``
@@ -314,6 +386,8 @@ class ClusterState:
         if self.apps:
             return  # not the first sync: the claims in memory are the newer truth
         policy = self.settings.vhost_policy
+        # Deployment groups own what they claimed as well (a group is routed as one app).
+        fresh = {**fresh, **{g: app for app in fresh.values() if (g := group_name(app))}}
         for port, app_id in prior.ports.items():
             if app_id in fresh and port not in self._port_owner:
                 self._port_owner[port] = app_id
@@ -370,6 +444,10 @@ class ClusterState:
         that task changed, so each service's endpoints are edited in place of being
         rebuilt from every task (:func:`~.model.edit_endpoints`; the same tuple)."""
         self.apps[app.id] = app
+        if app.id in self._group_of:  # which old tasks drain depends on every member
+            return self._refresh_group(self._group_of[app.id])
+        if app.id in self._deploy_problem:
+            return set()
         if any(p.reason in TASK_REASONS for p in self.problems.get(app.id, ())):
             return self._refresh(app.id)
         cap, check = self.settings.max_servers_per_backend, self.settings.health_check

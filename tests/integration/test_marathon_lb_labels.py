@@ -29,7 +29,7 @@ from servicerouter.haproxy.runtime_parse import ServerState
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, free_port, responders, wait_for
+from .harness import Daemon, Simulator, free_port, responders, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -415,6 +415,55 @@ def test_healthcheck_port_index_checks_each_tasks_own_port(cluster: Cluster) -> 
     assert cluster.daemon.reloads() == reloads, "a task replacement reloaded HAProxy"
 
 
+
+
+def test_a_zdd_blue_green_deploy_moves_traffic_without_a_reload(cluster: Cluster) -> None:
+    """zdd.py's labels: the green app joins the blue one's deployment group, blue's tasks
+    drain as green's run, and blue's deletion leaves green on the same port, all at
+    runtime. (zdd.py itself also scales and deletes through Marathon, as done here.)"""
+    port, alt = cluster.sim.service_port_for_new_app(), cluster.sim.service_port_for_new_app()
+
+    def deploy(colour: str, started: str) -> set[str]:
+        return cluster.launch(f"/mlb/bg-{colour}", {
+            "HAPROXY_DEPLOYMENT_GROUP": "mlb/bg", "HAPROXY_0_PORT": str(port),
+            "HAPROXY_DEPLOYMENT_COLOUR": colour, "HAPROXY_DEPLOYMENT_STARTED_AT": started,
+            "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "2", "HAPROXY_DEPLOYMENT_NEW_INSTANCES": "0",
+            "HAPROXY_DEPLOYMENT_ALT_PORT": str(alt), "HAPROXY_APP_ID": "/mlb/bg"}, instances=2)
+
+    backend = service_name("/mlb/bg", port)  # named after the group, whoever serves
+    blue = deploy("blue", "2024-05-01T10:00:00")
+    wait_routed(port, blue)
+    reloads = cluster.daemon.reloads()
+    green = deploy("green", "2024-05-01T11:00:00")
+    wait_routed(port, green)  # both green tasks run: both blue tasks drain
+
+    def admin() -> dict[int, str]:  # task port -> ready/drain, of the slots in use
+        return {s.port: s.admin for s in cluster.daemon.servers(backend) if s.admin != "maint"}
+
+    ports = {t["id"]: t["ports"][0] for a in ("/mlb/bg-blue", "/mlb/bg-green")
+             for t in cluster.sim.app(a)["tasks"]}
+    assert admin() == {**{ports[t]: "drain" for t in blue}, **{ports[t]: "ready" for t in green}}
+    r = cluster.sim.http.delete("/v2/apps/mlb/bg-blue")
+    assert r.status_code == 200, r.text
+    wait_for(lambda: admin() == {ports[t]: "ready" for t in green}, 30,
+             what="blue's servers gone, green's serving")
+    assert responders(port) == green
+    assert cluster.daemon.reloads() == reloads, "the deploy reloaded HAProxy"
+
+
+def test_a_deployment_group_outside_its_folder_takes_nothing(cluster: Cluster) -> None:
+    (task,) = cluster.launch("/mlb/owned", {"HAPROXY_0_MODE": "http"})
+    port = cluster.sim.service_port("/mlb/owned")
+    wait_routed(port, {task})
+    # Another tenant's app names /mlb/owned as its deployment group, on the same port.
+    cluster.sim.create_app("/tenant/intruder", instances=1, labels={
+        "HAPROXY_DEPLOYMENT_GROUP": "mlb/owned", "HAPROXY_0_PORT": str(port),
+        "HAPROXY_DEPLOYMENT_STARTED_AT": "2099-01-01T00:00:00"})
+    problems = wait_for(lambda: cluster.daemon.status(app="/tenant/intruder")["problems"], 30,
+                        what="the intruder reported")
+    (problem,) = problems
+    assert problem["reason"] == "deployment_group" and "folder" in problem["error"]
+    assert responders(port) == {task}
 
 
 def _checked_app(cluster: Cluster, app: str, fail_first: float, timeout: float = 2) -> int:

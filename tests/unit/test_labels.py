@@ -202,7 +202,7 @@ def test_plausible_values_are_accepted(label: str, value: str) -> None:
 @pytest.mark.parametrize(
     "label",
     ["HAPROXY_0_FRONTEND_HEAD", "HAPROXY_0_BACKEND_HEAD", "HAPROXY_0_BACKEND_SERVER_OPTIONS",
-     "HAPROXY_0_HTTP_FRONTEND_ACL", "HAPROXY_DEPLOYMENT_GROUP", "HAPROXY_0_BIND_OPTIONS",
+     "HAPROXY_0_HTTP_FRONTEND_ACL", "HAPROXY_DEPLOYMENT_FOO", "HAPROXY_0_BIND_OPTIONS",
      "HAPROXY_0_port"],
 )
 def test_unsupported_label_warns_and_is_ignored(label: str) -> None:
@@ -239,8 +239,7 @@ def test_non_string_value_is_rejected() -> None:
     [("HAPROXY_0_FRONTEND_HEAD", "raw HAProxy configuration"),
      ("HAPROXY_0_BACKEND_SERVER_OPTIONS", "raw HAProxy configuration"),
      ("HAPROXY_0_BIND_OPTIONS", "raw HAProxy bind keywords"),
-     ("HAPROXY_DEPLOYMENT_GROUP", "not yet supported"),
-     ("HAPROXY_DEPLOYMENT_ALT_PORT", "not yet supported"),
+     ("HAPROXY_DEPLOYMENT_FOO", "not a label servicerouter or marathon-lb knows"),
      ("HAPROXY_0_NO_SUCH", "not a label servicerouter or marathon-lb knows")],
 )
 def test_unsupported_label_gets_its_real_reason(label: str, reason: str) -> None:

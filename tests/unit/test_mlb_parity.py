@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from servicerouter import cli
+from servicerouter.deployments import DeploymentError, deployment_of
 from servicerouter.haproxy.render import render
 from servicerouter.layout import BackendShape, Settings, build_layout, desired_state, selected
 from servicerouter.layout import service_problem as problem
@@ -342,7 +343,10 @@ def test_marathon_lb_documented_examples_fixture() -> None:
     assert all(10050 <= s.port <= 10100 and s.auto_port for s in assigned.services)
 
     warned = [w for w in result.warnings if w.startswith("app /docs/bluegreen")]
-    assert sum("not yet supported" in w for w in warned) == 3
+    assert not any("DEPLOYMENT" in w for w in warned)  # read by deployments.py
+    # Its group "bluegreen" is /bluegreen, outside its folder /docs: not joined.
+    with pytest.raises(DeploymentError, match="only apps of that folder may join it"):
+        deployment_of(apps["/docs/bluegreen"])
     assert any("HAPROXY_0_BIND_OPTIONS" in w and "bind keywords" in w for w in warned)
     assert any("HAPROXY_0_FRONTEND_HEAD" in w and "raw HAProxy configuration" in w
                for w in warned)

@@ -1,0 +1,192 @@
+"""Blue/green deployments (zdd.py's labels): which apps join a group, how the pair is
+routed as one app, and the desired state it yields through every ClusterState path."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from servicerouter.deployments import DeploymentError, deployment_of, merge
+from servicerouter.layout import Settings
+from servicerouter.model import App, EndpointState, Health, Service, Task
+from servicerouter.state import ClusterState
+
+PORT = 10080
+NAME = f"shop_web_{PORT}"  # the pair's services are named after the group
+
+
+def labels(colour: str, started: str, target: int = 2, **more: str) -> dict[str, str]:
+    return {"HAPROXY_DEPLOYMENT_GROUP": "shop/web", "HAPROXY_0_PORT": str(PORT),
+            "HAPROXY_DEPLOYMENT_COLOUR": colour, "HAPROXY_DEPLOYMENT_STARTED_AT": started,
+            "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": str(target),
+            "HAPROXY_DEPLOYMENT_NEW_INSTANCES": "0", "HAPROXY_DEPLOYMENT_ALT_PORT": "10081",
+            **more}
+
+
+def task(app_id: str, n: int, state: str = "TASK_RUNNING",
+         health: Health = Health.NONE) -> Task:
+    return Task(f"{app_id.strip('/').replace('/', '_')}.instance-{n}._app.1", app_id,
+                "127.0.0.1", (31000 + n,), state, health)
+
+
+def app(app_id: str, tasks: tuple[Task, ...] = (), checked: bool = False,
+        version: str = "2024-05-01T00:00:00.000Z", **label_kw: str) -> App:
+    colour = app_id.rsplit("-", 1)[-1]
+    started = "2024-05-01T10:00:00" if colour == "blue" else "2024-05-01T11:00:00"
+    return App(app_id, version, labels(colour, started, **label_kw),
+               services=(Service(app_id, 0, PORT),), tasks=tasks, has_health_checks=checked)
+
+
+BLUE, GREEN = "/shop/web-blue", "/shop/web-green"
+
+
+def blue(*ns: int) -> App:
+    return app(BLUE, tuple(task(BLUE, n) for n in ns))
+
+
+def green(*ns: int, state: str = "TASK_RUNNING", checked: bool = False,
+          health: Health = Health.NONE) -> App:
+    return app(GREEN, tuple(task(GREEN, n, state, health) for n in ns), checked)
+
+
+def routed(s: ClusterState) -> dict[str, str]:
+    """Task id -> ready/drain, of the pair's one service."""
+    return {e.task_id: e.state.name.lower() for e in s.desired[NAME].endpoints}
+
+
+# -- labels ----------------------------------------------------------------------------
+
+def test_labels_give_the_group_as_an_app_id_and_the_deploy_time() -> None:
+    d = deployment_of(blue(1))
+    assert d is not None and d.group == "/shop/web" and d.target_instances == 2
+    assert d.started_at == datetime.datetime(2024, 5, 1, 10) and d.new_instances
+    assert deployment_of(App("/web", labels={"HAPROXY_0_PORT": "1"})) is None
+    aware = app(BLUE, HAPROXY_DEPLOYMENT_STARTED_AT="2024-05-01T12:00:00+02:00")
+    assert deployment_of(aware).started_at == datetime.datetime(2024, 5, 1, 10)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("label", "value", "why"), [
+    ("HAPROXY_DEPLOYMENT_GROUP", "Shop/Web!", "is not a Marathon app path"),
+    ("HAPROXY_DEPLOYMENT_GROUP", "/", "is not a Marathon app path"),
+    ("HAPROXY_DEPLOYMENT_GROUP", "web", "names a group in /, but only apps of that folder may "
+                                        "join it (this app is in /shop; for it the label "
+                                        "would be shop/web)"),
+    ("HAPROXY_DEPLOYMENT_GROUP", "other/web", "names a group in /other"),
+    ("HAPROXY_DEPLOYMENT_STARTED_AT", "yesterday", "is not an ISO 8601 date and time"),
+    ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "-1", "is not a number of instances"),
+    ("HAPROXY_DEPLOYMENT_NEW_INSTANCES", "lots", "is not a number of instances"),
+    ("HAPROXY_DEPLOYMENT_ALT_PORT", "70000", "is not a port"),
+])
+def test_a_value_that_cannot_work_names_the_label(label: str, value: str, why: str) -> None:
+    with pytest.raises(DeploymentError) as info:
+        deployment_of(app(BLUE, **{label: value}))
+    assert str(info.value).startswith(f"{label}={value!r} {why}")
+    problem = info.value.problem(BLUE)
+    assert (problem.reason, problem.label, problem.index) == ("deployment_group", label, -1)
+
+
+# -- merge -----------------------------------------------------------------------------
+
+def _merged(*apps: App) -> App:
+    return merge("/shop/web", apps, [deployment_of(a) for a in apps])  # type: ignore[misc]
+
+
+def test_alone_an_app_is_routed_under_its_group() -> None:
+    one = _merged(blue(1))
+    assert one.id == "/shop/web" and one.services[0].app_id == "/shop/web"
+    assert [t.state for t in one.tasks] == ["TASK_RUNNING"]
+
+
+def test_old_tasks_drain_as_new_ones_run_keeping_the_target() -> None:
+    # Payload order does not matter: the earlier STARTED_AT is the old app.
+    for pair in ((blue(1, 2), green(1)), (green(1), blue(1, 2))):
+        merged = _merged(*pair)
+        assert merged.labels["HAPROXY_DEPLOYMENT_COLOUR"] == "blue"  # the old definition
+        assert [(t.app_id, t.state) for t in merged.tasks] == [
+            (BLUE, "TASK_KILLING"), (BLUE, "TASK_RUNNING"), (GREEN, "TASK_RUNNING")]
+    assert [t.state for t in _merged(blue(1, 2), green(1, 2)).tasks[:2]] == ["TASK_KILLING"] * 2
+
+
+def test_with_health_checks_only_healthy_new_tasks_count() -> None:
+    unhealthy = green(1, 2, checked=True, health=Health.UNHEALTHY)
+    assert all(t.state == "TASK_RUNNING" for t in _merged(blue(1, 2), unhealthy).tasks[:2])
+    healthy = green(1, checked=True, health=Health.HEALTHY)
+    assert [t.state for t in _merged(blue(1, 2), healthy).tasks[:2]] == [
+        "TASK_KILLING", "TASK_RUNNING"]
+
+
+def test_a_traffic_split_drains_nothing_while_both_hold_the_target() -> None:
+    # zdd.py --new-instances 2 of 4: green starts with 2, blue is scaled to 2 after it.
+    b = app(BLUE, tuple(task(BLUE, n) for n in (1, 2)), version="2024-05-01T11:00:05.000Z",
+            target=4, HAPROXY_DEPLOYMENT_NEW_INSTANCES="2")
+    g = app(GREEN, tuple(task(GREEN, n) for n in (1, 2)), version="2024-05-01T11:00:00.000Z",
+            target=4, HAPROXY_DEPLOYMENT_NEW_INSTANCES="2")
+    assert all(t.state == "TASK_RUNNING" for t in _merged(b, g).tasks)
+
+
+# -- ClusterState ----------------------------------------------------------------------
+
+def test_a_blue_green_deploy_changes_tasks_never_the_service() -> None:
+    s = ClusterState(Settings())
+    assert s.set_app(blue(1, 2)) == {NAME}
+    service = s.desired[NAME].service
+    assert service.app_id == "/shop/web" and routed(s) == {
+        task(BLUE, 1).id: "ready", task(BLUE, 2).id: "ready"}
+    assert s.set_app(green()) == set()  # no task yet: nothing changes
+    assert s.update_task(task(GREEN, 1)) == {NAME}  # the event path
+    assert routed(s) == {task(BLUE, 1).id: "drain", task(BLUE, 2).id: "ready",
+                         task(GREEN, 1).id: "ready"}
+    s.update_task(task(GREEN, 2))
+    assert set(routed(s).values()) == {"drain", "ready"} and routed(s)[task(BLUE, 2).id] == "drain"
+    assert s.remove_app(BLUE) == {NAME}
+    assert routed(s) == {task(GREEN, 1).id: "ready", task(GREEN, 2).id: "ready"}
+    assert s.desired[NAME].service == service  # the same shape: no reload
+    assert set(s.desired) == {NAME} and not s.problems
+    assert s.held_ports() == {PORT: "/shop/web"}
+
+
+def test_an_app_outside_the_folder_is_left_out_and_takes_nothing() -> None:
+    s = ClusterState(Settings())
+    s.set_app(blue(1))
+    intruder = App("/other/x", "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/web",
+                                     "HAPROXY_0_PORT": str(PORT)},
+                   services=(Service("/other/x", 0, PORT),), tasks=(task("/other/x", 1),))
+    assert s.set_app(intruder) == set()
+    assert routed(s) == {task(BLUE, 1).id: "ready"}
+    (problem,) = s.problems["/other/x"]
+    assert problem.reason == "deployment_group" and "only apps of that folder" in str(problem)
+
+
+def test_a_live_app_with_the_groups_id_keeps_it() -> None:
+    s = ClusterState(Settings())
+    owner = App("/shop/web", "v", {}, services=(Service("/shop/web", 0, PORT),),
+                tasks=(task("/shop/web", 9),))
+    s.set_app(owner)
+    s.set_app(blue(1))
+    assert routed(s) == {task("/shop/web", 9).id: "ready"}
+    assert "is the id of app /shop/web" in str(s.problems[BLUE][0])
+    s.remove_app("/shop/web")  # gone: the deployment may take its id now
+    assert routed(s) == {task(BLUE, 1).id: "ready"} and BLUE not in s.problems
+    s.set_app(owner)  # back, without the label: the live app wins again
+    assert routed(s) == {task("/shop/web", 9).id: "ready"} and BLUE in s.problems
+
+
+def test_a_full_sync_of_a_pair_is_the_same_as_events() -> None:
+    s = ClusterState(Settings())
+    s.replace_all([green(1), blue(1, 2)])
+    assert routed(s) == {task(BLUE, 1).id: "drain", task(BLUE, 2).id: "ready",
+                         task(GREEN, 1).id: "ready"}
+    assert s.replace_all([green(1)]) == {NAME}
+    assert routed(s) == {task(GREEN, 1).id: "ready"}
+
+
+def test_health_events_of_the_new_app_drain_the_old() -> None:
+    s = ClusterState(Settings())
+    s.set_app(blue(1, 2))
+    s.set_app(green(1, checked=True))
+    assert routed(s)[task(BLUE, 1).id] == "ready"  # green not healthy yet
+    assert s.set_health(GREEN, "shop_web-green.instance-1", True) == {NAME}
+    assert routed(s)[task(BLUE, 1).id] == "drain" and routed(s)[task(GREEN, 1).id] == "ready"
+    drained = next(e for e in s.desired[NAME].endpoints if e.task_id == task(BLUE, 1).id)
+    assert drained.state is EndpointState.DRAIN
