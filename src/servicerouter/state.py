@@ -313,9 +313,10 @@ class ClusterState:
         dirty = self._refresh(app_id)
         for group in sorted(touched):
             dirty |= self._refresh_group(group)
-        if self._group_of.get(app_id) != app_id:  # an app named as a group came, went or
-            for other in sorted(self._claimants(app_id) - {app_id}):  # left it: the apps
-                dirty |= self._regroup(other)  # naming the group are judged again
+        if (app_id in self._members or self._deploy_problem) \
+                and self._group_of.get(app_id) != app_id:  # an app named as a group came,
+            for other in sorted(self._claimants(app_id) - {app_id}):  # went or left it:
+                dirty |= self._regroup(other)  # the apps naming the group, judged again
         return dirty
 
     def _claimants(self, group: str) -> set[str]:
