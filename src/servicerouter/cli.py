@@ -488,7 +488,10 @@ async def render_config(args: argparse.Namespace) -> Rendered:
 
         if not args.dns_resolver:
             raise UsageError("--mesos-dns needs --dns-resolver IP:PORT (Mesos-DNS's address)")
-        dns = MesosDNS(parse_domain(args.mesos_dns), parse_resolver(args.dns_resolver))
+        try:
+            dns = MesosDNS(parse_domain(args.mesos_dns), parse_resolver(args.dns_resolver))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if getattr(args, "apps_json", None):
         try:
             payload = json.loads(Path(args.apps_json).read_bytes())

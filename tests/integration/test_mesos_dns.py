@@ -161,7 +161,7 @@ def test_mesos_dns_mode_refuses_bad_values_before_fetching() -> None:
     ]:
         out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60,
                              check=False)
-        assert out.returncode == 1 and out.stdout == "", out
+        assert out.returncode == 2 and out.stdout == "", out  # a usage error
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"servicerouter: error: {message}"), \
             out.stderr
