@@ -42,6 +42,16 @@ log = logging.getLogger("servicerouter.state")
 TASK_REASONS = frozenset({"task_port", "too_many_servers"})
 
 
+def _group_in_labels(app: App) -> str | None:
+    """The deployment group ``app``'s labels validly name (it joins it unless it is
+    another app's id), or None."""
+    try:
+        deployment = deployment_of(app)
+    except DeploymentError:
+        return None
+    return deployment.group if deployment else None
+
+
 class ClusterState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -283,9 +293,12 @@ class ClusterState:
             return set()
         return self._regroup(app_id)
 
-    def _regroup(self, app_id: str) -> set[str]:
+    def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
         """After ``app_id`` changed or left: its deployment group membership, then the
-        app itself and every group it left or joined, refreshed."""
+        app itself and every group it left or joined, refreshed; then the apps naming
+        ``app_id`` as their group, judged again (once: whether an app may join depends
+        on its labels and those of the app with the group's id only, never on another
+        app's membership, so apps naming each other cannot recurse without end)."""
         app = self.apps.get(app_id)
         before = self._group_of.pop(app_id, None)
         self._deploy_problem.pop(app_id, None)
@@ -300,7 +313,7 @@ class ClusterState:
             if deployment is not None:
                 owner = self.apps.get(deployment.group)
                 if owner is not None and owner.id != app_id \
-                        and self._group_of.get(owner.id) != deployment.group:
+                        and _group_in_labels(owner) != deployment.group:
                     # Routed as that app's id, the pair would take its names and ports.
                     self._deploy_problem[app_id] = DeploymentError(
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
@@ -313,9 +326,9 @@ class ClusterState:
         dirty = self._refresh(app_id)
         for group in sorted(touched):
             dirty |= self._refresh_group(group)
-        if self._group_of.get(app_id) != app_id:  # an app named as a group came, went or
-            for other in sorted(self._claimants(app_id) - {app_id}):  # left it: the apps
-                dirty |= self._regroup(other)  # naming the group are judged again
+        if judge_claimants:  # an app named as a group came, went, joined or left it
+            for other in sorted(self._claimants(app_id) - {app_id}):
+                dirty |= self._regroup(other, judge_claimants=False)
         return dirty
 
     def _claimants(self, group: str) -> set[str]:

@@ -190,3 +190,29 @@ def test_health_events_of_the_new_app_drain_the_old() -> None:
     assert routed(s)[task(BLUE, 1).id] == "drain" and routed(s)[task(GREEN, 1).id] == "ready"
     drained = next(e for e in s.desired[NAME].endpoints if e.task_id == task(BLUE, 1).id)
     assert drained.state is EndpointState.DRAIN
+
+
+def test_apps_naming_each_other_as_their_group_are_judged_once() -> None:
+    # /shop/a in group shop/b, /shop/b in group shop/a: each is the id of a live app
+    # outside the group, so both are refused; judging one again used to judge the
+    # other again, without end (RecursionError: the daemon down, by a tenant's labels).
+    s = ClusterState(Settings())
+    a = App("/shop/a", "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/b"},
+            services=(Service("/shop/a", 0, 10001),))
+    b = App("/shop/b", "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/a"},
+            services=(Service("/shop/b", 0, 10002),))
+    s.set_app(a)
+    s.set_app(b)
+    assert not s.desired and set(s.problems) == {"/shop/a", "/shop/b"}
+    s.remove_app("/shop/a")  # gone: /shop/b may form its group /shop/a now
+    assert set(s.desired) == {"shop_a_10002"} and not s.problems
+
+
+def test_a_live_app_joining_the_group_of_its_own_id_lets_the_refused_in() -> None:
+    s = ClusterState(Settings())
+    s.set_app(App("/shop/web", "v", {}, services=(Service("/shop/web", 0, PORT),)))
+    s.set_app(green(1))
+    assert GREEN in s.problems  # /shop/web is a live app outside the group
+    s.set_app(app("/shop/web", (task("/shop/web", 9),)))  # now it is the group's member
+    assert not s.problems and set(routed(s)) == {task("/shop/web", 9).id, task(GREEN, 1).id}
+
