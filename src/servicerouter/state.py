@@ -433,7 +433,8 @@ class ClusterState:
         check = self.settings.health_check
         if endpoint_state(task, app.has_health_checks, check) is None and (
                 previous is None
-                or endpoint_state(previous, app.has_health_checks, check) is None):
+                or endpoint_state(previous, app.has_health_checks, check) is None) \
+                and app.id not in self._group_of:  # a member's old tasks count in the drain
             self.apps[app.id] = changed  # routed neither before nor now (staging,
             return set()  # starting, unhealthy): no endpoint can change
         return self._retask(changed, one)

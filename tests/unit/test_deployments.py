@@ -216,3 +216,18 @@ def test_a_live_app_joining_the_group_of_its_own_id_lets_the_refused_in() -> Non
     s.set_app(app("/shop/web", (task("/shop/web", 9),)))  # now it is the group's member
     assert not s.problems and set(routed(s)) == {task("/shop/web", 9).id, task(GREEN, 1).id}
 
+
+
+def test_a_task_not_yet_routed_still_counts_in_the_drain() -> None:
+    # The old app's tasks count towards the pair's target, routed or not: a staging
+    # one arriving by event drains as a full sync would (the event fast path skipped
+    # the group, and left the pair routed on stale tasks until the next change).
+    s = ClusterState(Settings())
+    s.set_app(blue(1))
+    s.set_app(green(1))
+    assert routed(s)[task(BLUE, 1).id] == "ready"  # 1 old + 1 new = the target, 2
+    s.update_task(task(BLUE, 2, "TASK_STAGING"))
+    fresh = ClusterState(Settings())
+    fresh.replace_all(list(s.apps.values()))
+    assert routed(s) == routed(fresh) == {task(BLUE, 1).id: "drain",
+                                          task(GREEN, 1).id: "ready"}
