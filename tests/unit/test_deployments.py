@@ -231,3 +231,61 @@ def test_a_task_not_yet_routed_still_counts_in_the_drain() -> None:
     fresh.replace_all(list(s.apps.values()))
     assert routed(s) == routed(fresh) == {task(BLUE, 1).id: "drain",
                                           task(GREEN, 1).id: "ready"}
+
+
+def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
+    # Seeded random walk over every ClusterState path a group's members go through:
+    # after each step the incremental state matches a fresh one given the same apps.
+    import random
+
+    rng = random.Random(5)
+    ids = ["/shop/web", BLUE, GREEN, "/shop/web-red", "/shop/other"]
+    groups = ["shop/web", "shop/web", None, "bad!", "other/web", "shop/other", "shop/web",
+              "shop/web-blue"]
+    ports = {g: 10080 + n for n, g in enumerate(["/shop/web", "/shop/other", BLUE])}
+
+    def random_app(app_id: str) -> App:
+        group = rng.choice(groups)
+        lab = {"HAPROXY_DEPLOYMENT_STARTED_AT": f"2024-05-01T1{rng.randrange(3)}:00:00",
+               "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": str(rng.randrange(4))}
+        if rng.random() < 0.3:
+            lab["HAPROXY_DEPLOYMENT_NEW_INSTANCES"] = "1"
+        if group is not None:
+            lab["HAPROXY_DEPLOYMENT_GROUP"] = group
+        # Members share the group's port; an app on its own has a port of its own:
+        # each id routed has one port, so no two claim one (who wins depends on order).
+        port = ports.get("/" + group if group in groups[-3:] else app_id,
+                         11000 + ids.index(app_id))
+        tasks = tuple(task(app_id, n, rng.choice(["TASK_RUNNING", "TASK_STAGING"]),
+                           rng.choice(list(Health))) for n in rng.sample(range(4), rng.randrange(4)))
+        return App(app_id, f"2024-05-01T00:00:0{rng.randrange(3)}.000Z", lab,
+                   services=(Service(app_id, 0, port),), tasks=tasks,
+                   has_health_checks=rng.random() < 0.5)
+
+    for step in range(1500):
+        if step % 150 == 0:
+            s = ClusterState(Settings())
+        roll, app_id = rng.random(), rng.choice(ids)
+        if roll < 0.3:
+            s.set_app(random_app(app_id))
+        elif roll < 0.4:
+            s.remove_app(app_id)
+        elif roll < 0.5:
+            apps = [random_app(i) if rng.random() < 0.3 else s.apps[i]
+                    for i in ids if i in s.apps and rng.random() < 0.8]
+            s.replace_all(apps, keep=[i for i in ids if rng.random() < 0.2])
+        elif roll < 0.75:
+            n = rng.randrange(4)
+            s.update_task(task(app_id, n, rng.choice(["TASK_RUNNING", "TASK_STAGING"]),
+                               rng.choice(list(Health))))
+        elif roll < 0.85:
+            s.remove_task(app_id, task(app_id, rng.randrange(4)).id)
+        else:
+            s.set_health(app_id, task(app_id, rng.randrange(4)).id.rsplit(".", 2)[0],
+                         rng.random() < 0.6)
+        fresh = ClusterState(Settings())
+        fresh.replace_all(list(s.apps.values()))
+        assert (s.desired, s.problems, s.held_ports()) == \
+            (fresh.desired, fresh.problems, fresh.held_ports()), step
+        assert (s._group_of, s._members, s._merged, s._deploy_problem) == \
+            (fresh._group_of, fresh._members, fresh._merged, fresh._deploy_problem), step
