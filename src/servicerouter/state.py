@@ -399,8 +399,10 @@ class ClusterState:
         if self.apps:
             return  # not the first sync: the claims in memory are the newer truth
         policy = self.settings.vhost_policy
-        # Deployment groups own what they claimed as well (a group is routed as one app).
-        fresh = {**fresh, **{g: app for app in fresh.values() if (g := group_name(app))}}
+        # Deployment groups own what they claimed as well (a group is routed as one app);
+        # only groups that can form: a refused label would hold a departed app's ports
+        # with no one to let them go.
+        fresh = {**fresh, **{g: app for app in fresh.values() if (g := _group_in_labels(app))}}
         for port, app_id in prior.ports.items():
             if app_id in fresh and port not in self._port_owner:
                 self._port_owner[port] = app_id

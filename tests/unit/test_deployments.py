@@ -257,7 +257,8 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
         port = ports.get("/" + group if group in groups[-3:] else app_id,
                          11000 + ids.index(app_id))
         tasks = tuple(task(app_id, n, rng.choice(["TASK_RUNNING", "TASK_STAGING"]),
-                           rng.choice(list(Health))) for n in rng.sample(range(4), rng.randrange(4)))
+                           rng.choice(list(Health)))
+                      for n in rng.sample(range(4), rng.randrange(4)))
         return App(app_id, f"2024-05-01T00:00:0{rng.randrange(3)}.000Z", lab,
                    services=(Service(app_id, 0, port),), tasks=tasks,
                    has_health_checks=rng.random() < 0.5)
@@ -289,3 +290,28 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
             (fresh.desired, fresh.problems, fresh.held_ports()), step
         assert (s._group_of, s._members, s._merged, s._deploy_problem) == \
             (fresh._group_of, fresh._members, fresh._merged, fresh._deploy_problem), step
+
+
+def test_a_refused_group_label_holds_no_port_of_the_prior_owners() -> None:
+    # At a restart the owners before it claim first, a group among them; a label that
+    # cannot join (another folder) used to count as that group, so /evil/x naming the
+    # departed /other/victim kept its port from every other app, for good.
+    from servicerouter.owners import Owners
+
+    s = ClusterState(Settings())
+    s.restore_owners(Owners(ports={PORT: "/other/victim"}))
+    evil = App("/evil/x", "1", {"HAPROXY_DEPLOYMENT_GROUP": "other/victim"},
+               services=(Service("/evil/x", 0, 10099),))
+    s.replace_all([evil, App("/shop/y", "2", {}, services=(Service("/shop/y", 0, PORT),))])
+    assert set(s.desired) == {f"shop_y_{PORT}"} and s.held_ports() == {PORT: "/shop/y"}
+    assert set(s.problems) == {"/evil/x"}
+
+
+def test_a_group_holds_its_prior_port_at_a_restart() -> None:
+    from servicerouter.owners import Owners
+
+    s = ClusterState(Settings())
+    s.restore_owners(Owners(ports={PORT: "/shop/web"}))
+    rival = App("/shop/y", "0", {}, services=(Service("/shop/y", 0, PORT),))  # older
+    s.replace_all([rival, blue(1)])
+    assert set(routed(s)) == {task(BLUE, 1).id} and s.held_ports() == {PORT: "/shop/web"}
