@@ -319,6 +319,14 @@ class ClusterState:
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
                         f"is the id of app {owner.id}, which is not in the group; the app "
                         "is left out").problem(app_id)
+                elif (inside := min((a for a in self.apps
+                                     if a.startswith(deployment.group + "/")), default=None)):
+                    # A Marathon group: at the root (shop, the folder of /shop/web), routed
+                    # as /shop the pair would own that tenant's hosts and certificates.
+                    self._deploy_problem[app_id] = DeploymentError(
+                        "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
+                        f"is the Marathon group of app {inside}, not an app id; the app is "
+                        "left out").problem(app_id)
                 else:
                     self._group_of[app_id] = deployment.group
                     self._members.setdefault(deployment.group, {})[app_id] = deployment
@@ -326,8 +334,11 @@ class ClusterState:
         dirty = self._refresh(app_id)
         for group in sorted(touched):
             dirty |= self._refresh_group(group)
-        if judge_claimants:  # an app named as a group came, went, joined or left it
-            for other in sorted(self._claimants(app_id) - {app_id}):
+        if judge_claimants:  # an app named as a group, or one in the folder a group
+            parts = app_id.strip("/").split("/")  # names, came, went, joined or left it
+            named = self._claimants(app_id).union(*(
+                self._claimants("/" + "/".join(parts[:n])) for n in range(1, len(parts))))
+            for other in sorted(named - {app_id}):
                 dirty |= self._regroup(other, judge_claimants=False)
         return dirty
 

@@ -239,10 +239,11 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
     import random
 
     rng = random.Random(5)
-    ids = ["/shop/web", BLUE, GREEN, "/shop/web-red", "/shop/other"]
-    groups = ["shop/web", "shop/web", None, "bad!", "other/web", "shop/other", "shop/web",
-              "shop/web-blue"]
-    ports = {g: 10080 + n for n, g in enumerate(["/shop/web", "/shop/other", BLUE])}
+    ids = ["/shop/web", BLUE, GREEN, "/shop/web-red", "/shop/other", "/web-x",
+           "/shop/other/api"]
+    groups = ["shop/web", "shop/web", None, "bad!", "other/web", "shop", "shop/other",
+              "shop/web", "shop/web-blue"]
+    ports = {g: 10080 + n for n, g in enumerate(["/shop/web", "/shop/other", BLUE, "/shop"])}
 
     def random_app(app_id: str) -> App:
         group = rng.choice(groups)
@@ -254,7 +255,7 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
             lab["HAPROXY_DEPLOYMENT_GROUP"] = group
         # Members share the group's port; an app on its own has a port of its own:
         # each id routed has one port, so no two claim one (who wins depends on order).
-        port = ports.get("/" + group if group in groups[-3:] else app_id,
+        port = ports.get("/" + group if group in groups[-4:] else app_id,
                          11000 + ids.index(app_id))
         tasks = tuple(task(app_id, n, rng.choice(["TASK_RUNNING", "TASK_STAGING"]),
                            rng.choice(list(Health)))
@@ -315,3 +316,25 @@ def test_a_group_holds_its_prior_port_at_a_restart() -> None:
     rival = App("/shop/y", "0", {}, services=(Service("/shop/y", 0, PORT),))  # older
     s.replace_all([rival, blue(1)])
     assert set(routed(s)) == {task(BLUE, 1).id} and s.held_ports() == {PORT: "/shop/web"}
+
+
+def test_a_group_named_after_a_tenants_folder_takes_none_of_its_hosts() -> None:
+    # At the root, /web-blue may name the group "shop": the root is its folder. Routed
+    # as /shop, the pair owned the hosts of the /shop tenant (--vhost-policy group) and
+    # routed shop.example.com/login to itself; without the label it is refused them.
+    from servicerouter.model import Mode, Options
+
+    def web(app_id: str, port: int, path: str, **more: str) -> App:
+        opts = Options(vhosts=("shop.example.com",), paths=(path,), mode=Mode.HTTP)
+        return App(app_id, "1", more, services=(Service(app_id, 0, port, opts),))
+
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(web("/shop/web", 10001, "/"))
+    s.set_app(web("/web-blue", 10002, "/login", HAPROXY_DEPLOYMENT_GROUP="shop"))
+    assert set(s.desired) == {"shop_web_10001"}
+    (p,) = s.problems["/web-blue"]
+    assert "is the Marathon group of app /shop/web" in p.message
+    s.remove_app("/shop/web")  # no /shop folder now: the group may form
+    assert set(s.desired) == {"shop_10002"} and not s.problems
+    s.set_app(web("/shop/web", 10001, "/"))  # the tenant back: the group is left out
+    assert set(s.desired) == {"shop_web_10001"} and set(s.problems) == {"/web-blue"}
