@@ -9,7 +9,7 @@ import pytest
 
 from servicerouter.deployments import DeploymentError, deployment_of, merge
 from servicerouter.layout import Settings
-from servicerouter.model import App, EndpointState, Health, Service, Task
+from servicerouter.model import App, EndpointState, Health, Service, Task, shown
 from servicerouter.state import ClusterState
 
 PORT = 10080
@@ -77,11 +77,18 @@ def test_labels_give_the_group_as_an_app_id_and_the_deploy_time() -> None:
     ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "-1", "is not a number of instances"),
     ("HAPROXY_DEPLOYMENT_NEW_INSTANCES", "lots", "is not a number of instances"),
     ("HAPROXY_DEPLOYMENT_ALT_PORT", "70000", "is not a port"),
+    # Values int() and datetime refuse with another error, which escaped state.py:
+    ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "²", "is not a number of instances"),
+    ("HAPROXY_DEPLOYMENT_NEW_INSTANCES", "9" * 5000, "is not a number of instances"),
+    ("HAPROXY_DEPLOYMENT_ALT_PORT", "¹", "is not a port"),
+    ("HAPROXY_DEPLOYMENT_ALT_PORT", "9" * 5000, "is not a port"),
+    ("HAPROXY_DEPLOYMENT_STARTED_AT", "0001-01-01T00:00:00+01:00", "is not an ISO 8601"),
+    ("HAPROXY_DEPLOYMENT_STARTED_AT", "9999-12-31T23:59:59-01:00", "is not an ISO 8601"),
 ])
 def test_a_value_that_cannot_work_names_the_label(label: str, value: str, why: str) -> None:
     with pytest.raises(DeploymentError) as info:
         deployment_of(app(BLUE, **{label: value}))
-    assert str(info.value).startswith(f"{label}={value!r} {why}")
+    assert str(info.value).startswith(f"{label}={shown(value)!r} {why}")
     problem = info.value.problem(BLUE)
     assert (problem.reason, problem.label, problem.index) == ("deployment_group", label, -1)
 
