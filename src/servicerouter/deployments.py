@@ -164,7 +164,10 @@ def _merge_pair(prev: tuple[App, Deployment], cur: tuple[App, Deployment]
     else:
         target = 1
     old_tasks = sorted(old.tasks, key=lambda t: t.id)
-    healthy = sum(_healthy(t, new.has_health_checks) for t in new.tasks)
+    # The pair is routed with the old definition's health checks: where only the old
+    # app has them, the new app's tasks are routed once healthy, so only those count.
+    checked = new.has_health_checks or old.has_health_checks
+    healthy = sum(_healthy(t, checked) for t in new.tasks)
     drainable = max(0, healthy + len(old_tasks) - target)
     drain = min(len(old_tasks), healthy, drainable)
     tasks = tuple(replace(t, state=TASK_KILLING) if i < drain and t.state == TASK_RUNNING

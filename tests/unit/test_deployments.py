@@ -345,3 +345,14 @@ def test_a_group_named_after_a_tenants_folder_takes_none_of_its_hosts() -> None:
     assert set(s.desired) == {"shop_10002"} and not s.problems
     s.set_app(web("/shop/web", 10001, "/"))  # the tenant back: the group is left out
     assert set(s.desired) == {"shop_web_10001"} and set(s.problems) == {"/web-blue"}
+
+
+def test_a_new_app_without_the_old_ones_health_checks_drains_nothing_unrouted() -> None:
+    # The pair is routed with the old app's health checks, so the new app's unchecked
+    # tasks are not routed; counted as healthy, they drained every old task: no server.
+    checked_blue = app(BLUE, tuple(task(BLUE, n, health=Health.HEALTHY) for n in (1, 2)),
+                       checked=True)
+    s = ClusterState(Settings())
+    s.set_app(checked_blue)
+    s.set_app(green(1, 2))  # no health checks, running
+    assert routed(s) == {task(BLUE, 1).id: "ready", task(BLUE, 2).id: "ready"}
