@@ -376,7 +376,7 @@ class ClusterState:
             if problem.reason == "bind_failed":
                 del self.excluded[name]
                 self._retrying.add(problem)
-                if svc.app_id in self.apps:
+                if self.app(svc.app_id) is not None:  # a Marathon app, or a group's
                     dirty |= self._refresh(svc.app_id)
         for app_id in list(self.apps):
             if app_id not in fresh and app_id not in keep:

@@ -356,3 +356,18 @@ def test_a_new_app_without_the_old_ones_health_checks_drains_nothing_unrouted() 
     s.set_app(checked_blue)
     s.set_app(green(1, 2))  # no health checks, running
     assert routed(s) == {task(BLUE, 1).id: "ready", task(BLUE, 2).id: "ready"}
+
+
+def test_a_groups_frontend_that_failed_to_bind_is_tried_again_at_a_full_sync() -> None:
+    # A full sync lets every bind failure try again; the group's service, named for an
+    # id that is no Marathon app, was let out of its exclusion but never routed again.
+    from servicerouter.model import Problem
+
+    s = ClusterState(Settings())
+    s.set_app(blue(1))
+    failed = Problem("/shop/web", 0, "bind_failed", "service port index 0", f"*:{PORT}",
+                     "cannot be bound: Address already in use")
+    s.exclude(NAME, failed)
+    assert NAME not in s.desired and s.problems == {"/shop/web": (failed,)}
+    assert s.replace_all(list(s.apps.values())) == {NAME}
+    assert routed(s) == {task(BLUE, 1).id: "ready"} and not s.problems
