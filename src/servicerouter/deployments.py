@@ -72,12 +72,6 @@ def folder(app_id: str) -> str:
     return app_id.rstrip("/").rsplit("/", 1)[0] or "/"
 
 
-def group_name(app: App) -> str | None:
-    """The deployment group ``app`` names, as an app id ("/shop/web"), unchecked."""
-    raw = app.labels.get(GROUP)
-    return "/" + raw.strip().strip("/") if raw is not None else None
-
-
 def parse_group(label: str, raw: str) -> str:
     """A deployment group as an app id: "shop/web" → "/shop/web"."""
     name = raw.strip().strip("/")

@@ -18,7 +18,7 @@ from .admission import (
     vhost_owner,
 )
 from .claims import Claims
-from .deployments import Deployment, DeploymentError, deployment_of, group_name, merge
+from .deployments import Deployment, DeploymentError, deployment_of, merge
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
@@ -90,6 +90,10 @@ class ClusterState:
         self._members: dict[str, dict[str, Deployment]] = {}
         self._merged: dict[str, App] = {}
         self._deploy_problem: dict[str, Problem] = {}
+        # Group -> the apps refused only because its id or folder is a live app's (judged
+        # again as that changes), and app -> that group: looked up, never scanned.
+        self._blocked: dict[str, set[str]] = {}
+        self._blocked_on: dict[str, str] = {}
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -302,6 +306,10 @@ class ClusterState:
         app = self.apps.get(app_id)
         before = self._group_of.pop(app_id, None)
         self._deploy_problem.pop(app_id, None)
+        if (blocked_on := self._blocked_on.pop(app_id, None)) is not None:
+            self._blocked[blocked_on].discard(app_id)
+            if not self._blocked[blocked_on]:
+                del self._blocked[blocked_on]
         touched = {before} if before else set()
         if before:
             del self._members[before][app_id]
@@ -327,6 +335,9 @@ class ClusterState:
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
                         f"is the Marathon group of app {inside}, not an app id; the app is "
                         "left out").problem(app_id)
+                if app_id in self._deploy_problem:
+                    self._blocked_on[app_id] = deployment.group
+                    self._blocked.setdefault(deployment.group, set()).add(app_id)
                 else:
                     self._group_of[app_id] = deployment.group
                     self._members.setdefault(deployment.group, {})[app_id] = deployment
@@ -343,10 +354,9 @@ class ClusterState:
         return dirty
 
     def _claimants(self, group: str) -> set[str]:
-        """The apps that name ``group`` in their labels: members, and refused ones."""
-        return set(self._members.get(group, ())) | {
-            a for a in self._deploy_problem
-            if a in self.apps and group_name(self.apps[a]) == group}
+        """The apps that name ``group`` in their labels: members, and the ones refused
+        because of another app (a refused label stays refused, whatever others do)."""
+        return set(self._members.get(group, ())) | self._blocked.get(group, set())
 
     def _refresh_group(self, group: str) -> set[str]:
         """Route a deployment group's members again as one app (:func:`merge`)."""
