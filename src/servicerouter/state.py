@@ -94,6 +94,7 @@ class ClusterState:
         # again as that changes), and app -> that group: looked up, never scanned.
         self._blocked: dict[str, set[str]] = {}
         self._blocked_on: dict[str, str] = {}
+        self._inside: dict[str, int] = {}  # folder ("/shop") -> live apps under it
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -289,13 +290,25 @@ class ClusterState:
         return self.apps.get(app_id)
 
     def set_app(self, app: App) -> set[str]:
+        if app.id not in self.apps:
+            self._count_inside(app.id, 1)
         self.apps[app.id] = app
         return self._regroup(app.id)
 
     def remove_app(self, app_id: str) -> set[str]:
         if self.apps.pop(app_id, None) is None:
             return set()
+        self._count_inside(app_id, -1)
         return self._regroup(app_id)
+
+    def _count_inside(self, app_id: str, step: int) -> None:
+        parts = app_id.strip("/").split("/")
+        for n in range(1, len(parts)):
+            folder = "/" + "/".join(parts[:n])
+            if count := self._inside.get(folder, 0) + step:
+                self._inside[folder] = count
+            else:
+                del self._inside[folder]
 
     def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
         """After ``app_id`` changed or left: its deployment group membership, then the
@@ -327,14 +340,13 @@ class ClusterState:
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
                         f"is the id of app {owner.id}, which is not in the group; the app "
                         "is left out").problem(app_id)
-                elif (inside := min((a for a in self.apps
-                                     if a.startswith(deployment.group + "/")), default=None)):
+                elif deployment.group in self._inside:
                     # A Marathon group: at the root (shop, the folder of /shop/web), routed
                     # as /shop the pair would own that tenant's hosts and certificates.
                     self._deploy_problem[app_id] = DeploymentError(
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
-                        f"is the Marathon group of app {inside}, not an app id; the app is "
-                        "left out").problem(app_id)
+                        "is a Marathon group with live apps in it, not an app id; the app "
+                        "is left out").problem(app_id)
                 if app_id in self._deploy_problem:
                     self._blocked_on[app_id] = deployment.group
                     self._blocked.setdefault(deployment.group, set()).add(app_id)
@@ -345,10 +357,12 @@ class ClusterState:
         dirty = self._refresh(app_id)
         for group in sorted(touched):
             dirty |= self._refresh_group(group)
-        if judge_claimants:  # an app named as a group, or one in the folder a group
-            parts = app_id.strip("/").split("/")  # names, came, went, joined or left it
+        if judge_claimants:  # an app named as a group came, went, joined or left it, or
+            parts = app_id.strip("/").split("/")  # the first app in a folder came or the
+            alone = int(app_id in self.apps)  # last went
             named = self._claimants(app_id).union(*(
-                self._claimants("/" + "/".join(parts[:n])) for n in range(1, len(parts))))
+                self._claimants(folder) for n in range(1, len(parts))
+                if self._inside.get(folder := "/" + "/".join(parts[:n]), 0) == alone))
             for other in sorted(named - {app_id}):
                 dirty |= self._regroup(other, judge_claimants=False)
         return dirty

@@ -297,6 +297,7 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
         assert (s.desired, s.problems, s.held_ports()) == \
             (fresh.desired, fresh.problems, fresh.held_ports()), step
         assert all(s.app(d.service.app_id) for d in s.desired.values()), step  # guard.py
+        assert s._inside == fresh._inside, step
         assert (s._group_of, s._members, s._merged, s._deploy_problem, s._blocked) == \
             (fresh._group_of, fresh._members, fresh._merged, fresh._deploy_problem,
              fresh._blocked), step
@@ -342,7 +343,7 @@ def test_a_group_named_after_a_tenants_folder_takes_none_of_its_hosts() -> None:
     s.set_app(web("/web-blue", 10002, "/login", HAPROXY_DEPLOYMENT_GROUP="shop"))
     assert set(s.desired) == {"shop_web_10001"}
     (p,) = s.problems["/web-blue"]
-    assert "is the Marathon group of app /shop/web" in p.message
+    assert "is a Marathon group with live apps in it" in p.message
     s.remove_app("/shop/web")  # no /shop folder now: the group may form
     assert set(s.desired) == {"shop_10002"} and not s.problems
     s.set_app(web("/shop/web", 10001, "/"))  # the tenant back: the group is left out
@@ -392,3 +393,26 @@ def test_an_app_event_does_not_scan_the_refused_apps(monkeypatch: pytest.MonkeyP
                         lambda a: parsed.append(a.id) or real(a))
     s.set_app(App("/t/web", "1", {}, services=(Service("/t/web", 0, 10001),)))
     assert parsed == ["/t/web"]
+
+
+def test_apps_entering_a_busy_folder_judge_its_claimants_not_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root apps naming the group "shop" are refused while /shop holds apps; only the
+    # first app to enter the folder, or the last to leave, can change that.
+    import servicerouter.state as state_module
+
+    s = ClusterState(Settings())
+    s.set_app(App("/shop/web", "0", {}, services=(Service("/shop/web", 0, 10001),)))
+    for n in range(50):
+        s.set_app(App(f"/r{n}", "0", {"HAPROXY_DEPLOYMENT_GROUP": "shop"},
+                      services=(Service(f"/r{n}", 0, 20000 + n),)))
+    assert len(s.problems) == 50
+    parsed: list[str] = []
+    real = state_module.deployment_of
+    monkeypatch.setattr(state_module, "deployment_of",
+                        lambda a: parsed.append(a.id) or real(a))
+    s.set_app(App("/shop/api", "1", {}, services=(Service("/shop/api", 0, 10002),)))
+    s.remove_app("/shop/api")
+    assert parsed == ["/shop/api"]
+    s.remove_app("/shop/web")  # the last: the group may form
+    assert len(parsed) == 51 and not s.problems and set(s.desired) == {"shop_20000"}
