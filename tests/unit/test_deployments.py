@@ -416,3 +416,31 @@ def test_apps_entering_a_busy_folder_judge_its_claimants_not_again(
     assert parsed == ["/shop/api"]
     s.remove_app("/shop/web")  # the last: the group may form
     assert len(parsed) == 51 and not s.problems and set(s.desired) == {"shop_20000"}
+
+
+def test_ip_per_task_members_share_the_groups_assigned_port() -> None:
+    # marathon-lb assigns IP-per-task service ports after the merge, to the group; here
+    # each member got a port of its own id's, so the pair's port (the old app's) moved
+    # to the new app's when the old one was deleted: a reload, and clients cut off.
+    from servicerouter.model import NetworkMode
+    from servicerouter.portassign import assign_all, assign_one
+
+    def member(app_id: str, started: str) -> App:
+        return App(app_id, "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/web",
+                                 "HAPROXY_DEPLOYMENT_STARTED_AT": started},
+                   network=NetworkMode.CONTAINER, services=(Service(app_id, 0, 0),),
+                   tasks=(task(app_id, 1),))
+
+    settings = Settings()
+    old, new = assign_all([member(BLUE, "2024-05-01T10:00:00"),
+                           member(GREEN, "2024-05-01T11:00:00")], settings)[0]
+    assert old.services[0].port == new.services[0].port != 0
+    s = ClusterState(settings)
+    s.replace_all([old, new])
+    (before,) = s.desired.values()
+    s.remove_app(BLUE)
+    alone, _, _ = assign_one(member(GREEN, "2024-05-01T11:00:00"), [], settings,
+                             s.held_ports())
+    s.set_app(alone)
+    (after,) = s.desired.values()
+    assert after.service == before.service  # the same name and port: no reload
