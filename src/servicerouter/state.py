@@ -95,6 +95,7 @@ class ClusterState:
         self._blocked: dict[str, set[str]] = {}
         self._blocked_on: dict[str, str] = {}
         self._inside: dict[str, int] = {}  # folder ("/shop") -> live apps under it
+        self._left: dict[str, str] = {}  # group -> its last member, while _regroup runs
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -104,6 +105,17 @@ class ClusterState:
         for name, d in sorted(new.items()):
             port = d.service.port
             owner = self._port_owner.get(port, app_id)
+            if owner != app_id and (self._group_of.get(owner) == app_id or (
+                    self._members.get(owner) == {}
+                    and (left := self._left.get(owner)) is not None
+                    and app_id in (left, self._group_of.get(left)))):
+                # Handed over, not let go to a waiting app: a deployment group takes its
+                # member's port as it joins; an app, the port of the group it emptied.
+                self._ports_of[owner].discard(port)
+                if not self._ports_of[owner]:
+                    del self._ports_of[owner]
+                owner = self._port_owner[port] = app_id
+                self.owners_version += 1
             if owner != app_id:
                 del new[name]
                 self._waiting.setdefault(port, set()).add(app_id)
@@ -326,6 +338,7 @@ class ClusterState:
         touched = {before} if before else set()
         if before:
             del self._members[before][app_id]
+            self._left = {before: app_id}
         if app is not None:
             try:
                 deployment = deployment_of(app)
@@ -354,9 +367,12 @@ class ClusterState:
                     self._group_of[app_id] = deployment.group
                     self._members.setdefault(deployment.group, {})[app_id] = deployment
                     touched.add(deployment.group)
-        dirty = self._refresh(app_id)
-        for group in sorted(touched):
+        joined = self._group_of.get(app_id)  # the group first, while the app holds its
+        dirty = self._refresh_group(joined) if joined in touched else set()  # ports: handed
+        dirty |= self._refresh(app_id)  # over; an app leaving a group, before it empties
+        for group in sorted(touched - {joined}):
             dirty |= self._refresh_group(group)
+        self._left = {}
         if judge_claimants:  # an app named as a group came, went, joined or left it, or
             parts = app_id.strip("/").split("/")  # the first app in a folder came or the
             alone = int(app_id in self.apps)  # last went

@@ -4,6 +4,7 @@ routed as one app, and the desired state it yields through every ClusterState pa
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import pytest
 
@@ -454,3 +455,18 @@ def test_ip_per_task_members_share_the_groups_assigned_port() -> None:
     s.set_app(alone)
     (after,) = s.desired.values()
     assert after.service == before.service  # the same name and port: no reload
+
+
+def test_an_app_joining_or_leaving_a_group_keeps_its_port_from_a_waiting_app() -> None:
+    # The app let its port go before its group claimed it (and the group before the app
+    # took it back): an older app of another tenant, refused that port, took it.
+    s = ClusterState(Settings())
+    plain = App(BLUE, "2", {}, services=(Service(BLUE, 0, PORT),), tasks=(task(BLUE, 1),))
+    s.set_app(plain)
+    s.set_app(App("/x/y", "1", {}, services=(Service("/x/y", 0, PORT),)))
+    assert s.held_ports() == {PORT: BLUE} and "/x/y" in s.problems
+    s.set_app(replace(plain, labels={"HAPROXY_DEPLOYMENT_GROUP": "shop/web"}))
+    assert s.held_ports() == {PORT: "/shop/web"} and set(s.desired) == {NAME}
+    s.set_app(plain)  # the label dropped: the group empties, the app takes its port back
+    assert s.held_ports() == {PORT: BLUE} and set(s.desired) == {f"shop_web-blue_{PORT}"}
+    assert set(s.problems) == {"/x/y"}
