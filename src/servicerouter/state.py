@@ -95,7 +95,8 @@ class ClusterState:
         self._blocked: dict[str, set[str]] = {}
         self._blocked_on: dict[str, str] = {}
         self._inside: dict[str, int] = {}  # folder ("/shop") -> live apps under it
-        self._left: dict[str, str] = {}  # group -> its last member, while _regroup runs
+        # What a _refresh(wake=False) let go, offered to the apps waiting for it later.
+        self._deferred: tuple[set[int], set[str], set[str]] = (set(), set(), set())
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -105,17 +106,6 @@ class ClusterState:
         for name, d in sorted(new.items()):
             port = d.service.port
             owner = self._port_owner.get(port, app_id)
-            if owner != app_id and (self._group_of.get(owner) == app_id or (
-                    self._members.get(owner) == {}
-                    and (left := self._left.get(owner)) is not None
-                    and app_id in (left, self._group_of.get(left)))):
-                # Handed over, not let go to a waiting app: a deployment group takes its
-                # member's port as it joins; an app, the port of the group it emptied.
-                self._ports_of[owner].discard(port)
-                if not self._ports_of[owner]:
-                    del self._ports_of[owner]
-                owner = self._port_owner[port] = app_id
-                self.owners_version += 1
             if owner != app_id:
                 del new[name]
                 self._waiting.setdefault(port, set()).add(app_id)
@@ -214,8 +204,9 @@ class ClusterState:
         if problems:
             self.problems[app_id] = tuple(dict.fromkeys(problems))
 
-    def _refresh(self, app_id: str) -> set[str]:
-        """Recompute one app's desired services; return the names that changed."""
+    def _refresh(self, app_id: str, wake: bool = True) -> set[str]:
+        """Recompute one app's desired services; return the names that changed. Without
+        ``wake`` what it lets go is added to ``_deferred``, for :meth:`_wake` later."""
         old = set(self._backends.get(app_id, ()))
         app = self.app(app_id)
         self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
@@ -246,6 +237,18 @@ class ClusterState:
         # A port or host let go: the apps refused it may have it now.
         if not freed_ports and not freed_hosts and not freed_certs:  # nothing let go
             return dirty  # (most apps of a sync)
+        if not wake:
+            ports, hosts, certs = self._deferred
+            ports |= freed_ports
+            hosts |= freed_hosts
+            certs |= freed_certs
+            return dirty
+        return dirty | self._wake(app_id, freed_ports, freed_hosts, freed_certs)
+
+    def _wake(self, app_id: str, freed_ports: set[int], freed_hosts: set[str],
+              freed_certs: set[str]) -> set[str]:
+        """The apps refused what was let go: they may have it now."""
+        dirty: set[str] = set()
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
         waiters |= self._certs.waiters(freed_certs)
         waiters |= self._hosts.waiters(freed_hosts)
@@ -338,7 +341,6 @@ class ClusterState:
         touched = {before} if before else set()
         if before:
             del self._members[before][app_id]
-            self._left = {before: app_id}
         if app is not None:
             try:
                 deployment = deployment_of(app)
@@ -367,12 +369,22 @@ class ClusterState:
                     self._group_of[app_id] = deployment.group
                     self._members.setdefault(deployment.group, {})[app_id] = deployment
                     touched.add(deployment.group)
-        joined = self._group_of.get(app_id)  # the group first, while the app holds its
-        dirty = self._refresh_group(joined) if joined in touched else set()  # ports: handed
-        dirty |= self._refresh(app_id)  # over; an app leaving a group, before it empties
-        for group in sorted(touched - {joined}):
-            dirty |= self._refresh_group(group)
-        self._left = {}
+        # What the app lets go as it joins a group, the group claims before the apps
+        # waiting for it (an older app of another tenant) may; what a group it left lets
+        # go, the app claims first: its ports, hosts and certificates are handed over.
+        joined = self._group_of.get(app_id)
+        self._deferred = (set(), set(), set())
+        if joined is not None:
+            dirty = self._refresh(app_id, wake=False)
+            for group in [joined, *sorted(touched - {joined})]:
+                dirty |= self._refresh_group(group)
+        else:
+            dirty = set()
+            for group in sorted(touched):
+                dirty |= self._refresh_group(group, wake=False)
+            dirty |= self._refresh(app_id)
+        dirty |= self._wake(app_id, *self._deferred)
+        self._deferred = (set(), set(), set())
         if judge_claimants:  # an app named as a group came, went, joined or left it, or
             parts = app_id.strip("/").split("/")  # the first app in a folder came or the
             alone = int(app_id in self.apps)  # last went
@@ -388,7 +400,7 @@ class ClusterState:
         because of another app (a refused label stays refused, whatever others do)."""
         return set(self._members.get(group, ())) | self._blocked.get(group, set())
 
-    def _refresh_group(self, group: str) -> set[str]:
+    def _refresh_group(self, group: str, wake: bool = True) -> set[str]:
         """Route a deployment group's members again as one app (:func:`merge`)."""
         members = self._members.get(group)
         if members:
@@ -398,7 +410,7 @@ class ClusterState:
         else:
             self._members.pop(group, None)
             self._merged.pop(group, None)
-        return self._refresh(group)
+        return self._refresh(group, wake)
 
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``

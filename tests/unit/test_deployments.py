@@ -470,3 +470,20 @@ def test_an_app_joining_or_leaving_a_group_keeps_its_port_from_a_waiting_app() -
     s.set_app(plain)  # the label dropped: the group empties, the app takes its port back
     assert s.held_ports() == {PORT: BLUE} and set(s.desired) == {f"shop_web-blue_{PORT}"}
     assert set(s.problems) == {"/x/y"}
+
+
+@pytest.mark.parametrize("policy", ["group", "exclusive"])
+def test_an_app_joining_or_leaving_a_group_keeps_its_host_from_a_waiting_app(
+        policy: str) -> None:
+    from servicerouter.model import Mode, Options
+
+    opts = Options(vhosts=("h.example.com",), mode=Mode.HTTP)
+    s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
+    plain = App(BLUE, "2", {}, services=(Service(BLUE, 0, PORT, opts),))
+    s.set_app(plain)
+    s.set_app(App("/x/y", "1", {}, services=(Service("/x/y", 0, 10090, opts),)))
+    assert set(s.problems) == {"/x/y"}
+    s.set_app(replace(plain, labels={"HAPROXY_DEPLOYMENT_GROUP": "shop/web"}))
+    assert set(s.desired) == {NAME} and set(s.problems) == {"/x/y"}
+    s.set_app(plain)
+    assert set(s.desired) == {f"shop_web-blue_{PORT}"} and set(s.problems) == {"/x/y"}
