@@ -72,12 +72,6 @@ def folder(app_id: str) -> str:
     return app_id.rstrip("/").rsplit("/", 1)[0] or "/"
 
 
-def group_name(app: App) -> str | None:
-    """The deployment group ``app`` names, as an app id ("/shop/web"), unchecked."""
-    raw = app.labels.get(GROUP)
-    return "/" + raw.strip().strip("/") if raw is not None else None
-
-
 def parse_group(label: str, raw: str) -> str:
     """A deployment group as an app id: "shop/web" → "/shop/web"."""
     name = raw.strip().strip("/")
@@ -88,8 +82,8 @@ def parse_group(label: str, raw: str) -> str:
 
 
 def parse_count(label: str, raw: str) -> int:
-    text = raw.strip()
-    if not text.isdigit() or int(text) > MAX_INSTANCES:
+    text = raw.strip()  # ASCII, and short: int() refuses '²' and 5,000 digits (ValueError)
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) > MAX_INSTANCES:
         raise DeploymentError(label, raw, f"is not a number of instances (0-{MAX_INSTANCES:,}); "
                                           "the app is left out")
     return int(text)
@@ -97,7 +91,7 @@ def parse_count(label: str, raw: str) -> int:
 
 def parse_port(label: str, raw: str) -> int:
     text = raw.strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 1 <= int(text) <= 65535:
         raise DeploymentError(label, raw, "is not a port (1-65535); the app is left out")
     return int(text)
 
@@ -109,12 +103,12 @@ def parse_colour(label: str, raw: str) -> str:
 def parse_time(label: str, raw: str) -> datetime.datetime:
     try:
         when = datetime.datetime.fromisoformat(raw.strip())
-    except ValueError:
+        if when.tzinfo is not None:  # comparable with zdd.py's naive local times
+            when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00 in UTC
         raise DeploymentError(label, raw, "is not an ISO 8601 date and time (zdd.py writes "
                                                "2024-05-01T12:00:00.000000); the app is left "
                                                "out") from None
-    if when.tzinfo is not None:  # comparable with zdd.py's naive local times
-        when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return when
 
 
@@ -164,7 +158,10 @@ def _merge_pair(prev: tuple[App, Deployment], cur: tuple[App, Deployment]
     else:
         target = 1
     old_tasks = sorted(old.tasks, key=lambda t: t.id)
-    healthy = sum(_healthy(t, new.has_health_checks) for t in new.tasks)
+    # The pair is routed with the old definition's health checks: where only the old
+    # app has them, the new app's tasks are routed once healthy, so only those count.
+    checked = new.has_health_checks or old.has_health_checks
+    healthy = sum(_healthy(t, checked) for t in new.tasks)
     drainable = max(0, healthy + len(old_tasks) - target)
     drain = min(len(old_tasks), healthy, drainable)
     tasks = tuple(replace(t, state=TASK_KILLING) if i < drain and t.state == TASK_RUNNING

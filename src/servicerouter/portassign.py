@@ -20,8 +20,19 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from .deployments import DeploymentError, deployment_of
 from .layout import Settings
 from .model import App, NetworkMode
+
+
+def _key(app: App) -> str:
+    """Whose port an app's services get: its deployment group's (deployments.py), as
+    in marathon-lb, which assigns after the merge: the pair's port outlives the old app."""
+    try:
+        deployment = deployment_of(app)
+    except DeploymentError:
+        return app.id
+    return deployment.group if deployment else app.id
 
 
 def needs_port(app: App) -> list[int]:
@@ -38,7 +49,7 @@ def assign_ports(apps: Sequence[App], low: int, high: int, reserved: Iterable[in
     those the range cannot hold. Ports of other services and ``reserved`` are skipped;
     a port in ``held`` (port → app id) that its app still needs stays with it."""
     skip = set(reserved)
-    keys = sorted((a.id, i) for a in apps for i in needs_port(a))
+    keys = sorted({(_key(a), i) for a in apps for i in needs_port(a)})
     size = high - low + 1 if low and high >= low else 0
     out: dict[tuple[str, int], int] = {}
     if size and held:
@@ -81,7 +92,8 @@ def with_ports(app: App, ports: dict[tuple[str, int], int]) -> App:
     """``app`` with its assigned service ports filled in (marked ``auto_port``)."""
     if not needs_port(app):
         return app
-    services = tuple(replace(s, port=ports.get((app.id, s.index), 0), auto_port=True)
+    key = _key(app)
+    services = tuple(replace(s, port=ports.get((key, s.index), 0), auto_port=True)
                      if s.auto_port or not s.port else s for s in app.services)
     return app if services == app.services else replace(app, services=services)
 

@@ -18,7 +18,7 @@ from .admission import (
     vhost_owner,
 )
 from .claims import Claims
-from .deployments import Deployment, DeploymentError, deployment_of, group_name, merge
+from .deployments import Deployment, DeploymentError, deployment_of, merge
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
@@ -40,6 +40,16 @@ log = logging.getLogger("servicerouter.state")
 
 # Admission outcomes decided by an app's tasks rather than its definition.
 TASK_REASONS = frozenset({"task_port", "too_many_servers"})
+
+
+def _group_in_labels(app: App) -> str | None:
+    """The deployment group ``app``'s labels validly name (it joins it unless it is
+    another app's id), or None."""
+    try:
+        deployment = deployment_of(app)
+    except DeploymentError:
+        return None
+    return deployment.group if deployment else None
 
 
 class ClusterState:
@@ -80,6 +90,13 @@ class ClusterState:
         self._members: dict[str, dict[str, Deployment]] = {}
         self._merged: dict[str, App] = {}
         self._deploy_problem: dict[str, Problem] = {}
+        # Group -> the apps refused only because its id or folder is a live app's (judged
+        # again as that changes), and app -> that group: looked up, never scanned.
+        self._blocked: dict[str, set[str]] = {}
+        self._blocked_on: dict[str, str] = {}
+        self._inside: dict[str, int] = {}  # folder ("/shop") -> live apps under it
+        # What a _refresh(wake=False) let go, offered to the apps waiting for it later.
+        self._deferred: tuple[set[int], set[str], set[str]] = (set(), set(), set())
 
     def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
         """Drop services whose port another app holds; return the problems."""
@@ -187,8 +204,9 @@ class ClusterState:
         if problems:
             self.problems[app_id] = tuple(dict.fromkeys(problems))
 
-    def _refresh(self, app_id: str) -> set[str]:
-        """Recompute one app's desired services; return the names that changed."""
+    def _refresh(self, app_id: str, wake: bool = True) -> set[str]:
+        """Recompute one app's desired services; return the names that changed. Without
+        ``wake`` what it lets go is added to ``_deferred``, for :meth:`_wake` later."""
         old = set(self._backends.get(app_id, ()))
         app = self.app(app_id)
         self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
@@ -219,6 +237,18 @@ class ClusterState:
         # A port or host let go: the apps refused it may have it now.
         if not freed_ports and not freed_hosts and not freed_certs:  # nothing let go
             return dirty  # (most apps of a sync)
+        if not wake:
+            ports, hosts, certs = self._deferred
+            ports |= freed_ports
+            hosts |= freed_hosts
+            certs |= freed_certs
+            return dirty
+        return dirty | self._wake(app_id, freed_ports, freed_hosts, freed_certs)
+
+    def _wake(self, app_id: str, freed_ports: set[int], freed_hosts: set[str],
+              freed_certs: set[str]) -> set[str]:
+        """The apps refused what was let go: they may have it now."""
+        dirty: set[str] = set()
         waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
         waiters |= self._certs.waiters(freed_certs)
         waiters |= self._hosts.waiters(freed_hosts)
@@ -275,20 +305,39 @@ class ClusterState:
         return self.apps.get(app_id)
 
     def set_app(self, app: App) -> set[str]:
+        if app.id not in self.apps:
+            self._count_inside(app.id, 1)
         self.apps[app.id] = app
         return self._regroup(app.id)
 
     def remove_app(self, app_id: str) -> set[str]:
         if self.apps.pop(app_id, None) is None:
             return set()
+        self._count_inside(app_id, -1)
         return self._regroup(app_id)
 
-    def _regroup(self, app_id: str) -> set[str]:
+    def _count_inside(self, app_id: str, step: int) -> None:
+        parts = app_id.strip("/").split("/")
+        for n in range(1, len(parts)):
+            folder = "/" + "/".join(parts[:n])
+            if count := self._inside.get(folder, 0) + step:
+                self._inside[folder] = count
+            else:
+                del self._inside[folder]
+
+    def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
         """After ``app_id`` changed or left: its deployment group membership, then the
-        app itself and every group it left or joined, refreshed."""
+        app itself and every group it left or joined, refreshed; then the apps naming
+        ``app_id`` as their group, judged again (once: whether an app may join depends
+        on its labels and those of the app with the group's id only, never on another
+        app's membership, so apps naming each other cannot recurse without end)."""
         app = self.apps.get(app_id)
         before = self._group_of.pop(app_id, None)
         self._deploy_problem.pop(app_id, None)
+        if (blocked_on := self._blocked_on.pop(app_id, None)) is not None:
+            self._blocked[blocked_on].discard(app_id)
+            if not self._blocked[blocked_on]:
+                del self._blocked[blocked_on]
         touched = {before} if before else set()
         if before:
             del self._members[before][app_id]
@@ -300,32 +349,58 @@ class ClusterState:
             if deployment is not None:
                 owner = self.apps.get(deployment.group)
                 if owner is not None and owner.id != app_id \
-                        and self._group_of.get(owner.id) != deployment.group:
+                        and _group_in_labels(owner) != deployment.group:
                     # Routed as that app's id, the pair would take its names and ports.
                     self._deploy_problem[app_id] = DeploymentError(
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
                         f"is the id of app {owner.id}, which is not in the group; the app "
                         "is left out").problem(app_id)
+                elif deployment.group in self._inside:
+                    # A Marathon group: at the root (shop, the folder of /shop/web), routed
+                    # as /shop the pair would own that tenant's hosts and certificates.
+                    self._deploy_problem[app_id] = DeploymentError(
+                        "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
+                        "is a Marathon group with live apps in it, not an app id; the app "
+                        "is left out").problem(app_id)
+                if app_id in self._deploy_problem:
+                    self._blocked_on[app_id] = deployment.group
+                    self._blocked.setdefault(deployment.group, set()).add(app_id)
                 else:
                     self._group_of[app_id] = deployment.group
                     self._members.setdefault(deployment.group, {})[app_id] = deployment
                     touched.add(deployment.group)
-        dirty = self._refresh(app_id)
-        for group in sorted(touched):
-            dirty |= self._refresh_group(group)
-        if (app_id in self._members or self._deploy_problem) \
-                and self._group_of.get(app_id) != app_id:  # an app named as a group came,
-            for other in sorted(self._claimants(app_id) - {app_id}):  # went or left it:
-                dirty |= self._regroup(other)  # the apps naming the group, judged again
+        # What the app lets go as it joins a group, the group claims before the apps
+        # waiting for it (an older app of another tenant) may; what a group it left lets
+        # go, the app claims first: its ports, hosts and certificates are handed over.
+        joined = self._group_of.get(app_id)
+        self._deferred = (set(), set(), set())
+        if joined is not None:
+            dirty = self._refresh(app_id, wake=False)
+            for group in [joined, *sorted(touched - {joined})]:
+                dirty |= self._refresh_group(group)
+        else:
+            dirty = set()
+            for group in sorted(touched):
+                dirty |= self._refresh_group(group, wake=False)
+            dirty |= self._refresh(app_id)
+        dirty |= self._wake(app_id, *self._deferred)
+        self._deferred = (set(), set(), set())
+        if judge_claimants:  # an app named as a group came, went, joined or left it, or
+            parts = app_id.strip("/").split("/")  # the first app in a folder came or the
+            alone = int(app_id in self.apps)  # last went
+            named = self._claimants(app_id).union(*(
+                self._claimants(folder) for n in range(1, len(parts))
+                if self._inside.get(folder := "/" + "/".join(parts[:n]), 0) == alone))
+            for other in sorted(named - {app_id}):
+                dirty |= self._regroup(other, judge_claimants=False)
         return dirty
 
     def _claimants(self, group: str) -> set[str]:
-        """The apps that name ``group`` in their labels: members, and refused ones."""
-        return set(self._members.get(group, ())) | {
-            a for a in self._deploy_problem
-            if a in self.apps and group_name(self.apps[a]) == group}
+        """The apps that name ``group`` in their labels: members, and the ones refused
+        because of another app (a refused label stays refused, whatever others do)."""
+        return set(self._members.get(group, ())) | self._blocked.get(group, set())
 
-    def _refresh_group(self, group: str) -> set[str]:
+    def _refresh_group(self, group: str, wake: bool = True) -> set[str]:
         """Route a deployment group's members again as one app (:func:`merge`)."""
         members = self._members.get(group)
         if members:
@@ -335,7 +410,7 @@ class ClusterState:
         else:
             self._members.pop(group, None)
             self._merged.pop(group, None)
-        return self._refresh(group)
+        return self._refresh(group, wake)
 
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``
@@ -353,7 +428,7 @@ class ClusterState:
             if problem.reason == "bind_failed":
                 del self.excluded[name]
                 self._retrying.add(problem)
-                if svc.app_id in self.apps:
+                if self.app(svc.app_id) is not None:  # a Marathon app, or a group's
                     dirty |= self._refresh(svc.app_id)
         for app_id in list(self.apps):
             if app_id not in fresh and app_id not in keep:
@@ -387,8 +462,10 @@ class ClusterState:
         if self.apps:
             return  # not the first sync: the claims in memory are the newer truth
         policy = self.settings.vhost_policy
-        # Deployment groups own what they claimed as well (a group is routed as one app).
-        fresh = {**fresh, **{g: app for app in fresh.values() if (g := group_name(app))}}
+        # Deployment groups own what they claimed as well (a group is routed as one app);
+        # only groups that can form: a refused label would hold a departed app's ports
+        # with no one to let them go.
+        fresh = {**fresh, **{g: app for app in fresh.values() if (g := _group_in_labels(app))}}
         for port, app_id in prior.ports.items():
             if app_id in fresh and port not in self._port_owner:
                 self._port_owner[port] = app_id
@@ -421,7 +498,8 @@ class ClusterState:
         check = self.settings.health_check
         if endpoint_state(task, app.has_health_checks, check) is None and (
                 previous is None
-                or endpoint_state(previous, app.has_health_checks, check) is None):
+                or endpoint_state(previous, app.has_health_checks, check) is None) \
+                and app.id not in self._group_of:  # a member's old tasks count in the drain
             self.apps[app.id] = changed  # routed neither before nor now (staging,
             return set()  # starting, unhealthy): no endpoint can change
         return self._retask(changed, one)

@@ -4,12 +4,13 @@ routed as one app, and the desired state it yields through every ClusterState pa
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import pytest
 
 from servicerouter.deployments import DeploymentError, deployment_of, merge
 from servicerouter.layout import Settings
-from servicerouter.model import App, EndpointState, Health, Service, Task
+from servicerouter.model import App, EndpointState, Health, Service, Task, shown
 from servicerouter.state import ClusterState
 
 PORT = 10080
@@ -77,11 +78,18 @@ def test_labels_give_the_group_as_an_app_id_and_the_deploy_time() -> None:
     ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "-1", "is not a number of instances"),
     ("HAPROXY_DEPLOYMENT_NEW_INSTANCES", "lots", "is not a number of instances"),
     ("HAPROXY_DEPLOYMENT_ALT_PORT", "70000", "is not a port"),
+    # Values int() and datetime refuse with another error, which escaped state.py:
+    ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "²", "is not a number of instances"),
+    ("HAPROXY_DEPLOYMENT_NEW_INSTANCES", "9" * 5000, "is not a number of instances"),
+    ("HAPROXY_DEPLOYMENT_ALT_PORT", "¹", "is not a port"),
+    ("HAPROXY_DEPLOYMENT_ALT_PORT", "9" * 5000, "is not a port"),
+    ("HAPROXY_DEPLOYMENT_STARTED_AT", "0001-01-01T00:00:00+01:00", "is not an ISO 8601"),
+    ("HAPROXY_DEPLOYMENT_STARTED_AT", "9999-12-31T23:59:59-01:00", "is not an ISO 8601"),
 ])
 def test_a_value_that_cannot_work_names_the_label(label: str, value: str, why: str) -> None:
     with pytest.raises(DeploymentError) as info:
         deployment_of(app(BLUE, **{label: value}))
-    assert str(info.value).startswith(f"{label}={value!r} {why}")
+    assert str(info.value).startswith(f"{label}={shown(value)!r} {why}")
     problem = info.value.problem(BLUE)
     assert (problem.reason, problem.label, problem.index) == ("deployment_group", label, -1)
 
@@ -190,3 +198,292 @@ def test_health_events_of_the_new_app_drain_the_old() -> None:
     assert routed(s)[task(BLUE, 1).id] == "drain" and routed(s)[task(GREEN, 1).id] == "ready"
     drained = next(e for e in s.desired[NAME].endpoints if e.task_id == task(BLUE, 1).id)
     assert drained.state is EndpointState.DRAIN
+
+
+def test_apps_naming_each_other_as_their_group_are_judged_once() -> None:
+    # /shop/a in group shop/b, /shop/b in group shop/a: each is the id of a live app
+    # outside the group, so both are refused; judging one again used to judge the
+    # other again, without end (RecursionError: the daemon down, by a tenant's labels).
+    s = ClusterState(Settings())
+    a = App("/shop/a", "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/b"},
+            services=(Service("/shop/a", 0, 10001),))
+    b = App("/shop/b", "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/a"},
+            services=(Service("/shop/b", 0, 10002),))
+    s.set_app(a)
+    s.set_app(b)
+    assert not s.desired and set(s.problems) == {"/shop/a", "/shop/b"}
+    s.remove_app("/shop/a")  # gone: /shop/b may form its group /shop/a now
+    assert set(s.desired) == {"shop_a_10002"} and not s.problems
+
+
+def test_a_live_app_joining_the_group_of_its_own_id_lets_the_refused_in() -> None:
+    s = ClusterState(Settings())
+    s.set_app(App("/shop/web", "v", {}, services=(Service("/shop/web", 0, PORT),)))
+    s.set_app(green(1))
+    assert GREEN in s.problems  # /shop/web is a live app outside the group
+    s.set_app(app("/shop/web", (task("/shop/web", 9),)))  # now it is the group's member
+    assert not s.problems and set(routed(s)) == {task("/shop/web", 9).id, task(GREEN, 1).id}
+
+
+
+def test_a_task_not_yet_routed_still_counts_in_the_drain() -> None:
+    # The old app's tasks count towards the pair's target, routed or not: a staging
+    # one arriving by event drains as a full sync would (the event fast path skipped
+    # the group, and left the pair routed on stale tasks until the next change).
+    s = ClusterState(Settings())
+    s.set_app(blue(1))
+    s.set_app(green(1))
+    assert routed(s)[task(BLUE, 1).id] == "ready"  # 1 old + 1 new = the target, 2
+    s.update_task(task(BLUE, 2, "TASK_STAGING"))
+    fresh = ClusterState(Settings())
+    fresh.replace_all(list(s.apps.values()))
+    assert routed(s) == routed(fresh) == {task(BLUE, 1).id: "drain",
+                                          task(GREEN, 1).id: "ready"}
+
+
+def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
+    # Seeded random walk over every ClusterState path a group's members go through:
+    # after each step the incremental state matches a fresh one given the same apps.
+    import random
+
+    from servicerouter.model import Mode, Options
+
+    rng = random.Random(5)
+    ids = ["/shop/web", BLUE, GREEN, "/shop/web-red", "/shop/other", "/web-x",
+           "/shop/other/api"]
+    groups = ["shop/web", "shop/web", None, "bad!", "other/web", "shop", "shop/other",
+              "shop/web", "shop/web-blue"]
+    ports = {g: 10080 + n for n, g in enumerate(["/shop/web", "/shop/other", BLUE, "/shop"])}
+
+    def random_app(app_id: str) -> App:
+        group = rng.choice(groups)
+        lab = {"HAPROXY_DEPLOYMENT_STARTED_AT": f"2024-05-01T1{rng.randrange(3)}:00:00",
+               "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": str(rng.randrange(4))}
+        if rng.random() < 0.3:
+            lab["HAPROXY_DEPLOYMENT_NEW_INSTANCES"] = "1"
+        if group is not None:
+            lab["HAPROXY_DEPLOYMENT_GROUP"] = group
+        # Members share the group's port; an app on its own has a port of its own:
+        # each id routed has one port, so no two claim one (who wins depends on order).
+        port = ports.get("/" + group if group in groups[-4:] else app_id,
+                         11000 + ids.index(app_id))
+        tasks = tuple(task(app_id, n, rng.choice(["TASK_RUNNING", "TASK_STAGING"]),
+                           rng.choice(list(Health)))
+                      for n in rng.sample(range(4), rng.randrange(4)))
+        # The /shop tenant's host, a path per port (so per routed id): claimed, handed
+        # between a group and its members, never contested (who wins depends on order).
+        opts = Options(vhosts=("shop.example.com",), paths=(f"/p{port}",), mode=Mode.HTTP) \
+            if app_id != "/web-x" or group == "shop" else Options()
+        return App(app_id, f"2024-05-01T00:00:0{rng.randrange(3)}.000Z", lab,
+                   services=(Service(app_id, 0, port, opts),), tasks=tasks,
+                   has_health_checks=rng.random() < 0.5)
+
+    settings = Settings(http_port=0, https_port=0)
+    for step in range(1500):
+        if step % 150 == 0:
+            s = ClusterState(settings)
+        roll, app_id = rng.random(), rng.choice(ids)
+        if roll < 0.3:
+            s.set_app(random_app(app_id))
+        elif roll < 0.4:
+            s.remove_app(app_id)
+        elif roll < 0.5:
+            apps = [random_app(i) if rng.random() < 0.3 else s.apps[i]
+                    for i in ids if i in s.apps and rng.random() < 0.8]
+            s.replace_all(apps, keep=[i for i in ids if rng.random() < 0.2])
+        elif roll < 0.75:
+            n = rng.randrange(4)
+            s.update_task(task(app_id, n, rng.choice(["TASK_RUNNING", "TASK_STAGING"]),
+                               rng.choice(list(Health))))
+        elif roll < 0.85:
+            s.remove_task(app_id, task(app_id, rng.randrange(4)).id)
+        else:
+            s.set_health(app_id, task(app_id, rng.randrange(4)).id.rsplit(".", 2)[0],
+                         rng.random() < 0.6)
+        fresh = ClusterState(settings)
+        fresh.replace_all(list(s.apps.values()))
+        assert (s.desired, s.problems, s.held_ports()) == \
+            (fresh.desired, fresh.problems, fresh.held_ports()), step
+        # The owner of a host (its first claimer is history, not state: not compared).
+        assert {h: k for h, (k, _) in s.owners().hosts.items()} == \
+            {h: k for h, (k, _) in fresh.owners().hosts.items()}, step
+        assert all(s.app(d.service.app_id) for d in s.desired.values()), step  # guard.py
+        assert s._inside == fresh._inside, step
+        assert (s._group_of, s._members, s._merged, s._deploy_problem, s._blocked) == \
+            (fresh._group_of, fresh._members, fresh._merged, fresh._deploy_problem,
+             fresh._blocked), step
+
+
+def test_a_refused_group_label_holds_no_port_of_the_prior_owners() -> None:
+    # At a restart the owners before it claim first, a group among them; a label that
+    # cannot join (another folder) used to count as that group, so /evil/x naming the
+    # departed /other/victim kept its port from every other app, for good.
+    from servicerouter.owners import Owners
+
+    s = ClusterState(Settings())
+    s.restore_owners(Owners(ports={PORT: "/other/victim"}))
+    evil = App("/evil/x", "1", {"HAPROXY_DEPLOYMENT_GROUP": "other/victim"},
+               services=(Service("/evil/x", 0, 10099),))
+    s.replace_all([evil, App("/shop/y", "2", {}, services=(Service("/shop/y", 0, PORT),))])
+    assert set(s.desired) == {f"shop_y_{PORT}"} and s.held_ports() == {PORT: "/shop/y"}
+    assert set(s.problems) == {"/evil/x"}
+
+
+def test_a_group_holds_its_prior_port_at_a_restart() -> None:
+    from servicerouter.owners import Owners
+
+    s = ClusterState(Settings())
+    s.restore_owners(Owners(ports={PORT: "/shop/web"}))
+    rival = App("/shop/y", "0", {}, services=(Service("/shop/y", 0, PORT),))  # older
+    s.replace_all([rival, blue(1)])
+    assert set(routed(s)) == {task(BLUE, 1).id} and s.held_ports() == {PORT: "/shop/web"}
+
+
+def test_a_group_named_after_a_tenants_folder_takes_none_of_its_hosts() -> None:
+    # At the root, /web-blue may name the group "shop": the root is its folder. Routed
+    # as /shop, the pair owned the hosts of the /shop tenant (--vhost-policy group) and
+    # routed shop.example.com/login to itself; without the label it is refused them.
+    from servicerouter.model import Mode, Options
+
+    def web(app_id: str, port: int, path: str, **more: str) -> App:
+        opts = Options(vhosts=("shop.example.com",), paths=(path,), mode=Mode.HTTP)
+        return App(app_id, "1", more, services=(Service(app_id, 0, port, opts),))
+
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(web("/shop/web", 10001, "/"))
+    s.set_app(web("/web-blue", 10002, "/login", HAPROXY_DEPLOYMENT_GROUP="shop"))
+    assert set(s.desired) == {"shop_web_10001"}
+    (p,) = s.problems["/web-blue"]
+    assert "is a Marathon group with live apps in it" in p.message
+    s.remove_app("/shop/web")  # no /shop folder now: the group may form
+    assert set(s.desired) == {"shop_10002"} and not s.problems
+    s.set_app(web("/shop/web", 10001, "/"))  # the tenant back: the group is left out
+    assert set(s.desired) == {"shop_web_10001"} and set(s.problems) == {"/web-blue"}
+
+
+def test_a_new_app_without_the_old_ones_health_checks_drains_nothing_unrouted() -> None:
+    # The pair is routed with the old app's health checks, so the new app's unchecked
+    # tasks are not routed; counted as healthy, they drained every old task: no server.
+    checked_blue = app(BLUE, tuple(task(BLUE, n, health=Health.HEALTHY) for n in (1, 2)),
+                       checked=True)
+    s = ClusterState(Settings())
+    s.set_app(checked_blue)
+    s.set_app(green(1, 2))  # no health checks, running
+    assert routed(s) == {task(BLUE, 1).id: "ready", task(BLUE, 2).id: "ready"}
+
+
+def test_a_groups_frontend_that_failed_to_bind_is_tried_again_at_a_full_sync() -> None:
+    # A full sync lets every bind failure try again; the group's service, named for an
+    # id that is no Marathon app, was let out of its exclusion but never routed again.
+    from servicerouter.model import Problem
+
+    s = ClusterState(Settings())
+    s.set_app(blue(1))
+    failed = Problem("/shop/web", 0, "bind_failed", "service port index 0", f"*:{PORT}",
+                     "cannot be bound: Address already in use")
+    s.exclude(NAME, failed)
+    assert NAME not in s.desired and s.problems == {"/shop/web": (failed,)}
+    assert s.replace_all(list(s.apps.values())) == {NAME}
+    assert routed(s) == {task(BLUE, 1).id: "ready"} and not s.problems
+
+
+def test_an_app_event_does_not_scan_the_refused_apps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every set_app looked for the apps naming it (and now its folders) through all
+    # refused apps, each label parsed again: 1,000 refused apps of one tenant made each
+    # other app's event 30 times slower, a first sync of 10,000 apps 2-4 s. Looked up now.
+    import servicerouter.state as state_module
+
+    s = ClusterState(Settings())
+    for n in range(100):
+        s.set_app(App(f"/x/b{n}", "0", {"HAPROXY_DEPLOYMENT_GROUP": "other/x"},
+                      services=(Service(f"/x/b{n}", 0, 20000 + n),)))
+    assert len(s.problems) == 100
+    parsed: list[str] = []
+    real = state_module.deployment_of
+    monkeypatch.setattr(state_module, "deployment_of",
+                        lambda a: parsed.append(a.id) or real(a))
+    s.set_app(App("/t/web", "1", {}, services=(Service("/t/web", 0, 10001),)))
+    assert parsed == ["/t/web"]
+
+
+def test_apps_entering_a_busy_folder_judge_its_claimants_not_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root apps naming the group "shop" are refused while /shop holds apps; only the
+    # first app to enter the folder, or the last to leave, can change that.
+    import servicerouter.state as state_module
+
+    s = ClusterState(Settings())
+    s.set_app(App("/shop/web", "0", {}, services=(Service("/shop/web", 0, 10001),)))
+    for n in range(50):
+        s.set_app(App(f"/r{n}", "0", {"HAPROXY_DEPLOYMENT_GROUP": "shop"},
+                      services=(Service(f"/r{n}", 0, 20000 + n),)))
+    assert len(s.problems) == 50
+    parsed: list[str] = []
+    real = state_module.deployment_of
+    monkeypatch.setattr(state_module, "deployment_of",
+                        lambda a: parsed.append(a.id) or real(a))
+    s.set_app(App("/shop/api", "1", {}, services=(Service("/shop/api", 0, 10002),)))
+    s.remove_app("/shop/api")
+    assert parsed == ["/shop/api"]
+    s.remove_app("/shop/web")  # the last: the group may form
+    assert len(parsed) == 51 and not s.problems and set(s.desired) == {"shop_20000"}
+
+
+def test_ip_per_task_members_share_the_groups_assigned_port() -> None:
+    # marathon-lb assigns IP-per-task service ports after the merge, to the group; here
+    # each member got a port of its own id's, so the pair's port (the old app's) moved
+    # to the new app's when the old one was deleted: a reload, and clients cut off.
+    from servicerouter.model import NetworkMode
+    from servicerouter.portassign import assign_all, assign_one
+
+    def member(app_id: str, started: str) -> App:
+        return App(app_id, "v", {"HAPROXY_DEPLOYMENT_GROUP": "shop/web",
+                                 "HAPROXY_DEPLOYMENT_STARTED_AT": started},
+                   network=NetworkMode.CONTAINER, services=(Service(app_id, 0, 0),),
+                   tasks=(task(app_id, 1),))
+
+    settings = Settings()
+    old, new = assign_all([member(BLUE, "2024-05-01T10:00:00"),
+                           member(GREEN, "2024-05-01T11:00:00")], settings)[0]
+    assert old.services[0].port == new.services[0].port != 0
+    s = ClusterState(settings)
+    s.replace_all([old, new])
+    (before,) = s.desired.values()
+    s.remove_app(BLUE)
+    alone, _, _ = assign_one(member(GREEN, "2024-05-01T11:00:00"), [], settings,
+                             s.held_ports())
+    s.set_app(alone)
+    (after,) = s.desired.values()
+    assert after.service == before.service  # the same name and port: no reload
+
+
+def test_an_app_joining_or_leaving_a_group_keeps_its_port_from_a_waiting_app() -> None:
+    # The app let its port go before its group claimed it (and the group before the app
+    # took it back): an older app of another tenant, refused that port, took it.
+    s = ClusterState(Settings())
+    plain = App(BLUE, "2", {}, services=(Service(BLUE, 0, PORT),), tasks=(task(BLUE, 1),))
+    s.set_app(plain)
+    s.set_app(App("/x/y", "1", {}, services=(Service("/x/y", 0, PORT),)))
+    assert s.held_ports() == {PORT: BLUE} and "/x/y" in s.problems
+    s.set_app(replace(plain, labels={"HAPROXY_DEPLOYMENT_GROUP": "shop/web"}))
+    assert s.held_ports() == {PORT: "/shop/web"} and set(s.desired) == {NAME}
+    s.set_app(plain)  # the label dropped: the group empties, the app takes its port back
+    assert s.held_ports() == {PORT: BLUE} and set(s.desired) == {f"shop_web-blue_{PORT}"}
+    assert set(s.problems) == {"/x/y"}
+
+
+@pytest.mark.parametrize("policy", ["group", "exclusive"])
+def test_an_app_joining_or_leaving_a_group_keeps_its_host_from_a_waiting_app(
+        policy: str) -> None:
+    from servicerouter.model import Mode, Options
+
+    opts = Options(vhosts=("h.example.com",), mode=Mode.HTTP)
+    s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
+    plain = App(BLUE, "2", {}, services=(Service(BLUE, 0, PORT, opts),))
+    s.set_app(plain)
+    s.set_app(App("/x/y", "1", {}, services=(Service("/x/y", 0, 10090, opts),)))
+    assert set(s.problems) == {"/x/y"}
+    s.set_app(replace(plain, labels={"HAPROXY_DEPLOYMENT_GROUP": "shop/web"}))
+    assert set(s.desired) == {NAME} and set(s.problems) == {"/x/y"}
+    s.set_app(plain)
+    assert set(s.desired) == {f"shop_web-blue_{PORT}"} and set(s.problems) == {"/x/y"}
