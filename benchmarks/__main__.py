@@ -11,6 +11,7 @@ import datetime
 import importlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -47,7 +48,15 @@ def run(names: list[str], quick: bool, strategies: list[str] | None = None,
     return tables
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (kill, a CI runner's timeout) unwinds like Ctrl-C: every stack's exit stops
+    # the simulator, daemon and HAProxy it started. Left to its default, the benchmark
+    # died alone and they kept running (and holding ports).
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     ap.add_argument("--only", action="append", choices=ORDER, metavar="NAME",
