@@ -57,14 +57,14 @@ def parse_bool(label: str, value: str) -> bool:
 
 def parse_port(label: str, value: str) -> int:
     v = value.strip()
-    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
+    if not (v.isascii() and v.isdigit() and len(v.lstrip("0")) <= 5) or not 1 <= int(v) <= 65535:
         raise LabelError(label, value, "is not a port (1-65535)")
     return int(v)
 
 
 def parse_index(label: str, value: str) -> int:
     v = value.strip()
-    if not (v.isascii() and v.isdigit()) or int(v) > 1000:
+    if not (v.isascii() and v.isdigit() and len(v.lstrip("0")) <= 4) or int(v) > 1000:
         raise LabelError(label, value, "is not a port index (0-1000)")
     return int(v)
 
@@ -72,7 +72,8 @@ def parse_index(label: str, value: str) -> int:
 def parse_weight(label: str, value: str) -> int:
     v = value.strip()
     digits = v[1:] if v[:1] == "-" else v
-    if not (digits.isascii() and digits.isdigit()) or abs(int(v)) > 1_000_000:
+    if not (digits.isascii() and digits.isdigit() and len(digits.lstrip("0")) <= 7) \
+            or abs(int(v)) > 1_000_000:
         raise LabelError(label, value, "is not a whole number between -1000000 and 1000000")
     return int(v)
 
@@ -177,7 +178,8 @@ def _uri_args(args: list[str]) -> bool:
         if args[i] == "whole":
             i += 1
         elif args[i] in ("len", "depth") and i + 1 < len(args) and args[i + 1].isascii() \
-                and args[i + 1].isdigit() and 0 < int(args[i + 1]) < 10000:
+                and args[i + 1].isdigit() and len(args[i + 1].lstrip("0")) <= 4 \
+                and 0 < int(args[i + 1]) < 10000:
             i += 2
         else:
             return False

@@ -283,6 +283,21 @@ def test_label_table_rows_are_unique_and_complete() -> None:
             assert spec.field is None or spec.field in Options.__dataclass_fields__
 
 
+def test_a_number_too_long_for_int_is_a_label_error_naming_the_label() -> None:
+    # int() refuses more than 4,300 digits with its own ValueError, which named no label
+    # and cost the whole app instead of its one port.
+    from servicerouter.labels import LABELS
+
+    for spec in LABELS:
+        if spec.scope == "port" and spec.parse is not None:
+            label = spec.label.replace("{n}", "0")
+            parsed = parse_labels({label: "9" * 5000}, 1, per_service_errors=True)
+            assert set(parsed.errors) <= {0}, label
+    parsed = parse_labels({"HAPROXY_0_PORT": "9" * 5000}, 1, per_service_errors=True)
+    assert parsed.errors[0].label == "HAPROXY_0_PORT"
+    assert parse_labels({"HAPROXY_0_PORT": "000080"}, 1).for_index(0).port == 80
+
+
 @pytest.mark.parametrize("label", ["HAPROXY_0_VHOST", "HAPROXY_0_PATH", "HAPROXY_GROUP",
                                    "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL"])
 def test_a_huge_bad_value_is_cut_in_the_error(label: str) -> None:
