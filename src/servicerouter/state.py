@@ -223,7 +223,7 @@ class ClusterState:
             new, problems = self._admit(app)
         else:  # gone, routed as its deployment group, or refused
             refused = self._deploy_problem.get(app_id)
-            new, problems = {}, [refused] if refused else []
+            new, problems = {}, [refused] if refused else self._member_problems(app_id)
             self._claim_ports(App(app_id), new)
             self._claim_vhosts(App(app_id), new)
             self._claim_certs(App(app_id), new)
@@ -426,10 +426,23 @@ class ClusterState:
             ids = sorted(members)
             self._merged[group] = merge(group, [self.apps[i] for i in ids],
                                         [members[i] for i in ids])
+            for member in ids:  # which member's definition is routed may have changed
+                self._report(member, self._member_problems(member))
         else:
             self._members.pop(group, None)
             self._merged.pop(group, None)
         return self._refresh(group, wake)
+
+    def _member_problems(self, app_id: str) -> list[Problem]:
+        """A group member's own problems (a label that does not parse), shown under its
+        id while another member's definition is routed: the deploy is told before its
+        definition takes over. The routed definition's show under the group's id."""
+        group = self._group_of.get(app_id)
+        merged = self._merged.get(group) if group else None
+        app = self.apps.get(app_id)
+        if app is None or merged is None or merged.labels is app.labels:
+            return []
+        return list(app.problems)
 
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``

@@ -10,7 +10,7 @@ import pytest
 
 from servicerouter.deployments import DeploymentError, deployment_of, merge
 from servicerouter.layout import Settings
-from servicerouter.model import App, EndpointState, Health, Service, Task, shown
+from servicerouter.model import App, EndpointState, Health, Problem, Service, Task, shown
 from servicerouter.state import ClusterState
 
 PORT = 10080
@@ -487,3 +487,16 @@ def test_an_app_joining_or_leaving_a_group_keeps_its_host_from_a_waiting_app(
     assert set(s.desired) == {NAME} and set(s.problems) == {"/x/y"}
     s.set_app(plain)
     assert set(s.desired) == {f"shop_web-blue_{PORT}"} and set(s.problems) == {"/x/y"}
+
+
+def test_a_members_own_problems_show_under_it_until_its_definition_is_routed() -> None:
+    # The new app's bad label is reported while the old definition is routed, so the
+    # deploy hears of it before it takes over; then it shows under the group's id.
+    s = ClusterState(Settings())
+    s.set_app(blue(1))
+    bad = Problem(GREEN, 0, "label_invalid", "HAPROXY_0_VHOST", "x y", "is not a host name")
+    s.set_app(replace(green(1), problems=(bad,)))
+    assert s.problems[GREEN] == (bad,) and "/shop/web" not in s.problems
+    s.remove_app(BLUE)
+    assert GREEN not in s.problems
+    assert [p.app_id for p in s.problems["/shop/web"]] == ["/shop/web"]
