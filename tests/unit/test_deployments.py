@@ -387,22 +387,33 @@ def test_a_groups_frontend_that_failed_to_bind_is_tried_again_at_a_full_sync() -
     assert routed(s) == {task(BLUE, 1).id: "ready"} and not s.problems
 
 
-def test_an_app_event_does_not_scan_the_refused_apps(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every set_app looked for the apps naming it (and now its folders) through all
-    # refused apps, each label parsed again: 1,000 refused apps of one tenant made each
-    # other app's event 30 times slower, a first sync of 10,000 apps 2-4 s. Looked up now.
+def _counting_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the apps whose deployment labels ClusterState reads from now on."""
     import servicerouter.state as state_module
 
-    s = ClusterState(Settings())
-    for n in range(100):
-        s.set_app(App(f"/x/b{n}", "0", {"HAPROXY_DEPLOYMENT_GROUP": "other/x"},
-                      services=(Service(f"/x/b{n}", 0, 20000 + n),)))
-    assert len(s.problems) == 100
     parsed: list[str] = []
     real = state_module.deployment_of
     monkeypatch.setattr(state_module, "deployment_of",
                         lambda a: parsed.append(a.id) or real(a))
-    s.set_app(App("/t/web", "1", {}, services=(Service("/t/web", 0, 10001),)))
+    return parsed
+
+
+def _simple(app_id: str, port: int, group: str | None = None, version: str = "0") -> App:
+    """An app of one service, naming ``group`` as its deployment group if given."""
+    labels = {"HAPROXY_DEPLOYMENT_GROUP": group} if group else {}
+    return App(app_id, version, labels, services=(Service(app_id, 0, port),))
+
+
+def test_an_app_event_does_not_scan_the_refused_apps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every set_app looked for the apps naming it (and now its folders) through all
+    # refused apps, each label parsed again: 1,000 refused apps of one tenant made each
+    # other app's event 30 times slower, a first sync of 10,000 apps 2-4 s. Looked up now.
+    s = ClusterState(Settings())
+    for n in range(100):
+        s.set_app(_simple(f"/x/b{n}", 20000 + n, "other/x"))
+    assert len(s.problems) == 100
+    parsed = _counting_parses(monkeypatch)
+    s.set_app(_simple("/t/web", 10001, version="1"))
     assert [a for a in parsed if a != "/t/web"] == []  # at most its own labels are read
 
 
@@ -410,19 +421,13 @@ def test_apps_entering_a_busy_folder_judge_its_claimants_not_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Root apps naming the group "shop" are refused while /shop holds apps; only the
     # first app to enter the folder, or the last to leave, can change that.
-    import servicerouter.state as state_module
-
     s = ClusterState(Settings())
-    s.set_app(App("/shop/web", "0", {}, services=(Service("/shop/web", 0, 10001),)))
+    s.set_app(_simple("/shop/web", 10001))
     for n in range(50):
-        s.set_app(App(f"/r{n}", "0", {"HAPROXY_DEPLOYMENT_GROUP": "shop"},
-                      services=(Service(f"/r{n}", 0, 20000 + n),)))
+        s.set_app(_simple(f"/r{n}", 20000 + n, "shop"))
     assert len(s.problems) == 50
-    parsed: list[str] = []
-    real = state_module.deployment_of
-    monkeypatch.setattr(state_module, "deployment_of",
-                        lambda a: parsed.append(a.id) or real(a))
-    s.set_app(App("/shop/api", "1", {}, services=(Service("/shop/api", 0, 10002),)))
+    parsed = _counting_parses(monkeypatch)
+    s.set_app(_simple("/shop/api", 10002, version="1"))
     s.remove_app("/shop/api")
     assert parsed == ["/shop/api"]
     s.remove_app("/shop/web")  # the last: the group may form

@@ -129,13 +129,18 @@ async def test_failover_to_the_second_url_and_stay_there() -> None:
     assert [r.url.host for r in seen] == ["m1", "m2", "m2"]
 
 
-async def test_5xx_moves_to_the_next_url() -> None:
+def m1_answers(status: int, message: str) -> Handler:
+    """m1 answers ``status`` with Marathon's error body; m2 answers the apps."""
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.host == "m1":
-            return httpx.Response(502, json={"message": "Could not proxy: no leader"})
+            return httpx.Response(status, json={"message": message})
         return httpx.Response(200, json=APPS)
 
-    client, _ = make(handler)
+    return handler
+
+
+async def test_5xx_moves_to_the_next_url() -> None:
+    client, _ = make(m1_answers(502, "Could not proxy: no leader"))
     async with client:
         assert (await client.get_apps()).url == "http://m2:8080"
 
@@ -189,12 +194,7 @@ async def test_auth_error_is_not_retried_and_says_why() -> None:
 async def test_a_url_refusing_access_leaves_the_request_to_the_next(
         caplog: pytest.LogCaptureFixture) -> None:
     # One master whose credentials lag behind a rotation does not stop the others.
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "m1":
-            return httpx.Response(401, json={"message": "invalid username or password"})
-        return httpx.Response(200, json=APPS)
-
-    client, seen = make(handler)
+    client, seen = make(m1_answers(401, "invalid username or password"))
     async with client:
         result = await client.get_apps()
     assert result.url == "http://m2:8080" and [r.url.host for r in seen] == ["m1", "m2"]
