@@ -17,13 +17,13 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
+from .entry import ignore_reloads_while_starting, runs_daemon
 from .layout import Settings
 
 if TYPE_CHECKING:
@@ -554,26 +554,21 @@ async def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _starting(signum: int, _: object) -> None:
-    """SIGHUP or SIGUSR1 before the daemon's handlers exist: nothing to reload yet."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         from .simulator.cli import main as simulate
 
         return simulate(argv[1:])
-    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "--version"):
+    if runs_daemon(argv) and argv[0] != "run":
         argv = ["run", *argv]  # the old servicerouter.py invocation
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "run":  # a `systemctl reload` in the ~1 s of imports killed it
-        for sig in (signal.SIGHUP, signal.SIGUSR1):  # the daemon's own handlers follow
-            signal.signal(sig, _starting)
+    if args.command == "run":  # also when called as a function (entry.py did it already)
+        ignore_reloads_while_starting()
     from .logformat import configure
 
     configure(args.log_level, args.log_format)
