@@ -313,6 +313,16 @@ class ClusterState:
             return None
         return self.apps.get(app_id)
 
+    def deployment(self, group: str) -> tuple[list[str], str] | None:
+        """A deployment group's members, oldest deploy first, and the one whose
+        definition is routed; None if ``group`` is not a deployment group."""
+        merged, members = self._merged.get(group), self._members.get(group)
+        if merged is None or not members:
+            return None
+        order = sorted(members, key=lambda m: (members[m].started_at, self.apps[m].version, m))
+        routed = next((m for m in order if self.apps[m].labels is merged.labels), order[0])
+        return order, routed
+
     def set_app(self, app: App) -> set[str]:
         if app.id not in self.apps:
             self._count_inside(app.id, 1)

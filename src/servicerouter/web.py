@@ -201,9 +201,13 @@ def _service_status(engine: Engine, name: str,
                           "haproxy": haproxy.get((shape.name, s))})
     used = len(endpoints)
     opts = shape.service.options
-    return {"app_id": shape.app_id, "port": shape.service.port, "backend": shape.name,
-            "mode": opts.mode.value, "vhosts": list(opts.vhosts),
-            "slots": {"used": used, "free": shape.slots - used}, "endpoints": endpoints}
+    out = {"app_id": shape.app_id, "port": shape.service.port, "backend": shape.name,
+           "mode": opts.mode.value, "vhosts": list(opts.vhosts),
+           "slots": {"used": used, "free": shape.slots - used}, "endpoints": endpoints}
+    deployment = engine.state.deployment(shape.app_id)
+    if deployment is not None:  # a blue/green pair routed as one app (deployments.py)
+        out["deployment"] = {"members": deployment[0], "definition": deployment[1]}
+    return out
 
 
 def _problems(engine: Engine, app_filter: str | None) -> list[dict[str, Any]]:

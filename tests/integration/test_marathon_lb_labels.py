@@ -443,6 +443,9 @@ def test_a_zdd_blue_green_deploy_moves_traffic_without_a_reload(cluster: Cluster
     ports = {t["id"]: t["ports"][0] for a in ("/mlb/bg-blue", "/mlb/bg-green")
              for t in cluster.sim.app(a)["tasks"]}
     assert admin() == {**{ports[t]: "drain" for t in blue}, **{ports[t]: "ready" for t in green}}
+    (service,) = cluster.daemon.status(app="/mlb/bg")["services"]
+    assert service["deployment"] == {"members": ["/mlb/bg-blue", "/mlb/bg-green"],
+                                     "definition": "/mlb/bg-blue"}
     r = cluster.sim.http.delete("/v2/apps/mlb/bg-blue")
     assert r.status_code == 200, r.text
     wait_for(lambda: admin() == {ports[t]: "ready" for t in green}, 30,

@@ -147,7 +147,10 @@ def test_a_blue_green_deploy_changes_tasks_never_the_service() -> None:
                          task(GREEN, 1).id: "ready"}
     s.update_task(task(GREEN, 2))
     assert set(routed(s).values()) == {"drain", "ready"} and routed(s)[task(BLUE, 2).id] == "drain"
+    assert s.deployment("/shop/web") == ([BLUE, GREEN], BLUE)
+    assert s.deployment(BLUE) is None
     assert s.remove_app(BLUE) == {NAME}
+    assert s.deployment("/shop/web") == ([GREEN], GREEN)
     assert routed(s) == {task(GREEN, 1).id: "ready", task(GREEN, 2).id: "ready"}
     assert s.desired[NAME].service == service  # the same shape: no reload
     assert set(s.desired) == {NAME} and not s.problems
