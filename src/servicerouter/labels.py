@@ -54,7 +54,6 @@ MAX_WARNINGS = 20  # per app
 _SERVICE_LABEL = re.compile(r"^HAPROXY_(\d{1,9})_([A-Z0-9_]+)$")
 
 SUPPORTED = "supported"
-NOT_YET = "not yet supported"
 REFUSED = "refused"
 
 
@@ -246,8 +245,6 @@ def _unsupported(label: str, spec: LabelSpec | None) -> str:
     label = shown(label)  # a tenant's label name may be as long as Marathon lets it be
     if spec is None:
         return f"label {label} is not a label servicerouter or marathon-lb knows; ignored"
-    if spec.status == NOT_YET:
-        return f"label {label} is recognised but not yet supported: {spec.difference}; ignored"
     return f"label {label} is not supported: it {spec.difference}; ignored"
 
 
@@ -283,9 +280,9 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             continue
         if not m:
             spec = _APP.get(label.removeprefix("HAPROXY_"))
-            if spec is None or spec.status != SUPPORTED:  # DEPLOYMENT_*: deployments.py
-                warnings.append(_unsupported(label, spec))
-            continue
+            if spec is None or spec.status != SUPPORTED:  # the supported ones, the
+                warnings.append(_unsupported(label, spec))  # DEPLOYMENT_* labels, are
+            continue  # read by deployments.py
         index, key = int(m.group(1)), m.group(2)
         spec = _PORT.get(key)
         if spec is not None and allow_templates and key in TEMPLATE_LABELS \
@@ -349,10 +346,7 @@ def markdown_table() -> str:
             raw.append(f"`{spec.label}`")
             continue
         example = f"`{spec.label.replace('{n}', '0')}={spec.example}`" if spec.example else ""
-        difference = spec.difference
-        if spec.status == NOT_YET:
-            difference = f"**{spec.status}**: {difference}"
         rows.append(f"| `{spec.label}` | {spec.scope} | {spec.meaning} | {example} | "
-                    f"{difference} |")
+                    f"{spec.difference} |")
     rows.append(f"| {', '.join(raw)} | port | marathon-lb template overrides | | {_RAW} |")
     return "\n".join(rows) + "\n"
