@@ -203,6 +203,38 @@ async def test_killed_worker_takes_the_master_down_and_supervise_restarts(
     assert not [p for p in restarted[0].all_pids if alive(p)]
 
 
+async def test_a_master_exiting_mid_reload_is_started_again_at_once(
+    haproxy: HAProxyProcess, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The new worker killed while the reload was being confirmed: the master exits, and
+    # the confirmation waited its whole timeout (30 s) on a dead socket, holding the
+    # lock the supervisor needed to start HAProxy again. Seen under load in CI.
+    first = await haproxy.start()
+    restarted: list[ProcInfo] = []
+
+    async def on_restart(info: ProcInfo) -> None:
+        restarted.append(info)
+
+    async def unconfirmed(timeout: float = 30.0, poll: float = 0.05) -> ProcInfo:
+        await asyncio.sleep(3600)  # the master's answer never comes
+        raise AssertionError("unreachable")
+
+    supervisor = asyncio.create_task(haproxy.supervise(backoff=0.05, on_restart=on_restart))
+    monkeypatch.setattr(haproxy.master, "reload", unconfirmed)
+    reload = asyncio.create_task(haproxy.reload(timeout=3600))
+    await asyncio.sleep(0.1)  # the reload holds the lock, waiting for its confirmation
+    os.kill(first.worker_pids[0], signal.SIGKILL)
+    with pytest.raises(ReloadError, match="master exited"):
+        await asyncio.wait_for(reload, 10)
+    for _ in range(100):
+        if restarted:
+            break
+        await asyncio.sleep(0.05)
+    assert restarted and restarted[0].master_pid != first.master_pid, haproxy.log_tail()
+    await haproxy.stop()
+    await asyncio.wait_for(supervisor, 5)
+
+
 async def test_graceful_stop_with_lingering_old_worker(haproxy: HAProxyProcess) -> None:
     await haproxy.start()
     port = int(Path(haproxy.config).read_text().split("127.0.0.1:")[1].split()[0])

@@ -232,14 +232,30 @@ class HAProxyProcess:
                 await asyncio.wait_for(asyncio.shield(self._log_task), 1.0)
 
     async def reload(self, timeout: float | None = None) -> ProcInfo:
-        """Reload via the master CLI and confirm a new worker (ReloadError otherwise)."""
+        """Reload via the master CLI and confirm a new worker (ReloadError otherwise).
+
+        Ends as soon as the master exits (its new worker killed, say): the confirmation
+        would otherwise wait out its whole timeout on a dead socket while holding the
+        lock :meth:`supervise` needs to start HAProxy again (30 s of no HAProxy)."""
         async with self._lock:
-            if not self.is_running():
+            proc = self._proc
+            if proc is None or not self.is_running():
                 raise ReloadError(f"HAProxy is not running (config {self.config})")
+            reloading = asyncio.ensure_future(
+                self.master.reload(timeout=timeout or self.reload_timeout))
+            exited = asyncio.ensure_future(proc.wait())
             try:
-                return await self.master.reload(timeout=timeout or self.reload_timeout)
-            except ReloadError as exc:
-                raise ReloadError(f"{exc}\n{self.log_tail(10)}") from None
+                await asyncio.wait({reloading, exited}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for job in (reloading, exited):
+                    job.cancel()
+            if reloading.done() and not reloading.cancelled():
+                try:
+                    return reloading.result()
+                except ReloadError as exc:
+                    raise ReloadError(f"{exc}\n{self.log_tail(10)}") from None
+            raise ReloadError(f"HAProxy's master exited (status {proc.returncode}) during the "
+                              f"reload; it is started again\n{self.log_tail(10)}")
 
     async def wait(self) -> int:
         """Wait for the master to exit; return its status."""
