@@ -32,6 +32,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from . import label_values
+from .label_values import LabelError
 from .model import TASK_KILLING, TASK_RUNNING, App, Health, Problem, Task, shown
 
 GROUP = "HAPROXY_DEPLOYMENT_GROUP"
@@ -90,10 +92,11 @@ def parse_count(label: str, raw: str) -> int:
 
 
 def parse_port(label: str, raw: str) -> int:
-    text = raw.strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 1 <= int(text) <= 65535:
-        raise DeploymentError(label, raw, "is not a port (1-65535); the app is left out")
-    return int(text)
+    try:
+        return label_values.parse_port(label, raw)
+    except LabelError:
+        raise DeploymentError(label, raw, "is not a port (1-65535); the app is left out") \
+            from None
 
 
 def parse_colour(label: str, raw: str) -> str:
@@ -143,14 +146,18 @@ def _healthy(task: Task, checked: bool) -> bool:
     return task.state == TASK_RUNNING
 
 
+def age(pair: tuple[App, Deployment]) -> tuple[datetime.datetime, str, str]:
+    """Older deploys first: the deploy's start, then the app's version and id."""
+    app, deployment = pair
+    return deployment.started_at, app.version, app.id
+
+
 def _merge_pair(prev: tuple[App, Deployment], cur: tuple[App, Deployment]
                 ) -> tuple[App, Deployment]:
     """marathon-lb's merge of two apps of a group: the old one's definition with the
     tasks of both, as many old tasks draining as the new app has healthy ones (and the
     pair stays at its target)."""
-    (old, old_d), (new, new_d) = ((prev, cur) if (prev[1].started_at, prev[0].version, prev[0].id)
-                                  < (cur[1].started_at, cur[0].version, cur[0].id)
-                                  else (cur, prev))
+    (old, old_d), (new, new_d) = (prev, cur) if age(prev) < age(cur) else (cur, prev)
     if new_d.new_instances:
         if old.version > new.version:  # a traffic split: the one scaled last is the new
             (old, old_d), (new, new_d) = (new, new_d), (old, old_d)
@@ -174,8 +181,7 @@ def merge(group: str, members: Sequence[App], deployments: Sequence[Deployment])
     definition, every member's tasks; old tasks draining as new ones become healthy.
 
     A drained task is marked ``TASK_KILLING``, which this daemon routes as draining."""
-    pairs = sorted(zip(members, deployments, strict=True),
-                   key=lambda p: (p[1].started_at, p[0].version, p[0].id))
+    pairs = sorted(zip(members, deployments, strict=True), key=age)
     merged = pairs[0]
     for pair in pairs[1:]:
         merged = _merge_pair(merged, pair)

@@ -18,7 +18,7 @@ from .admission import (
     vhost_owner,
 )
 from .claims import Claims
-from .deployments import GROUP, Deployment, DeploymentError, deployment_of, merge
+from .deployments import GROUP, Deployment, DeploymentError, age, deployment_of, merge
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
@@ -319,7 +319,7 @@ class ClusterState:
         merged, members = self._merged.get(group), self._members.get(group)
         if merged is None or not members:
             return None
-        order = sorted(members, key=lambda m: (members[m].started_at, self.apps[m].version, m))
+        order = sorted(members, key=lambda m: age((self.apps[m], members[m])))
         routed = next((m for m in order if self.apps[m].labels is merged.labels), order[0])
         return order, routed
 

@@ -463,8 +463,7 @@ class MarathonClient:
             if status in (401, 403):
                 self.report(endpoint, "auth", seconds)
                 refused.append(MarathonAuthError(url, status, marathon_message(response)))
-                failures.append((target.url, f"HTTP {status}, access refused: "
-                                             f"{marathon_message(response)}"))
+                failures.append((target.url, refused[-1].reason))
                 continue
             if status >= 500:
                 self.report(endpoint, "error", seconds)

@@ -41,6 +41,11 @@ class MarathonAuthError(MarathonError):
         hint = "check the HTTP credentials or the DC/OS token"
         super().__init__(f"Marathon {url} refused access (HTTP {status}): {message} ({hint})")
 
+    @property
+    def reason(self) -> str:
+        """This refusal as one URL's failure in a round (``MarathonUnavailable``)."""
+        return f"HTTP {self.status}, access refused: {self.message}"
+
 
 def refusal(refused: Sequence[MarathonAuthError],
             failures: Sequence[tuple[str, str]]) -> MarathonAuthError | None:

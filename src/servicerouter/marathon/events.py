@@ -212,8 +212,7 @@ class EventStream:
             except (_Unreachable, MarathonAuthError, asyncio.TimeoutError) as exc:
                 if isinstance(exc, MarathonAuthError):  # this one's credentials: the next
                     refused.append(exc)
-                    failures.append((target.url, f"HTTP {exc.status}, access refused: "
-                                                 f"{exc.message}"))
+                    failures.append((target.url, exc.reason))
                 elif isinstance(exc, _Unreachable):
                     failures.append((target.url, exc.reason))
                 else:
