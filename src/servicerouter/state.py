@@ -415,11 +415,10 @@ class ClusterState:
         dirty |= self._wake(app_id, *self._deferred)
         self._deferred = (set(), set(), set())
         if judge_claimants:  # an app named as a group came, went, joined or left it, or
-            parts = app_id.strip("/").split("/")  # the first app in a folder came or the
-            alone = int(app_id in self.apps)  # last went
-            named = self._claimants(app_id).union(*(
-                self._claimants(folder) for n in range(1, len(parts))
-                if self._inside.get(folder := "/" + "/".join(parts[:n]), 0) == alone))
+            alone = int(app_id in self.apps)  # the first app in a folder came or the last
+            named = self._claimants(app_id).union(*(  # went
+                self._claimants(folder) for folder in _folders(app_id)
+                if self._inside.get(folder, 0) == alone))
             for other in sorted(named - {app_id}):
                 dirty |= self._regroup(other, judge_claimants=False)
         return dirty
