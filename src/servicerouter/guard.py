@@ -65,7 +65,7 @@ class Guard:
                 continue
             if pool.range_on(self.settings) and pool.own_frontend(svc, self.settings) is None:
                 continue  # the range frontend binds it (checked at start), not the service
-            problem = self.bind_problem(opts.bind_address, svc.port)
+            problem = self.bind_problem(opts.bind_address, svc.port, self._bound or ())
             if problem is not None:
                 app = self.state.app(svc.app_id)
                 assert app is not None, svc.app_id  # its services are desired

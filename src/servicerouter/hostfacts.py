@@ -97,14 +97,17 @@ def host_has_address(address: str) -> bool:
     return True
 
 
-def bind_problem(address: str, port: int) -> str | None:
+def bind_problem(address: str, port: int, haproxy_has: Iterable[str] = ()) -> str | None:
     """Why HAProxy could not bind ``address:port`` now, or None when it can.
 
     Binds as HAProxy does (SO_REUSEADDR and SO_REUSEPORT), so a port HAProxy itself
     already listens on passes, and one held by any other process fails. A port the
     daemon may not bind (below 1024 without the right, which HAProxy may have) is
     judged by the sockets listening on it instead (``/proc/net/tcp``, ``tcp6``): HAProxy
-    would fail to bind it too, and with it the reload of every app."""
+    would fail to bind it too, and with it the reload of every app. There, the
+    addresses of ``haproxy_has`` (HAProxy's own binds, as its config writes them:
+    ``*:80``, ``10.0.0.1:80``, ``ipv6@::1:80``) are HAProxy's sockets, not another
+    process's: it binds beside its own (SO_REUSEPORT), as the plain test above lets pass."""
     host = "" if address in ("*", "") else address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -115,13 +118,34 @@ def bind_problem(address: str, port: int) -> str | None:
             s.bind((host, port))
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
-            held = [a for a in listening(port) if overlaps(host, a)]
+            own = own_hosts(haproxy_has, port)
+            held = [a for a in listening(port) if overlaps(host, a) and a not in own]
             if held:
                 return (f"cannot be bound: another socket listens on {held[0]} port {port} "
                         "(a privileged port, checked in /proc/net/tcp)")
             return None  # free: HAProxy may run with rights the daemon lacks
         return f"cannot be bound: {exc.strerror or exc}"
     return None
+
+
+def own_hosts(binds: Iterable[str], port: int) -> set[str]:
+    """The hosts of the ``binds`` on ``port`` as ``/proc/net/tcp`` shows them. Pure.
+
+    ``*:80`` is ``0.0.0.0`` (HAProxy's ``*`` is IPv4's any), ``ipv6@::1:80`` is ``::1``;
+    a bind that is no address (a unix socket, an odd template's line) is skipped."""
+    out: set[str] = set()
+    for bind in binds:
+        host, sep, text = bind.rpartition(":")
+        if not sep or text != str(port):
+            continue
+        host = host.removeprefix("ipv4@").removeprefix("ipv6@").strip("[]")
+        if host in ("*", ""):
+            out.add("0.0.0.0")
+            continue
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(host)
+            out.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return out
 
 
 def overlaps(host: str, other: str) -> bool:

@@ -308,6 +308,43 @@ def test_a_privileged_port_another_process_holds_is_refused_before_the_reload(
         assert hostfacts.bind_problem("127.0.0.2", port) is None  # another address: free
 
 
+def test_a_privileged_port_next_to_haproxys_own_socket_is_not_held_by_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app that moves its bind address (127.0.0.1 -> *) on a privileged port HAProxy
+    already listens on: the listener there is HAProxy's own, which its new worker binds
+    beside (SO_REUSEPORT), so the move is let through, as the plain bind test lets it
+    through for an unprivileged port. Before, the app was left out until a full resync."""
+    import socket
+
+    with socket.socket() as haproxys:
+        haproxys.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        haproxys.bind(("127.0.0.1", 0))
+        haproxys.listen()
+        port = haproxys.getsockname()[1]
+        real = socket.socket
+
+        class Unprivileged(real):  # type: ignore[misc,valid-type]
+            def bind(self, address: object) -> None:
+                raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(socket, "socket", Unprivileged)
+        served = {f"127.0.0.1:{port}", "*:10001", f"ipv6@::1:{port}"}
+        assert hostfacts.bind_problem("*", port, served) is None
+        assert hostfacts.bind_problem("127.0.0.1", port, served) is None
+        # HAProxy binds the same port elsewhere only: the socket is another process's.
+        assert "another socket listens on 127.0.0.1" in str(
+            hostfacts.bind_problem("*", port, {f"127.0.0.2:{port}", f"*:{port + 1}"}))
+
+
+def test_own_hosts_reads_haproxys_binds_as_proc_net_tcp_shows_them() -> None:
+    binds = ["*:80", "10.0.0.1:80", "ipv6@::1:80", "ipv4@127.0.0.2:80", "10.0.0.2:81",
+             "/run/haproxy/admin.sock", "ipv6@::ffff:10.0.0.3:80", "fd@3:80", "[::2]:80"]
+    assert hostfacts.own_hosts(binds, 80) == {
+        "0.0.0.0", "10.0.0.1", "::1", "127.0.0.2", "10.0.0.3", "::2"}
+    assert hostfacts.own_hosts(binds, 81) == {"10.0.0.2"}
+    assert hostfacts.own_hosts([], 80) == set()
+
+
 def test_a_replaced_certificate_file_is_judged_again(tmp_path: Path) -> None:
     cert = tmp_path / "a.pem"
     cert.write_text(PEM)

@@ -115,7 +115,7 @@ def make_engine() -> tuple[Engine, FakeRuntime, FakeWriter, FakeReloader]:
     engine = Engine(config, None, runtime, writer, reloader,  # type: ignore[arg-type]
                     Metrics(), lambda host: host)
     runtime.engine = engine
-    engine.guard.bind_problem = lambda address, port: None  # no real sockets here
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
     return engine, runtime, writer, reloader
 
 

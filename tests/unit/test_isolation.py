@@ -127,7 +127,7 @@ async def test_a_failed_reload_puts_the_last_good_config_back_on_disk() -> None:
 
 async def test_a_frontend_that_cannot_be_bound_is_left_out_before_the_reload() -> None:
     engine, _, _, reloader = make_engine()
-    engine.guard.bind_problem = lambda address, port: (
+    engine.guard.bind_problem = lambda address, port, own=(): (
         "cannot be bound: Address already in use" if port == 10009 else None)
     for app_id, port in (("/a", 10007), ("/held", 10009)):
         engine.mark(engine.state.set_app(App(app_id, services=(Service(app_id, 0, port),))))
@@ -142,7 +142,7 @@ async def test_a_frontend_that_cannot_be_bound_is_left_out_before_the_reload() -
     await engine.step()
     assert reloader.reloads == 1 and engine.state.problems["/held"] == (problem,)
     # Free now: routed at the next full sync.
-    engine.guard.bind_problem = lambda address, port: None
+    engine.guard.bind_problem = lambda address, port, own=(): None
     engine.mark(engine.state.replace_all(list(engine.state.apps.values())))
     engine.reload_pipeline.next_at = 0.0
     await engine.step()
@@ -206,3 +206,19 @@ async def test_churn_of_other_apps_is_applied_while_isolation_bisects() -> None:
     assert engine.state.problems["/bad"][0].reason == "haproxy_rejected"
     assert reloader.reloads == 2 and "bad_10009" not in engine.layout
     assert "127.0.0.1:31002" in writer.written[-1]  # the reload kept the runtime change
+
+
+async def test_the_bind_test_is_told_which_addresses_haproxy_already_binds() -> None:
+    """The guard hands the bind test HAProxy's own binds, so a privileged port next to
+    HAProxy's own socket is not taken for another process's (hostfacts.bind_problem)."""
+    engine, _, _, _ = make_engine()
+    asked: list[tuple[str, int, set[str]]] = []
+
+    def bind_problem(address: str, port: int, own: Collection[str] = ()) -> None:
+        asked.append((address, port, set(own)))
+
+    engine.guard.bind_problem = bind_problem
+    engine.guard.served("frontend a\n    bind 127.0.0.1:1008\n    bind *:10007\n")
+    engine.mark(engine.state.set_app(App("/a", services=(Service("/a", 0, 1008),))))
+    await engine.step()
+    assert asked == [("*", 1008, {"127.0.0.1:1008", "*:10007"})]
