@@ -196,7 +196,8 @@ def test_bad_value_is_rejected_naming_label_and_value(label: str, value: str) ->
 
 @pytest.mark.parametrize(("label", "value"), [(k, v) for k, v in BASE.items()])
 def test_plausible_values_are_accepted(label: str, value: str) -> None:
-    parse_labels({label: value}, 1)
+    parsed = parse_labels({label: value}, 1)
+    assert not parsed.warnings, parsed.warnings  # taken, not ignored with a warning
 
 
 @pytest.mark.parametrize(
