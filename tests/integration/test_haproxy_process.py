@@ -215,14 +215,18 @@ async def test_a_master_exiting_mid_reload_is_started_again_at_once(
     async def on_restart(info: ProcInfo) -> None:
         restarted.append(info)
 
+    confirming = asyncio.Event()
+
     async def unconfirmed(timeout: float = 30.0, poll: float = 0.05) -> ProcInfo:
+        confirming.set()
         await asyncio.sleep(3600)  # the master's answer never comes
         raise AssertionError("unreachable")
 
     supervisor = asyncio.create_task(haproxy.supervise(backoff=0.05, on_restart=on_restart))
     monkeypatch.setattr(haproxy.master, "reload", unconfirmed)
     reload = asyncio.create_task(haproxy.reload(timeout=3600))
-    await asyncio.sleep(0.1)  # the reload holds the lock, waiting for its confirmation
+    # The reload holds the lock, waiting for its confirmation.
+    await asyncio.wait_for(confirming.wait(), 30)
     os.kill(first.worker_pids[0], signal.SIGKILL)
     with pytest.raises(ReloadError, match="master exited"):
         await asyncio.wait_for(reload, 10)
@@ -241,7 +245,11 @@ async def test_graceful_stop_with_lingering_old_worker(haproxy: HAProxyProcess) 
     _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\n")  # an unfinished request keeps the old worker busy
     await writer.drain()
-    await asyncio.sleep(0.1)
+    runtime = RuntimeClient(str(Path(haproxy.config).parent / "admin.sock"))
+    for _ in range(200):  # the worker has accepted it (the CLI's own is not counted)
+        if int((await runtime.show_info())["CurrConns"]) >= 1:
+            break
+        await asyncio.sleep(0.05)
     info = await haproxy.reload()
     assert info.old_workers, "the busy worker should linger as an old worker"
     pids = info.all_pids
