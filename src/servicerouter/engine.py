@@ -292,8 +292,9 @@ class Engine:
             self.change_seq += 1
             self.changed_at.update(dict.fromkeys(dirty, self.change_seq))
             p = plan(self.layout, self.table, self.state.desired, dirty, self.config.settings)
-            for name, why in sorted(p.why.items()):
-                log.info("%s needs a reload (%s): %s", name, p.reload.get(name, "?"), why)
+            if self.running_config is not None:  # before the first config, all is new
+                for name, why in sorted(p.why.items()):
+                    log.info("%s needs a reload (%s): %s", name, p.reload.get(name, "?"), why)
             if self.config.update_strategy == "reload" and p.commands:
                 p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
             if p.commands:
