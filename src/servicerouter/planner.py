@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import pool
-from .haproxy.render import FREE_SLOT_ADDRESS, server_params
+from .haproxy.render import server_params
 from .haproxy.runtime_commands import (
     add_server,
     enable_health,
@@ -27,10 +27,8 @@ from .haproxy.runtime_commands import (
 )
 from .haproxy.runtime_parse import ServerState
 from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
-from .model import Endpoint, EndpointState, Options
+from .model import Endpoint, EndpointState
 from .naming import slot_name
-
-_FREE_SLOT = FREE_SLOT_ADDRESS.split(":")[0], int(FREE_SLOT_ADDRESS.split(":")[1])
 
 
 class ReloadReason(str, enum.Enum):
@@ -194,8 +192,10 @@ def plan(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService]
     """Plan the backends in ``dirty`` (names of services that may have changed).
 
     With ``settings`` in range mode, apps arriving, leaving or changing vhosts are map
-    commands too (:func:`plan_range`)."""
+    commands too (:func:`.planrange.plan_range`)."""
     if settings is not None and pool.range_on(settings):
+        from .planrange import plan_range  # it builds on this module
+
         return plan_range(layout, table, desired, dirty, settings)
     vouched = settings.health_check if settings is not None else True
     result = Plan()
@@ -267,152 +267,3 @@ def reconcile(layout: Layout, table: SlotTable, actual: Iterable[ServerState],
                     commands.append(set_server_addr(name, s, expected.ip, expected.port))
                 commands += _ready(name, s, expected, healthy and (got.in_maint or moved))
     return commands, broken
-
-
-def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService],
-               dirty: Iterable[str], settings: Settings) -> Plan:
-    """:func:`plan` in range mode. A new app whose service the port map can route takes
-    a spare of its shape: slots first, then the map entries (it is never routed to an
-    empty backend). A removed one loses its map entries first, then its slots go to
-    maint and its backend returns to the pool (a spare it took, or its own backend from
-    a reload, free under :func:`pool.spare_key`). A vhost change is a host map change
-    when the vhost ACLs that remain stay the same; otherwise, a reload and why."""
-    result = Plan()
-    dirty = sorted(set(dirty))
-    free: dict[Options, list[BackendShape]] = {}
-    if any(name not in layout and name in desired for name in dirty):  # new apps: spares
-        for held in layout.values():
-            if pool.is_spare(held):
-                free.setdefault(held.service.options, []).append(held)
-        for spares in free.values():
-            spares.sort(key=lambda s: s.name, reverse=True)  # pop() takes the lowest
-    # Per planned entry: its server commands, layout changes (None: gone) and slots, so
-    # that a vhost change the host map cannot express is dropped whole.
-    commands: dict[str, list[str]] = {}
-    changes: dict[str, dict[str, BackendShape | None]] = {}
-    slots: dict[str, dict[str, list[Endpoint | None]]] = {}
-    vhosted: set[str] = set()  # entries whose change touches the vhost routes
-
-    def reload(name: str, reason: ReloadReason, why: str | None = None) -> None:
-        result.reload[name] = reason
-        if why:
-            result.why[name] = why
-
-    for name in dirty:
-        shape, want = layout.get(name), desired.get(name)
-        if shape is not None and pool.is_spare(shape):
-            continue  # a spare's own name is never an app's (naming.py)
-        if want is None:
-            if shape is None:
-                continue
-            if not pool.map_routed(shape, settings):  # a removed app with its own frontend
-                reload(name, ReloadReason.REMOVED_APP,
-                       f"has {pool.own_frontend(shape.service, settings)}")
-                continue
-            current = table.get(name, [])
-            commands[name] = [set_server_state(shape.name, slot_name(i + 1), "maint")
-                              for i, held in enumerate(current) if held is not None]
-            changes[name] = {name: None}
-            slots[name] = {name: [None] * len(current)}  # for the log; the entry goes
-            back = pool.shape_of(shape.service.options)
-            if back is not None:  # its backend back to the pool, addresses cleared
-                commands[name] += [set_server_addr(shape.name, slot_name(i + 1),
-                                                   *_FREE_SLOT)
-                                   for i, held in enumerate(current) if held is not None]
-                returned = pool.spare_key(shape.name)
-                changes[name][returned] = pool.spare(shape.name, back, shape.slots)
-                slots[name][returned] = [None] * shape.slots
-            if shape.service.options.vhosts:
-                vhosted.add(name)
-            continue
-        svc = want.service
-        if shape is None:  # a new app
-            why = pool.own_frontend(svc, settings)
-            key = pool.shape_of(svc.options)
-            if why is not None:
-                reload(name, ReloadReason.OWN_FRONTEND, f"needs {why}")
-                continue
-            if key is None:
-                reload(name, ReloadReason.OUTSIDE_POOL, pool.outside_shapes_reason(svc))
-                continue
-            if not free.get(key):
-                reload(name, ReloadReason.POOL_EXHAUSTED,
-                       f"no spare backend of its shape ({svc.options.mode.value}, balance "
-                       f"{svc.options.balance}) left; the reload refills the pool")
-                continue
-            # Its own old backend if it is back (a re-created app), else the lowest.
-            own = [s for s in free[key] if s.name == name]
-            taken = own[0] if own else free[key][-1]
-            free[key].remove(taken)
-            shape = BackendShape(taken.name, svc, taken.slots)
-            changed = plan_backend(shape, [], want.endpoints, settings.health_check)
-            if changed is None:
-                free[key].append(taken)
-                reload(name, ReloadReason.CAPACITY)
-                continue
-            commands[name] = changed[0]
-            changes[name] = {pool.spare_key(taken.name): None, name: shape}
-            slots[name] = {name: changed[1]}
-            if svc.options.vhosts:
-                vhosted.add(name)
-            continue
-        entry: dict[str, BackendShape | None] = {}
-        if svc != shape.service:
-            if not (pool.map_routed(shape, settings) and pool.own_frontend(svc, settings) is None
-                    and pool.shape_of(svc.options) is not None
-                    and pool.shape_of(svc.options) == pool.shape_of(shape.service.options)):
-                reload(name, ReloadReason.OPTIONS_CHANGED)
-                continue
-            shape = BackendShape(shape.name, svc, shape.slots)  # only vhosts or weight differ
-            entry[name] = shape
-            vhosted.add(name)
-        changed = plan_backend(shape, table.get(name, []), want.endpoints,
-                               settings.health_check)
-        if changed is None:
-            reload(name, ReloadReason.CAPACITY)
-            vhosted.discard(name)
-            continue
-        commands[name], slots[name], changes[name] = changed[0], {}, entry
-        if changed[0]:
-            slots[name][name] = changed[1]
-            if len(changed[1]) > shape.slots:
-                result.grown[name] = len(changed[1])
-
-    hosts_before: dict[str, str] = {}
-    hosts_after: dict[str, str] = {}
-    if vhosted:  # costs a pass over the vhost routes; only when a vhost changes
-        after = dict(layout)
-        for entry_changes in changes.values():
-            for changed_name, value in entry_changes.items():
-                if value is None:
-                    after.pop(changed_name, None)
-                else:
-                    after[changed_name] = value
-        hosts_before, acl_before = pool.host_routes(layout, settings)
-        hosts_after, acl_after = pool.host_routes(after, settings)
-        if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
-            for name in sorted(vhosted):
-                reload(name, ReloadReason.VHOST_ACL,
-                       "a vhost change the host map cannot express (a path, a wildcard, or "
-                       "a host another app names too)")
-                del commands[name], changes[name], slots[name]
-                result.grown.pop(name, None)
-            hosts_after = hosts_before
-    # The port map changes only where the layout does: compare just those entries.
-    touched: dict[str, BackendShape | None] = {}
-    for entry_changes in changes.values():
-        touched.update(entry_changes)
-    ports_before = pool.ports_map({k: s for k in touched if (s := layout.get(k)) is not None},
-                                  settings)
-    ports_after = pool.ports_map({k: s for k, s in touched.items() if s is not None}, settings)
-    first_p, last_p = pool.map_diff(pool.map_path(settings, pool.PORTS_MAP), ports_before,
-                                    ports_after)
-    first_h, last_h = pool.map_diff(pool.map_path(settings, pool.HOSTS_MAP), hosts_before,
-                                    hosts_after)
-    result.commands = [*first_p, *first_h, *(c for n in commands for c in commands[n]),
-                       *last_p, *last_h]
-    for entry_slots in slots.values():
-        result.slots.update(entry_slots)
-    for entry_changes in changes.values():
-        result.layout.update(entry_changes)
-    return result

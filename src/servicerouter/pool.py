@@ -69,7 +69,7 @@ def is_spare(shape: BackendShape) -> bool:
 def spare_key(backend: str) -> str:
     """The layout key of a free spare backend. ``_pool_N`` keys itself; a removed app's
     backend is keyed apart from its service name, so that the app coming back is a new
-    app (which then takes that backend first, see planner.plan_range)."""
+    app (which then takes that backend first, see planrange.plan_range)."""
     return backend if backend.startswith(SPARE_PREFIX) else SPARE_PREFIX + backend
 
 

@@ -228,6 +228,49 @@ def test_a_removed_apps_own_backend_serves_the_next_app_without_a_reload(
         assert refused(low + 1)
 
 
+def echoed_headers(port: int) -> dict[str, str]:
+    """The request headers a task saw for a request through HAProxy (lower-case names)."""
+    r = httpx.get(f"http://127.0.0.1:{port}/_echo", timeout=5,
+                  headers={"Connection": "close"})
+    r.raise_for_status()
+    return {k.lower(): v for k, v in r.json()["headers"].items()}
+
+
+def test_an_app_changing_mode_moves_into_a_spare_without_a_reload(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """TCP to HTTP and back, with real HAProxy: the app moves into a spare of its new
+    shape (its tasks first, then the port map), and its old backend returns to the pool.
+    HTTP mode is visible to the task: HAProxy adds X-Forwarded-For and -Port."""
+    low, high = free_port_range(RANGE_SIZE)
+    launch(simulator, "/moving/app", low + 4, instances=2)  # its own backend, by the start
+    daemon = Daemon(tmp_path, simulator.url, "--service-port-range", f"{low}-{high}").start()
+    with running(daemon):
+        routed(simulator, "/moving/app", low + 4)
+        before = daemon.reloads()
+        own = daemon.status(app="/moving/app")["services"][0]["backend"]
+        assert "x-forwarded-for" not in echoed_headers(low + 4)  # TCP: bytes passed through
+        r = simulator.http.put("/v2/apps/moving/app", json={"labels": HTTP},
+                               params={"force": "true"})
+        assert r.status_code == 200, r.text
+        seen = wait_for(lambda: (h := echoed_headers(low + 4)).get("x-forwarded-for") and h,
+                        30, what="HTTP mode on the app's port")
+        assert seen["x-forwarded-port"] == str(low + 4)
+        routed(simulator, "/moving/app", low + 4)
+        assert daemon.reloads() == before
+        backend = daemon.status(app="/moving/app")["services"][0]["backend"]
+        assert backend != own and backend.startswith("_pool_")
+        # Back to TCP: into its own old backend again, still without a reload.
+        r = simulator.http.put("/v2/apps/moving/app", json={"labels": {}},
+                               params={"force": "true"})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: "x-forwarded-for" not in echoed_headers(low + 4), 30,
+                 what="TCP mode on the app's port again")
+        routed(simulator, "/moving/app", low + 4)
+        assert daemon.reloads() == before
+        assert daemon.status(app="/moving/app")["services"][0]["backend"] == own
+        assert "needs a reload" not in (tmp_path / "servicerouter.log").read_text()
+
+
 def test_an_exhausted_pool_grows_by_one_reload(tmp_path: Path, simulator: Simulator) -> None:
     daemon, (low, _) = start(tmp_path, simulator, "--pool-spares", "2")
     with running(daemon):

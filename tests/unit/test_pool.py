@@ -1,4 +1,4 @@
-"""Range mode (pool.py and planner.plan_range): port map, host map, spare backends."""
+"""Range mode (pool.py and planrange.plan_range): port map, host map, spare backends."""
 
 from __future__ import annotations
 
@@ -283,10 +283,75 @@ def test_a_vhost_change_the_map_cannot_express_reloads() -> None:
     assert not p.commands and not p.layout and not p.slots  # dropped whole
 
 
-def test_a_mode_change_is_still_an_options_change() -> None:
+def test_an_options_change_moves_the_app_into_a_spare_of_its_new_shape() -> None:
+    """TCP to HTTP: the app's tasks fill an HTTP spare, then the port map points there,
+    then its old backend empties and goes back to the pool, with no reload. Clients are
+    never routed to an empty backend, and its old backend serves until the map moves."""
+    layout, table = cluster(svc("/a", 20001, tasks=2))
+    before = {n: s for n, s in layout.items() if pool.is_spare(s)}
+    after, table, commands, reload = run(layout, table, dict([svc("/a", 20001, HTTP, 2)]),
+                                         {"a_20001"})
+    assert not reload
+    spare = after["a_20001"].name
+    assert before[spare].service.options == HTTP  # a spare of the new shape
+    assert after["a_20001"].service.options == HTTP and spare not in after
+    map_at = commands.index(f"set map {PORTS} 20001 {spare}")
+    assert {c.split()[2] for c in commands[:map_at]} == {f"{spare}/s1", f"{spare}/s2"}
+    assert commands[map_at + 1:] == [
+        "set server a_20001/s1 state maint", "set server a_20001/s2 state maint",
+        "set server a_20001/s1 addr 127.0.0.1 port 1",
+        "set server a_20001/s2 addr 127.0.0.1 port 1"]
+    returned = after[pool.spare_key("a_20001")]
+    assert pool.is_spare(returned) and returned.service.options == TCP
+    assert table[pool.spare_key("a_20001")] == [None] * returned.slots
+    assert [e is not None for e in table["a_20001"][:3]] == [True, True, False]
+    assert pool.ports_map(after, S) == {"20001": spare}
+    # Back to TCP: the app takes its own old backend again.
+    again, _, commands, reload = run(after, table, dict([svc("/a", 20001, TCP, 2)]),
+                                     {"a_20001"})
+    assert not reload and again["a_20001"].name == "a_20001"
+    assert f"set map {PORTS} 20001 a_20001" in commands
+    assert pool.is_spare(again[spare]) and pool.spare_key("a_20001") not in again
+
+
+def test_an_options_change_without_a_spare_of_its_shape_reloads_and_says_why() -> None:
     layout, table = cluster(svc("/a", 20001))
-    p = plan(layout, table, dict([svc("/a", 20001, HTTP)]), {"a_20001"}, S)
+    p = plan(layout, table, dict([svc("/a", 20001, Options(balance="leastconn"))]),
+             {"a_20001"}, S)
     assert p.reload == {"a_20001": ReloadReason.OPTIONS_CHANGED}
+    assert "none is left" in p.why["a_20001"] and not p.commands and not p.layout
+    # Options no spare can take (AUTH) are an options change too, as before.
+    p = plan(layout, table, dict([svc("/a", 20001, Options(auth=("r", "u", "h")))]),
+             {"a_20001"}, S)
+    assert p.reload == {"a_20001": ReloadReason.OPTIONS_CHANGED} and not p.commands
+
+
+def test_an_app_moving_out_of_a_backend_no_spare_can_take_drops_it() -> None:
+    """An app whose old options were outside the pool (AUTH, given its backend by a
+    reload) moves into a spare; its old backend empties and leaves the layout (the next
+    reload drops it from the config)."""
+    auth = replace(HTTP, auth=("r", "u", "h"))
+    layout, table = cluster(svc("/a", 20001, auth))
+    after, table, commands, reload = run(layout, table, dict([svc("/a", 20001, HTTP)]),
+                                         {"a_20001"})
+    spare = after["a_20001"].name
+    assert not reload and commands[-2:] == [f"set map {PORTS} 20001 {spare}",
+                                            "set server a_20001/s1 state maint"]
+    assert pool.spare_key("a_20001") not in after and "a_20001" not in {
+        s.name for s in after.values()}
+
+
+def test_a_moved_app_with_an_acl_vhost_reloads_whole() -> None:
+    """A vhost with a path stays an ACL naming the backend: the move cannot be expressed
+    in the host map, so the entry is dropped whole (commands and the old backend's
+    emptying included) and reloaded."""
+    web = replace(HTTP, vhosts=("v.test",), paths=("/api",))
+    moved = replace(web, balance="source")
+    b = svc("/b", 20002, replace(HTTP, balance="source"))  # spares of the new shape
+    layout, table = cluster(svc("/a", 20001, web), b)
+    p = plan(layout, table, dict([svc("/a", 20001, moved), b]), {"a_20001"}, S)
+    assert p.reload == {"a_20001": ReloadReason.VHOST_ACL}
+    assert not p.commands and not p.layout and not p.slots
 
 
 def test_reconcile_reads_an_app_in_a_spare_under_the_spare_name() -> None:
@@ -329,3 +394,18 @@ def test_the_spares_file_gives_the_pool_back() -> None:
     assert pool.parse_spares(pool.spares_text(gone))["a_20001"] == pool.shape_of(checked)
     with pytest.raises(ValueError):
         pool.parse_spares("")
+
+
+def test_a_moved_app_takes_its_host_map_entry_along() -> None:
+    web = replace(HTTP, vhosts=("v.test",))
+    b = svc("/b", 20002, replace(HTTP, balance="source"))  # spares of the new shape
+    layout, table = cluster(svc("/a", 20001, web), b)
+    after, _, commands, reload = run(layout, table, dict(
+        [svc("/a", 20001, replace(web, balance="source")), b]), {"a_20001"})
+    spare = after["a_20001"].name
+    assert not reload and spare != "a_20001"
+    maps = [f"set map {PORTS} 20001 {spare}", f"set map {HOSTS} v.test {spare}"]
+    at = commands.index(maps[0])
+    assert commands[at:at + 2] == maps and commands[at + 2:] == [
+        "set server a_20001/s1 state maint", "set server a_20001/s1 addr 127.0.0.1 port 1"]
+    assert pool.host_routes(after, S)[0] == {"v.test": spare}

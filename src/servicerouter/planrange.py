@@ -1,0 +1,221 @@
+"""Range mode's planning (``--service-port-range``): apps, vhosts and backend shapes
+that come and go through HAProxy's maps and a pool of spare backends. Pure.
+
+:func:`.planner.plan` hands a plan to :func:`plan_range` in range mode; the slots of
+one backend are planned by :func:`.planner.plan_backend` as everywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from . import pool
+from .haproxy.render import FREE_SLOT_ADDRESS
+from .haproxy.runtime_commands import set_server_addr, set_server_state
+from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
+from .model import Endpoint, Options
+from .naming import slot_name
+from .planner import Plan, ReloadReason, plan_backend
+
+_FREE_SLOT = FREE_SLOT_ADDRESS.split(":")[0], int(FREE_SLOT_ADDRESS.split(":")[1])
+
+
+def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService],
+               dirty: Iterable[str], settings: Settings) -> Plan:
+    """:func:`.planner.plan` in range mode. A new app whose service the port map can route takes
+    a spare of its shape: slots first, then the map entries (it is never routed to an
+    empty backend). A removed one loses its map entries first, then its slots go to
+    maint and its backend returns to the pool (a spare it took, or its own backend from
+    a reload, free under :func:`pool.spare_key`). An app whose backend options change
+    (mode, balance, health check, ...) moves into a spare of its new shape: the new
+    backend's slots, then the map entry, then the old backend's slots to maint and the
+    old backend back to the pool. A vhost change is a host map change when the vhost
+    ACLs that remain stay the same; otherwise, a reload and why."""
+    result = Plan()
+    dirty = sorted(set(dirty))
+    free: dict[Options, list[BackendShape]] | None = None
+
+    def spares_of(key: Options) -> list[BackendShape]:
+        """The free spares of shape ``key``, lowest name last (gathered once a plan)."""
+        nonlocal free
+        if free is None:
+            free = {}
+            for held in layout.values():
+                if pool.is_spare(held):
+                    free.setdefault(held.service.options, []).append(held)
+            for spares in free.values():
+                spares.sort(key=lambda s: s.name, reverse=True)  # [-1] is the lowest
+        return free.setdefault(key, [])
+
+    # Per planned entry: its server commands, layout changes (None: gone) and slots, so
+    # that a vhost change the host map cannot express is dropped whole. ``late``: the
+    # commands that empty a backend an app moved out of, after the map points elsewhere.
+    commands: dict[str, list[str]] = {}
+    late: dict[str, list[str]] = {}
+    changes: dict[str, dict[str, BackendShape | None]] = {}
+    slots: dict[str, dict[str, list[Endpoint | None]]] = {}
+    vhosted: set[str] = set()  # entries whose change touches the vhost routes
+
+    def reload(name: str, reason: ReloadReason, why: str | None = None) -> None:
+        result.reload[name] = reason
+        if why:
+            result.why[name] = why
+
+    for name in dirty:
+        shape, want = layout.get(name), desired.get(name)
+        if shape is not None and pool.is_spare(shape):
+            continue  # a spare's own name is never an app's (naming.py)
+        if want is None:
+            if shape is None:
+                continue
+            if not pool.map_routed(shape, settings):  # a removed app with its own frontend
+                reload(name, ReloadReason.REMOVED_APP,
+                       f"has {pool.own_frontend(shape.service, settings)}")
+                continue
+            current = table.get(name, [])
+            changes[name] = {name: None}
+            slots[name] = {name: [None] * len(current)}  # for the log; the entry goes
+            commands[name] = _vacate(shape, current, changes[name], slots[name])
+            if shape.service.options.vhosts:
+                vhosted.add(name)
+            continue
+        svc = want.service
+        if shape is None:  # a new app
+            why = pool.own_frontend(svc, settings)
+            key = pool.shape_of(svc.options)
+            if why is not None:
+                reload(name, ReloadReason.OWN_FRONTEND, f"needs {why}")
+                continue
+            if key is None:
+                reload(name, ReloadReason.OUTSIDE_POOL, pool.outside_shapes_reason(svc))
+                continue
+            spares = spares_of(key)
+            if not spares:
+                reload(name, ReloadReason.POOL_EXHAUSTED,
+                       f"no spare backend of its shape ({svc.options.mode.value}, balance "
+                       f"{svc.options.balance}) left; the reload refills the pool")
+                continue
+            taken = _take(spares, name)
+            shape = BackendShape(taken.name, svc, taken.slots)
+            changed = plan_backend(shape, [], want.endpoints, settings.health_check)
+            if changed is None:
+                spares.append(taken)
+                reload(name, ReloadReason.CAPACITY)
+                continue
+            commands[name] = changed[0]
+            changes[name] = {pool.spare_key(taken.name): None, name: shape}
+            slots[name] = {name: changed[1]}
+            if svc.options.vhosts:
+                vhosted.add(name)
+            continue
+        entry: dict[str, BackendShape | None] = {}
+        if svc != shape.service:
+            key = pool.shape_of(svc.options)
+            routed = (pool.map_routed(shape, settings) and pool.own_frontend(svc, settings) is None
+                      and key is not None)
+            if not routed:
+                reload(name, ReloadReason.OPTIONS_CHANGED)
+                continue
+            assert key is not None
+            if key != pool.shape_of(shape.service.options):  # into a spare of the new shape
+                spares = spares_of(key)
+                if not spares:
+                    reload(name, ReloadReason.OPTIONS_CHANGED,
+                           f"its new options ({svc.options.mode.value}, balance "
+                           f"{svc.options.balance}) need a spare backend of that shape, and "
+                           "none is left; the reload refills the pool")
+                    continue
+                taken = _take(spares, name)
+                moved = BackendShape(taken.name, svc, taken.slots)
+                changed = plan_backend(moved, [], want.endpoints, settings.health_check)
+                if changed is None:
+                    spares.append(taken)
+                    reload(name, ReloadReason.CAPACITY)
+                    continue
+                commands[name] = changed[0]
+                changes[name] = {pool.spare_key(taken.name): None, name: moved}
+                slots[name] = {name: changed[1]}
+                late[name] = _vacate(shape, table.get(name, []), changes[name], slots[name])
+                if svc.options.vhosts or shape.service.options.vhosts:
+                    vhosted.add(name)
+                continue
+            shape = BackendShape(shape.name, svc, shape.slots)  # only vhosts or weight differ
+            entry[name] = shape
+            vhosted.add(name)
+        changed = plan_backend(shape, table.get(name, []), want.endpoints,
+                               settings.health_check)
+        if changed is None:
+            reload(name, ReloadReason.CAPACITY)
+            vhosted.discard(name)
+            continue
+        commands[name], slots[name], changes[name] = changed[0], {}, entry
+        if changed[0]:
+            slots[name][name] = changed[1]
+            if len(changed[1]) > shape.slots:
+                result.grown[name] = len(changed[1])
+
+    hosts_before: dict[str, str] = {}
+    hosts_after: dict[str, str] = {}
+    if vhosted:  # costs a pass over the vhost routes; only when a vhost changes
+        after = dict(layout)
+        for entry_changes in changes.values():
+            for changed_name, value in entry_changes.items():
+                if value is None:
+                    after.pop(changed_name, None)
+                else:
+                    after[changed_name] = value
+        hosts_before, acl_before = pool.host_routes(layout, settings)
+        hosts_after, acl_after = pool.host_routes(after, settings)
+        if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
+            for name in sorted(vhosted):
+                reload(name, ReloadReason.VHOST_ACL,
+                       "a vhost change the host map cannot express (a path, a wildcard, or "
+                       "a host another app names too)")
+                del commands[name], changes[name], slots[name]
+                late.pop(name, None)
+                result.grown.pop(name, None)
+            hosts_after = hosts_before
+    # The port map changes only where the layout does: compare just those entries.
+    touched: dict[str, BackendShape | None] = {}
+    for entry_changes in changes.values():
+        touched.update(entry_changes)
+    ports_before = pool.ports_map({k: s for k in touched if (s := layout.get(k)) is not None},
+                                  settings)
+    ports_after = pool.ports_map({k: s for k, s in touched.items() if s is not None}, settings)
+    first_p, last_p = pool.map_diff(pool.map_path(settings, pool.PORTS_MAP), ports_before,
+                                    ports_after)
+    first_h, last_h = pool.map_diff(pool.map_path(settings, pool.HOSTS_MAP), hosts_before,
+                                    hosts_after)
+    result.commands = [*first_p, *first_h, *(c for n in commands for c in commands[n]),
+                       *last_p, *last_h, *(c for n in late for c in late[n])]
+    for entry_slots in slots.values():
+        result.slots.update(entry_slots)
+    for entry_changes in changes.values():
+        result.layout.update(entry_changes)
+    return result
+
+
+def _take(spares: list[BackendShape], name: str) -> BackendShape:
+    """The spare ``name`` takes: its own old backend if it is free (a re-created app, or
+    one whose options came back), else the lowest."""
+    own = [s for s in spares if s.name == name]
+    taken = own[0] if own else spares[-1]
+    spares.remove(taken)
+    return taken
+
+
+def _vacate(shape: BackendShape, current: Sequence[Endpoint | None],
+            changes: dict[str, BackendShape | None],
+            slots: dict[str, list[Endpoint | None]]) -> list[str]:
+    """The commands that empty ``shape``'s backend, which no app's map entry names any
+    more: its servers to maint, and, when a spare can take its options, their addresses
+    cleared and the backend back to the pool (recorded in ``changes`` and ``slots``)."""
+    held = [i for i, e in enumerate(current) if e is not None]
+    commands = [set_server_state(shape.name, slot_name(i + 1), "maint") for i in held]
+    back = pool.shape_of(shape.service.options)
+    if back is not None:
+        commands += [set_server_addr(shape.name, slot_name(i + 1), *_FREE_SLOT) for i in held]
+        returned = pool.spare_key(shape.name)
+        changes[returned] = pool.spare(shape.name, back, shape.slots)
+        slots[returned] = [None] * shape.slots
+    return commands
