@@ -390,12 +390,19 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
     args = ("--service-port-range", f"{low}-{high}")
     with running(haproxy):
         launch(simulator, "/kept/old", low + 1)
+        launch(simulator, "/kept/moved", low + 4)
         first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
         with running(first):
             first.start()
             routed(simulator, "/kept/old", low + 1)
             launch(simulator, "/kept/spare", low + 2, instances=2)  # lives in a spare
             routed(simulator, "/kept/spare", low + 2)
+            # Into an HTTP spare, its own TCP backend back to the pool.
+            r = simulator.http.put("/v2/apps/kept/moved", json={"labels": HTTP},
+                                   params={"force": "true"})
+            assert r.status_code == 200, r.text
+            wait_for(lambda: "x-forwarded-for" in echoed_headers(low + 4), 30,
+                     what="/kept/moved in HTTP mode")
             # Its own backend (from the first config) goes back to the pool, and into
             # spares.json, so the next daemon adopts it as a spare.
             simulator.delete_app("/kept/old")
@@ -412,9 +419,18 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             routed(simulator, "/kept/new", low + 3)
             launch(simulator, "/kept/old", low + 1)  # back: into its own old backend
             routed(simulator, "/kept/old", low + 1)
+            routed(simulator, "/kept/moved", low + 4)
+            assert "x-forwarded-for" in echoed_headers(low + 4)
+            r = simulator.http.put("/v2/apps/kept/moved", json={"labels": {}},
+                                   params={"force": "true"})
+            assert r.status_code == 200, r.text
+            wait_for(lambda: "x-forwarded-for" not in echoed_headers(low + 4), 30,
+                     what="/kept/moved back in TCP mode")
+            routed(simulator, "/kept/moved", low + 4)
             assert haproxy.reloads() == reloads_before
             ports = (tmp_path / "haproxy.cfg.d" / "ports.map").read_text()
             assert f"{low + 1} kept_old_{low + 1}\n" in ports
+            assert f"{low + 4} kept_moved_{low + 4}\n" in ports  # its own backend again
 
 
 def oneshot(command: str, sim: Simulator, tmp: Path, low: int, high: int, *extra: str
