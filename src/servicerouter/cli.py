@@ -261,8 +261,8 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                    help="HAProxy logs to this syslog socket (marathon-lb: /dev/log); "
                         "default: no HAProxy logging")
     g.add_argument("--min-serv-port-ip-per-task", type=_port, default=10050, metavar="PORT",
-                   help="IP-per-task apps without a service port get one from this range "
-                        "(default %(default)s; 0 = off)")
+                   help="IP-per-task apps without a service port get one from this range; "
+                        "0 = off (default %(default)s)")
     g.add_argument("--max-serv-port-ip-per-task", type=_port, default=10100, metavar="PORT",
                    help="upper end of that range (default %(default)s)")
     g.add_argument("--app-id-port", type=_port, default=0,

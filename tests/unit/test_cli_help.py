@@ -49,6 +49,9 @@ def test_help_shows_the_default_in_force(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "[env SERVICEROUTER_GROUP, default every app]" in text
     assert "[env SERVICEROUTER_NO_VERIFY_TLS, default off]" in text
     assert "%(default)" not in text
+    # What a help said beside its default stays (it read "(default 10050; 0 = off)",
+    # and the whole parenthesis went with the default).
+    assert "get one from this range; 0 = off [env" in text
     for line in text.splitlines():  # no half-removed "(default %(default)s)"
         assert line.count("(") == line.count(")"), line
 
