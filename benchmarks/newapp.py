@@ -7,6 +7,11 @@ admin socket where the new app's task address is a ready server and, in range mo
 ``ports.map`` routes its service port to that backend. Without the range the server
 exists only in the worker the reload started, so the same poll sees the reload path.
 New apps are 1.2 s apart, so ``--min-reload-interval`` (1 s) never holds one back.
+
+Then a few of the new apps change their backend options (``HAPROXY_0_MODE`` tcp to
+http), which Marathon deploys as a new task: latency = from the PUT to the first poll
+where that new task is a ready server of the backend its port routes to. In range mode
+the app moves into a spare of its new shape; without the range it is a reload.
 """
 
 from __future__ import annotations
@@ -29,10 +34,16 @@ def _app(app_id: str, port: int) -> dict[str, Any]:
             "portDefinitions": [{"port": port, "protocol": "tcp"}], "labels": {}}
 
 
-def _task_address(sim: Simulator, app_id: str) -> tuple[str, int] | None:
+def _tasks(sim: Simulator, app_id: str) -> list[dict[str, Any]]:
     r = sim.http.get(f"/v2/apps{app_id}", params={"embed": "app.tasks"})
     tasks = r.json()["app"].get("tasks", []) if r.status_code == 200 else []
-    running = [t for t in tasks if t.get("state") == "TASK_RUNNING" and t.get("ports")]
+    return [t for t in tasks if t.get("state") == "TASK_RUNNING" and t.get("ports")]
+
+
+def _task_address(sim: Simulator, app_id: str, old: frozenset[str] = frozenset()
+                  ) -> tuple[str, int] | None:
+    """A running task's address, of a task not in ``old`` (ids)."""
+    running = [t for t in _tasks(sim, app_id) if t["id"] not in old]
     return (running[0]["host"], int(running[0]["ports"][0])) if running else None
 
 
@@ -59,7 +70,8 @@ async def _routed(client: RuntimeClient, app_id: str, addr: tuple[str, int], por
     return any((s.addr, s.port) == addr and s.ready for s in servers)
 
 
-def _measure(ctx: Context, ranged: bool, size: int, count: int) -> dict[str, Any]:
+def _measure(ctx: Context, ranged: bool, size: int, count: int, changes: int
+             ) -> dict[str, dict[str, Any]]:
     low, high = free_port_range(size + count + 2)
     tmp = ctx.dir(f"newapp-{'range' if ranged else 'reload'}-{size}")
     apps = [_app(f"/bench/old{i}", low + 1 + i) for i in range(size)]
@@ -86,25 +98,66 @@ def _measure(ctx: Context, ranged: bool, size: int, count: int) -> dict[str, Any
                 time.sleep(0.002)
             time.sleep(GAP)
         reloads = daemon.reloads() - before
+        before = daemon.reloads()
+        changed = _change_options(sim, client, ports_map, low + 1 + size, changes)
+        change_reloads = daemon.reloads() - before
     finally:
         daemon.stop()
         sim.stop()
-    return {"mode": "range" if ranged else "reload path", "apps before": size,
-            "new apps": count, "routed": len(latencies),
-            "p50 ms": percentile(latencies, 50) if latencies else float("nan"),
-            "p99 ms": percentile(latencies, 99) if latencies else float("nan"),
-            "max ms": max(latencies, default=float("nan")), "HAProxy reloads": reloads}
+    mode = "range" if ranged else "reload path"
+    return {"new": {"mode": mode, "apps before": size, "new apps": count,
+                    "routed": len(latencies), **_spread(latencies),
+                    "HAProxy reloads": reloads},
+            "changed": {"mode": mode, "apps before": size, "option changes": changes,
+                        "routed": len(changed), **_spread(changed),
+                        "HAProxy reloads": change_reloads}}
+
+
+def _spread(latencies: list[float]) -> dict[str, float]:
+    nan = float("nan")
+    return {"p50 ms": percentile(latencies, 50) if latencies else nan,
+            "p99 ms": percentile(latencies, 99) if latencies else nan,
+            "max ms": max(latencies, default=nan)}
+
+
+def _change_options(sim: Simulator, client: RuntimeClient, ports_map: str | None,
+                    first_port: int, count: int) -> list[float]:
+    """PUT ``HAPROXY_0_MODE=http`` on ``/bench/new0``.. and time each until its new task
+    is ready where its port routes (ms each)."""
+    latencies = []
+    for i in range(count):
+        app_id, port = f"/bench/new{i}", first_port + i
+        old = frozenset(t["id"] for t in _tasks(sim, app_id))
+        started = time.perf_counter()
+        sim.http.put(f"/v2/apps{app_id}", json={"labels": {"HAPROXY_0_MODE": "http"}},
+                     params={"force": "true"}).raise_for_status()
+        addr = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            addr = addr or _task_address(sim, app_id, old)
+            if addr and asyncio.run(_routed(client, app_id, addr, port, ports_map)):
+                latencies.append(1000 * (time.perf_counter() - started))
+                break
+            time.sleep(0.002)
+        time.sleep(GAP)
+    return latencies
 
 
 def run(ctx: Context) -> list[Table]:
     table = Table("newapp", "New app → routed, with and without --service-port-range",
                   ["mode", "apps before", "new apps", "routed", "p50 ms", "p99 ms", "max ms",
                    "HAProxy reloads"])
+    changed = Table("optionchange", "An app's backend options change (tcp → http) → its "
+                    "new task routed, with and without --service-port-range",
+                    ["mode", "apps before", "option changes", "routed", "p50 ms", "p99 ms",
+                     "max ms", "HAProxy reloads"])
     raise_nofile()  # 10,000 frontends (and the range's 10,022 ports) are file descriptors
-    sizes, count = ((0, 10), 3) if ctx.quick else ((0, 1000, 10000), 20)
+    sizes, count, changes = ((0, 10), 3, 2) if ctx.quick else ((0, 1000, 10000), 20, 5)
     for size in sizes:
         for ranged in (True, False):
-            table.rows.append(_measure(ctx, ranged, size, count))
+            rows = _measure(ctx, ranged, size, count, changes)
+            table.rows.append(rows["new"])
+            changed.rows.append(rows["changed"])
     table.notes.append(
         "Fake tasks (--executor none, no health checks); the latency includes the "
         "simulator starting the task and the poll (every ~2 ms: the port's map entry and "
@@ -112,4 +165,9 @@ def run(ctx: Context) -> list[Table]:
         "default pool "
         "(--pool-spares 8), so the 9th new app of a size finds the pool empty and reloads "
         "once; that reload is in the p99 and max.")
-    return [table]
+    changed.notes.append(
+        "After the new apps, the first of them change HAPROXY_0_MODE to http, one at a "
+        "time, 1.2 s apart; Marathon (the simulator) deploys each as a new task. Range mode "
+        "moves the app into an HTTP spare (the default pool has 8) and its old backend "
+        "back to the pool; without the range each change is a reload.")
+    return [table, changed]

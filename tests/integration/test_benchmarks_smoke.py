@@ -26,7 +26,9 @@ EXPECTED = {
                                     "lag to last p99 ms"]},
     "slots": {"slots": ["min free", "increment", "slots", "haproxy -c ms", "worker RSS MB"]},
     "newapp": {"newapp": ["mode", "apps before", "routed", "p50 ms", "p99 ms",
-                          "HAProxy reloads"]},
+                          "HAProxy reloads"],
+               "optionchange": ["mode", "apps before", "option changes", "routed", "p50 ms",
+                                "HAProxy reloads"]},
     "vhosts": {"vhosts": ["vhosts", "routing", "host", "p50 ms", "p99 ms"]},
     "zeroloss_range": {"zeroloss_range": ["strategy", "phase", "requests", "failed",
                                           "reloads"]},
@@ -55,3 +57,7 @@ def test_benchmark_runs_and_reports(name: str, tmp_path: Path) -> None:
         assert table.markdown().startswith("### ")
     if name == "zeroloss_range":  # the point of the range mode: a new app, no reload
         assert [row["reloads"] for row in got[name].rows] == [0], got[name].rows
+    if name == "newapp":  # every option change routed; in range mode without a reload
+        rows = got["optionchange"].rows
+        assert all(r["routed"] == r["option changes"] for r in rows), rows
+        assert [r["HAProxy reloads"] for r in rows if r["mode"] == "range"] == [0, 0], rows
