@@ -297,11 +297,12 @@ class ClusterState:
         return self._regroup(app_id)
 
     def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
-        """After ``app_id`` changed or left: its deployment group membership, then the
-        app itself and every group it left or joined, refreshed; then the apps naming
-        ``app_id`` as their group, judged again (once: whether an app may join depends
-        on its labels and those of the app with the group's id only, never on another
-        app's membership, so apps naming each other cannot recurse without end)."""
+        """After ``app_id`` changed or left: its deployment group membership (judged by
+        :meth:`~.deployment_groups.DeploymentGroups.rejudge`), then the app itself and
+        every group it left or joined, refreshed; then the apps naming ``app_id`` as
+        their group, judged again (once: whether an app may join depends on its labels
+        and those of the app with the group's id only, never on another app's
+        membership, so apps naming each other cannot recurse without end)."""
         if not self._groups.concerns(app_id, judge_claimants):
             return self._refresh(app_id)  # no group before or now (a full sync: most apps)
         joined, touched = self._groups.rejudge(app_id)
