@@ -103,21 +103,22 @@ class DeploymentGroups:
             else:
                 del inside[folder]
 
-    def _may_have_claimants(self, app_id: str) -> bool:
-        """Whether an app may name ``app_id``, or a folder above it, as its group."""
-        m, b = self._members, self._blocked
-        if not m and not b:
-            return False
-        return app_id in m or app_id in b or any(f in m or f in b for f in _folders(app_id))
-
     def concerns(self, app_id: str, judge_claimants: bool = True) -> bool:
         """Whether a change of ``app_id`` may change a group: it names one now, was a
         member or refused, or (``judge_claimants``) it or a folder above it is named.
         False for an app with no group before or now (a full sync: most apps)."""
         app = self._apps.get(app_id)
-        return not ((app is None or GROUP not in app.labels) and app_id not in self._group_of
-                    and app_id not in self._deploy_problem and app_id not in self._blocked_on
-                    and not (judge_claimants and self._may_have_claimants(app_id)))
+        if (app is not None and GROUP in app.labels) or app_id in self._group_of \
+                or app_id in self._deploy_problem or app_id in self._blocked_on:
+            return True
+        if not judge_claimants:
+            return False
+        # Whether an app may name app_id, or a folder above it, as its group (inline:
+        # every app of a full sync asks).
+        m, b = self._members, self._blocked
+        if not m and not b:
+            return False
+        return app_id in m or app_id in b or any(f in m or f in b for f in _folders(app_id))
 
     def rejudge(self, app_id: str) -> tuple[str | None, set[str]]:
         """After ``app_id`` changed or left: its deployment group membership judged
