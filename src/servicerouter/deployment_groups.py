@@ -37,8 +37,10 @@ def _folders(app_id: str) -> Iterator[str]:
 class DeploymentGroups:
     """Who is in which deployment group, who is refused, and each group's merge.
 
-    ``apps`` is the state's own dict of Marathon apps (read here, never written): the
-    state changes it, then calls :meth:`count_inside` and :meth:`rejudge`."""
+    ``apps`` is the state's own dict of Marathon apps, read here and never written. As
+    an app comes, changes or goes the state calls :meth:`count_inside` (came or went),
+    then :meth:`concerns`; if it does, :meth:`rejudge`, :meth:`remerge` of the groups
+    touched and :meth:`claimants_to_judge`. The rest answers questions."""
 
     def __init__(self, apps: Mapping[str, App]) -> None:
         self._apps = apps
