@@ -8,7 +8,7 @@ grows with the app it touches, not with the cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from .admission import (
@@ -18,7 +18,7 @@ from .admission import (
     vhost_owner,
 )
 from .claims import Claims
-from .deployments import GROUP, Deployment, DeploymentError, age, deployment_of, merge
+from .deployment_groups import DeploymentGroups, group_in_labels
 from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
@@ -40,25 +40,6 @@ log = logging.getLogger("servicerouter.state")
 
 # Admission outcomes decided by an app's tasks rather than its definition.
 TASK_REASONS = frozenset({"task_port", "too_many_servers"})
-
-
-def _group_in_labels(app: App) -> str | None:
-    """The deployment group ``app``'s labels validly name (it joins it unless it is
-    another app's id), or None."""
-    try:
-        deployment = deployment_of(app)
-    except DeploymentError:
-        return None
-    return deployment.group if deployment else None
-
-
-def _folders(app_id: str) -> Iterator[str]:
-    """The Marathon groups above an app: "/a", "/a/b" for "/a/b/c"."""
-    path = "/" + app_id.strip("/")
-    i = path.find("/", 1)
-    while i > 0:
-        yield path[:i]
-        i = path.find("/", i + 1)
 
 
 class ClusterState:
@@ -93,17 +74,8 @@ class ClusterState:
         self._certs = Claims()
         self._shared_certs: set[str] = set()
         self._freed_certs: set[str] = set()
-        # Blue/green (deployments.py): app id -> its deployment group, group -> its
-        # members and the app they are routed as; apps whose labels were refused.
-        self._group_of: dict[str, str] = {}
-        self._members: dict[str, dict[str, Deployment]] = {}
-        self._merged: dict[str, App] = {}
-        self._deploy_problem: dict[str, Problem] = {}
-        # Group -> the apps refused only because its id or folder is a live app's (judged
-        # again as that changes), and app -> that group: looked up, never scanned.
-        self._blocked: dict[str, set[str]] = {}
-        self._blocked_on: dict[str, str] = {}
-        self._inside: dict[str, int] = {}  # folder ("/shop") -> live apps under it
+        # Blue/green: who is in which HAPROXY_DEPLOYMENT_GROUP, routed as what.
+        self._groups = DeploymentGroups(self.apps)
         # What a _refresh(wake=False) let go, offered to the apps waiting for it later.
         self._deferred: tuple[set[int], set[str], set[str]] = (set(), set(), set())
 
@@ -217,13 +189,12 @@ class ClusterState:
         """Recompute one app's desired services; return the names that changed. Without
         ``wake`` what it lets go is added to ``_deferred``, for :meth:`_wake` later."""
         old = set(self._backends.get(app_id, ()))
-        app = self.app(app_id)
+        app = self._groups.routed(app_id)  # self.app(app_id), one call less per app
         self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
         if app:
             new, problems = self._admit(app)
         else:  # gone, routed as its deployment group, or refused
-            refused = self._deploy_problem.get(app_id)
-            new, problems = {}, [refused] if refused else self._member_problems(app_id)
+            new, problems = {}, self._groups.problems(app_id)
             self._claim_ports(App(app_id), new)
             self._claim_vhosts(App(app_id), new)
             self._claim_certs(App(app_id), new)
@@ -290,8 +261,7 @@ class ClusterState:
         if not changed_certs and not changed_addrs:
             return set()
         dirty: set[str] = set()
-        for app in [*self._merged.values(),
-                    *(a for a in self.apps.values() if a.id not in self._group_of)]:
+        for app in self._groups.definitions():
             if any(s.options.ssl_cert in changed_certs or s.options.bind_address in changed_addrs
                    for s in app.services):
                 # A certificate file replaced: what HAProxy refused may load now.
@@ -307,101 +277,38 @@ class ClusterState:
         """The app routed under ``app_id``: a Marathon app, or the app a deployment group
         is routed as; None for a member of a group (routed as the group), a refused one,
         or an unknown id."""
-        if app_id in self._merged:
-            return self._merged[app_id]
-        if app_id in self._group_of or app_id in self._deploy_problem:
-            return None
-        return self.apps.get(app_id)
+        return self._groups.routed(app_id)
 
     def deployment(self, group: str) -> tuple[list[str], str] | None:
         """A deployment group's members, oldest deploy first, and the one whose
         definition is routed; None if ``group`` is not a deployment group."""
-        merged, members = self._merged.get(group), self._members.get(group)
-        if merged is None or not members:
-            return None
-        order = sorted(members, key=lambda m: age((self.apps[m], members[m])))
-        routed = next((m for m in order if self.apps[m].labels is merged.labels), order[0])
-        return order, routed
+        return self._groups.deployment(group)
 
     def set_app(self, app: App) -> set[str]:
         if app.id not in self.apps:
-            self._count_inside(app.id, 1)
+            self._groups.count_inside(app.id, 1)
         self.apps[app.id] = app
         return self._regroup(app.id)
 
     def remove_app(self, app_id: str) -> set[str]:
         if self.apps.pop(app_id, None) is None:
             return set()
-        self._count_inside(app_id, -1)
+        self._groups.count_inside(app_id, -1)
         return self._regroup(app_id)
 
-    def _count_inside(self, app_id: str, step: int) -> None:
-        inside = self._inside
-        for folder in _folders(app_id):
-            if count := inside.get(folder, 0) + step:
-                inside[folder] = count
-            else:
-                del inside[folder]
-
-    def _may_have_claimants(self, app_id: str) -> bool:
-        """Whether an app may name ``app_id``, or a folder above it, as its group."""
-        m, b = self._members, self._blocked
-        if not m and not b:
-            return False
-        return app_id in m or app_id in b or any(f in m or f in b for f in _folders(app_id))
-
     def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
-        """After ``app_id`` changed or left: its deployment group membership, then the
-        app itself and every group it left or joined, refreshed; then the apps naming
-        ``app_id`` as their group, judged again (once: whether an app may join depends
-        on its labels and those of the app with the group's id only, never on another
-        app's membership, so apps naming each other cannot recurse without end)."""
-        app = self.apps.get(app_id)
-        if (app is None or GROUP not in app.labels) and app_id not in self._group_of \
-                and app_id not in self._deploy_problem and app_id not in self._blocked_on \
-                and not (judge_claimants and self._may_have_claimants(app_id)):
+        """After ``app_id`` changed or left: its deployment group membership (judged by
+        :meth:`~.deployment_groups.DeploymentGroups.rejudge`), then the app itself and
+        every group it left or joined, refreshed; then the apps naming ``app_id`` as
+        their group, judged again (once: whether an app may join depends on its labels
+        and those of the app with the group's id only, never on another app's
+        membership, so apps naming each other cannot recurse without end)."""
+        if not self._groups.concerns(app_id, judge_claimants):
             return self._refresh(app_id)  # no group before or now (a full sync: most apps)
-        before = self._group_of.pop(app_id, None)
-        self._deploy_problem.pop(app_id, None)
-        if (blocked_on := self._blocked_on.pop(app_id, None)) is not None:
-            self._blocked[blocked_on].discard(app_id)
-            if not self._blocked[blocked_on]:
-                del self._blocked[blocked_on]
-        touched = {before} if before else set()
-        if before:
-            del self._members[before][app_id]
-        if app is not None:
-            try:
-                deployment = deployment_of(app)
-            except DeploymentError as exc:
-                deployment, self._deploy_problem[app_id] = None, exc.problem(app_id)
-            if deployment is not None:
-                owner = self.apps.get(deployment.group)
-                if owner is not None and owner.id != app_id \
-                        and _group_in_labels(owner) != deployment.group:
-                    # Routed as that app's id, the pair would take its names and ports.
-                    self._deploy_problem[app_id] = DeploymentError(
-                        "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
-                        f"is the id of app {owner.id}, which is not in the group; the app "
-                        "is left out").problem(app_id)
-                elif deployment.group in self._inside:
-                    # A Marathon group: at the root (shop, the folder of /shop/web), routed
-                    # as /shop the pair would own that tenant's hosts and certificates.
-                    self._deploy_problem[app_id] = DeploymentError(
-                        "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
-                        "is a Marathon group with live apps in it, not an app id; the app "
-                        "is left out").problem(app_id)
-                if app_id in self._deploy_problem:
-                    self._blocked_on[app_id] = deployment.group
-                    self._blocked.setdefault(deployment.group, set()).add(app_id)
-                else:
-                    self._group_of[app_id] = deployment.group
-                    self._members.setdefault(deployment.group, {})[app_id] = deployment
-                    touched.add(deployment.group)
+        joined, touched = self._groups.rejudge(app_id)
         # What the app lets go as it joins a group, the group claims before the apps
         # waiting for it (an older app of another tenant) may; what a group it left lets
         # go, the app claims first: its ports, hosts and certificates are handed over.
-        joined = self._group_of.get(app_id)
         self._deferred = (set(), set(), set())
         if joined is not None:
             dirty = self._refresh(app_id, wake=False)
@@ -414,44 +321,17 @@ class ClusterState:
             dirty |= self._refresh(app_id)
         dirty |= self._wake(app_id, *self._deferred)
         self._deferred = (set(), set(), set())
-        if judge_claimants:  # an app named as a group came, went, joined or left it, or
-            alone = int(app_id in self.apps)  # the first app in a folder came or the last
-            named = self._claimants(app_id).union(*(  # went
-                self._claimants(folder) for folder in _folders(app_id)
-                if self._inside.get(folder, 0) == alone))
-            for other in sorted(named - {app_id}):
+        if judge_claimants:
+            for other in sorted(self._groups.claimants_to_judge(app_id)):
                 dirty |= self._regroup(other, judge_claimants=False)
         return dirty
 
-    def _claimants(self, group: str) -> set[str]:
-        """The apps that name ``group`` in their labels: members, and the ones refused
-        because of another app (a refused label stays refused, whatever others do)."""
-        return set(self._members.get(group, ())) | self._blocked.get(group, set())
-
     def _refresh_group(self, group: str, wake: bool = True) -> set[str]:
-        """Route a deployment group's members again as one app (:func:`merge`)."""
-        members = self._members.get(group)
-        if members:
-            ids = sorted(members)
-            self._merged[group] = merge(group, [self.apps[i] for i in ids],
-                                        [members[i] for i in ids])
-            for member in ids:  # which member's definition is routed may have changed
-                self._report(member, self._member_problems(member))
-        else:
-            self._members.pop(group, None)
-            self._merged.pop(group, None)
+        """Route a deployment group's members again as one app
+        (:meth:`~.deployment_groups.DeploymentGroups.remerge`)."""
+        for member in self._groups.remerge(group):  # which member's definition is routed
+            self._report(member, self._groups.member_problems(member))  # may have changed
         return self._refresh(group, wake)
-
-    def _member_problems(self, app_id: str) -> list[Problem]:
-        """A group member's own problems (a label that does not parse), shown under its
-        id while another member's definition is routed: the deploy is told before its
-        definition takes over. The routed definition's show under the group's id."""
-        group = self._group_of.get(app_id)
-        merged = self._merged.get(group) if group else None
-        app = self.apps.get(app_id)
-        if app is None or merged is None or merged.labels is app.labels:
-            return []
-        return list(app.problems)
 
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``
@@ -506,7 +386,7 @@ class ClusterState:
         # Deployment groups own what they claimed as well (a group is routed as one app);
         # only groups that can form: a refused label would hold a departed app's ports
         # with no one to let them go.
-        fresh = {**fresh, **{g: app for app in fresh.values() if (g := _group_in_labels(app))}}
+        fresh = {**fresh, **{g: app for app in fresh.values() if (g := group_in_labels(app))}}
         for port, app_id in prior.ports.items():
             if app_id in fresh and port not in self._port_owner:
                 self._port_owner[port] = app_id
@@ -540,7 +420,7 @@ class ClusterState:
         if endpoint_state(task, app.has_health_checks, check) is None and (
                 previous is None
                 or endpoint_state(previous, app.has_health_checks, check) is None) \
-                and app.id not in self._group_of:  # a member's old tasks count in the drain
+                and not self._groups.group_of(app.id):  # a member's old tasks count in the drain
             self.apps[app.id] = changed  # routed neither before nor now (staging,
             return set()  # starting, unhealthy): no endpoint can change
         return self._retask(changed, one)
@@ -564,9 +444,9 @@ class ClusterState:
         that task changed, so each service's endpoints are edited in place of being
         rebuilt from every task (:func:`~.model.edit_endpoints`; the same tuple)."""
         self.apps[app.id] = app
-        if app.id in self._group_of:  # which old tasks drain depends on every member
-            return self._refresh_group(self._group_of[app.id])
-        if app.id in self._deploy_problem:
+        if (group := self._groups.group_of(app.id)) is not None:  # which old tasks
+            return self._refresh_group(group)  # drain depends on every member
+        if self._groups.refused(app.id):
             return set()
         if any(p.reason in TASK_REASONS for p in self.problems.get(app.id, ())):
             return self._refresh(app.id)

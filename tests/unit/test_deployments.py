@@ -311,10 +311,10 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
         assert {h: k for h, (k, _) in s.owners().hosts.items()} == \
             {h: k for h, (k, _) in fresh.owners().hosts.items()}, step
         assert all(s.app(d.service.app_id) for d in s.desired.values()), step  # guard.py
-        assert s._inside == fresh._inside, step
-        assert (s._group_of, s._members, s._merged, s._deploy_problem, s._blocked) == \
-            (fresh._group_of, fresh._members, fresh._merged, fresh._deploy_problem,
-             fresh._blocked), step
+        g, f = s._groups, fresh._groups
+        assert g._inside == f._inside, step
+        assert (g._group_of, g._members, g._merged, g._deploy_problem, g._blocked) == \
+            (f._group_of, f._members, f._merged, f._deploy_problem, f._blocked), step
 
 
 def test_a_refused_group_label_holds_no_port_of_the_prior_owners() -> None:
@@ -392,11 +392,11 @@ def test_a_groups_frontend_that_failed_to_bind_is_tried_again_at_a_full_sync() -
 
 def _counting_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the apps whose deployment labels ClusterState reads from now on."""
-    import servicerouter.state as state_module
+    import servicerouter.deployment_groups as groups_module
 
     parsed: list[str] = []
-    real = state_module.deployment_of
-    monkeypatch.setattr(state_module, "deployment_of",
+    real = groups_module.deployment_of
+    monkeypatch.setattr(groups_module, "deployment_of",
                         lambda a: parsed.append(a.id) or real(a))
     return parsed
 
