@@ -11,15 +11,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from .admission import (
-    Facts,
-    check_service,
-    port_label,
-    vhost_owner,
-)
-from .claims import Claims
+from .admission import Facts, check_service
 from .deployment_groups import DeploymentGroups, group_in_labels
-from .hostclaims import HostClaims
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
     App,
@@ -35,6 +28,7 @@ from .model import (
     valid_port,
 )
 from .owners import Owners
+from .ownership import Freed, Ownership
 
 log = logging.getLogger("servicerouter.state")
 
@@ -49,98 +43,18 @@ class ClusterState:
         self.desired: dict[str, DesiredService] = {}
         self.facts = Facts()
         self._backends: dict[str, tuple[str, ...]] = {}  # app id -> backend names
-        # One port, one app: HAProxy binds with SO_REUSEPORT, so two frontends on
-        # a port would silently split its connections between two apps.
-        self._port_owner: dict[int, str] = {}
-        self._ports_of: dict[str, set[int]] = {}
-        self._waiting: dict[int, set[str]] = {}  # port -> apps refused it
-        # One virtual host, one owner (a top-level group, or an app: --vhost-policy);
-        # one host and path, one service. Kept while a holder still claims it.
-        self._hosts = HostClaims(self._claim_order)
+        # Who holds which service port, virtual host and certificate file, who waits.
+        self._ownership = Ownership(settings, self._claim_order)
         # backend -> (service as rendered, problem): left out after HAProxy refused it;
         # let back in when the app's definition of that service changes.
         self.excluded: dict[str, tuple[Service, Problem]] = {}
         # app id -> its services left out (or capped), and why: shown in /status
         self.problems: dict[str, tuple[Problem, ...]] = {}
-        self._freed_ports: set[int] = set()  # set by the claims of the last _refresh
-        self._freed_hosts: set[str] = set()
         self._retrying: set[Problem] = set()  # bind failures a full sync is trying again
-        # Bumped whenever a port or host changes owner (kept on disk: owners.py), and who
-        # owned what before this process: claimed again first at the first full sync.
-        self.owners_version = 0
-        self._prior: Owners | None = None
-        # Certificate file (resolved) -> its owner, like hosts (claims.py); not the files
-        # the operator lists in --ssl-certs, which are everyone's.
-        self._certs = Claims()
-        self._shared_certs: set[str] = set()
-        self._freed_certs: set[str] = set()
         # Blue/green: who is in which HAPROXY_DEPLOYMENT_GROUP, routed as what.
         self._groups = DeploymentGroups(self.apps)
         # What a _refresh(wake=False) let go, offered to the apps waiting for it later.
-        self._deferred: tuple[set[int], set[str], set[str]] = (set(), set(), set())
-
-    def _claim_ports(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
-        """Drop services whose port another app holds; return the problems."""
-        app_id = app.id
-        kept: set[int] = set()
-        problems = []
-        for name, d in sorted(new.items()):
-            port = d.service.port
-            owner = self._port_owner.get(port, app_id)
-            if owner != app_id:
-                del new[name]
-                self._waiting.setdefault(port, set()).add(app_id)
-                problems.append(Problem(
-                    app_id, d.service.index, "port_taken", port_label(app, d.service.index),
-                    str(port), f"is already bound by app {owner}; "
-                    "service skipped until the port is free"))
-                continue
-            if port not in self._port_owner:
-                self._port_owner[port] = app_id
-                self.owners_version += 1
-            kept.add(port)
-        freed = self._ports_of.get(app_id, set()) - kept
-        if kept:
-            self._ports_of[app_id] = kept
-        else:
-            self._ports_of.pop(app_id, None)
-        for port in freed:
-            del self._port_owner[port]
-            self.owners_version += 1
-        self._freed_ports = freed
-        return problems
-
-    def _claim_vhosts(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
-        """Drop services naming a host (or host and path) another owner holds."""
-        policy, version = self.settings.vhost_policy, self._hosts.version
-        problems, self._freed_hosts = self._hosts.claim(
-            app.id, vhost_owner(app.id, policy), "group" if policy == "group" else "app", new)
-        self.owners_version += self._hosts.version != version
-        return problems
-
-    def _claim_certs(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
-        """Drop services naming a certificate file another owner holds."""
-        key = vhost_owner(app.id, self.settings.vhost_policy)
-        if key is None or (app.id not in self._certs.held_by
-                           and not any(d.service.options.ssl_cert for d in new.values())):
-            return []  # names none, held none (most apps)
-        wanted = {c for d in new.values() if (c := d.service.options.ssl_cert)
-                  and c not in self._shared_certs}
-        version = self._certs.version
-        refused, self._freed_certs = self._certs.update(app.id, key, wanted)
-        self.owners_version += self._certs.version != version
-        kind = "group" if self.settings.vhost_policy == "group" else "app"
-        problems = []
-        for name, d in sorted(new.items()):
-            cert = d.service.options.ssl_cert
-            if cert in refused:
-                del new[name]
-                owner, first = refused[cert]
-                problems.append(Problem(
-                    app.id, d.service.index, "ssl_cert", f"HAPROXY_{d.service.index}_SSL_CERT",
-                    cert, f"is the certificate of {kind} {owner} (app {first} named it "
-                    "first); service left out, others applied"))
-        return problems
+        self._deferred: Freed = (set(), set(), set())
 
     def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
         """One app's services as admitted: checked, owned, not excluded by HAProxy."""
@@ -159,9 +73,7 @@ class ClusterState:
                 del new[name]
             else:
                 new[name] = admitted
-        problems += self._claim_ports(app, new)
-        problems += self._claim_vhosts(app, new)
-        problems += self._claim_certs(app, new)
+        problems += self._ownership.claim(app, new)
         for name, d in list(new.items()):
             held = self.excluded.get(name)
             if held is None:
@@ -190,19 +102,15 @@ class ClusterState:
         ``wake`` what it lets go is added to ``_deferred``, for :meth:`_wake` later."""
         old = set(self._backends.get(app_id, ()))
         app = self._groups.routed(app_id)  # self.app(app_id), one call less per app
-        self._freed_ports, self._freed_hosts, self._freed_certs = set(), set(), set()
         if app:
             new, problems = self._admit(app)
         else:  # gone, routed as its deployment group, or refused
             new, problems = {}, self._groups.problems(app_id)
-            self._claim_ports(App(app_id), new)
-            self._claim_vhosts(App(app_id), new)
-            self._claim_certs(App(app_id), new)
+            self._ownership.release(app_id)
             for name in old:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)
-        freed_ports, freed_hosts, freed_certs = \
-            self._freed_ports, self._freed_hosts, self._freed_certs
+        freed_ports, freed_hosts, freed_certs = self._ownership.freed
         dirty = {n for n in old if n not in new} if old else set()
         for n in dirty:
             self.desired.pop(n, None)
@@ -229,9 +137,7 @@ class ClusterState:
               freed_certs: set[str]) -> set[str]:
         """The apps refused what was let go: they may have it now."""
         dirty: set[str] = set()
-        waiters = {w for port in freed_ports for w in self._waiting.pop(port, ())}
-        waiters |= self._certs.waiters(freed_certs)
-        waiters |= self._hosts.waiters(freed_hosts)
+        waiters = self._ownership.waiters(freed_ports, freed_hosts, freed_certs)
         for waiter in sorted(waiters - {app_id}, key=self._claim_order):
             if self.app(waiter) is not None:
                 dirty |= self._refresh(waiter)
@@ -255,7 +161,8 @@ class ClusterState:
     def set_facts(self, facts: Facts) -> set[str]:
         """New host facts (merged over the old); re-admit the apps whose facts changed."""
         old, self.facts = self.facts, self.facts.merged(facts)
-        self._shared_certs = {f.path for f in self.facts.certs.values() if f.shared and f.path}
+        self._ownership.share_certs(
+            {f.path for f in self.facts.certs.values() if f.shared and f.path})
         changed_certs = {k for k, v in self.facts.certs.items() if old.certs.get(k) != v}
         changed_addrs = {k for k, v in self.facts.addresses.items() if old.addresses.get(k) != v}
         if not changed_certs and not changed_addrs:
@@ -338,9 +245,15 @@ class ClusterState:
         (apps that failed to parse this time), which keep their last good state."""
         # New apps claim ports and hosts oldest definition first, not in payload order.
         fresh = {a.id: a for a in sorted(apps, key=lambda a: (a.version, a.id))}
-        if self._prior is not None:
-            self._seed(self._prior, fresh)
-            self._prior = None
+        if self._ownership.restoring():
+            # Who owned what before this process is handed back at the first sync only
+            # (later, the claims in memory are the newer truth), to the apps still in
+            # Marathon and to the deployment groups that can form (a group is routed as
+            # one app; a refused label would hold a departed app's ports with no one to
+            # let them go).
+            alive = None if self.apps else \
+                {*fresh, *(g for app in fresh.values() if (g := group_in_labels(app)))}
+            self._ownership.seed(alive)
         keep = set(keep)
         dirty: set[str] = set()
         # A frontend address that failed to bind gets another try at each full sync
@@ -360,44 +273,24 @@ class ClusterState:
                 dirty |= self.set_app(app)
         return dirty
 
+    @property
+    def owners_version(self) -> int:
+        """Bumped whenever a port, host or certificate file changes owner (owners.py)."""
+        return self._ownership.version
+
     def owners(self) -> Owners:
-        """Who owns each service port and virtual host now (for owners.py)."""
-        return Owners(dict(self._port_owner), dict(self._hosts.owner), dict(self._certs.owner))
+        """Who owns each service port, virtual host and certificate file now (owners.py)."""
+        return self._ownership.owners()
 
     def held_ports(self) -> Mapping[int, str]:
         """Port → the app holding it, as the next claims will see it (before the first
         full sync, who held it before this process): portassign keeps those ports."""
-        if not self.apps and self._prior is not None:
-            return {**self._prior.ports, **self._port_owner}
-        return self._port_owner
+        return self._ownership.held_ports(with_prior=not self.apps)
 
     def restore_owners(self, owners: Owners) -> None:
         """Who owned ports and hosts before this process: at the first full sync they
         are theirs again if they still claim them, whatever their definitions' age."""
-        self._prior = owners
-
-    def _seed(self, prior: Owners, fresh: dict[str, App]) -> None:
-        """Hand the prior owners that are still in Marathon what they held, before any
-        app claims; one that no longer claims it lets go when its turn comes (the apps
-        refused meanwhile are then looked at again)."""
-        if self.apps:
-            return  # not the first sync: the claims in memory are the newer truth
-        policy = self.settings.vhost_policy
-        # Deployment groups own what they claimed as well (a group is routed as one app);
-        # only groups that can form: a refused label would hold a departed app's ports
-        # with no one to let them go.
-        fresh = {**fresh, **{g: app for app in fresh.values() if (g := group_in_labels(app))}}
-        for port, app_id in prior.ports.items():
-            if app_id in fresh and port not in self._port_owner:
-                self._port_owner[port] = app_id
-                self._ports_of.setdefault(app_id, set()).add(port)
-        for host, (key, app_id) in prior.hosts.items():
-            # An owner under another --vhost-policy than now is no owner now.
-            if app_id in fresh and vhost_owner(app_id, policy) == key:
-                self._hosts.seed(host, key, app_id)
-        for cert, (key, app_id) in prior.certs.items():
-            if app_id in fresh and vhost_owner(app_id, policy) == key:
-                self._certs.seed(cert, key, app_id)
+        self._ownership.restore(owners)
 
     def update_task(self, task: Task) -> set[str]:
         """Add or replace one task of a known app (the event fast path)."""

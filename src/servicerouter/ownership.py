@@ -1,0 +1,187 @@
+"""Who holds which service port, virtual host and certificate file, who waits for
+one, and who held them before this process.
+
+First come, first served: an app that names what another owner holds is refused it
+until it is let go, and is then offered it again. The rules for hosts and
+certificate files are :mod:`.hostclaims` and :mod:`.claims` (pure); service ports
+are kept here. :mod:`.owners` writes the owners to disk, and they are handed back at
+the first full sync after a restart. Kept beside :class:`~.state.ClusterState`,
+which owns it and says which app claims what, and when. No I/O, no time, and nothing
+of deployment groups: a group claims as the one app it is routed as.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Mapping
+
+from .admission import port_label, vhost_owner
+from .claims import Claims
+from .hostclaims import HostClaims
+from .layout import DesiredService, Settings
+from .model import App, Problem
+from .owners import Owners
+
+Freed = tuple[set[int], set[str], set[str]]
+"""Ports, virtual hosts and certificate files let go."""
+
+
+class Ownership:
+    """Who holds each port, host and certificate file, and who waits for one.
+
+    As an app's services are admitted the state calls :meth:`claim` (:meth:`release`
+    when it is no longer routed under its id), reads what that let go in
+    :attr:`freed` and offers it to the apps :meth:`waiters` names. Owners read from
+    disk are kept by :meth:`restore` and handed back by :meth:`seed` at the first
+    full sync; :meth:`owners` and :attr:`version` are what is written back."""
+
+    def __init__(self, settings: Settings,
+                 claim_order: Callable[[str], tuple[str, str]]) -> None:
+        self._settings = settings
+        # One port, one app: HAProxy binds with SO_REUSEPORT, so two frontends on
+        # a port would silently split its connections between two apps.
+        self._port_owner: dict[int, str] = {}
+        self._ports_of: dict[str, set[int]] = {}
+        self._waiting: dict[int, set[str]] = {}  # port -> apps refused it
+        # One virtual host, one owner (a top-level group, or an app: --vhost-policy);
+        # one host and path, one service. Kept while a holder still claims it.
+        self._hosts = HostClaims(claim_order)
+        # Certificate file (resolved) -> its owner, like hosts (claims.py); not the files
+        # the operator lists in --ssl-certs, which are everyone's.
+        self._certs = Claims()
+        self._shared_certs: set[str] = set()
+        self.freed: Freed = (set(), set(), set())  # what the last claim let go
+        # Bumped whenever a port, host or certificate file changes owner (kept on disk:
+        # owners.py), and who owned what before this process: handed back by seed().
+        self.version = 0
+        self._prior: Owners | None = None
+
+    def claim(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
+        """``app`` now defines ``new``: drop the services naming a port, a host (or host
+        and path) or a certificate file another owner holds, and return their
+        problems. What the app let go is :attr:`freed` until the next claim."""
+        app_id, policy = app.id, self._settings.vhost_policy
+        key = vhost_owner(app_id, policy)
+        kind = "group" if policy == "group" else "app"
+        problems, freed_ports = self._claim_ports(app, new)
+        version = self._hosts.version
+        refused, freed_hosts = self._hosts.claim(app_id, key, kind, new)
+        self.version += self._hosts.version != version
+        problems += refused
+        if key is None or (app_id not in self._certs.held_by
+                           and not any(d.service.options.ssl_cert for d in new.values())):
+            self.freed = (freed_ports, freed_hosts, set())  # names none, held none (most apps)
+            return problems
+        freed_certs = self._claim_certs(app, key, kind, new, problems)
+        self.freed = (freed_ports, freed_hosts, freed_certs)
+        return problems
+
+    def release(self, app_id: str) -> None:
+        """``app_id`` is gone, or no longer routed under its id (a member of a deployment
+        group, or refused): it lets go of all it held (:attr:`freed`)."""
+        self.claim(App(app_id), {})
+
+    def _claim_ports(self, app: App, new: dict[str, DesiredService]
+                     ) -> tuple[list[Problem], set[int]]:
+        """Drop services whose port another app holds: their problems, and the ports
+        the app let go."""
+        app_id = app.id
+        kept: set[int] = set()
+        problems = []
+        for name, d in sorted(new.items()):
+            port = d.service.port
+            owner = self._port_owner.get(port, app_id)
+            if owner != app_id:
+                del new[name]
+                self._waiting.setdefault(port, set()).add(app_id)
+                problems.append(Problem(
+                    app_id, d.service.index, "port_taken", port_label(app, d.service.index),
+                    str(port), f"is already bound by app {owner}; "
+                    "service skipped until the port is free"))
+                continue
+            if port not in self._port_owner:
+                self._port_owner[port] = app_id
+                self.version += 1
+            kept.add(port)
+        freed = self._ports_of.get(app_id, set()) - kept
+        if kept:
+            self._ports_of[app_id] = kept
+        else:
+            self._ports_of.pop(app_id, None)
+        for port in freed:
+            del self._port_owner[port]
+            self.version += 1
+        return problems, freed
+
+    def _claim_certs(self, app: App, key: str, kind: str, new: dict[str, DesiredService],
+                     problems: list[Problem]) -> set[str]:
+        """Drop services naming a certificate file another owner holds (their problems
+        added to ``problems``); return the files nobody holds any more."""
+        wanted = {c for d in new.values() if (c := d.service.options.ssl_cert)
+                  and c not in self._shared_certs}
+        version = self._certs.version
+        refused, freed = self._certs.update(app.id, key, wanted)
+        self.version += self._certs.version != version
+        for name, d in sorted(new.items()):
+            cert = d.service.options.ssl_cert
+            if cert in refused:
+                del new[name]
+                owner, first = refused[cert]
+                problems.append(Problem(
+                    app.id, d.service.index, "ssl_cert", f"HAPROXY_{d.service.index}_SSL_CERT",
+                    cert, f"is the certificate of {kind} {owner} (app {first} named it "
+                    "first); service left out, others applied"))
+        return freed
+
+    def share_certs(self, paths: set[str]) -> None:
+        """The certificate files anyone may name (the operator's --ssl-certs), from the
+        next claim on: nobody owns them."""
+        self._shared_certs = paths
+
+    def waiters(self, ports: set[int], hosts: set[str], certs: set[str]) -> set[str]:
+        """The apps refused one of these ports, hosts or certificate files: they may have
+        it now (and wait for it no more)."""
+        waiters = {w for port in ports for w in self._waiting.pop(port, ())}
+        waiters |= self._certs.waiters(certs)
+        waiters |= self._hosts.waiters(hosts)
+        return waiters
+
+    def owners(self) -> Owners:
+        """Who owns each service port, virtual host and certificate file now."""
+        return Owners(dict(self._port_owner), dict(self._hosts.owner), dict(self._certs.owner))
+
+    def held_ports(self, with_prior: bool) -> Mapping[int, str]:
+        """Port → the app holding it; ``with_prior`` (before the first full sync), and
+        where none does, the app that held it before this process."""
+        if with_prior and self._prior is not None:
+            return {**self._prior.ports, **self._port_owner}
+        return self._port_owner
+
+    def restore(self, owners: Owners) -> None:
+        """Who owned ports, hosts and certificate files before this process, handed back
+        by :meth:`seed`."""
+        self._prior = owners
+
+    def restoring(self) -> bool:
+        """Whether owners kept by :meth:`restore` wait for :meth:`seed`."""
+        return self._prior is not None
+
+    def seed(self, alive: Container[str] | None) -> None:
+        """Hand the prior owners (:meth:`restore`) that are ``alive`` what they held,
+        before any app claims (None: none is, this is not the first sync), then forget
+        them; one that no longer claims it lets go when its turn comes (the apps
+        refused meanwhile are then looked at again)."""
+        prior, self._prior = self._prior, None
+        if prior is None or alive is None:
+            return
+        policy = self._settings.vhost_policy
+        for port, app_id in prior.ports.items():
+            if app_id in alive and port not in self._port_owner:
+                self._port_owner[port] = app_id
+                self._ports_of.setdefault(app_id, set()).add(port)
+        for host, (key, app_id) in prior.hosts.items():
+            # An owner under another --vhost-policy than now is no owner now.
+            if app_id in alive and vhost_owner(app_id, policy) == key:
+                self._hosts.seed(host, key, app_id)
+        for cert, (key, app_id) in prior.certs.items():
+            if app_id in alive and vhost_owner(app_id, policy) == key:
+                self._certs.seed(cert, key, app_id)
