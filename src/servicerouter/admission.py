@@ -8,7 +8,7 @@ about the host (certificate files, local addresses) are gathered at the edge
 (:mod:`servicerouter.hostfacts`) and passed in.
 
 Who owns a port or a virtual host across apps is decided in
-:class:`~servicerouter.state.ClusterState`, which remembers who claimed it
+:class:`~servicerouter.ownership.Ownership`, which remembers who claimed it
 first; the rules it applies (:func:`vhost_owner`) are here.
 
 Every refusal is a :class:`~servicerouter.model.Problem` naming app, label

@@ -4,8 +4,8 @@ One virtual host, one owner (``--vhost-policy``: the top-level group, or the app
 for as long as an app of that owner still names it; one host and path, one service.
 A wildcard counts as a claim on every name it matches, in both directions: on the
 shared frontends ``*.example.com`` would otherwise take ``shop.example.com``'s
-traffic from its owner (or the other way round). Used by :mod:`.state`, which keeps
-the owners on disk through :mod:`.owners`.
+traffic from its owner (or the other way round). Used by :mod:`.ownership`, whose
+owners :mod:`.owners` keeps on disk.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Who owns each service port and virtual host, kept on disk next to the config.
 
-Ownership is first come, first served (:class:`~servicerouter.state.ClusterState`):
+Ownership is first come, first served (:class:`~servicerouter.ownership.Ownership`):
 an app that names a port or a host another app holds waits until it is let go. Held
 in memory only, that order would be lost at every restart of the daemon and at every
 ``servicerouter sync`` run: all apps would be new at once, and the oldest definition
