@@ -3,6 +3,10 @@
 No I/O and no time. Every mutation returns the backend names it may have
 changed ("dirty"), so the planner looks only at those: the cost of an event
 grows with the app it touches, not with the cluster.
+
+Who holds which port, host and certificate file is kept by :mod:`.ownership`, and
+blue/green deployment groups by :mod:`.deployment_groups`; the state says when each
+app claims, and when what it lets go is offered to the apps waiting for it.
 """
 
 from __future__ import annotations
