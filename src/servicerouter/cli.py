@@ -1,9 +1,8 @@
 """Command line: argument parsing and wiring only.
 
-``servicerouter render|run|sync|simulate``. Every ``run`` and ``render`` flag can
-also come from the environment as ``SERVICEROUTER_<FLAG>`` (``--haproxy-socket``
-→ ``SERVICEROUTER_HAPROXY_SOCKET``; repeatable flags take a comma-separated
-list). Invoked with no subcommand but with flags
+``servicerouter render|run|sync|simulate``. Every ``run``, ``render`` and ``sync``
+flag can also come from the environment as ``SERVICEROUTER_<FLAG>`` (:mod:`.envflags`).
+Invoked with no subcommand but with flags
 (``servicerouter --marathon URL --haproxy-config PATH``), it runs the daemon,
 as the old ``servicerouter.py`` did.
 """
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .entry import ignore_reloads_while_starting, runs_daemon
+from .envflags import apply_env
 from .layout import Settings
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 SUBCOMMANDS = ("render", "run", "sync", "simulate")
 _CERT_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
 _SNIPPET_FILE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-ENV_PREFIX = "SERVICEROUTER_"
 
 
 class CliError(Exception):
@@ -48,76 +47,6 @@ class UsageError(CliError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
-
-
-def _apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
-    """Use ``SERVICEROUTER_<FLAG>`` as the default of each long flag, and show the
-    variable and the default in ``--help`` (for every flag, set or not)."""
-    for action in parser._actions:
-        longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
-        if not longs or action.default == argparse.SUPPRESS:
-            continue
-        name = _env_name(longs[0])
-        if name in env:
-            action.default = _env_value(parser, action, longs[0], name, env[name])
-            action.required = False
-        action.help = _help_with_env(action, name, set_=name in env)
-
-
-def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, flag: str,
-               name: str, raw: str) -> Any:
-    convert = action.type if callable(action.type) else str
-    try:
-        if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
-            word = raw.strip().lower()
-            if word not in _TRUE + _FALSE:
-                raise ValueError(raw)
-            return word in _TRUE
-        if isinstance(action, argparse._AppendAction):
-            return [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
-        value: Any = convert(raw)
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
-        parser.error(f"environment variable {name}={raw!r} is not valid for {flag}")
-    if action.choices is not None and value not in action.choices:
-        parser.error(f"environment variable {name}={raw!r} is not one of "
-                     f"{', '.join(map(str, action.choices))} ({flag})")
-    return value
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
-
-def _shown_default(action: argparse.Action) -> str:
-    value = action.default
-    if isinstance(value, bool) or action.nargs == 0:
-        return "on" if value else "off"
-    if value is None or value == []:
-        return "none"
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
-        return f"{value[0]}:{value[1]}"  # HOST:PORT
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _help_with_env(action: argparse.Action, name: str, set_: bool) -> str:
-    """``help [env NAME, default X]``; the help's own "(default ...)" is replaced so
-    the default shown is the one in force (the variable's value when it is set)."""
-    text = (action.help or "").replace("%(default)s", "DEFAULT")
-    said = re.search(r"\(default:? ([^)]*)\)", text)
-    text = re.sub(r"\s*\(default:? [^)]*\)", "", text).strip()
-    shown = _shown_default(action)
-    if shown == "none" and said and said.group(1) != "DEFAULT":
-        shown = said.group(1)  # "every app" says more than "none"
-    return f"{text} [env {name}{' (set)' if set_ else ''}, default {shown}]".replace(
-        "%", "%%").strip()
 
 
 def _port(value: str) -> int:
@@ -325,7 +254,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",
                    add_help=False)
     for p in (render, run, sync):
-        _apply_env(p, env)
+        apply_env(p, env)
     return parser
 
 

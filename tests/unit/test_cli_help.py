@@ -9,6 +9,7 @@ import re
 import pytest
 
 from servicerouter import cli
+from servicerouter.envflags import env_name
 
 COMMANDS = ("run", "render", "sync")
 
@@ -34,7 +35,7 @@ def test_every_flag_shows_its_variable_and_default(command: str,
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag in (None, "--help"):
             continue
-        name = cli._env_name(flag)
+        name = env_name(flag)
         if not re.search(rf"\[env {name}, default [^\]]+\]", text):
             missing.append(f"{flag} ({name})")
     assert not missing, f"{command} --help lacks '[env NAME, default X]' for: {missing}"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from servicerouter import cli
+from servicerouter.envflags import env_name
 
 dockerfile = pytest.importorskip("dockerfile", reason="pip install -e '.[test]'")
 
@@ -55,7 +56,7 @@ def test_environment_names_real_flags() -> None:
     sub = next(a for a in cli.build_parser({})._actions
                if isinstance(a, argparse._SubParsersAction))
     run = sub.choices["run"]
-    known = {cli._env_name(a.option_strings[0]) for a in run._actions if a.option_strings}
+    known = {env_name(a.option_strings[0]) for a in run._actions if a.option_strings}
     assert names and not names - known, sorted(names - known)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from servicerouter import cli
+from servicerouter.envflags import env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "contrib" / "systemd"
@@ -36,7 +37,7 @@ def env_names() -> set[str]:
     sub = next(a for a in cli.build_parser({})._actions
                if isinstance(a, argparse._SubParsersAction))
     run = sub.choices["run"]
-    return {cli._env_name(o) for a in run._actions for o in a.option_strings[:1]
+    return {env_name(o) for a in run._actions for o in a.option_strings[:1]
             if o.startswith("--") and o != "--help"}
 
 

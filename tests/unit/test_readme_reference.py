@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from servicerouter import bridge, cli
+from servicerouter.envflags import env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -74,8 +75,8 @@ def test_reference_rows_name_the_right_variable() -> None:
     for heading in {h for hs in SECTIONS.values() for h in hs}:
         for row in section(heading).splitlines():
             m = re.match(r"^\| `(--[a-z0-9-]+)[^|]*\| `(SERVICEROUTER_[A-Z0-9_]+)`", row)
-            if m and cli._env_name(m.group(1)) != m.group(2):
-                wrong.append(f"{m.group(1)}: {m.group(2)} (is {cli._env_name(m.group(1))})")
+            if m and env_name(m.group(1)) != m.group(2):
+                wrong.append(f"{m.group(1)}: {m.group(2)} (is {env_name(m.group(1))})")
     assert not wrong, "README.md names the wrong variable: " + "; ".join(wrong)
 
 
