@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from .haproxy.control import ConfigFile, build_reloader
+from .haproxy.lock import ConfigInUse, ConfigLock, lock_path
 from .haproxy.process import kill_children
 from .haproxy.runtime import RuntimeClient
 from .layout import Settings
@@ -212,6 +213,19 @@ async def _tell_status(engine: Engine, notifier: Notifier) -> None:
         await asyncio.sleep(STATUS_INTERVAL)
 
 
+def _lock_config(config: Path) -> ConfigLock:
+    """One daemon per --haproxy-config (haproxy/lock.py): a second one refuses to start."""
+    from .cli import CliError
+
+    try:
+        return ConfigLock(config).acquire()
+    except ConfigInUse as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"--haproxy-config {config}: cannot create the lock "
+                       f"{lock_path(config)}: {exc.strerror or exc}") from None
+
+
 def detect_reload_command(root: Path = Path("/")) -> str | None:
     """The init system's reload, as ``servicerouter.py`` looked for it."""
     units = ("lib/systemd/system/haproxy.service", "usr/lib/systemd/system/haproxy.service",
@@ -308,10 +322,12 @@ async def run_daemon(args: argparse.Namespace) -> int:
         runtime, writer, reloader = dry_run_parts(args, settings.socket_path)
     else:
         writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
-        writer.cleanup()  # what a killed predecessor left next to the config
         reloader = build_reloader(args, writer)
         runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
+        lock = None if args.dry_run else _lock_config(Path(args.haproxy_config))
+        if lock is not None:  # ours alone now: what a killed predecessor left goes
+            writer.cleanup()
         resolver = CachingResolver(background=True)  # DNS never blocks the loop
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
         resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
@@ -339,5 +355,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
             await kill_children()
             writer.cleanup()
             resolver.close()
+            if lock is not None:
+                lock.release()
     log.info("servicerouter stopped")
     return 0

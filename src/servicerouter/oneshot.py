@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import owners
 from .haproxy.files import atomic_write, keep_rejected
+from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
 from .owners import Owners
@@ -100,7 +101,24 @@ def _put_back(map_dir: str, old: Mapping[str, str | None]) -> None:
 
 async def sync(args: argparse.Namespace,
                render_config: Callable[[], Awaitable[Rendered]]) -> str:
-    """One sync; returns what was done in one line ("" when nothing changed)."""
+    """One sync; returns what was done in one line ("" when nothing changed). Refused
+    while a daemon (or another sync) holds the config's lock (haproxy/lock.py)."""
+    lock = ConfigLock(Path(args.haproxy_config))
+    try:
+        lock.acquire()
+    except ConfigInUse as exc:
+        raise SyncError(str(exc)) from None
+    except OSError as exc:
+        raise SyncError(f"cannot create the lock {lock.path}: {exc.strerror or exc}; "
+                        "nothing was changed") from None
+    try:
+        return await _sync(args, render_config)
+    finally:
+        lock.release()
+
+
+async def _sync(args: argparse.Namespace,
+                render_config: Callable[[], Awaitable[Rendered]]) -> str:
     config = Path(args.haproxy_config)
     how, reload = reload_with(args)  # before fetching: no reload, no point
     rendered = await render_config()

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +25,16 @@ from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.haproxy.render import builtin_templates
 
 from .conftest import needs_haproxy
-from .harness import Daemon, ExternalHAProxy, Simulator, responders, running, wait_for
+from .harness import (
+    PYTHON,
+    Daemon,
+    ExternalHAProxy,
+    Simulator,
+    free_port,
+    responders,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -155,6 +165,46 @@ def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) 
         wait_for(lambda: daemon.reloads() > before, 20, what="a reload")
         assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+
+
+def test_a_second_daemon_on_the_same_config_refuses_and_the_first_keeps_serving(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """It used to start a second HAProxy that took over both socket paths (the first
+    daemon then drove the second's HAProxy), and unlinked them under the first when it
+    stopped."""
+    port, _ = simulator.launch("/one", 2)
+    first = Daemon(tmp_path, simulator.url)
+    with running(first):
+        first.start()
+        routed(simulator, "/one", port)
+        assert first.proc.popen is not None
+        pids, reloads = first.proc_info().all_pids, first.reloads()
+        second = Daemon(tmp_path, simulator.url)
+        second.proc.argv[second.proc.argv.index("--listen") + 1] = f"127.0.0.1:{free_port()}"
+        out = subprocess.run(second.proc.argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert lines[-1] == (
+            f"servicerouter: error: --haproxy-config {first.config}: another servicerouter "
+            f"(pid {first.proc.popen.pid}) manages it (lock {first.config}.lock is held); "
+            "nothing was done. Stop that one first, or give this one its own "
+            "--haproxy-config and sockets"), out.stderr
+        assert "listening" not in out.stderr and "starting HAProxy" not in out.stderr
+        # The first daemon's HAProxy and sockets are untouched, and it goes on working.
+        assert first.proc_info().all_pids == pids
+        assert first.socket.exists() and first.master_socket.exists()
+        replace_task(simulator, "/one")
+        routed(simulator, "/one", port)
+        assert first.reloads() == reloads, "a replacement is a runtime change"
+        # A sync from cron would rewrite the config and reload behind its back too.
+        sync = subprocess.run([PYTHON, "-m", "servicerouter", "sync", "--marathon",
+                               simulator.url, "--haproxy-config", str(first.config),
+                               "--haproxy-master-socket", str(first.master_socket)],
+                              capture_output=True, text=True, timeout=60)
+        assert sync.returncode == 1
+        assert f"another servicerouter (pid {first.proc.popen.pid}) manages it" in sync.stderr
+        assert first.reloads() == reloads
+    assert not (tmp_path / "haproxy.cfg.lock").exists(), "a stopped daemon leaves its lock"
 
 
 def test_removed_admin_socket_is_restored_by_one_reload(tmp_path: Path,
