@@ -90,6 +90,7 @@ class ReloadPipeline:
         self.rejected: str | None = None  # a candidate haproxy -c refused, not retried
         self.backoff = 0.0
         self.next_at = 0.0  # time.monotonic() before which no reload starts
+        self.last_started = -float("inf")  # time.monotonic() the last attempt began
         # The admin socket's spelling in the running config, and whether the next reload
         # must spell it differently so that HAProxy binds its file anew (it was removed).
         self.live_socket = engine.config.settings.socket_path
@@ -104,10 +105,14 @@ class ReloadPipeline:
         return time.monotonic() >= self.next_at
 
     def manual(self) -> None:
-        """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff."""
+        """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff, but
+        not --min-reload-interval since the last attempt began: a storm of SIGHUPs (or of
+        /_mlb_signal requests, which anyone on --listen may send) is one reload per
+        interval, not one per signal, each leaving an old worker to drain."""
         self.rejected = None
         self.backoff = 0.0
-        self.next_at = time.monotonic()
+        self.next_at = min(self.next_at,
+                           self.last_started + self.engine.config.min_reload_interval)
 
     def socket_gone(self) -> None:
         """The admin socket file is gone: one reload has HAProxy bind it again."""
@@ -134,6 +139,7 @@ class ReloadPipeline:
     async def run(self) -> bool:
         """Render all of the desired state, validate, write, reload, reconcile."""
         e = self.engine
+        self.last_started = time.monotonic()
         reason = primary_reason(e.pending)
         causes = reload_causes(e.pending, e.state.desired, e.layout, reason)
         started = time.perf_counter()

@@ -277,6 +277,36 @@ def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
         routed(simulator, "/hup", port)
 
 
+def test_a_sighup_storm_is_one_reload_per_min_reload_interval(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Each SIGHUP (or /_mlb_signal request) used to reload at once, whatever
+    --min-reload-interval said: 100 in a second were 5 reloads, each leaving an old
+    worker to drain. Now they wait out the interval since the last reload began and
+    are one reload."""
+    port, _ = simulator.launch("/storm", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--min-reload-interval", "10")
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/storm", port)
+        before = daemon.reloads()
+        assert daemon.proc.popen is not None
+        for _ in range(30):
+            daemon.proc.popen.send_signal(signal.SIGHUP)
+            time.sleep(0.01)  # spaced, so that the kernel does not merge them
+        daemon.http.post("/_mlb_signal/usr1").raise_for_status()
+        wait_for(lambda: daemon.proc.output().count("SIGHUP received") >= 2, 20,
+                 what="the SIGHUPs handled")
+        def manual() -> float:
+            found = re.search(r'servicerouter_reloads_total\{reason="manual"\} (\S+)',
+                              daemon.metrics())
+            return float(found.group(1)) if found else 0.0
+
+        wait_for(lambda: manual() >= 1, 40, what="a manual reload, once the interval is over")
+        # The storm ended long before the interval did: all of it is that one reload.
+        assert (manual(), daemon.reloads()) == (1, before + 1)
+        routed(simulator, "/storm", port)
+
+
 def test_systemd_hears_ready_and_a_reload_right_after_it_reloads(
         tmp_path: Path, simulator: Simulator) -> None:
     """Type=notify: READY=1 comes once SIGHUP is handled, so a `systemctl reload` right
