@@ -28,6 +28,7 @@ from .owners import owners_path
 from .planner import ReloadReason
 from .resolve import CachingResolver
 from .sdnotify import Notifier
+from .stopping import unless_stopped
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -344,7 +345,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         notifier.send(READY="1", STATUS="started; waiting for the first config to be live")
         status = asyncio.ensure_future(_tell_status(engine, notifier))
         try:
-            await reloader.start(engine)
+            await unless_stopped(reloader.start(engine), stop)
             await engine.run(stop)
         finally:
             status.cancel()

@@ -53,6 +53,7 @@ from .reconcile import Reconciler
 from .refetch import AppRefetcher, SingleFlight
 from .reload import ConfigWriter, Reloader, ReloadPipeline, write_maps
 from .state import ClusterState
+from .stopping import unless_stopped
 from .sync import EventHandler
 from .takeover import take_over
 
@@ -180,7 +181,7 @@ class Engine:
                 self.state.restore_owners(prior)
                 log.info("owners of %d ports and %d hosts read from %s", len(prior.ports),
                          len(prior.hosts), self.config.owners_file)
-        while not stop.is_set() and not await self.intake.full_sync():
+        while not stop.is_set() and not await unless_stopped(self.intake.full_sync(), stop):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():

@@ -26,6 +26,7 @@ from servicerouter.haproxy.render import builtin_templates
 
 from .conftest import needs_haproxy
 from .harness import (
+    EMPTY_CFG,
     PYTHON,
     Daemon,
     ExternalHAProxy,
@@ -147,6 +148,43 @@ def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
         daemon.proc.popen.wait(10)
         _wait_gone(pids)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("hangs", ["marathon", "check"])
+def test_sigterm_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path,
+                                                                 hangs: str) -> None:
+    """A SIGTERM during the first full sync waited out --marathon-timeout, twice (60 s
+    here, with the default 30 s); during the check of a config left on disk, haproxy -c's
+    60 s. Here both are far longer than the bound the daemon gets to stop."""
+    (tmp_path / "haproxy.cfg").write_text(
+        EMPTY_CFG + f"listen stats\n    bind 127.0.0.1:{free_port()}\n")
+    with socket.socket() as marathon:  # accepts connections, never answers
+        marathon.bind(("127.0.0.1", 0))
+        marathon.listen(16)
+        extra = ["--marathon-timeout", "300"]
+        if hangs == "check":
+            extra += ["--haproxy-bin", str(_slow_check_haproxy(tmp_path))]
+        daemon = Daemon(tmp_path, f"http://127.0.0.1:{marathon.getsockname()[1]}", *extra)
+        with running(daemon):
+            daemon.start(wait_healthy=False)
+            assert daemon.proc.popen is not None
+            pid = daemon.proc.popen.pid
+            if hangs == "check":
+                children = wait_for(lambda: [c for c in _children_of(pid)
+                                             if _comm(c) == "sleep"], 30, what="haproxy -c")
+            else:
+                wait_for(lambda: "starting HAProxy on the existing" in daemon.proc.output(),
+                         30, what="HAProxy started on the config on disk")
+                children = daemon.proc_info().all_pids
+            os.kill(pid, signal.SIGTERM)
+            try:
+                daemon.proc.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 60 s after SIGTERM (hanging: {hangs})")
+            assert daemon.proc.popen.returncode == 0, daemon.proc.output()
+            _wait_gone(children)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "haproxy-slow-check")
+    assert left == ["haproxy.cfg", "servicerouter.log"], left
 
 
 def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) -> None:

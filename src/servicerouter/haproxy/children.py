@@ -144,6 +144,9 @@ async def validate(
     except asyncio.TimeoutError:
         await kill_group(proc)
         return ValidationResult(False, f"{haproxy_bin} -c timed out after {timeout}s")
+    except asyncio.CancelledError:  # nobody waits for this check any more (a stop)
+        await kill_group(proc)
+        raise
     except (BrokenPipeError, ConnectionResetError):  # exited before reading it all
         out = await proc.stdout.read() if proc.stdout else b""
         await proc.wait()
