@@ -205,6 +205,11 @@ BAD_APPS = [
     ({"tasks": "x"}, "tasks"),
     ({"tasks": [{"host": "10.0.0.1"}]}, "tasks[0].id"),
     ({"tasks": [{"id": "t.1", "ports": "31000"}]}, "tasks[0].ports"),
+    # Not dropped (port 1 would then serve service port 0: another port of the task).
+    ({"tasks": [{"id": "t.1", "ports": ["31000", 31001]}]}, "tasks[0].ports[0]"),
+    ({"tasks": [{"id": "t.1", "ports": [31000.0, 31001]}]}, "tasks[0].ports[0]"),
+    ({"tasks": [{"id": "t.1", "ports": [True, 31001]}]}, "tasks[0].ports[0]"),
+    ({"tasks": [{"id": "t.1", "ports": [None, 31001]}]}, "tasks[0].ports[0]"),
     ({"tasks": [{"id": "t.1", "ipAddresses": {}}]}, "tasks[0].ipAddresses"),
     ({"networks": [{"mode": "overlay"}]}, "networks[0].mode"),
     ({"networks": "host"}, "networks"),
