@@ -224,7 +224,8 @@ async def test_non_json_body_names_the_url_and_shows_an_excerpt() -> None:
             200,
             text="<html><body>Welcome to nginx</body></html>",
             headers={"Content-Type": "text/html"},
-        )
+        ),
+        urls=["http://m1:8080"],  # with another URL, that one is asked next (failover)
     )
     async with client:
         with pytest.raises(MarathonResponseError) as info:
@@ -236,7 +237,7 @@ async def test_non_json_body_names_the_url_and_shows_an_excerpt() -> None:
 
 @pytest.mark.parametrize("body", [{"app": {}}, {"apps": {"id": "/x"}}, [1, 2]])
 async def test_json_without_an_apps_list_is_an_error(body: object) -> None:
-    client, _ = make(lambda r: httpx.Response(200, json=body))
+    client, _ = make(lambda r: httpx.Response(200, json=body), urls=["http://m1:8080"])
     async with client:
         with pytest.raises(MarathonResponseError, match="no 'apps' list"):
             await client.get_apps()
@@ -419,7 +420,7 @@ async def test_a_body_under_max_body_is_read_whole_and_decompressed() -> None:
 
 async def test_json_nested_too_deep_is_a_clear_error_not_a_recursion_error() -> None:
     deep = b'{"apps": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
-    client, _ = make(lambda r: httpx.Response(200, content=deep))
+    client, _ = make(lambda r: httpx.Response(200, content=deep), urls=["http://m1:8080"])
     async with client:
         with pytest.raises(MarathonResponseError, match=r"nested too deep") as info:
             await client.get_apps()
