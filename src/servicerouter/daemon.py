@@ -214,17 +214,29 @@ async def _tell_status(engine: Engine, notifier: Notifier) -> None:
         await asyncio.sleep(STATUS_INTERVAL)
 
 
-def _lock_config(config: Path) -> ConfigLock:
-    """One daemon per --haproxy-config (haproxy/lock.py): a second one refuses to start."""
+def _lock_config(config: Path, socket: Path) -> list[ConfigLock]:
+    """One daemon per --haproxy-config and per --haproxy-socket (haproxy/lock.py): a
+    second one refuses to start. The socket's folder may belong to an HAProxy started
+    elsewhere: where no lock can be made there, the config's lock alone is taken."""
     from .cli import CliError
 
+    locks: list[ConfigLock] = []
     try:
-        return ConfigLock(config).acquire()
+        locks.append(ConfigLock(config).acquire())
+        try:
+            locks.append(ConfigLock(socket, "--haproxy-socket").acquire())
+        except OSError as exc:
+            log.warning("--haproxy-socket %s: cannot create the lock %s (%s); a second "
+                        "daemon on this socket is not detected", socket, lock_path(socket),
+                        exc.strerror or exc)
     except ConfigInUse as exc:
+        for lock in locks:
+            lock.release()
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"--haproxy-config {config}: cannot create the lock "
                        f"{lock_path(config)}: {exc.strerror or exc}") from None
+    return locks
 
 
 def detect_reload_command(root: Path = Path("/")) -> str | None:
@@ -326,8 +338,9 @@ async def run_daemon(args: argparse.Namespace) -> int:
         reloader = build_reloader(args, writer)
         runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
-        lock = None if args.dry_run else _lock_config(Path(args.haproxy_config))
-        if lock is not None:  # ours alone now: what a killed predecessor left goes
+        locks = [] if args.dry_run else _lock_config(Path(args.haproxy_config),
+                                                       Path(settings.socket_path))
+        if locks:  # ours alone now: what a killed predecessor left goes
             writer.cleanup()
         resolver = CachingResolver(background=True)  # DNS never blocks the loop
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
@@ -356,7 +369,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
             await kill_children()
             writer.cleanup()
             resolver.close()
-            if lock is not None:
+            for lock in locks:
                 lock.release()
     log.info("servicerouter stopped")
     return 0

@@ -228,6 +228,17 @@ def test_a_second_daemon_on_the_same_config_refuses_and_the_first_keeps_serving(
             "nothing was done. Stop that one first, or give this one its own "
             "--haproxy-config and sockets"), out.stderr
         assert "listening" not in out.stderr and "starting HAProxy" not in out.stderr
+        # Its own config but the same admin socket: that HAProxy would take the socket.
+        argv = list(second.proc.argv)
+        argv[argv.index("--haproxy-config") + 1] = str(tmp_path / "other.cfg")
+        argv[argv.index("--haproxy-master-socket") + 1] = str(tmp_path / "other.sock")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith(
+            f"servicerouter: error: --haproxy-socket {first.socket}: another servicerouter "
+            f"(pid {first.proc.popen.pid}) manages it"), out.stderr
+        assert not (tmp_path / "other.cfg").exists()
+        assert not (tmp_path / "other.cfg.lock").exists()
         # The first daemon's HAProxy and sockets are untouched, and it goes on working.
         assert first.proc_info().all_pids == pids
         assert first.socket.exists() and first.master_socket.exists()
@@ -243,6 +254,7 @@ def test_a_second_daemon_on_the_same_config_refuses_and_the_first_keeps_serving(
         assert f"another servicerouter (pid {first.proc.popen.pid}) manages it" in sync.stderr
         assert first.reloads() == reloads
     assert not (tmp_path / "haproxy.cfg.lock").exists(), "a stopped daemon leaves its lock"
+    assert not (tmp_path / "admin.sock.lock").exists()
 
 
 def test_removed_admin_socket_is_restored_by_one_reload(tmp_path: Path,

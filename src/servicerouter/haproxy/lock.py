@@ -1,4 +1,5 @@
-"""One servicerouter per HAProxy config: a lock file next to it (``<config>.lock``).
+"""One servicerouter per HAProxy config and admin socket: a lock file next to each
+(``<config>.lock``, ``<socket>.lock``).
 
 Two daemons on one ``--haproxy-config`` fight: each rewrites the file, each reloads,
 a second ``--start-haproxy`` starts a second HAProxy that takes over the admin and
@@ -7,7 +8,9 @@ that stops first unlinks both sockets under the other. The lock is an ``flock`` 
 ``<config>.lock``, held while the daemon runs and released by the kernel when the
 process dies however it dies (no stale lock after a SIGKILL). A ``servicerouter sync``
 from cron takes it too. The file holds the holder's pid, for the error message, and
-is removed by a holder that stops.
+is removed by a holder that stops. Two daemons on two configs but one admin socket
+(both left at the default /run/haproxy/admin.sock, say) fight the same way: the second
+HAProxy takes the socket path, and the first daemon's runtime commands reach it.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ class ConfigLock:
     """An exclusive, non-blocking ``flock`` on ``<config>.lock``; :meth:`release` (or the
     process ending) gives it up."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, flag: str = "--haproxy-config") -> None:
         self.config = config
+        self.flag = flag
         self.path = lock_path(config)
         self._fd: int | None = None
 
@@ -51,7 +55,7 @@ class ConfigLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 raise ConfigInUse(
-                    f"--haproxy-config {self.config}: another servicerouter "
+                    f"{self.flag} {self.config}: another servicerouter "
                     f"({f'pid {holder}' if holder else 'pid unknown'}) manages it (lock "
                     f"{self.path} is held); nothing was done. Stop that one first, or give "
                     "this one its own --haproxy-config and sockets") from None
@@ -70,7 +74,7 @@ class ConfigLock:
                 self._fd = fd
                 return self
             os.close(fd)
-        raise ConfigInUse(f"--haproxy-config {self.config}: lock {self.path} changed hands "
+        raise ConfigInUse(f"{self.flag} {self.config}: lock {self.path} changed hands "
                           f"{_TRIES} times while taking it; nothing was done")
 
     def release(self) -> None:
