@@ -187,6 +187,30 @@ def test_sigterm_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path,
     assert left == ["haproxy.cfg", "servicerouter.log"], left
 
 
+def test_sigterm_during_a_hanging_reload_command_stops_all_it_started(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """The command's shell died with the daemon (parent-death signal), but what the
+    shell had started was left running: the cancelled command was forgotten before the
+    daemon's exit killed its children's process groups."""
+    simulator.launch("/cmd", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--reload-command", "sleep 300; true",
+                    start_haproxy=False)
+    with running(daemon):
+        daemon.start(wait_healthy=False)
+        assert daemon.proc.popen is not None
+        pid = daemon.proc.popen.pid
+        sleeps = wait_for(lambda: [c for sh in _children_of(pid) for c in _children_of(sh)
+                                   if _comm(c) == "sleep"], 30, what="the reload command")
+        os.kill(pid, signal.SIGTERM)
+        daemon.proc.popen.wait(30)
+        try:
+            _wait_gone(sleeps)
+        finally:  # the defect's leftover must not outlive the test either
+            for child in sleeps:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+
+
 def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) -> None:
     port, _ = simulator.launch("/private", 1)
     daemon = Daemon(tmp_path, simulator.url)

@@ -171,6 +171,9 @@ async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) ->
     except asyncio.TimeoutError:
         await kill_group(proc)
         raise ReloadError(f"reload command {shown!r} timed out after {timeout}s") from None
+    except asyncio.CancelledError:  # the daemon stops: the command and all it started go
+        await kill_group(proc)  # (only its direct child has the parent-death signal)
+        raise
     finally:
         _children.discard(proc)
     if proc.returncode != 0:
