@@ -351,6 +351,39 @@ def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
         routed(simulator, "/hup", port)
 
 
+def test_a_templates_folder_gone_keeps_the_running_config_not_the_built_in_one(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Jinja skips a search path that does not exist: a SIGHUP while a deploy tool
+    replaced the --templates folder reloaded HAProxy with the built-in templates,
+    silently dropping the operator's."""
+    templates = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), templates)
+    service = templates / "service.j2"
+    service.write_text(service.read_text().replace(
+        "    balance {{ b.balance }}", "    balance {{ b.balance }}\n    # ours"))
+    port, _ = simulator.launch("/tpl", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--templates", str(templates))
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/tpl", port)
+        assert "# ours" in daemon.config.read_text()
+        before = daemon.reloads()
+        moved = tmp_path / "templates.old"
+        templates.rename(moved)
+        assert daemon.proc.popen is not None
+        daemon.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: 'servicerouter_reload_failures_total{stage="validate"} 1.0'
+                 in daemon.metrics(), 20, what="the reload refused")
+        assert f"--templates {templates}: no such directory" in daemon.proc.output()
+        assert daemon.reloads() == before and "# ours" in daemon.config.read_text()
+        replace_task(simulator, "/tpl")  # churn goes on at runtime meanwhile
+        routed(simulator, "/tpl", port)
+        moved.rename(templates)
+        daemon.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: daemon.reloads() == before + 1, 20, what="the reload, folder back")
+        assert "# ours" in daemon.config.read_text()
+
+
 def test_a_sighup_storm_is_one_reload_per_min_reload_interval(
         tmp_path: Path, simulator: Simulator) -> None:
     """Each SIGHUP (or /_mlb_signal request) used to reload at once, whatever
