@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import owners
+from .haproxy.children import brief
 from .haproxy.files import atomic_write, keep_rejected
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
@@ -145,7 +146,7 @@ async def _sync(args: argparse.Namespace,
         _put_back(rendered.map_dir, old_maps)
         kept = keep_rejected(config, candidate)
         raise SyncError(f"haproxy -c rejected the new config (kept at {kept}); {config} and "
-                        f"the running HAProxy are unchanged: {checked.output.strip()}")
+                        f"the running HAProxy are unchanged: {brief(checked.output)}")
     try:
         config.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(config, candidate)

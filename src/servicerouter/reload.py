@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import pool
 from .applylog import reload_causes
+from .haproxy.children import brief
 from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout
@@ -183,7 +184,7 @@ class ReloadPipeline:
             self.rejected = text
             e.write_maps(e.layout)
             return self.failed("validate", f"candidate config rejected by haproxy -c "
-                               f"(kept at {kept}): {output.strip()}; the running "
+                               f"(kept at {kept}): {brief(output)}; the running "
                                "config keeps serving")
         forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
         if text == e.running_config and not forced & {str(r) for r in pending.values()}:

@@ -133,6 +133,30 @@ def test_sigkilled_daemon_leaves_no_process_and_no_file(tmp_path: Path,
     assert leftovers == []
 
 
+def test_a_check_that_prints_megabytes_is_logged_in_brief(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    """A broken template over many services is an alert each; the whole output was one
+    log line per retry of the backoff (here 2.4 MB each)."""
+    chatty = tmp_path / "haproxy-chatty"
+    chatty.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then\n  yes "[ALERT] (1) : config : '
+                      'parsing [x:1] : unknown keyword" | head -n 50000; exit 1\nfi\n'
+                      'exec haproxy "$@"\n')
+    chatty.chmod(0o755)
+    port, _ = simulator.launch("/first", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--haproxy-bin", str(chatty))
+    with running(daemon):
+        daemon.start()  # the first config starts HAProxy directly, with no haproxy -c
+        simulator.launch("/second", 1)
+        logged = re.compile(r"candidate config rejected by haproxy -c.*?the running config "
+                            r"keeps serving", re.DOTALL)
+        message = wait_for(lambda: logged.search(daemon.proc.output()), 30,
+                           what="the rejection logged").group(0)
+        assert len(message) < 10_000
+        assert message.endswith("more characters of haproxy -c's output not shown); the "
+                                "running config keeps serving")
+        routed(simulator, "/first", port)
+
+
 def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
                                                   simulator: Simulator) -> None:
     """--start-haproxy ties HAProxy's life to the daemon's (see the README for why, and

@@ -26,6 +26,19 @@ class ValidationResult:
     output: str
 
 
+def brief(output: str, limit: int = 8192) -> str:
+    """``haproxy -c``'s output for a log line or an error: its head, with how much was
+    left out. A broken template over 10,000 services is an alert each (megabytes),
+    logged again at every retry of the backoff."""
+    output = output.strip()
+    if len(output) <= limit:
+        return output
+    cut = output.rfind("\n", 0, limit)
+    head = output[:cut if cut > 0 else limit]
+    return (f"{head}\n... ({len(output) - len(head)} more characters of haproxy -c's "
+            "output not shown)")
+
+
 def _tail(text: str, limit: int = 2000) -> str:
     text = text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]
