@@ -270,6 +270,7 @@ class Engine:
             except Exception:  # a bug must not stop routing; the next step retries
                 log.exception("apply step failed")
                 self.request_reconcile()
+                self.reload_pipeline.failed("apply", None)  # later, not at once in a loop
 
     # ------------------------------------------------------------ one step
     async def step(self) -> None:

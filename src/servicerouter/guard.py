@@ -78,7 +78,7 @@ class Guard:
         return dirty
 
     async def exclude_rejected(self, layout: Layout, table: SlotTable, text: str,
-                               output: str, kept: Path, running: Layout) -> bool:
+                               output: str, kept: Path | str, running: Layout) -> bool:
         """Find the services haproxy -c rejects and leave them out; False if none can be
         blamed: the config is rejected without them too, or every one is rejected (an
         operator's template or setting, not a tenant's value).

@@ -317,6 +317,31 @@ def test_a_certificate_file_broken_under_a_running_service_costs_only_that_servi
         assert "/teama/web" not in problems(daemon)
 
 
+def test_a_rejected_candidate_that_cannot_be_kept_is_still_isolated(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Keeping the rejected candidate beside the config failed (a full disk; here a
+    folder in the way) with an exception out of the reload: no isolation, nothing
+    applied, and the next step retried at once, 300 tracebacks in 5 s."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "fake.pem").write_text(FAKE_PEM)
+    in_the_way = tmp_path / "haproxy.cfg.rejected"
+    in_the_way.mkdir()
+    (in_the_way / "x").write_text("x")
+    simulator.launch("/first", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
+    with running(daemon):
+        simulator.create_app("/bad/unloadable", instances=0, cmd=None,
+                             labels={"HAPROXY_0_SSL_CERT": str(certs / "fake.pem")})
+        new_app_is_routed(simulator, daemon, "/good/new")
+        (problem,) = wait_for(lambda: problems(daemon).get("/bad/unloadable"), 30,
+                              what="the unloadable certificate's problem")
+        assert problem["reason"] == "haproxy_rejected"
+        out = daemon.proc.output()
+        assert "apply step failed" not in out
+        assert (f"kept at nowhere: writing {in_the_way} failed: Is a directory" in out)
+
+
 def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
         tmp_path: Path, simulator: Simulator) -> None:
     """The owner redeploys after a thief was refused: the thief's definition is now the
