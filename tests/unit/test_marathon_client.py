@@ -301,6 +301,26 @@ async def test_get_app_returns_the_app_or_none_on_404() -> None:
     assert len(seen) == 2
 
 
+async def test_an_app_without_its_tasks_is_not_marathons_answer() -> None:
+    """Without embed=app.tasks (a proxy dropping the query string), the app comes
+    without 'tasks': taken as is, its backend was emptied. The next URL is asked."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        app: dict[str, object] = {"id": "/shop/web", "tasksRunning": 2}
+        if request.url.host == "m2":
+            app["tasks"] = []
+        return httpx.Response(200, json={"app": app})
+
+    client, _ = make(handler)
+    async with client:
+        assert await client.get_app("/shop/web") == {"id": "/shop/web", "tasksRunning": 2,
+                                                     "tasks": []}
+    client, _ = make(handler, urls=["http://m1:8080"])
+    async with client:
+        with pytest.raises(MarathonResponseError, match=r"http://m1:8080/v2/apps/shop/web: "
+                           r"the app carries no tasks, yet says tasksRunning=2"):
+            await client.get_app("/shop/web")
+
+
 async def test_get_app_fails_over_like_get_apps() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.host == "m1":

@@ -363,6 +363,12 @@ class MarathonClient:
                     f"JSON has no 'app' object: {excerpt(response.content)}",
                     status=response.status_code,
                 )
+            if "tasks" not in app and app.get("tasksRunning"):  # as parse_apps refuses
+                raise MarathonResponseError(
+                    target.url + path, f"the app carries no tasks, yet says tasksRunning="
+                    f"{str(app['tasksRunning'])[:40]}: not an answer to "
+                    "embed=app.tasks (a proxy dropping the query string?)",
+                    status=response.status_code)
             return app
 
         got = await self._get("app", path, [("embed", "app.tasks")], allow_404=True,
