@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from .haproxy.control import ConfigFile, build_reloader
+from .haproxy.lock import ConfigInUse, ConfigLock, lock_path
 from .haproxy.process import kill_children
 from .haproxy.runtime import RuntimeClient
 from .layout import Settings
@@ -27,6 +29,7 @@ from .owners import owners_path
 from .planner import ReloadReason
 from .resolve import CachingResolver
 from .sdnotify import Notifier
+from .stopping import unless_stopped
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -212,6 +215,31 @@ async def _tell_status(engine: Engine, notifier: Notifier) -> None:
         await asyncio.sleep(STATUS_INTERVAL)
 
 
+def _lock_config(config: Path, socket: Path) -> list[ConfigLock]:
+    """One daemon per --haproxy-config and per --haproxy-socket (haproxy/lock.py): a
+    second one refuses to start. The socket's folder may belong to an HAProxy started
+    elsewhere: where no lock can be made there, the config's lock alone is taken."""
+    from .cli import CliError
+
+    locks: list[ConfigLock] = []
+    try:
+        locks.append(ConfigLock(config).acquire())
+        try:
+            locks.append(ConfigLock(socket, "--haproxy-socket").acquire())
+        except OSError as exc:
+            log.warning("--haproxy-socket %s: cannot create the lock %s (%s); a second "
+                        "daemon on this socket is not detected", socket, lock_path(socket),
+                        exc.strerror or exc)
+    except ConfigInUse as exc:
+        for lock in locks:
+            lock.release()
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"--haproxy-config {config}: cannot create the lock "
+                       f"{lock_path(config)}: {exc.strerror or exc}") from None
+    return locks
+
+
 def detect_reload_command(root: Path = Path("/")) -> str | None:
     """The init system's reload, as ``servicerouter.py`` looked for it."""
     units = ("lib/systemd/system/haproxy.service", "usr/lib/systemd/system/haproxy.service",
@@ -257,6 +285,11 @@ async def run_daemon(args: argparse.Namespace) -> int:
     if args.start_haproxy and not args.haproxy_master_socket:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))
     check_socket_path("--haproxy-master-socket", args.haproxy_master_socket)
+    if args.haproxy_master_socket and os.path.abspath(args.haproxy_master_socket) == \
+            os.path.abspath(settings.socket_path):
+        raise UsageError(f"--haproxy-master-socket {args.haproxy_master_socket} is also "
+                         "--haproxy-socket: HAProxy's master CLI and its worker's stats "
+                         "socket need a path each (they took the file from each other)")
     config = EngineConfig(
         settings=settings,
         templates=templates,
@@ -308,10 +341,13 @@ async def run_daemon(args: argparse.Namespace) -> int:
         runtime, writer, reloader = dry_run_parts(args, settings.socket_path)
     else:
         writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
-        writer.cleanup()  # what a killed predecessor left next to the config
         reloader = build_reloader(args, writer)
         runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:
+        locks = [] if args.dry_run else _lock_config(Path(args.haproxy_config),
+                                                       Path(settings.socket_path))
+        if locks:  # ours alone now: what a killed predecessor left goes
+            writer.cleanup()
         resolver = CachingResolver(background=True)  # DNS never blocks the loop
         engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
         resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
@@ -328,7 +364,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         notifier.send(READY="1", STATUS="started; waiting for the first config to be live")
         status = asyncio.ensure_future(_tell_status(engine, notifier))
         try:
-            await reloader.start(engine)
+            await unless_stopped(reloader.start(engine), stop)
             await engine.run(stop)
         finally:
             status.cancel()
@@ -339,5 +375,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
             await kill_children()
             writer.cleanup()
             resolver.close()
+            for lock in locks:
+                lock.release()
     log.info("servicerouter stopped")
     return 0

@@ -53,6 +53,7 @@ from .reconcile import Reconciler
 from .refetch import AppRefetcher, SingleFlight
 from .reload import ConfigWriter, Reloader, ReloadPipeline, write_maps
 from .state import ClusterState
+from .stopping import unless_stopped
 from .sync import EventHandler
 from .takeover import take_over
 
@@ -61,6 +62,7 @@ T = TypeVar("T")
 
 ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
 WORKER_CHECK_INTERVAL = 1.0  # seconds between looks at HAProxy's worker pid
+STREAM_STAYED_UP = 10.0  # seconds a stream must last to reset its reconnect backoff
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class Engine:
                 self.state.restore_owners(prior)
                 log.info("owners of %d ports and %d hosts read from %s", len(prior.ports),
                          len(prior.hosts), self.config.owners_file)
-        while not stop.is_set() and not await self.intake.full_sync():
+        while not stop.is_set() and not await unless_stopped(self.intake.full_sync(), stop):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():
@@ -200,6 +202,7 @@ class Engine:
         delays = reconnect_delays()
         first = True
         while not stop.is_set():
+            attached = None
             try:
                 stream = EventStream(self.marathon, self.config.event_types,
                                      stall_timeout=self.config.stall_timeout,
@@ -207,16 +210,20 @@ class Engine:
                                      on_alive=self.marathon_health.stream_alive)
                 async with stream:
                     log.info("event stream attached to %s", stream.url)
+                    attached = time.monotonic()
                     if not first:
                         self.metrics.stream_reconnects.inc()
                         self.request_full_sync()  # events may have been missed
                     first = False
-                    delays = reconnect_delays()
                     async for event in stream:
                         self.on_event(event)
             except MarathonError as exc:
                 self.marathon_health.stream_lost(str(exc))
                 log.warning("event stream: %s; reconnecting", exc)
+            # Only a stream that stayed up resets the backoff: one that ends at once would
+            # be reconnected, with a full sync, every 0.1 s.
+            if attached is not None and time.monotonic() - attached >= STREAM_STAYED_UP:
+                delays = reconnect_delays()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
 
@@ -263,6 +270,7 @@ class Engine:
             except Exception:  # a bug must not stop routing; the next step retries
                 log.exception("apply step failed")
                 self.request_reconcile()
+                self.reload_pipeline.failed("apply", None)  # later, not at once in a loop
 
     # ------------------------------------------------------------ one step
     async def step(self) -> None:

@@ -78,15 +78,24 @@ class Guard:
         return dirty
 
     async def exclude_rejected(self, layout: Layout, table: SlotTable, text: str,
-                               output: str, kept: Path, running: Layout) -> bool:
+                               output: str, kept: Path | str, running: Layout) -> bool:
         """Find the services haproxy -c rejects and leave them out; False if none can be
         blamed: the config is rejected without them too, or every one is rejected (an
         operator's template or setting, not a tenant's value).
 
         A service HAProxy runs now with the same definition is not a suspect: when it
-        is rejected all the same, the change is the operator's."""
+        is rejected all the same, the change is the operator's. Unless an alert names
+        its own certificate file: that file changed under it (a rotation gone wrong),
+        and only that service is at fault, not every reload of everyone."""
+        blamed = isolation.culprits(output, text, layout)
+
+        def own_cert_refused(name: str) -> bool:
+            cert = layout[name].service.options.ssl_cert
+            return bool(cert) and f"'{cert}'" in blamed.get(name, "")
+
         trusted = {n for n, shape in layout.items()
-                   if n in running and running[n].service == shape.service}
+                   if n in running and running[n].service == shape.service
+                   and not own_cert_refused(n)}
         suspects = [n for n in layout if n not in trusted]
 
         async def check(names: Collection[str]) -> tuple[bool, str]:
@@ -96,8 +105,7 @@ class Guard:
                                                 self.templates)
             return await self.writer.validate(candidate)
 
-        mapped = {n: a for n, a in isolation.culprits(output, text, layout).items()
-                  if n not in trusted}
+        mapped = {n: a for n, a in blamed.items() if n not in trusted}
         bad = await isolation.rejected_services(suspects, mapped, check)
         if not bad or (len(bad) == len(suspects) > 1):
             return False
@@ -105,8 +113,22 @@ class Guard:
                   "services it blames, validating the rest", kept, len(bad))
         for name, alert in sorted(bad.items()):
             svc = layout[name].service
+            if own_cert_refused(name):  # name the file, which is what must be fixed
+                self.state.exclude(name, Problem(
+                    svc.app_id, svc.index, "haproxy_rejected", f"HAPROXY_{svc.index}_SSL_CERT",
+                    str(svc.options.ssl_cert), f"is refused by haproxy -c "
+                    f"({shown(_after_section(alert))}); service left out until the file "
+                    "is replaced (seen at the next full sync) or its definition changes, "
+                    "others applied"))
+                continue
             self.state.exclude(name, Problem(
                 svc.app_id, svc.index, "haproxy_rejected", f"backend {name}", shown(alert),
                 "is what haproxy -c said about this service; service left out until its "
                 "definition changes, others applied"))
         return True
+
+
+def _after_section(alert: str) -> str:
+    """What HAProxy says after ``... in section 'frontend' : `` (the alert if not found)."""
+    at = alert.find(" : ", max(alert.find("' in section '"), 0))
+    return alert[at + 3:] if at >= 0 else alert

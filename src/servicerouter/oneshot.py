@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import owners
+from .haproxy.children import brief
 from .haproxy.files import atomic_write, keep_rejected
+from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
 from .owners import Owners
@@ -67,6 +70,11 @@ def write_maps(map_dir: str, maps: Mapping[str, str | None]) -> None:
 def reload_with(args: argparse.Namespace) -> tuple[str, Callable[[], Awaitable[str]]]:
     """The reload to use, as (description, action); SyncError when none is known."""
     if args.haproxy_master_socket:
+        if os.path.abspath(args.haproxy_master_socket) == \
+                os.path.abspath(getattr(args, "haproxy_socket", None) or ""):
+            raise SyncError(f"--haproxy-master-socket {args.haproxy_master_socket} is also "
+                            "--haproxy-socket: HAProxy's master CLI and its worker's stats "
+                            "socket need a path each; nothing was changed")
         master = MasterCLI(args.haproxy_master_socket)
 
         async def via_master() -> str:
@@ -100,9 +108,26 @@ def _put_back(map_dir: str, old: Mapping[str, str | None]) -> None:
 
 async def sync(args: argparse.Namespace,
                render_config: Callable[[], Awaitable[Rendered]]) -> str:
-    """One sync; returns what was done in one line ("" when nothing changed)."""
+    """One sync; returns what was done in one line ("" when nothing changed). Refused
+    while a daemon (or another sync) holds the config's lock (haproxy/lock.py)."""
+    how, reload = reload_with(args)  # before fetching, or locking: no reload, no point
+    lock = ConfigLock(Path(args.haproxy_config))
+    try:
+        lock.acquire()
+    except ConfigInUse as exc:
+        raise SyncError(str(exc)) from None
+    except OSError as exc:
+        raise SyncError(f"cannot create the lock {lock.path}: {exc.strerror or exc}; "
+                        "nothing was changed") from None
+    try:
+        return await _sync(args, render_config, how, reload)
+    finally:
+        lock.release()
+
+
+async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[Rendered]],
+                how: str, reload: Callable[[], Awaitable[str]]) -> str:
     config = Path(args.haproxy_config)
-    how, reload = reload_with(args)  # before fetching: no reload, no point
     rendered = await render_config()
     candidate = rendered.text
     try:
@@ -127,7 +152,7 @@ async def sync(args: argparse.Namespace,
         _put_back(rendered.map_dir, old_maps)
         kept = keep_rejected(config, candidate)
         raise SyncError(f"haproxy -c rejected the new config (kept at {kept}); {config} and "
-                        f"the running HAProxy are unchanged: {checked.output.strip()}")
+                        f"the running HAProxy are unchanged: {brief(checked.output)}")
     try:
         config.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(config, candidate)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import pool
 from .applylog import reload_causes
+from .haproxy.children import brief
 from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout
@@ -65,7 +66,7 @@ class ConfigWriter(Protocol):
 
     def write(self, text: str) -> None: ...
 
-    def keep_rejected(self, text: str) -> Path: ...
+    def keep_rejected(self, text: str) -> Path | str: ...
 
     def read(self) -> str | None: ...
 
@@ -90,6 +91,7 @@ class ReloadPipeline:
         self.rejected: str | None = None  # a candidate haproxy -c refused, not retried
         self.backoff = 0.0
         self.next_at = 0.0  # time.monotonic() before which no reload starts
+        self.last_started = -float("inf")  # time.monotonic() the last attempt began
         # The admin socket's spelling in the running config, and whether the next reload
         # must spell it differently so that HAProxy binds its file anew (it was removed).
         self.live_socket = engine.config.settings.socket_path
@@ -104,10 +106,14 @@ class ReloadPipeline:
         return time.monotonic() >= self.next_at
 
     def manual(self) -> None:
-        """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff."""
+        """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff, but
+        not --min-reload-interval since the last attempt began: a storm of SIGHUPs (or of
+        /_mlb_signal requests, which anyone on --listen may send) is one reload per
+        interval, not one per signal, each leaving an old worker to drain."""
         self.rejected = None
         self.backoff = 0.0
-        self.next_at = time.monotonic()
+        self.next_at = min(self.next_at,
+                           self.last_started + self.engine.config.min_reload_interval)
 
     def socket_gone(self) -> None:
         """The admin socket file is gone: one reload has HAProxy bind it again."""
@@ -134,6 +140,7 @@ class ReloadPipeline:
     async def run(self) -> bool:
         """Render all of the desired state, validate, write, reload, reconcile."""
         e = self.engine
+        self.last_started = time.monotonic()
         reason = primary_reason(e.pending)
         causes = reload_causes(e.pending, e.state.desired, e.layout, reason)
         started = time.perf_counter()
@@ -177,7 +184,7 @@ class ReloadPipeline:
             self.rejected = text
             e.write_maps(e.layout)
             return self.failed("validate", f"candidate config rejected by haproxy -c "
-                               f"(kept at {kept}): {output.strip()}; the running "
+                               f"(kept at {kept}): {brief(output)}; the running "
                                "config keeps serving")
         forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
         if text == e.running_config and not forced & {str(r) for r in pending.values()}:

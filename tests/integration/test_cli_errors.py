@@ -83,6 +83,13 @@ def test_existing_config_with_a_busy_port(tmp_path: Path, busy_port: int) -> Non
     (["render", "--apps-json", str(FIXTURE), "--mesos-dns", "marathon.mesos"], 2,
      "--mesos-dns needs --dns-resolver IP:PORT"),
     (["run", "--service-port-range", "10000-9000"], 2, "--service-port-range: "),
+    (["run", "--haproxy-socket", "/run/sr/h.sock", "--haproxy-master-socket",
+      "/run/sr/../sr/h.sock"], 2, "--haproxy-master-socket /run/sr/../sr/h.sock is also "
+     "--haproxy-socket: HAProxy's master CLI and its worker's stats socket need a path each"),
+    (["sync", "--marathon", "http://127.0.0.1:1", "--haproxy-socket", "/run/sr/h.sock",
+      "--haproxy-master-socket", "/run/sr/h.sock"], 1, "--haproxy-master-socket "
+     "/run/sr/h.sock is also --haproxy-socket: HAProxy's master CLI and its worker's stats "
+     "socket need a path each; nothing was changed"),
 ])
 def test_bad_flag_values(tmp_path: Path, argv: list[str], status: int, expected: str) -> None:
     if argv[0] == "run":

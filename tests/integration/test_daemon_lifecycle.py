@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +25,17 @@ from servicerouter.haproxy.master_cli import MasterCLI
 from servicerouter.haproxy.render import builtin_templates
 
 from .conftest import needs_haproxy
-from .harness import Daemon, ExternalHAProxy, Simulator, responders, running, wait_for
+from .harness import (
+    EMPTY_CFG,
+    PYTHON,
+    Daemon,
+    ExternalHAProxy,
+    Simulator,
+    free_port,
+    responders,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -122,6 +133,30 @@ def test_sigkilled_daemon_leaves_no_process_and_no_file(tmp_path: Path,
     assert leftovers == []
 
 
+def test_a_check_that_prints_megabytes_is_logged_in_brief(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    """A broken template over many services is an alert each; the whole output was one
+    log line per retry of the backoff (here 2.4 MB each)."""
+    chatty = tmp_path / "haproxy-chatty"
+    chatty.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then\n  yes "[ALERT] (1) : config : '
+                      'parsing [x:1] : unknown keyword" | head -n 50000; exit 1\nfi\n'
+                      'exec haproxy "$@"\n')
+    chatty.chmod(0o755)
+    port, _ = simulator.launch("/first", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--haproxy-bin", str(chatty))
+    with running(daemon):
+        daemon.start()  # the first config starts HAProxy directly, with no haproxy -c
+        simulator.launch("/second", 1)
+        logged = re.compile(r"candidate config rejected by haproxy -c.*?the running config "
+                            r"keeps serving", re.DOTALL)
+        message = wait_for(lambda: logged.search(daemon.proc.output()), 30,
+                           what="the rejection logged").group(0)
+        assert len(message) < 10_000
+        assert message.endswith("more characters of haproxy -c's output not shown); the "
+                                "running config keeps serving")
+        routed(simulator, "/first", port)
+
+
 def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
                                                   simulator: Simulator) -> None:
     """--start-haproxy ties HAProxy's life to the daemon's (see the README for why, and
@@ -137,6 +172,67 @@ def test_sigkilled_daemon_takes_its_haproxy_along(tmp_path: Path,
         daemon.proc.popen.wait(10)
         _wait_gone(pids)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("hangs", ["marathon", "check"])
+def test_sigterm_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path,
+                                                                 hangs: str) -> None:
+    """A SIGTERM during the first full sync waited out --marathon-timeout, twice (60 s
+    here, with the default 30 s); during the check of a config left on disk, haproxy -c's
+    60 s. Here both are far longer than the bound the daemon gets to stop."""
+    (tmp_path / "haproxy.cfg").write_text(
+        EMPTY_CFG + f"listen stats\n    bind 127.0.0.1:{free_port()}\n")
+    with socket.socket() as marathon:  # accepts connections, never answers
+        marathon.bind(("127.0.0.1", 0))
+        marathon.listen(16)
+        extra = ["--marathon-timeout", "300"]
+        if hangs == "check":
+            extra += ["--haproxy-bin", str(_slow_check_haproxy(tmp_path))]
+        daemon = Daemon(tmp_path, f"http://127.0.0.1:{marathon.getsockname()[1]}", *extra)
+        with running(daemon):
+            daemon.start(wait_healthy=False)
+            assert daemon.proc.popen is not None
+            pid = daemon.proc.popen.pid
+            if hangs == "check":
+                children = wait_for(lambda: [c for c in _children_of(pid)
+                                             if _comm(c) == "sleep"], 30, what="haproxy -c")
+            else:
+                wait_for(lambda: "starting HAProxy on the existing" in daemon.proc.output(),
+                         30, what="HAProxy started on the config on disk")
+                children = daemon.proc_info().all_pids
+            os.kill(pid, signal.SIGTERM)
+            try:
+                daemon.proc.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 60 s after SIGTERM (hanging: {hangs})")
+            assert daemon.proc.popen.returncode == 0, daemon.proc.output()
+            _wait_gone(children)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "haproxy-slow-check")
+    assert left == ["haproxy.cfg", "servicerouter.log"], left
+
+
+def test_sigterm_during_a_hanging_reload_command_stops_all_it_started(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """The command's shell died with the daemon (parent-death signal), but what the
+    shell had started was left running: the cancelled command was forgotten before the
+    daemon's exit killed its children's process groups."""
+    simulator.launch("/cmd", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--reload-command", "sleep 300; true",
+                    start_haproxy=False)
+    with running(daemon):
+        daemon.start(wait_healthy=False)
+        assert daemon.proc.popen is not None
+        pid = daemon.proc.popen.pid
+        sleeps = wait_for(lambda: [c for sh in _children_of(pid) for c in _children_of(sh)
+                                   if _comm(c) == "sleep"], 30, what="the reload command")
+        os.kill(pid, signal.SIGTERM)
+        daemon.proc.popen.wait(30)
+        try:
+            _wait_gone(sleeps)
+        finally:  # the defect's leftover must not outlive the test either
+            for child in sleeps:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
 
 
 def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) -> None:
@@ -155,6 +251,58 @@ def test_sockets_are_0600_under_umask_000(tmp_path: Path, simulator: Simulator) 
         wait_for(lambda: daemon.reloads() > before, 20, what="a reload")
         assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+
+
+def test_a_second_daemon_on_the_same_config_refuses_and_the_first_keeps_serving(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """It used to start a second HAProxy that took over both socket paths (the first
+    daemon then drove the second's HAProxy), and unlinked them under the first when it
+    stopped."""
+    port, _ = simulator.launch("/one", 2)
+    first = Daemon(tmp_path, simulator.url)
+    with running(first):
+        first.start()
+        routed(simulator, "/one", port)
+        assert first.proc.popen is not None
+        pids, reloads = first.proc_info().all_pids, first.reloads()
+        second = Daemon(tmp_path, simulator.url)
+        second.proc.argv[second.proc.argv.index("--listen") + 1] = f"127.0.0.1:{free_port()}"
+        out = subprocess.run(second.proc.argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert lines[-1] == (
+            f"servicerouter: error: --haproxy-config {first.config}: another servicerouter "
+            f"(pid {first.proc.popen.pid}) manages it (lock {first.config}.lock is held); "
+            "nothing was done. Stop that one first, or give this one its own "
+            "--haproxy-config and sockets"), out.stderr
+        assert "listening" not in out.stderr and "starting HAProxy" not in out.stderr
+        # Its own config but the same admin socket: that HAProxy would take the socket.
+        argv = list(second.proc.argv)
+        argv[argv.index("--haproxy-config") + 1] = str(tmp_path / "other.cfg")
+        argv[argv.index("--haproxy-master-socket") + 1] = str(tmp_path / "other.sock")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith(
+            f"servicerouter: error: --haproxy-socket {first.socket}: another servicerouter "
+            f"(pid {first.proc.popen.pid}) manages it"), out.stderr
+        assert not (tmp_path / "other.cfg").exists()
+        assert not (tmp_path / "other.cfg.lock").exists()
+        # The first daemon's HAProxy and sockets are untouched, and it goes on working.
+        assert first.proc_info().all_pids == pids
+        assert first.socket.exists() and first.master_socket.exists()
+        replace_task(simulator, "/one")
+        routed(simulator, "/one", port)
+        assert first.reloads() == reloads, "a replacement is a runtime change"
+        # A sync from cron would rewrite the config and reload behind its back too.
+        sync = subprocess.run([PYTHON, "-m", "servicerouter", "sync", "--marathon",
+                               simulator.url, "--haproxy-config", str(first.config),
+                               "--haproxy-master-socket", str(first.master_socket)],
+                              capture_output=True, text=True, timeout=60)
+        assert sync.returncode == 1
+        assert f"another servicerouter (pid {first.proc.popen.pid}) manages it" in sync.stderr
+        assert first.reloads() == reloads
+    assert not (tmp_path / "haproxy.cfg.lock").exists(), "a stopped daemon leaves its lock"
+    assert not (tmp_path / "admin.sock.lock").exists()
 
 
 def test_removed_admin_socket_is_restored_by_one_reload(tmp_path: Path,
@@ -225,6 +373,69 @@ def test_sighup_reloads_with_new_templates_and_the_daemon_keeps_running(
         assert "# edited" in daemon.config.read_text()
         assert daemon.proc.alive()
         routed(simulator, "/hup", port)
+
+
+def test_a_templates_folder_gone_keeps_the_running_config_not_the_built_in_one(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Jinja skips a search path that does not exist: a SIGHUP while a deploy tool
+    replaced the --templates folder reloaded HAProxy with the built-in templates,
+    silently dropping the operator's."""
+    templates = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), templates)
+    service = templates / "service.j2"
+    service.write_text(service.read_text().replace(
+        "    balance {{ b.balance }}", "    balance {{ b.balance }}\n    # ours"))
+    port, _ = simulator.launch("/tpl", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--templates", str(templates))
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/tpl", port)
+        assert "# ours" in daemon.config.read_text()
+        before = daemon.reloads()
+        moved = tmp_path / "templates.old"
+        templates.rename(moved)
+        assert daemon.proc.popen is not None
+        daemon.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: 'servicerouter_reload_failures_total{stage="validate"} 1.0'
+                 in daemon.metrics(), 20, what="the reload refused")
+        assert f"--templates {templates}: no such directory" in daemon.proc.output()
+        assert daemon.reloads() == before and "# ours" in daemon.config.read_text()
+        replace_task(simulator, "/tpl")  # churn goes on at runtime meanwhile
+        routed(simulator, "/tpl", port)
+        moved.rename(templates)
+        daemon.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: daemon.reloads() == before + 1, 20, what="the reload, folder back")
+        assert "# ours" in daemon.config.read_text()
+
+
+def test_a_sighup_storm_is_one_reload_per_min_reload_interval(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Each SIGHUP (or /_mlb_signal request) used to reload at once, whatever
+    --min-reload-interval said: 100 in a second were 5 reloads, each leaving an old
+    worker to drain. Now they wait out the interval since the last reload began and
+    are one reload."""
+    port, _ = simulator.launch("/storm", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--min-reload-interval", "10")
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/storm", port)
+        before = daemon.reloads()
+        assert daemon.proc.popen is not None
+        for _ in range(30):
+            daemon.proc.popen.send_signal(signal.SIGHUP)
+            time.sleep(0.01)  # spaced, so that the kernel does not merge them
+        daemon.http.post("/_mlb_signal/usr1").raise_for_status()
+        wait_for(lambda: daemon.proc.output().count("SIGHUP received") >= 2, 20,
+                 what="the SIGHUPs handled")
+        def manual() -> float:
+            found = re.search(r'servicerouter_reloads_total\{reason="manual"\} (\S+)',
+                              daemon.metrics())
+            return float(found.group(1)) if found else 0.0
+
+        wait_for(lambda: manual() >= 1, 40, what="a manual reload, once the interval is over")
+        # The storm ended long before the interval did: all of it is that one reload.
+        assert (manual(), daemon.reloads()) == (1, before + 1)
+        routed(simulator, "/storm", port)
 
 
 def test_systemd_hears_ready_and_a_reload_right_after_it_reloads(

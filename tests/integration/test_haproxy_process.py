@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from servicerouter.demo.procs import free_port
-from servicerouter.haproxy.master_cli import MasterCLI, MasterUnavailable, ProcInfo
+from servicerouter.haproxy.master_cli import (
+    HAProxyProcessError,
+    MasterCLI,
+    MasterUnavailable,
+    ProcInfo,
+)
 from servicerouter.haproxy.process import (
     HAProxyProcess,
     ReloadError,
@@ -135,6 +140,19 @@ async def test_run_reload_command() -> None:
 async def test_master_socket_missing_names_it(root: Path) -> None:
     with pytest.raises(MasterUnavailable, match=str(root / "m.sock")):
         await MasterCLI(str(root / "m.sock")).show_proc()
+
+
+async def test_the_admin_socket_given_as_master_socket_is_named_as_such(
+        haproxy: HAProxyProcess, root: Path) -> None:
+    """A common mix-up (--haproxy-master-socket naming the stats socket): the error was
+    'no master line in show proc output' and HAProxy's list of unknown commands."""
+    await haproxy.start()
+    with pytest.raises(HAProxyProcessError) as info:
+        await MasterCLI(str(root / "admin.sock")).show_proc()
+    assert str(info.value) == (
+        f"HAProxy master socket {root}/admin.sock: this is not HAProxy's master CLI (the "
+        "socket of -S) but a worker's stats socket (the config's 'stats socket', which "
+        "--haproxy-socket names): it does not know 'show proc'")
 
 
 # ---------------------------------------------------------------- process lifecycle

@@ -191,3 +191,39 @@ async def test_a_stream_dripping_bytes_without_a_line_is_stalled() -> None:
     print(f"\na stream dripping bytes without a line: stalled after {took:.2f}s (limit 1s)")
     assert alive == [url]  # the attach event completed lines: it was live at first
     assert took < 10
+
+
+@dataclass
+class LoginPage(Marathon):
+    """Answers every GET with 200 and an HTML page: an auth proxy's login form, or a
+    load balancer's maintenance page, in front of one of the Marathons."""
+
+    body: bytes = b"<html><body><form>Sign in</form></body></html>"
+
+    def app(self) -> Starlette:
+        async def page(request: Request) -> Response:
+            self.requests.append(request)
+            return Response(self.body, media_type="text/html")
+
+        return Starlette(routes=[Route("/v2/apps", page), Route("/v2/apps/{id:path}", page)])
+
+
+@pytest.mark.parametrize("body", [b"<html><body>Sign in</body></html>",
+                                  b'{"message": "maintenance"}', b'{"apps": [{"id": "/a", '])
+async def test_a_200_that_is_not_marathons_answer_moves_to_the_next_url(body: bytes) -> None:
+    """It was the answer: the sync failed on it, and since failover starts from the URL
+    that last answered, every sync after it failed too while the next one was fine."""
+    async with serving(Marathon()) as good, serving(LoginPage(body=body)) as login:
+        async with MarathonClient([login.url, good.url]) as c:
+            result = await c.get_apps()
+            assert result.url == good.url
+            assert [a["id"] for a in result.apps] == ["/shop/web"]
+            assert c.candidates()[0].url == good.url  # remembered: asked first next time
+            assert (await c.get_app("/shop/web")) == {"id": "/shop/web"}  # refetches too
+        async with serving(LoginPage(body=body)) as other, \
+                MarathonClient([login.url, other.url]) as c:
+            with pytest.raises(MarathonUnavailable) as failed:
+                await c.get_apps()
+    message = str(failed.value)
+    for url in (login.url, other.url):
+        assert f"{url} (body is not JSON" in message or f"{url} (JSON has no 'apps'" in message

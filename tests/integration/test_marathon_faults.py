@@ -338,3 +338,34 @@ def test_app_updates_refetch_the_app_not_everything(
         assert sum(e["eventType"] == "group_change_success" for e in log) >= 5
         print(f"\n5 app PUTs: {full_syncs(daemon) - syncs:.0f} full syncs")
         assert full_syncs(daemon) == syncs  # none of them cost a full sync
+
+
+def test_a_stream_that_ends_at_once_backs_off_and_full_syncs_stay_few(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    """Each reconnect does a full sync (events may have been missed). A stream that
+    attached and ended at once reset the backoff, so it was reconnected every ~0.1 s
+    with a full GET /v2/apps each time (at 10,000 apps, ~30 MB for Marathon to serve,
+    again and again). Only a stream that stayed up resets the backoff now."""
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        started(daemon, port, live)
+        simulator.http.post("/_sim/faults", json={"events_close_after": 0}).raise_for_status()
+        simulator.http.post("/_sim/streams/close").raise_for_status()
+        begin = time.monotonic()
+        reconnects = "servicerouter_marathon_stream_reconnects_total"
+        wait_for(lambda: metric(daemon, reconnects) >= 7, 60, what="7 stream reconnects")
+        took = time.monotonic() - begin
+        print(f"\nstream ending at once: 7 reconnects in {took:.1f}s")
+        # Backoff: 0.1, 0.2, ... doubling to 10 s, each at least half that (jitter):
+        # the 6 waits between 7 reconnects are >= 3.15 s. Without it, ~0.6 s.
+        assert took >= 3.0
+        assert requests(daemon, "apps", "ok") <= metric(daemon, reconnects) + 2
+        wait_routed(port, live)  # HAProxy keeps routing meanwhile
+        simulator.http.post("/_sim/faults", json={"events_close_after": None}
+                            ).raise_for_status()
+        after = metric(daemon, reconnects)
+        wait_for(lambda: metric(daemon, reconnects) > after
+                 and metric(daemon, "servicerouter_marathon_stream_connected") == 1, 30,
+                 what="a stream that stays")
+        converges(simulator, port, "/faults/web", live, daemon)

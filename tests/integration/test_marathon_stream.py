@@ -83,7 +83,12 @@ class Marathon:
             self.requests.append(request)
             return JSONResponse({"apps": [{"id": "/shop/web"}]})
 
-        return Starlette(routes=[Route("/v2/events", events), Route("/v2/apps", apps)])
+        async def app(request: Request) -> Response:
+            self.requests.append(request)
+            return JSONResponse({"app": {"id": "/" + request.path_params["id"]}})
+
+        return Starlette(routes=[Route("/v2/events", events), Route("/v2/apps", apps),
+                                 Route("/v2/apps/{id:path}", app)])
 
     async def _play(self) -> AsyncIterator[bytes]:
         for step in self.script:

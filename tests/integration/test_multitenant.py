@@ -272,6 +272,76 @@ def test_another_groups_certificate_is_not_served_on_a_thiefs_port(
             what="the certificate's owner in the owners file")
 
 
+def test_a_certificate_file_broken_under_a_running_service_costs_only_that_service(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """The service's definition did not change, so it was trusted: haproxy -c refusing
+    its (rewritten) certificate file was taken for the operator's change, and every
+    reload failed: no new app of any tenant was routed, and /status showed nothing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=shop.test", "-days", "1", "-keyout", str(tmp_path / "k"), "-out",
+                    str(tmp_path / "c")], check=True, capture_output=True, timeout=60)
+    good = (tmp_path / "c").read_bytes() + (tmp_path / "k").read_bytes()
+    cert = certs / "shop.pem"
+    cert.write_bytes(good)
+    port, _ = simulator.launch("/teama/web", 1, labels={"HAPROXY_0_SSL_CERT": str(cert)})
+    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
+    with running(daemon):
+        def over_tls() -> set[str]:
+            with httpx.Client(timeout=5, verify=False) as c:
+                return {c.get(f"https://127.0.0.1:{port}/",
+                              headers={"Connection": "close"}).text.strip() for _ in range(4)}
+
+        wait_for(lambda: over_tls() == simulator.running("/teama/web"), 30,
+                 what="/teama/web served over TLS")
+        cert.write_text(FAKE_PEM)  # a rotation gone wrong
+        new_app_is_routed(simulator, daemon, "/teamb/new")
+        (problem,) = wait_for(lambda: problems(daemon).get("/teama/web"), 30,
+                              what="the broken certificate's service in /status")
+        assert (problem["reason"], problem["label"]) == ("haproxy_rejected",
+                                                         "HAPROXY_0_SSL_CERT")
+        assert problem["error"] == (
+            f"HAPROXY_0_SSL_CERT='{cert}' is refused by haproxy -c "
+            f"(unable to load certificate from file '{cert}'.); service left out until the "
+            "file is replaced (seen at the next full sync) or its definition changes, "
+            "others applied")
+        # Fixed, and seen at the next full sync: the service comes back.
+        cert.write_bytes(good)
+        assert daemon.proc.popen is not None
+        daemon.proc.popen.send_signal(signal.SIGUSR1)
+        wait_for(lambda: over_tls() == simulator.running("/teama/web"), 30,
+                 what="/teama/web over TLS again")
+        assert "/teama/web" not in problems(daemon)
+
+
+def test_a_rejected_candidate_that_cannot_be_kept_is_still_isolated(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Keeping the rejected candidate beside the config failed (a full disk; here a
+    folder in the way) with an exception out of the reload: no isolation, nothing
+    applied, and the next step retried at once, 300 tracebacks in 5 s."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "fake.pem").write_text(FAKE_PEM)
+    in_the_way = tmp_path / "haproxy.cfg.rejected"
+    in_the_way.mkdir()
+    (in_the_way / "x").write_text("x")
+    simulator.launch("/first", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
+    with running(daemon):
+        simulator.create_app("/bad/unloadable", instances=0, cmd=None,
+                             labels={"HAPROXY_0_SSL_CERT": str(certs / "fake.pem")})
+        new_app_is_routed(simulator, daemon, "/good/new")
+        (problem,) = wait_for(lambda: problems(daemon).get("/bad/unloadable"), 30,
+                              what="the unloadable certificate's problem")
+        assert problem["reason"] == "haproxy_rejected"
+        out = daemon.proc.output()
+        assert "apply step failed" not in out
+        assert (f"kept at nowhere: writing {in_the_way} failed: Is a directory" in out)
+
+
 def test_a_restart_keeps_a_virtual_host_with_its_owner_not_the_older_thief(
         tmp_path: Path, simulator: Simulator) -> None:
     """The owner redeploys after a thief was refused: the thief's definition is now the

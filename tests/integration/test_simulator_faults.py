@@ -24,12 +24,13 @@ async def client(sim: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:  # n
 async def test_faults_are_shown_set_validated_and_cleared(client: httpx.AsyncClient) -> None:
     assert (await client.get("/_sim/faults")).json() == {
         "slow_bytes_per_second": None, "apps_redirect": None, "events_redirect": None,
-        "malformed_status": 0, "late_running": False}
+        "malformed_status": 0, "late_running": False, "events_close_after": None}
     r = await client.post("/_sim/faults", json={"late_running": True, "malformed_status": 2})
     assert r.json()["late_running"] is True and r.json()["malformed_status"] == 2
     for bad, says in [({"nope": 1}, "unknown fault 'nope'"),
                       ({"slow_bytes_per_second": 0}, "slow_bytes_per_second"),
                       ({"apps_redirect": "ftp://x"}, "apps_redirect"),
+                      ({"events_close_after": -1}, "events_close_after"),
                       ([1], "JSON object")]:
         r = await client.post("/_sim/faults", json=bad)
         assert r.status_code == 400 and says in r.json()["message"]

@@ -224,7 +224,8 @@ async def test_non_json_body_names_the_url_and_shows_an_excerpt() -> None:
             200,
             text="<html><body>Welcome to nginx</body></html>",
             headers={"Content-Type": "text/html"},
-        )
+        ),
+        urls=["http://m1:8080"],  # with another URL, that one is asked next (failover)
     )
     async with client:
         with pytest.raises(MarathonResponseError) as info:
@@ -236,7 +237,7 @@ async def test_non_json_body_names_the_url_and_shows_an_excerpt() -> None:
 
 @pytest.mark.parametrize("body", [{"app": {}}, {"apps": {"id": "/x"}}, [1, 2]])
 async def test_json_without_an_apps_list_is_an_error(body: object) -> None:
-    client, _ = make(lambda r: httpx.Response(200, json=body))
+    client, _ = make(lambda r: httpx.Response(200, json=body), urls=["http://m1:8080"])
     async with client:
         with pytest.raises(MarathonResponseError, match="no 'apps' list"):
             await client.get_apps()
@@ -298,6 +299,26 @@ async def test_get_app_returns_the_app_or_none_on_404() -> None:
             await client.get_app("/")
     assert seen[0].url.params["embed"] == "app.tasks"
     assert len(seen) == 2
+
+
+async def test_an_app_without_its_tasks_is_not_marathons_answer() -> None:
+    """Without embed=app.tasks (a proxy dropping the query string), the app comes
+    without 'tasks': taken as is, its backend was emptied. The next URL is asked."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        app: dict[str, object] = {"id": "/shop/web", "tasksRunning": 2}
+        if request.url.host == "m2":
+            app["tasks"] = []
+        return httpx.Response(200, json={"app": app})
+
+    client, _ = make(handler)
+    async with client:
+        assert await client.get_app("/shop/web") == {"id": "/shop/web", "tasksRunning": 2,
+                                                     "tasks": []}
+    client, _ = make(handler, urls=["http://m1:8080"])
+    async with client:
+        with pytest.raises(MarathonResponseError, match=r"http://m1:8080/v2/apps/shop/web: "
+                           r"the app carries no tasks, yet says tasksRunning=2"):
+            await client.get_app("/shop/web")
 
 
 async def test_get_app_fails_over_like_get_apps() -> None:
@@ -419,7 +440,7 @@ async def test_a_body_under_max_body_is_read_whole_and_decompressed() -> None:
 
 async def test_json_nested_too_deep_is_a_clear_error_not_a_recursion_error() -> None:
     deep = b'{"apps": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
-    client, _ = make(lambda r: httpx.Response(200, content=deep))
+    client, _ = make(lambda r: httpx.Response(200, content=deep), urls=["http://m1:8080"])
     async with client:
         with pytest.raises(MarathonResponseError, match=r"nested too deep") as info:
             await client.get_apps()

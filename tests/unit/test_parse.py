@@ -205,6 +205,11 @@ BAD_APPS = [
     ({"tasks": "x"}, "tasks"),
     ({"tasks": [{"host": "10.0.0.1"}]}, "tasks[0].id"),
     ({"tasks": [{"id": "t.1", "ports": "31000"}]}, "tasks[0].ports"),
+    # Not dropped (port 1 would then serve service port 0: another port of the task).
+    ({"tasks": [{"id": "t.1", "ports": ["31000", 31001]}]}, "tasks[0].ports[0]"),
+    ({"tasks": [{"id": "t.1", "ports": [31000.0, 31001]}]}, "tasks[0].ports[0]"),
+    ({"tasks": [{"id": "t.1", "ports": [True, 31001]}]}, "tasks[0].ports[0]"),
+    ({"tasks": [{"id": "t.1", "ports": [None, 31001]}]}, "tasks[0].ports[0]"),
     ({"tasks": [{"id": "t.1", "ipAddresses": {}}]}, "tasks[0].ipAddresses"),
     ({"networks": [{"mode": "overlay"}]}, "networks[0].mode"),
     ({"networks": "host"}, "networks"),
@@ -469,3 +474,27 @@ def test_a_task_that_is_not_an_object_is_named_not_a_type_error(task: str, kind:
     assert len(result.errors) == 1
     message = str(result.errors[0])
     assert f"tasks[1]: expected an object, got {kind}" in message, message
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_an_answer_without_embedded_tasks_is_refused_not_an_outage(decode: bool) -> None:
+    """Without embed=apps.tasks (a proxy dropping the query string) Marathon sends apps
+    with no 'tasks' at all: parsed as apps without tasks, every backend was emptied."""
+    apps = [_host_app(id=f"/a{i}", portDefinitions=[{"port": 10801 + i}]) for i in range(3)]
+    for app in apps:
+        del app["tasks"]
+        app["tasksRunning"] = 2
+    payload: Any = {"apps": apps}
+    if decode:
+        payload = decode_apps(json.dumps(payload).encode())
+    with pytest.raises(PayloadError, match=r"^http://m/v2/apps: no app carries its tasks, "
+                       r"yet 3 apps say they have tasks running: not an answer to "
+                       r"embed=apps.tasks"):
+        parse_apps(payload, "http://m/v2/apps", resolve)
+    # With its tasks (even none), or with nothing running, it is Marathon's answer.
+    apps[0]["tasks"] = []
+    assert len(parse_apps({"apps": apps}, "x", resolve).apps) == 3
+    for app in apps:
+        app.pop("tasks", None)
+        app["tasksRunning"] = 0
+    assert len(parse_apps({"apps": apps}, "x", resolve).apps) == 3

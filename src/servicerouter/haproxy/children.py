@@ -26,6 +26,19 @@ class ValidationResult:
     output: str
 
 
+def brief(output: str, limit: int = 8192) -> str:
+    """``haproxy -c``'s output for a log line or an error: its head, with how much was
+    left out. A broken template over 10,000 services is an alert each (megabytes),
+    logged again at every retry of the backoff."""
+    output = output.strip()
+    if len(output) <= limit:
+        return output
+    cut = output.rfind("\n", 0, limit)
+    head = output[:cut if cut > 0 else limit]
+    return (f"{head}\n... ({len(output) - len(head)} more characters of haproxy -c's "
+            "output not shown)")
+
+
 def _tail(text: str, limit: int = 2000) -> str:
     text = text.strip()
     return text if len(text) <= limit else "..." + text[-limit:]
@@ -144,6 +157,9 @@ async def validate(
     except asyncio.TimeoutError:
         await kill_group(proc)
         return ValidationResult(False, f"{haproxy_bin} -c timed out after {timeout}s")
+    except asyncio.CancelledError:  # nobody waits for this check any more (a stop)
+        await kill_group(proc)
+        raise
     except (BrokenPipeError, ConnectionResetError):  # exited before reading it all
         out = await proc.stdout.read() if proc.stdout else b""
         await proc.wait()
@@ -168,6 +184,9 @@ async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) ->
     except asyncio.TimeoutError:
         await kill_group(proc)
         raise ReloadError(f"reload command {shown!r} timed out after {timeout}s") from None
+    except asyncio.CancelledError:  # the daemon stops: the command and all it started go
+        await kill_group(proc)  # (only its direct child has the parent-death signal)
+        raise
     finally:
         _children.discard(proc)
     if proc.returncode != 0:

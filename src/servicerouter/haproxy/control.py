@@ -71,8 +71,13 @@ class ConfigFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, text)
 
-    def keep_rejected(self, text: str) -> Path:
-        return keep_rejected(self.path, text)
+    def keep_rejected(self, text: str) -> Path | str:
+        """The candidate kept next to the config for inspection; best effort: a disk that
+        is full (or a folder in the way) must not stop the candidate being judged."""
+        try:
+            return keep_rejected(self.path, text)
+        except OSError as exc:
+            return f"nowhere: writing {self.path}.rejected failed: {exc.strerror or exc}"
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):

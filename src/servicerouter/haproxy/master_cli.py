@@ -107,6 +107,10 @@ def parse_show_proc(text: str) -> ProcInfo:
             info = WorkerInfo(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4))
             (workers if section == "workers" else old).append(info)
     if master is None:
+        if text.lstrip().startswith("Unknown command"):  # what a worker's stats socket says
+            raise ValueError("this is not HAProxy's master CLI (the socket of -S) but a "
+                             "worker's stats socket (the config's 'stats socket', which "
+                             "--haproxy-socket names): it does not know 'show proc'")
         raise ValueError(f"no master line in 'show proc' output: {text[:200]!r}")
     return ProcInfo(
         master_pid=int(master.group(1)),

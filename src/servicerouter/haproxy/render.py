@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -248,6 +249,9 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     ``mode_templates`` (a folder under the built-in templates, e.g. ``mesosdns``)
     replaces built-in files by name for a rendering mode, below the operator's
     ``templates``; ``extra`` adds names to the templates' context."""
+    if templates and not os.path.isdir(templates):  # Jinja would skip it silently
+        raise TemplateError(f"--templates {templates}: no such directory (any more); not "
+                            "rendered with the built-in templates instead of yours")
     mode = (str(builtin_templates() / mode_templates),) if mode_templates else ()
     dirs = ((str(templates),) if templates else ()) + mode + (str(builtin_templates()),)
     _, routes = pool.host_routes(layout, settings)

@@ -62,6 +62,7 @@ class _App(TypedDict, total=False):
     ports: Any
     healthChecks: Any
     tasks: list[TaskJSON] | None
+    tasksRunning: Any  # with no "tasks" at all: embed=apps.tasks was not honoured
 
 
 class _Apps(TypedDict):

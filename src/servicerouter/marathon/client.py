@@ -25,7 +25,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -58,6 +58,9 @@ __all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message"
            "parse_marathon_url", "transport_reason"]
 
 log = logging.getLogger(__name__)
+
+Accept = Callable[["MarathonTarget", httpx.Response], Awaitable[Any]]
+"""What a 200 is made into (decoded, checked); MarathonResponseError: not usable."""
 
 OnRequest = Callable[[str, str, float], None]
 """`on_request(endpoint, outcome, seconds)`: endpoint is "apps", "app" or "events";
@@ -320,15 +323,22 @@ class MarathonClient:
         params: list[tuple[str, str]] = [("embed", "apps.tasks")]
         if label:
             params.append(("label", label))
-        target, response, seconds = await self._get("apps", "/v2/apps", params)
-        # In a thread (~0.1 s of CPU at 10,000 apps): the event loop goes on meanwhile.
-        data = await asyncio.to_thread(self._decode, target, "/v2/apps", response, decode_apps)
-        if not isinstance(data, dict) or not isinstance(data.get("apps"), (list, DecodedApps)):
-            raise MarathonResponseError(
-                target.url + "/v2/apps",
-                f"JSON has no 'apps' list: {excerpt(response.content)}",
-                status=response.status_code,
-            )
+
+        async def decoded(target: MarathonTarget, response: httpx.Response) -> Any:
+            # In a thread (~0.1 s of CPU at 10,000 apps): the event loop goes on meanwhile.
+            data = await asyncio.to_thread(self._decode, target, "/v2/apps", response,
+                                           decode_apps)
+            if not isinstance(data, dict) or not isinstance(data.get("apps"),
+                                                            (list, DecodedApps)):
+                raise MarathonResponseError(
+                    target.url + "/v2/apps",
+                    f"JSON has no 'apps' list: {excerpt(response.content)}",
+                    status=response.status_code,
+                )
+            return data
+
+        target, response, seconds, data = await self._get("apps", "/v2/apps", params,
+                                                          accept=decoded)
         return FetchResult(
             data=data,
             url=target.url,
@@ -343,19 +353,28 @@ class MarathonClient:
         if not segments:
             raise ValueError(f"app id {app_id!r} is empty")
         path = "/v2/apps/" + "/".join(quote(s, safe="") for s in segments)
-        got = await self._get("app", path, [("embed", "app.tasks")], allow_404=True)
-        target, response, _ = got
-        if response.status_code == 404:
-            return None
-        data = self._decode(target, path, response)
-        app = data.get("app") if isinstance(data, dict) else None
-        if not isinstance(app, dict):
-            raise MarathonResponseError(
-                target.url + path,
-                f"JSON has no 'app' object: {excerpt(response.content)}",
-                status=response.status_code,
-            )
-        return app
+
+        async def decoded(target: MarathonTarget, response: httpx.Response) -> Any:
+            data = self._decode(target, path, response)
+            app = data.get("app") if isinstance(data, dict) else None
+            if not isinstance(app, dict):
+                raise MarathonResponseError(
+                    target.url + path,
+                    f"JSON has no 'app' object: {excerpt(response.content)}",
+                    status=response.status_code,
+                )
+            if "tasks" not in app and app.get("tasksRunning"):  # as parse_apps refuses
+                raise MarathonResponseError(
+                    target.url + path, f"the app carries no tasks, yet says tasksRunning="
+                    f"{str(app['tasksRunning'])[:40]}: not an answer to "
+                    "embed=app.tasks (a proxy dropping the query string?)",
+                    status=response.status_code)
+            return app
+
+        got = await self._get("app", path, [("embed", "app.tasks")], allow_404=True,
+                              accept=decoded)
+        _, response, _, app = got
+        return None if response.status_code == 404 else app
 
     @staticmethod
     def _decode(target: MarathonTarget, path: str, response: httpx.Response,
@@ -382,7 +401,11 @@ class MarathonClient:
         params: list[tuple[str, str]],
         *,
         allow_404: bool = False,
-    ) -> tuple[MarathonTarget, httpx.Response, float]:
+        accept: Accept | None = None,
+    ) -> tuple[MarathonTarget, httpx.Response, float, Any]:
+        """The first usable answer: target, response, seconds and what ``accept`` made of
+        a 200 (None without it). A 200 that ``accept`` refuses (MarathonResponseError: an
+        HTML page, JSON of another shape) moves on to the next URL like a 5xx."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts) | stop_after_delay(self._retry_total),
             # exponential from retry_initial up to retry_max, plus up to retry_initial of jitter
@@ -399,7 +422,7 @@ class MarathonClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._round(endpoint, path, params, allow_404)
+                return await self._round(endpoint, path, params, allow_404, accept)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _fetch(self, url: str, query: httpx.QueryParams,
@@ -430,12 +453,14 @@ class MarathonClient:
                               content=b"".join(parts), request=request)
 
     async def _round(
-        self, endpoint: str, path: str, params: list[tuple[str, str]], allow_404: bool
-    ) -> tuple[MarathonTarget, httpx.Response, float]:
+        self, endpoint: str, path: str, params: list[tuple[str, str]], allow_404: bool,
+        accept: Accept | None = None,
+    ) -> tuple[MarathonTarget, httpx.Response, float, Any]:
         """Try every URL once; return the first usable answer."""
         query = httpx.QueryParams(tuple(params))
         failures: list[tuple[str, str]] = []
         refused: list[MarathonAuthError] = []
+        unusable: list[MarathonResponseError] = []
         for target in self.candidates():
             url = target.url + path
             start = time.monotonic()
@@ -481,10 +506,21 @@ class MarathonClient:
                 raise MarathonResponseError(
                     url, f"unexpected HTTP {status}: {marathon_message(response)}", status=status
                 )
+            data = None
+            if accept is not None and status == 200:
+                try:
+                    data = await accept(target, response)
+                except MarathonResponseError as exc:
+                    self.report(endpoint, "error", seconds)
+                    unusable.append(exc)
+                    failures.append((target.url, exc.problem))
+                    continue
             self.report(endpoint, "success", seconds)
             if failures:
                 log.warning("Marathon failover for GET %s: %s; %s answered", path,
                             ", ".join(f"{u} ({r})" for u, r in failures), target.url)
             self.mark_answered(target)
-            return target, response, seconds
+            return target, response, seconds, data
+        if len(failures) == 1 and unusable:  # one Marathon: its own error, as it was
+            raise unusable[0]
         raise refusal(refused, failures) or MarathonUnavailable(failures, what=f"GET {path}")

@@ -225,6 +225,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
         raise PayloadError(f"{source}: response has no 'apps' list")
     result = ParseResult()
     seen: set[str] = set()
+    carried = running_bare = 0  # apps with a task list; apps with tasks running but none
     resolve = HostIPs(resolve)
     lazy = apps_raw if cache is not None and isinstance(apps_raw, DecodedApps) else None
     if cache is not None:
@@ -240,6 +241,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
             if consume:
                 apps_raw[i] = None
             app, warnings = reused
+            carried += 1  # the bytes of an app in a parse that had its tasks
         else:
             try:  # one app's JSON (decoded only now) must not fail the others
                 raw = apps_raw[i]
@@ -252,6 +254,11 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
                 continue
             if consume:
                 apps_raw[i] = None
+            if isinstance(raw, Mapping):
+                if raw.get("tasks") is not None:
+                    carried += 1
+                elif "tasks" not in raw and raw.get("tasksRunning"):
+                    running_bare += 1
             app_id = _get(raw, "id", f"<apps[{i}]>")
             try:
                 app, warnings = parse_app(raw, resolve, allow_templates)
@@ -272,6 +279,11 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
         seen.add(app.id)
         result.apps.append(app)
         result.warnings.extend(warnings)
+    if running_bare and not carried:  # before the cache keeps any of it
+        raise PayloadError(
+            f"{source}: no app carries its tasks, yet {running_bare} apps say they have "
+            "tasks running: not an answer to embed=apps.tasks (a proxy dropping the query "
+            "string?); nothing applied, HAProxy keeps routing the tasks it has")
     if cache is not None:
         cache.finish()
     return result

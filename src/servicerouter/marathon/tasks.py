@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from ..model import App, Health, NetworkMode, Task
+from ..model import App, Health, NetworkMode, Task, shown
 from .appsdecode import TaskJSON
 from .fields import AppParseError, Resolver, get
 
@@ -114,7 +114,11 @@ def parse_task(app: App, raw: Mapping[str, Any], resolve: Resolver, index: int) 
     else:  # task_address's host-network branch, inlined for the common case
         ip = (resolve[host] if type(resolve) is HostIPs else _ip(resolve(host))) \
             if host else None
-        task_ports = tuple([p for p in ports if type(p) is int]) if ports else ()
+        task_ports = tuple(ports) if ports else ()
+        for i, p in enumerate(task_ports):  # dropping one would shift the others: the
+            if type(p) is not int:  # next port would serve this index's service port
+                raise AppParseError(f"tasks[{index}].ports[{i}]",
+                                    f"expected a port number, got {shown(repr(p))}")
     state = get("state")
     return Task(task_id, app.id, ip, task_ports,
                 "TASK_UNKNOWN" if state is None else

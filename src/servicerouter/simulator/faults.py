@@ -11,6 +11,9 @@
                            ``"ports": [99999]`` (``/v2/apps`` stays right)
 ``late_running``           after every terminal ``status_update_event``, a stale
                            copy saying ``TASK_RUNNING`` follows (out of order)
+``events_close_after``     each ``/v2/events`` stream ends after this many chunks of
+                           events (0: right after its headers), as a proxy with a
+                           short timeout or a flapping leader would end it
 =========================  =========================================================
 
 The HTTP switches live in :class:`FaultMiddleware`; the event ones are applied
@@ -38,6 +41,7 @@ class Faults:
     events_redirect: str | None = None
     malformed_status: int = 0
     late_running: bool = False
+    events_close_after: int | None = None
 
     def update(self, body: Any) -> None:
         """Apply a ``POST /_sim/faults`` body; raises ValueError naming the bad key."""
@@ -55,6 +59,9 @@ class Faults:
                 raise ValueError(f"{key} must be an http(s) base URL or null")
             if key == "malformed_status" and (not isinstance(value, int) or value < 0):
                 raise ValueError("malformed_status must be a count >= 0")
+            if key == "events_close_after" and value is not None and (
+                    type(value) is not int or value < 0):
+                raise ValueError("events_close_after must be a count >= 0 or null")
             if key == "late_running" and not isinstance(value, bool):
                 raise ValueError("late_running must be true or false")
             setattr(self, key, value.rstrip("/") if isinstance(value, str) else value)

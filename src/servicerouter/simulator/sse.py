@@ -40,9 +40,18 @@ class EventStreamResponse(Response):
             }
         )
 
+        close_after = self.bus.faults.events_close_after  # a fault switch, or None
+
         async def write() -> None:
+            sent = 0
+            if close_after == 0:
+                return
             async for chunk in stream_frames(self.bus, self.sub, self.heartbeat_interval):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk != b"\r\n":  # heartbeats do not count
+                    sent += 1
+                    if close_after is not None and sent >= close_after:
+                        return
 
         async def wait_disconnect() -> None:
             while True:

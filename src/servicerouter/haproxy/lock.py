@@ -1,0 +1,96 @@
+"""One servicerouter per HAProxy config and admin socket: a lock file next to each
+(``<config>.lock``, ``<socket>.lock``).
+
+Two daemons on one ``--haproxy-config`` fight: each rewrites the file, each reloads,
+a second ``--start-haproxy`` starts a second HAProxy that takes over the admin and
+master socket paths (the first daemon then drives the second's HAProxy), and the one
+that stops first unlinks both sockets under the other. The lock is an ``flock`` on
+``<config>.lock``, held while the daemon runs and released by the kernel when the
+process dies however it dies (no stale lock after a SIGKILL). A ``servicerouter sync``
+from cron takes it too. The file holds the holder's pid, for the error message, and
+is removed by a holder that stops. Two daemons on two configs but one admin socket
+(both left at the default /run/haproxy/admin.sock, say) fight the same way: the second
+HAProxy takes the socket path, and the first daemon's runtime commands reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+__all__ = ["ConfigInUse", "ConfigLock", "lock_path"]
+
+_TRIES = 10  # each lost race is a holder that released between our open and flock
+
+
+class ConfigInUse(Exception):
+    """Another servicerouter holds the config's lock; the message names it."""
+
+
+def lock_path(config: Path) -> Path:
+    return config.with_name(config.name + ".lock")
+
+
+class ConfigLock:
+    """An exclusive, non-blocking ``flock`` on ``<config>.lock``; :meth:`release` (or the
+    process ending) gives it up."""
+
+    def __init__(self, config: Path, flag: str = "--haproxy-config") -> None:
+        self.config = config
+        self.flag = flag
+        self.path = lock_path(config)
+        self._fd: int | None = None
+
+    def acquire(self) -> ConfigLock:
+        """Take the lock or raise :class:`ConfigInUse` at once (never waits); OSError
+        (a folder that cannot be written) as it comes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(_TRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise ConfigInUse(
+                    f"{self.flag} {self.config}: another servicerouter "
+                    f"({f'pid {holder}' if holder else 'pid unknown'}) manages it (lock "
+                    f"{self.path} is held); nothing was done. Stop that one first, or give "
+                    "this one its own --haproxy-config and sockets") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # A holder that stopped unlinks the file after we opened it: our lock is then
+            # on a name nobody else sees. Lock the file the path names now.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._fd = fd
+                return self
+            os.close(fd)
+        raise ConfigInUse(f"{self.flag} {self.config}: lock {self.path} changed hands "
+                          f"{_TRIES} times while taking it; nothing was done")
+
+    def release(self) -> None:
+        """Remove the file (still holding the lock, so nobody takes a stale name) and
+        close it. Safe to call twice."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
