@@ -38,7 +38,7 @@ def test_task_replacements_inside_capacity_need_no_reload(tmp_path: Path,
         reloads_before = daemon.reloads()
         rng = random.Random(7)
         replaced = 0
-        while replaced < 100:
+        while replaced < 40:  # every slot is reused several times over
             victims = rng.sample(sorted(live), 2)
             for task_id in victims:
                 simulator.kill_task("/churn", task_id)
