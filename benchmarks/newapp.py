@@ -48,7 +48,7 @@ def _task_address(sim: Simulator, app_id: str, old: frozenset[str] = frozenset()
 
 
 async def _routed(client: RuntimeClient, app_id: str, addr: tuple[str, int], port: int,
-                  ports_map: str | None) -> bool:
+                  ports_map: str | None, mode: str | None = None) -> bool:
     """The new task's address is a ready server of the backend its port routes to.
 
     Reads only that backend (and, with the range, the port's map entry): a whole
@@ -65,15 +65,31 @@ async def _routed(client: RuntimeClient, app_id: str, addr: tuple[str, int], por
         backend = entry[0][2]
     try:
         servers = await client.show_servers_state(backend)
+        if mode is not None and servers and await _mode(client, servers[0].backend_id) != mode:
+            return False  # the backend with the app's old options still routes it
     except HAProxyRuntimeError:
         return False  # not there yet (the reload that adds it is still coming)
     return any((s.addr, s.port) == addr and s.ready for s in servers)
 
 
+async def _mode(client: RuntimeClient, backend_id: int) -> str | None:
+    """The backend's proxy mode (``tcp``, ``http``) from ``show stat``'s ``mode`` column.
+    By id: a name would pick the frontend of the same name."""
+    lines = (await client.query(f"show stat {backend_id} 2 -1")).splitlines()
+    if len(lines) < 2 or not lines[0].startswith("# "):
+        return None
+    header = lines[0][2:].split(",")
+    row = lines[1].split(",")
+    return row[header.index("mode")] if "mode" in header and len(row) == len(header) \
+        else None
+
+
 def _measure(ctx: Context, ranged: bool, size: int, count: int, changes: int
              ) -> dict[str, dict[str, Any]]:
     gap = 0.1 if ctx.quick else GAP  # the smoke test times nothing
-    low, high = free_port_range(size + count + 2)
+    # Up to 32000 (below the ephemeral ports): 10,022 ports do not fit below 20000, and
+    # these fake tasks (--executor none) listen nowhere, so none can hold a range port.
+    low, high = free_port_range(size + count + 2, high=32000)
     tmp = ctx.dir(f"newapp-{'range' if ranged else 'reload'}-{size}")
     apps = [_app(f"/bench/old{i}", low + 1 + i) for i in range(size)]
     sim = Simulator(tmp, apps_file=write_apps(tmp / "apps.json", apps)).start()
@@ -123,8 +139,10 @@ def _spread(latencies: list[float]) -> dict[str, float]:
 
 def _change_options(sim: Simulator, client: RuntimeClient, ports_map: str | None,
                     first_port: int, count: int, gap: float) -> list[float]:
-    """PUT ``HAPROXY_0_MODE=http`` on ``/bench/new0``.. and time each until its new task
-    is ready where its port routes (ms each)."""
+    """PUT ``HAPROXY_0_MODE=http`` on ``/bench/new0``.. and time each until its port routes
+    to an HTTP backend where its new task is ready (ms each). (The new task may reach the
+    old backend first, by the event that says it runs, before the app's new definition is
+    fetched: that is not the change yet.)"""
     latencies = []
     for i in range(count):
         app_id, port = f"/bench/new{i}", first_port + i
@@ -136,7 +154,7 @@ def _change_options(sim: Simulator, client: RuntimeClient, ports_map: str | None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             addr = addr or _task_address(sim, app_id, old)
-            if addr and asyncio.run(_routed(client, app_id, addr, port, ports_map)):
+            if addr and asyncio.run(_routed(client, app_id, addr, port, ports_map, "http")):
                 latencies.append(1000 * (time.perf_counter() - started))
                 break
             time.sleep(0.002)
@@ -170,5 +188,7 @@ def run(ctx: Context) -> list[Table]:
         "After the new apps, the first of them change HAPROXY_0_MODE to http, one at a "
         "time, 1.2 s apart; Marathon (the simulator) deploys each as a new task. Range mode "
         "moves the app into an HTTP spare (the default pool has 8) and its old backend "
-        "back to the pool; without the range each change is a reload.")
+        "back to the pool; without the range each change is a reload. Done = the port "
+        "routes to a backend whose mode (show stat) is http and the new task is ready in "
+        "it.")
     return [table, changed]
