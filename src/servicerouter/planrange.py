@@ -13,7 +13,7 @@ from . import pool
 from .haproxy.render import FREE_SLOT_ADDRESS
 from .haproxy.runtime_commands import set_server_addr, set_server_state
 from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
-from .model import Endpoint, Options
+from .model import Endpoint, Options, Service
 from .naming import slot_name
 from .planner import Plan, ReloadReason, plan_backend
 
@@ -61,6 +61,23 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
         if why:
             result.why[name] = why
 
+    def into_spare(name: str, svc: Service, want: DesiredService,
+                   spares: list[BackendShape]) -> bool:
+        """Fill one of ``spares`` with ``want``'s tasks as ``name``'s backend (its
+        commands, layout entries and slots); False, and a capacity reload, when they
+        do not fit."""
+        taken = _take(spares, name)
+        shape = BackendShape(taken.name, svc, taken.slots)
+        changed = plan_backend(shape, [], want.endpoints, settings.health_check)
+        if changed is None:
+            spares.append(taken)
+            reload(name, ReloadReason.CAPACITY)
+            return False
+        commands[name] = changed[0]
+        changes[name] = {pool.spare_key(taken.name): None, name: shape}
+        slots[name] = {name: changed[1]}
+        return True
+
     for name in dirty:
         shape, want = layout.get(name), desired.get(name)
         if shape is not None and pool.is_spare(shape):
@@ -95,17 +112,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
                        f"no spare backend of its shape ({svc.options.mode.value}, balance "
                        f"{svc.options.balance}) left; the reload refills the pool")
                 continue
-            taken = _take(spares, name)
-            shape = BackendShape(taken.name, svc, taken.slots)
-            changed = plan_backend(shape, [], want.endpoints, settings.health_check)
-            if changed is None:
-                spares.append(taken)
-                reload(name, ReloadReason.CAPACITY)
-                continue
-            commands[name] = changed[0]
-            changes[name] = {pool.spare_key(taken.name): None, name: shape}
-            slots[name] = {name: changed[1]}
-            if svc.options.vhosts:
+            if into_spare(name, svc, want, spares) and svc.options.vhosts:
                 vhosted.add(name)
             continue
         entry: dict[str, BackendShape | None] = {}
@@ -125,16 +132,8 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
                            f"{svc.options.balance}) need a spare backend of that shape, and "
                            "none is left; the reload refills the pool")
                     continue
-                taken = _take(spares, name)
-                moved = BackendShape(taken.name, svc, taken.slots)
-                changed = plan_backend(moved, [], want.endpoints, settings.health_check)
-                if changed is None:
-                    spares.append(taken)
-                    reload(name, ReloadReason.CAPACITY)
+                if not into_spare(name, svc, want, spares):
                     continue
-                commands[name] = changed[0]
-                changes[name] = {pool.spare_key(taken.name): None, name: moved}
-                slots[name] = {name: changed[1]}
                 late[name] = _vacate(shape, table.get(name, []), changes[name], slots[name])
                 if svc.options.vhosts or shape.service.options.vhosts:
                     vhosted.add(name)
