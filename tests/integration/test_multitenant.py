@@ -69,6 +69,14 @@ def new_app_is_routed(sim: Simulator, daemon: Daemon, app_id: str) -> None:
     wait_for(lambda: daemon.reloads() > before, 15, what="HAProxy's reload count to grow")
 
 
+def shop_pem(tmp: Path) -> bytes:
+    """A self-signed certificate for shop.test and its key, one PEM (as HAProxy takes)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=shop.test", "-days", "1", "-keyout", str(tmp / "k"), "-out",
+                    str(tmp / "c")], check=True, capture_output=True, timeout=60)
+    return (tmp / "c").read_bytes() + (tmp / "k").read_bytes()
+
+
 def test_fresh_start_next_to_bad_apps_serves_the_others(tmp_path: Path,
                                                         simulator: Simulator) -> None:
     certs, elsewhere = tmp_path / "certs", tmp_path / "elsewhere"
@@ -239,11 +247,7 @@ def test_another_groups_certificate_is_not_served_on_a_thiefs_port(
         pytest.skip("openssl is not on PATH")
     certs = tmp_path / "certs"
     certs.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
-                    "/CN=shop.test", "-days", "1", "-keyout", str(tmp_path / "k"), "-out",
-                    str(tmp_path / "c")], check=True, capture_output=True, timeout=60)
-    (certs / "shop.pem").write_bytes((tmp_path / "c").read_bytes()
-                                     + (tmp_path / "k").read_bytes())
+    (certs / "shop.pem").write_bytes(shop_pem(tmp_path))
     owner_port, _ = simulator.launch("/teama/web", 1, labels={
         "HAPROXY_0_SSL_CERT": str(certs / "shop.pem")})
     daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
@@ -281,10 +285,7 @@ def test_a_certificate_file_broken_under_a_running_service_costs_only_that_servi
         pytest.skip("openssl is not on PATH")
     certs = tmp_path / "certs"
     certs.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
-                    "/CN=shop.test", "-days", "1", "-keyout", str(tmp_path / "k"), "-out",
-                    str(tmp_path / "c")], check=True, capture_output=True, timeout=60)
-    good = (tmp_path / "c").read_bytes() + (tmp_path / "k").read_bytes()
+    good = shop_pem(tmp_path)
     cert = certs / "shop.pem"
     cert.write_bytes(good)
     port, _ = simulator.launch("/teama/web", 1, labels={"HAPROXY_0_SSL_CERT": str(cert)})
