@@ -236,6 +236,16 @@ def echoed_headers(port: int) -> dict[str, str]:
     return {k.lower(): v for k, v in r.json()["headers"].items()}
 
 
+def relabel(sim: Simulator, app_id: str, port: int, labels: dict[str, str]) -> None:
+    """PUT the app's labels, and wait until its port answers in the mode they ask for:
+    HTTP mode is what the task sees X-Forwarded-For from."""
+    r = sim.http.put(f"/v2/apps{app_id}", json={"labels": labels}, params={"force": "true"})
+    assert r.status_code == 200, r.text
+    http = labels.get("HAPROXY_0_MODE") == "http"
+    wait_for(lambda: ("x-forwarded-for" in echoed_headers(port)) == http, 30,
+             what=f"{app_id} in {'HTTP' if http else 'TCP'} mode on :{port}")
+
+
 def test_an_app_changing_mode_moves_into_a_spare_without_a_reload(
         tmp_path: Path, simulator: Simulator) -> None:
     """TCP to HTTP and back, with real HAProxy: the app moves into a spare of its new
@@ -249,22 +259,14 @@ def test_an_app_changing_mode_moves_into_a_spare_without_a_reload(
         before = daemon.reloads()
         own = daemon.status(app="/moving/app")["services"][0]["backend"]
         assert "x-forwarded-for" not in echoed_headers(low + 4)  # TCP: bytes passed through
-        r = simulator.http.put("/v2/apps/moving/app", json={"labels": HTTP},
-                               params={"force": "true"})
-        assert r.status_code == 200, r.text
-        seen = wait_for(lambda: (h := echoed_headers(low + 4)).get("x-forwarded-for") and h,
-                        30, what="HTTP mode on the app's port")
-        assert seen["x-forwarded-port"] == str(low + 4)
+        relabel(simulator, "/moving/app", low + 4, HTTP)
+        assert echoed_headers(low + 4)["x-forwarded-port"] == str(low + 4)
         routed(simulator, "/moving/app", low + 4)
         assert daemon.reloads() == before
         backend = daemon.status(app="/moving/app")["services"][0]["backend"]
         assert backend != own and backend.startswith("_pool_")
         # Back to TCP: into its own old backend again, still without a reload.
-        r = simulator.http.put("/v2/apps/moving/app", json={"labels": {}},
-                               params={"force": "true"})
-        assert r.status_code == 200, r.text
-        wait_for(lambda: "x-forwarded-for" not in echoed_headers(low + 4), 30,
-                 what="TCP mode on the app's port again")
+        relabel(simulator, "/moving/app", low + 4, {})
         routed(simulator, "/moving/app", low + 4)
         assert daemon.reloads() == before
         assert daemon.status(app="/moving/app")["services"][0]["backend"] == own
@@ -398,11 +400,7 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             launch(simulator, "/kept/spare", low + 2, instances=2)  # lives in a spare
             routed(simulator, "/kept/spare", low + 2)
             # Into an HTTP spare, its own TCP backend back to the pool.
-            r = simulator.http.put("/v2/apps/kept/moved", json={"labels": HTTP},
-                                   params={"force": "true"})
-            assert r.status_code == 200, r.text
-            wait_for(lambda: "x-forwarded-for" in echoed_headers(low + 4), 30,
-                     what="/kept/moved in HTTP mode")
+            relabel(simulator, "/kept/moved", low + 4, HTTP)
             # Its own backend (from the first config) goes back to the pool, and into
             # spares.json, so the next daemon adopts it as a spare.
             simulator.delete_app("/kept/old")
@@ -421,11 +419,7 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             routed(simulator, "/kept/old", low + 1)
             routed(simulator, "/kept/moved", low + 4)
             assert "x-forwarded-for" in echoed_headers(low + 4)
-            r = simulator.http.put("/v2/apps/kept/moved", json={"labels": {}},
-                                   params={"force": "true"})
-            assert r.status_code == 200, r.text
-            wait_for(lambda: "x-forwarded-for" not in echoed_headers(low + 4), 30,
-                     what="/kept/moved back in TCP mode")
+            relabel(simulator, "/kept/moved", low + 4, {})
             routed(simulator, "/kept/moved", low + 4)
             assert haproxy.reloads() == reloads_before
             ports = (tmp_path / "haproxy.cfg.d" / "ports.map").read_text()
