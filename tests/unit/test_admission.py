@@ -284,6 +284,20 @@ def test_listeners_read_from_proc_net_tcp() -> None:
     assert hostfacts.overlaps("::ffff:127.0.0.1", "127.0.0.1")  # as listeners() gives it
 
 
+def _unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sockets made from now on may not bind (a daemon without the right to ports below
+    1024, where HAProxy has it); sockets made before are left as they are."""
+    import socket
+
+    real = socket.socket
+
+    class Unprivileged(real):  # type: ignore[misc,valid-type]
+        def bind(self, address: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(socket, "socket", Unprivileged)
+
+
 def test_a_privileged_port_another_process_holds_is_refused_before_the_reload(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon may not bind below 1024 where HAProxy may (the container's setcap):
@@ -295,13 +309,7 @@ def test_a_privileged_port_another_process_holds_is_refused_before_the_reload(
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        real = socket.socket
-
-        class Unprivileged(real):  # type: ignore[misc,valid-type]
-            def bind(self, address: object) -> None:
-                raise PermissionError(13, "Permission denied")
-
-        monkeypatch.setattr(socket, "socket", Unprivileged)
+        _unprivileged(monkeypatch)
         assert "another socket listens on 127.0.0.1 port" in str(
             hostfacts.bind_problem("*", port))
         assert "another socket listens" in str(hostfacts.bind_problem("127.0.0.1", port))
@@ -321,13 +329,7 @@ def test_a_privileged_port_next_to_haproxys_own_socket_is_not_held_by_another(
         haproxys.bind(("127.0.0.1", 0))
         haproxys.listen()
         port = haproxys.getsockname()[1]
-        real = socket.socket
-
-        class Unprivileged(real):  # type: ignore[misc,valid-type]
-            def bind(self, address: object) -> None:
-                raise PermissionError(13, "Permission denied")
-
-        monkeypatch.setattr(socket, "socket", Unprivileged)
+        _unprivileged(monkeypatch)
         served = {f"127.0.0.1:{port}", "*:10001", f"ipv6@::1:{port}"}
         assert hostfacts.bind_problem("*", port, served) is None
         assert hostfacts.bind_problem("127.0.0.1", port, served) is None
