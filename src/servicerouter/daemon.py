@@ -11,7 +11,7 @@ import re
 import shutil
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,14 +44,20 @@ def _hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
-    return seconds
+def _amount(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number >= 0 of ``unit`` (named in its error)."""
+    def amount(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number >= 0 or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of {unit} >= 0")
+        return number
+    return amount
+
+
+_seconds = _amount("seconds")
 
 
 def _bind(flag: str, host: str, port: int) -> socket.socket:
@@ -106,7 +112,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare HAProxy's servers with the slot table this often (default 10)")
     g.add_argument("--min-reload-interval", type=_seconds, default=1.0, metavar="SECONDS",
                    help="at most one reload per this many seconds (default 1)")
-    g.add_argument("--coalesce-ms", type=_seconds, default=0.0, metavar="MS",
+    g.add_argument("--coalesce-ms", type=_amount("milliseconds"), default=0.0, metavar="MS",
                    help="events arriving within this window are applied together (default 0)")
     g.add_argument("--drain-seconds", type=_seconds, default=0.0, metavar="SECONDS",
                    help="drain a departed task this long before removing it (default 0)")

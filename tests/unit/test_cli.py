@@ -146,6 +146,8 @@ def test_a_socket_path_haproxy_would_refuse_is_a_clear_error_at_start() -> None:
     ("--stall-timeout", "0", "is not a number of seconds > 0"),  # reconnect storm
     ("--resync-interval", "0", "is not a number of seconds > 0"),  # full sync every 50 ms
     ("--reconcile-interval", "0", "is not a number of seconds > 0"),
+    ("--coalesce-ms", "-1", "is not a number of milliseconds >= 0"),  # its unit, not seconds
+    ("--min-reload-interval", "-1", "is not a number of seconds >= 0"),
     ("--slots-min-free", "-3", "is not a whole number in 0-1000"),
     ("--slots-increment", "0", "is not a whole number in 1-1000"),
     ("--slots-increment", "1000000", "is not a whole number in 1-1000"),  # 10^6 servers each
