@@ -269,6 +269,16 @@ def check_socket_path(flag: str, path: str | None) -> None:
                        f"of at most {MAX_SOCKET_PATH}")
 
 
+def sockets_clash(master: str | None, stats: str | None) -> str | None:
+    """Why ``--haproxy-master-socket`` cannot be ``master`` next to ``--haproxy-socket``
+    ``stats`` (one path for both: the master and its worker take the file from each
+    other), or None."""
+    if master and stats and os.path.abspath(master) == os.path.abspath(stats):
+        return (f"--haproxy-master-socket {master} is also --haproxy-socket: HAProxy's "
+                "master CLI and its worker's stats socket need a path each")
+    return None
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     check_socket_path("--haproxy-socket", args.haproxy_socket)
     if args.max_servers_per_backend < 0:

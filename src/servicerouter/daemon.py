@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import shutil
 import signal
@@ -264,6 +263,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         check_socket_path,
         marathon_client,
         settings_from,
+        sockets_clash,
         templates_dir,
     )
     from .engine import Engine, EngineConfig
@@ -291,11 +291,9 @@ async def run_daemon(args: argparse.Namespace) -> int:
     if args.start_haproxy and not args.haproxy_master_socket:
         args.haproxy_master_socket = str(Path(args.haproxy_config).with_suffix(".master.sock"))
     check_socket_path("--haproxy-master-socket", args.haproxy_master_socket)
-    if args.haproxy_master_socket and os.path.abspath(args.haproxy_master_socket) == \
-            os.path.abspath(settings.socket_path):
-        raise UsageError(f"--haproxy-master-socket {args.haproxy_master_socket} is also "
-                         "--haproxy-socket: HAProxy's master CLI and its worker's stats "
-                         "socket need a path each (they took the file from each other)")
+    clash = sockets_clash(args.haproxy_master_socket, settings.socket_path)
+    if clash:
+        raise UsageError(f"{clash} (they took the file from each other)")
     config = EngineConfig(
         settings=settings,
         templates=templates,

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import owners
+from .cli import sockets_clash
 from .haproxy.children import brief
 from .haproxy.files import atomic_write, keep_rejected
 from .haproxy.lock import ConfigInUse, ConfigLock
@@ -70,11 +70,9 @@ def write_maps(map_dir: str, maps: Mapping[str, str | None]) -> None:
 def reload_with(args: argparse.Namespace) -> tuple[str, Callable[[], Awaitable[str]]]:
     """The reload to use, as (description, action); SyncError when none is known."""
     if args.haproxy_master_socket:
-        if os.path.abspath(args.haproxy_master_socket) == \
-                os.path.abspath(getattr(args, "haproxy_socket", None) or ""):
-            raise SyncError(f"--haproxy-master-socket {args.haproxy_master_socket} is also "
-                            "--haproxy-socket: HAProxy's master CLI and its worker's stats "
-                            "socket need a path each; nothing was changed")
+        clash = sockets_clash(args.haproxy_master_socket, getattr(args, "haproxy_socket", None))
+        if clash:
+            raise SyncError(f"{clash}; nothing was changed")
         master = MasterCLI(args.haproxy_master_socket)
 
         async def via_master() -> str:
