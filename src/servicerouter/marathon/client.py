@@ -52,6 +52,7 @@ from .errors import (
     refusal,
     transport_reason,
 )
+from .fields import tasks_left_out
 from .wire import EventStreamTransport
 
 __all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message",
@@ -363,7 +364,7 @@ class MarathonClient:
                     f"JSON has no 'app' object: {excerpt(response.content)}",
                     status=response.status_code,
                 )
-            if "tasks" not in app and app.get("tasksRunning"):  # as parse_apps refuses
+            if tasks_left_out(app):  # as parse_apps refuses a whole answer of such apps
                 raise MarathonResponseError(
                     target.url + path, f"the app carries no tasks, yet says tasksRunning="
                     f"{str(app['tasksRunning'])[:40]}: not an answer to "

@@ -35,3 +35,10 @@ def get_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AppParseError(where, f"expected an integer, got {value!r}")
     return value
+
+
+def tasks_left_out(app: Mapping[str, Any]) -> bool:
+    """An app with no ``tasks`` key at all though ``tasksRunning`` says some run: the
+    answer was not to ``embed=apps.tasks`` (or ``app.tasks``), a proxy dropping the query
+    string, say; read as an app without tasks it would empty its backends."""
+    return "tasks" not in app and bool(app.get("tasksRunning"))

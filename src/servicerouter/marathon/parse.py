@@ -25,7 +25,7 @@ from ..model import (
     valid_port,
 )
 from .appsdecode import DecodedApps
-from .fields import AppParseError, Resolver
+from .fields import AppParseError, Resolver, tasks_left_out
 from .fields import get as _get
 from .fields import get_int as _int
 from .fields import get_list as _list
@@ -257,7 +257,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
             if isinstance(raw, Mapping):
                 if raw.get("tasks") is not None:
                     carried += 1
-                elif "tasks" not in raw and raw.get("tasksRunning"):
+                elif tasks_left_out(raw):
                     running_bare += 1
             app_id = _get(raw, "id", f"<apps[{i}]>")
             try:
