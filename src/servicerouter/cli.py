@@ -102,7 +102,8 @@ def positive_seconds(value: str) -> float:
     return seconds
 
 
-def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
+def _add_marathon(p: argparse.ArgumentParser, required: bool, routes: bool = True) -> None:
+    """Marathon's flags; ``routes``: the command replaces what HAProxy routes (run, sync)."""
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="how much to log, on stderr")
     p.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -125,6 +126,11 @@ def _add_marathon(p: argparse.ArgumentParser, required: bool) -> None:
                         "(default: every app)")
     g.add_argument("--health-check", action=argparse.BooleanOptionalAction, default=True,
                    help="route a task of an app with Marathon health checks only when healthy")
+    if routes:
+        g.add_argument("--allow-empty-marathon", action="store_true",
+                       help="apply an answer that lists no apps at all even while apps are "
+                            "routed (default: refused, HAProxy keeps its routes; Marathon "
+                            "on empty storage answers that way)")
 
 
 def _add_haproxy_process(p: argparse.ArgumentParser, daemon: bool) -> None:
@@ -220,7 +226,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     render = sub.add_parser("render", help="print a haproxy.cfg for the current Marathon state")
-    _add_marathon(render, required=False)
+    _add_marathon(render, required=False, routes=False)
     render.add_argument("--apps-json", metavar="FILE",
                         help="render from a saved /v2/apps payload instead of Marathon")
     render.add_argument("--output", "-o", metavar="PATH",
@@ -411,7 +417,7 @@ async def render_config(args: argparse.Namespace) -> Rendered:
     from . import hostfacts, owners, pool
     from .haproxy.render import render
     from .layout import build_layout
-    from .marathon.parse import parse_apps
+    from .marathon.parse import parse_apps, refuse_empty
     from .oneshot import Rendered
     from .portassign import assign_all
     from .resolve import CachingResolver
@@ -446,6 +452,9 @@ async def render_config(args: argparse.Namespace) -> Rendered:
     result = parse_apps(payload, source, CachingResolver(), settings.allow_label_templates)
     kept = getattr(args, "haproxy_config", None)  # sync: the owners its last run served
     prior = owners.load(owners.owners_path(Path(kept))) if kept else None
+    if prior is not None and not args.allow_empty_marathon:
+        refuse_empty(result, source, len(set(prior.ports.values())),
+                     "--allow-empty-marathon applies it")
     result.apps, assigned = assign_all(result.apps, settings, prior.ports if prior else None)
     for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)

@@ -306,6 +306,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         stall_timeout=max(args.stall_timeout, 1.0),
         max_event_bytes=args.max_event_bytes,
         owners_file=None if args.dry_run else owners_path(Path(args.haproxy_config)),
+        allow_empty_marathon=args.allow_empty_marathon,
     )
     metrics = Metrics()
 

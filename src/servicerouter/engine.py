@@ -79,6 +79,7 @@ class EngineConfig:
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     owners_file: Path | None = None  # who owns ports and hosts, kept across restarts
+    allow_empty_marathon: bool = False  # an answer listing no apps may unroute everything
 
 
 class Engine:

@@ -19,7 +19,7 @@ from . import hostfacts
 from .heap import quiet_gc
 from .label_templates import TemplateVetting
 from .marathon.errors import MarathonError
-from .marathon.parse import parse_app, parse_apps
+from .marathon.parse import parse_app, parse_apps, refuse_empty
 from .marathon.parsecache import ParseCache
 from .portassign import assign_all, assign_one
 
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 log = logging.getLogger("servicerouter.engine")
+
+EMPTY_ACCEPTED_BY = ("POST /resync?accept_empty=1 on --listen applies it once, "
+                     "--allow-empty-marathon always")
 
 
 class Intake:
@@ -38,6 +41,12 @@ class Intake:
         self.retry_at: float | None = None  # after a failed full sync
         self._backoff = 0.0
         self._parsed = ParseCache()  # apps whose JSON did not change are not parsed again
+        self._accept_empty = False  # the operator's word for the next full sync
+
+    def accept_empty_once(self) -> None:
+        """The next full sync may apply an answer that lists no apps (``POST
+        /resync?accept_empty=1``): the operator's word that every app is gone on purpose."""
+        self._accept_empty = True
 
     @quiet_gc  # the collector cost a third of a 10,000-app sync (see heap.py)
     async def full_sync(self) -> bool:
@@ -45,6 +54,8 @@ class Intake:
         e = self.engine
         async with self._lock:
             started = time.perf_counter()
+            accept_empty = self._accept_empty or e.config.allow_empty_marathon
+            self._accept_empty = False
             touched = e.events.watch(None)
             try:
                 fetched = await e.marathon.get_apps()
@@ -57,6 +68,8 @@ class Intake:
                     e.config.settings.allow_label_templates, consume=True,
                     cache=self._parsed))
                 del fetched
+                if not accept_empty:
+                    refuse_empty(result, source, e.state.routed_apps(), EMPTY_ACCEPTED_BY)
                 result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
             except (MarathonError, ValueError) as exc:
                 e.marathon_health.request_failed(f"full sync failed: {exc}")

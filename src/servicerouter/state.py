@@ -291,6 +291,11 @@ class ClusterState:
         full sync, who held it before this process): portassign keeps those ports."""
         return self._ownership.held_ports(with_prior=not self.apps)
 
+    def routed_apps(self) -> int:
+        """Apps routed now; before the first full sync, the apps that held a service port
+        before this process (owners.py): what an answer listing no apps would take away."""
+        return len(self.apps) or len(set(self.held_ports().values()))
+
     def restore_owners(self, owners: Owners) -> None:
         """Who owned ports and hosts before this process: at the first full sync they
         are theirs again if they still claim them, whatever their definitions' age."""

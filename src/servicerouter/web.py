@@ -1,4 +1,5 @@
-"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/status``, ``/config``.
+"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/status``, ``/config``,
+``POST /resync``.
 
 Bound to loopback by default (``--listen 127.0.0.1:9091``); binding anywhere
 else is the operator's explicit choice.
@@ -177,11 +178,24 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
             return PlainTextResponse("no configuration is live yet\n", status_code=503)
         return PlainTextResponse(engine.running_config)
 
+    async def resync(request: Request) -> Response:
+        accept = request.query_params.get("accept_empty", "0").lower()
+        if accept not in ("0", "1", "false", "true"):
+            return PlainTextResponse(f"accept_empty={accept!r}: expected 1 or 0\n",
+                                     status_code=400)
+        if accept in ("1", "true"):
+            engine.intake.accept_empty_once()
+        engine.request_full_sync()
+        return PlainTextResponse("full resync from Marathon requested" + (
+            "; an answer listing no apps will be applied\n" if accept in ("1", "true")
+            else "\n"), status_code=202)
+
     return Starlette(routes=[
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/status", status),
         Route("/config", config),
+        Route("/resync", resync, methods=["POST"]),
         *mlb_routes(engine),  # marathon-lb's /_haproxy_* and /_mlb_signal/* (mlb_endpoints)
     ])
 

@@ -369,3 +369,56 @@ def test_a_stream_that_ends_at_once_backs_off_and_full_syncs_stay_few(
                  and metric(daemon, "servicerouter_marathon_stream_connected") == 1, 30,
                  what="a stream that stays")
         converges(simulator, port, "/faults/web", live, daemon)
+
+
+def refused_empty(daemon: Daemon) -> int:
+    """Times the daemon's log (shared by a restarted one) says it refused the answer."""
+    return daemon.proc.output().count(
+        "Marathon lists no apps at all, which would unroute the app routed here")
+
+
+def unrouted(port: int) -> bool:
+    try:
+        responders(port, 1)
+    except Exception:  # nothing listens on the port: HAProxy dropped the app's frontend
+        return True
+    return False
+
+
+def test_a_marathon_on_empty_storage_does_not_take_every_route_away(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    """A Marathon leader on an empty or wrong ZooKeeper path answers {"apps": []} with no
+    app_terminated_event: applied, every route went at once while the tasks ran on.
+    It is refused, also by a restarted daemon (the owners file says what was routed),
+    until the operator says every app is gone on purpose."""
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        started(daemon, port, live)
+        reloads = daemon.reloads()
+        simulator.http.post("/_sim/faults", json={"empty_store": True}).raise_for_status()
+        assert daemon.http.post("/resync").status_code == 202
+        wait_for(lambda: refused_empty(daemon), 20, what="the empty answer refused")
+        status, body = health(daemon)
+        assert status == 200 and body["status"] == "degraded"
+        assert "Marathon lists no apps at all" in body["reason"]
+        assert "POST /resync?accept_empty=1" in body["reason"]
+        wait_routed(port, live)
+        assert daemon.reloads() == reloads and daemon.status()["counts"]["apps"] == 1
+    before = refused_empty(daemon)
+    restarted = Daemon(tmp_path, simulator.url)
+    with running(restarted):
+        restarted.start(wait_healthy=False)
+        wait_for(lambda: refused_empty(restarted) > before, 20,
+                 what="the restart refusing it too")
+        assert health(restarted)[0] == 503  # no successful sync yet
+        wait_routed(port, live)  # HAProxy started from the config left on disk
+        r = restarted.http.post("/resync", params={"accept_empty": "1"})
+        assert r.status_code == 202 and "no apps will be applied" in r.text
+        wait_for(lambda: health(restarted)[0] == 200, 30, what="the empty answer applied")
+        assert unrouted(port) and restarted.status()["counts"]["apps"] == 0
+        simulator.http.delete("/_sim/faults").raise_for_status()
+        assert restarted.http.post("/resync").status_code == 202
+        wait_routed(port, live, timeout=30)
+        assert restarted.http.post("/resync", params={"accept_empty": "maybe"}
+                                   ).status_code == 400

@@ -24,13 +24,15 @@ async def client(sim: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:  # n
 async def test_faults_are_shown_set_validated_and_cleared(client: httpx.AsyncClient) -> None:
     assert (await client.get("/_sim/faults")).json() == {
         "slow_bytes_per_second": None, "apps_redirect": None, "events_redirect": None,
-        "malformed_status": 0, "late_running": False, "events_close_after": None}
+        "malformed_status": 0, "late_running": False, "events_close_after": None,
+        "empty_store": False}
     r = await client.post("/_sim/faults", json={"late_running": True, "malformed_status": 2})
     assert r.json()["late_running"] is True and r.json()["malformed_status"] == 2
     for bad, says in [({"nope": 1}, "unknown fault 'nope'"),
                       ({"slow_bytes_per_second": 0}, "slow_bytes_per_second"),
                       ({"apps_redirect": "ftp://x"}, "apps_redirect"),
                       ({"events_close_after": -1}, "events_close_after"),
+                      ({"empty_store": 1}, "empty_store must be true or false"),
                       ([1], "JSON object")]:
         r = await client.post("/_sim/faults", json=bad)
         assert r.status_code == 400 and says in r.json()["message"]
@@ -100,3 +102,19 @@ async def test_inject_publishes_payloads_padded_on_request(client: httpx.AsyncCl
     r = await client.post("/_sim/events/inject", json={"events": [{"no": "type"}]})
     assert r.status_code == 400
     await stream.close()
+
+
+async def test_an_empty_store_lists_nothing_and_loses_nothing(
+        client: httpx.AsyncClient) -> None:
+    await client.post("/v2/apps", json={"id": "/kept", "instances": 1})
+    await client.post("/_sim/faults", json={"empty_store": True})
+    assert (await client.get("/v2/apps", params={"embed": "apps.tasks"})).json() == {"apps": []}
+    assert (await client.get("/v2/tasks")).json() == {"tasks": []}
+    for path in ("/v2/apps/kept", "/v2/apps/kept/tasks"):
+        r = await client.get(path)
+        assert (r.status_code, r.json()) == (404, {"message": "App '/kept' does not exist"})
+    assert (await client.get("/_sim/status")).status_code == 200  # controls are exempt
+    await client.delete("/_sim/faults")
+    # The store was only hidden: the app and its task are there again.
+    apps = (await client.get("/v2/apps", params={"embed": "apps.tasks"})).json()["apps"]
+    assert [(a["id"], len(a["tasks"])) for a in apps] == [("/kept", 1)]

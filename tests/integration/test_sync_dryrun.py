@@ -154,3 +154,33 @@ def test_each_sync_run_keeps_ports_with_their_owner_not_the_older_thief(
         wait_routed(port, live)
         owners = (tmp_path / "haproxy.cfg.owners.json").read_text()
         assert f'"{port}": "/teama/db"' in owners
+
+
+def test_a_sync_run_refuses_an_empty_marathon_unless_told(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    """A Marathon on empty storage lists no apps: a cron run would have replaced the
+    config with one routing nothing. The owners file of the last run says apps were
+    routed, so the run fails and changes nothing; --allow-empty-marathon applies it."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    master = tmp_path / "master.sock"
+    by_master = ("--haproxy-master-socket", str(master))
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists(), what="HAProxy's master socket")):
+        port, live = simulator.launch("/teama/db", 1)
+        assert sync(simulator.url, tmp_path, *by_master).returncode == 0
+        wait_routed(port, live)
+        routed, reloads = config.read_text(), master_reloads(master)
+        simulator.http.post("/_sim/faults", json={"empty_store": True}).raise_for_status()
+        out = sync(simulator.url, tmp_path, *by_master)
+        assert out.returncode == 1
+        assert out.stderr.startswith(
+            f"servicerouter: error: {simulator.url}: Marathon lists no apps at all, "
+            "which would unroute the app routed here"), out.stderr
+        assert out.stderr.rstrip().endswith("--allow-empty-marathon applies it"), out.stderr
+        assert config.read_text() == routed and master_reloads(master) == reloads
+        wait_routed(port, live)
+        out = sync(simulator.url, tmp_path, *by_master, "--allow-empty-marathon")
+        assert out.returncode == 0, out.stderr
+        assert f":{port}" not in config.read_text() and master_reloads(master) == reloads + 1

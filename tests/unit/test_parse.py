@@ -13,6 +13,7 @@ from servicerouter.marathon.parse import (
     PayloadError,
     parse_app,
     parse_apps,
+    refuse_empty,
 )
 from servicerouter.marathon.tasks import task_from_event, task_health
 from servicerouter.model import (
@@ -498,3 +499,24 @@ def test_an_answer_without_embedded_tasks_is_refused_not_an_outage(decode: bool)
         app.pop("tasks", None)
         app["tasksRunning"] = 0
     assert len(parse_apps({"apps": apps}, "x", resolve).apps) == 3
+
+
+def test_an_answer_listing_no_apps_is_refused_while_apps_are_routed() -> None:
+    """A Marathon leader on an empty ZooKeeper path answers {"apps": []}: applied, every
+    route went at once. Refused while something is routed; nothing routed, or apps in
+    the answer (even only failing ones), it is Marathon's answer as before."""
+    empty = parse_apps({"apps": []}, "http://m/v2/apps", resolve)
+    with pytest.raises(PayloadError, match=r"^http://m/v2/apps: Marathon lists no apps at "
+                       r"all, which would unroute all 3 apps routed here .*; nothing "
+                       r"applied, HAProxy keeps routing them\. If every app was deleted on "
+                       r"purpose: POST it$"):
+        refuse_empty(empty, "http://m/v2/apps", 3, "POST it")
+    with pytest.raises(PayloadError, match="would unroute the app routed here"):
+        refuse_empty(empty, "http://m/v2/apps", 1, "POST it")
+    refuse_empty(empty, "http://m/v2/apps", 0, "POST it")  # nothing to lose
+    failing = parse_apps({"apps": [{"id": "relative"}]}, "x", resolve)
+    assert failing.errors and not failing.apps
+    refuse_empty(failing, "x", 3, "POST it")  # it lists an app: its last good state stays
+    listed = parse_apps({"apps": [_host_app(id="/a", portDefinitions=[{"port": 10801}])]},
+                        "x", resolve)
+    refuse_empty(listed, "x", 3, "POST it")

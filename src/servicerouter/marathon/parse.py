@@ -57,6 +57,21 @@ class ParseResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def refuse_empty(result: ParseResult, source: str, routed: int, accept: str) -> None:
+    """Raise :class:`PayloadError` for an answer that lists no apps at all while
+    ``routed`` apps are routed: what a Marathon leader on an empty or wrong ZooKeeper
+    path answers. Applied, it would take every route away at once, while the tasks
+    (another framework's now) keep running. Apps deleted on purpose leave one by one
+    (``app_terminated_event``), so ``routed`` is 0 by the time such an answer comes;
+    ``accept`` says how an operator accepts it anyway."""
+    if routed and not result.apps and not result.errors:
+        apps = "the app" if routed == 1 else f"all {routed} apps"
+        raise PayloadError(
+            f"{source}: Marathon lists no apps at all, which would unroute {apps} routed "
+            "here (a Marathon on empty or wrong storage?); nothing applied, HAProxy keeps "
+            f"routing them. If every app was deleted on purpose: {accept}")
+
+
 def network_mode(app: Mapping[str, Any]) -> NetworkMode:
     networks = _list(app, "networks", "networks")
     if networks:

@@ -14,6 +14,10 @@
 ``events_close_after``     each ``/v2/events`` stream ends after this many chunks of
                            events (0: right after its headers), as a proxy with a
                            short timeout or a flapping leader would end it
+``empty_store``            ``GET /v2/apps`` lists no apps, ``/v2/apps/{id}...`` is a
+                           404 and ``/v2/tasks`` lists none, with no events: a
+                           leader on an empty or wrong ZooKeeper path (the tasks
+                           keep running)
 =========================  =========================================================
 
 The HTTP switches live in :class:`FaultMiddleware`; the event ones are applied
@@ -26,7 +30,7 @@ import asyncio
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .model import TERMINAL_STATES, JsonDict
@@ -42,6 +46,7 @@ class Faults:
     malformed_status: int = 0
     late_running: bool = False
     events_close_after: int | None = None
+    empty_store: bool = False
 
     def update(self, body: Any) -> None:
         """Apply a ``POST /_sim/faults`` body; raises ValueError naming the bad key."""
@@ -62,8 +67,8 @@ class Faults:
             if key == "events_close_after" and value is not None and (
                     type(value) is not int or value < 0):
                 raise ValueError("events_close_after must be a count >= 0 or null")
-            if key == "late_running" and not isinstance(value, bool):
-                raise ValueError("late_running must be true or false")
+            if key in ("late_running", "empty_store") and not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
             setattr(self, key, value.rstrip("/") if isinstance(value, str) else value)
 
     def reset(self) -> None:
@@ -109,6 +114,17 @@ class FaultMiddleware:
         if target is not None:
             location = target + (f"?{query}" if query else "")
             await Response(status_code=302, headers={"Location": location})(scope, receive, send)
+            return
+        if f.empty_store and scope.get("method") == "GET" and (
+                path in ("/v2/apps", "/v2/tasks") or path.startswith("/v2/apps/")):
+            if path == "/v2/tasks":
+                empty = JSONResponse({"tasks": []})
+            elif path == "/v2/apps":
+                empty = JSONResponse({"apps": []})
+            else:  # Marathon's answer for an app it does not know
+                app_id = path[len("/v2/apps"):].removesuffix("/tasks")
+                empty = JSONResponse({"message": f"App '{app_id}' does not exist"}, 404)
+            await empty(scope, receive, send)
             return
         rate = f.slow_bytes_per_second
         if rate is None:
