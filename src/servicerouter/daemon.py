@@ -351,35 +351,37 @@ async def run_daemon(args: argparse.Namespace) -> int:
     async with marathon_client(args, on_request=on_request) as marathon:
         locks = [] if args.dry_run else _lock_config(Path(args.haproxy_config),
                                                        Path(settings.socket_path))
-        if locks:  # ours alone now: what a killed predecessor left goes
-            writer.cleanup()
-        resolver = CachingResolver(background=True)  # DNS never blocks the loop
-        engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
-        resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
-        _operator_signals(loop, engine)
-        from .web import GuardedH11Protocol, create_app
+        try:  # the locks go with the daemon, also when it fails to start
+            if locks:  # ours alone now: what a killed predecessor left goes
+                writer.cleanup()
+            resolver = CachingResolver(background=True)  # DNS never blocks the loop
+            engine = Engine(config, marathon, runtime, writer, reloader, metrics, resolver)
+            resolver.on_resolved = engine.request_full_sync  # routes a newly resolved agent
+            _operator_signals(loop, engine)
+            from .web import GuardedH11Protocol, create_app
 
-        server = _WebServer(uvicorn.Config(create_app(engine), host=host, port=port,
-                                               log_level="warning", lifespan="off",
-                                               log_config=None, http=GuardedH11Protocol))
-        web = asyncio.ensure_future(server.serve(sockets=[listener]))
-        log.info("servicerouter listening on http://%s:%d (metrics, healthz, status, config)",
-                 host, port)
-        # Signal handlers and the listener are in place: systemd may send a reload now.
-        notifier.send(READY="1", STATUS="started; waiting for the first config to be live")
-        status = asyncio.ensure_future(_tell_status(engine, notifier))
-        try:
-            await unless_stopped(reloader.start(engine), stop)
-            await engine.run(stop)
+            server = _WebServer(uvicorn.Config(create_app(engine), host=host, port=port,
+                                                   log_level="warning", lifespan="off",
+                                                   log_config=None, http=GuardedH11Protocol))
+            web = asyncio.ensure_future(server.serve(sockets=[listener]))
+            log.info("servicerouter listening on http://%s:%d (metrics, healthz, status, config)",
+                     host, port)
+            # Signal handlers and the listener are in place: systemd may send a reload now.
+            notifier.send(READY="1", STATUS="started; waiting for the first config to be live")
+            status = asyncio.ensure_future(_tell_status(engine, notifier))
+            try:
+                await unless_stopped(reloader.start(engine), stop)
+                await engine.run(stop)
+            finally:
+                status.cancel()
+                server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(web, 5)
+                await reloader.stop()
+                await kill_children()
+                writer.cleanup()
+                resolver.close()
         finally:
-            status.cancel()
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(web, 5)
-            await reloader.stop()
-            await kill_children()
-            writer.cleanup()
-            resolver.close()
             for lock in locks:
                 lock.release()
     log.info("servicerouter stopped")
