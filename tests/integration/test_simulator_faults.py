@@ -10,7 +10,7 @@ import pytest
 
 from servicerouter.simulator import SimulatorServer
 
-from .test_simulator_http import SSE, open_stream, sim  # noqa: F401  (fixture)
+from .test_simulator_http import SSE, open_stream, sim, wait_until  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -118,3 +118,20 @@ async def test_an_empty_store_lists_nothing_and_loses_nothing(
     # The store was only hidden: the app and its task are there again.
     apps = (await client.get("/v2/apps", params={"embed": "apps.tasks"})).json()["apps"]
     assert [(a["id"], len(a["tasks"])) for a in apps] == [("/kept", 1)]
+
+
+async def test_events_close_after_ends_each_stream_after_that_many_chunks(
+        client: httpx.AsyncClient) -> None:
+    """A proxy with a short timeout, or a flapping leader: each stream ends after N
+    chunks of events (heartbeats not counted), and a new stream gets the next ones."""
+    await client.post("/_sim/faults", json={"events_close_after": 1})
+    first = await open_stream(client, {"event_type": "api_post_event"})
+    await client.post("/v2/apps", json={"id": "/one", "instances": 0})
+    await first.wait_for(lambda d: b"/one" in d)
+    await wait_until(lambda: first.ended)
+    assert [e["appDefinition"]["id"] for _, e in first.events()] == ["/one"]  # type: ignore[index]
+    second = await open_stream(client, {"event_type": "api_post_event"})
+    await client.post("/v2/apps", json={"id": "/two", "instances": 0})
+    await second.wait_for(lambda d: b"/two" in d)
+    await wait_until(lambda: second.ended)
+    assert b"/one" not in second.data and first.data.count(b"event: ") == 1
