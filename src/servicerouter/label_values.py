@@ -25,6 +25,9 @@ _HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME = re.compile(rf"^(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
 _GROUP = re.compile(r"^(?:\*|[A-Za-z0-9_.-]{1,64})$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~%/-]{0,255}$")
+# A health check's request target (path and query): RFC 3986 characters that stay one
+# word in `option httpchk GET <uri>` (no quotes, backslash, `#`, `$` or space).
+CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~%/!&()*+,;=:@?-]{0,1023}$")
 _FILE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")

@@ -179,8 +179,9 @@ LABELS: tuple[LabelSpec, ...] = (
               "also comma-separated; every entry must be an address or range",
               "network_allowed", parse_networks),
     LabelSpec("BACKEND_HEALTHCHECK_PORT_INDEX", "port", "health-check the tasks on the "
-              "port of this index", "1", "same as marathon-lb: each task's own port at that index "
-              "(set per slot at runtime with check-port)",
+              "port of this index (with that port's check when this one has none)", "1",
+              "same as marathon-lb: each task's own port at that index (set per slot at "
+              "runtime with check-port)",
               "health_check_port_index", parse_index),
     LabelSpec("HTTP_BACKEND_PROXYPASS_PATH", "port", "strips this prefix from request paths "
               "and sets Host to the first vhost", "/path/to/strip",

@@ -396,22 +396,30 @@ def _check_ports(cluster: Cluster, backend: str) -> dict[str, int]:
     return out
 
 
-def test_healthcheck_port_index_checks_each_tasks_own_port(cluster: Cluster) -> None:
-    app = "/mlb/checkport"
-    cluster.launch(app, {"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"}, ports=2,
-                   healthChecks=[{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1}])
-    backend = cluster.backend(app)
+@pytest.mark.parametrize("borrowed", [False, True])
+def test_healthcheck_port_index_checks_each_tasks_own_port(cluster: Cluster,
+                                                           borrowed: bool) -> None:
+    """The service of port index ``traffic`` is checked on each task's port ``health``.
+    ``borrowed`` is marathon-lb #198's case: the check is defined on the health port
+    only, and the traffic port takes it (it was left unchecked). The demo task listens
+    on its first port only, which Marathon's own check asks."""
+    app = f"/mlb/checkport-{'borrowed' if borrowed else 'own'}"
+    traffic, health = (1, 0) if borrowed else (0, 1)
+    cluster.launch(app, {f"HAPROXY_{traffic}_BACKEND_HEALTHCHECK_PORT_INDEX": str(health)},
+                   ports=2, healthChecks=[{"protocol": "TCP", "portIndex": 0,
+                                           "intervalSeconds": 1}])
+    backend = service_name(app, cluster.sim.service_port(app, traffic))
 
     def expected() -> dict[str, int]:
         tasks = [t for t in cluster.sim.app(app)["tasks"] if t["state"] == "TASK_RUNNING"]
-        return {f"127.0.0.1:{t['ports'][0]}": t["ports"][1] for t in tasks}
+        return {f"127.0.0.1:{t['ports'][traffic]}": t["ports"][health] for t in tasks}
 
     wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
-             what="each server checked on its task's second port")
+             what=f"each server checked on its task's port {health}")
     reloads = cluster.daemon.reloads()
     cluster.sim.replace_one(app, cluster.sim.wait_running(app, 1))
     wait_for(lambda: (e := expected()) and _check_ports(cluster, backend) == e, 30,
-             what="the replacement checked on its own second port")
+             what=f"the replacement checked on its own port {health}")
     assert cluster.daemon.reloads() == reloads, "a task replacement reloaded HAProxy"
 
 
@@ -559,3 +567,22 @@ def test_after_a_reload_a_healthy_task_is_checked_from_full_health(cluster: Clus
     wait_for(lambda: _server(cluster, app, host_port).check_health >= 3, 30,
              what="the server at full check health in the new worker")
     assert responders(port, 2) == {task}
+
+
+def test_a_task_failing_its_command_check_leaves_rotation(cluster: Cluster) -> None:
+    """HAProxy cannot run a COMMAND check, but Marathon reports its results: a task
+    failing it was still routed (only other protocols gated routing)."""
+    app = "/mlb/command"
+    down = cluster.tmp / "command-down"
+    down.mkdir()
+    live = cluster.launch(app, {}, instances=2, healthChecks=[{
+        "protocol": "COMMAND", "intervalSeconds": 0.2, "gracePeriodSeconds": 0,
+        "maxConsecutiveFailures": 1000,  # failing, not killed: only routing changes
+        "command": {"value": f'test ! -e "{down}/$MESOS_TASK_ID"'}}])
+    port = cluster.sim.service_port(app)
+    wait_routed(port, live)
+    sick, well = sorted(live)
+    (down / sick).touch()
+    wait_routed(port, {well})
+    (down / sick).unlink()
+    wait_routed(port, live)

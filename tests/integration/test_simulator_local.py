@@ -240,3 +240,39 @@ async def test_ip_per_task_tasks_get_their_own_loopback_address() -> None:
 
         for ip in ips:
             await wait_for(lambda ip=ip: serving(ip))
+
+
+async def test_command_checks_run_in_the_task_environment(tmp_path: Path) -> None:
+    """A COMMAND check is run as Mesos runs it (a shell, the task's environment): alive
+    while it exits 0, dead once it fails; Marathon reports it like any other check."""
+    app_id = f"/cmd-{uuid.uuid4().hex[:8]}"
+    flag = tmp_path / "ready"
+    flag.write_text("")
+    async with (
+        SimulatorServer(executor="local", kill_grace=0.5, health_first_delay=0.1) as sim,
+        httpx.AsyncClient(base_url=sim.url, timeout=5) as client,
+    ):
+        definition = {
+            "id": app_id, "cmd": "exec sleep 600", "instances": 1,
+            "healthChecks": [{"protocol": "COMMAND", "intervalSeconds": 0.2,
+                              "gracePeriodSeconds": 0,
+                              "command": {"value": f'test -e {flag} && test -n "$PORT0"'}}],
+        }
+        assert (await client.post("/v2/apps", json=definition)).status_code == 201
+
+        async def health() -> list[bool]:
+            doc = await app_doc(client, app_id)
+            return [r["alive"] for t in doc["tasks"] for r in t.get("healthCheckResults", [])]
+
+        for _ in range(200):
+            if await health() == [True]:
+                break
+            await asyncio.sleep(0.05)
+        assert await health() == [True]
+        flag.unlink()
+        for _ in range(200):
+            if await health() == [False]:
+                break
+            await asyncio.sleep(0.05)
+        assert await health() == [False]
+        assert (await app_doc(client, app_id))["tasksUnhealthy"] == 1

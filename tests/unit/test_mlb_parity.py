@@ -71,6 +71,34 @@ def test_command_check_warns_and_is_not_translated() -> None:
     assert any("COMMAND check, which HAProxy cannot run" in w for w in warnings)
 
 
+def test_a_command_check_listed_first_does_not_hide_the_http_check() -> None:
+    """marathon-lb picks the first check naming the port; a COMMAND check names none.
+    Listed first, it hid the HTTP check: the port went unchecked (and TCP), warned."""
+    o, warnings = _opts(checks=[{"protocol": "COMMAND", "command": {"value": "true"}},
+                                {"protocol": "HTTP", "portIndex": 0, "path": "/health"}])
+    assert (o.health_check, o.health_check_path, o.mode) == (True, "/health", Mode.HTTP)
+    assert not warnings
+
+
+def test_healthcheck_port_index_takes_the_check_of_the_health_port() -> None:
+    """marathon-lb #198: the traffic port (0) has no check; the HTTP check is defined on
+    the health port (1), and the label says port 0's tasks are healthy when port 1 is.
+    The label was only applied to a check port 0 already had: nothing was checked."""
+    check = {"protocol": "HTTP", "portIndex": 1, "path": "/health", "intervalSeconds": 5,
+             "timeoutSeconds": 3, "maxConsecutiveFailures": 2}
+    labels = {"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1"}
+    o, warnings = _opts(labels, [check])
+    assert (o.health_check, o.health_check_path, o.health_check_interval_ms,
+            o.health_check_timeout_ms, o.health_check_fall) == (True, "/health", 5000, 3000, 3)
+    assert o.mode is Mode.HTTP and not warnings
+    app, _ = parse_app(_app(labels, [check]), resolve)
+    (ep,) = endpoints(app, app.services[0])
+    assert (ep.port, ep.check_port) == (31001, 31002)  # traffic on 0, checked on 1
+    assert _opts(labels, [check], index=1)[0].health_check  # port 1 keeps its own check
+    assert not _opts(checks=[check])[0].health_check  # without the label: port 0 unchecked
+    assert _opts({**labels, "HAPROXY_0_MODE": "tcp"}, [check])[0].mode is Mode.TCP
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("intervalSeconds", float("inf")), ("intervalSeconds", float("nan")),

@@ -154,6 +154,7 @@ def _task(state: str, results: Any = None, host: str = "10.1.1.1") -> dict[str, 
 
 
 ALIVE, DEAD = [{"alive": True}], [{"alive": False}]
+COMMAND = [{"protocol": "COMMAND", "command": {"value": "true"}}]
 
 
 @pytest.mark.parametrize(
@@ -176,8 +177,11 @@ ALIVE, DEAD = [{"alive": True}], [{"alive": False}]
         ([], _task("TASK_RUNNING", host="nowhere.invalid"), True, None),
         ([], _task("TASK_KILLING", host="nowhere.invalid"), True, None),
         ([], _task("TASK_RUNNING", host=""), True, None),
-        # COMMAND checks are not Marathon results HAProxy can mirror: routed as RUNNING
-        ([{"protocol": "COMMAND", "command": {"value": "true"}}], _task("TASK_RUNNING"), True, R),
+        # COMMAND checks: HAProxy cannot run them, but Marathon's results decide routing
+        # as for any check (they were ignored: a task failing its check was routed).
+        (COMMAND, _task("TASK_RUNNING", DEAD), True, None),
+        (COMMAND, _task("TASK_RUNNING", None), True, None),
+        (COMMAND, _task("TASK_RUNNING", ALIVE), True, R),
     ],
 )
 def test_routable_rule(health_checks, task, health_check, expected) -> None:
@@ -356,7 +360,12 @@ def test_ip_per_task_address(ip_addresses, expected) -> None:
     [
         ({"protocol": "HTTP", "path": "/ping", "intervalSeconds": 5}, (True, "/ping", 5000)),
         ({"protocol": "MESOS_HTTP", "path": None}, (True, "/", 2000)),
-        ({"protocol": "HTTP", "path": "/x y\n  option"}, (True, "/", 2000)),
+        # a path HAProxy cannot send: a connect check, never another URL (/ may be a 404)
+        ({"protocol": "HTTP", "path": "/x y\n  option"}, (True, None, 2000)),
+        ({"protocol": "HTTP", "path": "/x#y"}, (True, None, 2000)),
+        # a query string is sent as Marathon sends it (it was replaced by /)
+        ({"protocol": "HTTP", "path": "/health?ready=1&deep=(db,cache)"},
+         (True, "/health?ready=1&deep=(db,cache)", 2000)),
         ({"protocol": "TCP", "intervalSeconds": 30}, (True, None, 30000)),
         ({"protocol": "MESOS_TCP"}, (True, None, 2000)),
         ({"protocol": "TCP", "intervalSeconds": 0.5}, (True, None, 500)),  # never "inter 0"

@@ -7,8 +7,9 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from ..label_values import CHECK_PATH
 from ..labels import LabelError, parse_path
-from ..model import Mode, Options
+from ..model import Mode, Options, shown
 from .fields import get
 
 _CHECK_PROTOCOLS = ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS", "TCP", "MESOS_TCP")
@@ -37,19 +38,12 @@ def _check_number(hc: Any, key: str, where: str, default: float, low: float, hig
     return float(value)
 
 
-def with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
-                       container_ports: list[int], explicit: frozenset[str],
-                       warnings: list[str]) -> Options:
-    """Mirror the app's Marathon health check for this port index in HAProxy.
-
-    As marathon-lb: the first check with an explicit ``port``, or whose
-    ``portIndex`` is this index. HTTP and MESOS_HTTP checks of the port itself make
-    it HTTP (unless a MODE label says otherwise); HTTPS checks are sent over TLS
-    (``check-ssl verify none``) without changing the mode; COMMAND checks
-    cannot be run by HAProxy and only get a warning. A value HAProxy cannot take
-    (a non-finite or too long interval, a port outside 1-65535) raises
-    :class:`BadHealthCheck`.
-    """
+def _pick(health_checks: list[Any], index: int) -> tuple[int, Any, str] | str | None:
+    """marathon-lb's choice for a port index: the first check with an explicit ``port``,
+    or whose ``portIndex`` is ``index``: (position, check, protocol). COMMAND checks and
+    protocols HAProxy cannot run are passed over (they name no port): when only such a
+    check applies, its protocol is returned instead; None when none applies."""
+    passed_over = None
     for i, hc in enumerate(health_checks):
         where = f"healthChecks[{i}]"
         port_index = get(hc, "portIndex", 0)
@@ -64,48 +58,79 @@ def with_health_check(options: Options, health_checks: list[Any], index: int, ap
             continue
         protocol = str(get(hc, "protocol", "HTTP"))
         if protocol == "COMMAND" or protocol not in _CHECK_PROTOCOLS:
-            warnings.append(f"app {app_id}: {where} is a {protocol} check, which HAProxy "
-                            f"cannot run; service port index {index} is not health-checked "
-                            "by HAProxy (Marathon's results still decide routing)")
-            return options
-        interval = _check_number(hc, "intervalSeconds", f"{where}.intervalSeconds", 2, 0,
-                           MAX_INTERVAL_SECONDS)
-        timeout = _check_number(hc, "timeoutSeconds", f"{where}.timeoutSeconds", 20, 0,
-                          MAX_INTERVAL_SECONDS)
-        failures = _check_number(hc, "maxConsecutiveFailures", f"{where}.maxConsecutiveFailures",
-                           3, 0, 1000)
-        change: dict[str, Any] = {
-            "health_check": True,
-            # Marathon's interval is whole seconds; a fraction (the simulator's) is kept,
-            # but not below MIN_INTERVAL_MS: 1 ms checks on every slot of an app would
-            # load HAProxy for every tenant.
-            "health_check_interval_ms": max(int((interval or 2) * 1000), MIN_INTERVAL_MS),
-            "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
-            "health_check_fall": int(failures) + 1,  # as marathon-lb
-            "health_check_port": port,
-            "health_check_ssl": protocol in ("HTTPS", "MESOS_HTTPS"),
-        }
-        if protocol in ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS"):
-            try:
-                change["health_check_path"] = parse_path(f"{where}.path",
-                                                         str(get(hc, "path", "/")))
-            except LabelError:
-                warnings.append(f"app {app_id}: {where}.path {get(hc, 'path')!r} is not a "
-                                "plain absolute path; HAProxy checks / instead")
-                change["health_check_path"] = "/"
-        if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
-            # A check of this very port: it speaks HTTP. (A check on an explicit port says
-            # nothing about the other ports' protocol, so it does not switch them.)
-            change["mode"] = Mode.HTTP
-        index_label = options.health_check_port_index
-        if index_label is not None and port is None and container_ports:
-            # IP-per-task: the container port is the same for every task. Otherwise
-            # each task's own port at that index is checked (model.endpoints).
-            if index_label < len(container_ports) and container_ports[index_label]:
-                change["health_check_port"] = container_ports[index_label]
-            else:
-                warnings.append(
-                    f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
-                    f"{index_label} names no container port; the traffic port is checked")
-        return replace(options, **change)
-    return options
+            passed_over = passed_over or f"{where} is a {protocol} check"
+            continue
+        return i, hc, protocol
+    return passed_over
+
+
+def with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
+                       container_ports: list[int], explicit: frozenset[str],
+                       warnings: list[str]) -> Options:
+    """Mirror the app's Marathon health check for this port index in HAProxy.
+
+    As marathon-lb: the first check with an explicit ``port``, or whose
+    ``portIndex`` is this index; failing that, with the label
+    ``HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX``, the check of that port index (run
+    against each task's port there). HTTP and MESOS_HTTP checks of a task's own port
+    make the service HTTP (unless a MODE label says otherwise); HTTPS checks are sent
+    over TLS (``check-ssl verify none``) without changing the mode; COMMAND checks
+    cannot be run by HAProxy and only get a warning when no other check applies. A
+    value HAProxy cannot take (a non-finite or too long interval, a port outside
+    1-65535) raises :class:`BadHealthCheck`.
+    """
+    picked = _pick(health_checks, index)
+    borrowed = options.health_check_port_index
+    if not isinstance(picked, tuple) and borrowed is not None and borrowed != index:
+        other = _pick(health_checks, borrowed)  # marathon-lb #198: the health port's check
+        if isinstance(other, tuple):
+            picked = other
+    if not isinstance(picked, tuple):
+        if picked is not None:
+            warnings.append(f"app {app_id}: {picked}, which HAProxy cannot run; service "
+                            f"port index {index} is not health-checked by HAProxy (Marathon's "
+                            "results still decide routing)")
+        return options
+    i, hc, protocol = picked
+    where = f"healthChecks[{i}]"
+    port = get(hc, "port")
+    interval = _check_number(hc, "intervalSeconds", f"{where}.intervalSeconds", 2, 0,
+                             MAX_INTERVAL_SECONDS)
+    timeout = _check_number(hc, "timeoutSeconds", f"{where}.timeoutSeconds", 20, 0,
+                            MAX_INTERVAL_SECONDS)
+    failures = _check_number(hc, "maxConsecutiveFailures", f"{where}.maxConsecutiveFailures",
+                             3, 0, 1000)
+    change: dict[str, Any] = {
+        "health_check": True,
+        # Marathon's interval is whole seconds; a fraction (the simulator's) is kept,
+        # but not below MIN_INTERVAL_MS: 1 ms checks on every slot of an app would
+        # load HAProxy for every tenant.
+        "health_check_interval_ms": max(int((interval or 2) * 1000), MIN_INTERVAL_MS),
+        "health_check_timeout_ms": max(int(timeout * 1000), 1) if timeout else None,
+        "health_check_fall": int(failures) + 1,  # as marathon-lb
+        "health_check_port": port,
+        "health_check_ssl": protocol in ("HTTPS", "MESOS_HTTPS"),
+    }
+    if protocol in ("HTTP", "MESOS_HTTP", "HTTPS", "MESOS_HTTPS"):
+        try:
+            change["health_check_path"] = parse_path(f"{where}.path",
+                                                     str(get(hc, "path", "/")), CHECK_PATH)
+        except LabelError:  # never another URL: / may answer 404 where the path is fine
+            warnings.append(f"app {app_id}: {where}.path {shown(get(hc, 'path'))} is not "
+                            "an absolute path and query HAProxy can send; HAProxy only "
+                            "checks that the port accepts connections")
+    if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
+        # A check of this very port: it speaks HTTP. (A check on an explicit port says
+        # nothing about the other ports' protocol, so it does not switch them.)
+        change["mode"] = Mode.HTTP
+    index_label = options.health_check_port_index
+    if index_label is not None and port is None and container_ports:
+        # IP-per-task: the container port is the same for every task. Otherwise
+        # each task's own port at that index is checked (model.endpoints).
+        if index_label < len(container_ports) and container_ports[index_label]:
+            change["health_check_port"] = container_ports[index_label]
+        else:
+            warnings.append(
+                f"app {app_id}: label HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX="
+                f"{index_label} names no container port; the traffic port is checked")
+    return replace(options, **change)

@@ -197,8 +197,9 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     version = str(_get(raw, "version", ""))
     app_labels = {str(k): str(v) for k, v in labels.items()}
     ports = tuple(container_ports)
-    has_checks = any(_get(h, "protocol") != "COMMAND" for h in health_checks) \
-        if health_checks else False
+    # Any check gates routing on Marathon's results, COMMAND too (as marathon-lb):
+    # HAProxy cannot run a command, but Marathon reports its results per task.
+    has_checks = bool(health_checks)
     services_t, problems_t = tuple(services), tuple(problems)
     # What parse_task reads; the tasks go into the final App (positional: quick_init's
     # __init__ takes keywords too, but a 10,000-app sync builds 20,000 of these).

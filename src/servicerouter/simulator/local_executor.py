@@ -63,6 +63,13 @@ def _kill_all_groups() -> None:
     _LIVE_GROUPS.clear()
 
 
+def _command_of(check: JsonDict) -> str | None:
+    """The shell command of a COMMAND health check, or None for any other check."""
+    command = check.get("command")
+    value = command.get("value") if isinstance(command, dict) else None
+    return value if check.get("protocol") == "COMMAND" and isinstance(value, str) else None
+
+
 def _pdeathsig_prefix() -> list[str]:
     setpriv = shutil.which("setpriv")
     if not setpriv:
@@ -132,7 +139,8 @@ class LocalExecutor(FakeExecutor):
     def health_check_indices(self, app: App) -> list[int]:
         if not app.definition.get("cmd"):
             return super().health_check_indices(app)
-        return [i for i, c in enumerate(app.health_checks) if c.get("protocol") in SUPPORTED]
+        return [i for i, c in enumerate(app.health_checks)
+                if c.get("protocol") in SUPPORTED or _command_of(c) is not None]
 
     # --- running -----------------------------------------------------------------
 
@@ -243,8 +251,9 @@ class LocalExecutor(FakeExecutor):
             _kill_group(proc.pid)
 
     async def _health_loop(self, task: Task, index: int, check: JsonDict) -> None:
-        target = probe_target(task, check)
-        if target is None:
+        command = _command_of(check)
+        target = probe_target(task, check) if command is None else None
+        if target is None and command is None:
             return
         interval = max(0.05, float(check.get("intervalSeconds", 60)))
         grace = float(check.get("gracePeriodSeconds", 300))
@@ -252,13 +261,42 @@ class LocalExecutor(FakeExecutor):
         had_success = False
         await asyncio.sleep(self.health_first_delay)
         while task.state == TASK_RUNNING and not self._closing:
-            alive, cause = await probe(target[0], target[1], check)
+            if command is not None:
+                alive, cause = await self._run_check(task, command, check)
+            else:
+                assert target is not None
+                alive, cause = await probe(target[0], target[1], check)
             if task.state != TASK_RUNNING or self._closing:
                 return
             had_success = had_success or alive
             if alive or had_success or time.monotonic() - started > grace:
                 self.sink.health_result(task, index, alive, cause)
             await asyncio.sleep(interval)
+
+    async def _run_check(self, task: Task, command: str,
+                         check: JsonDict) -> tuple[bool, str | None]:
+        """A COMMAND check, as Mesos runs it: the command in a shell with the task's
+        environment, alive when it exits 0 within ``timeoutSeconds``."""
+        timeout = float(check.get("timeoutSeconds", 20))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._prefix, "/bin/sh", "-c", command, env=self._env(task),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            return False, f"Failed to run the health check command: {exc}"
+        try:
+            rc = await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            rc = None
+        finally:
+            _kill_group(proc.pid)  # a timed-out command, or what it left behind
+            if proc.returncode is None:
+                await proc.wait()
+        if rc == 0:
+            return True, None
+        return False, (f"Command exited with status {rc}" if rc is not None
+                       else f"Command timed out after {timeout:g}s")
 
     def kill(self, task: Task) -> None:
         if not self._runs(task):
