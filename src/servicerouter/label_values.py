@@ -25,9 +25,13 @@ _HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME = re.compile(rf"^(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
 _GROUP = re.compile(r"^(?:\*|[A-Za-z0-9_.-]{1,64})$")
 _PATH = re.compile(r"^/[A-Za-z0-9._~%/-]{0,255}$")
+# A PATH prefix (path_beg, a literal match): also RFC 3986's other path characters,
+# which stay one word in an ACL (no quotes, backslash, `#`, `$`, braces or space; no
+# `;` either, the runtime API's command separator).
+_PATH_PREFIX = re.compile(r"^/[A-Za-z0-9._~%/!&()*+,=:@-]{0,255}$")
 # A health check's request target (path and query): RFC 3986 characters that stay one
 # word in `option httpchk GET <uri>` (no quotes, backslash, `#`, `$` or space).
-CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~%/!&()*+,;=:@?-]{0,1023}$")
+CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~%/!&()*+,=:@?-]{0,1023}$")
 _FILE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -113,10 +117,15 @@ def parse_bind_address(label: str, value: str) -> str:
         raise LabelError(label, value, "is not an IP address or '*'") from None
 
 
+def _chars(pattern: re.Pattern[str]) -> str:
+    """The character class a path pattern allows, as its error message shows it."""
+    return pattern.pattern[2:pattern.pattern.index("]") + 1]
+
+
 def parse_path(label: str, value: str, pattern: re.Pattern[str] = _PATH) -> str:
     v = value.strip()
     if not pattern.match(v) or "/../" in f"{v}/":
-        raise LabelError(label, value, "is not an absolute path of [A-Za-z0-9._~%/-]")
+        raise LabelError(label, value, f"is not an absolute path of {_chars(pattern)}")
     return v
 
 
@@ -130,9 +139,9 @@ def parse_paths(label: str, value: str) -> tuple[tuple[str, ...], bool]:
         raise LabelError(label, value, "is not 1 to 32 space-separated paths, optionally "
                          "after -i")
     for p in paths:
-        if not _PATH.match(p) or "/../" in f"{p}/":
+        if not _PATH_PREFIX.match(p) or "/../" in f"{p}/":
             raise LabelError(label, value, f"has {shown(p)!r}, which is not an absolute path of "
-                             "[A-Za-z0-9._~%/-]")
+                             f"{_chars(_PATH_PREFIX)}")
     return tuple(dict.fromkeys(paths)), ignore_case
 
 

@@ -140,9 +140,11 @@ LABELS: tuple[LabelSpec, ...] = (
               "not false", "enabled", parse_bool),
     LabelSpec("GROUP", "port", "groups of this service port; overrides HAPROXY_GROUP",
               "internal", field="groups", parse=parse_groups),
-    LabelSpec("MODE", "port", "tcp or http; a VHOST, PATH, AUTH or HTTP health check implies "
-              "http", "http", "an explicit MODE wins over an HTTP health check's; HTTPS checks "
-              "do not make the port HTTP (its tasks speak TLS), they are sent with check-ssl",
+    LabelSpec("MODE", "port", "tcp or http; VHOST, PATH, AUTH, STICKY, USE_HSTS, "
+              "REDIRECT_TO_HTTPS, the HTTP_BACKEND_* labels or an HTTP health check imply http",
+              "http", "an explicit MODE=tcp wins: those labels are then ignored with a warning "
+              "(AUTH leaves the port out); HTTPS checks do not make the port HTTP (its tasks "
+              "speak TLS), they are sent with check-ssl",
               "mode", parse_mode),
     LabelSpec("BALANCE", "port", "load-balancing algorithm, with its arguments",
               "url_param userid", "only algorithms and arguments from a fixed grammar",
@@ -151,20 +153,23 @@ LABELS: tuple[LabelSpec, ...] = (
               "an IP address or '*' only", "bind_address", parse_bind_address),
     LabelSpec("VHOST", "port", "virtual hosts routed to this service on the shared HTTP and "
               "HTTPS frontends (SNI on HTTPS, Host as fallback)",
-              "shop.example.com,*.shop.example.com", "'*.' wildcards match any subdomain",
+              "shop.example.com,*.shop.example.com", "'*.' wildcards match any subdomain; "
+              "comma-separated only (marathon-lb also took 'a.com b.com', by accident)",
               "vhosts", parse_vhosts),
     LabelSpec("PATH", "port", "path prefixes (path_beg) routed on the service's vhosts; "
               "space-separated, '-i' first for case-insensitive",
-              "-i /api /v2/api", field="paths", parse=_paths),
+              "-i /api /v2/api", "same as marathon-lb, for paths of [A-Za-z0-9._~%/!&()*+,=:@-]",
+              "paths", _paths),
     LabelSpec("BACKEND_WEIGHT", "port", "orders routes that share a vhost: larger first "
               "(a PATH alone gives weight 1)", "10",
               "equal weights: the longer path first, then by name", "backend_weight",
               parse_weight),
     LabelSpec("STICKY", "port", "sticky sessions by cookie", "true",
               "cookie named SRVID, not mesosphere_server_id", "sticky", parse_bool),
-    LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests get a 301 to https://",
-              "true", "refused with an error (service not exposed) when no HTTPS frontend "
-              "can serve the redirect", "redirect_to_https", parse_bool),
+    LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests to the service's vhosts "
+              "(on --http-port) get a 301 to https://", "true", "as marathon-lb, the service's "
+              "own port is not redirected; refused with an error (service not exposed) when no "
+              "HTTPS frontend can serve the redirect", "redirect_to_https", parse_bool),
     LabelSpec("USE_HSTS", "port", "adds Strict-Transport-Security: max-age=15768000 to "
               "responses", "true", field="hsts", parse=parse_bool),
     LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "
@@ -192,8 +197,9 @@ LABELS: tuple[LabelSpec, ...] = (
               "keeps the rest of the Location (marathon-lb replaces the whole Location with "
               "this path); only relative Locations and the service's own vhosts",
               "revproxy_path", parse_path),
-    LabelSpec("HTTP_BACKEND_REDIR", "port", "301 from / on the service's vhosts to this path",
-              "/my/content", field="redir_path", parse=parse_path),
+    LabelSpec("HTTP_BACKEND_REDIR", "port", "301 from / on the service's vhosts (by Host, on "
+              "any frontend) to this path", "/my/content", "same as marathon-lb; needs a VHOST",
+              "redir_path", parse_path),
     LabelSpec("SNIPPET", "port", "an operator-written snippet (templates dir, "
               "snippets/NAME.j2) added to this service's backend", "compress",
               "new: replaces per-app template labels", "snippet", parse_snippet_name),
@@ -247,6 +253,15 @@ def _unsupported(label: str, spec: LabelSpec | None) -> str:
     if spec is None:
         return f"label {label} is not a label servicerouter or marathon-lb knows; ignored"
     return f"label {label} is not supported: it {spec.difference}; ignored"
+
+
+# The labels that only mean something in HTTP mode, with the Options field each sets.
+_HTTP_ONLY = (("VHOST", "vhosts"), ("PATH", "paths"), ("REDIRECT_TO_HTTPS", "redirect_to_https"),
+              ("STICKY", "sticky"), ("USE_HSTS", "hsts"),
+              ("HTTP_BACKEND_PROXYPASS_PATH", "proxypass_path"),
+              ("HTTP_BACKEND_REVPROXY_PATH", "revproxy_path"),
+              ("HTTP_BACKEND_REDIR", "redir_path"))
+_HTTP_ONLY_OFF = {field: getattr(_DEFAULTS, field) for _, field in _HTTP_ONLY}
 
 
 def parse_labels(labels: Mapping[str, object] | None, service_count: int,
@@ -315,13 +330,24 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         per_index.setdefault(index, ServiceLabels(base))
     for index, sl in list(per_index.items()):
         opts = sl.options
-        http_only = (opts.vhosts or opts.paths or opts.redirect_to_https or opts.sticky
-                     or opts.hsts or opts.proxypass_path or opts.revproxy_path
-                     or opts.redir_path)
-        if opts.mode is Mode.TCP and (http_only or (opts.auth and "MODE" not in sl.explicit)):
+        http_only = [name for name, field in _HTTP_ONLY if getattr(opts, field)]
+        if opts.mode is Mode.TCP and "MODE" in sl.explicit and http_only:
+            # MODE=tcp says the port speaks TCP (a database, TLS passthrough): turned
+            # into HTTP it would answer its clients 400. The HTTP features go instead.
+            # (AUTH stays: parse refuses that service rather than serve it open.)
+            warnings.append(f"label{'s' if len(http_only) > 1 else ''} "
+                            f"{', '.join(f'HAPROXY_{index}_{n}' for n in http_only)} "
+                            f"{'need' if len(http_only) > 1 else 'needs'} HTTP mode, but "
+                            f"HAPROXY_{index}_MODE is tcp; ignored")
+            per_index[index] = sl = replace(sl, options=replace(
+                opts, **{field: _HTTP_ONLY_OFF[field] for _, field in _HTTP_ONLY}))
+            opts = sl.options
+        elif opts.mode is Mode.TCP and (http_only or (opts.auth and "MODE" not in sl.explicit)):
             # Virtual hosts, paths, redirects, cookies and auth are HTTP features.
-            # An explicit MODE=tcp with AUTH stays tcp: parse refuses that service.
             per_index[index] = replace(sl, options=replace(opts, mode=Mode.HTTP))
+        if opts.redir_path and not opts.vhosts:  # as marathon-lb: / of which host?
+            warnings.append(f"label HAPROXY_{index}_HTTP_BACKEND_REDIR redirects / of the "
+                            f"service's vhosts, and HAPROXY_{index}_VHOST names none; ignored")
         if templates.get(index):
             per_index[index] = replace(per_index[index], options=replace(
                 per_index[index].options, raw_templates=tuple(sorted(templates[index].items()))))

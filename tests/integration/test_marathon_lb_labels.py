@@ -176,6 +176,10 @@ def test_redirect_to_https_is_a_301_keeping_host_path_and_query(cluster: Cluster
     r = _wait_status(f"http://127.0.0.1:{cluster.http}/a/b?c=1", 301, "redirect",
                      host="r.mlb.test:80")
     assert r.headers["location"] == f"https://r.mlb.test:{cluster.https}/a/b?c=1"
+    # As marathon-lb: the vhost frontend redirects; the service's own port serves (it
+    # sent its clients to https://127.0.0.1/, where no route knows that host).
+    own = _get(f"http://127.0.0.1:{cluster.sim.service_port('/mlb/redirect')}/a")
+    assert own.status_code == 200 and _app(own) == _owner(task)
     url = f"https://127.0.0.1:{cluster.https}/a/b?c=1"
     r = _wait_status(url, 200, "https", host="r.mlb.test", sni="r.mlb.test")
     assert _app(r) == _owner(task)
@@ -258,6 +262,11 @@ def test_proxypass_revproxy_and_redir(cluster: Cluster) -> None:
     r = _wait_status(f"{base}/", 301, "redir", host="redir.mlb.test")
     assert r.headers["location"] == "/my/content"
     assert _get(f"{base}/other", host="redir.mlb.test").status_code == 200
+    # As marathon-lb (is_domain is_root): only / of the vhost, on any frontend; the
+    # service port asked by another name serves / itself.
+    own = f"http://127.0.0.1:{cluster.sim.service_port('/mlb/redir')}/"
+    assert _get(own).status_code == 200
+    assert _get(own, host="redir.mlb.test").status_code == 301
 
 
 def test_sticky_cookie_keeps_a_client_and_moves_it_when_its_task_dies(cluster: Cluster) -> None:

@@ -108,7 +108,8 @@ def every_option_apps(pem: str) -> list[App]:
     return [
         _app("/vh/plain", 10001, Options(mode=http, vhosts=("a.example.com",))),
         _app("/vh/path", 10002, Options(mode=http, vhosts=("a.example.com", "b.example.com"),
-                                         paths=("/api/v2",), redirect_to_https=True)),
+                                         paths=("/api/v2", "/v1:b@tch!&(x)*+,="),
+                                         redirect_to_https=True)),
         _app("/vh/sticky", 10003, Options(mode=http, vhosts=("s.example.com",), sticky=True,
                                            balance="leastconn")),
         _app("/vh/cert", 10004, Options(mode=http, vhosts=("c.example.com",), ssl_cert=pem)),
@@ -118,7 +119,7 @@ def every_option_apps(pem: str) -> list[App]:
         _app("/tcp/static", 10007, Options(balance="static-rr", health_check=True,
                                            health_check_interval_ms=500)),
         _app("/http/check", 10008, Options(mode=http, balance="random", health_check=True,
-                                           health_check_path="/health%20z")),
+                                           health_check_path="/health%20z?ready=1&deep=(db,cache):@!*+")),
         _app("/tcp/first", 10009, Options(balance="first"), state="TASK_KILLING"),
         _app("/odd/na_me_/x y", 10010, Options()),
         # marathon-lb's labels

@@ -95,11 +95,28 @@ def test_labels_apply_to_their_index_only() -> None:
     [{"HAPROXY_0_VHOST": "a.example.com"}, {"HAPROXY_0_PATH": "/a"},
      {"HAPROXY_0_STICKY": "true"}, {"HAPROXY_0_REDIRECT_TO_HTTPS": "true"},
      {"HAPROXY_0_USE_HSTS": "true"}, {"HAPROXY_0_AUTH": "r:u:$6$abcdefgh$abcdefgh"},
-     {"HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/p"},
-     {"HAPROXY_0_VHOST": "a.example.com", "HAPROXY_0_MODE": "tcp"}],
+     {"HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/p"}],
 )
 def test_http_features_imply_http_mode(labels) -> None:
     assert _opts(labels).mode is Mode.HTTP
+
+
+def test_an_explicit_tcp_mode_wins_over_http_features() -> None:
+    """MODE=tcp says the port speaks TCP (a database, TLS passthrough): STICKY or a VHOST
+    turned it into HTTP, and its clients got 400s. The HTTP labels are ignored, said so,
+    and claim nothing (a vhost of a TCP port is not taken from anyone)."""
+    parsed = parse_labels({"HAPROXY_0_MODE": "tcp", "HAPROXY_0_STICKY": "true",
+                           "HAPROXY_0_VHOST": "db.example.com",
+                           "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.0/8"}, 1)
+    opts = parsed.for_index(0).options
+    assert opts.mode is Mode.TCP and not opts.sticky and opts.vhosts == ()
+    assert opts.network_allowed == ("10.0.0.0/8",)  # TCP can enforce this one
+    assert parsed.warnings == ("labels HAPROXY_0_VHOST, HAPROXY_0_STICKY need HTTP mode, "
+                               "but HAPROXY_0_MODE is tcp; ignored",)
+    one = parse_labels({"HAPROXY_0_MODE": "tcp", "HAPROXY_0_USE_HSTS": "true"}, 1)
+    assert one.warnings == ("label HAPROXY_0_USE_HSTS needs HTTP mode, but HAPROXY_0_MODE "
+                            "is tcp; ignored",)
+    assert _opts({"HAPROXY_0_MODE": "http", "HAPROXY_0_STICKY": "t"}).sticky
 
 
 BAD_VALUES = ["a\nb", "a;b", "a b", "a#b", 'a"b', "a'b", "a\rb", "a\tb", "a\\b", "a\x00b"]
@@ -196,7 +213,9 @@ def test_bad_value_is_rejected_naming_label_and_value(label: str, value: str) ->
 
 @pytest.mark.parametrize(("label", "value"), [(k, v) for k, v in BASE.items()])
 def test_plausible_values_are_accepted(label: str, value: str) -> None:
-    parsed = parse_labels({label: value}, 1)
+    # (a root redirect needs a vhost: the label is about / of those)
+    with_vhost = {"HAPROXY_0_VHOST": "a.example.com"} if label.endswith("_REDIR") else {}
+    parsed = parse_labels({label: value, **with_vhost}, 1)
     assert not parsed.warnings, parsed.warnings  # taken, not ignored with a warning
 
 
@@ -317,3 +336,21 @@ def test_junk_labels_cost_a_few_short_warnings_not_the_app() -> None:
     assert parsed.for_index(0).port == 10001
     assert len(parsed.warnings) == 21 and "81 more label warnings" in parsed.warnings[-1]
     assert all(len(w) < 500 for w in parsed.warnings)
+
+
+def test_path_takes_the_path_characters_path_beg_does() -> None:
+    """marathon-lb printed PATH as is: '/v1:batch' or '/users/@me' worked there and left
+    the port out here. Characters that could end the word or the line stay refused."""
+    assert _opts({"HAPROXY_0_PATH": "-i /v1:batch /users/@me /a,b=(c)!*+"}).paths == (
+        "/v1:batch", "/users/@me", "/a,b=(c)!*+")
+    for bad in ("/a;b", "/a{b}", "/a'b", "/a$b"):
+        with pytest.raises(LabelError, match="not an absolute path of"):
+            parse_labels({"HAPROXY_0_PATH": bad}, 1)
+
+
+def test_a_root_redirect_without_a_vhost_is_said_to_do_nothing() -> None:
+    parsed = parse_labels({"HAPROXY_0_HTTP_BACKEND_REDIR": "/home"}, 1)
+    assert parsed.warnings == ("label HAPROXY_0_HTTP_BACKEND_REDIR redirects / of the "
+                               "service's vhosts, and HAPROXY_0_VHOST names none; ignored",)
+    assert not parse_labels({"HAPROXY_0_HTTP_BACKEND_REDIR": "/home",
+                             "HAPROXY_0_VHOST": "a.example.com"}, 1).warnings

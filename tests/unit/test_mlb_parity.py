@@ -226,7 +226,8 @@ def test_auth_acl_hsts_and_rewrites_live_in_the_backend() -> None:
     assert "http-request replace-path '^/api(/(.*))?$' '/\\2'" in text
     assert ("http-response replace-header Location '^(https?://(a\\.test)(:[0-9]+)?)?/(.*)$' "
             "'\\1/api/\\4'") in text
-    assert "http-request redirect location /home code 301 if { path / }" in text
+    assert ("http-request redirect location /home code 301 if "
+            "{ path / } { hdr(host),field(1,:) -i a.test }") in text
     # The ACL is checked before auth: a denied client never sees a challenge.
     assert text.index("deny_status 403") < text.index("http-request auth")
 

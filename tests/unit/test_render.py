@@ -176,10 +176,11 @@ def test_vhost_path_and_redirect() -> None:
     assert uses == ["use_backend web_10001 if sni_web_10001 path_web_10001",
                     "use_backend web_10001 if host_web_10001 path_web_10001"]
     assert not any("redirect" in ln for ln in https)
-    # The redirect lives in the backend, before anything else answers
+    # The redirect lives in the backend, before anything else answers, for requests
+    # that came to the vhost HTTP frontend (as marathon-lb's, in http_in)
     backend = section(text, "backend web_10001")
     assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
-            "code 301 unless { ssl_fc }") in backend
+            "code 301 if { fe_name http_in }") in backend
 
 
 def test_longer_paths_route_first() -> None:

@@ -125,7 +125,7 @@ class _BackendView:
         self.hsts = opts.hsts
         self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
         self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
-        self.redir = _literal(opts.redir_path) if opts.redir_path else None
+        self.redir = _redir(opts.redir_path, opts.vhosts)
         self.snippet = opts.snippet
         raw = raw_templates(shape) if opts.raw_templates else {}
         self.frontend_head = raw.get("FRONTEND_HEAD")
@@ -168,6 +168,19 @@ def _host_regex(vhosts: Sequence[str]) -> str:
     alts = [("[^/:]*" + _regex_literal(h[1:])) if h.startswith("*.") else _regex_literal(h)
             for h in vhosts]
     return "|".join(alts)
+
+
+def _redir(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
+    """HTTP_BACKEND_REDIR: a request for / on one of the service's vhosts (by Host, on
+    any frontend, as marathon-lb's ``is_domain is_root``) is sent to ``path``."""
+    if not path or not vhosts:
+        return None
+    host = "hdr(host),field(1,:)"
+    exact = " ".join(h for h in vhosts if not h.startswith("*."))
+    suffixes = " ".join(h[1:] for h in vhosts if h.startswith("*."))
+    conditions = ([f"{{ path / }} {{ {host} -i {exact} }}"] if exact else []) + \
+        ([f"{{ path / }} {{ {host} -i -m end {suffixes} }}"] if suffixes else [])
+    return {"location": _literal(path), "condition": " || ".join(conditions)}
 
 
 def _proxypass(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
