@@ -219,7 +219,7 @@ def _loopback(address: str) -> bool:
     return address != "*" and ipaddress.ip_address(address).is_loopback
 
 
-def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
+def app_id_routes(layout: Layout) -> list[dict[str, str]]:
     """For the X-Marathon-App-Id frontend: each app's first HTTP service (as marathon-lb)."""
     out: dict[str, str] = {}
     for name, shape in sorted(layout.items(), key=lambda kv: (kv[1].app_id,
@@ -274,7 +274,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         else None,
         "host_map": pool.map_path(settings, pool.HOSTS_MAP) if pool.host_map_used(settings)
         else None,
-        "app_id_routes": _app_id_routes(layout) if settings.app_id_port else [],
+        "app_id_routes": app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
         "hostport": hostport,
         **(extra or {}),
