@@ -210,7 +210,9 @@ def vhost_routes(layout: Layout) -> list[dict[str, Any]]:
     return routes
 
 
-_APP_ID = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
+# Marathon's own ids are lowercase; the rule matches the header with -i (as marathon-lb),
+# so a laxer Marathon's "/SHOP/web", sorting first, would take "/shop/web"'s requests.
+_APP_ID = re.compile(r"^/[a-z0-9._/-]{1,255}$")
 
 
 def _loopback(address: str) -> bool:
