@@ -151,7 +151,8 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
             why = fact.problem if fact and fact.problem else "was not checked"
             return refuse("ssl_cert", label, opts.ssl_cert, why)
         stray = [n for n in fact.names if not _routes(opts.vhosts, n)] \
-            if opts.vhosts and settings.https_port and not fact.shared else []
+            if opts.vhosts and settings.https_port and not fact.shared \
+            and settings.vhost_policy != "open" else []
         if stray:
             return refuse("ssl_cert", label, opts.ssl_cert, (
                 f"is a certificate for {shown(stray[0])}, a host HAPROXY_{index}_VHOST "

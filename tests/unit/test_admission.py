@@ -467,6 +467,12 @@ def test_a_certificate_on_the_https_frontend_names_only_its_services_hosts() -> 
     alone.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
                       ssl_cert="/c/evil.pem"))
     assert set(alone.desired) == {"aaa_evil_10002"}
+    # --vhost-policy open: one tenant, no owners; the file is the operator's choice.
+    single = ClusterState(Settings(http_port=0, https_port=8443, vhost_policy="open"))
+    single.set_facts(alone.facts)
+    single.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
+                       ssl_cert="/c/evil.pem"))
+    assert set(single.desired) == {"aaa_evil_10002"}
 
 
 def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> None:
