@@ -17,7 +17,7 @@ and value; the service is left out and everything else goes on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .layout import DesiredService, Settings
@@ -54,6 +54,10 @@ class CertFact:
     problem: str | None = None
     stamp: tuple[int, int] = (0, 0)  # (mtime ns, size): a file replaced is a new fact
     shared: bool = False  # listed in --ssl-certs: the operator's, any app may name it
+    # The host names HAProxy indexes the certificate under for SNI (its subjectAltName
+    # DNS names and common names, lowercased): on the shared HTTPS frontend it is
+    # presented to every client asking for one of them.
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,13 @@ def domains_above(host: str) -> list[str]:
     return ([base] if host.startswith("*.") else []) + _ancestors(base)
 
 
+def _routes(vhosts: Iterable[str], name: str) -> bool:
+    """Whether every SNI a certificate's ``name`` matches is a host these vhosts route
+    (an exact name, or names under one of their wildcards)."""
+    base = name.removeprefix("*.")
+    return any(name == v or (v.startswith("*.") and base.endswith(v[1:])) for v in vhosts)
+
+
 def _label(app: App, index: int, suffix: str, fallback: str) -> str:
     label = f"HAPROXY_{index}_{suffix}"
     return label if label in app.labels else fallback
@@ -139,6 +150,16 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
         if fact is None or fact.path is None:
             why = fact.problem if fact and fact.problem else "was not checked"
             return refuse("ssl_cert", label, opts.ssl_cert, why)
+        stray = [n for n in fact.names if not _routes(opts.vhosts, n)] \
+            if opts.vhosts and settings.https_port and not fact.shared \
+            and settings.vhost_policy != "open" else []
+        if stray:
+            return refuse("ssl_cert", label, opts.ssl_cert, (
+                f"is a certificate for {shown(stray[0])}, a host HAPROXY_{index}_VHOST "
+                f"({','.join(opts.vhosts)}) does not route: on the shared HTTPS frontend "
+                "HAProxy would present it to that host's clients, whichever app owns the "
+                "host; name only the service's hosts in it (or have the operator list it "
+                "in --ssl-certs)"))
         if fact.path != opts.ssl_cert:
             svc = replace(svc, options=replace(opts, ssl_cert=fact.path))
     bad = None

@@ -19,17 +19,19 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from . import bridge_system as bs
 from .haproxy.render import builtin_templates, hostport, template_environment
-from .layout import Settings, desired_state
+from .layout import Settings
 from .marathon.errors import MarathonError
 from .marathon.parse import parse_apps
 from .naming import slot_name
 from .resolve import CachingResolver
+from .state import ClusterState
 
 
 def _url(hostport_arg: str) -> str:
@@ -42,11 +44,23 @@ def _url(hostport_arg: str) -> str:
 
 
 def render_bridge(payload: Any, source: str, stats_port: int = 9090) -> tuple[str, list[str]]:
-    """The minimal config for a ``/v2/apps`` payload, and the messages to report."""
+    """The minimal config for a ``/v2/apps`` payload, and the messages to report.
+
+    The apps are admitted as servicerouter's (README "Multi-tenant safety") on what
+    this config does with them, a port and tasks: one service port, one app (two
+    listeners on it split its connections between two apps), not the stats port,
+    task ports HAProxy can connect to, at most --max-servers-per-backend's default
+    servers. The labels it does not render (certificates, bind addresses, vhosts)
+    are not judged."""
     result = parse_apps(payload, source, CachingResolver())
     messages = [*map(str, result.errors), *result.warnings]
+    state = ClusterState(replace(Settings(), stats_port=stats_port, http_port=0, https_port=0))
+    state.replace_all([replace(a, services=tuple(
+        replace(s, options=replace(s.options, ssl_cert=None, bind_address="*", vhosts=(),
+                                   paths=())) for s in a.services)) for a in result.apps])
+    messages += [str(p) for p in sorted(state.problem_list(), key=lambda p: (p.app_id, p.index))]
     listeners = []
-    for name, d in sorted(desired_state(result.apps, Settings()).items()):
+    for name, d in sorted(state.desired.items()):
         servers = [{"name": slot_name(i + 1), "address": hostport(e.ip, e.port)}
                    for i, e in enumerate(d.endpoints)]
         listeners.append({"name": name, "port": d.service.port, "servers": servers})
@@ -157,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A one-shot for cron: a Marathon failover that still got an answer is not news
     # (cron mails any output); errors are, and are printed below or by the log.
     logging.basicConfig(level=logging.ERROR, format="haproxy-marathon-bridge: %(message)s")
+    logging.getLogger("servicerouter.state").setLevel(logging.CRITICAL)  # render_bridge's
     if mode is not None:
         return _system(mode, args)
     try:

@@ -458,19 +458,22 @@ async def render_config(args: argparse.Namespace) -> Rendered:
     result.apps, assigned = assign_all(result.apps, settings, prior.ports if prior else None)
     for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)
-    if dns is not None:  # backends resolved by HAProxy from Mesos-DNS
-        from .mesosdns import render_config as render_dns
+    if dns is not None:  # backends resolved by HAProxy from Mesos-DNS: the apps it can name
+        from .mesosdns import admit
 
-        text, left_out = render_dns(list(result.apps), settings, dns, templates)
+        result.apps, left_out = admit(list(result.apps))
         for message in left_out:
             print(f"servicerouter: {message}", file=sys.stderr)
-        return Rendered(text)
     # The same admission as the daemon (README: Multi-tenant safety); problems are logged.
     state = ClusterState(settings)
     if prior is not None:
         state.restore_owners(prior)
     state.set_facts(hostfacts.gather(result.apps, settings))
     state.replace_all(result.apps)
+    if dns is not None:
+        from .mesosdns import render_config as render_dns
+
+        return Rendered(render_dns(state.desired, settings, dns, templates))
     layout, table = pool.with_pool(*build_layout(state.desired, {}, settings), {}, settings)
     return Rendered(render(layout, table, settings, templates), settings.map_dir,
                     pool.map_files(layout, settings), state.owners() if kept else None)

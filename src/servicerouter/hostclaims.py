@@ -35,12 +35,14 @@ class HostClaims:
               new: dict[str, DesiredService]) -> tuple[list[Problem], set[str]]:
         """``app_id`` (of owner ``key``, a ``kind``) now defines ``new``: drop the services
         naming a host (or host and path) another owner holds. Returns their problems,
-        and the hosts nobody holds any more."""
+        and the hosts let go: nobody holds them any more, or a path of them the app
+        routed is free (the apps refused that host and path wait on the host)."""
         if app_id not in self.hosts_of and app_id not in self.routes_of \
                 and not any(d.service.options.vhosts for d in new.values()):
             return [], set()  # claims nothing, held nothing (most apps: ~3 µs a sync each)
         old_hosts = self.hosts_of.pop(app_id, set())
-        for route in self.routes_of.pop(app_id, set()):
+        old_routes = self.routes_of.pop(app_id, set())
+        for route in old_routes:
             del self.route_owner[route]
         for host in old_hosts:
             self.holders[host].discard(app_id)
@@ -102,6 +104,8 @@ class HostClaims:
             self.hosts_of[app_id] = hosts
         if routes:
             self.routes_of[app_id] = set(routes)
+        if old_routes != routes.keys():
+            self.version += 1  # who routes a host and path is kept on disk too (owners.py)
         freed = {h for h in old_hosts if not self.holders.get(h)}
         for host in freed:
             self._index(host, False)
@@ -114,7 +118,8 @@ class HostClaims:
                 self.owner[host] = (owner_key, min(self.holders[host],
                                                          key=self._claim_order))
                 self.version += 1
-        return problems, freed
+        # A host and path let go while the host is still held: its waiters look again.
+        return problems, freed | {h for h, _ in old_routes - routes.keys()}
 
     def _index(self, host: str, add: bool) -> None:
         for domain in domains_above(host):
@@ -144,6 +149,18 @@ class HostClaims:
             self.holders[host] = {app_id}
             self.hosts_of.setdefault(app_id, set()).add(host)
             self._index(host, True)
+
+    def seed_route(self, host: str, path: str, backend: str, app_id: str) -> None:
+        """A host and path routed by ``app_id``'s ``backend`` before a restart (owners.py):
+        its again, until the app's own claim says otherwise."""
+        if (host, path) not in self.route_owner:
+            self.route_owner[(host, path)] = backend
+            self.routes_of.setdefault(app_id, set()).add((host, path))
+
+    def routes(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(host, path) → (the backend routing it, its app)."""
+        return {route: (self.route_owner[route], app_id)
+                for app_id, routes in self.routes_of.items() for route in routes}
 
     def waiters(self, freed: set[str]) -> set[str]:
         """The apps refused one of the ``freed`` hosts: they may have it now."""

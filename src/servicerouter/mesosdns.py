@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .layout import Layout, Settings, build_layout, desired_state
+from .deployments import GROUP as DEPLOYMENT_GROUP
+from .layout import DesiredService, Layout, Settings, build_layout
 from .model import App
 
 RESOLVERS_NAME = "mesos_dns"
@@ -68,12 +70,31 @@ def srv_record(app_id: str, domain: str) -> str | None:
 
 
 def admit(apps: list[App]) -> tuple[list[App], list[str]]:
-    """The apps Mesos-DNS can serve, and why each other one is left out."""
+    """The apps Mesos-DNS can serve, and why each other one is left out. What is kept
+    then goes through the same admission as every other mode (ports, hosts,
+    certificates: README "Multi-tenant safety")."""
     kept, problems = [], []
+    named: dict[str, list[str]] = {}  # Mesos-DNS name -> the apps whose tasks it lists
     for app in apps:
-        if task_name(app.id) is None:
+        if (name := task_name(app.id)) is not None:
+            named.setdefault(name, []).append(app.id)
+    for app in apps:
+        name = task_name(app.id)
+        others = [a for a in named.get(name or "", ()) if a != app.id]
+        if name is None:
             problems.append(f"app {app.id}: Mesos-DNS mode: the id does not make a DNS name "
                             "(letters, digits and '-', 63 characters at most); app left out")
+        elif others:
+            # /shop/web and /web-shop are both web-shop: one record lists the tasks of
+            # both, so either app's port would also reach the other tenant's tasks.
+            problems.append(f"app {app.id}: Mesos-DNS mode: its Mesos-DNS name {name} is "
+                            f"also app {', '.join(sorted(others))}'s: its SRV record "
+                            f"_{name}._tcp lists the tasks of both; app left out (rename one "
+                            "of them)")
+        elif DEPLOYMENT_GROUP in app.labels:
+            problems.append(f"app {app.id}: Mesos-DNS mode: {DEPLOYMENT_GROUP} is not "
+                            "supported (Mesos-DNS lists each member's tasks under the member's "
+                            "own name, none under the group's); app left out")
         elif len(app.services) > 1:
             problems.append(f"app {app.id}: Mesos-DNS mode: {len(app.services)} service ports, "
                             "but Mesos-DNS lists the ports of all of them under one SRV record; "
@@ -101,13 +122,12 @@ def template_context(layout: Layout, dns: MesosDNS) -> dict[str, Any]:
     }}
 
 
-def render_config(apps: list[App], settings: Settings, dns: MesosDNS,
-                  templates: str | Path | None = None) -> tuple[str, list[str]]:
-    """The whole config in Mesos-DNS mode, and the apps left out (messages)."""
+def render_config(desired: Mapping[str, DesiredService], settings: Settings, dns: MesosDNS,
+                  templates: str | Path | None = None) -> str:
+    """The whole config in Mesos-DNS mode for the services of the apps :func:`admit`
+    kept, once admitted like every other mode's (the caller's ``ClusterState``)."""
     from .haproxy.render import render
 
-    kept, problems = admit(apps)
-    layout, table = build_layout(desired_state(kept, settings), {}, settings)
-    text = render(layout, table, settings, templates, mode_templates="mesosdns",
+    layout, table = build_layout(desired, {}, settings)
+    return render(layout, table, settings, templates, mode_templates="mesosdns",
                   extra=template_context(layout, dns))
-    return text, problems

@@ -21,26 +21,26 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from .haproxy.render import app_id_routes
 from .haproxy.runtime import HAProxyRuntimeError
+from .layout import Layout
 from .planner import ReloadReason
 
 if TYPE_CHECKING:
     from .engine import Engine
 
 
-def vhost_map(engine: Engine) -> str:
-    lines = sorted(f"{host} {name}" for name, shape in engine.layout.items()
+def vhost_map(layout: Layout) -> str:
+    lines = sorted(f"{host} {name}" for name, shape in layout.items()
                    for host in shape.service.options.vhosts)
     return "".join(f"{ln}\n" for ln in lines)
 
 
-def app_map(engine: Engine) -> str:
-    first: dict[str, str] = {}
-    for name, shape in sorted(engine.layout.items(),
-                              key=lambda kv: (kv[1].app_id, kv[1].service.index)):
-        if shape.service.options.mode.value == "http":
-            first.setdefault(shape.app_id, name)
-    return "".join(f"{app} {backend}\n" for app, backend in sorted(first.items()))
+def app_map(layout: Layout) -> str:
+    """The X-Marathon-App-Id routes, as the app-id frontend has them: an id a laxer
+    Marathon let hold a newline or a space ("/x\n/shop/web") gets none, instead of a
+    line of its own naming another app's id beside this app's backend."""
+    return "".join(f"{r['app_id']} {r['backend']}\n" for r in app_id_routes(layout))
 
 
 def mlb_routes(engine: Engine) -> list[Route]:
@@ -50,10 +50,10 @@ def mlb_routes(engine: Engine) -> list[Route]:
         return PlainTextResponse(engine.running_config)
 
     async def getvhostmap(_: Request) -> Response:
-        return PlainTextResponse(vhost_map(engine))
+        return PlainTextResponse(vhost_map(engine.layout))
 
     async def getappmap(_: Request) -> Response:
-        return PlainTextResponse(app_map(engine))
+        return PlainTextResponse(app_map(engine.layout))
 
     async def getpids(_: Request) -> Response:
         try:

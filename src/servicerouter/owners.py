@@ -31,17 +31,21 @@ VERSION = 1
 @dataclass
 class Owners:
     """Service port → app id; virtual host, and certificate file (claims.py) → (owner
-    key, app that claimed it first)."""
+    key, app that claimed it first); a host and path one service routes (``host`` plus
+    the path, ``""`` for none) → (its backend, its app)."""
 
     ports: dict[int, str] = field(default_factory=dict)
     hosts: dict[str, tuple[str, str]] = field(default_factory=dict)
     certs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION,
                            "ports": {str(p): a for p, a in sorted(self.ports.items())},
                            "hosts": {h: list(o) for h, o in sorted(self.hosts.items())},
-                           "certs": {c: list(o) for c, o in sorted(self.certs.items())}},
+                           "certs": {c: list(o) for c, o in sorted(self.certs.items())},
+                           "routes": {h + p: list(o) for (h, p), o
+                                      in sorted(self.routes.items())}},
                           indent=1)
 
     @classmethod
@@ -55,9 +59,10 @@ class Owners:
             raise ValueError(f"not a version {VERSION} owners file")
         ports, hosts = data.get("ports"), data.get("hosts")
         certs = data.get("certs", {})  # absent in files written before certificates had owners
-        if not isinstance(ports, dict) or not isinstance(hosts, dict) \
-                or not isinstance(certs, dict):
-            raise ValueError("'ports', 'hosts' and 'certs' must be objects")
+        routes = data.get("routes", {})  # and before routes (a host and path) had
+        if not (isinstance(ports, dict) and isinstance(hosts, dict)
+                and isinstance(certs, dict) and isinstance(routes, dict)):
+            raise ValueError("'ports', 'hosts', 'certs' and 'routes' must be objects")
         out = cls()
         for port, app in ports.items():
             if not (port.isdigit() and 1 <= int(port) <= 65535 and isinstance(app, str)):
@@ -69,6 +74,12 @@ class Owners:
                         and all(isinstance(x, str) for x in owner)):
                     raise ValueError(f"{kind}: {thing!r}: {owner!r} is not [owner, app id]")
                 into[thing] = (owner[0], owner[1])
+        for route, holder in routes.items():
+            host, slash, path = route.partition("/")
+            if not (host and isinstance(holder, list) and len(holder) == 2
+                    and all(isinstance(x, str) for x in holder)):
+                raise ValueError(f"routes: {route!r}: {holder!r} is not [backend, app id]")
+            out.routes[(host, slash + path)] = (holder[0], holder[1])
         return out
 
 

@@ -147,7 +147,8 @@ class Ownership:
 
     def owners(self) -> Owners:
         """Who owns each service port, virtual host and certificate file now."""
-        return Owners(dict(self._port_owner), dict(self._hosts.owner), dict(self._certs.owner))
+        return Owners(dict(self._port_owner), dict(self._hosts.owner), dict(self._certs.owner),
+                      self._hosts.routes())
 
     def held_ports(self, with_prior: bool) -> Mapping[int, str]:
         """Port → the app holding it; ``with_prior`` (before the first full sync), and
@@ -182,6 +183,11 @@ class Ownership:
             # An owner under another --vhost-policy than now is no owner now.
             if app_id in alive and vhost_owner(app_id, policy) == key:
                 self._hosts.seed(host, key, app_id)
+        for (host, path), (backend, app_id) in prior.routes.items():
+            # Kept with its host's owner: not under another --vhost-policy either.
+            owner = prior.hosts.get(host)
+            if app_id in alive and owner and vhost_owner(app_id, policy) == owner[0]:
+                self._hosts.seed_route(host, path, backend, app_id)
         for cert, (key, app_id) in prior.certs.items():
             if app_id in alive and vhost_owner(app_id, policy) == key:
                 self._certs.seed(cert, key, app_id)

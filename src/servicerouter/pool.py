@@ -38,6 +38,10 @@ GROWTH = 2  # spares after a reload: this many times the apps that took one sinc
 # A shape new apps arrived in since the last reload gets room for this many more: a
 # steady stream of new apps then costs at most one reload per RUNWAY creations.
 RUNWAY = 100
+# All shapes together hold at most GROWTH spares per routed service, plus room for a
+# runway in each default shape (TCP, HTTP) and --pool-spares more in each: shapes are
+# the tenants' to choose (a health check path, a balance argument), and without this a
+# tenant with 100 apps of 100 shapes made every config carry 10,000 spare backends.
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -263,7 +267,8 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
     arrived in since the last reload: a steady stream of new apps reloads once when
     the default pool runs out, then at most once per 100 creations, and rarer as the
     stream doubles the pool at each reload it causes. A shape no new app came in
-    costs only --pool-spares."""
+    costs only --pool-spares. All together, at most GROWTH spares per service plus a
+    runway and --pool-spares per default shape (:func:`_budgeted`)."""
     if not range_on(settings):
         return layout, table
     in_use: dict[Options, int] = {Options(mode=Mode.TCP): 0, Options(mode=Mode.HTTP): 0}
@@ -278,15 +283,38 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
             demand[key] = demand.get(key, 0) + 1
     layout, table = dict(layout), dict(table)
     size = capacity(0, settings.slots_min_free, settings.slots_increment)
+    counts = _budgeted({key: min(MAX_SPARES, max(
+        settings.pool_spares, math.ceil(SPARE_RATIO * used), GROWTH * demand.get(key, 0),
+        RUNWAY if demand.get(key) else 0)) for key, used in in_use.items()},
+        in_use, demand, settings.pool_spares)
     number = 0
-    for key, used in sorted(in_use.items(), key=lambda kv: repr(kv[0])):
-        wanted = demand.get(key, 0)
-        count = max(settings.pool_spares, math.ceil(SPARE_RATIO * used), GROWTH * wanted,
-                    RUNWAY if wanted else 0)
-        for _ in range(min(count, MAX_SPARES)):
+    for key in sorted(in_use, key=repr):
+        for _ in range(counts[key]):
             number += 1
             name = f"{SPARE_PREFIX}{number}"
             layout[name] = spare(name, key, size)
             table[name] = [None] * size
     return layout, table
 
+
+
+def _budgeted(wanted: Mapping[Options, int], in_use: Mapping[Options, int],
+              demand: Mapping[Options, int], minimum: int) -> dict[Options, int]:
+    """``wanted`` spares per shape, cut to the pool's budget: GROWTH per routed service,
+    plus RUNWAY and ``minimum`` for each default shape (TCP, HTTP). The default shapes
+    get theirs first, then the others up to ``minimum`` each, then the rest; among
+    those, the shapes with the most new apps since the last reload, then the most
+    services, first. A shape left without spares costs its next new app a reload
+    (``pool_exhausted``), which is all a tenant's odd shapes can cost the others."""
+    budget = GROWTH * sum(in_use.values()) + 2 * (RUNWAY + minimum)
+    defaults = [k for k in (Options(mode=Mode.TCP), Options(mode=Mode.HTTP)) if k in wanted]
+    others = sorted(wanted.keys() - set(defaults),
+                    key=lambda k: (-demand.get(k, 0), -in_use[k], repr(k)))
+    out = dict.fromkeys(wanted, 0)
+    for keys, cap in ((defaults, None), (others, minimum), (others, None)):
+        for key in keys:
+            target = wanted[key] if cap is None else min(cap, wanted[key])
+            more = max(0, min(target - out[key], budget))
+            out[key] += more
+            budget -= more
+    return out

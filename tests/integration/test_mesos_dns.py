@@ -165,3 +165,43 @@ def test_mesos_dns_mode_refuses_bad_values_before_fetching() -> None:
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"servicerouter: error: {message}"), \
             out.stderr
+
+
+def test_mesos_dns_mode_admits_apps_like_every_other_mode(
+        tmp_path: Path, simulator: Simulator, dns: tuple[MesosDNS, int]) -> None:
+    """Tenants' labels are checked here too: an app naming another's service port, or a
+    file that is no certificate, is left out and named; the others are rendered, pass
+    ``haproxy -c`` and serve exactly their tasks. (Every label used to reach the config
+    unchecked: the port was bound twice, splitting its connections between two apps,
+    and ``crt /etc/passwd`` failed the whole config.)"""
+    resolver, dns_port = dns
+    port, live = simulator.launch("/dnsmode/web", 2)
+    ports = {t["id"]: t["ports"][0] for t in simulator.app("/dnsmode/web")["tasks"]}
+    resolver.serve(ports)
+    simulator.create_app("/evil/web", instances=0, labels={"HAPROXY_0_PORT": str(port)})
+    simulator.create_app("/evil/cert", instances=0,
+                         labels={"HAPROXY_0_SSL_CERT": "/etc/passwd"})
+
+    cfg = tmp_path / "haproxy.cfg"
+    out = subprocess.run(
+        [sys.executable, "-m", "servicerouter", "render", "--marathon", simulator.url,
+         "--mesos-dns", DOMAIN, "--dns-resolver", f"127.0.0.1:{dns_port}",
+         "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
+         "--http-port", "0", "--https-port", "0", "--output", str(cfg)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert f"app /evil/web: HAPROXY_0_PORT='{port}' is already bound by app /dnsmode/web" \
+        in out.stderr, out.stderr
+    assert "app /evil/cert: HAPROXY_0_SSL_CERT='/etc/passwd' is not under an allowed " \
+        "certificate folder" in out.stderr, out.stderr
+    text = cfg.read_text()
+    assert text.count(f":{port}\n") == 1 and "passwd" not in text and "evil" not in text
+    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    haproxy = Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: (tmp_path / "admin.sock").exists(),
+                               what="HAProxy up")):
+        wait_routed(port, live, timeout=30)
+        assert haproxy.alive(), haproxy.output()

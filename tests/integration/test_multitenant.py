@@ -469,3 +469,70 @@ def test_isolating_a_rejected_app_does_not_hold_other_apps_churn(
         assert problem["reason"] == "haproxy_rejected"
         assert "HAProxy does not say where" in problem["value"]
         serving(simulator, "/steady", port)
+
+
+def _pem(tmp: Path, name: str, subject: str, san: str) -> Path:
+    """A self-signed certificate with its key, one PEM, made with the openssl CLI."""
+    key, crt = tmp / f"{name}.key", tmp / f"{name}.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", subject, "-addext", f"subjectAltName={san}", "-keyout", str(key),
+                    "-out", str(crt)], check=True, capture_output=True, timeout=60)
+    pem = tmp / f"{name}.pem"
+    pem.write_bytes(crt.read_bytes() + key.read_bytes())
+    key.unlink()
+    crt.unlink()
+    return pem
+
+
+def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """HAProxy picks the shared HTTPS frontend's certificate by SNI, an exact name
+    before the operator's wildcard: /aaa/evil's certificate, which also names
+    victim.corp.test, was presented to /teamb/web's clients. Now it is refused with
+    its service, and victim.corp.test keeps the operator's certificate and its tasks."""
+    import socket
+    import ssl
+
+    from servicerouter.demo.procs import free_port
+    from servicerouter.hostfacts import cert_names
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    operator = _pem(tmp_path, "operator", "/CN=corp.test", "DNS:*.corp.test")
+    evil = _pem(certs, "evil", "/CN=evil.corp.test", "DNS:evil.corp.test,DNS:victim.corp.test")
+    https = free_port()
+    _, victims = simulator.launch("/teamb/web", 1, labels={"HAPROXY_0_VHOST": "victim.corp.test"})
+    daemon = Daemon(tmp_path, simulator.url, "--https-port", str(https), "--ssl-certs",
+                    str(operator), "--ssl-cert-dir", str(certs)).start()
+
+    def presented(sni: str) -> tuple[str, ...]:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=sni) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode())
+
+    def reached(host: str) -> set[str]:
+        with httpx.Client(timeout=5, verify=False) as c:
+            return {c.get(f"https://127.0.0.1:{https}/", headers={"Host": host,
+                          "Connection": "close"}, extensions={"sni_hostname": host}
+                          ).text.strip() for _ in range(4)}
+
+    with running(daemon):
+        wait_for(lambda: reached("victim.corp.test") == victims, 30,
+                 what="victim.corp.test served over the HTTPS frontend")
+        simulator.launch("/aaa/evil", 1, labels={"HAPROXY_0_VHOST": "evil.corp.test",
+                                                 "HAPROXY_0_SSL_CERT": str(evil)})
+        (problem,) = wait_for(lambda: problems(daemon).get("/aaa/evil"), 30,
+                              what="/aaa/evil's problem")
+        assert (problem["reason"], problem["label"]) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
+        assert "is a certificate for victim.corp.test, a host HAPROXY_0_VHOST " \
+            "(evil.corp.test) does not route" in problem["error"]
+        new_app_is_routed(simulator, daemon, "/teamc/new")
+        assert str(evil) not in daemon.config.read_text()
+        assert presented("victim.corp.test") == ("corp.test", "*.corp.test")
+        assert reached("victim.corp.test") == simulator.running("/teamb/web")

@@ -57,6 +57,28 @@ def test_bridge_prints_a_minimal_valid_config(tmp_path: Path, simulator: Simulat
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_bridge_gives_a_service_port_to_one_app(tmp_path: Path, simulator: Simulator) -> None:
+    """/evil/web names /bridge/shop's service port (HAPROXY_0_PORT): the bridge bound
+    the port twice, and the kernel split its connections between the two apps' tasks.
+    Now the port stays with the app that had it first and the other is named."""
+    port, live = simulator.launch("/bridge/shop", 2)
+    simulator.launch("/evil/web", 1, labels={"HAPROXY_0_PORT": str(port)})
+    out = subprocess.run([sys.executable, "-c", "import sys; from servicerouter.bridge import "
+                          "main; sys.exit(main())", "--stats-port", "0",
+                          simulator.url.removeprefix("http://")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    cfg = tmp_path / "bridge.cfg"
+    cfg.write_text(out.stdout)
+    haproxy = Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], tmp_path / "haproxy.log")
+    with running(haproxy.start()):
+        wait_routed(port, live)
+    assert out.stdout.count(f"bind 0.0.0.0:{port}\n") == 1
+    assert out.stderr == (f"haproxy-marathon-bridge: app /evil/web: HAPROXY_0_PORT='{port}' is "
+                          "already bound by app /bridge/shop; service skipped until the port "
+                          "is free\n")
+
+
 def test_bridge_with_no_marathon_answering_fails_clearly() -> None:
     out = subprocess.run([sys.executable, "-c", "import sys; from servicerouter.bridge import "
                           "main; sys.exit(main())", "127.0.0.1:1"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -420,3 +422,74 @@ def test_overlapping_owners_kept_from_an_older_version_leave_the_host_to_the_exa
                        app("/teama/web", 10001, owner, vhosts=("shop.corp.example.org",))])
         assert set(s.desired) == {"teama_web_10001"}
         assert reasons(s, "/aaa/thief") == ["vhost_taken"]
+
+
+def test_a_certificate_on_the_https_frontend_names_only_its_services_hosts() -> None:
+    """HAProxy picks the certificate of the shared HTTPS frontend by SNI, among every
+    service's certificates, an exact name before a wildcard and the first loaded among
+    equals: a tenant's certificate naming another's host was presented to that host's
+    clients (over the operator's wildcard, and over the owner's own certificate)."""
+    names = {"/c/evil.pem": ("evil.example.com", "victim.example.com"),
+             "/c/wild.pem": ("*.shop.example.com",), "/c/shop.pem": ("shop.example.com",
+                                                                    "a.b.shop.example.com"),
+             "/c/deep.pem": ("*.b.shop.example.com",)}
+    s = ClusterState(Settings(http_port=0, https_port=8443))
+    s.set_facts(Facts(certs={
+        **{p: CertFact(p, names=n) for p, n in names.items()},
+        "/c/op.pem": CertFact("/c/op.pem", shared=True, names=("victim.example.com",))}))
+    s.set_app(app("/teamb/web", 10001, vhosts=("victim.example.com",)))
+    s.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",), ssl_cert="/c/evil.pem"))
+    # Its own hosts, exact or under its wildcard vhost: presented for them only.
+    s.set_app(app("/shop/web", 10003, vhosts=("shop.example.com", "*.shop.example.com"),
+                  ssl_cert="/c/shop.pem"))
+    s.set_app(app("/shop/api", 10004, vhosts=("*.shop.example.com",), paths=("/api",),
+                  ssl_cert="/c/wild.pem"))
+    s.set_app(app("/shop/deep", 10005, vhosts=("*.shop.example.com",), paths=("/deep",),
+                  ssl_cert="/c/deep.pem"))
+    # A wildcard certificate over one exact vhost would answer for its neighbours too.
+    s.set_app(app("/shop/one", 10006, vhosts=("one.shop.example.com",),
+                  ssl_cert="/c/wild.pem"))
+    # Without vhosts it is only on its own port; the operator's files are anyone's.
+    s.set_app(app("/aaa/port", 10007, ssl_cert="/c/evil.pem"))
+    s.set_app(app("/aaa/op", 10008, vhosts=("op.example.com",), ssl_cert="/c/op.pem"))
+    assert set(s.desired) == {"teamb_web_10001", "shop_web_10003", "shop_api_10004",
+                              "shop_deep_10005", "aaa_port_10007", "aaa_op_10008"}
+    (p,) = s.problems["/aaa/evil"]
+    assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", "/c/evil.pem")
+    assert p.message.startswith("is a certificate for victim.example.com, a host "
+                                "HAPROXY_0_VHOST (evil.example.com) does not route")
+    (p,) = s.problems["/shop/one"]
+    assert "is a certificate for *.shop.example.com" in p.message
+    # No shared HTTPS frontend: a certificate is only on its service's own port.
+    alone = ClusterState(Settings(http_port=0, https_port=0))
+    alone.set_facts(Facts(certs={"/c/evil.pem": CertFact("/c/evil.pem",
+                                                         names=names["/c/evil.pem"])}))
+    alone.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
+                      ssl_cert="/c/evil.pem"))
+    assert set(alone.desired) == {"aaa_evil_10002"}
+    # --vhost-policy open: one tenant, no owners; the file is the operator's choice.
+    single = ClusterState(Settings(http_port=0, https_port=8443, vhost_policy="open"))
+    single.set_facts(alone.facts)
+    single.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
+                       ssl_cert="/c/evil.pem"))
+    assert set(single.desired) == {"aaa_evil_10002"}
+
+
+def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> None:
+    """subjectAltName DNS names and common names, lowercased (HAProxy indexes both for
+    SNI); no IP addresses, nothing of a file that does not parse."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/O=Acme Ltd/CN=Shop.Example.com", "-addext",
+                    "subjectAltName=DNS:*.Shop.example.com,IP:127.0.0.1,DNS:other.example.com",
+                    "-keyout", str(tmp_path / "k"), "-out", str(tmp_path / "c")],
+                   check=True, capture_output=True, timeout=60)
+    pem = (tmp_path / "c").read_bytes() + (tmp_path / "k").read_bytes()
+    assert hostfacts.cert_names(pem) == ("shop.example.com", "*.shop.example.com",
+                                         "other.example.com")
+    (tmp_path / "a.pem").write_bytes(pem)
+    fact = hostfacts.check_cert(str(tmp_path / "a.pem"), [str(tmp_path)], [])
+    assert fact.names == ("shop.example.com", "*.shop.example.com", "other.example.com")
+    assert hostfacts.cert_names(PEM.encode()) == ()
+    assert hostfacts.cert_names(pem[:200] + b"-----END CERTIFICATE-----") == ()

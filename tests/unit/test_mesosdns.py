@@ -55,3 +55,31 @@ def test_only_single_port_apps_with_dns_names_are_admitted() -> None:
     assert len(problems) == 2
     assert problems[0].startswith("app /shop/db: Mesos-DNS mode: 2 service ports")
     assert problems[1].startswith("app /shop/web_v2: Mesos-DNS mode: the id does not make")
+
+
+def test_apps_mesos_dns_names_alike_are_both_left_out() -> None:
+    """/web-shop's tasks are listed under /shop/web's SRV record (and the other way
+    round): routing either would send its clients to the other tenant's tasks too."""
+    web = App("/shop/web", services=(Service("/shop/web", 0, 10000),))
+    twin = App("/web-shop", services=(Service("/web-shop", 0, 10001),))
+    other = App("/shop/api", services=(Service("/shop/api", 0, 10002),))
+    kept, problems = mesosdns.admit([web, twin, other])
+    assert kept == [other]
+    assert problems == [
+        "app /shop/web: Mesos-DNS mode: its Mesos-DNS name web-shop is also app /web-shop's: "
+        "its SRV record _web-shop._tcp lists the tasks of both; app left out (rename one of "
+        "them)",
+        "app /web-shop: Mesos-DNS mode: its Mesos-DNS name web-shop is also app /shop/web's: "
+        "its SRV record _web-shop._tcp lists the tasks of both; app left out (rename one of "
+        "them)"]
+
+
+def test_a_deployment_group_is_not_routed_by_mesos_dns() -> None:
+    """Routed as /shop/web, a blue/green pair would read _web-shop._tcp, which lists
+    neither member's tasks (and may list another app's)."""
+    blue = App("/shop/web-blue", labels={"HAPROXY_DEPLOYMENT_GROUP": "shop/web"},
+               services=(Service("/shop/web-blue", 0, 10000),))
+    kept, problems = mesosdns.admit([blue])
+    assert kept == [] and len(problems) == 1
+    assert problems[0].startswith("app /shop/web-blue: Mesos-DNS mode: "
+                                  "HAPROXY_DEPLOYMENT_GROUP is not supported")

@@ -280,6 +280,18 @@ def test_an_app_id_with_a_newline_gets_no_app_id_route() -> None:
     assert "use_backend ok_10002 if { req.hdr(x-marathon-app-id) -i /ok }" in text
 
 
+def test_an_app_id_in_capitals_gets_no_app_id_route() -> None:
+    """The rule matches the header case-insensitively (as marathon-lb's): a laxer
+    Marathon's "/SHOP/web", another tenant's, sorts first and took every request for
+    "/shop/web". Marathon's own ids are lowercase."""
+    settings = Settings(app_id_port=9191)
+    text = _render(Service("/SHOP/web", 0, 10001, Options(mode=Mode.HTTP)),
+                   Service("/shop/web", 0, 10002, Options(mode=Mode.HTTP)),
+                   settings=settings)
+    assert "-i /SHOP/web" not in text
+    assert "use_backend shop_web_10002 if { req.hdr(x-marathon-app-id) -i /shop/web }" in text
+
+
 def test_a_service_bound_to_loopback_is_not_reachable_by_app_id() -> None:
     """Bound to 127.0.0.1 (or ::1) to stay private: the app-id frontend binds every
     address, so routing to it there would publish it."""

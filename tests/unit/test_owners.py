@@ -107,6 +107,49 @@ def test_an_owners_file_from_before_certificate_owners_still_loads() -> None:
     assert kept == Owners({10001: "/a"})
 
 
+def test_who_routes_a_host_and_path_survives_a_restart() -> None:
+    """Two apps of one group name one host and path: the first keeps it. Without it on
+    disk, the older definition took it at a restart (the holder had redeployed since)."""
+    holder = app("/shop/a", 10001, "2026-02-01", vhosts=("h.test",), paths=("/api",))
+    older = app("/shop/b", 10002, "2026-01-01", vhosts=("h.test",), paths=("/api",))
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(holder)
+    s.set_app(older)
+    assert set(s.desired) == {"shop_a_10001"}
+    kept = Owners.from_json(s.owners().to_json())
+    assert kept.routes == {("h.test", "/api"): ("shop_a_10001", "/shop/a")}
+    t = ClusterState(Settings(http_port=0, https_port=0))
+    t.restore_owners(kept)
+    t.replace_all([older, holder])
+    assert set(t.desired) == {"shop_a_10001"}
+    # The holder lets the path go (here, while we were down): the other app gets it.
+    moved = app("/shop/a", 10001, "2026-03-01", vhosts=("h.test",), paths=("/v2",))
+    u = ClusterState(Settings(http_port=0, https_port=0))
+    u.restore_owners(kept)
+    u.replace_all([older, moved])
+    assert set(u.desired) == {"shop_a_10001", "shop_b_10002"}
+
+
+def test_an_app_waiting_for_a_host_and_path_gets_it_when_the_holder_lets_go() -> None:
+    """The holder still names the host (another path): the host was never let go, so the
+    waiting app stayed refused until its own definition changed."""
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/shop/a", 10001, "2026-02-01", vhosts=("h.test",), paths=("/api",)))
+    s.set_app(app("/shop/b", 10002, "2026-01-01", vhosts=("h.test",), paths=("/api",)))
+    assert set(s.desired) == {"shop_a_10001"}
+    s.set_app(app("/shop/a", 10001, "2026-03-01", vhosts=("h.test",), paths=("/v2",)))
+    assert set(s.desired) == {"shop_a_10001", "shop_b_10002"}
+    assert "/shop/b" not in s.problems
+
+
+def test_an_owners_file_without_routes_still_loads() -> None:
+    kept = Owners.from_json('{"version": 1, "ports": {}, "hosts": {}, "certs": {}}')
+    assert kept.routes == {}
+    assert Owners.from_json(Owners(routes={("h", ""): ("b", "/a"), ("h", "/x/y"): ("c", "/c")}
+                                   ).to_json()).routes == {("h", ""): ("b", "/a"),
+                                                           ("h", "/x/y"): ("c", "/c")}
+
+
 @pytest.mark.parametrize(("text", "error"), [
     ("{", "not JSON"),
     ('{"version": 9, "ports": {}, "hosts": {}}', "not a version 1 owners file"),
@@ -115,6 +158,10 @@ def test_an_owners_file_from_before_certificate_owners_still_loads() -> None:
      "hosts: 'h': '/a' is not [owner, app id]"),
     ('{"version": 1, "ports": {}, "hosts": {}, "certs": {"/c.pem": ["/a"]}}',
      "certs: '/c.pem': ['/a'] is not [owner, app id]"),
+    ('{"version": 1, "ports": {}, "hosts": {}, "routes": {"/api": ["b", "/a"]}}',
+     "routes: '/api': ['b', '/a'] is not [backend, app id]"),
+    ('{"version": 1, "ports": {}, "hosts": {}, "routes": []}',
+     "'ports', 'hosts', 'certs' and 'routes' must be objects"),
 ])
 def test_a_broken_owners_file_is_reported_and_claims_start_over(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, error: str) -> None:

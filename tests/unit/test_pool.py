@@ -409,3 +409,25 @@ def test_a_moved_app_takes_its_host_map_entry_along() -> None:
     assert commands[at:at + 2] == maps and commands[at + 2:] == [
         "set server a_20001/s1 state maint", "set server a_20001/s1 addr 127.0.0.1 port 1"]
     assert pool.host_routes(after, S)[0] == {"v.test": spare}
+
+
+def test_apps_of_many_shapes_cannot_fill_every_config_with_spares() -> None:
+    """Shapes are the tenants' to choose (a health check path is enough): 100 new apps
+    of 100 shapes used to bring 100 spares each (10,000 backends in every config). The
+    pool stays within 2 spares per service plus the default shapes' room, and the
+    default shapes and a stream of new apps of one shape still get theirs."""
+    s = replace(S, pool_spares=Settings().pool_spares, service_port_range=(20000, 21999))
+    odd = [svc(f"/evil/a{i}", 20000 + i,
+               replace(HTTP, health_check=True, health_check_path=f"/h{i}"))
+           for i in range(100)]
+    stream = [svc(f"/shop/s{i}", 21000 + i) for i in range(20)]
+    before, _ = pool.with_pool(*build_layout({}, {}, s), {}, s)
+    layout, _ = pool.with_pool(*build_layout(dict(odd + stream), {}, s), before, s)
+    spares = [x.service.options for x in layout.values() if pool.is_spare(x)]
+    assert len(spares) <= 2 * 120 + 2 * (pool.RUNWAY + s.pool_spares), len(spares)
+    assert spares.count(Options()) == pool.RUNWAY  # the TCP stream keeps its runway
+    assert spares.count(HTTP) == s.pool_spares
+    # Next reload (no new apps): still within the budget, every shape's minimum first.
+    again, _ = pool.with_pool(*build_layout(dict(odd + stream), {}, s), layout, s)
+    assert sum(pool.is_spare(x) for x in again.values()) <= 2 * 120 + 2 * (
+        pool.RUNWAY + s.pool_spares)

@@ -223,7 +223,9 @@ def vhost_routes(layout: Layout) -> list[dict[str, Any]]:
     return routes
 
 
-_APP_ID = re.compile(r"^/[A-Za-z0-9._/-]{1,255}$")
+# Marathon's own ids are lowercase; the rule matches the header with -i (as marathon-lb),
+# so a laxer Marathon's "/SHOP/web", sorting first, would take "/shop/web"'s requests.
+_APP_ID = re.compile(r"^/[a-z0-9._/-]{1,255}$")
 
 
 def _loopback(address: str) -> bool:
@@ -232,7 +234,7 @@ def _loopback(address: str) -> bool:
     return address != "*" and ipaddress.ip_address(address).is_loopback
 
 
-def _app_id_routes(layout: Layout) -> list[dict[str, str]]:
+def app_id_routes(layout: Layout) -> list[dict[str, str]]:
     """For the X-Marathon-App-Id frontend: each app's first HTTP service (as marathon-lb)."""
     out: dict[str, str] = {}
     for name, shape in sorted(layout.items(), key=lambda kv: (kv[1].app_id,
@@ -287,7 +289,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         else None,
         "host_map": pool.map_path(settings, pool.HOSTS_MAP) if pool.host_map_used(settings)
         else None,
-        "app_id_routes": _app_id_routes(layout) if settings.app_id_port else [],
+        "app_id_routes": app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
         "hostport": hostport,
         **(extra or {}),
