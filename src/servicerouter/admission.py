@@ -41,6 +41,7 @@ REASONS = (
     "label_invalid",  # a HAPROXY_{n}_* value that does not parse (HAPROXY_{n}_PORT: "port")
     "label_refused",  # a label that cannot be honoured safely (AUTH on TCP, ...): fail closed
     "deployment_group",  # HAPROXY_DEPLOYMENT_* refused (deployments.py): the app is left out
+    "port_range",  # no IP-per-task port left in --min/--max-serv-port-ip-per-task
 )
 VHOST_POLICIES = ("group", "exclusive", "open")
 

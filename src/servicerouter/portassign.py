@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from .deployments import DeploymentError, deployment_of
 from .layout import Settings
-from .model import App, NetworkMode
+from .model import App, NetworkMode, Problem
 
 
 def _key(app: App) -> str:
@@ -88,14 +88,26 @@ def _start(app_id: str, index: int, size: int) -> int:
     return zlib.crc32(f"{app_id}#{index}".encode()) % size
 
 
-def with_ports(app: App, ports: dict[tuple[str, int], int]) -> App:
-    """``app`` with its assigned service ports filled in (marked ``auto_port``)."""
+def with_ports(app: App, ports: dict[tuple[str, int], int],
+               span: tuple[int, int] = (0, 0)) -> App:
+    """``app`` with its assigned service ports filled in (marked ``auto_port``); a
+    service the range ``span`` had no port left for is a problem of the app (/status)."""
     if not needs_port(app):
         return app
     key = _key(app)
     services = tuple(replace(s, port=ports.get((key, s.index), 0), auto_port=True)
                      if s.auto_port or not s.port else s for s in app.services)
-    return app if services == app.services else replace(app, services=services)
+    # Recomputed each time: a port freed since (or a wider range) ends the problem.
+    problems = tuple(p for p in app.problems if p.reason != "port_range")
+    if span[0]:
+        problems += tuple(Problem(
+            app.id, s.index, "port_range", f"HAPROXY_{s.index}_PORT", "",
+            f"is not set, and the IP-per-task range {span[0]}-{span[1]} has no port left; "
+            f"no frontend for service port index {s.index} (set the label, or widen "
+            "--min/--max-serv-port-ip-per-task)") for s in services if s.auto_port and not s.port)
+    if services == app.services and problems == app.problems:
+        return app
+    return replace(app, services=services, problems=problems)
 
 
 def assign_all(apps: Sequence[App], settings: Settings,
@@ -105,8 +117,8 @@ def assign_all(apps: Sequence[App], settings: Settings,
     low, high = settings.ip_per_task_ports
     reserved = {settings.stats_port, settings.http_port, settings.https_port,
                 settings.app_id_port} - {0}
-    ports, warnings = assign_ports(apps, low, high, reserved, held)
-    return [with_ports(a, ports) for a in apps], warnings
+    ports, _ = assign_ports(apps, low, high, reserved, held)  # shortfalls: problems
+    return [with_ports(a, ports, (low, high)) for a in apps], []
 
 
 def assign_one(app: App, others: Sequence[App], settings: Settings,

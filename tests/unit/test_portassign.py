@@ -70,7 +70,9 @@ def test_one_app_arriving_reports_the_apps_whose_ports_it_moved() -> None:
     for m in moved:
         ports[m.id] = m.services[0].port
     assert sorted(p for p in ports.values() if p) == [10050, 10051]
-    assert len(warnings) == 1 and all(m.id in ("/b", "/c") for m in moved)
+    assert not warnings and all(m.id in ("/b", "/c") for m in moved)
+    # whoever lost has the problem now (reported in /status)
+    assert [p.reason for a in [app, *moved] for p in a.problems] == ["port_range"]
 
 
 def _claimed(state: ClusterState, app_id: str) -> list[int]:
@@ -121,3 +123,25 @@ def test_a_held_port_off_the_apps_probe_start_is_kept_not_recomputed() -> None:
     held = {s.port: "/two" for s in first.services}
     (second,), _ = assign_all([two], settings, held)
     assert [s.port for s in second.services] == [s.port for s in first.services]
+
+
+def test_an_exhausted_range_is_a_problem_in_status_not_only_a_log_line() -> None:
+    """One app with as many port mappings as the range has ports starved every later
+    app, and only the log said so: each service left without a port is now a problem
+    of its app (/status, servicerouter_services_excluded{reason="port_range"})."""
+    settings = Settings(ip_per_task_ports=(10050, 10051), stats_port=0, http_port=0,
+                        https_port=0)
+    apps, warnings = assign_all([_app("/greedy", (0, 0)), _app("/late")], settings)
+    assert not warnings
+    late = next(a for a in apps if a.id == "/late")
+    (problem,) = late.problems
+    assert (problem.app_id, problem.index, problem.reason) == ("/late", 0, "port_range")
+    assert "range 10050-10051 has no port left" in str(problem)
+    again, _ = assign_all(apps, settings)  # idempotent: no second copy, same objects
+    assert again == apps and all(a is b for a, b in zip(again, apps, strict=True))
+    state = ClusterState(settings)
+    state.replace_all(apps)
+    assert [p.reason for p in state.problem_list()] == ["port_range"]
+    # The greedy app gone, the late one gets a port and its problem ends.
+    (late,), _ = assign_all([late], settings)
+    assert late.services[0].port and not late.problems
