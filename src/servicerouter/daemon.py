@@ -96,7 +96,7 @@ def _event_bytes(value: str) -> int:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import positive_seconds
+    from .cli import positive_seconds, whole_number
 
     add_range_arguments(p)
     g = p.add_argument_group("daemon")
@@ -111,6 +111,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare HAProxy's servers with the slot table this often (default 10)")
     g.add_argument("--min-reload-interval", type=_seconds, default=1.0, metavar="SECONDS",
                    help="at most one reload per this many seconds (default 1)")
+    g.add_argument("--tenant-reload-burst", type=whole_number(1, 1000), default=10,
+                   metavar="N",
+                   help="reloads a tenant's (top-level group's) apps may cause in a row "
+                        "before their next one waits for --tenant-reload-interval (default 10)")
+    g.add_argument("--tenant-reload-interval", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="a tenant gets one more reload every this many seconds; 0 = no "
+                        "limit (default 30)")
     g.add_argument("--coalesce-ms", type=_amount("milliseconds"), default=0.0, metavar="MS",
                    help="events arriving within this window are applied together (default 0)")
     g.add_argument("--drain-seconds", type=_seconds, default=0.0, metavar="SECONDS",
@@ -307,6 +314,8 @@ async def run_daemon(args: argparse.Namespace) -> int:
         max_event_bytes=args.max_event_bytes,
         owners_file=None if args.dry_run else owners_path(Path(args.haproxy_config)),
         allow_empty_marathon=args.allow_empty_marathon,
+        tenant_reload_interval=args.tenant_reload_interval,
+        tenant_reload_burst=args.tenant_reload_burst,
     )
     metrics = Metrics()
 

@@ -80,6 +80,8 @@ class EngineConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     owners_file: Path | None = None  # who owns ports and hosts, kept across restarts
     allow_empty_marathon: bool = False  # an answer listing no apps may unroute everything
+    tenant_reload_interval: float = 30.0  # reloadbudget.py; 0: no budget
+    tenant_reload_burst: int = 10
 
 
 class Engine:
@@ -260,7 +262,8 @@ class Engine:
         while not stop.is_set():
             timeout = None
             if self.pending:
-                timeout = max(self.reload_pipeline.next_at - time.monotonic(), 0.0)
+                now = time.monotonic()
+                timeout = max(self.reload_pipeline.ready_at(now) - now, 0.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()

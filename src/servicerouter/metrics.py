@@ -149,6 +149,10 @@ class Metrics:
         self.reload_failures = Counter(
             "servicerouter_reload_failures", "Reloads that failed, by the stage that failed.",
             ["stage"], registry=r)
+        self.reloads_held = Counter(
+            "servicerouter_reloads_held",
+            "Times a reload wanted only by tenants out of reload tokens was held "
+            "(--tenant-reload-burst, --tenant-reload-interval).", registry=r)
         self.runtime_commands = Tally(
             "servicerouter_runtime_commands", "Runtime API commands sent, by command.",
             "command", r)

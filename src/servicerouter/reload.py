@@ -25,6 +25,7 @@ from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout
 from .planner import ReloadReason, health_up
+from .reloadbudget import ReloadBudget, tenants_of
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -101,9 +102,33 @@ class ReloadPipeline:
         # ends is no fault of HAProxy's (what it was told is planned again for the new).
         self.handing_over = False
         self.new_worker: int | None = None  # the pid that answered first after a reload
+        self.budget = ReloadBudget(engine.config.tenant_reload_interval,
+                                   engine.config.tenant_reload_burst)
+        self._held: frozenset[str] | None = None  # the tenants a held reload waits for
 
     def due(self) -> bool:
-        return time.monotonic() >= self.next_at
+        now = time.monotonic()
+        return self.ready_at(now) <= now
+
+    def ready_at(self, now: float) -> float:
+        """When the pending reload may start (time.monotonic()): after the minimum
+        interval or a backoff, and once a tenant that wants it has a token
+        (reloadbudget.py); a hold is logged once, and counted."""
+        e = self.engine
+        tenants = tenants_of(e.pending, e.state.desired, e.layout) \
+            if self.budget.interval > 0 and e.running_config is not None else None
+        at = self.budget.ready_at(tenants, now)
+        if at <= now:
+            self._held = None
+        elif tenants != self._held:
+            self._held = tenants
+            e.metrics.reloads_held.inc()
+            log.warning("reload held %.0fs: wanted only by %s, whose apps spent their "
+                        "reloads (--tenant-reload-burst %d, one more every "
+                        "--tenant-reload-interval %gs); any other reload carries their "
+                        "changes sooner", at - now, ", ".join(sorted(tenants or ())),
+                        self.budget.burst, self.budget.interval)
+        return max(self.next_at, at)
 
     def manual(self) -> None:
         """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff, but
@@ -141,6 +166,9 @@ class ReloadPipeline:
         """Render all of the desired state, validate, write, reload, reconcile."""
         e = self.engine
         self.last_started = time.monotonic()
+        if self.budget.interval > 0 and e.running_config is not None:
+            self.budget.spend(tenants_of(e.pending, e.state.desired, e.layout),
+                              self.last_started)
         reason = primary_reason(e.pending)
         causes = reload_causes(e.pending, e.state.desired, e.layout, reason)
         started = time.perf_counter()

@@ -158,6 +158,9 @@ class Daemon:
             "--stats-port", "0", "--http-port", "0", "--https-port", "0",
             "--listen", f"127.0.0.1:{self.listen_port}", "--min-reload-interval", "0.2",
             "--reconcile-interval", "1", "--resync-interval", "30", "--stall-timeout", "5",
+            # Tests create app after app in one top-level group (one tenant); the reload
+            # budget is tested where it is asked for (test_daemon_lifecycle).
+            "--tenant-reload-interval", "0",
             "--log-level", "debug", *extra,
         ], tmp / "servicerouter.log")
         self.http = httpx.Client(base_url=self.url, timeout=10)

@@ -649,3 +649,40 @@ def test_kept_haproxy_that_dies_is_started_again(tmp_path: Path, simulator: Simu
             assert "does not answer; starting HAProxy again" in daemon.proc.output()
     finally:
         _stop_kept(pids)
+
+
+def test_a_tenant_out_of_reloads_waits_and_never_holds_another(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """One tenant changing its options over and over reloaded HAProxy for everyone, once
+    per --min-reload-interval. With its reloads spent it waits for the next token; a
+    reload another tenant needs goes at once, and carries the held change along."""
+    port, _ = simulator.launch("/flap/web", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--tenant-reload-burst", "1",
+                    "--tenant-reload-interval", "600")
+    held = "servicerouter_reloads_held_total 1.0"
+
+    def balance(value: str) -> None:
+        r = simulator.http.put("/v2/apps/flap/web", params={"force": "true"},
+                               json={"labels": {"HAPROXY_0_BALANCE": value}})
+        assert r.status_code == 200, r.text
+
+    def backend() -> str:
+        text = daemon.config.read_text()
+        return text[text.index(f"backend flap_web_{port}"):][:200]
+
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/flap/web", port)
+        reloads = daemon.reloads()
+        balance("leastconn")  # /flap's one token
+        wait_for(lambda: daemon.reloads() == reloads + 1, 30, what="the first change's reload")
+        wait_for(lambda: "balance leastconn" in backend(), 10, what="leastconn rendered")
+        balance("source")  # none left: held
+        wait_for(lambda: held in daemon.metrics(), 30, what="the second change held")
+        assert "reload held 600s: wanted only by /flap" in daemon.proc.output()
+        assert daemon.reloads() == reloads + 1 and "balance leastconn" in backend()
+        shop, live = simulator.launch("/shop/new", 1)  # another tenant: at once
+        routed(simulator, "/shop/new", shop)
+        assert daemon.reloads() == reloads + 2
+        assert "balance source" in backend()  # the held change rode along
+        routed(simulator, "/flap/web", port)
