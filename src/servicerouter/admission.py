@@ -58,7 +58,7 @@ class CertFact:
     # The host names HAProxy indexes the certificate under for SNI (its subjectAltName
     # DNS names and common names, lowercased): on the shared HTTPS frontend it is
     # presented to every client asking for one of them.
-    names: tuple[str, ...] = ()
+    names: tuple[str, ...] | None = ()  # None: the certificate could not be read here
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +112,15 @@ def _routes(vhosts: Iterable[str], name: str) -> bool:
     return any(name == v or (v.startswith("*.") and base.endswith(v[1:])) for v in vhosts)
 
 
+def _stray_names(names: tuple[str, ...] | None, vhosts: Iterable[str]) -> str | None:
+    """The first certificate name these vhosts do not route, or what stands for one when
+    the names could not be read (fail closed); None when every name is routed."""
+    if names is None:
+        return "names that could not be read"
+    stray = next((n for n in names if not _routes(vhosts, n)), None)
+    return shown(stray) if stray is not None else None
+
+
 def _label(app: App, index: int, suffix: str, fallback: str) -> str:
     label = f"HAPROXY_{index}_{suffix}"
     return label if label in app.labels else fallback
@@ -127,6 +136,7 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
     """Admit one desired service: the service as HAProxy should have it (certificate
     path resolved, endpoints capped), or None when it is left out; and the problems."""
     svc, opts, index = d.service, d.service.options, d.service.index
+    notes: list[Problem] = []  # served, but limited
 
     def refuse(reason: str, label: str, value: object, message: str
                ) -> tuple[DesiredService | None, list[Problem]]:
@@ -151,17 +161,19 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
         if fact is None or fact.path is None:
             why = fact.problem if fact and fact.problem else "was not checked"
             return refuse("ssl_cert", label, opts.ssl_cert, why)
-        stray = [n for n in fact.names if not _routes(opts.vhosts, n)] \
+        stray = _stray_names(fact.names, opts.vhosts) \
             if opts.vhosts and settings.https_port and not fact.shared \
-            and settings.vhost_policy != "open" else []
-        if stray:
-            return refuse("ssl_cert", label, opts.ssl_cert, (
-                f"is a certificate for {shown(stray[0])}, a host HAPROXY_{index}_VHOST "
-                f"({','.join(opts.vhosts)}) does not route: on the shared HTTPS frontend "
-                "HAProxy would present it to that host's clients, whichever app owns the "
-                "host; name only the service's hosts in it (or have the operator list it "
-                "in --ssl-certs)"))
-        if fact.path != opts.ssl_cert:
+            and settings.vhost_policy != "open" else None
+        if stray:  # the service and its own port keep it; the shared frontend does not
+            opts = replace(opts, sni_cert=False)
+            notes.append(Problem(app.id, index, "ssl_cert", label, shown(opts.ssl_cert), (
+                f"is a certificate for {stray}, a host HAPROXY_{index}_VHOST "
+                f"({','.join(opts.vhosts)}) does not route, so it is not offered on the "
+                "shared HTTPS frontend (there HAProxy would present it to that host's "
+                "clients, whichever app owns the host); the service's vhosts are served "
+                "with the operator's --ssl-certs there, its own port keeps it. Name only "
+                "the service's hosts in it, or have the operator list it in --ssl-certs")))
+        if fact.path != opts.ssl_cert or opts is not svc.options:
             svc = replace(svc, options=replace(opts, ssl_cert=fact.path))
     bad = None
     for e in d.endpoints:  # (a plain loop: 50,000 endpoints at 10,000 apps)
@@ -172,7 +184,7 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
     if bad is not None:
         return refuse("task_port", f"tasks[{bad.task_id}].port", bad.port,
                       "is not a port HAProxy can connect to (1-65535)")
-    endpoints, problems = d.endpoints, []
+    endpoints, problems = d.endpoints, notes
     cap = settings.max_servers_per_backend
     if cap and len(endpoints) > cap:
         keep = set(sorted(e.task_id for e in endpoints)[:cap])  # stable: by task id

@@ -87,25 +87,28 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     return CertFact(real, None, stamp, shared, cert_names(data))
 
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
+# The labels OpenSSL's PEM_read_bio_X509_AUX (what HAProxy loads a crt with) takes as a
+# certificate: the first such block of the file is the one HAProxy presents.
+_PEM_CERT = re.compile(rb"-----BEGIN ((?:TRUSTED |X509 )?CERTIFICATE)-----"
+                       rb"([A-Za-z0-9+/=\s]+?)-----END \1-----")
 _SAN = b"\x55\x1d\x11"  # 2.5.29.17, subjectAltName
 _CN = b"\x55\x04\x03"  # 2.5.4.3, commonName
 _NAME = re.compile(r"^(?:\*\.)?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")
 
 
-def cert_names(pem: bytes) -> tuple[str, ...]:
-    """The names HAProxy gives a PEM file's (first) certificate for SNI, as it reads
-    them: its subjectAltName DNS names and its common names, lowercased. Names no SNI
-    can be (a CN with spaces) are left out; so is everything of a certificate that
-    does not parse (HAProxy then refuses the file itself)."""
+def cert_names(pem: bytes) -> tuple[str, ...] | None:
+    """The names HAProxy gives a PEM file's first certificate for SNI, as it reads
+    them: its subjectAltName DNS names and its common names, lowercased; names no SNI
+    can be (a CN with spaces) are left out. None when that certificate cannot be read
+    here: the caller must then assume it may name anything (fail closed)."""
     found = _PEM_CERT.search(pem)
     if found is None:
-        return ()
+        return None
     try:
-        der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
-        names = _der_names(der)
+        der = base64.b64decode(b"".join(found.group(2).split()), validate=True)
+        names = _der_names(der)  # a TRUSTED block's trailing trust settings are ignored
     except (ValueError, IndexError):
-        return ()
+        return None
     out = dict.fromkeys(n.lower() for n in names)
     return tuple(n for n in out if _NAME.match(n))
 

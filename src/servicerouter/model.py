@@ -126,6 +126,9 @@ class Options:
     redirect_to_https: bool = False
     hsts: bool = False
     ssl_cert: str | None = None
+    # SSL_CERT also offered on the shared HTTPS frontend (with a VHOST): admission says no
+    # when it names a host the service does not route.
+    sni_cert: bool = True
     auth: tuple[str, str, str] | None = None  # (realm, user, crypt hash)
     network_allowed: tuple[str, ...] = ()  # CIDRs; empty: everyone
     backend_weight: int = 0

@@ -488,8 +488,9 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
         tmp_path: Path, simulator: Simulator) -> None:
     """HAProxy picks the shared HTTPS frontend's certificate by SNI, an exact name
     before the operator's wildcard: /aaa/evil's certificate, which also names
-    victim.corp.test, was presented to /teamb/web's clients. Now it is refused with
-    its service, and victim.corp.test keeps the operator's certificate and its tasks."""
+    victim.corp.test, was presented to /teamb/web's clients. Now it is kept off the
+    shared frontend: victim.corp.test keeps the operator's certificate and its tasks,
+    and /aaa/evil is still served (its vhost with the operator's certificate)."""
     import socket
     import ssl
 
@@ -525,14 +526,20 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
     with running(daemon):
         wait_for(lambda: reached("victim.corp.test") == victims, 30,
                  what="victim.corp.test served over the HTTPS frontend")
-        simulator.launch("/aaa/evil", 1, labels={"HAPROXY_0_VHOST": "evil.corp.test",
-                                                 "HAPROXY_0_SSL_CERT": str(evil)})
+        _, evils = simulator.launch("/aaa/evil", 1, labels={
+            "HAPROXY_0_VHOST": "evil.corp.test", "HAPROXY_0_SSL_CERT": str(evil)})
         (problem,) = wait_for(lambda: problems(daemon).get("/aaa/evil"), 30,
                               what="/aaa/evil's problem")
         assert (problem["reason"], problem["label"]) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
         assert "is a certificate for victim.corp.test, a host HAPROXY_0_VHOST " \
-            "(evil.corp.test) does not route" in problem["error"]
+            "(evil.corp.test) does not route, so it is not offered on the shared HTTPS " \
+            "frontend" in problem["error"]
         new_app_is_routed(simulator, daemon, "/teamc/new")
-        assert str(evil) not in daemon.config.read_text()
+        text = daemon.config.read_text()
+        shared = text[text.index("frontend https_in"):].split("\n\n", 1)[0]
+        assert str(evil) not in shared
         assert presented("victim.corp.test") == ("corp.test", "*.corp.test")
         assert reached("victim.corp.test") == simulator.running("/teamb/web")
+        wait_for(lambda: reached("evil.corp.test") == evils, 30,
+                 what="/aaa/evil still served, with the operator's certificate")
+        assert presented("evil.corp.test") == ("corp.test", "*.corp.test")

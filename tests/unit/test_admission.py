@@ -452,27 +452,40 @@ def test_a_certificate_on_the_https_frontend_names_only_its_services_hosts() -> 
     # Without vhosts it is only on its own port; the operator's files are anyone's.
     s.set_app(app("/aaa/port", 10007, ssl_cert="/c/evil.pem"))
     s.set_app(app("/aaa/op", 10008, vhosts=("op.example.com",), ssl_cert="/c/op.pem"))
-    assert set(s.desired) == {"teamb_web_10001", "shop_web_10003", "shop_api_10004",
-                              "shop_deep_10005", "aaa_port_10007", "aaa_op_10008"}
+    # Every service is served; a certificate naming more than its service routes is
+    # kept off the shared HTTPS frontend only (its own port still presents it).
+    assert len(s.desired) == 8
+    offered = {n for n, d in s.desired.items() if d.service.options.ssl_cert
+               and d.service.options.sni_cert}
+    assert offered == {"shop_web_10003", "shop_api_10004", "shop_deep_10005",
+                       "aaa_port_10007", "aaa_op_10008"}
+    assert s.desired["aaa_evil_10002"].service.options.ssl_cert == "/c/evil.pem"
     (p,) = s.problems["/aaa/evil"]
     assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", "/c/evil.pem")
     assert p.message.startswith("is a certificate for victim.example.com, a host "
-                                "HAPROXY_0_VHOST (evil.example.com) does not route")
+                                "HAPROXY_0_VHOST (evil.example.com) does not route, so it is "
+                                "not offered on the shared HTTPS frontend")
     (p,) = s.problems["/shop/one"]
     assert "is a certificate for *.shop.example.com" in p.message
+    # A certificate whose names cannot be read may name anything: kept off too.
+    s.set_facts(Facts(certs={**s.facts.certs,
+                             "/c/odd.pem": CertFact("/c/odd.pem", names=None)}))
+    s.set_app(app("/odd/web", 10009, vhosts=("odd.example.com",), ssl_cert="/c/odd.pem"))
+    assert not s.desired["odd_web_10009"].service.options.sni_cert
+    assert "names that could not be read" in s.problems["/odd/web"][0].message
     # No shared HTTPS frontend: a certificate is only on its service's own port.
     alone = ClusterState(Settings(http_port=0, https_port=0))
     alone.set_facts(Facts(certs={"/c/evil.pem": CertFact("/c/evil.pem",
                                                          names=names["/c/evil.pem"])}))
     alone.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
                       ssl_cert="/c/evil.pem"))
-    assert set(alone.desired) == {"aaa_evil_10002"}
+    assert set(alone.desired) == {"aaa_evil_10002"} and not alone.problems
     # --vhost-policy open: one tenant, no owners; the file is the operator's choice.
     single = ClusterState(Settings(http_port=0, https_port=8443, vhost_policy="open"))
     single.set_facts(alone.facts)
     single.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
                        ssl_cert="/c/evil.pem"))
-    assert set(single.desired) == {"aaa_evil_10002"}
+    assert set(single.desired) == {"aaa_evil_10002"} and not single.problems
 
 
 def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> None:
@@ -491,5 +504,19 @@ def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> 
     (tmp_path / "a.pem").write_bytes(pem)
     fact = hostfacts.check_cert(str(tmp_path / "a.pem"), [str(tmp_path)], [])
     assert fact.names == ("shop.example.com", "*.shop.example.com", "other.example.com")
-    assert hostfacts.cert_names(PEM.encode()) == ()
-    assert hostfacts.cert_names(pem[:200] + b"-----END CERTIFICATE-----") == ()
+    # A certificate that cannot be read here may name anything: None (fail closed).
+    assert hostfacts.cert_names(PEM.encode()) is None
+    assert hostfacts.cert_names(pem[:200] + b"-----END CERTIFICATE-----") is None
+    # OpenSSL (and so HAProxy) takes the first certificate block of the file, whatever
+    # its label: a TRUSTED CERTIFICATE first, naming the victim, was skipped for a plain
+    # CERTIFICATE after it naming only the tenant's host.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=evil.example.com", "-addext",
+                    "subjectAltName=DNS:evil.example.com,DNS:victim.example.com",
+                    "-keyout", str(tmp_path / "ek"), "-out", str(tmp_path / "ec")],
+                   check=True, capture_output=True, timeout=60)
+    trusted = subprocess.run(["openssl", "x509", "-in", str(tmp_path / "ec"), "-trustout"],
+                             check=True, capture_output=True, timeout=60).stdout
+    assert trusted.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----")
+    bundle = trusted + (tmp_path / "c").read_bytes() + (tmp_path / "ek").read_bytes()
+    assert hostfacts.cert_names(bundle) == ("evil.example.com", "victim.example.com")

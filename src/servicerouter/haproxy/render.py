@@ -273,7 +273,8 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     ranged = pool.range_on(settings)
     certs = list(dict.fromkeys([*settings.ssl_certs, *(
         s.service.options.ssl_cert for s in layout.values()
-        if s.service.options.vhosts and s.service.options.ssl_cert)]))
+        if s.service.options.vhosts and s.service.options.ssl_cert
+        and s.service.options.sni_cert)]))
     context = {
         "version": __version__,
         "settings": settings,
