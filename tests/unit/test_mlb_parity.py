@@ -90,13 +90,15 @@ def test_healthcheck_port_index_takes_the_check_of_the_health_port() -> None:
     o, warnings = _opts(labels, [check])
     assert (o.health_check, o.health_check_path, o.health_check_interval_ms,
             o.health_check_timeout_ms, o.health_check_fall) == (True, "/health", 5000, 3000, 3)
-    assert o.mode is Mode.HTTP and not warnings
+    # The health port speaks HTTP; the traffic port's protocol is its own (marathon-lb
+    # switched it to HTTP, and a TCP service then answered its clients 400).
+    assert o.mode is Mode.TCP and not warnings
     app, _ = parse_app(_app(labels, [check]), resolve)
     (ep,) = endpoints(app, app.services[0])
     assert (ep.port, ep.check_port) == (31001, 31002)  # traffic on 0, checked on 1
     assert _opts(labels, [check], index=1)[0].health_check  # port 1 keeps its own check
     assert not _opts(checks=[check])[0].health_check  # without the label: port 0 unchecked
-    assert _opts({**labels, "HAPROXY_0_MODE": "tcp"}, [check])[0].mode is Mode.TCP
+    assert _opts({**labels, "HAPROXY_0_MODE": "http"}, [check])[0].mode is Mode.HTTP
 
 
 @pytest.mark.parametrize(

@@ -81,10 +81,11 @@ def with_health_check(options: Options, health_checks: list[Any], index: int, ap
     """
     picked = _pick(health_checks, index)
     borrowed = options.health_check_port_index
+    own = True  # a check of this port's own index: it says what the port speaks
     if not isinstance(picked, tuple) and borrowed is not None and borrowed != index:
         other = _pick(health_checks, borrowed)  # marathon-lb #198: the health port's check
         if isinstance(other, tuple):
-            picked = other
+            picked, own = other, False
     if not isinstance(picked, tuple):
         if picked is not None:
             warnings.append(f"app {app_id}: {picked}, which HAProxy cannot run; service "
@@ -119,9 +120,11 @@ def with_health_check(options: Options, health_checks: list[Any], index: int, ap
             warnings.append(f"app {app_id}: {where}.path {shown(get(hc, 'path'))} is not "
                             "an absolute path and query HAProxy can send; HAProxy only "
                             "checks that the port accepts connections")
-    if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None:
-        # A check of this very port: it speaks HTTP. (A check on an explicit port says
-        # nothing about the other ports' protocol, so it does not switch them.)
+    if protocol in ("HTTP", "MESOS_HTTP") and "MODE" not in explicit and port is None \
+            and own:
+        # A check of this very port: it speaks HTTP. (A check on an explicit port, or
+        # one borrowed from the health port, says nothing about this port's protocol:
+        # a TCP port would answer its clients 400. httpchk works in TCP mode too.)
         change["mode"] = Mode.HTTP
     index_label = options.health_check_port_index
     if index_label is not None and port is None and container_ports:
