@@ -166,10 +166,11 @@ LABELS: tuple[LabelSpec, ...] = (
               parse_weight),
     LabelSpec("STICKY", "port", "sticky sessions by cookie", "true",
               "cookie named SRVID, not mesosphere_server_id", "sticky", parse_bool),
-    LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests to the service's vhosts "
-              "(on --http-port) get a 301 to https://", "true", "as marathon-lb, the service's "
-              "own port is not redirected; refused with an error (service not exposed) when no "
-              "HTTPS frontend can serve the redirect", "redirect_to_https", parse_bool),
+    LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests for the service's vhosts "
+              "get a 301 to https://", "true", "as marathon-lb, by Host: another name on the "
+              "service's own port is served (with AUTH, every plain request is redirected); "
+              "refused with an error (service not exposed) when no HTTPS frontend can serve "
+              "the redirect", "redirect_to_https", parse_bool),
     LabelSpec("USE_HSTS", "port", "adds Strict-Transport-Security: max-age=15768000 to "
               "responses", "true", field="hsts", parse=parse_bool),
     LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "

@@ -176,10 +176,13 @@ def test_redirect_to_https_is_a_301_keeping_host_path_and_query(cluster: Cluster
     r = _wait_status(f"http://127.0.0.1:{cluster.http}/a/b?c=1", 301, "redirect",
                      host="r.mlb.test:80")
     assert r.headers["location"] == f"https://r.mlb.test:{cluster.https}/a/b?c=1"
-    # As marathon-lb: the vhost frontend redirects; the service's own port serves (it
-    # sent its clients to https://127.0.0.1/, where no route knows that host).
-    own = _get(f"http://127.0.0.1:{cluster.sim.service_port('/mlb/redirect')}/a")
-    assert own.status_code == 200 and _app(own) == _owner(task)
+    # As marathon-lb (host_X): requests for the vhost are redirected on any frontend;
+    # another name on the service's own port is served (it was sent to
+    # https://127.0.0.1/, where no route knows that host).
+    own = f"http://127.0.0.1:{cluster.sim.service_port('/mlb/redirect')}/a"
+    assert _get(own, host="r.mlb.test").status_code == 301
+    r = _get(own)
+    assert r.status_code == 200 and _app(r) == _owner(task)
     url = f"https://127.0.0.1:{cluster.https}/a/b?c=1"
     r = _wait_status(url, 200, "https", host="r.mlb.test", sni="r.mlb.test")
     assert _app(r) == _owner(task)

@@ -176,11 +176,17 @@ def test_vhost_path_and_redirect() -> None:
     assert uses == ["use_backend web_10001 if sni_web_10001 path_web_10001",
                     "use_backend web_10001 if host_web_10001 path_web_10001"]
     assert not any("redirect" in ln for ln in https)
-    # The redirect lives in the backend, before anything else answers, for requests
-    # that came to the vhost HTTP frontend (as marathon-lb's, in http_in)
+    # The redirect lives in the backend, before anything else answers, for plain
+    # requests for the service's vhosts on any frontend (marathon-lb's host_X ACL)
     backend = section(text, "backend web_10001")
     assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
-            "code 301 if { fe_name http_in }") in backend
+            "code 301 if !{ ssl_fc } { hdr(host),field(1,:) -i shop.example.com "
+            "www.example.com }") in backend
+    # With AUTH, every plain request: no credentials are asked over plain HTTP.
+    text = render_apps([vhost_app(redirect_to_https=True, auth=("r", "u", "$6$s$h"))],
+                       Settings(ssl_certs=("/etc/ssl/default.pem",)))
+    assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
+            "code 301 unless { ssl_fc }") in section(text, "backend web_10001")
 
 
 def test_longer_paths_route_first() -> None:

@@ -21,7 +21,7 @@ import jinja2
 
 from .. import __version__, pool
 from ..layout import BackendShape, Layout, Settings, SlotTable
-from ..model import Endpoint, EndpointState
+from ..model import Endpoint, EndpointState, Options
 from ..naming import slot_name
 from .addresses import hostport
 from .raw_templates import TemplateError, raw_templates
@@ -122,6 +122,8 @@ class _BackendView:
         self.userlist = f"users_{shape.name}"
         self.redirect_location = _redirect_location(https_port) if opts.redirect_to_https \
             else None
+        self.redirect_condition = _redirect_condition(opts) if opts.redirect_to_https \
+            else None
         self.hsts = opts.hsts
         self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
         self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
@@ -170,17 +172,32 @@ def _host_regex(vhosts: Sequence[str]) -> str:
     return "|".join(alts)
 
 
+def _on_vhosts(vhosts: Sequence[str], also: str) -> str:
+    """An HAProxy condition: ``also`` and the request's Host is one of ``vhosts``
+    (exact names, or under a ``*.`` wildcard), on whatever frontend it came."""
+    host = "hdr(host),field(1,:)"
+    exact = " ".join(h for h in vhosts if not h.startswith("*."))
+    suffixes = " ".join(h[1:] for h in vhosts if h.startswith("*."))
+    return " || ".join(([f"{also} {{ {host} -i {exact} }}"] if exact else []) +
+                       ([f"{also} {{ {host} -i -m end {suffixes} }}"] if suffixes else []))
+
+
+def _redirect_condition(opts: Options) -> str:
+    """REDIRECT_TO_HTTPS: plain requests for the service's vhosts, on any frontend (as
+    marathon-lb's ``host_X``; another Host on the service's own port is served: its
+    https:// would name the load balancer, which routes nothing). With AUTH every
+    plain request is redirected, so no credentials are asked over plain HTTP."""
+    if opts.auth or not opts.vhosts:
+        return "unless { ssl_fc }"
+    return "if " + _on_vhosts(opts.vhosts, "!{ ssl_fc }")
+
+
 def _redir(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
     """HTTP_BACKEND_REDIR: a request for / on one of the service's vhosts (by Host, on
     any frontend, as marathon-lb's ``is_domain is_root``) is sent to ``path``."""
     if not path or not vhosts:
         return None
-    host = "hdr(host),field(1,:)"
-    exact = " ".join(h for h in vhosts if not h.startswith("*."))
-    suffixes = " ".join(h[1:] for h in vhosts if h.startswith("*."))
-    conditions = ([f"{{ path / }} {{ {host} -i {exact} }}"] if exact else []) + \
-        ([f"{{ path / }} {{ {host} -i -m end {suffixes} }}"] if suffixes else [])
-    return {"location": _literal(path), "condition": " || ".join(conditions)}
+    return {"location": _literal(path), "condition": _on_vhosts(vhosts, "{ path / }")}
 
 
 def _proxypass(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
