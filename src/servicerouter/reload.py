@@ -166,9 +166,9 @@ class ReloadPipeline:
         """Render all of the desired state, validate, write, reload, reconcile."""
         e = self.engine
         self.last_started = time.monotonic()
-        if self.budget.interval > 0 and e.running_config is not None:
-            self.budget.spend(tenants_of(e.pending, e.state.desired, e.layout),
-                              self.last_started)
+        # Whose tokens this reload spends, once it is done (a failed one costs nobody).
+        tenants = tenants_of(e.pending, e.state.desired, e.layout) \
+            if self.budget.interval > 0 and e.running_config is not None else None
         reason = primary_reason(e.pending)
         causes = reload_causes(e.pending, e.state.desired, e.layout, reason)
         started = time.perf_counter()
@@ -266,6 +266,7 @@ class ReloadPipeline:
         self.rejected = None
         self.backoff = 0.0
         self.next_at = time.monotonic() + e.config.min_reload_interval
+        self.budget.spend(tenants, self.last_started)
         e.reloads += 1
         e.last_reload = (time.time(), reason)
         e.metrics.reloads.labels(reason).inc()

@@ -453,3 +453,25 @@ async def test_a_first_config_haproxy_refuses_is_checked_and_isolated_as_usual()
     assert reloader.tries == 2 and reloader.reloads == 1
     assert writer.validated == 1 and len(writer.written) == 1
     assert engine.ready.is_set()
+
+
+async def test_a_failed_reload_costs_the_tenant_no_reload_token() -> None:
+    """Tokens are spent by reloads that happened: a reload that failed (and its retry)
+    left a tenant held without one of its changes ever reloaded."""
+    from servicerouter.reloadbudget import ReloadBudget
+
+    engine, _, _, reloader = make_engine()
+    engine.reload_pipeline.budget = ReloadBudget(interval=600.0, burst=1)
+    await started(engine, 1)  # the first config: nobody's
+    reloader.fail = True
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    await engine.step()
+    assert counter(engine, "servicerouter_reload_failures_total", stage="reload") == 1
+    reloader.fail = False
+    engine.reload_pipeline.next_at = 0.0  # the backoff has passed
+    await engine.step()
+    assert "new_10001" in engine.layout and reloader.reloads == 2  # its one token
+    engine.mark(engine.state.remove_app("/new"))
+    await engine.step()
+    assert "new_10001" in engine.layout and reloader.reloads == 2  # now spent: held
+    assert counter(engine, "servicerouter_reloads_held_total") == 1
