@@ -8,15 +8,17 @@ flapping its options, or a tenant creating and deleting apps in a loop, made tha
 happen once per ``--min-reload-interval``, all day.
 
 A tenant is an app's top-level Marathon group (``/shop`` for ``/shop/web/api``; an
-app at the root is its own). A reload that only tenants' changes want (new or removed
+app at the root is its own), as for the owners of virtual hosts. Whoever may create
+new top-level groups (or apps at the root) gets a budget for each: Marathon's own
+permissions decide who may. A reload that only tenants' changes want (new or removed
 apps, changed options, capacity, range-mode shapes) spends one token of each of them
 that has one; a tenant holds at most ``burst`` tokens and gets one back every
 ``interval`` seconds. When none of the tenants that want a reload has a token, the
 reload waits for the first token to come back. Whatever else reloads meanwhile (an
-operator's SIGHUP, a resync, another tenant's new app) carries their changes along at
-no cost to them, so a real rollout loses little: its later changes wait at most
-``interval``. Reloads that are nobody's doing (a resync, a runtime error, the first
-config, an operator's) are never held.
+operator's SIGHUP, a repair after a reconcile, another tenant's new app) carries their
+changes along at no cost to them, so a real rollout loses little: its later changes
+wait at most ``interval``. Reloads that are nobody's doing (a repair, a runtime error,
+the first config, an operator's) are never held.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .admission import top_group as tenant
 from .layout import DesiredService, Layout
 from .planner import ReloadReason
 
@@ -34,12 +37,6 @@ TENANT_REASONS = frozenset({
     ReloadReason.OWN_FRONTEND.value, ReloadReason.OUTSIDE_POOL.value,
     ReloadReason.POOL_EXHAUSTED.value, ReloadReason.VHOST_ACL.value,
 })
-
-
-def tenant(app_id: str) -> str:
-    """``/shop`` for ``/shop/web/api``; ``/web`` for ``/web``."""
-    top = app_id.strip("/").split("/", 1)[0]
-    return f"/{top}"
 
 
 def tenants_of(pending: Mapping[str, str], desired: Mapping[str, DesiredService],
