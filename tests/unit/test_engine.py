@@ -475,3 +475,32 @@ async def test_a_failed_reload_costs_the_tenant_no_reload_token() -> None:
     await engine.step()
     assert "new_10001" in engine.layout and reloader.reloads == 2  # now spent: held
     assert counter(engine, "servicerouter_reloads_held_total") == 1
+
+
+class FlakyEmptyMarathon:
+    """Answers every app once, then fails once, then lists none (a Marathon that lost
+    its storage, with a failed request in between)."""
+
+    def __init__(self, first: list[dict[str, Any]]) -> None:
+        self.answers: list[Any] = [first, None, []]
+
+    async def get_apps(self) -> Any:
+        from servicerouter.marathon.client import FetchResult
+        from servicerouter.marathon.errors import MarathonUnavailable
+
+        apps = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if apps is None:
+            raise MarathonUnavailable([("http://m", "connection refused")])
+        return FetchResult({"apps": apps}, "http://m", 0.0, 0)
+
+
+async def test_the_operators_word_for_an_empty_answer_outlives_a_failed_fetch() -> None:
+    """POST /resync?accept_empty=1 said the next answer listing no apps is applied; a
+    fetch that failed in between spent it, and the empty answer was refused again."""
+    engine, _, _, _ = make_engine()
+    web = {"id": "/web", "portDefinitions": [{"port": 10000}], "tasks": []}
+    engine.marathon = FlakyEmptyMarathon([web])  # type: ignore[assignment]
+    assert await engine.intake.full_sync() and set(engine.state.apps) == {"/web"}
+    engine.intake.accept_empty_once()
+    assert not await engine.intake.full_sync()  # the failed fetch
+    assert await engine.intake.full_sync() and not engine.state.apps  # applied
