@@ -331,6 +331,11 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         per_index.setdefault(index, ServiceLabels(base))
     for index, sl in list(per_index.items()):
         opts = sl.options
+        if opts.redir_path and not opts.vhosts:  # as marathon-lb: / of which host?
+            warnings.append(f"label HAPROXY_{index}_HTTP_BACKEND_REDIR redirects / of the "
+                            f"service's vhosts, and HAPROXY_{index}_VHOST names none; ignored")
+            per_index[index] = sl = replace(sl, options=replace(opts, redir_path=None))
+            opts = sl.options
         http_only = [name for name, field in _HTTP_ONLY if getattr(opts, field)]
         if opts.mode is Mode.TCP and "MODE" in sl.explicit and http_only:
             # MODE=tcp says the port speaks TCP (a database, TLS passthrough): turned
@@ -346,9 +351,6 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         elif opts.mode is Mode.TCP and (http_only or (opts.auth and "MODE" not in sl.explicit)):
             # Virtual hosts, paths, redirects, cookies and auth are HTTP features.
             per_index[index] = replace(sl, options=replace(opts, mode=Mode.HTTP))
-        if opts.redir_path and not opts.vhosts:  # as marathon-lb: / of which host?
-            warnings.append(f"label HAPROXY_{index}_HTTP_BACKEND_REDIR redirects / of the "
-                            f"service's vhosts, and HAPROXY_{index}_VHOST names none; ignored")
         if templates.get(index):
             per_index[index] = replace(per_index[index], options=replace(
                 per_index[index].options, raw_templates=tuple(sorted(templates[index].items()))))

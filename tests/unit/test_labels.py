@@ -352,5 +352,7 @@ def test_a_root_redirect_without_a_vhost_is_said_to_do_nothing() -> None:
     parsed = parse_labels({"HAPROXY_0_HTTP_BACKEND_REDIR": "/home"}, 1)
     assert parsed.warnings == ("label HAPROXY_0_HTTP_BACKEND_REDIR redirects / of the "
                                "service's vhosts, and HAPROXY_0_VHOST names none; ignored",)
+    opts = parsed.for_index(0).options  # ignored: it does not make the port HTTP either
+    assert opts.redir_path is None and opts.mode is Mode.TCP
     assert not parse_labels({"HAPROXY_0_HTTP_BACKEND_REDIR": "/home",
                              "HAPROXY_0_VHOST": "a.example.com"}, 1).warnings
