@@ -297,7 +297,6 @@ def with_pool(layout: Layout, table: SlotTable, previous: Layout, settings: Sett
     return layout, table
 
 
-
 def _budgeted(wanted: Mapping[Options, int], in_use: Mapping[Options, int],
               demand: Mapping[Options, int], minimum: int) -> dict[Options, int]:
     """``wanted`` spares per shape, cut to the pool's budget: GROWTH per routed service,

@@ -494,8 +494,8 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
     import socket
     import ssl
 
+    from servicerouter.certnames import cert_names
     from servicerouter.demo.procs import free_port
-    from servicerouter.hostfacts import cert_names
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not on PATH")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from servicerouter import hostfacts
+from servicerouter import certnames, hostfacts
 from servicerouter.admission import CertFact, Facts, top_group
 from servicerouter.layout import Settings, build_layout
 from servicerouter.model import App, Options, Problem, Service, Task
@@ -499,14 +499,14 @@ def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> 
                     "-keyout", str(tmp_path / "k"), "-out", str(tmp_path / "c")],
                    check=True, capture_output=True, timeout=60)
     pem = (tmp_path / "c").read_bytes() + (tmp_path / "k").read_bytes()
-    assert hostfacts.cert_names(pem) == ("shop.example.com", "*.shop.example.com",
+    assert certnames.cert_names(pem) == ("shop.example.com", "*.shop.example.com",
                                          "other.example.com")
     (tmp_path / "a.pem").write_bytes(pem)
     fact = hostfacts.check_cert(str(tmp_path / "a.pem"), [str(tmp_path)], [])
     assert fact.names == ("shop.example.com", "*.shop.example.com", "other.example.com")
     # A certificate that cannot be read here may name anything: None (fail closed).
-    assert hostfacts.cert_names(PEM.encode()) is None
-    assert hostfacts.cert_names(pem[:200] + b"-----END CERTIFICATE-----") is None
+    assert certnames.cert_names(PEM.encode()) is None
+    assert certnames.cert_names(pem[:200] + b"-----END CERTIFICATE-----") is None
     # OpenSSL (and so HAProxy) takes the first certificate block of the file, whatever
     # its label: a TRUSTED CERTIFICATE first, naming the victim, was skipped for a plain
     # CERTIFICATE after it naming only the tenant's host.
@@ -519,4 +519,4 @@ def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> 
                              check=True, capture_output=True, timeout=60).stdout
     assert trusted.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----")
     bundle = trusted + (tmp_path / "c").read_bytes() + (tmp_path / "ek").read_bytes()
-    assert hostfacts.cert_names(bundle) == ("evil.example.com", "victim.example.com")
+    assert certnames.cert_names(bundle) == ("evil.example.com", "victim.example.com")
