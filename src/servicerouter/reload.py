@@ -25,7 +25,7 @@ from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout
 from .planner import ReloadReason, health_up
-from .reloadbudget import ReloadBudget, tenants_of
+from .reloadbudget import ReloadBudget, ReloadGate
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -102,9 +102,9 @@ class ReloadPipeline:
         # ends is no fault of HAProxy's (what it was told is planned again for the new).
         self.handing_over = False
         self.new_worker: int | None = None  # the pid that answered first after a reload
-        self.budget = ReloadBudget(engine.config.tenant_reload_interval,
-                                   engine.config.tenant_reload_burst)
-        self._held: frozenset[str] | None = None  # the tenants a held reload waits for
+        self.gate = ReloadGate(ReloadBudget(engine.config.tenant_reload_interval,
+                                            engine.config.tenant_reload_burst),
+                               engine.metrics.reloads_held.inc)
 
     def due(self) -> bool:
         now = time.monotonic()
@@ -113,22 +113,13 @@ class ReloadPipeline:
     def ready_at(self, now: float) -> float:
         """When the pending reload may start (time.monotonic()): after the minimum
         interval or a backoff, and once a tenant that wants it has a token
-        (reloadbudget.py); a hold is logged once, and counted."""
+        (reloadbudget.py)."""
+        return max(self.next_at, self.gate.ready_at(self._tenants(), now))
+
+    def _tenants(self) -> frozenset[str] | None:
         e = self.engine
-        tenants = tenants_of(e.pending, e.state.desired, e.layout) \
-            if self.budget.interval > 0 and e.running_config is not None else None
-        at = self.budget.ready_at(tenants, now)
-        if at <= now:
-            self._held = None
-        elif tenants != self._held:
-            self._held = tenants
-            e.metrics.reloads_held.inc()
-            log.warning("reload held %.0fs: wanted only by %s, whose apps spent their "
-                        "reloads (--tenant-reload-burst %d, one more every "
-                        "--tenant-reload-interval %gs); any other reload carries their "
-                        "changes sooner", at - now, ", ".join(sorted(tenants or ())),
-                        self.budget.burst, self.budget.interval)
-        return max(self.next_at, at)
+        return self.gate.tenants(e.pending, e.state.desired, e.layout,
+                                 e.running_config is not None)
 
     def manual(self) -> None:
         """An operator asked (SIGHUP): retry a rejected candidate, skip any backoff, but
@@ -166,9 +157,7 @@ class ReloadPipeline:
         """Render all of the desired state, validate, write, reload, reconcile."""
         e = self.engine
         self.last_started = time.monotonic()
-        # Whose tokens this reload spends, once it is done (a failed one costs nobody).
-        tenants = tenants_of(e.pending, e.state.desired, e.layout) \
-            if self.budget.interval > 0 and e.running_config is not None else None
+        tenants = self._tenants()  # whose tokens it spends once done (a failure: nobody's)
         reason = primary_reason(e.pending)
         causes = reload_causes(e.pending, e.state.desired, e.layout, reason)
         started = time.perf_counter()
@@ -266,7 +255,7 @@ class ReloadPipeline:
         self.rejected = None
         self.backoff = 0.0
         self.next_at = time.monotonic() + e.config.min_reload_interval
-        self.budget.spend(tenants, self.last_started)
+        self.gate.budget.spend(tenants, self.last_started)
         e.reloads += 1
         e.last_reload = (time.time(), reason)
         e.metrics.reloads.labels(reason).inc()

@@ -23,12 +23,15 @@ the first config, an operator's) are never held.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .admission import top_group as tenant
 from .layout import DesiredService, Layout
 from .planner import ReloadReason
+
+log = logging.getLogger("servicerouter.engine")
 
 # What a tenant's own definitions cause; every other reason is nobody's doing.
 TENANT_REASONS = frozenset({
@@ -89,3 +92,35 @@ class ReloadBudget:
                 self._spent[who] = (left - 1.0, now)
         for who in [w for w in self._spent if self.tokens(w, now) >= self.burst]:
             del self._spent[who]  # full again: as if never seen (memory stays bounded)
+
+
+class ReloadGate:
+    """The budget as the reload pipeline asks it: whose reload is pending, whether it
+    may start, and a hold said once (log and ``on_hold``) per set of tenants held."""
+
+    def __init__(self, budget: ReloadBudget, on_hold: Callable[[], None]) -> None:
+        self.budget = budget
+        self._on_hold = on_hold
+        self._held: frozenset[str] | None = None
+
+    def tenants(self, pending: Mapping[str, str], desired: Mapping[str, DesiredService],
+                layout: Layout, serving: bool) -> frozenset[str] | None:
+        """Whose tokens the pending reload spends (None: nobody's; so is the first
+        config, before anything is ``serving``)."""
+        if self.budget.interval <= 0 or not serving:
+            return None
+        return tenants_of(pending, desired, layout)
+
+    def ready_at(self, tenants: frozenset[str] | None, now: float) -> float:
+        at = self.budget.ready_at(tenants, now)
+        if at <= now:
+            self._held = None
+        elif tenants != self._held:
+            self._held = tenants
+            self._on_hold()
+            log.warning("reload held %.0fs: wanted only by %s, whose apps spent their "
+                        "reloads (--tenant-reload-burst %d, one more every "
+                        "--tenant-reload-interval %gs); any other reload carries their "
+                        "changes sooner", at - now, ", ".join(sorted(tenants or ())),
+                        self.budget.burst, self.budget.interval)
+        return at

@@ -461,7 +461,7 @@ async def test_a_failed_reload_costs_the_tenant_no_reload_token() -> None:
     from servicerouter.reloadbudget import ReloadBudget
 
     engine, _, _, reloader = make_engine()
-    engine.reload_pipeline.budget = ReloadBudget(interval=600.0, burst=1)
+    engine.reload_pipeline.gate.budget = ReloadBudget(interval=600.0, burst=1)
     await started(engine, 1)  # the first config: nobody's
     reloader.fail = True
     engine.mark(engine.state.set_app(app(1, app_id="/new")))
