@@ -111,6 +111,23 @@ class Load:
         self._thread.join(30)
 
 
+def render_dns_mode(simulator: Simulator, dns_port: int, tmp: Path,
+                    cfg: Path) -> subprocess.CompletedProcess[str]:
+    """``servicerouter render --mesos-dns`` against the simulator, into ``cfg``."""
+    return subprocess.run(
+        [sys.executable, "-m", "servicerouter", "render", "--marathon", simulator.url,
+         "--mesos-dns", DOMAIN, "--dns-resolver", f"127.0.0.1:{dns_port}",
+         "--haproxy-socket", str(tmp / "admin.sock"), "--stats-port", "0",
+         "--http-port", "0", "--https-port", "0", "--output", str(cfg)],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def assert_valid(cfg: Path) -> None:
+    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_haproxy_follows_srv_records_under_load(tmp_path: Path, simulator: Simulator,
                                                 dns: tuple[MesosDNS, int]) -> None:
     resolver, dns_port = dns
@@ -120,19 +137,12 @@ def test_haproxy_follows_srv_records_under_load(tmp_path: Path, simulator: Simul
     resolver.serve({a: ports[a], b: ports[b]})
 
     cfg = tmp_path / "haproxy.cfg"
-    out = subprocess.run(
-        [sys.executable, "-m", "servicerouter", "render", "--marathon", simulator.url,
-         "--mesos-dns", DOMAIN, "--dns-resolver", f"127.0.0.1:{dns_port}",
-         "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
-         "--http-port", "0", "--https-port", "0", "--output", str(cfg)],
-        capture_output=True, text=True, timeout=60, check=False)
+    out = render_dns_mode(simulator, dns_port, tmp_path, cfg)
     assert out.returncode == 0, out.stderr
     text = cfg.read_text()
     assert f"server-template s 8 _web-dnsmode._tcp.{DOMAIN} resolvers mesos_dns" in text
     assert f"nameserver mesos_dns 127.0.0.1:{dns_port}" in text
-    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
-                           timeout=30)
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert_valid(cfg)
 
     haproxy = Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], tmp_path / "haproxy.log")
     with running(haproxy.start(lambda: (tmp_path / "admin.sock").exists(),
@@ -183,12 +193,7 @@ def test_mesos_dns_mode_admits_apps_like_every_other_mode(
                          labels={"HAPROXY_0_SSL_CERT": "/etc/passwd"})
 
     cfg = tmp_path / "haproxy.cfg"
-    out = subprocess.run(
-        [sys.executable, "-m", "servicerouter", "render", "--marathon", simulator.url,
-         "--mesos-dns", DOMAIN, "--dns-resolver", f"127.0.0.1:{dns_port}",
-         "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
-         "--http-port", "0", "--https-port", "0", "--output", str(cfg)],
-        capture_output=True, text=True, timeout=60, check=False)
+    out = render_dns_mode(simulator, dns_port, tmp_path, cfg)
     assert out.returncode == 0, out.stderr
     assert f"app /evil/web: HAPROXY_0_PORT='{port}' is already bound by app /dnsmode/web" \
         in out.stderr, out.stderr
@@ -196,9 +201,7 @@ def test_mesos_dns_mode_admits_apps_like_every_other_mode(
         "certificate folder" in out.stderr, out.stderr
     text = cfg.read_text()
     assert text.count(f":{port}\n") == 1 and "passwd" not in text and "evil" not in text
-    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
-                           timeout=30)
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert_valid(cfg)
 
     haproxy = Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], tmp_path / "haproxy.log")
     with running(haproxy.start(lambda: (tmp_path / "admin.sock").exists(),

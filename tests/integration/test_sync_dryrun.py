@@ -127,16 +127,22 @@ def test_dry_run_prints_what_it_would_do_and_touches_nothing(tmp_path: Path,
     assert proc.popen is not None and proc.popen.returncode == 0, proc.output()
 
 
+def system_haproxy(tmp: Path) -> tuple[Path, Path, tuple[str, str], Proc]:
+    """An HAProxy started as an init system would (on a config with only its admin
+    socket), for `sync` to reload through its master socket: (config, master socket,
+    the sync flags naming it, the process to start)."""
+    config, master = tmp / "haproxy.cfg", tmp / "master.sock"
+    config.write_text(EMPTY_CFG)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp / "haproxy.log")
+    return config, master, ("--haproxy-master-socket", str(master)), haproxy
+
+
 def test_each_sync_run_keeps_ports_with_their_owner_not_the_older_thief(
         tmp_path: Path, simulator: Simulator) -> None:
     """Every cron run starts afresh: without the owners it keeps next to the config, the
     oldest definition would take a port from its owner at the owner's next deploy."""
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(EMPTY_CFG)
-    master = tmp_path / "master.sock"
-    by_master = ("--haproxy-master-socket", str(master))
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
-                   tmp_path / "haproxy.log")
+    _, master, by_master, haproxy = system_haproxy(tmp_path)
     with running(haproxy.start(lambda: master.exists(), what="HAProxy's master socket")):
         port, live = simulator.launch("/teama/db", 1)
         out = sync(simulator.url, tmp_path, *by_master)
@@ -161,12 +167,7 @@ def test_a_sync_run_refuses_an_empty_marathon_unless_told(tmp_path: Path,
     """A Marathon on empty storage lists no apps: a cron run would have replaced the
     config with one routing nothing. The owners file of the last run says apps were
     routed, so the run fails and changes nothing; --allow-empty-marathon applies it."""
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(EMPTY_CFG)
-    master = tmp_path / "master.sock"
-    by_master = ("--haproxy-master-socket", str(master))
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
-                   tmp_path / "haproxy.log")
+    config, master, by_master, haproxy = system_haproxy(tmp_path)
     with running(haproxy.start(lambda: master.exists(), what="HAProxy's master socket")):
         port, live = simulator.launch("/teama/db", 1)
         assert sync(simulator.url, tmp_path, *by_master).returncode == 0

@@ -271,27 +271,21 @@ def test_operator_surface_in_the_config() -> None:
     assert "log " not in plain and "appid_in" not in plain and "servicerouter_daemon" not in plain
 
 
-def test_an_app_id_with_a_newline_gets_no_app_id_route() -> None:
-    """A laxer Marathon's id "/w\\n" would have cut the routing rule in two (haproxy -c
-    fails, and the bisection runs); it is simply not routed by app id."""
-    settings = Settings(app_id_port=9191)
-    text = _render(Service("/w\n", 0, 10001, Options(mode=Mode.HTTP)),
-                   Service("/ok", 0, 10002, Options(mode=Mode.HTTP)),
-                   settings=settings)
-    assert "x-marathon-app-id) -i /w" not in text
-    assert "use_backend ok_10002 if { req.hdr(x-marathon-app-id) -i /ok }" in text
-
-
-def test_an_app_id_in_capitals_gets_no_app_id_route() -> None:
-    """The rule matches the header case-insensitively (as marathon-lb's): a laxer
-    Marathon's "/SHOP/web", another tenant's, sorts first and took every request for
-    "/shop/web". Marathon's own ids are lowercase."""
-    settings = Settings(app_id_port=9191)
-    text = _render(Service("/SHOP/web", 0, 10001, Options(mode=Mode.HTTP)),
-                   Service("/shop/web", 0, 10002, Options(mode=Mode.HTTP)),
-                   settings=settings)
-    assert "-i /SHOP/web" not in text
-    assert "use_backend shop_web_10002 if { req.hdr(x-marathon-app-id) -i /shop/web }" in text
+@pytest.mark.parametrize(("odd", "fine", "backend"), [
+    # A laxer Marathon's id "/w\n" would have cut the routing rule in two (haproxy -c
+    # fails, and the bisection runs).
+    ("/w\n", "/ok", "ok_10002"),
+    # The rule matches the header case-insensitively (as marathon-lb's): a laxer
+    # Marathon's "/SHOP/web", another tenant's, sorts first and took every request for
+    # "/shop/web". Marathon's own ids are lowercase.
+    ("/SHOP/web", "/shop/web", "shop_web_10002"),
+])
+def test_an_odd_app_id_gets_no_app_id_route(odd: str, fine: str, backend: str) -> None:
+    text = _render(Service(odd, 0, 10001, Options(mode=Mode.HTTP)),
+                   Service(fine, 0, 10002, Options(mode=Mode.HTTP)),
+                   settings=Settings(app_id_port=9191))
+    assert f"x-marathon-app-id) -i {odd.strip()}" not in text
+    assert f"use_backend {backend} if {{ req.hdr(x-marathon-app-id) -i {fine} }}" in text
 
 
 def test_a_service_bound_to_loopback_is_not_reachable_by_app_id() -> None:
