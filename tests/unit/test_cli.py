@@ -153,6 +153,8 @@ def test_a_socket_path_haproxy_would_refuse_is_a_clear_error_at_start() -> None:
     ("--slots-increment", "1000000", "is not a whole number in 1-1000"),  # 10^6 servers each
     ("--max-servers-per-backend", "-1", "is not a whole number in 0-1000000"),
     ("--pool-spares", "0", "is not a whole number in 1-1000"),
+    ("--tenant-reload-burst", "0", "is not a whole number in 1-1000"),  # never a reload
+    ("--tenant-reload-interval", "inf", "is not a number of seconds >= 0"),  # held forever
     ("--stats-address", "a b", "is not an IP address, a host name or *"),
     ("--stats-address", "127.0.0.1\n    bind :1", "is not an IP address, a host name or *"),
 ])
