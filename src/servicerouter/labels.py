@@ -174,7 +174,9 @@ LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("USE_HSTS", "port", "adds Strict-Transport-Security: max-age=15768000 to "
               "responses", "true", field="hsts", parse=parse_bool),
     LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "
-              "HTTPS frontend", "/etc/ssl/shop.pem", "an absolute path of plain characters",
+              "HTTPS frontend", "/etc/ssl/shop.pem", "an absolute path of plain characters, "
+              "under --ssl-cert-dir; offered on the shared HTTPS frontend only if every name "
+              "in it is a host the service routes (Multi-tenant safety)",
               "ssl_cert", parse_file_path),
     LabelSpec("AUTH", "port", "HTTP basic auth: realm:user:crypt-hash; others get 401",
               "shop:admin:$6$salt$hash", "plain-text passwords are refused; enforced on "
