@@ -32,7 +32,7 @@ pytestmark = [
 
 CONFIG = """\
 global
-    stats socket {dir}/admin.sock mode 600 level admin
+{grace}    stats socket {dir}/admin.sock mode 600 level admin
     stats socket ipv4@127.0.0.1:{admin_port} level admin
 defaults
     mode http
@@ -54,12 +54,13 @@ backend lc
 
 
 class Env:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, grace: str = "") -> None:
         self.dir = root
         self.port = free_port()
         self.admin_port = free_port()
         self.config = root / "haproxy.cfg"
-        self.config.write_text(CONFIG.format(dir=root, port=self.port, admin_port=self.admin_port))
+        self.config.write_text(CONFIG.format(dir=root, port=self.port, admin_port=self.admin_port,
+                                             grace=f"    grace {grace}\n" if grace else ""))
         self.admin = str(root / "admin.sock")
         self.proc = HAProxyProcess(self.config, root / "master.sock", haproxy_bin=HAPROXY)
 
@@ -74,6 +75,18 @@ def short_dir() -> Iterator[Path]:
 @pytest.fixture
 async def env(short_dir: Path) -> AsyncIterator[Env]:
     e = Env(short_dir)
+    await e.proc.start()
+    try:
+        yield e
+    finally:
+        await e.proc.stop()
+
+
+@pytest.fixture
+async def graced(short_dir: Path) -> AsyncIterator[Env]:
+    """HAProxy whose old workers keep accepting for 60 s after a reload (``grace``): for
+    the whole test, both workers answer the admin socket and the listeners."""
+    e = Env(short_dir, grace="60s")
     await e.proc.start()
     try:
         yield e
@@ -300,10 +313,72 @@ async def test_a_kept_session_is_never_opened_with_the_worker_it_must_not_be_wit
     rt.not_from = pid
     with pytest.raises(RuntimeUnavailable, match=f"still answered by the old worker {pid}"):
         await rt.execute([c.set_server_addr("web", "s3", "127.0.0.6", 8006)])
-    (s3,) = [s for s in await rt.show_servers_state("web") if s.server == "s3"]
+    reader = RuntimeClient(env.admin)  # (rt's own queries would avoid that worker too)
+    (s3,) = [s for s in await reader.show_servers_state("web") if s.server == "s3"]
     assert (s3.addr, s3.port) != ("127.0.0.6", 8006)  # nothing was sent to it
     rt.not_from = pid + 1  # another worker's: this one is fine
     await rt.execute_checked([c.set_server_addr("web", "s3", "127.0.0.6", 8006)])
     (s3,) = [s for s in await rt.show_servers_state("web") if s.server == "s3"]
     assert (s3.addr, s3.port) == ("127.0.0.6", 8006)
     assert rt.sessions_opened == 1
+
+
+async def reload_in_grace(env: Env) -> tuple[RuntimeClient, int]:
+    """Reload ``env`` (grace on) with a backend only the new config has; return a client
+    whose kept session is still with the old worker, and that worker's pid, once the old
+    worker is seen answering the admin socket in its grace (as the new one does)."""
+    rt = RuntimeClient(env.admin)
+    await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.3", 8003)])  # kept
+    old = int((await rt.show_info())["Pid"])
+    env.config.write_text(env.config.read_text()
+                          + "backend fresh\n    server f1 127.0.0.1:1 disabled\n")
+    await env.proc.reload()
+    probe = RuntimeClient(env.admin)
+    for _ in range(500):  # bounded: the kernel hands connections to either worker
+        if (await probe.show_info())["Pid"] == str(old):
+            break
+    else:
+        pytest.fail(f"the old worker {old} never answered in its grace")
+    return rt, old
+
+
+async def test_in_the_old_workers_grace_queries_are_answered_by_the_new_one(
+        graced: Env) -> None:
+    """With HAProxy's grace the old worker still accepts admin connections after a
+    reload. Told its pid (``not_from``), the client's queries and its streamed
+    ``show servers state`` (the reconcile's read) come only from the new worker."""
+    rt, old = await reload_in_grace(graced)
+    rt.not_from = old
+    for _ in range(30):
+        assert (await rt.show_info())["Pid"] != str(old)
+        assert "fresh" in {s.backend for s in await rt.show_servers_state()}
+        lines = [ln async for chunk in rt.servers_state_chunks() for ln in chunk]
+        assert "fresh" in {s.backend for s in parse_servers_state("\n".join(lines))}
+
+
+async def test_in_the_old_workers_grace_it_is_sent_every_batch_too(
+        graced: Env, backend: int) -> None:
+    """The clients the old worker still accepts in its grace reach the servers the new
+    worker has: after ``mirror(old, ...)`` each batch goes to both; a command only the
+    new config can take is refused by the old worker alone."""
+    rt, old = await reload_in_grace(graced)
+    rt.reset()  # as after a reload: the kept session was the old worker's
+    rt.not_from = old
+    rt.mirror(old, 60)
+    await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.1", backend),
+                              c.set_server_state("web", "s1", "ready"),
+                              c.set_server_state("fresh", "f1", "maint")])
+    assert rt.mirroring
+    master = graced.proc.master
+    for worker in (f"!{old}", "1"):  # the old worker, then the current one
+        for _ in range(200):  # the old worker reads the batch after our reply came
+            text = await master.worker_command("show servers state web", worker)
+            (s1,) = [s for s in parse_servers_state(text) if s.server == "s1"]
+            if s1.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert (s1.addr, s1.port, s1.ready) == ("127.0.0.1", backend, True), worker
+    for _ in range(20):  # whichever worker accepts it, a client reaches the new server
+        assert await http_get(graced.port) == (200, f"backend-{backend}")
+    rt.mirror(old, 0)  # ends it
+    assert not rt.mirroring

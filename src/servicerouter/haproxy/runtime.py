@@ -104,6 +104,10 @@ _READ_CHUNK = 1 << 20
 # HAProxy answering, and is not held in memory.
 MAX_DUMP = 256 << 20
 _STREAM_CHUNK = 1 << 17  # ~1,500 'show servers state' lines
+# Bytes written to an old worker in its grace that it has not read yet: past this it is
+# not keeping up (or stuck), and is sent nothing more.
+MIRROR_BACKLOG = 1 << 20
+MIRROR_TRIES = 16  # connections made to find the old worker (each reaches it ~1 in 2)
 
 
 _FORBIDDEN = re.compile(r"[;\n\r\0]")
@@ -167,7 +171,12 @@ class RuntimeClient:
         # While a reload hands over: the old worker's pid, which a new kept session
         # must not be with (it may still accept one for a moment after it was told to
         # stop, and whatever it is told is lost to the new worker).
+        # With HAProxy's `grace` that old worker also answers new connections for a while:
+        # a query (show info, show servers state) must not be answered by it either.
         self.not_from: int | None = None
+        # The old worker in its grace (``mirror``): it is sent every batch too, on a
+        # session of its own, so that the clients it still accepts reach the same servers.
+        self._mirror: Mirror | None = None
 
     def reset(self) -> None:
         """Close the kept session: the next batch connects anew and so reaches the
@@ -178,6 +187,22 @@ class RuntimeClient:
             watch.cancel()
         if kept is not None:
             kept.close()
+
+    def mirror(self, pid: int, seconds: float) -> None:
+        """For ``seconds`` (HAProxy's ``grace`` after a reload), also send every batch to
+        the worker ``pid``, which still accepts clients meanwhile. Replaces any earlier
+        mirror; 0 seconds ends it."""
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
+        if seconds > 0:
+            self._mirror = Mirror(self, pid, time.monotonic() + seconds)
+
+    @property
+    def mirroring(self) -> bool:
+        """Whether batches still go to an old worker too."""
+        m = self._mirror
+        return m is not None and m.alive()
 
     def __repr__(self) -> str:
         return f"RuntimeClient({self.address!r})"
@@ -274,7 +299,7 @@ class RuntimeClient:
         payload = b"".join(b";".join(commands[i].encode() for i in ln) + b"\n" for ln in lines)
         order = [i for ln in lines for i in ln]
         if len(order) == 1 and is_query(commands[order[0]]):
-            data, problem = await self._exchange(b"prompt\n" + payload + b"quit\n")
+            data, problem = await self._query(payload)
         else:
             async with self._lock:
                 data, problem = await self._kept_exchange(payload, len(order))
@@ -334,21 +359,9 @@ class RuntimeClient:
             return kept
         deadline = time.monotonic() + self.timeout
         while True:
-            session = await self._connect_session()
-            try:
-                ack, _ = await asyncio.wait_for(session.exchange(b"prompt\n", 1),
-                                                self.timeout)
-                if ack != PROMPT_BYTES:
-                    raise OSError(f"unexpected answer to 'prompt': {ack!r}"
-                                  + (" (then HAProxy closed the session)"
-                                     if session.closed else ""))
-                if self.not_from is None or await self._pid(session) != self.not_from:
-                    break
-            except (OSError, asyncio.TimeoutError) as exc:
-                session.close()
-                raise RuntimeUnavailable(
-                    f"HAProxy runtime socket {self.address}: no prompt session "
-                    f"({exc or type(exc).__name__})", self.address) from exc
+            session, pid = await self._prompt_session(ask_pid=self.not_from is not None)
+            if self.not_from is None or pid != self.not_from:
+                break
             session.close()  # the old worker's: nothing was written on it yet
             if time.monotonic() >= deadline:
                 raise RuntimeUnavailable(
@@ -360,6 +373,23 @@ class RuntimeClient:
         self._watch = session.watch = Watchdog(self.timeout, session.transport)
         self.sessions_opened += 1
         return session
+
+    async def _prompt_session(self, ask_pid: bool) -> tuple[PromptSession, int | None]:
+        """A new session in prompt mode and, if asked, the pid of the worker it reached;
+        RuntimeUnavailable if there is none (nothing was written on it)."""
+        session = await self._connect_session()
+        try:
+            ack, _ = await asyncio.wait_for(session.exchange(b"prompt\n", 1), self.timeout)
+            if ack != PROMPT_BYTES:
+                raise OSError(f"unexpected answer to 'prompt': {ack!r}"
+                              + (" (then HAProxy closed the session)" if session.closed
+                                 else ""))
+            return session, (await self._pid(session) if ask_pid else None)
+        except (OSError, asyncio.TimeoutError) as exc:
+            session.close()
+            raise RuntimeUnavailable(
+                f"HAProxy runtime socket {self.address}: no prompt session "
+                f"({exc or type(exc).__name__})", self.address) from exc
 
     async def _connect_session(self) -> PromptSession:
         """A new connection for a kept session; RuntimeUnavailable as :meth:`_connect`."""
@@ -409,7 +439,31 @@ class RuntimeClient:
                 self.reset()  # never reuse a session whose state is in doubt
             else:
                 self._kept_used = time.monotonic()
+        mirror = self._mirror
+        if mirror is not None and not mirror.send(payload):
+            mirror.close()
+            self._mirror = None
         return data, problem
+
+    async def _query(self, payload: bytes) -> tuple[bytes, str | None]:
+        """One query on a connection of its own, in prompt mode; while ``not_from`` is
+        set, asked after ``show info`` on the same connection and asked again (within
+        the timeout) until a worker other than ``not_from`` answers."""
+        if self.not_from is None:
+            return await self._exchange(b"prompt\n" + payload + b"quit\n")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            data, problem = await self._exchange(b"prompt\nshow info\n" + payload + b"quit\n")
+            cut = data.find(PROMPT_BYTES, len(PROMPT_BYTES))
+            if not data.startswith(PROMPT_BYTES) or cut < 0:
+                return data, problem or "no answer to 'show info'"
+            pid = parse_show_info(data[len(PROMPT_BYTES):cut].decode("utf-8", "replace"))
+            if pid.get("Pid") != str(self.not_from):
+                return data[cut:], problem
+            if time.monotonic() >= deadline:
+                return b"", (f"still answered by the old worker {self.not_from} after "
+                             f"{self.timeout}s")
+            await asyncio.sleep(0.01)
 
     async def _exchange(self, payload: bytes) -> tuple[bytes, str | None]:
         """Write ``payload`` and read until EOF; return (data, problem-after-write)."""
@@ -473,10 +527,8 @@ class RuntimeClient:
         the loop. Raises :class:`RuntimeUnavailable` if it cannot connect and
         :class:`HAProxyRuntimeError` if the dump breaks off (a query: nothing to undo).
         """
-        reader, writer = await self._connect()
-        tail = b""
+        reader, writer, tail = await self._dump_from_current(b"show servers state\n")
         try:
-            writer.write(b"show servers state\n")
             while True:
                 try:
                     data = await asyncio.wait_for(reader.read(chunk), self.timeout)
@@ -495,12 +547,51 @@ class RuntimeClient:
                 tail = data[cut:]
                 if cut:
                     yield data[:cut].decode("utf-8", "replace").splitlines()
-            if tail:
-                yield [tail.decode("utf-8", "replace")]
+            if tail:  # (a reply read with the pid check may hold whole lines yet)
+                yield tail.decode("utf-8", "replace").splitlines()
         finally:
             writer.close()
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _dump_from_current(
+        self, request: bytes
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """A connection sent ``request`` (non-interactive), answered by a worker other
+        than ``not_from``, and the first bytes of its reply already read. While
+        ``not_from`` is set, ``show info`` goes first on the line (each reply ends with
+        an empty line) and another connection is tried, within the timeout, as long as
+        the old worker answers."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reader, writer = await self._connect()
+            old = self.not_from
+            if old is None:
+                writer.write(request)
+                return reader, writer, b""
+            writer.write(b"show info;" + request)
+            head = b""
+            try:
+                while b"\n\n" not in head and len(head) < _READ_CHUNK:
+                    chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), self.timeout)
+                    if not chunk:
+                        break
+                    head += chunk
+            except (OSError, asyncio.TimeoutError) as exc:
+                writer.close()
+                raise HAProxyRuntimeError(
+                    f"HAProxy runtime socket {self.address}: no answer to 'show info' "
+                    f"({exc or type(exc).__name__})", self.address) from exc
+            info, sep, rest = head.partition(b"\n\n")
+            pid = parse_show_info(info.decode("utf-8", "replace")).get("Pid")
+            if sep and pid != str(old):
+                return reader, writer, rest
+            writer.close()
+            if time.monotonic() >= deadline:
+                raise HAProxyRuntimeError(
+                    f"HAProxy runtime socket {self.address}: still answered by the old "
+                    f"worker {old} after {self.timeout}s", self.address)
+            await asyncio.sleep(0.01)
 
     async def show_info(self) -> dict[str, str]:
         """``show info`` as a dict (``Pid``, ``Uptime_sec``, ``Version``, ...)."""
@@ -515,6 +606,69 @@ class RuntimeClient:
     async def show_backends(self) -> list[str]:
         text = await self.query("show backend")
         return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+class Mirror:
+    """A prompt session with one given worker (an old one, in its grace), opened in the
+    background: batches sent before it is open wait for it (up to MIRROR_BACKLOG bytes).
+    Its replies are dropped; what it refuses (a backend only the new config has) it
+    refuses alone. It never holds up the batches of the current worker."""
+
+    def __init__(self, client: RuntimeClient, pid: int, until: float) -> None:
+        self.client, self.pid, self.until = client, pid, until
+        self.session: PromptSession | None = None
+        self.waiting: list[bytes] = []
+        self.waiting_bytes = 0
+        self.opening: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._open())
+
+    def alive(self) -> bool:
+        return time.monotonic() <= self.until and (
+            self.opening is not None or (self.session is not None and self.session.is_usable()))
+
+    def send(self, payload: bytes) -> bool:
+        """Send (or queue) a batch; False once the mirror is over (grace ended, the
+        worker not found or gone, or not reading)."""
+        if not self.alive():
+            return False
+        if self.session is None:
+            self.waiting_bytes += len(payload)
+            if self.waiting_bytes > MIRROR_BACKLOG:
+                return False
+            self.waiting.append(payload)
+            return True
+        if self.session.backlog() > MIRROR_BACKLOG:
+            return False
+        self.session.send(payload)
+        return True
+
+    async def _open(self) -> None:
+        """Connect until the worker ``pid`` answers (the kernel hands each connection to
+        either worker), at most MIRROR_TRIES times, each within the client's timeout."""
+        client = self.client
+        try:
+            for _ in range(MIRROR_TRIES):
+                if time.monotonic() > self.until:
+                    return
+                try:
+                    session, pid = await client._prompt_session(ask_pid=True)
+                except HAProxyRuntimeError:
+                    continue
+                if pid == self.pid:
+                    session.send(b"".join(self.waiting))
+                    self.session, self.waiting = session, []
+                    return
+                session.close()
+        finally:
+            self.opening = None
+
+    def close(self) -> None:
+        if self.opening is not None:
+            self.opening.cancel()
+            self.opening = None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
 
 
 def _done(results: list[CommandResult | None]) -> list[CommandResult]:

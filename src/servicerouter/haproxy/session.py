@@ -103,6 +103,17 @@ class PromptSession(asyncio.BufferedProtocol):
         self._buf = bytearray()
         return data, seen
 
+    def send(self, payload: bytes) -> None:
+        """Write ``payload`` without waiting for its replies; those to earlier sends
+        are dropped (a mirrored session: see ``RuntimeClient.reset``)."""
+        assert self.transport is not None
+        self._buf = bytearray()
+        self.transport.write(payload)
+
+    def backlog(self) -> int:
+        """Bytes written that the peer has not read yet (beyond the socket's buffer)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
