@@ -90,6 +90,21 @@ def templates_dir(args: argparse.Namespace) -> Path | None:
     return path
 
 
+def _grace(value: str) -> int:
+    """An argparse type: --haproxy-grace, ``auto`` (-1) or 0-60 seconds, as whole
+    milliseconds."""
+    if value.strip().lower() == "auto":
+        return -1
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 60:
+        raise argparse.ArgumentTypeError(f"{value!r} is not auto or a number of seconds "
+                                         "in 0-60")
+    return round(seconds * 1000)
+
+
 def positive_seconds(value: str) -> float:
     """An argparse type: a finite number of seconds above 0 (0 would spin: a full sync, a
     reconcile or a stream reconnect every few milliseconds; inf would wait for ever)."""
@@ -183,6 +198,11 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                    help="free server slots each backend keeps at least (default 2)")
     g.add_argument("--slots-increment", type=whole_number(1, 1000), default=4,
                    help="backends grow in blocks of this many slots (default 4)")
+    g.add_argument("--haproxy-grace", type=_grace, default="auto", metavar="auto|SECONDS",
+                   help="after a reload, the old worker keeps accepting connections this long "
+                        "(HAProxy's 'grace'), so that the new one's start is no pause for "
+                        "clients; 0 = none; auto: 1 from 2,000 services on, else 0 (default "
+                        "auto, at most 60)")
     g.add_argument("--templates", metavar="DIR",
                    help="folder of templates that replace the built-in ones by file name; "
                         "snippets/NAME.j2 in it are selectable with HAPROXY_{n}_SNIPPET=NAME")
@@ -306,6 +326,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         daemon_address=_daemon_address(getattr(args, "listen", None)),
         snippets=snippet_names(args.templates),
         socket_path=args.haproxy_socket,
+        grace_ms=args.haproxy_grace,
         stats_port=args.stats_port,
         stats_address=args.stats_address,
         http_port=args.http_port,

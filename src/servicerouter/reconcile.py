@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import pool
 from .haproxy.runtime import HAProxyRuntimeError
 from .haproxy.runtime_parse import ParseError, ServerState
-from .layout import Layout
+from .layout import Layout, grace_ms
 from .planner import ReloadReason, reconcile
 from .servercheck import StateScan
 
@@ -111,6 +111,7 @@ class Reconciler:
             return None
         e.haproxy_ok = True
         e.metrics.haproxy_up.set(1)
+        log.debug("reconcile: HAProxy's servers read back; %d backends differ", len(suspect))
         return Scanned(generation, seq, suspect, actual)
 
     async def repair(self, found: Scanned, after_reload: bool = False) -> None:
@@ -183,7 +184,11 @@ class Reconciler:
         finally:
             self.checking_worker = False
         if self.worker is not None and pid is not None and pid != self.worker:
-            e.runtime.reset()  # a kept session would still reach the old worker
+            # A kept session would still reach the old worker, which may be in its grace
+            # (accepting, and queried) as after a reload of ours.
+            grace = grace_ms(e.config.settings, len(e.layout)) / 1000
+            e.runtime.reset()
+            e.reload_pipeline.retire(self.worker, None, grace)
             log.warning("HAProxy's worker changed (pid %s -> %s) without a reload of ours; "
                         "reconciling its servers with the slot table", self.worker, pid)
             self.request()

@@ -23,7 +23,7 @@ from .applylog import reload_causes
 from .haproxy.children import brief
 from .haproxy.render import TemplateError, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
-from .layout import Layout, Settings, SlotTable, build_layout
+from .layout import Layout, Settings, SlotTable, build_layout, grace_ms
 from .planner import ReloadReason, health_up
 from .reloadbudget import ReloadBudget, ReloadGate
 
@@ -48,6 +48,9 @@ PROBES = 5
 # After a reload: health up commands per admin-session exchange (~6 ms), so that churn
 # is applied between them.
 HEALTH_CHUNK = 1000
+# After HAProxy's `grace`: the old worker stops listening at the end of its grace timer,
+# counted from its stop signal (before the switch-over); this covers a busy machine.
+GRACE_MARGIN = 0.25
 
 
 class Reloader(Protocol):
@@ -232,6 +235,8 @@ class ReloadPipeline:
             stage = getattr(exc, "stage", "reload")
             return self.failed(stage if stage in ("reload", "confirm") else "reload",
                                f"reload failed: {exc}")
+        # The old worker stops after the grace of the config it runs (the one replaced).
+        grace = grace_ms(e.config.settings, len(e.layout)) / 1000
         e.layout, e.table, e.running_config = layout, table, text
         self.live_socket, self.restore_socket = socket, False
         e.reconciler.worker = self.new_worker  # our reload forked it: no reason to reconcile
@@ -242,10 +247,12 @@ class ReloadPipeline:
         for name in replan:  # decided again against the new layout, just below: a new app
             e.pending.pop(name, None)  # that came meanwhile may fit a fresh spare now
         e.generation, e.changed_at = e.generation + 1, {}
-        e.runtime.reset()  # its kept session talks to the old worker
-        if confirming is not None:
-            e.runtime.not_from = old_pid  # until the master confirms (_confirmed)
-            confirming.add_done_callback(self._confirmed)
+        # Its kept session talks to the old worker, which in HAProxy's grace still
+        # accepts clients (and queries): it is sent each batch meanwhile, and nothing of
+        # ours is answered by it (until the grace is over: retire).
+        e.runtime.reset()
+        if old_pid is not None:
+            self.retire(old_pid, confirming, grace)
         # Backends dirtied while the reload ran stay dirty: the next step plans
         # them against the new layout (a no-op where the render already had them).
         # Reasons that came up meanwhile (another new app) were not in this render.
@@ -365,10 +372,34 @@ class ReloadPipeline:
         await job  # the reloader's verdict: raises if the reload failed
         return None
 
+    def retire(self, old_pid: int, confirming: asyncio.Future[None] | None,
+               grace: float) -> None:
+        """Keep the admin socket's clients off the old worker until it no longer
+        listens: once the reloader confirmed the reload (it told the old worker to stop
+        before), and its ``grace`` passed since the switch-over (which came after).
+        Meanwhile it still accepts clients, so it is sent every batch too."""
+        runtime = self.engine.runtime
+        runtime.not_from = old_pid
+        runtime.mirror(old_pid, grace)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace + (GRACE_MARGIN if grace else 0.0)
+
+        def release() -> None:
+            if runtime.not_from == old_pid:  # not a later reload's
+                runtime.not_from = None
+
+        def confirmed(_: object = None) -> None:
+            loop.call_at(until, release)
+
+        if confirming is None:
+            confirmed()
+        else:
+            confirming.add_done_callback(self._confirmed)
+            confirming.add_done_callback(confirmed)
+
     def _confirmed(self, confirming: asyncio.Future[None]) -> None:
         """The reloader's own confirmation of a reload whose new worker already answers
         (a done callback: it runs even if what follows the switch-over raised)."""
-        self.engine.runtime.not_from = None  # the old worker stopped listening long ago
         if not confirming.cancelled() and confirming.exception() is not None:
             # The new worker serves the new config all the same.
             log.warning("HAProxy's new worker answers, but the reload was not confirmed: "

@@ -68,6 +68,38 @@ def test_new_app_is_routed_with_one_reload_and_removed_app_unbound(
         assert responders(simulator.service_port("/first"), 2)
 
 
+def test_in_the_old_workers_grace_clients_reach_the_same_tasks_as_through_the_new(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """After a reload the old worker keeps accepting clients for --haproxy-grace (here
+    the whole test). Task churn in that grace reaches both workers: every request,
+    whichever worker accepts it, reaches exactly the live tasks. The daemon's own reads
+    of HAProxy (the reconcile every second, the worker check) are not misled by the old
+    worker: no further reload, no 'worker changed'."""
+    port, live = simulator.launch("/web", 2)
+    daemon = start_daemon(tmp_path, simulator, "--haproxy-grace", "60")
+    with running(daemon):
+        wait_routed(port, live)
+        before = daemon.reloads()
+        new_port, new_live = simulator.launch("/new", 1)
+        wait_routed(new_port, new_live)
+        assert daemon.reloads() == before + 1
+        assert daemon.proc_info().old_workers, "the old worker is in its grace"
+        for _ in range(3):
+            victim = sorted(live)[0]
+            simulator.kill_task("/web", victim)
+            live = simulator.wait_tasks("/web", lambda t, v=victim: len(t) == 2
+                                        and v not in t, what=f"{victim} replaced")
+            wait_routed(port, live)
+            assert responders(port, 30) == live  # 30 new connections, to either worker
+        read = daemon.proc.log.read_text().count("HAProxy's servers read back")
+        wait_for(lambda: daemon.proc.log.read_text().count("HAProxy's servers read back")
+                 > read + 1, 15, what="two reconciles in the grace")
+        assert daemon.reloads() == before + 1
+        assert daemon.proc_info().old_workers, "still in its grace"
+        log = daemon.proc.log.read_text()
+        assert "worker changed" not in log and "differs from the slot table" not in log
+
+
 def _refused(port: int) -> bool:
     try:
         httpx.get(f"http://127.0.0.1:{port}/", timeout=1)

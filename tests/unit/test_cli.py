@@ -155,6 +155,8 @@ def test_a_socket_path_haproxy_would_refuse_is_a_clear_error_at_start() -> None:
     ("--pool-spares", "0", "is not a whole number in 1-1000"),
     ("--tenant-reload-burst", "0", "is not a whole number in 1-1000"),  # never a reload
     ("--tenant-reload-interval", "inf", "is not a number of seconds >= 0"),  # held forever
+    ("--haproxy-grace", "61", "is not auto or a number of seconds in 0-60"),
+    ("--haproxy-grace", "nan", "is not auto or a number of seconds in 0-60"),
     ("--stats-address", "a b", "is not an IP address, a host name or *"),
     ("--stats-address", "127.0.0.1\n    bind :1", "is not an IP address, a host name or *"),
 ])
@@ -171,6 +173,14 @@ def test_a_bad_value_is_exit_2_naming_the_flag_or_variable(
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"environment variable {name}={value!r}" in err[0], err
+
+
+@pytest.mark.parametrize(("value", "ms"), [("auto", -1), ("AUTO", -1), ("0", 0),
+                                           ("0.25", 250), ("60", 60_000)])
+def test_haproxy_grace_is_auto_or_seconds(value: str, ms: int) -> None:
+    args = cli.build_parser({}).parse_args(["render", "--haproxy-grace", value])
+    assert cli.settings_from(args).grace_ms == ms
+    assert cli.settings_from(cli.build_parser({}).parse_args(["render"])).grace_ms == -1
 
 
 @pytest.mark.parametrize("value", ["127.0.0.1", "::1", "*", "", "lb-1.example.com"])

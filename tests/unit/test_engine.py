@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,16 @@ class FakeRuntime:
         self.resets = 0  # kept sessions closed (after each reload)
         self.pid = 100  # the worker that answers the admin socket
         self.not_from: int | None = None
+        self.mirrored: tuple[int, float] | None = None  # (old worker, its grace)
 
     def socket_missing(self) -> bool:
         return self.missing
 
     def reset(self) -> None:
         self.resets += 1
+
+    def mirror(self, pid: int, seconds: float) -> None:
+        self.mirrored = (pid, seconds)
 
     async def show_info(self) -> dict[str, str]:
         return {"Pid": str(self.pid)}
@@ -111,7 +116,9 @@ class FakeReloader:
 
 def make_engine() -> tuple[Engine, FakeRuntime, FakeWriter, FakeReloader]:
     runtime, writer, reloader = FakeRuntime(), FakeWriter(), FakeReloader()
-    config = EngineConfig(settings=Settings(stats_port=0), min_reload_interval=0.0)
+    # The fake reloader forks no new worker (the pid stays), so HAProxy's grace, which
+    # keeps the admin socket's clients off the old pid, is off but where it is the subject.
+    config = EngineConfig(settings=Settings(stats_port=0, grace_ms=0), min_reload_interval=0.0)
     engine = Engine(config, None, runtime, writer, reloader,  # type: ignore[arg-type]
                     Metrics(), lambda host: host)
     runtime.engine = engine
@@ -364,11 +371,16 @@ async def test_a_new_app_that_arrives_during_a_reload_gets_its_own() -> None:
     assert reloader.reloads == 3 and "other_10002" in engine.layout
 
 
-async def test_the_switch_over_follows_the_new_worker_not_the_masters_confirmation() -> None:
+@pytest.mark.parametrize("grace_ms", [0, 60_000])
+async def test_the_switch_over_follows_the_new_worker_not_the_masters_confirmation(
+        grace_ms: int) -> None:
     """HAProxy's master confirms a reload ~0.4 s after the fork at 10,000 apps; its new
     worker answers sooner. A change made while the config was loaded reaches the new
-    worker as soon as it answers, before the master confirms."""
+    worker as soon as it answers, before the master confirms. With HAProxy's grace the
+    old worker keeps accepting after the confirmation, so ours stay off it until then."""
     engine, runtime, writer, reloader = make_engine()
+    engine.config = replace(engine.config, settings=replace(engine.config.settings,
+                                                            grace_ms=grace_ms))
     await started(engine, 1)
     confirm, forked = asyncio.Event(), asyncio.Event()
     gate = asyncio.Event()
@@ -404,7 +416,9 @@ async def test_the_switch_over_follows_the_new_worker_not_the_masters_confirmati
     assert not step.done()
     confirm.set()
     await asyncio.wait_for(step, 5)
-    assert runtime.not_from is None and reloader.reloads == 2
+    await asyncio.sleep(0)  # the confirmation's callbacks
+    assert runtime.not_from == (100 if grace_ms else None) and reloader.reloads == 2
+    assert runtime.mirrored == (100, grace_ms / 1000)  # the old worker is sent each batch
 
 
 async def test_a_reload_the_master_refuses_is_not_switched_to() -> None:

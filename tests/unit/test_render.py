@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from servicerouter.haproxy.render import TemplateError, builtin_templates, hostport, render
-from servicerouter.layout import Settings, build_layout, desired_state
+from servicerouter.layout import AUTO_GRACE_SERVICES, Settings, build_layout, desired_state
+from servicerouter.layout import grace_ms as grace_ms_of
 from servicerouter.marathon.parse import parse_apps
 from servicerouter.model import App, Endpoint, Mode, Options, Service, Task
 
@@ -343,3 +344,18 @@ def test_operator_template_can_loop_over_servers(tmp_path) -> None:  # type: ign
                    Settings(stats_port=0), tmp_path)
     assert "    server s1 10.0.0.1:31001 weight 50\n" in text
     assert "    server s2 127.0.0.1:1 disabled weight 50\n" in text
+
+
+@pytest.mark.parametrize(("grace_ms", "services", "line"), [
+    (-1, 1, None),  # auto, few services: the new worker's start is a pause of ms
+    (-1, AUTO_GRACE_SERVICES, "grace 1000"),  # auto at scale
+    (0, AUTO_GRACE_SERVICES, None),  # turned off
+    (250, 1, "grace 250"),
+])
+def test_haproxy_grace_in_the_global_section(grace_ms: int, services: int,
+                                             line: str | None) -> None:
+    settings = Settings(grace_ms=grace_ms)
+    apps = [one(port=10000 + n, app_id=f"/a{n}", endpoints=1) for n in range(services)]
+    lines = section(render_apps(apps, settings), "global")
+    assert [ln for ln in lines if ln.startswith("grace")] == ([line] if line else [])
+    assert grace_ms_of(settings, services) == (int(line.split()[1]) if line else 0)

@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from .. import __version__, pool
-from ..layout import BackendShape, Layout, Settings, SlotTable
+from ..layout import BackendShape, Layout, Settings, SlotTable, grace_ms
 from ..model import Endpoint, EndpointState, Options
 from ..naming import slot_name
 from .addresses import hostport
@@ -310,6 +310,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         "app_id_routes": app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
         "hostport": hostport,
+        "grace_ms": grace_ms(settings, len(layout)),
         **(extra or {}),
     }
     try:
