@@ -42,7 +42,7 @@ REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_
 
 # While a reload is in flight: how often, and for how long each time, the admin socket is
 # asked which worker answers it (ReloadPipeline._new_worker).
-PROBE_INTERVAL = 0.02
+PROBE_INTERVAL = 0.01
 PROBE_TIMEOUT = 0.1
 PROBES = 5
 # After a reload: health up commands per admin-session exchange (~6 ms), so that churn
