@@ -45,7 +45,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from servicerouter.haproxy import runtime_commands as cmd
@@ -362,22 +362,35 @@ class RuntimeClient:
             kept = None
         if kept is not None:
             return kept
-        deadline = time.monotonic() + self.timeout
-        while True:
+        async def attempt() -> PromptSession | None:
             session, pid = await self._prompt_session(ask_pid=self.not_from is not None)
             if self.not_from is None or pid != self.not_from:
-                break
+                return session
             session.close()  # the old worker's: nothing was written on it yet
-            if time.monotonic() >= deadline:
-                raise RuntimeUnavailable(
-                    f"HAProxy runtime socket {self.address}: still answered by the old "
-                    f"worker {self.not_from} after {self.timeout}s", self.address)
-            await asyncio.sleep(RETRY_OLD)
+            return None
+
+        session = await self._avoiding_old(attempt)
         assert session.transport is not None
         self._kept = session
         self._watch = session.watch = Watchdog(self.timeout, session.transport)
         self.sessions_opened += 1
         return session
+
+    async def _avoiding_old(self, attempt: Callable[[], Awaitable[_T | None]]) -> _T:
+        """``attempt()`` until it returns something (None: the worker it reached was
+        ``not_from``, and it closed that connection), within the timeout; then
+        RuntimeUnavailable (nothing was written to the current worker). In the old
+        worker's grace the kernel hands each connection to either worker."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            got = await attempt()
+            if got is not None:
+                return got
+            if time.monotonic() >= deadline:
+                raise RuntimeUnavailable(
+                    f"HAProxy runtime socket {self.address}: still answered by the old "
+                    f"worker {self.not_from} after {self.timeout}s", self.address)
+            await asyncio.sleep(RETRY_OLD)
 
     async def _prompt_session(self, ask_pid: bool) -> tuple[PromptSession, int | None]:
         """A new session in prompt mode and, if asked, the pid of the worker it reached;
@@ -395,6 +408,9 @@ class RuntimeClient:
             raise RuntimeUnavailable(
                 f"HAProxy runtime socket {self.address}: no prompt session "
                 f"({exc or type(exc).__name__})", self.address) from exc
+        except BaseException:  # cancelled (a mirror closed while it was opening)
+            session.close()
+            raise
 
     async def _connect_session(self) -> PromptSession:
         """A new connection for a kept session; RuntimeUnavailable as :meth:`_connect`."""
@@ -452,23 +468,22 @@ class RuntimeClient:
 
     async def _query(self, payload: bytes) -> tuple[bytes, str | None]:
         """One query on a connection of its own, in prompt mode; while ``not_from`` is
-        set, asked after ``show info`` on the same connection and asked again (within
-        the timeout) until a worker other than ``not_from`` answers."""
+        set, asked after ``show info`` on the same connection, and asked again while the
+        old worker answers (:meth:`_avoiding_old`)."""
         if self.not_from is None:
             return await self._exchange(b"prompt\n" + payload + b"quit\n")
-        deadline = time.monotonic() + self.timeout
-        while True:
+
+        async def attempt() -> tuple[bytes, str | None] | None:
             data, problem = await self._exchange(b"prompt\nshow info\n" + payload + b"quit\n")
             cut = data.find(PROMPT_BYTES, len(PROMPT_BYTES))
             if not data.startswith(PROMPT_BYTES) or cut < 0:
                 return data, problem or "no answer to 'show info'"
-            pid = parse_show_info(data[len(PROMPT_BYTES):cut].decode("utf-8", "replace"))
-            if pid.get("Pid") != str(self.not_from):
-                return data[cut:], problem
-            if time.monotonic() >= deadline:
-                return b"", (f"still answered by the old worker {self.not_from} after "
-                             f"{self.timeout}s")
-            await asyncio.sleep(RETRY_OLD)
+            info = parse_show_info(data[len(PROMPT_BYTES):cut].decode("utf-8", "replace"))
+            if info.get("Pid") == str(self.not_from):
+                return None
+            return data[cut:], problem
+
+        return await self._avoiding_old(attempt)
 
     async def _exchange(self, payload: bytes) -> tuple[bytes, str | None]:
         """Write ``payload`` and read until EOF; return (data, problem-after-write)."""
@@ -567,13 +582,13 @@ class RuntimeClient:
         ``not_from`` is set, ``show info`` goes first on the line (each reply ends with
         an empty line) and another connection is tried, within the timeout, as long as
         the old worker answers."""
-        deadline = time.monotonic() + self.timeout
-        while True:
+        if self.not_from is None:
             reader, writer = await self._connect()
-            old = self.not_from
-            if old is None:
-                writer.write(request)
-                return reader, writer, b""
+            writer.write(request)
+            return reader, writer, b""
+
+        async def attempt() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+            reader, writer = await self._connect()
             writer.write(b"show info;" + request)
             head = b""
             try:
@@ -588,15 +603,13 @@ class RuntimeClient:
                     f"HAProxy runtime socket {self.address}: no answer to 'show info' "
                     f"({exc or type(exc).__name__})", self.address) from exc
             info, sep, rest = head.partition(b"\n\n")
-            pid = parse_show_info(info.decode("utf-8", "replace")).get("Pid")
-            if sep and pid != str(old):
+            if sep and parse_show_info(info.decode("utf-8", "replace")).get("Pid") \
+                    != str(self.not_from):
                 return reader, writer, rest
             writer.close()
-            if time.monotonic() >= deadline:
-                raise HAProxyRuntimeError(
-                    f"HAProxy runtime socket {self.address}: still answered by the old "
-                    f"worker {old} after {self.timeout}s", self.address)
-            await asyncio.sleep(RETRY_OLD)
+            return None
+
+        return await self._avoiding_old(attempt)
 
     async def show_info(self) -> dict[str, str]:
         """``show info`` as a dict (``Pid``, ``Uptime_sec``, ``Version``, ...)."""
