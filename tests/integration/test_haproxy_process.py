@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from servicerouter.demo.procs import free_port
+from servicerouter.haproxy.children import CHECK_NICE
 from servicerouter.haproxy.master_cli import (
     HAProxyProcessError,
     MasterCLI,
@@ -106,6 +107,19 @@ async def test_validate_accepts_and_rejects_with_haproxy_message(root: Path) -> 
     assert not as_str.ok and "bad.cfg" in as_str.output
     missing = await validate(good, str(root / "no-haproxy"))
     assert not missing.ok and "no-haproxy" in missing.output
+
+
+async def test_the_check_yields_the_cpu_to_haproxy_and_the_daemon(root: Path) -> None:
+    """haproxy -c of a big config is seconds of a core on the host whose worker serves
+    every client: it runs niced, while the daemon and HAProxy itself are not."""
+    wrapper = root / "haproxy-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "niceness $(nice)"\nexec {HAPROXY} "$@"\n')
+    wrapper.chmod(0o755)
+    mine = os.nice(0)
+    res = await validate(config(root, free_port()), str(wrapper))
+    assert res.ok, res.output
+    assert f"niceness {min(mine + CHECK_NICE, 19)}" in res.output
+    assert os.nice(0) == mine  # only the child
 
 
 async def test_frontend_and_backend_may_share_a_name(root: Path) -> None:
