@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, needs_haproxy]
 
 
 def _ours(workdir: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(workdir) in line]
 
 

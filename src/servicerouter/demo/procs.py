@@ -1,5 +1,7 @@
 """Child processes for the demo and the integration tests: started in their own
-process group, stopped with everything they forked."""
+process group, stopped with everything they forked, and sent SIGTERM when their
+starter dies (a demo or a test run killed outright leaves nothing running: the
+daemon stops its HAProxy, the simulator its tasks)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..haproxy.children import pdeathsig
 
 _handed_out: set[int] = set()
 _handing_out = threading.Lock()
@@ -87,6 +91,7 @@ class Proc:
         with self.log.open("ab") as f:
             self.popen = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
+                                          preexec_fn=pdeathsig(signal.SIGTERM),
                                           env={**os.environ, **self.env})
         if ready is not None:
             try:
