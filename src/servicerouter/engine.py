@@ -339,9 +339,10 @@ class Engine:
         try:
             while not job.done():
                 self._wake.clear()
-                waker = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait({job, waker}, return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
+                if not self.dirty:  # (what came during the last apply is not waited for)
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait({job, waker}, return_when=asyncio.FIRST_COMPLETED)
+                    waker.cancel()
                 if self.dirty:
                     if self.config.coalesce_window:
                         await asyncio.sleep(self.config.coalesce_window)
