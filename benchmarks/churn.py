@@ -256,6 +256,7 @@ class ChurnStack:
             time.sleep(0.2)
         self._learn()
         seen = self._seen()
+        timeline: list[str] = []  # kept with --keep: what each latency is made of
         for t in new():
             e = self.running[t]
             got = seen.get(self._key(e))
@@ -263,6 +264,10 @@ class ChurnStack:
                 phase.missing += 1
             else:
                 phase.latencies_ms.append((got - e["time"]) * 1000)
+                timeline.append(f"{e['time']:.6f}\t{got:.6f}\t{(got - e['time']) * 1000:.1f}"
+                                f"\t{t}\t{'/'.join(map(str, self._key(e)))}\n")
+        with (self.root / "replacements.tsv").open("a") as f:  # running at, seen at, ms
+            f.writelines(sorted(timeline))
         phase.missing += max(0, phase.replaced - len(new()))
         phase.lost_ms = self._lost(started)
         phase.reloads = self.daemon.reloads() - reloads0

@@ -171,7 +171,7 @@ def run(ctx: Context) -> list[Table]:
                     ["mode", "apps before", "option changes", "routed", "p50 ms", "p99 ms",
                      "max ms", "HAProxy reloads"])
     raise_nofile()  # 10,000 frontends (and the range's 10,022 ports) are file descriptors
-    sizes, count, changes = ((0, 10), 3, 2) if ctx.quick else ((0, 1000, 10000), 20, 5)
+    sizes, count, changes = ((10,), 3, 2) if ctx.quick else ((0, 1000, 10000), 20, 5)
     for size in sizes:
         for ranged in (True, False):
             rows = _measure(ctx, ranged, size, count, changes)

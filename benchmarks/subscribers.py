@@ -112,8 +112,8 @@ def run(ctx: Context) -> list[Table]:
                   ["subscribers", "replacements", "events", "simulator CPU ms/event",
                    "simulator CPU %", "KB sent/event", "lag to last p50 ms",
                    "lag to last p99 ms", "RUNNING seen by all"])
-    sizes = (0, 2, 5) if ctx.quick else (0, 10, 100, 500)
-    rate, count = (10.0, 20) if ctx.quick else (20.0, 200)
+    sizes = (0, 3) if ctx.quick else (0, 10, 100, 500)
+    rate, count = (10.0, 10) if ctx.quick else (20.0, 200)
     root = ctx.dir("subscribers")
     apps = write_apps(root / "apps.json", [fake_app(f"/bench/c{i}", 5) for i in range(20)])
     stack = ChurnStack.__new__(ChurnStack)

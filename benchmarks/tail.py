@@ -78,7 +78,7 @@ def run(ctx: Context) -> list[Table]:
                     timeout=60 if ctx.quick else 400) as stack:
         # (phase, rate/s, replacements, /healthz probe interval s)
         phases: list[tuple[str, float, int, float]] = [
-            ("steady, across reconciles", 10.0, int(220 * (0.2 if ctx.quick else 1)), 0.02),
+            ("steady, across reconciles", 10.0, int(220 * (0.1 if ctx.quick else 1)), 0.02),
             ("100/s (CPU), /healthz every 1 s", 100.0, int(1000 * (0.1 if ctx.quick else 1)),
              1.0),
             ("100/s, /healthz every 20 ms", 100.0, int(1000 * (0.1 if ctx.quick else 1)), 0.02),
@@ -99,7 +99,7 @@ def run(ctx: Context) -> list[Table]:
 
         reloads0 = stack.daemon.reloads()
         with HealthProbe(stack.daemon.url) as probe:
-            phase = stack.replace(10.0, int(150 * (0.3 if ctx.quick else 1)), 30.0,
+            phase = stack.replace(10.0, int(150 * (0.2 if ctx.quick else 1)), 30.0,
                                   during=new_app)
             wait_for(lambda: stack.daemon.reloads() > reloads0, 120, 0.2,
                      what="the new app's reload")

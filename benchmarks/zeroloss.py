@@ -273,7 +273,7 @@ def run_range(ctx: Context) -> list[Table]:
 
 def run(ctx: Context, ranged: bool = False) -> list[Table]:
     wrk = ensure_wrk()
-    churn_s, newapps_s = (6.0, 5.0) if ctx.quick else (42.0, 14.0)  # >= 100,000 requests
+    churn_s, newapps_s = (5.0, 4.0) if ctx.quick else (42.0, 14.0)  # >= 100,000 requests
     name = "zeroloss_range" if ranged else "zeroloss"
     title = ("Zero loss with --service-port-range: keep-alive HTTP load while apps are "
              "created" if ranged else "Zero loss: HTTP load through HAProxy while tasks churn")
