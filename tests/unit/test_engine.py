@@ -370,7 +370,7 @@ async def test_a_change_that_comes_during_an_apply_in_a_reload_is_not_left_waiti
     await asyncio.sleep(0.01)
     runtime.execute = slow_execute  # type: ignore[method-assign]
     engine.mark(engine.state.set_app(app(2)))  # /web's task replaced: being sent
-    for _ in range(200):
+    for _ in range(1000):  # bounded generously: a busy machine
         if held:
             break
         await asyncio.sleep(0.005)
@@ -381,7 +381,7 @@ async def test_a_change_that_comes_during_an_apply_in_a_reload_is_not_left_waiti
     def sent() -> list[str]:
         return [c for batch in runtime.sent for c in batch]
 
-    for _ in range(200):  # nothing else happens: no event, no end of the reload
+    for _ in range(1000):  # nothing else happens: no event, no end of the reload
         await asyncio.sleep(0.005)
         if "set server web_10000/s1 addr 127.0.0.1 port 31003" in sent():
             break
