@@ -14,6 +14,7 @@ from servicerouter.demo.procs import free_port
 from servicerouter.haproxy import runtime_commands as c
 from servicerouter.haproxy.process import HAProxyProcess
 from servicerouter.haproxy.runtime import (
+    MIRROR_TRIES,
     RuntimeClient,
     RuntimeUnavailable,
     Status,
@@ -354,6 +355,25 @@ async def test_in_the_old_workers_grace_queries_are_answered_by_the_new_one(
         assert "fresh" in {s.backend for s in await rt.show_servers_state()}
         lines = [ln async for chunk in rt.servers_state_chunks() for ln in chunk]
         assert "fresh" in {s.backend for s in parse_servers_state("\n".join(lines))}
+
+
+async def test_an_old_worker_that_is_never_reached_is_reported(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Told to mirror a worker no connection reaches (gone, or not accepting any more),
+    the client stops trying after MIRROR_TRIES connections and says so; batches go on
+    to the current worker."""
+    rt = RuntimeClient(env.admin)
+    rt.mirror(2**22 + 1, 60)  # above Linux's pid_max: no worker has it
+    await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.3", 8003)])
+    for _ in range(500):
+        if not rt.mirroring:
+            break
+        await asyncio.sleep(0.01)
+    assert not rt.mirroring
+    assert f"HAProxy's old worker {2**22 + 1}, in its grace, was not reached in " \
+        f"{MIRROR_TRIES} connections to {env.admin}" in caplog.text
+    await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.4", 8004)])
+    assert "127.0.0.4" in await rt.query("show servers state web")
 
 
 async def test_in_the_old_workers_grace_it_is_sent_every_batch_too(

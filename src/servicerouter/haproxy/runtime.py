@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import time
@@ -114,6 +115,8 @@ MIRROR_BACKLOG = 1 << 20
 RETRY_OLD = 0.001
 MIRROR_TRIES = 16  # connections made to find the old worker (each reaches it ~1 in 2)
 
+
+log = logging.getLogger(__name__)
 
 _FORBIDDEN = re.compile(r"[;\n\r\0]")
 _T = TypeVar("_T")
@@ -677,6 +680,11 @@ class Mirror:
                     self.session, self.waiting = session, []
                     return
                 session.close()
+            if time.monotonic() <= self.until:
+                log.warning(
+                    "HAProxy's old worker %d, in its grace, was not reached in %d connections "
+                    "to %s; until its grace ends, the clients it accepts get no runtime "
+                    "changes", self.pid, MIRROR_TRIES, client.address)
         finally:
             self.opening = None
 
