@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -33,6 +34,7 @@ class HealthProbe:
     def __init__(self, url: str, interval: float = 0.02) -> None:
         self.url, self.interval = url, interval
         self.latencies_ms: list[float] = []
+        self.started: list[float] = []  # time.time() each request was sent
         self.bad = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -41,6 +43,7 @@ class HealthProbe:
         with httpx.Client(base_url=self.url, timeout=30) as c:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
+                self.started.append(time.time())
                 try:
                     ok = c.get("/healthz").status_code == 200
                 except httpx.HTTPError:
@@ -56,6 +59,12 @@ class HealthProbe:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(60)
+
+    def keep(self, path: Path, phase: str) -> None:
+        """Append each request's send time and latency (kept with --keep)."""
+        with path.open("a") as f:
+            f.writelines(f"{t:.6f}\t{ms:.1f}\t{phase}\n"
+                         for t, ms in zip(self.started, self.latencies_ms, strict=True))
 
 
 def haproxy_worker_rss_mb(stack: ChurnStack) -> float:
@@ -86,6 +95,7 @@ def run(ctx: Context) -> list[Table]:
         for name, rate, count, interval in phases:
             with HealthProbe(stack.daemon.url, interval) as probe:
                 phase = stack.replace(rate, count, 10.0)
+            probe.keep(stack.root / "healthz.tsv", name)
             row = phase.row()
             table.rows.append({"phase": name, **row, "seconds": phase.seconds,
                                "/healthz max ms": max(probe.latencies_ms, default=float("nan")),
@@ -103,6 +113,7 @@ def run(ctx: Context) -> list[Table]:
                                   during=new_app)
             wait_for(lambda: stack.daemon.reloads() > reloads0, 120, 0.2,
                      what="the new app's reload")
+        probe.keep(stack.root / "healthz.tsv", "a new app's reload in flight")
         phase.reloads = stack.daemon.reloads() - reloads0
         table.rows.append({"phase": "a new app's reload in flight", **phase.row(),
                            "seconds": phase.seconds,
