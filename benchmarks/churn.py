@@ -259,13 +259,15 @@ class ChurnStack:
         timeline: list[str] = []  # kept with --keep: what each latency is made of
         for t in new():
             e = self.running[t]
-            got = seen.get(self._key(e))
+            key = self._key(e)
+            got = seen.get(key)
             if got is None:
                 phase.missing += 1
             else:
-                phase.latencies_ms.append((got - e["time"]) * 1000)
-                timeline.append(f"{e['time']:.6f}\t{got:.6f}\t{(got - e['time']) * 1000:.1f}"
-                                f"\t{t}\t{'/'.join(map(str, self._key(e)))}\n")
+                ms = (got - e["time"]) * 1000
+                phase.latencies_ms.append(ms)
+                timeline.append(f"{e['time']:.6f}\t{got:.6f}\t{ms:.1f}\t{t}"
+                                f"\t{'/'.join(map(str, key))}\n")
         with (self.root / "replacements.tsv").open("a") as f:  # running at, seen at, ms
             f.writelines(sorted(timeline))
         phase.missing += max(0, phase.replaced - len(new()))
