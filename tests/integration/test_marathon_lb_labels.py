@@ -247,6 +247,29 @@ def test_network_allowed_acl_403_outside_the_ranges(cluster: Cluster) -> None:
     _wait_status(base, 403, "denied", host="acl-out.mlb.test")
 
 
+def test_a_hundred_vhosts_and_networks_all_route_redirect_and_filter(cluster: Cluster) -> None:
+    # HAProxy reads 64 words of a config line; a list this long was cut there and the
+    # whole config failed to validate, for every app. Now each name and range counts.
+    hosts = [f"h{i}.many.test" for i in range(100)] + [f"*.w{i}.many.test" for i in range(60)]
+    ranges = [f"10.{i}.0.0/16" for i in range(99)] + ["127.0.0.0/8"]
+    (task,) = cluster.launch("/mlb/many", {
+        "HAPROXY_0_VHOST": ",".join(hosts), "HAPROXY_0_REDIRECT_TO_HTTPS": "true",
+        "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": " ".join(ranges)})
+    (closed,) = cluster.launch("/mlb/many/closed", {
+        "HAPROXY_0_VHOST": "closed.many.test",
+        "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": " ".join(ranges[:99])})
+    http, https = f"http://127.0.0.1:{cluster.http}/x", f"https://127.0.0.1:{cluster.https}/x"
+    for host in ("h0.many.test", "h99.many.test", "a.w0.many.test", "b.w59.many.test"):
+        r = _wait_status(http, 301, f"{host} redirected", host=host)
+        assert r.headers["location"] == f"https://{host}:{cluster.https}/x"
+        assert _app(_wait_status(https, 200, f"{host} by SNI", host=host, sni=host)) == \
+            _owner(task)
+    assert _get(http, host="h100.many.test").status_code == 503  # not one of its names
+    # The last range lets loopback in; the neighbour without it keeps loopback out.
+    _wait_status(http, 403, "loopback not allowed", host="closed.many.test")
+    assert _owner(closed) not in _get(http, host="closed.many.test").text
+
+
 def test_proxypass_revproxy_and_redir(cluster: Cluster) -> None:
     (task,) = cluster.launch("/mlb/proxy", {
         "HAPROXY_0_VHOST": "proxy.mlb.test", "HAPROXY_0_PATH": "/api",

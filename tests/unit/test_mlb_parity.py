@@ -222,21 +222,24 @@ def test_auth_acl_hsts_and_rewrites_live_in_the_backend() -> None:
                         proxypass_path="/api", revproxy_path="/api", redir_path="/home"))
     assert "userlist users_w_10001\n    user bob password $6$s$h\n" in text
     assert 'http-request auth realm "R x" unless { http_auth(users_w_10001) }' in text
-    assert "http-request deny deny_status 403 unless { src 10.0.0.0/8 ::1/128 }" in text
+    assert ("    acl network_allowed src 10.0.0.0/8 ::1/128\n"
+            "    http-request deny deny_status 403 unless network_allowed\n") in text
     assert "http-response set-header Strict-Transport-Security max-age=15768000" in text
     assert "http-request set-header Host a.test" in text
     assert "http-request replace-path '^/api(/(.*))?$' '/\\2'" in text
     assert ("http-response replace-header Location '^(https?://(a\\.test)(:[0-9]+)?)?/(.*)$' "
             "'\\1/api/\\4'") in text
+    assert "    acl service_vhost hdr(host),field(1,:) -i a.test\n" in text
     assert ("http-request redirect location /home code 301 if "
-            "{ path / } { hdr(host),field(1,:) -i a.test }") in text
+            "{ path / } service_vhost") in text
     # The ACL is checked before auth: a denied client never sees a challenge.
     assert text.index("deny_status 403") < text.index("http-request auth")
 
 
 def test_network_acl_in_tcp_mode_rejects_the_connection() -> None:
     text = _render(_svc(network_allowed=("10.0.0.0/8",)))
-    assert "tcp-request content reject unless { src 10.0.0.0/8 }" in text
+    assert ("    acl network_allowed src 10.0.0.0/8\n"
+            "    tcp-request content reject unless network_allowed\n") in text
 
 
 def test_routes_follow_weight_then_path_length_and_wildcards_match_subdomains() -> None:

@@ -180,9 +180,10 @@ def test_vhost_path_and_redirect() -> None:
     # The redirect lives in the backend, before anything else answers, for plain
     # requests for the service's vhosts on any frontend (marathon-lb's host_X ACL)
     backend = section(text, "backend web_10001")
-    assert ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
-            "code 301 if !{ ssl_fc } { hdr(host),field(1,:) -i shop.example.com "
-            "www.example.com }") in backend
+    acl = "acl service_vhost hdr(host),field(1,:) -i shop.example.com www.example.com"
+    redirect = ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
+                "code 301 if !{ ssl_fc } service_vhost")
+    assert backend.index(acl) < backend.index(redirect)
     # With AUTH, every plain request: no credentials are asked over plain HTTP.
     text = render_apps([vhost_app(redirect_to_https=True, auth=("r", "u", "$6$s$h"))],
                        Settings(ssl_certs=("/etc/ssl/default.pem",)))

@@ -27,6 +27,15 @@ from .addresses import hostport
 from .raw_templates import TemplateError, raw_templates
 
 FREE_SLOT_ADDRESS = "127.0.0.1:1"
+# HAProxy 2.6 reads at most 64 words of a config line and drops the rest with an alert
+# (a fatal one: the ACL is then undefined). An app's long list (a hundred VHOSTs, 256
+# NETWORK_ALLOWED ranges) goes on several lines declaring the same ACL, which HAProxy
+# ORs, this many values a line.
+ACL_VALUES = 48
+# The ACL a service's backend declares for its own vhosts (REDIRECT_TO_HTTPS,
+# HTTP_BACKEND_REDIR), and marathon-lb's name for NETWORK_ALLOWED_ACL's.
+VHOST_ACL = "service_vhost"
+NETWORK_ACL = "network_allowed"
 
 
 def builtin_templates() -> Path:
@@ -117,7 +126,7 @@ class _BackendView:
         self.httpchk = opts.health_check_path if opts.health_check else None
         self.check_timeout_ms = opts.health_check_timeout_ms if opts.health_check else None
         self.http = opts.mode.value == "http"
-        self.networks = " ".join(opts.network_allowed)
+        self.networks = acl_lines(opts.network_allowed)  # ACL_VALUES ranges a line
         self.auth = opts.auth  # (realm, user, crypt hash), all validated
         self.userlist = f"users_{shape.name}"
         self.redirect_location = _redirect_location(https_port) if opts.redirect_to_https \
@@ -128,6 +137,9 @@ class _BackendView:
         self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
         self.revproxy = _revproxy(opts.revproxy_path, opts.vhosts)
         self.redir = _redir(opts.redir_path, opts.vhosts)
+        # The ``service_vhost`` ACL's lines (flags and values), when a rule above uses it.
+        self.vhost_acls = _vhost_acls(opts.vhosts) if (
+            self.redir or (self.redirect_condition or "").endswith(VHOST_ACL)) else []
         self.snippet = opts.snippet
         raw = raw_templates(shape) if opts.raw_templates else {}
         self.frontend_head = raw.get("FRONTEND_HEAD")
@@ -172,14 +184,17 @@ def _host_regex(vhosts: Sequence[str]) -> str:
     return "|".join(alts)
 
 
-def _on_vhosts(vhosts: Sequence[str], also: str) -> str:
-    """An HAProxy condition: ``also`` and the request's Host is one of ``vhosts``
-    (exact names, or under a ``*.`` wildcard), on whatever frontend it came."""
-    host = "hdr(host),field(1,:)"
-    exact = " ".join(h for h in vhosts if not h.startswith("*."))
-    suffixes = " ".join(h[1:] for h in vhosts if h.startswith("*."))
-    return " || ".join(([f"{also} {{ {host} -i {exact} }}"] if exact else []) +
-                       ([f"{also} {{ {host} -i -m end {suffixes} }}"] if suffixes else []))
+def acl_lines(values: Sequence[str], flags: str = "") -> list[str]:
+    """The value part of each line of one ACL: ``flags`` then up to ACL_VALUES values."""
+    return [" ".join((flags, *values[i:i + ACL_VALUES])).lstrip()
+            for i in range(0, len(values), ACL_VALUES)]
+
+
+def _vhost_acls(vhosts: Sequence[str]) -> list[str]:
+    """``service_vhost``: the request's Host is one of ``vhosts`` (exact names, or under
+    a ``*.`` wildcard), on whatever frontend it came."""
+    return (acl_lines([h for h in vhosts if not h.startswith("*.")], "-i")
+            + acl_lines([h[1:] for h in vhosts if h.startswith("*.")], "-i -m end"))
 
 
 def _redirect_condition(opts: Options) -> str:
@@ -189,7 +204,7 @@ def _redirect_condition(opts: Options) -> str:
     plain request is redirected, so no credentials are asked over plain HTTP."""
     if opts.auth or not opts.vhosts:
         return "unless { ssl_fc }"
-    return "if " + _on_vhosts(opts.vhosts, "!{ ssl_fc }")
+    return f"if !{{ ssl_fc }} {VHOST_ACL}"
 
 
 def _redir(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
@@ -197,7 +212,7 @@ def _redir(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
     any frontend, as marathon-lb's ``is_domain is_root``) is sent to ``path``."""
     if not path or not vhosts:
         return None
-    return {"location": _literal(path), "condition": _on_vhosts(vhosts, "{ path / }")}
+    return {"location": _literal(path), "condition": f"{{ path / }} {VHOST_ACL}"}
 
 
 def _proxypass(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
@@ -309,6 +324,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         else None,
         "app_id_routes": app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
+        "acl_values": ACL_VALUES,
         "hostport": hostport,
         "grace_ms": grace_ms(settings, len(layout)),
         **(extra or {}),
