@@ -495,9 +495,27 @@ async def render_config(args: argparse.Namespace) -> Rendered:
         from .mesosdns import render_config as render_dns
 
         return Rendered(render_dns(state.desired, settings, dns, templates))
-    layout, table = pool.with_pool(*build_layout(state.desired, {}, settings), {}, settings)
-    return Rendered(render(layout, table, settings, templates), settings.map_dir,
-                    pool.map_files(layout, settings), state.owners() if kept else None)
+
+    def rendered() -> Rendered:
+        layout, table = pool.with_pool(*build_layout(state.desired, {}, settings), {}, settings)
+        text = render(layout, table, settings, templates)
+
+        async def isolate(output: str) -> Rendered | None:
+            """sync: leave out what haproxy -c blames, as the daemon's guard does."""
+            from .guard import Guard
+            from .haproxy.control import ConfigFile
+
+            config = ConfigFile(Path(kept or "haproxy.cfg"), args.haproxy_bin)
+            guard = Guard(state, config, settings, templates)
+            if not await guard.exclude_rejected(layout, table, text, output,
+                                                f"{config.path}.rejected", {}):
+                return None
+            return rendered()
+
+        return Rendered(text, settings.map_dir, pool.map_files(layout, settings),
+                        state.owners() if kept else None, isolate if kept else None)
+
+    return rendered()
 
 
 def _range_settings(args: argparse.Namespace, settings: Settings) -> Settings:

@@ -5,6 +5,9 @@ Fetch, render, compare with the file on disk. Only when it changed: validate
 command or the master socket). Exit 0 when nothing changed or the change was
 applied; 1 with one clear line otherwise, leaving the running config as it was.
 
+When ``haproxy -c`` rejects the candidate, the services it blames are left out and
+reported, as the daemon does (guard.py): one app's value never blocks every run.
+
 With ``--service-port-range`` the config names map files (``<config>.d``, as ``run``
 writes them): they count as part of the config (a change to them alone reloads too),
 are in place before ``haproxy -c``, and are put back with the file when it fails.
@@ -43,6 +46,12 @@ class Rendered:
     map_dir: str = ""
     maps: Mapping[str, str] = field(default_factory=dict)
     owners: Owners | None = None  # sync: who owns ports and hosts, kept once it is served
+    # Given haproxy -c's output on ``text``: the config without the services it blames
+    # (each reported), or None when no service can be blamed.
+    isolate: Callable[[str], Awaitable[Rendered | None]] | None = None
+
+
+ISOLATION_ROUNDS = 3  # a service blamed only once another is out costs another round
 
 
 def read_maps(rendered: Rendered) -> dict[str, str | None]:
@@ -146,11 +155,32 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
         raise SyncError(f"cannot write the map files in {rendered.map_dir}: {exc}; the "
                         "running HAProxy is unchanged") from None
     checked = await validate(candidate, args.haproxy_bin)
+    first = rendered
+    for _ in range(ISOLATION_ROUNDS):
+        if checked.ok or rendered.isolate is None:
+            break
+        keep_rejected(config, candidate)  # the guard's report names it
+        isolated = await rendered.isolate(checked.output)
+        if isolated is None:
+            break
+        rendered, candidate = isolated, isolated.text
+        if current == candidate and old_maps == rendered.maps:
+            _put_back(rendered.map_dir, old_maps)  # the first candidate's are on disk
+            _keep_owners(config, rendered)
+            return ""  # what HAProxy serves is all that can be served
+        checked = await validate(candidate, args.haproxy_bin)
     if not checked.ok:
         _put_back(rendered.map_dir, old_maps)
         kept = keep_rejected(config, candidate)
         raise SyncError(f"haproxy -c rejected the new config (kept at {kept}); {config} and "
                         f"the running HAProxy are unchanged: {brief(checked.output)}")
+    try:  # the maps of the config that passed (leaving services out changes them)
+        if rendered is not first:
+            write_maps(rendered.map_dir, rendered.maps)
+    except OSError as exc:
+        _put_back(rendered.map_dir, old_maps)
+        raise SyncError(f"cannot write the map files in {rendered.map_dir}: {exc}; the "
+                        "running HAProxy is unchanged") from None
     try:
         config.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(config, candidate)

@@ -4,6 +4,8 @@ simulator, with the real HAProxy (sync) or none at all (dry run)."""
 from __future__ import annotations
 
 import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +87,60 @@ def test_sync_applies_only_changes_and_fails_clearly(tmp_path: Path,
         assert config.read_text() == good and reloads() == 2
         assert sync(simulator.url, tmp_path, *by_master).returncode == 0
         assert reloads() == 3
+        wait_routed(port, live)
+
+
+# haproxy -c that rejects any config routing the app "/sync/rejectme" (its backend's
+# name), as it would a value admission missed; the real haproxy for everything else.
+REJECTING_CHECK = """#!/bin/sh
+case " $* " in
+*" -c "*)
+    cfg=$(cat)
+    if printf '%s\\n' "$cfg" | grep -q '^backend sync_rejectme_'; then
+        echo "[ALERT]    (1) : config : something is wrong, HAProxy does not say where"
+        exit 1
+    fi
+    printf '%s\\n' "$cfg" | REAL "$@"
+    exit $? ;;
+esac
+exec REAL "$@"
+"""
+
+
+def test_a_service_haproxy_rejects_is_left_out_and_the_others_are_synced(
+        tmp_path: Path, simulator: Simulator) -> None:
+    config, master = tmp_path / "haproxy.cfg", tmp_path / "master.sock"
+    config.write_text(EMPTY_CFG)
+    check = tmp_path / "haproxy-rejecting"
+    check.write_text(REJECTING_CHECK.replace("REAL", shutil.which("haproxy") or "haproxy"))
+    check.chmod(0o755)
+    args = ("--haproxy-master-socket", str(master), "--haproxy-bin", str(check))
+    port, live = simulator.launch("/sync/good", 2)
+    bad_port, _ = simulator.launch("/sync/rejectme", 1)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        out = sync(simulator.url, tmp_path, *args)
+        assert out.returncode == 0, out.stderr
+        assert "updated; HAProxy reloaded" in out.stdout
+        assert re.search(r"app /sync/rejectme: backend sync_rejectme_\d+=.* is what haproxy -c "
+                         r"said about this service; service left out", out.stderr), out.stderr
+        assert master_reloads(master) == 1
+        wait_routed(port, live)
+        assert "sync_rejectme" not in config.read_text()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", bad_port), timeout=5).close()
+        # The next run finds the same: nothing to change, the app reported again.
+        out = sync(simulator.url, tmp_path, *args)
+        assert (out.returncode, out.stdout) == (0, ""), out.stderr
+        assert "/sync/rejectme" in out.stderr
+        # The other apps keep being synced.
+        simulator.scale("/sync/good", 3)
+        live = simulator.wait_running("/sync/good", 3)
+        out = sync(simulator.url, tmp_path, *args)
+        assert out.returncode == 0 and "updated" in out.stdout, out.stderr
+        assert master_reloads(master) == 2
         wait_routed(port, live)
 
 
