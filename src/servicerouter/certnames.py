@@ -16,13 +16,18 @@ _PEM_CERT = re.compile(rb"-----BEGIN ((?:TRUSTED |X509 )?CERTIFICATE)-----"
 _SAN = b"\x55\x1d\x11"  # 2.5.29.17, subjectAltName
 _CN = b"\x55\x04\x03"  # 2.5.4.3, commonName
 _NAME = re.compile(r"^(?:\*\.)?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")
+# ASN.1 string tags whose bytes are not one character each (OpenSSL's
+# ASN1_STRING_to_UTF8 decodes them; every other string type is one byte a character).
+_WIDE = {0x0C: "utf-8", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}  # UTF8, BMP, Universal
+_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def cert_names(pem: bytes) -> tuple[str, ...] | None:
     """The names HAProxy gives a PEM file's first certificate for SNI, as it reads
-    them: its subjectAltName DNS names and its common names, lowercased; names no SNI
-    can be (a CN with spaces) are left out. None when that certificate cannot be read
-    here: the caller must then assume it may name anything (fail closed)."""
+    them: its subjectAltName DNS names and its common names, lowercased, each cut at a
+    NUL as HAProxy cuts it; names no host name can be (a CN with spaces) are left out.
+    None when that certificate cannot be read here: the caller must then assume it
+    may name anything (fail closed)."""
     found = _PEM_CERT.search(pem)
     if found is None:
         return None
@@ -31,8 +36,16 @@ def cert_names(pem: bytes) -> tuple[str, ...] | None:
         names = _der_names(der)  # a TRUSTED block's trailing trust settings are ignored
     except (ValueError, IndexError):
         return None
-    out = dict.fromkeys(n.lower() for n in names)
+    out = dict.fromkeys(n.translate(_ASCII_UPPER) for n in names)
     return tuple(n for n in out if _NAME.match(n))
+
+
+def _as_haproxy_reads(tag: int, raw: bytes) -> str:
+    """A name's string as HAProxy indexes it: decoded by its ASN.1 type to UTF-8, then
+    used as a C string, so cut at the first NUL (``good.example.com\\0.evil.test`` is
+    ``good.example.com``) and lowercased in ASCII only. Undecodable: ValueError."""
+    text = raw.decode(_WIDE.get(tag, "latin-1"))
+    return text.split("\0", 1)[0]
 
 
 def _tlv(der: bytes, i: int) -> tuple[int, int, int]:
@@ -70,7 +83,7 @@ def _der_names(der: bytes) -> list[str]:
         for _, ats, ate in _children(der, rs, re_):  # AttributeTypeAndValue
             (_, os_, oe), (tag, vs, ve) = _children(der, ats, ate)[:2]
             if der[os_:oe] == _CN:
-                names.append(der[vs:ve].decode("utf-16-be" if tag == 0x1E else "latin-1"))
+                names.append(_as_haproxy_reads(tag, der[vs:ve]))
     for tag, s, e in fields[6:]:
         if tag != 0xA3:  # [3] extensions
             continue
@@ -81,6 +94,6 @@ def _der_names(der: bytes) -> list[str]:
                 continue
             _, vs, ve = parts[-1]  # the extension's OCTET STRING
             _, gs, ge = _tlv(der, vs)
-            names += [der[ns:ne].decode("latin-1") for tag, ns, ne in _children(der, gs, ge)
-                      if tag == 0x82]  # dNSName
+            names += [_as_haproxy_reads(0x16, der[ns:ne])  # an IA5String
+                      for tag, ns, ne in _children(der, gs, ge) if tag == 0x82]  # dNSName
     return names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -486,6 +487,46 @@ def test_a_certificate_on_the_https_frontend_names_only_its_services_hosts() -> 
     single.set_app(app("/aaa/evil", 10002, vhosts=("evil.example.com",),
                        ssl_cert="/c/evil.pem"))
     assert set(single.desired) == {"aaa_evil_10002"} and not single.problems
+
+
+def _openssl_cert(tmp: Path, subject: str, san: str, mask: str = "utf8only") -> bytes:
+    """A self-signed certificate (DER) from the openssl CLI; ``mask``: the string types
+    its subject may use (openssl's string_mask; MASK:0x800 is BMPString only)."""
+    (tmp / "req.cnf").write_text(f"[req]\ndistinguished_name = dn\nstring_mask = {mask}\n"
+                                 "[dn]\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-config", str(tmp / "req.cnf"), "-subj", subject,
+                    *(["-addext", f"subjectAltName={san}"] if san else []),
+                    "-keyout", str(tmp / "k"), "-outform", "DER", "-out", str(tmp / "c")],
+                   check=True, capture_output=True, timeout=60)
+    return (tmp / "c").read_bytes()
+
+
+def _pem(der: bytes) -> bytes:
+    b64 = base64.b64encode(der)
+    return (b"-----BEGIN CERTIFICATE-----\n"
+            + b"\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
+            + b"\n-----END CERTIFICATE-----\n")
+
+
+def test_a_name_is_cut_at_a_nul_and_decoded_by_its_string_type(tmp_path: Path) -> None:
+    """HAProxy indexes each name as a C string after OpenSSL's ASN1_STRING_to_UTF8: a
+    dNSName ``good.example.com<NUL>.evil.example.com`` is presented for SNI
+    good.example.com, however its owner's host is named."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    der = _openssl_cert(tmp_path, "/CN=evil.example.com",
+                        "DNS:evil.example.com,DNS:good.example.comX.evil.example.com")
+    # The same length, so the DER stays well formed (the signature is not read).
+    der = der.replace(b"good.example.comX", b"good.example.com\0")
+    assert certnames.cert_names(_pem(der)) == ("evil.example.com", "good.example.com")
+    # A common name in a BMPString (UTF-16).
+    bmp = _openssl_cert(tmp_path, "/CN=Wide.Example.com", "", "MASK:0x800")
+    assert b"\x1e\x20\x00W\x00i" in bmp
+    assert certnames.cert_names(_pem(bmp)) == ("wide.example.com",)
+    # Only ASCII is lowercased, as HAProxy does: KELVIN SIGN is not a "k".
+    kelvin = _openssl_cert(tmp_path, "/CN=\u212a.example.com", "", "utf8only")
+    assert certnames.cert_names(_pem(kelvin)) == ()
 
 
 def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> None:
