@@ -445,6 +445,14 @@ async def render_config(args: argparse.Namespace) -> Rendered:
     from .state import ClusterState
 
     settings = settings_from(args)
+    # sync: --haproxy-config; render: --output (to stdout, the bind line names them all)
+    written = getattr(args, "haproxy_config", None) or getattr(args, "output", None)
+    if written:
+        from dataclasses import replace
+
+        from .daemon import crt_list_dir
+
+        settings = replace(settings, crt_list_dir=crt_list_dir(Path(written)))
     if getattr(args, "service_port_range", None):  # checked before anything is fetched
         settings = _range_settings(args, settings)
     templates = templates_dir(args)  # checked before anything is fetched

@@ -177,6 +177,14 @@ def range_settings(settings: Settings, text: str, spares: int, config: Path) -> 
 _MAP_DIR = re.compile(r"/[A-Za-z0-9._/-]+")
 
 
+def crt_list_dir(config: Path) -> str:
+    """The folder of the shared HTTPS frontend's crt-list: next to the config, as the map
+    files; "" (the apps' certificates on its bind line, as before) when HAProxy could
+    not read that path unquoted."""
+    folder = f"{config.resolve()}.d"
+    return folder if _MAP_DIR.fullmatch(folder) else ""
+
+
 class _WebServer(uvicorn.Server):
     """uvicorn without its own SIGTERM/SIGINT handlers: they would replace the daemon's
     while the server runs (and log nothing); the daemon stops the server itself."""
@@ -276,7 +284,9 @@ async def run_daemon(args: argparse.Namespace) -> int:
     from .engine import Engine, EngineConfig
 
     notifier = Notifier.from_environment()  # first: no child may inherit NOTIFY_SOCKET
-    settings = replace(settings_from(args), reserved_ports=(args.listen[1],))
+    settings = replace(settings_from(args), reserved_ports=(args.listen[1],),
+                       crt_list_dir="" if args.dry_run  # which touches no file
+                       else crt_list_dir(Path(args.haproxy_config)))
     if args.service_port_range:
         settings = range_settings(settings, args.service_port_range, args.pool_spares,
                                   Path(args.haproxy_config))

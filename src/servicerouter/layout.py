@@ -50,6 +50,9 @@ class Settings:
     # Range mode (README: Service port range): (0, 0) = off. See pool.py.
     service_port_range: tuple[int, int] = (0, 0)
     map_dir: str = ""  # absolute folder of the map files (<config>.d)
+    # Absolute folder of the shared HTTPS frontend's crt-list (<config>.d; "": apps'
+    # certificates go on its bind line, which HAProxy cuts at 64 words).
+    crt_list_dir: str = ""
     pool_spares: int = 8  # at least this many spare backends per pool shape
 
     @property

@@ -29,6 +29,7 @@ from .haproxy.files import atomic_write, keep_rejected
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
+from .haproxy.render import prune_crt_lists
 from .owners import Owners
 
 log = logging.getLogger("servicerouter")
@@ -129,7 +130,19 @@ async def sync(args: argparse.Namespace,
     try:
         return await _sync(args, render_config, how, reload)
     finally:
+        _prune(Path(args.haproxy_config))
         lock.release()
+
+
+def _prune(config: Path) -> None:
+    """Only the crt-list the config on disk names stays (a rejected candidate's goes)."""
+    from .daemon import crt_list_dir
+
+    try:
+        text = config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # nothing to tell what is in use
+    prune_crt_lists(crt_list_dir(config), text)
 
 
 async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[Rendered]],

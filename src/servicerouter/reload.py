@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from . import pool
 from .applylog import reload_causes
 from .haproxy.children import brief
-from .haproxy.render import TemplateError, render
+from .haproxy.render import TemplateError, prune_crt_lists, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, grace_ms
 from .planner import ReloadReason, health_up
@@ -238,6 +238,7 @@ class ReloadPipeline:
         # The old worker stops after the grace of the config it runs (the one replaced).
         grace = grace_ms(e.config.settings, len(e.layout)) / 1000
         e.layout, e.table, e.running_config = layout, table, text
+        prune_crt_lists(e.config.settings.crt_list_dir, text)  # candidates' and old ones
         self.live_socket, self.restore_socket = socket, False
         e.reconciler.worker = self.new_worker  # our reload forked it: no reason to reconcile
         # Changed at runtime while this config was validated and loaded: planned again

@@ -471,10 +471,13 @@ def test_isolating_a_rejected_app_does_not_hold_other_apps_churn(
         serving(simulator, "/steady", port)
 
 
-def _pem(tmp: Path, name: str, subject: str, san: str) -> Path:
-    """A self-signed certificate with its key, one PEM, made with the openssl CLI."""
+def _pem(tmp: Path, name: str, subject: str, san: str, key_type: str = "rsa:2048") -> Path:
+    """A self-signed certificate with its key, one PEM, made with the openssl CLI
+    (``key_type`` ec: a P-256 key, made in milliseconds)."""
     key, crt = tmp / f"{name}.key", tmp / f"{name}.crt"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] \
+        if key_type == "ec" else ["-newkey", key_type]
+    subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-days", "1",
                     "-subj", subject, "-addext", f"subjectAltName={san}", "-keyout", str(key),
                     "-out", str(crt)], check=True, capture_output=True, timeout=60)
     pem = tmp / f"{name}.pem"
@@ -482,6 +485,53 @@ def _pem(tmp: Path, name: str, subject: str, san: str) -> Path:
     key.unlink()
     crt.unlink()
     return pem
+
+
+def test_thirty_one_tenants_certificates_are_each_presented_for_their_own_host(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Every tenant's certificate was a `crt` on the shared HTTPS frontend's bind line,
+    which HAProxy cuts at 64 words: from the 30th app with one, the config failed for
+    everyone. They now go in a crt-list, each filtered to its services' vhosts."""
+    import socket
+    import ssl
+
+    from servicerouter.certnames import cert_names
+    from servicerouter.demo.procs import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    operator = _pem(tmp_path, "operator", "/CN=corp.test", "DNS:*.corp.test")
+    tenants = [f"/team{i:02d}/web" for i in range(31)]
+    https = free_port()
+    daemon = Daemon(tmp_path, simulator.url, "--https-port", str(https), "--ssl-certs",
+                    str(operator), "--ssl-cert-dir", str(certs)).start()
+
+    def presented(sni: str) -> tuple[str, ...]:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", https), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=sni) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode()) or ()
+
+    with running(daemon):
+        for i, app_id in enumerate(tenants):  # no tasks: the handshake is what counts
+            host = f"t{i}.corp.test"
+            pem = _pem(certs, f"t{i}", f"/CN={host}", f"DNS:{host}", "ec")
+            simulator.create_app(app_id, instances=0, labels={
+                "HAPROXY_0_VHOST": host, "HAPROXY_0_SSL_CERT": str(pem)})
+        wait_for(lambda: presented("t30.corp.test") == ("t30.corp.test",), 60,
+                 what="the 31st tenant's certificate presented")
+        for i in range(31):
+            assert presented(f"t{i}.corp.test") == (f"t{i}.corp.test",)
+        assert presented("other.corp.test") == ("corp.test", "*.corp.test")
+        assert not any(problems(daemon).get(a) for a in tenants), problems(daemon)
+        text = daemon.config.read_text()
+        (bind,) = [ln for ln in text.splitlines() if f"bind *:{https} " in ln]
+        assert len(bind.split()) < 64, bind
 
 
 def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(

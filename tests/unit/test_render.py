@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from servicerouter.haproxy.render import TemplateError, builtin_templates, hostport, render
+from servicerouter.haproxy.render import (
+    TemplateError,
+    builtin_templates,
+    hostport,
+    prune_crt_lists,
+    render,
+)
 from servicerouter.layout import AUTO_GRACE_SERVICES, Settings, build_layout, desired_state
 from servicerouter.layout import grace_ms as grace_ms_of
 from servicerouter.marathon.parse import parse_apps
@@ -360,3 +366,34 @@ def test_haproxy_grace_in_the_global_section(grace_ms: int, services: int,
     lines = section(render_apps(apps, settings), "global")
     assert [ln for ln in lines if ln.startswith("grace")] == ([line] if line else [])
     assert grace_ms_of(settings, services) == (int(line.split()[1]) if line else 0)
+
+
+def test_apps_certificates_go_in_a_crt_list_each_for_its_own_vhosts(tmp_path: Path) -> None:
+    apps = [one(Options(mode=Mode.HTTP, vhosts=(f"t{i}.example.com", f"*.t{i}.example.com"),
+                        ssl_cert=f"/certs/t{i}.pem"), port=10001 + i, app_id=f"/t{i}")
+            for i in range(40)]
+    folder = str(tmp_path / "haproxy.cfg.d")
+    settings = Settings(ssl_certs=("/etc/ssl/default.pem",), crt_list_dir=folder)
+    text = render_apps(apps, settings)
+    (bind,) = [ln for ln in section(text, "frontend https_in") if ln.startswith("bind ")]
+    (listed,) = Path(folder).glob("crt-*.list")
+    assert bind == f"bind *:443 ssl crt /etc/ssl/default.pem crt-list {listed}"
+    lines = listed.read_text().splitlines()
+    assert len(lines) == 40
+    assert "/certs/t7.pem t7.example.com *.t7.example.com" in lines
+    # The same apps render the same file; other apps another, the first kept for the
+    # config HAProxy runs until pruned.
+    assert render_apps(apps, settings) == text
+    other = render_apps(apps[:39], settings)
+    assert len(list(Path(folder).glob("crt-*.list"))) == 2
+    prune_crt_lists(folder, other)
+    (left,) = Path(folder).glob("crt-*.list")
+    assert left != listed and f"crt-list {left}" in other
+    # One tenant (--vhost-policy open): a certificate answers for its own names.
+    text = render_apps(apps[:1], replace(settings, vhost_policy="open"))
+    (listed,) = [p for p in Path(folder).glob("crt-*.list") if f"crt-list {p}" in text]
+    assert listed.read_text() == "/certs/t0.pem\n"
+    # Without a folder (render to stdout), on the bind line as before.
+    text = render_apps(apps[:2], replace(settings, crt_list_dir=""))
+    assert "bind *:443 ssl crt /etc/ssl/default.pem crt /certs/t0.pem crt /certs/t1.pem" \
+        in section(text, "frontend https_in")

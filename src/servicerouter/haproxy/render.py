@@ -7,7 +7,9 @@ folder in front: any file found there replaces the built-in one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import ipaddress
 import itertools
 import os
@@ -24,6 +26,7 @@ from ..layout import BackendShape, Layout, Settings, SlotTable, grace_ms
 from ..model import Endpoint, EndpointState, Options
 from ..naming import slot_name
 from .addresses import hostport
+from .files import atomic_write
 from .raw_templates import TemplateError, raw_templates
 
 FREE_SLOT_ADDRESS = "127.0.0.1:1"
@@ -303,10 +306,11 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     dirs = ((str(templates),) if templates else ()) + mode + (str(builtin_templates()),)
     _, routes = pool.host_routes(layout, settings)
     ranged = pool.range_on(settings)
-    certs = list(dict.fromkeys([*settings.ssl_certs, *(
-        s.service.options.ssl_cert for s in layout.values()
-        if s.service.options.vhosts and s.service.options.ssl_cert
-        and s.service.options.sni_cert)]))
+    tenants = tenant_certs(layout)
+    crt_list = write_crt_list(settings.crt_list_dir, tenants,
+                              filtered=settings.vhost_policy != "open") \
+        if settings.crt_list_dir else None
+    certs = list(dict.fromkeys([*settings.ssl_certs, *(() if crt_list else tenants)]))
     context = {
         "version": __version__,
         "settings": settings,
@@ -324,6 +328,7 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         else None,
         "app_id_routes": app_id_routes(layout) if settings.app_id_port else [],
         "certs": certs,
+        "crt_list": crt_list,
         "acl_values": ACL_VALUES,
         "hostport": hostport,
         "grace_ms": grace_ms(settings, len(layout)),
@@ -338,6 +343,59 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     except Exception as exc:  # an operator's template can raise anything
         where = _template_location(exc) or f"templates in {' then '.join(dirs)}"
         raise TemplateError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def tenant_certs(layout: Layout) -> dict[str, list[str]]:
+    """The apps' certificates the shared HTTPS frontend loads (those of services with
+    vhosts, admitted there: hostfacts), each with the vhosts of the services naming it."""
+    out: dict[str, list[str]] = {}
+    for s in layout.values():
+        opts = s.service.options
+        if opts.vhosts and opts.ssl_cert and opts.sni_cert:
+            out.setdefault(opts.ssl_cert, []).extend(
+                h for h in opts.vhosts if h not in out.get(opts.ssl_cert, ()))
+    return out
+
+
+CRT_LIST = re.compile(r"^crt-[0-9a-f]{16}\.list$")
+
+
+def write_crt_list(folder: str, certs: dict[str, list[str]], filtered: bool = True
+                   ) -> str | None:
+    """The crt-list file holding ``certs`` in ``folder`` (written if it is not there yet),
+    or None when there are none: the bind line stays short however many apps bring a
+    certificate. ``filtered``: each is presented only for its services' vhosts
+    (HAProxy's SNI filter), whatever names it holds (without: for its own names, as
+    on a bind line; --vhost-policy open, one tenant). The name is the content's hash:
+    a candidate never changes the file the running config reads; :func:`prune_crt_lists`
+    removes the ones no config uses any more."""
+    if not certs:
+        return None
+    text = "".join(f"{path} {' '.join(hosts)}\n" if filtered else f"{path}\n"
+                   for path, hosts in certs.items())
+    path = Path(folder) / f"crt-{hashlib.sha256(text.encode()).hexdigest()[:16]}.list"
+    try:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text)
+    except OSError as exc:
+        raise TemplateError(f"cannot write the HTTPS frontend's certificate list {path}: "
+                            f"{exc.strerror or exc}") from None
+    return str(path)
+
+
+def prune_crt_lists(folder: str, *keep: str | None) -> None:
+    """Remove the crt-list files in ``folder`` that none of the configs ``keep`` names
+    (each a config's text); errors are ignored (a file left is harmless)."""
+    if not folder:
+        return
+    named = {name for text in keep if text for name in re.findall(
+        r"crt-list (\S+)", text)}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if CRT_LIST.match(entry.name) and entry.path not in named:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _template_location(exc: BaseException) -> str | None:
