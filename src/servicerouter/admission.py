@@ -29,7 +29,7 @@ REASONS = (
     "invalid_app",  # the app definition could not be read at all (every port of it)
     "port",  # a service port outside 1-65535
     "health_check",  # a health check interval HAProxy cannot hold
-    "task_port",  # a task (backend) port outside 1-65535
+    "task_port",  # a task (backend) port outside 1-65535, or the one health-checked
     "port_reserved",  # the daemon's own ports
     "port_taken",  # another app holds the service port
     "vhost_taken",  # another group (or app) owns the virtual host, or host+path
@@ -131,6 +131,13 @@ def port_label(app: App, index: int) -> str:
     return _label(app, index, "PORT", f"service port index {index}")
 
 
+def _checked_port(index: int, check_index: int | None) -> str:
+    """Why a health-checked port outside 1-65535 leaves service port ``index`` out."""
+    how = (f"HAPROXY_{index}_BACKEND_HEALTHCHECK_PORT_INDEX={check_index} health-checks it"
+           if check_index is not None else "the service's health check is sent there")
+    return f"is not a port HAProxy can connect to (1-65535), and {how}"
+
+
 def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
                   ) -> tuple[DesiredService | None, list[Problem]]:
     """Admit one desired service: the service as HAProxy should have it (certificate
@@ -175,15 +182,34 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
                 "the service's hosts in it, or have the operator list it in --ssl-certs")))
         if fact.path != opts.ssl_cert or opts is not svc.options:
             svc = replace(svc, options=replace(opts, ssl_cert=fact.path))
-    bad = None
+    # The port HAProxy health-checks is a task port too: with
+    # HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX, each task's own port at that index (for
+    # IP-per-task, the container port there, the same for every task). HAProxy takes
+    # `port 70000` in a config and wraps it to 4464; the runtime API's check-port refuses
+    # it. 0 there means none (the traffic port is checked), as in the planner and render.
+    opts = svc.options
+    check_index = opts.health_check_port_index
+    fixed = opts.health_check_port
+    if opts.health_check and fixed and not valid_port(fixed):
+        return refuse("task_port", "health check port" if check_index is None
+                      else f"container port index {check_index}", fixed,
+                      _checked_port(index, check_index))
+    bad = bad_check = None
     for e in d.endpoints:  # (a plain loop: 50,000 endpoints at 10,000 apps)
-        port = e.port
+        port, check = e.port, e.check_port
         if not (type(port) is int and 0 < port < 65536) and not valid_port(port):
             bad = e
+            break
+        if check and not (type(check) is int and 0 < check < 65536) \
+                and not valid_port(check):
+            bad_check = e
             break
     if bad is not None:
         return refuse("task_port", f"tasks[{bad.task_id}].port", bad.port,
                       "is not a port HAProxy can connect to (1-65535)")
+    if bad_check is not None:
+        return refuse("task_port", f"tasks[{bad_check.task_id}].ports[{check_index}]",
+                      bad_check.check_port, _checked_port(index, check_index))
     endpoints, problems = d.endpoints, notes
     cap = settings.max_servers_per_backend
     if cap and len(endpoints) > cap:

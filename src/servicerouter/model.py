@@ -230,6 +230,13 @@ def valid_port(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
+def endpoint_ports_valid(e: Endpoint) -> bool:
+    """Admission's task port rule for one endpoint: the port it serves and the port its
+    health check goes to (``check_port``; None or 0: the traffic port) are 1-65535."""
+    check = e.check_port
+    return valid_port(e.port) and (not check or valid_port(check))
+
+
 @quick_init
 @dataclass(frozen=True, slots=True)
 class App:

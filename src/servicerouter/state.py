@@ -26,10 +26,10 @@ from .model import (
     Service,
     Task,
     edit_endpoints,
+    endpoint_ports_valid,
     endpoint_state,
     endpoints,
     task_endpoint,
-    valid_port,
 )
 from .owners import Owners
 from .ownership import Freed, Ownership
@@ -340,7 +340,8 @@ class ClusterState:
         event): its admission, claims and exclusions stand, so only the endpoints of
         its admitted services are computed again, not the whole admission of
         :meth:`_refresh` (a fifth of the daemon's CPU under churn). Where tasks decide
-        admission (a task port outside 1-65535, the server cap), the full refresh runs.
+        admission (a task port outside 1-65535, served or health-checked; the server cap),
+        the full refresh runs.
 
         ``one`` = (task id, the task now or None if removed, appended at the end): only
         that task changed, so each service's endpoints are edited in place of being
@@ -363,13 +364,13 @@ class ClusterState:
                 task_id, task, appended = one
                 new = (task_endpoint(task, d.service, app.has_health_checks, check)
                        if task is not None else None)
-                if new is not None and not valid_port(new.port):
+                if new is not None and not endpoint_ports_valid(new):
                     return self._refresh(app.id)
                 eps = edit_endpoints(d.endpoints, task_id, new, appended)
             if eps is None:
                 eps = endpoints(app, d.service, check)
                 for e in eps:
-                    if not valid_port(e.port):
+                    if not endpoint_ports_valid(e):
                         return self._refresh(app.id)
             if cap and len(eps) > cap:
                 return self._refresh(app.id)

@@ -14,7 +14,8 @@ import pytest
 from servicerouter import certnames, hostfacts
 from servicerouter.admission import CertFact, Facts, top_group
 from servicerouter.layout import Settings, build_layout
-from servicerouter.model import App, Options, Problem, Service, Task
+from servicerouter.marathon.parse import parse_app
+from servicerouter.model import App, Health, Options, Problem, Service, Task
 from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
@@ -157,6 +158,81 @@ def test_daemon_ports_and_bad_task_ports_and_addresses_leave_out_one_service() -
     (p,) = s.problems["/addr"]
     assert str(p) == ("app /addr: HAPROXY_0_BIND_ADDR='192.0.2.77' is not an address of this "
                       "host; service left out, others applied")
+
+
+def checked_app(app_id: str, port: int, *task_ports: tuple[int, ...],
+                network: dict[str, object] | None = None) -> App:
+    """An app whose port index 0 is health-checked on each task's port index 1 (a TCP
+    check, as an audit's tenant wrote it), parsed as Marathon sends it."""
+    raw: dict[str, object] = {
+        "id": app_id, "portDefinitions": [{"port": port}, {"port": port + 1}],
+        "labels": {"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1",
+                   "HAPROXY_1_ENABLED": "false"},
+        "healthChecks": [{"protocol": "TCP", "portIndex": 0}],
+        "tasks": [{"id": f"t{i}", "host": "127.0.0.1", "ports": list(ports),
+                   "ipAddresses": [{"ipAddress": "10.0.0.5"}], "state": "TASK_RUNNING",
+                   "healthCheckResults": [{"alive": True}]}
+                  for i, ports in enumerate(task_ports)]}
+    if network:
+        del raw["portDefinitions"]
+        raw.update(network)
+    parsed, _ = parse_app(raw, lambda host: host)
+    return parsed
+
+
+@pytest.mark.parametrize("bad", [70000, 65536, -5, 99999999999])
+def test_a_health_checked_task_port_outside_1_65535_leaves_out_that_service(bad: int) -> None:
+    """HAProxy wraps `port 70000` in a config (to 4464) without a word, and check-port
+    at runtime refuses it: the daemon's apply step raised for every app's batch."""
+    s = ClusterState(Settings(stats_port=0, http_port=0, https_port=0))
+    s.set_app(checked_app("/evil/a", 10000, (20002, bad)))
+    s.set_app(checked_app("/good/b", 10010, (20012, 20013)))
+    assert set(s.desired) == {"good_b_10010"}
+    assert s.desired["good_b_10010"].endpoints[0].check_port == 20013
+    (p,) = s.problems["/evil/a"]
+    assert (p.reason, p.index, p.label, p.value) == ("task_port", 0, "tasks[t0].ports[1]",
+                                                    str(bad))
+    assert str(p) == (f"app /evil/a: tasks[t0].ports[1]='{bad}' is not a port HAProxy can "
+                      "connect to (1-65535), and HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX=1 "
+                      "health-checks it; service left out, others applied")
+
+
+def test_a_task_event_with_a_bad_health_checked_port_is_judged_like_a_full_sync() -> None:
+    """The event path edits endpoints without admission (state._retask): a task whose
+    health-checked port is outside 1-65535 must take it through admission all the same,
+    and the service comes back when that task is gone."""
+    s = ClusterState(Settings(stats_port=0, http_port=0, https_port=0))
+    s.set_app(checked_app("/evil/a", 10000, (20002, 20003)))
+    assert {e.check_port for e in s.desired["evil_a_10000"].endpoints} == {20003}
+    bad = Task("e2", "/evil/a", "127.0.0.1", (20004, 70000), "TASK_RUNNING", Health.HEALTHY)
+    assert s.update_task(bad) == {"evil_a_10000"}
+    assert s.desired == {} and reasons(s, "/evil/a") == ["task_port"]
+    assert s.problems["/evil/a"][0].label == "tasks[e2].ports[1]"
+    assert s.remove_task("/evil/a", "e2") == {"evil_a_10000"}
+    assert set(s.desired) == {"evil_a_10000"} and "/evil/a" not in s.problems
+
+
+@pytest.mark.parametrize("bad", [70000, -5])
+def test_an_ip_per_task_health_checked_container_port_outside_1_65535_is_refused(
+        bad: int) -> None:
+    """IP-per-task: the health-checked port is the container port at the index, the same
+    for every task, written into each server line of the config (`port 70000`)."""
+    def network(port: int, container_port: int) -> dict[str, object]:
+        return {"networks": [{"mode": "container", "name": "dcos"}],
+                "container": {"type": "MESOS", "portMappings": [
+                    {"containerPort": 8080, "servicePort": port},
+                    {"containerPort": container_port, "servicePort": port + 1}]}}
+
+    s = ClusterState(Settings(stats_port=0, http_port=0, https_port=0))
+    s.set_app(checked_app("/evil/c", 10300, network=network(10300, bad)))  # no task needed
+    s.set_app(checked_app("/good/d", 10310, (), network=network(10310, 9090)))
+    assert set(s.desired) == {"good_d_10310"}
+    (good,) = s.desired["good_d_10310"].endpoints
+    assert (good.ip, good.port, s.desired["good_d_10310"].service.options.health_check_port) \
+        == ("10.0.0.5", 8080, 9090)
+    (p,) = s.problems["/evil/c"]
+    assert (p.reason, p.label, p.value) == ("task_port", "container port index 1", str(bad))
+    assert "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX=1 health-checks it" in p.message
 
 
 def test_certificates_only_from_allowed_folders(tmp_path: Path) -> None:
