@@ -567,3 +567,54 @@ async def test_the_operators_word_for_an_empty_answer_outlives_a_failed_fetch() 
     engine.intake.accept_empty_once()
     assert not await engine.intake.full_sync()  # the failed fetch
     assert await engine.intake.full_sync() and not engine.state.apps  # applied
+
+
+class Answers:
+    """A Marathon whose full sync answers the apps set last."""
+
+    def __init__(self, *apps: dict[str, Any]) -> None:
+        self.apps = list(apps)
+
+    async def get_apps(self) -> Any:
+        from servicerouter.marathon.client import FetchResult
+
+        return FetchResult({"apps": self.apps}, "http://m", 0.0, 0)
+
+
+def tenant_app(app_id: str, port: int, *tasks: tuple[str, list[int]]) -> dict[str, Any]:
+    """An app whose port index 0 is health-checked on each task's port index 1."""
+    return {"id": app_id, "portDefinitions": [{"port": port}, {"port": port + 1}],
+            "labels": {"HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1",
+                       "HAPROXY_1_ENABLED": "false"},
+            "healthChecks": [{"protocol": "TCP", "portIndex": 0}],
+            "tasks": [{"id": task_id, "host": "127.0.0.1", "ports": ports,
+                       "state": "TASK_RUNNING", "healthCheckResults": [{"alive": True}]}
+                      for task_id, ports in tasks]}
+
+
+async def test_a_task_with_a_bad_health_checked_port_costs_no_other_app_its_update() -> None:
+    """An audit's tenant: its task reported 70000 at the health-checked port index. That
+    got past admission, and check-port raised for the whole apply batch: another app's
+    new task in the same full sync was never applied, and reloads backed off."""
+    engine, runtime, _, reloader = make_engine()
+    marathon = Answers(tenant_app("/evil/a", 10000, ("e1", [20001, 20011])),
+                       tenant_app("/good/b", 10010, ("g1", [20101, 20111])))
+    engine.marathon = marathon  # type: ignore[assignment]
+    assert await engine.intake.full_sync()
+    await engine.step()
+    assert reloader.reloads == 1 and {"evil_a_10000", "good_b_10010"} <= set(engine.layout)
+    marathon.apps = [tenant_app("/evil/a", 10000, ("e1", [20001, 20011]), ("e2", [20002, 70000])),
+                     tenant_app("/good/b", 10010, ("g1", [20101, 20111]), ("g2", [20102, 20112]))]
+    assert await engine.intake.full_sync()
+    before = len(runtime.sent)
+    await engine.step()
+    sent = [c for batch in runtime.sent[before:] for c in batch]
+    assert "set server good_b_10010/s2 check-port 20112" in sent  # at runtime
+    assert {e.task_id for e in engine.table["good_b_10010"] if e} == {"g1", "g2"}
+    (problem,) = engine.state.problems["/evil/a"]
+    assert (problem.reason, problem.label, problem.value) == (
+        "task_port", "tasks[e2].ports[1]", "70000")
+    # Left out as any service with a bad task port: its backend goes with a reload.
+    assert reloader.reloads == 2 and "evil_a_10000" not in engine.layout
+    assert engine.reload_pipeline.backoff == 0.0 and not engine.pending and not engine.dirty
+
