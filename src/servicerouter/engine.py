@@ -113,6 +113,7 @@ class Engine:
         self.generation = 0  # counts our reloads: a scan from before one is dropped
         self.change_seq = 0
         self.changed_at: dict[str, int] = {}  # backend -> change_seq of its last batch
+        self.plan_errors: dict[str, str] = {}  # backend -> what planning it raised, logged
         self.guard = Guard(self.state, writer, config.settings, config.templates)
         self._wake = asyncio.Event()
         self.events = EventHandler(self)
@@ -304,6 +305,8 @@ class Engine:
             self.change_seq += 1
             self.changed_at.update(dict.fromkeys(dirty, self.change_seq))
             p = plan(self.layout, self.table, self.state.desired, dirty, self.config.settings)
+            if p.errors or self.plan_errors:
+                self._plan_failed(p, dirty)
             if self.running_config is not None:  # before the first config, all is new
                 for name, why in sorted(p.why.items()):
                     log.info("%s needs a reload (%s): %s", name, p.reload.get(name, "?"), why)
@@ -329,6 +332,23 @@ class Engine:
             if p.reload:
                 self.pending.update(p.reload)
                 self.awaiting_reload.extend(events)
+
+    def _plan_failed(self, p: Plan, planned: set[str]) -> None:
+        """Log the backends whose planning raised (the planner left each to a reload,
+        reason ``plan_error``; the others' changes went on): once per backend and error,
+        until it plans cleanly, so one app's churn cannot flood the log."""
+        for name in planned - p.errors.keys():
+            self.plan_errors.pop(name, None)
+        for name, exc in sorted(p.errors.items()):
+            text = f"{type(exc).__name__}: {exc}"
+            if self.plan_errors.get(name) == text:
+                log.debug("%s: planning its runtime changes failed again (%s)", name, text)
+                continue
+            self.plan_errors[name] = text
+            d = self.state.desired.get(name)
+            log.error("%s (app %s): planning its runtime changes failed (%s); it is reloaded "
+                      "instead, the other backends' changes go on", name,
+                      d.service.app_id if d is not None else "?", text, exc_info=exc)
 
     async def while_applying(self, work: Awaitable[T]) -> T:
         """Await ``work`` (validating or reloading a config: seconds at 10,000 apps) while

@@ -25,7 +25,7 @@ from .admission import REASONS as EXCLUDED_REASONS
 
 RELOAD_REASONS = ("new_app", "removed_app", "options_changed", "capacity", "runtime_error",
                   "resync", "manual", "endpoints_changed", "startup",
-                  "pool_exhausted", "own_frontend", "outside_pool", "vhost_acl")
+                  "pool_exhausted", "own_frontend", "outside_pool", "vhost_acl", "plan_error")
 RELOAD_STAGES = ("validate", "write", "reload", "confirm")
 disable_created_metrics()  # *_created series only add noise to every scrape
 

@@ -6,7 +6,9 @@ Backends that can change at runtime do so at once even when others need a
 reload, so one new app never delays another app's task churn.
 
 The planner only looks at the backends named ``dirty``: its cost grows with
-the size of the change, not with the number of apps and tasks.
+the size of the change, not with the number of apps and tasks. Each is planned
+on its own: one whose planning raises is left to a reload (``plan_error``) and
+the others' changes go on.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class ReloadReason(str, enum.Enum):
     OUTSIDE_POOL = "outside_pool"  # options no spare backend has
     POOL_EXHAUSTED = "pool_exhausted"  # no spare of the app's shape left
     VHOST_ACL = "vhost_acl"  # a vhost change the host map cannot express (paths, wildcards)
+    # Planning a backend's runtime changes raised (a bug, or an input admission let
+    # through): the reload renders it from the desired state instead. That backend only.
+    PLAN_ERROR = "plan_error"
     MANUAL = "manual"  # SIGHUP
     STARTUP = "startup"  # the daemon's first config
 
@@ -68,6 +73,16 @@ class Plan:
     layout: dict[str, BackendShape | None] = field(default_factory=dict)
     # Backend → a sentence on why it needs a reload (logged; ``reload`` has the reason).
     why: dict[str, str] = field(default_factory=dict)
+    # Backend → what planning it raised (its reason is PLAN_ERROR; the engine logs it).
+    errors: dict[str, Exception] = field(default_factory=dict)
+
+    def failed(self, name: str, exc: Exception) -> None:
+        """Planning ``name`` raised: it alone is left to a reload, the rest of the batch
+        goes on (one tenant's backend must not hold back every other's update)."""
+        self.reload[name] = ReloadReason.PLAN_ERROR
+        self.errors[name] = exc
+        for planned in (self.slots, self.grown, self.layout, self.why):
+            planned.pop(name, None)
 
     def __bool__(self) -> bool:
         return bool(self.commands or self.reload)
@@ -200,29 +215,37 @@ def plan(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService]
     vouched = settings.health_check if settings is not None else True
     result = Plan()
     for name in sorted(set(dirty)):
-        shape, want = layout.get(name), desired.get(name)
-        if shape is None:
-            if want is not None:
-                result.reload[name] = ReloadReason.NEW_APP
-            continue
-        if want is None:
-            result.reload[name] = ReloadReason.REMOVED_APP
-            continue
-        if want.service != shape.service:
-            result.reload[name] = ReloadReason.OPTIONS_CHANGED
-            continue
-        current = table.get(name, [])
-        changed = plan_backend(shape, current, want.endpoints, vouched)
-        if changed is None:
-            result.reload[name] = ReloadReason.CAPACITY
-            continue
-        commands, slots = changed
-        if commands:
-            result.commands.extend(commands)
-            result.slots[name] = slots
-            if len(slots) > shape.slots:
-                result.grown[name] = len(slots)
+        try:
+            _plan_one(result, name, layout.get(name), table, desired.get(name), vouched)
+        except Exception as exc:  # this backend's alone: the others' go on
+            result.failed(name, exc)
     return result
+
+
+def _plan_one(result: Plan, name: str, shape: BackendShape | None, table: SlotTable,
+              want: DesiredService | None, vouched: bool) -> None:
+    """:func:`plan` of one backend into ``result``, which changes only once all of it
+    is known (what raises before leaves ``result`` as it was)."""
+    if shape is None:
+        if want is not None:
+            result.reload[name] = ReloadReason.NEW_APP
+        return
+    if want is None:
+        result.reload[name] = ReloadReason.REMOVED_APP
+        return
+    if want.service != shape.service:
+        result.reload[name] = ReloadReason.OPTIONS_CHANGED
+        return
+    changed = plan_backend(shape, table.get(name, []), want.endpoints, vouched)
+    if changed is None:
+        result.reload[name] = ReloadReason.CAPACITY
+        return
+    commands, slots = changed
+    if commands:
+        result.slots[name] = slots
+        if len(slots) > shape.slots:
+            result.grown[name] = len(slots)
+        result.commands.extend(commands)
 
 
 def _matches(expected: Endpoint | None, actual: ServerState) -> bool:

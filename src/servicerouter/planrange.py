@@ -30,7 +30,8 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
     (mode, balance, health check, ...) moves into a spare of its new shape: the new
     backend's slots, then the map entry, then the old backend's slots to maint and the
     old backend back to the pool. A vhost change is a host map change when the vhost
-    ACLs that remain stay the same; otherwise, a reload and why."""
+    ACLs that remain stay the same; otherwise, a reload and why. An entry whose planning
+    raises is left to a reload (``plan_error``), the others go on."""
     result = Plan()
     dirty = sorted(set(dirty))
     free: dict[Options, list[BackendShape]] | None = None
@@ -55,6 +56,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
     changes: dict[str, dict[str, BackendShape | None]] = {}
     slots: dict[str, dict[str, list[Endpoint | None]]] = {}
     vhosted: set[str] = set()  # entries whose change touches the vhost routes
+    taken_by: dict[str, tuple[list[BackendShape], BackendShape]] = {}  # spares taken
 
     def reload(name: str, reason: ReloadReason, why: str | None = None) -> None:
         result.reload[name] = reason
@@ -67,10 +69,12 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
         commands, layout entries and slots); False, and a capacity reload, when they
         do not fit."""
         taken = _take(spares, name)
+        taken_by[name] = (spares, taken)  # given back if planning the entry raises
         shape = BackendShape(taken.name, svc, taken.slots)
         changed = plan_backend(shape, [], want.endpoints, settings.health_check)
         if changed is None:
             spares.append(taken)
+            del taken_by[name]
             reload(name, ReloadReason.CAPACITY)
             return False
         commands[name] = changed[0]
@@ -78,43 +82,45 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
         slots[name] = {name: changed[1]}
         return True
 
-    for name in dirty:
+    def plan_entry(name: str) -> None:
+        """One dirty entry into ``commands``, ``late``, ``changes``, ``slots`` and
+        ``vhosted`` (or ``result``'s reloads)."""
         shape, want = layout.get(name), desired.get(name)
         if shape is not None and pool.is_spare(shape):
-            continue  # a spare's own name is never an app's (naming.py)
+            return  # a spare's own name is never an app's (naming.py)
         if want is None:
             if shape is None:
-                continue
+                return
             if not pool.map_routed(shape, settings):  # a removed app with its own frontend
                 reload(name, ReloadReason.REMOVED_APP,
                        f"has {pool.own_frontend(shape.service, settings)}")
-                continue
+                return
             current = table.get(name, [])
             changes[name] = {name: None}
             slots[name] = {name: [None] * len(current)}  # for the log; the entry goes
             commands[name] = _vacate(shape, current, changes[name], slots[name])
             if shape.service.options.vhosts:
                 vhosted.add(name)
-            continue
+            return
         svc = want.service
         if shape is None:  # a new app
             why = pool.own_frontend(svc, settings)
             key = pool.shape_of(svc.options)
             if why is not None:
                 reload(name, ReloadReason.OWN_FRONTEND, f"needs {why}")
-                continue
+                return
             if key is None:
                 reload(name, ReloadReason.OUTSIDE_POOL, pool.outside_shapes_reason(svc))
-                continue
+                return
             spares = spares_of(key)
             if not spares:
                 reload(name, ReloadReason.POOL_EXHAUSTED,
                        f"no spare backend of its shape ({svc.options.mode.value}, balance "
                        f"{svc.options.balance}) left; the reload refills the pool")
-                continue
+                return
             if into_spare(name, svc, want, spares) and svc.options.vhosts:
                 vhosted.add(name)
-            continue
+            return
         entry: dict[str, BackendShape | None] = {}
         if svc != shape.service:
             key = pool.shape_of(svc.options)
@@ -122,7 +128,7 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
                       and key is not None)
             if not routed:
                 reload(name, ReloadReason.OPTIONS_CHANGED)
-                continue
+                return
             assert key is not None
             if key != pool.shape_of(shape.service.options):  # into a spare of the new shape
                 spares = spares_of(key)
@@ -131,13 +137,13 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
                            f"its new options ({svc.options.mode.value}, balance "
                            f"{svc.options.balance}) need a spare backend of that shape, and "
                            "none is left; the reload refills the pool")
-                    continue
+                    return
                 if not into_spare(name, svc, want, spares):
-                    continue
+                    return
                 late[name] = _vacate(shape, table.get(name, []), changes[name], slots[name])
                 if svc.options.vhosts or shape.service.options.vhosts:
                     vhosted.add(name)
-                continue
+                return
             shape = BackendShape(shape.name, svc, shape.slots)  # only vhosts or weight differ
             entry[name] = shape
             vhosted.add(name)
@@ -146,12 +152,24 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
         if changed is None:
             reload(name, ReloadReason.CAPACITY)
             vhosted.discard(name)
-            continue
+            return
         commands[name], slots[name], changes[name] = changed[0], {}, entry
         if changed[0]:
             slots[name][name] = changed[1]
             if len(changed[1]) > shape.slots:
                 result.grown[name] = len(changed[1])
+
+    for name in dirty:
+        try:
+            plan_entry(name)
+        except Exception as exc:  # this entry's alone: the others' go on
+            for planned in (commands, late, changes, slots):
+                planned.pop(name, None)
+            vhosted.discard(name)
+            spare = taken_by.pop(name, None)
+            if spare is not None:  # not taken after all: free for the next entries
+                spare[0].append(spare[1])
+            result.failed(name, exc)
 
     hosts_before: dict[str, str] = {}
     hosts_after: dict[str, str] = {}

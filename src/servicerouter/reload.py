@@ -34,9 +34,9 @@ log = logging.getLogger("servicerouter.engine")
 
 # When several reasons cause one reload, it is counted under the first of these.
 REASON_ORDER = [ReloadReason.STARTUP, ReloadReason.MANUAL, ReloadReason.RUNTIME_ERROR,
-                ReloadReason.NEW_APP, ReloadReason.REMOVED_APP, ReloadReason.OPTIONS_CHANGED,
-                ReloadReason.POOL_EXHAUSTED, ReloadReason.OWN_FRONTEND,
-                ReloadReason.OUTSIDE_POOL, ReloadReason.VHOST_ACL,
+                ReloadReason.PLAN_ERROR, ReloadReason.NEW_APP, ReloadReason.REMOVED_APP,
+                ReloadReason.OPTIONS_CHANGED, ReloadReason.POOL_EXHAUSTED,
+                ReloadReason.OWN_FRONTEND, ReloadReason.OUTSIDE_POOL, ReloadReason.VHOST_ACL,
                 ReloadReason.CAPACITY, ReloadReason.RESYNC]
 
 

@@ -11,14 +11,15 @@ A tenant is an app's top-level Marathon group (``/shop`` for ``/shop/web/api``; 
 app at the root is its own), as for the owners of virtual hosts. Whoever may create
 new top-level groups (or apps at the root) gets a budget for each: Marathon's own
 permissions decide who may. A reload that only tenants' changes want (new or removed
-apps, changed options, capacity, range-mode shapes) spends one token of each of them
-that has one; a tenant holds at most ``burst`` tokens and gets one back every
-``interval`` seconds. When none of the tenants that want a reload has a token, the
-reload waits for the first token to come back. Whatever else reloads meanwhile (an
-operator's SIGHUP, a repair after a reconcile, another tenant's new app) carries their
-changes along at no cost to them, so a real rollout loses little: its later changes
-wait at most ``interval``. Reloads that are nobody's doing (a repair, a runtime error,
-the first config, an operator's) are never held.
+apps, changed options, capacity, range-mode shapes, a backend whose runtime changes
+could not be planned) spends one token of each of them that has one; a tenant holds
+at most ``burst`` tokens and gets one back every ``interval`` seconds. When none of
+the tenants that want a reload has a token, the reload waits for the first token to
+come back. Whatever else reloads meanwhile (an operator's SIGHUP, a repair after a
+reconcile, another tenant's new app) carries their changes along at no cost to them,
+so a real rollout loses little: its later changes wait at most ``interval``. Reloads
+that are nobody's doing (a repair, a runtime error, the first config, an operator's)
+are never held.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ TENANT_REASONS = frozenset({
     ReloadReason.OPTIONS_CHANGED.value, ReloadReason.CAPACITY.value,
     ReloadReason.OWN_FRONTEND.value, ReloadReason.OUTSIDE_POOL.value,
     ReloadReason.POOL_EXHAUSTED.value, ReloadReason.VHOST_ACL.value,
+    # A backend whose runtime changes could not be planned: what its app sent reached a
+    # bug. Its tenant's doing as far as anyone can tell, so it cannot reload everyone at
+    # will by sending it again.
+    ReloadReason.PLAN_ERROR.value,
 })
 
 

@@ -618,3 +618,42 @@ async def test_a_task_with_a_bad_health_checked_port_costs_no_other_app_its_upda
     assert reloader.reloads == 2 and "evil_a_10000" not in engine.layout
     assert engine.reload_pipeline.backoff == 0.0 and not engine.pending and not engine.dirty
 
+
+async def test_a_backend_whose_planning_raises_leaves_the_batch_to_the_others(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever else a backend's planning raises on (a bug, a value admission let
+    through), the other backends' changes in the batch are applied at runtime, and that
+    backend's change is not lost: it is reloaded from the desired state."""
+    from servicerouter import planner
+
+    engine, runtime, _, reloader = make_engine()
+    await started(engine, 1)
+    engine.mark(engine.state.set_app(app(1, app_id="/api")))
+    await engine.step()
+    assert reloader.reloads == 2
+    plan_backend = planner.plan_backend
+
+    def broken(shape: Any, *args: Any) -> Any:
+        if shape.name == "api_10001":
+            raise RuntimeError("a bug")
+        return plan_backend(shape, *args)
+
+    monkeypatch.setattr(planner, "plan_backend", broken)
+    engine.mark(engine.state.set_app(app(1, 2)) | engine.state.set_app(app(1, 2, app_id="/api")))
+    before = len(runtime.sent)
+    await engine.step()  # does not raise
+    assert runtime.sent[before] == ["set server web_10000/s2 addr 127.0.0.1 port 31002",
+                                    "set server web_10000/s2 state ready"]  # at runtime
+    assert counter(engine, "servicerouter_reloads_total", reason="plan_error") == 1
+    assert {e.task_id for e in engine.table["web_10000"] if e} == {"t1", "t2"}
+    assert {e.task_id for e in engine.table["api_10001"] if e} == {"t1", "t2"}  # reloaded
+    assert engine.reload_pipeline.backoff == 0.0 and not engine.pending and not engine.dirty
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        "api_10001 (app /api): planning its runtime changes failed (RuntimeError: a bug); "
+        "it is reloaded instead, the other backends' changes go on"]
+    # The same failure again is not logged again (one app's churn cannot flood the log).
+    engine.mark(engine.state.set_app(app(2, app_id="/api")))
+    await engine.step()
+    assert reloader.reloads == 4
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1

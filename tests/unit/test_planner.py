@@ -206,6 +206,22 @@ def test_one_backend_reloading_does_not_hold_back_another() -> None:
     assert p.slots[B][0] == ep(1)
 
 
+def test_a_backend_whose_planning_raises_is_left_to_a_reload_and_the_others_go_on() -> None:
+    """An endpoint the runtime API cannot take (a check port admission once let through:
+    check-port raises) fails its own backend's plan, not the batch's: the other
+    backends' commands are planned, and that one is reloaded from the desired state."""
+    bad, bad_service = "bad_10001", Service("/bad", 0, 10001)
+    layout = {B: shape(), bad: BackendShape(bad, bad_service, 4)}
+    want = {**desired(ep(1)), bad: DesiredService(bad_service, (
+        Endpoint("bad.t1", "127.0.0.1", 32001, check_port=70000),))}
+    p = plan(layout, {B: [None] * 4, bad: [None] * 4}, want, [bad, B])
+    assert p.commands == [f"set server {B}/s1 addr 127.0.0.1 port 31001",
+                          f"set server {B}/s1 state ready"]
+    assert p.slots == {B: [ep(1), None, None, None]}
+    assert p.reload == {bad: ReloadReason.PLAN_ERROR}
+    assert str(p.errors[bad]) == "invalid port 70000: must be an int in 1-65535"
+
+
 def test_build_layout_sizes_with_headroom_and_keeps_slots() -> None:
     s = Settings(slots_min_free=4, slots_increment=8)
     want = desired(*(ep(n) for n in range(1, 6)))

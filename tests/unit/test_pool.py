@@ -263,6 +263,20 @@ def test_the_pool_runs_out() -> None:
     assert len([c for c in p.commands if c.startswith("add map")]) == 2
 
 
+def test_a_new_app_whose_planning_raises_gives_its_spare_back_to_the_others() -> None:
+    """Range mode: an entry whose planning raises is left to a reload, the spare it took
+    is free again for the next new apps of the batch, and nothing of it is applied."""
+    layout, table = cluster(svc("/a", 20001))
+    name, d = svc("/bad", 20002)
+    broken = replace(d, endpoints=(replace(d.endpoints[0], check_port=70000),))
+    desired = {name: broken, **dict(svc(f"/n{i}", 20010 + i) for i in range(2))}
+    p = plan(layout, table, desired, set(desired), S)
+    assert p.reload == {name: ReloadReason.PLAN_ERROR}  # 2 spares, 2 good new apps
+    assert "70000" in str(p.errors[name])
+    assert {k for k, v in p.layout.items() if v is not None} == {"n0_20010", "n1_20011"}
+    assert not any("20002" in c for c in p.commands) and name not in p.slots
+
+
 def test_a_vhost_is_added_and_moved_through_the_host_map() -> None:
     layout, table = cluster(svc("/a", 20001, HTTP), svc("/b", 20002, HTTP))
     both = dict([svc("/a", 20001, replace(HTTP, vhosts=("v.test",))), svc("/b", 20002, HTTP)])
