@@ -178,6 +178,38 @@ def _reached(http_port: int, host: str, path: str = "/") -> set[str]:
                 for _ in range(6)}
 
 
+def test_a_health_checked_task_port_outside_1_65535_costs_only_its_service(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """An audit's tenant: its running task reports 70000 at the port index its health
+    check borrows (HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX). HAProxy would check 4464
+    without a word, and the daemon's check-port raised for every app's batch. Now that
+    service is left out, named in /status, and every other app goes on at runtime."""
+    good_port, good = simulator.launch("/good", 2)
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        serving(simulator, "/good", good_port)
+        app_id = "/evil/checkport"
+        simulator.create_app(app_id, instances=1, ports=2, cmd=None, labels={
+            "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1", "HAPROXY_1_ENABLED": "false"},
+            healthChecks=[{"protocol": "TCP", "portIndex": 0}])
+        simulator.wait_running(app_id, 1)
+        (task,) = simulator.app(app_id)["tasks"]
+        tamper(simulator, app_id, taskPorts=[task["ports"][0], 70000])
+        (problem,) = wait_for(lambda: problems(daemon).get(app_id), 30,
+                              what="the bad health-checked port in /status")
+        assert (problem["reason"], problem["label"], problem["value"]) == (
+            "task_port", f"tasks[{task['id']}].ports[1]", "70000")
+        # Another app's churn is applied at runtime, and a new app is routed.
+        simulator.replace_one("/good", good)
+        serving(simulator, "/good", good_port)
+        new_app_is_routed(simulator, daemon, "/new/one")
+        text = daemon.config.read_text()
+        assert "port 70000" not in text and "evil_checkport" not in text
+        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(daemon.config)],
+                               capture_output=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
                                                              simulator: Simulator) -> None:
     from servicerouter.demo.procs import free_port
