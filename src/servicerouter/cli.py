@@ -487,6 +487,18 @@ async def render_config(args: argparse.Namespace) -> Rendered:
     result.apps, assigned = assign_all(result.apps, settings, prior.ports if prior else None)
     for message in [*map(str, result.errors), *result.warnings, *assigned]:
         print(f"servicerouter: {message}", file=sys.stderr)
+    if settings.allow_label_templates:  # each such app rendered and validated alone first,
+        from .haproxy.process import validate  # as the daemon does: one broken app is left
+        from .label_templates import TemplateVetting  # out, not every run failed
+
+        async def check(text: str) -> tuple[bool, str]:
+            checked = await validate(text, getattr(args, "haproxy_bin", "haproxy"))
+            return checked.ok, checked.output
+
+        result.apps, broken = await TemplateVetting(settings, templates, check).vet(
+            result.apps)
+        for app_id, message in broken.items():
+            print(f"servicerouter: app {app_id}: {message}", file=sys.stderr)
     if dns is not None:  # backends resolved by HAProxy from Mesos-DNS: the apps it can name
         from .mesosdns import admit
 

@@ -41,7 +41,8 @@ class MesosDNS:
 
 def parse_domain(value: str) -> str:
     domain = value.strip().strip(".").lower()
-    if not domain or len(domain) > 253 or not all(_LABEL.match(p) for p in domain.split(".")):
+    if not domain or len(domain) > 253 or not all(_LABEL.fullmatch(p)
+                                                  for p in domain.split(".")):
         raise MesosDNSError(f"--mesos-dns {value!r} is not a DNS domain (e.g. marathon.mesos)")
     return domain
 
@@ -61,7 +62,7 @@ def parse_resolver(value: str) -> str:
 def task_name(app_id: str) -> str | None:
     """Mesos-DNS's name for an app's tasks, or None if it is not a DNS label."""
     name = "-".join(reversed([s for s in app_id.lower().split("/") if s]))
-    return name if _LABEL.match(name) else None
+    return name if _LABEL.fullmatch(name) else None  # match: "x\n" passed ($ before \n)
 
 
 def srv_record(app_id: str, domain: str) -> str | None:

@@ -65,3 +65,37 @@ def test_a_label_template_cannot_bind_another_apps_port(tmp_path: Path,
         wait_routed(new_port, new)
         wait_routed(victim_port, victim)
         assert responders(victim_port, 12) == victim
+
+
+def test_render_with_templates_leaves_out_only_the_broken_apps(tmp_path: Path) -> None:
+    """render and sync vet each template app alone, as the daemon does: one broken (or
+    refused) template used to fail the whole run, so no other app was ever updated."""
+    import json
+    import subprocess
+    import sys
+
+    def app(app_id: str, port: int, labels: dict[str, str]) -> dict[str, object]:
+        return {"id": app_id, "portDefinitions": [{"port": port}], "labels": labels,
+                "tasks": [{"id": f"{app_id[1:]}.1", "host": "127.0.0.1", "ports": [31000],
+                           "state": "TASK_RUNNING"}]}
+
+    apps = tmp_path / "apps.json"
+    apps.write_text(json.dumps({"apps": [
+        app("/raw/good", 10001, {"HAPROXY_0_MODE": "http", "HAPROXY_0_BACKEND_HEAD": GOOD}),
+        app("/raw/broken", 10002, {"HAPROXY_0_BACKEND_HEAD": BROKEN}),
+        app("/raw/refused", 10003, {"HAPROXY_0_BACKEND_HEAD":
+                                    "backend {backend}\n  server x 127.0.0.1:1\n"}),
+        app("/raw/plain", 10004, {})]}))
+    out = subprocess.run([sys.executable, "-m", "servicerouter", "render", "--apps-json",
+                          str(apps), "--allow-label-templates"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "backend raw_good_10001" in out.stdout and "backend raw_plain_10004" in out.stdout
+    assert "raw_broken" not in out.stdout and "raw_refused" not in out.stdout
+    assert "app /raw/broken: its template labels do not validate alone" in out.stderr
+    assert "no-such-keyword" in out.stderr
+    assert "app /raw/refused: " in out.stderr and "uses 'server'" in out.stderr
+    (tmp_path / "haproxy.cfg").write_text(out.stdout)
+    check = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr

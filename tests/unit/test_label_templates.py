@@ -111,7 +111,22 @@ OWN = "frontend {backend}\n  bind {bindAddr}:{servicePort}{sslCert}{bindOptions}
      ("BACKEND_HEAD", "backend {backend}\n  http-response set-header X \"${{HOME}}\"",
       "environment variable"),
      ("BACKEND_HEAD", "backend {backend}\n  \"listen\" evil\n  bind :1",
-      "only add indented lines")],
+      "only add indented lines"),
+     ("BACKEND_HEAD", "backend {backend}\n  namespace_list\n  namespace x",
+      "only add indented lines"),
+     # Servers by another keyword, and checks sent elsewhere than the task: the daemon's
+     # own API on loopback (/_mlb_signal/usr1 every second was a reload every second).
+     ("BACKEND_HEAD", "backend {backend}\n  server-template x 1 127.0.0.1:9091\n"
+      "  use-server x1 if TRUE", "'server-template'"),
+     ("BACKEND_HEAD", "backend {backend}\n  default-server addr 127.0.0.1 port 9091",
+      "'default-server'"),
+     ("BACKEND_HEAD", "backend {backend}\n  dispatch 127.0.0.1:9091", "'dispatch'"),
+     ("BACKEND_HEAD", "backend {backend}\n  option httpchk\n"
+      "  http-check connect addr 127.0.0.1 port 9091", "connect only to the task"),
+     ("BACKEND_HEAD", "backend {backend}\n  option tcp-check\n  tcp-check connect port 22",
+      "connect only to the task"),
+     ("BACKEND_HEAD", "backend {backend}\n  option external-check\n"
+      "  external-check command /bin/true", "'external-check'")],
 )
 def test_templates_cannot_reach_past_their_own_traffic(key: str, value: str,
                                                        message: str) -> None:
@@ -130,3 +145,13 @@ def test_marathon_lb_default_heads_still_render() -> None:
              "  use_backend {backend} if {{ path_beg /file }}\n"))))
     text = render_alone(App("/raw", services=(svc,)), Settings(), None)
     assert "frontend raw_10001\n  bind *:10001 ssl crt /etc/ssl/raw.pem\n  mode http\n" in text
+
+
+def test_health_check_templates_that_stay_on_the_task_render() -> None:
+    """Checks the task's own port answers are kept: only a connect elsewhere is not."""
+    svc = Service("/raw", 0, 10001, Options(mode=Mode.HTTP, raw_templates=(
+        ("BACKEND_HEAD", "backend {backend}\n  balance {balance}\n  mode {mode}\n"
+         "  option httpchk\n  http-check connect\n  http-check send meth GET uri /health\n"
+         "  http-check expect status 200\n"),)))
+    text = render_alone(App("/raw", services=(svc,)), Settings(), None)
+    assert "  http-check connect\n  http-check send meth GET uri /health\n" in text

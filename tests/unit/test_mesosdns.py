@@ -15,6 +15,7 @@ from servicerouter.model import App, Service
     ("/Shop/Web", "_web-shop._tcp.marathon.mesos"),
     ("/shop/web_v2", None),  # '_' is not in a DNS label
     ("/" + "x" * 64, None),
+    ("/x\n/evil", None),  # "evil-x\n": a regex's $ matches before a final newline
 ])
 def test_srv_record_is_mesos_dns_name_for_the_app(app_id: str, srv: str | None) -> None:
     assert mesosdns.srv_record(app_id, "marathon.mesos") == srv

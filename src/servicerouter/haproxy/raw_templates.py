@@ -66,7 +66,7 @@ def raw_templates(shape: BackendShape) -> dict[str, str]:
 # Section keywords: a label template may not open a section other than its own.
 _SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "userlist",
                        "peers", "resolvers", "mailers", "program", "http-errors", "ring",
-                       "cache", "fcgi-app"})
+                       "cache", "fcgi-app", "namespace_list"})
 
 
 # Keywords and words of a label template that reach past the app's own traffic: the
@@ -75,7 +75,15 @@ _SECTIONS = frozenset({"global", "defaults", "frontend", "backend", "listen", "u
 # read (another tenant's key, /etc/shadow as an error page), runtime maps and ACLs
 # shared with other apps (the host map), HAProxy's environment.
 _TEMPLATE_KEYWORDS = frozenset({"stats", "server", "errorfile", "filter", "use-service",
-                                "server-state-file-name", "load-server-state-from-file"})
+                                "server-state-file-name", "load-server-state-from-file",
+                                # more servers, or every server's address and check
+                                # port (default-server addr 127.0.0.1 port 9091)
+                                "server-template", "default-server", "dispatch",
+                                "external-check"})
+# Health checks that connect elsewhere than the slot's task: `http-check connect addr
+# 127.0.0.1 port 9091` had HAProxy call the daemon's /_mlb_signal/usr1 every second.
+_CHECK_KEYWORDS = frozenset({"http-check", "tcp-check"})
+_CHECK_TARGET = frozenset({"addr", "port"})
 _TEMPLATE_WORDS = frozenset({"file", "lf-file", "crt", "crt-list", "ca-file", "crl-file",
                              "errorfile", "-f", "-M", "use-service"})
 _TEMPLATE_CALLS = re.compile(r"(?:\b(?:map(?:_\w+)?|env|set-map|del-map|add-acl|del-acl"
@@ -128,6 +136,9 @@ def _template_line_problem(words: list[str], shape: BackendShape) -> str | None:
                 f"{' ssl crt ' + str(opts.ssl_cert) if opts.ssl_cert else ''})")
     if words[0] in ("use_backend", "default_backend") and words[1:2] != [shape.name]:
         return f"may route only to the app's own backend {shape.name}"
+    if words[0] in _CHECK_KEYWORDS and "connect" in words[1:2] and _CHECK_TARGET & set(words):
+        return ("may connect only to the task being checked (no addr or port), not to this "
+                "host's own services")
     line = " ".join(words)
     bad = (words[0] if words[0] in _TEMPLATE_KEYWORDS else
            next((w for w in words if w in _TEMPLATE_WORDS), None))
