@@ -36,9 +36,8 @@ FREE_SLOT_ADDRESS = "127.0.0.1:1"
 # ORs, this many values a line.
 ACL_VALUES = 48
 # The ACL a service's backend declares for its own vhosts (REDIRECT_TO_HTTPS,
-# HTTP_BACKEND_REDIR), and marathon-lb's name for NETWORK_ALLOWED_ACL's.
+# HTTP_BACKEND_REDIR; service.j2 declares it by this name).
 VHOST_ACL = "service_vhost"
-NETWORK_ACL = "network_allowed"
 
 
 def builtin_templates() -> Path:
