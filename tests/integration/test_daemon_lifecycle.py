@@ -415,7 +415,9 @@ def test_a_sighup_storm_is_one_reload_per_min_reload_interval(
     worker to drain. Now they wait out the interval since the last reload began and
     are one reload."""
     port, _ = simulator.launch("/storm", 2)
-    daemon = Daemon(tmp_path, simulator.url, "--min-reload-interval", "10")
+    # 5 s: the storm ends ~0.5 s after the startup reload began (a few seconds on a busy
+    # machine), well inside the interval; the one reload then waits out the rest of it.
+    daemon = Daemon(tmp_path, simulator.url, "--min-reload-interval", "5")
     with running(daemon):
         daemon.start()
         routed(simulator, "/storm", port)
