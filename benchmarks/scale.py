@@ -130,7 +130,8 @@ def _one(ctx: Context, n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str
         sim.start(timeout=300)
         from servicerouter.demo.procs import wait_for
         wait_for(lambda: sim.status()["tasks"] == n * TASKS, 120, 0.2, what="tasks placed")
-        time.sleep(0.5)
+        pause = 0.1 if ctx.quick else 0.5  # quiet time before measuring; quick measures nothing
+        time.sleep(pause)
         sim_start = time.perf_counter() - t0
         inproc, state, layout, table = _in_process(sim, n)
         inproc["sim start s"] = sim_start
@@ -153,7 +154,7 @@ def _one(ctx: Context, n: int) -> tuple[dict[str, Any], dict[str, Any], dict[str
                              capture_output=True, text=True)
         check_ms = (time.perf_counter() - t0) * 1000
         reloads = asyncio.run(_reload_times(str(daemon.master_socket), 1 if ctx.quick else 3))
-        time.sleep(0.5)
+        time.sleep(pause)
         hwm = vm_hwm_kb(daemon.pid)
         drow = {"apps": n, "full sync ms (daemon log)": syncs[0] if syncs else float("nan"),
                 "start → healthy s": ready_s,
