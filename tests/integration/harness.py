@@ -24,6 +24,10 @@ from servicerouter.haproxy.runtime_parse import ServerState
 PYTHON = sys.executable
 # exec: the task must get SIGTERM itself; Mesos kills what a shell leaves behind.
 BACKEND_CMD = f"exec {PYTHON} -m servicerouter.demo.backend"
+# Made once, for every client here (``verify=TLS``): an httpx client made without one loads
+# the CA bundle again, ~30 ms of CPU each, more than the requests of a routing check; the
+# tests make one per simulator, daemon and routing check, and per httpx.get.
+TLS = httpx.create_ssl_context()
 
 
 # HAProxy's config before anything is configured (what Debian's package ships, less
@@ -51,7 +55,7 @@ class Simulator:
             "--executor", "local", "--heartbeat-interval", "1", "--kill-grace", str(kill_grace),
             "--port-range", f"{low}-{low + 999}", *(extra or []),
         ], tmp / "simulator.log")
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.http = httpx.Client(base_url=self.url, timeout=10, verify=TLS)
         self._service_ports: set[int] = set()  # handed to apps of this simulator
 
     def service_port_for_new_app(self) -> int:
@@ -163,7 +167,7 @@ class Daemon:
             "--tenant-reload-interval", "0",
             "--log-level", "debug", *extra,
         ], tmp / "servicerouter.log")
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.http = httpx.Client(base_url=self.url, timeout=10, verify=TLS)
 
     def start(self, wait_healthy: bool = True) -> Daemon:
         healthy = (lambda: self.http.get("/healthz").status_code == 200) if wait_healthy else None
@@ -233,7 +237,7 @@ def master_reloads(master_socket: Path) -> int:
 def responders(port: int, requests: int = 20) -> set[str]:
     """Task ids answering through HAProxy's frontend on ``port`` (loopback)."""
     seen = set()
-    with httpx.Client(timeout=5) as c:
+    with httpx.Client(timeout=5, verify=TLS) as c:
         for _ in range(requests):
             r = c.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"})
             r.raise_for_status()

@@ -20,7 +20,7 @@ from servicerouter.haproxy.render import builtin_templates
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, responders, running, wait_for, wait_routed
+from .harness import TLS, Daemon, Simulator, responders, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -106,7 +106,7 @@ def test_in_the_old_workers_grace_clients_reach_the_same_tasks_as_through_the_ne
 
 def _refused(port: int) -> bool:
     try:
-        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1, verify=TLS)
     except httpx.ConnectError:
         return True
     return False

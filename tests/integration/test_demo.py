@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from .conftest import needs_haproxy
+from .harness import TLS
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -108,7 +109,8 @@ def test_demo_shows_ports_that_already_serve_and_removes_its_temp_dir(short_tmp:
             seen.append(line)
             m = re.search(r"curl (http://127\.0\.0\.1:\d+/)", line)
             if m:  # the moment a port is shown, it answers
-                r = httpx.get(m.group(1), headers={"Connection": "close"}, timeout=5)
+                r = httpx.get(m.group(1), headers={"Connection": "close"}, timeout=5,
+                              verify=TLS)
                 assert r.status_code == 200, _why(seen, line, r)
         assert demo.wait(120) == 0, "".join(seen)
     finally:

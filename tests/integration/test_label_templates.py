@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, responders, running, wait_for, wait_routed
+from .harness import TLS, Daemon, Simulator, responders, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -28,7 +28,7 @@ def test_a_broken_label_template_leaves_only_its_app_out(tmp_path: Path,
     with running(daemon):
         wait_routed(good_port, good)
         wait_routed(plain_port, plain)
-        r = httpx.get(f"http://127.0.0.1:{good_port}/", timeout=5)
+        r = httpx.get(f"http://127.0.0.1:{good_port}/", timeout=5, verify=TLS)
         assert r.headers["x-raw"].startswith("raw_good_")
         problems = daemon.status(app="/raw/broken")["problems"]
         assert any("no-such-keyword" in p["error"] for p in problems), problems

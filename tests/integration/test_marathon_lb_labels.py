@@ -29,7 +29,7 @@ from servicerouter.haproxy.runtime_parse import ServerState
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, free_port, responders, wait_for, wait_routed
+from .harness import TLS, Daemon, Simulator, free_port, responders, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -302,7 +302,7 @@ def test_sticky_cookie_keeps_a_client_and_moves_it_when_its_task_dies(cluster: C
     url = f"http://127.0.0.1:{cluster.http}/"
     wait_for(lambda: {_task(_get(url, host="sticky.mlb.test")) for _ in range(10)}
              == cluster.sim.running(app), 30, what="both tasks routed")
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=5, verify=TLS) as client:
         first = client.get(url, headers={"Host": "sticky.mlb.test"})
         pinned = _task(first)
         assert "SRVID" in client.cookies
@@ -529,7 +529,8 @@ def _only_task(cluster: Cluster, app: str) -> tuple[str, int]:
 
 def _checks(host_port: int) -> tuple[int, int]:
     """HAProxy's checks the task saw, and how many of them it failed."""
-    seen, failed = httpx.get(f"http://127.0.0.1:{host_port}/_checks", timeout=5).text.split()
+    seen, failed = httpx.get(f"http://127.0.0.1:{host_port}/_checks", timeout=5,
+                             verify=TLS).text.split()
     return int(seen), int(failed)
 
 
@@ -548,7 +549,7 @@ def _answers_until_the_second_check(port: int, task: str, host_port: int) -> lis
     def second_check_came() -> bool:
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"},
-                          timeout=5)
+                          timeout=5, verify=TLS)
             if answers or r.text.strip() == task:
                 answers.append(f"{r.status_code} {r.text.strip()}")
         except httpx.HTTPError as exc:
@@ -592,7 +593,7 @@ def test_after_a_reload_a_healthy_task_is_checked_from_full_health(cluster: Clus
     wait_for(lambda: responders(port, 2) == {task}, 30, what=f"{app} routed")
     # From now on no check of HAProxy's passes (nor fails before its timeout): the new
     # worker's health can only come from its start, or from servicerouter.
-    httpx.get(f"http://127.0.0.1:{host_port}/_checks/hang", timeout=5)
+    httpx.get(f"http://127.0.0.1:{host_port}/_checks/hang", timeout=5, verify=TLS)
     reloads = cluster.daemon.reloads()
     cluster.daemon.proc.popen.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
     wait_for(lambda: cluster.daemon.reloads() > reloads, 30, what="the reload SIGHUP asks for")

@@ -18,7 +18,7 @@ import pytest
 from servicerouter.demo.procs import Proc, free_port
 
 from .conftest import needs_haproxy
-from .harness import Simulator, running, wait_for, wait_routed
+from .harness import TLS, Simulator, running, wait_for, wait_routed
 
 dnslib = pytest.importorskip("dnslib", reason="pip install -e '.[test]'")
 from dnslib import QTYPE, RR, SRV, A  # noqa: E402
@@ -90,7 +90,7 @@ class Load:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=5) as c:
+        with httpx.Client(timeout=5, verify=TLS) as c:
             while not self._stop.is_set():
                 try:
                     r = c.get(f"http://127.0.0.1:{self.port}/",

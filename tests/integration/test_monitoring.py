@@ -19,7 +19,7 @@ from servicerouter.demo.procs import Proc, free_port
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Simulator, master_reloads, running, wait_for, wait_routed
+from .harness import TLS, Simulator, master_reloads, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -53,7 +53,7 @@ def test_metrics_endpoints_and_healthz_follow_haproxy(tmp_path: Path,
     base = f"http://127.0.0.1:{listen}"
     import httpx
 
-    web = httpx.Client(base_url=base, timeout=10)
+    web = httpx.Client(base_url=base, timeout=10, verify=TLS)
     with running(haproxy, daemon):
         wait_for(lambda: web.get("/healthz").status_code == 200, 30, what="healthz 200")
         wait_routed(port, live)

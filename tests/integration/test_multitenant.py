@@ -23,7 +23,7 @@ import pytest
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import Daemon, ExternalHAProxy, Simulator, responders, running, wait_for
+from .harness import TLS, Daemon, ExternalHAProxy, Simulator, responders, running, wait_for
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -172,7 +172,7 @@ def _log(daemon: Daemon) -> str:
 def _reached(http_port: int, host: str, path: str = "/") -> set[str]:
     """The tasks six requests for ``host`` on the vhost frontend reach (one connection
     each, so the balancing shows)."""
-    with httpx.Client(timeout=5) as c:
+    with httpx.Client(timeout=5, verify=TLS) as c:
         return {c.get(f"http://127.0.0.1:{http_port}{path}",
                       headers={"Host": host, "Connection": "close"}).text.strip()
                 for _ in range(6)}

@@ -28,6 +28,7 @@ from .conftest import needs_haproxy
 from .harness import (
     EMPTY_CFG,
     PYTHON,
+    TLS,
     Daemon,
     ExternalHAProxy,
     Simulator,
@@ -68,7 +69,8 @@ def routed(sim: Simulator, app_id: str, port: int, timeout: float = 30.0) -> set
 def refused(port: int) -> bool:
     """A connection to ``port`` is refused or reset before any HTTP answer."""
     try:
-        httpx.get(f"http://127.0.0.1:{port}/", timeout=5, headers={"Connection": "close"})
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=5, headers={"Connection": "close"},
+                  verify=TLS)
     except httpx.TransportError:
         return True
     return False
@@ -81,7 +83,7 @@ def unmapped(tmp: Path, port: int) -> bool:
 
 
 def by_host(http_port: int, host: str) -> set[str]:
-    with httpx.Client(timeout=5) as c:
+    with httpx.Client(timeout=5, verify=TLS) as c:
         replies = [c.get(f"http://127.0.0.1:{http_port}/",
                          headers={"Host": host, "Connection": "close"}) for _ in range(6)]
     return {r.text.strip() for r in replies if r.status_code == 200}
@@ -231,7 +233,7 @@ def test_a_removed_apps_own_backend_serves_the_next_app_without_a_reload(
 def echoed_headers(port: int) -> dict[str, str]:
     """The request headers a task saw for a request through HAProxy (lower-case names)."""
     r = httpx.get(f"http://127.0.0.1:{port}/_echo", timeout=5,
-                  headers={"Connection": "close"})
+                  headers={"Connection": "close"}, verify=TLS)
     r.raise_for_status()
     return {k.lower(): v for k, v in r.json()["headers"].items()}
 

@@ -10,6 +10,7 @@ import pytest
 
 from servicerouter.simulator import SimulatorServer
 
+from .harness import TLS
 from .test_simulator_http import SSE, open_stream, sim, wait_until  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(30)
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture
 async def client(sim: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
-    async with httpx.AsyncClient(base_url=sim.url, timeout=5) as c:
+    async with httpx.AsyncClient(base_url=sim.url, timeout=5, verify=TLS) as c:
         yield c
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from servicerouter.simulator import SimulatorServer, SimulatorThread
 
+from .harness import TLS
+
 pytestmark = pytest.mark.timeout(30)
 
 SSE = {"Accept": "text/event-stream"}
@@ -28,7 +30,7 @@ async def sim() -> AsyncIterator[SimulatorServer]:
 
 @pytest.fixture
 async def client(sim: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sim.url, timeout=5) as c:
+    async with httpx.AsyncClient(base_url=sim.url, timeout=5, verify=TLS) as c:
         yield c
 
 
@@ -298,7 +300,7 @@ async def test_kill_restart_delete_and_health_flip(client: httpx.AsyncClient) ->
 async def test_basic_auth() -> None:
     async with (
         SimulatorServer(executor="none", credentials="alice:secret") as sim,
-        httpx.AsyncClient(base_url=sim.url) as c,
+        httpx.AsyncClient(base_url=sim.url, verify=TLS) as c,
     ):
         for path in ("/v2/apps", "/ping", "/v2/events", "/nope"):
             r = await c.get(path)
@@ -317,7 +319,7 @@ async def test_standby_redirects_events_and_proxies_the_rest(
     await client.post("/v2/apps", json={"id": "/web", "instances": 0})
     async with (
         SimulatorServer(executor="none", standby_of=sim.url) as standby,
-        httpx.AsyncClient(base_url=standby.url) as c,
+        httpx.AsyncClient(base_url=standby.url, verify=TLS) as c,
     ):
         r = await c.get(
             "/v2/events?event_type=status_update_event&event_type=app_terminated_event",
@@ -342,7 +344,7 @@ async def test_standby_without_leader_answers_502() -> None:
         dead_url = dead.url
     async with (
         SimulatorServer(executor="none", standby_of=dead_url) as standby,
-        httpx.AsyncClient(base_url=standby.url) as c,
+        httpx.AsyncClient(base_url=standby.url, verify=TLS) as c,
     ):
         r = await c.get("/v2/apps")
         assert r.status_code == 502 and "message" in r.json()
@@ -350,10 +352,10 @@ async def test_standby_without_leader_answers_502() -> None:
 
 def test_simulator_thread_for_synchronous_code() -> None:
     with SimulatorThread(executor="none", apps=[{"id": "/a", "instances": 2}]) as sim:
-        r = httpx.get(sim.url + "/v2/apps", params={"embed": "apps.tasks"})
+        r = httpx.get(sim.url + "/v2/apps", params={"embed": "apps.tasks"}, verify=TLS)
         assert r.status_code == 200 and r.json()["apps"][0]["id"] == "/a"
         app = sim.call(sim.scheduler.create_app, {"id": "/b"})
         assert app.id == "/b"
         assert sim.call(lambda: sorted(sim.state.apps)) == ["/a", "/b"]
     with pytest.raises(httpx.HTTPError):
-        httpx.get(sim.url + "/ping", timeout=1)
+        httpx.get(sim.url + "/ping", timeout=1, verify=TLS)

@@ -18,6 +18,8 @@ import pytest
 
 from servicerouter.simulator import SimulatorServer
 
+from .harness import TLS
+
 pytestmark = pytest.mark.timeout(60)
 
 HTTP_SERVER = f"exec {sys.executable} -m http.server $PORT --bind 127.0.0.1"
@@ -56,7 +58,8 @@ async def app_doc(client: httpx.AsyncClient, app_id: str) -> dict[str, Any]:
 
 def http_ok(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1,
+                         verify=TLS).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -67,7 +70,7 @@ async def test_task_serves_http_on_port_is_health_checked_and_killed(tmp_path: P
         SimulatorServer(
             executor="local", kill_grace=0.5, health_first_delay=0.1, heartbeat_interval=0.5
         ) as sim,
-        httpx.AsyncClient(base_url=sim.url, timeout=5) as client,
+        httpx.AsyncClient(base_url=sim.url, timeout=5, verify=TLS) as client,
     ):
         definition = {
             "id": app_id,
@@ -198,7 +201,8 @@ def test_cli_serves_apps_and_sigterm_kills_everything(tmp_path: Path) -> None:
         assert url.startswith("http://127.0.0.1:")
         tasks: list[dict[str, Any]] = []
         for _ in range(100):
-            tasks = httpx.get(url + "/v2/tasks", params={"status": "running"}).json()["tasks"]
+            tasks = httpx.get(url + "/v2/tasks", params={"status": "running"},
+                              verify=TLS).json()["tasks"]
             if len(tasks) == 2 and all(http_ok(t["ports"][0]) for t in tasks):
                 break
             subprocess.run(["sleep", "0.1"], check=True)
@@ -234,7 +238,8 @@ async def test_ip_per_task_tasks_get_their_own_loopback_address() -> None:
 
         def serving(ip: str) -> bool:
             try:
-                return httpx.get(f"http://{ip}:8080/", timeout=1).status_code == 200
+                return httpx.get(f"http://{ip}:8080/", timeout=1,
+                                     verify=TLS).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -250,7 +255,7 @@ async def test_command_checks_run_in_the_task_environment(tmp_path: Path) -> Non
     flag.write_text("")
     async with (
         SimulatorServer(executor="local", kill_grace=0.5, health_first_delay=0.1) as sim,
-        httpx.AsyncClient(base_url=sim.url, timeout=5) as client,
+        httpx.AsyncClient(base_url=sim.url, timeout=5, verify=TLS) as client,
     ):
         definition = {
             "id": app_id, "cmd": "exec sleep 600", "instances": 1,

@@ -14,14 +14,14 @@ import httpx
 import pytest
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, running, wait_for, wait_routed
+from .harness import TLS, Daemon, Simulator, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
 
 async def _burst(url: str, path: str, clients: int) -> list[tuple[int, str]]:
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, verify=TLS) as http:
         replies = await asyncio.gather(*(http.get(path) for _ in range(clients)))
     return [(r.status_code, r.text) for r in replies]
 
@@ -57,7 +57,7 @@ def test_odd_requests_get_a_plain_answer_and_the_daemon_serves_on(
         tmp_path: Path, simulator: Simulator) -> None:
     port, live = simulator.launch("/odd", 1)
     daemon = Daemon(tmp_path, simulator.url).start()
-    with running(daemon), httpx.Client(base_url=daemon.url, timeout=10) as http:
+    with running(daemon), httpx.Client(base_url=daemon.url, timeout=10, verify=TLS) as http:
         wait_routed(port, live)
         for method, path, expected in ODD:
             reply = http.request(method, path)
