@@ -3,7 +3,6 @@ the same apps, errors (each naming the app and the field) and warnings."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -49,15 +48,18 @@ def test_odd_values_in_any_app_or_task_field_give_the_same_errors(path: Path) ->
         targets += [("tasks", str(t), k) for t, task in enumerate(app.get("tasks") or [])
                     if isinstance(task, dict) for k in task]
         for target in targets:
+            # Changed in place and put back (a deep copy of the payload for each odd value
+            # cost a sixth of the test): only the dumped bytes are parsed.
+            node = payload["apps"][i]
+            for step in target[:-1]:
+                node = node[int(step)] if isinstance(node, list) else node[step]
+            kept = node[target[-1]]
             for value in ODD:
-                changed = copy.deepcopy(payload)
-                node = changed["apps"][i]
-                for step in target[:-1]:
-                    node = node[int(step)] if isinstance(node, list) else node[step]
                 node[target[-1]] = value
-                old, new = both(json.dumps(changed).encode())
+                old, new = both(json.dumps(payload).encode())
                 assert new == old, (target, value)
                 compared += 1
+            node[target[-1]] = kept
     assert compared > 50
 
 
