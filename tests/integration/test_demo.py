@@ -98,7 +98,9 @@ def test_demo_shows_ports_that_already_serve_and_removes_its_temp_dir(short_tmp:
     # TMPDIR: the demo's own temporary workdir lands here, where the test can look.
     tmp_path = short_tmp
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    demo = subprocess.Popen([sys.executable, "-m", "servicerouter.demo", "--duration", "3",
+    # --duration 1: one churn action; what is checked here comes before the churn (each
+    # port shown answers) and after it (the temporary workdir removed).
+    demo = subprocess.Popen([sys.executable, "-m", "servicerouter.demo", "--duration", "1",
                              "--interval", "1"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
