@@ -71,7 +71,9 @@ def test_standby_redirects_the_stream_to_the_leader(tmp_path: Path,
 def test_full_resync_repairs_a_missed_event(tmp_path: Path, simulator: Simulator,
                                             app: tuple[int, set[str]]) -> None:
     port, live = app
-    daemon = Daemon(tmp_path, simulator.url, "--resync-interval", "3").start()
+    # 1.5 s: the events are dropped, so only a resync can route the replacement, whenever
+    # it comes; the replacement itself takes ~0.6 s.
+    daemon = Daemon(tmp_path, simulator.url, "--resync-interval", "1.5").start()
     with running(daemon):
         wait_routed(port, live)
         syncs = metric(daemon, 'servicerouter_sync_duration_seconds_count{kind="full"}')
