@@ -80,7 +80,9 @@ def test_in_the_old_workers_grace_clients_reach_the_same_tasks_as_through_the_ne
     of HAProxy (the reconcile every second, the worker check) are not misled by the old
     worker: no further reload, no 'worker changed'."""
     port, live = simulator.launch("/web", 2)
-    daemon = start_daemon(tmp_path, simulator, "--haproxy-grace", "60")
+    # Reconciles every 0.5 s: the grace gets the two it waits for sooner.
+    daemon = start_daemon(tmp_path, simulator, "--haproxy-grace", "60",
+                          "--reconcile-interval", "0.5")
     with running(daemon):
         wait_routed(port, live)
         before = daemon.reloads()
