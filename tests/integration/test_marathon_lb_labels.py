@@ -97,15 +97,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         sim.stop()
 
 
+# Made once (each one loads the system's CA certificates, ~30 ms): the test certificate
+# is self-signed, nothing is verified.
+_UNVERIFIED = ssl.create_default_context()
+_UNVERIFIED.check_hostname = False
+_UNVERIFIED.verify_mode = ssl.CERT_NONE
+
+
 def _get(url: str, host: str | None = None, sni: str | None = None,
          **kw: Any) -> httpx.Response:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     headers = {"Connection": "close", **({"Host": host} if host else {}),
                **kw.pop("headers", {})}
     extensions = {"sni_hostname": sni} if sni else None
-    with httpx.Client(verify=ctx, timeout=5, follow_redirects=False) as c:
+    with httpx.Client(verify=_UNVERIFIED, timeout=5, follow_redirects=False) as c:
         return c.get(url, headers=headers, extensions=extensions, **kw)
 
 
