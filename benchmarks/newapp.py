@@ -94,6 +94,8 @@ def _measure(ctx: Context, ranged: bool, size: int, count: int, changes: int
     apps = [_app(f"/bench/old{i}", low + 1 + i) for i in range(size)]
     sim = Simulator(tmp, apps_file=write_apps(tmp / "apps.json", apps)).start()
     extra = ["--service-port-range", f"{low}-{high}"] if ranged else []
+    if ctx.quick:  # the smoke test times nothing: the reload path need not wait 1 s per app
+        extra += ["--min-reload-interval", "0.2"]
     daemon = Daemon(tmp, sim.url, extra=extra)
     latencies: list[float] = []
     try:
