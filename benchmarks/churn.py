@@ -74,6 +74,9 @@ class ChurnStack:
         self.strategy = strategy
         self.n_tasks = apps * instances
         self.timeout = timeout
+        # How often replace() looks whether the replacements are seen ready: a look is an
+        # HTTP GET and a read of the poller's file; --quick (the smoke test) looks often.
+        self.settle_poll = 0.05 if ctx.quick else 0.2
         self.churn_ids = {f"/bench/c{i}" for i in range(churn_apps if churn_apps else apps)}
         f = write_apps(self.root / "apps.json",
                        [fake_app(f"/bench/c{i}", instances) for i in range(apps)])
@@ -253,7 +256,7 @@ class ChurnStack:
             if len(new()) >= phase.replaced and all(self._key(self.running[t]) in seen
                                                     for t in new()):
                 break
-            time.sleep(0.2)
+            time.sleep(self.settle_poll)
         self._learn()
         seen = self._seen()
         timeline: list[str] = []  # kept with --keep: what each latency is made of
