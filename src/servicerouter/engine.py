@@ -114,6 +114,7 @@ class Engine:
         self.change_seq = 0
         self.changed_at: dict[str, int] = {}  # backend -> change_seq of its last batch
         self.plan_errors: dict[str, str] = {}  # backend -> what planning it raised, logged
+        self.batch_plan_error: str | None = None  # what planning a whole batch raised
         self.guard = Guard(self.state, writer, config.settings, config.templates)
         self._wake = asyncio.Event()
         self.events = EventHandler(self)
@@ -304,7 +305,14 @@ class Engine:
             # after a reload whose render began before this (it may lack this change).
             self.change_seq += 1
             self.changed_at.update(dict.fromkeys(dirty, self.change_seq))
-            p = plan(self.layout, self.table, self.state.desired, dirty, self.config.settings)
+            try:
+                p = plan(self.layout, self.table, self.state.desired, dirty,
+                         self.config.settings)
+                self.batch_plan_error = None
+            except Exception as exc:  # outside any one backend's planning: a bug
+                self._batch_plan_failed(exc, len(dirty))
+                # The batch is not lost: the reload renders all of it from the desired state.
+                p = Plan(reload=dict.fromkeys(dirty, ReloadReason.PLAN_ERROR))
             if p.errors or self.plan_errors:
                 self._plan_failed(p, dirty)
             if self.running_config is not None:  # before the first config, all is new
@@ -332,6 +340,17 @@ class Engine:
             if p.reload:
                 self.pending.update(p.reload)
                 self.awaiting_reload.extend(events)
+
+    def _batch_plan_failed(self, exc: Exception, backends: int) -> None:
+        """Planning a whole batch raised, outside any one backend's: logged once per
+        error until a batch plans cleanly."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self.batch_plan_error == text:
+            log.debug("planning a batch failed again (%s)", text)
+            return
+        self.batch_plan_error = text
+        log.error("planning the runtime changes of %d backend(s) failed (%s); they are "
+                  "reloaded instead", backends, text, exc_info=exc)
 
     def _plan_failed(self, p: Plan, planned: set[str]) -> None:
         """Log the backends whose planning raised (the planner left each to a reload,

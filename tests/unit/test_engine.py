@@ -657,3 +657,38 @@ async def test_a_backend_whose_planning_raises_leaves_the_batch_to_the_others(
     await engine.step()
     assert reloader.reloads == 4
     assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+async def test_a_batch_whose_planning_raises_is_reloaded_not_lost(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Planning that raises outside any one backend's (a bug in the batch's own code)
+    does not drop the batch: every backend in it is reloaded from the desired state,
+    the error is logged once, and the next batch that plans cleanly goes at runtime."""
+    from servicerouter import engine as engine_module
+
+    engine, runtime, _, reloader = make_engine()
+    await started(engine, 1)
+    reloads = reloader.reloads
+    real_plan = engine_module.plan
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(engine_module, "plan", broken)
+    for tasks in ((1, 2), (1, 2, 3)):  # the same failure twice
+        engine.mark(engine.state.set_app(app(*tasks)))
+        await engine.step()  # does not raise
+        assert {e.task_id for e in engine.table["web_10000"] if e} == {
+            f"t{n}" for n in tasks}  # reloaded, not lost
+    assert reloader.reloads == reloads + 2
+    assert counter(engine, "servicerouter_reloads_total", reason="plan_error") == 2
+    assert not engine.pending and not engine.dirty
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["planning the runtime changes of 1 backend(s) failed "
+                      "(RuntimeError: a bug); they are reloaded instead"]
+    monkeypatch.setattr(engine_module, "plan", real_plan)
+    before = len(runtime.sent)
+    engine.mark(engine.state.set_app(app(1, 2)))
+    await engine.step()
+    assert reloader.reloads == reloads + 2  # at runtime again
+    assert runtime.sent[before:] and engine.batch_plan_error is None
