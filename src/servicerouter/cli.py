@@ -348,7 +348,16 @@ def split_certs(values: Sequence[str] | None) -> tuple[str, ...]:
     for c in certs:
         if not _CERT_PATH.match(c) or "/../" in c:
             raise UsageError(f"--ssl-certs: {c!r} is not an absolute path of [A-Za-z0-9._/-]")
-    return tuple(dict.fromkeys(certs))
+    certs = list(dict.fromkeys(certs))
+    from .haproxy.render import BIND_LINE_CERTS
+
+    if len(certs) >= BIND_LINE_CERTS:  # else an app's certificate would break every reload
+        raise UsageError(
+            f"--ssl-certs names {len(certs)} files: HAProxy 2.6 reads 64 words of a line, "
+            f"room for {BIND_LINE_CERTS - 1} of them and the apps' crt-list on the HTTPS "
+            "frontend's bind line; name a folder instead of its files (HAProxy loads "
+            "every file in it)")
+    return tuple(certs)
 
 
 def syslog_target(value: str | None) -> str | None:

@@ -321,6 +321,16 @@ def test_ssl_certs_repeated_or_comma_separated() -> None:
         cli.split_certs(["/a.pem crt /etc/x"])
 
 
+def test_ssl_certs_leave_room_on_the_bind_line_for_the_apps_crt_list() -> None:
+    """30 files and the apps' crt-list make 65 words: the first app with a certificate
+    would have failed every reload (HAProxy reads 64). Refused at start instead."""
+    files = [f"/etc/ssl/{i}.pem" for i in range(30)]
+    assert len(cli.split_certs(files[:29])) == 29
+    with pytest.raises(cli.CliError, match=r"^--ssl-certs names 30 files: HAProxy 2.6 reads "
+                       r"64 words of a line, room for 29 of them and the apps' crt-list"):
+        cli.split_certs([",".join(files)])
+
+
 @pytest.mark.parametrize(("value", "ok"), [("/dev/log", True), ("127.0.0.1:514", True),
                                            ("[::1]:514", True), ("/dev/log local0", False),
                                            ("syslog.example.com:514", False)])

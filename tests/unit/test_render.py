@@ -397,3 +397,32 @@ def test_apps_certificates_go_in_a_crt_list_each_for_its_own_vhosts(tmp_path: Pa
     text = render_apps(apps[:2], replace(settings, crt_list_dir=""))
     assert "bind *:443 ssl crt /etc/ssl/default.pem crt /certs/t0.pem crt /certs/t1.pem" \
         in section(text, "frontend https_in")
+
+
+def test_a_bind_line_past_haproxys_64_words_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """HAProxy 2.6 reads 64 words of a line: a 31st file on the HTTPS frontend's bind
+    line made the config fail for everyone (``too many words``). Rendering it is refused,
+    naming the counts and the fix; the daemon's crt-list keeps apps' files off the line."""
+    apps = [one(Options(mode=Mode.HTTP, vhosts=(f"t{i}.example.com",),
+                        ssl_cert=f"/certs/t{i}.pem"), port=10001 + i, app_id=f"/t{i}")
+            for i in range(2)]
+    operators = tuple(f"/etc/ssl/o{i}.pem" for i in range(29))
+    settings = Settings(ssl_certs=operators)
+    with pytest.raises(TemplateError) as raised:
+        render_apps(apps, settings)  # to stdout: 29 + 2 files on the line
+    assert str(raised.value) == (
+        "--ssl-certs names 29 file(s), the apps' HAPROXY_{n}_SSL_CERT 2 more (their "
+        "crt-list is only written with --output or by the daemon): HAProxy 2.6 reads 64 "
+        "words of a line, room for 30 on the HTTPS frontend's bind line; name a folder in "
+        "--ssl-certs instead of its files (HAProxy loads every file in it)")
+    bind = section(render_apps(apps[:1], settings), "frontend https_in")[0]
+    assert bind.count(" crt ") == 30 and len(bind.split()) == 63  # the most that fits
+    folder = str(tmp_path / "haproxy.cfg.d")
+    text = render_apps(apps, replace(settings, crt_list_dir=folder))  # 29 + the crt-list
+    assert "crt-list" in section(text, "frontend https_in")[0]
+    with pytest.raises(TemplateError, match=r"^--ssl-certs names 30 file\(s\), the apps' "
+                       r"crt-list 1 more: HAProxy"):
+        render_apps(apps, Settings(ssl_certs=(*operators, "/etc/ssl/o.pem"),
+                                   crt_list_dir=folder))
+    with pytest.raises(TemplateError, match=r"^--ssl-certs names 31 file\(s\): HAProxy"):
+        render_apps([], Settings(ssl_certs=tuple(f"/etc/ssl/{i}.pem" for i in range(31))))

@@ -35,6 +35,9 @@ FREE_SLOT_ADDRESS = "127.0.0.1:1"
 # NETWORK_ALLOWED ranges) goes on several lines declaring the same ACL, which HAProxy
 # ORs, this many values a line.
 ACL_VALUES = 48
+# Files named on the HTTPS frontend's bind line: ``bind ADDR ssl`` and two words a file
+# (``crt FILE``) fill those 64 words with 30. Past that the config is refused.
+BIND_LINE_CERTS = 30
 # The ACL a service's backend declares for its own vhosts (REDIRECT_TO_HTTPS,
 # HTTP_BACKEND_REDIR; service.j2 declares it by this name).
 VHOST_ACL = "service_vhost"
@@ -310,6 +313,10 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
                               filtered=settings.vhost_policy != "open") \
         if settings.crt_list_dir else None
     certs = list(dict.fromkeys([*settings.ssl_certs, *(() if crt_list else tenants)]))
+    if settings.https_port and len(certs) + bool(crt_list) > BIND_LINE_CERTS:
+        raise TemplateError(_too_many_certs(len(settings.ssl_certs),
+                                            len(certs) - len(settings.ssl_certs),
+                                            bool(crt_list)))
     context = {
         "version": __version__,
         "settings": settings,
@@ -357,6 +364,19 @@ def tenant_certs(layout: Layout) -> dict[str, list[str]]:
 
 
 CRT_LIST = re.compile(r"^crt-[0-9a-f]{16}\.list$")
+
+
+def _too_many_certs(operators: int, apps: int, crt_list: bool) -> str:
+    """Why the HTTPS frontend's bind line cannot hold its files, and what to do."""
+    parts = [f"--ssl-certs names {operators} file(s)"]
+    if apps:
+        parts.append(f"the apps' HAPROXY_{{n}}_SSL_CERT {apps} more (their crt-list is "
+                     "only written with --output or by the daemon)")
+    if crt_list:
+        parts.append("the apps' crt-list 1 more")
+    return (f"{', '.join(parts)}: HAProxy 2.6 reads 64 words of a line, room for "
+            f"{BIND_LINE_CERTS} on the HTTPS frontend's bind line; name a folder in "
+            "--ssl-certs instead of its files (HAProxy loads every file in it)")
 
 
 def write_crt_list(folder: str, certs: dict[str, list[str]], filtered: bool = True
