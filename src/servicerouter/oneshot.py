@@ -25,7 +25,7 @@ from pathlib import Path
 from . import owners
 from .cli import sockets_clash
 from .haproxy.children import brief
-from .haproxy.files import atomic_write, keep_rejected
+from .haproxy.files import atomic_write, keep_rejected, make_dirs
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
@@ -69,7 +69,7 @@ def read_maps(rendered: Rendered) -> dict[str, str | None]:
 def write_maps(map_dir: str, maps: Mapping[str, str | None]) -> None:
     """Each map file replaced atomically (None: removed); OSError as it comes."""
     if maps:
-        Path(map_dir).mkdir(parents=True, exist_ok=True)
+        make_dirs(Path(map_dir))
     for name, text in maps.items():
         if text is None:
             (Path(map_dir) / name).unlink(missing_ok=True)
@@ -195,7 +195,7 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
         raise SyncError(f"cannot write the map files in {rendered.map_dir}: {exc}; the "
                         "running HAProxy is unchanged") from None
     try:
-        config.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(config.parent)
         atomic_write(config, candidate)
     except OSError as exc:
         _put_back(rendered.map_dir, old_maps)

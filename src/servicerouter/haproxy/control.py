@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .detached import KeptHAProxy
-from .files import atomic_write, keep_rejected
+from .files import atomic_write, keep_rejected, make_dirs
 from .master_cli import MasterCLI
 from .process import (
     HAProxyProcess,
@@ -68,7 +68,7 @@ class ConfigFile:
                 leftover.unlink()
 
     def write(self, text: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         atomic_write(self.path, text)
 
     def keep_rejected(self, text: str) -> Path | str:
@@ -92,7 +92,7 @@ class ConfigFile:
 
     def write_maps(self, directory: str, files: dict[str, str]) -> None:
         """Range mode: the map files the config names (pool.py), each replaced atomically."""
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        make_dirs(Path(directory))
         for name, text in files.items():
             atomic_write(Path(directory) / name, text)
 
@@ -161,7 +161,7 @@ class StartedHAProxy(_Reloader):
                                  ) from None
 
     async def _start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.socket_path.parent)
         await self.process.start()
         self._supervisor = asyncio.ensure_future(self._supervise())
 

@@ -1,4 +1,9 @@
-"""Crash-safe file replacement for the HAProxy configuration."""
+"""Crash-safe file replacement for the HAProxy configuration, and the folders it lives in.
+
+New files and folders get the modes a shell would give them (``new_mode`` less the
+process umask): ``mkstemp`` alone creates 0600 and ``Path.mkdir(parents=True)`` creates
+parents 0777 less the umask, which under ``umask 000`` (a common container default) left
+folders anyone could write a config or a map file into."""
 
 from __future__ import annotations
 
@@ -7,17 +12,49 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "keep_rejected"]
+__all__ = ["atomic_write", "keep_rejected", "make_dirs", "umask"]
 
 
-def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644) -> None:
-    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync
-    the directory. Keeps the old file's mode bits (``new_mode`` for a new file)."""
+def umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it to read it,
+    a race with any thread creating a file meanwhile)."""
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    old = os.umask(0o022)  # no /proc (or a kernel before 4.7): the racy way
+    os.umask(old)
+    return old
+
+
+def make_dirs(path: str | os.PathLike[str], mode: int = 0o755) -> None:
+    """``mkdir -p`` with every missing folder created ``mode`` less the umask."""
     target = Path(path)
-    try:
-        mode = target.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = new_mode
+    missing = []
+    while not target.is_dir():
+        missing.append(target)
+        if target.parent == target:
+            break
+        target = target.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            folder.mkdir(mode)
+    if missing and not missing[0].is_dir():
+        raise NotADirectoryError(f"{missing[0]} is not a folder")
+
+
+def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644,
+                 mode: int | None = None) -> None:
+    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync
+    the directory. Keeps the old file's mode bits; a new file gets ``new_mode`` less the
+    umask. ``mode`` forces the mode (a file of secrets stays private whoever loosened it)."""
+    target = Path(path)
+    if mode is None:
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = new_mode & ~umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -38,8 +75,13 @@ def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644)
 
 
 def keep_rejected(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a candidate that failed validation next to the live file, for inspection."""
+    """Write a candidate that failed validation next to the live file, for inspection,
+    as private as the live file (it may hold the same credentials)."""
     target = Path(path)
     rejected = target.with_name(target.name + ".rejected")
-    atomic_write(rejected, text)
+    try:
+        mode: int | None = target.stat().st_mode & 0o777
+    except OSError:
+        mode = None
+    atomic_write(rejected, text, mode=mode)
     return rejected

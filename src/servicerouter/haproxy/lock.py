@@ -20,6 +20,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from .files import make_dirs
+
 __all__ = ["ConfigInUse", "ConfigLock", "lock_path"]
 
 _TRIES = 10  # each lost race is a holder that released between our open and flock
@@ -46,7 +48,7 @@ class ConfigLock:
     def acquire(self) -> ConfigLock:
         """Take the lock or raise :class:`ConfigInUse` at once (never waits); OSError
         (a folder that cannot be written) as it comes."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         for _ in range(_TRIES):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:

@@ -26,7 +26,7 @@ from ..layout import BackendShape, Layout, Settings, SlotTable, grace_ms
 from ..model import Endpoint, EndpointState, Options
 from ..naming import slot_name
 from .addresses import hostport
-from .files import atomic_write
+from .files import atomic_write, make_dirs
 from .raw_templates import TemplateError, raw_templates
 
 FREE_SLOT_ADDRESS = "127.0.0.1:1"
@@ -395,7 +395,7 @@ def write_crt_list(folder: str, certs: dict[str, list[str]], filtered: bool = Tr
     path = Path(folder) / f"crt-{hashlib.sha256(text.encode()).hexdigest()[:16]}.list"
     try:
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             atomic_write(path, text)
     except OSError as exc:
         raise TemplateError(f"cannot write the HTTPS frontend's certificate list {path}: "
