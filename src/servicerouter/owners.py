@@ -9,7 +9,8 @@ deploy and a restart. The owners are written here whenever they change and read 
 before the first full sync, so whoever held a port or a host before still does.
 
 The file is the daemon's own (0600). A missing, unreadable or malformed file is
-reported and treated as empty: the claims then start over, oldest definition first.
+reported and treated as empty: the claims then start over, oldest definition first. A
+malformed one is moved to ``<file>.broken`` first, for an operator to read.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ MAX_BYTES = 64 * 1024 * 1024
 """An owners file is ~100 bytes an app; past this it is not ours (and not read)."""
 
 
-def _read(path: Path) -> str:
-    """The file's text; OSError or ValueError naming what is wrong. A FIFO, a device
+def _read(path: Path) -> bytes:
+    """The file's bytes; OSError or ValueError naming what is wrong. A FIFO, a device
     (/dev/zero) or a huge file is refused before it is read: it would block or fill
     memory before the daemon starts."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -110,31 +111,50 @@ def _read(path: Path) -> str:
         data = fh.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise ValueError(f"more than {MAX_BYTES} bytes")
-    return data.decode("utf-8")
+    return data
 
 
 def load(path: Path) -> Owners | None:
     """The owners kept at ``path``; None (reported unless simply absent) if there are none."""
     try:
-        text = _read(path)
+        data = _read(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError) as exc:  # ValueError: not a regular file, too big
         log.error("owners file %s unreadable (%s): ports and hosts are claimed anew, "
                   "oldest definition first", path, exc)
         return None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _set_aside(path, f"not UTF-8 ({exc})")
+        return None
+    try:
         return Owners.from_json(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
-        log.error("owners file %s: %s; ports and hosts are claimed anew, oldest "
-                  "definition first", path, exc)
+        _set_aside(path, exc)
         return None
 
 
-def save(path: Path, owners: Owners) -> bool:
-    """Write ``owners`` to ``path`` (atomically, 0600); False (reported) if it failed."""
+def _set_aside(path: Path, why: object) -> None:
+    """A broken owners file is moved to ``<file>.broken``, not overwritten by the next
+    save: it is the only record of who held what, for an operator to read or repair."""
+    broken = path.with_name(path.name + ".broken")
     try:
-        atomic_write(path, owners.to_json(), new_mode=0o600)
+        os.replace(path, broken)
+    except OSError as exc:
+        kept = f"left in place ({exc.strerror or exc})"
+    else:
+        kept = f"moved to {broken}"
+    log.error("owners file %s: %s; %s; ports and hosts are claimed anew, oldest "
+              "definition first", path, why, kept)
+
+
+def save(path: Path, owners: Owners) -> bool:
+    """Write ``owners`` to ``path`` (atomically, 0600 even if an operator loosened it);
+    False (reported) if it failed."""
+    try:
+        atomic_write(path, owners.to_json(), mode=0o600)
     except OSError as exc:
         log.error("owners file %s not written (%s): after a restart, ports and hosts "
                   "would be claimed anew", path, exc)

@@ -201,3 +201,26 @@ def test_an_owners_path_that_is_not_a_small_file_is_refused_unread(
         assert owners.load(path) is None
     assert f"owners file {path} unreadable" in caplog.text
     assert ("more than 1000" if kind == "huge" else "not a regular file") in caplog.text
+
+
+def test_a_broken_owners_file_is_moved_aside_not_overwritten_by_the_next_save(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The broken file is the only record of who held what: an operator can repair it."""
+    path = tmp_path / "haproxy.cfg.owners.json"
+    path.write_bytes(b'{"version": 1, "ports": {"10001": "/teama/web"}, "hosts": {}\xff')
+    with caplog.at_level(logging.ERROR, logger="servicerouter.owners"):
+        assert owners.load(path) is None
+    broken = tmp_path / "haproxy.cfg.owners.json.broken"
+    assert f"owners file {path}: not UTF-8" in caplog.text
+    assert f"moved to {broken}" in caplog.text
+    assert owners.save(path, running().owners())
+    assert b"/teama/web" in broken.read_bytes()  # still there after the save
+    assert owners.load(path) == running().owners()
+
+
+def test_an_owners_file_someone_loosened_is_made_private_again(tmp_path: Path) -> None:
+    path = tmp_path / "haproxy.cfg.owners.json"
+    assert owners.save(path, running().owners())
+    path.chmod(0o644)
+    assert owners.save(path, running().owners())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
