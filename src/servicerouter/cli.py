@@ -482,6 +482,8 @@ async def render_config(args: argparse.Namespace) -> Rendered:
             raise CliError(f"--apps-json {args.apps_json}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise CliError(f"--apps-json {args.apps_json}: not JSON ({exc})") from None
+        except ValueError as exc:  # bytes that are not UTF-8 (or -16, -32)
+            raise CliError(f"--apps-json {args.apps_json}: not JSON text ({exc})") from None
         source = args.apps_json
     else:
         async with marathon_client(args) as client:

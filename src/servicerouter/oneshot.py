@@ -151,11 +151,14 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
     rendered = await render_config()
     candidate = rendered.text
     try:
-        current: str | None = config.read_text()
+        current: str | None = config.read_text(encoding="utf-8")
     except FileNotFoundError:
         current = None
     except OSError as exc:
         raise SyncError(f"cannot read {config}: {exc.strerror}; nothing was changed") from None
+    except UnicodeDecodeError as exc:  # it could not be put back if the reload failed
+        raise SyncError(f"{config} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "nothing was changed: move it aside or save it as UTF-8") from None
     old_maps = read_maps(rendered)
     if current == candidate and old_maps == rendered.maps:
         log.debug("%s is up to date; nothing to do", config)

@@ -152,6 +152,19 @@ def test_sync_without_a_reload_method_changes_nothing(tmp_path: Path,
     assert not (tmp_path / "haproxy.cfg").exists()
 
 
+def test_sync_over_a_config_that_is_not_utf8_names_it_and_changes_nothing(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """It could not be put back if the reload failed: refuse before touching anything."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_bytes(b"# caf\xe9\n" + EMPTY_CFG.encode())
+    out = sync(simulator.url, tmp_path, "--haproxy-master-socket", str(tmp_path / "m.sock"))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"servicerouter: error: {config} is not UTF-8 text (invalid continuation byte at "
+        "byte 5); nothing was changed: move it aside or save it as UTF-8")
+    assert config.read_bytes().startswith(b"# caf\xe9\n")
+
+
 def test_dry_run_prints_what_it_would_do_and_touches_nothing(tmp_path: Path,
                                                              simulator: Simulator) -> None:
     port, live = simulator.launch("/dry/web", 2)

@@ -68,6 +68,16 @@ def test_render_reports_invalid_json(tmp_path: Path,
     assert f"--apps-json {bad}: not JSON" in capsys.readouterr().err
 
 
+def test_render_reports_a_payload_that_is_not_text(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "apps.json"
+    bad.write_bytes(b'{"apps": ["\xff"]}')
+    assert cli.main(["render", "--apps-json", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"servicerouter: error: --apps-json {bad}: not JSON text" in err
+    assert "Traceback" not in err
+
+
 def test_render_reports_a_payload_without_apps(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "apps.json"

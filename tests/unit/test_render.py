@@ -337,6 +337,16 @@ def test_missing_included_template_names_it(tmp_path: Path) -> None:
         render_apps([one()], templates=tmp_path)
 
 
+@pytest.mark.parametrize("file", ["haproxy.cfg.j2", "service.j2"])
+def test_a_template_that_is_not_utf8_is_named(tmp_path: Path, file: str) -> None:
+    """An included snippet was blamed on the line including it, the top file on no file."""
+    (tmp_path / file).write_bytes(b"# caf\xe9 (Latin-1)\n")
+    with pytest.raises(TemplateError) as info:
+        render_apps([one()], templates=tmp_path)
+    assert str(info.value) == (f"template {tmp_path / file}: not UTF-8 (invalid continuation "
+                               "byte at byte 5); save it as UTF-8")
+
+
 def test_operator_template_can_loop_over_servers(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from servicerouter.haproxy.render import render as _render
     from servicerouter.layout import BackendShape, Settings

@@ -14,7 +14,7 @@ import ipaddress
 import itertools
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,25 @@ class _Server:
     params: str
 
 
+class _Loader(jinja2.FileSystemLoader):
+    """Names the template that is not UTF-8: Jinja's own error names only the byte, and
+    the file may be a snippet another template includes."""
+
+    def get_source(self, environment: jinja2.Environment, template: str
+                   ) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            return super().get_source(environment, template)
+        except UnicodeDecodeError as exc:
+            path = next((p for d in self.searchpath if (p := Path(d, template)).is_file()),
+                        template)
+            raise TemplateError(f"template {path}: not UTF-8 ({exc.reason} at byte "
+                                f"{exc.start}); save it as UTF-8") from None
+
+
 @functools.lru_cache(maxsize=8)
 def template_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(list(template_dirs)),
+        loader=_Loader(list(template_dirs)),
         autoescape=False,  # HAProxy config, not HTML; every value is validated first
         trim_blocks=True,
         lstrip_blocks=True,
@@ -343,6 +358,8 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
     try:
         template = template_environment(dirs).get_template("haproxy.cfg.j2")
         return _joined(template.generate(context))
+    except TemplateError:
+        raise
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}"
                             ) from None
@@ -394,7 +411,7 @@ def write_crt_list(folder: str, certs: dict[str, list[str]], filtered: bool = Tr
                    for path, hosts in certs.items())
     path = Path(folder) / f"crt-{hashlib.sha256(text.encode()).hexdigest()[:16]}.list"
     try:
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        if not path.is_file() or path.read_bytes() != text.encode():
             make_dirs(path.parent)
             atomic_write(path, text)
     except OSError as exc:
