@@ -154,8 +154,13 @@ def _redact(text: str) -> str:
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
-    if isinstance(verify, bool):
-        return verify
+    """``True``: the system's CAs (OpenSSL's default store, /etc/ssl/certs on Debian;
+    SSL_CERT_FILE and SSL_CERT_DIR move it), where an operator installs a private CA,
+    not the bundle certifi ships with httpx."""
+    if verify is True:
+        return ssl.create_default_context()
+    if verify is False:
+        return False
     try:
         return ssl.create_default_context(cafile=verify)
     except (OSError, ssl.SSLError) as exc:
