@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from typing import Any, TypeVar
 
@@ -75,6 +76,44 @@ def quick_init(cls: _C) -> _C:
     init.__module__ = cls.__module__
     setattr(cls, "__init__", init)  # noqa: B010  # mypy keeps the dataclass signature
     return cls
+
+
+_D = TypeVar("_D")
+_EVOLVE: dict[type, tuple[Callable[[Any], tuple[Any, ...]], dict[str, int]] | None] = {}
+
+
+def evolve(obj: _D, /, **changes: Any) -> _D:
+    """``dataclasses.replace(obj, **changes)``, ~4x faster for a dataclass whose fields
+    are all plain ``__init__`` arguments (others go through ``dataclasses.replace``).
+
+    ``dataclasses.replace`` looks up every field by name: 6.4 µs for an :class:`Options`
+    (35 fields); label parsing does it twice a label (the options, then the service's
+    labels holding them), 0.45 s of a first full sync at 10,000 apps with four labels
+    each (issue #11). Here one ``attrgetter`` call reads them all."""
+    cls = type(obj)
+    try:
+        spec = _EVOLVE[cls]
+    except KeyError:
+        spec = _EVOLVE[cls] = _evolve_spec(cls)
+    if spec is None:
+        return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+    read, index = spec
+    values = list(read(obj))
+    for name, value in changes.items():
+        try:
+            values[index[name]] = value
+        except KeyError:
+            raise TypeError(f"{cls.__name__} has no field {name!r}") from None
+    return cls(*values)
+
+
+def _evolve_spec(cls: type) -> tuple[Callable[[Any], tuple[Any, ...]], dict[str, int]] | None:
+    fields = dataclasses.fields(cls)
+    if len(fields) < 2 or any(not f.init or f.kw_only for f in fields) \
+            or hasattr(cls, "__post_init__"):
+        return None  # one field: attrgetter returns it bare; the rest: dataclasses knows
+    names = [f.name for f in fields]
+    return operator.attrgetter(*names), {name: i for i, name in enumerate(names)}
 
 
 class Health(enum.Enum):

@@ -1,4 +1,5 @@
-"""model.quick_init: the faster __init__ builds exactly what the dataclass's would."""
+"""model.quick_init and model.evolve: the faster __init__ and replace build exactly what
+the dataclass's would."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from servicerouter.model import (
     Problem,
     Service,
     Task,
+    evolve,
     quick_init,
 )
 
@@ -53,3 +55,34 @@ def test_refuses_a_class_it_cannot_build() -> None:
 
     with pytest.raises(TypeError, match="slots dataclass"):
         quick_init(NoSlots)
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"groups": ("external",)}, {"mode": Options().mode, "balance": "leastconn"},
+    {f.name: getattr(Options(sticky=True), f.name) for f in dataclasses.fields(Options)},
+])
+def test_evolve_is_dataclasses_replace(changes: dict[str, object]) -> None:
+    options = Options(vhosts=("a.example.com",), sticky=True)
+    assert evolve(options, **changes) == dataclasses.replace(options, **changes)
+    assert evolve(options, **changes) is not options
+
+
+def test_evolve_names_a_field_the_class_lacks() -> None:
+    with pytest.raises(TypeError, match="Options has no field 'vhost'"):
+        evolve(Options(), vhost=("a",))
+
+
+def test_evolve_leaves_other_dataclasses_to_dataclasses_replace() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Checked:
+        a: int
+        b: int = 0
+        seen: list[int] = dataclasses.field(default_factory=list, init=False)
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("a < 0")
+
+    assert evolve(Checked(1), b=2) == Checked(1, 2)
+    with pytest.raises(ValueError, match="a < 0"):
+        evolve(Checked(1), a=-1)
