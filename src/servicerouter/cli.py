@@ -598,15 +598,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .haproxy.master_cli import HAProxyProcessError
     from .haproxy.render import TemplateError
     from .marathon.errors import MarathonError
+    from .stopping import Stopped, run_stoppable
 
     try:
         if args.command == "render":
-            return asyncio.run(_render(args))
+            return run_stoppable(_render(args))
         if args.command == "sync":
-            return asyncio.run(_sync(args))
+            return run_stoppable(_sync(args))
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))
+    except Stopped as exc:  # what it had changed is put back (oneshot.py)
+        print(f"servicerouter: {args.command} {exc}; its files are as they were",
+              file=sys.stderr)
+        return exc.status
     except UsageError as exc:
         print(f"servicerouter: error: {exc} (see --help)", file=sys.stderr)
         return 2

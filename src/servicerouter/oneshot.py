@@ -11,11 +11,15 @@ reported, as the daemon does (guard.py): one app's value never blocks every run.
 With ``--service-port-range`` the config names map files (``<config>.d``, as ``run``
 writes them): they count as part of the config (a change to them alone reloads too),
 are in place before ``haproxy -c``, and are put back with the file when it fails.
+
+SIGTERM or SIGINT (``stopping.run_stoppable``) ends a sync with 143 or 130, and puts the
+config and the map files back as they were when it had started changing them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -164,6 +168,40 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
         log.debug("%s is up to date; nothing to do", config)
         _keep_owners(config, rendered)
         return ""
+    try:
+        return await _apply(args, config, rendered, current, old_maps, how, reload)
+    except asyncio.CancelledError:  # a stop (SIGTERM): no half-applied change stays
+        _undo(config, current, rendered.map_dir, old_maps)
+        raise
+
+
+def _undo(config: Path, current: str | None, map_dir: str,
+          old_maps: Mapping[str, str | None]) -> None:
+    """The config and its map files as they were before this run: a sync stopped midway
+    must leave neither maps the running config does not read nor a config HAProxy may
+    not run (the next sync sees the change again and applies it whole)."""
+    try:
+        now: str | None = config.read_text()
+    except FileNotFoundError:
+        now = None
+    except OSError:
+        now = ""
+    try:
+        if now != current:
+            if current is None:
+                config.unlink(missing_ok=True)
+            else:
+                atomic_write(config, current)
+    except OSError as exc:
+        log.error("cannot put %s back as it was: %s", config, exc.strerror or exc)
+    _put_back(map_dir, old_maps)
+
+
+async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
+                 current: str | None, old_maps: Mapping[str, str | None], how: str,
+                 reload: Callable[[], Awaitable[str]]) -> str:
+    """Validate, write and reload the change ``rendered`` is to ``current``."""
+    candidate = rendered.text
     try:  # haproxy -c opens the map files the candidate names
         write_maps(rendered.map_dir, rendered.maps)
     except OSError as exc:

@@ -1,11 +1,13 @@
-"""Start-up steps that a stop request must not wait out."""
+"""Stop requests: start-up steps that must not wait them out, and one-shot commands
+that end cleanly on them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
-from typing import TypeVar
+import signal
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -28,3 +30,47 @@ async def unless_stopped(step: Awaitable[T], stop: asyncio.Event) -> T | None:
             await task
         return None
     return task.result()
+
+
+class Stopped(Exception):
+    """A one-shot command stopped by a signal; ``status`` is its exit status (128 + the
+    signal's number, as a shell reports a process the signal killed)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.status = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM or SIGINT cancels ``main`` and raises
+    :class:`Stopped` once it has unwound.
+
+    SIGTERM's default action killed ``render`` and ``sync`` outright: a sync stopped
+    between writing the map files and the config, or during the reload, left a half
+    applied change; cancelling instead runs their ``finally`` and ``except`` blocks, which
+    put the files back. A second signal while they do is ignored: they are short."""
+    async def stoppable() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def stop(signum: int) -> None:
+            if not received:
+                received.append(signum)
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            return await main
+        except BaseException:
+            if received:  # whatever the cancellation became on its way out
+                raise Stopped(received[0]) from None
+            raise
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(stoppable())
