@@ -25,6 +25,7 @@ from . import __version__
 from .entry import ignore_reloads_while_starting, runs_daemon
 from .envflags import apply_env
 from .layout import Settings
+from .redact import hidden, redact_url
 
 if TYPE_CHECKING:
     from .oneshot import Rendered
@@ -239,6 +240,11 @@ def _add_render(p: argparse.ArgumentParser) -> None:
                         "0 = no cap (default 2000)")
 
 
+# What --help (and an error about its variable) shows of these flags' values: the
+# defaults shown come from the environment, where the secrets are.
+SHOWN = {"--marathon": redact_url, "--marathon-credentials": hidden, "--dcos-token": hidden}
+
+
 def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     env = dict(os.environ) if env is None else env
     parser = _Parser(prog="servicerouter", description=__doc__.split("\n\n")[0])
@@ -280,7 +286,7 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     sub.add_parser("simulate", help="a Marathon API simulator (see simulate --help)",
                    add_help=False)
     for p in (render, run, sync):
-        apply_env(p, env)
+        apply_env(p, env, SHOWN)
     return parser
 
 

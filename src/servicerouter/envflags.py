@@ -10,31 +10,37 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 ENV_PREFIX = "SERVICEROUTER_"
+Mask = Callable[[str], str]
 
 
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
-def apply_env(parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
+def apply_env(parser: argparse.ArgumentParser, env: dict[str, str],
+              masks: Mapping[str, Mask] | None = None) -> None:
     """Use ``SERVICEROUTER_<FLAG>`` as the default of each long flag, and show the
-    variable and the default in ``--help`` (for every flag, set or not)."""
+    variable and the default in ``--help`` (for every flag, set or not). ``masks``: by
+    flag, what ``--help`` and errors show of a value instead (help ends up in terminals,
+    tickets and CI logs; a token or a password must not)."""
     for action in parser._actions:
         longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
         if not longs or action.default == argparse.SUPPRESS:
             continue
         name = env_name(longs[0])
+        mask = (masks or {}).get(longs[0], str)
         if name in env:
-            action.default = _env_value(parser, action, longs[0], name, env[name])
+            action.default = _env_value(parser, action, longs[0], name, env[name], mask)
             action.required = False
-        action.help = _help_with_env(action, name, set_=name in env)
+        action.help = _help_with_env(action, name, name in env, mask)
 
 
 def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, flag: str,
-               name: str, raw: str) -> Any:
+               name: str, raw: str, mask: Mask) -> Any:
     convert = action.type if callable(action.type) else str
     try:
         if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
@@ -46,9 +52,9 @@ def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, flag: s
             return [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
         value: Any = convert(raw)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        parser.error(f"environment variable {name}={raw!r} is not valid for {flag}")
+        parser.error(f"environment variable {name}={mask(raw)!r} is not valid for {flag}")
     if action.choices is not None and value not in action.choices:
-        parser.error(f"environment variable {name}={raw!r} is not one of "
+        parser.error(f"environment variable {name}={mask(raw)!r} is not one of "
                      f"{', '.join(map(str, action.choices))} ({flag})")
     return value
 
@@ -57,7 +63,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
-def _shown_default(action: argparse.Action) -> str:
+def _shown_default(action: argparse.Action, mask: Mask = str) -> str:
     value = action.default
     if isinstance(value, bool) or action.nargs == 0:
         return "on" if value else "off"
@@ -66,19 +72,19 @@ def _shown_default(action: argparse.Action) -> str:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
         return f"{value[0]}:{value[1]}"  # HOST:PORT
     if isinstance(value, list):
-        return ",".join(map(str, value))
+        return ",".join(mask(str(v)) for v in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return mask(str(value))
 
 
-def _help_with_env(action: argparse.Action, name: str, set_: bool) -> str:
+def _help_with_env(action: argparse.Action, name: str, set_: bool, mask: Mask = str) -> str:
     """``help [env NAME, default X]``; the help's own "(default ...)" is replaced so
     the default shown is the one in force (the variable's value when it is set)."""
     text = (action.help or "").replace("%(default)s", "DEFAULT")
     said = re.search(r"\(default:? ([^)]*)\)", text)
     text = re.sub(r"\s*\(default:? [^)]*\)", "", text).strip()
-    shown = _shown_default(action)
+    shown = _shown_default(action, mask)
     if shown == "none" and said and said.group(1) != "DEFAULT":
         shown = said.group(1)  # "every app" says more than "none"
     return f"{text} [env {name}{' (set)' if set_ else ''}, default {shown}]".replace(

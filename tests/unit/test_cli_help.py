@@ -96,3 +96,45 @@ def test_run_and_sync_say_the_same_about_the_haproxy_they_reload() -> None:
         subparser("sync").parse_args(["--reload-command", "x", "--haproxy-master-socket", "y"])
     args = subparser("run").parse_args(["--start-haproxy", "--haproxy-master-socket", "y"])
     assert args.start_haproxy and args.haproxy_master_socket == "y"
+
+
+SECRETS = {"SERVICEROUTER_MARATHON_CREDENTIALS": "alice:s3cr3t-pw",
+           "SERVICEROUTER_DCOS_TOKEN": "eyJ-s3cr3t-token",
+           "SERVICEROUTER_MARATHON": "http://bob:s3cr3t-url@m1:8080,https://m2:8443"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_never_shows_a_secret(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--help goes to terminals, tickets and CI logs: the variables' values that are
+    secrets are not shown, and a URL's user:password is masked."""
+    text = flat_help(subparser(command, SECRETS), monkeypatch)
+    assert "s3cr3t" not in text
+    assert "[env SERVICEROUTER_MARATHON_CREDENTIALS (set), default hidden]" in text
+    assert "[env SERVICEROUTER_DCOS_TOKEN (set), default hidden]" in text
+    assert "[env SERVICEROUTER_MARATHON (set), default http://***@m1:8080,https://m2:8443]" \
+        in text
+
+
+def test_the_secrets_in_the_environment_are_still_used() -> None:
+    args = subparser("sync", SECRETS).parse_args([])
+    assert args.marathon_credentials == "alice:s3cr3t-pw"
+    assert args.dcos_token == "eyJ-s3cr3t-token"
+    assert args.marathon == ["http://bob:s3cr3t-url@m1:8080", "https://m2:8443"]
+
+
+@pytest.mark.parametrize("url", [
+    "bob:s3cr3t@m1:8080",  # no scheme
+    "ftp://bob:s3cr3t@m1",
+    "http://bob:s3cr3t@m1:99999",
+    "http://bob:s3/cr3t@m1:8080",  # a '/' httpx reads as the end of the host
+    "http://bob:s3@cr3t@m1:8080/?x=1",  # an '@' not %-encoded
+    "http://bob:s3cr3t\x01@m1",
+])
+def test_an_invalid_marathon_url_is_reported_without_its_password(url: str) -> None:
+    from servicerouter.marathon.client import MarathonConfigError, parse_marathon_url
+
+    with pytest.raises(MarathonConfigError) as info:
+        parse_marathon_url(url)
+    message = str(info.value)
+    assert "s3" not in message and "cr3t" not in message, message
+    assert "***@" in message, message

@@ -41,6 +41,7 @@ from tenacity import (
 )
 
 from .. import __version__
+from ..redact import redact_url as _redact
 from .appsdecode import DecodedApps, decode_apps
 from .errors import (
     MarathonAuthError,
@@ -126,7 +127,8 @@ def parse_marathon_url(raw: str, default_auth: Auth | None = None) -> MarathonTa
     try:
         url = httpx.URL(text)
     except httpx.InvalidURL as exc:
-        raise MarathonConfigError(f"Marathon URL {raw!r} is not a URL: {exc}") from None
+        raise MarathonConfigError(f"Marathon URL {_redact(text)!r} is not a URL: "
+                                  f"{_why_invalid(text, exc)}") from None
     if url.scheme not in ("http", "https"):
         raise MarathonConfigError(
             f"Marathon URL {_redact(text)!r} must start with http:// or https://"
@@ -146,11 +148,16 @@ def parse_marathon_url(raw: str, default_auth: Auth | None = None) -> MarathonTa
     return MarathonTarget(url=str(base).rstrip("/"), auth=auth)
 
 
-def _redact(text: str) -> str:
-    scheme, sep, rest = text.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return text
+def _why_invalid(text: str, exc: httpx.InvalidURL) -> str:
+    """httpx's reason, unless it may quote a piece of the password ("Invalid port: 'pa'"
+    for ``user:pa/ss@host``): then the reason for the URL without its user:password."""
+    if _redact(text) == text:
+        return str(exc)
+    try:
+        httpx.URL(_redact(text))
+    except httpx.InvalidURL as other:
+        return str(other)
+    return "its user:password part is not valid (%-encode '/', '@' and ':' in it)"
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
