@@ -29,7 +29,7 @@ from pathlib import Path
 from . import owners
 from .cli import sockets_clash
 from .haproxy.children import brief
-from .haproxy.files import atomic_write, keep_rejected, make_dirs
+from .haproxy.files import atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
@@ -131,6 +131,7 @@ async def sync(args: argparse.Namespace,
     except OSError as exc:
         raise SyncError(f"cannot create the lock {lock.path}: {exc.strerror or exc}; "
                         "nothing was changed") from None
+    remove_leftovers(Path(args.haproxy_config))  # of a killed run; ours alone now
     try:
         return await _sync(args, render_config, how, reload)
     finally:

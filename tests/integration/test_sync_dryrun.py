@@ -3,11 +3,13 @@ simulator, with the real HAProxy (sync) or none at all (dry run)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -254,3 +256,25 @@ def test_a_sync_run_refuses_an_empty_marathon_unless_told(tmp_path: Path,
         out = sync(simulator.url, tmp_path, *by_master, "--allow-empty-marathon")
         assert out.returncode == 0, out.stderr
         assert f":{port}" not in config.read_text() and master_reloads(master) == reloads + 1
+
+
+def test_sync_removes_what_a_killed_run_left_and_nothing_else(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A sync (or daemon) SIGKILLed inside an atomic_write leaves its temp file, next to
+    the config or in <config>.d; the next sync removes those, and only those."""
+    config, maps = tmp_path / "haproxy.cfg", tmp_path / "haproxy.cfg.d"
+    maps.mkdir()
+    config.write_text(EMPTY_CFG)
+    left = []
+    for folder, name in ((tmp_path, "haproxy.cfg"), (tmp_path, "haproxy.cfg.owners.json"),
+                         (maps, "ports.map"), (maps, "crt-0123456789abcdef.list")):
+        fd, path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)  # named as atomic_write names them
+        left.append(Path(path))
+    others = [tmp_path / ".haproxy.cfg.swp", maps / "notes.tmp", maps / ".ports.map.tmp"]
+    for path in others:
+        path.write_text("the operator's\n")
+    out = sync(simulator.url, tmp_path, "--reload-command", "true")
+    assert out.returncode == 0, out.stderr
+    assert [p for p in left if p.exists()] == []
+    assert all(p.read_text() == "the operator's\n" for p in others)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .detached import KeptHAProxy
-from .files import atomic_write, keep_rejected, make_dirs
+from .files import atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .master_cli import MasterCLI
 from .process import (
     HAProxyProcess,
@@ -41,7 +41,7 @@ class ConfigFile:
 
     The candidate is piped to ``haproxy -c`` (never written to /tmp); :meth:`cleanup`
     removes what a killed daemon may have left of an ``atomic_write`` next to the
-    config, at start and at exit."""
+    config and in ``<config>.d`` (map files, crt-lists), at start and at exit."""
 
     def __init__(self, path: Path, haproxy_bin: str = "haproxy",
                  check_timeout: float = 60.0) -> None:
@@ -62,10 +62,9 @@ class ConfigFile:
             return None
 
     def cleanup(self) -> None:
-        """Remove files of ours a killed daemon may have left next to the config."""
-        with contextlib.suppress(OSError):
-            for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-                leftover.unlink()
+        """Remove the temp files a killed daemon may have left next to the config and in
+        its map folder (files.remove_leftovers)."""
+        remove_leftovers(self.path)
 
     def write(self, text: str) -> None:
         make_dirs(self.path.parent)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "keep_rejected", "make_dirs", "umask"]
+__all__ = ["atomic_write", "keep_rejected", "make_dirs", "remove_leftovers", "umask"]
 
 
 def umask() -> int:
@@ -55,7 +56,7 @@ def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644,
             mode = target.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = new_mode & ~umask()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -72,6 +73,37 @@ def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644,
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+_TMP = ".tmp"
+_RANDOM = "[a-z0-9_]{8}"  # what tempfile.mkstemp puts between the prefix and the suffix
+
+
+def _temp_files(folder: Path, names: list[str] | None) -> list[str]:
+    """The temp files of :func:`atomic_write` in ``folder`` for the files ``names`` (None:
+    for any file): regular files named ``.<name>.<8 random characters>.tmp``."""
+    name = "|".join(map(re.escape, names)) if names is not None else r"[^/]+"
+    pattern = re.compile(rf"\.(?:{name})\.{_RANDOM}{re.escape(_TMP)}")
+    try:
+        with os.scandir(folder) as entries:
+            return [e.path for e in entries
+                    if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    except OSError:  # no such folder (yet): nothing left in it
+        return []
+
+
+def remove_leftovers(config: Path) -> None:
+    """Remove what an :func:`atomic_write` killed between its temp file and the rename (a
+    SIGKILL, a power cut) left of the files written for ``config``: next to it, those of
+    the config, its ``.rejected`` and its ``.owners.json``; in ``<config>.d`` (map files,
+    crt-lists: a folder of ours alone) those of any file. Nothing else: the config's
+    folder is the operator's too (/etc/haproxy)."""
+    beside = [config.name, f"{config.name}.rejected",  # keep_rejected
+              f"{config.name}.owners.json"]  # owners.owners_path
+    for path in (_temp_files(config.parent, beside)
+                 + _temp_files(Path(f"{config.resolve()}.d"), None)):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def keep_rejected(path: str | os.PathLike[str], text: str) -> Path:
