@@ -228,6 +228,14 @@ async def test_redirect_loop_is_bounded() -> None:
     assert len(standby.requests) == 4
 
 
+async def test_a_redirect_refused_does_not_quote_the_password_in_it() -> None:
+    async with serving(Marathon()) as standby, MarathonClient([standby.url]) as client:
+        standby.redirect_to = "ftp://ops:hunter2@127.0.0.1:1"
+        with pytest.raises(MarathonUnavailable, match=r"unusable URL 'ftp://\*\*\*@127") as info:
+            await EventStream(client).connect()
+    assert "hunter2" not in str(info.value)
+
+
 async def test_stream_fails_over_to_a_live_url_and_reports_when_connected() -> None:
     connected: list[str] = []
     dead = closed_port_url()

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from ..redact import redact_url
 from .client import MarathonClient, MarathonTarget, marathon_message, transport_reason
 from .errors import (
     MarathonAuthError,
@@ -306,13 +307,13 @@ class EventStream:
         try:
             nxt = url.join(location)
         except httpx.InvalidURL:
-            raise refuse(f"redirect to an unusable URL {location!r}") from None
+            raise refuse(f"redirect to an unusable URL {redact_url(location)!r}") from None
         if nxt.scheme not in ("http", "https") or not nxt.host:
-            raise refuse(f"redirect to an unusable URL {location!r}")
+            raise refuse(f"redirect to an unusable URL {redact_url(location)!r}")
         if url.scheme == "https" and nxt.scheme == "http":
-            raise refuse(f"refusing to follow a redirect to http: {nxt}")
+            raise refuse(f"refusing to follow a redirect to http: {redact_url(str(nxt))}")
         if not nxt.path.endswith(EVENTS_PATH):
-            raise refuse(f"redirect away from {EVENTS_PATH}: {location!r}")
+            raise refuse(f"redirect away from {EVENTS_PATH}: {redact_url(location)!r}")
         if not nxt.query:
             nxt = nxt.copy_with(params=self._params)
         client = self._client
