@@ -357,6 +357,8 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         per_index.setdefault(index, _Pending(base))
     for index, sl in per_index.items():
         changes = sl.changes
+        if not changes and index not in templates:
+            continue  # the defaults (and groups): nothing below applies to them
         if sl.get("redir_path") and not sl.get("vhosts"):  # as marathon-lb: / of which host?
             warnings.append(f"label HAPROXY_{index}_HTTP_BACKEND_REDIR redirects / of the "
                             f"service's vhosts, and HAPROXY_{index}_VHOST names none; ignored")
