@@ -134,12 +134,13 @@ def install(paths: Paths, marathons: Sequence[str], package_manager: str | None,
         if done.returncode != 0:
             raise BridgeError(f"{shlex.join(argv)} exited with {done.returncode}; "
                                "nothing else was installed")
-    for path, text, mode in ((paths.marathons, "".join(f"{m}\n" for m in marathons), 0o644),
+    # The Marathon list may hold credentials (user:pass@host): root's only, even over a
+    # list an earlier install left readable.
+    for path, text, mode in ((paths.marathons, "".join(f"{m}\n" for m in marathons), 0o600),
                              (paths.command, command_script(), 0o755),
                              (paths.cron, cron_entry(cron_extra), 0o644)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text)
-        path.chmod(mode)
+        atomic_write(path, text, mode=mode)
         out(f"wrote {path}")
     out(f"installed: cron runs '/{COMMAND} refresh_system_haproxy' every minute; "
         "run it now to apply at once")

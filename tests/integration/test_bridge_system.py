@@ -176,3 +176,21 @@ def test_install_refuses_clearly_when_not_root(tmp_path: Path) -> None:
                                  "must run as root"), out.stderr
     assert "nothing was changed" in out.stderr
     assert Path("/etc/haproxy-marathon-bridge").exists() == existed
+
+
+def test_install_writes_the_marathon_list_readable_by_root_only(tmp_path: Path) -> None:
+    """The list may hold Marathon credentials (user:pass@host): 0600, also when an
+    earlier install left it readable by every local user."""
+    root = tmp_path / "root"
+    apt, _ = recorder(tmp_path)
+    marathons = root / "etc/haproxy-marathon-bridge/marathons"
+    install = ("install_haproxy_system", "--root", root, "--package-manager", apt)
+    out = bridge(*install, "ops:s3cret@m1:8080")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(marathons.stat().st_mode) == 0o600
+    marathons.chmod(0o644)  # as installs before this fix left it
+    out = bridge(*install, "ops:n3w@m1:8080")
+    assert out.returncode == 0, out.stderr
+    assert marathons.read_text() == "ops:n3w@m1:8080\n"
+    assert stat.S_IMODE(marathons.stat().st_mode) == 0o600
+    assert [p.name for p in marathons.parent.iterdir()] == ["marathons"], "no temp left"
