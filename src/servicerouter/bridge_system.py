@@ -178,10 +178,17 @@ def differs(candidate: str, path: Path) -> bool:
 
 @contextlib.contextmanager
 def refresh_lock(paths: Paths) -> Iterator[bool]:
-    """Cron starts a refresh every minute; a slow one must not overlap the next."""
+    """Cron starts a refresh every minute; a slow one must not overlap the next.
+
+    The lock file is root's only (0600, an older 0644 one too): ``flock`` needs only read
+    access, so a file others can open lets any local user hold the lock and stop every
+    refresh. Close-on-exec, so a reload command cannot keep holding it."""
     lock = paths / LOCK
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as f:
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "r+b", buffering=0) as f:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -5,6 +5,9 @@ HAProxy agreeing with reconcile."""
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,6 +68,28 @@ def test_marathon_list_ignores_blank_lines_and_comments(tmp_path: Path) -> None:
     paths.marathons.write_text("# nothing\n")
     with pytest.raises(bs.BridgeError, match="lists no Marathon"):
         bs.read_marathons(paths)
+
+
+def test_refresh_lock_is_root_only_and_not_inherited(tmp_path: Path) -> None:
+    """flock needs only read access: a lock file others can open lets any local user
+    hold it and stop every refresh. It is 0600 (an old 0644 one too), close-on-exec."""
+    paths = bs.Paths(tmp_path)
+    lock = paths / bs.LOCK
+    umask = os.umask(0o022)
+    try:
+        with bs.refresh_lock(paths) as locked:
+            assert locked
+            assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+            fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+                   if os.path.realpath(f"/proc/self/fd/{fd}") == str(lock)]
+            assert len(fds) == 1 and fcntl.fcntl(fds[0], fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            with bs.refresh_lock(paths) as again:
+                assert not again, "a second refresh must not run beside the first"
+        lock.chmod(0o644)  # as refreshes before this fix left it
+        with bs.refresh_lock(paths) as locked:
+            assert locked and stat.S_IMODE(lock.stat().st_mode) == 0o600
+    finally:
+        os.umask(umask)
 
 
 def test_refresh_in_a_scratch_root_reloads_only_through_its_master_socket(
