@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .haproxy.files import atomic_write, keep_rejected
-from .haproxy.master_cli import MasterCLI
+from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
 
 PROG = "haproxy-marathon-bridge"
@@ -216,7 +216,8 @@ def reload_plan(paths: Paths) -> tuple[str, str | list[str]]:
 async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
                   haproxy_bin: str = "haproxy") -> str:
     """Regenerate; when the config changed, validate, replace and reload. Returns what
-    was done, in one line. Raises BridgeError (or MarathonError) with the reason."""
+    was done, in one line. Raises BridgeError (or MarathonError) with the reason; after a
+    failed reload the file HAProxy runs is back in place, so the next run retries."""
     candidate = await generate(read_marathons(paths))
     if not differs(candidate, paths.config):
         return "unchanged"
@@ -227,11 +228,40 @@ async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
         raise BridgeError(f"haproxy -c rejected the new config (kept as {kept}); "
                            f"{paths.config} and the running HAProxy are unchanged: "
                            f"{checked.output.strip()}")
+    try:
+        running: bytes | None = paths.config.read_bytes()
+    except FileNotFoundError:
+        running = None
     paths.config.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(paths.config, candidate)
-    if how == "master":
-        info = await MasterCLI(str(target)).reload()
-        return (f"{paths.config} replaced; HAProxy reloaded through {target} "
-                f"(reload {info.reloads}, worker(s) {info.worker_pids})")
-    await run_reload_command(list(target))
-    return f"{paths.config} replaced; HAProxy reloaded with {shlex.join(list(target))}"
+    try:
+        if how == "master":
+            info = await MasterCLI(str(target)).reload()
+            return (f"{paths.config} replaced; HAProxy reloaded through {target} "
+                    f"(reload {info.reloads}, worker(s) {info.worker_pids})")
+        await run_reload_command(list(target))
+        return f"{paths.config} replaced; HAProxy reloaded with {shlex.join(list(target))}"
+    except (HAProxyProcessError, OSError) as exc:
+        raise BridgeError(f"HAProxy was not reloaded: {exc}; "
+                          f"{_put_back(paths.config, running, candidate)}") from None
+
+
+def _put_back(config: Path, running: bytes | None, candidate: str) -> str:
+    """After a failed reload: the file HAProxy runs goes back (none if there was none),
+    else the next run would find its candidate unchanged and never retry the reload.
+    The candidate is kept beside it. Returns what was done, for the error."""
+    try:
+        kept = f"kept as {keep_rejected(config, candidate)}"
+    except OSError as exc:
+        kept = f"not kept: {exc}"
+    try:
+        if running is None:
+            config.unlink(missing_ok=True)
+        else:
+            atomic_write(config, running)
+    except OSError as exc:
+        return (f"{config} could not be put back ({exc}); it holds the new config "
+                f"({kept}), which the next refresh sees as unchanged: fix the reload, "
+                "then reload HAProxy yourself")
+    done = "removed (there was none before)" if running is None else "put back"
+    return (f"{config} {done}, the new config {kept}; the next refresh retries")

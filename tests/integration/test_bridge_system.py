@@ -18,10 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from servicerouter import bridge_system as bs
 from servicerouter.demo.procs import Proc
 
 from .conftest import needs_haproxy
-from .harness import EMPTY_CFG, Simulator, master_reloads, running, wait_for, wait_routed
+from .harness import (
+    EMPTY_CFG,
+    Simulator,
+    free_port,
+    master_reloads,
+    running,
+    wait_for,
+    wait_routed,
+)
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -194,3 +203,74 @@ def test_install_writes_the_marathon_list_readable_by_root_only(tmp_path: Path) 
     assert marathons.read_text() == "ops:n3w@m1:8080\n"
     assert stat.S_IMODE(marathons.stat().st_mode) == 0o600
     assert [p.name for p in marathons.parent.iterdir()] == ["marathons"], "no temp left"
+
+
+@pytest.mark.parametrize("before", [EMPTY_CFG, None], ids=["replaced", "first"])
+async def test_a_failed_reload_puts_the_running_config_back_so_the_next_refresh_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str | None) -> None:
+    """A new config on disk that HAProxy never loaded looked unchanged to every later
+    cron run: the reload was never retried."""
+    paths = bs.Paths(tmp_path)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text("m1:8080\n")
+    paths.config.parent.mkdir(parents=True)
+    if before is not None:
+        paths.config.write_text(before)
+        paths.config.chmod(0o640)
+    candidate = f"{EMPTY_CFG}listen web\n    bind 127.0.0.1:{free_port()}\n"
+
+    async def generate(_: list[str]) -> str:
+        return candidate
+
+    failing = [sys.executable, "-c", "import sys; sys.exit('haproxy.service: reload failed')"]
+    monkeypatch.setattr(bs, "reload_plan", lambda _: ("command", failing))
+    with pytest.raises(bs.BridgeError) as failed:
+        await bs.refresh(paths, generate)
+    message = str(failed.value)
+    assert "haproxy.service: reload failed" in message and "the next refresh retries" in message
+    rejected = paths.config.with_name("haproxy.cfg.rejected")
+    assert rejected.read_text() == candidate and str(rejected) in message
+    if before is None:
+        assert not paths.config.exists()
+    else:
+        assert paths.config.read_text() == before
+        assert stat.S_IMODE(paths.config.stat().st_mode) == 0o640
+
+    monkeypatch.setattr(bs, "reload_plan", lambda _: ("command", ["true"]))
+    done = await bs.refresh(paths, generate)
+    assert done.startswith(f"{paths.config} replaced; HAProxy reloaded"), done
+    assert paths.config.read_text() == candidate
+    assert [p.name for p in paths.config.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_reload_haproxy_refuses_is_retried_by_the_next_refresh(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A config haproxy -c passes can still fail to load: here another process holds its
+    port. The config HAProxy runs goes back on disk, so once the port is free the next
+    cron run reloads rather than finding nothing changed."""
+    root = tmp_path / "root"
+    paths = bs.Paths(root)
+    port, live = simulator.launch("/taken/web", 1)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text(simulator.url.removeprefix("http://") + "\n")
+    paths.config.parent.mkdir(parents=True)
+    paths.config.write_text(EMPTY_CFG)
+    master = paths.master_socket
+    master.parent.mkdir(parents=True)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
+                               "-S", str(master)], tmp_path / "haproxy.log")
+    refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", "0")
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        with socket.create_server(("0.0.0.0", port)):  # not SO_REUSEPORT: HAProxy can't
+            out = bridge(*refresh)
+            assert out.returncode == 1
+            assert "rejected the new configuration" in out.stderr, out.stderr
+            assert "the next refresh retries" in out.stderr and "Traceback" not in out.stderr
+            assert paths.config.read_text() == EMPTY_CFG
+            assert f"bind 0.0.0.0:{port}" in (root / "etc/haproxy/haproxy.cfg.rejected"
+                                                ).read_text()
+        out = bridge(*refresh)
+        assert out.returncode == 0, out.stderr
+        assert "reloaded" in out.stdout
+        wait_routed(port, live)

@@ -45,7 +45,7 @@ def make_dirs(path: str | os.PathLike[str], mode: int = 0o755) -> None:
         raise NotADirectoryError(f"{missing[0]} is not a folder")
 
 
-def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644,
+def atomic_write(path: str | os.PathLike[str], text: str | bytes, new_mode: int = 0o644,
                  mode: int | None = None) -> None:
     """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync
     the directory. Keeps the old file's mode bits; a new file gets ``new_mode`` less the
@@ -58,8 +58,8 @@ def atomic_write(path: str | os.PathLike[str], text: str, new_mode: int = 0o644,
             mode = new_mode & ~umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
