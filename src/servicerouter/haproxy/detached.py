@@ -7,6 +7,11 @@ that finds the master answering on ``--haproxy-master-socket`` adopts it instead
 starting another (and the engine adopts its slot table: no reload). While the daemon
 runs it watches the master and starts a new one if it is gone.
 
+A master that does not answer its socket is not taken for dead while its process
+lives (it may be busy, or stopped with SIGSTOP): a second master would bind the same
+ports beside it (``SO_REUSEPORT``) and take over its socket. The daemon waits for it,
+and says why, instead.
+
 The price: HAProxy's own messages are not relayed to the daemon's log after the
 start (declare a ``log`` target in a template for them), and stopping HAProxy is
 the operator's job (``kill`` the master pid from ``show proc``).
@@ -16,11 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo
+from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo, ReloadError
 from .process import StartError, validate
 
 if TYPE_CHECKING:
@@ -31,6 +40,47 @@ log = logging.getLogger("servicerouter.haproxy")
 
 WATCH_INTERVAL = 2.0  # seconds between looks at the master
 START_TIMEOUT = 15.0
+ANSWER_TIMEOUT = 60.0  # how long a starting daemon waits for a kept master that is silent
+
+
+@dataclass(frozen=True)
+class HAProxyPid:
+    pid: int
+    ppid: int
+    state: str  # the letter of /proc/<pid>/stat: R, S, D, T (stopped), ...
+
+    def describe(self) -> str:
+        return {"T": "stopped", "t": "stopped", "D": "blocked in the kernel"}.get(
+            self.state, "running but busy")
+
+
+def _started_with_socket(argv: list[str], master_socket: str) -> bool:
+    """Whether ``argv`` has ``-S master_socket[,options]``."""
+    return any(prev == "-S" and arg.split(",", 1)[0] == master_socket
+               for prev, arg in itertools.pairwise(argv))
+
+
+def haproxy_processes(master_socket: str, names: Collection[str]) -> list[HAProxyPid]:
+    """Live processes named ``names`` started with ``-S master_socket``: the master, its
+    workers and a launcher still running. A zombie is dead. None where /proc is not."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    stat = f.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            name = stat[stat.find("(") + 1 : stat.rfind(")")]
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if (len(fields) > 1 and name in names and fields[0] not in ("Z", "X")
+                    and _started_with_socket(argv, master_socket)):
+                found.append(HAProxyPid(int(entry), int(fields[1]), fields[0]))
+    return found
 
 
 class KeptHAProxy:
@@ -44,11 +94,51 @@ class KeptHAProxy:
         self._engine: Engine | None = None
         self._watch: asyncio.Task[None] | None = None
         self._master_pid: int | None = None
+        self.answer_timeout = ANSWER_TIMEOUT
+
+    def live_master(self) -> HAProxyPid | None:
+        """The HAProxy process holding our master socket, judged by the process, not by
+        its answer: one that is busy or stopped does not answer, yet is not dead. (Workers
+        of a master just killed count until they exit, a moment later.)"""
+        names = {"haproxy", Path(self.config.haproxy_bin).name[:15]}  # comm: 15 chars
+        found = haproxy_processes(self.master_socket, names)
+        pids = {p.pid for p in found}
+        return next((p for p in found if p.ppid not in pids), None)
+
+    def _silent(self, proc: HAProxyPid, error: Exception) -> str:
+        return (f"HAProxy master {proc.pid} ({proc.describe()}) holds the master socket "
+                f"{self.master_socket} but does not answer on it ({error})")
+
+    async def _kept_master(self) -> ProcInfo | None:
+        """The master a previous daemon left, if any. One that is alive but silent is
+        waited for, up to ``answer_timeout``; then StartError, not a second master."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.answer_timeout
+        waiting = False
+        while True:
+            try:
+                return await self.master.show_proc()
+            except HAProxyProcessError as exc:
+                error = exc
+            proc = self.live_master()
+            if proc is None:
+                return None
+            if loop.time() >= deadline:
+                raise StartError(
+                    f"{self._silent(proc, error)} for {self.answer_timeout:g}s; not starting "
+                    f"a second HAProxy on its ports: resume it (kill -CONT {proc.pid}) or "
+                    f"stop it (kill {proc.pid}), then start servicerouter again")
+            if not waiting:
+                log.warning("%s; waiting up to %gs for it rather than starting a second "
+                            "HAProxy on its ports", self._silent(proc, error),
+                            self.answer_timeout)
+                waiting = True
+            await asyncio.sleep(0.2)
 
     async def start(self, engine: Engine) -> None:
         self._engine = engine
-        with contextlib.suppress(HAProxyProcessError):
-            info = await self.master.show_proc()
+        info = await self._kept_master()
+        if info is not None:
             self._master_pid = info.master_pid
             log.info("adopting the HAProxy master %d left running on %s (workers %s)",
                      info.master_pid, self.master_socket, info.worker_pids)
@@ -63,7 +153,13 @@ class KeptHAProxy:
         self._watch = asyncio.ensure_future(self._watch_master())
 
     async def _launch(self) -> ProcInfo:
-        """``haproxy -W -D``: returns once the detached master answers with a worker."""
+        """``haproxy -W -D``: returns once the detached master answers with a worker.
+        Never beside a live master of this socket (whose socket it would remove)."""
+        running = self.live_master()
+        if running is not None:
+            raise StartError(f"HAProxy master {running.pid} ({running.describe()}) already "
+                             f"runs with the master socket {self.master_socket}; not starting "
+                             "a second HAProxy on its ports")
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             Path(self.master_socket).unlink()  # a stale socket would answer "refused"
@@ -104,16 +200,29 @@ class KeptHAProxy:
     async def _watch_master(self) -> None:
         """Start a new HAProxy if the one we run or adopted is gone (bounded backoff)."""
         delay = WATCH_INTERVAL
+        silent: HAProxyPid | None = None  # the live master that does not answer
         while True:
             await asyncio.sleep(delay)
             if self._master_pid is None:
                 continue  # nothing started yet: the first reload starts it
             try:  # a reload re-executes the master: its socket refuses for a moment
-                await self.master.show_proc(patience=2.0)
+                info = await self.master.show_proc(patience=2.0)
+                self._master_pid = info.master_pid
+                if silent is not None:
+                    log.info("HAProxy's master %d answers again", info.master_pid)
+                    silent = None
                 delay = WATCH_INTERVAL
                 continue
-            except HAProxyProcessError:
-                pass
+            except HAProxyProcessError as exc:
+                error = exc
+            proc = self.live_master()
+            if proc is not None:  # busy or stopped: another would share its ports
+                if silent is None:
+                    log.error("%s; not starting a second HAProxy on its ports, waiting for "
+                              "it to answer", self._silent(proc, error))
+                silent = proc
+                continue
+            silent = None
             log.error("HAProxy's master %s does not answer; starting HAProxy again",
                       self.master_socket)
             try:
@@ -131,7 +240,11 @@ class KeptHAProxy:
     async def reload(self) -> None:
         try:
             await self.master.reload()
-        except MasterUnavailable:  # none running yet (the first config), or it died
+        except MasterUnavailable as exc:  # none running yet (the first config), or it died
+            proc = self.live_master()
+            if proc is not None:  # or it is busy or stopped: not a second one beside it
+                raise ReloadError(f"{self._silent(proc, exc)}; not starting a second "
+                                  "HAProxy on its ports") from None
             await self._launch()
 
     async def stop(self) -> None:
