@@ -185,3 +185,33 @@ async def test_the_watch_waits_for_a_stopped_master_rather_than_starting_another
         await until(lambda: "answers again" in caplog.text, 60, "the watch to see it back")
     finally:
         await kept.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return state(pid) not in ("Z", "X")
+    except OSError:
+        return False
+
+
+async def test_a_launch_that_times_out_leaves_nothing_running(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher hangs after the real HAProxy has detached (its master and worker
+    left the launcher's process group): all of them go, not only the launcher."""
+    marker = env.root / "detached"
+    hanging = env.root / "haproxy-hangs"
+    hanging.write_text('#!/bin/sh\nif [ "$1" = "-W" ]; then haproxy "$@" || exit\n'
+                       f'  echo $$ > {marker}; exec sleep 300\nfi\nexec haproxy "$@"\n')
+    hanging.chmod(0o755)
+    monkeypatch.setattr(detached, "START_TIMEOUT", 10.0)
+    kept = env.kept(haproxy_bin=str(hanging))
+    try:
+        with pytest.raises(StartError, match=r"did not detach within 10\.0s; what it "
+                                             r"started was killed"):
+            await kept.start(Engine())  # type: ignore[arg-type]
+    finally:
+        await kept.stop()
+    assert marker.exists(), "HAProxy had not detached when the launch timed out"
+    launcher = int(marker.read_text())
+    assert not alive(launcher), "the hanging launcher outlived the launch"
+    assert not env.processes(), "HAProxy's master or worker outlived the failed launch"

@@ -24,11 +24,13 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .children import kill_group
 from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo, ReloadError
 from .process import StartError, validate
 
@@ -40,6 +42,7 @@ log = logging.getLogger("servicerouter.haproxy")
 
 WATCH_INTERVAL = 2.0  # seconds between looks at the master
 START_TIMEOUT = 15.0
+KILL_TIMEOUT = 10.0  # for the processes of a failed launch to be gone after SIGKILL
 ANSWER_TIMEOUT = 60.0  # how long a starting daemon waits for a kept master that is silent
 
 
@@ -96,12 +99,15 @@ class KeptHAProxy:
         self._master_pid: int | None = None
         self.answer_timeout = ANSWER_TIMEOUT
 
+    def _processes(self) -> list[HAProxyPid]:
+        names = {"haproxy", Path(self.config.haproxy_bin).name[:15]}  # comm: 15 chars
+        return haproxy_processes(self.master_socket, names)
+
     def live_master(self) -> HAProxyPid | None:
         """The HAProxy process holding our master socket, judged by the process, not by
         its answer: one that is busy or stopped does not answer, yet is not dead. (Workers
         of a master just killed count until they exit, a moment later.)"""
-        names = {"haproxy", Path(self.config.haproxy_bin).name[:15]}  # comm: 15 chars
-        found = haproxy_processes(self.master_socket, names)
+        found = self._processes()
         pids = {p.pid for p in found}
         return next((p for p in found if p.ppid not in pids), None)
 
@@ -174,9 +180,9 @@ class KeptHAProxy:
         try:  # the launcher exits once the master has forked; the master quiets its stdio
             out, _ = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise StartError(f"HAProxy did not detach within {START_TIMEOUT}s") from None
+            await self._kill_launched(proc)
+            raise StartError(f"HAProxy did not detach within {START_TIMEOUT}s; what it "
+                             "started was killed") from None
         alerts = "; ".join(ln.split(" : ", 1)[-1] for ln in out.decode(errors="replace")
                            .splitlines() if "[ALERT]" in ln)
         if proc.returncode != 0:
@@ -194,8 +200,29 @@ class KeptHAProxy:
                              info.worker_pids)
                     return info
             await asyncio.sleep(0.05)
+        await self._kill_launched(proc)
         raise StartError(f"HAProxy master socket {self.master_socket} did not answer with a "
-                         f"worker within {START_TIMEOUT}s")
+                         f"worker within {START_TIMEOUT}s; what HAProxy started was killed")
+
+    async def _kill_launched(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGKILL all a failed launch started, so that nothing of it serves or holds the
+        ports: the launcher's process group, and the master, which ``-D`` made a session
+        of its own, with its workers (its process group). Every live HAProxy started
+        with our socket is this launch's: ``_launch`` starts none beside another."""
+        await kill_group(proc)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KILL_TIMEOUT
+        while (found := self._processes()) and loop.time() < deadline:
+            for p in found:
+                with contextlib.suppress(OSError):  # gone meanwhile, or not ours to kill
+                    if os.getpgid(p.pid) == p.pid:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    else:
+                        os.kill(p.pid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
+        if found:
+            log.error("HAProxy processes %s of a failed launch are still alive after "
+                      "SIGKILL", [p.pid for p in found])
 
     async def _watch_master(self) -> None:
         """Start a new HAProxy if the one we run or adopted is gone (bounded backoff)."""
