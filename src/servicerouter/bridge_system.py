@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .haproxy.files import atomic_write, keep_rejected
+from .haproxy.files import atomic_write, keep_rejected, make_dirs
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
 
@@ -139,7 +139,7 @@ def install(paths: Paths, marathons: Sequence[str], package_manager: str | None,
     for path, text, mode in ((paths.marathons, "".join(f"{m}\n" for m in marathons), 0o600),
                              (paths.command, command_script(), 0o755),
                              (paths.cron, cron_entry(cron_extra), 0o644)):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         atomic_write(path, text, mode=mode)
         out(f"wrote {path}")
     out(f"installed: cron runs '/{COMMAND} refresh_system_haproxy' every minute; "
@@ -150,13 +150,20 @@ def install(paths: Paths, marathons: Sequence[str], package_manager: str | None,
 
 
 def read_marathons(paths: Paths) -> list[str]:
+    """The Marathons the list names. A list an older install left readable by others is
+    made root's only (it may hold user:password@host)."""
     try:
-        lines = paths.marathons.read_text().splitlines()
+        lines = paths.marathons.read_text(encoding="utf-8").splitlines()
+        if paths.marathons.stat().st_mode & 0o077:
+            paths.marathons.chmod(0o600)
     except FileNotFoundError:
         raise BridgeError(f"no Marathon list at {paths.marathons}: run "
                            f"'{PROG} install_haproxy_system HOST:PORT ...' first") from None
     except OSError as exc:
         raise BridgeError(f"cannot read {paths.marathons}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise BridgeError(f"{paths.marathons} is not UTF-8 text ({exc.reason} at byte "
+                           f"{exc.start})") from None
     marathons = [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
     if not marathons:
         raise BridgeError(f"{paths.marathons} lists no Marathon (one HOST:PORT per line)")
@@ -171,9 +178,9 @@ def _body(text: str) -> str:
 
 def differs(candidate: str, path: Path) -> bool:
     try:
-        return _body(path.read_text()) != _body(candidate)
-    except FileNotFoundError:
-        return True
+        return _body(path.read_text(encoding="utf-8")) != _body(candidate)
+    except (FileNotFoundError, UnicodeDecodeError):  # not ours: replaced (and put back if
+        return True  # the reload fails)
 
 
 @contextlib.contextmanager
@@ -184,7 +191,7 @@ def refresh_lock(paths: Paths) -> Iterator[bool]:
     access, so a file others can open lets any local user hold the lock and stop every
     refresh. Close-on-exec, so a reload command cannot keep holding it."""
     lock = paths / LOCK
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(lock.parent)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "r+b", buffering=0) as f:
         if os.fstat(fd).st_mode & 0o077:
@@ -232,7 +239,7 @@ async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
         running: bytes | None = paths.config.read_bytes()
     except FileNotFoundError:
         running = None
-    paths.config.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(paths.config.parent)
     atomic_write(paths.config, candidate)
     try:
         if how == "master":

@@ -205,6 +205,24 @@ def test_install_writes_the_marathon_list_readable_by_root_only(tmp_path: Path) 
     assert [p.name for p in marathons.parent.iterdir()] == ["marathons"], "no temp left"
 
 
+def test_each_refresh_makes_an_older_readable_marathon_list_private(tmp_path: Path) -> None:
+    """A list an install before the 0600 fix wrote stayed 0644 until the next install."""
+    paths = bs.Paths(tmp_path)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text("ops:s3cret@m1:8080\n")
+    paths.marathons.chmod(0o644)
+    assert bs.read_marathons(paths) == ["ops:s3cret@m1:8080"]
+    assert stat.S_IMODE(paths.marathons.stat().st_mode) == 0o600
+
+
+def test_a_marathon_list_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    paths = bs.Paths(tmp_path)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_bytes(b"m\xe91:8080\n")
+    with pytest.raises(bs.BridgeError, match=f"{paths.marathons} is not UTF-8 text"):
+        bs.read_marathons(paths)
+
+
 @pytest.mark.parametrize("before", [EMPTY_CFG, None], ids=["replaced", "first"])
 async def test_a_failed_reload_puts_the_running_config_back_so_the_next_refresh_retries(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str | None) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .children import kill_group
+from .files import make_dirs
 from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo, ReloadError
 from .process import StartError, validate
 
@@ -166,7 +167,7 @@ class KeptHAProxy:
             raise StartError(f"HAProxy master {running.pid} ({running.describe()}) already "
                              f"runs with the master socket {self.master_socket}; not starting "
                              "a second HAProxy on its ports")
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.socket_path.parent)
         with contextlib.suppress(FileNotFoundError):
             Path(self.master_socket).unlink()  # a stale socket would answer "refused"
         argv = [self.config.haproxy_bin, "-W", "-D", "-S", f"{self.master_socket},mode,600",
