@@ -104,6 +104,7 @@ def machine() -> dict[str, str]:
                 mem_kb = int(line.split()[1])
     haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
     return {
+        "writing 1 GiB of new memory": f"{_fresh_memory_s():.2f} s",
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
@@ -112,6 +113,17 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "wrk": "yes" if shutil.which("wrk") else "no",
     }
+
+
+def _fresh_memory_s() -> float:
+    """Seconds a new process takes to write 1 GiB: the cost of memory the kernel must
+    find pages for. HAProxy's start and ``haproxy -c`` at 10,000 apps (0.5-1 GB each)
+    scale with it, not with the CPU: 0.3 s on most machines, several seconds on a VM
+    whose host reclaims idle memory (2026-12-02: ``haproxy -c`` 1.6 s, run 7's 0.62 s,
+    while every in-process step ran as fast as run 7's)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "b = b'\\x01' * (1 << 30)"], check=True, timeout=300)
+    return time.perf_counter() - t0
 
 
 def _status_kb(pid: int, field: str) -> int:
