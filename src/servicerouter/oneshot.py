@@ -253,8 +253,13 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         else:
             atomic_write(config, current)
         _put_back(rendered.map_dir, old_maps)
+        try:  # for whoever looks into the failure: what was to be loaded
+            saved = f"the new one is kept at {keep_rejected(config, candidate)}"
+        except OSError as exc2:
+            saved = f"the new one could not be kept ({exc2.strerror or exc2})"
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
-                        "config HAProxy is running, the next sync retries") from None
+                        f"config HAProxy is running ({saved}), the next sync "
+                        "retries") from None
     _keep_owners(config, rendered)
     return f"{config} updated; HAProxy reloaded via {how} ({detail})"
 

@@ -85,8 +85,10 @@ def test_sync_applies_only_changes_and_fails_clearly(tmp_path: Path,
         out = sync(simulator.url, tmp_path, "--reload-command", "exit 3")
         assert out.returncode == 1
         assert "reload via command 'exit 3' failed" in out.stderr, out.stderr
-        assert "was restored" in out.stderr
+        assert f"was restored to the config HAProxy is running (the new one is kept at " \
+               f"{config}.rejected), the next sync retries" in out.stderr, out.stderr
         assert config.read_text() == good and reloads() == 2
+        assert "server" in (tmp_path / "haproxy.cfg.rejected").read_text()
         assert sync(simulator.url, tmp_path, *by_master).returncode == 0
         assert reloads() == 3
         wait_routed(port, live)
