@@ -57,9 +57,11 @@ class DryRunRuntime:
     async def show_servers_state(self, backend: str | None = None) -> list[ServerState]:
         return expected_servers(self.engine, backend) if self.engine else []
 
-    async def servers_state_chunks(self) -> AsyncIterator[list[str]]:
+    async def servers_state_chunks(self, backends: Sequence[str] | None = None
+                                   ) -> AsyncIterator[list[str]]:
         states = expected_servers(self.engine) if self.engine else []
-        yield ["1", *map(state_line, states)]
+        wanted = None if backends is None else set(backends)
+        yield ["1", *(state_line(s) for s in states if wanted is None or s.backend in wanted)]
 
     async def query(self, command: str) -> str:
         """``show map <file>`` (range mode): the maps of the engine's layout."""

@@ -251,9 +251,9 @@ class Engine:
             if self.intake.retry_at is not None and now >= self.intake.retry_at:
                 self.intake.retry_at = None
                 self.request_full_sync()
-            if now >= next_reconcile:
-                next_reconcile = now + cfg.reconcile_interval
-                self.request_reconcile()
+            if now >= next_reconcile:  # all backends once an interval, in slices
+                next_reconcile = now + cfg.reconcile_interval / self.reconciler.slices()
+                self.reconciler.request_slice()
             self.events.expire_drains()
             wait = min(next_resync, next_reconcile, next_worker_check,
                        self.events.next_deadline(), self.intake.retry_at or next_resync) - now

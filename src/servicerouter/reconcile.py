@@ -10,6 +10,7 @@ left to the next round (their lines may predate the change).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("servicerouter.engine")
 
 
+SLICE_BACKENDS = 1000
+"""The periodic read covers at most this many backends at a time: above it, each
+``--reconcile-interval`` is split into slices read one after another (10 of 1,000
+backends at 10,000 apps), so HAProxy and the daemon never spend 150 ms of both
+cores at once on it while changes wait (issue #11's tail, at every 10 s)."""
+
+
 @dataclass(frozen=True)
 class Scanned:
     """What one read of ``show servers state`` found: the backends that differ."""
@@ -35,19 +43,49 @@ class Scanned:
     seq: int  # Engine.change_seq when the read began
     suspect: Layout
     actual: list[ServerState]
+    maps: bool = True  # range mode: read the maps back too (once a full round)
 
 
 class Reconciler:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.wanted = False
+        self.slice_wanted = False  # the periodic read's next slice (slices > 1)
+        self.after: str | None = None  # the last backend of the last slice read
         self.running: asyncio.Task[Scanned | None] | None = None  # the background read
         self.worker: int | None = None  # HAProxy's worker pid, as last seen
         self.checking_worker = False
 
     def request(self) -> None:
+        """Read all of HAProxy back (a worker changed, an apply step failed)."""
         self.wanted = True
         self.engine.wake()
+
+    def slices(self) -> int:
+        """Into how many reads the periodic reconcile splits: one up to
+        :data:`SLICE_BACKENDS` backends."""
+        return max(1, -(-len(self.engine.layout) // SLICE_BACKENDS))
+
+    def request_slice(self) -> None:
+        """The periodic read: its next slice, or all of it when it fits in one."""
+        if self.slices() == 1:
+            self.request()
+        else:
+            self.slice_wanted = True
+            self.engine.wake()
+
+    def _next_slice(self) -> tuple[list[str], bool]:
+        """The layout keys of the next slice, and whether it starts a round: the keys
+        after the last slice's, in order, so a round reads each backend that is there
+        all along once, however many come and go meanwhile."""
+        keys = sorted(self.engine.layout)
+        size = -(-len(keys) // self.slices())
+        start = bisect.bisect_right(keys, self.after) if self.after is not None else 0
+        if start >= len(keys):
+            start = 0
+        chosen = keys[start:start + size]
+        self.after = chosen[-1] if chosen else None
+        return chosen, start == 0
 
     async def reconcile(self, after_reload: bool = False) -> None:
         """Read HAProxy's servers back and repair any difference from the slot table.
@@ -63,9 +101,10 @@ class Reconciler:
         found. Not held back by a pending reload: a reload that keeps failing (a
         rejected candidate) must not leave a restarted worker serving the file's dead
         tasks."""
-        if self.wanted and self.running is None:
-            self.wanted = False
-            task = self.engine.spawn(self.scan())
+        if (self.wanted or self.slice_wanted) and self.running is None:
+            keys, first = (None, True) if self.wanted else self._next_slice()
+            self.wanted = self.slice_wanted = False  # a full read covers the slice
+            task = self.engine.spawn(self.scan(keys=keys, maps=first))
             task.add_done_callback(lambda _: self.engine.wake())  # repaired in the loop
             self.running = task
         if self.running is not None and self.running.done():
@@ -79,10 +118,12 @@ class Reconciler:
             if found is not None:
                 await self.repair(found)
 
-    async def scan(self, after_reload: bool = False) -> Scanned | None:
+    async def scan(self, after_reload: bool = False, keys: list[str] | None = None,
+                   maps: bool = True) -> Scanned | None:
         """Stream ``show servers state`` and compare it with the slot table chunk by
         chunk (:class:`~servicerouter.servercheck.StateScan`), yielding to the event loop
-        between chunks; None if HAProxy could not be read."""
+        between chunks; None if HAProxy could not be read. ``keys``: only these
+        backends (a slice of the periodic read)."""
         e = self.engine
         if not e.layout:
             return None
@@ -90,10 +131,18 @@ class Reconciler:
         # Copies: the apply loop replaces entries while the dump streams in (in range
         # mode a new app takes a spare under another key), and the scan must judge
         # HAProxy against one moment's layout; what changed since is left out by repair.
-        scan = StateScan(dict(e.layout), dict(e.table))
+        if keys is None:
+            layout, names = dict(e.layout), None
+        else:
+            layout = {k: e.layout[k] for k in keys if k in e.layout}
+            names = [shape.name for shape in layout.values()]
+            if not names:
+                return None
+        scan = StateScan(layout, {k: e.table[k] for k in layout if k in e.table}
+                         if keys is not None else dict(e.table))
         try:
             try:
-                async for lines in e.runtime.servers_state_chunks():
+                async for lines in e.runtime.servers_state_chunks(backends=names):
                     scan.feed(lines)
                     await asyncio.sleep(0)  # let events, /healthz and the apply loop in
                 suspect, actual = scan.finish()
@@ -111,8 +160,10 @@ class Reconciler:
             return None
         e.haproxy_ok = True
         e.metrics.haproxy_up.set(1)
-        log.debug("reconcile: HAProxy's servers read back; %d backends differ", len(suspect))
-        return Scanned(generation, seq, suspect, actual)
+        log.debug("reconcile: HAProxy's servers read back (%s); %d backends differ",
+                  "all" if keys is None else f"{len(layout)} of {len(e.layout)}",
+                  len(suspect))
+        return Scanned(generation, seq, suspect, actual, maps)
 
     async def repair(self, found: Scanned, after_reload: bool = False) -> None:
         """Repair what a scan found, leaving out backends changed since it began; in range
@@ -126,7 +177,7 @@ class Reconciler:
         commands, broken = (reconcile(layout, e.table, found.actual,
                                       e.config.settings.health_check)
                             if layout else ([], {}))
-        maps, readable = await self.map_repairs()
+        maps, readable = await self.map_repairs() if found.maps else ([], True)
         commands += maps
         if not readable:
             broken["*"] = ReloadReason.RESYNC

@@ -65,11 +65,17 @@ class StateScan:
                 if not line or line[0] == "#" or line.isspace():
                     continue
                 if not version_seen:
+                    if line.startswith("Can't find backend"):
+                        continue  # a slice's first backend is not in HAProxy (below)
                     if line.strip() != "1":
                         raise ParseError(
                             f"unsupported 'show servers state' format version: {line!r}")
                     version_seen = self._version_seen = True
                     continue
+                if (len(line) < 8 or line[0] == "C") and (  # not a data line (25 fields):
+                        line.strip() == "1"  # the next answer's version line, or a
+                        or line.startswith("Can't find backend")):  # backend HAProxy
+                    continue  # lacks (its slots stay unseen: it is suspect)
                 seen += 1
                 f = line.split(" ", _FIELDS)
                 if len(f) < _FIELDS:

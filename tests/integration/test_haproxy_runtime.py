@@ -274,6 +274,22 @@ async def test_streamed_servers_state_is_the_same_as_the_whole_reply(env: Env) -
     assert (whole[1].addr, whole[1].port, whole[1].draining) == ("127.0.0.2", 8080, True)
 
 
+async def test_servers_state_of_some_backends_only(env: Env) -> None:
+    """A slice of the periodic reconcile: the backends asked, as many to a connection as
+    fit on a command line (a bufsize this small fits one), and an unknown one said so."""
+    rt = RuntimeClient(env.admin, bufsize=300, margin=44)  # 256 bytes a line: 11 commands
+    asked = ["lc", "web", "nope"] * 4
+    assert len(";".join(f"show servers state {b}" for b in asked)) > 256  # two connections
+    lines = [ln async for chunk in rt.servers_state_chunks(backends=asked) for ln in chunk]
+    assert lines.count("1") == 8  # an answer each, with its version line (not nope's)
+    assert lines.count("Can't find backend.") == 4
+    data = [ln for ln in lines if ln[:1].isdigit() and ln != "1"]
+    assert [ln.split()[1] for ln in data] == ["web"] * 12  # lc has no servers
+    one = [ln async for chunk in RuntimeClient(env.admin).servers_state_chunks(
+        backends=["web", "lc"]) for ln in chunk]
+    assert [ln.split()[3] for ln in one if ln[:1].isdigit() and ln != "1"] == ["s1", "s2", "s3"]
+
+
 async def test_kept_session_is_reset_after_a_reload_to_reach_the_new_worker(env: Env) -> None:
     rt = RuntimeClient(env.admin)
     await rt.execute_checked([c.set_server_addr("web", "s1", "127.0.0.3", 8001)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ class FakeRuntime:
         self.missing = False  # the admin socket's file is gone
         self.resets = 0  # kept sessions closed (after each reload)
         self.pid = 100  # the worker that answers the admin socket
+        self.state_reads: list[list[str] | None] = []  # backends asked (None: all)
         self.not_from: int | None = None
         self.mirrored: tuple[int, float] | None = None  # (old worker, its grace)
 
@@ -71,8 +72,13 @@ class FakeRuntime:
         return out
 
 
-    async def servers_state_chunks(self) -> AsyncIterator[list[str]]:
-        yield ["1", *map(state_line, await self.show_servers_state())]
+    async def servers_state_chunks(self, backends: Sequence[str] | None = None
+                                   ) -> AsyncIterator[list[str]]:
+        self.state_reads.append(None if backends is None else list(backends))
+        wanted = None if backends is None else set(backends)
+        # As HAProxy answers ``show servers state <backend>``: one version line each.
+        yield ["1", *(state_line(s) for s in await self.show_servers_state()
+                      if wanted is None or s.backend in wanted)]
 
 
 class FakeWriter:
@@ -692,3 +698,44 @@ async def test_a_batch_whose_planning_raises_is_reloaded_not_lost(
     await engine.step()
     assert reloader.reloads == reloads + 2  # at runtime again
     assert runtime.sent[before:] and engine.batch_plan_error is None
+
+
+async def test_the_periodic_read_covers_every_backend_once_a_round_in_slices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SLICE_BACKENDS, each interval's read is split: a 10,000-app dump every 10 s
+    held both cores for 150 ms while changes waited (issue #11's tail)."""
+    monkeypatch.setattr("servicerouter.reconcile.SLICE_BACKENDS", 2)
+    engine, runtime, _, _ = make_engine()
+    for i in range(5):
+        engine.mark(engine.state.set_app(App(f"/a{i}", services=(
+            Service(f"/a{i}", 0, 10000 + i),), tasks=(
+            Task(f"a{i}.1", f"/a{i}", "127.0.0.1", (31001,), "TASK_RUNNING"),))))
+    await engine.step()
+    assert runtime.state_reads == [None]  # after the reload: all of it, at once
+    assert engine.reconciler.slices() == 3
+    # HAProxy lost a change to /a4's backend, which is in the last slice.
+    good = await runtime.show_servers_state()
+    runtime.servers = [replace(s, port=39999) if (s.backend, s.server) == ("a4_10004", "s1")
+                       else s for s in good]
+
+    async def one_slice() -> list[str]:
+        before = len(runtime.sent)
+        engine.reconciler.request_slice()
+        await engine.step()  # starts the read in the background
+        assert engine.reconciler.running is not None
+        await engine.reconciler.running
+        await engine.step()  # repairs what it found
+        return [c for batch in runtime.sent[before:] for c in batch]
+
+    assert await one_slice() == [] and await one_slice() == []
+    assert await one_slice() == ["set server a4_10004/s1 addr 127.0.0.1 port 31001",
+                                 "set server a4_10004/s1 state ready"]
+    assert runtime.state_reads[1:] == [["a0_10000", "a1_10001"], ["a2_10002", "a3_10003"],
+                                       ["a4_10004"]]
+    await one_slice()  # the next round starts over
+    assert runtime.state_reads[-1] == ["a0_10000", "a1_10001"]
+    engine.request_reconcile()  # a full read still reads all (a worker changed, say)
+    await engine.step()
+    assert engine.reconciler.running is not None
+    await engine.reconciler.running
+    assert runtime.state_reads[-1] is None

@@ -141,3 +141,19 @@ def test_an_app_held_in_a_spare_backend_is_matched_by_haproxys_backend_name() ->
     commands, broken = reconcile(found, table, actual)
     assert commands == ["set server _pool_1/s1 addr 10.0.0.1 port 31001",
                         "set server _pool_1/s1 state ready"] and not broken
+
+
+
+def test_answers_per_backend_each_with_a_version_line_and_an_unknown_one() -> None:
+    """``show servers state <backend>`` per backend (a slice of the periodic read): each
+    answer has its version line; a backend HAProxy lacks is said so, and is suspect as
+    when the whole dump lacks it."""
+    layout, table = world()
+    states = haproxy(layout, table)
+    answers = ["Can't find backend.", ""]
+    for name in sorted(layout)[1:]:
+        answers += [*lines([s for s in states if s.backend == name]), ""]
+    scan = StateScan(layout, table)
+    scan.feed(answers)
+    assert list(scan.finish()[0]) == ["app0_10000"]
+    assert scan.lines == 8

@@ -541,7 +541,7 @@ class RuntimeClient:
             raise RuntimeProtocolError(f"{self.address}: {exc}", self.address) from exc
 
     async def servers_state_chunks(
-        self, chunk: int = _STREAM_CHUNK
+        self, chunk: int = _STREAM_CHUNK, backends: Sequence[str] | None = None
     ) -> AsyncIterator[list[str]]:
         """``show servers state`` as it streams: lists of whole lines, about ``chunk``
         bytes each, on a connection of its own (non-interactive: one command, then
@@ -549,19 +549,41 @@ class RuntimeClient:
         between, so a 13.6 MB dump (10,000 apps) never sits in memory whole nor holds
         the loop. Raises :class:`RuntimeUnavailable` if it cannot connect and
         :class:`HAProxyRuntimeError` if the dump breaks off (a query: nothing to undo).
+
+        ``backends``: only these, ``show servers state <backend>`` each, as many to a
+        connection as fit on one command line (each answer has its own version line;
+        an unknown backend's is ``Can't find backend.``).
         """
-        reader, writer, tail = await self._dump_from_current(b"show servers state\n")
+        if backends is None:
+            async for lines in self._stream(b"show servers state\n", chunk):
+                yield lines
+            return
+        room = self.max_line - len("show info;")  # _dump_from_current may prefix it
+        group: list[str] = []
+        for name in [*backends, None]:
+            command = f"show servers state {name}" if name is not None else ""
+            if group and (name is None or len(";".join([*group, command])) > room):
+                async for lines in self._stream((";".join(group) + "\n").encode(), chunk):
+                    yield lines
+                group = []
+            if command:
+                group.append(command)
+
+    async def _stream(self, request: bytes, chunk: int) -> AsyncIterator[list[str]]:
+        """The whole lines of the reply to ``request``, in chunks (servers_state_chunks)."""
+        reader, writer, tail = await self._dump_from_current(request)
+        what = request.decode("utf-8", "replace").strip()[:60]
         try:
             while True:
                 try:
                     data = await asyncio.wait_for(reader.read(chunk), self.timeout)
                 except asyncio.TimeoutError as exc:
                     raise HAProxyRuntimeError(
-                        f"HAProxy runtime socket {self.address}: 'show servers state' "
+                        f"HAProxy runtime socket {self.address}: '{what}' "
                         f"gave no data for {self.timeout}s", self.address) from exc
                 except OSError as exc:
                     raise HAProxyRuntimeError(
-                        f"HAProxy runtime socket {self.address}: 'show servers state' "
+                        f"HAProxy runtime socket {self.address}: '{what}' "
                         f"broke off: {exc.strerror or exc}", self.address) from exc
                 if not data:
                     break
