@@ -18,7 +18,7 @@ import functools
 import os
 import shlex
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +56,14 @@ def _tail(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def _group_members(pgid: int, comm: str | None) -> list[int]:
-    """Pids in process group ``pgid`` (optionally only those whose comm is ``comm``)."""
-    pids = []
-    for entry in os.listdir("/proc"):
+def processes() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, the fields of ``/proc/<pid>/stat`` after comm: state, ppid, pgrp, ...)
+    of every process; one that exits meanwhile is skipped. Nothing without /proc."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
@@ -67,11 +71,14 @@ def _group_members(pgid: int, comm: str | None) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        name = stat[stat.find("(") + 1 : stat.rfind(")")]
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and (comm is None or name == comm):
-            pids.append(int(entry))
-    return pids
+        yield int(entry), stat[stat.find("(") + 1 : stat.rfind(")")], \
+            stat[stat.rfind(")") + 2 :].split()
+
+
+def _group_members(pgid: int, comm: str | None) -> list[int]:
+    """Pids in process group ``pgid`` (optionally only those whose comm is ``comm``)."""
+    return [pid for pid, name, fields in processes()
+            if len(fields) > 2 and int(fields[2]) == pgid and (comm is None or name == comm)]
 
 
 async def kill_group(proc: asyncio.subprocess.Process, comm: str | None = None) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .children import kill_group
+from .children import kill_group, processes
 from .files import make_dirs
 from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo, ReloadError
 from .process import StartError, validate
@@ -68,22 +68,16 @@ def haproxy_processes(master_socket: str, names: Collection[str]) -> list[HAProx
     """Live processes named ``names`` started with ``-S master_socket``: the master, its
     workers and a launcher still running. A zombie is dead. None where /proc is not."""
     found = []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                    stat = f.read()
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            name = stat[stat.find("(") + 1 : stat.rfind(")")]
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if (len(fields) > 1 and name in names and fields[0] not in ("Z", "X")
-                    and _started_with_socket(argv, master_socket)):
-                found.append(HAProxyPid(int(entry), int(fields[1]), fields[0]))
+    for pid, name, fields in processes():
+        if len(fields) < 2 or name not in names or fields[0] in ("Z", "X"):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if _started_with_socket(argv, master_socket):
+            found.append(HAProxyPid(pid, int(fields[1]), fields[0]))
     return found
 
 
