@@ -15,6 +15,7 @@ from servicerouter.haproxy import runtime_commands as c
 from servicerouter.haproxy.process import HAProxyProcess
 from servicerouter.haproxy.runtime import (
     MIRROR_TRIES,
+    HAProxyRuntimeError,
     RuntimeClient,
     RuntimeUnavailable,
     Status,
@@ -288,6 +289,34 @@ async def test_servers_state_of_some_backends_only(env: Env) -> None:
     one = [ln async for chunk in RuntimeClient(env.admin).servers_state_chunks(
         backends=["web", "lc"]) for ln in chunk]
     assert [ln.split()[3] for ln in one if ln[:1].isdigit() and ln != "1"] == ["s1", "s2", "s3"]
+
+
+async def test_a_line_haproxy_gets_in_two_reads_is_answered_in_part_and_said_so(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured on 2.6.12: in a non-interactive session HAProxy closes as soon as its
+    input runs out after a ';'. A slice whose line reaches it in two reads split there
+    is answered in part; the read must fail rather than report the rest as missing."""
+    rt = RuntimeClient(env.admin)
+    connect = rt._connect
+
+    async def split_after_the_first_command() -> tuple[asyncio.StreamReader,
+                                                       asyncio.StreamWriter]:
+        reader, writer = await connect()
+        write = writer.write
+
+        def two_reads(data: bytes) -> None:
+            cut = data.index(b";") + 1
+            write(data[:cut])
+            asyncio.get_running_loop().call_later(
+                0.3, lambda: None if writer.is_closing() else write(data[cut:]))
+
+        writer.write = two_reads  # type: ignore[method-assign]
+        return reader, writer
+
+    monkeypatch.setattr(rt, "_connect", split_after_the_first_command)
+    with pytest.raises(HAProxyRuntimeError, match="1 of 2"):
+        async for _ in rt.servers_state_chunks(backends=["web", "lc"]):
+            pass
 
 
 async def test_kept_session_is_reset_after_a_reload_to_reach_the_new_worker(env: Env) -> None:

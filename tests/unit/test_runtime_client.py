@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from servicerouter.haproxy.runtime import (
+    HAProxyRuntimeError,
     RuntimeClient,
     RuntimeUnavailable,
     RuntimeUncertain,
@@ -320,3 +321,37 @@ async def test_a_socket_that_is_no_prompt_session_is_unavailable(sock_dir: Path)
             await RuntimeClient(path, timeout=1.0).execute(["set server b/s1 state ready"])
         assert "unexpected answer to 'prompt'" in str(info.value)
         assert [r.status for r in info.value.results] == [Status.NOT_SENT]
+
+
+STATE = (b"1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
+         b"3 web 1 s1 127.0.0.1 2 0 1 1 0 1 0 0 8 0 0 0 - 8080 - 0 0 - - 0\n\n")
+
+
+async def test_a_slice_answered_only_in_part_is_a_broken_read_not_missing_backends(
+    fake: tuple[str, list[bytes], list[Reply]],
+) -> None:
+    """HAProxy 2.6 ends a non-interactive session as soon as its input runs out after a
+    ';' (a line that reached it in two reads): the backends left unasked must not look
+    missing (the reconcile would reload for them), the read is broken."""
+    path, seen, script = fake
+    script.append(lambda _: STATE + b"Can't find backend.\n\n")  # 2 of the 3 asked
+    rt = RuntimeClient(path)
+    with pytest.raises(HAProxyRuntimeError, match="2 of 3"):
+        async for _ in rt.servers_state_chunks(backends=["web", "nope", "lc"]):
+            pass
+    assert seen == [b"show servers state web;show servers state nope;show servers state lc\n"]
+
+
+async def test_a_whole_dump_cut_short_is_a_broken_read(
+    fake: tuple[str, list[bytes], list[Reply]],
+) -> None:
+    """A dump that ends without its closing empty line (the connection closed in the
+    middle of it) is not HAProxy lacking every backend after the cut."""
+    path, _, script = fake
+    script.append(lambda _: STATE[:-1])
+    with pytest.raises(HAProxyRuntimeError, match="0 of 1"):
+        async for _ in RuntimeClient(path).servers_state_chunks():
+            pass
+    script.append(lambda _: STATE)
+    lines = [ln async for chunk in RuntimeClient(path).servers_state_chunks() for ln in chunk]
+    assert lines[-2:] == [STATE.decode().split("\n")[2], ""]
