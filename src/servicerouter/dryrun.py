@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence, Set
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +55,16 @@ class DryRunRuntime:
         return {"Name": "HAProxy (dry run: not contacted)"}
 
     async def show_servers_state(self, backend: str | None = None) -> list[ServerState]:
-        return expected_servers(self.engine, backend) if self.engine else []
+        only = None if backend is None else {backend}
+        return expected_servers(self.engine, only) if self.engine else []
 
     async def servers_state_chunks(self, backends: Sequence[str] | None = None
                                    ) -> AsyncIterator[list[str]]:
-        states = expected_servers(self.engine) if self.engine else []
-        wanted = None if backends is None else set(backends)
-        yield ["1", *(state_line(s) for s in states if wanted is None or s.backend in wanted)]
+        # A slice builds only its own backends' servers (all of them: ~260 ms at
+        # 10,000 apps, and the periodic read has ten slices an interval there).
+        only = None if backends is None else set(backends)
+        states = expected_servers(self.engine, only) if self.engine else []
+        yield ["1", *map(state_line, states)]
 
     async def query(self, command: str) -> str:
         """``show map <file>`` (range mode): the maps of the engine's layout."""
@@ -78,12 +81,14 @@ class DryRunRuntime:
         pass
 
 
-def expected_servers(engine: Engine, only: str | None = None) -> list[ServerState]:
-    """What HAProxy would hold had every printed command been applied."""
+def expected_servers(engine: Engine, only: Set[str] | None = None
+                     ) -> list[ServerState]:
+    """What HAProxy would hold had every printed command been applied (``only``: in
+    these backends, by HAProxy's name)."""
     states = []
     for b_id, (key, shape) in enumerate(sorted(engine.layout.items()), start=1):
         name = shape.name  # range mode: an app may live in a spare backend
-        if only is not None and name != only:
+        if only is not None and name not in only:
             continue
         slots = engine.table.get(key, [])
         for i in range(shape.slots):
