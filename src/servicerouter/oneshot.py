@@ -177,16 +177,18 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
 
 
 def _undo(config: Path, current: str | None, map_dir: str,
-          old_maps: Mapping[str, str | None]) -> None:
+          old_maps: Mapping[str, str | None]) -> bool:
     """The config and its map files as they were before this run: a sync stopped midway
-    must leave neither maps the running config does not read nor a config HAProxy may
-    not run (the next sync sees the change again and applies it whole)."""
+    or whose reload failed must leave neither maps the running config does not read
+    nor a config HAProxy does not run (the next sync sees the change again and applies
+    it whole). False (logged) if the config could not be put back."""
     try:
-        now: str | None = config.read_text()
+        now: str | None = config.read_text(encoding="utf-8")
     except FileNotFoundError:
         now = None
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         now = ""
+    ok = True
     try:
         if now != current:
             if current is None:
@@ -195,7 +197,9 @@ def _undo(config: Path, current: str | None, map_dir: str,
                 atomic_write(config, current)
     except OSError as exc:
         log.error("cannot put %s back as it was: %s", config, exc.strerror or exc)
+        ok = False
     _put_back(map_dir, old_maps)
+    return ok
 
 
 async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
@@ -248,15 +252,14 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
     except (HAProxyProcessError, OSError) as exc:
         # Put the old file back: it is what HAProxy runs, and the next sync must see
         # the difference again and retry the reload.
-        if current is None:
-            config.unlink(missing_ok=True)
-        else:
-            atomic_write(config, current)
-        _put_back(rendered.map_dir, old_maps)
+        restored = _undo(config, current, rendered.map_dir, old_maps)
         try:  # for whoever looks into the failure: what was to be loaded
             saved = f"the new one is kept at {keep_rejected(config, candidate)}"
         except OSError as exc2:
             saved = f"the new one could not be kept ({exc2.strerror or exc2})"
+        if not restored:
+            raise SyncError(f"reload via {how} failed: {exc}; {config} could not be put "
+                            f"back ({saved}): put back the config HAProxy runs") from None
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
                         f"config HAProxy is running ({saved}), the next sync "
                         "retries") from None

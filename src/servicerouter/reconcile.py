@@ -131,15 +131,12 @@ class Reconciler:
         # Copies: the apply loop replaces entries while the dump streams in (in range
         # mode a new app takes a spare under another key), and the scan must judge
         # HAProxy against one moment's layout; what changed since is left out by repair.
-        if keys is None:
-            layout, names = dict(e.layout), None
-        else:
-            layout = {k: e.layout[k] for k in keys if k in e.layout}
-            names = [shape.name for shape in layout.values()]
-            if not names:
-                return None
-        scan = StateScan(layout, {k: e.table[k] for k in layout if k in e.table}
-                         if keys is not None else dict(e.table))
+        layout = dict(e.layout) if keys is None else \
+            {k: e.layout[k] for k in keys if k in e.layout}
+        if not layout:
+            return None  # (a slice whose backends all went meanwhile)
+        names = None if keys is None else [shape.name for shape in layout.values()]
+        scan = StateScan(layout, {k: e.table[k] for k in layout if k in e.table})
         try:
             try:
                 async for lines in e.runtime.servers_state_chunks(backends=names):
