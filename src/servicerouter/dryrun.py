@@ -163,6 +163,9 @@ class DryRunReloader:
     def starts_haproxy(self) -> bool:
         return False  # a dry run checks every candidate with haproxy -c
 
+    def problem(self) -> str | None:
+        return None
+
     async def reload(self) -> None:
         self.out(f"would reload HAProxy ({self.how})")
 

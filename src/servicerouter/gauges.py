@@ -30,6 +30,7 @@ class Gauges:
         # Read at scrape time: an app that came in while a long reload step runs is
         # counted at once, not when the step ends.
         m.apps.set_function(lambda: len(e.state.apps))
+        m.haproxy_master_up.set_function(lambda: 0 if e.reloader.problem() else 1)
         m.services.set_function(lambda: len(e.layout) - self.spare_count())
         m.pool_spares.set_function(self.spare_count)
         m.endpoints.set_function(lambda: slot_counts(e.table)[0])

@@ -62,6 +62,11 @@ class Reloader(Protocol):
         """True when the next :meth:`reload` starts HAProxy (none runs yet)."""
         ...
 
+    def problem(self) -> str | None:
+        """Why HAProxy cannot be reloaded now, as far as the reloader knows (a kept
+        master alive but silent), or None: /healthz and /status report it."""
+        ...
+
 
 class ConfigWriter(Protocol):
     """Validates and writes a candidate config (``haproxy -c``, atomic replace)."""

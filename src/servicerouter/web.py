@@ -107,6 +107,9 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         engine.metrics.haproxy_up.set(0 if haproxy_problem else 1)
         if haproxy_problem:
             problems.append(haproxy_problem)
+        reload_problem = engine.reloader.problem()  # e.g. a kept master that is silent
+        if reload_problem and haproxy_problem:
+            problems.append(reload_problem)
         stale_after = 2 * engine.config.resync_interval + 30
         if engine.last_sync is None:
             problems.append("no successful sync with Marathon yet")
@@ -120,6 +123,8 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
                                 status_code=503)
         excluded = len(engine.app_errors) + len(engine.state.problem_list())
         degraded = engine.marathon_health.problems()  # HAProxy keeps the last good state
+        if reload_problem:  # the workers serve; a change of shape waits for the master
+            degraded.append(reload_problem)
         if excluded:  # HAProxy serves everything else: healthy, with apps left out
             degraded.append(f"{excluded} services left out or limited; see /status problems")
         if degraded:
@@ -163,6 +168,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
                 "time": engine.last_reload[0], "reason": engine.last_reload[1]},
             "last_sync": engine.last_sync,
             "haproxy_up": engine.haproxy_ok,
+            "haproxy_master_problem": engine.reloader.problem(),
             "marathon": {"up": engine.marathon_health.up,
                          "stream_connected": engine.marathon_health.stream_connected,
                          "stream_url": engine.marathon_health.stream_url,

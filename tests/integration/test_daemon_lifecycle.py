@@ -653,6 +653,48 @@ def test_kept_haproxy_that_dies_is_started_again(tmp_path: Path, simulator: Simu
         _stop_kept(pids)
 
 
+def test_a_silent_kept_master_shows_in_healthz_status_and_metrics(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A kept master that is alive but does not answer (stopped, or busy) is not
+    restarted beside itself, and until now it showed only in the log: its workers still
+    serve, but no reload can happen. /healthz says degraded and why, /status names it,
+    and servicerouter_haproxy_master_up is 0 until it answers again."""
+    port, _ = simulator.launch("/quiet", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--keep-haproxy-on-exit")
+    master = MasterCLI(str(daemon.master_socket))
+    pids: list[int] = []
+    up = "servicerouter_haproxy_master_up"
+    try:
+        with running(daemon):
+            daemon.start()
+            routed(simulator, "/quiet", port)
+            pids = asyncio.run(master.show_proc(patience=30)).all_pids
+            assert f"{up} 1.0" in daemon.metrics()
+            os.kill(pids[0], signal.SIGSTOP)
+            try:
+                wait_for(lambda: daemon.http.get("/healthz").json()["status"] == "degraded",
+                         90, what="/healthz degraded by the stopped master")
+                body = daemon.http.get("/healthz").json()
+                assert daemon.http.get("/healthz").status_code == 200  # the workers serve
+                assert f"HAProxy master {pids[0]} (stopped) does not answer" in body["reason"]
+                assert "no reload until it does" in body["reason"]
+                assert f"HAProxy master {pids[0]} (stopped)" in \
+                    daemon.status()["haproxy_master_problem"]
+                assert f"{up} 0.0" in daemon.metrics()
+                routed(simulator, "/quiet", port)  # its worker goes on serving
+            finally:
+                os.kill(pids[0], signal.SIGCONT)
+            wait_for(lambda: daemon.http.get("/healthz").json() == {"status": "ok"}, 90,
+                     what="/healthz ok once the master answers again")
+            assert daemon.status()["haproxy_master_problem"] is None
+            assert f"{up} 1.0" in daemon.metrics()
+    finally:
+        for pid in pids[:1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        _stop_kept(pids)
+
+
 def test_a_tenant_out_of_reloads_waits_and_never_holds_another(
         tmp_path: Path, simulator: Simulator) -> None:
     """One tenant changing its options over and over reloaded HAProxy for everyone, once

@@ -114,6 +114,9 @@ class FakeReloader:
     def starts_haproxy(self) -> bool:
         return False
 
+    def problem(self) -> str | None:
+        return None
+
     async def reload(self) -> None:
         if self.fail:
             raise RuntimeError("master CLI: reload not confirmed")

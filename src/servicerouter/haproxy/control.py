@@ -111,6 +111,10 @@ class _Reloader:
         """True when the next reload starts HAProxy: none of ours runs yet."""
         return False
 
+    def problem(self) -> str | None:
+        """Why HAProxy cannot be reloaded now, as far as this reloader knows, or None."""
+        return None
+
     async def reload(self) -> None:
         raise NotImplementedError
 
@@ -144,6 +148,7 @@ class StartedHAProxy(_Reloader):
                                       haproxy_bin=config.haproxy_bin)
         self._engine: Engine | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._gave_up: str | None = None  # why supervision stopped restarting HAProxy
 
     async def start(self, engine: Engine) -> None:
         self._engine = engine
@@ -169,6 +174,7 @@ class StartedHAProxy(_Reloader):
             await self.process.supervise(on_restart=self._restarted)
         except SupervisionError as exc:
             log.critical("%s", exc)
+            self._gave_up = str(exc).splitlines()[0]
             if self._engine is not None:
                 self._engine.metrics.haproxy_up.set(0)
 
@@ -182,6 +188,9 @@ class StartedHAProxy(_Reloader):
     def starts_haproxy(self) -> bool:
         return not self.process.is_running()
 
+    def problem(self) -> str | None:
+        return self._gave_up
+
     async def reload(self) -> None:
         if self.process.is_running():
             await self.process.reload()
@@ -191,6 +200,7 @@ class StartedHAProxy(_Reloader):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._supervisor
             await self._start()
+            self._gave_up = None
 
     async def stop(self) -> None:
         if self._supervisor is not None:

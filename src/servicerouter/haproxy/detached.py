@@ -93,6 +93,7 @@ class KeptHAProxy:
         self._watch: asyncio.Task[None] | None = None
         self._master_pid: int | None = None
         self.answer_timeout = ANSWER_TIMEOUT
+        self._silent_since: tuple[HAProxyPid, str] | None = None  # what the watch saw
 
     def _processes(self) -> list[HAProxyPid]:
         names = {"haproxy", Path(self.config.haproxy_bin).name[:15]}  # comm: 15 chars
@@ -109,6 +110,15 @@ class KeptHAProxy:
     def _silent(self, proc: HAProxyPid, error: Exception) -> str:
         return (f"HAProxy master {proc.pid} ({proc.describe()}) holds the master socket "
                 f"{self.master_socket} but does not answer on it ({error})")
+
+    def problem(self) -> str | None:
+        """The live master that does not answer, as the watch last saw it: HAProxy's
+        workers may still serve, but no reload can happen until it answers."""
+        if self._silent_since is None:
+            return None
+        proc, error = self._silent_since
+        return (f"HAProxy master {proc.pid} ({proc.describe()}) does not answer on "
+                f"{self.master_socket} ({error}); no reload until it does")
 
     async def _kept_master(self) -> ProcInfo | None:
         """The master a previous daemon left, if any. One that is alive but silent is
@@ -232,7 +242,7 @@ class KeptHAProxy:
                 self._master_pid = info.master_pid
                 if silent is not None:
                     log.info("HAProxy's master %d answers again", info.master_pid)
-                    silent = None
+                    silent = self._silent_since = None
                 delay = WATCH_INTERVAL
                 continue
             except HAProxyProcessError as exc:
@@ -243,8 +253,9 @@ class KeptHAProxy:
                     log.error("%s; not starting a second HAProxy on its ports, waiting for "
                               "it to answer", self._silent(proc, error))
                 silent = proc
+                self._silent_since = (proc, str(error))
                 continue
-            silent = None
+            silent = self._silent_since = None
             log.error("HAProxy's master %s does not answer; starting HAProxy again",
                       self.master_socket)
             try:
