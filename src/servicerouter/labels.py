@@ -280,6 +280,19 @@ def _unsupported(label: str, spec: LabelSpec | None) -> str:
     return f"label {label} is not supported: it {spec.difference}; ignored"
 
 
+# Labels whose empty value marathon-lb served as if the label were absent (its string
+# values are tested for truth; a boolean is true only for true/t/yes/y), with what the
+# empty value reads as. Others stay errors: an empty PORT, MODE, AUTH or BACKEND_WEIGHT
+# broke marathon-lb's whole config, and an empty BACKEND_NETWORK_ALLOWED_ACL, served
+# open there, fails closed here (README: Label reference).
+_EMPTY_AS_MARATHON_LB = {
+    "VHOST": "no virtual host", "PATH": "no path", "SSL_CERT": "no certificate",
+    "BIND_ADDR": "'*'", "BALANCE": "roundrobin",
+    "HTTP_BACKEND_PROXYPASS_PATH": "unset", "HTTP_BACKEND_REVPROXY_PATH": "unset",
+    "HTTP_BACKEND_REDIR": "unset", "STICKY": "false", "REDIRECT_TO_HTTPS": "false",
+    "USE_HSTS": "false", "ENABLED": "false (the port is not exposed)",
+}
+
 # The labels that only mean something in HTTP mode, with the Options field each sets.
 _HTTP_ONLY = (("VHOST", "vhosts"), ("PATH", "paths"), ("REDIRECT_TO_HTTPS", "redirect_to_https"),
               ("STICKY", "sticky"), ("USE_HSTS", "hsts"),
@@ -346,6 +359,16 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
         pending = per_index.get(index)
         if pending is None:
             pending = per_index[index] = _Pending(base)
+        if not value.strip() and key in _EMPTY_AS_MARATHON_LB:
+            # marathon-lb tests these values for truth ('' is false) or reads its
+            # booleans as "is it true?": an empty one served the port as if the label
+            # were absent (ENABLED: as false). Refusing it took the port away.
+            if key == "ENABLED":
+                pending.changes["enabled"] = False
+                pending.explicit.add(key)
+            warnings.append(f"label {shown(label)} is empty; read as "
+                            f"{_EMPTY_AS_MARATHON_LB[key]}, as marathon-lb does")
+            continue
         try:
             pending.apply(spec, label, value)
         except LabelError as exc:

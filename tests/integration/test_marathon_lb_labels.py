@@ -192,6 +192,29 @@ def test_redirect_to_https_is_a_301_keeping_host_path_and_query(cluster: Cluster
     assert _app(r) == _owner(task)
 
 
+def test_empty_values_are_read_as_marathon_lb_read_them(cluster: Cluster) -> None:
+    # marathon-lb served these ports as if the empty labels were absent, and left out a
+    # port whose ENABLED was empty. Refusing the values took the ports away on migration.
+    off = "/mlb/empty/off"
+    cluster.launch(off, {"HAPROXY_0_ENABLED": ""})
+    (tcp,) = cluster.launch("/mlb/empty/tcp", {
+        "HAPROXY_0_VHOST": "", "HAPROXY_0_STICKY": "", "HAPROXY_0_BALANCE": "",
+        "HAPROXY_0_BIND_ADDR": "", "HAPROXY_0_SSL_CERT": ""})
+    (web,) = cluster.launch("/mlb/empty/web", {
+        "HAPROXY_0_VHOST": "empty.mlb.test", "HAPROXY_0_PATH": "",
+        "HAPROXY_0_REDIRECT_TO_HTTPS": "", "HAPROXY_0_USE_HSTS": "",
+        "HAPROXY_0_HTTP_BACKEND_REDIR": "", "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": ""})
+    own = f"http://127.0.0.1:{cluster.sim.service_port('/mlb/empty/tcp')}/"
+    _wait_status(own, 200, "the port with empty labels", task=tcp)
+    r = _wait_status(f"http://127.0.0.1:{cluster.http}/", 200, "vhost, not redirected",
+                     task=web, host="empty.mlb.test")
+    assert "strict-transport-security" not in r.headers
+    for app in (off, "/mlb/empty/tcp", "/mlb/empty/web"):
+        assert cluster.daemon.status(app=app)["problems"] == [], app
+    with pytest.raises(httpx.ConnectError):  # ENABLED="": not exposed, as marathon-lb
+        _get(f"http://127.0.0.1:{cluster.sim.service_port(off)}/")
+
+
 def test_hsts_header(cluster: Cluster) -> None:
     cluster.launch("/mlb/hsts", {"HAPROXY_0_VHOST": "hsts.mlb.test", "HAPROXY_0_USE_HSTS": "t"})
     cluster.launch("/mlb/nohsts", {"HAPROXY_0_VHOST": "nohsts.mlb.test"})

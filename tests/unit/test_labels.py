@@ -357,3 +357,41 @@ def test_a_root_redirect_without_a_vhost_is_said_to_do_nothing() -> None:
     assert opts.redir_path is None and opts.mode is Mode.TCP
     assert not parse_labels({"HAPROXY_0_HTTP_BACKEND_REDIR": "/home",
                              "HAPROXY_0_VHOST": "a.example.com"}, 1).warnings
+
+
+@pytest.mark.parametrize(
+    ("label", "field", "expected"),
+    [("HAPROXY_0_VHOST", "vhosts", ()), ("HAPROXY_0_PATH", "paths", ()),
+     ("HAPROXY_0_SSL_CERT", "ssl_cert", None), ("HAPROXY_0_BIND_ADDR", "bind_address", "*"),
+     ("HAPROXY_0_BALANCE", "balance", "roundrobin"), ("HAPROXY_0_STICKY", "sticky", False),
+     ("HAPROXY_0_REDIRECT_TO_HTTPS", "redirect_to_https", False),
+     ("HAPROXY_0_USE_HSTS", "hsts", False),
+     ("HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH", "proxypass_path", None),
+     ("HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH", "revproxy_path", None),
+     ("HAPROXY_0_HTTP_BACKEND_REDIR", "redir_path", None),
+     ("HAPROXY_0_ENABLED", "enabled", False)],
+)
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_value_reads_as_marathon_lb_reads_it(label: str, field: str, expected: object,
+                                                       empty: str) -> None:
+    # marathon-lb served the port as if these labels were absent (an empty ENABLED: not
+    # exposed); refusing the value took the whole port away on migration.
+    parsed = parse_labels({label: empty}, 1, per_service_errors=True)
+    assert not parsed.errors
+    assert getattr(parsed.for_index(0).options, field) == expected
+    assert parsed.for_index(0).options.mode is Mode.TCP  # an empty VHOST is no HTTP feature
+    (warning,) = parsed.warnings
+    assert label in warning and "empty" in warning
+
+
+@pytest.mark.parametrize("label", ["HAPROXY_0_PORT", "HAPROXY_0_MODE", "HAPROXY_0_AUTH",
+                                   "HAPROXY_0_BACKEND_WEIGHT",
+                                   "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL",
+                                   "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX",
+                                   "HAPROXY_0_SNIPPET"])
+def test_an_empty_value_marathon_lb_could_not_use_is_still_an_error(label: str) -> None:
+    # Empty PORT, MODE, AUTH, BACKEND_WEIGHT, HEALTHCHECK_PORT_INDEX broke marathon-lb's
+    # whole config; an empty network ACL (open there) fails closed here.
+    parsed = parse_labels({label: ""}, 1, per_service_errors=True)
+    assert parsed.errors[0].label == label
+
