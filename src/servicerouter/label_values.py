@@ -95,7 +95,9 @@ def parse_groups(label: str, value: str) -> tuple[str, ...]:
 
 
 def parse_vhosts(label: str, value: str) -> tuple[str, ...]:
-    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    # Commas, as marathon-lb documents; whitespace too: marathon-lb put the value into
+    # its ACL as it was, where HAProxy read "a.com b.com" (and "a.com, b.com") as names.
+    hosts = tuple(h.lower() for h in re.split(r"[,\s]+", value) if h)
     if not hosts:
         raise LabelError(label, value, "names no host")
     for h in hosts:

@@ -154,7 +154,8 @@ LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("VHOST", "port", "virtual hosts routed to this service on the shared HTTP and "
               "HTTPS frontends (SNI on HTTPS, Host as fallback)",
               "shop.example.com,*.shop.example.com", "'*.' wildcards match any subdomain; "
-              "comma-separated only (marathon-lb also took 'a.com b.com', by accident)",
+              "names are separated by commas or whitespace ('a.com b.com' routed both in "
+              "marathon-lb, whose ACL took the value as it was)",
               "vhosts", parse_vhosts),
     LabelSpec("PATH", "port", "path prefixes (path_beg) routed on the service's vhosts; "
               "space-separated, '-i' first for case-insensitive",

@@ -215,6 +215,18 @@ def test_empty_values_are_read_as_marathon_lb_read_them(cluster: Cluster) -> Non
         _get(f"http://127.0.0.1:{cluster.sim.service_port(off)}/")
 
 
+def test_space_separated_vhosts_route_every_name(cluster: Cluster) -> None:
+    # marathon-lb wrote VHOST into `hdr(host) -i <value>`: HAProxy took each word as a
+    # name, so "a b" routed both (and "a, b" too).
+    (task,) = cluster.launch("/mlb/spaced", {"HAPROXY_0_VHOST": "sp1.mlb.test SP2.mlb.test,\t"
+                                                                "sp3.mlb.test"})
+    for host in ("sp1.mlb.test", "sp2.mlb.test", "sp3.mlb.test"):
+        _wait_status(f"http://127.0.0.1:{cluster.http}/", 200, f"{host} over HTTP", task=task,
+                     host=host)
+        _wait_status(f"https://127.0.0.1:{cluster.https}/", 200, f"{host} by SNI", task=task,
+                     host=host, sni=host)
+
+
 def test_hsts_header(cluster: Cluster) -> None:
     cluster.launch("/mlb/hsts", {"HAPROXY_0_VHOST": "hsts.mlb.test", "HAPROXY_0_USE_HSTS": "t"})
     cluster.launch("/mlb/nohsts", {"HAPROXY_0_VHOST": "nohsts.mlb.test"})

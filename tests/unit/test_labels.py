@@ -121,6 +121,7 @@ def test_an_explicit_tcp_mode_wins_over_http_features() -> None:
 
 
 BAD_VALUES = ["a\nb", "a;b", "a b", "a#b", 'a"b', "a'b", "a\rb", "a\tb", "a\\b", "a\x00b"]
+WHITESPACE_VALUES = ("a b", "a\tb", "a\nb", "a\rb")
 INJECTION_LABELS = ["HAPROXY_0_VHOST", "HAPROXY_0_PATH", "HAPROXY_0_SSL_CERT",
                     "HAPROXY_0_BIND_ADDR", "HAPROXY_0_BALANCE", "HAPROXY_0_GROUP",
                     "HAPROXY_GROUP", "HAPROXY_0_MODE", "HAPROXY_0_PORT", "HAPROXY_0_ENABLED",
@@ -148,10 +149,13 @@ def _injections() -> list[tuple[str, str]]:
     for label in INJECTION_LABELS:
         good = BASE[label]
         for bad in BAD_VALUES:
+            if label == "HAPROXY_0_VHOST" and bad in WHITESPACE_VALUES:
+                continue  # whitespace separates host names there (each one is checked)
             out.append((label, bad.replace("a", good, 1).replace("b", good[-1])))
         # a whole extra config line after a valid value
         out.append((label, f"{good}\n    server evil 1.2.3.4:80"))
-        out.append((label, f"{good} if TRUE"))
+        if label != "HAPROXY_0_VHOST":  # there: the names "if" and "true"
+            out.append((label, f"{good} if TRUE"))
     out += [
         ("HAPROXY_0_BIND_ADDR", "fe80::1%eth0\n    mode http"),  # IPv6 zone carrying text
         ("HAPROXY_0_BIND_ADDR", "fe80::1%x y"),
@@ -395,3 +399,13 @@ def test_an_empty_value_marathon_lb_could_not_use_is_still_an_error(label: str) 
     parsed = parse_labels({label: ""}, 1, per_service_errors=True)
     assert parsed.errors[0].label == label
 
+
+@pytest.mark.parametrize("value", ["a.example.com b.example.com",
+                                   "a.example.com, b.example.com",
+                                   "A.example.com\tb.example.com\n",
+                                   " a.example.com ,, b.example.com "])
+def test_vhosts_are_separated_by_commas_or_whitespace_as_marathon_lb_read_them(
+        value: str) -> None:
+    # marathon-lb put the value into `hdr(host) -i <value>`, where HAProxy took each
+    # word as a name: "a.com b.com" routed both.
+    assert _opts({"HAPROXY_0_VHOST": value}).vhosts == ("a.example.com", "b.example.com")
