@@ -168,10 +168,11 @@ LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("STICKY", "port", "sticky sessions by cookie", "true",
               "cookie named SRVID, not mesosphere_server_id", "sticky", parse_bool),
     LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests for the service's vhosts "
-              "get a 301 to https://", "true", "as marathon-lb, by Host: another name on the "
-              "service's own port is served (with AUTH, every plain request is redirected); "
-              "refused with an error (service not exposed) when no HTTPS frontend can serve "
-              "the redirect", "redirect_to_https", parse_bool),
+              "get a 301 to https://", "true", "as marathon-lb, on the shared HTTP frontend "
+              "only: the service's own port and the app-id frontend serve plain HTTP; with "
+              "AUTH, every plain request on every frontend is redirected (no credentials over "
+              "plain HTTP); refused with an error (service not exposed) when no HTTPS "
+              "frontend can serve the redirect", "redirect_to_https", parse_bool),
     LabelSpec("USE_HSTS", "port", "adds Strict-Transport-Security: max-age=15768000 to "
               "responses", "true", field="hsts", parse=parse_bool),
     LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "

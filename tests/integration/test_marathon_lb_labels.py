@@ -180,13 +180,25 @@ def test_redirect_to_https_is_a_301_keeping_host_path_and_query(cluster: Cluster
     r = _wait_status(f"http://127.0.0.1:{cluster.http}/a/b?c=1", 301, "redirect",
                      host="r.mlb.test:80")
     assert r.headers["location"] == f"https://r.mlb.test:{cluster.https}/a/b?c=1"
-    # As marathon-lb (host_X): requests for the vhost are redirected on any frontend;
-    # another name on the service's own port is served (it was sent to
-    # https://127.0.0.1/, where no route knows that host).
+    # As marathon-lb, whose rule sat in its shared HTTP frontend: the service's own port
+    # (and the app-id frontend) serve plain HTTP, for the vhost's Host too. A load
+    # balancer that ends TLS and forwards to the service port would otherwise be sent
+    # round in a redirect loop.
     own = f"http://127.0.0.1:{cluster.sim.service_port('/mlb/redirect')}/a"
-    assert _get(own, host="r.mlb.test").status_code == 301
-    r = _get(own)
+    for host in ("r.mlb.test", None):
+        r = _get(own, host=host)
+        assert r.status_code == 200 and _app(r) == _owner(task), host
+    r = _get(f"http://127.0.0.1:{cluster.app_id}/a", host="r.mlb.test",
+             headers={"X-Marathon-App-Id": "/mlb/redirect"})
     assert r.status_code == 200 and _app(r) == _owner(task)
+    # With AUTH, every plain request is redirected, on every frontend: credentials
+    # never cross plain HTTP.
+    cluster.launch("/mlb/redirect-auth", {"HAPROXY_0_VHOST": "ra.mlb.test",
+                                          "HAPROXY_0_REDIRECT_TO_HTTPS": "true",
+                                          "HAPROXY_0_AUTH": f"r:alice:{_crypt(SECRET)}"})
+    own = f"http://127.0.0.1:{cluster.sim.service_port('/mlb/redirect-auth')}/a"
+    r = _wait_status(own, 301, "auth port redirected", host="ra.mlb.test")
+    assert r.headers["location"] == f"https://ra.mlb.test:{cluster.https}/a"
     url = f"https://127.0.0.1:{cluster.https}/a/b?c=1"
     r = _wait_status(url, 200, "https", host="r.mlb.test", sni="r.mlb.test")
     assert _app(r) == _owner(task)

@@ -184,11 +184,12 @@ def test_vhost_path_and_redirect() -> None:
                     "use_backend web_10001 if host_web_10001 path_web_10001"]
     assert not any("redirect" in ln for ln in https)
     # The redirect lives in the backend, before anything else answers, for plain
-    # requests for the service's vhosts on any frontend (marathon-lb's host_X ACL)
+    # requests for the service's vhosts through the shared HTTP frontend (marathon-lb's
+    # rule in its HTTP frontend: the service's own port serves plain HTTP)
     backend = section(text, "backend web_10001")
     acl = "acl service_vhost hdr(host),field(1,:) -i shop.example.com www.example.com"
     redirect = ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
-                "code 301 if !{ ssl_fc } service_vhost")
+                "code 301 if !{ ssl_fc } { fe_name http_in } service_vhost")
     assert backend.index(acl) < backend.index(redirect)
     # With AUTH, every plain request: no credentials are asked over plain HTTP.
     text = render_apps([vhost_app(redirect_to_https=True, auth=("r", "u", "$6$s$h"))],

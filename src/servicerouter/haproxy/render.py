@@ -41,6 +41,7 @@ BIND_LINE_CERTS = 30
 # The ACL a service's backend declares for its own vhosts (REDIRECT_TO_HTTPS,
 # HTTP_BACKEND_REDIR; service.j2 declares it by this name).
 VHOST_ACL = "service_vhost"
+HTTP_FRONTEND = "http_in"  # the shared HTTP frontend's name in vhosts.j2
 
 
 def builtin_templates() -> Path:
@@ -218,13 +219,16 @@ def _vhost_acls(vhosts: Sequence[str]) -> list[str]:
 
 
 def _redirect_condition(opts: Options) -> str:
-    """REDIRECT_TO_HTTPS: plain requests for the service's vhosts, on any frontend (as
-    marathon-lb's ``host_X``; another Host on the service's own port is served: its
-    https:// would name the load balancer, which routes nothing). With AUTH every
-    plain request is redirected, so no credentials are asked over plain HTTP."""
+    """REDIRECT_TO_HTTPS: plain requests for the service's vhosts that came through the
+    shared HTTP frontend, as marathon-lb's rule there (``if !{ ssl_fc } host_X``). The
+    service's own port and the app-id frontend serve plain HTTP, as in marathon-lb: a
+    TLS-terminating load balancer in front of the service port sends plain requests
+    with the vhost's Host, which a redirect would send round in a loop. With AUTH every
+    plain request is redirected, on every frontend, so no credentials are asked over
+    plain HTTP."""
     if opts.auth or not opts.vhosts:
         return "unless { ssl_fc }"
-    return f"if !{{ ssl_fc }} {VHOST_ACL}"
+    return f"if !{{ ssl_fc }} {{ fe_name {HTTP_FRONTEND} }} {VHOST_ACL}"
 
 
 def _redir(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
