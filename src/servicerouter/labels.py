@@ -101,6 +101,14 @@ _RAW_LABELS = (
     "BACKEND_SERVER_HTTP_HEALTHCHECK_OPTIONS", "FRONTEND_BACKEND_GLUE",
     "HTTP_BACKEND_NETWORK_ALLOWED_ACL", "TCP_BACKEND_NETWORK_ALLOWED_ACL",
 )
+# Templates marathon-lb's Longhelp lists as overridable per app, which its code never
+# read from labels (its config.py: "Missing function set label in app"). An app may
+# still carry one: it is named for what it is, not as an unknown label.
+_NEVER_READ_LABELS = ("HTTPS_FRONTEND_AUTH_ACL_ONLY", "HTTPS_FRONTEND_AUTH_REQUEST_ONLY",
+                      "HTTPS_FRONTEND_ROUTING_ONLY_WITH_PATH_AND_AUTH")
+_NEVER_READ = ("is listed as a per-app template in marathon-lb's docs, but marathon-lb never "
+               "read it from labels (it had no effect there); it carries raw HAProxy "
+               "configuration, so it is refused")
 # With --allow-label-templates: the template labels that shape only the app's own
 # frontend and backend (marathon-lb's placeholders: FRONTEND_HEAD {backend} {bindAddr}
 # {servicePort} {mode} {sslCert} {bindOptions}; BACKEND_HEAD {backend} {balance} {mode}).
@@ -213,6 +221,8 @@ LABELS: tuple[LabelSpec, ...] = (
               "in the operator's templates)", status=REFUSED),
     *(LabelSpec(n, "port", "a marathon-lb template override", "", _RAW, status=REFUSED)
       for n in _RAW_LABELS),
+    *(LabelSpec(n, "port", "a template marathon-lb's docs list as a per-app label", "",
+                _NEVER_READ, status=REFUSED) for n in _NEVER_READ_LABELS),
 )
 _APP = {s.name: s for s in LABELS if s.scope == "app"}
 _DEFAULTS = Options()

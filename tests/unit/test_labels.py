@@ -409,3 +409,19 @@ def test_vhosts_are_separated_by_commas_or_whitespace_as_marathon_lb_read_them(
     # marathon-lb put the value into `hdr(host) -i <value>`, where HAProxy took each
     # word as a name: "a.com b.com" routed both.
     assert _opts({"HAPROXY_0_VHOST": value}).vhosts == ("a.example.com", "b.example.com")
+
+
+@pytest.mark.parametrize("name", ["HTTPS_FRONTEND_AUTH_ACL_ONLY",
+                                  "HTTPS_FRONTEND_AUTH_REQUEST_ONLY",
+                                  "HTTPS_FRONTEND_ROUTING_ONLY_WITH_PATH_AND_AUTH"])
+@pytest.mark.parametrize("allow_templates", [False, True])
+def test_templates_marathon_lb_documented_but_never_read_are_named_for_what_they_are(
+        name: str, allow_templates: bool) -> None:
+    # marathon-lb's Longhelp lists these as per-app labels; its code never read them.
+    # An app carrying one was told the label was unknown to marathon-lb.
+    label = f"HAPROXY_0_{name}"
+    parsed = parse_labels({label: "  acl auth_x http_auth(user_x)\n"}, 1, allow_templates)
+    (warning,) = parsed.warnings
+    assert label in warning and "never read it from labels" in warning
+    assert "knows" not in warning
+    assert parsed.for_index(0).options == Options()
