@@ -189,7 +189,7 @@ def test_vhost_path_and_redirect() -> None:
     backend = section(text, "backend web_10001")
     acl = "acl service_vhost hdr(host),field(1,:) -i shop.example.com www.example.com"
     redirect = ("http-request redirect location https://%[hdr(host),field(1,:)]%[pathq] "
-                "code 301 if !{ ssl_fc } { fe_name http_in } service_vhost")
+                "code 301 if !{ ssl_fc } { dst_port 80 } service_vhost")
     assert backend.index(acl) < backend.index(redirect)
     # With AUTH, every plain request: no credentials are asked over plain HTTP.
     text = render_apps([vhost_app(redirect_to_https=True, auth=("r", "u", "$6$s$h"))],

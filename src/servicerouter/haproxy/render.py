@@ -41,7 +41,6 @@ BIND_LINE_CERTS = 30
 # The ACL a service's backend declares for its own vhosts (REDIRECT_TO_HTTPS,
 # HTTP_BACKEND_REDIR; service.j2 declares it by this name).
 VHOST_ACL = "service_vhost"
-HTTP_FRONTEND = "http_in"  # the shared HTTP frontend's name in vhosts.j2
 
 
 def builtin_templates() -> Path:
@@ -133,7 +132,7 @@ class _BackendView:
     ``servers`` is built only for a template that loops over it."""
 
     def __init__(self, shape: BackendShape, slots: Sequence[Endpoint | None],
-                 https_port: int = 443, frontend: bool = True) -> None:
+                 https_port: int = 443, frontend: bool = True, http_port: int = 80) -> None:
         opts = shape.service.options
         self.name = shape.name
         self.frontend = frontend  # False: routed by the range frontend's port map, or a spare
@@ -152,7 +151,7 @@ class _BackendView:
         self.userlist = f"users_{shape.name}"
         self.redirect_location = _redirect_location(https_port) if opts.redirect_to_https \
             else None
-        self.redirect_condition = _redirect_condition(opts) if opts.redirect_to_https \
+        self.redirect_condition = _redirect_condition(opts, http_port) if opts.redirect_to_https \
             else None
         self.hsts = opts.hsts
         self.proxypass = _proxypass(opts.proxypass_path, opts.vhosts)
@@ -218,17 +217,19 @@ def _vhost_acls(vhosts: Sequence[str]) -> list[str]:
             + acl_lines([h[1:] for h in vhosts if h.startswith("*.")], "-i -m end"))
 
 
-def _redirect_condition(opts: Options) -> str:
-    """REDIRECT_TO_HTTPS: plain requests for the service's vhosts that came through the
-    shared HTTP frontend, as marathon-lb's rule there (``if !{ ssl_fc } host_X``). The
-    service's own port and the app-id frontend serve plain HTTP, as in marathon-lb: a
-    TLS-terminating load balancer in front of the service port sends plain requests
-    with the vhost's Host, which a redirect would send round in a loop. With AUTH every
-    plain request is redirected, on every frontend, so no credentials are asked over
-    plain HTTP."""
+def _redirect_condition(opts: Options, http_port: int) -> str:
+    """REDIRECT_TO_HTTPS: plain requests for the service's vhosts that came in on the
+    shared HTTP port (``--http-port``), as marathon-lb's rule in its HTTP frontend
+    (``if !{ ssl_fc } host_X``). The service's own port and the app-id frontend serve
+    plain HTTP, as in marathon-lb: a load balancer that ends TLS in front of the
+    service port sends plain requests with the vhost's Host, which a redirect would
+    send round in a loop. The port, not the frontend's name, says where a request came
+    in: an operator's template may rename the frontend, and no other frontend binds
+    that port. With AUTH every plain request is redirected, on every frontend, so no
+    credentials are asked over plain HTTP."""
     if opts.auth or not opts.vhosts:
         return "unless { ssl_fc }"
-    return f"if !{{ ssl_fc }} {{ fe_name {HTTP_FRONTEND} }} {VHOST_ACL}"
+    return f"if !{{ ssl_fc }} {{ dst_port {http_port} }} {VHOST_ACL}"
 
 
 def _redir(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
@@ -341,7 +342,8 @@ def render(layout: Layout, table: SlotTable, settings: Settings,
         "settings": settings,
         "backends": [_BackendView(layout[n], table.get(n, []), settings.https_port,
                                   not ranged or not (pool.map_routed(layout[n], settings)
-                                                     or pool.is_spare(layout[n])))
+                                                     or pool.is_spare(layout[n])),
+                                  settings.http_port)
                      # By backend name: an app in a spare sits where the spare did.
                      for n in sorted(layout, key=lambda n: layout[n].name)],
         "vhost_routes": routes,
