@@ -46,7 +46,7 @@ from .model import Mode, Options, evolve, shown
 
 __all__ = ["BALANCE_ALGORITHMS", "GROUP_LABEL", "LABELS", "AppLabels", "LabelError",
            "LabelSpec", "ServiceLabels", "parse_bool", "parse_labels", "parse_path",
-           "parse_port"]
+           "parse_port", "tcp_without_http_labels"]
 
 GROUP_LABEL = "HAPROXY_GROUP"
 MAX_WARNINGS = 20  # per app
@@ -148,11 +148,15 @@ LABELS: tuple[LabelSpec, ...] = (
               "not false", "enabled", parse_bool),
     LabelSpec("GROUP", "port", "groups of this service port; overrides HAPROXY_GROUP",
               "internal", field="groups", parse=parse_groups),
-    LabelSpec("MODE", "port", "tcp or http; VHOST, PATH, AUTH, STICKY, USE_HSTS, "
-              "REDIRECT_TO_HTTPS, the HTTP_BACKEND_* labels or an HTTP health check imply http",
-              "http", "an explicit MODE=tcp wins: those labels are then ignored with a warning "
-              "(AUTH leaves the port out); HTTPS checks do not make the port HTTP (its tasks "
-              "speak TLS), they are sent with check-ssl",
+    LabelSpec("MODE", "port", "tcp or http; VHOST or an HTTP health check imply http (as "
+              "in marathon-lb), and so do AUTH and REDIRECT_TO_HTTPS",
+              "http", "PATH, STICKY, USE_HSTS and the HTTP_BACKEND_* labels leave a port "
+              "without them TCP and are ignored with a warning, as they did nothing there in "
+              "marathon-lb; AUTH and REDIRECT_TO_HTTPS make it HTTP (honoured, or the port "
+              "is not exposed; marathon-lb served it TCP without them); an explicit MODE=tcp "
+              "wins: the HTTP labels are then ignored with a warning (AUTH leaves the port "
+              "out); HTTPS checks do not make the port HTTP (its tasks speak TLS), they are "
+              "sent with check-ssl",
               "mode", parse_mode),
     LabelSpec("BALANCE", "port", "load-balancing algorithm, with its arguments",
               "url_param userid", "only algorithms and arguments from a fixed grammar",
@@ -312,6 +316,32 @@ _HTTP_ONLY = (("VHOST", "vhosts"), ("PATH", "paths"), ("REDIRECT_TO_HTTPS", "red
               ("HTTP_BACKEND_REVPROXY_PATH", "revproxy_path"),
               ("HTTP_BACKEND_REDIR", "redir_path"))
 _HTTP_ONLY_OFF = {field: getattr(_DEFAULTS, field) for _, field in _HTTP_ONLY}
+# Those that make a port without a MODE label HTTP. marathon-lb made it HTTP for a VHOST
+# (or an HTTP health check) only, and left PATH, STICKY, USE_HSTS and the HTTP_BACKEND_*
+# labels without effect on a TCP port: turning such a port (a database, TLS passthrough)
+# into HTTP would answer its clients 400 after a migration. REDIRECT_TO_HTTPS (like AUTH)
+# is an HTTPS promise: it is honoured or the port is not exposed, never served plain.
+_MAKE_HTTP = frozenset({"VHOST", "REDIRECT_TO_HTTPS"})
+
+
+def tcp_without_http_labels(options: Options, index: int) -> tuple[Options, str | None]:
+    """A TCP service (no VHOST, MODE=http or HTTP health check made it HTTP) keeps the
+    HTTP-only labels that did nothing on it in marathon-lb off, with a warning."""
+    if options.mode is not Mode.TCP:
+        return options, None
+    names = [n for n, f in _HTTP_ONLY if n not in _MAKE_HTTP and getattr(options, f)
+             != getattr(_DEFAULTS, f)]
+    if not names:
+        return options, None
+    off = {f: getattr(_DEFAULTS, f) for n, f in _HTTP_ONLY if n in names}
+    if "PATH" in names:
+        off["path_ignore_case"] = _DEFAULTS.path_ignore_case
+    return evolve(options, **off), (
+        f"label{'s' if len(names) > 1 else ''} "
+        f"{', '.join(f'HAPROXY_{index}_{n}' for n in names)} "
+        f"{'need' if len(names) > 1 else 'needs'} HTTP mode, and service port index "
+        f"{index} is TCP (no VHOST, MODE=http or HTTP health check; marathon-lb kept it "
+        "TCP too); ignored")
 
 
 def parse_labels(labels: Mapping[str, object] | None, service_count: int,
@@ -409,8 +439,11 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
                             f"{'need' if len(http_only) > 1 else 'needs'} HTTP mode, but "
                             f"HAPROXY_{index}_MODE is tcp; ignored")
             changes.update(_HTTP_ONLY_OFF)
-        elif tcp and (http_only or (sl.get("auth") and "MODE" not in sl.explicit)):
-            # Virtual hosts, paths, redirects, cookies and auth are HTTP features.
+        elif tcp and (any(n in _MAKE_HTTP for n in http_only)
+                      or (sl.get("auth") and "MODE" not in sl.explicit)):
+            # A virtual host is routed by HTTP, as in marathon-lb; a redirect and auth
+            # are never served without (fail closed). The others leave the port TCP
+            # unless an HTTP health check makes it HTTP (see tcp_without_http_labels).
             changes["mode"] = Mode.HTTP
         if templates.get(index):
             changes["raw_templates"] = tuple(sorted(templates[index].items()))

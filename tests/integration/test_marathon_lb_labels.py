@@ -239,6 +239,38 @@ def test_space_separated_vhosts_route_every_name(cluster: Cluster) -> None:
                      host=host, sni=host)
 
 
+def _raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` to a port, then read until the peer closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_http_labels_without_a_vhost_leave_a_tcp_port_tcp(cluster: Cluster) -> None:
+    # marathon-lb made a port HTTP for a VHOST (or an HTTP health check) only: STICKY,
+    # PATH, USE_HSTS and the HTTP_BACKEND_* labels did nothing on a TCP port. Turned
+    # into HTTP, a database or TLS-passthrough port had HAProxy answer its clients 400.
+    app = "/mlb/tcp-sticky"
+    (task,) = cluster.launch(app, {"HAPROXY_0_STICKY": "true", "HAPROXY_0_USE_HSTS": "true",
+                                   "HAPROXY_0_PATH": "/a"})
+    port = cluster.sim.service_port(app)
+    r = _wait_status(f"http://127.0.0.1:{port}/_echo", 200, "tcp port")
+    seen = json.loads(r.text)
+    assert _owner(seen["task"]) == _owner(task)
+    assert "set-cookie" not in r.headers and "strict-transport-security" not in r.headers
+    assert not any(h.lower().startswith("x-forwarded")
+                   for h in seen["headers"])  # the client's bytes, as sent
+    # A request HAProxy's HTTP parser would refuse reaches the task, which answers it.
+    assert b"Bad request syntax" in _raw(port, b"PING\r\n\r\n")
+    # The owner is told why the labels did nothing.
+    log = cluster.tmp / "servicerouter.log"
+    wait_for(lambda: f"app {app}: labels HAPROXY_0_PATH, HAPROXY_0_STICKY, HAPROXY_0_USE_HSTS "
+             "need HTTP mode" in log.read_text(errors="replace"), 20, what="the warning")
+
+
 def test_hsts_header(cluster: Cluster) -> None:
     cluster.launch("/mlb/hsts", {"HAPROXY_0_VHOST": "hsts.mlb.test", "HAPROXY_0_USE_HSTS": "t"})
     cluster.launch("/mlb/nohsts", {"HAPROXY_0_VHOST": "nohsts.mlb.test"})

@@ -93,13 +93,24 @@ def test_labels_apply_to_their_index_only() -> None:
 
 @pytest.mark.parametrize(
     "labels",
-    [{"HAPROXY_0_VHOST": "a.example.com"}, {"HAPROXY_0_PATH": "/a"},
-     {"HAPROXY_0_STICKY": "true"}, {"HAPROXY_0_REDIRECT_TO_HTTPS": "true"},
-     {"HAPROXY_0_USE_HSTS": "true"}, {"HAPROXY_0_AUTH": "r:u:$6$abcdefgh$abcdefgh"},
-     {"HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/p"}],
+    [{"HAPROXY_0_VHOST": "a.example.com"}, {"HAPROXY_0_REDIRECT_TO_HTTPS": "true"},
+     {"HAPROXY_0_AUTH": "r:u:$6$abcdefgh$abcdefgh"},
+     {"HAPROXY_0_VHOST": "a.example.com", "HAPROXY_0_STICKY": "true"}],
 )
 def test_http_features_imply_http_mode(labels) -> None:
     assert _opts(labels).mode is Mode.HTTP
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{"HAPROXY_0_PATH": "/a"}, {"HAPROXY_0_STICKY": "true"}, {"HAPROXY_0_USE_HSTS": "true"},
+     {"HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/p"},
+     {"HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH": "/p"}],
+)
+def test_other_http_labels_leave_the_port_tcp_as_marathon_lb(labels) -> None:
+    # marathon-lb made a port HTTP for a VHOST only (or an HTTP health check, decided
+    # later in parse_app, which also drops these from a port that stays TCP).
+    assert _opts(labels).mode is Mode.TCP
 
 
 def test_an_explicit_tcp_mode_wins_over_http_features() -> None:

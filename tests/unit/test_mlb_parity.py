@@ -156,6 +156,27 @@ def test_per_task_check_ports_are_set_at_runtime() -> None:
     assert not p.reload
 
 
+@pytest.mark.parametrize(("label", "value", "field"),
+                         [("PATH", "/a", "paths"), ("STICKY", "true", "sticky"),
+                          ("USE_HSTS", "t", "hsts"),
+                          ("HTTP_BACKEND_PROXYPASS_PATH", "/p", "proxypass_path"),
+                          ("HTTP_BACKEND_REVPROXY_PATH", "/r", "revproxy_path")])
+def test_http_labels_without_a_vhost_leave_a_tcp_port_tcp(label: str, value: str,
+                                                          field: str) -> None:
+    # marathon-lb kept such a port TCP and these labels did nothing there (checked by
+    # running its config()). Turned into HTTP, a database or TLS-passthrough port
+    # answered its clients 400 after a migration.
+    o, warnings = _opts({f"HAPROXY_0_{label}": value})
+    assert o.mode is Mode.TCP and getattr(o, field) == getattr(Options(), field)
+    assert any(f"HAPROXY_0_{label} needs HTTP mode" in w and "TCP" in w for w in warnings)
+    # An HTTP health check of the port makes it HTTP, as in marathon-lb: they apply.
+    o, warnings = _opts({f"HAPROXY_0_{label}": value}, [{"protocol": "HTTP"}])
+    assert o.mode is Mode.HTTP and getattr(o, field) != getattr(Options(), field)
+    assert not any("needs HTTP mode" in w for w in warnings)
+    o, _ = _opts({f"HAPROXY_0_{label}": value, "HAPROXY_0_MODE": "http"})
+    assert o.mode is Mode.HTTP and getattr(o, field) != getattr(Options(), field)
+
+
 def test_auth_on_an_explicit_tcp_port_is_refused_not_served_open() -> None:
     o, _ = _opts({"HAPROXY_0_MODE": "tcp", "HAPROXY_0_AUTH": "r:u:$6$abcdefgh$abcdefghij"})
     assert o.refused and "not exposed" in o.refused

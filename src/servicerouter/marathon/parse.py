@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..labels import LabelError, parse_labels
+from ..labels import LabelError, parse_labels, tcp_without_http_labels
 from ..model import (
     App,
     Mode,
@@ -185,6 +185,9 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
             problems.append(Problem(app_id, index, "health_check", bad.where, shown(bad.value),
                                     f"is not {bad.expected}; service left out"))
             continue
+        options, ignored = tcp_without_http_labels(options, index)
+        if ignored:
+            warnings.append(f"app {app_id}: {ignored}")
         refusal = _refusal(options, index)
         if refusal:  # not exposed; admission reports it (layout.service_problem)
             options = replace(options, refused=refusal)
