@@ -35,7 +35,11 @@ CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~%/!&()*+,=:@?-]{0,1023}$")
 _FILE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,1023}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-_REALM = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
+# AUTH's realm is printed inside double quotes, its user as one word of a userlist: the
+# characters that stay themselves there (no quote, backslash, '$' or '%'). marathon-lb
+# took any: e-mail addresses as user names and "Team (ops)" realms were common.
+_REALM = re.compile(r"^[A-Za-z0-9 ._@+(),/-]{1,64}$")
+_AUTH_USER = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 # Modular crypt format only (MD5 $1$, SHA-256 $5$, SHA-512 $6$, bcrypt $2a/b/y$,
 # yescrypt $y$): these cannot be mistaken for a plain-text password. Old 13-character
 # DES hashes can, so they are refused too.
@@ -209,9 +213,10 @@ def parse_auth(label: str, value: str) -> tuple[str, str, str]:
     realm, user, secret = (p.strip() for p in parts)
     shown = f"{realm}:{user}:..."  # never repeat a secret in a log line
     if not _REALM.match(realm):
-        raise LabelError(label, shown, "has a realm that is not 1-64 of [A-Za-z0-9 ._-]")
-    if not _TOKEN.match(user):
-        raise LabelError(label, shown, "has a user name that is not 1-64 of [A-Za-z0-9_.-]")
+        raise LabelError(label, shown, "has a realm that is not 1-64 of [A-Za-z0-9 ._@+(),/-]")
+    if not _AUTH_USER.match(user):
+        raise LabelError(label, shown, "has a user name that is not 1-64 of "
+                                       "[A-Za-z0-9_.@+-]")
     if not _CRYPT.match(secret):
         raise LabelError(label, shown, "has a password that is not a crypt hash ($1$, $5$, "
                          "$6$, $2b$ or $y$, e.g. from `openssl passwd -6`); plain-text "

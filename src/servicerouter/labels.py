@@ -193,9 +193,12 @@ LABELS: tuple[LabelSpec, ...] = (
               "in it is a host the service routes (Multi-tenant safety)",
               "ssl_cert", parse_file_path),
     LabelSpec("AUTH", "port", "HTTP basic auth: realm:user:crypt-hash; others get 401",
-              "shop:admin:$6$salt$hash", "plain-text passwords are refused; enforced on "
-              "every frontend of the service, and a service whose auth cannot be enforced "
-              "is not exposed", "auth", parse_auth),
+              "shop:admin:$6$salt$hash", "the password must be a modular crypt hash ($1$, "
+              "$5$, $6$, $2b$, $y$): plain-text passwords and 13-character DES hashes (which "
+              "a plain password can look like) are refused; realms of letters, digits, space "
+              "and ._@+(),/- and users of letters, digits and ._@+-; enforced on every "
+              "frontend of the service, and a service whose auth cannot be enforced is not "
+              "exposed", "auth", parse_auth),
     LabelSpec("BACKEND_NETWORK_ALLOWED_ACL", "port", "client addresses or CIDR ranges "
               "allowed; others get 403 (HTTP) or are refused (TCP)", "10.1.40.0/24 10.1.55.43",
               "also comma-separated; every entry must be an address or range",

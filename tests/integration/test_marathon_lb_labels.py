@@ -303,6 +303,22 @@ def test_basic_auth_challenges_accepts_and_refuses(cluster: Cluster) -> None:
     assert _get(own, auth=("alice", SECRET)).status_code == 200
 
 
+def test_auth_takes_an_e_mail_user_and_a_realm_with_punctuation(cluster: Cluster) -> None:
+    # marathon-lb took any user name and realm (it quoted the realm): the team's
+    # e-mail address and "Ops (EU), team/web" were left out of the port here.
+    app = "/mlb/auth-mail"
+    (task,) = cluster.launch(app, {
+        "HAPROXY_0_VHOST": "mail.mlb.test",
+        "HAPROXY_0_AUTH": f"Ops (EU), team/web:alice+ops@example.com:{_crypt(SECRET)}"})
+    base = f"http://127.0.0.1:{cluster.http}/"
+    r = _wait_status(base, 401, "auth challenge", host="mail.mlb.test")
+    assert r.headers["www-authenticate"] == 'Basic realm="Ops (EU), team/web"'
+    assert _get(base, host="mail.mlb.test", auth=("alice", SECRET)).status_code == 401
+    ok = _get(base, host="mail.mlb.test", auth=("alice+ops@example.com", SECRET))
+    assert ok.status_code == 200 and _app(ok) == _owner(task)
+    assert cluster.daemon.status(app=app)["problems"] == []
+
+
 def test_auth_that_cannot_be_enforced_is_not_exposed(cluster: Cluster) -> None:
     app = "/mlb/auth-tcp"
     cluster.launch(app, {"HAPROXY_0_MODE": "tcp",

@@ -294,7 +294,9 @@ def test_auth_refuses_plain_text_passwords_without_repeating_them(password: str)
 
 
 @pytest.mark.parametrize("value", ["realm:bob", "a:b:c:d", "re\"alm:bob:$6$abcdefgh$x",
-                                   "realm:b ob:$6$abcdefgh$x"])
+                                   "realm:b ob:$6$abcdefgh$x", "re$alm:bob:$6$abcdefgh$x",
+                                   "re\\alm:bob:$6$abcdefgh$x", "realm:b\"ob:$6$abcdefgh$x",
+                                   "re%alm:bob:$6$abcdefgh$x", "realm:b#ob:$6$abcdefgh$x"])
 def test_auth_grammar(value: str) -> None:
     with pytest.raises(LabelError, match="HAPROXY_0_AUTH"):
         parse_labels({"HAPROXY_0_AUTH": value}, 1)
