@@ -115,6 +115,9 @@ _NEVER_READ = ("is listed as a per-app template in marathon-lb's docs, but marat
 # The others write shared frontends or the per-slot server lines servicerouter manages
 # at runtime, so they stay refused even then.
 TEMPLATE_LABELS = ("FRONTEND_HEAD", "BACKEND_HEAD", "BACKEND_HTTP_OPTIONS")
+_GROUP_DIFF = ("spaces around names are ignored (marathon-lb's 'internal, external' named "
+               "' external', which --group external did not match: such an app is now "
+               "exposed there); names are 1-64 of [A-Za-z0-9_.-] or '*'")
 _DEPLOYMENT_FOLDER = ("only apps of the group's own folder join it (/shop/web-blue and "
                       "/shop/web-green in shop/web), so no tenant routes its tasks into "
                       "another's service; old tasks drain rather than go to maintenance")
@@ -122,7 +125,7 @@ _DEPLOYMENT_FOLDER = ("only apps of the group's own folder join it (/shop/web-bl
 LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("GROUP", "app", "load-balancer groups that expose the app; '*' is a group name "
               "as in marathon-lb (an LB run with --group '*' exposes every app)",
-              "external", field="groups", parse=parse_groups),
+              "external", _GROUP_DIFF, field="groups", parse=parse_groups),
     LabelSpec("DEPLOYMENT_GROUP", "app", "blue/green deployment (zdd.py): the apps with this "
               "group are routed as one app of this id, the oldest's definition with every "
               "member's tasks", "shop/web", _DEPLOYMENT_FOLDER, parse=deploy.parse_group),
@@ -147,7 +150,7 @@ LABELS: tuple[LabelSpec, ...] = (
               "true", "also accepts 1/on and false/f/no/n/0/off; other values are an error, "
               "not false", "enabled", parse_bool),
     LabelSpec("GROUP", "port", "groups of this service port; overrides HAPROXY_GROUP",
-              "internal", field="groups", parse=parse_groups),
+              "internal", _GROUP_DIFF, field="groups", parse=parse_groups),
     LabelSpec("MODE", "port", "tcp or http; VHOST or an HTTP health check imply http (as "
               "in marathon-lb), and so do AUTH and REDIRECT_TO_HTTPS",
               "http", "PATH, STICKY, USE_HSTS and the HTTP_BACKEND_* labels leave a port "
@@ -167,7 +170,9 @@ LABELS: tuple[LabelSpec, ...] = (
               "HTTPS frontends (SNI on HTTPS, Host as fallback)",
               "shop.example.com,*.shop.example.com", "'*.' wildcards match any subdomain; "
               "names are separated by commas or whitespace ('a.com b.com' routed both in "
-              "marathon-lb, whose ACL took the value as it was)",
+              "marathon-lb, whose ACL took the value as it was); a Host header with a port "
+              "(shop.example.com:80) matches too, where marathon-lb compared the whole header; "
+              "SNI is matched in any case",
               "vhosts", parse_vhosts),
     LabelSpec("PATH", "port", "path prefixes (path_beg) routed on the service's vhosts; "
               "space-separated, '-i' first for case-insensitive",
@@ -175,7 +180,8 @@ LABELS: tuple[LabelSpec, ...] = (
               "paths", _paths),
     LabelSpec("BACKEND_WEIGHT", "port", "orders routes that share a vhost: larger first "
               "(a PATH alone gives weight 1)", "10",
-              "equal weights: the longer path first, then by name", "backend_weight",
+              "equal weights: the longer path first, then by name (marathon-lb kept app id order, "
+              "so /api of /a took the requests for /api/v2 of /b)", "backend_weight",
               parse_weight),
     LabelSpec("STICKY", "port", "sticky sessions by cookie", "true",
               "cookie named SRVID, not mesosphere_server_id", "sticky", parse_bool),
@@ -189,8 +195,10 @@ LABELS: tuple[LabelSpec, ...] = (
               "responses", "true", field="hsts", parse=parse_bool),
     LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "
               "HTTPS frontend", "/etc/ssl/shop.pem", "an absolute path of plain characters, "
-              "under --ssl-cert-dir; offered on the shared HTTPS frontend only if every name "
-              "in it is a host the service routes (Multi-tenant safety)",
+              "under --ssl-cert-dir; also offered on the shared HTTPS frontend (marathon-lb "
+              "served it on the service's own port only, unless --group-https-by-vhost), and "
+              "there only if every name in it is a host the service routes (Multi-tenant "
+              "safety)",
               "ssl_cert", parse_file_path),
     LabelSpec("AUTH", "port", "HTTP basic auth: realm:user:crypt-hash; others get 401",
               "shop:admin:$6$salt$hash", "the password must be a modular crypt hash ($1$, "
@@ -218,7 +226,10 @@ LABELS: tuple[LabelSpec, ...] = (
               "this path); only relative Locations and the service's own vhosts",
               "revproxy_path", parse_path),
     LabelSpec("HTTP_BACKEND_REDIR", "port", "301 from / on the service's vhosts (by Host, on "
-              "any frontend) to this path", "/my/content", "same as marathon-lb; needs a VHOST",
+              "any frontend) to this path", "/my/content",
+              "as marathon-lb, for each of the service's vhosts (marathon-lb compared the "
+              "Host with the whole VHOST value, so with two names it never redirected); "
+              "needs a VHOST",
               "redir_path", parse_path),
     LabelSpec("SNIPPET", "port", "an operator-written snippet (templates dir, "
               "snippets/NAME.j2) added to this service's backend", "compress",
