@@ -99,3 +99,26 @@ def test_render_with_templates_leaves_out_only_the_broken_apps(tmp_path: Path) -
     check = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")],
                            capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_marathon_lb_documented_backend_http_options_is_served(tmp_path: Path,
+                                                               simulator: Simulator) -> None:
+    """marathon-lb's Longhelp example label for BACKEND_HTTP_OPTIONS holds `{ ssl_fc }`
+    in single braces, as marathon-lb inserted it without str.format; it was refused
+    (KeyError: ' ssl_fc ') and the app left out."""
+    import json
+
+    options = ("  option forwardfor\n  http-request set-header X-Forwarded-Port %[dst_port]\n"
+               "  http-request add-header X-Forwarded-Proto https if { ssl_fc }\n"
+               "  http-request set-header X-Team web\n")
+    port, tasks = simulator.launch("/raw/options", 1, labels={
+        "HAPROXY_0_MODE": "http", "HAPROXY_0_BACKEND_HTTP_OPTIONS": options})
+    daemon = Daemon(tmp_path, simulator.url, "--allow-label-templates").start()
+    with running(daemon):
+        wait_routed(port, tasks)
+        r = httpx.get(f"http://127.0.0.1:{port}/_echo", timeout=5, verify=TLS)
+        headers = {k.lower(): v for k, v in json.loads(r.text)["headers"].items()}
+        assert (headers["x-team"], headers["x-forwarded-port"]) == ("web", str(port))
+        assert headers["x-forwarded-for"] == "127.0.0.1"
+        assert "x-forwarded-proto" not in headers  # plain HTTP: the `if { ssl_fc }` held
+        assert daemon.status(app="/raw/options")["problems"] == []

@@ -155,3 +155,20 @@ def test_health_check_templates_that_stay_on_the_task_render() -> None:
          "  http-check expect status 200\n"),)))
     text = render_alone(App("/raw", services=(svc,)), Settings(), None)
     assert "  http-check connect\n  http-check send meth GET uri /health\n" in text
+
+
+# marathon-lb's Longhelp: its default, and the example label that overrides it.
+MLB_HTTP_OPTIONS = ("  option forwardfor\n  http-request set-header X-Forwarded-Port %[dst_port]\n"
+                    "  http-request add-header X-Forwarded-Proto https if { ssl_fc }\n")
+
+
+def test_backend_http_options_is_taken_as_written_as_marathon_lb_did() -> None:
+    # marathon-lb never ran BACKEND_HTTP_OPTIONS through str.format: its documented
+    # example (single braces) was refused with KeyError: ' ssl_fc ', leaving the app out.
+    text = render_alone(_app((("BACKEND_HTTP_OPTIONS", MLB_HTTP_OPTIONS),)), Settings(), None)
+    assert MLB_HTTP_OPTIONS in text
+    # Placeholders mean nothing there, as in marathon-lb: printed as they are.
+    text = render_alone(_app((("BACKEND_HTTP_OPTIONS",
+                               "  http-response set-header X-App {backend}\n"),)),
+                        Settings(), None)
+    assert "  http-response set-header X-App {backend}\n" in text

@@ -19,6 +19,11 @@ class TemplateError(ValueError):
     render.py, which re-exports it); names the label, or the file and line."""
 
 
+# marathon-lb inserted BACKEND_HTTP_OPTIONS as written (no str.format), so its own
+# default and documented example hold single braces: `if { ssl_fc }`.
+_UNFORMATTED = frozenset({"BACKEND_HTTP_OPTIONS"})
+
+
 def raw_templates(shape: BackendShape) -> dict[str, str]:
     """An app's marathon-lb template labels (only with --allow-label-templates), with
     marathon-lb's placeholders filled in. Raises :class:`TemplateError` naming the label."""
@@ -30,11 +35,16 @@ def raw_templates(shape: BackendShape) -> dict[str, str]:
     out = {}
     for key, text in opts.raw_templates:
         try:
-            # Plain placeholders only: no attribute or index lookups ({backend.__class__}).
-            fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-            if fields - values.keys():
-                raise KeyError(", ".join(sorted(fields - values.keys())))
-            formatted = text.format(**values)
+            if key in _UNFORMATTED:
+                formatted = text
+            else:
+                # Plain placeholders only: no attribute or index lookups
+                # ({backend.__class__}).
+                fields = {f for _, f, _, _ in string.Formatter().parse(text)
+                          if f is not None}
+                if fields - values.keys():
+                    raise KeyError(", ".join(sorted(fields - values.keys())))
+                formatted = text.format(**values)
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise TemplateError(f"app {shape.app_id}: label HAPROXY_{shape.service.index}_"
                                 f"{key}: {type(exc).__name__}: {exc}") from None
