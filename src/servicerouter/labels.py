@@ -195,10 +195,11 @@ LABELS: tuple[LabelSpec, ...] = (
               "responses", "true", field="hsts", parse=parse_bool),
     LabelSpec("SSL_CERT", "port", "certificate (PEM) for the service's own frontend and the "
               "HTTPS frontend", "/etc/ssl/shop.pem", "an absolute path of plain characters, "
-              "under --ssl-cert-dir; also offered on the shared HTTPS frontend (marathon-lb "
-              "served it on the service's own port only, unless --group-https-by-vhost), and "
-              "there only if every name in it is a host the service routes (Multi-tenant "
-              "safety)",
+              "to a file (not a folder, which HAProxy's crt would also take and marathon-lb "
+              "passed on) under --ssl-cert-dir; also offered on the shared HTTPS frontend "
+              "(marathon-lb served it on the service's own port only, unless "
+              "--group-https-by-vhost), and there only if every name in it is a host the "
+              "service routes (Multi-tenant safety)",
               "ssl_cert", parse_file_path),
     LabelSpec("AUTH", "port", "HTTP basic auth: realm:user:crypt-hash; others get 401",
               "shop:admin:$6$salt$hash", "the password must be a modular crypt hash ($1$, "
@@ -218,7 +219,9 @@ LABELS: tuple[LabelSpec, ...] = (
               "health_check_port_index", parse_index),
     LabelSpec("HTTP_BACKEND_PROXYPASS_PATH", "port", "strips this prefix from request paths "
               "and sets Host to the first vhost", "/path/to/strip",
-              "the first non-wildcard vhost, where marathon-lb printed the whole VHOST value",
+              "the first non-wildcard vhost, where marathon-lb printed the whole VHOST value; "
+              "the prefix is stripped at a path segment's end and in its own case "
+              "(marathon-lb's reqirep also made /pathx into /x, and /PATH/x into /x)",
               "proxypass_path", parse_path),
     LabelSpec("HTTP_BACKEND_REVPROXY_PATH", "port", "rewrites the path of Location response "
               "headers to start with this path", "/my/content",
