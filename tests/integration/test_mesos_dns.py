@@ -208,3 +208,47 @@ def test_mesos_dns_mode_admits_apps_like_every_other_mode(
                                what="HAProxy up")):
         wait_routed(port, live, timeout=30)
         assert haproxy.alive(), haproxy.output()
+
+
+def _crypt(password: str) -> str:
+    out = subprocess.run(["openssl", "passwd", "-6", "-salt", "dnssalt1", password],
+                         check=True, capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def test_mesos_dns_mode_enforces_auth_and_network_acls(
+        tmp_path: Path, simulator: Simulator, dns: tuple[MesosDNS, int]) -> None:
+    """AUTH and BACKEND_NETWORK_ALLOWED_ACL guard a service in every mode: Mesos-DNS
+    mode's template left them out, so such a service was served open to anyone."""
+    resolver, dns_port = dns
+    port, live = simulator.launch("/dnsmode/web", 1, labels={
+        "HAPROXY_0_MODE": "http", "HAPROXY_0_AUTH": f"dns:alice:{_crypt('s3cret')}"})
+    resolver.serve({t["id"]: t["ports"][0] for t in simulator.app("/dnsmode/web")["tasks"]})
+    url = f"http://127.0.0.1:{port}/"
+
+    def serve(cfg: Path) -> Proc:
+        out = render_dns_mode(simulator, dns_port, tmp_path, cfg)
+        assert out.returncode == 0, out.stderr
+        assert_valid(cfg)
+        return Proc("haproxy", ["haproxy", "-db", "-f", str(cfg)], tmp_path / f"{cfg.stem}.log")
+
+    with running(serve(tmp_path / "auth.cfg").start(
+            lambda: (tmp_path / "admin.sock").exists(), what="HAProxy up")):
+        r = wait_for(lambda: (r := httpx.get(url, timeout=5)).status_code != 503 and r, 30,
+                     what="the task's server resolved")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == 'Basic realm="dns"'
+        assert httpx.get(url, auth=("alice", "wrong"), timeout=5).status_code == 401
+        ok = httpx.get(url, auth=("alice", "s3cret"), timeout=5)
+        assert ok.status_code == 200 and ok.text.strip() in live
+    (tmp_path / "admin.sock").unlink(missing_ok=True)
+
+    acl_port, _ = simulator.launch("/dnsmode/acl", 1, labels={
+        "HAPROXY_0_MODE": "http", "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL": "10.0.0.0/8"})
+    resolver.srv = f"_acl-dnsmode._tcp.{DOMAIN}."  # Mesos-DNS's name of /dnsmode/acl
+    resolver.serve({t["id"]: t["ports"][0] for t in simulator.app("/dnsmode/acl")["tasks"]})
+    url = f"http://127.0.0.1:{acl_port}/"
+    with running(serve(tmp_path / "acl.cfg").start(
+            lambda: (tmp_path / "admin.sock").exists(), what="HAProxy up")):
+        r = wait_for(lambda: (r := httpx.get(url, timeout=5)).status_code != 503 and r, 30,
+                     what="the task's server resolved")
+        assert r.status_code == 403  # loopback is not in 10.0.0.0/8
