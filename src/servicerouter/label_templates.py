@@ -62,8 +62,8 @@ class TemplateVetting:
     async def _check(self, app: App) -> str | None:
         try:
             text = render_alone(app, self.settings, self.templates)
-        except TemplateError as exc:
-            return f"{exc}; {_OUT}"
+        except TemplateError as exc:  # callers print "app ID: " before it
+            return f"{str(exc).removeprefix(f'app {app.id}: ')}; {_OUT}"
         valid, output = await self.validate(text)
         if not valid:
             return (f"its template labels do not validate alone (haproxy -c: "

@@ -172,3 +172,15 @@ def test_backend_http_options_is_taken_as_written_as_marathon_lb_did() -> None:
                                "  http-response set-header X-App {backend}\n"),)),
                         Settings(), None)
     assert "  http-response set-header X-App {backend}\n" in text
+
+
+def test_a_template_refusal_names_the_app_once() -> None:
+    # Every caller prints "app ID: <message>"; the message also began with "app ID: ",
+    # so the log read "app /bad: app /bad: label HAPROXY_0_BACKEND_HEAD: ...".
+    async def validate(text: str) -> tuple[bool, str]:
+        return True, ""
+
+    bad = App("/bad", services=(Service("/bad", 0, 10002, Options(
+        raw_templates=(("BACKEND_HEAD", "backend {backend}\n  x {nope}"),))),))
+    _, broken = asyncio.run(TemplateVetting(Settings(), None, validate).vet([bad]))
+    assert broken["/bad"].startswith("label HAPROXY_0_BACKEND_HEAD: KeyError"), broken
