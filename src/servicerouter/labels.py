@@ -184,7 +184,9 @@ LABELS: tuple[LabelSpec, ...] = (
               "so /api of /a took the requests for /api/v2 of /b)", "backend_weight",
               parse_weight),
     LabelSpec("STICKY", "port", "sticky sessions by cookie", "true",
-              "cookie named SRVID, not mesosphere_server_id", "sticky", parse_bool),
+              "cookie named SRVID, not mesosphere_server_id; marathon-lb also gave every server "
+              "of a sticky service HAProxy's connect check, here only the app's health "
+              "checks are (Marathon's task states decide the rest)", "sticky", parse_bool),
     LabelSpec("REDIRECT_TO_HTTPS", "port", "plain HTTP requests for the service's vhosts "
               "get a 301 to https://", "true", "as marathon-lb, on the shared HTTP frontend "
               "only: the service's own port and the app-id frontend serve plain HTTP; with "
