@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -529,3 +530,88 @@ def test_an_answer_listing_no_apps_is_refused_while_apps_are_routed() -> None:
     listed = parse_apps({"apps": [_host_app(id="/a", portDefinitions=[{"port": 10801}])]},
                         "x", resolve)
     refuse_empty(listed, "x", 3, "POST it")
+
+
+def _work_to_parse(ports: int) -> int:
+    """Python lines run to parse one app of ``ports`` port definitions, each with a
+    health check of its own and one that applies to none (a count, not a time: the
+    same on any machine)."""
+    app = _host_app(
+        portDefinitions=[{"port": 20000 + i} for i in range(ports)],
+        healthChecks=[{"protocol": "TCP", "portIndex": 1000}] * ports
+        + [{"protocol": "TCP", "portIndex": i} for i in range(ports)],
+        tasks=[{"id": "t.1", "host": "10.1.1.1", "ports": list(range(30000, 30000 + ports)),
+                "state": "TASK_RUNNING"}])
+    lines = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal lines
+        lines += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        parsed, _ = parse_app(app, resolve)
+    finally:
+        sys.settrace(None)
+    assert len(parsed.services) == ports and all(
+        s.options.health_check for s in parsed.services)
+    return lines
+
+
+def test_an_app_twice_as_large_costs_twice_the_work_to_parse_not_four_times() -> None:
+    # One app's port definitions and health checks were each compared with all the
+    # others: 20,000 ports took 7 s of the daemon's CPU (5,000 ports with 5,000 checks
+    # 14 s; 65,535 ports would be minutes) while every other app's change waited.
+    small, large = _work_to_parse(400), _work_to_parse(800)
+    assert large < 2.4 * small, (small, large)  # linear: 2.0; either scan back: 2.7+
+
+
+def _pick_by_scanning(checks: list[Any], index: int) -> Any:
+    """marathon-lb's choice as the parser made it before, scanning every check for every
+    port index: the reference the one-pass choice must agree with."""
+    passed_over = None
+    for i, hc in enumerate(checks):
+        port_index = hc.get("portIndex") or 0
+        if isinstance(port_index, bool) or not isinstance(port_index, int) \
+                or not 0 <= port_index <= 1000:
+            return ("error", f"healthChecks[{i}].portIndex")
+        port = hc.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            return ("error", f"healthChecks[{i}].port")
+        if port is None and port_index != index:
+            continue
+        protocol = str(hc.get("protocol") or "HTTP")
+        if protocol == "COMMAND" or protocol not in ("HTTP", "MESOS_HTTP", "HTTPS",
+                                                     "MESOS_HTTPS", "TCP", "MESOS_TCP"):
+            passed_over = passed_over or f"healthChecks[{i}] is a {protocol} check"
+            continue
+        return (i, protocol)
+    return passed_over
+
+
+@pytest.mark.parametrize("checks", [
+    [],
+    [{"protocol": "TCP", "portIndex": 1}, {"protocol": "HTTP"}],
+    [{"protocol": "COMMAND"}, {"protocol": "TCP", "portIndex": 1}],
+    [{"protocol": "COMMAND", "port": 9000}, {"protocol": "HTTP", "portIndex": 1}],
+    [{"protocol": "TCP", "portIndex": 2}, {"protocol": "HTTP", "port": 8080},
+     {"protocol": "TCP", "portIndex": 1}],
+    [{"protocol": "TCP", "portIndex": 0}, {"protocol": "TCP", "portIndex": -1}],
+    [{"protocol": "TCP", "portIndex": 1}, {"protocol": "TCP", "port": 70000},
+     {"protocol": "TCP", "portIndex": 0}],
+    [{"protocol": "UDP", "portIndex": 0}, {"protocol": "MESOS_TCP", "portIndex": True}],
+    [{"protocol": "HTTPS", "portIndex": None}, {"protocol": "TCP", "portIndex": 2}],
+])
+def test_the_one_pass_health_check_choice_is_marathon_lbs(checks: list[Any]) -> None:
+    from servicerouter.marathon.healthchecks import BadHealthCheck, Checks
+
+    once = Checks(checks)
+    for index in range(4):
+        try:
+            picked = once.pick(index)
+            got = (picked[0], picked[2]) if isinstance(picked, tuple) else picked
+        except BadHealthCheck as bad:
+            got = ("error", bad.where)
+        assert got == _pick_by_scanning(checks, index), (checks, index)

@@ -38,35 +38,70 @@ def _check_number(hc: Any, key: str, where: str, default: float, low: float, hig
     return float(value)
 
 
-def _pick(health_checks: list[Any], index: int) -> tuple[int, Any, str] | str | None:
-    """marathon-lb's choice for a port index: the first check with an explicit ``port``,
-    or whose ``portIndex`` is ``index``: (position, check, protocol). COMMAND checks and
-    protocols HAProxy cannot run are passed over (they name no port): when only such a
-    check applies, its protocol is returned instead; None when none applies."""
-    passed_over = None
-    for i, hc in enumerate(health_checks):
-        where = f"healthChecks[{i}]"
-        port_index = get(hc, "portIndex", 0)
-        if isinstance(port_index, bool) or not isinstance(port_index, int) \
-                or not 0 <= port_index <= 1000:
-            raise BadHealthCheck(f"{where}.portIndex", port_index, "a port index")
-        port = get(hc, "port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
-                                 or not 1 <= port <= 65535):
-            raise BadHealthCheck(f"{where}.port", port, "a port (1-65535)")
-        if port is None and port_index != index:
-            continue
-        protocol = str(get(hc, "protocol", "HTTP"))
-        if protocol == "COMMAND" or protocol not in _CHECK_PROTOCOLS:
-            passed_over = passed_over or f"{where} is a {protocol} check"
-            continue
-        return i, hc, protocol
-    return passed_over
+class Checks:
+    """An app's Marathon health checks, read once for all its port indices.
+
+    marathon-lb's choice for a port index is the first check with an explicit ``port``,
+    or whose ``portIndex`` is that index. Scanning the list again for every index cost
+    (ports x checks): an app with 20,000 port definitions took 7 s of the daemon's CPU
+    to parse, every other app waiting. One pass here keeps, per index, where its first
+    usable check is; :meth:`pick` answers from that."""
+
+    __slots__ = ("checks", "error", "first_any", "first_at", "protocols", "skipped_any",
+                 "skipped_at")
+
+    def __init__(self, health_checks: list[Any]) -> None:
+        self.checks = health_checks
+        self.error: tuple[int, BadHealthCheck] | None = None  # the first invalid check
+        self.first_any: int | None = None  # the first usable check with an explicit port
+        self.first_at: dict[int, int] = {}  # port index -> its first usable check
+        self.skipped_any: int | None = None  # the same, for checks HAProxy cannot run
+        self.skipped_at: dict[int, int] = {}
+        self.protocols: dict[int, str] = {}
+        for i, hc in enumerate(health_checks):
+            where = f"healthChecks[{i}]"
+            port_index = get(hc, "portIndex", 0)
+            if isinstance(port_index, bool) or not isinstance(port_index, int) \
+                    or not 0 <= port_index <= 1000:
+                self.error = (i, BadHealthCheck(f"{where}.portIndex", port_index,
+                                                "a port index"))
+                break
+            port = get(hc, "port")
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                     or not 1 <= port <= 65535):
+                self.error = (i, BadHealthCheck(f"{where}.port", port, "a port (1-65535)"))
+                break
+            protocol = self.protocols[i] = str(get(hc, "protocol", "HTTP"))
+            usable = protocol != "COMMAND" and protocol in _CHECK_PROTOCOLS
+            if port is not None:
+                if usable and self.first_any is None:
+                    self.first_any = i
+                elif not usable and self.skipped_any is None:
+                    self.skipped_any = i
+            else:
+                (self.first_at if usable else self.skipped_at).setdefault(port_index, i)
+
+    def pick(self, index: int) -> tuple[int, Any, str] | str | None:
+        """marathon-lb's choice for a port index: (position, check, protocol). COMMAND
+        checks and protocols HAProxy cannot run are passed over (they name no port):
+        when only such a check applies, what it is is returned instead; None when none
+        applies. An invalid check met before the choice raises :class:`BadHealthCheck`."""
+        found = [i for i in (self.first_any, self.first_at.get(index)) if i is not None]
+        chosen = min(found) if found else None
+        if self.error is not None and (chosen is None or self.error[0] < chosen):
+            raise self.error[1]
+        if chosen is not None:
+            return chosen, self.checks[chosen], self.protocols[chosen]
+        skipped = [i for i in (self.skipped_any, self.skipped_at.get(index)) if i is not None]
+        if not skipped:
+            return None
+        first = min(skipped)
+        return f"healthChecks[{first}] is a {self.protocols[first]} check"
 
 
-def with_health_check(options: Options, health_checks: list[Any], index: int, app_id: str,
-                       container_ports: list[int], explicit: frozenset[str],
-                       warnings: list[str]) -> Options:
+def with_health_check(options: Options, health_checks: list[Any] | Checks, index: int,
+                      app_id: str, container_ports: list[int], explicit: frozenset[str],
+                      warnings: list[str]) -> Options:
     """Mirror the app's Marathon health check for this port index in HAProxy.
 
     As marathon-lb: the first check with an explicit ``port``, or whose
@@ -79,11 +114,12 @@ def with_health_check(options: Options, health_checks: list[Any], index: int, ap
     value HAProxy cannot take (a non-finite or too long interval, a port outside
     1-65535) raises :class:`BadHealthCheck`.
     """
-    picked = _pick(health_checks, index)
+    checks = health_checks if isinstance(health_checks, Checks) else Checks(health_checks)
+    picked = checks.pick(index)
     borrowed = options.health_check_port_index
     own = True  # a check of this port's own index: it says what the port speaks
     if not isinstance(picked, tuple) and borrowed is not None and borrowed != index:
-        other = _pick(health_checks, borrowed)  # marathon-lb #198: the health port's check
+        other = checks.pick(borrowed)  # marathon-lb #198: the health port's check
         if isinstance(other, tuple):
             picked, own = other, False
     if not isinstance(picked, tuple):
