@@ -15,8 +15,10 @@ Where this differs from marathon-lb (the README says so too):
 - **Only apps of the group's own folder join it.** ``HAPROXY_DEPLOYMENT_GROUP=shop/web``
   may be carried by ``/shop/web-blue`` and ``/shop/web-green``, not by ``/other/x``:
   otherwise any tenant could route its tasks into another's service and drain the
-  other's tasks. A group that is the id of a live app outside the group is refused too
-  (the services would take that app's names). A refused app is left out, and reported.
+  other's tasks. At the root, where every app is a tenant of its own, only zdd.py's
+  own ids join: ``web`` takes ``/web-blue`` and ``/web-green``, not ``/evil``. A group
+  that is the id of a live app outside the group is refused too (the services would
+  take that app's names). A refused app is left out, and reported.
 - Old tasks drain (existing sessions finish) instead of marathon-lb's ``disabled``.
 - Without health checks the new app's running tasks count as healthy (marathon-lb took
   its declared instances, which drained old tasks before the new ones ran); the old
@@ -130,6 +132,13 @@ def deployment_of(app: App) -> Deployment | None:
             f"(this app is in {folder(app.id)}; for it the label would be "
             f"{(folder(app.id).rstrip('/') + '/' + name.rsplit('/', 1)[-1]).lstrip('/')}); "
             "the app is left out"))
+    if folder(group) == "/" and app.id not in (f"{group}-blue", f"{group}-green"):
+        # At the root every app is a tenant of its own (admission.top_group): the folder
+        # rule lets any of them in. /evil naming "web" drained /web-blue's tasks and took
+        # web.example.com's traffic. zdd.py names the members <group>-blue and -green.
+        raise DeploymentError(GROUP, raw, (
+            f"names a group at the root, where every app is a tenant of its own: only "
+            f"{group}-blue and {group}-green (zdd.py's ids) may join it; the app is left out"))
     if ALT_PORT in labels:
         parse_port(ALT_PORT, labels[ALT_PORT])
     started = parse_time(STARTED_AT, labels[STARTED_AT]) if STARTED_AT in labels else _EARLIEST

@@ -119,8 +119,9 @@ _GROUP_DIFF = ("spaces around names are ignored (marathon-lb's 'internal, extern
                "' external', which --group external did not match: such an app is now "
                "exposed there); names are 1-64 of [A-Za-z0-9_.-] or '*'")
 _DEPLOYMENT_FOLDER = ("only apps of the group's own folder join it (/shop/web-blue and "
-                      "/shop/web-green in shop/web), so no tenant routes its tasks into "
-                      "another's service; old tasks drain rather than go to maintenance")
+                      "/shop/web-green in shop/web; at the root, where each app is a tenant, "
+                      "only /web-blue and /web-green in web), so no tenant routes its tasks "
+                      "into another's service; old tasks drain rather than go to maintenance")
 
 LABELS: tuple[LabelSpec, ...] = (
     LabelSpec("GROUP", "app", "load-balancer groups that expose the app; '*' is a group name "

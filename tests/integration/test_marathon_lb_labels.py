@@ -611,6 +611,36 @@ def test_a_deployment_group_outside_its_folder_takes_nothing(cluster: Cluster) -
     assert responders(port) == {task}
 
 
+def test_a_root_deployment_group_takes_no_other_root_app(cluster: Cluster) -> None:
+    # At the root every app is a tenant of its own, yet the folder rule let any root app
+    # join a root group: /evil naming "web", deployed "later", drained the pair's tasks
+    # and had the port (and its vhosts) served by its own task only.
+    port = cluster.sim.service_port_for_new_app()
+    blue = cluster.launch("/rootbg-blue", {
+        "HAPROXY_DEPLOYMENT_GROUP": "rootbg", "HAPROXY_0_PORT": str(port),
+        "HAPROXY_DEPLOYMENT_STARTED_AT": "2024-05-01T10:00:00",
+        "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "1"})
+    wait_routed(port, blue)
+    cluster.sim.create_app("/rootevil", instances=1, labels={
+        "HAPROXY_DEPLOYMENT_GROUP": "rootbg", "HAPROXY_0_PORT": str(port),
+        "HAPROXY_DEPLOYMENT_STARTED_AT": "2099-01-01T00:00:00",
+        "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "1"})
+    cluster.sim.wait_running("/rootevil", 1)
+    problems = wait_for(lambda: cluster.daemon.status(app="/rootevil")["problems"], 30,
+                        what="the root app naming another's group reported")
+    (problem,) = problems
+    assert (problem["reason"], problem["label"]) == ("deployment_group",
+                                                     "HAPROXY_DEPLOYMENT_GROUP")
+    assert "/rootbg-blue and /rootbg-green" in problem["error"]
+    assert responders(port) == blue
+    # zdd.py's own green app still joins, and takes over from blue.
+    green = cluster.launch("/rootbg-green", {
+        "HAPROXY_DEPLOYMENT_GROUP": "rootbg", "HAPROXY_0_PORT": str(port),
+        "HAPROXY_DEPLOYMENT_STARTED_AT": "2024-05-01T11:00:00",
+        "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "1"})
+    wait_routed(port, green)
+
+
 def _checked_app(cluster: Cluster, app: str, fail_first: float, timeout: float = 2) -> int:
     """An app of one task with an HTTP health check every second. With ``fail_first``
     > 0 the task answers HAProxy's first check 503 after that many seconds; Marathon's

@@ -343,7 +343,7 @@ def test_a_group_holds_its_prior_port_at_a_restart() -> None:
 
 
 def test_a_group_named_after_a_tenants_folder_takes_none_of_its_hosts() -> None:
-    # At the root, /web-blue may name the group "shop": the root is its folder. Routed
+    # At the root, /shop-blue may name the group "shop": the root is its folder. Routed
     # as /shop, the pair owned the hosts of the /shop tenant (--vhost-policy group) and
     # routed shop.example.com/login to itself; without the label it is refused them.
     from servicerouter.model import Mode, Options
@@ -354,14 +354,40 @@ def test_a_group_named_after_a_tenants_folder_takes_none_of_its_hosts() -> None:
 
     s = ClusterState(Settings(http_port=0, https_port=0))
     s.set_app(web("/shop/web", 10001, "/"))
-    s.set_app(web("/web-blue", 10002, "/login", HAPROXY_DEPLOYMENT_GROUP="shop"))
+    s.set_app(web("/shop-blue", 10002, "/login", HAPROXY_DEPLOYMENT_GROUP="shop"))
     assert set(s.desired) == {"shop_web_10001"}
-    (p,) = s.problems["/web-blue"]
+    (p,) = s.problems["/shop-blue"]
     assert "is a Marathon group with live apps in it" in p.message
     s.remove_app("/shop/web")  # no /shop folder now: the group may form
     assert set(s.desired) == {"shop_10002"} and not s.problems
     s.set_app(web("/shop/web", 10001, "/"))  # the tenant back: the group is left out
-    assert set(s.desired) == {"shop_web_10001"} and set(s.problems) == {"/web-blue"}
+    assert set(s.desired) == {"shop_web_10001"} and set(s.problems) == {"/shop-blue"}
+
+
+def test_at_the_root_only_zdds_own_ids_join_a_group() -> None:
+    # Every app at the root is a tenant of its own (--vhost-policy group): the folder
+    # rule let /evil join "web", drain /web-blue's tasks and take web.example.com.
+    from servicerouter.model import Mode, Options
+
+    def root(app_id: str, started: str, n: int) -> App:
+        opts = Options(vhosts=("web.example.com",), mode=Mode.HTTP)
+        return App(app_id, "1", {"HAPROXY_DEPLOYMENT_GROUP": "web",
+                                 "HAPROXY_DEPLOYMENT_STARTED_AT": started,
+                                 "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "1"},
+                   services=(Service(app_id, 0, 10080, opts),), tasks=(task(app_id, n),))
+
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(root("/web-blue", "2024-05-01T10:00:00", 1))
+    s.set_app(root("/evil", "2099-01-01T00:00:00", 2))
+    assert {e.task_id: e.state.name for e in s.desired["web_10080"].endpoints} == {
+        task("/web-blue", 1).id: "READY"}
+    (p,) = s.problems["/evil"]
+    assert (p.reason, p.label) == ("deployment_group", "HAPROXY_DEPLOYMENT_GROUP")
+    assert "only /web-blue and /web-green (zdd.py's ids) may join it" in p.message
+    s.set_app(root("/web-green", "2024-05-01T11:00:00", 3))  # zdd.py's next deploy joins
+    assert {e.task_id: e.state.name for e in s.desired["web_10080"].endpoints} == {
+        task("/web-blue", 1).id: "DRAIN", task("/web-green", 3).id: "READY"}
+    assert set(s.problems) == {"/evil"}
 
 
 def test_a_new_app_without_the_old_ones_health_checks_drains_nothing_unrouted() -> None:
@@ -422,19 +448,19 @@ def test_an_app_event_does_not_scan_the_refused_apps(monkeypatch: pytest.MonkeyP
 
 def test_apps_entering_a_busy_folder_judge_its_claimants_not_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Root apps naming the group "shop" are refused while /shop holds apps; only the
-    # first app to enter the folder, or the last to leave, can change that.
+    # Apps of /a naming the group "a/shop" are refused while /a/shop holds apps; only
+    # the first app to enter the folder, or the last to leave, can change that.
     s = ClusterState(Settings())
-    s.set_app(_simple("/shop/web", 10001))
+    s.set_app(_simple("/a/shop/web", 10001))
     for n in range(50):
-        s.set_app(_simple(f"/r{n}", 20000 + n, "shop"))
+        s.set_app(_simple(f"/a/r{n}", 20000 + n, "a/shop"))
     assert len(s.problems) == 50
     parsed = _counting_parses(monkeypatch)
-    s.set_app(_simple("/shop/api", 10002, version="1"))
-    s.remove_app("/shop/api")
-    assert parsed == ["/shop/api"]
-    s.remove_app("/shop/web")  # the last: the group may form
-    assert len(parsed) == 51 and not s.problems and set(s.desired) == {"shop_20000"}
+    s.set_app(_simple("/a/shop/api", 10002, version="1"))
+    s.remove_app("/a/shop/api")
+    assert parsed == ["/a/shop/api"]
+    s.remove_app("/a/shop/web")  # the last: the group may form
+    assert len(parsed) == 51 and not s.problems and set(s.desired) == {"a_shop_20000"}
 
 
 def test_ip_per_task_members_share_the_groups_assigned_port() -> None:
