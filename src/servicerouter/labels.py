@@ -173,7 +173,7 @@ LABELS: tuple[LabelSpec, ...] = (
               "names are separated by commas or whitespace ('a.com b.com' routed both in "
               "marathon-lb, whose ACL took the value as it was); a Host header with a port "
               "(shop.example.com:80) matches too, where marathon-lb compared the whole header; "
-              "SNI is matched in any case",
+              "SNI is matched in any case; at most 1,000 names of at most 16 labels each",
               "vhosts", parse_vhosts),
     LabelSpec("PATH", "port", "path prefixes (path_beg) routed on the service's vhosts; "
               "space-separated, '-i' first for case-insensitive",

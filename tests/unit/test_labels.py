@@ -438,3 +438,21 @@ def test_templates_marathon_lb_documented_but_never_read_are_named_for_what_they
     assert label in warning and "never read it from labels" in warning
     assert "knows" not in warning
     assert parsed.for_index(0).options == Options()
+
+
+def test_a_vhost_label_holds_at_most_1000_names_of_16_labels() -> None:
+    # The daemon indexes every domain a name lies under: 4,000 names of 120 labels in one
+    # 1 MB VHOST cost it 204 MB and 2.4 s; 40,000 '*.' names first in the route order made
+    # the shared frontend 3x slower for every tenant's host. Port 0 is left out, port 1 not.
+    deep = ".".join(["a"] * 15)
+    ok = {"HAPROXY_0_VHOST": ",".join(f"{deep}.h{i}" for i in range(1000))}
+    assert len(parse_labels(ok, 1).for_index(0).options.vhosts) == 1000
+    for value, why in [
+            (",".join(f"h{i}.example.com" for i in range(1001)), "names 1001 hosts; at most 1000"),
+            (f"shop.{deep}.example.com", "a host name of 18 labels; at most 16"),
+            (f"*.{deep}.com", "a host name of 17 labels; at most 16")]:
+        parsed = parse_labels({"HAPROXY_0_VHOST": value, "HAPROXY_1_VHOST": "shop.example.com"},
+                              2, per_service_errors=True)
+        error = parsed.errors[0]
+        assert error.label == "HAPROXY_0_VHOST" and why in str(error), str(error)
+        assert parsed.for_index(1).options.vhosts == ("shop.example.com",)
