@@ -17,7 +17,11 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from .layout import Layout
 
 _ALERT = re.compile(r"^.*?\[ALERT\]\s*(?:\(\d+\)\s*)?:\s*(?:config\s*:\s*)?")
-_LINE = re.compile(r"\[[^\]\n]*:(\d+)\]")
+# A line of a file: ``[haproxy.cfg:42]``, or of a file the config names (a crt-list, a
+# map: ``parsing [/etc/haproxy.cfg.d/crt-….list:81]``), whose line numbers are not the
+# config's. One tenant's crt-list line 81 blamed whichever service sat at config line 81.
+_LINE = re.compile(r"\[([^\]\n]*):(\d+)\]")
+_CONFIG_FILE = re.compile(r"Error\(s\) found in configuration file : (\S+)")
 _PROXY = re.compile(r"(?:[Pp]roxy|backend|frontend|server) '([^'/\s]+)")
 _SECTION = re.compile(r"^(frontend|backend|listen|defaults|global|peers|userlist|resolvers)"
                       r"\s*(\S*)")
@@ -52,10 +56,16 @@ def culprits(output: str, text: str, layout: Layout) -> dict[str, str]:
     certs = {s.service.options.ssl_cert: name for name, s in layout.items()
              if s.service.options.ssl_cert}
     found: dict[str, str] = {}
+    config = _CONFIG_FILE.search(output)
     for alert in alerts(output):
         names: set[str] = set()
-        for m in _LINE.finditer(alert):
-            n = int(m.group(1))
+        refs = _LINE.findall(alert)
+        # The config's own file: as HAProxy names it at the end, else the alert's first.
+        own = config.group(1) if config else (refs[0][0] if refs else "")
+        for file, line in refs:
+            if file != own:
+                continue
+            n = int(line)
             if 0 < n < len(section):
                 if section[n] in layout:
                     names.add(section[n])

@@ -591,6 +591,49 @@ def test_thirty_one_tenants_certificates_are_each_presented_for_their_own_host(
         assert len(bind.split()) < 64, bind
 
 
+def test_a_tenants_crt_list_line_blames_no_service_at_that_line_of_the_config(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """HAProxy reads 65,535 characters of a crt-list line: a tenant whose line (its
+    certificate and its VHOST names) is longer fails haproxy -c, and the alert names the
+    crt-list's line too (``parsing [.../crt-....list:61]``). That was read as line 61
+    of the config, another tenant's rule on the vhost frontend, and on a fresh host that
+    tenant was left out with it until its definition changed. Only the cause is now."""
+    from servicerouter.demo.procs import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    operator = _pem(tmp_path, "operator", "/CN=corp.test", "DNS:*.corp.test")
+    victims = [f"/team{i:02d}/web" for i in range(60)]
+    for i, app_id in enumerate(victims):  # no tasks: what counts is who is left out
+        pem = _pem(certs, f"t{i}", f"/CN=t{i}.corp.test", f"DNS:t{i}.corp.test", "ec")
+        simulator.create_app(app_id, instances=0, labels={
+            "HAPROXY_0_VHOST": f"t{i}.corp.test", "HAPROXY_0_SSL_CERT": str(pem)})
+    # Sorting last, its certificate is the crt-list's line 61; 700 long names make the
+    # line ~70,000 characters.
+    evil = _pem(certs, "evil", "/CN=evil.corp.test", "DNS:evil.corp.test", "ec")
+    names = [f"h{i}.{'x' * 60}.{'y' * 25}.corp.test" for i in range(700)]
+    simulator.create_app("/zzz/evil", instances=0, labels={
+        "HAPROXY_0_VHOST": ",".join(["evil.corp.test", *names]),
+        "HAPROXY_0_SSL_CERT": str(evil)})
+    daemon = Daemon(tmp_path, simulator.url, "--http-port", str(free_port()),
+                    "--https-port", str(free_port()), "--ssl-certs", str(operator),
+                    "--ssl-cert-dir", str(certs)).start()
+    with running(daemon):
+        (problem,) = wait_for(lambda: problems(daemon).get("/zzz/evil"), 60,
+                              what="the tenant whose crt-list line is too long, in /status")
+        assert problem["reason"] == "haproxy_rejected"
+        assert ".list:61]: line too long" in _log(daemon)
+        # The test's premise: line 61 of the config is another tenant's rule.
+        rejected = Path(f"{daemon.config}.rejected").read_text().splitlines()
+        assert " host_team" in rejected[60], rejected[60]
+        wait_for(lambda: all(service_name(a, simulator.service_port(a)) in
+                             daemon.config.read_text() for a in victims), 60,
+                 what="every other tenant's service in the served config")
+        assert set(problems(daemon)) == {"/zzz/evil"}, problems(daemon)
+
+
 def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
         tmp_path: Path, simulator: Simulator) -> None:
     """HAProxy picks the shared HTTPS frontend's certificate by SNI, an exact name

@@ -222,3 +222,18 @@ async def test_the_bind_test_is_told_which_addresses_haproxy_already_binds() -> 
     engine.mark(engine.state.set_app(App("/a", services=(Service("/a", 0, 1008),))))
     await engine.step()
     assert asked == [("*", 1008, {"127.0.0.1:1008", "*:10007"})]
+
+
+def test_a_line_of_another_file_is_not_read_as_a_line_of_the_config() -> None:
+    # HAProxy's alert for a tenant's crt-list line that is too long names that line too;
+    # read as the config's line 11, it blamed the service whose rule is there (c_3).
+    output = ("[ALERT]    (1) : config : parsing [/tmp/c.cfg:13] : 'bind *:443' in section "
+              "'frontend' : 'crt-list' : parsing [/tmp/c.cfg.d/crt-0123456789abcdef.list:11]: "
+              "line too long, limit is 65535 characters\n"
+              "[ALERT]    (1) : config : Error(s) found in configuration file : /tmp/c.cfg\n")
+    layout = {n: shape(n) for n in ("a_1", "b_2", "c_3")}
+    assert isolation.culprits(output, TEXT, layout) == {}
+    # Without HAProxy's closing line, an alert's first file is the config's.
+    first = output.splitlines()[0]
+    assert isolation.culprits(first, TEXT, layout) == {}
+    assert set(isolation.culprits(first.replace(":13]", ":4]"), TEXT, layout)) == {"a_1"}
