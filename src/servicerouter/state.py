@@ -59,6 +59,10 @@ class ClusterState:
         self._groups = DeploymentGroups(self.apps)
         # What a _refresh(wake=False) let go, offered to the apps waiting for it later.
         self._deferred: Freed = (set(), set(), set())
+        # app id -> its services left out for a problem of their own definition, as last
+        # admitted (backend name -> service): they keep holding their port, hosts and
+        # certificate file meanwhile (_held_back).
+        self._holding: dict[str, dict[str, DesiredService]] = {}
 
     def _admit(self, app: App) -> tuple[dict[str, DesiredService], list[Problem]]:
         """One app's services as admitted: checked, owned, not excluded by HAProxy."""
@@ -77,7 +81,17 @@ class ClusterState:
                 del new[name]
             else:
                 new[name] = admitted
-        problems += self._ownership.claim(app, new)
+        held_back = self._held_back(app, new, problems)
+        if held_back:
+            indices = {d.service.index for d in held_back.values()}
+            claiming = {**new, **held_back}
+            problems += [p for p in self._ownership.claim(app, claiming)
+                         if p.index not in indices]
+            new = {n: d for n, d in claiming.items() if n not in held_back}
+            self._holding[app.id] = {n: d for n, d in claiming.items() if n in held_back}
+        else:
+            self._holding.pop(app.id, None)
+            problems += self._ownership.claim(app, new)
         for name, d in list(new.items()):
             held = self.excluded.get(name)
             if held is None:
@@ -88,6 +102,24 @@ class ClusterState:
             else:
                 del self.excluded[name]  # a new definition: HAProxy gets to judge it again
         return new, problems
+
+    def _held_back(self, app: App, new: dict[str, DesiredService], problems: list[Problem]
+                   ) -> dict[str, DesiredService]:
+        """The app's services that were admitted before and are left out now for a problem
+        of their own definition (a label that does not parse, a certificate file away in
+        a rotation, a task port): as they were last admitted, to keep holding their port,
+        hosts and certificate file, unrouted. Letting them go handed them to an app of
+        another tenant waiting for them (a typo in HAPROXY_0_BALANCE gave it
+        shop.example.com), which then kept them once the typo was fixed."""
+        if not problems:
+            return {}
+        present = {d.service.index for d in new.values()}
+        wanted = {p.index for p in problems} - present
+        if not wanted:
+            return {}
+        before = {n: d for n in self._backends.get(app.id, ()) if (d := self.desired.get(n))}
+        before.update(self._holding.get(app.id, {}))
+        return {n: d for n, d in before.items() if d.service.index in wanted and n not in new}
 
     def _report(self, app_id: str, problems: list[Problem]) -> None:
         """Keep an app's problems for /status; log only the ones that are new."""
@@ -111,6 +143,7 @@ class ClusterState:
         else:  # gone, routed as its deployment group, or refused
             new, problems = {}, self._groups.problems(app_id)
             self._ownership.release(app_id)
+            self._holding.pop(app_id, None)
             for name in old:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)

@@ -267,6 +267,44 @@ def test_a_vhost_label_of_too_many_names_costs_only_its_service(
         assert "many.test" not in daemon.config.read_text()
 
 
+def test_a_typo_in_its_own_labels_does_not_hand_a_virtual_host_to_another_group(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A service left out for a bad value of its own (HAPROXY_0_BALANCE=roundrobinn) let
+    go of its names: the app of another group waiting for shop.test took it in the same
+    reload, and kept it once the typo was fixed. Left out, the service now keeps them."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    daemon = Daemon(tmp_path, simulator.url, "--http-port", str(http_port)).start()
+
+    def relabel(labels: dict[str, str]) -> None:
+        r = simulator.http.put("/v2/apps/teama/web", params={"force": "true"},
+                               json={"labels": labels})
+        assert r.status_code == 200, r.text
+
+    def owner_routed() -> bool:
+        return _reached(http_port, "shop.test") == simulator.running("/teama/web")
+
+    with running(daemon):
+        simulator.launch("/teama/web", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
+        wait_for(owner_routed, 30, what="shop.test routed to its owner")
+        _, thief = simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
+        wait_for(lambda: problems(daemon).get("/aaa/thief"), 30, what="the waiting app")
+        relabel({"HAPROXY_0_VHOST": "shop.test", "HAPROXY_0_BALANCE": "roundrobinn"})
+        (typo,) = wait_for(lambda: problems(daemon).get("/teama/web"), 30,
+                           what="the owner's typo in /status")
+        assert (typo["reason"], typo["label"]) == ("label_invalid", "HAPROXY_0_BALANCE")
+        wait_for(lambda: "backend teama_web_" not in daemon.config.read_text(), 30,
+                 what="the owner's service left out of the served config")
+        assert "aaa_thief" not in daemon.config.read_text()
+        assert not _reached(http_port, "shop.test") & thief
+        (waiting,) = problems(daemon)["/aaa/thief"]
+        assert waiting["reason"] == "vhost_taken" and "group /teama" in waiting["error"]
+        relabel({"HAPROXY_0_VHOST": "shop.test"})
+        wait_for(owner_routed, 30, what="shop.test routed to its owner again")
+        assert "/teama/web" not in problems(daemon)
+
+
 def test_a_wildcard_from_another_group_does_not_take_an_owned_host(
         tmp_path: Path, simulator: Simulator) -> None:
     """*.corp.test with a heavy BACKEND_WEIGHT sorts before shop.corp.test on the vhost

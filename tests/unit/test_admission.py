@@ -637,3 +637,45 @@ def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> 
     assert trusted.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----")
     bundle = trusted + (tmp_path / "c").read_bytes() + (tmp_path / "ek").read_bytes()
     assert certnames.cert_names(bundle) == ("evil.example.com", "victim.example.com")
+
+
+def test_a_service_left_out_for_its_own_problem_keeps_its_names() -> None:
+    # Left out for a value of its own (a typo, a certificate file away in a rotation),
+    # a service let go of its port, hosts and certificate file: an app of another group
+    # waiting for them took them, and kept them once the owner was fixed.
+    certs = {"/certs/shop.pem": CertFact("/certs/shop.pem", names=("shop.example.com",))}
+    s = ClusterState(Settings(http_port=80, https_port=443))
+    s.set_facts(Facts(certs))
+
+    def shop(version: str, **labels: str) -> App:
+        raw = {"id": "/shop/web", "version": version, "portDefinitions": [{"port": 10001}],
+               "labels": {"HAPROXY_0_VHOST": "shop.example.com",
+                          "HAPROXY_0_SSL_CERT": "/certs/shop.pem", **labels}}
+        return parse_app(raw, lambda host: None)[0]
+
+    def thief(app_id: str, port: int, **opts: object) -> App:
+        return app(app_id, port, vhosts=("shop.example.com",), **opts)
+
+    s.set_app(shop("1"))
+    s.set_app(thief("/evil/host", 10002))
+    s.set_app(thief("/evil/port", 10001, version="2", paths=("/x",)))
+    s.set_app(app("/evil/cert", 10003, ssl_cert="/certs/shop.pem"))
+    assert set(s.desired) == {"shop_web_10001"}
+    waiting = {a: reasons(s, a) for a in ("/evil/host", "/evil/port", "/evil/cert")}
+    assert waiting == {"/evil/host": ["vhost_taken"], "/evil/port": ["port_taken"],
+                       "/evil/cert": ["ssl_cert"]}
+    s.set_app(shop("2", HAPROXY_0_BALANCE="roundrobinn"))  # the owner's typo
+    assert set(s.desired) == set() and reasons(s, "/shop/web") == ["label_invalid"]
+    assert {a: reasons(s, a) for a in waiting} == waiting
+    s.set_facts(Facts({"/certs/shop.pem": CertFact(None, "cannot be opened")}))  # rotation
+    s.set_app(shop("3"))
+    assert set(s.desired) == set() and reasons(s, "/shop/web") == ["ssl_cert"]
+    assert {a: reasons(s, a) for a in waiting} == waiting
+    s.set_facts(Facts(certs))  # the new file is in place
+    assert set(s.desired) == {"shop_web_10001"} and "/shop/web" not in s.problems
+    # Letting go on purpose still hands them over.
+    s.set_app(parse_app({"id": "/shop/web", "version": "4", "portDefinitions": [
+        {"port": 10009}]}, lambda host: None)[0])
+    assert set(s.desired) == {"shop_web_10009", "evil_host_10002", "evil_port_10001",
+                              "evil_cert_10003"}
+    assert not s.problems
