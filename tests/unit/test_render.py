@@ -437,3 +437,30 @@ def test_a_bind_line_past_haproxys_64_words_is_refused_with_what_to_do(tmp_path:
                                    crt_list_dir=folder))
     with pytest.raises(TemplateError, match=r"^--ssl-certs names 31 file\(s\): HAProxy"):
         render_apps([], Settings(ssl_certs=tuple(f"/etc/ssl/{i}.pem" for i in range(31))))
+
+
+def test_a_certificate_with_many_long_vhosts_spans_crt_list_lines_haproxy_reads(
+        tmp_path: Path) -> None:
+    # HAProxy 2.6 refuses a crt-list line over 65,535 characters or 2,048 words, and with
+    # it the HTTPS frontend of every tenant: one tenant's file with a thousand long VHOST
+    # names (or three services naming it, 1,000 names each) did.
+    long_names = [f"h{i}.{'x' * 60}.{'y' * 25}.example.com" for i in range(1000)]
+    apps = [one(Options(mode=Mode.HTTP, vhosts=tuple(long_names), ssl_cert="/certs/big.pem"),
+                port=10001, app_id="/big/web")]
+    apps += [one(Options(mode=Mode.HTTP, vhosts=tuple(f"s{n}-{i}.example.com"
+                                                      for i in range(1000)),
+                         ssl_cert="/certs/many.pem"), port=10002 + n, app_id=f"/many/s{n}")
+             for n in range(3)]
+    folder = str(tmp_path / "haproxy.cfg.d")
+    render_apps(apps, Settings(ssl_certs=("/etc/ssl/default.pem",), crt_list_dir=folder))
+    (listed,) = Path(folder).glob("crt-*.list")
+    lines = listed.read_text().splitlines()
+    assert all(len(ln) <= 65535 and len(ln.split()) <= 1001 for ln in lines)
+    listed_for: dict[str, list[str]] = {}
+    for ln in lines:
+        path, *hosts = ln.split()
+        listed_for.setdefault(path, []).extend(hosts)
+    assert listed_for["/certs/big.pem"] == long_names
+    assert listed_for["/certs/many.pem"] == [f"s{n}-{i}.example.com" for n in range(3)
+                                             for i in range(1000)]
+    assert len(lines) == 2 + 3

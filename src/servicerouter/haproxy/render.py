@@ -387,6 +387,12 @@ def tenant_certs(layout: Layout) -> dict[str, list[str]]:
 
 
 CRT_LIST = re.compile(r"^crt-[0-9a-f]{16}\.list$")
+# HAProxy 2.6 reads at most 65,535 characters and 2,048 words of a crt-list line, and
+# refuses the list (the whole HTTPS frontend) otherwise: one tenant's certificate with a
+# thousand long VHOST names did. A file's hosts go on as many lines as they need (a file
+# may be listed on several lines, each with its own SNI filter).
+CRT_LIST_LINE_CHARS = 60_000
+CRT_LIST_LINE_HOSTS = 1_000
 
 
 def _too_many_certs(operators: int, apps: int, crt_list: bool) -> str:
@@ -413,8 +419,8 @@ def write_crt_list(folder: str, certs: dict[str, list[str]], filtered: bool = Tr
     removes the ones no config uses any more."""
     if not certs:
         return None
-    text = "".join(f"{path} {' '.join(hosts)}\n" if filtered else f"{path}\n"
-                   for path, hosts in certs.items())
+    text = "".join(line + "\n" for path, hosts in certs.items()
+                   for line in (_crt_lines(path, hosts) if filtered else [path]))
     path = Path(folder) / f"crt-{hashlib.sha256(text.encode()).hexdigest()[:16]}.list"
     try:
         if not path.is_file() or path.read_bytes() != text.encode():
@@ -424,6 +430,19 @@ def write_crt_list(folder: str, certs: dict[str, list[str]], filtered: bool = Tr
         raise TemplateError(f"cannot write the HTTPS frontend's certificate list {path}: "
                             f"{exc.strerror or exc}") from None
     return str(path)
+
+
+def _crt_lines(path: str, hosts: Sequence[str]) -> list[str]:
+    """The crt-list lines presenting ``path`` for ``hosts``, each within HAProxy's limits."""
+    lines, line, count = [], path, 0
+    for host in hosts:
+        if count and (count == CRT_LIST_LINE_HOSTS
+                      or len(line) + 1 + len(host) > CRT_LIST_LINE_CHARS):
+            lines.append(line)
+            line, count = path, 0
+        line, count = f"{line} {host}", count + 1
+    lines.append(line)
+    return lines
 
 
 def prune_crt_lists(folder: str, *keep: str | None) -> None:
