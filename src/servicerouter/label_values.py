@@ -46,6 +46,17 @@ _AUTH_USER = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 # DES hashes can, so they are refused too.
 _CRYPT = re.compile(r"^\$(?:1|5|6|2[aby]|y)\$[A-Za-z0-9./$=,]{8,200}$")
 _SNIPPET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# HAProxy hashes the password a client sends with the label's algorithm and cost on every
+# request, inside the worker thread every tenant's connections share: a hash of
+# $6$rounds=50000000$ took 28 s there, and HAProxy's watchdog killed the whole process
+# (every tenant's service) 3 s after one request with credentials. Costs are bounded to
+# ~20 ms a request on a 2-core test machine (the defaults of openssl passwd -6 and of
+# mkpasswd's yescrypt: 2 and 23 ms).
+MAX_SHA_CRYPT_ROUNDS = 50_000
+MAX_BCRYPT_COST = 8
+_SHA_ROUNDS = re.compile(r"^\$[56]\$rounds=([0-9]{1,12})\$")
+_BCRYPT_COST = re.compile(r"^\$2[aby]\$([0-9]{2})\$")
+_YESCRYPT_PARAMS = re.compile(r"^\$y\$j[./0-9]T\$")  # at most mkpasswd's default cost
 
 
 class LabelError(ValueError):
@@ -239,7 +250,30 @@ def parse_auth(label: str, value: str) -> tuple[str, str, str]:
         raise LabelError(label, shown, "has a password that is not a crypt hash ($1$, $5$, "
                          "$6$, $2b$ or $y$, e.g. from `openssl passwd -6`); plain-text "
                          "passwords are refused")
+    costly = _crypt_cost(secret)
+    if costly:
+        raise LabelError(label, shown, f"has a password hash of {costly}: HAProxy would "
+                         "compute it for every request with credentials, in a thread every "
+                         "tenant's connections share (a hash of 28 s had its watchdog kill "
+                         "HAProxy for everyone); use `openssl passwd -6` (5,000 rounds), "
+                         f"at most rounds={MAX_SHA_CRYPT_ROUNDS}, bcrypt cost "
+                         f"{MAX_BCRYPT_COST} or yescrypt's default cost")
     return realm, user, secret
+
+
+def _crypt_cost(secret: str) -> str | None:
+    """What makes a crypt hash too slow for HAProxy to check per request, or None."""
+    if secret.startswith(("$5$", "$6$")) and secret[3:10] == "rounds=":
+        m = _SHA_ROUNDS.match(secret)
+        if m is None or int(m.group(1)) > MAX_SHA_CRYPT_ROUNDS:
+            return f"rounds={m.group(1) if m else '?'} (at most {MAX_SHA_CRYPT_ROUNDS:,})"
+    elif secret.startswith("$2"):
+        m = _BCRYPT_COST.match(secret)
+        if m is None or int(m.group(1)) > MAX_BCRYPT_COST:
+            return f"bcrypt cost {m.group(1) if m else '?'} (at most {MAX_BCRYPT_COST})"
+    elif secret.startswith("$y$") and not _YESCRYPT_PARAMS.match(secret):
+        return f"yescrypt parameters {secret.split('$')[2]!r} (at most the default j9T)"
+    return None
 
 
 def parse_networks(label: str, value: str) -> tuple[str, ...]:

@@ -210,7 +210,8 @@ LABELS: tuple[LabelSpec, ...] = (
               "a plain password can look like) are refused; realms of letters, digits, space "
               "and ._@+(),/- and users of letters, digits and ._@+-; enforced on every "
               "frontend of the service, and a service whose auth cannot be enforced is not "
-              "exposed", "auth", parse_auth),
+              "exposed; so are hashes too slow to check per request (over 50,000 SHA-crypt "
+              "rounds, bcrypt cost over 8, yescrypt over its default)", "auth", parse_auth),
     LabelSpec("BACKEND_NETWORK_ALLOWED_ACL", "port", "client addresses or CIDR ranges "
               "allowed; others get 403 (HTTP) or are refused (TCP)", "10.1.40.0/24 10.1.55.43",
               "also comma-separated; every entry must be an address or range",

@@ -210,6 +210,31 @@ def test_a_health_checked_task_port_outside_1_65535_costs_only_its_service(
         assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_an_auth_hash_too_slow_to_check_per_request_costs_only_its_service(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """HAProxy hashes a client's password with the label's algorithm and cost on every
+    request, in a worker thread every tenant shares. With $6$rounds=50000000$ that took
+    28 s, and HAProxy's watchdog killed the whole process 3 s after one request with
+    credentials: every tenant's service refused connections. Such a hash leaves out
+    its service; the others keep serving."""
+    good_port, _ = simulator.launch("/good", 2)
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        serving(simulator, "/good", good_port)
+        slow = "$6$rounds=50000000$abcdefgh$" + "x" * 86
+        evil_port, _ = simulator.launch("/evil/slowauth", 1, labels={
+            "HAPROXY_0_AUTH": f"r:alice:{slow}"})
+        (problem,) = wait_for(lambda: problems(daemon).get("/evil/slowauth"), 30,
+                              what="the slow hash in /status")
+        assert (problem["reason"], problem["label"]) == ("label_invalid", "HAPROXY_0_AUTH")
+        assert "rounds=50000000" in problem["error"] and slow not in json.dumps(problem)
+        with httpx.Client(timeout=10) as c, pytest.raises(httpx.TransportError):
+            c.get(f"http://127.0.0.1:{evil_port}/", auth=("alice", "guess"))
+        serving(simulator, "/good", good_port)
+        new_app_is_routed(simulator, daemon, "/new/one")
+        assert "rounds=50000000" not in daemon.config.read_text()
+
+
 def test_a_virtual_host_belongs_to_the_group_that_claimed_it(tmp_path: Path,
                                                              simulator: Simulator) -> None:
     from servicerouter.demo.procs import free_port

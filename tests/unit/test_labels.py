@@ -456,3 +456,30 @@ def test_a_vhost_label_holds_at_most_1000_names_of_16_labels() -> None:
         error = parsed.errors[0]
         assert error.label == "HAPROXY_0_VHOST" and why in str(error), str(error)
         assert parsed.for_index(1).options.vhosts == ("shop.example.com",)
+
+
+@pytest.mark.parametrize(("secret", "ok"), [
+    ("$6$abcdefgh$" + "x" * 86, True),  # openssl passwd -6: 5,000 rounds
+    ("$6$rounds=50000$abcdefgh$" + "x" * 86, True),
+    ("$6$rounds=50001$abcdefgh$" + "x" * 86, False),
+    ("$6$rounds=50000000$abcdefgh$" + "x" * 86, False),  # 28 s: the watchdog's kill
+    ("$5$rounds=999999999$abcdefgh$" + "x" * 43, False),
+    ("$6$rounds=$abcdefgh$" + "x" * 86, False),
+    ("$2b$08$" + "x" * 53, True),
+    ("$2b$10$" + "x" * 53, False),
+    ("$2y$31$" + "x" * 53, False),
+    ("$2b$xx$" + "x" * 53, False),
+    ("$y$j9T$abcdefghijklmnop$" + "x" * 43, True),  # mkpasswd's default
+    ("$y$jFT$abcdefghijklmnop$" + "x" * 43, False),  # 5 s
+    ("$1$abcdefgh$" + "x" * 22, True),
+])
+def test_auth_refuses_a_hash_too_slow_to_check_per_request(secret: str, ok: bool) -> None:
+    # HAProxy hashes what a client sends on every request, in a thread every tenant
+    # shares: one request to a service whose hash took 28 s had HAProxy's watchdog kill
+    # the process, and every tenant's service with it.
+    parsed = parse_labels({"HAPROXY_0_AUTH": f"r:alice:{secret}"}, 1, per_service_errors=True)
+    assert (0 not in parsed.errors) is ok, parsed.errors
+    if not ok:
+        error = str(parsed.errors[0])
+        assert "HAPROXY_0_AUTH='r:alice:...'" in error and "every request" in error
+        assert secret[8:] not in error  # the hash is not repeated
