@@ -311,6 +311,8 @@ def test_a_typo_in_its_own_labels_does_not_hand_a_virtual_host_to_another_group(
         return _reached(http_port, "shop.test") == simulator.running("/teama/web")
 
     with running(daemon):
+        # Another host keeps the vhost frontend bound while the owner's service is out.
+        simulator.launch("/teamb/web", 1, labels={"HAPROXY_0_VHOST": "other.test"})
         simulator.launch("/teama/web", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
         wait_for(owner_routed, 30, what="shop.test routed to its owner")
         _, thief = simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
