@@ -348,7 +348,7 @@ _MAKE_HTTP = frozenset({"VHOST", "REDIRECT_TO_HTTPS"})
 def tcp_without_http_labels(options: Options, index: int) -> tuple[Options, str | None]:
     """A TCP service (no VHOST, MODE=http or HTTP health check made it HTTP) keeps the
     HTTP-only labels that did nothing on it in marathon-lb off, with a warning."""
-    if options.mode is not Mode.TCP:
+    if options.mode is not Mode.TCP or options is _DEFAULTS:  # most ports of a full sync
         return options, None
     names = [n for n, f in _HTTP_ONLY if n not in _MAKE_HTTP and getattr(options, f)
              != getattr(_DEFAULTS, f)]
