@@ -108,15 +108,28 @@ def test_a_wildcard_never_overlaps_another_owners_host() -> None:
 
 @pytest.mark.parametrize(("policy", "refused"), [("group", True), ("exclusive", True),
                                                   ("open", False)])
-def test_a_wildcard_over_a_whole_top_level_domain_is_refused(policy: str,
-                                                             refused: bool) -> None:
+@pytest.mark.parametrize("wildcard", ["*.com", "*.co.uk", "*.github.io", "*.mesos"])
+def test_a_wildcard_over_a_public_suffix_is_refused(policy: str, refused: bool,
+                                                    wildcard: str) -> None:
+    # *.co.uk claimed every other tenant's shop.co.uk: the first to name it squatted a
+    # namespace anyone may register under, as *.com would.
     s = ClusterState(Settings(http_port=0, https_port=0, vhost_policy=policy))
-    s.set_app(app("/a/tld", 10001, vhosts=("ok.example.com", "*.com")))
+    s.set_app(app("/a/tld", 10001, vhosts=("ok.example.com", wildcard)))
+    s.set_app(app("/b/shop", 10002, vhosts=("shop." + wildcard[2:],)))
     assert ("a_tld_10001" not in s.desired) is refused
     if refused:
         (p,) = s.problems["/a/tld"]
         assert (p.reason, p.label) == ("label_refused", "HAPROXY_0_VHOST")
-        assert "*.com, a wildcard over a whole top-level domain" in p.message
+        assert f"{wildcard}, a wildcard over a public suffix ({wildcard[2:]}" in p.message
+        assert "b_shop_10002" in s.desired  # the other tenant's host under it is served
+
+
+@pytest.mark.parametrize("wildcard", ["*.example.com", "*.example.co.uk", "*.marathon.mesos",
+                                      "*.shop.github.io"])
+def test_a_wildcard_over_a_registrable_domain_is_claimed(wildcard: str) -> None:
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_app(app("/a/web", 10001, vhosts=(wildcard,)))
+    assert "a_web_10001" in s.desired and not s.problems
 
 
 def test_the_owners_kept_on_disk_hold_against_a_wildcard_after_a_restart() -> None:
