@@ -27,8 +27,18 @@ from .harness import TLS, Daemon, ExternalHAProxy, Simulator, responders, runnin
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
-# Markers of a PEM file, but nothing HAProxy can load: passes admission, fails haproxy -c.
-FAKE_PEM = ("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+# A PEM file HAProxy cannot load, which passes admission (and fails haproxy -c): the
+# names of a certificate (unloadable.test) can be read, but it is a TBSCertificate alone,
+# without its signature, and the key is not one.
+FAKE_PEM = ("-----BEGIN CERTIFICATE-----\n"
+            "MIIBTzCCAUugAwIBAgIUEHyp0j7kSUIZZFRTco32RueI1QAwCgYIKoZIzj0EAwIw\n"
+            "GjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MB4XDTI2MTIwMjA4MzIzMVoXDTI2\n"
+            "MTIwMzA4MzIzMVowGjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MFkwEwYHKoZI\n"
+            "zj0CAQYIKoZIzj0DAQcDQgAEB/fr/3K3HNzN9wOBlWQis7lAri2z5W0mEPGfYHm6\n"
+            "GpP1MrkCZ8cgkTz/zIMbKcbgG2YUQFTJelIiD/ZWbNsZ+qNvMG0wHQYDVR0OBBYE\n"
+            "FPylMvwbYtwYlcGaf7QIVtEt6wTIMB8GA1UdIwQYMBaAFPylMvwbYtwYlcGaf7QI\n"
+            "VtEt6wTIMA8GA1UdEwEB/wQFMAMBAf8wGgYDVR0RBBMwEYIPdW5sb2FkYWJsZS50\n"
+            "ZXN0\n-----END CERTIFICATE-----\n"
             "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
 
 

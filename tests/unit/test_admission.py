@@ -19,8 +19,22 @@ from servicerouter.model import App, Health, Options, Problem, Service, Task
 from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
-PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
-      "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+# A certificate (for unloadable.test, as certnames.py reads it: a TBSCertificate alone,
+# without its signature, which OpenSSL cannot load) and a key's markers: a file admission
+# takes and HAProxy does not.
+PEM = ("-----BEGIN CERTIFICATE-----\n"
+       "MIIBTzCCAUugAwIBAgIUEHyp0j7kSUIZZFRTco32RueI1QAwCgYIKoZIzj0EAwIw\n"
+       "GjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MB4XDTI2MTIwMjA4MzIzMVoXDTI2\n"
+       "MTIwMzA4MzIzMVowGjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MFkwEwYHKoZI\n"
+       "zj0CAQYIKoZIzj0DAQcDQgAEB/fr/3K3HNzN9wOBlWQis7lAri2z5W0mEPGfYHm6\n"
+       "GpP1MrkCZ8cgkTz/zIMbKcbgG2YUQFTJelIiD/ZWbNsZ+qNvMG0wHQYDVR0OBBYE\n"
+       "FPylMvwbYtwYlcGaf7QIVtEt6wTIMB8GA1UdIwQYMBaAFPylMvwbYtwYlcGaf7QI\n"
+       "VtEt6wTIMA8GA1UdEwEB/wQFMAMBAf8wGgYDVR0RBBMwEYIPdW5sb2FkYWJsZS50\n"
+       "ZXN0\n-----END CERTIFICATE-----\n"
+       "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+# Only a certificate's markers: its names cannot be read.
+UNREADABLE = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
+             "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
 
 def app(app_id: str, port: int, version: str = "2026-01-01", tasks: int = 1,
@@ -635,7 +649,8 @@ def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> 
     fact = hostfacts.check_cert(str(tmp_path / "a.pem"), [str(tmp_path)], [])
     assert fact.names == ("shop.example.com", "*.shop.example.com", "other.example.com")
     # A certificate that cannot be read here may name anything: None (fail closed).
-    assert certnames.cert_names(PEM.encode()) is None
+    assert certnames.cert_names(UNREADABLE.encode()) is None
+    assert certnames.cert_names(PEM.encode()) == ("unloadable.test",)
     assert certnames.cert_names(pem[:200] + b"-----END CERTIFICATE-----") is None
     # OpenSSL (and so HAProxy) takes the first certificate block of the file, whatever
     # its label: a TRUSTED CERTIFICATE first, naming the victim, was skipped for a plain
