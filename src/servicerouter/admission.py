@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from publicsuffixlist import PublicSuffixList
 
+from .label_values import MAX_HOST_LABELS, MAX_VHOSTS
 from .layout import DesiredService, Settings
 from .model import App, Problem, shown, valid_port
 
@@ -139,6 +140,26 @@ def _stray_names(names: tuple[str, ...] | None, vhosts: Iterable[str]) -> str | 
     return shown(stray) if stray is not None else None
 
 
+def _unclaimable(names: tuple[str, ...] | None) -> str | None:
+    """Why a certificate's names cannot be claimed as hosts of the service presenting it
+    (None: they can). Its names are host names: presenting it is a claim on each, like a
+    VHOST's, so they are held to a VHOST's limits, and names that cannot be read fail
+    closed (HAProxy would present the file for whatever they are)."""
+    if names is None:
+        return ("is a certificate whose host names (subjectAltName, common name) could not "
+                "be read, so whether it names another tenant's host cannot be told")
+    if len(names) > MAX_VHOSTS:
+        return f"is a certificate for {len(names)} host names; at most {MAX_VHOSTS}"
+    for n in names:
+        if n.count(".") >= MAX_HOST_LABELS:
+            return (f"is a certificate for {shown(n)}, a host name of {n.count('.') + 1} "
+                    f"labels; at most {MAX_HOST_LABELS}")
+        if n.startswith("*.") and over_public_suffix(n):
+            return (f"is a certificate for {shown(n)}, a wildcard over a public suffix "
+                    f"({shown(n[2:])}: every other tenant's host under it)")
+    return None
+
+
 def _label(app: App, index: int, suffix: str, fallback: str) -> str:
     label = f"HAPROXY_{index}_{suffix}"
     return label if label in app.labels else fallback
@@ -162,6 +183,7 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
     path resolved, endpoints capped), or None when it is left out; and the problems."""
     svc, opts, index = d.service, d.service.options, d.service.index
     notes: list[Problem] = []  # served, but limited
+    presents = d.presents
 
     def refuse(reason: str, label: str, value: object, message: str
                ) -> tuple[DesiredService | None, list[Problem]]:
@@ -188,6 +210,14 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
         if fact is None or fact.path is None:
             why = fact.problem if fact and fact.problem else "was not checked"
             return refuse("ssl_cert", label, opts.ssl_cert, why)
+        if not fact.shared and settings.vhost_policy != "open":
+            # Presenting it claims its names as hosts (ownership.py): on any frontend,
+            # a certificate for another tenant's host lures that host's clients (and
+            # their cookies, which are not port-scoped) to this service.
+            unclaimable = _unclaimable(fact.names)
+            if unclaimable:
+                return refuse("ssl_cert", label, opts.ssl_cert, unclaimable)
+            presents = fact.names or ()
         stray = _stray_names(fact.names, opts.vhosts) \
             if opts.vhosts and settings.https_port and not fact.shared \
             and settings.vhost_policy != "open" else None
@@ -239,6 +269,6 @@ def check_service(app: App, d: DesiredService, settings: Settings, facts: Facts
             app.id, index, "too_many_servers", "instances", str(len(d.endpoints)),
             f"tasks are more than --max-servers-per-backend {cap}; only the first {cap} "
             "by task id are routed"))
-    if svc is d.service and endpoints is d.endpoints:
+    if svc is d.service and endpoints is d.endpoints and presents is d.presents:
         return d, problems
-    return DesiredService(svc, endpoints), problems
+    return DesiredService(svc, endpoints, presents), problems

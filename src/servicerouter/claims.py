@@ -8,6 +8,8 @@ would send shop.example.com's cookies along. So a certificate file (its
 resolved path) belongs to the owner (``--vhost-policy``: the top-level group,
 or the app) of the first app that named it, for as long as an app of that
 owner still names it; files the operator lists in ``--ssl-certs`` are shared.
+The names in a file are claimed as hosts (:mod:`.hostclaims`): a copy of the file,
+or another file for the same names, is refused there.
 """
 
 from __future__ import annotations

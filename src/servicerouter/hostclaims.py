@@ -4,7 +4,11 @@ One virtual host, one owner (``--vhost-policy``: the top-level group, or the app
 for as long as an app of that owner still names it; one host and path, one service.
 A wildcard counts as a claim on every name it matches, in both directions: on the
 shared frontends ``*.example.com`` would otherwise take ``shop.example.com``'s
-traffic from its owner (or the other way round). Used by :mod:`.ownership`, whose
+traffic from its owner (or the other way round). The names a service's certificate
+presents (``HAPROXY_{n}_SSL_CERT``: its subjectAltName and common names, set by
+admission) are claimed as its hosts too, with no route: on any frontend, its own port
+included, HAProxy presents it to clients lured to ``https://<name>:<port>/``, whose
+cookies for that name (not port-scoped) follow. Used by :mod:`.ownership`, whose
 owners :mod:`.owners` keeps on disk.
 """
 
@@ -14,7 +18,7 @@ from collections.abc import Callable
 
 from .admission import covering_wildcards, domains_above
 from .layout import DesiredService
-from .model import Problem
+from .model import Problem, shown
 
 
 class HostClaims:
@@ -38,7 +42,7 @@ class HostClaims:
         and the hosts let go: nobody holds them any more, or a path of them the app
         routed is free (the apps refused that host and path wait on the host)."""
         if app_id not in self.hosts_of and app_id not in self.routes_of \
-                and not any(d.service.options.vhosts for d in new.values()):
+                and not any(d.service.options.vhosts or d.presents for d in new.values()):
             return [], set()  # claims nothing, held nothing (most apps: ~3 µs a sync each)
         old_hosts = self.hosts_of.pop(app_id, set())
         old_routes = self.routes_of.pop(app_id, set())
@@ -51,33 +55,25 @@ class HostClaims:
         problems = []
         for name, d in sorted(new.items()):
             opts = d.service.options
-            if key is None or not opts.vhosts:
+            if key is None or not (opts.vhosts or d.presents):
                 continue
             problem = None
             paths = opts.paths or ("",)
             for host in opts.vhosts:
-                owner = self.owner.get(host)
-                holders = self.holders.get(host)
                 taken = [(host, p) for p in paths
                          if (host, p) in routes or (host, p) in self.route_owner]
-                # A wildcard is checked even when it has an owner: owners kept from before
-                # wildcards were checked may overlap, and then the exact host keeps it.
-                overlap = self._overlap(host, key) \
-                    if owner is None or host.startswith("*.") else None
-                wait_on = host
-                if owner is not None and holders and owner[0] != key:
-                    problem = (f"names host {host}, which belongs to {kind} {owner[0]} "
-                               f"(app {owner[1]} claimed it first)")
+                other = self._other_owner(host, key, kind)
+                if other is not None and other[0] == host:  # held as it is named
+                    wait_on, problem = other
+                    problem = f"names host {host}, {problem}"
                 elif taken:
-                    route = taken[0]
+                    wait_on, route = host, taken[0]
                     problem = (f"names host {host} and path {route[1] or '/'}, which "
                                f"{self.route_owner.get(route) or routes[route]} already "
                                "routes")
-                elif overlap is not None:
-                    wait_on, (okey, first) = overlap
-                    how = "is under" if wait_on in covering_wildcards(host) else "covers"
-                    problem = (f"names host {host}, which {how} host {wait_on} of {kind} "
-                               f"{okey} (app {first} claimed it first)")
+                elif other is not None:
+                    wait_on, problem = other
+                    problem = f"names host {host}, {problem}"
                 if problem:
                     self.waiting.setdefault(wait_on, set()).add(app_id)
                     break
@@ -88,10 +84,29 @@ class HostClaims:
                                         ",".join(opts.vhosts),
                                         f"{problem}; service left out, others applied"))
                 continue
+            # The names its certificate presents are claimed as hosts too: on its own port
+            # as on the shared one, HAProxy would present it to clients lured to
+            # https://<name>:<port>/, and their cookies for that name would follow.
+            for host in d.presents:
+                other = self._other_owner(host, key, kind) if host not in opts.vhosts \
+                    else None
+                if other is not None:
+                    wait_on, problem = other
+                    self.waiting.setdefault(wait_on, set()).add(app_id)
+                    problem = f"is a certificate for {host}, {problem}"
+                    break
+            if problem:
+                del new[name]
+                problems.append(Problem(
+                    app_id, d.service.index, "ssl_cert", f"HAPROXY_{d.service.index}_SSL_CERT",
+                    shown(opts.ssl_cert), f"{problem}: a certificate may name only hosts of "
+                    "its own owner; service left out, others applied"))
+                continue
             for host in opts.vhosts:
                 for path in paths:
                     routes[(host, path)] = name
                 hosts.add(host)
+            hosts.update(d.presents)
         for host in hosts:
             holders = self.holders.setdefault(host, set())
             if not holders and self.owner.get(host) != (key or "", app_id):
@@ -129,6 +144,30 @@ class HostClaims:
                 self.under[domain].discard(host)
                 if not self.under[domain]:
                     del self.under[domain]
+
+    def _other_owner(self, host: str, key: str, kind: str) -> tuple[str, str] | None:
+        """Whether another owner holds ``host``, or a host it would match or be matched
+        by: (the host to wait on, why, as "which ...") or None. A wildcard is checked for
+        overlaps even when it has an owner: owners kept from before wildcards were
+        checked may overlap, and then the exact host keeps it."""
+        owner = self.owner.get(host)
+        if owner is not None and self.holders.get(host) and owner[0] != key:
+            return host, f"which belongs to {kind} {owner[0]} ({self._first(host, owner[1])})"
+        if owner is not None and not host.startswith("*."):
+            return None
+        overlap = self._overlap(host, key)
+        if overlap is None:
+            return None
+        wait_on, (okey, first) = overlap
+        how = "is under" if wait_on in covering_wildcards(host) else "covers"
+        return wait_on, f"which {how} host {wait_on} of {kind} {okey} " \
+                        f"({self._first(wait_on, first)})"
+
+    def _first(self, host: str, app_id: str) -> str:
+        """Who claimed ``host`` first, and how: routing it, or presenting a certificate."""
+        if any(h == host for h, _ in self.routes_of.get(app_id, ())):
+            return f"app {app_id} claimed it first"
+        return f"app {app_id} claimed it first, presenting a certificate for it"
 
     def _overlap(self, host: str, key: str | None) -> tuple[str, tuple[str, str]] | None:
         """A host of another owner that ``host`` would match or be matched by: a

@@ -115,6 +115,10 @@ Layout = dict[str, BackendShape]
 class DesiredService:
     service: Service
     endpoints: tuple[Endpoint, ...]
+    # The host names its certificate (HAPROXY_{n}_SSL_CERT) presents, claimed like its
+    # vhosts (hostclaims.py); set by admission for an app's own file under --vhost-policy
+    # group or exclusive, empty otherwise (the operator's --ssl-certs are everyone's).
+    presents: tuple[str, ...] = ()
 
 
 def selected(service: Service, settings: Settings) -> bool:

@@ -63,15 +63,19 @@ class Ownership:
         key = vhost_owner(app_id, policy)
         kind = "group" if policy == "group" else "app"
         problems, freed_ports = self._claim_ports(app, new)
+        # Most apps name no certificate file and held none: no file claims to make.
+        files = key is not None and (app_id in self._certs.held_by
+                                     or any(d.service.options.ssl_cert for d in new.values()))
+        # The file first: a service refused it claims none of its hosts (nor the names
+        # its certificate presents, which would then be held by a service left out).
+        freed_certs = self._claim_certs(app, key, kind, new, problems) \
+            if files and key is not None else set()
         version = self._hosts.version
         refused, freed_hosts = self._hosts.claim(app_id, key, kind, new)
         self.version += self._hosts.version != version
         problems += refused
-        if key is None or (app_id not in self._certs.held_by
-                           and not any(d.service.options.ssl_cert for d in new.values())):
-            self.freed = (freed_ports, freed_hosts, set())  # names none, held none (most apps)
-            return problems
-        freed_certs = self._claim_certs(app, key, kind, new, problems)
+        if files and refused and key is not None:  # ... nor does a service refused a host
+            freed_certs |= self._claim_certs(app, key, kind, new, problems)
         self.freed = (freed_ports, freed_hosts, freed_certs)
         return problems
 

@@ -74,12 +74,14 @@ class ClusterState:
             if refusal:
                 problems.append(Problem(app.id, service.index, "label_refused",
                                         f"HAPROXY_{service.index}_*", "", refusal))
+        notes: list[Problem] = []  # of services admitted, but limited
         for name, d in list(new.items()):
             admitted, found = check_service(app, d, self.settings, self.facts)
-            problems += found
             if admitted is None:
+                problems += found
                 del new[name]
             else:
+                notes += found
                 new[name] = admitted
         held_back = self._held_back(app, new, problems)
         if held_back:
@@ -92,6 +94,9 @@ class ClusterState:
         else:
             self._holding.pop(app.id, None)
             problems += self._ownership.claim(app, new)
+        if notes:  # a service then refused a port, host or file: its limits are moot
+            kept = {d.service.index for d in new.values()}
+            problems += [p for p in notes if p.index in kept]
         for name, d in list(new.items()):
             held = self.excluded.get(name)
             if held is None:
@@ -408,7 +413,7 @@ class ClusterState:
             if cap and len(eps) > cap:
                 return self._refresh(app.id)
             if eps != d.endpoints:
-                changed[name] = DesiredService(d.service, eps)
+                changed[name] = DesiredService(d.service, eps, d.presents)
         self.desired.update(changed)
         return set(changed)
 

@@ -727,9 +727,10 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
         tmp_path: Path, simulator: Simulator) -> None:
     """HAProxy picks the shared HTTPS frontend's certificate by SNI, an exact name
     before the operator's wildcard: /aaa/evil's certificate, which also names
-    victim.corp.test, was presented to /teamb/web's clients. Now it is kept off the
-    shared frontend: victim.corp.test keeps the operator's certificate and its tasks,
-    and /aaa/evil is still served (its vhost with the operator's certificate)."""
+    victim.corp.test, was presented to /teamb/web's clients. Then it was kept off the
+    shared frontend, but its own port still presented it; now it is presented nowhere
+    (victim.corp.test is /teamb's host): victim.corp.test keeps the operator's
+    certificate and its tasks, and /aaa/evil is left out and told why."""
     import socket
     import ssl
 
@@ -765,20 +766,110 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
     with running(daemon):
         wait_for(lambda: reached("victim.corp.test") == victims, 30,
                  what="victim.corp.test served over the HTTPS frontend")
-        _, evils = simulator.launch("/aaa/evil", 1, labels={
+        evil_port, _ = simulator.launch("/aaa/evil", 1, labels={
             "HAPROXY_0_VHOST": "evil.corp.test", "HAPROXY_0_SSL_CERT": str(evil)})
         (problem,) = wait_for(lambda: problems(daemon).get("/aaa/evil"), 30,
                               what="/aaa/evil's problem")
         assert (problem["reason"], problem["label"]) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
-        assert "is a certificate for victim.corp.test, a host HAPROXY_0_VHOST " \
-            "(evil.corp.test) does not route, so it is not offered on the shared HTTPS " \
-            "frontend" in problem["error"]
+        assert "is a certificate for victim.corp.test, which belongs to group /teamb " \
+            "(app /teamb/web claimed it first)" in problem["error"]
         new_app_is_routed(simulator, daemon, "/teamc/new")
         text = daemon.config.read_text()
-        shared = text[text.index("frontend https_in"):].split("\n\n", 1)[0]
-        assert str(evil) not in shared
+        assert str(evil) not in text and f":{evil_port}" not in text
         assert presented("victim.corp.test") == ("corp.test", "*.corp.test")
         assert reached("victim.corp.test") == simulator.running("/teamb/web")
-        wait_for(lambda: reached("evil.corp.test") == evils, 30,
-                 what="/aaa/evil still served, with the operator's certificate")
-        assert presented("evil.corp.test") == ("corp.test", "*.corp.test")
+
+
+def test_a_copy_of_another_tenants_certificate_is_presented_on_no_port(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """On its own port any file under --ssl-cert-dir was presented: /teamb's copy of
+    shop.corp.test's certificate (the file of an earlier rotation), or a wildcard over
+    it, completed TLS for https://shop.corp.test:<its port>/ without a warning, and the
+    browser sent shop.corp.test's cookies to /teamb's tasks. A certificate's names are
+    now hosts its service claims, first come: /teamb is left out and told why, /teama
+    keeps its host and certificate (across a restart, though /teamb's definitions are
+    older then), and a new app of another tenant is routed meanwhile."""
+    import socket
+    import ssl
+
+    from servicerouter.certnames import cert_names
+    from servicerouter.demo.procs import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shop = _pem(certs, "shop", "/CN=shop.corp.test", "DNS:shop.corp.test", "ec")
+    (certs / "shop-2025.pem").write_bytes(shop.read_bytes())  # left by a rotation
+    wild = _pem(certs, "wild", "/CN=corp.test", "DNS:*.corp.test", "ec")
+    https = free_port()
+
+    def daemon() -> Daemon:
+        return Daemon(tmp_path, simulator.url, "--https-port", str(https),
+                      "--ssl-cert-dir", str(certs))
+
+    def presented(port: int, sni: str = "shop.corp.test") -> tuple[str, ...] | None:
+        """The names of the certificate on ``port`` for ``sni``; None: no TLS there."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=sni) as tls:
+                der = tls.getpeercert(binary_form=True)
+        except OSError:
+            return None
+        assert der is not None
+        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode())
+
+    def reached(port: int, host: str = "shop.corp.test") -> set[str]:
+        with httpx.Client(timeout=5, verify=False) as c:
+            return {c.get(f"https://127.0.0.1:{port}/", headers={"Host": host,
+                          "Connection": "close"}, extensions={"sni_hostname": host}
+                          ).text.strip() for _ in range(4)}
+
+    def owner_served(d: Daemon) -> None:
+        wait_for(lambda: presented(owner_port) == ("shop.corp.test",)
+                 and reached(owner_port) == simulator.running("/teama/web")
+                 and reached(https) == simulator.running("/teama/web"), 30,
+                 what="/teama/web served with its certificate, on its port and by SNI")
+        assert presented(https) == ("shop.corp.test",)
+
+    def thieves_left_out(d: Daemon) -> None:
+        found = wait_for(lambda: (p := problems(d)) and {"/teamb/copy", "/teamb/wild"}
+                         <= set(p) and p, 30, what="both of /teamb's services refused")
+        (copy,) = found["/teamb/copy"]
+        assert (copy["reason"], copy["label"], copy["value"]) == (
+            "ssl_cert", "HAPROXY_0_SSL_CERT", str(certs / "shop-2025.pem"))
+        assert "is a certificate for shop.corp.test, which belongs to group /teama " \
+            "(app /teama/web claimed it first)" in copy["error"]
+        (wildcard,) = found["/teamb/wild"]
+        assert wildcard["reason"] == "ssl_cert"
+        assert "is a certificate for *.corp.test, which covers host shop.corp.test of " \
+            "group /teama" in wildcard["error"]
+        assert scrape(d, "servicerouter_services_excluded")['reason="ssl_cert"'] == 2
+        text = d.config.read_text()
+        for port in (copy_port, wild_port):
+            assert f":{port}" not in text
+            assert presented(port) is None
+
+    owner_port, _ = simulator.launch("/teama/web", 1, labels={
+        "HAPROXY_0_VHOST": "shop.corp.test", "HAPROXY_0_SSL_CERT": str(shop)})
+    first = daemon().start()
+    with running(first):
+        owner_served(first)
+        copy_port, _ = simulator.launch("/teamb/copy", 1, labels={
+            "HAPROXY_0_SSL_CERT": str(certs / "shop-2025.pem")})
+        wild_port, _ = simulator.launch("/teamb/wild", 1, labels={
+            "HAPROXY_0_SSL_CERT": str(wild)})
+        thieves_left_out(first)
+        assert "app /teamb/copy: HAPROXY_0_SSL_CERT=" in _log(first)
+        new_app_is_routed(simulator, first, "/teamc/new")
+        owner_served(first)
+        simulator.scale("/teama/web", 2)  # a deploy: /teamb's definitions are older now
+        simulator.wait_running("/teama/web", 2)
+        owner_served(first)
+    second = daemon().start()  # claims from the owners kept beside the config
+    with running(second):
+        owner_served(second)
+        thieves_left_out(second)
+        serving(simulator, "/teamc/new", simulator.service_port("/teamc/new"))

@@ -533,7 +533,7 @@ def test_a_certificate_on_the_https_frontend_names_only_its_services_hosts() -> 
     service's certificates, an exact name before a wildcard and the first loaded among
     equals: a tenant's certificate naming another's host was presented to that host's
     clients (over the operator's wildcard, and over the owner's own certificate)."""
-    names = {"/c/evil.pem": ("evil.example.com", "victim.example.com"),
+    names = {"/c/evil.pem": ("evil.example.com", "spare.example.com"),
              "/c/wild.pem": ("*.shop.example.com",), "/c/shop.pem": ("shop.example.com",
                                                                     "a.b.shop.example.com"),
              "/c/deep.pem": ("*.b.shop.example.com",)}
@@ -566,17 +566,20 @@ def test_a_certificate_on_the_https_frontend_names_only_its_services_hosts() -> 
     assert s.desired["aaa_evil_10002"].service.options.ssl_cert == "/c/evil.pem"
     (p,) = s.problems["/aaa/evil"]
     assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", "/c/evil.pem")
-    assert p.message.startswith("is a certificate for victim.example.com, a host "
+    assert p.message.startswith("is a certificate for spare.example.com, a host "
                                 "HAPROXY_0_VHOST (evil.example.com) does not route, so it is "
                                 "not offered on the shared HTTPS frontend")
     (p,) = s.problems["/shop/one"]
     assert "is a certificate for *.shop.example.com" in p.message
-    # A certificate whose names cannot be read may name anything: kept off too.
+    # A certificate whose names cannot be read may name anything (another tenant's
+    # host): refused on every frontend, its own port too.
     s.set_facts(Facts(certs={**s.facts.certs,
                              "/c/odd.pem": CertFact("/c/odd.pem", names=None)}))
     s.set_app(app("/odd/web", 10009, vhosts=("odd.example.com",), ssl_cert="/c/odd.pem"))
-    assert not s.desired["odd_web_10009"].service.options.sni_cert
-    assert "names that could not be read" in s.problems["/odd/web"][0].message
+    assert "odd_web_10009" not in s.desired
+    (p,) = s.problems["/odd/web"]
+    assert (p.reason, p.label) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
+    assert "host names (subjectAltName, common name) could not be read" in p.message
     # No shared HTTPS frontend: a certificate is only on its service's own port.
     alone = ClusterState(Settings(http_port=0, https_port=0))
     alone.set_facts(Facts(certs={"/c/evil.pem": CertFact("/c/evil.pem",
@@ -707,3 +710,98 @@ def test_a_service_left_out_for_its_own_problem_keeps_its_names() -> None:
     assert set(s.desired) == {"shop_web_10009", "evil_host_10002", "evil_port_10001",
                               "evil_cert_10003"}
     assert not s.problems
+
+
+def test_a_certificates_names_are_hosts_its_service_claims_on_every_frontend() -> None:
+    """On its own port, any file under --ssl-cert-dir was presented: a copy of another
+    tenant's certificate (or one covering its host by a wildcard) lured that host's
+    clients to https://shop.example.com:<the thief's port>/, their cookies with them.
+    Presenting a certificate now claims its names as hosts, first come, as a VHOST."""
+    names = {"/c/shop.pem": ("shop.example.com",), "/c/copy.pem": ("shop.example.com",),
+             "/c/old.pem": ("shop.example.com",), "/c/wild.pem": ("*.example.com",),
+             "/c/many.pem": ("api.teamb.org", "www.teamb.org", "shop.example.com"),
+             "/c/db.pem": ("db.example.net",), "/c/tld.pem": ("ok.example.org", "*.co.uk"),
+             "/c/huge.pem": tuple(f"h{i}.example.org" for i in range(1001))}
+    facts = Facts(certs={**{p: CertFact(p, names=n) for p, n in names.items()},
+                         "/c/op.pem": CertFact("/c/op.pem", shared=True,
+                                               names=("shop.example.com",))})
+    apps = [app("/teama/web", 10001, "2026-01-01", vhosts=("shop.example.com",),
+                ssl_cert="/c/shop.pem"),
+            app("/teama/api", 10002, "2026-01-02", ssl_cert="/c/copy.pem"),  # its own tenant
+            app("/teamb/old", 10003, "2026-01-03", ssl_cert="/c/old.pem"),  # a copy of it
+            app("/teamb/wild", 10004, "2026-01-04", ssl_cert="/c/wild.pem"),
+            app("/teamb/many", 10005, "2026-01-05", ssl_cert="/c/many.pem"),
+            app("/teamb/op", 10006, "2026-01-06", ssl_cert="/c/op.pem"),  # --ssl-certs
+            # TLS on its own port for its own name, no VHOST: its name is its own.
+            app("/teamc/db", 10007, "2026-01-07", ssl_cert="/c/db.pem"),
+            app("/teamd/web", 10008, "2026-01-08", vhosts=("db.example.net",)),
+            app("/teame/tld", 10009, "2026-01-09", ssl_cert="/c/tld.pem"),
+            app("/teame/huge", 10010, "2026-01-10", ssl_cert="/c/huge.pem")]
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_facts(facts)
+    for a in apps:
+        s.set_app(a)
+    assert set(s.desired) == {"teama_web_10001", "teama_api_10002", "teamb_op_10006",
+                              "teamc_db_10007"}
+    (p,) = s.problems["/teamb/old"]
+    assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", "/c/old.pem")
+    assert p.message == ("is a certificate for shop.example.com, which belongs to group "
+                         "/teama (app /teama/web claimed it first): a certificate may name "
+                         "only hosts of its own owner; service left out, others applied")
+    (p,) = s.problems["/teamb/wild"]
+    assert p.reason == "ssl_cert" and p.message.startswith(
+        "is a certificate for *.example.com, which covers host shop.example.com of group "
+        "/teama (app /teama/web claimed it first)")
+    (p,) = s.problems["/teamb/many"]
+    assert p.reason == "ssl_cert" and "certificate for shop.example.com, which belongs to " \
+        "group /teama" in p.message
+    (p,) = s.problems["/teamd/web"]  # the name is /teamc's: it presented it first
+    assert (p.reason, p.label) == ("vhost_taken", "HAPROXY_0_VHOST")
+    assert "names host db.example.net, which belongs to group /teamc (app /teamc/db " \
+        "claimed it first, presenting a certificate for it)" in p.message
+    (p,) = s.problems["/teame/tld"]
+    assert p.reason == "ssl_cert" and "*.co.uk, a wildcard over a public suffix" in p.message
+    (p,) = s.problems["/teame/huge"]
+    assert p.reason == "ssl_cert" and "for 1001 host names; at most 1000" in p.message
+    # The state a fresh sync of the same apps gives (the oldest definition claims first).
+    fresh = ClusterState(Settings(http_port=0, https_port=0))
+    fresh.set_facts(facts)
+    fresh.replace_all(reversed(apps))
+    assert (fresh.desired, fresh.problems) == (s.desired, s.problems)
+    # Kept across a restart (owners file), though the newcomer's definition is older.
+    restarted = ClusterState(Settings(http_port=0, https_port=0))
+    restarted.restore_owners(Owners.from_json(s.owners().to_json()))
+    restarted.set_facts(facts)
+    restarted.replace_all([app("/teamd/web", 10008, "2000-01-01", vhosts=("db.example.net",)),
+                           app("/teamc/db", 10007, "2026-01-07", ssl_cert="/c/db.pem")])
+    assert set(restarted.desired) == {"teamc_db_10007"}
+    # A rotated file is claimed by its new names: now naming /teama's host, it is refused,
+    # and the name it let go is /teamd's; rotated back, the name is /teamd's now.
+    rotated = Facts(certs={**facts.certs, "/c/db.pem": CertFact(
+        "/c/db.pem", stamp=(1, 1), names=("db.example.net", "shop.example.com"))})
+    dirty = s.set_facts(rotated)
+    assert "teamc_db_10007" in dirty and "teamd_web_10008" in dirty
+    assert "teamc_db_10007" not in s.desired and "teamd_web_10008" in s.desired
+    assert s.set_facts(facts) == set()  # still refused: db.example.net is /teamd's
+    assert s.problems["/teamc/db"][0].message.startswith(
+        "is a certificate for db.example.net, which belongs to group /teamd")
+    # When the owner lets go, the apps refused its names have them.
+    s.remove_app("/teama/api")
+    dirty = s.remove_app("/teama/web")
+    assert {"teamb_old_10003", "teamb_wild_10004", "teamb_many_10005"} <= dirty
+    assert {"teamb_old_10003", "teamb_wild_10004", "teamb_many_10005"} <= set(s.desired)
+    # First come, as for a VHOST: a certificate presented first keeps its names from a
+    # tenant arriving later, which is told who presents it.
+    later = ClusterState(Settings(http_port=0, https_port=0))
+    later.set_facts(facts)
+    later.set_app(apps[2])
+    later.set_app(apps[0])
+    assert set(later.desired) == {"teamb_old_10003"}
+    assert "(app /teamb/old claimed it first, presenting a certificate for it)" in \
+        later.problems["/teama/web"][0].message
+    # --vhost-policy open: one tenant, no owners.
+    single = ClusterState(Settings(http_port=0, https_port=0, vhost_policy="open"))
+    single.set_facts(facts)
+    for a in apps[:6]:
+        single.set_app(a)
+    assert len(single.desired) == 6 and not single.problems
