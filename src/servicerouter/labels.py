@@ -202,7 +202,10 @@ LABELS: tuple[LabelSpec, ...] = (
               "passed on) under --ssl-cert-dir; also offered on the shared HTTPS frontend "
               "(marathon-lb served it on the service's own port only, unless "
               "--group-https-by-vhost), and there only if every name in it is a host the "
-              "service routes (Multi-tenant safety)",
+              "service routes; its names are hosts the service claims, on its own port too, "
+              "first come as a VHOST's, so a file naming another tenant's host (a copy of its "
+              "certificate, a wildcard over it) or whose names cannot be read is refused "
+              "(marathon-lb presented any file) (Multi-tenant safety)",
               "ssl_cert", parse_file_path),
     LabelSpec("AUTH", "port", "HTTP basic auth: realm:user:crypt-hash; others get 401",
               "shop:admin:$6$salt$hash", "the password must be a modular crypt hash ($1$, "
