@@ -4,6 +4,9 @@
   (:func:`~servicerouter.hostfacts.bind_problem`): a service whose address
   cannot be bound is left out instead of failing the reload (and pausing every
   frontend while HAProxy tries).
+- A certificate file of a routed service that changed on disk since it was read
+  (a rotation) is read again, and its apps judged again: HAProxy loads the file at
+  the reload, and its names may be another owner's hosts now.
 - When ``haproxy -c`` rejects a candidate anyway, the services it blames
   (:mod:`~servicerouter.isolation`) are left out and the rest is validated again.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -49,6 +53,31 @@ class Guard:
     def served(self, text: str) -> None:
         """HAProxy now serves ``text``: its addresses are bound."""
         self._bound = set(_BIND.findall(text))
+
+    def recheck_certs(self) -> set[str]:
+        """Read again the certificate files of routed services that changed on disk since
+        admission read them (a stat each: a rotation between two full syncs), and judge
+        their apps again, before HAProxy loads them: a file now naming another owner's
+        host is left out, not presented. Returns the backends that changed."""
+        served = {c for d in self.state.desired.values() if (c := d.service.options.ssl_cert)}
+        if not served:
+            return set()
+        stale = set()
+        for label, fact in self.state.facts.certs.items():
+            if fact.path not in served:
+                continue
+            try:
+                info = os.stat(fact.path)
+                stamp: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+            except OSError:
+                stamp = None
+            if stamp != fact.stamp:
+                stale.add(label)
+        if not stale:
+            return set()
+        apps = [a for a in self.state.apps.values()
+                if any(s.options.ssl_cert in stale for s in a.services)]
+        return self.state.set_facts(hostfacts.gather(apps, self.settings))
 
     def exclude_unbindable(self) -> set[str]:
         """Try to bind each frontend address the running HAProxy does not have yet; leave

@@ -805,3 +805,44 @@ def test_a_certificates_names_are_hosts_its_service_claims_on_every_frontend() -
     for a in apps[:6]:
         single.set_app(a)
     assert len(single.desired) == 6 and not single.problems
+
+
+def test_a_certificate_rotated_between_syncs_is_judged_before_haproxy_loads_it(
+        tmp_path: Path) -> None:
+    """A file's names were read at a full sync (every 5 minutes) or when its app changed:
+    a reload meanwhile (any app's) had HAProxy load the rotated file, naming another
+    owner's host now, on the service's own port. The guard reads a file changed on disk
+    again before each reload."""
+    from servicerouter.guard import Guard
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+
+    def pem(cn: str) -> bytes:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                        f"/CN={cn}", "-keyout", str(tmp_path / "k"), "-out",
+                        str(tmp_path / "c")], check=True, capture_output=True, timeout=60)
+        return (tmp_path / "c").read_bytes() + (tmp_path / "k").read_bytes()
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    db = certs / "db.pem"
+    db.write_bytes(pem("db.example.net"))
+    settings = Settings(http_port=0, https_port=0, ssl_cert_dirs=(str(certs),))
+    apps = [app("/teama/web", 10001, vhosts=("shop.example.com",)),
+            app("/teamc/db", 10002, ssl_cert=str(db))]
+    s = ClusterState(settings)
+    s.set_facts(hostfacts.gather(apps, settings))
+    s.replace_all(apps)
+    guard = Guard(s, None, settings, None)  # type: ignore[arg-type]
+    assert set(s.desired) == {"teama_web_10001", "teamc_db_10002"}
+    assert guard.recheck_certs() == set()  # unchanged: not read again
+    db.write_bytes(pem("shop.example.com"))  # rotated to a file for /teama's host
+    assert guard.recheck_certs() == {"teamc_db_10002"}
+    assert set(s.desired) == {"teama_web_10001"}
+    (p,) = s.problems["/teamc/db"]
+    assert (p.reason, p.value) == ("ssl_cert", str(db))
+    assert "is a certificate for shop.example.com, which belongs to group /teama" in p.message
+    db.write_bytes(pem("db.example.net"))  # rotated back: nobody else holds it
+    assert guard.recheck_certs() == set()  # not routed: its next full sync judges it
