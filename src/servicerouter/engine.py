@@ -225,6 +225,11 @@ class Engine:
             except MarathonError as exc:
                 self.marathon_health.stream_lost(str(exc))
                 log.warning("event stream: %s; reconnecting", exc)
+            except Exception as exc:  # a bug: the stream must not end for good, unseen
+                self.marathon_health.stream_lost(f"event stream failed: "
+                                                 f"{type(exc).__name__}: {exc}")
+                log.exception("event stream failed (%s: %s); reconnecting",
+                              type(exc).__name__, exc)
             # Only a stream that stayed up resets the backoff: one that ends at once would
             # be reconnected, with a full sync, every 0.1 s.
             if attached is not None and time.monotonic() - attached >= STREAM_STAYED_UP:

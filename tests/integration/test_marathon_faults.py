@@ -198,6 +198,27 @@ def test_a_malformed_event_costs_only_its_app_and_never_its_neighbours(
         converges(simulator, api_port, "/faults/api", api_new)
 
 
+def test_an_event_nested_too_deep_is_skipped_and_churn_goes_on_through_events(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    """One frame of JSON nested 100,000 deep (600 KB, under --max-event-bytes) ended the
+    daemon's event loop with a RecursionError: no event was applied after it until the
+    resync, and /healthz and the stream gauge still said all was well."""
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        wait_routed(port, live)
+        depth = 100_000
+        raw = ("event: status_update_event\r\ndata: " + '{"a":' * depth + "1" + "}" * depth
+               + "\r\n\r\n")
+        r = simulator.http.post("/_sim/events/inject", json={"raw": raw})
+        assert r.json()["streams"] == 1
+        wait_for(lambda: "nested too deep" in daemon.proc.output(), 15,
+                 what="the deep event skipped")
+        live = converges(simulator, port, "/faults/web", live, daemon)  # by events
+        converges(simulator, port, "/faults/web", live, daemon)
+        assert "Traceback" not in daemon.proc.output()
+
+
 def test_a_late_running_after_killed_never_puts_the_dead_task_back(
         tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
     port, live = web

@@ -105,6 +105,19 @@ async def test_inject_publishes_payloads_padded_on_request(client: httpx.AsyncCl
     await stream.close()
 
 
+async def test_inject_raw_writes_the_text_verbatim_to_every_stream(
+        client: httpx.AsyncClient) -> None:
+    stream = await open_stream(client)
+    await stream.wait_for(lambda d: b"event_stream_attached" in d)
+    r = await client.post("/_sim/events/inject", json={"raw": "data: {not json\r\n",
+                                                        "repeat": 2})
+    assert r.json() == {"streams": 1, "bytes": 34}
+    await stream.wait_for(lambda d: b"data: {not json\r\n" * 2 in d)
+    for bad in ({"raw": 1}, {"raw": "x", "repeat": 0}, {"raw": "x", "repeat": 10**12}):
+        assert (await client.post("/_sim/events/inject", json=bad)).status_code == 400
+    await stream.close()
+
+
 async def test_an_empty_store_lists_nothing_and_loses_nothing(
         client: httpx.AsyncClient) -> None:
     await client.post("/v2/apps", json={"id": "/kept", "instances": 1})

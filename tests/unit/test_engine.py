@@ -742,3 +742,43 @@ async def test_the_periodic_read_covers_every_backend_once_a_round_in_slices(
     assert engine.reconciler.running is not None
     await engine.reconciler.running
     assert runtime.state_reads[-1] is None
+
+
+async def test_an_event_stream_that_fails_unexpectedly_is_reconnected_and_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception other than a MarathonError (a bug, an input no rule foresaw) ended the
+    event loop for good: churn waited for the next resync, and health said all was well."""
+    engine, _, _, _ = make_engine()
+    stop = asyncio.Event()
+    opened: list[int] = []
+    syncs: list[int] = []
+    monkeypatch.setattr(engine, "request_full_sync", lambda: syncs.append(1))
+    monkeypatch.setattr("servicerouter.engine.reconnect_delays",
+                        lambda: iter(lambda: 0.0, None))
+
+    class Stream:
+        url = "http://m1:8080"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            opened.append(1)
+
+        async def __aenter__(self) -> Stream:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        def __aiter__(self) -> Stream:
+            return self
+
+        async def __anext__(self) -> Any:
+            if len(opened) == 1:
+                raise RecursionError("maximum recursion depth exceeded")
+            stop.set()
+            raise StopAsyncIteration
+
+    monkeypatch.setattr("servicerouter.engine.EventStream", Stream)
+    await asyncio.wait_for(engine._event_loop(stop), 10)
+    assert len(opened) == 2  # reconnected
+    assert syncs  # and resynced: events may have been missed
+    assert any("RecursionError" in p for p in engine.marathon_health.problems())

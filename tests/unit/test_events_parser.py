@@ -204,6 +204,18 @@ def test_decode_frame_skips_malformed_json_with_a_warning(caplog: pytest.LogCapt
     assert "app_terminated_event" in caplog.records[1].getMessage()
 
 
+def test_decode_frame_skips_json_nested_too_deep_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A RecursionError from the decoder ended the daemon's event loop for good (churn
+    stopped until the next resync while /healthz said ok): it is one unreadable frame."""
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    with caplog.at_level(logging.WARNING, logger="servicerouter.marathon.events"):
+        assert decode_frame("http://m1:8080", "status_update_event", deep, 1.0) is None
+    (record,) = caplog.records
+    assert "status_update_event" in record.getMessage()
+    assert "nested too deep" in record.getMessage()
+
+
 def test_decode_frame_builds_the_event() -> None:
     event = decode_frame("u", "app_terminated_event", b'{"appId":"/a"}', 12.5)
     assert event is not None

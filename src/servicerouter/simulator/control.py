@@ -29,7 +29,10 @@
 ``POST /_sim/events/inject``           body ``{"events": [payload, ...], "pad_bytes": N}``:
                                        publish these payloads as events (each needs
                                        ``eventType``), each padded with a ``padding``
-                                       field of N bytes when asked (oversized events)
+                                       field of N bytes when asked (oversized events);
+                                       or ``{"raw": "text", "repeat": N}``: write the
+                                       text (N times) to every stream verbatim, as
+                                       UTF-8, unframed and unfiltered (broken frames)
 =====================================  ==============================================
 
 They are exempt from basic auth so tests can drive a protected simulator.
@@ -182,6 +185,8 @@ async def inject_events(request: Request) -> Response:
         body = await request.json()
     except ValueError as exc:
         raise ApiError(400, {"message": "body must be JSON"}) from exc
+    if isinstance(body, dict) and "raw" in body:
+        return _inject_raw(request, body)
     events = body.get("events") if isinstance(body, dict) else None
     pad = body.get("pad_bytes", 0) if isinstance(body, dict) else 0
     if not isinstance(events, list) or not all(
@@ -193,6 +198,22 @@ async def inject_events(request: Request) -> Response:
     for payload in events:
         bus.publish({**payload, "padding": "x" * pad} if pad else payload)
     return json_response({"published": len(events), "seq": bus.seq})
+
+
+MAX_RAW = 256 * 1024 * 1024
+
+
+def _inject_raw(request: Request, body: dict[str, object]) -> Response:
+    raw, repeat = body.get("raw"), body.get("repeat", 1)
+    if not isinstance(raw, str) or type(repeat) is not int or repeat < 1 \
+            or len(raw) * repeat > MAX_RAW:
+        raise ApiError(400, {"message": f'body must be {{"raw": "text", "repeat": N}}, '
+                                        f"at most {MAX_RAW} bytes in all"})
+    data = raw.encode("utf-8", "surrogatepass") * repeat
+    subscribers = tuple(_ctx(request).bus.subscribers)
+    for sub in subscribers:
+        sub.push(data)
+    return json_response({"streams": len(subscribers), "bytes": len(data)})
 
 
 def routes() -> list[Route]:
