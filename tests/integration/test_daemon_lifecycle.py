@@ -695,6 +695,40 @@ def test_a_silent_kept_master_shows_in_healthz_status_and_metrics(
         _stop_kept(pids)
 
 
+@pytest.mark.parametrize("kept", [False, True], ids=["child", "kept"])
+@pytest.mark.parametrize("damage", ["removed", "edited"])
+def test_a_config_file_damaged_by_hand_is_put_back_when_haproxy_dies(
+        tmp_path: Path, simulator: Simulator, damage: str, kept: bool) -> None:
+    """HAProxy started again from a config file an operator removed (or overwrote) failed
+    at every restart, then the supervisor gave up: nothing served until the next reload.
+    The daemon knows the config HAProxy ran and puts it back first."""
+    port, _ = simulator.launch("/mended", 2)
+    daemon = Daemon(tmp_path, simulator.url, *(["--keep-haproxy-on-exit"] if kept else []))
+    master = MasterCLI(str(daemon.master_socket))
+    pids: list[int] = []
+    try:
+        with running(daemon):
+            daemon.start()
+            routed(simulator, "/mended", port)
+            ran = daemon.config.read_text()
+            if damage == "removed":
+                daemon.config.unlink()
+            else:
+                daemon.config.write_text("this is not an HAProxy config\n")
+            pids = asyncio.run(master.show_proc(patience=30)).all_pids
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pids)
+            routed(simulator, "/mended", port, timeout=30)
+            pids = asyncio.run(master.show_proc(patience=30)).all_pids
+            assert daemon.config.read_text() == ran
+            assert f"{daemon.config} was {damage if damage == 'removed' else 'changed'} " \
+                   "outside servicerouter" in daemon.proc.output()
+    finally:
+        if kept:
+            _stop_kept(pids)
+
+
 def test_a_tenant_out_of_reloads_waits_and_never_holds_another(
         tmp_path: Path, simulator: Simulator) -> None:
     """One tenant changing its options over and over reloaded HAProxy for everyone, once

@@ -61,6 +61,22 @@ class ConfigFile:
         except (OSError, UnicodeDecodeError):
             return None
 
+    def restore(self, text: str | None) -> None:
+        """Before HAProxy starts again from the file (it died): put ``text``, the config it
+        ran, back if the file was removed or edited outside servicerouter. Started on the
+        file as it is, HAProxy would fail at every restart (no file, not a config) or
+        serve a hand-edited config the daemon never validated."""
+        if text is None or self.read() == text:
+            return
+        what = "removed" if not self.path.exists() else "changed"
+        log.warning("%s was %s outside servicerouter; putting back the config HAProxy ran "
+                    "before starting it again", self.path, what)
+        try:
+            self.write(text)
+        except OSError as exc:
+            log.error("putting back %s failed (%s); HAProxy starts on what is there",
+                      self.path, exc.strerror or exc)
+
     def cleanup(self) -> None:
         """Remove the temp files a killed daemon may have left next to the config and in
         its map folder (files.remove_leftovers)."""
@@ -171,12 +187,16 @@ class StartedHAProxy(_Reloader):
 
     async def _supervise(self) -> None:
         try:
-            await self.process.supervise(on_restart=self._restarted)
+            await self.process.supervise(on_restart=self._restarted,
+                                         before_restart=self._restore)
         except SupervisionError as exc:
             log.critical("%s", exc)
             self._gave_up = str(exc).splitlines()[0]
             if self._engine is not None:
                 self._engine.metrics.haproxy_up.set(0)
+
+    def _restore(self) -> None:
+        self.config.restore(self._engine.running_config if self._engine else None)
 
     async def _restarted(self, _: Any) -> None:
         # A restarted HAProxy starts from the file: runtime changes since the last

@@ -258,6 +258,7 @@ class KeptHAProxy:
             silent = self._silent_since = None
             log.error("HAProxy's master %s does not answer; starting HAProxy again",
                       self.master_socket)
+            self.config.restore(self._engine.running_config if self._engine else None)
             try:
                 await self._launch()
             except StartError as exc:

@@ -271,10 +271,12 @@ class HAProxyProcess:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         on_restart: Callable[[ProcInfo], Awaitable[None]] | None = None,
+        before_restart: Callable[[], None] | None = None,
     ) -> None:
         """Restart HAProxy whenever the master exits (e.g. after its worker was killed),
         at most ``max_restarts`` times per ``window`` seconds, with exponential backoff.
-        Returns when :meth:`stop` is called; raises SupervisionError when over budget."""
+        Returns when :meth:`stop` is called; raises SupervisionError when over budget.
+        ``before_restart`` runs before each start (to put the config file right)."""
         recent: collections.deque[float] = collections.deque()
         delay = backoff
         while True:
@@ -298,6 +300,8 @@ class HAProxyProcess:
             async with self._lock:
                 if self._stopping:
                     return
+                if before_restart is not None:
+                    before_restart()
                 try:
                     info = await self._start()
                 except StartError as exc:
