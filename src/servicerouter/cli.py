@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .entry import ignore_reloads_while_starting, runs_daemon
-from .envflags import apply_env
+from .envflags import apply_env, env_errors
 from .layout import Settings
 from .redact import hidden, redact_url
 
@@ -48,6 +48,12 @@ class UsageError(CliError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        errors = env_errors(self)  # a bad SERVICEROUTER_* of this command's flags
+        if errors:
+            self.error(errors[0])
+        return super().parse_known_args(args, namespace)
 
 
 def _port(value: str) -> int:

@@ -34,13 +34,31 @@ def apply_env(parser: argparse.ArgumentParser, env: dict[str, str],
         name = env_name(longs[0])
         mask = (masks or {}).get(longs[0], str)
         if name in env:
-            action.default = _env_value(parser, action, longs[0], name, env[name], mask)
+            try:
+                action.default = _env_value(action, longs[0], name, env[name], mask)
+            except _BadValue as exc:  # said when this command runs, not when another does
+                env_errors(parser).append(str(exc))
             action.required = False
         action.help = _help_with_env(action, name, name in env, mask)
 
 
-def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, flag: str,
-               name: str, raw: str, mask: Mask) -> Any:
+def env_errors(parser: argparse.ArgumentParser) -> list[str]:
+    """The variables :func:`apply_env` found unfit for ``parser``'s flags. The parser
+    reports them when it parses (``parser.error``), so that a variable bad for one
+    command (say ``run``'s ``--resync-interval``) neither stops another command nor is
+    reported under another command's name."""
+    errors: list[str] | None = getattr(parser, "_servicerouter_env_errors", None)
+    if errors is None:
+        errors = []
+        parser._servicerouter_env_errors = errors  # type: ignore[attr-defined]
+    return errors
+
+
+class _BadValue(Exception):
+    pass
+
+
+def _env_value(action: argparse.Action, flag: str, name: str, raw: str, mask: Mask) -> Any:
     convert = action.type if callable(action.type) else str
     try:
         if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
@@ -52,10 +70,11 @@ def _env_value(parser: argparse.ArgumentParser, action: argparse.Action, flag: s
             return [convert(v) for v in (p.strip() for p in raw.split(",")) if v]
         value: Any = convert(raw)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
-        parser.error(f"environment variable {name}={mask(raw)!r} is not valid for {flag}")
+        raise _BadValue(f"environment variable {name}={mask(raw)!r} is not valid for "
+                        f"{flag}") from None
     if action.choices is not None and value not in action.choices:
-        parser.error(f"environment variable {name}={mask(raw)!r} is not one of "
-                     f"{', '.join(map(str, action.choices))} ({flag})")
+        raise _BadValue(f"environment variable {name}={mask(raw)!r} is not one of "
+                        f"{', '.join(map(str, action.choices))} ({flag})")
     return value
 
 

@@ -41,10 +41,30 @@ def test_defaults_listen_on_loopback() -> None:
 
 def test_bad_environment_value_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.build_parser({"SERVICEROUTER_STATS_PORT": "http"})
+        cli.build_parser({"SERVICEROUTER_STATS_PORT": "http"}).parse_args(["run"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SERVICEROUTER_STATS_PORT='http'" in err[0]
+    assert err[0].startswith("servicerouter run: error:")
+
+
+@pytest.mark.parametrize("command", ["render", "sync"])
+def test_a_bad_variable_of_another_commands_flag_stops_only_that_command(
+        capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """/etc/default/servicerouter is the daemon's: a bad value there for a flag only
+    ``run`` has stopped cron's ``sync`` (and ``render``) too, with an error naming
+    ``run``; and a bad --log-level variable stopped ``run`` as "servicerouter render"."""
+    env = {"SERVICEROUTER_RESYNC_INTERVAL": "nan"}
+    args = cli.build_parser(env).parse_args([command, "--marathon", "http://m1"])
+    assert args.command == command
+    with pytest.raises(SystemExit):
+        cli.build_parser(env).parse_args(["run", "--marathon", "http://m1"])
+    assert capsys.readouterr().err.startswith("servicerouter run: error: environment "
+                                              "variable SERVICEROUTER_RESYNC_INTERVAL='nan'")
+    with pytest.raises(SystemExit):
+        cli.build_parser({"SERVICEROUTER_LOG_LEVEL": "loud"}).parse_args([command])
+    assert capsys.readouterr().err.startswith(f"servicerouter {command}: error: "
+                                              "environment variable SERVICEROUTER_LOG_LEVEL")
 
 
 def test_unknown_flag_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,7 +199,7 @@ def test_a_bad_value_is_exit_2_naming_the_flag_or_variable(
     assert len(err) == 1 and f"argument {flag}: {value!r} {says}" in err[0], err
     name = "SERVICEROUTER_" + flag.lstrip("-").upper().replace("-", "_")
     with pytest.raises(SystemExit) as exc:
-        cli.build_parser({name: value})
+        cli.build_parser({name: value}).parse_args(["run", "--marathon", "http://m1"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"environment variable {name}={value!r}" in err[0], err

@@ -67,7 +67,7 @@ def test_no_verify_tls_reads_its_variable(value: str, expected: bool) -> None:
 def test_a_yes_no_variable_with_another_value_is_refused(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.build_parser({"SERVICEROUTER_NO_VERIFY_TLS": "maybe"})
+        cli.build_parser({"SERVICEROUTER_NO_VERIFY_TLS": "maybe"}).parse_args(["run"])
     assert "SERVICEROUTER_NO_VERIFY_TLS='maybe' is not valid for --no-verify-tls" in \
         capsys.readouterr().err
 
@@ -75,7 +75,7 @@ def test_a_yes_no_variable_with_another_value_is_refused(
 def test_a_choice_variable_outside_the_choices_is_refused(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.build_parser({"SERVICEROUTER_UPDATE_STRATEGY": "sometimes"})
+        cli.build_parser({"SERVICEROUTER_UPDATE_STRATEGY": "sometimes"}).parse_args(["run"])
     assert "SERVICEROUTER_UPDATE_STRATEGY='sometimes' is not one of runtime, reload" in \
         capsys.readouterr().err
 
