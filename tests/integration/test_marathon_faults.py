@@ -9,6 +9,7 @@ generous bounds are asserted.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -217,6 +218,28 @@ def test_an_event_nested_too_deep_is_skipped_and_churn_goes_on_through_events(
         live = converges(simulator, port, "/faults/web", live, daemon)  # by events
         converges(simulator, port, "/faults/web", live, daemon)
         assert "Traceback" not in daemon.proc.output()
+
+
+def test_an_event_with_an_unpaired_surrogate_is_skipped_and_status_keeps_answering(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    """A status_update_event whose task id held "\\ud800" put a task in the model that
+    UTF-8 cannot encode: /status answered 500 to everyone until the next resync."""
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        wait_routed(port, live)
+        task = simulator.app("/faults/web")["tasks"][0]
+        frame = json.dumps({"eventType": "status_update_event", "appId": "/faults/web",
+                            "taskId": "ghost\ud800", "taskStatus": "TASK_RUNNING",
+                            "host": "127.0.0.1", "ports": task["ports"]})
+        r = simulator.http.post("/_sim/events/inject", json={
+            "raw": f"event: status_update_event\r\ndata: {frame}\r\n\r\n"})
+        assert r.json()["streams"] == 1
+        live = converges(simulator, port, "/faults/web", live, daemon)  # after the event
+        status = daemon.http.get("/status")
+        assert status.status_code == 200, status.text
+        assert "ghost" not in status.text
+        assert "holds an unpaired UTF-16 surrogate" in daemon.proc.output()
 
 
 def test_a_late_running_after_killed_never_puts_the_dead_task_back(

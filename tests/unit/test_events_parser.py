@@ -216,6 +216,21 @@ def test_decode_frame_skips_json_nested_too_deep_with_a_warning(
     assert "nested too deep" in record.getMessage()
 
 
+def test_decode_frame_skips_a_string_with_an_unpaired_surrogate(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A task id holding "\\ud800" got into the model by the fast path, and /status
+    answered 500 to everyone until the task left."""
+    data = b'{"appId":"/a","taskId":"t\\ud800","taskStatus":"TASK_RUNNING"}'
+    with caplog.at_level(logging.WARNING, logger="servicerouter.marathon.events"):
+        assert decode_frame("http://m1:8080", "status_update_event", data, 1.0) is None
+    (record,) = caplog.records
+    assert "'t\\ud800' holds an unpaired UTF-16 surrogate" in record.getMessage()
+    pair = decode_frame("u", "status_update_event", b'{"taskId":"t\\ud83d\\ude00"}', 1.0)
+    assert pair is not None and pair.data["taskId"] == "t\U0001f600"
+    nan = decode_frame("u", "status_update_event", b'{"taskId":"t","x":NaN}', 1.0)
+    assert nan is not None and nan.data["taskId"] == "t"
+
+
 def test_decode_frame_builds_the_event() -> None:
     event = decode_frame("u", "app_terminated_event", b'{"appId":"/a"}', 12.5)
     assert event is not None

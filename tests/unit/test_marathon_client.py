@@ -321,6 +321,20 @@ async def test_an_app_without_its_tasks_is_not_marathons_answer() -> None:
             await client.get_app("/shop/web")
 
 
+async def test_an_app_holding_an_unpaired_surrogate_is_not_taken() -> None:
+    """Refetched, it would have put a string UTF-8 cannot encode into the model (a task
+    id: /status failed for every caller until it left)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b'{"app": {"id": "/shop/web", "tasks": '
+                                           b'[{"id": "web.1\\ud800"}]}}')
+
+    client, _ = make(handler, urls=["http://m1:8080"])
+    async with client:
+        with pytest.raises(MarathonResponseError) as caught:
+            await client.get_app("/shop/web")
+    assert "'web.1\\ud800' holds an unpaired UTF-16 surrogate" in str(caught.value)
+
+
 async def test_get_app_fails_over_like_get_apps() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.host == "m1":

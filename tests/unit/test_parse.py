@@ -277,6 +277,40 @@ def test_app_without_a_usable_id_is_an_error(bad, app_id) -> None:
     assert "id" in result.errors[0].message
 
 
+@pytest.mark.parametrize("where", ["id", "label", "task id", "host", "label key"])
+def test_an_app_holding_an_unpaired_surrogate_is_skipped_and_the_others_applied(
+        where: str) -> None:
+    """json.loads takes "\\ud800" (msgspec refuses the whole body, so json.loads decodes
+    it), and UTF-8 cannot encode it: an app id holding one failed the render of every
+    app, a task id /status for everyone. Only that app is left out."""
+    bad = _host_app(id="/bad")
+    if where == "id":
+        bad["id"] = "/bad\ud800"
+    elif where == "label":
+        bad["labels"] = {"HAPROXY_0_VHOST": "a\ud800.example.com"}
+    elif where == "label key":
+        bad["labels"] = {"note\udfff": "x"}
+    else:
+        bad["tasks"] = [{"id": "bad.1", "host": "127.0.0.1", "ports": [31001],
+                         "state": "TASK_RUNNING"}]
+        bad["tasks"][0]["id" if where == "task id" else "host"] += "\ud800"
+    body = json.dumps({"apps": [_host_app(id="/ok"), bad]}).encode()
+    for payload in (decode_apps(body), json.loads(body)):
+        result = parse_apps(payload, "src", resolve)
+        assert [a.id for a in result.apps] == ["/ok"]
+        (error,) = result.errors
+        assert error.app_id == ("/bad\\ud800" if where == "id" else "/bad")
+        assert "unpaired UTF-16 surrogate" in error.message
+        str(error).encode("utf-8")  # the report itself can be written anywhere
+
+
+def test_a_surrogate_pair_is_text_like_any_other() -> None:
+    app = _host_app(id="/ok", labels={"note": "\U0001f600"})
+    body = json.dumps({"apps": [app]}).encode()  # escaped as "\\ud83d\\ude00"
+    result = parse_apps(decode_apps(body), "src", resolve)
+    assert result.errors == [] and result.apps[0].labels["note"] == "\U0001f600"
+
+
 def test_duplicate_app_is_an_error_and_first_copy_wins() -> None:
     first = _host_app(portDefinitions=[{"port": 10001}])
     second = _host_app(portDefinitions=[{"port": 10002}])

@@ -53,7 +53,7 @@ from .errors import (
     refusal,
     transport_reason,
 )
-from .fields import tasks_left_out
+from .fields import tasks_left_out, unpaired_surrogate
 from .wire import EventStreamTransport
 
 __all__ = ["FetchResult", "MarathonClient", "MarathonTarget", "marathon_message",
@@ -376,6 +376,11 @@ class MarathonClient:
                     f"JSON has no 'app' object: {excerpt(response.content)}",
                     status=response.status_code,
                 )
+            bad = unpaired_surrogate(app)  # as parse_apps skips such an app
+            if bad is not None:
+                raise MarathonResponseError(
+                    target.url + path, f"the string {bad} holds an unpaired UTF-16 "
+                    "surrogate (not Unicode text)", status=response.status_code)
             if tasks_left_out(app):  # as parse_apps refuses a whole answer of such apps
                 raise MarathonResponseError(
                     target.url + path, f"the app carries no tasks, yet says tasksRunning="

@@ -43,6 +43,7 @@ from .errors import (
     excerpt,
     refusal,
 )
+from .fields import unpaired_surrogate
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEParser
 from .wire import RAW_BODY
 
@@ -105,6 +106,9 @@ def decode_frame(url: str, name: str, data: bytes, received_at: float) -> Marath
     except msgspec.DecodeError:
         try:  # not JSON to msgspec: json.loads decides (it takes NaN, too)
             payload = json.loads(data)
+            bad = unpaired_surrogate(payload)
+            if bad is not None:
+                why = f"the string {bad} holds an unpaired UTF-16 surrogate"
         except ValueError as exc:
             why = exc
         except RecursionError:

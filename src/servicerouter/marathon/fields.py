@@ -42,3 +42,28 @@ def tasks_left_out(app: Mapping[str, Any]) -> bool:
     answer was not to ``embed=apps.tasks`` (or ``app.tasks``), a proxy dropping the query
     string, say; read as an app without tasks it would empty its backends."""
     return "tasks" not in app and bool(app.get("tasksRunning"))
+
+
+def unpaired_surrogate(value: Any) -> str | None:
+    """The first string of a decoded JSON value (keys included) holding an unpaired UTF-16
+    surrogate, escaped to ASCII and cut short; or None.
+
+    ``json.loads`` takes ``"\\ud800"`` (msgspec does not), and UTF-8 cannot encode the
+    string it makes: let in, it failed ``/status`` for every caller (a task id) or the
+    render of every app (an app id). Checked only where ``json.loads`` decoded."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    text = ascii(item)
+                    return text if len(text) <= 80 else text[:77] + "..."
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None

@@ -25,7 +25,7 @@ from ..model import (
     valid_port,
 )
 from .appsdecode import DecodedApps
-from .fields import AppParseError, Resolver, tasks_left_out
+from .fields import AppParseError, Resolver, tasks_left_out, unpaired_surrogate
 from .fields import get as _get
 from .fields import get_int as _int
 from .fields import get_list as _list
@@ -227,6 +227,17 @@ def _refusal(options: Options, index: int) -> str | None:
     return None
 
 
+def _printable_id(app_id: Any, index: int) -> str:
+    """An app's id for an error: as it is if UTF-8 can encode it, else escaped."""
+    if not isinstance(app_id, str):
+        return f"<apps[{index}]>"
+    try:
+        app_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii(app_id)[1:-1]
+    return app_id
+
+
 def parse_apps(payload: Any, source: str, resolve: Resolver,
                allow_templates: bool = False, *, consume: bool = False,
                cache: ParseCache | None = None) -> ParseResult:
@@ -252,6 +263,7 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
     carried = running_bare = 0  # apps with a task list; apps with tasks running but none
     resolve = HostIPs(resolve)
     lazy = apps_raw if cache is not None and isinstance(apps_raw, DecodedApps) else None
+    lazy_json = isinstance(apps_raw, DecodedApps)
     if cache is not None:
         cache.begin()
     for i in range(len(apps_raw)):
@@ -278,6 +290,14 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
                 continue
             if consume:
                 apps_raw[i] = None
+            # json.loads decoded it (msgspec, which DecodedApps uses, refuses these)
+            bad = None if lazy_json else unpaired_surrogate(raw)
+            if bad is not None:
+                result.errors.append(AppError(
+                    _printable_id(_get(raw, "id"), i),
+                    f"the string {bad} holds an unpaired UTF-16 surrogate (not Unicode "
+                    "text); app skipped, others applied"))
+                continue
             if isinstance(raw, Mapping):
                 if raw.get("tasks") is not None:
                     carried += 1
