@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -93,6 +94,13 @@ class SupervisionError(HAProxyProcessError):
     """HAProxy kept dying; the restart budget is spent."""
 
 
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class HAProxyProcess:
     """One supervised HAProxy master-worker (the ``--start-haproxy`` mode).
 
@@ -127,6 +135,7 @@ class HAProxyProcess:
         self._log_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._lock = asyncio.Lock()
+        self._info: ProcInfo | None = None  # show proc after the last start or reload
 
     @property
     def argv(self) -> list[str]:
@@ -185,6 +194,7 @@ class HAProxyProcess:
                 if info.workers and info.master_pid == self._proc.pid:
                     log.info("HAProxy started: master %d, workers %s",
                              info.master_pid, info.worker_pids)  # fmt: skip
+                    self._info = info
                     return info
             await asyncio.sleep(0.05)
         await self._terminate()
@@ -241,8 +251,18 @@ class HAProxyProcess:
             proc = self._proc
             if proc is None or not self.is_running():
                 raise ReloadError(f"HAProxy is not running (config {self.config})")
-            reloading = asyncio.ensure_future(
-                self.master.reload(timeout=timeout or self.reload_timeout))
+            timeout = timeout or self.reload_timeout
+            if self._info is not None and not _is_socket(self.master_socket):
+                # Removed (a cleaner of /tmp or /run, an operator): the master CLI cannot
+                # be reached, so every reload failed for good. Our child's master takes
+                # SIGUSR2 as a reload, and binds its -S socket anew as it re-executes.
+                log.warning("HAProxy's master socket %s is gone; reloading master %d with "
+                            "SIGUSR2, which binds it again", self.master_socket, proc.pid)
+                proc.send_signal(signal.SIGUSR2)
+                reloading = asyncio.ensure_future(
+                    self.master.wait_reloaded(self._info, timeout=timeout))
+            else:
+                reloading = asyncio.ensure_future(self.master.reload(timeout=timeout))
             exited = asyncio.ensure_future(proc.wait())
             try:
                 await asyncio.wait({reloading, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -251,7 +271,8 @@ class HAProxyProcess:
                     job.cancel()
             if reloading.done() and not reloading.cancelled():
                 try:
-                    return reloading.result()
+                    self._info = reloading.result()
+                    return self._info
                 except ReloadError as exc:
                     raise ReloadError(f"{exc}\n{self.log_tail(10)}") from None
             raise ReloadError(f"HAProxy's master exited (status {proc.returncode}) during the "
