@@ -106,6 +106,10 @@ class ReloadPipeline:
         self.live_socket = engine.config.settings.socket_path
         self.restore_socket = False
         self.cold_start_failed = False  # HAProxy did not start on an unchecked first config
+        # Since when (time.time()), at which stage and why reloads fail, until one works:
+        # /healthz says so (a full disk or a lost master socket failed every reload while
+        # it said ok).
+        self.failing: tuple[float, str, str] | None = None
         # While a reload hands over from the old worker to the new: a session the old one
         # ends is no fault of HAProxy's (what it was told is planned again for the new).
         self.handing_over = False
@@ -154,6 +158,8 @@ class ReloadPipeline:
         if message:
             log.error("%s", message)
             self.engine.metrics.reload_failures.labels(stage).inc()
+            since = self.failing[0] if self.failing else time.time()
+            self.failing = (since, stage, message.splitlines()[0][:300])
         # Back off so a broken config or a dead HAProxy is not retried in a storm;
         # a new change (new dirty backends) still gets planned meanwhile.
         self.backoff = min(max(self.backoff * 2, 1.0), 30.0)
@@ -218,6 +224,7 @@ class ReloadPipeline:
                 if e.pending.get(name) == why:  # the rest already
                     del e.pending[name]
             e.awaiting_reload.clear()
+            self.failing = None
             return True
         try:
             e.writer.write(text)
@@ -268,6 +275,7 @@ class ReloadPipeline:
                 del e.pending[name]
         self.rejected = None
         self.backoff = 0.0
+        self.failing = None
         self.next_at = time.monotonic() + e.config.min_reload_interval
         self.gate.budget.spend(tenants, self.last_started)
         e.reloads += 1

@@ -125,6 +125,11 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         degraded = engine.marathon_health.problems()  # HAProxy keeps the last good state
         if reload_problem:  # the workers serve; a change of shape waits for the master
             degraded.append(reload_problem)
+        failing = engine.reload_pipeline.failing
+        if failing is not None:  # changes that need a reload wait; the last config serves
+            since, stage, why = failing
+            degraded.append(f"reloads fail (stage {stage}) for {time.time() - since:.0f}s: "
+                            f"{why}")
         if excluded:  # HAProxy serves everything else: healthy, with apps left out
             degraded.append(f"{excluded} services left out or limited; see /status problems")
         if degraded:

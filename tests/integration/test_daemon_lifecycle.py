@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -345,6 +346,56 @@ def test_a_removed_master_socket_does_not_stop_reloads(tmp_path: Path,
         assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
         routed(simulator, "/msock/web", port)
         assert "master socket" in daemon.proc.output() and "SIGUSR2" in daemon.proc.output()
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs at ``path`` (root only; the test is skipped otherwise)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
+                              str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_keeps_the_config_serving_and_healthz_says_reloads_fail(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """With the config's disk full, every reload failed at its write while /healthz
+    said ok: a new app waited, unseen. It is degraded now, naming the stage and the
+    error; churn goes on at runtime, and the first reload after space is freed works."""
+    port, _ = simulator.launch("/full/web", 2)
+    with tiny_disk(tmp_path / "disk") as disk:
+        daemon = Daemon(disk, simulator.url)
+        with running(daemon):
+            daemon.start()
+            routed(simulator, "/full/web", port)
+            ran = daemon.config.read_text()
+            filler = disk / "filler"
+            with contextlib.suppress(OSError), filler.open("wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            new_port, _ = simulator.launch("/full/new", 2)
+
+            def degraded() -> dict[str, str] | None:
+                body = daemon.http.get("/healthz").json()
+                return body if "reloads fail (stage write)" in body.get("reason", "") \
+                    else None
+
+            body = wait_for(degraded, 30, what="/healthz degraded by failing reloads")
+            assert body["status"] == "degraded" and "No space left" in body["reason"]
+            assert daemon.config.read_text() == ran
+            replace_task(simulator, "/full/web")
+            routed(simulator, "/full/web", port)  # at runtime, meanwhile
+            filler.unlink()
+            routed(simulator, "/full/new", new_port, timeout=60)
+            wait_for(lambda: daemon.http.get("/healthz").json()["status"] == "ok", 30,
+                     what="/healthz ok again")
+            assert not [p.name for p in disk.iterdir() if p.name.startswith(".")]
 
 
 def test_worker_crash_while_a_reload_is_pending_is_reconciled(tmp_path: Path,

@@ -224,6 +224,15 @@ async def test_failed_write_or_reload_keeps_the_layout(failure: str, stage: str)
     await engine.step()
     assert "new_10001" not in engine.layout
     assert counter(engine, "servicerouter_reload_failures_total", stage=stage) == 1
+    # /healthz says so until a reload works (it said ok while every reload failed).
+    failing = engine.reload_pipeline.failing
+    assert failing is not None and failing[1] == stage
+    vars(writer).pop("write", None)  # the broken one: the class's works again
+    reloader.fail = False
+    engine.reload_pipeline.next_at = 0.0
+    await engine.step()
+    assert "new_10001" in engine.layout
+    assert engine.reload_pipeline.failing is None
 
 
 async def test_update_strategy_reload_reloads_on_churn() -> None:
