@@ -41,6 +41,9 @@ STARTING_UP = frozenset({"TASK_STAGING", "TASK_STARTING"})
 # Task ids seen terminal, remembered so a late TASK_RUNNING cannot revive them.
 # Marathon never reuses a task id; 10,000 ids is minutes of heavy churn (~1 MB).
 TERMINATED_MEMORY = 10_000
+# Event types whose counter is looked up once and kept (the types asked for, and some
+# of the others); the others are looked up again each time.
+MAX_EVENT_TYPES = 100
 
 
 class EventHandler:
@@ -65,8 +68,12 @@ class EventHandler:
         engine = self.engine
         counter = self._counters.get(event.type)
         if counter is None:  # the labelled child, looked up once per event type
-            counter = self._counters[event.type] = \
-                engine.metrics.marathon_events.labels(event.type)
+            # Only the types asked for get a label of their own: the name comes from the
+            # stream, and a series per name sent grew /metrics (and memory) without end.
+            label = event.type if event.type in engine.config.event_types else "other"
+            counter = engine.metrics.marathon_events.labels(label)
+            if label != "other" or len(self._counters) < MAX_EVENT_TYPES:
+                self._counters[event.type] = counter
         counter.inc()
         if event.type == "status_update_event" and not event.skipped_bytes:
             self._status_update(event)  # the fast path: most events under churn

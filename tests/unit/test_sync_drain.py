@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servicerouter.layout import Settings
-from servicerouter.marathon.events import MarathonEvent
+from servicerouter.marathon.events import DEFAULT_EVENT_TYPES, MarathonEvent
 from servicerouter.metrics import Metrics
 from servicerouter.model import App, EndpointState, Service
 from servicerouter.state import ClusterState
@@ -18,6 +18,7 @@ from servicerouter.sync import EventHandler
 class Config:
     drain_seconds: float
     max_event_bytes: int = 1024 * 1024
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
 
 
 @dataclass

@@ -248,3 +248,18 @@ def test_status_update_fields_reads_what_the_checks_passed_in_one_go() -> None:
         event = MarathonEvent("status_update_event", data, 0.0)
         assert problem in str(ev.status_update_fields(event))
         assert ev.status_update_problem(event) == ev.status_update_fields(event)
+
+
+def test_event_types_not_asked_for_share_one_series_and_memory_stays_bounded() -> None:
+    """Each name the stream sent became a series and a kept counter: /metrics and the
+    daemon grew with every new name."""
+    engine, h = handler(0)
+    for i in range(5000):
+        h.handle(MarathonEvent(f"made_up_{i}", {}, time.monotonic()))
+    h.handle(status("t1", "TASK_RUNNING"))
+    registry = engine.metrics.registry
+    assert registry.get_sample_value("servicerouter_marathon_events_total",
+                                     {"event_type": "other"}) == 5000
+    assert registry.get_sample_value("servicerouter_marathon_events_total",
+                                     {"event_type": "status_update_event"}) == 1
+    assert len(h._counters) <= 101
