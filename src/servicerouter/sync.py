@@ -75,7 +75,8 @@ class EventHandler:
             if label != "other" or len(self._counters) < MAX_EVENT_TYPES:
                 self._counters[event.type] = counter
         counter.inc()
-        if event.type == "status_update_event" and not event.skipped_bytes:
+        if event.type == "status_update_event" and not (event.skipped_bytes
+                                                        or event.unreadable):
             self._status_update(event)  # the fast path: most events under churn
             return
         t, app = event.received_at, ev.app_id(event)
@@ -83,6 +84,10 @@ class EventHandler:
             log.warning("skipped a %s of %d bytes from the event stream, unread: over "
                         "--max-event-bytes %d; a full resync follows", event.type,
                         event.skipped_bytes, engine.config.max_event_bytes)
+            engine.request_full_sync()
+        elif event.unreadable:  # what it said is lost: read the state instead
+            log.warning("a %s from the event stream could not be read (see above); a full "
+                        "resync follows", event.type)
             engine.request_full_sync()
         elif event.type in ("health_status_changed_event", "instance_health_changed_event"):
             instance, healthy = ev.instance_id(event), ev.health(event)

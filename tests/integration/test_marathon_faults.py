@@ -261,6 +261,25 @@ def test_event_types_nobody_asked_for_count_as_one_series(
         converges(simulator, port, "/faults/web", live, daemon)
 
 
+def test_an_unreadable_event_is_followed_by_a_resync_so_its_change_is_not_lost(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    """An event whose data could not be read was skipped, and what it said waited for
+    the periodic resync (300 s by default; 30 s here, longer than this test waits)."""
+    port, live = web
+    daemon = Daemon(tmp_path, simulator.url).start()
+    with running(daemon):
+        wait_routed(port, live)
+        # The replacement's events are lost; an unreadable frame stands for them.
+        simulator.http.post("/_sim/events/drop", params={"count": 1000}).raise_for_status()
+        new = simulator.replace_one("/faults/web", live)
+        simulator.http.post("/_sim/events/drop", params={"count": 0}).raise_for_status()
+        simulator.http.post("/_sim/events/inject", json={
+            "raw": "event: status_update_event\r\ndata: {\"taskId\": \r\n\r\n"})
+        wait_routed(port, new, timeout=15)
+        assert "could not be read (see above); a full resync follows" in \
+            daemon.proc.output()
+
+
 def test_a_late_running_after_killed_never_puts_the_dead_task_back(
         tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
     port, live = web

@@ -162,7 +162,10 @@ async def test_malformed_data_is_skipped_and_the_stream_goes_on(
         with pytest.raises(StreamClosed):
             async with EventStream(client, ["app_terminated_event"]) as stream:
                 await collect(stream, events)
-    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+    # The malformed frame is yielded unread (the daemon resyncs on it), not dropped.
+    assert [(e.type, e.unreadable) for e in events] == [
+        ("event_stream_attached", False), ("status_update_event", True),
+        ("app_terminated_event", False)]
     assert any("status_update_event" in r.getMessage() for r in caplog.records)
     assert m.requests[0].query_params.getlist("event_type") == ["app_terminated_event"]
 
@@ -337,7 +340,10 @@ async def test_exact_wire_bytes_close_delimited_in_awkward_chunks() -> None:
         with pytest.raises(StreamClosed):
             async with EventStream(client, ["app_terminated_event"]) as stream:
                 await collect(stream, events)
-    assert [e.type for e in events] == ["event_stream_attached", "app_terminated_event"]
+    # The malformed frame is yielded unread (the daemon resyncs on it), not dropped.
+    assert [(e.type, e.unreadable) for e in events] == [
+        ("event_stream_attached", False), ("status_update_event", True),
+        ("app_terminated_event", False)]
     request_line, *header_lines = heads[0].decode().split("\r\n")
     assert request_line == "GET /v2/events?event_type=app_terminated_event HTTP/1.1"
     assert "Accept: text/event-stream" in header_lines
@@ -414,7 +420,7 @@ async def test_chunked_wire_bytes_with_extensions_and_trailers_in_awkward_chunks
         await asyncio.sleep(3600)  # the body ended: the stream is over, not the socket
 
     assert await closed_after(reply, "the server closed the stream") == [
-        "event_stream_attached", "app_terminated_event"]
+        "event_stream_attached", "status_update_event", "app_terminated_event"]
 
 
 async def test_silence_inside_a_chunked_body_is_a_stall_and_bad_framing_a_lost_connection(

@@ -117,6 +117,14 @@ def test_an_oversized_event_asks_for_a_full_resync(caplog: pytest.LogCaptureFixt
     assert "52428800 bytes" in caplog.text and "--max-event-bytes 1048576" in caplog.text
 
 
+def test_an_unreadable_event_asks_for_a_full_resync(caplog: pytest.LogCaptureFixture) -> None:
+    engine, h = handler(0)
+    with caplog.at_level(logging.WARNING, logger="servicerouter.events"):
+        h.handle(MarathonEvent("status_update_event", {}, 0.0, unreadable=True))
+    assert engine.full_syncs == 1 and engine.refetches == []
+    assert "could not be read" in caplog.text
+
+
 @pytest.mark.parametrize("dead", ["TASK_KILLED", "TASK_FAILED", "TASK_GONE"])
 def test_a_late_running_after_the_task_died_is_ignored(dead: str) -> None:
     engine, h = handler(0)

@@ -87,12 +87,15 @@ class MarathonEvent:
     chunk holding the frame's last byte arrived (for event-to-apply latency).
 
     An event over the stream's size limit arrives with `skipped_bytes` > 0, its
-    type (when its `event:` line said it) and empty data: it was not read."""
+    type (when its `event:` line said it) and empty data: it was not read. One whose
+    data could not be read (not a JSON object; `decode_frame` logged why) arrives with
+    `unreadable` set, its type and empty data."""
 
     type: str
     data: dict[str, Any]
     received_at: float
     skipped_bytes: int = 0
+    unreadable: bool = False
 
 
 _decoder = msgspec.json.Decoder()
@@ -368,8 +371,8 @@ class EventStream:
                     parser.skipped.clear()
                     for name, data in frames:
                         event = decode_frame(url, name, data, now)
-                        if event is not None:
-                            yield event
+                        yield event if event is not None else MarathonEvent(
+                            type=name, data={}, received_at=now, unreadable=True)
             except httpx.ReadTimeout:
                 raise StreamStalled(
                     url,
