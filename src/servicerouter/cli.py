@@ -317,8 +317,21 @@ def sockets_clash(master: str | None, stats: str | None) -> str | None:
     return None
 
 
+def check_config_path(path: str | None) -> None:
+    """``--haproxy-config`` must name a file. Empty, it failed as "PosixPath('.') has an
+    empty name", naming no flag; a folder, the daemon ran and failed every write."""
+    if path is None:
+        return
+    if not path.strip():
+        raise UsageError("--haproxy-config is empty: give the path of the config file "
+                         "HAProxy runs from")
+    if os.path.isdir(path):
+        raise CliError(f"--haproxy-config {path}: is a directory, not the config file")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     check_socket_path("--haproxy-socket", args.haproxy_socket)
+    check_config_path(getattr(args, "haproxy_config", None))
     if args.max_servers_per_backend < 0:
         raise UsageError("--max-servers-per-backend must be >= 0 (0: no cap)")
     for flag in ("slots_min_free", "slots_increment"):
@@ -578,6 +591,7 @@ def _range_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 async def _sync(args: argparse.Namespace) -> int:
     from .oneshot import SyncError, sync
 
+    check_config_path(args.haproxy_config)  # before its lock is made next to it
     try:
         done = await sync(args, lambda: render_config(args))
     except SyncError as exc:

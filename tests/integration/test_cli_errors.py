@@ -90,6 +90,10 @@ def test_existing_config_with_a_busy_port(tmp_path: Path, busy_port: int) -> Non
       "--haproxy-master-socket", "/run/sr/h.sock"], 1, "--haproxy-master-socket "
      "/run/sr/h.sock is also --haproxy-socket: HAProxy's master CLI and its worker's stats "
      "socket need a path each; nothing was changed"),
+    (["sync", "--marathon", "http://127.0.0.1:1", "--reload-command", "true",
+      "--haproxy-config", ""], 2, "--haproxy-config is empty"),
+    (["sync", "--marathon", "http://127.0.0.1:1", "--reload-command", "true",
+      "--haproxy-config", "/tmp"], 1, "--haproxy-config /tmp: is a directory"),
 ])
 def test_bad_flag_values(tmp_path: Path, argv: list[str], status: int, expected: str) -> None:
     if argv[0] == "run":
@@ -111,3 +115,21 @@ def test_keep_haproxy_on_exit_needs_start_haproxy(tmp_path: Path) -> None:
                     "--listen", f"127.0.0.1:{free_port()}")
     assert code == 2
     assert "--keep-haproxy-on-exit goes with --start-haproxy" in one_error_line(err)
+
+
+@pytest.mark.parametrize("config, status, expected", [
+    ("", 2, "--haproxy-config is empty"),
+    ("folder", 1, "--haproxy-config {tmp}/folder: is a directory, not the config file"),
+])
+def test_a_config_path_that_cannot_be_the_config_file(
+        tmp_path: Path, config: str, status: int, expected: str) -> None:
+    """Empty, it failed as "PosixPath('.') has an empty name"; a folder, the daemon ran
+    and failed every write for as long as it ran."""
+    if config:
+        (tmp_path / config).mkdir()
+        config = str(tmp_path / config)
+    code, err = run("run", "--marathon", "http://127.0.0.1:1", "--start-haproxy",
+                    "--haproxy-config", config, "--haproxy-socket", str(tmp_path / "a.sock"),
+                    "--listen", f"127.0.0.1:{free_port()}")
+    assert code == status, err
+    assert expected.format(tmp=tmp_path) in one_error_line(err)
