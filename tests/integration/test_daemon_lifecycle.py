@@ -328,24 +328,33 @@ def test_removed_admin_socket_is_restored_by_one_reload(tmp_path: Path,
         assert "HAProxy's admin socket" in daemon.proc.output()
 
 
-def test_a_removed_master_socket_does_not_stop_reloads(tmp_path: Path,
-                                                       simulator: Simulator) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["child", "kept"])
+def test_a_removed_master_socket_does_not_stop_reloads(tmp_path: Path, simulator: Simulator,
+                                                       kept: bool) -> None:
     """With the master socket gone (a cleaner of /tmp or /run, an operator) every reload
     failed for good: a new app was never routed. The daemon's own HAProxy master takes
     SIGUSR2 instead, and binds its socket again."""
     port, _ = simulator.launch("/msock/web", 2)
-    daemon = Daemon(tmp_path, simulator.url)
-    with running(daemon):
-        daemon.start()
-        routed(simulator, "/msock/web", port)
-        before = daemon.reloads()
-        daemon.master_socket.unlink()
-        new_port, _ = simulator.launch("/msock/new", 2)
-        routed(simulator, "/msock/new", new_port, timeout=30)
-        assert daemon.reloads() == before + 1  # the master's own count, through its socket
-        assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
-        routed(simulator, "/msock/web", port)
-        assert "master socket" in daemon.proc.output() and "SIGUSR2" in daemon.proc.output()
+    daemon = Daemon(tmp_path, simulator.url, *(["--keep-haproxy-on-exit"] if kept else []))
+    pids: list[int] = []
+    try:
+        with running(daemon):
+            daemon.start()
+            routed(simulator, "/msock/web", port)
+            pids = daemon.proc_info().all_pids
+            before = daemon.reloads()
+            daemon.master_socket.unlink()
+            new_port, _ = simulator.launch("/msock/new", 2)
+            routed(simulator, "/msock/new", new_port, timeout=30)
+            info = daemon.proc_info()  # the master's own count, through its socket again
+            assert info.reloads == before + 1 and info.master_pid == pids[0]
+            pids = info.all_pids
+            assert stat.S_IMODE(daemon.master_socket.stat().st_mode) == 0o600
+            routed(simulator, "/msock/web", port)
+            assert "SIGUSR2" in daemon.proc.output()
+    finally:
+        if kept:
+            _stop_kept(pids)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from .children import kill_group, processes
 from .files import make_dirs
 from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo, ReloadError
-from .process import StartError, validate
+from .process import StartError, is_socket, validate
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -92,6 +92,7 @@ class KeptHAProxy:
         self._engine: Engine | None = None
         self._watch: asyncio.Task[None] | None = None
         self._master_pid: int | None = None
+        self._info: ProcInfo | None = None  # the master's last show proc
         self.answer_timeout = ANSWER_TIMEOUT
         self._silent_since: tuple[HAProxyPid, str] | None = None  # what the watch saw
 
@@ -150,7 +151,7 @@ class KeptHAProxy:
         self._engine = engine
         info = await self._kept_master()
         if info is not None:
-            self._master_pid = info.master_pid
+            self._master_pid, self._info = info.master_pid, info
             log.info("adopting the HAProxy master %d left running on %s (workers %s)",
                      info.master_pid, self.master_socket, info.worker_pids)
         if self._master_pid is None and self.config.path.exists() and (
@@ -199,7 +200,7 @@ class KeptHAProxy:
             with contextlib.suppress(HAProxyProcessError):
                 info = await self.master.show_proc()
                 if info.workers:
-                    self._master_pid = info.master_pid
+                    self._master_pid, self._info = info.master_pid, info
                     log.info("HAProxy started detached: master %d, workers %s; it keeps "
                              "serving when servicerouter stops", info.master_pid,
                              info.worker_pids)
@@ -239,7 +240,7 @@ class KeptHAProxy:
                 continue  # nothing started yet: the first reload starts it
             try:  # a reload re-executes the master: its socket refuses for a moment
                 info = await self.master.show_proc(patience=2.0)
-                self._master_pid = info.master_pid
+                self._master_pid, self._info = info.master_pid, info
                 if silent is not None:
                     log.info("HAProxy's master %d answers again", info.master_pid)
                     silent = self._silent_since = None
@@ -272,8 +273,18 @@ class KeptHAProxy:
         return self._master_pid is None  # none adopted, none started yet
 
     async def reload(self) -> None:
+        proc = self.live_master() if not is_socket(self.master_socket) else None
+        if proc is not None and self._info is not None and proc.pid == self._info.master_pid:
+            # The socket file was removed (a cleaner of /tmp or /run, an operator): the
+            # master CLI cannot be reached, so every reload failed for good. Our master
+            # takes SIGUSR2 as a reload, and binds its -S socket anew as it re-executes.
+            log.warning("HAProxy's master socket %s is gone; reloading master %d with "
+                        "SIGUSR2, which binds it again", self.master_socket, proc.pid)
+            os.kill(proc.pid, signal.SIGUSR2)
+            self._info = await self.master.wait_reloaded(self._info)
+            return
         try:
-            await self.master.reload()
+            self._info = await self.master.reload()
         except MasterUnavailable as exc:  # none running yet (the first config), or it died
             proc = self.live_master()
             if proc is not None:  # or it is busy or stopped: not a second one beside it

@@ -94,7 +94,7 @@ class SupervisionError(HAProxyProcessError):
     """HAProxy kept dying; the restart budget is spent."""
 
 
-def _is_socket(path: str) -> bool:
+def is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except OSError:
@@ -252,7 +252,7 @@ class HAProxyProcess:
             if proc is None or not self.is_running():
                 raise ReloadError(f"HAProxy is not running (config {self.config})")
             timeout = timeout or self.reload_timeout
-            if self._info is not None and not _is_socket(self.master_socket):
+            if self._info is not None and not is_socket(self.master_socket):
                 # Removed (a cleaner of /tmp or /run, an operator): the master CLI cannot
                 # be reached, so every reload failed for good. Our child's master takes
                 # SIGUSR2 as a reload, and binds its -S socket anew as it re-executes.
