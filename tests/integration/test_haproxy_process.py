@@ -235,6 +235,34 @@ async def test_killed_worker_takes_the_master_down_and_supervise_restarts(
     assert not [p for p in restarted[0].all_pids if alive(p)]
 
 
+async def test_an_haproxy_that_keeps_dying_is_started_again_at_the_slowest_pace(
+    haproxy: HAProxyProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past max_restarts exits in the window the supervisor gave up for good: an HAProxy
+    OOM-killed six times in five minutes stayed down until some app changed."""
+    info = await haproxy.start()
+    restarted: list[ProcInfo] = []
+
+    async def on_restart(new: ProcInfo) -> None:
+        restarted.append(new)
+
+    task = asyncio.create_task(haproxy.supervise(
+        max_restarts=1, backoff=0.05, max_backoff=0.2, on_restart=on_restart))
+    for kill in range(3):  # the last two are over the budget
+        os.kill(info.master_pid, signal.SIGKILL)
+        for _ in range(200):
+            if len(restarted) > kill:
+                break
+            await asyncio.sleep(0.05)
+        assert len(restarted) == kill + 1, haproxy.log_tail()
+        info = restarted[-1]
+        assert info.master_pid == haproxy.pid and haproxy.is_running()
+    assert not task.done()
+    assert "starting it again every 0.2s while it keeps exiting" in caplog.text
+    await haproxy.stop()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_a_master_exiting_mid_reload_is_started_again_at_once(
     haproxy: HAProxyProcess, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -295,8 +295,10 @@ class HAProxyProcess:
         before_restart: Callable[[], None] | None = None,
     ) -> None:
         """Restart HAProxy whenever the master exits (e.g. after its worker was killed),
-        at most ``max_restarts`` times per ``window`` seconds, with exponential backoff.
-        Returns when :meth:`stop` is called; raises SupervisionError when over budget.
+        with exponential backoff; past ``max_restarts`` exits in ``window`` seconds, once
+        every ``max_backoff`` seconds (said at CRITICAL). It never gives up: it did, and a
+        load balancer whose HAProxy was OOM-killed six times in five minutes then served
+        nothing until some app changed. Returns when :meth:`stop` is called.
         ``before_restart`` runs before each start (to put the config file right)."""
         recent: collections.deque[float] = collections.deque()
         delay = backoff
@@ -310,12 +312,14 @@ class HAProxyProcess:
             while recent and now - recent[0] > window:
                 recent.popleft()
             if len(recent) >= max_restarts:
-                raise SupervisionError(
-                    f"HAProxy exited {len(recent) + 1} times in {window}s (last status "
-                    f"{status}); giving up:\n{self.log_tail()}"
-                )
+                delay = max_backoff
+                log.critical("HAProxy exited %d times in %gs (last status %s); starting it "
+                             "again every %gs while it keeps exiting:\n%s", len(recent) + 1,
+                             window, status, delay, self.log_tail())
+            else:
+                log.error("HAProxy master exited with status %s; restarting in %.1fs",
+                          status, delay)
             recent.append(now)
-            log.error("HAProxy master exited with status %s; restarting in %.1fs", status, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff) if len(recent) > 1 else backoff
             async with self._lock:
