@@ -124,6 +124,20 @@ def test_a_first_marathon_answering_302_on_v2_apps_is_skipped(
             converges(simulator, port, "/faults/web", live, daemon)
 
 
+def test_a_first_marathon_whose_body_cannot_be_decompressed_is_skipped(
+        tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
+    """A body that says gzip and is not (a proxy mangling answers) raised httpx's
+    DecodingError out of the client: no failover to the next URL, and no full sync."""
+    port, live = web
+    bad = faulty(tmp_path, "mangled", {"apps_bad_gzip": True})
+    with running(bad):
+        daemon = Daemon(tmp_path, bad.url, "--marathon", simulator.url)
+        with running(daemon):
+            started(daemon, port, live)
+            assert "body cannot be decompressed" in daemon.proc.output()
+            converges(simulator, port, "/faults/web", live, daemon)
+
+
 def test_an_events_redirect_loop_fails_over_to_the_third_marathon(
         tmp_path: Path, simulator: Simulator, web: tuple[int, set[str]]) -> None:
     port, live = web

@@ -26,7 +26,7 @@ async def test_faults_are_shown_set_validated_and_cleared(client: httpx.AsyncCli
     assert (await client.get("/_sim/faults")).json() == {
         "slow_bytes_per_second": None, "apps_redirect": None, "events_redirect": None,
         "malformed_status": 0, "late_running": False, "events_close_after": None,
-        "empty_store": False}
+        "empty_store": False, "apps_bad_gzip": False}
     r = await client.post("/_sim/faults", json={"late_running": True, "malformed_status": 2})
     assert r.json()["late_running"] is True and r.json()["malformed_status"] == 2
     for bad, says in [({"nope": 1}, "unknown fault 'nope'"),
@@ -34,6 +34,7 @@ async def test_faults_are_shown_set_validated_and_cleared(client: httpx.AsyncCli
                       ({"apps_redirect": "ftp://x"}, "apps_redirect"),
                       ({"events_close_after": -1}, "events_close_after"),
                       ({"empty_store": 1}, "empty_store must be true or false"),
+                      ({"apps_bad_gzip": "yes"}, "apps_bad_gzip must be true or false"),
                       ([1], "JSON object")]:
         r = await client.post("/_sim/faults", json=bad)
         assert r.status_code == 400 and says in r.json()["message"]
@@ -116,6 +117,16 @@ async def test_inject_raw_writes_the_text_verbatim_to_every_stream(
     for bad in ({"raw": 1}, {"raw": "x", "repeat": 0}, {"raw": "x", "repeat": 10**12}):
         assert (await client.post("/_sim/events/inject", json=bad)).status_code == 400
     await stream.close()
+
+
+async def test_apps_bad_gzip_says_gzip_over_a_body_that_is_not(
+        client: httpx.AsyncClient) -> None:
+    await client.post("/_sim/faults", json={"apps_bad_gzip": True})
+    with pytest.raises(httpx.DecodingError):
+        await client.get("/v2/apps")
+    assert (await client.get("/ping")).status_code == 200
+    await client.delete("/_sim/faults")
+    assert "apps" in (await client.get("/v2/apps")).json()
 
 
 async def test_an_empty_store_lists_nothing_and_loses_nothing(

@@ -500,6 +500,11 @@ class MarathonClient:
                 self.report(endpoint, outcome, time.monotonic() - start)
                 failures.append((target.url, reason))
                 continue
+            except httpx.DecodingError as exc:  # not a TransportError: it ended the sync
+                self.report(endpoint, "error", time.monotonic() - start)
+                failures.append((target.url, f"body cannot be decompressed as its "
+                                             f"Content-Encoding says ({exc})"))
+                continue
             seconds = time.monotonic() - start
             _unlink_stream(response)
             status = response.status_code

@@ -14,6 +14,9 @@
 ``events_close_after``     each ``/v2/events`` stream ends after this many chunks of
                            events (0: right after its headers), as a proxy with a
                            short timeout or a flapping leader would end it
+``apps_bad_gzip``          ``GET /v2/apps`` and ``/v2/apps/...`` say
+                           ``Content-Encoding: gzip`` over a body that is not
+                           gzip (a proxy that mangles answers)
 ``empty_store``            ``GET /v2/apps`` lists no apps, ``/v2/apps/{id}...`` is a
                            404 and ``/v2/tasks`` lists none, with no events: a
                            leader on an empty or wrong ZooKeeper path (the tasks
@@ -47,6 +50,7 @@ class Faults:
     late_running: bool = False
     events_close_after: int | None = None
     empty_store: bool = False
+    apps_bad_gzip: bool = False
 
     def update(self, body: Any) -> None:
         """Apply a ``POST /_sim/faults`` body; raises ValueError naming the bad key."""
@@ -67,7 +71,8 @@ class Faults:
             if key == "events_close_after" and value is not None and (
                     type(value) is not int or value < 0):
                 raise ValueError("events_close_after must be a count >= 0 or null")
-            if key in ("late_running", "empty_store") and not isinstance(value, bool):
+            if key in ("late_running", "empty_store", "apps_bad_gzip") \
+                    and not isinstance(value, bool):
                 raise ValueError(f"{key} must be true or false")
             setattr(self, key, value.rstrip("/") if isinstance(value, str) else value)
 
@@ -114,6 +119,11 @@ class FaultMiddleware:
         if target is not None:
             location = target + (f"?{query}" if query else "")
             await Response(status_code=302, headers={"Location": location})(scope, receive, send)
+            return
+        if f.apps_bad_gzip and scope.get("method") == "GET" and (
+                path == "/v2/apps" or path.startswith("/v2/apps/")):
+            await Response(b"this is not gzip", headers={"Content-Encoding": "gzip"},
+                           media_type="application/json")(scope, receive, send)
             return
         if f.empty_store and scope.get("method") == "GET" and (
                 path in ("/v2/apps", "/v2/tasks") or path.startswith("/v2/apps/")):
