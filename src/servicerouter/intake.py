@@ -73,12 +73,16 @@ class Intake:
                 if not accept_empty:
                     refuse_empty(result, source, e.state.routed_apps(), EMPTY_ACCEPTED_BY)
                 result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
-            except (MarathonError, ValueError) as exc:
-                e.marathon_health.request_failed(f"full sync failed: {exc}")
+            except Exception as exc:  # also one no rule foresaw: logged, never fatal
+                # (a daemon that died at start, a resync task that ended unseen)
+                foreseen = isinstance(exc, (MarathonError, ValueError))
+                e.marathon_health.request_failed(
+                    f"full sync failed: {exc if foreseen else f'{type(exc).__name__}: {exc}'}")
                 self._backoff = min(max(2 * self._backoff, 1.0), 30.0)
                 self.retry_at = time.monotonic() + self._backoff
                 log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
-                          "in %.0fs", exc, self._backoff)
+                          "in %.0fs", exc if foreseen else f"{type(exc).__name__}: {exc}",
+                          self._backoff, exc_info=not foreseen)
                 return False
             finally:
                 e.events.unwatch(touched)

@@ -587,6 +587,21 @@ async def test_the_operators_word_for_an_empty_answer_outlives_a_failed_fetch() 
     assert await engine.intake.full_sync() and not engine.state.apps  # applied
 
 
+async def test_a_full_sync_failing_in_a_way_no_rule_foresaw_is_retried_not_fatal() -> None:
+    """Only MarathonError and ValueError were caught: anything else (httpx's DecodingError
+    was one) ended the daemon at start with a traceback, or a resync task unseen."""
+    engine, _, _, _ = make_engine()
+
+    class Broken:
+        async def get_apps(self) -> Any:
+            raise RuntimeError("a bug")
+
+    engine.marathon = Broken()  # type: ignore[assignment]
+    assert await engine.intake.full_sync() is False
+    assert engine.intake.retry_at is not None
+    assert any("RuntimeError: a bug" in p for p in engine.marathon_health.problems())
+
+
 class Answers:
     """A Marathon whose full sync answers the apps set last."""
 
