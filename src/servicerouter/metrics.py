@@ -200,9 +200,9 @@ class Metrics:
                                 "1 when HAProxy's admin socket answered last time.", registry=r)
         self.haproxy_master_up = Gauge(
             "servicerouter_haproxy_master_up",
-            "0 while the HAProxy master the daemon started or adopted (--start-haproxy) is "
-            "alive but does not answer, or its supervision gave up: no reload can happen. "
-            "1 otherwise, and always 1 where the daemon does not run HAProxy.", registry=r)
+            "0 while the HAProxy master the daemon started or adopted (--start-haproxy "
+            "--keep-haproxy-on-exit) is alive but does not answer: no reload can happen. "
+            "1 otherwise, and always 1 where the daemon does not watch such a master.", registry=r)
         self.haproxy_master_up.set(1)
         self.last_sync = Gauge("servicerouter_last_successful_sync_timestamp_seconds",
                                "Unix time of the last successful full sync.", registry=r)

@@ -25,7 +25,6 @@ from .master_cli import MasterCLI
 from .process import (
     HAProxyProcess,
     StartError,
-    SupervisionError,
     run_reload_command,
     validate,
 )
@@ -164,7 +163,6 @@ class StartedHAProxy(_Reloader):
                                       haproxy_bin=config.haproxy_bin)
         self._engine: Engine | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._gave_up: str | None = None  # why supervision stopped restarting HAProxy
 
     async def start(self, engine: Engine) -> None:
         self._engine = engine
@@ -186,14 +184,7 @@ class StartedHAProxy(_Reloader):
         self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def _supervise(self) -> None:
-        try:
-            await self.process.supervise(on_restart=self._restarted,
-                                         before_restart=self._restore)
-        except SupervisionError as exc:
-            log.critical("%s", exc)
-            self._gave_up = str(exc).splitlines()[0]
-            if self._engine is not None:
-                self._engine.metrics.haproxy_up.set(0)
+        await self.process.supervise(on_restart=self._restarted, before_restart=self._restore)
 
     def _restore(self) -> None:
         self.config.restore(self._engine.running_config if self._engine else None)
@@ -208,9 +199,6 @@ class StartedHAProxy(_Reloader):
     def starts_haproxy(self) -> bool:
         return not self.process.is_running()
 
-    def problem(self) -> str | None:
-        return self._gave_up
-
     async def reload(self) -> None:
         if self.process.is_running():
             await self.process.reload()
@@ -220,7 +208,6 @@ class StartedHAProxy(_Reloader):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._supervisor
             await self._start()
-            self._gave_up = None
 
     async def stop(self) -> None:
         if self._supervisor is not None:

@@ -52,7 +52,6 @@ __all__ = [
     "ProcInfo",
     "ReloadError",
     "StartError",
-    "SupervisionError",
     "ValidationResult",
     "atomic_write",
     "keep_rejected",
@@ -88,10 +87,6 @@ def haproxy_log_level(line: str) -> int:
 
 class StartError(HAProxyProcessError):
     """HAProxy did not come up (its log tail is in the message)."""
-
-
-class SupervisionError(HAProxyProcessError):
-    """HAProxy kept dying; the restart budget is spent."""
 
 
 def is_socket(path: str) -> bool:
