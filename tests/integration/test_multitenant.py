@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,26 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
+from servicerouter.certnames import cert_names
 from servicerouter.naming import service_name
 
+from ..unit.payloads import UNLOADABLE_PEM as FAKE_PEM
 from .conftest import needs_haproxy
 from .harness import TLS, Daemon, ExternalHAProxy, Simulator, responders, running, wait_for
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
-
-# A PEM file HAProxy cannot load, which passes admission (and fails haproxy -c): the
-# names of a certificate (unloadable.test) can be read, but it is a TBSCertificate alone,
-# without its signature, and the key is not one.
-FAKE_PEM = ("-----BEGIN CERTIFICATE-----\n"
-            "MIIBTzCCAUugAwIBAgIUEHyp0j7kSUIZZFRTco32RueI1QAwCgYIKoZIzj0EAwIw\n"
-            "GjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MB4XDTI2MTIwMjA4MzIzMVoXDTI2\n"
-            "MTIwMzA4MzIzMVowGjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MFkwEwYHKoZI\n"
-            "zj0CAQYIKoZIzj0DAQcDQgAEB/fr/3K3HNzN9wOBlWQis7lAri2z5W0mEPGfYHm6\n"
-            "GpP1MrkCZ8cgkTz/zIMbKcbgG2YUQFTJelIiD/ZWbNsZ+qNvMG0wHQYDVR0OBBYE\n"
-            "FPylMvwbYtwYlcGaf7QIVtEt6wTIMB8GA1UdIwQYMBaAFPylMvwbYtwYlcGaf7QI\n"
-            "VtEt6wTIMA8GA1UdEwEB/wQFMAMBAf8wGgYDVR0RBBMwEYIPdW5sb2FkYWJsZS50\n"
-            "ZXN0\n-----END CERTIFICATE-----\n"
-            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
 
 
 def tamper(sim: Simulator, app_id: str, **body: Any) -> None:
@@ -186,6 +176,29 @@ def _reached(http_port: int, host: str, path: str = "/") -> set[str]:
         return {c.get(f"http://127.0.0.1:{http_port}{path}",
                       headers={"Host": host, "Connection": "close"}).text.strip()
                 for _ in range(6)}
+
+
+def _presented(port: int, sni: str) -> tuple[str, ...] | None:
+    """The names of the certificate HAProxy presents on ``port`` for ``sni`` (taken
+    without verifying it); None: no TLS answers there."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=sni) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    assert der is not None
+    return cert_names(ssl.DER_cert_to_PEM_cert(der).encode())
+
+
+def _reached_tls(port: int, host: str) -> set[str]:
+    """The tasks four HTTPS requests for ``host`` (Host and SNI) on ``port`` reach."""
+    with httpx.Client(timeout=5, verify=False) as c:
+        return {c.get(f"https://127.0.0.1:{port}/", headers={"Host": host,
+                      "Connection": "close"}, extensions={"sni_hostname": host}
+                      ).text.strip() for _ in range(4)}
 
 
 def test_a_health_checked_task_port_outside_1_65535_costs_only_its_service(
@@ -624,10 +637,6 @@ def test_thirty_one_tenants_certificates_are_each_presented_for_their_own_host(
     """Every tenant's certificate was a `crt` on the shared HTTPS frontend's bind line,
     which HAProxy cuts at 64 words: from the 30th app with one, the config failed for
     everyone. They now go in a crt-list, each filtered to its services' vhosts."""
-    import socket
-    import ssl
-
-    from servicerouter.certnames import cert_names
     from servicerouter.demo.procs import free_port
 
     if shutil.which("openssl") is None:
@@ -640,26 +649,17 @@ def test_thirty_one_tenants_certificates_are_each_presented_for_their_own_host(
     daemon = Daemon(tmp_path, simulator.url, "--https-port", str(https), "--ssl-certs",
                     str(operator), "--ssl-cert-dir", str(certs)).start()
 
-    def presented(sni: str) -> tuple[str, ...]:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", https), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=sni) as tls:
-            der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode()) or ()
-
     with running(daemon):
         for i, app_id in enumerate(tenants):  # no tasks: the handshake is what counts
             host = f"t{i}.corp.test"
             pem = _pem(certs, f"t{i}", f"/CN={host}", f"DNS:{host}", "ec")
             simulator.create_app(app_id, instances=0, labels={
                 "HAPROXY_0_VHOST": host, "HAPROXY_0_SSL_CERT": str(pem)})
-        wait_for(lambda: presented("t30.corp.test") == ("t30.corp.test",), 60,
+        wait_for(lambda: _presented(https, "t30.corp.test") == ("t30.corp.test",), 60,
                  what="the 31st tenant's certificate presented")
         for i in range(31):
-            assert presented(f"t{i}.corp.test") == (f"t{i}.corp.test",)
-        assert presented("other.corp.test") == ("corp.test", "*.corp.test")
+            assert _presented(https, f"t{i}.corp.test") == (f"t{i}.corp.test",)
+        assert _presented(https, "other.corp.test") == ("corp.test", "*.corp.test")
         assert not any(problems(daemon).get(a) for a in tenants), problems(daemon)
         text = daemon.config.read_text()
         (bind,) = [ln for ln in text.splitlines() if f"bind *:{https} " in ln]
@@ -674,10 +674,6 @@ def test_a_certificate_for_many_long_vhosts_is_presented_and_costs_no_one(
     tenant's rule on the vhost frontend: on a fresh host that tenant was left out with it,
     until its definition changed. The file now spans as many lines as its names need:
     it is presented for each of them, and nobody is left out."""
-    import socket
-    import ssl
-
-    from servicerouter.certnames import cert_names
     from servicerouter.demo.procs import free_port
 
     if shutil.which("openssl") is None:
@@ -703,22 +699,13 @@ def test_a_certificate_for_many_long_vhosts_is_presented_and_costs_no_one(
                     "--https-port", str(https), "--ssl-certs", str(operator),
                     "--ssl-cert-dir", str(certs)).start()
 
-    def presented(sni: str) -> tuple[str, ...]:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", https), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=sni) as tls:
-            der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode()) or ()
-
     with running(daemon):
         wait_for(lambda: all(service_name(a, simulator.service_port(a)) in
                              daemon.config.read_text() for a in [*victims, "/zzz/big"]), 60,
                  what="every tenant's service in the served config")
-        assert presented(names[-1]) == ("big.corp.test", "*.big.corp.test")
-        assert presented(names[0]) == ("big.corp.test", "*.big.corp.test")
-        assert presented("t59.corp.test") == ("t59.corp.test",)
+        assert _presented(https, names[-1]) == ("big.corp.test", "*.big.corp.test")
+        assert _presented(https, names[0]) == ("big.corp.test", "*.big.corp.test")
+        assert _presented(https, "t59.corp.test") == ("t59.corp.test",)
         assert not problems(daemon), problems(daemon)
         assert "line too long" not in _log(daemon)
 
@@ -731,10 +718,6 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
     shared frontend, but its own port still presented it; now it is presented nowhere
     (victim.corp.test is /teamb's host): victim.corp.test keeps the operator's
     certificate and its tasks, and /aaa/evil is left out and told why."""
-    import socket
-    import ssl
-
-    from servicerouter.certnames import cert_names
     from servicerouter.demo.procs import free_port
 
     if shutil.which("openssl") is None:
@@ -748,23 +731,8 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
     daemon = Daemon(tmp_path, simulator.url, "--https-port", str(https), "--ssl-certs",
                     str(operator), "--ssl-cert-dir", str(certs)).start()
 
-    def presented(sni: str) -> tuple[str, ...]:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", https), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=sni) as tls:
-            der = tls.getpeercert(binary_form=True)
-        assert der is not None
-        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode())
-
-    def reached(host: str) -> set[str]:
-        with httpx.Client(timeout=5, verify=False) as c:
-            return {c.get(f"https://127.0.0.1:{https}/", headers={"Host": host,
-                          "Connection": "close"}, extensions={"sni_hostname": host}
-                          ).text.strip() for _ in range(4)}
-
     with running(daemon):
-        wait_for(lambda: reached("victim.corp.test") == victims, 30,
+        wait_for(lambda: _reached_tls(https, "victim.corp.test") == victims, 30,
                  what="victim.corp.test served over the HTTPS frontend")
         evil_port, _ = simulator.launch("/aaa/evil", 1, labels={
             "HAPROXY_0_VHOST": "evil.corp.test", "HAPROXY_0_SSL_CERT": str(evil)})
@@ -776,8 +744,8 @@ def test_a_certificate_naming_another_tenants_host_is_not_presented_for_it(
         new_app_is_routed(simulator, daemon, "/teamc/new")
         text = daemon.config.read_text()
         assert str(evil) not in text and f":{evil_port}" not in text
-        assert presented("victim.corp.test") == ("corp.test", "*.corp.test")
-        assert reached("victim.corp.test") == simulator.running("/teamb/web")
+        assert _presented(https, "victim.corp.test") == ("corp.test", "*.corp.test")
+        assert _reached_tls(https, "victim.corp.test") == simulator.running("/teamb/web")
 
 
 def test_a_copy_of_another_tenants_certificate_is_presented_on_no_port(
@@ -789,10 +757,6 @@ def test_a_copy_of_another_tenants_certificate_is_presented_on_no_port(
     now hosts its service claims, first come: /teamb is left out and told why, /teama
     keeps its host and certificate (across a restart, though /teamb's definitions are
     older then), and a new app of another tenant is routed meanwhile."""
-    import socket
-    import ssl
-
-    from servicerouter.certnames import cert_names
     from servicerouter.demo.procs import free_port
 
     if shutil.which("openssl") is None:
@@ -808,31 +772,12 @@ def test_a_copy_of_another_tenants_certificate_is_presented_on_no_port(
         return Daemon(tmp_path, simulator.url, "--https-port", str(https),
                       "--ssl-cert-dir", str(certs))
 
-    def presented(port: int, sni: str = "shop.corp.test") -> tuple[str, ...] | None:
-        """The names of the certificate on ``port`` for ``sni``; None: no TLS there."""
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=sni) as tls:
-                der = tls.getpeercert(binary_form=True)
-        except OSError:
-            return None
-        assert der is not None
-        return cert_names(ssl.DER_cert_to_PEM_cert(der).encode())
-
-    def reached(port: int, host: str = "shop.corp.test") -> set[str]:
-        with httpx.Client(timeout=5, verify=False) as c:
-            return {c.get(f"https://127.0.0.1:{port}/", headers={"Host": host,
-                          "Connection": "close"}, extensions={"sni_hostname": host}
-                          ).text.strip() for _ in range(4)}
-
     def owner_served(d: Daemon) -> None:
-        wait_for(lambda: presented(owner_port) == ("shop.corp.test",)
-                 and reached(owner_port) == simulator.running("/teama/web")
-                 and reached(https) == simulator.running("/teama/web"), 30,
+        wait_for(lambda: _presented(owner_port, "shop.corp.test") == ("shop.corp.test",)
+                 and _reached_tls(owner_port, "shop.corp.test") == simulator.running("/teama/web")
+                 and _reached_tls(https, "shop.corp.test") == simulator.running("/teama/web"), 30,
                  what="/teama/web served with its certificate, on its port and by SNI")
-        assert presented(https) == ("shop.corp.test",)
+        assert _presented(https, "shop.corp.test") == ("shop.corp.test",)
 
     def thieves_left_out(d: Daemon) -> None:
         found = wait_for(lambda: (p := problems(d)) and {"/teamb/copy", "/teamb/wild"}
@@ -850,7 +795,7 @@ def test_a_copy_of_another_tenants_certificate_is_presented_on_no_port(
         text = d.config.read_text()
         for port in (copy_port, wild_port):
             assert f":{port}" not in text
-            assert presented(port) is None
+            assert _presented(port, "shop.corp.test") is None
 
     owner_port, _ = simulator.launch("/teama/web", 1, labels={
         "HAPROXY_0_VHOST": "shop.corp.test", "HAPROXY_0_SSL_CERT": str(shop)})

@@ -19,19 +19,8 @@ from servicerouter.model import App, Health, Options, Problem, Service, Task
 from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
-# A certificate (for unloadable.test, as certnames.py reads it: a TBSCertificate alone,
-# without its signature, which OpenSSL cannot load) and a key's markers: a file admission
-# takes and HAProxy does not.
-PEM = ("-----BEGIN CERTIFICATE-----\n"
-       "MIIBTzCCAUugAwIBAgIUEHyp0j7kSUIZZFRTco32RueI1QAwCgYIKoZIzj0EAwIw\n"
-       "GjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MB4XDTI2MTIwMjA4MzIzMVoXDTI2\n"
-       "MTIwMzA4MzIzMVowGjEYMBYGA1UEAwwPdW5sb2FkYWJsZS50ZXN0MFkwEwYHKoZI\n"
-       "zj0CAQYIKoZIzj0DAQcDQgAEB/fr/3K3HNzN9wOBlWQis7lAri2z5W0mEPGfYHm6\n"
-       "GpP1MrkCZ8cgkTz/zIMbKcbgG2YUQFTJelIiD/ZWbNsZ+qNvMG0wHQYDVR0OBBYE\n"
-       "FPylMvwbYtwYlcGaf7QIVtEt6wTIMB8GA1UdIwQYMBaAFPylMvwbYtwYlcGaf7QI\n"
-       "VtEt6wTIMA8GA1UdEwEB/wQFMAMBAf8wGgYDVR0RBBMwEYIPdW5sb2FkYWJsZS50\n"
-       "ZXN0\n-----END CERTIFICATE-----\n"
-       "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+from .payloads import UNLOADABLE_PEM as PEM
+
 # Only a certificate's markers: its names cannot be read.
 UNREADABLE = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
              "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
