@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from .children import kill_group, processes
 from .files import make_dirs
 from .master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo, ReloadError
-from .process import StartError, is_socket, validate
+from .process import StartError, validate
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -273,15 +273,9 @@ class KeptHAProxy:
         return self._master_pid is None  # none adopted, none started yet
 
     async def reload(self) -> None:
-        proc = self.live_master() if not is_socket(self.master_socket) else None
+        proc = self.live_master() if self.master.socket_gone() else None
         if proc is not None and self._info is not None and proc.pid == self._info.master_pid:
-            # The socket file was removed (a cleaner of /tmp or /run, an operator): the
-            # master CLI cannot be reached, so every reload failed for good. Our master
-            # takes SIGUSR2 as a reload, and binds its -S socket anew as it re-executes.
-            log.warning("HAProxy's master socket %s is gone; reloading master %d with "
-                        "SIGUSR2, which binds it again", self.master_socket, proc.pid)
-            os.kill(proc.pid, signal.SIGUSR2)
-            self._info = await self.master.wait_reloaded(self._info)
+            self._info = await self.master.reload_by_signal(proc.pid, self._info)
             return
         try:
             self._info = await self.master.reload()

@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import re
+import signal
+import stat
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger("servicerouter.haproxy")
 
 
 class HAProxyProcessError(Exception):
@@ -219,6 +225,27 @@ class MasterCLI:
         with contextlib.suppress(MasterUnavailable):  # 2.6 closes without a reply
             await self.command("reload")
         return await self.wait_reloaded(before, timeout=timeout, poll=poll)
+
+    def socket_gone(self) -> bool:
+        """Whether the socket file is gone (or is no socket any more)."""
+        try:
+            return not stat.S_ISSOCK(os.stat(self.path).st_mode)
+        except OSError:
+            return True
+
+    async def reload_by_signal(self, pid: int, before: ProcInfo, *,
+                               timeout: float = 30.0) -> ProcInfo:
+        """Reload master ``pid`` with SIGUSR2 when :meth:`socket_gone`, confirmed against
+        ``before`` (its last ``show proc``) as :meth:`reload` is.
+
+        Removed (a cleaner of /tmp or /run, an operator), the socket cannot be reached,
+        so every reload through it failed for good. A master takes SIGUSR2 as a reload,
+        and binds its -S socket anew as it re-executes; the caller has made sure ``pid``
+        is its own HAProxy's master."""
+        log.warning("HAProxy's master socket %s is gone; reloading master %d with "
+                    "SIGUSR2, which binds it again", self.path, pid)
+        os.kill(pid, signal.SIGUSR2)
+        return await self.wait_reloaded(before, timeout=timeout)
 
     async def wait_reloaded(
         self, before: ProcInfo, *, timeout: float = 30.0, poll: float = 0.05

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import signal
-import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -87,13 +86,6 @@ def haproxy_log_level(line: str) -> int:
 
 class StartError(HAProxyProcessError):
     """HAProxy did not come up (its log tail is in the message)."""
-
-
-def is_socket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 class HAProxyProcess:
@@ -247,15 +239,9 @@ class HAProxyProcess:
             if proc is None or not self.is_running():
                 raise ReloadError(f"HAProxy is not running (config {self.config})")
             timeout = timeout or self.reload_timeout
-            if self._info is not None and not is_socket(self.master_socket):
-                # Removed (a cleaner of /tmp or /run, an operator): the master CLI cannot
-                # be reached, so every reload failed for good. Our child's master takes
-                # SIGUSR2 as a reload, and binds its -S socket anew as it re-executes.
-                log.warning("HAProxy's master socket %s is gone; reloading master %d with "
-                            "SIGUSR2, which binds it again", self.master_socket, proc.pid)
-                proc.send_signal(signal.SIGUSR2)
+            if self._info is not None and self.master.socket_gone():
                 reloading = asyncio.ensure_future(
-                    self.master.wait_reloaded(self._info, timeout=timeout))
+                    self.master.reload_by_signal(proc.pid, self._info, timeout=timeout))
             else:
                 reloading = asyncio.ensure_future(self.master.reload(timeout=timeout))
             exited = asyncio.ensure_future(proc.wait())
