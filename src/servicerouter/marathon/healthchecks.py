@@ -99,7 +99,7 @@ class Checks:
         return f"healthChecks[{first}] is a {self.protocols[first]} check"
 
 
-def with_health_check(options: Options, health_checks: list[Any] | Checks, index: int,
+def with_health_check(options: Options, checks: Checks, index: int,
                       app_id: str, container_ports: list[int], explicit: frozenset[str],
                       warnings: list[str]) -> Options:
     """Mirror the app's Marathon health check for this port index in HAProxy.
@@ -114,7 +114,6 @@ def with_health_check(options: Options, health_checks: list[Any] | Checks, index
     value HAProxy cannot take (a non-finite or too long interval, a port outside
     1-65535) raises :class:`BadHealthCheck`.
     """
-    checks = health_checks if isinstance(health_checks, Checks) else Checks(health_checks)
     picked = checks.pick(index)
     borrowed = options.health_check_port_index
     own = True  # a check of this port's own index: it says what the port speaks
