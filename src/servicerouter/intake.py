@@ -76,13 +76,12 @@ class Intake:
             except Exception as exc:  # also one no rule foresaw: logged, never fatal
                 # (a daemon that died at start, a resync task that ended unseen)
                 foreseen = isinstance(exc, (MarathonError, ValueError))
-                e.marathon_health.request_failed(
-                    f"full sync failed: {exc if foreseen else f'{type(exc).__name__}: {exc}'}")
+                why = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
+                e.marathon_health.request_failed(f"full sync failed: {why}")
                 self._backoff = min(max(2 * self._backoff, 1.0), 30.0)
                 self.retry_at = time.monotonic() + self._backoff
                 log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
-                          "in %.0fs", exc if foreseen else f"{type(exc).__name__}: {exc}",
-                          self._backoff, exc_info=not foreseen)
+                          "in %.0fs", why, self._backoff, exc_info=not foreseen)
                 return False
             finally:
                 e.events.unwatch(touched)
