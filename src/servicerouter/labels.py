@@ -360,12 +360,16 @@ def tcp_without_http_labels(options: Options, index: int) -> tuple[Options, str 
     off = {f: getattr(_DEFAULTS, f) for n, f in _HTTP_ONLY if n in names}
     if "PATH" in names:
         off["path_ignore_case"] = _DEFAULTS.path_ignore_case
-    return evolve(options, **off), (
-        f"label{'s' if len(names) > 1 else ''} "
-        f"{', '.join(f'HAPROXY_{index}_{n}' for n in names)} "
-        f"{'need' if len(names) > 1 else 'needs'} HTTP mode, and service port index "
-        f"{index} is TCP (no VHOST, MODE=http or HTTP health check; marathon-lb kept it "
-        "TCP too); ignored")
+    return evolve(options, **off), _needs_http(
+        index, names, f"and service port index {index} is TCP (no VHOST, MODE=http or HTTP "
+        "health check; marathon-lb kept it TCP too)")
+
+
+def _needs_http(index: int, names: list[str], why: str) -> str:
+    """The warning for HTTP-only labels ignored on a TCP port, ``why`` it is TCP."""
+    many = len(names) > 1
+    return (f"label{'s' if many else ''} {', '.join(f'HAPROXY_{index}_{n}' for n in names)} "
+            f"{'need' if many else 'needs'} HTTP mode, {why}; ignored")
 
 
 def parse_labels(labels: Mapping[str, object] | None, service_count: int,
@@ -458,10 +462,7 @@ def parse_labels(labels: Mapping[str, object] | None, service_count: int,
             # MODE=tcp says the port speaks TCP (a database, TLS passthrough): turned
             # into HTTP it would answer its clients 400. The HTTP features go instead.
             # (AUTH stays: parse refuses that service rather than serve it open.)
-            warnings.append(f"label{'s' if len(http_only) > 1 else ''} "
-                            f"{', '.join(f'HAPROXY_{index}_{n}' for n in http_only)} "
-                            f"{'need' if len(http_only) > 1 else 'needs'} HTTP mode, but "
-                            f"HAPROXY_{index}_MODE is tcp; ignored")
+            warnings.append(_needs_http(index, http_only, f"but HAPROXY_{index}_MODE is tcp"))
             changes.update(_HTTP_ONLY_OFF)
         elif tcp and (any(n in _MAKE_HTTP for n in http_only)
                       or (sl.get("auth") and "MODE" not in sl.explicit)):
