@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from publicsuffixlist import PublicSuffixList
 
-from .label_values import MAX_HOST_LABELS, MAX_VHOSTS
+from .label_values import MAX_VHOSTS, too_deep
 from .layout import DesiredService, Settings
 from .model import App, Problem, shown, valid_port
 
@@ -151,9 +151,9 @@ def _unclaimable(names: tuple[str, ...] | None) -> str | None:
     if len(names) > MAX_VHOSTS:
         return f"is a certificate for {len(names)} host names; at most {MAX_VHOSTS}"
     for n in names:
-        if n.count(".") >= MAX_HOST_LABELS:
-            return (f"is a certificate for {shown(n)}, a host name of {n.count('.') + 1} "
-                    f"labels; at most {MAX_HOST_LABELS}")
+        deep = too_deep(n)
+        if deep:
+            return f"is a certificate for {shown(n)}, {deep}"
         if n.startswith("*.") and over_public_suffix(n):
             return (f"is a certificate for {shown(n)}, a wildcard over a public suffix "
                     f"({shown(n[2:])}: every other tenant's host under it)")

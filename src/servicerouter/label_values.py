@@ -134,10 +134,18 @@ def parse_vhosts(label: str, value: str) -> tuple[str, ...]:
         if len(h) > 253 or not _HOSTNAME.match(h):
             raise LabelError(label, value, f"has {shown(h)!r}, which is not a host name "
                              "(letters, digits, '-', '_', optionally starting with '*.')")
-        if h.count(".") >= MAX_HOST_LABELS:
-            raise LabelError(label, value, f"has {shown(h)!r}, a host name of "
-                             f"{h.count('.') + 1} labels; at most {MAX_HOST_LABELS}")
+        deep = too_deep(h)
+        if deep:
+            raise LabelError(label, value, f"has {shown(h)!r}, {deep}")
     return hosts
+
+
+def too_deep(host: str) -> str | None:
+    """Why ``host`` has too many DNS labels to be claimed (a VHOST's name, a
+    certificate's), or None."""
+    if host.count(".") < MAX_HOST_LABELS:
+        return None
+    return f"a host name of {host.count('.') + 1} labels; at most {MAX_HOST_LABELS}"
 
 
 def parse_bind_address(label: str, value: str) -> str:
