@@ -87,9 +87,9 @@ class HostClaims:
             # The names its certificate presents are claimed as hosts too: on its own port
             # as on the shared one, HAProxy would present it to clients lured to
             # https://<name>:<port>/, and their cookies for that name would follow.
+            routed = set(opts.vhosts) if d.presents else ()  # up to 1,000 x 1,000 names
             for host in d.presents:
-                other = self._other_owner(host, key, kind) if host not in opts.vhosts \
-                    else None
+                other = self._other_owner(host, key, kind) if host not in routed else None
                 if other is not None:
                     wait_on, problem = other
                     self.waiting.setdefault(wait_on, set()).add(app_id)
