@@ -94,7 +94,8 @@ class KeptHAProxy:
         self._master_pid: int | None = None
         self._info: ProcInfo | None = None  # the master's last show proc
         self.answer_timeout = ANSWER_TIMEOUT
-        self._silent_since: tuple[HAProxyPid, str] | None = None  # what the watch saw
+        # The live master that does not answer, and its error, as the watch last saw it.
+        self._silent_since: tuple[HAProxyPid, str] | None = None
 
     def _processes(self) -> list[HAProxyPid]:
         names = {"haproxy", Path(self.config.haproxy_bin).name[:15]}  # comm: 15 chars
@@ -233,7 +234,6 @@ class KeptHAProxy:
     async def _watch_master(self) -> None:
         """Start a new HAProxy if the one we run or adopted is gone (bounded backoff)."""
         delay = WATCH_INTERVAL
-        silent: HAProxyPid | None = None  # the live master that does not answer
         while True:
             await asyncio.sleep(delay)
             if self._master_pid is None:
@@ -241,22 +241,21 @@ class KeptHAProxy:
             try:  # a reload re-executes the master: its socket refuses for a moment
                 info = await self.master.show_proc(patience=2.0)
                 self._master_pid, self._info = info.master_pid, info
-                if silent is not None:
+                if self._silent_since is not None:
                     log.info("HAProxy's master %d answers again", info.master_pid)
-                    silent = self._silent_since = None
+                    self._silent_since = None
                 delay = WATCH_INTERVAL
                 continue
             except HAProxyProcessError as exc:
                 error = exc
             proc = self.live_master()
             if proc is not None:  # busy or stopped: another would share its ports
-                if silent is None:
+                if self._silent_since is None:
                     log.error("%s; not starting a second HAProxy on its ports, waiting for "
                               "it to answer", self._silent(proc, error))
-                silent = proc
                 self._silent_since = (proc, str(error))
                 continue
-            silent = self._silent_since = None
+            self._silent_since = None
             log.error("HAProxy's master %s does not answer; starting HAProxy again",
                       self.master_socket)
             self.config.restore(self._engine.running_config if self._engine else None)
