@@ -162,7 +162,10 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
                         haproxy[(s.backend, s.server)] = s.admin + ("" if s.up else " down")
             except HAProxyRuntimeError:
                 haproxy = {}
-        services = [_service_status(engine, n, haproxy) for n in page]
+        # The engine went on while HAProxy answered: a service left out or deleted
+        # meanwhile (or a range-mode backend handed back) is no longer described.
+        services = [_service_status(engine, n, haproxy) for n in page
+                    if n in engine.layout and engine.layout[n].app_id]
         used = sum(1 for slots in engine.table.values() for s in slots if s is not None)
         body: dict[str, Any] = {
             "counts": {"apps": len(engine.state.apps), "services": sum(
