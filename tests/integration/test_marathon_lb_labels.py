@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -371,7 +372,7 @@ def test_a_hundred_vhosts_and_networks_all_route_redirect_and_filter(cluster: Cl
 
 def test_proxypass_revproxy_and_redir(cluster: Cluster) -> None:
     (task,) = cluster.launch("/mlb/proxy", {
-        "HAPROXY_0_VHOST": "proxy.mlb.test", "HAPROXY_0_PATH": "/api",
+        "HAPROXY_0_VHOST": "proxy.mlb.test,*.w.mlb.test", "HAPROXY_0_PATH": "/api",
         "HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH": "/api",
         "HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH": "/api"})
     cluster.launch("/mlb/redir", {"HAPROXY_0_VHOST": "redir.mlb.test",
@@ -384,6 +385,16 @@ def test_proxypass_revproxy_and_redir(cluster: Cluster) -> None:
     # The task redirects to /elsewhere; the client is sent back under /api.
     r = _get(f"{base}/api/_location/elsewhere", host="proxy.mlb.test")
     assert r.status_code == 302 and r.headers["location"] == "/api/elsewhere"
+    # Absolute ones too when they name one of its vhosts (any case, any port, under its
+    # wildcard); another host's are left alone.
+    for to, seen in (("http://proxy.mlb.test/e?q=1", "http://proxy.mlb.test/api/e?q=1"),
+                     ("https://PROXY.mlb.test:8443/e", "https://PROXY.mlb.test:8443/api/e"),
+                     ("http://a.w.mlb.test/", "http://a.w.mlb.test/api/"),
+                     ("http://other.mlb.test/e", "http://other.mlb.test/e"),
+                     ("http://proxy.mlb.test.evil/e", "http://proxy.mlb.test.evil/e"),
+                     ("ftp://proxy.mlb.test/e", "ftp://proxy.mlb.test/e")):
+        r = _get(f"{base}/api/_location?to={quote(to, safe='')}", host="proxy.mlb.test")
+        assert (r.status_code, r.headers["location"]) == (302, seen), to
     r = _wait_status(f"{base}/", 301, "redir", host="redir.mlb.test")
     assert r.headers["location"] == "/my/content"
     assert _get(f"{base}/other", host="redir.mlb.test").status_code == 200

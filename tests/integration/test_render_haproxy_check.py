@@ -154,3 +154,15 @@ def test_the_check_itself_rejects_a_broken_config(tmp_path: Path) -> None:
     cfg.write_text("frontend x\n    bind *:1\n    no_such_keyword 1\n")
     proc = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, timeout=30)
     assert proc.returncode != 0
+
+
+def test_a_location_rewrite_over_a_thousand_long_vhosts_is_valid(tmp_path: Path) -> None:
+    """HTTP_BACKEND_REVPROXY_PATH with a full VHOST (1,000 names, MAX_VHOSTS) of long
+    names: as one regex of the names, PCRE2 refused it ("regular expression is too
+    large") and took the whole candidate with it until the service was found."""
+    from servicerouter.label_values import MAX_VHOSTS
+    vhosts = tuple(f"{'*.' if i % 2 else ''}h{i:04d}-{'x' * 40}.corp.example.com"
+                   for i in range(MAX_VHOSTS))
+    apps = [_app("/big/rev", 10000, Options(mode=Mode.HTTP, vhosts=vhosts, revproxy_path="/r"))]
+    haproxy_check(render_apps(apps, Settings(socket_path=str(tmp_path / "admin.sock"))),
+                  tmp_path)

@@ -248,8 +248,9 @@ def test_auth_acl_hsts_and_rewrites_live_in_the_backend() -> None:
     assert "http-response set-header Strict-Transport-Security max-age=15768000" in text
     assert "http-request set-header Host a.test" in text
     assert "http-request replace-path '^/api(/(.*))?$' '/\\2'" in text
-    assert ("http-response replace-header Location '^(https?://(a\\.test)(:[0-9]+)?)?/(.*)$' "
-            "'\\1/api/\\4'") in text
+    assert ("    acl revproxy_host res.hdr(location),field(3,/),field(1,:) -i a.test\n"
+            "    http-response replace-header Location '^(https?://[^/:]*(:[0-9]+)?)?/(.*)$' "
+            "'\\1/api/\\3' if { res.hdr(location) -m beg / } || revproxy_host\n") in text
     assert "    acl service_vhost hdr(host),field(1,:) -i a.test\n" in text
     assert ("http-request redirect location /home code 301 if "
             "{ path / } service_vhost") in text

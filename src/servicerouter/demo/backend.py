@@ -4,8 +4,9 @@ Started by the simulator's executor as ``python -m servicerouter.demo.backend``
 with ``$PORT`` and ``$MESOS_TASK_ID`` set, exactly as Marathon starts a task.
 For the tests of HTTP features it also answers three special requests:
 ``/_echo...`` with JSON (task id, path, request headers), ``/_location/<p>``
-with a 302 to ``/<p>``, and an ``Upgrade`` request (a websocket handshake) with
-101, after which it echoes every byte until the client closes.
+with a 302 to ``/<p>`` (``/_location?to=<url, quoted>``: to that URL), and an
+``Upgrade`` request (a websocket handshake) with 101, after which it echoes every
+byte until the client closes.
 HAProxy's ``option httpchk`` speaks HTTP/1.0 (the simulator's probes and the tests,
 HTTP/1.1), so HTTP/1.0 requests count as HAProxy's checks, and one can fail as a
 check meeting a bad moment would: with ``$FAIL_FIRST_CHECK`` seconds the first is
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 _WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -71,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
                                "headers": dict(self.headers.items())}).encode()
         elif self.path.startswith("/_location/"):
             status, extra = 302, {"Location": "/" + self.path.removeprefix("/_location/")}
+        elif self.path.startswith("/_location?to="):
+            status, extra = 302, {"Location": unquote(self.path.removeprefix("/_location?to="))}
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

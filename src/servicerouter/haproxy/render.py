@@ -198,12 +198,6 @@ def _regex_literal(text: str) -> str:
     return re.sub(r"([.~%-])", r"\\\1", text)
 
 
-def _host_regex(vhosts: Sequence[str]) -> str:
-    alts = [("[^/:]*" + _regex_literal(h[1:])) if h.startswith("*.") else _regex_literal(h)
-            for h in vhosts]
-    return "|".join(alts)
-
-
 def acl_lines(values: Sequence[str], flags: str = "") -> list[str]:
     """The value part of each line of one ACL: ``flags`` then up to ACL_VALUES values."""
     return [" ".join((flags, *values[i:i + ACL_VALUES])).lstrip()
@@ -248,15 +242,20 @@ def _proxypass(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None
     return {"host": host or "", "match": f"'^{prefix}(/(.*))?$'", "replace": "'/\\2'"}
 
 
-def _revproxy(path: str | None, vhosts: Sequence[str]) -> dict[str, str] | None:
-    """Location headers pointing into the service (relative, or one of its vhosts) get
-    ``path`` in front of their path."""
+def _revproxy(path: str | None, vhosts: Sequence[str]) -> dict[str, Any] | None:
+    """Location headers pointing into the service (relative, or one of its vhosts, any
+    port) get ``path`` in front of their path. The vhosts are an ACL on the Location's
+    host (looked up as HAProxy looks up any host list), not alternatives of the rewrite's
+    regex: a regex of all of them grew with every name, a 1,000-name VHOST of long names
+    made it too large for PCRE2 (``haproxy -c``: "regular expression is too large")."""
     if not path:
         return None
-    hosts = _host_regex(vhosts)
-    origin = f"(https?://({hosts})(:[0-9]+)?)?" if hosts else "()()()"
     root = _literal(path.rstrip("/"))
-    return {"match": f"'^{origin}/(.*)$'", "replace": f"'\\1{root}/\\4'"}
+    hosts = _vhost_acls(vhosts)
+    return {"match": "'^(https?://[^/:]*(:[0-9]+)?)?/(.*)$'", "replace": f"'\\1{root}/\\3'",
+            "hosts": hosts,
+            "condition": "if { res.hdr(location) -m beg / }" + (
+                " || revproxy_host" if hosts else "")}
 
 
 def vhost_routes(layout: Layout) -> list[dict[str, Any]]:
