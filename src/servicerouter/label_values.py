@@ -155,9 +155,12 @@ def parse_bind_address(label: str, value: str) -> str:
     if "%" in v:  # an IPv6 zone may hold any text, newlines included
         raise LabelError(label, value, "is not an IP address or '*' (no IPv6 zone)")
     try:
-        return str(ipaddress.ip_address(v))
+        ip = ipaddress.ip_address(v)
     except ValueError:
         raise LabelError(label, value, "is not an IP address or '*'") from None
+    # ::ffff:127.0.0.1 binds (and is) 127.0.0.1: one spelling, so that the checks of
+    # what an address does (loopback, another service's bind) see what HAProxy binds.
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
 def _chars(pattern: re.Pattern[str]) -> str:

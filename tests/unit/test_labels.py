@@ -30,6 +30,8 @@ def _opts(labels: dict[str, str], index: int = 0, ports: int = 2) -> Options:
         ({"HAPROXY_0_BIND_ADDR": "*"}, "bind_address", "*"),
         ({"HAPROXY_0_BIND_ADDR": "::1"}, "bind_address", "::1"),
         ({"HAPROXY_0_BIND_ADDR": "0:0::1"}, "bind_address", "::1"),
+        # IPv4-mapped: the IPv4 address it binds (loopback stays loopback: render._loopback)
+        ({"HAPROXY_0_BIND_ADDR": "::ffff:127.0.0.1"}, "bind_address", "127.0.0.1"),
         ({"HAPROXY_0_VHOST": "Shop.Example.com, www.example.com"}, "vhosts",
          ("shop.example.com", "www.example.com")),
         ({"HAPROXY_0_PATH": "/api/v1"}, "paths", ("/api/v1",)),

@@ -320,6 +320,8 @@ def test_a_service_bound_to_loopback_is_not_reachable_by_app_id() -> None:
     text = _render(Service("/private", 0, 10001, Options(mode=Mode.HTTP,
                                                          bind_address="127.0.0.1")),
                    Service("/private6", 0, 10003, Options(mode=Mode.HTTP, bind_address="::1")),
+                   Service("/private4in6", 0, 10004, Options(mode=Mode.HTTP,
+                                                             bind_address="::ffff:127.0.0.1")),
                    Service("/public", 0, 10002, Options(mode=Mode.HTTP,
                                                         bind_address="10.0.0.5")),
                    settings=settings)

@@ -287,7 +287,10 @@ _APP_ID = re.compile(r"^/[a-z0-9._/-]{1,255}$")
 def _loopback(address: str) -> bool:
     """A service bound to loopback only (HAPROXY_{n}_BIND_ADDR=127.0.0.1) is private:
     the app-id frontend, bound on every address, must not reach it."""
-    return address != "*" and ipaddress.ip_address(address).is_loopback
+    if address == "*":
+        return False
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 too
 
 
 def app_id_routes(layout: Layout) -> list[dict[str, str]]:
