@@ -63,12 +63,15 @@ class Claims:
             self.held_by.pop(app_id, None)
         return refused, freed
 
-    def seed(self, thing: str, key: str, app_id: str) -> None:
-        """An owner kept from before a restart (owners.py): it holds ``thing`` again."""
-        if thing not in self.owner:
-            self.owner[thing] = (key, app_id)
-            self.holders[thing] = {app_id}
-            self.held_by.setdefault(app_id, set()).add(thing)
+    def seed(self, thing: str, key: str, app_id: str) -> bool:
+        """An owner kept from before a restart (owners.py): it holds ``thing`` again
+        (False: someone already does)."""
+        if thing in self.owner:
+            return False
+        self.owner[thing] = (key, app_id)
+        self.holders[thing] = {app_id}
+        self.held_by.setdefault(app_id, set()).add(thing)
+        return True
 
     def waiters(self, freed: set[str]) -> set[str]:
         return {w for thing in freed for w in self.waiting.pop(thing, ())}

@@ -70,6 +70,10 @@ class DeploymentGroups:
         """The deployment group ``app_id`` is a member of, or None."""
         return self._group_of.get(app_id)
 
+    def has_members(self, group: str) -> bool:
+        """Whether any app is a member of ``group`` now (after :meth:`rejudge`)."""
+        return bool(self._members.get(group))
+
     def refused(self, app_id: str) -> bool:
         """Whether ``app_id``'s deployment labels were refused (the app is left out)."""
         return app_id in self._deploy_problem

@@ -14,7 +14,8 @@ owners :mod:`.owners` keeps on disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 
 from .admission import covering_wildcards, domains_above
 from .layout import DesiredService
@@ -36,11 +37,17 @@ class HostClaims:
         self._claim_order = claim_order  # who gets a host first: the oldest definition
 
     def claim(self, app_id: str, key: str | None, kind: str,
-              new: dict[str, DesiredService]) -> tuple[list[Problem], set[str]]:
+              new: dict[str, DesiredService], keep_hosts: AbstractSet[str] = frozenset(),
+              keep_routes: Mapping[tuple[str, str], str] | None = None
+              ) -> tuple[list[Problem], set[str]]:
         """``app_id`` (of owner ``key``, a ``kind``) now defines ``new``: drop the services
         naming a host (or host and path) another owner holds. Returns their problems,
         and the hosts let go: nobody holds them any more, or a path of them the app
-        routed is free (the apps refused that host and path wait on the host)."""
+        routed is free (the apps refused that host and path wait on the host).
+
+        ``keep_hosts`` and ``keep_routes`` (host and path -> backend): what the app held
+        from before a restart and keeps, claimed or not (a service of its own left out,
+        :meth:`~.ownership.Ownership.claim`), as long as it still holds it."""
         if app_id not in self.hosts_of and app_id not in self.routes_of \
                 and not any(d.service.options.vhosts or d.presents for d in new.values()):
             return [], set()  # claims nothing, held nothing (most apps: ~3 µs a sync each)
@@ -107,6 +114,15 @@ class HostClaims:
                     routes[(host, path)] = name
                 hosts.add(host)
             hosts.update(d.presents)
+        if keep_routes or keep_hosts:  # still its owner's: nobody else's meanwhile
+            ours = key or ""
+            for route, backend in (keep_routes or {}).items():
+                if route in old_routes and route not in routes \
+                        and self.owner.get(route[0], (ours,))[0] == ours:
+                    routes[route] = backend
+                    hosts.add(route[0])
+            hosts |= {h for h in keep_hosts & old_hosts
+                      if self.owner.get(h, (ours,))[0] == ours}
         for host in hosts:
             holders = self.holders.setdefault(host, set())
             if not holders and self.owner.get(host) != (key or "", app_id):
@@ -181,20 +197,25 @@ class HostClaims:
                 return other, owner
         return None
 
-    def seed(self, host: str, key: str, app_id: str) -> None:
-        """An owner kept from before a restart (owners.py): it holds ``host`` again."""
-        if host not in self.owner:
-            self.owner[host] = (key, app_id)
-            self.holders[host] = {app_id}
-            self.hosts_of.setdefault(app_id, set()).add(host)
-            self._index(host, True)
+    def seed(self, host: str, key: str, app_id: str) -> bool:
+        """An owner kept from before a restart (owners.py): it holds ``host`` again
+        (False: someone already does)."""
+        if host in self.owner:
+            return False
+        self.owner[host] = (key, app_id)
+        self.holders[host] = {app_id}
+        self.hosts_of.setdefault(app_id, set()).add(host)
+        self._index(host, True)
+        return True
 
-    def seed_route(self, host: str, path: str, backend: str, app_id: str) -> None:
+    def seed_route(self, host: str, path: str, backend: str, app_id: str) -> bool:
         """A host and path routed by ``app_id``'s ``backend`` before a restart (owners.py):
-        its again, until the app's own claim says otherwise."""
-        if (host, path) not in self.route_owner:
-            self.route_owner[(host, path)] = backend
-            self.routes_of.setdefault(app_id, set()).add((host, path))
+        its again, until the app's own claim says otherwise (False: already someone's)."""
+        if (host, path) in self.route_owner:
+            return False
+        self.route_owner[(host, path)] = backend
+        self.routes_of.setdefault(app_id, set()).add((host, path))
+        return True
 
     def routes(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(host, path) → (the backend routing it, its app)."""

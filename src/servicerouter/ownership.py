@@ -13,6 +13,7 @@ of deployment groups: a group claims as the one app it is routed as.
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass, field
 
 from .admission import port_label, vhost_owner
 from .claims import Claims
@@ -23,6 +24,17 @@ from .owners import Owners
 
 Freed = tuple[set[int], set[str], set[str]]
 """Ports, virtual hosts and certificate files let go."""
+
+
+@dataclass
+class Kept:
+    """What :meth:`Ownership.seed` handed one app back from before a restart: held while
+    its claims leave a service out for a problem of its own (``keep_prior``)."""
+
+    ports: set[int] = field(default_factory=set)
+    hosts: set[str] = field(default_factory=set)
+    routes: dict[tuple[str, str], str] = field(default_factory=dict)  # -> its backend
+    certs: set[str] = field(default_factory=set)
 
 
 class Ownership:
@@ -54,28 +66,43 @@ class Ownership:
         # owners.py), and who owned what before this process: handed back by seed().
         self.version = 0
         self._prior: Owners | None = None
+        # App id -> what seed() handed it back, until it claims with no service of its
+        # own left out (or lets go): nothing else says what a service left out at the
+        # first sync held before the restart.
+        self._kept: dict[str, Kept] = {}
 
-    def claim(self, app: App, new: dict[str, DesiredService]) -> list[Problem]:
+    def claim(self, app: App, new: dict[str, DesiredService], keep_prior: bool = False
+              ) -> list[Problem]:
         """``app`` now defines ``new``: drop the services naming a port, a host (or host
         and path) or a certificate file another owner holds, and return their
-        problems. What the app let go is :attr:`freed` until the next claim."""
+        problems. What the app let go is :attr:`freed` until the next claim.
+
+        ``keep_prior``: a service of the app is left out for a problem of its own, so
+        what :meth:`seed` handed it back and it still holds is kept, claimed or not
+        (its services as last admitted are gone with the process that admitted them).
+        Without it, the app lets go of what it does not claim, as always."""
         app_id, policy = app.id, self._settings.vhost_policy
         key = vhost_owner(app_id, policy)
         kind = "group" if policy == "group" else "app"
-        problems, freed_ports = self._claim_ports(app, new)
+        kept = self._kept.get(app_id) if keep_prior else None
+        if not keep_prior:
+            self._kept.pop(app_id, None)  # admitted whole (or let go): held as claimed
+        problems, freed_ports = self._claim_ports(app, new, kept.ports if kept else set())
         # Most apps name no certificate file and held none: no file claims to make.
         files = key is not None and (app_id in self._certs.held_by
                                      or any(d.service.options.ssl_cert for d in new.values()))
         # The file first: a service refused it claims none of its hosts (nor the names
         # its certificate presents, which would then be held by a service left out).
-        freed_certs = self._claim_certs(app, key, kind, new, problems) \
+        keep_certs = kept.certs if kept else set()
+        freed_certs = self._claim_certs(app, key, kind, new, problems, keep_certs) \
             if files and key is not None else set()
         version = self._hosts.version
-        refused, freed_hosts = self._hosts.claim(app_id, key, kind, new)
+        refused, freed_hosts = self._hosts.claim(
+            app_id, key, kind, new, *((kept.hosts, kept.routes) if kept else ()))
         self.version += self._hosts.version != version
         problems += refused
         if files and refused and key is not None:  # ... nor does a service refused a host
-            freed_certs |= self._claim_certs(app, key, kind, new, problems)
+            freed_certs |= self._claim_certs(app, key, kind, new, problems, keep_certs)
         self.freed = (freed_ports, freed_hosts, freed_certs)
         return problems
 
@@ -84,12 +111,12 @@ class Ownership:
         group, or refused): it lets go of all it held (:attr:`freed`)."""
         self.claim(App(app_id), {})
 
-    def _claim_ports(self, app: App, new: dict[str, DesiredService]
+    def _claim_ports(self, app: App, new: dict[str, DesiredService], keep: set[int]
                      ) -> tuple[list[Problem], set[int]]:
         """Drop services whose port another app holds: their problems, and the ports
-        the app let go."""
+        the app let go (not those of ``keep`` it holds)."""
         app_id = app.id
-        kept: set[int] = set()
+        kept = keep & self._ports_of.get(app_id, set()) if keep else set()
         problems = []
         for name, d in sorted(new.items()):
             port = d.service.port
@@ -117,11 +144,14 @@ class Ownership:
         return problems, freed
 
     def _claim_certs(self, app: App, key: str, kind: str, new: dict[str, DesiredService],
-                     problems: list[Problem]) -> set[str]:
+                     problems: list[Problem], keep: set[str]) -> set[str]:
         """Drop services naming a certificate file another owner holds (their problems
-        added to ``problems``); return the files nobody holds any more."""
+        added to ``problems``); return the files nobody holds any more (not those of
+        ``keep`` the app holds)."""
         wanted = {c for d in new.values() if (c := d.service.options.ssl_cert)
                   and c not in self._shared_certs}
+        if keep:
+            wanted |= (keep & self._certs.held_by.get(app.id, set())) - self._shared_certs
         version = self._certs.version
         refused, freed = self._certs.update(app.id, key, wanted)
         self.version += self._certs.version != version
@@ -179,19 +209,27 @@ class Ownership:
         if prior is None or alive is None:
             return
         policy = self._settings.vhost_policy
+
+        def kept(app_id: str) -> Kept:
+            return self._kept.setdefault(app_id, Kept())
+
         for port, app_id in prior.ports.items():
             if app_id in alive and port not in self._port_owner:
                 self._port_owner[port] = app_id
                 self._ports_of.setdefault(app_id, set()).add(port)
+                kept(app_id).ports.add(port)
         for host, (key, app_id) in prior.hosts.items():
             # An owner under another --vhost-policy than now is no owner now.
-            if app_id in alive and vhost_owner(app_id, policy) == key:
-                self._hosts.seed(host, key, app_id)
+            if app_id in alive and vhost_owner(app_id, policy) == key \
+                    and self._hosts.seed(host, key, app_id):
+                kept(app_id).hosts.add(host)
         for (host, path), (backend, app_id) in prior.routes.items():
             # Kept with its host's owner: not under another --vhost-policy either.
             owner = prior.hosts.get(host)
-            if app_id in alive and owner and vhost_owner(app_id, policy) == owner[0]:
-                self._hosts.seed_route(host, path, backend, app_id)
+            if app_id in alive and owner and vhost_owner(app_id, policy) == owner[0] \
+                    and self._hosts.seed_route(host, path, backend, app_id):
+                kept(app_id).routes[(host, path)] = backend
         for cert, (key, app_id) in prior.certs.items():
-            if app_id in alive and vhost_owner(app_id, policy) == key:
-                self._certs.seed(cert, key, app_id)
+            if app_id in alive and vhost_owner(app_id, policy) == key \
+                    and self._certs.seed(cert, key, app_id):
+                kept(app_id).certs.add(cert)

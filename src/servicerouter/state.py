@@ -83,17 +83,20 @@ class ClusterState:
             else:
                 notes += found
                 new[name] = admitted
-        held_back = self._held_back(app, new, problems)
+        # Services left out for a problem of their own: what they held is kept.
+        left_out = {p.index for p in problems} - {d.service.index for d in new.values()} \
+            if problems else set()  # (most apps)
+        held_back = self._held_back(app, new, left_out)
         if held_back:
             indices = {d.service.index for d in held_back.values()}
             claiming = {**new, **held_back}
-            problems += [p for p in self._ownership.claim(app, claiming)
+            problems += [p for p in self._ownership.claim(app, claiming, bool(left_out))
                          if p.index not in indices]
             new = {n: d for n, d in claiming.items() if n not in held_back}
             self._holding[app.id] = {n: d for n, d in claiming.items() if n in held_back}
         else:
             self._holding.pop(app.id, None)
-            problems += self._ownership.claim(app, new)
+            problems += self._ownership.claim(app, new, bool(left_out))
         if notes:  # a service then refused a port, host or file: its limits are moot
             kept = {d.service.index for d in new.values()}
             problems += [p for p in notes if p.index in kept]
@@ -108,22 +111,19 @@ class ClusterState:
                 del self.excluded[name]  # a new definition: HAProxy gets to judge it again
         return new, problems
 
-    def _held_back(self, app: App, new: dict[str, DesiredService], problems: list[Problem]
+    def _held_back(self, app: App, new: dict[str, DesiredService], wanted: set[int]
                    ) -> dict[str, DesiredService]:
         """The app's services that were admitted before and are left out now for a problem
         of their own definition (a label that does not parse, a certificate file away in
-        a rotation, a task port): as they were last admitted, to keep holding their port,
-        hosts and certificate file, unrouted. Letting them go handed them to an app of
-        another tenant waiting for them (a typo in HAPROXY_0_BALANCE gave it
-        shop.example.com), which then kept them once the typo was fixed."""
-        if not problems:
-            return {}
-        present = {d.service.index for d in new.values()}
-        wanted = {p.index for p in problems} - present
+        a rotation, a task port; ``wanted``, their indices): as they were last admitted,
+        to keep holding their port, hosts and certificate file, unrouted. Letting them go
+        handed them to an app of another tenant waiting for them (a typo in
+        HAPROXY_0_BALANCE gave it shop.example.com), which then kept them once the typo
+        was fixed. (After a restart nothing was admitted before: the owners file's claims
+        are kept instead, :meth:`~.ownership.Ownership.claim` ``keep_prior``.)"""
         if not wanted:
             return {}
-        before = {n: d for n in self._backends.get(app.id, ()) if (d := self.desired.get(n))}
-        before.update(self._holding.get(app.id, {}))
+        before = self._last_admitted(app.id)
         return {n: d for n, d in before.items() if d.service.index in wanted and n not in new}
 
     def _report(self, app_id: str, problems: list[Problem]) -> None:
@@ -147,8 +147,11 @@ class ClusterState:
             new, problems = self._admit(app)
         else:  # gone, routed as its deployment group, or refused
             new, problems = {}, self._groups.problems(app_id)
-            self._ownership.release(app_id)
-            self._holding.pop(app_id, None)
+            if self._groups.refused(app_id):
+                self._hold_refused(app_id)
+            else:
+                self._ownership.release(app_id)
+                self._holding.pop(app_id, None)
             for name in old:
                 self.excluded.pop(name, None)
         self._report(app_id, problems)
@@ -174,6 +177,26 @@ class ClusterState:
             certs |= freed_certs
             return dirty
         return dirty | self._wake(app_id, freed_ports, freed_hosts, freed_certs)
+
+    def _hold_refused(self, app_id: str) -> None:
+        """An app left out whole for a deployment label of its own (a group of another
+        folder, a start time that is not one): like a service left out for its own
+        problem (:meth:`_held_back`), it keeps holding what it held (its services as last
+        admitted, or what the owners file gave it back at a restart), unrouted, until
+        it is fixed, deleted or lets go on purpose. Letting go handed its port, hosts and
+        certificate file to an app of another tenant waiting for them."""
+        held = self._last_admitted(app_id)
+        self._ownership.claim(self.apps[app_id], held, keep_prior=True)  # drops any not
+        if held:  # its any more (not expected: nobody takes what it holds)
+            self._holding[app_id] = held
+        else:
+            self._holding.pop(app_id, None)
+
+    def _last_admitted(self, app_id: str) -> dict[str, DesiredService]:
+        """What ``app_id`` claims now: its services routed, and the ones it holds."""
+        held = {n: d for n in self._backends.get(app_id, ()) if (d := self.desired.get(n))}
+        held.update(self._holding.get(app_id, {}))
+        return held
 
     def _wake(self, app_id: str, freed_ports: set[int], freed_hosts: set[str],
               freed_certs: set[str]) -> set[str]:
@@ -265,8 +288,15 @@ class ClusterState:
                 dirty |= self._refresh_group(group)
         else:
             dirty = set()
+            # The last member of a group refused (a typo in its deployment labels):
+            # it holds what the group held, as the one app the group was routed as.
+            inherit = {n: d for group in touched if self._groups.refused(app_id)
+                       and not self._groups.has_members(group)
+                       for n, d in self._last_admitted(group).items()}
             for group in sorted(touched):
                 dirty |= self._refresh_group(group, wake=False)
+            if inherit:
+                self._holding[app_id] = {**inherit, **self._holding.get(app_id, {})}
             dirty |= self._refresh(app_id)
         dirty |= self._wake(app_id, *self._deferred)
         self._deferred = (set(), set(), set())

@@ -282,6 +282,7 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
                    has_health_checks=rng.random() < 0.5)
 
     settings = Settings(http_port=0, https_port=0)
+    holds = 0
     for step in range(1500):
         if step % 150 == 0:
             s = ClusterState(settings)
@@ -305,16 +306,27 @@ def test_any_order_of_events_gives_the_state_a_fresh_sync_would() -> None:
                          rng.random() < 0.6)
         fresh = ClusterState(settings)
         fresh.replace_all(list(s.apps.values()))
-        assert (s.desired, s.problems, s.held_ports()) == \
-            (fresh.desired, fresh.problems, fresh.held_ports()), step
-        # The owner of a host (its first claimer is history, not state: not compared).
-        assert {h: k for h, (k, _) in s.owners().hosts.items()} == \
-            {h: k for h, (k, _) in fresh.owners().hosts.items()}, step
+        held = {a for a in s._holding if s._groups.refused(a)}
+        held |= {a for a in fresh._holding if fresh._groups.refused(a)}
+        # A refused app keeps holding what it held (state.py, _hold_refused): history
+        # (in a fresh sync too: an app that joined a group as the oldest definition, then
+        # refused when a younger app took the group's id), until fixed or deleted.
+        if not held:
+            assert (s.desired, s.problems, s.held_ports()) == \
+                (fresh.desired, fresh.problems, fresh.held_ports()), step
+            # The owner of a host (its first claimer is history, not state: not compared).
+            assert {h: k for h, (k, _) in s.owners().hosts.items()} == \
+                {h: k for h, (k, _) in fresh.owners().hosts.items()}, step
+        else:
+            holds += 1
+            assert not set(s.desired) & {n for a in held for n in s._holding.get(a, ())}, step
+            assert {a: s.problems[a] for a in held} == {a: fresh.problems[a] for a in held}
         assert all(s.app(d.service.app_id) for d in s.desired.values()), step  # guard.py
         g, f = s._groups, fresh._groups
         assert g._inside == f._inside, step
         assert (g._group_of, g._members, g._merged, g._deploy_problem, g._blocked) == \
             (f._group_of, f._members, f._merged, f._deploy_problem, f._blocked), step
+    assert 100 < holds < 1000  # both ways of the walk are taken
 
 
 def test_a_refused_group_label_holds_no_port_of_the_prior_owners() -> None:
