@@ -355,6 +355,103 @@ def test_a_typo_in_its_own_labels_does_not_hand_a_virtual_host_to_another_group(
         assert "/teama/web" not in problems(daemon)
 
 
+@pytest.mark.parametrize(("owner_id", "group", "typo"), [
+    # A plain app naming a group, with a start time that is not one.
+    ("/teama/web", {}, {"HAPROXY_DEPLOYMENT_GROUP": "teama/web",
+                        "HAPROXY_DEPLOYMENT_STARTED_AT": "yesterday"}),
+    # zdd.py's app, alone in its group (routed as /teama/web), with a count that is not one.
+    ("/teama/web-blue", {"HAPROXY_DEPLOYMENT_GROUP": "teama/web"},
+     {"HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "two"}),
+], ids=["plain", "zdd-member"])
+def test_a_typo_in_its_deployment_labels_does_not_hand_a_virtual_host_to_another_group(
+        tmp_path: Path, simulator: Simulator, owner_id: str, group: dict[str, str],
+        typo: dict[str, str]) -> None:
+    """A refused HAPROXY_DEPLOYMENT_* value leaves the whole app out (deployment_group):
+    it let go of its names as if deleted, and the app of another group waiting for
+    shop.test took it. Left out, the app now keeps them until fixed or deleted."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    daemon = Daemon(tmp_path, simulator.url, "--http-port", str(http_port)).start()
+    labels = {"HAPROXY_0_VHOST": "shop.test", **group}
+
+    def relabel(labels: dict[str, str]) -> None:
+        r = simulator.http.put(f"/v2/apps{owner_id}", params={"force": "true"},
+                               json={"labels": labels})
+        assert r.status_code == 200, r.text
+
+    def owner_routed() -> bool:
+        return _reached(http_port, "shop.test") == simulator.running(owner_id)
+
+    with running(daemon):
+        # Another host keeps the vhost frontend bound while the owner's app is out.
+        simulator.launch("/teamb/web", 1, labels={"HAPROXY_0_VHOST": "other.test"})
+        simulator.launch(owner_id, 1, labels=labels)
+        wait_for(owner_routed, 30, what="shop.test routed to its owner")
+        _, thief = simulator.launch("/aaa/thief", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
+        wait_for(lambda: problems(daemon).get("/aaa/thief"), 30, what="the waiting app")
+        relabel({**labels, **typo})
+        (refused,) = wait_for(lambda: problems(daemon).get(owner_id), 30,
+                              what="the owner's refused label in /status")
+        assert refused["reason"] == "deployment_group"
+        assert refused["label"] == next(iter(typo.keys() - {"HAPROXY_DEPLOYMENT_GROUP"}))
+        wait_for(lambda: "backend teama_web" not in daemon.config.read_text(), 30,
+                 what="the owner's service left out of the served config")
+        assert "aaa_thief" not in daemon.config.read_text()
+        assert not _reached(http_port, "shop.test") & thief
+        (waiting,) = problems(daemon)["/aaa/thief"]
+        assert waiting["reason"] == "vhost_taken" and "group /teama" in waiting["error"]
+        relabel(labels)
+        wait_for(owner_routed, 30, what="shop.test routed to its owner again")
+        assert owner_id not in problems(daemon) and "/aaa/thief" in problems(daemon)
+
+
+def test_a_restart_while_the_owner_is_broken_keeps_its_virtual_host(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """Restarted while the owner's service is left out for a typo of its own, the daemon
+    had nothing of the owner in memory: the owners file gave shop.test back, the owner's
+    claims at the first sync did not name it, and the waiting thief took it."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    labels = {"HAPROXY_0_VHOST": "shop.test"}
+
+    def daemon() -> Daemon:
+        return Daemon(tmp_path, simulator.url, "--http-port", str(http_port))
+
+    def relabel(labels: dict[str, str]) -> None:
+        r = simulator.http.put("/v2/apps/teama/web", params={"force": "true"},
+                               json={"labels": labels})
+        assert r.status_code == 200, r.text
+
+    def owner_routed() -> bool:
+        return _reached(http_port, "shop.test") == simulator.running("/teama/web")
+
+    first = daemon().start()
+    with running(first):
+        simulator.launch("/teamb/web", 1, labels={"HAPROXY_0_VHOST": "other.test"})
+        simulator.launch("/teama/web", 1, labels=labels)
+        wait_for(owner_routed, 30, what="shop.test routed to its owner")
+        _, thief = simulator.launch("/aaa/thief", 1, labels=labels)
+        wait_for(lambda: problems(first).get("/aaa/thief"), 30, what="the waiting app")
+        relabel({**labels, "HAPROXY_0_BALANCE": "roundrobinn"})
+        wait_for(lambda: problems(first).get("/teama/web"), 30, what="the owner's typo")
+    second = daemon().start()
+    with running(second):
+        # Refused at the first sync after the restart (not routed in its place).
+        (waiting,) = wait_for(lambda: problems(second).get("/aaa/thief"), 30,
+                              what="the thief refused after the restart")
+        assert waiting["reason"] == "vhost_taken" and "group /teama" in waiting["error"]
+        (typo,) = problems(second)["/teama/web"]
+        assert (typo["reason"], typo["label"]) == ("label_invalid", "HAPROXY_0_BALANCE")
+        config = second.config.read_text()
+        assert "aaa_thief" not in config and "backend teama_web_" not in config
+        assert not _reached(http_port, "shop.test") & thief
+        relabel(labels)
+        wait_for(owner_routed, 30, what="shop.test routed to its owner again")
+        assert "/aaa/thief" in problems(second)
+
+
 def test_a_wildcard_from_another_group_does_not_take_an_owned_host(
         tmp_path: Path, simulator: Simulator) -> None:
     """*.corp.test with a heavy BACKEND_WEIGHT sorts before shop.corp.test on the vhost
