@@ -74,6 +74,11 @@ class DeploymentGroups:
         """Whether any app is a member of ``group`` now (after :meth:`rejudge`)."""
         return bool(self._members.get(group))
 
+    def blocked(self, app_id: str) -> bool:
+        """Whether ``app_id`` is refused only because its group is a live app's id or a
+        Marathon group of live apps (judged again as those change)."""
+        return app_id in self._blocked_on
+
     def refused(self, app_id: str) -> bool:
         """Whether ``app_id``'s deployment labels were refused (the app is left out)."""
         return app_id in self._deploy_problem

@@ -288,9 +288,12 @@ class ClusterState:
                 dirty |= self._refresh_group(group)
         else:
             dirty = set()
-            # The last member of a group refused (a typo in its deployment labels):
-            # it holds what the group held, as the one app the group was routed as.
+            # The last member of a group refused for a deployment label of its own (a
+            # typo): it holds what the group held, as the one app the group was routed
+            # as. (Not one refused because a live app has the group's id: that app
+            # keeps its id's names, test_a_live_app_with_the_groups_id_keeps_it.)
             inherit = {n: d for group in touched if self._groups.refused(app_id)
+                       and not self._groups.blocked(app_id)
                        and not self._groups.has_members(group)
                        for n, d in self._last_admitted(group).items()}
             for group in sorted(touched):
