@@ -222,6 +222,7 @@ class Reconciler:
         last reload are gone), whether a reload is pending or not; and notice a removed
         admin socket before the next change needs it."""
         e = self.engine
+        generation = e.generation
         try:
             raw = (await e.runtime.show_info()).get("Pid", "")
             pid = int(raw) if raw.isdigit() else None
@@ -231,6 +232,12 @@ class Reconciler:
             return
         finally:
             self.checking_worker = False
+        if e.generation != generation:
+            # A reload of ours switched workers while this question was out: the answer
+            # may be the old worker's, and taken for a restart behind our back it would
+            # keep our clients off the new worker, the one that serves. The next look asks
+            # again.
+            return
         if self.worker is not None and pid is not None and pid != self.worker:
             # A kept session would still reach the old worker, which may be in its grace
             # (accepting, and queried) as after a reload of ours.

@@ -1,0 +1,76 @@
+"""State read before an await and trusted after it: the engine's other tasks move on
+meanwhile. Each interleaving is driven with the fakes of test_engine and events: the
+awaited call of one task lets another change the engine's state, then answers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from .test_engine import app, make_engine, started
+
+
+async def test_a_worker_check_answered_before_a_reload_of_ours_does_not_shun_the_new_worker(
+        ) -> None:
+    """The timer's worker check asks ``show info`` beside the apply loop. When the old
+    worker answered it just before a reload of ours switched to the new worker, the
+    answer is stale: taken for "the worker changed behind our back", it kept the admin
+    socket's clients off the new worker (the one that serves) for HAProxy's grace,
+    stopped sending batches to the old one in its grace, and reconciled for nothing."""
+    engine, runtime, _, reloader = make_engine()
+    engine.config = replace(engine.config, settings=replace(engine.config.settings,
+                                                            grace_ms=60_000))
+    await started(engine, 1)
+    await engine.reconciler.check_worker()
+    assert engine.reconciler.worker == 100
+    plain_show_info, plain_reset = runtime.show_info, runtime.reset
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def held_show_info() -> dict[str, str]:
+        runtime.show_info = plain_show_info  # type: ignore[method-assign]  # this one only
+        pid = runtime.pid  # the worker that takes the question: the old one
+        asked.set()
+        await answer.wait()
+        return {"Pid": str(pid)}
+
+    confirm, switched = asyncio.Event(), asyncio.Event()
+
+    async def forking_reload() -> None:
+        reloader.reloads += 1
+        runtime.pid = 200  # the new worker answers the admin socket
+        await confirm.wait()  # the master confirms later
+
+    def reset() -> None:  # reload.run closes the kept session once it switched over
+        plain_reset()
+        switched.set()
+
+    runtime.show_info = held_show_info  # type: ignore[method-assign]
+    runtime.reset = reset  # type: ignore[method-assign]
+    check = asyncio.ensure_future(engine.reconciler.check_worker())
+    await asyncio.wait_for(asked.wait(), 5)
+    reloader.reload = forking_reload  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))  # a new app: a reload
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.wait_for(switched.wait(), 5)
+    assert engine.reconciler.worker == 200 and runtime.not_from == 100
+    answer.set()  # the old worker's answer lands after the switch-over
+    await asyncio.wait_for(check, 5)
+    confirm.set()
+    await asyncio.wait_for(step, 5)
+    assert reloader.reloads == 2
+    assert runtime.not_from == 100  # clients stay off the old worker, not the new one
+    assert runtime.mirrored == (100, 60.0)  # the old one in its grace still gets batches
+    assert engine.reconciler.worker == 200
+    assert not engine.reconciler.wanted  # no reconcile of a restart that did not happen
+
+
+async def test_a_worker_restarted_behind_our_back_is_still_noticed() -> None:
+    """The other side of the check above: with no reload of ours meanwhile, a new pid
+    is a worker restarted from the file, and its servers are read back."""
+    engine, runtime, _, _ = make_engine()
+    await started(engine, 1)
+    await engine.reconciler.check_worker()
+    runtime.pid = 300  # its master restarted it
+    await engine.reconciler.check_worker()
+    assert engine.reconciler.worker == 300 and engine.reconciler.wanted
+    assert runtime.not_from == 100  # (grace 0: released at once, on the loop's next turn)
