@@ -138,9 +138,17 @@ class Guard:
         bad = await isolation.rejected_services(suspects, mapped, check)
         if not bad or (len(bad) == len(suspects) > 1):
             return False
+        # Changed by its owner (or gone) while haproxy -c judged the rendered definition:
+        # exclude() would pin this verdict on the new one, keeping a fix out until its next
+        # change. The candidate built again after this checks the new definition instead.
+        changed = {n for n in bad if (d := self.state.desired.get(n)) is None
+                   or d.service != layout[n].service}
         log.error("haproxy -c rejected the candidate config (kept at %s); leaving out the %d "
-                  "services it blames, validating the rest", kept, len(bad))
+                  "services it blames, validating the rest%s", kept, len(bad) - len(changed),
+                  f" ({len(changed)} more changed meanwhile: judged again)" if changed else "")
         for name, alert in sorted(bad.items()):
+            if name in changed:
+                continue
             svc = layout[name].service
             if own_cert_refused(name):  # name the file, which is what must be fixed
                 self.state.exclude(name, Problem(

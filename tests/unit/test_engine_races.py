@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from servicerouter.model import App, Options, Service, Task
+
 from .test_engine import app, make_engine, started
 
 
@@ -74,3 +76,37 @@ async def test_a_worker_restarted_behind_our_back_is_still_noticed() -> None:
     await engine.reconciler.check_worker()
     assert engine.reconciler.worker == 300 and engine.reconciler.wanted
     assert runtime.not_from == 100  # (grace 0: released at once, on the loop's next turn)
+
+
+def new_app(balance: str) -> App:
+    return App("/new", services=(Service("/new", 0, 10001, options=Options(balance=balance)),),
+               tasks=(Task("n1", "/new", "127.0.0.1", (32001,), "TASK_RUNNING"),))
+
+
+async def test_a_definition_fixed_while_haproxy_c_judges_the_old_one_is_not_left_out() -> None:
+    """haproxy -c rejects a candidate; bisection (up to 32 checks, seconds at 10,000
+    apps, while events and refetches go on) blames /new. Its owner fixed the value
+    meanwhile: the verdict is about the definition that was rendered, and leaving out
+    the fixed one instead kept it out "until its definition changes", the fix unserved
+    behind an error that no longer applied."""
+    engine, _, writer, _ = make_engine()
+    await started(engine, 1)
+    checks = 0
+
+    async def haproxy_c(text: str) -> tuple[bool, str]:
+        nonlocal checks
+        checks += 1
+        if checks == 2:  # bisection's first check: the owner's fix arrives meanwhile
+            engine.mark(engine.state.set_app(new_app("leastconn")))
+        if "balance first" in text:  # this HAProxy refuses it
+            return False, "[ALERT] (1) : config : backend 'x': unknown balance 'first'"
+        return True, ""
+
+    writer.validate = haproxy_c  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(new_app("first")))
+    await engine.step()
+    await engine.step()  # (anything left for the next step)
+    assert checks > 2  # rejected, then bisected
+    assert engine.layout["new_10001"].service.options.balance == "leastconn"
+    assert "/new" not in engine.state.problems, engine.state.problems
+    assert "balance first" not in writer.written[-1]
