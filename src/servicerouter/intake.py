@@ -56,68 +56,86 @@ class Intake:
             started = time.perf_counter()
             vouched = self._accept_empty  # (one given during the fetch is the next's)
             accept_empty = vouched or e.config.allow_empty_marathon
+            # Until the answer is applied, not only fetched: vetting template labels awaits
+            # haproxy -c, and events meanwhile must win over the answer too.
             touched = e.events.watch(None)
             try:
-                fetched = await e.marathon.get_apps()
-                if vouched:  # spent on an answer, not on a fetch that failed
-                    self._accept_empty = False
-                source = fetched.url
-                # In a thread (~0.3 s of CPU at 10,000 apps): churn and /healthz go on.
-                # Each app is decoded when parsed and freed behind it (consume), the rest
-                # with `fetched`: the model reuses their memory (peak RSS, issue #11).
-                result = await asyncio.to_thread(functools.partial(
-                    parse_apps, fetched.data, source, e.resolve,
-                    e.config.settings.allow_label_templates, consume=True,
-                    cache=self._parsed))
-                del fetched
-                if not accept_empty:
-                    refuse_empty(result, source, e.state.routed_apps(), EMPTY_ACCEPTED_BY)
-                result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
-            except Exception as exc:  # also one no rule foresaw: logged, never fatal
-                # (a daemon that died at start, a resync task that ended unseen)
-                foreseen = isinstance(exc, (MarathonError, ValueError))
-                why = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
-                e.marathon_health.request_failed(f"full sync failed: {why}")
-                self._backoff = min(max(2 * self._backoff, 1.0), 30.0)
-                self.retry_at = time.monotonic() + self._backoff
-                log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
-                          "in %.0fs", why, self._backoff, exc_info=not foreseen)
-                return False
+                return await self._full_sync(started, vouched, accept_empty, touched)
             finally:
                 e.events.unwatch(touched)
-            e.marathon_health.request_ok()
-            self.retry_at, self._backoff = None, 0.0
-            for err in result.errors:  # logged when new or changed, not once per sync
-                if e.app_errors.get(err.app_id) != err.message:
-                    log.error("%s", err)
-            before, e.app_errors = e.app_errors, {err.app_id: err.message
-                                                  for err in result.errors}
-            result.apps, assigned = assign_all(  # IP-per-task; held ports stay put
-                result.apps, e.config.settings, e.state.held_ports())
-            result.apps, broken = await self._vetting.vet(result.apps)  # label templates
-            for app_id, message in broken.items():
-                if before.get(app_id) != message:
-                    log.error("app %s: %s", app_id, message)
-            e.app_errors.update(broken)
-            e.events.warn_once([*result.warnings, *assigned])
-            dirty = e.state.set_facts(hostfacts.gather(result.apps, e.config.settings))
-            dirty |= e.state.replace_all(result.apps, keep=list(e.app_errors))
-            e.events.after_full_sync()
-            e.mark(dirty)
-            e.last_sync = time.time()
-            e.metrics.last_sync.set(e.last_sync)
-            e.metrics.sync_duration.labels("full").observe(time.perf_counter() - started)
-            log.info("full sync from %s: %d apps, %d services, %d endpoints, %d changed, "
-                     "%d apps reused unparsed, %.0f ms", source, len(e.state.apps),
-                     len(e.state.desired), e.state.endpoint_count, len(dirty),
-                     self._parsed.reused, 1000 * (time.perf_counter() - started))
-            return True
+
+    async def _full_sync(self, started: float, vouched: bool, accept_empty: bool,
+                         touched: set[tuple[str, str]]) -> bool:
+        e = self.engine
+        try:
+            fetched = await e.marathon.get_apps()
+            if vouched:  # spent on an answer, not on a fetch that failed
+                self._accept_empty = False
+            source = fetched.url
+            # In a thread (~0.3 s of CPU at 10,000 apps): churn and /healthz go on.
+            # Each app is decoded when parsed and freed behind it (consume), the rest
+            # with `fetched`: the model reuses their memory (peak RSS, issue #11).
+            result = await asyncio.to_thread(functools.partial(
+                parse_apps, fetched.data, source, e.resolve,
+                e.config.settings.allow_label_templates, consume=True,
+                cache=self._parsed))
+            del fetched
+            if not accept_empty:
+                refuse_empty(result, source, e.state.routed_apps(), EMPTY_ACCEPTED_BY)
+        except Exception as exc:  # also one no rule foresaw: logged, never fatal
+            # (a daemon that died at start, a resync task that ended unseen)
+            foreseen = isinstance(exc, (MarathonError, ValueError))
+            why = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
+            e.marathon_health.request_failed(f"full sync failed: {why}")
+            self._backoff = min(max(2 * self._backoff, 1.0), 30.0)
+            self.retry_at = time.monotonic() + self._backoff
+            log.error("full sync failed: %s; HAProxy keeps its current config; retrying "
+                      "in %.0fs", why, self._backoff, exc_info=not foreseen)
+            return False
+        e.marathon_health.request_ok()
+        self.retry_at, self._backoff = None, 0.0
+        for err in result.errors:  # logged when new or changed, not once per sync
+            if e.app_errors.get(err.app_id) != err.message:
+                log.error("%s", err)
+        before, e.app_errors = e.app_errors, {err.app_id: err.message
+                                              for err in result.errors}
+        result.apps, assigned = assign_all(  # IP-per-task; held ports stay put
+            result.apps, e.config.settings, e.state.held_ports())
+        result.apps, broken = await self._vetting.vet(result.apps)  # label templates
+        result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
+        for app_id, message in broken.items():
+            if before.get(app_id) != message:
+                log.error("app %s: %s", app_id, message)
+        e.app_errors.update(broken)
+        e.events.warn_once([*result.warnings, *assigned])
+        dirty = e.state.set_facts(hostfacts.gather(result.apps, e.config.settings))
+        dirty |= e.state.replace_all(result.apps, keep=list(e.app_errors))
+        e.events.after_full_sync()
+        e.mark(dirty)
+        e.last_sync = time.time()
+        e.metrics.last_sync.set(e.last_sync)
+        e.metrics.sync_duration.labels("full").observe(time.perf_counter() - started)
+        log.info("full sync from %s: %d apps, %d services, %d endpoints, %d changed, "
+                 "%d apps reused unparsed, %.0f ms", source, len(e.state.apps),
+                 len(e.state.desired), e.state.endpoint_count, len(dirty),
+                 self._parsed.reused, 1000 * (time.perf_counter() - started))
+        return True
 
     async def refetch_app(self, app_id: str, event_time: float | None = None) -> None:
         """Fetch one app again and replace it in the desired state (an app gone from
         Marathon is removed); a failed fetch becomes a full resync."""
         e = self.engine
+        # Until the answer is applied, not only fetched: vetting template labels awaits
+        # haproxy -c, and events meanwhile must win over the answer too.
         touched = e.events.watch(app_id)
+        try:
+            await self._refetch_app(app_id, event_time, touched)
+        finally:
+            e.events.unwatch(touched)
+
+    async def _refetch_app(self, app_id: str, event_time: float | None,
+                           touched: set[tuple[str, str]]) -> None:
+        e = self.engine
         try:
             raw = await e.marathon.get_app(app_id)
         except MarathonError as exc:
@@ -125,8 +143,6 @@ class Intake:
             log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
             e.request_full_sync()
             return
-        finally:
-            e.events.unwatch(touched)
         e.marathon_health.request_ok()
         if raw is None:
             e.mark(e.state.remove_app(app_id), event_time)

@@ -5,11 +5,25 @@ awaited call of one task lets another change the engine's state, then answers.""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
+from typing import Any
 
+from servicerouter.engine import Engine, EngineConfig
+from servicerouter.layout import Settings
+from servicerouter.marathon.events import MarathonEvent
+from servicerouter.metrics import Metrics
 from servicerouter.model import App, Options, Service, Task
 
-from .test_engine import app, make_engine, started
+from .test_engine import (
+    Answers,
+    FakeReloader,
+    FakeRuntime,
+    FakeWriter,
+    app,
+    make_engine,
+    started,
+)
 
 
 async def test_a_worker_check_answered_before_a_reload_of_ours_does_not_shun_the_new_worker(
@@ -110,3 +124,78 @@ async def test_a_definition_fixed_while_haproxy_c_judges_the_old_one_is_not_left
     assert engine.layout["new_10001"].service.options.balance == "leastconn"
     assert "/new" not in engine.state.problems, engine.state.problems
     assert "balance first" not in writer.written[-1]
+
+
+HEAD = "\nbackend {backend}\n  balance {balance}\n  mode {mode}\n"
+
+
+def templated_engine() -> tuple[Engine, FakeWriter]:
+    """An engine with --allow-label-templates: an app with template labels is validated
+    alone (haproxy -c, awaited) before it joins the desired state."""
+    settings = Settings(stats_port=0, grace_ms=0, allow_label_templates=True)
+    writer = FakeWriter()
+    engine = Engine(EngineConfig(settings=settings, min_reload_interval=0.0), None,
+                    FakeRuntime(), writer, FakeReloader(), Metrics(),  # type: ignore[arg-type]
+                    lambda host: host)
+    return engine, writer
+
+
+def marathon_app(app_id: str, port: int, *task_ids: str, labels: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
+    return {"id": app_id, "portDefinitions": [{"port": port}], "labels": labels or {},
+            "tasks": [{"id": t, "host": "127.0.0.1", "ports": [31000 + i],
+                       "state": "TASK_RUNNING"} for i, t in enumerate(task_ids)]}
+
+
+def killed(app_id: str, task_id: str) -> MarathonEvent:
+    return MarathonEvent("status_update_event", {
+        "appId": app_id, "taskId": task_id, "taskStatus": "TASK_KILLED",
+        "host": "127.0.0.1", "ports": [31001], "ipAddresses": []}, time.monotonic())
+
+
+def event_while_vetting(engine: Engine, writer: FakeWriter, event: MarathonEvent) -> None:
+    """haproxy -c of the templated app (seconds on a busy host) lets the event stream in."""
+    validate = writer.validate
+
+    async def haproxy_c(text: str) -> tuple[bool, str]:
+        engine.on_event(event)
+        return await validate(text)
+
+    writer.validate = haproxy_c  # type: ignore[method-assign]
+
+
+async def test_a_task_killed_while_a_full_sync_vets_label_templates_stays_dead() -> None:
+    """A full sync watches the events that come while Marathon answers, and keeps what
+    they did over its older answer; but it stopped watching before vetting the template
+    labels of a new app, and a task killed meanwhile (any app's) was put back by the
+    answer: routed to a dead task until the next full sync, 5 minutes later."""
+    engine, writer = templated_engine()
+    web = marathon_app("/web", 10000, "w1", "w2")
+    engine.marathon = Answers(web)  # type: ignore[assignment]
+    assert await engine.intake.full_sync()
+    engine.marathon = Answers(web, marathon_app(  # type: ignore[assignment]
+        "/raw", 10001, "r1", labels={"HAPROXY_0_MODE": "http", "HAPROXY_0_BACKEND_HEAD": HEAD}))
+    event_while_vetting(engine, writer, killed("/web", "w2"))
+    assert await engine.intake.full_sync()
+    assert writer.validated == 1 and "raw_10001" in engine.state.desired  # vetted, joined
+    assert [t.id for t in engine.state.apps["/web"].tasks] == ["w1"]
+    assert [e.task_id for e in engine.state.desired["web_10000"].endpoints] == ["w1"]
+
+
+async def test_a_task_killed_while_a_refetch_vets_label_templates_stays_dead() -> None:
+    """The same for the refetch of one app (an api_post_event: its labels changed)."""
+    engine, writer = templated_engine()
+    labels = {"HAPROXY_0_MODE": "http", "HAPROXY_0_BACKEND_HEAD": HEAD}
+    engine.marathon = Answers(marathon_app("/raw", 10001, "r1", "r2"))  # type: ignore[assignment]
+    assert await engine.intake.full_sync()
+
+    class OneApp:
+        async def get_app(self, app_id: str) -> dict[str, Any]:
+            return marathon_app("/raw", 10001, "r1", "r2", labels=labels)
+
+    engine.marathon = OneApp()  # type: ignore[assignment]
+    event_while_vetting(engine, writer, killed("/raw", "r2"))
+    await engine.intake.refetch_app("/raw")
+    assert writer.validated == 1 and "/raw" not in engine.app_errors
+    assert engine.state.apps["/raw"].services[0].options.raw_templates  # the new labels
+    assert [t.id for t in engine.state.apps["/raw"].tasks] == ["r1"]
