@@ -168,13 +168,16 @@ class Reconciler:
         e = self.engine
         if found.generation != e.generation:
             return  # a reload since: its own reconcile read the new worker
+        # The maps are read first: a reload's reconcile runs beside the apply loop
+        # (while_applying), so the server repairs are worked out after that await, from
+        # the table as it is then, leaving out backends changed since the scan began.
+        maps, readable = await self.map_repairs() if found.maps else ([], True)
         layout = {name: shape for name, shape in found.suspect.items()
                   if e.changed_at.get(name, 0) <= found.seq
                   and e.layout.get(name) == shape}
         commands, broken = (reconcile(layout, e.table, found.actual,
                                       e.config.settings.health_check)
                             if layout else ([], {}))
-        maps, readable = await self.map_repairs() if found.maps else ([], True)
         commands += maps
         if not readable:
             broken["*"] = ReloadReason.RESYNC
@@ -205,6 +208,7 @@ class Reconciler:
         if not pool.range_on(settings):
             return [], True
         repairs: list[str] = []
+        seq = e.change_seq
         for name, want in pool.used_maps(e.layout, settings).items():
             path = pool.map_path(settings, name)
             try:
@@ -214,6 +218,12 @@ class Reconciler:
                 return [], False
             first, last = pool.map_diff(path, have, want)
             repairs += first + last
+        if e.change_seq != seq:
+            # Changes were applied while the maps were read (a reload's reconcile runs
+            # beside the apply loop): ``want`` and ``have`` may be of different moments,
+            # and repairs from them would undo a new app's entry. The next round reads
+            # them again.
+            return [], True
         return repairs, True
 
     async def check_worker(self) -> None:

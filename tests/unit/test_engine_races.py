@@ -9,7 +9,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from servicerouter import pool
 from servicerouter.engine import Engine, EngineConfig
+from servicerouter.haproxy.runtime_parse import CommandResult, ServerState
 from servicerouter.layout import Settings
 from servicerouter.marathon.events import MarathonEvent
 from servicerouter.metrics import Metrics
@@ -199,3 +201,115 @@ async def test_a_task_killed_while_a_refetch_vets_label_templates_stays_dead() -
     assert writer.validated == 1 and "/raw" not in engine.app_errors
     assert engine.state.apps["/raw"].services[0].options.raw_templates  # the new labels
     assert [t.id for t in engine.state.apps["/raw"].tasks] == ["r1"]
+
+
+class MapRuntime(FakeRuntime):
+    """FakeRuntime with HAProxy's runtime maps: ``add/set/del map`` change them, ``show
+    map`` reads them. A ``show map`` can be held (``hold``) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: dict[str, dict[str, str]] = {}
+        self.hold: asyncio.Event | None = None  # set when a show map is being held
+        self.release = asyncio.Event()
+        self.map_changed = asyncio.Event()
+        self.batch = asyncio.Event()  # set at each batch sent
+
+    async def execute(self, commands: list[str]) -> list[CommandResult]:
+        for c in commands:
+            words = c.split()
+            if words[1:2] == ["map"] and words[0] in ("add", "set"):
+                self.maps.setdefault(words[2], {})[words[3]] = words[4]
+                self.map_changed.set()
+            elif words[:2] == ["del", "map"]:
+                self.maps.get(words[2], {}).pop(words[3], None)
+                self.map_changed.set()
+        self.batch.set()
+        return await super().execute(commands)
+
+    async def query(self, command: str) -> str:
+        path = command.split()[-1]
+        if self.hold is not None:
+            held, self.hold = self.hold, None
+            held.set()
+            await self.release.wait()  # HAProxy answers once the other change is in
+        return "".join(f"0x1 {k} {v}\n" for k, v in sorted(self.maps.get(path, {}).items()))
+
+
+def range_app(app_id: str, port: int, task: int) -> App:
+    return App(app_id, services=(Service(app_id, 0, port),), tasks=(
+        Task(f"{app_id[1:]}{task}", app_id, "127.0.0.1", (31000 + task,), "TASK_RUNNING"),))
+
+
+async def range_engine() -> tuple[Engine, MapRuntime, FakeReloader]:
+    """Range mode (--service-port-range), /web's port routed by the port map."""
+    runtime, reloader = MapRuntime(), FakeReloader()
+    settings = Settings(stats_port=0, grace_ms=0, service_port_range=(20000, 20099),
+                        map_dir="/nonexistent/maps", pool_spares=2)
+    engine = Engine(EngineConfig(settings=settings, min_reload_interval=0.0), None,
+                    runtime, FakeWriter(), reloader, Metrics(),  # type: ignore[arg-type]
+                    lambda host: host)
+    runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
+    engine.mark(engine.state.set_app(range_app("/web", 20001, 1)))
+    await engine.step()
+    return engine, runtime, reloader
+
+
+async def test_a_new_app_mapped_while_a_reloads_reconcile_reads_the_maps_keeps_its_entry(
+        ) -> None:
+    """Range mode: the reconcile after a reload reads each map back (``show map``) while
+    the apply loop goes on (while_applying). A new app that took a spare meanwhile got
+    its port map entry at runtime; the repair worked out from the layout before the read
+    and the map after it deleted that entry again: the new app's port unrouted until a
+    later round read the maps again."""
+    engine, runtime, reloader = await range_engine()
+    settings = engine.config.settings
+    ports = pool.map_path(settings, pool.PORTS_MAP)
+    runtime.maps = {ports: pool.ports_map(engine.layout, settings)}  # from the file
+    assert runtime.maps[ports] == {"20001": "web_20001"}
+    held = runtime.hold = asyncio.Event()
+    engine.request_reload()  # (an operator's SIGHUP) its reconcile reads the maps
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.wait_for(held.wait(), 5)
+    runtime.map_changed.clear()
+    engine.mark(engine.state.set_app(range_app("/new", 20002, 2)))  # takes a spare
+    await asyncio.wait_for(runtime.map_changed.wait(), 5)
+    assert "20002" in runtime.maps[ports]  # routed at runtime, no reload
+    runtime.release.set()
+    await asyncio.wait_for(step, 5)
+    assert reloader.reloads == 2
+    assert runtime.maps[ports].get("20002") == engine.layout["new_20002"].name
+    assert not [c for batch in runtime.sent for c in batch if c.startswith("del map")]
+
+
+async def test_a_task_killed_while_a_reloads_reconcile_reads_the_maps_is_not_put_back(
+        ) -> None:
+    """The same read, for the servers: the scan found /web's slot empty in HAProxy (a
+    worker that lost a runtime change); its task died while the maps were read, and the
+    repair worked out before that read put the dead task back in the slot."""
+    engine, runtime, _ = await range_engine()
+    settings = engine.config.settings
+    ports = pool.map_path(settings, pool.PORTS_MAP)
+    runtime.maps = {ports: pool.ports_map(engine.layout, settings)}
+    plain = runtime.show_servers_state
+
+    async def lost_slot(backend: str | None = None) -> list[ServerState]:
+        return [replace(s, addr="127.0.0.1", port=1, admin_state=0x05)  # s1 found empty
+                if (s.backend, s.server) == ("web_20001", "s1") else s
+                for s in await plain(backend)]
+
+    runtime.show_servers_state = lost_slot  # type: ignore[method-assign]
+    held = runtime.hold = asyncio.Event()
+    engine.request_reload()
+    step = asyncio.ensure_future(engine.step())
+    await asyncio.wait_for(held.wait(), 5)
+    runtime.batch.clear()
+    engine.on_event(killed("/web", "web1"))  # its task dies meanwhile: slot emptied
+    await asyncio.wait_for(runtime.batch.wait(), 5)
+    assert "set server web_20001/s1 state maint" in runtime.sent[-1]
+    runtime.release.set()
+    await asyncio.wait_for(step, 5)
+    assert engine.table["web_20001"][0] is None
+    last = max(i for i, b in enumerate(runtime.sent) if any("web_20001/s1" in c for c in b))
+    assert "set server web_20001/s1 state ready" not in runtime.sent[last], runtime.sent
