@@ -243,25 +243,29 @@ class Engine:
         next_reconcile = time.monotonic() + cfg.reconcile_interval
         next_worker_check = time.monotonic()
         while not stop.is_set():
-            now = time.monotonic()
-            if now >= next_worker_check and not self.reconciler.checking_worker:
-                next_worker_check = now + min(WORKER_CHECK_INTERVAL, cfg.reconcile_interval)
-                self.reconciler.checking_worker = True
-                self.spawn(self.reconciler.check_worker())
-            if now >= next_resync:
-                next_resync = now + cfg.resync_interval
-                # A refused candidate is validated again at each resync.
-                self.reload_pipeline.rejected = None
-                self.request_full_sync()
-            if self.intake.retry_at is not None and now >= self.intake.retry_at:
-                self.intake.retry_at = None
-                self.request_full_sync()
-            if now >= next_reconcile:  # all backends once an interval, in slices
-                next_reconcile = now + cfg.reconcile_interval / self.reconciler.slices()
-                self.reconciler.request_slice()
-            self.events.expire_drains()
-            wait = min(next_resync, next_reconcile, next_worker_check,
-                       self.events.next_deadline(), self.intake.retry_at or next_resync) - now
+            try:
+                now = time.monotonic()
+                if now >= next_worker_check and not self.reconciler.checking_worker:
+                    next_worker_check = now + min(WORKER_CHECK_INTERVAL, cfg.reconcile_interval)
+                    self.reconciler.checking_worker = True
+                    self.spawn(self.reconciler.check_worker())
+                if now >= next_resync:
+                    next_resync = now + cfg.resync_interval
+                    # A refused candidate is validated again at each resync.
+                    self.reload_pipeline.rejected = None
+                    self.request_full_sync()
+                if self.intake.retry_at is not None and now >= self.intake.retry_at:
+                    self.intake.retry_at = None
+                    self.request_full_sync()
+                if now >= next_reconcile:  # all backends once an interval, in slices
+                    next_reconcile = now + cfg.reconcile_interval / self.reconciler.slices()
+                    self.reconciler.request_slice()
+                self.events.expire_drains()
+                wait = min(next_resync, next_reconcile, next_worker_check,
+                           self.events.next_deadline(), self.intake.retry_at or next_resync) - now
+            except Exception:  # a bug: resyncs, reconciles and drains must not end unseen
+                log.exception("timer loop round failed; the next one follows")
+                wait = 1.0
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(wait, 0.05))
 

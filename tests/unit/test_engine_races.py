@@ -313,3 +313,28 @@ async def test_a_task_killed_while_a_reloads_reconcile_reads_the_maps_is_not_put
     assert engine.table["web_20001"][0] is None
     last = max(i for i, b in enumerate(runtime.sent) if any("web_20001/s1" in c for c in b))
     assert "set server web_20001/s1 state ready" not in runtime.sent[last], runtime.sent
+
+
+async def test_a_bug_in_one_round_of_the_timer_loop_does_not_end_it() -> None:
+    """Engine.run gathers its loops only at stop, with return_exceptions=True: a timer
+    loop that raised was gone unseen, and with it every full resync, reconcile, worker
+    check and drain expiry, until the daemon stopped (the apply and event loops already
+    survive a bug and log it)."""
+    engine, _, _, _ = make_engine()
+    engine.config = replace(engine.config, reconcile_interval=0.05)
+    engine.marathon = Answers(marathon_app("/web", 10000, "w1"))  # type: ignore[assignment]
+    stop = asyncio.Event()
+    expire, rounds = engine.events.expire_drains, 0
+
+    def flaky_expire() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise RuntimeError("a bug")
+        expire()
+        if rounds == 3:  # the loop went on after the bug
+            stop.set()
+
+    engine.events.expire_drains = flaky_expire  # type: ignore[method-assign]
+    await asyncio.wait_for(engine.run(stop), 20)
+    assert rounds >= 3
