@@ -9,6 +9,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,12 @@ from servicerouter.demo.procs import free_port
 from servicerouter.haproxy import detached
 from servicerouter.haproxy.control import ConfigFile
 from servicerouter.haproxy.detached import KeptHAProxy
-from servicerouter.haproxy.master_cli import HAProxyProcessError, MasterCLI
+from servicerouter.haproxy.master_cli import (
+    HAProxyProcessError,
+    MasterCLI,
+    ReloadError,
+    parse_show_proc,
+)
 from servicerouter.haproxy.process import StartError
 
 from .conftest import needs_haproxy
@@ -215,3 +222,59 @@ async def test_a_launch_that_times_out_leaves_nothing_running(
     launcher = int(marker.read_text())
     assert not alive(launcher), "the hanging launcher outlived the launch"
     assert not env.processes(), "HAProxy's master or worker outlived the failed launch"
+
+
+def blocking_master(path: str, line: str) -> str:
+    """One master CLI command with a plain blocking socket: while it runs, the event loop
+    (and the daemon's watch with it) cannot look at HAProxy, as an operator's command
+    between two looks of the watch."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply.decode()
+
+
+async def test_a_rejected_reload_by_sigusr2_is_not_taken_for_a_success(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIGUSR2 reload (master socket gone) was judged against the watch's last look at
+    the master. An operator's reload since then (its new worker, its reset failure count)
+    made a rejected config look loaded: the daemon took HAProxy to run a config it had
+    refused, and never retried. It is judged against the master as it is when signalled."""
+    monkeypatch.setattr(detached, "WATCH_INTERVAL", 0.05)
+    good = env.config.read_text()
+    kept = env.kept()
+    await kept.start(Engine())  # type: ignore[arg-type]
+    try:
+        master = (await MasterCLI(env.master_socket).show_proc(patience=10)).master_pid
+        env.config.write_text(good + "garbage\n")
+        with pytest.raises(ReloadError, match="rejected"):
+            await kept.reload()
+        # The watch has looked at the master since: it knows of the failed reload.
+        await until(lambda: kept._info and kept._info.failed_reloads == 1, 30,
+                    "the watch to see the failed reload")
+        # Between two looks of the watch: an operator reloads the good config, and the
+        # master socket is removed.
+        env.config.write_text(good)
+        blocking_master(env.master_socket, "reload")
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                info = parse_show_proc(blocking_master(env.master_socket, "show proc"))
+                if info.reloads == 2 and info.failed_reloads == 0:
+                    break
+            assert time.monotonic() < deadline, "the operator's reload never happened"
+            time.sleep(0.05)
+        os.unlink(env.master_socket)
+        env.config.write_text(good + "garbage\n")
+        with pytest.raises(ReloadError, match="rejected"):
+            await kept.reload()  # by SIGUSR2, rejected by HAProxy
+        after = await MasterCLI(env.master_socket).show_proc(patience=10)
+        assert after.master_pid == master and after.failed_reloads == 1
+        assert after.worker_pids == info.worker_pids, "HAProxy did take the config"
+    finally:
+        await kept.stop()

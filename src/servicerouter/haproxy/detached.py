@@ -273,8 +273,8 @@ class KeptHAProxy:
 
     async def reload(self) -> None:
         proc = self.live_master() if self.master.socket_gone() else None
-        if proc is not None and self._info is not None and proc.pid == self._info.master_pid:
-            self._info = await self.master.reload_by_signal(proc.pid, self._info)
+        if proc is not None and proc.pid == self._master_pid:
+            self._info = await self.master.reload_by_signal(proc.pid)
             return
         try:
             self._info = await self.master.reload()

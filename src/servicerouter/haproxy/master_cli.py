@@ -162,16 +162,18 @@ class MasterCLI:
     def __repr__(self) -> str:
         return f"MasterCLI({self.path!r})"
 
-    async def command(self, line: str) -> str:
-        """Send one line, half-close, read the reply until the master closes."""
+    async def command(self, line: str, *, timeout: float | None = None) -> str:
+        """Send one line, half-close, read the reply until the master closes (within
+        ``timeout``, default :attr:`timeout`, for the connection and again for the reply)."""
         if "\n" in line or "\r" in line:
             raise ValueError(f"master CLI command contains a line break: {line!r}")
+        timeout = self.timeout if timeout is None else timeout
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path), self.timeout
+                asyncio.open_unix_connection(self.path), timeout
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            reason = getattr(exc, "strerror", None) or f"timed out after {self.timeout}s"
+            reason = getattr(exc, "strerror", None) or f"timed out after {timeout:g}s"
             raise MasterUnavailable(
                 f"cannot connect to HAProxy master socket {self.path}: {reason}"
             ) from exc
@@ -180,7 +182,7 @@ class MasterCLI:
             await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
-            data = await asyncio.wait_for(_read_reply(reader), self.timeout)
+            data = await asyncio.wait_for(_read_reply(reader), timeout)
         except _ReplyTooLong as exc:
             raise MasterUnavailable(
                 f"HAProxy master socket {self.path}: reply to {line!r} longer than "
@@ -196,13 +198,15 @@ class MasterCLI:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
         return data.decode("utf-8", "replace")
 
-    async def show_proc(self, *, patience: float = 0.0) -> ProcInfo:
+    async def show_proc(self, *, patience: float = 0.0,
+                        timeout: float | None = None) -> ProcInfo:
         """``show proc``. With ``patience``, a refused connection (the master re-executing
-        itself for a reload) is asked again every 50 ms for up to that many seconds."""
+        itself for a reload) is asked again every 50 ms for up to that many seconds.
+        ``timeout``: as :meth:`command`'s."""
         deadline = time.monotonic() + patience
         while True:
             try:
-                text = await self.command("show proc")
+                text = await self.command("show proc", timeout=timeout)
                 break
             except MasterUnavailable:
                 if time.monotonic() >= deadline:
@@ -233,19 +237,53 @@ class MasterCLI:
         except OSError:
             return True
 
-    async def reload_by_signal(self, pid: int, before: ProcInfo, *,
-                               timeout: float = 30.0) -> ProcInfo:
-        """Reload master ``pid`` with SIGUSR2 when :meth:`socket_gone`, confirmed against
-        ``before`` (its last ``show proc``) as :meth:`reload` is.
+    async def reload_by_signal(self, pid: int, *, timeout: float = 30.0,
+                               poll: float = 0.05) -> ProcInfo:
+        """Reload master ``pid`` with SIGUSR2 when :meth:`socket_gone`, and confirm it
+        against the master as it is right before the signal: a worker it did not have
+        then, or a rejection (ReloadError).
 
         Removed (a cleaner of /tmp or /run, an operator), the socket cannot be reached,
         so every reload through it failed for good. A master takes SIGUSR2 as a reload,
         and binds its -S socket anew as it re-executes; the caller has made sure ``pid``
-        is its own HAProxy's master."""
+        is its own HAProxy's master.
+
+        The master cannot be asked before the signal, so what it has is read from /proc:
+        its children, current and old workers. A ``show proc`` kept from earlier was
+        judged against before: an operator's reload since then (a worker the snapshot
+        did not have, a failure count HAProxy resets at a good reload) made a rejected
+        config look loaded."""
+        if not self.socket_gone():  # back meanwhile (an operator's reload): ask it
+            return await self.reload(timeout=timeout, poll=poll)
+        before = _children(pid)
         log.warning("HAProxy's master socket %s is gone; reloading master %d with "
                     "SIGUSR2, which binds it again", self.path, pid)
         os.kill(pid, signal.SIGUSR2)
-        return await self.wait_reloaded(before, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        last: ProcInfo | None = None
+        last_error: Exception | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(poll, left))
+            try:  # none answers until the master has re-executed for the signal
+                last = await self.show_proc(timeout=max(0.05, min(self.timeout, left)))
+            except HAProxyProcessError as exc:
+                last_error = exc
+                continue
+            if last.master_pid != pid:
+                raise ReloadError(f"HAProxy master {last.master_pid}, not {pid}, answers on "
+                                  f"{self.path} since the SIGUSR2: the reload is not "
+                                  "confirmed")
+            if set(last.worker_pids) - before:
+                return last
+            if last.failed_reloads > 0:  # re-executed with no new worker: a rejection
+                raise ReloadError(
+                    f"HAProxy (master {pid}, reloaded with SIGUSR2) rejected the new "
+                    f"configuration: {last.failed_reloads} failed reload(s); worker(s) "
+                    f"{last.worker_pids} keep serving the previous one")
+        state = (f"workers {last.worker_pids}, none new" if last
+                 else f"master unreachable: {last_error}")
+        raise ReloadError(f"HAProxy reload of master {pid} by SIGUSR2 not confirmed within "
+                          f"{timeout:g}s ({state})")
 
     async def wait_reloaded(
         self, before: ProcInfo, *, timeout: float = 30.0, poll: float = 0.05
@@ -253,10 +291,10 @@ class MasterCLI:
         deadline = time.monotonic() + timeout
         last: ProcInfo | None = None
         last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            await asyncio.sleep(poll)
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(poll, left))
             try:
-                last = await self.show_proc()
+                last = await self.show_proc(timeout=max(0.05, min(self.timeout, left)))
             except HAProxyProcessError as exc:  # the master is re-executing itself
                 last_error = exc
                 continue
@@ -277,5 +315,13 @@ class MasterCLI:
         )
         raise ReloadError(
             f"HAProxy reload via master socket {self.path} not confirmed within "
-            f"{timeout}s ({state})"
+            f"{timeout:g}s ({state})"
         )
+
+
+def _children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` (an HAProxy master's workers, old ones too)."""
+    from .children import processes  # it imports this module
+
+    return {child for child, _, fields in processes()
+            if len(fields) > 1 and fields[1] == str(pid)}

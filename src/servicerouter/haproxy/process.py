@@ -239,9 +239,9 @@ class HAProxyProcess:
             if proc is None or not self.is_running():
                 raise ReloadError(f"HAProxy is not running (config {self.config})")
             timeout = timeout or self.reload_timeout
-            if self._info is not None and self.master.socket_gone():
+            if self.master.socket_gone():
                 reloading = asyncio.ensure_future(
-                    self.master.reload_by_signal(proc.pid, self._info, timeout=timeout))
+                    self.master.reload_by_signal(proc.pid, timeout=timeout))
             else:
                 reloading = asyncio.ensure_future(self.master.reload(timeout=timeout))
             exited = asyncio.ensure_future(proc.wait())
