@@ -634,9 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))
-    except Stopped as exc:  # what it had changed is put back (oneshot.py)
-        print(f"servicerouter: {args.command} {exc}; its files are as they were",
-              file=sys.stderr)
+    except Stopped as exc:  # a sync said what became of its files (oneshot.py)
+        print(f"servicerouter: {args.command} {exc}", file=sys.stderr)
         return exc.status
     except UsageError as exc:
         print(f"servicerouter: error: {exc} (see --help)", file=sys.stderr)

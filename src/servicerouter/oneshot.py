@@ -13,7 +13,8 @@ writes them): they count as part of the config (a change to them alone reloads t
 are in place before ``haproxy -c``, and are put back with the file when it fails.
 
 SIGTERM or SIGINT (``stopping.run_stoppable``) ends a sync with 143 or 130, and puts the
-config and the map files back as they were when it had started changing them.
+config and the map files back as they were when it had started changing them, unless
+HAProxy has reloaded them already: then they are what it serves, and stay.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .cli import sockets_clash
 from .haproxy.children import brief
 from .haproxy.files import atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .haproxy.lock import ConfigInUse, ConfigLock
-from .haproxy.master_cli import HAProxyProcessError, MasterCLI
+from .haproxy.master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo
 from .haproxy.process import run_reload_command, validate
 from .haproxy.render import prune_crt_lists
 from .owners import Owners
@@ -57,6 +58,22 @@ class Rendered:
 
 
 ISOLATION_ROUNDS = 3  # a service blamed only once another is out costs another round
+STOP_LOOK = 2.0  # seconds: the look at the master after a stop during its reload
+
+
+@dataclass
+class Reload:
+    """How HAProxy is reloaded (``how``, for messages) and ``run``, which does it and says
+    how in one line. ``happened``: after a stop during ``run``, whether HAProxy has
+    reloaded all the same (one bounded look, where there is something to look at)."""
+
+    how: str
+    run: Callable[[], Awaitable[str]]
+    happened: Callable[[], Awaitable[bool]]
+
+
+async def _cannot_tell() -> bool:
+    return False
 
 
 def read_maps(rendered: Rendered) -> dict[str, str | None]:
@@ -81,19 +98,36 @@ def write_maps(map_dir: str, maps: Mapping[str, str | None]) -> None:
             atomic_write(Path(map_dir) / name, text)
 
 
-def reload_with(args: argparse.Namespace) -> tuple[str, Callable[[], Awaitable[str]]]:
-    """The reload to use, as (description, action); SyncError when none is known."""
+def reload_with(args: argparse.Namespace) -> Reload:
+    """The reload to use; SyncError when none is known."""
     if args.haproxy_master_socket:
         clash = sockets_clash(args.haproxy_master_socket, getattr(args, "haproxy_socket", None))
         if clash:
             raise SyncError(f"{clash}; nothing was changed")
         master = MasterCLI(args.haproxy_master_socket)
+        asked: list[ProcInfo] = []  # the master before the reload, once it was asked for
 
         async def via_master() -> str:
-            info = await master.reload()
+            before = await master.show_proc()
+            with contextlib.suppress(MasterUnavailable):  # 2.6 closes without a reply
+                await master.command("reload")
+            asked.append(before)
+            info = await master.wait_reloaded(before)
             return f"reload {info.reloads}, worker(s) {info.worker_pids}"
 
-        return f"master socket {args.haproxy_master_socket}", via_master
+        async def happened() -> bool:
+            """A reload the master has done (a new worker) though it was not yet read."""
+            if not asked:
+                return False
+            try:
+                info = await master.show_proc(patience=STOP_LOOK, timeout=STOP_LOOK)
+            except HAProxyProcessError:
+                return False
+            before = asked[0]
+            return (info.master_pid == before.master_pid and info.reloads > before.reloads
+                    and bool(set(info.worker_pids) - set(before.worker_pids)))
+
+        return Reload(f"master socket {args.haproxy_master_socket}", via_master, happened)
     command = args.reload_command
     if command is None:
         from .daemon import detect_reload_command
@@ -108,7 +142,7 @@ def reload_with(args: argparse.Namespace) -> tuple[str, Callable[[], Awaitable[s
         await run_reload_command(command)
         return "exit status 0"
 
-    return f"command {command!r}", via_command
+    return Reload(f"command {command!r}", via_command, _cannot_tell)
 
 
 def _put_back(map_dir: str, old: Mapping[str, str | None]) -> None:
@@ -122,7 +156,7 @@ async def sync(args: argparse.Namespace,
                render_config: Callable[[], Awaitable[Rendered]]) -> str:
     """One sync; returns what was done in one line ("" when nothing changed). Refused
     while a daemon (or another sync) holds the config's lock (haproxy/lock.py)."""
-    how, reload = reload_with(args)  # before fetching, or locking: no reload, no point
+    reload = reload_with(args)  # before fetching, or locking: no reload, no point
     lock = ConfigLock(Path(args.haproxy_config))
     try:
         lock.acquire()
@@ -133,7 +167,7 @@ async def sync(args: argparse.Namespace,
                         "nothing was changed") from None
     remove_leftovers(Path(args.haproxy_config))  # of a killed run; ours alone now
     try:
-        return await _sync(args, render_config, how, reload)
+        return await _sync(args, render_config, reload)
     finally:
         _prune(Path(args.haproxy_config))
         lock.release()
@@ -150,8 +184,13 @@ def _prune(config: Path) -> None:
     prune_crt_lists(crt_list_dir(config), text)
 
 
+@dataclass
+class _Progress:
+    reloaded: bool = False  # HAProxy runs the new files: a stop keeps them
+
+
 async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[Rendered]],
-                how: str, reload: Callable[[], Awaitable[str]]) -> str:
+                reload: Reload) -> str:
     config = Path(args.haproxy_config)
     rendered = await render_config()
     candidate = rendered.text
@@ -169,10 +208,16 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
         log.debug("%s is up to date; nothing to do", config)
         _keep_owners(config, rendered)
         return ""
+    progress = _Progress()
     try:
-        return await _apply(args, config, rendered, current, old_maps, how, reload)
+        return await _apply(args, config, rendered, current, old_maps, reload, progress)
     except asyncio.CancelledError:  # a stop (SIGTERM): no half-applied change stays
-        _undo(config, current, rendered.map_dir, old_maps)
+        if progress.reloaded:
+            log.warning("stopped after HAProxy had reloaded: %s is the config it serves "
+                        "and stays", config)
+        elif _undo(config, current, rendered.map_dir, old_maps):
+            log.warning("stopped before HAProxy reloaded: %s and its map files are put "
+                        "back as they were", config)
         raise
 
 
@@ -203,9 +248,10 @@ def _undo(config: Path, current: str | None, map_dir: str,
 
 
 async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
-                 current: str | None, old_maps: Mapping[str, str | None], how: str,
-                 reload: Callable[[], Awaitable[str]]) -> str:
+                 current: str | None, old_maps: Mapping[str, str | None], reload: Reload,
+                 progress: _Progress) -> str:
     """Validate, write and reload the change ``rendered`` is to ``current``."""
+    how = reload.how
     candidate = rendered.text
     try:  # haproxy -c opens the map files the candidate names
         write_maps(rendered.map_dir, rendered.maps)
@@ -248,7 +294,14 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         raise SyncError(f"cannot write {config}: {exc}; the running HAProxy is "
                         "unchanged") from None
     try:
-        detail = await reload()
+        detail = await reload.run()
+    except asyncio.CancelledError:
+        # A stop once HAProxy has reloaded, before that was read: the new files are what
+        # it serves. Put back, they would say otherwise, and the next sync reload again.
+        if await reload.happened():
+            progress.reloaded = True
+            _keep_owners(config, rendered)
+        raise
     except (HAProxyProcessError, OSError) as exc:
         # Put the old file back: it is what HAProxy runs, and the next sync must see
         # the difference again and retry the reload.
@@ -263,6 +316,7 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
                         f"config HAProxy is running ({saved}), the next sync "
                         "retries") from None
+    progress.reloaded = True
     _keep_owners(config, rendered)
     return f"{config} updated; HAProxy reloaded via {how} ({detail})"
 

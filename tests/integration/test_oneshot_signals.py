@@ -13,15 +13,17 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servicerouter.demo.procs import free_port_range, wait_for
+from servicerouter.demo.procs import Proc, free_port_range, wait_for
+from servicerouter.haproxy.master_cli import parse_show_proc
 
 from .conftest import needs_haproxy
-from .harness import EMPTY_CFG, PYTHON, Simulator
+from .harness import EMPTY_CFG, PYTHON, Simulator, master_reloads, running, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 PATIENCE = 30.0  # seconds: generous, on a busy 2-core machine
@@ -117,3 +119,111 @@ def test_a_sync_stopped_during_its_reload_puts_the_config_and_maps_back(
     assert "Traceback" not in err, err
     pid_file.unlink()
     assert files(tmp_path) == before  # config and maps as they were; nothing else left
+
+
+class HoldingMaster:
+    """A master socket in front of HAProxy's own: it passes each command on, but holds
+    back every ``show proc`` answer that shows the reload done (a worker that was not
+    there before the ``reload``) until :meth:`release`. HAProxy has reloaded; the sync
+    has not yet read that it did."""
+
+    def __init__(self, path: Path, master: Path) -> None:
+        self.path, self.master = path, master
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self.workers: set[int] | None = None
+        self.reload_sent = False
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _ask(self, line: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(PATIENCE)
+            s.connect(str(self.master))
+            s.sendall(line)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        return reply
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            line = b""
+            while chunk := conn.recv(4096):
+                line += chunk
+            try:
+                reply = self._ask(line)
+            except OSError:
+                return  # the master re-executing: the client is refused as it would be
+            if line.strip() == b"reload":
+                self.reload_sent = True
+            elif line.strip() == b"show proc":
+                workers = set(parse_show_proc(reply.decode()).worker_pids)
+                if not self.reload_sent:
+                    self.workers = workers
+                elif self.workers is not None and workers - self.workers:
+                    self.held.set()
+                    self.released.wait(PATIENCE)
+            with contextlib.suppress(OSError):
+                conn.sendall(reply)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.close()
+
+
+def test_a_sync_stopped_after_haproxy_reloaded_keeps_the_new_config(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A stop that came once HAProxy had reloaded, before the sync read that it had, put
+    the old file back: HAProxy served the new config, the file said the old one, and the
+    next sync reloaded again. One last look at the master decides: it reloaded, so the
+    new file stays."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    master = tmp_path / "master.sock"
+    common = ("sync", "--marathon", simulator.url, "--haproxy-config", str(config),
+              "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
+              "--http-port", "0", "--https-port", "0")
+    port, live = simulator.launch("/stop/web", 2)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        holding = HoldingMaster(tmp_path / "holding.sock", master)
+        try:
+            with stopped_in_the_end(start(*common, "--haproxy-master-socket",
+                                          str(holding.path))) as proc:
+                assert holding.held.wait(PATIENCE), f"HAProxy never reloaded (sync: {proc.poll()})"
+                os.kill(proc.pid, signal.SIGTERM)
+                holding.release()
+                _, err = proc.communicate(timeout=PATIENCE)
+        finally:
+            holding.close()
+        assert proc.returncode == 143, err
+        assert "Traceback" not in err, err
+        assert master_reloads(master) == 1
+        wait_routed(port, live)  # HAProxy serves the new config ...
+        assert f":{port}" in config.read_text()  # ... and the file is that config
+        # So the next sync has nothing to do: no reload, nothing said.
+        again = subprocess.run([PYTHON, "-m", "servicerouter", *common,
+                                "--haproxy-master-socket", str(master)],
+                               capture_output=True, text=True, timeout=90,
+                               stdin=subprocess.DEVNULL, check=False)
+        assert (again.returncode, again.stdout) == (0, ""), again.stderr
+        assert master_reloads(master) == 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

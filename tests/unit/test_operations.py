@@ -107,9 +107,9 @@ def test_refresh_in_a_scratch_root_reloads_only_through_its_master_socket(
 
 def test_sync_prefers_the_master_socket_then_the_command() -> None:
     args = argparse.Namespace(haproxy_master_socket="/run/m.sock", reload_command=None)
-    assert reload_with(args)[0] == "master socket /run/m.sock"
+    assert reload_with(args).how == "master socket /run/m.sock"
     args = argparse.Namespace(haproxy_master_socket=None, reload_command="systemctl reload x")
-    assert reload_with(args)[0] == "command 'systemctl reload x'"
+    assert reload_with(args).how == "command 'systemctl reload x'"
 
 
 def test_sync_without_any_reload_refuses_before_doing_anything(
