@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .entry import ignore_reloads_while_starting, runs_daemon
+from .entry import ignore_reloads_while_starting, runs_daemon, stop_received
 from .envflags import apply_env, env_errors
 from .layout import Settings
 from .redact import hidden, redact_url
@@ -627,10 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .stopping import Stopped, run_stoppable
 
     try:
-        if args.command == "render":
-            return run_stoppable(_render(args))
-        if args.command == "sync":
-            return run_stoppable(_sync(args))
+        if args.command in ("render", "sync"):
+            status = run_stoppable((_render if args.command == "render" else _sync)(args))
+            late = stop_received()  # after the run, before the exit (entry.catch_stops)
+            if late is not None:
+                raise Stopped(late)
+            return status
         from .daemon import run_daemon
 
         return asyncio.run(run_daemon(args))

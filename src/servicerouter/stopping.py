@@ -9,6 +9,8 @@ import signal
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
+from .entry import stop_received
+
 T = TypeVar("T")
 
 
@@ -49,28 +51,43 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     SIGTERM's default action killed ``render`` and ``sync`` outright: a sync stopped
     between writing the map files and the config, or during the reload, left a half
     applied change; cancelling instead runs their ``finally`` and ``except`` blocks, which
-    put the files back. A second signal while they do is ignored: they are short."""
+    put the files back. A second signal while they do is ignored: they are short.
+
+    One entry.py noted while the command started (entry.catch_stops) stops it here,
+    before ``main`` runs at all. Whatever handled the signals before is theirs again
+    after (entry.py's: a signal then is noted, not the default action's -15)."""
+    received: list[int] = []
+    stops = (signal.SIGTERM, signal.SIGINT)
+
     async def stoppable() -> T:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        received: list[int] = []
 
         def stop(signum: int) -> None:
             if not received:
                 received.append(signum)
                 task.cancel()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        before = {sig: signal.getsignal(sig) for sig in stops}
+        for sig in stops:
             loop.add_signal_handler(sig, stop, sig)
         try:
+            early = stop_received()
+            if early is not None:  # while Python loaded the command: nothing was begun
+                received.append(early)
+                main.close()
+                raise asyncio.CancelledError
             return await main
-        except BaseException:
-            if received:  # whatever the cancellation became on its way out
-                raise Stopped(received[0]) from None
-            raise
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in stops:
                 loop.remove_signal_handler(sig)
+                if before[sig] is not None:
+                    signal.signal(sig, before[sig])
 
-    return asyncio.run(stoppable())
+    try:
+        return asyncio.run(stoppable())
+    except BaseException:
+        if received:  # whatever the cancellation became on its way out
+            raise Stopped(received[0]) from None
+        raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import select
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +86,63 @@ def test_a_signal_while_marathon_is_waited_for_stops_cleanly(
     assert "Traceback" not in err, err
     assert out == ""
     assert files(tmp_path) == before  # untouched; no temp file, no lock left
+
+
+# Modules the command imports on its way to its event loop, in that order: right after
+# entry.py's first lines, in cli.py's imports, cli.main's own, and the last before the
+# loop. The slower the machine, the longer this start (~0.3 s on 2 cores).
+STARTING = ("servicerouter.envflags", "servicerouter.cli", "servicerouter.haproxy.render",
+            "servicerouter.stopping")
+
+
+@pytest.mark.parametrize("command", ["sync", "render"])
+def test_a_signal_while_the_command_starts_stops_it_cleanly(
+        tmp_path: Path, silent_marathon: socket.socket, command: str) -> None:
+    """A SIGTERM in the first ~0.3 s, while Python imported the command, killed it with
+    SIGTERM's default action (status -15) instead of its clean 143. Each run here is
+    signalled as soon as it reports (python -X importtime) that it has imported one of
+    its modules: a moment in its start, while it cannot have finished (Marathon never
+    answers)."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    before = files(tmp_path)
+    url = f"http://127.0.0.1:{silent_marathon.getsockname()[1]}"
+    where = (["--haproxy-config", str(config), "--reload-command", "true"]
+             if command == "sync" else ["--output", str(config)])
+    for module in STARTING:
+        proc = subprocess.Popen(
+            [PYTHON, "-X", "importtime", "-m", "servicerouter", command, "--marathon", url,
+             "--marathon-timeout", "120", "--haproxy-socket", str(tmp_path / "admin.sock"),
+             *where], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read(stream: Any = proc.stderr, out: queue.Queue[str | None] = lines) -> None:
+            for line in stream:
+                out.put(line)
+            out.put(None)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        with stopped_in_the_end(proc):
+            seen: list[str] = []
+            while not (seen and seen[-1].split("|")[-1].strip() == module):
+                line = lines.get(timeout=PATIENCE)
+                assert line is not None, f"{command} ended before importing {module}"
+                seen.append(line)
+            assert proc.poll() is None, f"{command} had ended when signalled"
+            os.kill(proc.pid, signal.SIGTERM)
+            out = proc.stdout.read() if proc.stdout else ""
+            proc.wait(timeout=PATIENCE)
+        reader.join(PATIENCE)
+        while (line := lines.get_nowait()) is not None:
+            seen.append(line)
+        err = "".join(ln for ln in seen if not ln.startswith("import time:"))
+        assert proc.returncode == 143, f"signalled after importing {module}: {err}"
+        assert "Traceback" not in err, err
+        assert err.strip() == f"servicerouter: {command} stopped by SIGTERM", err
+        assert out == ""
+        assert files(tmp_path) == before, module  # untouched; no temp file, no lock left
 
 
 def test_a_sync_stopped_during_its_reload_puts_the_config_and_maps_back(
