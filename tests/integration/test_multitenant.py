@@ -315,6 +315,18 @@ def test_a_vhost_label_of_too_many_names_costs_only_its_service(
         assert "many.test" not in daemon.config.read_text()
 
 
+def _relabel(simulator: Simulator, app_id: str, labels: dict[str, str]) -> None:
+    """Replace an app's labels (a deploy, as its owner would make one)."""
+    r = simulator.http.put(f"/v2/apps{app_id}", params={"force": "true"},
+                           json={"labels": labels})
+    assert r.status_code == 200, r.text
+
+
+def _reaches_only(http_port: int, host: str, simulator: Simulator, app_id: str) -> bool:
+    """Requests for ``host`` reach exactly ``app_id``'s running tasks."""
+    return _reached(http_port, host) == simulator.running(app_id)
+
+
 def test_a_typo_in_its_own_labels_does_not_hand_a_virtual_host_to_another_group(
         tmp_path: Path, simulator: Simulator) -> None:
     """A service left out for a bad value of its own (HAPROXY_0_BALANCE=roundrobinn) let
@@ -326,12 +338,10 @@ def test_a_typo_in_its_own_labels_does_not_hand_a_virtual_host_to_another_group(
     daemon = Daemon(tmp_path, simulator.url, "--http-port", str(http_port)).start()
 
     def relabel(labels: dict[str, str]) -> None:
-        r = simulator.http.put("/v2/apps/teama/web", params={"force": "true"},
-                               json={"labels": labels})
-        assert r.status_code == 200, r.text
+        _relabel(simulator, "/teama/web", labels)
 
     def owner_routed() -> bool:
-        return _reached(http_port, "shop.test") == simulator.running("/teama/web")
+        return _reaches_only(http_port, "shop.test", simulator, "/teama/web")
 
     with running(daemon):
         # Another host keeps the vhost frontend bound while the owner's service is out.
@@ -376,12 +386,10 @@ def test_a_typo_in_its_deployment_labels_does_not_hand_a_virtual_host_to_another
     labels = {"HAPROXY_0_VHOST": "shop.test", **group}
 
     def relabel(labels: dict[str, str]) -> None:
-        r = simulator.http.put(f"/v2/apps{owner_id}", params={"force": "true"},
-                               json={"labels": labels})
-        assert r.status_code == 200, r.text
+        _relabel(simulator, owner_id, labels)
 
     def owner_routed() -> bool:
-        return _reached(http_port, "shop.test") == simulator.running(owner_id)
+        return _reaches_only(http_port, "shop.test", simulator, owner_id)
 
     with running(daemon):
         # Another host keeps the vhost frontend bound while the owner's app is out.
@@ -420,12 +428,10 @@ def test_a_restart_while_the_owner_is_broken_keeps_its_virtual_host(
         return Daemon(tmp_path, simulator.url, "--http-port", str(http_port))
 
     def relabel(labels: dict[str, str]) -> None:
-        r = simulator.http.put("/v2/apps/teama/web", params={"force": "true"},
-                               json={"labels": labels})
-        assert r.status_code == 200, r.text
+        _relabel(simulator, "/teama/web", labels)
 
     def owner_routed() -> bool:
-        return _reached(http_port, "shop.test") == simulator.running("/teama/web")
+        return _reaches_only(http_port, "shop.test", simulator, "/teama/web")
 
     first = daemon().start()
     with running(first):

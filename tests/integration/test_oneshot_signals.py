@@ -40,10 +40,22 @@ def silent_marathon() -> Iterator[socket.socket]:
         yield server
 
 
-def start(*argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([PYTHON, "-m", "servicerouter", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+def start(*argv: str, python: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    return subprocess.Popen([PYTHON, *python, "-m", "servicerouter", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+
+
+def waiting_on(silent_marathon: socket.socket, tmp_path: Path, command: str) -> list[str]:
+    """``command``'s arguments to run against the Marathon that never answers, on an
+    empty config in ``tmp_path``."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    url = f"http://127.0.0.1:{silent_marathon.getsockname()[1]}"
+    where = (["--haproxy-config", str(config), "--reload-command", "true"]
+             if command == "sync" else ["--output", str(config)])
+    return [command, "--marathon", url, "--marathon-timeout", "120",
+            "--haproxy-socket", str(tmp_path / "admin.sock"), *where]
 
 
 @contextlib.contextmanager
@@ -69,15 +81,9 @@ def files(folder: Path) -> dict[str, str]:
 def test_a_signal_while_marathon_is_waited_for_stops_cleanly(
         tmp_path: Path, silent_marathon: socket.socket, command: str, sig: int,
         status: int) -> None:
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(EMPTY_CFG)
+    args = waiting_on(silent_marathon, tmp_path, command)
     before = files(tmp_path)
-    url = f"http://127.0.0.1:{silent_marathon.getsockname()[1]}"
-    where = (["--haproxy-config", str(config), "--reload-command", "true"]
-             if command == "sync" else ["--output", str(config)])
-    with stopped_in_the_end(start(command, "--marathon", url, "--marathon-timeout", "120",
-                                  "--haproxy-socket", str(tmp_path / "admin.sock"),
-                                  *where)) as proc:
+    with stopped_in_the_end(start(*args)) as proc:
         waiting, _, _ = select.select([silent_marathon], [], [], PATIENCE)
         assert waiting, f"{command} never asked Marathon"
         os.kill(proc.pid, sig)
@@ -103,18 +109,10 @@ def test_a_signal_while_the_command_starts_stops_it_cleanly(
     signalled as soon as it reports (python -X importtime) that it has imported one of
     its modules: a moment in its start, while it cannot have finished (Marathon never
     answers)."""
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(EMPTY_CFG)
+    args = waiting_on(silent_marathon, tmp_path, command)
     before = files(tmp_path)
-    url = f"http://127.0.0.1:{silent_marathon.getsockname()[1]}"
-    where = (["--haproxy-config", str(config), "--reload-command", "true"]
-             if command == "sync" else ["--output", str(config)])
     for module in STARTING:
-        proc = subprocess.Popen(
-            [PYTHON, "-X", "importtime", "-m", "servicerouter", command, "--marathon", url,
-             "--marathon-timeout", "120", "--haproxy-socket", str(tmp_path / "admin.sock"),
-             *where], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        proc = start(*args, python=("-X", "importtime"))
         lines: queue.Queue[str | None] = queue.Queue()
 
         def read(stream: Any = proc.stderr, out: queue.Queue[str | None] = lines) -> None:
