@@ -5,6 +5,11 @@ templates, and then change the in-memory :class:`~servicerouter.state.ClusterSta
 and mark what changed; the apply loop does the rest. An app that fails keeps its
 last good state and is reported in ``app_errors``; a failed full sync is retried
 with backoff (1 s doubling to 30 s) while HAProxy keeps its config.
+
+A full sync's answer is older than what events and refetches apply while it is in
+flight: tasks changed by events meanwhile, and apps a refetch begun after its fetch
+(or an ``app_terminated_event``) redefined, added or removed meanwhile, keep what those
+did instead of the answer's.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class Intake:
         self._backoff = 0.0
         self._parsed = ParseCache()  # apps whose JSON did not change are not parsed again
         self._accept_empty = False  # the operator's word for the next full sync
+        # While a full sync is in flight: app id -> its error (None: none) as decided by a
+        # refetch begun after that sync's fetch (or an app_terminated_event), newer than
+        # the sync's answer for that app. See full_sync.
+        self._redefined: dict[str, str | None] | None = None
 
     def accept_empty_once(self) -> None:
         """The next full sync may apply an answer that lists no apps (``POST
@@ -59,13 +68,22 @@ class Intake:
             # Until the answer is applied, not only fetched: vetting template labels awaits
             # haproxy -c, and events meanwhile must win over the answer too.
             touched = e.events.watch(None)
+            # App definitions likewise: a refetch begun after this fetch that lands before
+            # this answer is applied is newer for its app (a deploy, a removal, a new app),
+            # and putting the answer's older definition back reverted the deploy until the
+            # next event or resync. A refetch begun before this fetch is older: the answer
+            # wins (a change after its sample sends an event, so a refetch, of its own).
+            self._redefined = {}
             try:
-                return await self._full_sync(started, vouched, accept_empty, touched)
+                return await self._full_sync(started, vouched, accept_empty, touched,
+                                             self._redefined)
             finally:
                 e.events.unwatch(touched)
+                self._redefined = None
 
     async def _full_sync(self, started: float, vouched: bool, accept_empty: bool,
-                         touched: set[tuple[str, str]]) -> bool:
+                         touched: set[tuple[str, str]], redefined: dict[str, str | None]
+                         ) -> bool:
         e = self.engine
         try:
             fetched = await e.marathon.get_apps()
@@ -108,8 +126,15 @@ class Intake:
                 log.error("app %s: %s", app_id, message)
         e.app_errors.update(broken)
         e.events.warn_once([*result.warnings, *assigned])
+        if redefined:  # (no await from here on: none can be added behind this)
+            result.apps = [a for a in result.apps if a.id not in redefined]
+            for app_id, error in redefined.items():  # the refetch's verdict stands
+                if error is None:
+                    e.app_errors.pop(app_id, None)
+                else:
+                    e.app_errors[app_id] = error
         dirty = e.state.set_facts(hostfacts.gather(result.apps, e.config.settings))
-        dirty |= e.state.replace_all(result.apps, keep=list(e.app_errors))
+        dirty |= e.state.replace_all(result.apps, keep=[*e.app_errors, *redefined])
         e.events.after_full_sync()
         e.mark(dirty)
         e.last_sync = time.time()
@@ -128,13 +153,22 @@ class Intake:
         # Until the answer is applied, not only fetched: vetting template labels awaits
         # haproxy -c, and events meanwhile must win over the answer too.
         touched = e.events.watch(app_id)
+        redefined = self._redefined  # the full sync this fetch began after, if any
         try:
-            await self._refetch_app(app_id, event_time, touched)
+            if await self._refetch_app(app_id, event_time, touched) and redefined is not None:
+                redefined[app_id] = e.app_errors.get(app_id)  # (no await since it decided)
         finally:
             e.events.unwatch(touched)
 
+    def app_removed(self, app_id: str) -> None:
+        """An event removed ``app_id`` (newer than a full sync's answer in flight)."""
+        self.engine.app_errors.pop(app_id, None)  # gone: nothing of it is left to report
+        if self._redefined is not None:
+            self._redefined[app_id] = None
+
     async def _refetch_app(self, app_id: str, event_time: float | None,
-                           touched: set[tuple[str, str]]) -> None:
+                           touched: set[tuple[str, str]]) -> bool:
+        """True once the app's state or error is decided by this answer."""
         e = self.engine
         try:
             raw = await e.marathon.get_app(app_id)
@@ -142,23 +176,24 @@ class Intake:
             e.marathon_health.request_failed(f"refetching app {app_id} failed: {exc}")
             log.error("refetching app %s failed: %s; a full resync follows", app_id, exc)
             e.request_full_sync()
-            return
+            return False
         e.marathon_health.request_ok()
         if raw is None:
+            e.app_errors.pop(app_id, None)  # gone: nothing of it is left to report
             e.mark(e.state.remove_app(app_id), event_time)
-            return
+            return True
         try:
             app, warnings = parse_app(raw, e.resolve,
                                       e.config.settings.allow_label_templates)
         except ValueError as exc:
             log.error("app %s: %s; app keeps its last good state, others applied", app_id, exc)
             e.app_errors[app_id] = f"{exc}; app keeps its last good state"
-            return
+            return True
         _, broken = await self._vetting.vet([app])  # label templates, validated alone
         if broken:
             log.error("app %s: %s", app_id, broken[app_id])
             e.app_errors[app_id] = broken[app_id]
-            return
+            return True
         e.app_errors.pop(app_id, None)
         # IP-per-task ports are a function of all such apps: one arriving may move another's.
         app, moved, assigned = assign_one(
@@ -171,3 +206,4 @@ class Intake:
         for other in moved:
             dirty |= e.state.set_app(other)
         e.mark(dirty, event_time)
+        return True

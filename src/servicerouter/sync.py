@@ -99,6 +99,7 @@ class EventHandler:
         elif event.type == "app_terminated_event":
             if app:
                 engine.mark(engine.state.remove_app(app), t)
+                engine.intake.app_removed(app)  # a full sync's older answer keeps it gone
         elif event.type in ("deployment_info", "deployment_success", "deployment_failed"):
             self._refetch(ev.deployment_app_ids(event), t)
         # group_change_success: nothing to fetch. Every app PUT emits one (with

@@ -338,3 +338,179 @@ async def test_a_bug_in_one_round_of_the_timer_loop_does_not_end_it() -> None:
     engine.events.expire_drains = flaky_expire  # type: ignore[method-assign]
     await asyncio.wait_for(engine.run(stop), 20)
     assert rounds >= 3
+
+
+class HeldMarathon:
+    """A Marathon whose full sync answer is sampled when asked and handed back only when
+    ``release`` is set (``asked`` is set meanwhile); one-app refetches answer from
+    ``apps`` at once, or are held the same way when ``hold_app`` is set."""
+
+    def __init__(self, *apps: dict[str, Any]) -> None:
+        self.apps = {a["id"]: a for a in apps}
+        self.asked, self.release = asyncio.Event(), asyncio.Event()
+        self.hold_app: tuple[asyncio.Event, asyncio.Event] | None = None  # (asked, release)
+
+    async def get_apps(self) -> Any:
+        from servicerouter.marathon.client import FetchResult
+
+        sampled = {"apps": [dict(a) for a in self.apps.values()]}  # Marathon's state now
+        self.asked.set()
+        await self.release.wait()
+        return FetchResult(sampled, "http://m", 0.0, 0)
+
+    async def get_app(self, app_id: str) -> dict[str, Any] | None:
+        sampled = self.apps.get(app_id)
+        if self.hold_app is not None:
+            asked, release = self.hold_app
+            asked.set()
+            await release.wait()
+        return sampled
+
+
+def balanced(app_id: str, port: int, balance: str, *task_ids: str) -> dict[str, Any]:
+    return marathon_app(app_id, port, *task_ids, labels={"HAPROXY_0_BALANCE": balance})
+
+
+async def synced(engine: Engine, *apps: dict[str, Any]) -> HeldMarathon:
+    """The engine after a full sync of ``apps``; then a Marathon that holds its answers."""
+    marathon = HeldMarathon(*apps)
+    marathon.release.set()
+    engine.marathon = marathon  # type: ignore[assignment]
+    assert await engine.intake.full_sync()
+    marathon.asked.clear()
+    marathon.release.clear()
+    return marathon
+
+
+async def test_a_deploy_refetched_while_a_full_sync_is_in_flight_is_not_reverted() -> None:
+    """A full sync's answer was sampled before a deploy of /web (a new balance); the
+    deploy's refetch applied while the big answer was still on its way, and the full sync
+    then put the older definition back: a deploy that took effect and silently reverted,
+    until the next event for /web or the next periodic resync, minutes later."""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"),
+                            balanced("/api", 10001, "roundrobin", "a1"))
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await asyncio.wait_for(marathon.asked.wait(), 5)  # v1 of /web sampled
+    marathon.apps["/web"] = balanced("/web", 10000, "leastconn", "w1", "w2")  # the deploy
+    marathon.apps["/api"] = balanced("/api", 10001, "roundrobin", "a1", "a2")  # unrefetched
+    await engine.intake.refetch_app("/web")
+    assert engine.state.desired["web_10000"].service.options.balance == "leastconn"
+    marathon.release.set()
+    assert await asyncio.wait_for(sync, 5)
+    assert engine.state.apps["/web"].services[0].options.balance == "leastconn"
+    assert engine.state.desired["web_10000"].service.options.balance == "leastconn"
+    assert [e.task_id for e in engine.state.desired["web_10000"].endpoints] == ["w1", "w2"]
+    # Other apps take the full sync's answer as always (/api's a2 came after its sample).
+    assert [t.id for t in engine.state.apps["/api"].tasks] == ["a1"]
+    await engine.step()
+    assert engine.layout["web_10000"].service.options.balance == "leastconn"
+
+
+async def test_an_app_a_refetch_found_gone_during_a_full_sync_does_not_come_back() -> None:
+    """The same race for an app destroyed meanwhile: its refetch found it gone (404),
+    the older answer of the full sync listed it, and it was routed again."""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"),
+                            balanced("/api", 10001, "roundrobin", "a1"))
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await asyncio.wait_for(marathon.asked.wait(), 5)
+    del marathon.apps["/web"]
+    await engine.intake.refetch_app("/web")
+    assert "/web" not in engine.state.apps
+    marathon.release.set()
+    assert await asyncio.wait_for(sync, 5)
+    assert "/web" not in engine.state.apps and "web_10000" not in engine.state.desired
+    assert "api_10001" in engine.state.desired
+
+
+async def test_an_app_a_refetch_added_during_a_full_sync_is_not_dropped() -> None:
+    """An app created after the full sync's answer was sampled, refetched and routed
+    before that answer landed: the answer, which does not list it, must not remove it."""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"))
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await asyncio.wait_for(marathon.asked.wait(), 5)
+    marathon.apps["/new"] = balanced("/new", 10002, "roundrobin", "n1")
+    await engine.intake.refetch_app("/new")
+    marathon.release.set()
+    assert await asyncio.wait_for(sync, 5)
+    assert "new_10002" in engine.state.desired and "web_10000" in engine.state.desired
+
+
+async def test_an_app_terminated_during_a_full_sync_does_not_come_back() -> None:
+    """The same for an app_terminated_event, which removes the app without a refetch."""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"),
+                            balanced("/api", 10001, "roundrobin", "a1"))
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await asyncio.wait_for(marathon.asked.wait(), 5)
+    del marathon.apps["/web"]
+    engine.on_event(MarathonEvent("app_terminated_event", {"appId": "/web"},
+                                  time.monotonic()))
+    assert "/web" not in engine.state.apps
+    marathon.release.set()
+    assert await asyncio.wait_for(sync, 5)
+    assert "/web" not in engine.state.apps and "web_10000" not in engine.state.desired
+
+
+async def test_a_broken_deploy_refetched_during_a_full_sync_keeps_its_error() -> None:
+    """A deploy with a bad label, refetched while a full sync was in flight: /web keeps
+    its last good state and the error says so; the older answer must not wipe the error
+    (the operator would see a clean status for a deploy that was never applied)."""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"))
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await asyncio.wait_for(marathon.asked.wait(), 5)
+    marathon.apps["/web"] = balanced("/web", 10000, "roundrobin", "w1") | {
+        "portDefinitions": [{"port": "not a port"}]}
+    await engine.intake.refetch_app("/web")
+    assert "/web" in engine.app_errors
+    marathon.release.set()
+    assert await asyncio.wait_for(sync, 5)
+    assert "/web" in engine.app_errors, engine.app_errors
+    assert "web_10000" in engine.state.desired  # its last good state
+
+
+async def test_a_deploy_refetched_while_a_full_sync_vets_templates_is_not_reverted() -> None:
+    """The full sync's answer is fetched and parsed, then it awaits haproxy -c for an
+    app's template labels: a refetch of /web landing then is newer than the answer too."""
+    engine, writer = templated_engine()
+    raw = marathon_app("/raw", 10001, "r1", labels={"HAPROXY_0_MODE": "http",
+                                                     "HAPROXY_0_BACKEND_HEAD": HEAD})
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"))
+    marathon.apps["/raw"] = raw  # new: vetted alone by the next full sync
+    marathon.release.set()
+    validate = writer.validate
+
+    async def haproxy_c(text: str) -> tuple[bool, str]:
+        writer.validate = validate  # type: ignore[method-assign]  # this check only
+        marathon.apps["/web"] = balanced("/web", 10000, "leastconn", "w1")
+        await engine.intake.refetch_app("/web")
+        return await validate(text)
+
+    writer.validate = haproxy_c  # type: ignore[method-assign]
+    assert await engine.intake.full_sync()
+    assert writer.validated == 1 and "raw_10001" in engine.state.desired
+    assert engine.state.desired["web_10000"].service.options.balance == "leastconn"
+
+
+async def test_a_refetch_sampled_before_a_full_sync_does_not_outrank_its_answer() -> None:
+    """The other order: a refetch asked before the full sync began is older than the full
+    sync's answer, even when it lands while the full sync is in flight; the answer wins.
+    (Changes between the two samples bring events, so further refetches, of their own.)"""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"))
+    asked, release = asyncio.Event(), asyncio.Event()
+    marathon.hold_app = (asked, release)
+    refetch = asyncio.ensure_future(engine.intake.refetch_app("/web"))
+    await asyncio.wait_for(asked.wait(), 5)  # sampled: roundrobin, one task
+    marathon.hold_app = None
+    marathon.apps["/web"] = balanced("/web", 10000, "leastconn", "w1")
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await asyncio.wait_for(marathon.asked.wait(), 5)  # sampled: leastconn
+    release.set()
+    await asyncio.wait_for(refetch, 5)  # the older answer lands first
+    marathon.release.set()
+    assert await asyncio.wait_for(sync, 5)
+    assert engine.state.desired["web_10000"].service.options.balance == "leastconn"
