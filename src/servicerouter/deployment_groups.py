@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from .deployments import GROUP, Deployment, DeploymentError, age, deployment_of, merge
+from .deployments import (
+    GROUP,
+    REASON,
+    Deployment,
+    DeploymentError,
+    age,
+    deployment_of,
+    merge,
+)
+from .deployments import folder as folder_of
 from .model import App, Problem
 
 
@@ -55,6 +64,7 @@ class DeploymentGroups:
         self._blocked: dict[str, set[str]] = {}
         self._blocked_on: dict[str, str] = {}
         self._inside: dict[str, int] = {}  # folder ("/shop") -> live apps under it
+        self.version = 0  # bumped as a group is formed or forgotten (owners.py keeps them)
 
     def routed(self, app_id: str) -> App | None:
         """The app routed under ``app_id``: a Marathon app, or the app a deployment group
@@ -82,6 +92,27 @@ class DeploymentGroups:
     def refused(self, app_id: str) -> bool:
         """Whether ``app_id``'s deployment labels were refused (the app is left out)."""
         return app_id in self._deploy_problem
+
+    def shadowed(self, app_id: str) -> bool:
+        """Whether ``app_id`` is a live app left out because a deployment group at the
+        root was routed under its id before it came (first come: it waits for the id)."""
+        return app_id in self._merged and app_id in self._apps \
+            and app_id not in self._group_of
+
+    def id_problems(self, app_id: str) -> list[Problem]:
+        """The problem of a live app :meth:`shadowed` by a group routed under its id,
+        shown under that id beside the group's own; none for any other id."""
+        if not self.shadowed(app_id):
+            return []
+        members = ", ".join(sorted(self._members[app_id]))
+        return [Problem(app_id, -1, REASON, "id", app_id, (
+            f"is the id of blue/green deployment group {app_id[1:]} ({members}), routed "
+            "under it before this app came; the app is left out until the group is gone"))]
+
+    def groups(self) -> set[str]:
+        """The ids routed as deployment groups now (kept in the owners file: at a
+        restart, a group that held its id keeps it from a live app with that id)."""
+        return set(self._merged)
 
     def problems(self, app_id: str) -> list[Problem]:
         """The problems of an app not routed under its own id: its refused label, or as
@@ -153,8 +184,14 @@ class DeploymentGroups:
             if deployment is not None:
                 owner = self._apps.get(deployment.group)
                 if owner is not None and owner.id != app_id \
-                        and group_in_labels(owner) != deployment.group:
+                        and group_in_labels(owner) != deployment.group \
+                        and not (deployment.group in self._merged
+                                 and folder_of(deployment.group) == "/"):
                     # Routed as that app's id, the pair would take its names and ports.
+                    # (At the root, where the app is another tenant, only if it had the
+                    # id first: a group routed before it came keeps it, and the app
+                    # waits, shadowed. In a folder the app is the group's own tenant's,
+                    # and its id is its own to take back.)
                     self._deploy_problem[app_id] = DeploymentError(
                         "HAPROXY_DEPLOYMENT_GROUP", app.labels["HAPROXY_DEPLOYMENT_GROUP"],
                         f"is the id of app {owner.id}, which is not in the group; the app "
@@ -197,11 +234,12 @@ class DeploymentGroups:
         members = self._members.get(group)
         if members:
             ids = sorted(members)
+            self.version += group not in self._merged
             self._merged[group] = merge(group, [self._apps[i] for i in ids],
                                         [members[i] for i in ids])
             return ids
         self._members.pop(group, None)
-        self._merged.pop(group, None)
+        self.version += self._merged.pop(group, None) is not None
         return []
 
     def member_problems(self, app_id: str) -> list[Problem]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .haproxy.files import atomic_write
+from .model import shown
 
 log = logging.getLogger("servicerouter.owners")
 
@@ -33,12 +34,15 @@ VERSION = 1
 class Owners:
     """Service port → app id; virtual host, and certificate file (claims.py) → (owner
     key, app that claimed it first); a host and path one service routes (``host`` plus
-    the path, ``""`` for none) → (its backend, its app)."""
+    the path, ``""`` for none) → (its backend, its app); the ids routed as blue/green
+    deployment groups (None: a file written before they were kept): at the root, a group
+    that held its id keeps it from a live app with that id, whichever is older."""
 
     ports: dict[int, str] = field(default_factory=dict)
     hosts: dict[str, tuple[str, str]] = field(default_factory=dict)
     certs: dict[str, tuple[str, str]] = field(default_factory=dict)
     routes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    groups: set[str] | None = None
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION,
@@ -46,7 +50,8 @@ class Owners:
                            "hosts": {h: list(o) for h, o in sorted(self.hosts.items())},
                            "certs": {c: list(o) for c, o in sorted(self.certs.items())},
                            "routes": {h + p: list(o) for (h, p), o
-                                      in sorted(self.routes.items())}},
+                                      in sorted(self.routes.items())},
+                           "groups": sorted(self.groups or ())},
                           indent=1)
 
     @classmethod
@@ -64,7 +69,11 @@ class Owners:
         if not (isinstance(ports, dict) and isinstance(hosts, dict)
                 and isinstance(certs, dict) and isinstance(routes, dict)):
             raise ValueError("'ports', 'hosts', 'certs' and 'routes' must be objects")
-        out = cls()
+        groups = data.get("groups")  # absent before deployment groups were kept
+        if groups is not None and not (isinstance(groups, list) and all(
+                isinstance(g, str) and g.startswith("/") for g in groups)):
+            raise ValueError(f"'groups' must be a list of app ids, not {shown(groups)}")
+        out = cls(groups=None if groups is None else set(groups))
         for port, app in ports.items():
             if not (port.isdigit() and 1 <= int(port) <= 65535 and isinstance(app, str)):
                 raise ValueError(f"ports: {port!r}: {app!r} is not a port and an app id")

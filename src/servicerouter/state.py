@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from .admission import Facts, check_service
 from .deployment_groups import DeploymentGroups, group_in_labels
+from .deployments import folder
 from .layout import DesiredService, Settings, desired_services, selected, service_problem
 from .model import (
     App,
@@ -59,6 +60,10 @@ class ClusterState:
         self._groups = DeploymentGroups(self.apps)
         # What a _refresh(wake=False) let go, offered to the apps waiting for it later.
         self._deferred: Freed = (set(), set(), set())
+        # Live apps whose id a deployment group held and let go with a _refresh(wake=False):
+        # they claim after the apps waiting for what it held (_hand_over).
+        self._handed: set[str] = set()
+        self._prior_groups: set[str] | None = None  # restore_owners: the groups before
         # app id -> its services left out for a problem of their own definition, as last
         # admitted (backend name -> service): they keep holding their port, hosts and
         # certificate file meanwhile (_held_back).
@@ -145,6 +150,8 @@ class ClusterState:
         app = self._groups.routed(app_id)  # self.app(app_id), one call less per app
         if app:
             new, problems = self._admit(app)
+            if app is not self.apps.get(app_id):  # a group's: a live app it shadows
+                problems += self._groups.id_problems(app_id)
         else:  # gone, routed as its deployment group, or refused
             new, problems = {}, self._groups.problems(app_id)
             if self._groups.refused(app_id):
@@ -281,7 +288,7 @@ class ClusterState:
         # What the app lets go as it joins a group, the group claims before the apps
         # waiting for it (an older app of another tenant) may; what a group it left lets
         # go, the app claims first: its ports, hosts and certificates are handed over.
-        self._deferred = (set(), set(), set())
+        self._deferred, self._handed = (set(), set(), set()), set()
         if joined is not None:
             dirty = self._refresh(app_id, wake=False)
             for group in [joined, *sorted(touched - {joined})]:
@@ -302,7 +309,9 @@ class ClusterState:
                 self._holding[app_id] = {**inherit, **self._holding.get(app_id, {})}
             dirty |= self._refresh(app_id)
         dirty |= self._wake(app_id, *self._deferred)
-        self._deferred = (set(), set(), set())
+        for handed in sorted(self._handed):  # after the apps waiting for what it held
+            dirty |= self._refresh(handed)
+        self._deferred, self._handed = (set(), set(), set()), set()
         if judge_claimants:
             for other in sorted(self._groups.claimants_to_judge(app_id)):
                 dirty |= self._regroup(other, judge_claimants=False)
@@ -311,9 +320,30 @@ class ClusterState:
     def _refresh_group(self, group: str, wake: bool = True) -> set[str]:
         """Route a deployment group's members again as one app
         (:meth:`~.deployment_groups.DeploymentGroups.remerge`)."""
-        for member in self._groups.remerge(group):  # which member's definition is routed
+        shadowed = self._groups.shadowed(group)
+        members = self._groups.remerge(group)
+        for member in members:  # which member's definition is routed
             self._report(member, self._groups.member_problems(member))  # may have changed
+        if shadowed and not members:
+            return self._hand_over(group, wake)
         return self._refresh(group, wake)
+
+    def _hand_over(self, app_id: str, wake: bool) -> set[str]:
+        """A deployment group at the root is gone; the live app that waited for its id
+        (:meth:`~.deployment_groups.DeploymentGroups.shadowed`) has it now, and what the
+        group held by the first-come rules: let go, offered to the apps waiting for it,
+        and only then claimed by the app. (Its owner key is the group's: claiming at
+        once, it took them all past the apps that had waited longer.) Without ``wake``
+        the offer and the claim are left to :meth:`_regroup`, after its own claims."""
+        self._ownership.release(app_id)
+        self._holding.pop(app_id, None)
+        if not wake:
+            for into, freed in zip(self._deferred, self._ownership.freed, strict=True):
+                into |= freed  # type: ignore[operator]
+            self._handed.add(app_id)
+            return set()
+        dirty = self._wake(app_id, *self._ownership.freed)
+        return dirty | self._refresh(app_id)
 
     def replace_all(self, apps: Iterable[App], keep: Iterable[str] = ()) -> set[str]:
         """A full sync: ``apps`` is all of Marathon, except the ids in ``keep``
@@ -329,6 +359,9 @@ class ClusterState:
             alive = None if self.apps else \
                 {*fresh, *(g for app in fresh.values() if (g := group_in_labels(app)))}
             self._ownership.seed(alive)
+            if alive is not None and self._prior_groups is not None:
+                fresh = self._first_holders(fresh, self._prior_groups)
+        self._prior_groups = None
         keep = set(keep)
         dirty: set[str] = set()
         # A frontend address that failed to bind gets another try at each full sync
@@ -348,14 +381,33 @@ class ClusterState:
                 dirty |= self.set_app(app)
         return dirty
 
+    @staticmethod
+    def _first_holders(fresh: dict[str, App], groups: set[str]) -> dict[str, App]:
+        """``fresh`` in the order it is set at the first full sync after a restart, where
+        a deployment group at the root and a live app with its id are both new: the one
+        that held the id before (a group among the owners file's ``groups``, or else the
+        app) comes first, so it holds it again (first come, :meth:`~.deployment_groups.
+        DeploymentGroups.rejudge`), whichever definition is older."""
+        named = {g for a in fresh.values()
+                 if (g := group_in_labels(a)) in fresh and folder(g) == "/"}
+        if not named:
+            return fresh  # (most clusters)
+
+        def later(app: App) -> bool:
+            group = group_in_labels(app)
+            return (app.id in named and app.id in groups) \
+                or (group in named and group not in groups)
+        return dict(sorted(fresh.items(), key=lambda kv: later(kv[1])))  # stable
+
     @property
     def owners_version(self) -> int:
         """Bumped whenever a port, host or certificate file changes owner (owners.py)."""
-        return self._ownership.version
+        return self._ownership.version + self._groups.version
 
     def owners(self) -> Owners:
-        """Who owns each service port, virtual host and certificate file now (owners.py)."""
-        return self._ownership.owners()
+        """Who owns each service port, virtual host and certificate file now, and the ids
+        routed as deployment groups (owners.py)."""
+        return replace(self._ownership.owners(), groups=self._groups.groups())
 
     def held_ports(self) -> Mapping[int, str]:
         """Port → the app holding it, as the next claims will see it (before the first
@@ -369,8 +421,10 @@ class ClusterState:
 
     def restore_owners(self, owners: Owners) -> None:
         """Who owned ports and hosts before this process: at the first full sync they
-        are theirs again if they still claim them, whatever their definitions' age."""
+        are theirs again if they still claim them, whatever their definitions' age; so
+        is a group's id, or a live app's, at the root (:meth:`replace_all`)."""
         self._ownership.restore(owners)
+        self._prior_groups = owners.groups
 
     def update_task(self, task: Task) -> set[str]:
         """Add or replace one task of a known app (the event fast path)."""
@@ -420,8 +474,8 @@ class ClusterState:
         self.apps[app.id] = app
         if (group := self._groups.group_of(app.id)) is not None:  # which old tasks
             return self._refresh_group(group)  # drain depends on every member
-        if self._groups.refused(app.id):
-            return set()
+        if self._groups.refused(app.id) or self._groups.shadowed(app.id):
+            return set()  # left out: its tasks route nothing (the group's id, its services)
         if any(p.reason in TASK_REASONS for p in self.problems.get(app.id, ())):
             return self._refresh(app.id)
         cap, check = self.settings.max_servers_per_backend, self.settings.health_check

@@ -546,3 +546,137 @@ def test_a_members_own_problems_show_under_it_until_its_definition_is_routed() -
     s.remove_app(BLUE)
     assert GREEN not in s.problems
     assert [p.app_id for p in s.problems["/shop/web"]] == ["/shop/web"]
+
+
+# -- at the root: who had the group's id first keeps it --------------------------------
+
+def _root_web(app_id: str, version: str, n: int, **more: str) -> App:
+    """An app at the root routing shop.test on PORT; /web-blue and /web-green are
+    zdd.py's pair of group "web" (routed as /web), /web a plain app of another tenant."""
+    from servicerouter.model import Mode, Options
+
+    lab = {"HAPROXY_0_PORT": str(PORT), **more}
+    if app_id != "/web":
+        lab |= {"HAPROXY_DEPLOYMENT_GROUP": "web", "HAPROXY_DEPLOYMENT_TARGET_INSTANCES": "1",
+                "HAPROXY_DEPLOYMENT_STARTED_AT": "2024-05-01T10:00:00" if "blue" in app_id
+                else "2024-05-01T11:00:00"}
+    opts = Options(vhosts=("shop.test",), mode=Mode.HTTP)
+    return App(app_id, version, lab, services=(Service(app_id, 0, PORT, opts),),
+               tasks=(task(app_id, n),))
+
+
+WEB = f"web_{PORT}"  # group web's service and the plain app /web's: one name
+
+
+def _web_tasks(s: ClusterState) -> set[str]:
+    return {e.task_id for e in s.desired[WEB].endpoints} if WEB in s.desired else set()
+
+
+def _hosts(s: ClusterState) -> dict[str, str]:
+    return {h: k for h, (k, _) in s.owners().hosts.items()}
+
+
+def test_at_the_root_a_later_app_with_the_groups_id_is_the_one_left_out() -> None:
+    # Group web routed with shop.test and its port; another tenant creates /web: the
+    # group was left out (an outage caused by creating an app), and /web, the same
+    # owner key, took shop.test and the port. First come: /web is the one refused.
+    s = ClusterState(Settings())
+    s.set_app(_root_web("/web-blue", "2024-05-01T10:00:00.000Z", 1))
+    s.set_app(_root_web("/web-green", "2024-05-01T11:00:00.000Z", 2))
+    pair = _web_tasks(s)
+    assert pair == {task("/web-blue", 1).id, task("/web-green", 2).id}
+    s.set_app(_root_web("/web", "2024-05-02T00:00:00.000Z", 9))
+    assert _web_tasks(s) == pair and s.deployment("/web") is not None
+    assert _hosts(s) == {"shop.test": "/web"} and s.held_ports() == {PORT: "/web"}
+    (p,) = [p for p in s.problem_list() if p.reason == "deployment_group"]
+    assert p.app_id == "/web" and p.index == -1
+    assert "deployment group web (/web-blue, /web-green)" in p.message, p.message
+    assert "/web-blue" not in s.problems and "/web-green" not in s.problems
+    # A change of /web, or a full sync of the same apps, decides nothing again.
+    s.set_app(_root_web("/web", "2024-05-03T00:00:00.000Z", 8))
+    s.replace_all([_root_web(a.id, "2024-06-01T00:00:00.000Z", n)
+                   for n, a in enumerate(list(s.apps.values()))])
+    assert s.deployment("/web") is not None and len(_web_tasks(s)) == 2
+    assert task("/web", 9).id not in _web_tasks(s) and task("/web", 8).id not in _web_tasks(s)
+    # zdd.py's next deploy: blue deleted, green alone keeps the id.
+    s.remove_app("/web-blue")
+    assert s.deployment("/web") is not None and "/web" in s.problems
+    # The group gone: the waiting app has the id now, and the names let go.
+    s.remove_app("/web-green")
+    assert s.deployment("/web") is None and not s.problems
+    assert _web_tasks(s) == {task("/web", 0).id} or _web_tasks(s) == {task("/web", 1).id} \
+        or _web_tasks(s) == {task("/web", 2).id}
+    assert _hosts(s) == {"shop.test": "/web"} and s.held_ports() == {PORT: "/web"}
+
+
+def test_at_the_root_an_app_with_the_groups_id_first_keeps_it() -> None:
+    # The other way round, as before: /web was first, the pair is refused until it goes.
+    s = ClusterState(Settings())
+    s.set_app(_root_web("/web", "2024-05-02T00:00:00.000Z", 9))
+    s.set_app(_root_web("/web-blue", "2024-05-01T10:00:00.000Z", 1))
+    assert _web_tasks(s) == {task("/web", 9).id}
+    assert "is the id of app /web" in str(s.problems["/web-blue"][0])
+    s.replace_all([_root_web("/web-blue", "2024-06-01T10:00:00.000Z", 1),
+                   _root_web("/web", "2024-06-02T00:00:00.000Z", 9)])
+    assert _web_tasks(s) == {task("/web", 9).id} and "/web-blue" in s.problems
+    s.remove_app("/web")
+    assert _web_tasks(s) == {task("/web-blue", 1).id} and not s.problems
+
+
+def test_at_a_restart_whoever_held_the_groups_id_keeps_it() -> None:
+    # After a restart every app is new at once; the owners file says who held /web,
+    # whatever the definitions' age (/web's is older than the pair's here).
+    from servicerouter.owners import Owners
+
+    plain = _root_web("/web", "2024-01-01T00:00:00.000Z", 9)
+    pair = [_root_web("/web-blue", "2024-05-01T10:00:00.000Z", 1),
+            _root_web("/web-green", "2024-05-01T11:00:00.000Z", 2)]
+    before = ClusterState(Settings())
+    before.replace_all(pair)
+    before.set_app(plain)
+    assert "/web" in before.problems
+    after = ClusterState(Settings())
+    after.restore_owners(Owners.from_json(before.owners().to_json()))
+    after.replace_all([plain, *pair])
+    assert after.deployment("/web") is not None and _web_tasks(after) == _web_tasks(before)
+    assert after.problems == before.problems
+    # And the other way round: /web held it, though the pair's definitions are older.
+    newer = _root_web("/web", "2024-07-01T00:00:00.000Z", 9)
+    before = ClusterState(Settings())
+    before.set_app(newer)
+    before.replace_all([newer, *pair])
+    assert _web_tasks(before) == {task("/web", 9).id}
+    after = ClusterState(Settings())
+    after.restore_owners(Owners.from_json(before.owners().to_json()))
+    after.replace_all([*pair, newer])
+    assert _web_tasks(after) == {task("/web", 9).id} and after.problems == before.problems
+
+
+def test_a_shadowed_apps_task_events_route_nothing() -> None:
+    # The event fast path edits the endpoints of the services routed under the app's
+    # id: the group's, whose id the waiting /web has.
+    s = ClusterState(Settings())
+    s.set_app(_root_web("/web-blue", "2024-05-01T10:00:00.000Z", 1))
+    s.set_app(_root_web("/web", "2024-05-02T00:00:00.000Z", 9))
+    assert s.update_task(task("/web", 7)) == set()
+    assert s.set_health("/web", "web.instance-9", True) == set()
+    assert s.remove_task("/web", task("/web", 9).id) == set()
+    assert _web_tasks(s) == {task("/web-blue", 1).id}
+
+
+def test_when_the_group_goes_the_apps_that_waited_longer_get_its_names_first() -> None:
+    # The app waiting for the group's id shares its owner key: taking the id it took
+    # shop.test too, past /x, refused shop.test since before /web came.
+    from servicerouter.model import Mode, Options
+
+    s = ClusterState(Settings())
+    s.set_app(_root_web("/web-blue", "2024-05-01T10:00:00.000Z", 1))
+    opts = Options(vhosts=("shop.test",), mode=Mode.HTTP)
+    s.set_app(App("/x", "2024-05-01T12:00:00.000Z", {},
+                  services=(Service("/x", 0, 10090, opts),), tasks=(task("/x", 3),)))
+    assert [p.reason for p in s.problems["/x"]] == ["vhost_taken"]
+    s.set_app(_root_web("/web", "2024-05-02T00:00:00.000Z", 9))
+    s.remove_app("/web-blue")
+    assert _hosts(s) == {"shop.test": "/x"} and "/x" not in s.problems
+    assert s.held_ports() == {10090: "/x", PORT: "/web"}
+    assert [p.reason for p in s.problems["/web"]] == ["vhost_taken"]

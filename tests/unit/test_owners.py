@@ -150,6 +150,14 @@ def test_an_owners_file_without_routes_still_loads() -> None:
                                                            ("h", "/x/y"): ("c", "/c")}
 
 
+def test_an_owners_file_without_groups_says_it_does_not_know_them() -> None:
+    # None, not "no group": at the first sync after an upgrade, a group at the root and
+    # a live app with its id are then ordered as every claim is, oldest definition first.
+    assert Owners.from_json('{"version": 1, "ports": {}, "hosts": {}}').groups is None
+    assert Owners.from_json(Owners().to_json()).groups == set()
+    assert Owners.from_json(Owners(groups={"/web"}).to_json()).groups == {"/web"}
+
+
 @pytest.mark.parametrize(("text", "error"), [
     ("{", "not JSON"),
     ('{"version": 9, "ports": {}, "hosts": {}}', "not a version 1 owners file"),
@@ -162,6 +170,8 @@ def test_an_owners_file_without_routes_still_loads() -> None:
      "routes: '/api': ['b', '/a'] is not [backend, app id]"),
     ('{"version": 1, "ports": {}, "hosts": {}, "routes": []}',
      "'ports', 'hosts', 'certs' and 'routes' must be objects"),
+    ('{"version": 1, "ports": {}, "hosts": {}, "groups": ["web"]}',
+     "'groups' must be a list of app ids, not ['web']"),
 ])
 def test_a_broken_owners_file_is_reported_and_claims_start_over(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, error: str) -> None:
