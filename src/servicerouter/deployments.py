@@ -18,7 +18,9 @@ Where this differs from marathon-lb (the README says so too):
   other's tasks. At the root, where every app is a tenant of its own, only zdd.py's
   own ids join: ``web`` takes ``/web-blue`` and ``/web-green``, not ``/evil``. A group
   that is the id of a live app outside the group is refused too (the services would
-  take that app's names). A refused app is left out, and reported; it keeps the
+  take that app's names); at the root only if that app had the id first: one created
+  after the group is routed waits (:meth:`~.deployment_groups.DeploymentGroups.
+  shadowed`). A refused app is left out, and reported; it keeps the
   ports and names it held meanwhile (:meth:`~.state.ClusterState._hold_refused`).
 - Old tasks drain (existing sessions finish) instead of marathon-lb's ``disabled``.
 - Without health checks the new app's running tasks count as healthy (marathon-lb took
