@@ -921,3 +921,46 @@ def test_a_copy_of_another_tenants_certificate_is_presented_on_no_port(
         owner_served(second)
         thieves_left_out(second)
         serving(simulator, "/teamc/new", simulator.service_port("/teamc/new"))
+
+
+def test_an_app_created_with_a_routed_groups_id_takes_neither_its_traffic_nor_its_host(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """At the root, group web (zdd.py's /web-blue) served shop.test; another tenant
+    creating /web left the group out and, with the group's owner key, took shop.test.
+    First come now: /web is left out, through a deploy of the pair and a restart (the
+    pair's definition then newer than /web's: the owners file says who held the id)."""
+    from servicerouter.demo.procs import free_port
+
+    http_port = free_port()
+    group = {"HAPROXY_0_VHOST": "shop.test", "HAPROXY_DEPLOYMENT_GROUP": "web"}
+
+    def daemon() -> Daemon:
+        return Daemon(tmp_path, simulator.url, "--http-port", str(http_port))
+
+    def group_routed() -> bool:
+        return _reaches_only(http_port, "shop.test", simulator, "/web-blue")
+
+    def left_out(d: Daemon) -> dict[str, Any]:
+        (p,) = wait_for(lambda: problems(d).get("/web"), 30, what="/web left out in /status")
+        assert (p["reason"], p["label"]) == ("deployment_group", "id")
+        assert "deployment group web (/web-blue)" in p["error"], p
+        return p
+
+    first = daemon().start()
+    with running(first):
+        simulator.launch("/web-blue", 1, labels=group)
+        wait_for(group_routed, 30, what="shop.test routed to group web")
+        _, other = simulator.launch("/web", 1, labels={"HAPROXY_0_VHOST": "shop.test"})
+        left_out(first)
+        new_app_is_routed(simulator, first, "/newcomer")  # a reload since /web came
+        assert group_routed() and not _reached(http_port, "shop.test") & other
+        _relabel(simulator, "/web-blue", {**group, "HAPROXY_DEPLOYMENT_COLOUR": "blue"})
+        wait_for(lambda: simulator.app("/web-blue")["labels"].get("HAPROXY_DEPLOYMENT_COLOUR"),
+                 30, what="the pair's new definition")
+        wait_for(group_routed, 30, what="shop.test routed to the redeployed group")
+        left_out(first)
+    second = daemon().start()
+    with running(second):
+        left_out(second)
+        wait_for(group_routed, 30, what="shop.test routed to group web after the restart")
+        assert "/web-blue" not in problems(second)
