@@ -71,6 +71,11 @@ class Ownership:
         # first sync held before the restart.
         self._kept: dict[str, Kept] = {}
 
+    def unclaimed_prior(self) -> set[str]:
+        """The apps :meth:`seed` handed something back that have not claimed whole since
+        (left out for a problem of their own, or never parsed since the restart)."""
+        return set(self._kept)
+
     def claim(self, app: App, new: dict[str, DesiredService], keep_prior: bool = False
               ) -> list[Problem]:
         """``app`` now defines ``new``: drop the services naming a port, a host (or host

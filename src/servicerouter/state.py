@@ -271,7 +271,10 @@ class ClusterState:
 
     def remove_app(self, app_id: str) -> set[str]:
         if self.apps.pop(app_id, None) is None:
-            return set()
+            # Unknown, or never parsed since a restart: what the owners file handed it
+            # back (replace_all's ``keep``) it lets go now.
+            return self._refresh(app_id) if app_id in self._ownership.unclaimed_prior() \
+                else set()
         self._groups.count_inside(app_id, -1)
         return self._regroup(app_id)
 
@@ -350,19 +353,20 @@ class ClusterState:
         (apps that failed to parse this time), which keep their last good state."""
         # New apps claim ports and hosts oldest definition first, not in payload order.
         fresh = {a.id: a for a in sorted(apps, key=lambda a: (a.version, a.id))}
+        keep = set(keep)
         if self._ownership.restoring():
             # Who owned what before this process is handed back at the first sync only
             # (later, the claims in memory are the newer truth), to the apps still in
             # Marathon and to the deployment groups that can form (a group is routed as
             # one app; a refused label would hold a departed app's ports with no one to
             # let them go).
+            # (An app in ``keep`` is in Marathon too: its JSON did not parse this time.)
             alive = None if self.apps else \
-                {*fresh, *(g for app in fresh.values() if (g := group_in_labels(app)))}
+                {*fresh, *keep, *(g for app in fresh.values() if (g := group_in_labels(app)))}
             self._ownership.seed(alive)
             if alive is not None and self._prior_groups is not None:
                 fresh = self._first_holders(fresh, self._prior_groups)
         self._prior_groups = None
-        keep = set(keep)
         dirty: set[str] = set()
         # A frontend address that failed to bind gets another try at each full sync
         # (reported again only if it changed: the engine re-excludes it before reloading).
@@ -379,6 +383,12 @@ class ClusterState:
             held = self.apps.get(app.id)
             if held is not app and held != app:  # `is`: reused by the parse (parsecache)
                 dirty |= self.set_app(app)
+        # What the owners file handed back to an id that has claimed nothing since, and
+        # is neither in Marathon nor one that did not parse (``keep``): let go. (An app
+        # that never parsed since the restart, now deleted; a group that did not form.)
+        for app_id in sorted(self._ownership.unclaimed_prior() - fresh.keys() - keep
+                             - self.apps.keys()):
+            dirty |= self._refresh(app_id)
         return dirty
 
     @staticmethod

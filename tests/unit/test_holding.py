@@ -179,3 +179,34 @@ def test_a_restart_keeps_nothing_for_an_owner_admitted_without_it() -> None:
     assert set(s.desired) == {"teama_web_10009", "aaa_host_10002", "aaa_port_10001",
                               "aaa_cert_10003"}
     assert not s.problems
+
+
+def test_a_restart_while_the_owners_app_does_not_parse_keeps_its_names() -> None:
+    # An app whose JSON does not parse is kept out of a full sync's answer, named in
+    # ``keep`` (it is in Marathon, with no last good state after a restart): the owners
+    # file's claims went only to the apps in the answer, and the thieves took them.
+    s = state()
+    s.restore_owners(running().owners())
+    s.replace_all(THIEVES, keep=["/teama/web"])
+    assert set(s.desired) == set() and waiting(s) == WAITING
+    assert s.held_ports()[10001] == "/teama/web"
+    s.replace_all(THIEVES, keep=["/teama/web"])  # still broken at the next sync
+    assert set(s.desired) == set() and waiting(s) == WAITING
+    s.set_app(owner("2026-02-01"))  # fixed (a refetch): routed with them
+    assert set(s.desired) == {"teama_web_10001"} and waiting(s) == WAITING
+
+
+def test_a_never_parsed_owner_gone_from_marathon_lets_go() -> None:
+    # Deleted while it never parsed: by the next full sync's answer, or by its event.
+    for gone in ("sync", "event"):
+        s = state()
+        s.restore_owners(running().owners())
+        s.replace_all(THIEVES, keep=["/teama/web"])
+        assert waiting(s) == WAITING
+        if gone == "sync":
+            s.replace_all(THIEVES)
+        else:
+            s.remove_app("/teama/web")
+        assert set(s.desired) == {"aaa_host_10002", "aaa_port_10001", "aaa_cert_10003"}, gone
+        assert not s.problems, gone
+        assert "/teama/web" not in s.held_ports().values(), gone
