@@ -78,3 +78,16 @@ def test_a_chunk_larger_than_every_read_is_passed_on_as_it_comes() -> None:
 def test_bad_framing_is_an_error_naming_the_bytes(wire: bytes, problem: str) -> None:
     with pytest.raises(ValueError, match=r"^chunked body: .*" + re.escape(problem)):
         ChunkedDecoder().feed(wire)
+
+
+def test_endless_trailers_are_a_framing_error_not_a_silent_stream() -> None:
+    # After the last chunk nothing reaches the SSE parser, so the event stream's stall
+    # check (run per chunk of payload) never ran, and each trailer line re-armed the read
+    # timeout: a server sending trailer lines forever held the stream open with no event
+    # and no reconnect. Marathon sends none; a trailer section past 64 KiB is refused.
+    decoder = ChunkedDecoder()
+    assert decoder.feed(chunked(b"abc")[:-2]) == b"abc"  # up to the trailers
+    with pytest.raises(ValueError, match=r"^chunked body: trailers over 65536 bytes"):
+        for _ in range(10_000):
+            decoder.feed(b"X-Trailer: " + b"y" * 100 + b"\r\n")
+    assert not decoder.done

@@ -32,6 +32,10 @@ READ_SIZE = 1 << 16
 MAX_HEAD = 64 * 1024  # bytes of status line and headers
 MAX_ERROR_BODY = 1 << 20  # bytes read of a non-200 answer (an error message)
 _MAX_SIZE_LINE = 1024
+# Bytes of trailer lines after the last chunk. Nothing of them reaches the event stream,
+# whose stall check runs per chunk of payload, while each re-arms the read timeout: a
+# server sending trailers forever held the stream open, silent, with no reconnect.
+_MAX_TRAILERS = 64 * 1024
 _HEX = b"0123456789abcdefABCDEF"
 
 
@@ -40,12 +44,13 @@ class ChunkedDecoder:
     a chunk-size line, a chunk or its CRLF may be split anywhere across `feed` calls.
     `done` is set after the last chunk and its trailers; ValueError on bad framing."""
 
-    __slots__ = ("_buf", "_left", "_state", "done")
+    __slots__ = ("_buf", "_left", "_state", "_trailers", "done")
 
     def __init__(self) -> None:
         self._buf = b""  # an incomplete size or trailer line
         self._left = 0  # payload bytes still due in the current chunk
         self._state = 0  # 0: size line, 1: payload, 2: CRLF after payload, 3: trailers
+        self._trailers = 0  # bytes of trailer lines so far
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
@@ -87,6 +92,11 @@ class ChunkedDecoder:
                     self._state = 3
             elif not line:  # state 3: the blank line after the trailers ends the body
                 self.done = True
+            else:
+                self._trailers += len(line)
+                if self._trailers > _MAX_TRAILERS:
+                    raise ValueError(f"chunked body: trailers over {_MAX_TRAILERS} bytes "
+                                     "after the last chunk")
         return b"".join(out) if len(out) != 1 else out[0]
 
 
