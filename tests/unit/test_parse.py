@@ -16,6 +16,7 @@ from servicerouter.marathon.parse import (
     parse_apps,
     refuse_empty,
 )
+from servicerouter.marathon.parsecache import ParseCache
 from servicerouter.marathon.tasks import task_from_event, task_health
 from servicerouter.model import (
     Endpoint,
@@ -507,6 +508,29 @@ def test_an_app_that_cannot_be_decoded_is_skipped_and_the_others_applied(bad: by
     assert [e.app_id for e in result.errors] == ["<apps[1]>"]
     assert "cannot be decoded" in str(result.errors[0])
     assert "UTF-8" in str(result.errors[0])
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_an_app_nested_too_deep_is_skipped_and_the_others_applied(depth: int) -> None:
+    # msgspec scans the body for the apps' extent recursively too: one app nested past
+    # the recursion limit failed that scan, so the whole full sync (every app stopped
+    # updating), not only the app, as parse_apps' own per-app handling means it to be.
+    deep = b'{"id": "/deep", "cmd": ' + b"[" * depth + b"]" * depth + b"}"
+    body = b'{"apps": [' + _GOOD + b", " + deep + b', {"id": "/x]\\"[,{", "tasks": []}]}'
+    for cache in (None, ParseCache()):
+        result = parse_apps(decode_apps(body), "m", resolve, consume=True, cache=cache)
+        assert [a.id for a in result.apps] == ["/good", '/x]"[,{']
+        assert [e.app_id for e in result.errors] == ["<apps[1]>"]
+        assert "cannot be decoded (RecursionError" in str(result.errors[0])
+
+
+def test_a_body_nested_too_deep_outside_its_apps_is_still_refused() -> None:
+    for body in (b"[" * 100_000 + b"]" * 100_000,
+                 b'{"other": ' + b"[" * 100_000 + b"]" * 100_000 + b', "apps": []}',
+                 b'{"apps": [' + _GOOD + b", " + b"[" * 100_000,  # cut short
+                 b'{"apps": [' + b"[" * 100_000 + b"]" * 100_000 + b"]} x"):  # then junk
+        with pytest.raises(RecursionError):
+            decode_apps(body)
 
 
 @pytest.mark.parametrize(("task", "kind"), [("null", "NoneType"), ("5", "int"),

@@ -27,6 +27,7 @@ fixture and sample payload.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict, overload
 
@@ -139,3 +140,55 @@ def decode_apps(content: bytes) -> Any:
         return {"apps": DecodedApps(list(_outer.decode(content)["apps"]))}
     except (msgspec.ValidationError, msgspec.DecodeError):
         return json.loads(content)
+    except RecursionError:
+        # msgspec recurses to skip each app too: one app nested past the recursion limit
+        # failed the scan, so the whole full sync. Its extent is found without recursion
+        # instead, and decoding that app alone fails it alone (parse_apps reports it).
+        raws = _apps_extents(content)
+        if raws is None:  # nested too deep outside the apps, or not JSON: the body's error
+            raise
+        return {"apps": DecodedApps(raws)}
+
+
+# A JSON string (escapes included), or one of the characters that frame values.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
+
+
+def _apps_extents(content: bytes) -> list[msgspec.Raw | None] | None:
+    """The text of each element of the top-level object's ``apps`` array, found in one
+    flat pass (no recursion, however deep an app is); None when the body is not an
+    object holding an ``apps`` array, or is nested deeper than ``_MAX_OUTSIDE`` outside
+    its apps (then the body as a whole is at fault, not an app)."""
+    view = memoryview(content)
+    depth, key, start, end = 0, b"", -1, 0  # start: where the app begins; -2: all read
+    raws: list[msgspec.Raw | None] = []
+    for match in _TOKEN.finditer(content):
+        token = match.group()
+        if token[0] == 0x22:  # '"': a string; at depth 1 after '{' or ',', a key
+            if depth == 1 and key == b"":
+                key = token
+        elif token in (b"{", b"["):
+            if depth == 0 and (token != b"{" or start == -2):
+                return None
+            depth += 1
+            if depth == 2 and start == -1 and key == b'"apps"' and token == b"[":
+                start = match.end()
+            elif depth > _MAX_OUTSIDE and start < 0:
+                return None
+        elif token in (b"}", b"]"):
+            depth -= 1
+            end = match.end()
+            if depth == 1 and start >= 0:  # the end of the apps array
+                last = bytes(view[start:match.start()]).strip()
+                if last or raws:
+                    raws.append(msgspec.Raw(last))
+                start = -2
+        elif depth == 2 and start >= 0:  # ',' between apps
+            raws.append(msgspec.Raw(bytes(view[start:match.start()]).strip()))
+            start = match.end()
+        elif depth == 1:  # ',' between the keys of the body
+            key = b""
+    return raws if depth == 0 and start == -2 and not content[end:].strip() else None
+
+
+_MAX_OUTSIDE = 64
