@@ -177,6 +177,24 @@ def test_an_event_over_the_limit_is_skipped_unread_and_the_next_one_parses() -> 
     assert parser.lines == 6
 
 
+def test_an_event_over_the_limit_ends_at_its_crlf_however_the_crlf_is_split() -> None:
+    # Marathon ends lines with CRLF. Once a frame was over the limit, a chunk ending in
+    # the CR of its blank line was taken for the start of another long line, and the
+    # blank line was lost: the frame never ended, the frames after it were swallowed
+    # into it, and (byte by byte) no event was ever seen again, not even as skipped.
+    big = b"event: status_update_event\r\ndata: " + b"x" * 200 + b"\r\n\r\n"
+    small = b'event: app_terminated_event\r\ndata: {"appId":"/a"}\r\n\r\n'
+    wire = big + small + HEARTBEAT + small
+    expected = [("app_terminated_event", b'{"appId":"/a"}')] * 2
+    splits = [[wire[i : i + 1] for i in range(len(wire))]]  # byte by byte
+    splits += [[wire[:cut], wire[cut:]] for cut in range(len(big) - 4, len(big) + 1)]
+    for chunks in splits:
+        parser = SSEParser(max_event=100)
+        frames = [f for chunk in chunks for f in parser.feed(chunk)]
+        assert frames == expected, [len(c) for c in chunks]
+        assert [name for name, _ in parser.skipped] == ["status_update_event"]
+
+
 @pytest.mark.parametrize("size", [1, 7, 64, 5000])
 def test_the_limit_holds_for_many_data_lines_and_any_chunking(size: int) -> None:
     wire = b"event: x\ndata: " + b"\ndata: ".join([b"y" * 50] * 40) + b"\n\n" + WIRE

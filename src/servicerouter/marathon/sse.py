@@ -70,7 +70,9 @@ class SSEParser:
             return
         self._pieces.append(piece)
         self._pending += len(piece)
-        if self._size + self._pending > self._max:
+        # A lone CR may be the first half of a blank line's CRLF (a chunk can end
+        # between them): kept, even past the limit, or the frame's end would be lost.
+        if self._size + self._pending > self._max and self._pieces != [b"\r"]:
             self._size += self._pending
             self._pieces, self._pending = [], 0
             self._long = True
