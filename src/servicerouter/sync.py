@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .marathon import eventdata as ev
 from .marathon.events import MarathonEvent
 from .marathon.tasks import task_from_event
-from .model import TASK_KILLING, TASK_RUNNING, App, Task
+from .model import TASK_KILLING, TASK_RUNNING, App, Task, shown
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -90,9 +90,18 @@ class EventHandler:
                         "resync follows", event.type)
             engine.request_full_sync()
         elif event.type in ("health_status_changed_event", "instance_health_changed_event"):
-            instance, healthy = ev.instance_id(event), ev.health(event)
+            # Marathon 1.3 names the task (taskId), not the instance; set_health takes both.
+            instance = ev.instance_id(event) or ev.task_id(event)
+            healthy = ev.health(event)
             if app and instance and healthy is not None:
                 engine.mark(engine.state.set_health(app, instance, healthy), t)
+            elif not (instance and event.data.get("healthy", False) is None):
+                # (healthy: null is an instance with no result yet: nothing to apply.)
+                # Dropped, the flip waited for the next full resync, a task gone
+                # unhealthy keeping its traffic that long: its app is read instead.
+                self.bad_event(event, "it names no instance and health (instanceId "
+                               f"{shown(event.data.get('instanceId'))}, alive/healthy "
+                               f"{shown(event.data.get('alive', event.data.get('healthy')))})")
         elif event.type == "api_post_event":
             if app:
                 engine.request_refetch(app, t)

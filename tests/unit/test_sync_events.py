@@ -11,7 +11,7 @@ import pytest
 from servicerouter.marathon import eventdata as ev
 from servicerouter.marathon.events import MarathonEvent
 from servicerouter.metrics import Metrics
-from servicerouter.model import App, Service
+from servicerouter.model import App, Health, Service, Task
 from servicerouter.sync import TERMINATED_MEMORY, EventHandler
 
 from .test_sync_drain import FakeEngine, handler
@@ -271,3 +271,28 @@ def test_event_types_not_asked_for_share_one_series_and_memory_stays_bounded() -
     assert registry.get_sample_value("servicerouter_marathon_events_total",
                                      {"event_type": "status_update_event"}) == 1
     assert len(h._counters) <= 101
+
+
+def test_a_health_event_it_cannot_apply_refetches_its_app_not_dropped() -> None:
+    # Silently dropped, a health flip stayed unapplied until the next full resync (5
+    # minutes by default): a task gone unhealthy kept its traffic all that time. Marathon
+    # 1.3 names the task (taskId), not the instance; anything else unusable refetches.
+    engine, h = handler(0)
+    engine.state.set_app(App("/hc", services=(Service("/hc", 0, 10002),),
+                             has_health_checks=True))
+    engine.state.update_task(Task("hc.t1", "/hc", "127.0.0.1", (31001,), "TASK_RUNNING",
+                                  Health.HEALTHY))
+    assert [e.task_id for e in engine.state.desired["hc_10002"].endpoints] == ["hc.t1"]
+    h.handle(MarathonEvent("health_status_changed_event",
+                           {"appId": "/hc", "taskId": "hc.t1", "alive": False}, 0.0))
+    assert [t.health for t in engine.state.apps["/hc"].tasks] == [Health.UNHEALTHY]
+    assert engine.refetches == []
+    for data in [{"appId": "/hc", "alive": True},  # names no task or instance
+                 {"appId": "/hc", "instanceId": 5, "alive": True},
+                 {"appId": "/hc", "instanceId": "hc", "alive": "yes"}]:
+        h.handle(MarathonEvent("health_status_changed_event", data, 0.0))
+    assert engine.refetches == ["/hc"] * 3 and engine.full_syncs == 0
+    # instance_health_changed_event says healthy: null while an instance has no result yet
+    h.handle(MarathonEvent("instance_health_changed_event",
+                           {"runSpecId": "/hc", "instanceId": "hc", "healthy": None}, 0.0))
+    assert engine.refetches == ["/hc"] * 3
