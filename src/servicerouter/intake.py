@@ -125,7 +125,7 @@ class Intake:
             if before.get(app_id) != message:
                 log.error("app %s: %s", app_id, message)
         e.app_errors.update(broken)
-        e.events.warn_once([*result.warnings, *assigned])
+        e.events.warn_once([*result.warnings, *assigned], every_app=True)
         if redefined:  # (no await from here on: none can be added behind this)
             result.apps = [a for a in result.apps if a.id not in redefined]
             for app_id, error in redefined.items():  # the refetch's verdict stands

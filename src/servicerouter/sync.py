@@ -58,11 +58,17 @@ class EventHandler:
         # changed meanwhile; those tasks are newer in memory than in the answer.
         self._watches: list[tuple[str | None, set[tuple[str, str]]]] = []
 
-    def warn_once(self, warnings: Iterable[str]) -> None:
+    def warn_once(self, warnings: Iterable[str], *, every_app: bool = False) -> None:
+        """Log each warning not logged before. ``every_app`` (a full sync): these are the
+        warnings of all apps now, and only they are remembered. Every warning ever logged
+        was kept for the daemon's lifetime, and apps come and go (one per CI build, say)
+        and a tenant's label names change with its deploys: memory grew without end."""
+        seen = set() if every_app else self._warned
         for w in warnings:
             if w not in self._warned:
-                self._warned.add(w)
                 log.warning("%s", w)
+            seen.add(w)
+        self._warned = seen
 
     def handle(self, event: MarathonEvent) -> None:
         engine = self.engine

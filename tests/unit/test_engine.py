@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -806,3 +807,30 @@ async def test_an_event_stream_that_fails_unexpectedly_is_reconnected_and_report
     assert len(opened) == 2  # reconnected
     assert syncs  # and resynced: events may have been missed
     assert any("RecursionError" in p for p in engine.marathon_health.problems())
+
+
+async def test_warnings_are_logged_once_and_only_the_current_apps_ones_remembered(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every warning ever logged was remembered, for the daemon's lifetime: apps come
+    and go (one per CI build), and a tenant's label names change with its deploys."""
+    engine, _, _, _ = make_engine()
+
+    class Builds:
+        build = 0
+
+        async def get_apps(self) -> Any:
+            from servicerouter.marathon.client import FetchResult
+            apps = [{"id": f"/ci/build-{self.build}", "portDefinitions": [{"port": 10000}],
+                     "labels": {f"HAPROXY_0_X{i}": "v" for i in range(100)}, "tasks": []}]
+            return FetchResult({"apps": apps}, "http://m", 0.0, 0)
+
+    marathon = engine.marathon = Builds()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="servicerouter.events"):
+        for build in range(20):
+            marathon.build = build
+            assert await engine.intake.full_sync()
+            assert await engine.intake.full_sync()  # the same answer: nothing logged again
+    logged = [r.getMessage() for r in caplog.records if "HAPROXY_0_X0 " in r.getMessage()]
+    assert len(logged) == 20 and "/ci/build-19" in logged[-1]
+    current = [w for w in engine.events._warned if "/ci/build-19:" in w]
+    assert current and len(engine.events._warned) == len(current)  # not all 20 builds'
