@@ -673,3 +673,20 @@ def test_the_one_pass_health_check_choice_is_marathon_lbs(checks: list[Any]) -> 
         except BadHealthCheck as bad:
             got = ("error", bad.where)
         assert got == _pick_by_scanning(checks, index), (checks, index)
+
+
+def test_an_error_quotes_at_most_a_short_piece_of_the_tenants_value() -> None:
+    # The whole value went into the message (and, for an id, the key) of app_errors:
+    # a 2 MB id or port was a 2 MB log line and /status entry at every change.
+    huge = "9" * 2_000_000
+    apps = [{"id": huge}, {"id": ["x" * 1000]},
+            {"id": "/p", "portDefinitions": [{"port": huge}]},
+            {"id": "/n", "networks": [{"mode": huge}]},
+            {"id": "/c", "networks": [{"mode": "container"}],
+             "container": {"portMappings": [{"containerPort": huge}]}},
+            json.loads(_GOOD)]
+    result = parse_apps({"apps": apps}, "m", resolve)
+    assert [a.id for a in result.apps] == ["/good"]
+    assert len(result.errors) == 5
+    for error in result.errors:
+        assert len(error.app_id) <= 300 and len(error.message) <= 500, str(error)[:300]

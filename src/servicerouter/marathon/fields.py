@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..model import shown
+
 # host name -> IP (None when it cannot be resolved). Injected, so parsing stays pure.
 Resolver = Callable[[str], "str | None"]
 
@@ -33,7 +35,7 @@ def get_list(obj: Mapping[str, Any] | None, key: str, where: str) -> list[Any]:
 
 def get_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise AppParseError(where, f"expected an integer, got {value!r}")
+        raise AppParseError(where, f"expected an integer, got {shown(repr(value))}")
     return value
 
 

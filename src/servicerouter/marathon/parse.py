@@ -82,7 +82,7 @@ def network_mode(app: Mapping[str, Any]) -> NetworkMode:
             return NetworkMode.CONTAINER
         if mode == "host":
             return NetworkMode.HOST
-        raise AppParseError("networks[0].mode", f"unknown network mode {mode!r}")
+        raise AppParseError("networks[0].mode", f"unknown network mode {shown(repr(mode))}")
     if _get(app, "ipAddress") is not None:
         return NetworkMode.CONTAINER
     docker_net = _get(_get(_get(app, "container"), "docker"), "network")
@@ -105,7 +105,7 @@ def _port_mappings(app: Mapping[str, Any]) -> tuple[list[Any], str]:
 def _number(value: Any, where: str) -> int | float:
     """A JSON number, kept as given: its range is checked per service (see parse_app)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AppParseError(where, f"expected an integer, got {value!r}")
+        raise AppParseError(where, f"expected an integer, got {shown(repr(value))}")
     return value
 
 
@@ -148,7 +148,7 @@ def parse_app(raw: Mapping[str, Any], resolve: Resolver,
     """
     app_id = _get(raw, "id")
     if not isinstance(app_id, str) or not app_id.startswith("/") or len(app_id) < 2:
-        raise AppParseError("id", f"expected an absolute app id, got {app_id!r}")
+        raise AppParseError("id", f"expected an absolute app id, got {shown(repr(app_id))}")
     mode = network_mode(raw)
     svc_ports, container_ports = service_ports(raw, mode)
     labels = _get(raw, "labels", {})
@@ -304,6 +304,8 @@ def parse_apps(payload: Any, source: str, resolve: Resolver,
                 elif tasks_left_out(raw):
                     running_bare += 1
             app_id = _get(raw, "id", f"<apps[{i}]>")
+            if not (type(app_id) is str and app_id.startswith("/")):  # names no app: its
+                app_id = shown(app_id)  # error is keyed by a short piece (not megabytes)
             try:
                 app, warnings = parse_app(raw, resolve, allow_templates)
             except (AppParseError, LabelError) as exc:
