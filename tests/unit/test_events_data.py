@@ -104,3 +104,31 @@ def test_missing_or_mistyped_fields_never_raise(data: dict[str, Any]) -> None:
         assert ed.ip_addresses(event) == []
         assert ed.health(event) is None
         assert ed.deployment_app_ids(event) == set()
+
+
+@pytest.mark.parametrize("value", ["/", "", "  ", "//", 3, None])
+def test_an_id_naming_no_app_is_no_app(value: Any) -> None:
+    """A refetch of "/" raised ValueError in its task ("app id '/' is empty"), never
+    retrieved: an event must name an app to be about one."""
+    assert ed.app_id(ev("app_terminated_event", appId=value)) is None
+    assert ed.app_id(ev("api_post_event", appDefinition={"id": value})) is None
+    plan = {"steps": [{"actions": [{"action": "StartApplication", "app": value}]}]}
+    assert ed.deployment_app_ids(ev("deployment_info", plan=plan)) == set()
+    problem = ed.status_update_problem(ev("status_update_event", appId=value, taskId=TASK,
+                                          taskStatus="TASK_RUNNING"))
+    assert problem is not None and "is not an app id" in problem
+
+
+def test_a_relative_definition_id_is_the_absolute_app() -> None:
+    assert ed.app_id(ev("api_post_event", appDefinition={"id": "shop/web"})) == "/shop/web"
+
+
+@pytest.mark.parametrize("field", ["ports", "ipAddresses"])
+@pytest.mark.parametrize("value", [0, False, ""])
+def test_a_falsy_non_list_is_refused_not_read_as_none(field: str, value: Any) -> None:
+    """0, false or "" passed as "no ports" and then failed where the task was built
+    (a TypeError the engine caught): the check and its user disagreed."""
+    event = ev("status_update_event", appId="/a", taskId=TASK, taskStatus="TASK_RUNNING",
+               **{field: value})
+    problem = ed.status_update_problem(event)
+    assert problem is not None and field in problem

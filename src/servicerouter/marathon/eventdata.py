@@ -22,14 +22,23 @@ def _str(data: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _app_ref(value: Any) -> str | None:
+    """An app id as events give it, absolute (``foo`` in an ``api_post_event`` is
+    Marathon's ``/foo``); None for a non-string or one naming no app (``/``, blank),
+    which a refetch could not ask for."""
+    if not isinstance(value, str) or not value.strip().strip("/"):
+        return None
+    return value if value[0] == "/" else "/" + value
+
+
 def app_id(event: MarathonEvent) -> str | None:
     """The app an event is about: `appId`, `runSpecId`, or `api_post_event`'s definition id."""
     data = event.data
-    found = _str(data, "appId") or _str(data, "runSpecId")
+    found = _app_ref(data.get("appId")) or _app_ref(data.get("runSpecId"))
     if found is None and event.type == "api_post_event":
         definition = data.get("appDefinition")
         if isinstance(definition, Mapping):
-            found = _str(definition, "id")
+            found = _app_ref(definition.get("id"))
     return found
 
 
@@ -93,8 +102,8 @@ def deployment_app_ids(event: MarathonEvent) -> set[str]:
     for step in steps if isinstance(steps, list) else ():
         actions = step.get("actions") if isinstance(step, Mapping) else None
         for action in actions if isinstance(actions, list) else ():
-            if isinstance(action, Mapping) and isinstance(action.get("app"), str):
-                found.add(action["app"])
+            if isinstance(action, Mapping) and (app := _app_ref(action.get("app"))):
+                found.add(app)
     return found
 
 
@@ -118,8 +127,8 @@ def status_update_fields(event: MarathonEvent) -> tuple[str, str, str] | str:
     :func:`status_update_problem`'s checks, or the problem (one pass over the fields:
     hundreds of events a second under churn)."""
     data = event.data
-    app = data.get("appId")
-    if not (type(app) is str and app):
+    app = _app_ref(data.get("appId"))
+    if app is None:
         app = app_id(event)
         if app is None:
             return f"appId {data.get('appId')!r} is not an app id"
@@ -136,7 +145,9 @@ def status_update_fields(event: MarathonEvent) -> tuple[str, str, str] | str:
         return f"taskStatus {status!r} is not a Mesos task state"
     if "host" in data and not isinstance(data["host"], str):
         return f"host {data['host']!r} is not a string"
-    value = data.get("ports") or []  # absent or null: no ports (e.g. TASK_STAGING)
+    value = data.get("ports")
+    if value is None:  # absent or null: no ports (e.g. TASK_STAGING); not 0, "" or false
+        value = []
     if not isinstance(value, list):
         return f"ports {value!r} is not a list"
     for p in value:
@@ -145,7 +156,9 @@ def status_update_fields(event: MarathonEvent) -> tuple[str, str, str] | str:
             if bad:
                 return f"ports {value!r}: {bad[0]!r} is not a port (1-65535)"
             break
-    addresses = data.get("ipAddresses") or []
+    addresses = data.get("ipAddresses")
+    if addresses is None:
+        addresses = []
     if not isinstance(addresses, list) or not all(
         (type(a) is dict or isinstance(a, Mapping)) and isinstance(a.get("ipAddress"), str)
         for a in addresses  # (a dict, as decoded, skips the slow ABC check)
