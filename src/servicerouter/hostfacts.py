@@ -18,6 +18,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import stat
 import sys
 from collections.abc import Iterable
@@ -33,6 +34,13 @@ _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
 _KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 # PKCS#8 "ENCRYPTED PRIVATE KEY", or a legacy PEM key with "Proc-Type: 4,ENCRYPTED".
 _ENCRYPTED = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED")
+# What OpenSSL says of a file HAProxy then refuses to load, failing ``haproxy -c`` for the
+# whole candidate (Python's ssl runs the same checks, at OpenSSL's default security level
+# 2, HAProxy's on Debian and Ubuntu). A file OpenSSL cannot parse at all is left to
+# ``haproxy -c`` (isolation), as before.
+_KEY_MISMATCH = frozenset({"KEY_VALUES_MISMATCH",  # a key of the certificate's type
+                           "NO_CERTIFICATE_ASSIGNED"})  # of another type (EC for RSA)
+_TOO_WEAK = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL", "CA_MD_TOO_WEAK"})
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -84,7 +92,31 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
         return CertFact(None, "holds an encrypted private key: HAProxy would ask for its "
                               "passphrase on a terminal (haproxy -c and the reload hang "
                               "there) or fail; the key must be unencrypted", stamp)
+    refused = _openssl_refuses(real)
+    if refused:
+        return CertFact(None, refused, stamp)
     return CertFact(real, None, stamp, shared, cert_names(data))
+
+
+def _openssl_refuses(path: str) -> str | None:
+    """Why HAProxy would refuse to load the certificate file ``path`` (its key is another
+    certificate's, or too weak), or None."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # the password callback: an encrypted key never prompts on a terminal
+        context.load_cert_chain(path, password=lambda: b"")
+    except ssl.SSLError as exc:
+        said = str(exc.reason or "").replace("_", " ").lower()
+        if exc.reason in _KEY_MISMATCH:
+            return ("holds a private key that is not the certificate's: HAProxy refuses the "
+                    "file (\"inconsistencies between private key and certificate\"); put the "
+                    "certificate's own key in it")
+        if exc.reason in _TOO_WEAK:
+            return (f"holds a key or signature OpenSSL's default security level refuses "
+                    f"({said}): HAProxy cannot load it; use an RSA key of at least 2,048 "
+                    "bits, or EC, signed with SHA-256 or better")
+    except OSError:
+        pass  # gone or unreadable since it was read: haproxy -c will say
+    return None
 
 
 def host_has_address(address: str) -> bool:

@@ -166,3 +166,39 @@ def test_a_location_rewrite_over_a_thousand_long_vhosts_is_valid(tmp_path: Path)
     apps = [_app("/big/rev", 10000, Options(mode=Mode.HTTP, vhosts=vhosts, revproxy_path="/r"))]
     haproxy_check(render_apps(apps, Settings(socket_path=str(tmp_path / "admin.sock"))),
                   tmp_path)
+
+
+def test_admission_refuses_exactly_the_certificate_files_haproxy_refuses(tmp_path: Path
+                                                                         ) -> None:
+    """hostfacts.check_cert's verdict on a file is haproxy -c's: a key of another
+    certificate (of its type or another) or an RSA key of 1,024 bits failed the whole
+    candidate; the files it admits at the boundary (2,048 bits, the key first, EC) load."""
+    from servicerouter import hostfacts
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+
+    def pem(name: str, *args: str) -> tuple[bytes, bytes]:
+        subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "1", "-subj",
+                        "/CN=shop.example.com", *args, "-keyout", str(tmp_path / "k"),
+                        "-out", str(tmp_path / "c")], check=True, capture_output=True,
+                       timeout=60)
+        return (tmp_path / "c").read_bytes(), (tmp_path / "k").read_bytes()
+
+    rsa, rsa_key = pem("rsa", "-newkey", "rsa:2048")
+    ec, ec_key = pem("ec", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+    weak = b"".join(pem("weak", "-newkey", "rsa:1024"))
+    files = {"rsa2048": rsa + rsa_key, "key-first": rsa_key + rsa, "ec": ec + ec_key,
+             "rsa-with-ec-key": rsa + ec_key, "ec-with-rsa-key": ec + rsa_key,
+             "rsa1024": weak}
+    for i, (name, data) in enumerate(files.items()):
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(data)
+        admitted = hostfacts.check_cert(str(path), [str(tmp_path)], []).path is not None
+        cfg = tmp_path / f"{name}.cfg"
+        cfg.write_text(f"frontend f\n    mode tcp\n    bind 127.0.0.1:{10000 + i} ssl crt "
+                       f"{path}\n")
+        proc = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True,
+                              text=True, timeout=30)
+        assert admitted == (proc.returncode == 0), (name, admitted, proc.stdout + proc.stderr)
+        assert admitted == (name in ("rsa2048", "key-first", "ec")), name

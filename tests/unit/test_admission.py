@@ -354,6 +354,63 @@ def test_a_certificate_with_an_encrypted_key_is_refused(tmp_path: Path, key: str
     assert fact.path is None and "encrypted private key" in str(fact.problem)
 
 
+
+def _openssl_pem(tmp_path: Path, name: str, *args: str) -> tuple[bytes, bytes]:
+    """(certificate, key) PEM blocks of a new self-signed certificate."""
+    subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "1", "-subj",
+                    "/CN=shop.example.com", *args, "-keyout", str(tmp_path / f"{name}.k"),
+                    "-out", str(tmp_path / f"{name}.c")],
+                   check=True, capture_output=True, timeout=60)
+    return (tmp_path / f"{name}.c").read_bytes(), (tmp_path / f"{name}.k").read_bytes()
+
+
+def test_a_certificate_haproxy_would_refuse_to_load_is_refused(tmp_path: Path) -> None:
+    """A key of another certificate, or an RSA key OpenSSL's default security level
+    refuses: ``haproxy -c`` rejected the whole candidate ("inconsistencies between private
+    key and certificate", "unable to load SSL certificate into SSL Context"), so every
+    tenant's change waited for isolation to find the service."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    cert, key = _openssl_pem(tmp_path, "good", "-newkey", "rsa:2048")
+    _, other_key = _openssl_pem(tmp_path, "other", "-newkey", "ec", "-pkeyopt",
+                                "ec_paramgen_curve:prime256v1")
+    weak = b"".join(_openssl_pem(tmp_path, "weak", "-newkey", "rsa:1024"))
+    _, same_type_key = _openssl_pem(tmp_path, "other-rsa", "-newkey", "rsa:2048")
+    files = {"good": cert + key, "mismatch": cert + other_key, "weak": weak,
+             "key-first": key + cert, "mismatch-rsa": cert + same_type_key}
+    for name, data in files.items():
+        (tmp_path / f"{name}.pem").write_bytes(data)
+
+    def check(name: str) -> CertFact:
+        return hostfacts.check_cert(str(tmp_path / f"{name}.pem"), [str(tmp_path)], [])
+
+    assert check("good").path == str(tmp_path / "good.pem")
+    assert check("key-first").path == str(tmp_path / "key-first.pem")  # HAProxy takes it
+    assert check("mismatch").path is None
+    assert check("mismatch").problem == (
+        "holds a private key that is not the certificate's: HAProxy refuses the file "
+        "(\"inconsistencies between private key and certificate\"); put the certificate's "
+        "own key in it")
+    assert check("mismatch-rsa").problem == check("mismatch").problem
+    assert check("weak").path is None
+    assert check("weak").problem == (
+        "holds a key or signature OpenSSL's default security level refuses (ee key too "
+        "small): HAProxy cannot load it; use an RSA key of at least 2,048 bits, or EC, "
+        "signed with SHA-256 or better")
+    # The service is left out at admission, with the label and the file.
+    settings = Settings(http_port=0, https_port=0, ssl_cert_dirs=(str(tmp_path),))
+    apps = [app("/tls/ok", 10001, ssl_cert=str(tmp_path / "good.pem")),
+            app("/tls/bad", 10002, ssl_cert=str(tmp_path / "mismatch.pem"))]
+    s = ClusterState(settings)
+    s.set_facts(hostfacts.gather(apps, settings))
+    s.replace_all(apps)
+    assert set(s.desired) == {"tls_ok_10001"}
+    (p,) = s.problems["/tls/bad"]
+    assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT",
+                                            str(tmp_path / "mismatch.pem"))
+    assert "not the certificate's" in p.message and "service left out" in p.message
+
+
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
