@@ -158,6 +158,13 @@ def parse_bind_address(label: str, value: str) -> str:
         ip = ipaddress.ip_address(v)
     except ValueError:
         raise LabelError(label, value, "is not an IP address or '*'") from None
+    if ip.version == 6 and (ip.is_link_local or ip.is_multicast):
+        # bind() of these fails with EINVAL without a scope id, on every host: HAProxy
+        # could never start the listener, and admission (which asks the host by binding)
+        # took EINVAL for an address it has.
+        raise LabelError(label, value, "is an IPv6 link-local or multicast address, which "
+                         "HAProxy binds only with an interface zone (refused): bind '*' or "
+                         "'::', or an address of the host's interfaces")
     # ::ffff:127.0.0.1 binds (and is) 127.0.0.1: one spelling, so that the checks of
     # what an address does (loopback, another service's bind) see what HAProxy binds.
     return str(getattr(ip, "ipv4_mapped", None) or ip)

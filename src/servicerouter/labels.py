@@ -166,7 +166,8 @@ LABELS: tuple[LabelSpec, ...] = (
               "url_param userid", "only algorithms and arguments from a fixed grammar",
               "balance", parse_balance),
     LabelSpec("BIND_ADDR", "port", "address the service's frontend binds", "10.0.0.42",
-              "an IP address or '*' only", "bind_address", parse_bind_address),
+              "an IP address or '*' only; no IPv6 link-local or multicast address (it "
+              "binds only with an interface zone)", "bind_address", parse_bind_address),
     LabelSpec("VHOST", "port", "virtual hosts routed to this service on the shared HTTP and "
               "HTTPS frontends (SNI on HTTPS, Host as fallback)",
               "shop.example.com,*.shop.example.com", "'*.' wildcards match any subdomain; "

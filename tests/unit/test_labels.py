@@ -485,3 +485,22 @@ def test_auth_refuses_a_hash_too_slow_to_check_per_request(secret: str, ok: bool
         error = str(parsed.errors[0])
         assert "HAPROXY_0_AUTH='r:alice:...'" in error and "every request" in error
         assert secret[8:] not in error  # the hash is not repeated
+
+
+@pytest.mark.parametrize("value", ["fe80::1", "FE80::abcd:1", "febf::1", "ff02::1", "ff0e::1"])
+def test_a_bind_address_no_socket_can_bind_without_a_zone_is_refused(value: str) -> None:
+    """An IPv6 link-local or multicast address binds only with an interface zone, which a
+    label cannot carry: HAProxy failed to start its listeners ("cannot bind socket
+    (Invalid argument)"), and admission took it for an address of the host (binding it
+    fails with EINVAL, not EADDRNOTAVAIL): only the daemon's bind check just before a
+    reload kept it out, and `sync` runs none."""
+    with pytest.raises(LabelError) as err:
+        parse_labels({"HAPROXY_0_BIND_ADDR": value}, 1)
+    assert str(err.value) == (
+        f"label HAPROXY_0_BIND_ADDR={value!r} is an IPv6 link-local or multicast address, "
+        "which HAProxy binds only with an interface zone (refused): bind '*' or '::', or "
+        "an address of the host's interfaces")
+    # Those around it still parse: site-local, global, and IPv4 link-local.
+    for ok in ("fec0::1", "fd00::1", "169.254.1.1", "::"):
+        assert parse_labels({"HAPROXY_0_BIND_ADDR": ok}, 1).for_index(0).options \
+            .bind_address == ok
