@@ -547,6 +547,14 @@ async def render_config(args: argparse.Namespace) -> Rendered:
         state.restore_owners(prior)
     state.set_facts(hostfacts.gather(result.apps, settings))
     state.replace_all(result.apps)
+    if kept:  # sync: an address HAProxy cannot bind (a port another process holds) passes
+        # haproxy -c and fails the reload, every run, for every app: left out first, as
+        # the daemon's guard does before each reload (its problems are logged)
+        from .guard import Guard
+        from .haproxy.control import ConfigFile
+
+        Guard(state, ConfigFile(Path(kept), args.haproxy_bin), settings,
+              templates).exclude_unbindable()
     if dns is not None:
         from .mesosdns import render_config as render_dns
 

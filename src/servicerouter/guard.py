@@ -85,7 +85,9 @@ class Guard:
         if self._bound is None:  # HAProxy may serve the file an earlier run left
             path = getattr(self.writer, "path", None)
             with contextlib.suppress(OSError, TypeError):
-                self._bound = set(_BIND.findall(Path(path).read_text()))  # type: ignore[arg-type]
+                # (not UTF-8, an old file's comment: its bind lines are ASCII all the same)
+                text = Path(path).read_text(errors="replace")  # type: ignore[arg-type]
+                self._bound = set(_BIND.findall(text))
         dirty: set[str] = set()
         for name, d in sorted(self.state.desired.items()):
             opts, svc = d.service.options, d.service

@@ -6,7 +6,9 @@ command or the master socket). Exit 0 when nothing changed or the change was
 applied; 1 with one clear line otherwise, leaving the running config as it was.
 
 When ``haproxy -c`` rejects the candidate, the services it blames are left out and
-reported, as the daemon does (guard.py): one app's value never blocks every run.
+reported, as the daemon does (guard.py): one app's value never blocks every run. So is
+a service whose frontend address cannot be bound (cli.render_config), which haproxy -c
+would pass and the reload fail on.
 
 With ``--service-port-range`` the config names map files (``<config>.d``, as ``run``
 writes them): they count as part of the config (a change to them alone reloads too),

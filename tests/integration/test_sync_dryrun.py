@@ -280,3 +280,40 @@ def test_sync_removes_what_a_killed_run_left_and_nothing_else(
     assert out.returncode == 0, out.stderr
     assert [p for p in left if p.exists()] == []
     assert all(p.read_text() == "the operator's\n" for p in others)
+
+
+def test_a_service_whose_port_another_process_holds_is_left_out_and_the_others_synced(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """An app's HAPROXY_0_PORT on a port another process listens on passed haproxy -c
+    (which binds nothing), and HAProxy's reload then failed to bind it: sync, which had
+    no bind check (the daemon's guard has one), restored the old file and failed every
+    run, so no other app's change was ever applied."""
+    config, master = tmp_path / "haproxy.cfg", tmp_path / "master.sock"
+    config.write_text(EMPTY_CFG)
+    by_master = ("--haproxy-master-socket", str(master))
+    port, live = simulator.launch("/sync/good", 2)
+    with socket.socket() as held:  # another process's listener, on loopback
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        simulator.create_app("/sync/squatter", instances=0, cmd=None,
+                             labels={"HAPROXY_0_PORT": str(taken)})
+        haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S",
+                                   str(master)], tmp_path / "haproxy.log")
+        with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                                   what="HAProxy's master socket")):
+            out = sync(simulator.url, tmp_path, *by_master)
+            assert out.returncode == 0, out.stderr
+            assert "updated; HAProxy reloaded" in out.stdout
+            assert (f"app /sync/squatter: HAPROXY_0_PORT='*:{taken}' cannot be bound: "
+                    "Address already in use; service left out") in out.stderr, out.stderr
+            assert master_reloads(master) == 1
+            wait_routed(port, live)
+            assert "sync_squatter" not in config.read_text()
+            # The other apps keep being synced.
+            simulator.scale("/sync/good", 3)
+            live = simulator.wait_running("/sync/good", 3)
+            out = sync(simulator.url, tmp_path, *by_master)
+            assert out.returncode == 0 and "updated" in out.stdout, out.stderr
+            assert master_reloads(master) == 2
+            wait_routed(port, live)
