@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -92,15 +93,17 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
         return CertFact(None, "holds an encrypted private key: HAProxy would ask for its "
                               "passphrase on a terminal (haproxy -c and the reload hang "
                               "there) or fail; the key must be unencrypted", stamp)
-    refused = _openssl_refuses(real)
+    refused = _openssl_refuses(real, (info.st_ino, *stamp))
     if refused:
         return CertFact(None, refused, stamp)
     return CertFact(real, None, stamp, shared, cert_names(data))
 
 
-def _openssl_refuses(path: str) -> str | None:
+@functools.lru_cache(maxsize=4096)
+def _openssl_refuses(path: str, version: tuple[int, int, int]) -> str | None:
     """Why HAProxy would refuse to load the certificate file ``path`` (its key is another
-    certificate's, or too weak), or None."""
+    certificate's, or too weak), or None. Kept per ``version`` of the file (inode, mtime,
+    size): loading costs ~1 ms, and each full sync gathers every file apps name."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:  # the password callback: an encrypted key never prompts on a terminal
         context.load_cert_chain(path, password=lambda: b"")
