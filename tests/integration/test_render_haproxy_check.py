@@ -188,9 +188,23 @@ def test_admission_refuses_exactly_the_certificate_files_haproxy_refuses(tmp_pat
     rsa, rsa_key = pem("rsa", "-newkey", "rsa:2048")
     ec, ec_key = pem("ec", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
     weak = b"".join(pem("weak", "-newkey", "rsa:1024"))
+    # A good leaf whose chain holds a CA of 1,024 bits ("unable to load chain certificate").
+    weak_ca, weak_ca_key = weak.split(b"-----END CERTIFICATE-----\n")
+    (tmp_path / "ca.c").write_bytes(weak_ca + b"-----END CERTIFICATE-----\n")
+    (tmp_path / "ca.k").write_bytes(weak_ca_key)
+    (tmp_path / "leaf.k").write_bytes(rsa_key)
+    subprocess.run(["openssl", "req", "-new", "-key", str(tmp_path / "leaf.k"), "-subj",
+                    "/CN=leaf.example.com", "-out", str(tmp_path / "csr")], check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "csr"), "-CA",
+                    str(tmp_path / "ca.c"), "-CAkey", str(tmp_path / "ca.k"), "-days", "1",
+                    "-set_serial", "2", "-out", str(tmp_path / "leaf.c")], check=True,
+                   capture_output=True, timeout=60)
+    weak_chain = ((tmp_path / "leaf.c").read_bytes() + rsa_key
+                  + (tmp_path / "ca.c").read_bytes())
     files = {"rsa2048": rsa + rsa_key, "key-first": rsa_key + rsa, "ec": ec + ec_key,
              "rsa-with-ec-key": rsa + ec_key, "ec-with-rsa-key": ec + rsa_key,
-             "rsa1024": weak}
+             "rsa1024": weak, "weak-chain": weak_chain}
     for i, (name, data) in enumerate(files.items()):
         path = tmp_path / f"{name}.pem"
         path.write_bytes(data)
