@@ -436,14 +436,12 @@ class Engine:
                             "worker: %s; planned again against the worker that serves "
                             "after it", exc)
                 return False
-            self.haproxy_ok = False
-            self.metrics.haproxy_up.set(0)
+            self.haproxy_answered(False)
             log.error("runtime API: %s; HAProxy's state is restored by a reload", exc)
             if self.runtime.socket_missing():
                 self.reload_pipeline.socket_gone()
             return False
-        self.haproxy_ok = True
-        self.metrics.haproxy_up.set(1)
+        self.haproxy_answered(True)
         self.metrics.runtime_batches.inc()
         failed = [r for r in results if not r.ok]
         if failed:
@@ -452,6 +450,13 @@ class Engine:
                           r.reply.strip() or r.status)
             self.metrics.runtime_errors.inc(len(failed))
         return not failed
+
+    def haproxy_answered(self, ok: bool) -> None:
+        """Whether HAProxy's admin socket answered, as last seen by anyone (a runtime
+        batch, a reconcile, the worker check, /healthz's probe): /status's ``haproxy_up``
+        and ``servicerouter_haproxy_up`` say the same."""
+        self.haproxy_ok = ok
+        self.metrics.haproxy_up.set(1 if ok else 0)
 
     def write_maps(self, layout: Layout) -> None:
         """Range mode: write the map files of ``layout`` (see :func:`reload.write_maps`)."""

@@ -146,8 +146,7 @@ class Reconciler:
             except ParseError as exc:
                 raise HAProxyRuntimeError(f"{e.config.settings.socket_path}: {exc}") from exc
         except HAProxyRuntimeError as exc:
-            e.haproxy_ok = False
-            e.metrics.haproxy_up.set(0)
+            e.haproxy_answered(False)
             log.error("reconcile: %s", exc)
             if e.runtime.socket_missing():
                 if after_reload:  # a reload did not bring it back: not every interval
@@ -155,8 +154,7 @@ class Reconciler:
                                              f"{e.config.settings.socket_path} is still gone")
                 e.reload_pipeline.socket_gone()
             return None
-        e.haproxy_ok = True
-        e.metrics.haproxy_up.set(1)
+        e.haproxy_answered(True)
         log.debug("reconcile: HAProxy's servers read back (%s); %d backends differ",
                   "all" if keys is None else f"{len(layout)} of {len(e.layout)}",
                   len(suspect))
@@ -237,11 +235,15 @@ class Reconciler:
             raw = (await e.runtime.show_info()).get("Pid", "")
             pid = int(raw) if raw.isdigit() else None
         except HAProxyRuntimeError:
+            # (a session the old worker ended during our reload's hand-over is no fault)
+            if not e.reload_pipeline.handing_over:
+                e.haproxy_answered(False)  # with no apps, the only look at HAProxy
             if e.layout and e.runtime.socket_missing():
                 e.reload_pipeline.socket_gone()
             return
         finally:
             self.checking_worker = False
+        e.haproxy_answered(True)
         if e.generation != generation:
             # A reload of ours switched workers while this question was out: the answer
             # may be the old worker's, and taken for a restart behind our back it would

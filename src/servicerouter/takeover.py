@@ -64,7 +64,8 @@ async def take_over(engine: Engine) -> bool:
                  theirs[first] if first < len(theirs) else None,
                  ours[first] if first < len(ours) else None)
         return False
-    engine.layout, engine.running_config, engine.haproxy_ok = layout, running, True
+    engine.layout, engine.running_config = layout, running
+    engine.haproxy_answered(True)
     engine.guard.served(running)
     log.info("adopted the running HAProxy: %d services, %d endpoints in their slots, "
              "no reload", len(layout), slot_counts(table)[0])

@@ -104,7 +104,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         if probing is None or probing.done():
             probing = asyncio.ensure_future(probe_haproxy())
         haproxy_problem = await asyncio.shield(probing)  # a client gone cancels only itself
-        engine.metrics.haproxy_up.set(0 if haproxy_problem else 1)
+        engine.haproxy_answered(haproxy_problem is None)
         if haproxy_problem:
             problems.append(haproxy_problem)
         reload_problem = engine.reloader.problem()  # e.g. a kept master that is silent
