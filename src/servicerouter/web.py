@@ -148,8 +148,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         app_filter = request.query_params.get("app")
         names = sorted(n for n, shape in engine.layout.items()
                        if shape.app_id  # not a spare backend (range mode)
-                       and (app_filter is None or shape.app_id == app_filter
-                            or shape.app_id.startswith(app_filter.rstrip("/") + "/")))
+                       and (app_filter is None or _under(shape.app_id, app_filter)))
         page = names[offset:offset + limit]
         haproxy: dict[tuple[str, str], str] = {}
         if page:
@@ -214,6 +213,13 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
     ])
 
 
+def _under(app_id: str, app_filter: str) -> bool:
+    """``?app=``: the app itself and everything under it; ``/shop/`` (a group, as
+    Marathon writes one) is ``/shop``."""
+    base = app_filter.rstrip("/")
+    return app_id == base or app_id.startswith(base + "/")
+
+
 def _service_status(engine: Engine, name: str,
                     haproxy: dict[tuple[str, str], str]) -> dict[str, Any]:
     shape = engine.layout[name]
@@ -246,6 +252,5 @@ def _problems(engine: Engine, app_filter: str | None) -> list[dict[str, Any]]:
              "value": p.value, "error": f"{p.label}={p.value!r} {p.message}"}
             for p in engine.state.problem_list()]
     if app_filter is not None:
-        prefix = app_filter.rstrip("/") + "/"
-        out = [p for p in out if p["app_id"] == app_filter or p["app_id"].startswith(prefix)]
+        out = [p for p in out if _under(p["app_id"], app_filter)]
     return sorted(out, key=lambda p: (p["app_id"], p["error"]))[:MAX_PAGE]

@@ -34,3 +34,22 @@ async def test_a_service_left_out_while_status_asks_haproxy_is_not_an_error() ->
     body = r.json()
     assert [s["app_id"] for s in body["services"]] == ["/web"]
     assert body["services"][0]["endpoints"][0]["task_id"] == "t1"
+
+
+async def test_app_filter_with_a_trailing_slash_still_matches_the_app_itself() -> None:
+    """``?app=/shop/`` (as Marathon writes a group) listed what is under /shop but left
+    out /shop itself, services and problems alike; README: the app and all under it."""
+    engine, _, _, _ = make_engine()
+    await started(engine, 1)
+    engine.mark(engine.state.set_app(app(1, app_id="/web/api")))
+    await engine.step()
+    engine.app_errors["/web"] = "not an app"  # as a full sync reports one (invalid_app)
+    engine.app_errors["/webshop"] = "not an app"
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sr") as client:
+        plain = (await client.get("/status", params={"app": "/web"})).json()
+        slash = (await client.get("/status", params={"app": "/web/"})).json()
+    assert [s["app_id"] for s in plain["services"]] == ["/web", "/web/api"]
+    assert [p["app_id"] for p in plain["problems"]] == ["/web"]
+    for key in ("services", "problems", "total"):
+        assert slash[key] == plain[key], key
