@@ -188,6 +188,9 @@ class Engine:
                 log.info("owners of %d ports and %d hosts read from %s", len(prior.ports),
                          len(prior.hosts), self.config.owners_file)
         while not stop.is_set() and not await unless_stopped(self.intake.full_sync(), stop):
+            # The worker check starts after the first sync: meanwhile HAProxy (serving its
+            # last config) is asked here, or servicerouter_haproxy_up blames it for Marathon.
+            await unless_stopped(self._probe_haproxy(), stop)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), next(delays))
         if stop.is_set():
@@ -450,6 +453,15 @@ class Engine:
                           r.reply.strip() or r.status)
             self.metrics.runtime_errors.inc(len(failed))
         return not failed
+
+    async def _probe_haproxy(self, timeout: float = 1.0) -> None:
+        """Ask HAProxy's admin socket whether it answers (``show info``), bounded."""
+        try:
+            await asyncio.wait_for(self.runtime.show_info(), timeout)
+        except (HAProxyRuntimeError, asyncio.TimeoutError):
+            self.haproxy_answered(False)
+        else:
+            self.haproxy_answered(True)
 
     def haproxy_answered(self, ok: bool) -> None:
         """Whether HAProxy's admin socket answered, as last seen by anyone (a runtime

@@ -4,6 +4,8 @@ the same answer in both places."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from servicerouter.haproxy.runtime import RuntimeUnavailable
@@ -56,3 +58,23 @@ async def test_healthz_and_status_agree_on_haproxy() -> None:
         status = (await client.get("/status")).json()
     assert counter(engine, "servicerouter_haproxy_up") == 0
     assert status["haproxy_up"] is False
+
+
+async def test_haproxy_up_while_marathon_is_down_at_start() -> None:
+    """A restart while Marathon is down: the daemon retries its first sync, and HAProxy
+    serves its last config meanwhile. Nothing asked HAProxy, so the gauge said 0 and
+    ServicerouterHAProxyDown (critical) blamed HAProxy for Marathon's outage."""
+    engine, _, _, _ = make_engine()  # its Marathon client is None: every sync fails
+    stop = asyncio.Event()
+    run = asyncio.ensure_future(engine.run(stop))
+    try:
+        for _ in range(500):  # bounded: 5 s
+            if counter(engine, "servicerouter_haproxy_up") == 1:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    assert engine.last_sync is None  # still retrying the first sync
+    assert counter(engine, "servicerouter_haproxy_up") == 1
+    assert engine.haproxy_ok is True
