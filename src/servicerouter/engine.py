@@ -58,6 +58,8 @@ from .sync import EventHandler
 from .takeover import take_over
 
 log = logging.getLogger("servicerouter.engine")
+MAX_AWAITING_RELOAD = 100_000
+"""Event times kept for the event_to_apply histogram while a reload is pending (~3 MB)."""
 T = TypeVar("T")
 
 ENDPOINTS_CHANGED = "endpoints_changed"  # reload strategy: task churn caused the reload
@@ -109,7 +111,9 @@ class Engine:
         self.dirty: set[str] = set()
         self.pending: dict[str, str] = {}
         self._event_times: list[float] = []
-        self.awaiting_reload: list[float] = []  # event times a pending reload will apply
+        # Event times a pending reload will apply (event_to_apply), at most
+        # MAX_AWAITING_RELOAD: reloads failing for days under churn grew it without end.
+        self.awaiting_reload: list[float] = []
         self.generation = 0  # counts our reloads: a scan from before one is dropped
         self.change_seq = 0
         self.changed_at: dict[str, int] = {}  # backend -> change_seq of its last batch
@@ -351,7 +355,9 @@ class Engine:
                     self.pending.update(dict.fromkeys(p.slots, ReloadReason.RUNTIME_ERROR))
             if p.reload:
                 self.pending.update(p.reload)
-                self.awaiting_reload.extend(events)
+                room = MAX_AWAITING_RELOAD - len(self.awaiting_reload)
+                if room > 0:  # past it, the oldest (the longest waits) stand for the rest
+                    self.awaiting_reload.extend(events[:room])
 
     def _batch_plan_failed(self, exc: Exception, backends: int) -> None:
         """Planning a whole batch raised, outside any one backend's: logged once per

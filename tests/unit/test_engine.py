@@ -17,6 +17,7 @@ from servicerouter.haproxy.runtime_parse import CommandResult, ServerState, Stat
 from servicerouter.layout import Settings
 from servicerouter.metrics import Metrics
 from servicerouter.model import App, Service, Task
+from servicerouter.planner import ReloadReason
 from servicerouter.servercheck import state_line
 
 
@@ -834,3 +835,26 @@ async def test_warnings_are_logged_once_and_only_the_current_apps_ones_remembere
     assert len(logged) == 20 and "/ci/build-19" in logged[-1]
     current = [w for w in engine.events._warned if "/ci/build-19:" in w]
     assert current and len(engine.events._warned) == len(current)  # not all 20 builds'
+
+
+async def test_event_times_kept_for_a_failing_reload_are_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While reloads keep failing under churn every event's time waited for the reload
+    that would apply it: a list that grew for as long as the failure lasted."""
+    import servicerouter.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_AWAITING_RELOAD", 5)
+    engine, _, _, reloader = make_engine()
+    await started(engine, 1)
+    reloader.fail = True
+    for n in range(10):  # each a new app: a reload each, every one failing
+        new = App(f"/new{n}", services=(Service(f"/new{n}", 0, 10100 + n),), tasks=(
+            Task(f"n{n}", f"/new{n}", "127.0.0.1", (32000 + n,), "TASK_RUNNING"),))
+        engine.mark(engine.state.set_app(new), event_time=float(n))
+        await engine.step()
+    assert engine.awaiting_reload == [0.0, 1.0, 2.0, 3.0, 4.0]  # the longest waits kept
+    reloader.fail = False
+    engine.request_reload(ReloadReason.MANUAL)
+    await engine.step()
+    assert engine.awaiting_reload == []
+    assert counter(engine, "servicerouter_event_to_apply_seconds_count") == 5
