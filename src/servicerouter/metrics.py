@@ -204,6 +204,11 @@ class Metrics:
             "--keep-haproxy-on-exit) is alive but does not answer: no reload can happen. "
             "1 otherwise, and always 1 where the daemon does not watch such a master.", registry=r)
         self.haproxy_master_up.set(1)
+        self.reload_failing = Gauge(
+            "servicerouter_reload_failing",
+            "1, at the stage that failed, while reloads fail and none has worked since: "
+            "HAProxy serves an older config than the one wanted. 0 otherwise.",
+            ["stage"], registry=r)
         self.last_sync = Gauge("servicerouter_last_successful_sync_timestamp_seconds",
                                "Unix time of the last successful full sync.", registry=r)
         self.services_excluded = Gauge(
@@ -218,6 +223,7 @@ class Metrics:
             self.reloads.labels(reason)
         for stage in RELOAD_STAGES:
             self.reload_failures.labels(stage)
+            self.reload_failing.labels(stage)
         for kind in ("full", "incremental"):
             self.sync_duration.labels(kind)
         self.incremental_duration = self.sync_duration.labels("incremental")

@@ -24,6 +24,7 @@ from .haproxy.children import brief
 from .haproxy.render import TemplateError, prune_crt_lists, render
 from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, grace_ms
+from .metrics import RELOAD_STAGES
 from .planner import ReloadReason, health_up
 from .reloadbudget import ReloadBudget, ReloadGate
 
@@ -109,7 +110,7 @@ class ReloadPipeline:
         # Since when (time.time()), at which stage and why reloads fail, until one works:
         # /healthz says so (a full disk or a lost master socket failed every reload while
         # it said ok).
-        self.failing: tuple[float, str, str] | None = None
+        self._failing: tuple[float, str, str] | None = None
         # While a reload hands over from the old worker to the new: a session the old one
         # ends is no fault of HAProxy's (what it was told is planned again for the new).
         self.handing_over = False
@@ -153,6 +154,19 @@ class ReloadPipeline:
                   self.engine.config.settings.socket_path)
         self.engine.pending.setdefault("*", ReloadReason.RUNTIME_ERROR)
         self.engine.wake()
+
+    @property
+    def failing(self) -> tuple[float, str, str] | None:
+        return self._failing
+
+    @failing.setter
+    def failing(self, value: tuple[float, str, str] | None) -> None:
+        """Kept in the servicerouter_reload_failing gauge as it changes: an alert on the
+        failures counter alone cleared while the same failure went on unretried."""
+        self._failing = value
+        stage = value[1] if value else None
+        for s in RELOAD_STAGES:
+            self.engine.metrics.reload_failing.labels(s).set(1 if s == stage else 0)
 
     def failed(self, stage: str, message: str | None) -> bool:
         if message:

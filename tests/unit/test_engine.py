@@ -229,12 +229,17 @@ async def test_failed_write_or_reload_keeps_the_layout(failure: str, stage: str)
     # /healthz says so until a reload works (it said ok while every reload failed).
     failing = engine.reload_pipeline.failing
     assert failing is not None and failing[1] == stage
+    # And the gauge an alert can hold on to, beside the counter that stops rising.
+    assert {s: counter(engine, "servicerouter_reload_failing", stage=s)
+            for s in ("validate", "write", "reload", "confirm")} == \
+        {s: float(s == stage) for s in ("validate", "write", "reload", "confirm")}
     vars(writer).pop("write", None)  # the broken one: the class's works again
     reloader.fail = False
     engine.reload_pipeline.next_at = 0.0
     await engine.step()
     assert "new_10001" in engine.layout
     assert engine.reload_pipeline.failing is None
+    assert counter(engine, "servicerouter_reload_failing", stage=stage) == 0
 
 
 async def test_update_strategy_reload_reloads_on_churn() -> None:
