@@ -845,3 +845,51 @@ def test_a_tenant_out_of_reloads_waits_and_never_holds_another(
         assert daemon.reloads() == reloads + 2
         assert "balance source" in backend()  # the held change rode along
         routed(simulator, "/flap/web", port)
+
+
+def _open_tunnel(port: int) -> socket.socket:
+    """A websocket-shaped connection through HAProxy's frontend on ``port`` (the demo
+    backend echoes what it is sent once upgraded)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def test_sigterm_stops_haproxy_gracefully_a_connection_in_progress_finishes(
+        tmp_path: Path, simulator: Simulator) -> None:
+    # README and the systemd unit: SIGTERM reaches servicerouter alone, "which stops
+    # HAProxy gracefully". It sent SIGTERM to the master, HAProxy's hard stop: every
+    # request and connection in progress was cut at once.
+    port, _ = simulator.launch("/soft", 1, labels={"HAPROXY_0_MODE": "http"})
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/soft", port)
+        master = daemon.proc_info().master_pid
+        assert daemon.proc.popen is not None
+        with _open_tunnel(port) as s:
+            daemon.proc.popen.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:  # HAProxy stops listening first
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                except OSError:
+                    return True
+                return False
+
+            wait_for(refused, 20, what=f"HAProxy no longer accepting on :{port}")
+            for i in range(3):  # the connection in progress is still served
+                s.sendall(f"ping {i}".encode())
+                assert s.recv(100) == f"ping {i}".encode()
+        # the last connection closed: HAProxy and the daemon end without waiting further
+        assert daemon.proc.popen.wait(20) == 0
+        _wait_gone([master])
+        assert "ignored SIGTERM" not in daemon.proc.output()

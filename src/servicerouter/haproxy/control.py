@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("servicerouter.haproxy")
 
+STOP_GRACE = 5.0
+"""Seconds a stopping daemon gives the HAProxy it started to finish its connections
+(websockets, long downloads) before it stops it outright: well within systemd's
+TimeoutStopSec (30 s in the unit) and a container's default stop timeout (10 s)."""
+
 
 class ConfigFile:
     """The live config file: ``haproxy -c`` first, then an atomic replace.
@@ -212,7 +217,12 @@ class StartedHAProxy(_Reloader):
     async def stop(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
-        await self.process.stop()
+        if self.process.is_running():
+            log.info("stopping HAProxy gracefully: connections in progress get up to %gs "
+                     "to finish", STOP_GRACE)
+        # A soft stop (SIGUSR1): HAProxy stops listening at once and ends when its last
+        # connection does; SIGTERM alone was its hard stop, every request cut.
+        await self.process.stop(graceful=True, timeout=STOP_GRACE)
         for stale in (self.process.master_socket, self.socket_path):  # HAProxy leaves them
             with contextlib.suppress(OSError):
                 os.unlink(stale)
