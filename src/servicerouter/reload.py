@@ -247,9 +247,17 @@ class ReloadPipeline:
         # The candidate's maps again: runtime map changes applied while it was validated
         # wrote the running layout's (what still differs is repaired after the reload).
         e.write_maps(layout)
-        old_pid = None if cold else await self._serving_pid()
         try:
+            old_pid = None if cold else await self._serving_pid()
             confirming = await e.while_applying(self._reload(old_pid))
+        except asyncio.CancelledError:
+            # The daemon stops before HAProxy confirmed it loaded the file (a reload
+            # command killed, a reload never sent): the file must not claim it did. The
+            # next daemon compares its render with the file, and adopted an HAProxy
+            # still on the old config "with no reload" when they matched.
+            self.restore_file()
+            e.write_maps(e.layout)
+            raise
         except Exception as exc:
             self.restore_file()
             e.write_maps(e.layout)

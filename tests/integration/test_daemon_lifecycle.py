@@ -893,3 +893,56 @@ def test_sigterm_stops_haproxy_gracefully_a_connection_in_progress_finishes(
         assert daemon.proc.popen.wait(20) == 0
         _wait_gone([master])
         assert "ignored SIGTERM" not in daemon.proc.output()
+
+
+def _forwarded_for(port: int) -> bool:
+    """Whether a request through HAProxy's port reaches the task with X-Forwarded-For
+    (the app's port is in HTTP mode in what HAProxy runs)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /_echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return b'"x-forwarded-for"' in answer.lower()
+
+
+def test_a_reload_cut_short_by_sigterm_is_not_taken_for_loaded_by_the_next_daemon(
+        tmp_path: Path, simulator: Simulator) -> None:
+    # A stop while a reload was in flight left the new config in the file, but the
+    # HAProxy started elsewhere never loaded it. The next daemon compared its render
+    # with the file, found them equal, and adopted HAProxy "with no reload": the
+    # change (here an app switched to HTTP mode) was never served.
+    port, _ = simulator.launch("/cut", 1)
+    haproxy = ExternalHAProxy(tmp_path).start()
+    hang = tmp_path / "hang"
+    script = tmp_path / "reload.sh"  # the init system's reload, hanging while `hang` exists
+    script.write_text(f"#!/bin/sh\nif [ -e {hang} ]; then exec sleep 300; fi\n"
+                      f"exec {PYTHON} -c 'import asyncio, servicerouter.haproxy.master_cli as m; "
+                      f"asyncio.run(m.MasterCLI(\"{haproxy.master_socket}\").reload())'\n")
+    script.chmod(0o755)
+    args = ("--reload-command", str(script))
+    with running(haproxy):
+        first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(first):
+            first.start()
+            routed(simulator, "/cut", port)
+            assert not _forwarded_for(port)
+            hang.touch()
+            r = simulator.http.put("/v2/apps/cut", params={"force": "true"},
+                                   json={"labels": {"HAPROXY_0_MODE": "http"}})
+            assert r.status_code == 200, r.text
+            assert first.proc.popen is not None
+            pid = first.proc.popen.pid
+            wait_for(lambda: [c for sh in _children_of(pid) for c in _children_of(sh)
+                              if _comm(c) == "sleep"], 30, what="the reload command")
+            first.proc.popen.send_signal(signal.SIGTERM)
+            assert first.proc.popen.wait(30) == 0
+        hang.unlink()
+        reloads = haproxy.reloads()
+        second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(second):
+            second.start()
+            routed(simulator, "/cut", port)
+            wait_for(lambda: _forwarded_for(port), 20,
+                     what="the app's HTTP mode served after the restart")
+            assert haproxy.reloads() == reloads + 1
