@@ -946,3 +946,51 @@ def test_a_reload_cut_short_by_sigterm_is_not_taken_for_loaded_by_the_next_daemo
             wait_for(lambda: _forwarded_for(port), 20,
                      what="the app's HTTP mode served after the restart")
             assert haproxy.reloads() == reloads + 1
+
+
+def _listeners(port: int) -> set[int]:
+    """Pids of the processes listening on TCP ``port`` (from /proc: socket inodes)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    pids = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{entry}/fd/{fd}")
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        pids.add(int(entry))
+    return pids
+
+
+def test_start_haproxy_beside_a_kept_haproxy_refuses_rather_than_start_a_second(
+        tmp_path: Path, simulator: Simulator) -> None:
+    # Dropping --keep-haproxy-on-exit from a host's flags: the next daemon started a
+    # second HAProxy beside the kept one, on the same ports (SO_REUSEPORT shares the
+    # connections between them) and socket paths; the kept one went on serving its
+    # last config for ever, reachable through no socket, stopped by no one.
+    port, _ = simulator.launch("/beside", 1)
+    first = Daemon(tmp_path, simulator.url, "--keep-haproxy-on-exit")
+    pids: list[int] = []
+    try:
+        with running(first):
+            first.start()
+            routed(simulator, "/beside", port)
+            pids = first.proc_info().all_pids
+        second = Daemon(tmp_path, simulator.url)  # no --keep-haproxy-on-exit
+        with running(second):
+            second.proc.start()
+            assert second.proc.popen is not None
+            assert second.proc.popen.wait(30) == 1
+        out = second.proc.output()
+        assert f"HAProxy master {pids[0]}" in out and "not starting a second HAProxy" in out
+        assert _listeners(port) <= set(pids)  # only the kept HAProxy serves the port
+        routed(simulator, "/beside", port)
+        assert not (tmp_path / "haproxy.cfg.lock").exists()
+    finally:
+        _stop_kept(pids)

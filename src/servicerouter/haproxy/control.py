@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .detached import KeptHAProxy
+from .detached import KeptHAProxy, running_master
 from .files import atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .master_cli import MasterCLI
 from .process import (
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from ..engine import Engine
 
 log = logging.getLogger("servicerouter.haproxy")
+
+OTHER_MASTER_WAIT = 5.0
+"""Seconds a starting --start-haproxy daemon waits for an HAProxy master already on its
+master socket to exit before it refuses to start a second one beside it."""
 
 STOP_GRACE = 5.0
 """Seconds a stopping daemon gives the HAProxy it started to finish its connections
@@ -171,6 +175,22 @@ class StartedHAProxy(_Reloader):
 
     async def start(self, engine: Engine) -> None:
         self._engine = engine
+        # An HAProxy left by --keep-haproxy-on-exit (or started elsewhere) on our master
+        # socket: a second one would share its ports and take its socket paths, and it
+        # would serve its last config for ever, managed by no one. One that a daemon
+        # killed a moment ago takes along (parent-death signal) may still be exiting.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OTHER_MASTER_WAIT
+        while (other := running_master(self.process.master_socket, self.config.haproxy_bin)
+               ) is not None and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if other is not None:
+            raise StartError(
+                f"--start-haproxy: HAProxy master {other.pid} already runs with the master "
+                f"socket {self.process.master_socket} (left by --keep-haproxy-on-exit, or "
+                "started elsewhere); not starting a second "
+                f"HAProxy on its ports: add --keep-haproxy-on-exit to adopt it, or stop it "
+                f"(kill {other.pid}) first")
         # A config left by an earlier run keeps serving while Marathon is unreachable.
         if self.config.path.exists() and (await validate(self.config.path,
                                                          self.config.haproxy_bin)).ok:

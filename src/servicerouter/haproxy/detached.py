@@ -81,6 +81,16 @@ def haproxy_processes(master_socket: str, names: Collection[str]) -> list[HAProx
     return found
 
 
+def running_master(master_socket: str, haproxy_bin: str) -> HAProxyPid | None:
+    """The live HAProxy master started with ``-S master_socket`` (a kept one, or one
+    started elsewhere), judged by the process: one busy or stopped does not answer, yet
+    is not dead. (Workers of a master just killed count until they exit.)"""
+    names = {"haproxy", Path(haproxy_bin).name[:15]}  # comm: 15 characters
+    found = haproxy_processes(master_socket, names)
+    pids = {p.pid for p in found}
+    return next((p for p in found if p.ppid not in pids), None)
+
+
 class KeptHAProxy:
     """The reloader for ``--keep-haproxy-on-exit`` (see the module docstring)."""
 
@@ -102,12 +112,8 @@ class KeptHAProxy:
         return haproxy_processes(self.master_socket, names)
 
     def live_master(self) -> HAProxyPid | None:
-        """The HAProxy process holding our master socket, judged by the process, not by
-        its answer: one that is busy or stopped does not answer, yet is not dead. (Workers
-        of a master just killed count until they exit, a moment later.)"""
-        found = self._processes()
-        pids = {p.pid for p in found}
-        return next((p for p in found if p.ppid not in pids), None)
+        """The HAProxy process holding our master socket (:func:`running_master`)."""
+        return running_master(self.master_socket, self.config.haproxy_bin)
 
     def _silent(self, proc: HAProxyPid, error: Exception) -> str:
         return (f"HAProxy master {proc.pid} ({proc.describe()}) holds the master socket "
