@@ -994,3 +994,40 @@ def test_start_haproxy_beside_a_kept_haproxy_refuses_rather_than_start_a_second(
         assert not (tmp_path / "haproxy.cfg.lock").exists()
     finally:
         _stop_kept(pids)
+
+
+def _zombies_of(pid: int) -> list[int]:
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] == "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_a_killed_master_leaves_no_zombie_where_the_daemon_is_pid_1(
+        tmp_path: Path, simulator: Simulator) -> None:
+    # In the container the daemon is PID 1 (the Dockerfile's ENTRYPOINT): the workers
+    # of an HAProxy master killed -9 (the OOM killer, say) became its children, and
+    # nobody reaped them: a zombie for each, for ever, counted against the pids limit.
+    # A child subreaper gets orphans as PID 1 does.
+    port, _ = simulator.launch("/orphans", 1)
+    daemon = Daemon(tmp_path, simulator.url)
+    daemon.proc.argv = [PYTHON, "-c", "import ctypes, os, sys; "
+                        "ctypes.CDLL(None).prctl(36, 1); "  # PR_SET_CHILD_SUBREAPER
+                        "os.execv(sys.argv[1], sys.argv[1:])", *daemon.proc.argv]
+    with running(daemon):
+        daemon.start()
+        routed(simulator, "/orphans", port)
+        assert daemon.proc.popen is not None
+        pid = daemon.proc.popen.pid
+        for _ in range(2):
+            info = daemon.proc_info()
+            os.kill(info.master_pid, signal.SIGKILL)
+            wait_for(lambda i=info: daemon.proc_info().master_pid != i.master_pid, 30,
+                     what="HAProxy started again")
+            routed(simulator, "/orphans", port)
+            wait_for(lambda: not _zombies_of(pid), 15,
+                     what="no zombie left among the daemon's children")
+            assert _alive(daemon.proc_info().worker_pids[0])

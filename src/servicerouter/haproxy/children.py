@@ -81,6 +81,32 @@ def _group_members(pgid: int, comm: str | None) -> list[int]:
             if len(fields) > 2 and int(fields[2]) == pgid and (comm is None or name == comm)]
 
 
+REAP_TIMEOUT = 5.0  # seconds for SIGKILLed orphans to exit, to be reaped
+
+
+async def _reap_orphans(pgid: int, comm: str | None) -> None:
+    """Reap the members of group ``pgid`` that became our children when their parent
+    died. As PID 1 (the container's ENTRYPOINT) or a child subreaper the daemon inherits
+    the workers of an HAProxy master killed -9, and asyncio waits only for the children
+    it started: each was a zombie for ever. Called once its leader, our own child, is
+    reaped; no member is a child asyncio waits for (each of those leads its group).
+    Waits (bounded) only for the zombies and the members it killed (``comm``)."""
+    me = os.getpid()
+    deadline = asyncio.get_running_loop().time() + REAP_TIMEOUT
+    while True:
+        ours = [pid for pid, name, fields in processes()
+                if len(fields) > 2 and int(fields[2]) == pgid and int(fields[1]) == me
+                and pid != pgid and (comm is None or name == comm or fields[0] == "Z")]
+        left = []
+        for pid in ours:
+            with contextlib.suppress(ChildProcessError):  # reaped meanwhile: gone
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    left.append(pid)  # still exiting
+        if not left or asyncio.get_running_loop().time() >= deadline:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def kill_group(proc: asyncio.subprocess.Process, comm: str | None = None) -> None:
     """SIGKILL the process group led by ``proc`` (started with ``start_new_session``).
 
@@ -90,11 +116,13 @@ async def kill_group(proc: asyncio.subprocess.Process, comm: str | None = None) 
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        return
-    with contextlib.suppress(OSError):
-        for pid in _group_members(proc.pid, comm):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        comm = None  # every member was killed
+    else:
+        with contextlib.suppress(OSError):
+            for pid in _group_members(proc.pid, comm):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+    await _reap_orphans(proc.pid, comm)
 
 
 # Short-lived children (``haproxy -c``, reload commands) still running: killed with their
