@@ -991,6 +991,8 @@ def test_start_haproxy_beside_a_kept_haproxy_refuses_rather_than_start_a_second(
         assert f"HAProxy master {pids[0]}" in out and "not starting a second HAProxy" in out
         assert _listeners(port) <= set(pids)  # only the kept HAProxy serves the port
         routed(simulator, "/beside", port)
+        assert first.proc_info().master_pid == pids[0]  # its sockets are left to it
+        assert first.servers()
         assert not (tmp_path / "haproxy.cfg.lock").exists()
     finally:
         _stop_kept(pids)

@@ -243,9 +243,12 @@ class StartedHAProxy(_Reloader):
         # A soft stop (SIGUSR1): HAProxy stops listening at once and ends when its last
         # connection does; SIGTERM alone was its hard stop, every request cut.
         await self.process.stop(graceful=True, timeout=STOP_GRACE)
-        for stale in (self.process.master_socket, self.socket_path):  # HAProxy leaves them
-            with contextlib.suppress(OSError):
-                os.unlink(stale)
+        # HAProxy leaves its sockets behind. Until it started they are not ours: they may
+        # be another HAProxy's (one that start() refused to start beside).
+        if self.process.pid is not None:
+            for stale in (self.process.master_socket, self.socket_path):
+                with contextlib.suppress(OSError):
+                    os.unlink(stale)
         if self._supervisor is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor
