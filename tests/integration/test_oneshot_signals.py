@@ -188,6 +188,8 @@ class HoldingMaster:
         self.path, self.master = path, master
         self.held = threading.Event()
         self.released = threading.Event()
+        self.holding = 0  # answers held back so far (each a sync waiting on one)
+        self._counted = threading.Condition()
         self.workers: set[int] | None = None
         self.reload_sent = False
         self.server = socket.socket(socket.AF_UNIX)
@@ -231,10 +233,18 @@ class HoldingMaster:
                 if not self.reload_sent:
                     self.workers = workers
                 elif self.workers is not None and workers - self.workers:
+                    with self._counted:
+                        self.holding += 1
+                        self._counted.notify_all()
                     self.held.set()
                     self.released.wait(PATIENCE)
             with contextlib.suppress(OSError):
                 conn.sendall(reply)
+
+    def wait_holding(self, count: int, timeout: float) -> bool:
+        """Until ``count`` answers have been held back (False: not within ``timeout``)."""
+        with self._counted:
+            return self._counted.wait_for(lambda: self.holding >= count, timeout)
 
     def release(self) -> None:
         self.released.set()
@@ -267,6 +277,10 @@ def test_a_sync_stopped_after_haproxy_reloaded_keeps_the_new_config(
                                           str(holding.path))) as proc:
                 assert holding.held.wait(PATIENCE), f"HAProxy never reloaded (sync: {proc.poll()})"
                 os.kill(proc.pid, signal.SIGTERM)
+                # Released once the stop is being acted on (its last look at the master,
+                # held too): released at once, the held answer could reach the sync
+                # before the signal did, and the sync end as if never stopped (exit 0).
+                assert holding.wait_holding(2, PATIENCE), "the stop never looked at the master"
                 holding.release()
                 _, err = proc.communicate(timeout=PATIENCE)
         finally:
