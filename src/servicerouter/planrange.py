@@ -77,6 +77,8 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
             del taken_by[name]
             reload(name, ReloadReason.CAPACITY)
             return False
+        if len(changed[1]) > shape.slots:  # grown with ``add server``: all of it counts
+            shape = BackendShape(taken.name, svc, len(changed[1]))  # (reconcile, _vacate)
         commands[name] = changed[0]
         changes[name] = {pool.spare_key(taken.name): None, name: shape}
         slots[name] = {name: changed[1]}

@@ -551,3 +551,22 @@ def test_sync_counts_a_map_file_as_part_of_the_config(tmp_path: Path) -> None:
     assert (maps / "hosts.map").read_text() == "a.test b2\n"  # put back
     assert not (maps / "ports.map").exists() and config.read_text() == text
     assert not (tmp_path / "reloaded").exists()
+
+
+
+def test_an_app_grown_past_its_spare_is_whole_again_after_a_worker_restart(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A new app with more tasks than a spare has slots grows the spare with ``add
+    server``. A worker restarted from the file lacks those servers: reconcile must see
+    them missing and bring every task back, not route the app to the first four only."""
+    daemon, (low, _) = start(tmp_path, simulator)
+    with running(daemon):
+        before = daemon.reloads()
+        launch(simulator, "/big/a", low + 1, instances=6)  # a spare has 4 slots
+        routed(simulator, "/big/a", low + 1)
+        assert daemon.reloads() == before
+        info: Any = daemon.proc_info()
+        os.kill(info.worker_pids[0], signal.SIGKILL)
+        wait_for(lambda: daemon.proc_info()
+                 .worker_pids not in ([], info.worker_pids), 20, what="a new worker")
+        routed(simulator, "/big/a", low + 1)

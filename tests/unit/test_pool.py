@@ -382,6 +382,29 @@ def test_reconcile_reads_an_app_in_a_spare_under_the_spare_name() -> None:
                         f"set server {spare}/s1 state ready"]
 
 
+
+def test_a_spare_grown_by_a_new_app_counts_all_its_servers() -> None:
+    """A new app with more tasks than the spare's slots adds servers at runtime: the
+    layout says so, so that reconcile reads them all (a worker restarted from the file
+    lacks them) and the spare returned to the pool is reused without ``add server``."""
+    layout, table = cluster()
+    layout, table, commands, _ = run(layout, table, dict([svc("/big", 20002, tasks=6)]),
+                                     {"big_20002"})
+    spare = layout["big_20002"].name
+    assert sum(c.startswith("add server") for c in commands) == 2
+    assert layout["big_20002"].slots == len(table["big_20002"]) == 6
+    actual = [ServerState(1, spare, i, f"s{i}", "127.0.0.1", 2, 1, 1, 1, 0, 0, 0, 0, 1)
+              for i in range(1, 5)]  # restarted from the file: the added servers are gone
+    _, broken = reconcile({"big_20002": layout["big_20002"]}, table, actual)
+    assert broken == {spare: ReloadReason.RESYNC}
+    back, table, _, _ = run(layout, table, {}, {"big_20002"})
+    assert back[spare].slots == 6
+    again, _, commands, reload = run(back, table, dict([svc("/next", 20003, tasks=6)]),
+                                     {"next_20003"})
+    assert not reload and again["next_20003"].name == spare
+    assert not any(c.startswith("add server") for c in commands)
+
+
 def test_show_map_parses_and_diffs() -> None:
     have = pool.parse_show_map("0x55d1 20001 a_20001\n0x55d2 20002 _pool_3\n")
     assert have == {"20001": "a_20001", "20002": "_pool_3"}
