@@ -104,13 +104,21 @@ def own_frontend(service: Service, settings: Settings) -> str | None:
 def shape_of(options: Options) -> Options | None:
     """The pool shape of a backend: its options without what only routes to it (vhosts,
     paths, weight, groups). None when a spare cannot take those options: anything that
-    names the app or its hosts inside the backend."""
+    names the app or its hosts inside the backend.
+
+    Which port index is checked is per task (each server gets ``check-port``), but
+    *whether* one is: a check port set at runtime outlives its app (there is no command
+    that resets it to the traffic port), so servers checked on their own port never
+    serve an app checked on its traffic port."""
     if (options.auth or options.snippet or options.raw_templates or options.proxypass_path
             or options.revproxy_path or options.refused or options.ssl_cert
             or options.bind_address != "*"):
         return None
+    own_check_port = (options.health_check and options.health_check_port is None
+                      and options.health_check_port_index is not None)
     return replace(options, enabled=None, groups=(), vhosts=(), paths=(),
-                   path_ignore_case=False, backend_weight=0, health_check_port_index=None)
+                   path_ignore_case=False, backend_weight=0,
+                   health_check_port_index=0 if own_check_port else None)
 
 
 def outside_shapes_reason(service: Service) -> str:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from servicerouter.demo.procs import Proc, free_port, free_port_range
+from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.layout import Settings
 
 from .conftest import needs_haproxy
@@ -570,3 +571,49 @@ def test_an_app_grown_past_its_spare_is_whole_again_after_a_worker_restart(
         wait_for(lambda: daemon.proc_info()
                  .worker_pids not in ([], info.worker_pids), 20, what="a new worker")
         routed(simulator, "/big/a", low + 1)
+
+
+def check_ports(daemon: Daemon, backend: str) -> dict[int, int]:
+    """Port → the port HAProxy health-checks it on, of each server in use."""
+    text = asyncio.run(RuntimeClient(str(daemon.socket)).query(
+        f"show servers state {backend}"))
+    header = next(ln for ln in text.splitlines() if ln.startswith("# be_id")).split()[1:]
+    out = {}
+    for fields in (ln.split() for ln in text.splitlines()):
+        if len(fields) == len(header) and not fields[0].startswith("#"):
+            row = dict(zip(header, fields, strict=True))
+            if row["srv_port"] != "1":
+                out[int(row["srv_port"])] = int(row["srv_check_port"])
+    return out
+
+
+def test_an_app_checked_on_its_traffic_port_never_inherits_another_apps_check_port(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A spare keeps the check ports an app with HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX
+    set on its servers (HAProxy has no command that resets them): the next app in it,
+    checked on its traffic port, would be checked on the old tasks' ports instead."""
+    low, high = free_port_range(RANGE_SIZE)
+    check = [{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1}]
+    simulator.create_app("/chk/a", instances=2, healthChecks=check, labels={
+        "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1", "HAPROXY_1_ENABLED": "false"},
+        portDefinitions=[{"port": low + 1, "protocol": "tcp"},
+                         {"port": low + 9, "protocol": "tcp"}])
+    simulator.wait_running("/chk/a", 2)
+    daemon = Daemon(tmp_path, simulator.url, "--service-port-range", f"{low}-{high}",
+                    "--pool-spares", "1").start()
+    with running(daemon):
+        routed(simulator, "/chk/a", low + 1)
+        simulator.delete_app("/chk/a")
+        wait_for(lambda: unmapped(tmp_path, low + 1), 20, what="/chk/a's map entry gone")
+        for i in (2, 3):  # one takes a _pool_ spare, the other /chk/a's old backend
+            simulator.create_app(f"/chk/b{i}", instances=2, healthChecks=check,
+                                 portDefinitions=[{"port": low + i, "protocol": "tcp"}])
+        for i in (2, 3):
+            app = f"/chk/b{i}"
+            routed(simulator, app, low + i)
+            backend = daemon.status(app=app)["services"][0]["backend"]
+            tasks = [t for t in simulator.app(app)["tasks"] if t["state"] == "TASK_RUNNING"]
+            checked = check_ports(daemon, backend)  # (0: the server's own port)
+            assert set(checked) == {t["ports"][0] for t in tasks}
+            assert not {p: c for p, c in checked.items() if c not in (0, p)}, \
+                f"{app} in {backend} checked on other ports"

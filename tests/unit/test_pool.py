@@ -405,6 +405,32 @@ def test_a_spare_grown_by_a_new_app_counts_all_its_servers() -> None:
     assert not any(c.startswith("add server") for c in commands)
 
 
+
+def test_a_spare_whose_servers_had_their_own_check_port_never_serves_an_app_without(
+) -> None:
+    """``set server … check-port`` outlives the app that set it (a spare's addresses are
+    cleared, not its check ports). An app checked on its traffic port must not take a
+    spare an app with HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX left, or HAProxy checks
+    its tasks on the old task's port and takes them down."""
+    checked = Options(health_check=True)
+    name, d = svc("/a", 20001, checked)
+    d = replace(d, service=replace(d.service, options=replace(
+        checked, health_check_port_index=1)),
+        endpoints=tuple(replace(e, check_port=e.port + 500) for e in d.endpoints))
+    layout, table = cluster((name, d), svc("/other", 20009, checked))
+    gone, gone_table, _, reload = run(layout, table, {}, {name})
+    assert not reload and pool.is_spare(gone[pool.spare_key(name)])
+    plain = dict(svc(f"/b{i}", 20002 + i, checked) for i in range(3))
+    p = plan(gone, gone_table, plain, set(plain), S)
+    assert not [c for c in p.commands if c.startswith(f"set server {name}/")]
+    assert not any(s.name == name for s in p.layout.values() if s is not None)
+    # The label dropped in place: the app moves to servers checked on the traffic port.
+    dropped = replace(d, service=replace(d.service, options=checked),
+                      endpoints=tuple(replace(e, check_port=None) for e in d.endpoints))
+    p = plan(layout, table, {name: dropped}, {name}, S)
+    assert p.layout[name] is not None and p.layout[name].name != name
+
+
 def test_show_map_parses_and_diffs() -> None:
     have = pool.parse_show_map("0x55d1 20001 a_20001\n0x55d2 20002 _pool_3\n")
     assert have == {"20001": "a_20001", "20002": "_pool_3"}
