@@ -351,8 +351,9 @@ class Engine:
                     for t in events:
                         observe(now - t)
                     self.metrics.incremental_duration.observe(time.perf_counter() - started)
-                else:
-                    self.pending.update(dict.fromkeys(p.slots, ReloadReason.RUNTIME_ERROR))
+                else:  # also the apps whose change was a map entry only (range mode)
+                    failed = {*p.slots, *(n for n, s in p.layout.items() if s and s.app_id)}
+                    self.pending.update(dict.fromkeys(failed, ReloadReason.RUNTIME_ERROR))
             if p.reload:
                 self.pending.update(p.reload)
                 room = MAX_AWAITING_RELOAD - len(self.awaiting_reload)

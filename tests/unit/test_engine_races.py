@@ -15,7 +15,7 @@ from servicerouter.haproxy.runtime_parse import CommandResult, ServerState
 from servicerouter.layout import Settings
 from servicerouter.marathon.events import MarathonEvent
 from servicerouter.metrics import Metrics
-from servicerouter.model import App, Options, Service, Task
+from servicerouter.model import App, Mode, Options, Service, Task
 
 from .test_engine import (
     Answers,
@@ -514,3 +514,28 @@ async def test_a_refetch_sampled_before_a_full_sync_does_not_outrank_its_answer(
     marathon.release.set()
     assert await asyncio.wait_for(sync, 5)
     assert engine.state.desired["web_10000"].service.options.balance == "leastconn"
+
+
+async def test_a_map_only_change_whose_batch_fails_is_restored_by_a_reload() -> None:
+    """Range mode: a vhost added to a running app changes the host map and no slot. When
+    HAProxy could not be told (the admin socket broke), the change is not committed and
+    nothing marks the app again: it must be left to a reload, as a failed slot change
+    is, or the vhost stays unrouted (and reconcile keeps the map without it)."""
+    engine, runtime, reloader = await range_engine()
+    settings = engine.config.settings
+    hosts = pool.map_path(settings, pool.HOSTS_MAP)
+
+    def site(*vhosts: str) -> App:
+        options = Options(mode=Mode.HTTP, vhosts=vhosts)
+        return App("/site", services=(Service("/site", 0, 20003, options),), tasks=(
+            Task("site1", "/site", "127.0.0.1", (31003,), "TASK_RUNNING"),))
+
+    engine.mark(engine.state.set_app(site()))
+    await engine.step()
+    reloads = reloader.reloads  # (it took a spare: no reload)
+    runtime.fail_next = "down"
+    engine.mark(engine.state.set_app(site("site.test")))
+    await engine.step()
+    assert reloader.reloads == reloads + 1
+    assert engine.layout["site_20003"].service.options.vhosts == ("site.test",)
+    assert runtime.maps.get(hosts, {}).get("site.test") == engine.layout["site_20003"].name
