@@ -224,6 +224,8 @@ class EventHandler:
         task = task_from_event(app, event.data, engine.resolve, previous)
         if task.state == TASK_KILLING and drain > 0:
             self._draining.setdefault(task_id, (task, now + drain))
+        else:  # running again (an agent back from a partition): no deadline takes it out
+            self._draining.pop(task_id, None)
         engine.mark(state.update_task(task), t)
 
     # -------------------------------------------------- --drain-seconds timers
@@ -240,6 +242,9 @@ class EventHandler:
     def after_full_sync(self) -> None:
         """A full sync drops departed tasks; keep the ones still draining."""
         state = self.engine.state
-        for task_id, (task, _) in self._draining.items():
-            if state.task(task.app_id, task_id) is None:
+        for task_id, (task, _) in list(self._draining.items()):
+            current = state.task(task.app_id, task_id)
+            if current is None:
                 self.engine.mark(state.update_task(task))
+            elif current.state == TASK_RUNNING:  # running again: no longer departing
+                del self._draining[task_id]

@@ -9,7 +9,7 @@ from typing import Any
 from servicerouter.layout import Settings
 from servicerouter.marathon.events import DEFAULT_EVENT_TYPES, MarathonEvent
 from servicerouter.metrics import Metrics
-from servicerouter.model import App, EndpointState, Service
+from servicerouter.model import App, EndpointState, Service, Task
 from servicerouter.state import ClusterState
 from servicerouter.sync import EventHandler
 
@@ -101,6 +101,38 @@ def test_drain_seconds_apply_to_a_task_that_vanishes_without_killing() -> None:
     h.handle(status("t1", "TASK_RUNNING"))
     h.handle(status("t1", "TASK_LOST"))
     assert states(engine) == [EndpointState.DRAIN]
+
+
+
+def expire_all(h: EventHandler) -> None:
+    """Every drain deadline reached."""
+    for task_id, (task, _) in list(h._draining.items()):
+        h._draining[task_id] = (task, time.monotonic() - 1)
+    h.expire_drains()
+
+
+def test_a_task_running_again_after_it_began_to_leave_stays_routed() -> None:
+    """A task unreachable for a while (an agent partitioned, then back) or killed and
+    then reported running again drains meanwhile; once it runs again, its drain deadline
+    must not take it out of rotation (until the next full sync) while it serves."""
+    for leaving in ("TASK_UNREACHABLE", "TASK_KILLING"):
+        engine, h = handler(60)
+        h.handle(status("t1", "TASK_RUNNING"))
+        h.handle(status("t1", leaving))
+        assert states(engine) == [EndpointState.DRAIN]
+        h.handle(status("t1", "TASK_RUNNING"))
+        assert states(engine) == [EndpointState.READY]
+        expire_all(h)
+        assert states(engine) == [EndpointState.READY], leaving
+    # The same when a full sync, not an event, finds it running again.
+    engine, h = handler(60)
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.handle(status("t1", "TASK_UNREACHABLE"))
+    engine.state.set_app(App("/web", services=(Service("/web", 0, 10000),), tasks=(
+        Task("t1", "/web", "127.0.0.1", (31001,), "TASK_RUNNING"),)))
+    h.after_full_sync()
+    expire_all(h)
+    assert states(engine) == [EndpointState.READY]
 
 
 def test_status_update_for_an_unknown_app_refetches_it() -> None:
