@@ -286,7 +286,9 @@ def reconcile(layout: Layout, table: SlotTable, actual: Iterable[ServerState],
                 commands.append(set_server_state(name, s, "maint"))
             else:
                 moved = (got.addr, got.port) != (expected.ip, expected.port)
-                if moved:
+                if moved:  # (the check port of the task the file or a lost change left)
                     commands.append(set_server_addr(name, s, expected.ip, expected.port))
+                    if expected.check_port:
+                        commands.append(set_check_port(name, s, expected.check_port))
                 commands += _ready(name, s, expected, healthy and (got.in_maint or moved))
     return commands, broken

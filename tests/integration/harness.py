@@ -196,6 +196,20 @@ class Daemon:
     def servers(self, backend: str | None = None) -> list[ServerState]:
         return asyncio.run(RuntimeClient(str(self.socket)).show_servers_state(backend))
 
+    def check_ports(self, backend: str) -> dict[int, int]:
+        """Port → the port HAProxy health-checks it on (0: that port itself), of each
+        server in use (``srv_check_port`` of ``show servers state``)."""
+        text = asyncio.run(RuntimeClient(str(self.socket)).query(
+            f"show servers state {backend}"))
+        header = next(ln for ln in text.splitlines() if ln.startswith("# be_id")).split()[1:]
+        out = {}
+        for fields in (ln.split() for ln in text.splitlines()):
+            if len(fields) == len(header) and not fields[0].startswith("#"):
+                row = dict(zip(header, fields, strict=True))
+                if row["srv_port"] != "1":
+                    out[int(row["srv_port"])] = int(row["srv_check_port"])
+        return out
+
     def ready_addresses(self, backend: str) -> set[str]:
         return {f"{s.addr}:{s.port}" for s in self.servers(backend) if s.ready}
 

@@ -146,6 +146,39 @@ def test_killed_haproxy_worker_is_recovered(tmp_path: Path, simulator: Simulator
         assert daemon.proc.alive()
 
 
+
+def test_a_restarted_worker_checks_each_task_on_its_own_check_port(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX: each server is checked on its task's
+    port 1. A task replaced at runtime took a slot whose rendered check port is its
+    predecessor's; a worker restarted from the file has that port, and the reconcile
+    that moves the slot to the live task must move its check port too."""
+    simulator.create_app("/chk", instances=2, ports=2, labels={
+        "HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX": "1", "HAPROXY_1_ENABLED": "false"},
+        healthChecks=[{"protocol": "TCP", "portIndex": 0, "intervalSeconds": 1}])
+    live = simulator.wait_running("/chk", 2)
+    port = simulator.service_port("/chk")
+    backend = service_name("/chk", port)
+
+    def expected() -> dict[int, int]:
+        return {t["ports"][0]: t["ports"][1] for t in simulator.app("/chk")["tasks"]
+                if t["state"] == "TASK_RUNNING"}
+
+    daemon = start_daemon(tmp_path, simulator)
+    with running(daemon):
+        wait_for(lambda: (e := expected()) and daemon.check_ports(backend) == e, 30,
+                 what="each server checked on its task's port 1")
+        live = simulator.replace_one("/chk", live)  # into the dead task's slot
+        wait_for(lambda: len(e := expected()) == 2 and daemon.check_ports(backend) == e, 30,
+                 what="the replacement checked on its own port 1")
+        info = daemon.proc_info()
+        os.kill(info.worker_pids[0], signal.SIGKILL)
+        wait_for(lambda: daemon.proc_info().worker_pids not in ([], info.worker_pids), 20,
+                 what="a new worker")
+        wait_for(lambda: daemon.check_ports(backend) == expected(), 30,
+                 what="after the worker's restart, each server checked on its task's port 1")
+
+
 def test_invalid_candidate_config_keeps_the_old_one_serving(tmp_path: Path,
                                                             simulator: Simulator) -> None:
     templates = tmp_path / "templates"

@@ -22,7 +22,6 @@ import httpx
 import pytest
 
 from servicerouter.demo.procs import Proc, free_port, free_port_range
-from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.layout import Settings
 
 from .conftest import needs_haproxy
@@ -573,20 +572,6 @@ def test_an_app_grown_past_its_spare_is_whole_again_after_a_worker_restart(
         routed(simulator, "/big/a", low + 1)
 
 
-def check_ports(daemon: Daemon, backend: str) -> dict[int, int]:
-    """Port → the port HAProxy health-checks it on, of each server in use."""
-    text = asyncio.run(RuntimeClient(str(daemon.socket)).query(
-        f"show servers state {backend}"))
-    header = next(ln for ln in text.splitlines() if ln.startswith("# be_id")).split()[1:]
-    out = {}
-    for fields in (ln.split() for ln in text.splitlines()):
-        if len(fields) == len(header) and not fields[0].startswith("#"):
-            row = dict(zip(header, fields, strict=True))
-            if row["srv_port"] != "1":
-                out[int(row["srv_port"])] = int(row["srv_check_port"])
-    return out
-
-
 def test_an_app_checked_on_its_traffic_port_never_inherits_another_apps_check_port(
         tmp_path: Path, simulator: Simulator) -> None:
     """A spare keeps the check ports an app with HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX
@@ -613,7 +598,7 @@ def test_an_app_checked_on_its_traffic_port_never_inherits_another_apps_check_po
             routed(simulator, app, low + i)
             backend = daemon.status(app=app)["services"][0]["backend"]
             tasks = [t for t in simulator.app(app)["tasks"] if t["state"] == "TASK_RUNNING"]
-            checked = check_ports(daemon, backend)  # (0: the server's own port)
+            checked = daemon.check_ports(backend)  # (0: the server's own port)
             assert set(checked) == {t["ports"][0] for t in tasks}
             assert not {p: c for p, c in checked.items() if c not in (0, p)}, \
                 f"{app} in {backend} checked on other ports"

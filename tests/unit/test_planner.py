@@ -266,6 +266,22 @@ def test_reconcile_puts_a_checked_server_back_at_full_health_but_trusts_its_chec
         f"set server {B}/s1 state ready"]
 
 
+
+def test_reconcile_gives_a_moved_server_its_tasks_check_port() -> None:
+    """A worker restarted from the file serves each slot as rendered: an address and
+    check port of a task that may have been replaced since. The repair that sets the
+    current task's address also sets its check port, or HAProxy checks it on the old
+    task's port (and takes a healthy task DOWN)."""
+    checked = replace(ep(1), check_port=32001)
+    table = {B: [checked, None]}
+    actual = [state(B, "s1", "127.0.0.1", 31009, 0x00),  # the file's task, port 32009
+              state(B, "s2", "127.0.0.1", 1, 0x05)]
+    assert reconcile({B: shape(2, CHECKED)}, table, actual)[0] == [
+        f"set server {B}/s1 addr 127.0.0.1 port 31001",
+        f"set server {B}/s1 check-port 32001",
+        f"set server {B}/s1 state ready", f"set server {B}/s1 health up"]
+
+
 def test_reconcile_asks_for_a_reload_when_haproxy_lacks_a_backend() -> None:
     _, broken = reconcile({B: shape(2)}, {B: [ep(1), None]}, [])
     assert broken == {B: ReloadReason.RESYNC}
