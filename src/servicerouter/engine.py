@@ -423,7 +423,7 @@ class Engine:
                 self.table.pop(name, None)
             else:
                 self.layout[name] = shape
-        if p.layout:
+        if p.layout and not self.reload_pipeline.loading:
             self.write_maps(self.layout)  # a restarted worker reads the same maps
         for name, size in p.grown.items():
             self.layout[name] = replace(self.layout[name], slots=size)

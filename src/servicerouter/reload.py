@@ -115,6 +115,10 @@ class ReloadPipeline:
         # ends is no fault of HAProxy's (what it was told is planned again for the new).
         self.handing_over = False
         self.new_worker: int | None = None  # the pid that answered first after a reload
+        # While HAProxy loads a candidate: its map files are on disk for the new worker,
+        # and runtime changes to the old worker meanwhile must not write the running
+        # layout's over them (they are planned again against the new layout after it).
+        self.loading = False
         self.gate = ReloadGate(ReloadBudget(engine.config.tenant_reload_interval,
                                             engine.config.tenant_reload_burst),
                                engine.metrics.reloads_held.inc)
@@ -247,6 +251,7 @@ class ReloadPipeline:
         # The candidate's maps again: runtime map changes applied while it was validated
         # wrote the running layout's (what still differs is repaired after the reload).
         e.write_maps(layout)
+        self.loading = True
         try:
             old_pid = None if cold else await self._serving_pid()
             confirming = await e.while_applying(self._reload(old_pid))
@@ -255,10 +260,12 @@ class ReloadPipeline:
             # command killed, a reload never sent): the file must not claim it did. The
             # next daemon compares its render with the file, and adopted an HAProxy
             # still on the old config "with no reload" when they matched.
+            self.loading = False
             self.restore_file()
             e.write_maps(e.layout)
             raise
         except Exception as exc:
+            self.loading = False
             self.restore_file()
             e.write_maps(e.layout)
             if cold:  # checked and isolated service by service, as any other candidate
@@ -273,6 +280,7 @@ class ReloadPipeline:
         # The old worker stops after the grace of the config it runs (the one replaced).
         grace = grace_ms(e.config.settings, len(e.layout)) / 1000
         e.layout, e.table, e.running_config = layout, table, text
+        self.loading = False
         prune_crt_lists(e.config.settings.crt_list_dir, text)  # candidates' and old ones
         self.live_socket, self.restore_socket = socket, False
         e.reconciler.worker = self.new_worker  # our reload forked it: no reason to reconcile

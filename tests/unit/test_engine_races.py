@@ -539,3 +539,52 @@ async def test_a_map_only_change_whose_batch_fails_is_restored_by_a_reload() -> 
     assert reloader.reloads == reloads + 1
     assert engine.layout["site_20003"].service.options.vhosts == ("site.test",)
     assert runtime.maps.get(hosts, {}).get("site.test") == engine.layout["site_20003"].name
+
+
+class MapWriter(FakeWriter):
+    """FakeWriter that keeps the map files as written (what a new worker would read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: dict[str, str] = {}
+
+    def write_maps(self, directory: str, files: dict[str, str]) -> None:
+        self.maps.update(files)
+
+
+async def test_a_new_app_mapped_while_haproxy_reloads_leaves_the_candidates_maps_alone(
+        ) -> None:
+    """Range mode: while HAProxy loads a candidate, its new worker reads the candidate's
+    map files. A new app that takes a spare meanwhile is applied to the old worker; its
+    commit wrote the running layout's maps over the candidate's (the old numbering of the
+    spares, the new app's port naming an old spare). The new worker loaded that: the
+    app, planned again after the switch, got a second ``add map`` for its port, and
+    HAProxy answers a port's first entry, the stale one, which reconcile reads past."""
+    runtime, reloader, writer = MapRuntime(), FakeReloader(), MapWriter()
+    settings = Settings(stats_port=0, grace_ms=0, service_port_range=(20000, 20099),
+                        map_dir="/nonexistent/maps", pool_spares=2)
+    engine = Engine(EngineConfig(settings=settings, min_reload_interval=0.0), None,
+                    runtime, writer, reloader, Metrics(),  # type: ignore[arg-type]
+                    lambda host: host)
+    runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
+    engine.mark(engine.state.set_app(range_app("/web", 20001, 1)))
+    await engine.step()
+    loaded: dict[str, str] = {}
+    candidate: dict[str, str] = {}
+
+    async def slow_reload() -> None:  # the master parses the files at some point in it
+        reloader.reloads += 1
+        candidate.update(writer.maps)
+        runtime.batch.clear()
+        engine.mark(engine.state.set_app(range_app("/new", 20002, 2)))  # takes a spare
+        await asyncio.wait_for(runtime.batch.wait(), 5)  # applied to the old worker
+        loaded.update(writer.maps)
+
+    reloader.reload = slow_reload  # type: ignore[method-assign]
+    engine.request_reload()
+    await engine.step()
+    assert reloader.reloads == 2 and "new_20002" in engine.layout
+    assert loaded[pool.PORTS_MAP] == candidate[pool.PORTS_MAP]
+    # ... and the files end as the layout in force, the new app included.
+    assert writer.maps == pool.map_files(engine.layout, settings)
