@@ -241,14 +241,16 @@ def range_bind(layout: Layout, settings: Settings) -> str:
 
 
 def parse_show_map(text: str) -> dict[str, str]:
-    """``show map <file>`` (``0x55.. key value`` per line) → key → value."""
+    """``show map <file>`` (``0x55.. key value`` per line) → key → value. A key listed
+    twice maps to its first value: the one HAProxy answers (measured on 2.6, ``map_int``),
+    whatever an ``add map`` of the same key appended after it."""
     if text.strip().startswith(QUERY_ERROR_PREFIXES):
         raise ValueError(text.strip())
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 3:
-            out[parts[1]] = parts[2]
+            out.setdefault(parts[1], parts[2])
     return out
 
 

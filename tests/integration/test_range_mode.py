@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from servicerouter.demo.procs import Proc, free_port, free_port_range
+from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.layout import Settings
 
 from .conftest import needs_haproxy
@@ -602,3 +603,24 @@ def test_an_app_checked_on_its_traffic_port_never_inherits_another_apps_check_po
             assert set(checked) == {t["ports"][0] for t in tasks}
             assert not {p: c for p, c in checked.items() if c not in (0, p)}, \
                 f"{app} in {backend} checked on other ports"
+
+
+def test_reconcile_repairs_a_port_listed_twice_in_the_map(tmp_path: Path,
+                                                          simulator: Simulator) -> None:
+    """A port map entry left stale (by a lost runtime change) and then added again:
+    HAProxy lists the port twice and answers its first entry, another app's backend.
+    Reconcile must see the port as HAProxy routes it, and repair it."""
+    daemon, (low, _) = start(tmp_path, simulator)
+    with running(daemon):
+        for i in (1, 2):
+            launch(simulator, f"/twice/a{i}", low + i)
+            routed(simulator, f"/twice/a{i}", low + i)
+        ports = tmp_path / "haproxy.cfg.d" / "ports.map"
+        own, other = (daemon.status(app=f"/twice/a{i}")["services"][0]["backend"]
+                      for i in (1, 2))
+        results = asyncio.run(RuntimeClient(str(daemon.socket)).execute([
+            f"del map {ports} {low + 1}", f"add map {ports} {low + 1} {other}",
+            f"add map {ports} {low + 1} {own}"]))
+        assert all(r.ok for r in results), results
+        routed(simulator, "/twice/a1", low + 1)  # a1's port reaches a1 again
+        routed(simulator, "/twice/a2", low + 2)

@@ -439,6 +439,12 @@ def test_show_map_parses_and_diffs() -> None:
         [f"set map {PORTS} 20002 _pool_4", f"add map {PORTS} 20003 c"])
     with pytest.raises(ValueError, match="Unknown map"):
         pool.parse_show_map("Unknown map identifier. Please use #<id> or <file>.\n")
+    # A key listed twice (a stale entry, then an ``add map``): HAProxy answers the first,
+    # so that is what a key maps to, and ``set map`` (which sets every entry) repairs it.
+    dup = pool.parse_show_map("0x1 20001 _pool_3\n0x2 20001 a_20001\n")
+    assert dup == {"20001": "_pool_3"}
+    assert pool.map_diff(PORTS, dup, {"20001": "a_20001"}) == (
+        [], [f"set map {PORTS} 20001 a_20001"])
 
 
 
