@@ -335,7 +335,7 @@ class Engine:
                 for name, why in sorted(p.why.items()):
                     log.info("%s needs a reload (%s): %s", name, p.reload.get(name, "?"), why)
             if self.config.update_strategy == "reload" and p.commands:
-                p = Plan(reload={**p.reload, **dict.fromkeys(p.slots, ENDPOINTS_CHANGED)})
+                p = Plan(reload={**p.reload, **dict.fromkeys(p.changed(), ENDPOINTS_CHANGED)})
             if p.commands:
                 before = {name: self.table.get(name, []) for name in p.slots}
                 shapes = {n: self.layout[n] for n in p.layout if n in self.layout}  # range mode
@@ -351,9 +351,8 @@ class Engine:
                     for t in events:
                         observe(now - t)
                     self.metrics.incremental_duration.observe(time.perf_counter() - started)
-                else:  # also the apps whose change was a map entry only (range mode)
-                    failed = {*p.slots, *(n for n, s in p.layout.items() if s and s.app_id)}
-                    self.pending.update(dict.fromkeys(failed, ReloadReason.RUNTIME_ERROR))
+                else:
+                    self.pending.update(dict.fromkeys(p.changed(), ReloadReason.RUNTIME_ERROR))
             if p.reload:
                 self.pending.update(p.reload)
                 room = MAX_AWAITING_RELOAD - len(self.awaiting_reload)

@@ -84,6 +84,11 @@ class Plan:
         for planned in (self.slots, self.grown, self.layout, self.why):
             planned.pop(name, None)
 
+    def changed(self) -> set[str]:
+        """The backends the commands change: slots, and in range mode also an app's map
+        entries alone (a vhost added or moved). A reload instead must cover them all."""
+        return {*self.slots, *(n for n, s in self.layout.items() if s and s.app_id)}
+
     def __bool__(self) -> bool:
         return bool(self.commands or self.reload)
 

@@ -9,6 +9,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from servicerouter import pool
 from servicerouter.engine import Engine, EngineConfig
 from servicerouter.haproxy.runtime_parse import CommandResult, ServerState
@@ -516,12 +518,16 @@ async def test_a_refetch_sampled_before_a_full_sync_does_not_outrank_its_answer(
     assert engine.state.desired["web_10000"].service.options.balance == "leastconn"
 
 
-async def test_a_map_only_change_whose_batch_fails_is_restored_by_a_reload() -> None:
+@pytest.mark.parametrize("why", ["socket broke", "--update-strategy reload"])
+async def test_a_map_only_change_not_applied_at_runtime_is_reloaded(why: str) -> None:
     """Range mode: a vhost added to a running app changes the host map and no slot. When
-    HAProxy could not be told (the admin socket broke), the change is not committed and
-    nothing marks the app again: it must be left to a reload, as a failed slot change
-    is, or the vhost stays unrouted (and reconcile keeps the map without it)."""
+    HAProxy could not be told (the admin socket broke), or is told by reloads only, the
+    change is not committed and nothing marks the app again: it must be left to a
+    reload, as a slot change is, or the vhost stays unrouted (and reconcile keeps the
+    map without it)."""
     engine, runtime, reloader = await range_engine()
+    if why == "--update-strategy reload":
+        engine.config = replace(engine.config, update_strategy="reload")
     settings = engine.config.settings
     hosts = pool.map_path(settings, pool.HOSTS_MAP)
 
@@ -532,8 +538,8 @@ async def test_a_map_only_change_whose_batch_fails_is_restored_by_a_reload() -> 
 
     engine.mark(engine.state.set_app(site()))
     await engine.step()
-    reloads = reloader.reloads  # (it took a spare: no reload)
-    runtime.fail_next = "down"
+    reloads = reloader.reloads
+    runtime.fail_next = "down" if why == "socket broke" else None
     engine.mark(engine.state.set_app(site("site.test")))
     await engine.step()
     assert reloader.reloads == reloads + 1
