@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import sys
+import syslog
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -94,13 +96,17 @@ def _parser(mode: str | None) -> argparse.ArgumentParser:
         INSTALL: "As root: install HAProxy with the system's package manager, record the "
                  f"Marathons in /{bs.MARATHONS}, install /{bs.COMMAND} and a cron job "
                  f"/{bs.CRON} that refreshes HAProxy every minute.",
-        REFRESH: f"Regenerate /{bs.HAPROXY_CONFIG} from the Marathons in /{bs.MARATHONS}; "
-                 "only if it changed, validate it (haproxy -c), replace it atomically and "
-                 "reload HAProxy without breaking connections.",
+        REFRESH: f"Regenerate /{bs.HAPROXY_CONFIG} from the Marathons given, else from "
+                 f"those in /{bs.MARATHONS}; only if it changed, validate it (haproxy -c), "
+                 "replace it atomically and reload HAProxy without breaking connections.",
     }
-    parser = argparse.ArgumentParser(prog=prog, description=descriptions[mode])
-    if mode != REFRESH:
-        parser.add_argument("marathons", nargs="+", metavar="HOST:PORT")
+    parser = argparse.ArgumentParser(
+        prog=prog, description=descriptions[mode],
+        epilog=f"'{bs.PROG} {LOGGED} ...' (as the old script's cron job ran it) sends the "
+               "output to syslog instead.")
+    # refresh: the old script's cron job passed the Marathons ($(cat .../marathons)).
+    parser.add_argument("marathons", nargs="*" if mode == REFRESH else "+",
+                        metavar="HOST:PORT")
     parser.add_argument("--stats-port", type=_port, default=9090,
                         help="HAProxy stats page on 127.0.0.1:PORT, 0 = none (default 9090)")
     if mode is not None:
@@ -120,6 +126,30 @@ def _parser(mode: str | None) -> argparse.ArgumentParser:
 
 INSTALL = "install_haproxy_system"
 REFRESH = "refresh_system_haproxy"
+LOGGED = "logged"  # the old script's prefix: its cron job ran 'logged refresh_system_haproxy'
+
+
+class _Syslog(io.TextIOBase):
+    """A stream whose lines go to syslog at one priority, as the old script's ``logged``
+    sent stdout (info) and stderr (notice) through logger(1)."""
+
+    def __init__(self, priority: int) -> None:
+        self._priority = priority
+        self._line = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._line = (self._line + text).split("\n")
+        for line in lines:
+            syslog.syslog(self._priority, line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line:
+            syslog.syslog(self._priority, self._line)
+            self._line = ""
 
 
 def _generator(stats_port: int) -> Any:
@@ -155,7 +185,7 @@ def _system(mode: str, args: argparse.Namespace) -> int:
                       "skipped", file=sys.stderr)
                 return 0
             done = asyncio.run(bs.refresh(paths, _generator(args.stats_port),
-                                          args.haproxy_bin))
+                                          args.haproxy_bin, args.marathons or None))
         if done != "unchanged":  # cron mails any output: say only what changed
             print(f"haproxy-marathon-bridge: {done}")
         return 0
@@ -166,6 +196,22 @@ def _system(mode: str, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [LOGGED]:
+        syslog.openlog(bs.PROG, syslog.LOG_PID, syslog.LOG_USER)
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Syslog(syslog.LOG_INFO), _Syslog(syslog.LOG_NOTICE)
+        try:
+            return _main(argv[1:])
+        except SystemExit as exc:  # argparse's usage errors, logged like the rest
+            return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = out, err
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     mode = argv[0] if argv and argv[0] in (INSTALL, REFRESH) else None
     args = _parser(mode).parse_args(argv[1:] if mode else argv)
     # A one-shot for cron: a Marathon failover that still got an answer is not news

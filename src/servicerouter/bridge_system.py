@@ -221,11 +221,12 @@ def reload_plan(paths: Paths) -> tuple[str, str | list[str]]:
 
 
 async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
-                  haproxy_bin: str = "haproxy") -> str:
-    """Regenerate; when the config changed, validate, replace and reload. Returns what
-    was done, in one line. Raises BridgeError (or MarathonError) with the reason; after a
-    failed reload the file HAProxy runs is back in place, so the next run retries."""
-    candidate = await generate(read_marathons(paths))
+                  haproxy_bin: str = "haproxy", marathons: Sequence[str] | None = None) -> str:
+    """Regenerate from ``marathons``, else the installed list; when the config changed,
+    validate, replace and reload. Returns what was done, in one line. Raises BridgeError
+    (or MarathonError) with the reason; after a failed reload the file HAProxy runs is
+    back in place, so the next run retries."""
+    candidate = await generate(list(marathons) if marathons else read_marathons(paths))
     if not differs(candidate, paths.config):
         return "unchanged"
     how, target = reload_plan(paths)  # before writing: a file nobody reloads is a lie

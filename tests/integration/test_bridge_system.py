@@ -292,3 +292,38 @@ def test_a_reload_haproxy_refuses_is_retried_by_the_next_refresh(
         assert out.returncode == 0, out.stderr
         assert "reloaded" in out.stdout
         wait_routed(port, live)
+
+
+def test_the_old_scripts_cron_line_still_refreshes(tmp_path: Path, simulator: Simulator) -> None:
+    """The old script's install left ``/etc/cron.d/haproxy-marathon-bridge`` running
+    ``haproxy-marathon-bridge logged refresh_system_haproxy $(cat .../marathons)``: the
+    Marathons as arguments, the output to syslog. pip installs this command where the old
+    script was, so that line runs it every minute until the next install: it must keep
+    refreshing HAProxy, not fail on 'logged' and stop every update."""
+    root = tmp_path / "root"
+    paths = bs.Paths(root)
+    port, live = simulator.launch("/old/cron", 2)
+    marathon = simulator.url.removeprefix("http://")
+    paths.config.parent.mkdir(parents=True)
+    paths.config.write_text(EMPTY_CFG)
+    master = paths.master_socket
+    master.parent.mkdir(parents=True)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
+                               "-S", str(master)], tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        # No list was written by this command's install: the arguments name the Marathons.
+        out = bridge("logged", "refresh_system_haproxy", "--root", root, "--stats-port", "0",
+                     "127.0.0.1:1", marathon)
+        assert out.returncode == 0, out.stderr
+        assert (out.stdout, out.stderr) == ("", ""), "'logged' sends the output to syslog"
+        assert master_reloads(master) == 1
+        wait_routed(port, live)
+        assert not paths.marathons.exists(), "the arguments are not written anywhere"
+
+        live = simulator.replace_one("/old/cron", live)
+        out = bridge("refresh_system_haproxy", "--root", root, "--stats-port", "0", marathon)
+        assert out.returncode == 0, out.stderr
+        assert "reloaded" in out.stdout
+        assert master_reloads(master) == 2
+        wait_routed(port, live)
