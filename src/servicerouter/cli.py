@@ -262,7 +262,8 @@ def build_parser(env: dict[str, str] | None = None) -> argparse.ArgumentParser:
     render.add_argument("--apps-json", metavar="FILE",
                         help="render from a saved /v2/apps payload instead of Marathon")
     render.add_argument("--output", "-o", metavar="PATH",
-                        help="write the config atomically here instead of stdout")
+                        help="write the config atomically here instead of stdout; refused (exit 1, "
+                             "nothing written) while a daemon or a sync manages PATH")
     render.add_argument("--mesos-dns", metavar="DOMAIN",
                         help="Mesos-DNS mode: backends are server-template slots HAProxy "
                              "resolves from the SRV records _<app>._tcp.DOMAIN (e.g. "
@@ -441,24 +442,41 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 async def _render(args: argparse.Namespace) -> int:
+    from .haproxy.lock import ConfigInUse, ConfigLock
+
+    if not args.output:
+        rendered = await render_config(args)
+        sys.stdout.write(rendered.text)
+        return 0
+    target = Path(args.output)  # checked before anything is fetched
+    if not target.parent.is_dir():
+        raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
+    # A daemon (or a sync) that manages this file holds its lock: writing it (and its map
+    # files) behind that one's back would leave HAProxy a config nobody drives.
+    lock = ConfigLock(target, "--output")
+    try:
+        lock.acquire()
+    except ConfigInUse as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"--output {args.output}: cannot create the lock {lock.path}: "
+                       f"{exc.strerror or exc}; nothing was written") from None
+    try:
+        return await _render_to(args, target)
+    finally:
+        lock.release()
+
+
+async def _render_to(args: argparse.Namespace, target: Path) -> int:
     from .haproxy.process import atomic_write
+    from .oneshot import write_maps
 
-    if args.output:  # checked before anything is fetched
-        target = Path(args.output)
-        if not target.parent.is_dir():
-            raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
     rendered = await render_config(args)
-    text = rendered.text
-    if args.output:
-        from .oneshot import write_maps
-
-        try:  # the maps first: the config never names a map file that is not there
-            write_maps(rendered.map_dir, rendered.maps)
-            atomic_write(target, text)
-        except OSError as exc:
-            raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
-    else:
-        sys.stdout.write(text)
+    try:  # the maps first: the config never names a map file that is not there
+        write_maps(rendered.map_dir, rendered.maps)
+        atomic_write(target, rendered.text)
+    except OSError as exc:
+        raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
     return 0
 
 

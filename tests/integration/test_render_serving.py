@@ -12,7 +12,7 @@ import pytest
 from servicerouter.demo.procs import Proc
 
 from .conftest import needs_haproxy
-from .harness import Simulator, running, wait_for, wait_routed
+from .harness import Daemon, Simulator, running, wait_for, wait_routed
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -88,3 +88,36 @@ def test_bridge_with_no_marathon_answering_fails_clearly() -> None:
     assert out.stderr.strip().splitlines()[-1].startswith("haproxy-marathon-bridge: error: "
                                                           "no Marathon answered")
     assert "Traceback" not in out.stderr
+
+
+def test_render_refuses_to_write_a_config_a_daemon_manages(tmp_path: Path,
+                                                           simulator: Simulator) -> None:
+    """``render -o`` onto the daemon's --haproxy-config replaced the file behind its back
+    (here with another admin socket and stats port: an HAProxy restarted on it would be
+    out of the daemon's reach). Like ``sync``, it takes the config's lock and refuses."""
+    port, live = simulator.launch("/managed/web", 2)
+    daemon = Daemon(tmp_path, simulator.url)
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        before = daemon.config.read_bytes()
+        inode = daemon.config.stat().st_ino
+        out = subprocess.run([sys.executable, "-m", "servicerouter", "render", "--marathon",
+                              simulator.url, "-o", str(daemon.config)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith(
+            f"servicerouter: error: --output {daemon.config}: another servicerouter (pid "
+            f"{daemon.proc.popen.pid if daemon.proc.popen else '?'}) manages it"), out.stderr
+        assert daemon.config.read_bytes() == before and daemon.config.stat().st_ino == inode
+        # Printing it is harmless, and still works beside the daemon.
+        out = subprocess.run([sys.executable, "-m", "servicerouter", "render", "--marathon",
+                              simulator.url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and f"bind *:{port}" in out.stdout, out.stderr
+    # With no daemon the file is render's to write, and no lock file stays behind.
+    out = subprocess.run([sys.executable, "-m", "servicerouter", "render", "--marathon",
+                          simulator.url, "-o", str(daemon.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "/run/haproxy/admin.sock" in daemon.config.read_text()
+    assert not (tmp_path / "haproxy.cfg.lock").exists()
