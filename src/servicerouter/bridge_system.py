@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .haproxy.files import atomic_write, keep_rejected, make_dirs
+from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
 
@@ -225,8 +226,25 @@ async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
     """Regenerate from ``marathons``, else the installed list; when the config changed,
     validate, replace and reload. Returns what was done, in one line. Raises BridgeError
     (or MarathonError) with the reason; after a failed reload the file HAProxy runs is
-    back in place, so the next run retries."""
-    candidate = await generate(list(marathons) if marathons else read_marathons(paths))
+    back in place, so the next run retries. Refused while a servicerouter (a daemon, a
+    sync) manages the config: its lock is held (a cron job left from before a move to
+    ``servicerouter run`` would replace the daemon's config every minute)."""
+    listed = list(marathons) if marathons else read_marathons(paths)
+    lock = ConfigLock(paths.config, "", f"Remove /{CRON} (the bridge's cron job) if "
+                                        "servicerouter now manages HAProxy here")
+    try:
+        lock.acquire()
+    except ConfigInUse as exc:
+        raise BridgeError(str(exc).lstrip()) from None
+    try:
+        return await _refresh(paths, generate, haproxy_bin, listed)
+    finally:
+        lock.release()
+
+
+async def _refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
+                   haproxy_bin: str, marathons: list[str]) -> str:
+    candidate = await generate(marathons)
     if not differs(candidate, paths.config):
         return "unchanged"
     how, target = reload_plan(paths)  # before writing: a file nobody reloads is a lie

@@ -24,6 +24,7 @@ from servicerouter.demo.procs import Proc
 from .conftest import needs_haproxy
 from .harness import (
     EMPTY_CFG,
+    Daemon,
     Simulator,
     free_port,
     master_reloads,
@@ -326,4 +327,33 @@ def test_the_old_scripts_cron_line_still_refreshes(tmp_path: Path, simulator: Si
         assert out.returncode == 0, out.stderr
         assert "reloaded" in out.stdout
         assert master_reloads(master) == 2
+        wait_routed(port, live)
+
+
+def test_a_refresh_leaves_a_config_servicerouter_manages_alone(tmp_path: Path,
+                                                                simulator: Simulator) -> None:
+    """Moving a host from the bridge to ``servicerouter run`` and forgetting the cron job:
+    every minute the refresh replaced the daemon's config with its own and reloaded
+    HAProxy. It refuses, as ``sync`` does, while a servicerouter holds the config's lock."""
+    root = tmp_path / "root"
+    paths = bs.Paths(root)
+    port, live = simulator.launch("/moved/web", 2)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text(simulator.url.removeprefix("http://") + "\n")
+    paths.config.parent.mkdir(parents=True)
+    daemon = Daemon(paths.config.parent, simulator.url)  # its config is the bridge's
+    assert daemon.config == paths.config
+    with running(daemon):
+        daemon.start()
+        wait_routed(port, live)
+        paths.master_socket.parent.mkdir(parents=True)
+        paths.master_socket.symlink_to(daemon.master_socket)  # as Debian's would be
+        before, reloads = paths.config.read_bytes(), daemon.reloads()
+        out = bridge("refresh_system_haproxy", "--root", root, "--stats-port", "0")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert out.stderr.startswith(
+            f"haproxy-marathon-bridge: error: {paths.config}: another servicerouter (pid "
+            f"{daemon.proc.popen.pid if daemon.proc.popen else '?'}) manages it"), out.stderr
+        assert "Remove /etc/cron.d/haproxy-marathon-bridge" in out.stderr
+        assert paths.config.read_bytes() == before and daemon.reloads() == reloads
         wait_routed(port, live)

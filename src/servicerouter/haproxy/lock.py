@@ -39,9 +39,12 @@ class ConfigLock:
     """An exclusive, non-blocking ``flock`` on ``<config>.lock``; :meth:`release` (or the
     process ending) gives it up."""
 
-    def __init__(self, config: Path, flag: str = "--haproxy-config") -> None:
+    def __init__(self, config: Path, flag: str = "--haproxy-config",
+                 hint: str = "Stop that one first, or give this one its own "
+                             "--haproxy-config and sockets") -> None:
         self.config = config
         self.flag = flag
+        self.hint = hint
         self.path = lock_path(config)
         self._fd: int | None = None
 
@@ -59,8 +62,7 @@ class ConfigLock:
                 raise ConfigInUse(
                     f"{self.flag} {self.config}: another servicerouter "
                     f"({f'pid {holder}' if holder else 'pid unknown'}) manages it (lock "
-                    f"{self.path} is held); nothing was done. Stop that one first, or give "
-                    "this one its own --haproxy-config and sockets") from None
+                    f"{self.path} is held); nothing was done. {self.hint}") from None
             except BaseException:
                 os.close(fd)
                 raise
