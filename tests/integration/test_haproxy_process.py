@@ -145,6 +145,9 @@ async def test_run_reload_command() -> None:
     await run_reload_command(["/bin/sh", "-c", "exit 0"])
     with pytest.raises(ReloadError, match=r"exited with 3: boom"):
         await run_reload_command("echo boom >&2; exit 3")
+    with pytest.raises(ReloadError) as silent:  # nothing said: no dangling ': '
+        await run_reload_command("false")
+    assert str(silent.value) == "reload command 'false' exited with 1 and printed nothing"
     with pytest.raises(ReloadError, match="timed out"):
         await run_reload_command("sleep 5", timeout=0.2)
     with pytest.raises(ReloadError, match="could not start"):

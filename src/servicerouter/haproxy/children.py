@@ -242,4 +242,5 @@ async def run_reload_command(cmd: str | Sequence[str], timeout: float = 60.0) ->
         _children.discard(proc)
     if proc.returncode != 0:
         detail = _tail(err.decode("utf-8", "replace")) or _tail(out.decode("utf-8", "replace"))
-        raise ReloadError(f"reload command {shown!r} exited with {proc.returncode}: {detail}")
+        raise ReloadError(f"reload command {shown!r} exited with {proc.returncode}"
+                          + (f": {detail}" if detail else " and printed nothing"))
