@@ -315,6 +315,10 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         if not restored:
             raise SyncError(f"reload via {how} failed: {exc}; {config} could not be put "
                             f"back ({saved}): put back the config HAProxy runs") from None
+        if current is None:
+            raise SyncError(f"reload via {how} failed: {exc}; {config} was removed, as "
+                            f"there was none before ({saved}); the next sync "
+                            "retries") from None
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
                         f"config HAProxy is running ({saved}), the next sync "
                         "retries") from None

@@ -94,6 +94,20 @@ def test_sync_applies_only_changes_and_fails_clearly(tmp_path: Path,
         wait_routed(port, live)
 
 
+
+def test_a_first_sync_whose_reload_fails_says_it_removed_the_config(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """With no config before it, a failed reload removes the new file; the error said it
+    was "restored to the config HAProxy is running", a config that does not exist."""
+    simulator.launch("/first/web", 1)
+    config = tmp_path / "haproxy.cfg"
+    out = sync(simulator.url, tmp_path, "--reload-command", "exit 3")
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(
+        f"{config} was removed, as there was none before (the new one is kept at "
+        f"{config}.rejected); the next sync retries"), out.stderr
+    assert not config.exists() and "server" in (tmp_path / "haproxy.cfg.rejected").read_text()
+
 # haproxy -c that rejects any config routing the app "/sync/rejectme" (its backend's
 # name), as it would a value admission missed; the real haproxy for everything else.
 REJECTING_CHECK = """#!/bin/sh
