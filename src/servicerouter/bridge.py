@@ -69,6 +69,8 @@ def render_bridge(payload: Any, source: str, stats_port: int = 9090) -> tuple[st
     env = template_environment((str(builtin_templates()),))
     text = env.get_template("bridge.cfg.j2").render(
         version=__version__, source=source, listeners=listeners, stats_port=stats_port)
+    if not text.endswith("\n"):  # no listener: HAProxy rejects a last line without LF
+        text += "\n"
     return text, messages
 
 

@@ -57,6 +57,30 @@ def test_bridge_prints_a_minimal_valid_config(tmp_path: Path, simulator: Simulat
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+
+@pytest.mark.parametrize("stats", ["0", "9090"])
+def test_bridge_config_for_a_marathon_with_no_apps_is_valid(
+        tmp_path: Path, simulator: Simulator, stats: str) -> None:
+    """A new cluster (or one whose apps all failed admission) has nothing to route: the
+    config lacked its last newline, which haproxy -c rejects ("Missing LF on last line"),
+    so every refresh of a fresh install failed."""
+    out = subprocess.run([sys.executable, "-c", "import sys; from servicerouter.bridge import "
+                          "main; sys.exit(main())", "--stats-port", stats,
+                          simulator.url.removeprefix("http://")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "listen " not in out.stdout.replace("listen stats", "")
+    cfg = tmp_path / "bridge.cfg"
+    cfg.write_text(out.stdout)
+    check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    said = check.stdout + check.stderr
+    assert "Missing LF" not in said
+    if stats == "0":  # nothing at all to listen on: HAProxy says so, and only that
+        assert check.returncode == 2 and "will not start (no listener)" in said, said
+    else:
+        assert check.returncode == 0, said
+
 def test_bridge_gives_a_service_port_to_one_app(tmp_path: Path, simulator: Simulator) -> None:
     """/evil/web names /bridge/shop's service port (HAPROXY_0_PORT): the bridge bound
     the port twice, and the kernel split its connections between the two apps' tasks.
