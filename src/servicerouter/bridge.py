@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import syslog
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from . import bridge_system as bs
 from .haproxy.render import builtin_templates, hostport, template_environment
 from .layout import Settings
 from .marathon.errors import MarathonError
-from .marathon.parse import parse_apps
+from .marathon.parse import parse_apps, refuse_empty
 from .naming import slot_name
 from .resolve import CachingResolver
 from .state import ClusterState
@@ -45,7 +45,8 @@ def _url(hostport_arg: str) -> str:
     return f"http://{hostport_arg}"
 
 
-def render_bridge(payload: Any, source: str, stats_port: int = 9090) -> tuple[str, list[str]]:
+def render_bridge(payload: Any, source: str, stats_port: int = 9090, routed: int = 0
+                  ) -> tuple[str, list[str]]:
     """The minimal config for a ``/v2/apps`` payload, and the messages to report.
 
     The apps are admitted as servicerouter's (README "Multi-tenant safety") on what
@@ -53,8 +54,10 @@ def render_bridge(payload: Any, source: str, stats_port: int = 9090) -> tuple[st
     listeners on it split its connections between two apps), not the stats port,
     task ports HAProxy can connect to, at most --max-servers-per-backend's default
     servers. The labels it does not render (certificates, bind addresses, vhosts)
-    are not judged."""
+    are not judged. An answer listing no apps at all while ``routed`` apps are routed
+    raises PayloadError (a Marathon on empty storage), as for ``sync``."""
     result = parse_apps(payload, source, CachingResolver())
+    refuse_empty(result, source, routed, "--allow-empty-marathon applies it")
     messages = [*map(str, result.errors), *result.warnings]
     state = ClusterState(replace(Settings(), stats_port=stats_port, http_port=0, https_port=0))
     state.replace_all([replace(a, services=tuple(
@@ -122,6 +125,10 @@ def _parser(mode: str | None) -> argparse.ArgumentParser:
     if mode == REFRESH:
         parser.add_argument("--haproxy-bin", default="haproxy", metavar="PATH",
                             help="haproxy binary for validation (default haproxy)")
+        parser.add_argument("--allow-empty-marathon", action="store_true",
+                            help="apply an answer that lists no apps at all although the "
+                                 "config routes apps (by default the refresh fails with "
+                                 "exit 1 and changes nothing)")
     parser.add_argument("--version", action="version", version=f"servicerouter {__version__}")
     return parser
 
@@ -154,10 +161,10 @@ class _Syslog(io.TextIOBase):
             self._line = ""
 
 
-def _generator(stats_port: int) -> Any:
+def _generator(stats_port: int, routed: Callable[[], int] = lambda: 0) -> Any:
     async def generate(marathons: list[str]) -> str:
         payload, source = await _fetch([_url(m) for m in marathons])
-        text, messages = render_bridge(payload, source, stats_port)
+        text, messages = render_bridge(payload, source, stats_port, routed())
         for m in messages:
             print(f"haproxy-marathon-bridge: {m}", file=sys.stderr)
         return text
@@ -186,7 +193,10 @@ def _system(mode: str, args: argparse.Namespace) -> int:
                 print(f"haproxy-marathon-bridge: another refresh holds {paths / bs.LOCK}; "
                       "skipped", file=sys.stderr)
                 return 0
-            done = asyncio.run(bs.refresh(paths, _generator(args.stats_port),
+            def routed() -> int:  # read under the lock, as the refresh compares
+                return 0 if args.allow_empty_marathon else bs.routed_listeners(paths.config)
+
+            done = asyncio.run(bs.refresh(paths, _generator(args.stats_port, routed),
                                           args.haproxy_bin, args.marathons or None))
         if done != "unchanged":  # cron mails any output: say only what changed
             print(f"haproxy-marathon-bridge: {done}")

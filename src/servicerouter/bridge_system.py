@@ -177,6 +177,17 @@ def _body(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("# Generated "))
 
 
+def routed_listeners(config: Path) -> int:
+    """How many app listeners the config on disk has (the bridge's ``listen`` sections
+    other than ``stats``; 0 for no file or one it cannot read)."""
+    try:
+        text = config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return 0
+    return sum(1 for line in text.splitlines()
+               if line.startswith("listen ") and line.split()[1:2] != ["stats"])
+
+
 def differs(candidate: str, path: Path) -> bool:
     try:
         return _body(path.read_text(encoding="utf-8")) != _body(candidate)

@@ -357,3 +357,40 @@ def test_a_refresh_leaves_a_config_servicerouter_manages_alone(tmp_path: Path,
         assert "Remove /etc/cron.d/haproxy-marathon-bridge" in out.stderr
         assert paths.config.read_bytes() == before and daemon.reloads() == reloads
         wait_routed(port, live)
+
+
+def test_a_refresh_keeps_the_routes_when_marathon_lists_no_apps_unless_told(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A Marathon on empty or wrong storage lists no apps: the refresh replaced the config
+    with one routing nothing and reloaded, taking every service down. As ``sync`` does, it
+    refuses while the config routes apps; --allow-empty-marathon applies it."""
+    root = tmp_path / "root"
+    paths = bs.Paths(root)
+    port, live = simulator.launch("/kept/web", 2)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text(simulator.url.removeprefix("http://") + "\n")
+    paths.config.parent.mkdir(parents=True)
+    paths.config.write_text(EMPTY_CFG)
+    master = paths.master_socket
+    master.parent.mkdir(parents=True)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
+                               "-S", str(master)], tmp_path / "haproxy.log")
+    # A stats listener: a config routing nothing still has something to listen on.
+    refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", str(free_port()))
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        assert bridge(*refresh).returncode == 0
+        wait_routed(port, live)
+        routed = paths.config.read_text()
+        simulator.http.post("/_sim/faults", json={"empty_store": True}).raise_for_status()
+        out = bridge(*refresh)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert out.stderr.startswith(
+            f"haproxy-marathon-bridge: error: {simulator.url}: Marathon lists no apps "
+            "at all, which would unroute the app routed here"), out.stderr
+        assert out.stderr.rstrip().endswith("--allow-empty-marathon applies it"), out.stderr
+        assert paths.config.read_text() == routed and master_reloads(master) == 1
+        wait_routed(port, live)
+        out = bridge(*refresh, "--allow-empty-marathon")
+        assert out.returncode == 0, out.stderr
+        assert f":{port}" not in paths.config.read_text() and master_reloads(master) == 2
