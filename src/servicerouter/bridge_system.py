@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .haproxy.files import atomic_write, keep_rejected, make_dirs
+from .haproxy.files import atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
@@ -247,6 +247,7 @@ async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
         lock.acquire()
     except ConfigInUse as exc:
         raise BridgeError(str(exc).lstrip()) from None
+    remove_leftovers(paths.config)  # of a refresh killed mid-write; ours alone now
     try:
         return await _refresh(paths, generate, haproxy_bin, listed)
     finally:

@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -394,3 +395,28 @@ def test_a_refresh_keeps_the_routes_when_marathon_lists_no_apps_unless_told(
         out = bridge(*refresh, "--allow-empty-marathon")
         assert out.returncode == 0, out.stderr
         assert f":{port}" not in paths.config.read_text() and master_reloads(master) == 2
+
+
+async def test_a_refresh_removes_what_a_killed_refresh_left_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh killed inside its atomic write (a reboot, an OOM kill) leaves
+    ``.haproxy.cfg.XXXXXXXX.tmp`` in /etc/haproxy; every later refresh left it there for
+    good. Now the next one removes it (as sync does), and only it."""
+    paths = bs.Paths(tmp_path)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text("m1:8080\n")
+    paths.config.parent.mkdir(parents=True)
+    paths.config.write_text(EMPTY_CFG)
+    fd, name = tempfile.mkstemp(dir=paths.config.parent, prefix=".haproxy.cfg.", suffix=".tmp")
+    os.close(fd)  # named as atomic_write names them
+    left = Path(name)
+    other = paths.config.parent / ".haproxy.cfg.swp"
+    other.write_text("the operator's\n")
+
+    async def generate(_: list[str]) -> str:
+        return EMPTY_CFG  # unchanged: nothing else is written
+
+    monkeypatch.setattr(bs, "reload_plan", lambda _: ("command", ["true"]))
+    assert await bs.refresh(paths, generate) == "unchanged"
+    assert not left.exists()
+    assert other.read_text() == "the operator's\n"
