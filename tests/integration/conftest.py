@@ -19,3 +19,26 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def port_claims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One folder of port claims (procs.claim) for every worker of this run: beside the
+    workers' own base folders under xdist (``<basetemp>/popen-gwN``), removed with them."""
+    import os
+
+    from servicerouter.demo.procs import PORT_CLAIMS
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / "port-claims"
+    folder.mkdir(exist_ok=True)
+    before = os.environ.get(PORT_CLAIMS)
+    os.environ[PORT_CLAIMS] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PORT_CLAIMS, None)
+        else:
+            os.environ[PORT_CLAIMS] = before

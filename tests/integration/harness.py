@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from servicerouter.demo.procs import Proc, free_port, wait_for
+from servicerouter.demo.procs import Proc, claim, free_port, unclaim, wait_for
 from servicerouter.haproxy.master_cli import MasterCLI, ProcInfo
 from servicerouter.haproxy.runtime import RuntimeClient
 from servicerouter.haproxy.runtime_parse import ServerState
@@ -43,13 +43,25 @@ defaults
 """
 
 
+def _task_port_range() -> str:
+    """The claim (procs.claim) of a simulator's 1,000 task ports, ``tasks-<first>``: two
+    simulators of concurrent test workers on the same range handed their tasks the same
+    ports. All ten taken (not with two workers): shared, as before (the simulator still
+    checks each port free)."""
+    starts = list(range(20000, 30000, 1000))
+    random.shuffle(starts)
+    return next((f"tasks-{low}" for low in starts if claim(f"tasks-{low}")),
+                f"tasks-{starts[0]}")
+
+
 class Simulator:
     def __init__(self, tmp: Path, *, kill_grace: float = 1.0, extra: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Task host ports of its own: concurrent runs sharing the default 31000-32000
         # raced for ports, and a task dying right after TASK_RUNNING broke routing checks.
-        low = random.randrange(20000, 30000, 1000)
+        self._range = _task_port_range()
+        low = int(self._range.split("-")[1])
         self.proc = Proc("simulator", [
             PYTHON, "-m", "servicerouter.simulator", "--listen", f"127.0.0.1:{self.port}",
             "--executor", "local", "--heartbeat-interval", "1", "--kill-grace", str(kill_grace),
@@ -77,6 +89,7 @@ class Simulator:
     def stop(self) -> None:
         self.http.close()
         self.proc.stop()
+        unclaim(self._range)
 
     def create_app(self, app_id: str, instances: int = 2, ports: int = 1,
                    labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:

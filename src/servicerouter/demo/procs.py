@@ -22,6 +22,33 @@ from ..haproxy.children import pdeathsig
 
 _handed_out: set[int] = set()
 _handing_out = threading.Lock()
+PORT_CLAIMS = "SERVICEROUTER_PORT_CLAIMS"
+"""A folder shared by processes that hand out ports side by side (the test suite's
+workers): a port or range is theirs once its file there is created (O_EXCL). The
+kernel gave one worker the port another had just been given and not bound yet (its
+HAProxy binds with SO_REUSEPORT, so both did, and traffic was split between them)."""
+
+
+def claim(name: str) -> bool:
+    """Whether ``name`` (a port, a range) is this process's to use: always, unless
+    $SERVICEROUTER_PORT_CLAIMS names a folder where another process claimed it first."""
+    folder = os.environ.get(PORT_CLAIMS)
+    if not folder:
+        return True
+    try:
+        os.close(os.open(os.path.join(folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                         0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def unclaim(name: str) -> None:
+    """Give back what :func:`claim` took (a range a stopped simulator used)."""
+    folder = os.environ.get(PORT_CLAIMS)
+    if folder:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
 
 
 def free_port() -> int:
@@ -36,7 +63,8 @@ def free_port() -> int:
         with _handing_out:
             if port not in _handed_out:
                 _handed_out.add(port)
-                return port
+                if claim(str(port)):
+                    return port
     raise RuntimeError("no free loopback port this process was not given before")
 
 
