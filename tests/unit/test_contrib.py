@@ -296,3 +296,39 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         {"tests": [{"interval": "1m", "input_series": [], "promql_expr_test": tests}]}))
     r = run_promtool("test", "rules", spec)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- the scrape targets are where the daemon and HAProxy listen ---------------------------
+
+
+def run_defaults() -> dict[str, Any]:
+    import argparse
+
+    from servicerouter import cli
+
+    sub = next(a for a in cli.build_parser({})._actions
+               if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.default for a in sub.choices["run"]._actions}
+
+
+def scrape_jobs() -> dict[str, tuple[str, set[int]]]:
+    """job_name -> (metrics_path, ports of its static targets), without a YAML parser."""
+    jobs: dict[str, tuple[str, set[int]]] = {}
+    for block in re.split(r"^\s*- job_name:", SCRAPE.read_text(), flags=re.M)[1:]:
+        name = block.split()[0]
+        path = re.search(r"^\s*metrics_path:\s*(\S+)", block, re.M)
+        ports = {int(p) for p in re.findall(r"^\s*- [\w.\[\]:-]+:(\d+)\s*$", block, re.M)}
+        jobs[name] = (path.group(1) if path else "/metrics", ports)
+    return jobs
+
+
+def test_scrape_targets_use_the_daemons_and_haproxys_default_ports() -> None:
+    defaults = run_defaults()
+    jobs = scrape_jobs()
+    assert jobs["servicerouter"] == ("/metrics", {defaults["listen"][1]}), \
+        "the daemon serves /metrics on --listen"
+    # templates/stats.j2: HAProxy's exporter answers /metrics on --stats-port
+    assert "use-service prometheus-exporter if { path /metrics }" in \
+        (ROOT / "templates" / "stats.j2").read_text()
+    assert jobs["haproxy"] == ("/metrics", {defaults["stats_port"]}), \
+        "HAProxy's exporter is on --stats-port"

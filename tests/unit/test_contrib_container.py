@@ -1,10 +1,12 @@
 """The Dockerfile, read by Docker's own parser (the ``dockerfile`` package wraps
 buildkit's): non-root, a HEALTHCHECK on /healthz, ``run --start-haproxy`` as the
-entry point, only real SERVICEROUTER_* variables, and the Makefile's install."""
+entry point, only real SERVICEROUTER_* variables, and the Makefile's install; and
+contrib/marathon/servicerouter.json, the same image run as a Marathon app."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -68,3 +70,47 @@ def test_install_is_the_makefiles_install() -> None:
     copied = {v for c in commands() if c.cmd == "COPY" for v in c.value[:-1]}
     assert "Makefile" in copied
     assert re.search(r"^install-venv:", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_stop_signal_starts_the_graceful_stop() -> None:
+    assert one("STOPSIGNAL").value[0] in {"SIGTERM", "SIGINT", "SIGQUIT"}
+
+
+# --- contrib/marathon/servicerouter.json: the same image as a Marathon app ---------------
+
+
+def run_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in cli.build_parser({})._actions
+               if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices["run"]
+    return parser
+
+
+def marathon_app() -> dict[str, Any]:
+    app: dict[str, Any] = json.loads(
+        (ROOT / "contrib" / "marathon" / "servicerouter.json").read_text())
+    return app
+
+
+def test_marathon_app_sets_only_real_variables() -> None:
+    known = {env_name(a.option_strings[0]) for a in run_parser()._actions
+             if a.option_strings}
+    names = set(marathon_app()["env"])
+    assert names and not names - known, sorted(names - known)
+
+
+def test_marathon_app_health_checks_healthz_on_the_listen_port() -> None:
+    app = marathon_app()
+    listen = app["env"].get("SERVICEROUTER_LISTEN", "127.0.0.1:9091")
+    port = int(listen.rpartition(":")[2])
+    (check,) = app["healthChecks"]
+    assert check["path"] == "/healthz"
+    assert app["portDefinitions"][check["portIndex"]]["port"] == port
+    assert app["requirePorts"] is True, "the health check needs the port it was given"
+
+
+def test_marathon_app_kill_grace_outlasts_the_graceful_stop() -> None:
+    """Mesos' default grace is 3 s: shorter than HAProxy's soft stop and SIGTERM."""
+    from servicerouter.haproxy.control import STOP_GRACE
+
+    assert marathon_app()["taskKillGracePeriodSeconds"] > 2 * STOP_GRACE

@@ -140,3 +140,22 @@ def test_systemd_sysusers_creates_the_user(installed: Path, tmp_path: Path) -> N
     passwd = (root / "etc/passwd").read_text()
     assert re.search(r"^servicerouter:x:\d+:\d+:.*:/var/lib/servicerouter:", passwd, re.M), \
         passwd
+
+
+WEB_STOP_WAIT = 5.0  # daemon.run_daemon: asyncio.wait_for(web, 5) before HAProxy stops
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_waits_longer_than_the_daemons_graceful_stop(unit: str) -> None:
+    """systemctl stop: the daemon may take the web listener's wait, then STOP_GRACE for
+    HAProxy's soft stop and STOP_GRACE more for its SIGTERM. A TimeoutStopSec shorter
+    than that SIGKILLs HAProxy with connections still finishing; a KillSignal other than
+    SIGTERM/SIGINT/SIGQUIT does not start the graceful stop at all."""
+    from servicerouter.haproxy.control import STOP_GRACE
+
+    keys = dict(directives((SYSTEMD / unit).read_text()))
+    assert keys.get("KillSignal", "SIGTERM") in {"SIGTERM", "SIGINT", "SIGQUIT"}
+    timeout = keys.get("TimeoutStopSec", "90")  # systemd's DefaultTimeoutStopSec
+    assert timeout.isdigit(), f"TimeoutStopSec={timeout}: write whole seconds"
+    assert int(timeout) > WEB_STOP_WAIT + 2 * STOP_GRACE, \
+        f"TimeoutStopSec={timeout} cuts the daemon's graceful stop short"
