@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .haproxy.files import atomic_write, keep_rejected, make_dirs, remove_leftovers
+from .haproxy.files import CONFIG_MODE, atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
@@ -271,7 +271,7 @@ async def _refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]]
     except FileNotFoundError:
         running = None
     make_dirs(paths.config.parent)
-    atomic_write(paths.config, candidate)
+    atomic_write(paths.config, candidate, new_mode=CONFIG_MODE)
     try:
         if how == "master":
             info = await MasterCLI(str(target)).reload()

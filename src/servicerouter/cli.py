@@ -468,13 +468,13 @@ async def _render(args: argparse.Namespace) -> int:
 
 
 async def _render_to(args: argparse.Namespace, target: Path) -> int:
-    from .haproxy.process import atomic_write
+    from .haproxy.files import CONFIG_MODE, atomic_write
     from .oneshot import write_maps
 
     rendered = await render_config(args)
     try:  # the maps first: the config never names a map file that is not there
         write_maps(rendered.map_dir, rendered.maps)
-        atomic_write(target, rendered.text)
+        atomic_write(target, rendered.text, new_mode=CONFIG_MODE)
     except OSError as exc:
         raise CliError(f"--output {args.output}: {exc.strerror or exc}") from None
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 from . import owners
 from .cli import sockets_clash
 from .haproxy.children import brief
-from .haproxy.files import atomic_write, keep_rejected, make_dirs, remove_leftovers
+from .haproxy.files import CONFIG_MODE, atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .haproxy.lock import ConfigInUse, ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo
 from .haproxy.process import run_reload_command, validate
@@ -290,7 +290,7 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
                         "running HAProxy is unchanged") from None
     try:
         make_dirs(config.parent)
-        atomic_write(config, candidate)
+        atomic_write(config, candidate, new_mode=CONFIG_MODE)
     except OSError as exc:
         _put_back(rendered.map_dir, old_maps)
         raise SyncError(f"cannot write {config}: {exc}; the running HAProxy is "

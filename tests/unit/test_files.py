@@ -87,3 +87,16 @@ def test_a_file_in_the_way_of_a_folder_is_an_error_naming_it(tmp_path: Path) -> 
     (tmp_path / "maps").write_text("")
     with pytest.raises(OSError, match="maps"):
         make_dirs(tmp_path / "maps" / "x")
+
+
+def test_a_new_haproxy_config_is_not_world_readable(tmp_path: Path) -> None:
+    """It holds the password hashes of apps' AUTH labels: 0644 less a usual umask of 022
+    let every local user read them."""
+    from servicerouter.haproxy.control import ConfigFile
+
+    old = os.umask(0o022)
+    try:
+        ConfigFile(tmp_path / "haproxy.cfg").write("global\n")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "haproxy.cfg") == 0o640

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .detached import KeptHAProxy, running_master
-from .files import atomic_write, keep_rejected, make_dirs, remove_leftovers
+from .files import CONFIG_MODE, atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .master_cli import MasterCLI
 from .process import (
     HAProxyProcess,
@@ -92,7 +92,7 @@ class ConfigFile:
 
     def write(self, text: str) -> None:
         make_dirs(self.path.parent)
-        atomic_write(self.path, text)
+        atomic_write(self.path, text, new_mode=CONFIG_MODE)
 
     def keep_rejected(self, text: str) -> Path | str:
         """The candidate kept next to the config for inspection; best effort: a disk that

@@ -45,6 +45,12 @@ def make_dirs(path: str | os.PathLike[str], mode: int = 0o755) -> None:
         raise NotADirectoryError(f"{missing[0]} is not a folder")
 
 
+CONFIG_MODE = 0o640
+"""A new HAProxy config (less the umask): it holds the password hashes of apps' AUTH
+labels (userlists), so it is not world-readable. HAProxy reads it as root or as the
+daemon's user; an HAProxy user of the file's group can read it too."""
+
+
 def atomic_write(path: str | os.PathLike[str], text: str | bytes, new_mode: int = 0o644,
                  mode: int | None = None) -> None:
     """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync
