@@ -87,3 +87,83 @@ def test_bridge_reference_lists_every_flag() -> None:
     missing = sorted(flags - documented(["### `haproxy-marathon-bridge`"]))
     assert not missing, (f"README.md does not document these haproxy-marathon-bridge flags: "
                          f"{', '.join(missing)} (add rows under '### `haproxy-marathon-bridge`')")
+
+
+ROW_DEFAULT = re.compile(
+    r"^\| `(--[a-z0-9-]+)[^|]*\| `SERVICEROUTER_[A-Z0-9_]+` \| ([^|]*) \|", re.M)
+
+
+def test_reference_rows_give_the_default_help_gives() -> None:
+    """The table's default column is what ``--help`` shows (with no variable set), and a
+    row sits in a section whose commands all have the flag (a `run`-only flag in the
+    common table would be documented for `render` and `sync` too)."""
+    wrong = []
+    for command, headings in SECTIONS.items():
+        actions = {o: a for a in subcommand(command)._actions for o in a.option_strings}
+        for heading in headings:
+            for flag, default in ROW_DEFAULT.findall(section(heading)):
+                action = actions.get(flag)
+                if action is None:
+                    wrong.append(f"{flag} is under {heading!r} but `{command}` has no such flag")
+                    continue
+                shown = re.search(r", default (.*)\]$", action.help or "", re.S)
+                help_default = " ".join(shown.group(1).split()) if shown else "?"
+                if default.strip() != help_default:
+                    wrong.append(f"{flag} ({command}): README says {default.strip()!r}, "
+                                 f"--help says {help_default!r}")
+    assert not wrong, "README.md flag tables disagree with --help: " + "; ".join(
+        sorted(set(wrong)))
+
+
+BRIDGE_MODES = {"all": (None, bridge.INSTALL, bridge.REFRESH), "install": (bridge.INSTALL,),
+                "refresh": (bridge.REFRESH,)}
+
+
+def test_bridge_reference_names_the_modes_that_have_each_flag() -> None:
+    """The bridge table's "modes" column lists exactly the modes whose --help has the flag,
+    and it documents no flag that no mode has."""
+    has = {mode: help_flags(bridge._parser(mode)) for mode in BRIDGE_MODES["all"]}
+    wrong = []
+    for row in section("### `haproxy-marathon-bridge`").splitlines():
+        m = re.match(r"^\| `(--[a-z0-9-]+)[^|]*\| ([^|]+) \|", row)
+        if not m:
+            continue
+        flag, said = m.group(1), [w.strip() for w in m.group(2).split(",")]
+        modes = {mode for word in said for mode in BRIDGE_MODES.get(word, ("?",))}
+        real = {mode for mode, flags in has.items() if flag in flags}
+        if modes != real:
+            wrong.append(f"{flag}: README says {', '.join(said)}; --help has it in "
+                         f"{sorted(str(m) for m in real) or 'no mode'}")
+    assert not wrong, "README.md's bridge table is wrong: " + "; ".join(wrong)
+
+
+def test_monitoring_lists_exactly_the_metrics_the_daemon_exports() -> None:
+    """Metric names are a contract operators alert on: each exported series family is in
+    "Monitoring", with its label names, and the README names no metric that is not
+    exported (a renamed or dropped one)."""
+    from servicerouter.metrics import RELOAD_REASONS, RELOAD_STAGES, Metrics
+
+    monitoring = section("## Monitoring")
+    metrics = Metrics()
+    label_names = {getattr(m, "_name", None) or m.name:  # prometheus_client's, or Tally's
+                   set(getattr(m, "_labelnames", None) or getattr(m, "labelnames", ()))
+                   for m in vars(metrics).values() if hasattr(m, "describe")}
+    exported: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        name = family.name + ("_info" if family.type == "info" else
+                              "_total" if family.type == "counter" else "")
+        exported[name] = label_names.get(family.name, set()) | (
+            {"version"} if family.type == "info" else set())
+    missing, labels = [], []
+    for name, names in sorted(exported.items()):
+        said = re.search(rf"`{name}(?:\{{([^}}`]*)\}})?`", monitoring)
+        if said is None:
+            missing.append(name)
+        elif {w.split("=")[0] for w in (said.group(1) or "").split(",") if w} != names:
+            labels.append(f"{name} has labels {sorted(names)}, README says {said.group(0)}")
+    unknown = sorted(set(re.findall(r"\bservicerouter_[a-z_]*[a-z]", README)) - set(exported)
+                     - {"servicerouter_build"})
+    reasons = [r for r in (*RELOAD_REASONS, *RELOAD_STAGES) if f"`{r}`" not in monitoring]
+    assert not (missing or labels or unknown or reasons), (
+        f"README.md 'Monitoring' misses metrics {missing}, label values {reasons}; "
+        f"wrong labels: {labels}; names metrics nobody exports: {unknown}")
