@@ -167,3 +167,40 @@ def test_monitoring_lists_exactly_the_metrics_the_daemon_exports() -> None:
     assert not (missing or labels or unknown or reasons), (
         f"README.md 'Monitoring' misses metrics {missing}, label values {reasons}; "
         f"wrong labels: {labels}; names metrics nobody exports: {unknown}")
+
+
+def test_readme_command_examples_are_accepted() -> None:
+    """Operators paste the README's `servicerouter run|render|sync` examples (code blocks,
+    continuation lines joined) into units and crontabs: each must parse, and each
+    --marathon must be one URL (a comma list is for SERVICEROUTER_MARATHON only; on the
+    command line it failed every minute from cron)."""
+    import shlex
+
+    from servicerouter.marathon.client import parse_marathon_url
+
+    wrong, seen = [], 0
+    for block in re.finditer(r"^ *```(sh|console|cron)\n(.*?)^ *```", README, re.M | re.S):
+        for line in re.sub(r"\\\n\s*", " ", block.group(2)).splitlines():
+            words = shlex.split(line, comments=True)
+            start = next((i for i, w in enumerate(words) if re.fullmatch(
+                r"(.*/)?servicerouter", w) and words[i + 1:i + 2] in (["run"], ["render"],
+                                                                     ["sync"])), None)
+            if start is None:
+                continue
+            argv = []
+            for word in words[start + 1:]:
+                if word in (">", "|", "&&", ";"):
+                    break
+                if word not in ("...", "…"):
+                    argv.append(word)
+            seen += 1
+            try:
+                args = cli.build_parser({}).parse_args(argv)
+                for url in args.marathon or []:
+                    parse_marathon_url(url)
+            except SystemExit:
+                wrong.append(f"{line.strip()!r}: refused by the argument parser")
+            except Exception as exc:  # reported with the example
+                wrong.append(f"{line.strip()!r}: {exc}")
+    assert seen >= 4, "the README's command examples were not found"
+    assert not wrong, "README.md examples that do not work: " + "; ".join(wrong)
