@@ -627,6 +627,20 @@ async def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_marathon_urls(args: argparse.Namespace) -> None:
+    """A --marathon (or $SERVICEROUTER_MARATHON) that is not a URL is a usage error, exit
+    2: found when the client was built it exited 1, and a supervisor (the systemd units'
+    RestartPreventExitStatus=2) restarted the daemon for ever on a typo."""
+    from .marathon.client import parse_marathon_url
+    from .marathon.errors import MarathonConfigError
+
+    for url in getattr(args, "marathon", None) or ():
+        try:
+            parse_marathon_url(url)
+        except MarathonConfigError as exc:
+            raise UsageError(f"--marathon: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
@@ -653,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .stopping import Stopped, run_stoppable
 
     try:
+        _check_marathon_urls(args)
         if args.command in ("render", "sync"):
             status = run_stoppable((_render if args.command == "render" else _sync)(args))
             late = stop_received()  # after the run, before the exit (entry.catch_stops)

@@ -76,6 +76,11 @@ def test_existing_config_with_a_busy_port(tmp_path: Path, busy_port: int) -> Non
     (["render", "--apps-json", str(FIXTURE), "--templates", "/nonexistent"], 1,
      "--templates /nonexistent: no such directory"),
     (["run", "--stats-port", "http"], 2, "argument --stats-port: 'http' is not a port"),
+    # A typo in a Marathon URL exited 1, so systemd restarted the daemon for ever.
+    (["run", "--marathon", "ftp://m1"], 2,
+     "--marathon: Marathon URL 'ftp://m1' must start with http:// or https://"),
+    (["sync", "--marathon", "http://m1:8080,http://m2:8080", "--reload-command", "true"], 2,
+     "--marathon: Marathon URL 'http://m1:8080,http://m2:8080'"),
     (["run", "--listen", "9091"], 2, "argument --listen: '9091' is not HOST:PORT"),
     (["run", "--resync-interval", "-3"], 2, "argument --resync-interval: '-3' is not a number"),
     (["run", "--ssl-certs", "certs/site.pem"], 2,
