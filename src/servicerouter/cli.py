@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -618,6 +619,7 @@ async def _sync(args: argparse.Namespace) -> int:
     from .oneshot import SyncError, sync
 
     check_config_path(args.haproxy_config)  # before its lock is made next to it
+    check_haproxy_bin(args.haproxy_bin)  # not "haproxy -c rejected" after a fetch
     try:
         done = await sync(args, lambda: render_config(args))
     except SyncError as exc:
@@ -625,6 +627,13 @@ async def _sync(args: argparse.Namespace) -> int:
     if done:  # cron mails any output: say only what changed
         print(f"servicerouter: {done}")
     return 0
+
+
+def check_haproxy_bin(path: str) -> None:
+    """``--haproxy-bin`` names an executable (``run`` and ``sync`` need ``haproxy -c``)."""
+    if shutil.which(path) is None:
+        raise CliError(f"--haproxy-bin {path}: no such executable "
+                       "(needed for haproxy -c and --start-haproxy)")
 
 
 def _check_marathon_urls(args: argparse.Namespace) -> None:

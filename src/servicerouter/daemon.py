@@ -309,8 +309,8 @@ def detect_reload_command(root: Path = Path("/")) -> str | None:
 
 async def run_daemon(args: argparse.Namespace) -> int:
     from .cli import (
-        CliError,
         UsageError,
+        check_haproxy_bin,
         check_socket_path,
         marathon_client,
         settings_from,
@@ -327,9 +327,7 @@ async def run_daemon(args: argparse.Namespace) -> int:
         settings = range_settings(settings, args.service_port_range, args.pool_spares,
                                   Path(args.haproxy_config))
     templates = templates_dir(args)
-    if shutil.which(args.haproxy_bin) is None:
-        raise CliError(f"--haproxy-bin {args.haproxy_bin}: no such executable "
-                       "(needed for haproxy -c and --start-haproxy)")
+    check_haproxy_bin(args.haproxy_bin)
     if not (args.start_haproxy or args.reload_command or args.haproxy_master_socket
             or args.dry_run):
         args.reload_command = detect_reload_command()

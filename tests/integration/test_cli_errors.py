@@ -138,3 +138,14 @@ def test_a_config_path_that_cannot_be_the_config_file(
                     "--listen", f"127.0.0.1:{free_port()}")
     assert code == status, err
     assert expected.format(tmp=tmp_path) in one_error_line(err)
+
+
+def test_sync_without_haproxy_says_so_before_asking_marathon(tmp_path: Path) -> None:
+    """It fetched from Marathon, then said "haproxy -c rejected the new config" and kept
+    a .rejected file, where the README promises "no such executable", as run says."""
+    config = tmp_path / "haproxy.cfg"
+    code, err = run("sync", "--marathon", "http://127.0.0.1:1", "--reload-command", "true",
+                    "--haproxy-bin", "/nonexistent", "--haproxy-config", str(config))
+    assert code == 1, err
+    assert "--haproxy-bin /nonexistent: no such executable" in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []
