@@ -51,21 +51,36 @@ def unclaim(name: str) -> None:
             os.unlink(os.path.join(folder, name))
 
 
+FREE_PORTS = (1024, 10000)
+"""Where :func:`free_port` looks: below the kernel's ephemeral range (32768-60999), where
+a port just handed out and not bound yet could become the local port of any outgoing
+connection (HAProxy's bind then failed), and below 10000, where the benchmarks bind their
+apps' service ports (10000+) and :func:`free_port_range` and the simulators' tasks
+(12000-30000) live."""
+
+
 def free_port() -> int:
-    """A loopback port free now, and never one this process was given before. A port
-    handed out but not bound yet (a daemon's ``--http-port`` before its first reload)
-    looks free to the kernel, which gave it again to the next app's service port once:
-    the daemon then rightly refused that app. Bounded tries."""
-    for _ in range(1000):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+    """A port free now on every address, and never one this process (or, with
+    $SERVICEROUTER_PORT_CLAIMS, a process beside it) was given before. A port handed out
+    but not bound yet (a daemon's ``--http-port`` before its first reload) looks free to
+    the kernel, which gave it again to the next app's service port once: the daemon then
+    rightly refused that app. Bounded tries."""
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randrange(*FREE_PORTS)
         with _handing_out:
-            if port not in _handed_out:
-                _handed_out.add(port)
-                if claim(str(port)):
-                    return port
-    raise RuntimeError("no free loopback port this process was not given before")
+            if port in _handed_out:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("", port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            if claim(str(port)):
+                return port
+    raise RuntimeError(f"no free port in {FREE_PORTS[0]}-{FREE_PORTS[1] - 1} this process "
+                       "was not given before")
 
 
 def free_port_range(count: int, low: int = 12000, high: int = 20000) -> tuple[int, int]:
