@@ -108,7 +108,7 @@ def test_render_reports_a_payload_without_apps(tmp_path: Path,
 
 
 def test_invalid_marathon_url_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["render", "--marathon", "marathon:8080"]) == 1
+    assert cli.main(["render", "--marathon", "marathon:8080"]) == 2  # a usage error
     assert "marathon:8080" in capsys.readouterr().err
 
 
