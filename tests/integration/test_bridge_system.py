@@ -8,6 +8,7 @@ HAProxy's master socket (as Debian's haproxy.service starts it) are all real.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,27 @@ def recorder(tmp: Path, name: str = "apt-get") -> tuple[Path, Path]:
     script.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> {record}\n')
     script.chmod(0o755)
     return script, record
+
+
+@contextlib.contextmanager
+def system_haproxy(tmp_path: Path, simulator: Simulator,
+                   listed: bool = True) -> Iterator[tuple[Path, bs.Paths]]:
+    """The bridge's installed layout under ``tmp_path/root`` (the Marathon list unless not
+    ``listed``, an empty config) and an HAProxy master running on it: (root, paths)."""
+    root = tmp_path / "root"
+    paths = bs.Paths(root)
+    if listed:
+        paths.marathons.parent.mkdir(parents=True)
+        paths.marathons.write_text(simulator.url.removeprefix("http://") + "\n")
+    paths.config.parent.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(EMPTY_CFG)
+    master = paths.master_socket
+    master.parent.mkdir(parents=True)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
+                               "-S", str(master)], tmp_path / "haproxy.log")
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        yield root, paths
 
 
 def test_install_then_refresh_reloads_only_on_change(tmp_path: Path,
@@ -268,20 +291,9 @@ def test_a_reload_haproxy_refuses_is_retried_by_the_next_refresh(
     """A config haproxy -c passes can still fail to load: here another process holds its
     port. The config HAProxy runs goes back on disk, so once the port is free the next
     cron run reloads rather than finding nothing changed."""
-    root = tmp_path / "root"
-    paths = bs.Paths(root)
     port, live = simulator.launch("/taken/web", 1)
-    paths.marathons.parent.mkdir(parents=True)
-    paths.marathons.write_text(simulator.url.removeprefix("http://") + "\n")
-    paths.config.parent.mkdir(parents=True)
-    paths.config.write_text(EMPTY_CFG)
-    master = paths.master_socket
-    master.parent.mkdir(parents=True)
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
-                               "-S", str(master)], tmp_path / "haproxy.log")
-    refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", "0")
-    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
-                               what="HAProxy's master socket")):
+    with system_haproxy(tmp_path, simulator) as (root, paths):
+        refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", "0")
         with socket.create_server(("0.0.0.0", port)):  # not SO_REUSEPORT: HAProxy can't
             out = bridge(*refresh)
             assert out.returncode == 1
@@ -302,18 +314,10 @@ def test_the_old_scripts_cron_line_still_refreshes(tmp_path: Path, simulator: Si
     Marathons as arguments, the output to syslog. pip installs this command where the old
     script was, so that line runs it every minute until the next install: it must keep
     refreshing HAProxy, not fail on 'logged' and stop every update."""
-    root = tmp_path / "root"
-    paths = bs.Paths(root)
     port, live = simulator.launch("/old/cron", 2)
     marathon = simulator.url.removeprefix("http://")
-    paths.config.parent.mkdir(parents=True)
-    paths.config.write_text(EMPTY_CFG)
-    master = paths.master_socket
-    master.parent.mkdir(parents=True)
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
-                               "-S", str(master)], tmp_path / "haproxy.log")
-    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
-                               what="HAProxy's master socket")):
+    with system_haproxy(tmp_path, simulator, listed=False) as (root, paths):
+        master = paths.master_socket
         # No list was written by this command's install: the arguments name the Marathons.
         out = bridge("logged", "refresh_system_haproxy", "--root", root, "--stats-port", "0",
                      "127.0.0.1:1", marathon)
@@ -367,21 +371,11 @@ def test_a_refresh_keeps_the_routes_when_marathon_lists_no_apps_unless_told(
     """A Marathon on empty or wrong storage lists no apps: the refresh replaced the config
     with one routing nothing and reloaded, taking every service down. As ``sync`` does, it
     refuses while the config routes apps; --allow-empty-marathon applies it."""
-    root = tmp_path / "root"
-    paths = bs.Paths(root)
     port, live = simulator.launch("/kept/web", 2)
-    paths.marathons.parent.mkdir(parents=True)
-    paths.marathons.write_text(simulator.url.removeprefix("http://") + "\n")
-    paths.config.parent.mkdir(parents=True)
-    paths.config.write_text(EMPTY_CFG)
-    master = paths.master_socket
-    master.parent.mkdir(parents=True)
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(paths.config),
-                               "-S", str(master)], tmp_path / "haproxy.log")
-    # A stats listener: a config routing nothing still has something to listen on.
-    refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", str(free_port()))
-    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
-                               what="HAProxy's master socket")):
+    with system_haproxy(tmp_path, simulator) as (root, paths):
+        master = paths.master_socket
+        # A stats listener: a config routing nothing still has something to listen on.
+        refresh = ("refresh_system_haproxy", "--root", root, "--stats-port", str(free_port()))
         assert bridge(*refresh).returncode == 0
         wait_routed(port, live)
         routed = paths.config.read_text()
