@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -285,3 +286,19 @@ def running(*procs: Any) -> Iterator[None]:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def open_tunnel(port: int, host: str) -> socket.socket:
+    """A websocket-shaped connection through HAProxy's frontend on ``port`` for ``host``
+    (the demo backend echoes what it is sent once upgraded)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"GET /chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+              "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s

@@ -33,6 +33,7 @@ from .harness import (
     ExternalHAProxy,
     Simulator,
     free_port,
+    open_tunnel,
     responders,
     running,
     wait_for,
@@ -847,22 +848,6 @@ def test_a_tenant_out_of_reloads_waits_and_never_holds_another(
         routed(simulator, "/flap/web", port)
 
 
-def _open_tunnel(port: int) -> socket.socket:
-    """A websocket-shaped connection through HAProxy's frontend on ``port`` (the demo
-    backend echoes what it is sent once upgraded)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return s
-
-
 def test_sigterm_stops_haproxy_gracefully_a_connection_in_progress_finishes(
         tmp_path: Path, simulator: Simulator) -> None:
     # README and the systemd unit: SIGTERM reaches servicerouter alone, "which stops
@@ -875,7 +860,7 @@ def test_sigterm_stops_haproxy_gracefully_a_connection_in_progress_finishes(
         routed(simulator, "/soft", port)
         master = daemon.proc_info().master_pid
         assert daemon.proc.popen is not None
-        with _open_tunnel(port) as s:
+        with open_tunnel(port, "ws.test") as s:
             daemon.proc.popen.send_signal(signal.SIGTERM)
 
             def refused() -> bool:  # HAProxy stops listening first

@@ -30,7 +30,16 @@ from servicerouter.haproxy.runtime_parse import ServerState
 from servicerouter.naming import service_name
 
 from .conftest import needs_haproxy
-from .harness import TLS, Daemon, Simulator, free_port, responders, wait_for, wait_routed
+from .harness import (
+    TLS,
+    Daemon,
+    Simulator,
+    free_port,
+    open_tunnel,
+    responders,
+    wait_for,
+    wait_routed,
+)
 
 pytestmark = [pytest.mark.integration, needs_haproxy]
 
@@ -434,16 +443,7 @@ def test_websocket_outlives_timeout_client(cluster: Cluster) -> None:
     # over once the connection is upgraded.
     cluster.launch("/mlb/ws", {"HAPROXY_0_VHOST": "ws.mlb.test"})
     _wait_status(f"http://127.0.0.1:{cluster.http}/", 200, "ws app", host="ws.mlb.test")
-    with socket.create_connection(("127.0.0.1", cluster.http), timeout=10) as s:
-        s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.mlb.test\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            assert chunk, head
-            head += chunk
-        assert head.startswith(b"HTTP/1.1 101"), head
+    with open_tunnel(cluster.http, "ws.mlb.test") as s:
         for i in range(3):  # silent for longer than timeout client, three times
             time.sleep(1.5)  # the thing under test is an idle period, not a condition
             s.sendall(f"ping {i}".encode())
