@@ -12,7 +12,7 @@ of deployment groups: a group claims as the one app it is routed as.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, KeysView, Mapping
 from dataclasses import dataclass, field
 
 from .admission import port_label, vhost_owner
@@ -71,10 +71,10 @@ class Ownership:
         # first sync held before the restart.
         self._kept: dict[str, Kept] = {}
 
-    def unclaimed_prior(self) -> set[str]:
+    def unclaimed_prior(self) -> KeysView[str]:
         """The apps :meth:`seed` handed something back that have not claimed whole since
         (left out for a problem of their own, or never parsed since the restart)."""
-        return set(self._kept)
+        return self._kept.keys()
 
     def claim(self, app: App, new: dict[str, DesiredService], keep_prior: bool = False
               ) -> list[Problem]:
