@@ -120,7 +120,7 @@ class Intake:
         result.apps, assigned = assign_all(  # IP-per-task; held ports stay put
             result.apps, e.config.settings, e.state.held_ports())
         result.apps, broken = await self._vetting.vet(result.apps)  # label templates
-        result.apps = [e.events.newer_tasks(a, touched) for a in result.apps]
+        result.apps = e.events.newer_tasks_all(result.apps, touched)
         for app_id, message in broken.items():
             if before.get(app_id) != message:
                 log.error("app %s: %s", app_id, message)

@@ -162,7 +162,20 @@ class EventHandler:
 
         Without this, an answer sampled just before a task's TASK_RUNNING, landing
         just after it, would put the task back to STARTING with no event to come."""
-        ids = {task_id for app_id, task_id in touched if app_id == app.id}
+        return self._newer(app, {task_id for app_id, task_id in touched if app_id == app.id})
+
+    def newer_tasks_all(self, apps: list[App], touched: set[tuple[str, str]]) -> list[App]:
+        """:meth:`newer_tasks` for every app of a full sync's answer, ``touched`` grouped
+        by app once: scanned per app, 500 events during a sync at 10,000 apps made five
+        million comparisons (~0.3 s on the event loop)."""
+        if not touched:
+            return apps
+        by_app: dict[str, set[str]] = {}
+        for app_id, task_id in touched:
+            by_app.setdefault(app_id, set()).add(task_id)
+        return [self._newer(a, by_app[a.id]) if a.id in by_app else a for a in apps]
+
+    def _newer(self, app: App, ids: set[str]) -> App:
         if not ids:
             return app
         current = self.engine.state.apps.get(app.id)

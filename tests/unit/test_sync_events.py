@@ -197,6 +197,28 @@ def test_a_fetch_of_everything_watches_every_app_and_untouched_answers_pass() ->
     assert h.newer_tasks(answer, set()) is answer
 
 
+def test_a_full_syncs_answer_takes_each_apps_own_event_changes() -> None:
+    """newer_tasks_all (the full sync's, touched grouped by app once) merges as
+    newer_tasks does app by app, and hands back untouched apps as they were."""
+    _engine, h = handler(0)
+    h.handle(status("t1", "TASK_STARTING"))
+    h.handle(status("x1", "TASK_STARTING", app="/other"))
+    touched = h.watch(None)
+    h.handle(status("t1", "TASK_RUNNING"))
+    h.handle(status("x1", "TASK_KILLED", app="/other"))
+    h.unwatch(touched)
+    other = App("/other", services=(Service("/other", 0, 10001),), tasks=(
+        Task("x1", "/other", "127.0.0.1", (31001,), "TASK_RUNNING"),))
+    quiet = App("/quiet", services=(Service("/quiet", 0, 10002),))
+    web = fetched(("t1", "TASK_STARTING"))
+    merged = h.newer_tasks_all([web, other, quiet], touched)
+    assert [(t.id, t.state) for t in merged[0].tasks] == [("t1", "TASK_RUNNING")]
+    assert merged[1].tasks == ()  # x1 died while the answer was in flight
+    assert merged[2] is quiet
+    assert merged == [h.newer_tasks(a, touched) for a in (web, other, quiet)]
+    assert h.newer_tasks_all([web], set()) == [web]
+
+
 async def test_a_refetch_keeps_a_task_that_started_while_it_was_in_flight() -> None:
     import asyncio
 
