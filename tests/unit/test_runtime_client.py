@@ -355,3 +355,54 @@ async def test_a_whole_dump_cut_short_is_a_broken_read(
     script.append(lambda _: STATE)
     lines = [ln async for chunk in RuntimeClient(path).servers_state_chunks() for ln in chunk]
     assert lines[-2:] == [STATE.decode().split("\n")[2], ""]
+
+
+async def test_an_old_worker_busy_right_after_the_reload_is_still_found(
+        sock_dir: Path) -> None:
+    """Right after a reload the new worker may take every admin connection for a moment
+    (seen: 16 connections in 4 ms all reached it, and the old worker, which accepted
+    clients for 60 s more, never got a runtime change: one request in ten reached a
+    killed task). The mirror keeps looking, pausing between tries, and the batches
+    sent meanwhile reach the old worker once it answers."""
+    old, new, busy = 100, 200, 24  # the first `busy` connections reach the new worker
+    connections, to_old = 0, []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        pid = new if connections <= busy else old
+        buf = b""
+        try:
+            while chunk := await reader.read(65536):
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line == b"show info":
+                        writer.write(f"Name: HAProxy\nPid: {pid}\n\n> ".encode())
+                    else:
+                        if pid == old and line != b"prompt":
+                            to_old.append(line)
+                        writer.write(b"\n> " * len(line.split(b";")))
+                await writer.drain()
+        finally:
+            writer.close()
+
+    path = str(sock_dir / "admin.sock")
+    async with await asyncio.start_unix_server(handle, path):
+        rt = RuntimeClient(path, timeout=2)
+        rt.mirror(old, 60)
+        await rt.execute_checked(["set server web/s1 state maint"])
+        for _ in range(1000):  # bounded: the mirror looks for the old worker meanwhile
+            if to_old or not rt.mirroring:
+                break
+            await asyncio.sleep(0.01)
+        assert to_old == [b"set server web/s1 state maint"]
+        assert rt.mirroring
+        await rt.execute_checked(["set server web/s1 state ready"])
+        for _ in range(1000):
+            if len(to_old) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert to_old[1:] == [b"set server web/s1 state ready"]
+        rt.mirror(old, 0)
+        rt.reset()
