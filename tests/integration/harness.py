@@ -66,7 +66,8 @@ class Simulator:
         self.proc = Proc("simulator", [
             PYTHON, "-m", "servicerouter.simulator", "--listen", f"127.0.0.1:{self.port}",
             "--executor", "local", "--heartbeat-interval", "1", "--kill-grace", str(kill_grace),
-            "--port-range", f"{low}-{low + 999}", *(extra or []),
+            "--port-range", f"{low}-{low + 999}", "--task-log-dir", str(tmp / "tasks"),
+            *(extra or []),
         ], tmp / "simulator.log")
         self.http = httpx.Client(base_url=self.url, timeout=10, verify=TLS)
         self._service_ports: set[int] = set()  # handed to apps of this simulator

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="host ports for tasks (default 31000-32000)",
     )
     p.add_argument(
+        "--task-log-dir",
+        metavar="DIR",
+        help="local executor: append each task's stdout and stderr to DIR/<task id>.log "
+        "(default: discarded)",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
     )
     return p
@@ -145,6 +151,7 @@ async def _run(args: argparse.Namespace, apps: list[JsonDict]) -> int:
         kill_grace=args.kill_grace,
         task_start_delay=args.task_start_delay,
         port_range=args.port_range,
+        task_log_dir=args.task_log_dir,
         log_level="warning" if args.log_level == "info" else args.log_level,
     )
     stop = asyncio.Event()

@@ -42,6 +42,7 @@ def make_executor(
     task_start_delay: float = 0.0,
     port_range: tuple[int, int] = (31000, 32000),
     health_first_delay: float = 0.2,
+    task_log_dir: str | None = None,
 ) -> Executor:
     if isinstance(kind, Executor):
         return kind
@@ -55,6 +56,7 @@ def make_executor(
             task_start_delay=task_start_delay,
             port_range=port_range,
             health_first_delay=health_first_delay,
+            task_log_dir=task_log_dir,
         )
     raise ValueError(f"unknown executor {kind!r} (expected 'local' or 'none')")
 
@@ -101,6 +103,7 @@ class SimulatorServer:
         relaunch_backoff: float = 1.0,
         health_first_delay: float = 0.2,
         log_level: str = "warning",
+        task_log_dir: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -111,6 +114,7 @@ class SimulatorServer:
             task_start_delay=task_start_delay,
             port_range=port_range,
             health_first_delay=health_first_delay,
+            task_log_dir=task_log_dir,
         )
         self.bus = EventBus()
         self.state = MarathonState(self.bus, service_port_range)
