@@ -366,6 +366,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ssl_cert_dirs=tuple(args.ssl_cert_dir or ()),
         vhost_policy=args.vhost_policy,
         max_servers_per_backend=args.max_servers_per_backend,
+        haproxy_bin=getattr(args, "haproxy_bin", "haproxy"),
     )
 
 

@@ -2,7 +2,7 @@
 
 - certificate files an app names (``HAPROXY_{n}_SSL_CERT``): under an
   operator-allowed folder once symlinks are resolved, a regular file, holding a
-  certificate and a private key;
+  certificate and a private key, that HAProxy can load (:func:`load_refused`);
 - bind addresses an app names (``HAPROXY_{n}_BIND_ADDR``): ones the host has,
   found by binding a socket to the address (port 0, closed at once);
 - just before a reload, whether each new frontend address can be bound.
@@ -18,9 +18,11 @@ import functools
 import ipaddress
 import os
 import re
+import signal
 import socket
 import ssl
 import stat
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,29 +33,37 @@ from .layout import Settings
 from .model import App
 
 MAX_CERT_BYTES = 1 << 20
-_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
+# The labels OpenSSL's PEM_read_bio_X509_AUX, HAProxy's reader, takes as a certificate.
+_CERT = re.compile(rb"-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----")
 _KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----")
 # PKCS#8 "ENCRYPTED PRIVATE KEY", or a legacy PEM key with "Proc-Type: 4,ENCRYPTED".
 _ENCRYPTED = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED")
 # What OpenSSL says of a file HAProxy then refuses to load, failing ``haproxy -c`` for the
 # whole candidate (Python's ssl runs the same checks, at OpenSSL's default security level
-# 2, HAProxy's on Debian and Ubuntu). A file OpenSSL cannot parse at all is left to
-# ``haproxy -c`` (isolation), as before.
+# 2, HAProxy's on Debian and Ubuntu).
 _KEY_MISMATCH = frozenset({"KEY_VALUES_MISMATCH",  # a key of the certificate's type
                            "NO_CERTIFICATE_ASSIGNED"})  # of another type (EC for RSA)
 _TOO_WEAK = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL", "CA_MD_TOO_WEAK"})
+# Files HAProxy 2.6 loads beside a certificate (``ssl-load-extra-files``, "all" by
+# default): one it cannot parse fails the certificate, whatever the file holds.
+SIDECARS = (".ocsp", ".sctl", ".issuer")
+CHECK_TIMEOUT = 15.0  # seconds for `haproxy -c` on one certificate (~40 ms)
+_ALERT = re.compile(r"\[ALERT\][^\n]*?in section '[^']*' : *([^\n]+)")
 
 
 def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[str]
-               ) -> CertFact:
+def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[str],
+               haproxy_bin: str = "haproxy") -> CertFact:
     """May HAProxy load ``path`` for an app? The file to load (symlinks resolved), or why not.
 
     Allowed: a file named in ``--ssl-certs``, or one under an ``--ssl-cert-dir`` both as
-    written and once every symlink is resolved (a link may not lead out of the folder)."""
+    written and once every symlink is resolved (a link may not lead out of the folder),
+    and one HAProxy can load (:func:`load_refused`): else ``haproxy -c`` would refuse
+    every candidate naming it, for every tenant, until isolation found the service."""
     lexical = os.path.normpath(path)
     real = os.path.realpath(path)
     allowed = shared = False
@@ -86,40 +96,132 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
     finally:
         os.close(fd)
     stamp = (info.st_mtime_ns, info.st_size)
-    if not _CERT.search(data) or not _KEY.search(data):
-        return CertFact(None, "does not hold both a certificate and a private key (PEM)",
-                        stamp)
+    lacks = _lacks(data)
+    if lacks:
+        return CertFact(None, "does not hold both a certificate and a private key (PEM): "
+                              f"{lacks}", stamp)
     if _ENCRYPTED.search(data):
         return CertFact(None, "holds an encrypted private key: HAProxy would ask for its "
                               "passphrase on a terminal (haproxy -c and the reload hang "
                               "there) or fail; the key must be unencrypted", stamp)
-    refused = _openssl_refuses(real, (info.st_ino, *stamp))
+    refused = load_refused(real, (info.st_ino, *stamp), haproxy_bin)
     if refused:
         return CertFact(None, refused, stamp)
     return CertFact(real, None, stamp, shared, cert_names(data))
 
 
+def _lacks(data: bytes) -> str | None:
+    """What a certificate file lacks before HAProxy can load it, found in its text."""
+    if not data.strip():
+        return "it is empty"
+    if not _PEM.search(data):
+        return ("it holds no PEM block at all (HAProxy reads PEM only: a DER or PKCS#12 "
+                "file must be converted)")
+    if not _CERT.search(data):
+        return "it holds no certificate"
+    if not _KEY.search(data):
+        return "it holds no private key"
+    return None
+
+
+def load_refused(path: str, version: tuple[int, int, int], haproxy_bin: str) -> str | None:
+    """Why HAProxy would refuse to load the certificate file ``path``, or None.
+
+    OpenSSL's own loader (Python's ssl, ~1 ms) judges first: a key of another certificate
+    or one too weak is refused in words that say what to do. A file it cannot load
+    otherwise (a corrupt block, a key it cannot read) is not always one HAProxy refuses
+    (HAProxy 2.6 stops reading the chain at a broken block and keeps the rest), and a
+    file it loads is not always one HAProxy takes (a broken ``.ocsp`` beside it), so
+    those ask ``haproxy -c`` itself, on a configuration naming only this file. Both
+    verdicts are kept per ``version`` of the file (inode, mtime, size; and of the files
+    beside it): each full sync gathers every file apps name. When ``haproxy -c`` cannot
+    be asked, the file fails closed (it is left out, with why), and is asked again next
+    time."""
+    verdict, said = _openssl_verdict(path, version)
+    if verdict == "refused":
+        return said
+    beside = _sidecars(path)
+    if verdict == "loads" and not beside:
+        return None
+    try:
+        return _haproxy_refuses(path, version, beside, haproxy_bin)
+    except _Unasked as exc:
+        why = f"OpenSSL cannot load it ({said})" if verdict == "unsure" else \
+            f"HAProxy also loads {', '.join(p for p, _ in beside)}"
+        return f"cannot be checked: {why}, and {exc}"
+
+
 @functools.lru_cache(maxsize=4096)
-def _openssl_refuses(path: str, version: tuple[int, int, int]) -> str | None:
-    """Why HAProxy would refuse to load the certificate file ``path`` (its key is another
-    certificate's, or too weak), or None. Kept per ``version`` of the file (inode, mtime,
-    size): loading costs ~1 ms, and each full sync gathers every file apps name."""
+def _openssl_verdict(path: str, version: tuple[int, int, int]) -> tuple[str, str]:
+    """("loads", ""), ("refused", why HAProxy refuses it too) or ("unsure", what OpenSSL
+    said): see :func:`load_refused`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:  # the password callback: an encrypted key never prompts on a terminal
         context.load_cert_chain(path, password=lambda: b"")
     except ssl.SSLError as exc:
-        said = str(exc.reason or "").replace("_", " ").lower()
+        said = exc.reason.replace("_", " ").lower() if exc.reason else str(exc)
         if exc.reason in _KEY_MISMATCH:
-            return ("holds a private key that is not the certificate's: HAProxy refuses the "
-                    "file (\"inconsistencies between private key and certificate\"); put the "
-                    "certificate's own key in it")
+            return "refused", (
+                "holds a private key that is not the certificate's: HAProxy refuses the "
+                "file (\"inconsistencies between private key and certificate\"); put the "
+                "certificate's own key in it")
         if exc.reason in _TOO_WEAK:
-            return (f"holds a key or signature OpenSSL's default security level refuses "
-                    f"({said}): HAProxy cannot load it; use an RSA key of at least 2,048 "
-                    "bits, or EC, signed with SHA-256 or better")
-    except OSError:
-        pass  # gone or unreadable since it was read: haproxy -c will say
-    return None
+            return "refused", (
+                f"holds a key or signature OpenSSL's default security level refuses "
+                f"({said}): HAProxy cannot load it; use an RSA key of at least 2,048 "
+                "bits, or EC, signed with SHA-256 or better")
+        return "unsure", said or "unreadable PEM"
+    except OSError as exc:  # gone or unreadable since it was read
+        return "unsure", exc.strerror or str(exc)
+    return "loads", ""
+
+
+def _sidecars(path: str) -> tuple[tuple[str, tuple[int, int, int]], ...]:
+    """The files HAProxy loads beside ``path`` that exist, each with its version."""
+    out = []
+    for suffix in SIDECARS:
+        with contextlib.suppress(OSError):
+            info = os.stat(path + suffix)
+            out.append((path + suffix, (info.st_ino, info.st_mtime_ns, info.st_size)))
+    return tuple(out)
+
+
+class _Unasked(Exception):
+    """``haproxy -c`` could not give a verdict (not run, timed out): not cached."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _haproxy_refuses(path: str, version: tuple[int, int, int],
+                     beside: tuple[tuple[str, tuple[int, int, int]], ...],
+                     haproxy_bin: str) -> str | None:
+    """What ``haproxy -c`` says of a configuration loading ``path`` alone, or None when
+    it takes it. ``version`` and ``beside`` are the cache key."""
+    from .haproxy.children import CHECK_NICE, pdeathsig
+
+    config = (f"frontend servicerouter_certificate_check\n    mode tcp\n"
+              f"    bind 127.0.0.1:1 ssl crt {path}\n")
+    try:  # its own session: no terminal for a passphrase prompt; killed at the timeout
+        proc = subprocess.run([haproxy_bin, "-c", "-f", "/dev/stdin"], input=config.encode(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=CHECK_TIMEOUT, start_new_session=True,
+                              preexec_fn=pdeathsig(signal.SIGKILL, CHECK_NICE))
+    except subprocess.TimeoutExpired:
+        raise _Unasked(f"{haproxy_bin} -c timed out after {CHECK_TIMEOUT:.0f}s") from None
+    except OSError as exc:
+        raise _Unasked(f"{haproxy_bin} -c cannot run: {exc.strerror or exc}") from None
+    if proc.returncode == 0:
+        return None
+    output = proc.stdout.decode("utf-8", "replace")
+    said = _ALERT.search(output)
+    if said is None:
+        if "ALERT" not in output:  # killed, or not haproxy at all: no verdict on the file
+            raise _Unasked(f"{haproxy_bin} -c failed without a verdict (exit status "
+                           f"{proc.returncode})")
+        alert = output.strip().splitlines()[-1]
+    else:
+        alert = said.group(1).strip()
+    return (f"is a file HAProxy cannot load (haproxy -c: {alert[:300]}); it must hold the "
+            "certificate, its private key and any chain as PEM blocks HAProxy can read")
 
 
 def host_has_address(address: str) -> bool:
@@ -236,7 +338,7 @@ def gather(apps: Iterable[App], settings: Settings) -> Facts:
             opts = svc.options
             if opts.ssl_cert is not None and opts.ssl_cert not in certs:
                 certs[opts.ssl_cert] = check_cert(opts.ssl_cert, settings.ssl_cert_dirs,
-                                                  settings.ssl_certs)
+                                                  settings.ssl_certs, settings.haproxy_bin)
             if opts.bind_address != "*" and opts.bind_address not in addresses:
                 addresses[opts.bind_address] = host_has_address(opts.bind_address)
     return Facts(certs, addresses)

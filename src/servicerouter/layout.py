@@ -54,6 +54,9 @@ class Settings:
     # certificates go on its bind line, which HAProxy cuts at 64 words).
     crt_list_dir: str = ""
     pool_spares: int = 8  # at least this many spare backends per pool shape
+    # The haproxy admission asks about a certificate file OpenSSL's loader is unsure of
+    # (hostfacts.load_refused): --haproxy-bin.
+    haproxy_bin: str = "haproxy"
 
     @property
     def own_ports(self) -> frozenset[int]:

@@ -103,10 +103,8 @@ def test_fresh_start_next_to_bad_apps_serves_the_others(tmp_path: Path,
 
     for name, value in (("missing", certs / "missing.pem"), ("dir", certs / "adir"),
                         ("shadow", "/etc/shadow"), ("outside", elsewhere / "other-tenant.pem"),
-                        ("symlink", certs / "escape.pem")):
+                        ("symlink", certs / "escape.pem"), ("unloadable", certs / "fake.pem")):
         bad(f"/bad/cert-{name}", "ssl_cert", labels={"HAPROXY_0_SSL_CERT": str(value)})
-    bad("/bad/cert-unloadable", "haproxy_rejected",
-        labels={"HAPROXY_0_SSL_CERT": str(certs / "fake.pem")})
     for name, port in (("neg", -5), ("big", 65536), ("huge", 1e20)):
         bad(f"/bad/port-{name}", "port", definition={"portDefinitions": [{"port": port}]})
     for name, port in (("zero", 0), ("neg", -3), ("big", 70000)):
@@ -137,7 +135,7 @@ def test_fresh_start_next_to_bad_apps_serves_the_others(tmp_path: Path,
         assert health.json()["status"] == "degraded"
         assert health.json()["services_excluded"] == len(expected)
         excluded = scrape(daemon, "servicerouter_services_excluded")
-        assert excluded['reason="ssl_cert"'] == 5 and excluded['reason="task_port"'] == 3
+        assert excluded['reason="ssl_cert"'] == 6 and excluded['reason="task_port"'] == 3
         assert sum(excluded.values()) == len(expected)
         # What is on disk is what HAProxy accepts (a restarted master serves it).
         check = subprocess.run(["haproxy", "-c", "-q", "-f", str(daemon.config)],
@@ -528,7 +526,8 @@ def test_a_certificate_file_broken_under_a_running_service_costs_only_that_servi
         tmp_path: Path, simulator: Simulator) -> None:
     """The service's definition did not change, so it was trusted: haproxy -c refusing
     its (rewritten) certificate file was taken for the operator's change, and every
-    reload failed: no new app of any tenant was routed, and /status showed nothing."""
+    reload failed: no new app of any tenant was routed, and /status showed nothing.
+    The file, changed on disk, is judged again before the next reload (Guard)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not on PATH")
     certs = tmp_path / "certs"
@@ -550,13 +549,13 @@ def test_a_certificate_file_broken_under_a_running_service_costs_only_that_servi
         new_app_is_routed(simulator, daemon, "/teamb/new")
         (problem,) = wait_for(lambda: problems(daemon).get("/teama/web"), 30,
                               what="the broken certificate's service in /status")
-        assert (problem["reason"], problem["label"]) == ("haproxy_rejected",
-                                                         "HAPROXY_0_SSL_CERT")
+        assert (problem["reason"], problem["label"]) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
         assert problem["error"] == (
-            f"HAPROXY_0_SSL_CERT='{cert}' is refused by haproxy -c "
-            f"(unable to load certificate from file '{cert}'.); service left out until the "
-            "file is replaced (seen at the next full sync) or its definition changes, "
+            f"HAPROXY_0_SSL_CERT='{cert}' is a file HAProxy cannot load (haproxy -c: unable "
+            f"to load certificate from file '{cert}'.); it must hold the certificate, its "
+            "private key and any chain as PEM blocks HAProxy can read; service left out, "
             "others applied")
+        assert "haproxy -c rejected" not in _log(daemon)
         # Fixed, and seen at the next full sync: the service comes back.
         cert.write_bytes(good)
         assert daemon.proc.popen is not None
@@ -566,25 +565,62 @@ def test_a_certificate_file_broken_under_a_running_service_costs_only_that_servi
         assert "/teama/web" not in problems(daemon)
 
 
+def test_a_certificate_file_haproxy_cannot_load_costs_no_other_tenant_a_check(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A file HAProxy cannot load (here a certificate's markers around bytes that are
+    not one) was left to haproxy -c: every candidate naming it was rejected, for every
+    tenant, and each change waited for isolation to bisect the app out. Admission now
+    refuses it, naming the label and the file: no candidate is rejected at all."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert = certs / "fake.pem"
+    cert.write_text(FAKE_PEM)
+    steady, _ = simulator.launch("/steady", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
+    with running(daemon):
+        serving(simulator, "/steady", steady)
+        simulator.create_app("/bad/cert", instances=0, cmd=None,
+                             labels={"HAPROXY_0_SSL_CERT": str(cert)})
+        (problem,) = wait_for(lambda: problems(daemon).get("/bad/cert"), 30,
+                              what="the unloadable certificate's app in /status")
+        new_app_is_routed(simulator, daemon, "/other/new")
+        assert (problem["reason"], problem["label"], problem["value"]) == (
+            "ssl_cert", "HAPROXY_0_SSL_CERT", str(cert))
+        assert problem["error"] == (
+            f"HAPROXY_0_SSL_CERT='{cert}' is a file HAProxy cannot load (haproxy -c: unable "
+            f"to load certificate from file '{cert}'.); it must hold the certificate, its "
+            "private key and any chain as PEM blocks HAProxy can read; service left out, "
+            "others applied")
+        # No validation round failed on its account: nothing rejected, kept or bisected.
+        assert "haproxy -c rejected" not in _log(daemon)
+        assert not (tmp_path / "haproxy.cfg.rejected").exists()
+        failures = scrape(daemon, "servicerouter_reload_failures_total")
+        assert failures['stage="validate"'] == 0
+        serving(simulator, "/steady", steady)
+
+
 def test_a_rejected_candidate_that_cannot_be_kept_is_still_isolated(
         tmp_path: Path, simulator: Simulator) -> None:
     """Keeping the rejected candidate beside the config failed (a full disk; here a
     folder in the way) with an exception out of the reload: no isolation, nothing
-    applied, and the next step retried at once, 300 tracebacks in 5 s."""
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    (certs / "fake.pem").write_text(FAKE_PEM)
+    applied, and the next step retried at once, 300 tracebacks in 5 s. (haproxy -c
+    here rejects any candidate holding /bad/rejectme, which nothing else refuses.)"""
+    real = shutil.which("haproxy")
+    assert real
+    check = tmp_path / "haproxy-rejecting"
+    check.write_text(GATED_CHECK.replace("MARKED", "rejectme")
+                     .replace("GATE", str(tmp_path / "no-gate")).replace("REAL", real))
+    check.chmod(0o755)
     in_the_way = tmp_path / "haproxy.cfg.rejected"
     in_the_way.mkdir()
     (in_the_way / "x").write_text("x")
     simulator.launch("/first", 1)
-    daemon = Daemon(tmp_path, simulator.url, "--ssl-cert-dir", str(certs)).start()
+    daemon = Daemon(tmp_path, simulator.url, "--haproxy-bin", str(check)).start()
     with running(daemon):
-        simulator.create_app("/bad/unloadable", instances=0, cmd=None,
-                             labels={"HAPROXY_0_SSL_CERT": str(certs / "fake.pem")})
+        simulator.create_app("/bad/rejectme", instances=0, cmd=None)
         new_app_is_routed(simulator, daemon, "/good/new")
-        (problem,) = wait_for(lambda: problems(daemon).get("/bad/unloadable"), 30,
-                              what="the unloadable certificate's problem")
+        (problem,) = wait_for(lambda: problems(daemon).get("/bad/rejectme"), 30,
+                              what="the rejected app's problem")
         assert problem["reason"] == "haproxy_rejected"
         out = daemon.proc.output()
         assert "apply step failed" not in out

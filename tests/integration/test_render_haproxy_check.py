@@ -6,6 +6,7 @@ sends no traffic, so the fixtures' non-loopback addresses are safe here.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -168,51 +169,125 @@ def test_a_location_rewrite_over_a_thousand_long_vhosts_is_valid(tmp_path: Path)
                   tmp_path)
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _broken(pem: bytes, block: int, how: str) -> bytes:
+    """``pem`` with its ``block``-th PEM block (from 0; -1 the last) broken: ``base64``
+    (a character base64 has not), ``der`` (valid base64 of bytes that are not the DER it
+    should be) or ``truncated`` (its first line only)."""
+    starts = [m.start() for m in re.finditer(rb"-----BEGIN ", pem)]
+    body = pem.index(b"\n", starts[block]) + 1
+    end = pem.index(b"-----END ", body)
+    if how == "base64":
+        return pem[:body + 9] + b"!!" + pem[body + 11:]
+    if how == "der":
+        return pem[:body] + b"AAAA" + pem[body + 4:]
+    return pem[:body] + pem[body:body + 64] + b"\n" + pem[end:]
+
+
 def test_admission_refuses_exactly_the_certificate_files_haproxy_refuses(tmp_path: Path
                                                                          ) -> None:
-    """hostfacts.check_cert's verdict on a file is haproxy -c's: a key of another
-    certificate (of its type or another) or an RSA key of 1,024 bits failed the whole
-    candidate; the files it admits at the boundary (2,048 bits, the key first, EC) load."""
+    """hostfacts.check_cert's verdict on a file is haproxy -c's. A file HAProxy refuses
+    failed the whole candidate, for every tenant, until isolation found the service: a
+    key of another certificate, a weak key or chain, and every file HAProxy cannot parse
+    (garbage, empty, a key alone, DER, a corrupt block, a broken .ocsp beside it). The
+    bundles it takes (a chain, the key first, EC, DH parameters, a TRUSTED CERTIFICATE,
+    text between the blocks, and the odd files HAProxy 2.6 loads though OpenSSL's own
+    loader refuses them: a corrupt block after the chain) are admitted."""
     from servicerouter import hostfacts
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not on PATH")
+    d = tmp_path / "made"
+    d.mkdir()
 
-    def pem(name: str, *args: str) -> tuple[bytes, bytes]:
-        subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "1", "-subj",
-                        "/CN=shop.example.com", *args, "-keyout", str(tmp_path / "k"),
-                        "-out", str(tmp_path / "c")], check=True, capture_output=True,
-                       timeout=60)
-        return (tmp_path / "c").read_bytes(), (tmp_path / "k").read_bytes()
+    def self_signed(name: str, *args: str) -> tuple[bytes, bytes]:
+        _openssl("req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=shop.example.com",
+                 *args, "-keyout", str(d / f"{name}.k"), "-out", str(d / f"{name}.c"))
+        return (d / f"{name}.c").read_bytes(), (d / f"{name}.k").read_bytes()
 
-    rsa, rsa_key = pem("rsa", "-newkey", "rsa:2048")
-    ec, ec_key = pem("ec", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
-    weak = b"".join(pem("weak", "-newkey", "rsa:1024"))
+    def signed(name: str, ca: str, *args: str) -> tuple[bytes, bytes]:
+        """A leaf for leaf.example.com signed by the CA ``ca`` (its .c and .k in d)."""
+        _openssl("req", "-new", "-nodes", "-newkey", "rsa:2048", "-subj",
+                 "/CN=leaf.example.com", "-keyout", str(d / f"{name}.k"), "-out",
+                 str(d / f"{name}.csr"))
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca}.c"),
+                 "-CAkey", str(d / f"{ca}.k"), "-days", "1", "-set_serial", "2", *args,
+                 "-out", str(d / f"{name}.c"))
+        return (d / f"{name}.c").read_bytes(), (d / f"{name}.k").read_bytes()
+
+    rsa, rsa_key = self_signed("rsa", "-newkey", "rsa:2048")
+    ec, ec_key = self_signed("ec", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+    weak = b"".join(self_signed("weak", "-newkey", "rsa:1024"))
+    ca, _ = self_signed("ca", "-newkey", "rsa:2048")
+    leaf, leaf_key = signed("leaf", "ca")
+    self_signed("sha1ca", "-newkey", "rsa:2048", "-sha1")
+    sha1_leaf, sha1_leaf_key = signed("sha1leaf", "sha1ca", "-sha1")
     # A good leaf whose chain holds a CA of 1,024 bits ("unable to load chain certificate").
-    weak_ca, weak_ca_key = weak.split(b"-----END CERTIFICATE-----\n")
-    (tmp_path / "ca.c").write_bytes(weak_ca + b"-----END CERTIFICATE-----\n")
-    (tmp_path / "ca.k").write_bytes(weak_ca_key)
-    (tmp_path / "leaf.k").write_bytes(rsa_key)
-    subprocess.run(["openssl", "req", "-new", "-key", str(tmp_path / "leaf.k"), "-subj",
-                    "/CN=leaf.example.com", "-out", str(tmp_path / "csr")], check=True,
-                   capture_output=True, timeout=60)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "csr"), "-CA",
-                    str(tmp_path / "ca.c"), "-CAkey", str(tmp_path / "ca.k"), "-days", "1",
-                    "-set_serial", "2", "-out", str(tmp_path / "leaf.c")], check=True,
-                   capture_output=True, timeout=60)
-    weak_chain = ((tmp_path / "leaf.c").read_bytes() + rsa_key
-                  + (tmp_path / "ca.c").read_bytes())
-    files = {"rsa2048": rsa + rsa_key, "key-first": rsa_key + rsa, "ec": ec + ec_key,
-             "rsa-with-ec-key": rsa + ec_key, "ec-with-rsa-key": ec + rsa_key,
-             "rsa1024": weak, "weak-chain": weak_chain}
-    for i, (name, data) in enumerate(files.items()):
-        path = tmp_path / f"{name}.pem"
+    weak_leaf, weak_leaf_key = signed("weakleaf", "weak")
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-out", str(d / "ecp.k"))
+    _openssl("req", "-x509", "-new", "-days", "1", "-subj", "/CN=shop.example.com", "-key",
+             str(d / "ecp.k"), "-out", str(d / "ecp.c"))
+    _openssl("dhparam", "-dsaparam", "-out", str(d / "dh"), "2048")
+    _openssl("x509", "-in", str(d / "rsa.c"), "-outform", "DER", "-out", str(d / "rsa.der"))
+    _openssl("x509", "-in", str(d / "rsa.c"), "-trustout", "-out", str(d / "rsa.trusted"))
+    _openssl("rsa", "-in", str(d / "rsa.k"), "-traditional", "-out", str(d / "rsa1.k"))
+    good, chain = rsa + rsa_key, leaf + leaf_key + ca
+    accepted = {
+        "rsa2048": good, "key-first": rsa_key + rsa, "ec": ec + ec_key,
+        "ec-parameters-block": (d / "ecp.c").read_bytes() + (d / "ecp.k").read_bytes(),
+        "chain": chain, "chain-key-last": leaf + ca + leaf_key,
+        "dh-params": good + (d / "dh").read_bytes(),
+        "dh-params-first": (d / "dh").read_bytes() + good,
+        "pkcs1-key": rsa + (d / "rsa1.k").read_bytes(),
+        "trusted-certificate": (d / "rsa.trusted").read_bytes() + rsa_key,
+        "crlf": good.replace(b"\n", b"\r\n"),
+        "text-between": b"subject=CN = shop.example.com\n" + rsa + b"Bag Attributes\n"
+                        + rsa_key + b"trailer\n",
+        # HAProxy 2.6 stops reading the chain at a block whose base64 is broken and
+        # keeps what it read (OpenSSL's own loader, Python's, refuses these).
+        "chain-then-bad-base64": _broken(chain, -1, "base64"),
+        "then-unknown-block-bad-base64": good + b"-----BEGIN FOO-----\n!!!!\n-----END FOO-----\n",
+        "then-unterminated-block": good + b"-----BEGIN CERTIFICATE-----\nMIIB\n",
+    }
+    refused = {
+        "rsa-with-ec-key": rsa + ec_key, "ec-with-rsa-key": ec + rsa_key, "rsa1024": weak,
+        "weak-chain": weak_leaf + weak_leaf_key + (d / "weak.c").read_bytes(),
+        "sha1-chain": sha1_leaf + sha1_leaf_key + (d / "sha1ca.c").read_bytes(),
+        "garbage": bytes(range(256)) * 8, "empty": b"",
+        "garbage-in-markers": b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE"
+                              b"-----\n-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY"
+                              b"-----\n",
+        "key-only": rsa_key, "certificate-only": rsa, "der": (d / "rsa.der").read_bytes(),
+        "chain-bad-der": _broken(chain, -1, "der"),
+        "chain-truncated": _broken(chain, -1, "truncated"),
+        "chain-cert-bad-der-before-key": leaf + _broken(ca, 0, "der") + leaf_key,
+        "certificate-bad-der": _broken(good, 0, "der"),
+        "certificate-bad-base64": _broken(good, 0, "base64"),
+        "key-bad-der": _broken(good, 1, "der"),
+        "key-bad-base64": _broken(good, 1, "base64"),
+        "ocsp-beside": good, "sctl-beside": good,  # a .ocsp / .sctl next to it, broken
+    }
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    for i, (name, data) in enumerate({**accepted, **refused}.items()):
+        path = folder / f"{name}.pem"
         path.write_bytes(data)
-        admitted = hostfacts.check_cert(str(path), [str(tmp_path)], []).path is not None
+        if name.endswith("-beside"):
+            Path(f"{path}.{name.split('-')[0]}").write_text("not what HAProxy reads\n")
+        fact = hostfacts.check_cert(str(path), [str(folder)], [])
         cfg = tmp_path / f"{name}.cfg"
         cfg.write_text(f"frontend f\n    mode tcp\n    bind 127.0.0.1:{10000 + i} ssl crt "
                        f"{path}\n")
         proc = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True,
                               text=True, timeout=30)
-        assert admitted == (proc.returncode == 0), (name, admitted, proc.stdout + proc.stderr)
-        assert admitted == (name in ("rsa2048", "key-first", "ec")), name
+        admitted = fact.path is not None
+        assert admitted == (proc.returncode == 0), (name, fact, proc.stdout + proc.stderr)
+        assert admitted == (name in accepted), (name, fact)
+        if not admitted:  # says what is wrong with the file, in a sentence
+            assert fact.problem and len(fact.problem) < 500, (name, fact)
+    # A folder, which HAProxy's crt would take as a folder of certificates.
+    assert hostfacts.check_cert(str(folder), [str(tmp_path)], []).problem == \
+        "is not a regular file"

@@ -19,7 +19,8 @@ from servicerouter.model import App, Health, Options, Problem, Service, Task
 from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
-from .payloads import UNLOADABLE_PEM as PEM
+from .payloads import LOADABLE_PEM as PEM
+from .payloads import UNLOADABLE_PEM
 
 # Only a certificate's markers: its names cannot be read.
 UNREADABLE = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" \
@@ -411,6 +412,61 @@ def test_a_certificate_haproxy_would_refuse_to_load_is_refused(tmp_path: Path) -
     assert "not the certificate's" in p.message and "service left out" in p.message
 
 
+def test_a_file_openssl_cannot_load_is_judged_by_haproxy_once_per_version(
+        tmp_path: Path) -> None:
+    """A file OpenSSL's loader refuses for another reason than its key was admitted and
+    left to haproxy -c, which then refused every candidate, for every tenant. haproxy -c
+    itself now judges it alone (HAProxy takes some such files), once per version of the
+    file; a file OpenSSL loads costs no process; and when haproxy -c cannot be run, the
+    file is refused (fail closed) and asked about again next time."""
+    real = shutil.which("haproxy")
+    if real is None:
+        pytest.skip("haproxy is not on PATH")
+    calls = tmp_path / "calls"
+    counting = tmp_path / "haproxy"
+    counting.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    counting.chmod(0o755)
+
+    def asked() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "good.pem").write_text(PEM)
+    bad = certs / "bad.pem"
+    bad.write_text(UNLOADABLE_PEM)
+    settings = Settings(http_port=0, https_port=0, ssl_cert_dirs=(str(certs),),
+                        haproxy_bin=str(counting))
+    apps = [app("/tls/ok", 10001, ssl_cert=str(certs / "good.pem")),
+            app("/tls/bad", 10002, ssl_cert=str(bad))]
+    s = ClusterState(settings)
+    s.set_facts(hostfacts.gather(apps, settings))
+    s.replace_all(apps)
+    assert set(s.desired) == {"tls_ok_10001"}
+    (p,) = s.problems["/tls/bad"]
+    assert (p.reason, p.label, p.value) == ("ssl_cert", "HAPROXY_0_SSL_CERT", str(bad))
+    assert p.message == (
+        f"is a file HAProxy cannot load (haproxy -c: unable to load certificate from file "
+        f"'{bad}'.); it must hold the certificate, its private key and any chain as PEM "
+        "blocks HAProxy can read; service left out, others applied")
+    assert asked() == 1  # for bad.pem only
+    assert s.set_facts(hostfacts.gather(apps, settings)) == set()
+    assert asked() == 1  # the same version: not asked again
+    bad.write_text(PEM)  # replaced by a good file: loaded by OpenSSL, no process
+    assert s.set_facts(hostfacts.gather(apps, settings)) == {"tls_bad_10002"}
+    assert set(s.desired) == {"tls_ok_10001", "tls_bad_10002"} and asked() == 1
+    # haproxy -c cannot be run: refused, saying so, and not remembered.
+    other = certs / "other.pem"
+    other.write_text(UNLOADABLE_PEM)
+    fact = hostfacts.check_cert(str(other), [str(certs)], [], str(tmp_path / "no-haproxy"))
+    assert fact.path is None
+    assert str(fact.problem).startswith("cannot be checked: OpenSSL cannot load it (")
+    assert str(fact.problem).endswith(
+        f"and {tmp_path / 'no-haproxy'} -c cannot run: No such file or directory")
+    fact = hostfacts.check_cert(str(other), [str(certs)], [], str(counting))
+    assert "is a file HAProxy cannot load" in str(fact.problem) and asked() == 2
+
+
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
@@ -699,7 +755,7 @@ def test_a_certificates_names_are_read_as_haproxy_reads_them(tmp_path: Path) -> 
     assert fact.names == ("shop.example.com", "*.shop.example.com", "other.example.com")
     # A certificate that cannot be read here may name anything: None (fail closed).
     assert certnames.cert_names(UNREADABLE.encode()) is None
-    assert certnames.cert_names(PEM.encode()) == ("unloadable.test",)
+    assert certnames.cert_names(UNLOADABLE_PEM.encode()) == ("unloadable.test",)
     assert certnames.cert_names(pem[:200] + b"-----END CERTIFICATE-----") is None
     # OpenSSL (and so HAProxy) takes the first certificate block of the file, whatever
     # its label: a TRUSTED CERTIFICATE first, naming the victim, was skipped for a plain
