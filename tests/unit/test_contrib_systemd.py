@@ -159,3 +159,110 @@ def test_unit_waits_longer_than_the_daemons_graceful_stop(unit: str) -> None:
     assert timeout.isdigit(), f"TimeoutStopSec={timeout}: write whole seconds"
     assert int(timeout) > WEB_STOP_WAIT + 2 * STOP_GRACE, \
         f"TimeoutStopSec={timeout} cuts the daemon's graceful stop short"
+
+
+# Debian's and Ubuntu's haproxy package makes HAProxy's runtime folder with
+# systemd-tmpfiles (/usr/lib/tmpfiles.d/haproxy.conf): the admin socket's folder under
+# servicerouter-haproxy.service.
+DEBIAN_RUN_HAPROXY = "d /run/haproxy 2775 haproxy haproxy -"
+
+
+def unit_env(keys: list[tuple[str, str]]) -> dict[str, str]:
+    out = {}
+    for key, value in keys:
+        if key == "Environment":
+            name, _, val = value.strip('"').partition("=")
+            out[name] = val
+    return out
+
+
+def writable_roots(d: list[tuple[str, str]]) -> list[str]:
+    """The folders ProtectSystem=strict leaves writable: ReadWritePaths= (a leading '-'
+    only lets it be missing) and the State/Runtime/Cache/LogsDirectory= a unit gets."""
+    roots = [p.lstrip("-") for k, v in d if k == "ReadWritePaths" for p in v.split()]
+    for key, base in (("StateDirectory", "/var/lib"), ("RuntimeDirectory", "/run"),
+                      ("CacheDirectory", "/var/cache"), ("LogsDirectory", "/var/log")):
+        roots += [f"{base}/{name}" for k, v in d if k == key for name in v.split()]
+    return roots
+
+
+def written_folders(d: list[tuple[str, str]]) -> set[str]:
+    """The folders the daemon writes under the unit's defaults: the config's (the config,
+    its lock, its .d folder, the owners file) and the admin socket's (its lock)."""
+    env = unit_env(d)
+    return {str(Path(env["SERVICEROUTER_HAPROXY_CONFIG"]).parent),
+            str(Path(env["SERVICEROUTER_HAPROXY_SOCKET"]).parent)}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_leaves_writable_every_folder_the_daemon_writes(unit: str) -> None:
+    """ProtectSystem=strict makes /run read-only too: the socket's lock (haproxy/lock.py)
+    could not be made next to /run/haproxy/admin.sock, so a second daemon on the same
+    HAProxy went unnoticed (and every start logged that)."""
+    d = directives((SYSTEMD / unit).read_text())
+    roots = writable_roots(d)
+    for folder in written_folders(d):
+        assert any(folder == r or folder.startswith(r + "/") for r in roots), \
+            f"{unit}: {folder} is read-only under ProtectSystem=strict ({roots})"
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_claims_no_runtime_directory_of_haproxys(unit: str) -> None:
+    """RuntimeDirectory=haproxy would have systemd chown Debian's /run/haproxy to this
+    unit's user and remove it, HAProxy's admin socket with it, whenever the unit stops."""
+    d = directives((SYSTEMD / unit).read_text())
+    for key in ("RuntimeDirectory", "StateDirectory"):
+        for name in (v for k, value in d if k == key for v in value.split()):
+            assert name.split("/")[0] == "servicerouter", f"{unit}: {key}={name}"
+
+
+def test_beside_unit_takes_its_locks_in_debians_haproxy_folders(tmp_path: Path) -> None:
+    """servicerouter-haproxy.service runs as root without any capability: no
+    CAP_DAC_OVERRIDE, so Debian's /run/haproxy (haproxy:haproxy, 2775) is not writable
+    for it as plain root, and the socket's lock could not be made there. Here the
+    daemon's lock code runs with the unit's own credentials (user, groups, an empty
+    capability bounding set, as systemd would start it) on folders laid out as
+    Debian's."""
+    import grp
+    import os
+    import pwd
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to take the unit's credentials")
+    tmpfiles = Path("/usr/lib/tmpfiles.d/haproxy.conf")
+    if tmpfiles.exists():  # the installed package agrees with what this test assumes
+        assert DEBIAN_RUN_HAPROXY in tmpfiles.read_text().splitlines()
+    _, path, mode, owner, group, _ = DEBIAN_RUN_HAPROXY.split()
+    try:
+        uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        pytest.skip(f"no {owner} user or {group} group here (apt-get install haproxy)")
+    d = directives((SYSTEMD / "servicerouter-haproxy.service").read_text())
+    keys, env = dict(d), unit_env(d)
+    config, socket = Path(env["SERVICEROUTER_HAPROXY_CONFIG"]), \
+        Path(env["SERVICEROUTER_HAPROXY_SOCKET"])
+    assert socket.parent == Path(path)
+    root = tmp_path / "root"
+    run_dir = root / path.lstrip("/")
+    run_dir.mkdir(parents=True)
+    os.chown(run_dir, uid, gid)
+    run_dir.chmod(int(mode, 8))
+    (root / str(config.parent).lstrip("/")).mkdir(parents=True)  # root's, 0755
+    user = keys.get("User", "root")
+    groups = [g for k, v in d if k == "SupplementaryGroups" for g in v.split()]
+    assert keys["CapabilityBoundingSet"] == ""
+    credentials = ["--reuid", user, "--regid", keys.get("Group", user),
+                   *(["--groups", ",".join(groups)] if groups else ["--clear-groups"]),
+                   "--bounding-set", "-all", "--inh-caps", "-all"]
+    script = ("import sys\nfrom pathlib import Path\n"
+              "from servicerouter.haproxy.lock import ConfigLock\n"
+              "ConfigLock(Path(sys.argv[1])).acquire()\n"
+              "ConfigLock(Path(sys.argv[2]), '--haproxy-socket').acquire()\n"
+              "print('locked')\n")
+    r = subprocess.run([setpriv, *credentials, sys.executable, "-c", script,
+                        str(root / str(config).lstrip("/")),
+                        str(root / str(socket).lstrip("/"))],
+                       capture_output=True, text=True, timeout=60, check=False,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0 and r.stdout.strip() == "locked", r.stdout + r.stderr
