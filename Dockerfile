@@ -37,10 +37,12 @@ EXPOSE 80 443 9090 9091
 USER servicerouter
 WORKDIR /var/lib/servicerouter
 
-# /healthz on whatever SERVICEROUTER_LISTEN says (a wildcard address is asked on
-# loopback); 200 is healthy, anything else (503, no answer) is not.
+# /livez (liveness: HAProxy serves) on whatever SERVICEROUTER_LISTEN says (a wildcard
+# address is asked on loopback); 200 is healthy, anything else (503, no answer) is not.
+# Not /healthz: that is 503 too once Marathon has been unreachable for a while, and an
+# orchestrator restarting the container then would only take the last good config away.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python3", "-c", "import os, sys, urllib.request as r; h, _, p = os.environ.get('SERVICEROUTER_LISTEN', '127.0.0.1:9091').rpartition(':'); h = h.strip('[]'); h = '127.0.0.1' if h in ('', '0.0.0.0', '::') else h; h = f'[{h}]' if ':' in h else h; sys.exit(0 if r.urlopen(f'http://{h}:{p}/healthz', timeout=4).status == 200 else 1)"]
+  CMD ["python3", "-c", "import os, sys, urllib.request as r; h, _, p = os.environ.get('SERVICEROUTER_LISTEN', '127.0.0.1:9091').rpartition(':'); h = h.strip('[]'); h = '127.0.0.1' if h in ('', '0.0.0.0', '::') else h; h = f'[{h}]' if ':' in h else h; sys.exit(0 if r.urlopen(f'http://{h}:{p}/livez', timeout=4).status == 200 else 1)"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["servicerouter", "run", "--start-haproxy"]

@@ -102,7 +102,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_range_arguments(p)
     g = p.add_argument_group("daemon")
     g.add_argument("--listen", type=_hostport, default=("127.0.0.1", 9091), metavar="HOST:PORT",
-                   help="/metrics, /healthz, /status, /config (default 127.0.0.1:9091)")
+                   help="/metrics, /healthz, /livez, /status, /config (default 127.0.0.1:9091)")
     g.add_argument("--update-strategy", choices=["runtime", "reload"], default="runtime",
                    help="runtime: task churn through the Runtime API (default); reload: every "
                         "change reloads, as marathon-lb does (for comparison)")

@@ -1,5 +1,12 @@
-"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/status``, ``/config``,
-``POST /resync``.
+"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/livez``, ``/status``,
+``/config``, ``POST /resync``.
+
+``/healthz`` is readiness: 503 also when Marathon has not been synced with for long
+(the routes may be stale), which a load balancer in front of the LB hosts should act on
+and a supervisor should not. ``/livez`` is liveness, for what restarts the instance
+(Marathon's health check, the image's HEALTHCHECK): 503 only when its HAProxy does not
+answer, since restarting an instance that lost Marathon only loses the last good
+config it serves.
 
 Bound to loopback by default (``--listen 127.0.0.1:9091``); binding anywhere
 else is the operator's explicit choice.
@@ -98,7 +105,8 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
     # /healthz said "HAProxy does not answer" about a healthy HAProxy.
     probing: asyncio.Future[str | None] | None = None
 
-    async def healthz(_: Request) -> Response:
+    async def haproxy_problems() -> tuple[list[str], str | None]:
+        """(why HAProxy does not serve, from the shared probe; why no reload can happen)."""
         nonlocal probing
         problems = []
         if probing is None or probing.done():
@@ -110,6 +118,21 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
         reload_problem = engine.reloader.problem()  # e.g. a kept master that is silent
         if reload_problem and haproxy_problem:
             problems.append(reload_problem)
+        return problems, reload_problem
+
+    async def livez(_: Request) -> Response:
+        """Liveness: HAProxy answers (it serves a config: the last good one, or the one
+        left on disk), whatever Marathon does."""
+        problems = (await haproxy_problems())[0]
+        if problems:
+            if not engine.ready.is_set():
+                problems.append("no configuration is live yet")
+            return JSONResponse({"status": "unhealthy", "reason": "; ".join(problems)},
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def healthz(_: Request) -> Response:
+        problems, reload_problem = await haproxy_problems()
         stale_after = 2 * engine.config.resync_interval + 30
         if engine.last_sync is None:
             problems.append("no successful sync with Marathon yet")
@@ -206,6 +229,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
     return Starlette(routes=[
         Route("/metrics", metrics),
         Route("/healthz", healthz),
+        Route("/livez", livez),
         Route("/status", status),
         Route("/config", config),
         Route("/resync", resync, methods=["POST"]),

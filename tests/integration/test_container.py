@@ -3,6 +3,7 @@ the image build itself where a container engine works."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import needs_haproxy
-from .harness import Daemon, Simulator, running
+from .harness import Daemon, Simulator, running, wait_for, wait_routed
 
 dockerfile = pytest.importorskip("dockerfile", reason="pip install -e '.[test]'")
 
@@ -36,6 +37,41 @@ def test_healthcheck_passes_on_a_healthy_daemon_and_fails_without_one(
         assert healthcheck(f"0.0.0.0:{daemon.listen_port}") == 0
         assert healthcheck(f"127.0.0.1:{daemon.listen_port}") == 0
     assert healthcheck(f"127.0.0.1:{daemon.listen_port}") != 0
+
+
+def marathon_check_path() -> str:
+    app = json.loads((ROOT / "contrib" / "marathon" / "servicerouter.json").read_text())
+    (check,) = app["healthChecks"]
+    return str(check["path"])
+
+
+@needs_haproxy
+def test_the_health_checks_keep_an_instance_that_lost_marathon_but_serves(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """contrib's Marathon app and the image checked /healthz, which is 503 while the
+    daemon has no recent full sync: Marathon (or an orchestrator acting on the image's
+    HEALTHCHECK) killed an instance whose HAProxy still served the last good config,
+    for a Marathon it could not reach, and the new instance then had nothing to serve.
+    Here a restarted daemon that cannot reach Marathon serves the config left on disk:
+    not ready (/healthz 503), but alive for both health checks."""
+    from servicerouter.demo.procs import free_port
+
+    port, live = simulator.launch("/hc/web", 2)
+    first = Daemon(tmp_path, simulator.url)
+    with running(first.start()):
+        wait_routed(port, live)
+    lost = Daemon(tmp_path, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with running(lost.start(wait_healthy=False)):
+        wait_for(lambda: "starting HAProxy on the existing" in lost.proc.output(), 30,
+                 what="HAProxy started on the config left on disk")
+        wait_routed(port, live)  # the last good config serves
+        ready = lost.http.get("/healthz")
+        assert ready.status_code == 503, ready.text
+        assert "no successful sync with Marathon yet" in ready.json()["reason"]
+        alive = lost.http.get(marathon_check_path())
+        assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+        assert healthcheck(f"127.0.0.1:{lost.listen_port}") == 0
+        wait_routed(port, live)
 
 
 def _engine() -> str | None:

@@ -1,5 +1,5 @@
 """The Dockerfile, read by Docker's own parser (the ``dockerfile`` package wraps
-buildkit's): non-root, a HEALTHCHECK on /healthz, ``run --start-haproxy`` as the
+buildkit's): non-root, a HEALTHCHECK on /livez, ``run --start-haproxy`` as the
 entry point, only real SERVICEROUTER_* variables, and the Makefile's install; and
 contrib/marathon/servicerouter.json, the same image run as a Marathon app."""
 
@@ -45,10 +45,11 @@ def test_entry_point_starts_haproxy_itself() -> None:
     assert entry.json and list(entry.value) == ["servicerouter", "run", "--start-haproxy"]
 
 
-def test_healthcheck_asks_healthz() -> None:
+def test_healthcheck_asks_livez() -> None:
+    """Liveness, not /healthz (readiness: 503 also while Marathon is away long)."""
     check = one("HEALTHCHECK")
     assert check.json and check.value[0] == "CMD"
-    assert "/healthz" in check.value[-1]
+    assert "/livez" in check.value[-1] and "/healthz" not in check.value[-1]
     assert any(f.startswith("--start-period=") for f in check.flags)
 
 
@@ -99,12 +100,15 @@ def test_marathon_app_sets_only_real_variables() -> None:
     assert names and not names - known, sorted(names - known)
 
 
-def test_marathon_app_health_checks_healthz_on_the_listen_port() -> None:
+def test_marathon_app_health_checks_livez_on_the_listen_port() -> None:
+    """Marathon kills a task whose health check fails: /livez (HAProxy serves), not
+    /healthz, which also fails while Marathon is unreachable (tests/integration/
+    test_container.py runs both against a daemon that lost Marathon)."""
     app = marathon_app()
     listen = app["env"].get("SERVICEROUTER_LISTEN", "127.0.0.1:9091")
     port = int(listen.rpartition(":")[2])
     (check,) = app["healthChecks"]
-    assert check["path"] == "/healthz"
+    assert check["path"] == "/livez"
     assert app["portDefinitions"][check["portIndex"]]["port"] == port
     assert app["requirePorts"] is True, "the health check needs the port it was given"
 

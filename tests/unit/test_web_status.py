@@ -53,3 +53,35 @@ async def test_app_filter_with_a_trailing_slash_still_matches_the_app_itself() -
     assert [p["app_id"] for p in plain["problems"]] == ["/web"]
     for key in ("services", "problems", "total"):
         assert slash[key] == plain[key], key
+
+
+async def test_livez_is_haproxy_serving_whatever_marathon_does() -> None:
+    """A Marathon health check on /healthz killed an instance that had merely lost
+    Marathon: /healthz is 503 once the last full sync is 2 x --resync-interval + 30 s
+    old (its documented contract, kept), while HAProxy still serves the last good
+    config. /livez, the liveness check, asks only whether HAProxy answers."""
+    import time
+
+    from servicerouter.haproxy.runtime import RuntimeUnavailable
+
+    engine, runtime, _, _ = make_engine()
+    await started(engine, 1)
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sr") as client:
+        engine.last_sync = time.time()
+        assert (await client.get("/livez")).json() == {"status": "ok"}
+        engine.last_sync = time.time() - 10_000  # Marathon lost long ago
+        ready = await client.get("/healthz")
+        assert ready.status_code == 503 and "last successful sync" in ready.json()["reason"]
+        alive = await client.get("/livez")
+        assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
+
+        async def gone() -> dict[str, str]:
+            raise RuntimeUnavailable("cannot connect to /x.sock", address="/x.sock")
+
+        runtime.show_info = gone  # type: ignore[method-assign]
+        dead = await client.get("/livez")
+        assert dead.status_code == 503
+        assert dead.json() == {"status": "unhealthy",
+                               "reason": "HAProxy does not answer: cannot connect to /x.sock"}
+        assert engine.haproxy_ok is False  # the probe is the one /healthz shares
