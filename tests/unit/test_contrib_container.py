@@ -63,6 +63,24 @@ def test_environment_names_real_flags() -> None:
     assert names and not names - known, sorted(names - known)
 
 
+def test_the_user_owns_every_folder_the_daemon_writes() -> None:
+    """The daemon writes next to the config (the config, its lock, <config>.d, the
+    owners file) and next to each socket (the socket's lock; HAProxy, the same user,
+    binds the sockets): each folder must be made for the image's USER, as
+    servicerouter-haproxy.service's /run/haproxy was not for its unit."""
+    env = one("ENV").value
+    values = dict(zip(env[0::2], env[1::2], strict=True))
+    user = one("USER").value[0]
+    runs = " ".join(c.value[0] for c in commands() if c.cmd == "RUN")
+    owned = set(re.findall(rf"useradd [^&]*--home-dir (\S+) [^&]*--create-home[^&]* {user}\b",
+                           runs))
+    owned |= set(re.findall(rf"install -d -o {user} -g {user}(?: -m \d+)? (\S+)", runs))
+    for name in ("SERVICEROUTER_HAPROXY_CONFIG", "SERVICEROUTER_HAPROXY_SOCKET",
+                 "SERVICEROUTER_HAPROXY_MASTER_SOCKET"):
+        folder = str(Path(values[name]).parent)
+        assert folder in owned, f"{name}={values[name]}: {folder} is not {user}'s ({owned})"
+
+
 def test_install_is_the_makefiles_install() -> None:
     runs = [c.value[0] for c in commands() if c.cmd == "RUN"]
     installs = [r for r in runs if "make install-venv" in r]
