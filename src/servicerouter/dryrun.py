@@ -135,6 +135,12 @@ class DryRunConfig:
     def remove(self) -> None:
         pass  # a dry run never wrote it
 
+    def loaded(self) -> None:
+        pass  # nor recorded it as unconfirmed
+
+    def unconfirmed(self) -> str | None:
+        return None
+
     def cleanup(self) -> None:
         if self._maps is not None:
             shutil.rmtree(self._maps[1], ignore_errors=True)

@@ -84,6 +84,17 @@ class ConfigWriter(Protocol):
         """Remove the config file (a first candidate HAProxy did not start on)."""
         ...
 
+    def loaded(self) -> None:
+        """HAProxy was seen to run what the last :meth:`write` wrote. Until then the
+        file is recorded as unconfirmed, on disk: a daemon killed meanwhile must not
+        leave the next one taking it for what HAProxy runs."""
+        ...
+
+    def unconfirmed(self) -> str | None:
+        """Why the file may not be what HAProxy runs (written, never :meth:`loaded`),
+        or None."""
+        ...
+
 
 def primary_reason(pending: dict[str, str]) -> str:
     """The reason one reload is counted under, of all the ``pending`` ones."""
@@ -277,6 +288,7 @@ class ReloadPipeline:
             stage = getattr(exc, "stage", "reload")
             return self.failed(stage if stage in ("reload", "confirm") else "reload",
                                f"reload failed: {exc}")
+        e.writer.loaded()  # the next daemon may adopt HAProxy on this file
         # The old worker stops after the grace of the config it runs (the one replaced).
         grace = grace_ms(e.config.settings, len(e.layout)) / 1000
         e.layout, e.table, e.running_config = layout, table, text

@@ -49,6 +49,11 @@ async def take_over(engine: Engine) -> bool:
     table.update((name, [None] * shape.slots) for name, shape in spares[1].items()
                  if name not in table)
     engine.table = table  # even if the shape differs: tasks keep their slots
+    unconfirmed = engine.writer.unconfirmed()
+    if unconfirmed is not None:  # a daemon killed during a reload: it may hold a config
+        log.info("%s; reloading rather than adopting HAProxy as though it ran it",
+                 unconfirmed)  # HAProxy never loaded, whatever its shape
+        return False
     try:
         text = render(layout, table, engine.config.settings, engine.config.templates)
     except TemplateError:

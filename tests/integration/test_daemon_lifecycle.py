@@ -897,6 +897,19 @@ def test_a_reload_cut_short_by_sigterm_is_not_taken_for_loaded_by_the_next_daemo
     # HAProxy started elsewhere never loaded it. The next daemon compared its render
     # with the file, found them equal, and adopted HAProxy "with no reload": the
     # change (here an app switched to HTTP mode) was never served.
+    _reload_cut_short(tmp_path, simulator, signal.SIGTERM)
+
+
+def test_a_reload_cut_short_by_sigkill_is_not_taken_for_loaded_by_the_next_daemon(
+        tmp_path: Path, simulator: Simulator) -> None:
+    # The same, killed: no code of the daemon's runs to put the file back, so the next
+    # one must tell from the disk that HAProxy was never confirmed to load it.
+    _reload_cut_short(tmp_path, simulator, signal.SIGKILL)
+
+
+def _reload_cut_short(tmp_path: Path, simulator: Simulator, sig: signal.Signals) -> None:
+    """A daemon stopped by ``sig`` while its reload command hangs: the next daemon
+    serves the change (a reload), not the config HAProxy had before."""
     port, _ = simulator.launch("/cut", 1)
     haproxy = ExternalHAProxy(tmp_path).start()
     hang = tmp_path / "hang"
@@ -906,31 +919,41 @@ def test_a_reload_cut_short_by_sigterm_is_not_taken_for_loaded_by_the_next_daemo
                       f"asyncio.run(m.MasterCLI(\"{haproxy.master_socket}\").reload())'\n")
     script.chmod(0o755)
     args = ("--reload-command", str(script))
-    with running(haproxy):
-        first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
-        with running(first):
-            first.start()
-            routed(simulator, "/cut", port)
-            assert not _forwarded_for(port)
-            hang.touch()
-            r = simulator.http.put("/v2/apps/cut", params={"force": "true"},
-                                   json={"labels": {"HAPROXY_0_MODE": "http"}})
-            assert r.status_code == 200, r.text
-            assert first.proc.popen is not None
-            pid = first.proc.popen.pid
-            wait_for(lambda: [c for sh in _children_of(pid) for c in _children_of(sh)
-                              if _comm(c) == "sleep"], 30, what="the reload command")
-            first.proc.popen.send_signal(signal.SIGTERM)
-            assert first.proc.popen.wait(30) == 0
-        hang.unlink()
-        reloads = haproxy.reloads()
-        second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
-        with running(second):
-            second.start()
-            routed(simulator, "/cut", port)
-            wait_for(lambda: _forwarded_for(port), 20,
-                     what="the app's HTTP mode served after the restart")
-            assert haproxy.reloads() == reloads + 1
+    sleeping: list[int] = []
+    try:
+        with running(haproxy):
+            first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+            with running(first):
+                first.start()
+                routed(simulator, "/cut", port)
+                assert not _forwarded_for(port)
+                hang.touch()
+                r = simulator.http.put("/v2/apps/cut", params={"force": "true"},
+                                       json={"labels": {"HAPROXY_0_MODE": "http"}})
+                assert r.status_code == 200, r.text
+                assert first.proc.popen is not None
+                pid = first.proc.popen.pid
+                sleeping += wait_for(lambda: [c for sh in _children_of(pid)
+                                              for c in _children_of(sh)
+                                              if _comm(c) == "sleep"],
+                                     30, what="the reload command")
+                first.proc.popen.send_signal(sig)
+                status = first.proc.popen.wait(30)
+                assert status == (0 if sig == signal.SIGTERM else -sig)
+            hang.unlink()
+            reloads = haproxy.reloads()
+            second = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+            with running(second):
+                second.start()
+                routed(simulator, "/cut", port)
+                wait_for(lambda: _forwarded_for(port), 20,
+                         what="the app's HTTP mode served after the restart")
+                assert haproxy.reloads() == reloads + 1
+                assert "adopted the running HAProxy" not in second.proc.output()
+    finally:  # a killed daemon's reload command outlives it (only its shell had the
+        for child in sleeping:  # parent-death signal)
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
 
 
 def _listeners(port: int) -> set[int]:

@@ -89,6 +89,8 @@ class FakeWriter:
         self.validated = 0
         self.written: list[str] = []
         self.rejected: list[str] = []
+        self.loaded_count = 0  # times HAProxy was seen to load the file
+        self.unconfirmed_why: str | None = None
 
     async def validate(self, text: str) -> tuple[bool, str]:
         self.validated += 1
@@ -106,6 +108,12 @@ class FakeWriter:
 
     def remove(self) -> None:
         self.written.clear()
+
+    def loaded(self) -> None:
+        self.loaded_count += 1
+
+    def unconfirmed(self) -> str | None:
+        return self.unconfirmed_why
 
 
 class FakeReloader:

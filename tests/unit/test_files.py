@@ -100,3 +100,28 @@ def test_a_new_haproxy_config_is_not_world_readable(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert mode(tmp_path / "haproxy.cfg") == 0o640
+
+
+def test_a_written_config_is_unconfirmed_on_disk_until_haproxy_loads_it(
+        tmp_path: Path) -> None:
+    """A daemon killed between writing a config and HAProxy loading it left nothing to
+    tell the next one that HAProxy may not run the file: it adopted HAProxy as though
+    it did (the integration test kills one during a reload)."""
+    from servicerouter.haproxy.control import ConfigFile
+
+    config = ConfigFile(tmp_path / "haproxy.cfg")
+    assert config.unconfirmed() is None
+    old = os.umask(0o022)
+    try:
+        config.write("global\n")
+    finally:
+        os.umask(old)
+    why = config.unconfirmed()
+    assert why is not None and "haproxy.cfg.unconfirmed" in why
+    assert mode(tmp_path / "haproxy.cfg.unconfirmed") == 0o640
+    assert mode(tmp_path / "haproxy.cfg") == 0o640
+    config.loaded()
+    assert config.unconfirmed() is None and not (tmp_path / "haproxy.cfg.unconfirmed").exists()
+    config.write("global\n")
+    config.remove()  # no file: nothing HAProxy might not run
+    assert config.unconfirmed() is None

@@ -49,13 +49,19 @@ class ConfigFile:
 
     The candidate is piped to ``haproxy -c`` (never written to /tmp); :meth:`cleanup`
     removes what a killed daemon may have left of an ``atomic_write`` next to the
-    config and in ``<config>.d`` (map files, crt-lists), at start and at exit."""
+    config and in ``<config>.d`` (map files, crt-lists), at start and at exit.
+
+    From :meth:`write` until :meth:`loaded`, ``<config>.unconfirmed`` says on disk that
+    the file holds a config HAProxy was not (yet) confirmed to run. A daemon killed in
+    between (SIGKILL during a reload) leaves it, and the next one reloads rather than
+    adopt HAProxy as though it ran the file (:meth:`unconfirmed`, takeover.py)."""
 
     def __init__(self, path: Path, haproxy_bin: str = "haproxy",
                  check_timeout: float = 60.0) -> None:
         self.path = path
         self.haproxy_bin = haproxy_bin
         self.check_timeout = check_timeout
+        self.marker = path.with_name(path.name + ".unconfirmed")
 
     async def validate(self, text: str) -> tuple[bool, str]:
         result = await validate(text, self.haproxy_bin, self.check_timeout)
@@ -91,8 +97,33 @@ class ConfigFile:
         remove_leftovers(self.path)
 
     def write(self, text: str) -> None:
+        """Replace the file with ``text``, unconfirmed until :meth:`loaded`: the marker
+        is on disk before the file changes, so no kill leaves a change without it."""
         make_dirs(self.path.parent)
+        fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                     CONFIG_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{self.path} was written by servicerouter (pid {os.getpid()}), which "
+                    "had not seen HAProxy load it; the next servicerouter reloads HAProxy "
+                    "rather than take it for the config HAProxy runs.\n")
         atomic_write(self.path, text, new_mode=CONFIG_MODE)
+
+    def loaded(self) -> None:
+        """HAProxy runs what the file holds (a confirmed reload, a start on the file):
+        the next daemon may adopt it."""
+        try:
+            self.marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s (%s): the next start reloads HAProxy rather than "
+                        "adopt it", self.marker, exc.strerror or exc)
+
+    def unconfirmed(self) -> str | None:
+        """Why the file may not be what HAProxy runs (the marker a daemon stopped during
+        a reload left), or None."""
+        if not self.marker.exists():
+            return None
+        return (f"{self.marker} is there: the last servicerouter stopped before HAProxy "
+                f"was seen to load {self.path}")
 
     def keep_rejected(self, text: str) -> Path | str:
         """The candidate kept next to the config for inspection; best effort: a disk that
@@ -105,6 +136,8 @@ class ConfigFile:
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(OSError):
+            self.marker.unlink()  # no file: none that HAProxy might not run
 
     def read_map_file(self, directory: str, name: str) -> str | None:
         """Range mode: a file :meth:`write_maps` wrote, or None."""
@@ -206,6 +239,7 @@ class StartedHAProxy(_Reloader):
     async def _start(self) -> None:
         make_dirs(self.socket_path.parent)
         await self.process.start()
+        self.config.loaded()  # HAProxy started on the file: it runs what is there
         self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def _supervise(self) -> None:
@@ -217,6 +251,7 @@ class StartedHAProxy(_Reloader):
     async def _restarted(self, _: Any) -> None:
         # A restarted HAProxy starts from the file: runtime changes since the last
         # reload are gone until reconcile puts them back.
+        self.config.loaded()  # from the file
         log.warning("HAProxy restarted; reconciling its servers with the slot table")
         if self._engine is not None:
             self._engine.request_reconcile()

@@ -208,6 +208,7 @@ class KeptHAProxy:
                 info = await self.master.show_proc()
                 if info.workers:
                     self._master_pid, self._info = info.master_pid, info
+                    self.config.loaded()  # HAProxy started on the file: it runs it
                     log.info("HAProxy started detached: master %d, workers %s; it keeps "
                              "serving when servicerouter stops", info.master_pid,
                              info.worker_pids)
