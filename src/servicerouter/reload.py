@@ -228,19 +228,27 @@ class ReloadPipeline:
         if text == self.rejected:
             return self.failed("validate", None)  # already reported, still invalid
         e.write_maps(layout)  # haproxy -c opens the map files the candidate names
-        ok, output = (True, "") if cold else \
-            await e.while_applying(e.writer.validate(text))
-        if not ok:
-            kept = e.writer.keep_rejected(text)
-            # Bisection runs haproxy -c up to 32 times: other apps' churn goes on meanwhile.
-            if await e.while_applying(e.guard.exclude_rejected(
-                    layout, table, text, output, kept, e.layout)):
-                layout, table, text = await e.while_applying(asyncio.to_thread(
-                    self._build(settings)))
-                e.write_maps(layout)
-                ok, output = await e.while_applying(e.writer.validate(text))
-                if not ok:
-                    kept = e.writer.keep_rejected(text)
+        try:
+            ok, output = (True, "") if cold else \
+                await e.while_applying(e.writer.validate(text))
+            if not ok:
+                kept = e.writer.keep_rejected(text)
+                # Bisection runs haproxy -c up to 32 times: other apps' churn goes on
+                # meanwhile.
+                if await e.while_applying(e.guard.exclude_rejected(
+                        layout, table, text, output, kept, e.layout)):
+                    layout, table, text = await e.while_applying(asyncio.to_thread(
+                        self._build(settings)))
+                    e.write_maps(layout)
+                    ok, output = await e.while_applying(e.writer.validate(text))
+                    if not ok:
+                        kept = e.writer.keep_rejected(text)
+        except asyncio.CancelledError:
+            # A stop while haproxy -c checks the candidate: its map files must not stay
+            # beside the config HAProxy runs (a restarted HAProxy or the next daemon
+            # would read them with it).
+            e.write_maps(e.layout)
+            raise
         if not ok:
             self.rejected = text
             e.write_maps(e.layout)

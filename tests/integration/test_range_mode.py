@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -318,6 +319,56 @@ def test_a_killed_worker_comes_back_with_the_runtime_maps(tmp_path: Path,
         wait_for(lambda: by_host(http_port, "kept.test") == simulator.running("/kept/web"),
                  30, what="kept.test routed again")
         assert refused(low + 3)
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def test_a_stop_while_a_candidate_is_checked_leaves_the_running_maps(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """haproxy -c reads the map files a candidate names, so they are written first; a
+    SIGTERM while it ran left the candidate's behind, beside the config HAProxy runs
+    (which a restarted HAProxy, or the next daemon, then read with them)."""
+    hang = tmp_path / "hang"
+    slow = tmp_path / "haproxy-slow-check"  # -c hangs while `hang` exists
+    slow.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ] && [ -e {hang} ]; then exec sleep 300; '
+                    'fi\nexec haproxy "$@"\n')
+    slow.chmod(0o755)
+    maps = tmp_path / "haproxy.cfg.d"
+    daemon, (low, _) = start(tmp_path, simulator, "--pool-spares", "1",
+                             "--haproxy-bin", str(slow))
+    checks: list[int] = []
+    try:
+        with running(daemon):
+            launch(simulator, "/held/a0", low + 1)
+            routed(simulator, "/held/a0", low + 1)  # in the one TCP spare: no reload
+            wait_for(lambda: not unmapped(tmp_path, low + 1), 20, what="a0 in ports.map")
+            running_maps = {p.name: p.read_text() for p in maps.iterdir()}
+            hang.touch()
+            launch(simulator, "/held/a1", low + 2)  # no spare left: a reload, checked
+            assert daemon.proc.popen is not None
+            pid = daemon.proc.popen.pid
+            checks += wait_for(lambda: [c for c in _children_of(pid)
+                                        if "sleep" in Path(f"/proc/{c}/cmdline").read_text()],
+                               30, what="haproxy -c checking the candidate")
+            assert not unmapped(tmp_path, low + 2), "the candidate's maps are on disk"
+            daemon.proc.popen.send_signal(signal.SIGTERM)
+            assert daemon.proc.popen.wait(30) == 0, daemon.proc.output()
+        assert {p.name: p.read_text() for p in maps.iterdir()} == running_maps
+    finally:
+        for child in checks:  # killed with the daemon's children; if not, here
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_dry_run_in_range_mode_validates_with_maps_and_touches_nothing(
