@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import shutil
 import socket
 from pathlib import Path
 
 import httpx
 import pytest
+
+from servicerouter.haproxy.render import builtin_templates
 
 from .conftest import needs_haproxy
 from .harness import TLS, Daemon, Simulator, running, wait_for, wait_routed
@@ -93,6 +96,40 @@ def test_connections_that_never_send_a_request_are_closed_and_routing_goes_on(
         wait_for(lambda: all(_closed_by_peer(s) for s in socks), timeout=60,
                  what="the daemon to close connections that never sent a request")
         assert daemon.http.get("/healthz").status_code == 200
+        wait_routed(port, live)
+
+
+def _established(sock: socket.socket) -> bool:
+    """TCP_INFO's state: ESTABLISHED (1) until the peer closes or resets the connection
+    (whether or not this side reads what was sent)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+
+
+def test_a_client_that_never_reads_a_large_config_is_cut_off(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """GET /config larger than the kernel's socket buffers, never read: the answer sat
+    in the daemon's memory and the connection stayed open for ever, one of the 256 the
+    listener allows (uvicorn's close waits for the client to take what is buffered). A
+    client that reads gets all of it."""
+    templates = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), templates)
+    padding = '{{ ("# padding: a config of 10,000 apps is this large\\n") * 300000 }}\n'
+    (templates / "global.j2").write_text((templates / "global.j2").read_text() + padding)
+    port, live = simulator.launch("/big", 1)
+    daemon = Daemon(tmp_path, simulator.url, "--templates", str(templates)).start()
+    with running(daemon):
+        wait_routed(port, live)
+        whole = daemon.http.get("/config", timeout=60)
+        assert whole.status_code == 200 and len(whole.content) > 10_000_000
+        assert whole.text == daemon.config.read_text()
+        with socket.socket() as stuck:
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stuck.connect(("127.0.0.1", daemon.listen_port))
+            stuck.sendall(b"GET /config HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+            wait_for(lambda: not _established(stuck), timeout=90,
+                     what="the daemon to drop a connection that takes none of its answer")
+        assert daemon.http.get("/healthz").status_code == 200
+        assert len(daemon.http.get("/config", timeout=60).content) == len(whole.content)
         wait_routed(port, live)
 
 
