@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .haproxy.files import CONFIG_MODE, atomic_write, keep_rejected, make_dirs, remove_leftovers
-from .haproxy.lock import ConfigInUse, ConfigLock
+from .haproxy.lock import ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI
 from .haproxy.process import run_reload_command, validate
 
@@ -243,15 +243,9 @@ async def refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],
     listed = list(marathons) if marathons else read_marathons(paths)
     lock = ConfigLock(paths.config, "", f"Remove /{CRON} (the bridge's cron job) if "
                                         "servicerouter now manages HAProxy here")
-    try:
-        lock.acquire()
-    except ConfigInUse as exc:
-        raise BridgeError(str(exc).lstrip()) from None
-    remove_leftovers(paths.config)  # of a refresh killed mid-write; ours alone now
-    try:
+    with lock.held(BridgeError, "nothing was changed"):
+        remove_leftovers(paths.config)  # of a refresh killed mid-write; ours alone now
         return await _refresh(paths, generate, haproxy_bin, listed)
-    finally:
-        lock.release()
 
 
 async def _refresh(paths: Paths, generate: Callable[[list[str]], Awaitable[str]],

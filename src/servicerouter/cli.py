@@ -444,7 +444,7 @@ def marathon_client(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 async def _render(args: argparse.Namespace) -> int:
-    from .haproxy.lock import ConfigInUse, ConfigLock
+    from .haproxy.lock import ConfigLock
 
     if not args.output:
         rendered = await render_config(args)
@@ -455,18 +455,8 @@ async def _render(args: argparse.Namespace) -> int:
         raise CliError(f"--output {args.output}: directory {target.parent} does not exist")
     # A daemon (or a sync) that manages this file holds its lock: writing it (and its map
     # files) behind that one's back would leave HAProxy a config nobody drives.
-    lock = ConfigLock(target, "--output")
-    try:
-        lock.acquire()
-    except ConfigInUse as exc:
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(f"--output {args.output}: cannot create the lock {lock.path}: "
-                       f"{exc.strerror or exc}; nothing was written") from None
-    try:
+    with ConfigLock(target, "--output").held(CliError, "nothing was written"):
         return await _render_to(args, target)
-    finally:
-        lock.release()
 
 
 async def _render_to(args: argparse.Namespace, target: Path) -> int:

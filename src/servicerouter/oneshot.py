@@ -33,7 +33,7 @@ from . import owners
 from .cli import sockets_clash
 from .haproxy.children import brief
 from .haproxy.files import CONFIG_MODE, atomic_write, keep_rejected, make_dirs, remove_leftovers
-from .haproxy.lock import ConfigInUse, ConfigLock
+from .haproxy.lock import ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo
 from .haproxy.process import run_reload_command, validate
 from .haproxy.render import prune_crt_lists
@@ -159,20 +159,12 @@ async def sync(args: argparse.Namespace,
     """One sync; returns what was done in one line ("" when nothing changed). Refused
     while a daemon (or another sync) holds the config's lock (haproxy/lock.py)."""
     reload = reload_with(args)  # before fetching, or locking: no reload, no point
-    lock = ConfigLock(Path(args.haproxy_config))
-    try:
-        lock.acquire()
-    except ConfigInUse as exc:
-        raise SyncError(str(exc)) from None
-    except OSError as exc:
-        raise SyncError(f"cannot create the lock {lock.path}: {exc.strerror or exc}; "
-                        "nothing was changed") from None
-    remove_leftovers(Path(args.haproxy_config))  # of a killed run; ours alone now
-    try:
-        return await _sync(args, render_config, reload)
-    finally:
-        _prune(Path(args.haproxy_config))
-        lock.release()
+    with ConfigLock(Path(args.haproxy_config)).held(SyncError, "nothing was changed"):
+        remove_leftovers(Path(args.haproxy_config))  # of a killed run; ours alone now
+        try:
+            return await _sync(args, render_config, reload)
+        finally:
+            _prune(Path(args.haproxy_config))
 
 
 def _prune(config: Path) -> None:

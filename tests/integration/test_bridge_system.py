@@ -366,6 +366,25 @@ def test_a_refresh_leaves_a_config_servicerouter_manages_alone(tmp_path: Path,
         wait_routed(port, live)
 
 
+def test_a_lock_that_cannot_be_made_is_named_and_nothing_changes(tmp_path: Path) -> None:
+    """Where the config's lock cannot be created (a read-only /etc/haproxy; a folder in
+    its way here) the refresh printed Python's bare "[Errno 21] Is a directory: '...'";
+    it now says what sync and render -o say, in their words."""
+    paths = bs.Paths(tmp_path)
+    paths.marathons.parent.mkdir(parents=True)
+    paths.marathons.write_text("127.0.0.1:1\n")
+    paths.config.parent.mkdir(parents=True)
+    paths.config.write_text(EMPTY_CFG)
+    lock = paths.config.with_name("haproxy.cfg.lock")
+    lock.mkdir()
+    out = bridge("refresh_system_haproxy", "--root", tmp_path, "--stats-port", "0")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip() == (
+        f"haproxy-marathon-bridge: error: {paths.config}: cannot create the lock {lock}: Is a "
+        "directory; nothing was changed")
+    assert out.stdout == "" and paths.config.read_text() == EMPTY_CFG
+
+
 def test_a_refresh_keeps_the_routes_when_marathon_lists_no_apps_unless_told(
         tmp_path: Path, simulator: Simulator) -> None:
     """A Marathon on empty or wrong storage lists no apps: the refresh replaced the config

@@ -65,6 +65,30 @@ def test_existing_config_with_a_busy_port(tmp_path: Path, busy_port: int) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg"]
 
 
+@pytest.mark.parametrize("command, unchanged", [("render", "nothing was written"),
+                                                 ("sync", "nothing was changed")])
+def test_a_lock_that_cannot_be_made_is_one_line_naming_it(tmp_path: Path, command: str,
+                                                         unchanged: str) -> None:
+    """Where the config's lock cannot be created (a folder in its way here; a read-only
+    /etc/haproxy), render -o and sync say which flag, which file and that nothing was
+    done, in the same words (haproxy/lock.py ConfigLock.held, as the bridge does)."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("# the operator's\n")
+    lock = tmp_path / "haproxy.cfg.lock"
+    lock.mkdir()
+    argv = (["render", "--apps-json", str(FIXTURE), "-o", str(config)] if command == "render"
+            else ["sync", "--marathon", "http://127.0.0.1:1", "--reload-command", "true",
+                  "--haproxy-config", str(config)])
+    code, err = run(*argv)
+    assert code == 1, err
+    flag = "--output" if command == "render" else "--haproxy-config"
+    assert one_error_line(err).endswith(
+        f"error: {flag} {config}: cannot create the lock {lock}: Is a directory; "
+        f"{unchanged}"), err
+    assert config.read_text() == "# the operator's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg", "haproxy.cfg.lock"]
+
+
 # Exit status 1: the host lacks something (a file, a directory, a port); 2: the flags
 # themselves cannot work, as argparse's own errors (systemd: RestartPreventExitStatus=2).
 @pytest.mark.parametrize("argv, status, expected", [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .files import make_dirs
@@ -48,6 +49,12 @@ class ConfigLock:
         self.path = lock_path(config)
         self._fd: int | None = None
 
+    @property
+    def subject(self) -> str:
+        """What the messages name: the flag and the file, or the file alone (``flag`` "":
+        a command with no flag for it, the bridge)."""
+        return f"{self.flag} {self.config}" if self.flag else str(self.config)
+
     def acquire(self) -> ConfigLock:
         """Take the lock or raise :class:`ConfigInUse` at once (never waits); OSError
         (a folder that cannot be written) as it comes."""
@@ -60,7 +67,7 @@ class ConfigLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 raise ConfigInUse(
-                    f"{self.flag} {self.config}: another servicerouter "
+                    f"{self.subject}: another servicerouter "
                     f"({f'pid {holder}' if holder else 'pid unknown'}) manages it (lock "
                     f"{self.path} is held); nothing was done. {self.hint}") from None
             except BaseException:
@@ -78,8 +85,27 @@ class ConfigLock:
                 self._fd = fd
                 return self
             os.close(fd)
-        raise ConfigInUse(f"{self.flag} {self.config}: lock {self.path} changed hands "
-                          f"{_TRIES} times while taking it; nothing was done")
+        raise ConfigInUse(f"{self.subject}: lock {self.path} changed hands {_TRIES} times "
+                          "while taking it; nothing was done")
+
+    @contextlib.contextmanager
+    def held(self, error: type[Exception], unchanged: str) -> Iterator[ConfigLock]:
+        """The lock, held for the ``with`` block and released after it; or ``error`` at
+        once, saying why not: another servicerouter holds it (:class:`ConfigInUse`'s
+        message), or the lock file cannot be made (its path, the reason, ``unchanged``,
+        e.g. "nothing was written"): for one-shot commands, whose callers report
+        ``error`` in one line."""
+        try:
+            self.acquire()
+        except ConfigInUse as exc:
+            raise error(str(exc)) from None
+        except OSError as exc:
+            raise error(f"{self.subject}: cannot create the lock {self.path}: "
+                        f"{exc.strerror or exc}; {unchanged}") from None
+        try:
+            yield self
+        finally:
+            self.release()
 
     def release(self) -> None:
         """Remove the file (still holding the lock, so nobody takes a stale name) and
