@@ -43,7 +43,7 @@ def test_marathon_accepts_the_app_as_shipped(marathon: Simulator) -> None:
     assert app["constraints"] == [["hostname", "UNIQUE"], ["node", "CLUSTER", "lb"]]
     assert app["networks"] == [{"mode": "host"}] and app["requirePorts"] is True
     (check,) = app["healthChecks"]
-    assert (check["protocol"], check["path"], check["portIndex"]) == ("MESOS_HTTP", "/healthz",
+    assert (check["protocol"], check["path"], check["portIndex"]) == ("MESOS_HTTP", "/livez",
                                                                        0)
     # One instance per LB host: a rolling upgrade cannot start an extra one first.
     assert app["upgradeStrategy"] == {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0}
