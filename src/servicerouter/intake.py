@@ -26,7 +26,7 @@ from .label_templates import TemplateVetting
 from .marathon.errors import MarathonError
 from .marathon.parse import parse_app, parse_apps, refuse_empty
 from .marathon.parsecache import ParseCache
-from .portassign import assign_all, assign_one
+from .portassign import assign_all
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -196,10 +196,7 @@ class Intake:
             return True
         e.app_errors.pop(app_id, None)
         # IP-per-task ports are a function of all such apps: one arriving may move another's.
-        app, moved, assigned = assign_one(
-            e.events.newer_tasks(app, touched),
-            [a for i, a in e.state.apps.items() if i != app.id], e.config.settings,
-            e.state.held_ports())
+        app, moved, assigned = e.state.assign_ports(e.events.newer_tasks(app, touched))
         e.events.warn_once([*warnings, *assigned])
         dirty = e.state.set_facts(hostfacts.gather([app], e.config.settings))
         dirty |= e.state.set_app(app)

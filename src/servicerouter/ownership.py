@@ -47,8 +47,10 @@ class Ownership:
     full sync; :meth:`owners` and :attr:`version` are what is written back."""
 
     def __init__(self, settings: Settings,
-                 claim_order: Callable[[str], tuple[str, str]]) -> None:
+                 claim_order: Callable[[str], tuple[str, str]],
+                 ports_changed: Callable[[str], None] = lambda app_id: None) -> None:
         self._settings = settings
+        self._ports_changed = ports_changed  # told the app id whose held ports changed
         # One port, one app: HAProxy binds with SO_REUSEPORT, so two frontends on
         # a port would silently split its connections between two apps.
         self._port_owner: dict[int, str] = {}
@@ -138,7 +140,10 @@ class Ownership:
                 self._port_owner[port] = app_id
                 self.version += 1
             kept.add(port)
-        freed = self._ports_of.get(app_id, set()) - kept
+        before = self._ports_of.get(app_id, set())
+        freed = before - kept
+        if kept != before:
+            self._ports_changed(app_id)
         if kept:
             self._ports_of[app_id] = kept
         else:
@@ -189,6 +194,10 @@ class Ownership:
         return Owners(dict(self._port_owner), dict(self._hosts.owner), dict(self._certs.owner),
                       self._hosts.routes())
 
+    def ports_of(self, app_id: str) -> set[int]:
+        """The ports ``app_id`` holds: the inverse of :meth:`held_ports` without prior."""
+        return self._ports_of.get(app_id, set())
+
     def held_ports(self, with_prior: bool) -> Mapping[int, str]:
         """Port → the app holding it; ``with_prior`` (before the first full sync), and
         where none does, the app that held it before this process."""
@@ -223,6 +232,7 @@ class Ownership:
                 self._port_owner[port] = app_id
                 self._ports_of.setdefault(app_id, set()).add(port)
                 kept(app_id).ports.add(port)
+                self._ports_changed(app_id)
         for host, (key, app_id) in prior.hosts.items():
             # An owner under another --vhost-policy than now is no owner now.
             if app_id in alive and vhost_owner(app_id, policy) == key \

@@ -12,13 +12,19 @@ A port a service holds stays its own (``held``: the port owners of state.py, kep
 on disk by owners.py): an app that arrives later, with a label or a port
 definition naming that port, or probing through it, does not move it, so no
 tenant can take another's assigned port (it is refused as ``port_taken``).
+
+A full sync assigns every app at once (:func:`assign_all`); a one-app refetch asks the
+state's :class:`PortBook`, which gives :func:`assign_one`'s answer from what changed
+since it last looked instead of from every app.
 """
 
 from __future__ import annotations
 
+import itertools
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from operator import itemgetter
 
 from .deployments import DeploymentError, deployment_of
 from .layout import Settings
@@ -42,6 +48,11 @@ def needs_port(app: App) -> list[int]:
     return [s.index for s in app.services if s.auto_port or not s.port]
 
 
+def named_ports(app: App) -> list[int]:
+    """The service ports ``app``'s services name themselves (not assigned here)."""
+    return [s.port for s in app.services if s.port and not s.auto_port]
+
+
 def assign_ports(apps: Sequence[App], low: int, high: int, reserved: Iterable[int] = (),
                  held: Mapping[int, str] | None = None
                  ) -> tuple[dict[tuple[str, int], int], list[str]]:
@@ -51,29 +62,21 @@ def assign_ports(apps: Sequence[App], low: int, high: int, reserved: Iterable[in
     skip = set(reserved)
     keys = sorted({(_key(a), i) for a in apps for i in needs_port(a)})
     size = high - low + 1 if low and high >= low else 0
-    out: dict[tuple[str, int], int] = {}
+    mine: dict[str, set[int]] = {}
     if size and held:
-        mine: dict[str, set[int]] = {}
         for number, owner in held.items():
             if low <= number <= high and number not in skip:
                 mine.setdefault(owner, set()).add(number)
-        for app_id, index in keys:
-            if ports := mine.get(app_id):
-                # The port it was given before: the first of its own on its probe path.
-                start = low + _start(app_id, index, size)
-                keep = min(ports, key=lambda p: (p - start) % size)
-                ports.discard(keep)
-                out[(app_id, index)] = keep
-    kept = set(out.values())
-    taken = skip | kept | {s.port for a in apps for s in a.services
-                               if s.port and not s.auto_port and s.port not in kept}
+    out: dict[tuple[str, int], int] = {}
+    short: list[tuple[str, int]] = []  # in key order
+    for app_id, group in itertools.groupby(keys, key=itemgetter(0)):
+        kept, left = _keep(app_id, [i for _, i in group], mine.get(app_id, set()), low, size)
+        out.update(((app_id, i), p) for i, p in kept.items())
+        short += [(app_id, i) for i in left]
+    taken = skip | set(out.values()) | {p for a in apps for p in named_ports(a)}
     warnings: list[str] = []
-    for app_id, index in keys:
-        if (app_id, index) in out:
-            continue
-        start = _start(app_id, index, size) if size else 0
-        port = next((low + (start + k) % size for k in range(size)
-                     if low + (start + k) % size not in taken), None)
+    for app_id, index in short:
+        port = _probe(app_id, index, low, size, taken.__contains__)
         if port is None:
             warnings.append(f"app {app_id}: service port index {index} has no service port "
                             f"and the IP-per-task range {low}-{high} has none left (set label "
@@ -84,19 +87,49 @@ def assign_ports(apps: Sequence[App], low: int, high: int, reserved: Iterable[in
     return out, warnings
 
 
+def _keep(app_id: str, indices: Iterable[int], mine: set[int], low: int, size: int
+          ) -> tuple[dict[int, int], list[int]]:
+    """The ports the services ``indices`` (ascending) of ``app_id`` keep of the ports it
+    holds (``mine``: in the range, not reserved; used up): each the first of its own on
+    its probe path. Returns index → port, and the indices left without one."""
+    kept: dict[int, int] = {}
+    short: list[int] = []
+    for index in indices:
+        if mine:
+            start = low + _start(app_id, index, size)
+            keep = min(mine, key=lambda p: (p - start) % size)
+            mine.discard(keep)
+            kept[index] = keep
+        else:
+            short.append(index)
+    return kept, short
+
+
+def _probe(app_id: str, index: int, low: int, size: int, taken: Callable[[int], bool]
+           ) -> int | None:
+    """The first port on the probe path of ``app_id``'s service ``index`` not ``taken``."""
+    start = _start(app_id, index, size) if size else 0
+    return next((low + (start + k) % size for k in range(size)
+                 if not taken(low + (start + k) % size)), None)
+
+
 def _start(app_id: str, index: int, size: int) -> int:
     return zlib.crc32(f"{app_id}#{index}".encode()) % size
 
 
-def with_ports(app: App, ports: dict[tuple[str, int], int],
+def with_ports(app: App, ports: Mapping[tuple[str, int], int],
                span: tuple[int, int] = (0, 0)) -> App:
     """``app`` with its assigned service ports filled in (marked ``auto_port``); a
     service the range ``span`` had no port left for is a problem of the app (/status)."""
     if not needs_port(app):
         return app
     key = _key(app)
-    services = tuple(replace(s, port=ports.get((key, s.index), 0), auto_port=True)
-                     if s.auto_port or not s.port else s for s in app.services)
+    if all(s.auto_port and s.port == ports.get((key, s.index), 0)
+           for s in app.services if s.auto_port or not s.port):
+        services = app.services  # (an app whose ports stay: nothing to copy and compare)
+    else:
+        services = tuple(replace(s, port=ports.get((key, s.index), 0), auto_port=True)
+                         if s.auto_port or not s.port else s for s in app.services)
     # Recomputed each time: a port freed since (or a wider range) ends the problem.
     problems = tuple(p for p in app.problems if p.reason != "port_range")
     if span[0]:
@@ -110,14 +143,17 @@ def with_ports(app: App, ports: dict[tuple[str, int], int],
     return replace(app, services=services, problems=problems)
 
 
+def _reserved(settings: Settings) -> set[int]:
+    return {settings.stats_port, settings.http_port, settings.https_port,
+            settings.app_id_port} - {0}
+
+
 def assign_all(apps: Sequence[App], settings: Settings,
                held: Mapping[int, str] | None = None) -> tuple[list[App], list[str]]:
     """Every app with its IP-per-task service ports filled in from the settings' range
     (``held``: port → the app holding it now, which keeps it)."""
     low, high = settings.ip_per_task_ports
-    reserved = {settings.stats_port, settings.http_port, settings.https_port,
-                settings.app_id_port} - {0}
-    ports, _ = assign_ports(apps, low, high, reserved, held)  # shortfalls: problems
+    ports, _ = assign_ports(apps, low, high, _reserved(settings), held)  # shortfalls: problems
     return [with_ports(a, ports, (low, high)) for a in apps], []
 
 
@@ -130,3 +166,188 @@ def assign_one(app: App, others: Sequence[App], settings: Settings,
     moved = [after for before, after in zip(others, assigned, strict=False)
              if after is not before]
     return assigned[-1], moved, warnings
+
+
+@dataclass
+class _Share:
+    """One owner's part of the assignment (:func:`_keep`): index → the port it keeps of
+    those it holds, and the indices left to probe for one."""
+
+    ports: dict[int, int]
+    short: list[int]
+
+
+class PortBook:
+    """:func:`assign_one` of one app among every other app a :class:`~.state.ClusterState`
+    holds, worked out from what changed since the last one instead of from every app: a
+    refetch of one app read every app's services (9.5 ms at 10,000 apps; 22 ms when half
+    of them are IP-per-task apps needing ports).
+
+    The state tells it as apps come, are redefined and go (:meth:`update`), and as the
+    ports an owner holds change (:meth:`held_changed`). It keeps, for the apps that need
+    ports, each owner's part (the ports its services keep of those it holds: a function
+    of its own services and ports alone), the owners left with services to probe for a
+    port (whose results depend on everyone's), and the apps whose ports may differ from
+    what the assignment says now (``_check``). Answers equal :func:`assign_one`'s over
+    every app (tests/unit/test_portassign.py compares them)."""
+
+    def __init__(self) -> None:
+        self._came = 0
+        self._order: dict[str, int] = {}  # app id -> when it came (the state's dict order)
+        self._named: dict[int, int] = {}  # port -> the services naming it themselves
+        self._needs: dict[str, tuple[str, tuple[int, ...]]] = {}  # app -> (owner, indices)
+        self._members: dict[str, set[str]] = {}  # owner (_key) -> its apps needing ports
+        self._shares: dict[str, _Share] = {}  # owner -> its part, while up to date
+        self._kept: dict[int, str] = {}  # port -> the owner keeping it (of _shares)
+        self._short: set[str] = set()  # owners (of _shares) with indices left to probe
+        self._stale: set[str] = set()  # owners whose part is to be worked out again
+        self._check: set[str] = set()  # apps needing ports that may have moved
+        self._span: tuple[int, int, frozenset[int]] | None = None
+
+    def update(self, before: App | None, after: App | None) -> None:
+        """An app came (``before`` None), was redefined, or went (``after`` None)."""
+        named = self._named
+        if before is not None:
+            for port in named_ports(before):
+                if left := named[port] - 1:
+                    named[port] = left
+                else:
+                    del named[port]
+            if (need := self._needs.pop(before.id, None)) is not None:
+                members = self._members[need[0]]
+                members.discard(before.id)
+                if not members:
+                    del self._members[need[0]]
+                self._touch(need[0])
+        if after is None:
+            if before is not None:
+                self._order.pop(before.id, None)
+                self._check.discard(before.id)
+            return
+        if after.id not in self._order:
+            self._order[after.id] = self._came
+            self._came += 1
+        for port in named_ports(after):
+            named[port] = named.get(port, 0) + 1
+        if indices := needs_port(after):
+            owner = _key(after)
+            self._needs[after.id] = (owner, tuple(indices))
+            self._members.setdefault(owner, set()).add(after.id)
+            self._touch(owner)
+        else:
+            self._check.discard(after.id)
+
+    def held_changed(self, owner: str) -> None:
+        """The ports ``owner`` holds changed (Ownership's claims)."""
+        if owner in self._members or owner in self._shares:
+            self._touch(owner)
+
+    def _touch(self, owner: str) -> None:
+        self._stale.add(owner)
+        self._check |= self._members.get(owner, set())
+
+    def assign(self, app: App, apps: Mapping[str, App], settings: Settings,
+               held: Mapping[int, str] | None,
+               held_of: Callable[[str], Iterable[int]] | None = None
+               ) -> tuple[App, list[App], list[str]]:
+        """:func:`assign_one` of ``app`` among every other app of ``apps`` (the state's,
+        which this book follows, in their order) with the ports ``held`` now; ``held_of``
+        gives the ports one owner holds (its inverse). Without it (before the first full
+        sync, when the owners file's ports are held too, and there are no apps yet),
+        :func:`assign_one` itself."""
+        if held_of is None:
+            return assign_one(app, [a for i, a in apps.items() if i != app.id], settings,
+                              held)
+        low, high = settings.ip_per_task_ports
+        reserved = _reserved(settings)
+        size = high - low + 1 if low and high >= low else 0
+        if (low, high, frozenset(reserved)) != self._span:  # (the first time)
+            self._span = (low, high, frozenset(reserved))
+            self._shares.clear()
+            self._kept.clear()
+            self._short.clear()
+            self._stale = set(self._members)
+            self._check = set(self._needs)
+
+        def share(owner: str, indices: Iterable[int]) -> _Share:
+            mine = {p for p in held_of(owner) if low <= p <= high and p not in reserved} \
+                if size else set()
+            return _Share(*_keep(owner, indices, mine, low, size))
+
+        for owner in self._stale:  # worked out again, as the apps and held ports are now
+            old = self._shares.pop(owner, None)
+            for port in old.ports.values() if old else ():
+                if self._kept.get(port) == owner:
+                    del self._kept[port]
+            self._short.discard(owner)
+            if members := self._members.get(owner):
+                new = self._shares[owner] = share(owner, sorted(
+                    {i for m in members for i in self._needs[m][1]}))
+                self._kept.update(dict.fromkeys(new.ports.values(), owner))
+                if new.short:
+                    self._short.add(owner)
+        self._stale.clear()
+        # The parts of the owners of ``app`` (before and now), with it in place of before.
+        indices = needs_port(app)
+        need = (_key(app), tuple(indices)) if indices else None
+        ours: dict[str, _Share] = {}
+        for owner in {n[0] for n in (self._needs.get(app.id), need) if n is not None}:
+            wanted = {i for m in self._members.get(owner, ()) if m != app.id
+                      for i in self._needs[m][1]}
+            if need is not None and need[0] == owner:
+                wanted.update(need[1])
+            ours[owner] = share(owner, sorted(wanted))
+        ours_kept = {p for s in ours.values() for p in s.ports.values()}
+        named = _Named(self._named, apps.get(app.id), app)
+        probed: set[int] = set()
+
+        def taken(port: int) -> bool:
+            owner = self._kept.get(port)
+            return (port in reserved or (owner is not None and owner not in ours)
+                    or port in ours_kept or port in probed or port in named)
+
+        ports: dict[tuple[str, int], int] = {}
+        short = [(o, i) for o in self._short if o not in ours for i in self._shares[o].short]
+        short += [(o, i) for o, s in ours.items() for i in s.short]
+        for owner, index in sorted(short):
+            if (found := _probe(owner, index, low, size, taken)) is not None:
+                probed.add(found)
+                ports[(owner, index)] = found
+
+        def ports_of(owner: str) -> None:
+            if (s := ours.get(owner) or self._shares.get(owner)) is not None:
+                ports.update(((owner, i), p) for i, p in s.ports.items())
+
+        # Who may have moved: apps changed since they were looked at, of an owner whose
+        # services probe (their ports depend on everyone's), or of ``app``'s owners.
+        involved = {m for o in ours for m in self._members.get(o, ())}
+        suspects = self._check | involved \
+            | {m for o in self._short if o not in ours for m in self._members[o]}
+        suspects.discard(app.id)
+        moved = []
+        for other in sorted(suspects, key=self._order.__getitem__):
+            before = apps[other]
+            ports_of(self._needs[other][0])
+            after = with_ports(before, ports, (low, high))
+            if after is not before:
+                moved.append(after)
+        for owner in ours:
+            ports_of(owner)
+        # Looked at again next time: the ones that moved (until the state has them), and
+        # the apps of ``app``'s owners (judged with ``app`` as it is here).
+        self._check = {a.id for a in moved} | involved | (self._check & {app.id})
+        return with_ports(app, ports, (low, high)), moved, []
+
+
+class _Named:
+    """The ports a :class:`PortBook`'s apps name themselves, ``app`` in ``before``'s place."""
+
+    def __init__(self, counts: Mapping[int, int], before: App | None, app: App) -> None:
+        self._counts = counts
+        self._less: dict[int, int] = {}
+        for port in named_ports(before) if before is not None else ():
+            self._less[port] = self._less.get(port, 0) + 1
+        self._more = set(named_ports(app))
+
+    def __contains__(self, port: int) -> bool:
+        return port in self._more or self._counts.get(port, 0) > self._less.get(port, 0)

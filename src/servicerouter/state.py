@@ -34,6 +34,7 @@ from .model import (
 )
 from .owners import Owners
 from .ownership import Freed, Ownership
+from .portassign import PortBook
 
 log = logging.getLogger("servicerouter.state")
 
@@ -48,8 +49,10 @@ class ClusterState:
         self.desired: dict[str, DesiredService] = {}
         self.facts = Facts()
         self._backends: dict[str, tuple[str, ...]] = {}  # app id -> backend names
+        # The apps' share of an IP-per-task port assignment, kept as apps come and go.
+        self._ports = PortBook()
         # Who holds which service port, virtual host and certificate file, who waits.
-        self._ownership = Ownership(settings, self._claim_order)
+        self._ownership = Ownership(settings, self._claim_order, self._ports.held_changed)
         # backend -> (service as rendered, problem): left out after HAProxy refused it;
         # let back in when the app's definition of that service changes.
         self.excluded: dict[str, tuple[Service, Problem]] = {}
@@ -264,19 +267,31 @@ class ClusterState:
         return self._groups.deployment(group)
 
     def set_app(self, app: App) -> set[str]:
-        if app.id not in self.apps:
+        before = self.apps.get(app.id)
+        if before is None:
             self._groups.count_inside(app.id, 1)
+        self._ports.update(before, app)
         self.apps[app.id] = app
         return self._regroup(app.id)
 
     def remove_app(self, app_id: str) -> set[str]:
-        if self.apps.pop(app_id, None) is None:
+        if (before := self.apps.pop(app_id, None)) is None:
             # Unknown, or never parsed since a restart: what the owners file handed it
             # back (replace_all's ``keep``) it lets go now.
             return self._refresh(app_id) if app_id in self._ownership.unclaimed_prior() \
                 else set()
+        self._ports.update(before, None)
         self._groups.count_inside(app_id, -1)
         return self._regroup(app_id)
+
+    def assign_ports(self, app: App) -> tuple[App, list[App], list[str]]:
+        """:func:`~.portassign.assign_one` of ``app`` (re)defined among the apps here, with
+        the ports held now: ``app``'s IP-per-task ports, the apps whose ports it moved,
+        and warnings. Worked out from what changed since the last one
+        (:class:`~.portassign.PortBook`), not from every app."""
+        # (Before the first full sync the held ports are the owners file's too: read whole.)
+        held_of = self._ownership.ports_of if self.apps else None
+        return self._ports.assign(app, self.apps, self.settings, self.held_ports(), held_of)
 
     def _regroup(self, app_id: str, judge_claimants: bool = True) -> set[str]:
         """After ``app_id`` changed or left: its deployment group membership (judged by

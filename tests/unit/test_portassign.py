@@ -145,3 +145,69 @@ def test_an_exhausted_range_is_a_problem_in_status_not_only_a_log_line() -> None
     # The greedy app gone, the late one gets a port and its problem ends.
     (late,), _ = assign_all([late], settings)
     assert late.services[0].port and not late.problems
+
+
+
+def test_a_states_assignment_of_one_app_is_assign_one_among_all_its_apps() -> None:
+    """ClusterState.assign_ports (a one-app refetch, worked out by its PortBook from what
+    changed) answers as assign_one over every other app did: the app's ports, the apps it
+    moved (in the state's order) and the warnings, as apps come, are redefined (needing
+    ports, naming ports of the range, or neither) and go, among held, unheld and named
+    ports and deployment group members sharing their ports; also when an answer is not
+    applied."""
+    from servicerouter.deployments import GROUP, STARTED_AT
+
+    settings = Settings(ip_per_task_ports=(10050, 10059), stats_port=10055, http_port=0,
+                        https_port=0)
+    for seed in range(4):
+        rng = random.Random(seed)
+
+        def some_app(app_id: str, rng: random.Random = rng) -> App:
+            kind = rng.randrange(4)
+            if kind == 0:  # names a port of the range, or of none
+                return _app(app_id, (rng.choice([10050 + rng.randrange(10), 11000]),),
+                            NetworkMode.HOST)
+            ports = tuple(rng.choice([0, 0, 10050 + rng.randrange(10)])
+                          for _ in range(rng.randrange(1, 3)))
+            app = _app(app_id, ports)
+            if kind == 1:  # a blue/green member: its ports are its group's
+                return App(app.id, labels={GROUP: "shop/web", STARTED_AT:
+                                           f"2024-05-01T1{rng.randrange(10)}:00:00"},
+                           network=app.network, services=app.services)
+            return app
+
+        ids = [f"/t{i % 3}/app{i}" for i in range(14)] + ["/shop/web-blue", "/shop/web-green"]
+        state = ClusterState(settings)
+        assigned, _ = assign_all([some_app(i) for i in ids[:10]], settings,
+                                 state.held_ports())
+        state.replace_all(assigned)
+
+        def old_way(app: App, state: ClusterState = state) -> tuple[App, list[App], list[str]]:
+            return assign_one(app, [a for i, a in state.apps.items() if i != app.id],
+                              settings, state.held_ports())
+
+        moved_most, short = 0, 0
+        for step in range(300):
+            app_id = rng.choice(ids)
+            if app_id in state.apps and rng.random() < 0.15:
+                state.remove_app(app_id)
+                continue
+            app = some_app(app_id)
+            got = state.assign_ports(app)
+            assert got == old_way(app), (seed, step, app)
+            moved_most = max(moved_most, len(got[1]))
+            short += any(p.reason == "port_range" for a in state.apps.values()
+                         for p in a.problems)
+            if rng.random() < 0.1:
+                continue  # asked, not applied
+            state.set_app(got[0])  # as a refetch does; the next one sees it
+            for other in got[1]:
+                state.set_app(other)
+        assert moved_most >= 2  # the order of the moved apps was compared too
+        assert short > 30  # and apps the range had no port for
+
+    # Before the first full sync: the owners file's ports are held too.
+    restarted = ClusterState(settings)
+    restarted.restore_owners(state.owners())
+    got = restarted.assign_ports(_app("/t0/app0", (0, 0)))
+    assert got == assign_one(_app("/t0/app0", (0, 0)), [], settings, restarted.held_ports())
