@@ -192,8 +192,6 @@ class PortBook:
     every app (tests/unit/test_portassign.py compares them)."""
 
     def __init__(self) -> None:
-        self._came = 0
-        self._order: dict[str, int] = {}  # app id -> when it came (the state's dict order)
         self._named: dict[int, int] = {}  # port -> the services naming it themselves
         self._needs: dict[str, tuple[str, tuple[int, ...]]] = {}  # app -> (owner, indices)
         self._members: dict[str, set[str]] = {}  # owner (_key) -> its apps needing ports
@@ -221,12 +219,8 @@ class PortBook:
                 self._touch(need[0])
         if after is None:
             if before is not None:
-                self._order.pop(before.id, None)
                 self._check.discard(before.id)
             return
-        if after.id not in self._order:
-            self._order[after.id] = self._came
-            self._came += 1
         for port in named_ports(after):
             named[port] = named.get(port, 0) + 1
         if indices := needs_port(after):
@@ -246,15 +240,15 @@ class PortBook:
         self._stale.add(owner)
         self._check |= self._members.get(owner, set())
 
-    def assign(self, app: App, apps: Mapping[str, App], settings: Settings,
-               held: Mapping[int, str] | None,
+    def assign(self, app: App, apps: Mapping[str, App], order: Mapping[str, int],
+               settings: Settings, held: Mapping[int, str] | None,
                held_of: Callable[[str], Iterable[int]] | None = None
                ) -> tuple[App, list[App], list[str]]:
         """:func:`assign_one` of ``app`` among every other app of ``apps`` (the state's,
-        which this book follows, in their order) with the ports ``held`` now; ``held_of``
-        gives the ports one owner holds (its inverse). Without it (before the first full
-        sync, when the owners file's ports are held too, and there are no apps yet),
-        :func:`assign_one` itself."""
+        which this book follows; ``order``: app id -> its place there) with the ports
+        ``held`` now; ``held_of`` gives the ports one owner holds (its inverse). Without
+        it (before the first full sync, when the owners file's ports are held too, and
+        there are no apps yet), :func:`assign_one` itself."""
         if held_of is None:
             return assign_one(app, [a for i, a in apps.items() if i != app.id], settings,
                               held)
@@ -325,7 +319,7 @@ class PortBook:
             | {m for o in self._short if o not in ours for m in self._members[o]}
         suspects.discard(app.id)
         moved = []
-        for other in sorted(suspects, key=self._order.__getitem__):
+        for other in sorted(suspects, key=order.__getitem__):
             before = apps[other]
             ports_of(self._needs[other][0])
             after = with_ports(before, ports, (low, high))

@@ -948,3 +948,100 @@ def test_a_certificate_rotated_between_syncs_is_judged_before_haproxy_loads_it(
     assert "is a certificate for shop.example.com, which belongs to group /teama" in p.message
     db.write_bytes(pem("db.example.net"))  # rotated back: nobody else holds it
     assert guard.recheck_certs() == set()  # not routed: its next full sync judges it
+
+
+class _FactsReadWhole(ClusterState):
+    """set_facts as it was: every fact copied and compared, every app's services read."""
+
+    def set_facts(self, facts: Facts) -> set[str]:
+        old, self.facts = self.facts, self.facts.merged(facts)
+        self._ownership.share_certs(
+            {f.path for f in self.facts.certs.values() if f.shared and f.path})
+        changed_certs = {k for k, v in self.facts.certs.items() if old.certs.get(k) != v}
+        changed_addrs = {k for k, v in self.facts.addresses.items()
+                         if old.addresses.get(k) != v}
+        if not changed_certs and not changed_addrs:
+            return set()
+        dirty: set[str] = set()
+        for a in self._groups.definitions():
+            if any(s.options.ssl_cert in changed_certs or s.options.bind_address in changed_addrs
+                   for s in a.services):
+                for name in [n for n, (svc, _) in self.excluded.items() if svc.app_id == a.id]:
+                    del self.excluded[name]
+                dirty |= self._refresh(a.id)
+        return dirty
+
+
+def test_new_facts_re_admit_the_apps_naming_them_as_a_pass_over_every_app_did() -> None:
+    """set_facts merges in place and finds the apps naming a changed certificate file or
+    bind address through the state's index (not a pass over every app): what it returns,
+    and the state it leaves (routed services, problems, exclusions, owners, facts, the
+    operator's shared files), equal those of the pass over every app, step by step, as
+    apps (blue/green members, a live app with a group's id) and facts come and go."""
+    import random
+
+    from servicerouter.deployments import GROUP, STARTED_AT
+
+    settings = Settings(http_port=0, https_port=8443)
+    certs = ["/c/a.pem", "/c/b.pem", "/c/alias.pem", "/c/op.pem", "/c/odd.pem"]
+    hosts = ["a.example.com", "b.example.com", "shop.example.com"]
+    ids = ["/t1/web", "/t1/api", "/t2/web", "/t3/x", "/web", "/web-blue", "/web-green",
+           "/t1/web-blue", "/t1/web-green"]
+    for seed in range(6):
+        rng = random.Random(seed)
+        new, old = ClusterState(settings), _FactsReadWhole(settings)
+
+        def some_app(app_id: str, rng: random.Random = rng) -> App:
+            opts: dict[str, object] = {}
+            if rng.random() < 0.7:
+                opts["ssl_cert"] = rng.choice(certs)
+            if rng.random() < 0.5:
+                opts["vhosts"] = (rng.choice(hosts),)
+            if rng.random() < 0.3:
+                opts["bind_address"] = rng.choice(["127.0.0.1", "192.0.2.7"])
+            a = app(app_id, 10000 + rng.randrange(6), f"2026-01-0{rng.randrange(1, 9)}",
+                    **opts)
+            if "-" in app_id and rng.random() < 0.8:  # a blue/green member
+                group = app_id.rsplit("-", 1)[0].lstrip("/")
+                a = App(a.id, a.version, {GROUP: group, STARTED_AT: a.version + "T00:00:00"},
+                        services=a.services, tasks=a.tasks)
+            return a
+
+        def some_facts(rng: random.Random = rng) -> Facts:
+            picked = rng.sample(certs, rng.randrange(1, 4))
+            return Facts(
+                certs={c: CertFact(None, "cannot be opened") if rng.random() < 0.2 else
+                       CertFact("/c/a.pem" if c == "/c/alias.pem" else c, None,
+                                (rng.randrange(3), 1), c == "/c/op.pem" or rng.random() < 0.1,
+                                None if c == "/c/odd.pem" else (rng.choice(hosts),))
+                       for c in picked},
+                addresses={b: rng.random() < 0.5 for b in
+                           rng.sample(["127.0.0.1", "192.0.2.7"], rng.randrange(0, 3))})
+
+        refreshed = 0
+        for step in range(250):
+            roll = rng.random()
+            if roll < 0.35:
+                facts = some_facts()
+                dirty = new.set_facts(facts)
+                assert dirty == old.set_facts(facts), (seed, step)
+                refreshed += bool(dirty)
+            elif roll < 0.85:
+                a = some_app(rng.choice(ids))
+                assert new.set_app(a) == old.set_app(a), (seed, step)
+            elif roll < 0.95:
+                app_id = rng.choice(ids)
+                assert new.remove_app(app_id) == old.remove_app(app_id), (seed, step)
+            elif new.desired:
+                name = rng.choice(sorted(new.desired))
+                d = new.desired[name]
+                problem = Problem(d.service.app_id, d.service.index, "haproxy_rejected",
+                                  f"backend {name}", "x", "rejected")
+                assert new.exclude(name, problem) == old.exclude(name, problem)
+            assert (new.desired, new.problems, new.excluded) == \
+                (old.desired, old.problems, old.excluded), (seed, step)
+            assert new.owners() == old.owners(), (seed, step)
+            assert (dict(new.facts.certs), dict(new.facts.addresses)) == \
+                (dict(old.facts.certs), dict(old.facts.addresses))
+            assert new._ownership._shared_certs == old._ownership._shared_certs
+        assert refreshed > 10, seed  # facts that changed what was routed
