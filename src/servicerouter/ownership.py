@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, KeysView, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .admission import port_label, vhost_owner
 from .claims import Claims
@@ -24,6 +25,15 @@ from .owners import Owners
 
 Freed = tuple[set[int], set[str], set[str]]
 """Ports, virtual hosts and certificate files let go."""
+T = TypeVar("T")
+
+
+def _forget(waiting: dict[T, set[str]], alive: Callable[[str], bool]) -> None:
+    """Drop the apps not ``alive`` from ``waiting`` (thing -> apps waiting for it)."""
+    for thing, apps in list(waiting.items()):
+        apps -= {a for a in apps if not alive(a)}
+        if not apps:
+            del waiting[thing]
 
 
 @dataclass
@@ -188,6 +198,15 @@ class Ownership:
         waiters |= self._certs.waiters(certs)
         waiters |= self._hosts.waiters(hosts)
         return waiters
+
+    def forget_waiters(self, alive: Callable[[str], bool]) -> None:
+        """Stop keeping the apps that are not ``alive`` (gone from Marathon) among those
+        waiting for a port, host or certificate file: nobody let go of what they waited
+        for, and an app refused a taken host, deleted, stayed listed until the host was
+        let go, one more id per such app (a CI build, say) for the daemon's lifetime."""
+        _forget(self._waiting, alive)
+        _forget(self._hosts.waiting, alive)
+        _forget(self._certs.waiting, alive)
 
     def owners(self) -> Owners:
         """Who owns each service port, virtual host and certificate file now."""

@@ -430,6 +430,9 @@ class ClusterState:
         for app_id in sorted(self._ownership.unclaimed_prior() - fresh.keys() - keep
                              - self.apps.keys()):
             dirty |= self._refresh(app_id)
+        # Apps gone since they were refused something wait for it no more (_wake passes
+        # them by): kept, each one deleted stayed in memory until that was let go.
+        self._ownership.forget_waiters(lambda a: a in self.apps or self.app(a) is not None)
         return dirty
 
     @staticmethod

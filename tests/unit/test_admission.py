@@ -1045,3 +1045,30 @@ def test_new_facts_re_admit_the_apps_naming_them_as_a_pass_over_every_app_did() 
                 (dict(old.facts.certs), dict(old.facts.addresses))
             assert new._ownership._shared_certs == old._ownership._shared_certs
         assert refreshed > 10, seed  # facts that changed what was routed
+
+
+def test_apps_refused_something_and_deleted_are_not_kept_waiting_for_it() -> None:
+    """An app refused a taken port or host stays listed as waiting for it until it is
+    let go; deleted, it stayed listed too, one more id per such app (a CI build naming
+    a team's host) for as long as the owner keeps it. A full sync forgets the apps
+    gone; the ones still in Marathon get what they wait for when it is let go."""
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    owner = app("/teama/web", 10001, vhosts=("shop.example.com",))
+    s.set_app(owner)
+    for k in range(50):
+        s.set_app(app(f"/ci/port{k}", 10001))  # the port is taken
+        s.set_app(app(f"/ci/host{k}", 11000 + k, vhosts=("shop.example.com",)))
+        s.remove_app(f"/ci/port{k}")
+        s.remove_app(f"/ci/host{k}")
+    waiting = app("/teamb/web", 12000, vhosts=("shop.example.com",))
+    s.replace_all([owner, waiting])
+
+    def waiters() -> set[str]:
+        o = s._ownership
+        return {a for held in (o._waiting, o._hosts.waiting, o._certs.waiting)
+                for apps in held.values() for a in apps}
+
+    assert waiters() == {"/teamb/web"}
+    assert reasons(s, "/teamb/web") == ["vhost_taken"]
+    s.replace_all([waiting])  # the owner is deleted: the one waiting gets the host
+    assert set(s.desired) == {"teamb_web_12000"} and not s.problems
