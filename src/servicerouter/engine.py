@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import owners
+from . import owners, pool
 from .applylog import runtime_lines
 from .gauges import Gauges
 from .guard import Guard
@@ -49,6 +49,7 @@ from .marathon.parse import Resolver
 from .marathon_health import MarathonHealth
 from .metrics import Metrics
 from .planner import Plan, ReloadReason, plan
+from .rangeindex import RangeIndex
 from .reconcile import Reconciler
 from .refetch import AppRefetcher, SingleFlight
 from .reload import ConfigWriter, Reloader, ReloadPipeline, write_maps
@@ -98,7 +99,10 @@ class Engine:
         self.metrics = metrics
         self.resolve = resolve
         self.state = ClusterState(config.settings)
-        self.layout: Layout = {}
+        # Range mode: what pool.py derives from the layout, kept as it changes (_commit).
+        self.range_index = RangeIndex(config.settings) \
+            if pool.range_on(config.settings) else None
+        self._layout: Layout = {}
         self.table: SlotTable = {}
         self.running_config: str | None = None
         self.last_reload: tuple[float, str] | None = None  # (unix time, reason)
@@ -133,6 +137,17 @@ class Engine:
         self.gauges = Gauges(self)
         self.ready = asyncio.Event()  # set after the first good config is live
         self._owners_saved = 0  # the state's owners_version last written to owners_file
+
+    @property
+    def layout(self) -> Layout:
+        """The backends HAProxy has (reload.py replaces it, :meth:`_commit` changes it)."""
+        return self._layout
+
+    @layout.setter
+    def layout(self, layout: Layout) -> None:
+        self._layout = layout
+        if self.range_index is not None:
+            self.range_index.reset(layout)
 
     # ---------------------------------------------------------------- inputs
     def mark(self, dirty: set[str], event_time: float | None = None) -> None:
@@ -323,7 +338,7 @@ class Engine:
             self.changed_at.update(dict.fromkeys(dirty, self.change_seq))
             try:
                 p = plan(self.layout, self.table, self.state.desired, dirty,
-                         self.config.settings)
+                         self.config.settings, self.range_index)
                 self.batch_plan_error = None
             except Exception as exc:  # outside any one backend's planning: a bug
                 self._batch_plan_failed(exc, len(dirty))
@@ -416,16 +431,21 @@ class Engine:
 
     def _commit(self, p: Plan) -> None:
         self.table.update(p.slots)
+        layout, index = self.layout, self.range_index
         for name, shape in p.layout.items():  # range mode: spares taken and returned
             if shape is None:
-                self.layout.pop(name, None)
+                layout.pop(name, None)
                 self.table.pop(name, None)
             else:
-                self.layout[name] = shape
+                layout[name] = shape
+            if index is not None:
+                index.put(name, shape)
         if p.layout and not self.reload_pipeline.loading:
-            self.write_maps(self.layout)  # a restarted worker reads the same maps
+            self.write_maps(layout)  # a restarted worker reads the same maps
         for name, size in p.grown.items():
-            self.layout[name] = replace(self.layout[name], slots=size)
+            layout[name] = replace(layout[name], slots=size)
+            if index is not None:
+                index.put(name, layout[name])
         self.runtime_updates += len(p.slots)
 
     async def execute(self, commands: list[str]) -> bool:
@@ -478,4 +498,5 @@ class Engine:
 
     def write_maps(self, layout: Layout) -> None:
         """Range mode: write the map files of ``layout`` (see :func:`reload.write_maps`)."""
-        write_maps(self.writer, layout, self.config.settings)
+        write_maps(self.writer, layout, self.config.settings,
+                   self.range_index if layout is self.layout else None)

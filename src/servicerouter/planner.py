@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import pool
 from .haproxy.render import server_params
@@ -31,6 +32,9 @@ from .haproxy.runtime_parse import ServerState
 from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
 from .model import Endpoint, EndpointState
 from .naming import slot_name
+
+if TYPE_CHECKING:
+    from .rangeindex import RangeIndex
 
 
 class ReloadReason(str, enum.Enum):
@@ -208,15 +212,16 @@ def plan_backend(shape: BackendShape, current: Sequence[Endpoint | None],
 
 
 def plan(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService],
-         dirty: Iterable[str], settings: Settings | None = None) -> Plan:
+         dirty: Iterable[str], settings: Settings | None = None,
+         index: RangeIndex | None = None) -> Plan:
     """Plan the backends in ``dirty`` (names of services that may have changed).
 
     With ``settings`` in range mode, apps arriving, leaving or changing vhosts are map
-    commands too (:func:`.planrange.plan_range`)."""
+    commands too (:func:`.planrange.plan_range`, with ``layout``'s ``index``)."""
     if settings is not None and pool.range_on(settings):
         from .planrange import plan_range  # it builds on this module
 
-        return plan_range(layout, table, desired, dirty, settings)
+        return plan_range(layout, table, desired, dirty, settings, index)
     vouched = settings.health_check if settings is not None else True
     result = Plan()
     for name in sorted(set(dirty)):

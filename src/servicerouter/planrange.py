@@ -16,12 +16,14 @@ from .layout import BackendShape, DesiredService, Layout, Settings, SlotTable
 from .model import Endpoint, Options, Service
 from .naming import slot_name
 from .planner import Plan, ReloadReason, plan_backend
+from .rangeindex import RangeIndex
 
 _FREE_SLOT = FREE_SLOT_ADDRESS.split(":")[0], int(FREE_SLOT_ADDRESS.split(":")[1])
 
 
 def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredService],
-               dirty: Iterable[str], settings: Settings) -> Plan:
+               dirty: Iterable[str], settings: Settings, index: RangeIndex | None = None
+               ) -> Plan:
     """:func:`.planner.plan` in range mode. A new app whose service the port map can route takes
     a spare of its shape: slots first, then the map entries (it is never routed to an
     empty backend). A removed one loses its map entries first, then its slots go to
@@ -31,7 +33,10 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
     backend's slots, then the map entry, then the old backend's slots to maint and the
     old backend back to the pool. A vhost change is a host map change when the vhost
     ACLs that remain stay the same; otherwise, a reload and why. An entry whose planning
-    raises is left to a reload (``plan_error``), the others go on."""
+    raises is left to a reload (``plan_error``), the others go on.
+
+    ``index``: the :class:`~.rangeindex.RangeIndex` of ``layout``, which answers what
+    this otherwise reads from every entry (the free spares, the vhost routes)."""
     result = Plan()
     dirty = sorted(set(dirty))
     free: dict[Options, list[BackendShape]] | None = None
@@ -39,7 +44,11 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
     def spares_of(key: Options) -> list[BackendShape]:
         """The free spares of shape ``key``, lowest name last (gathered once a plan)."""
         nonlocal free
-        if free is None:
+        if index is not None:  # only this shape's
+            free = {} if free is None else free
+            if key not in free:
+                free[key] = index.spares(key)
+        elif free is None:
             free = {}
             for held in layout.values():
                 if pool.is_spare(held):
@@ -175,17 +184,23 @@ def plan_range(layout: Layout, table: SlotTable, desired: Mapping[str, DesiredSe
 
     hosts_before: dict[str, str] = {}
     hosts_after: dict[str, str] = {}
-    if vhosted:  # costs a pass over the vhost routes; only when a vhost changes
-        after = dict(layout)
+    if vhosted:  # costs a pass over the vhost routes (without an index); only then
+        merged: dict[str, BackendShape | None] = {}
         for entry_changes in changes.values():
-            for changed_name, value in entry_changes.items():
+            merged.update(entry_changes)
+        if index is not None:
+            same, hosts_before, hosts_after = index.host_change(merged)
+        else:
+            after = dict(layout)
+            for changed_name, value in merged.items():
                 if value is None:
                     after.pop(changed_name, None)
                 else:
                     after[changed_name] = value
-        hosts_before, acl_before = pool.host_routes(layout, settings)
-        hosts_after, acl_after = pool.host_routes(after, settings)
-        if acl_before != acl_after:  # the vhost part needs the config: all of it reloads
+            hosts_before, acl_before = pool.host_routes(layout, settings)
+            hosts_after, acl_after = pool.host_routes(after, settings)
+            same = acl_before == acl_after
+        if not same:  # the vhost part needs the config: all of it reloads
             for name in sorted(vhosted):
                 reload(name, ReloadReason.VHOST_ACL,
                        "a vhost change the host map cannot express (a path, a wildcard, or "

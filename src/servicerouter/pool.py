@@ -184,7 +184,7 @@ def map_files(layout: Layout, settings: Settings) -> dict[str, str]:
     if not range_on(settings):
         return {}
     hosts, _ = host_routes(layout, settings)
-    return {PORTS_MAP: _map_text(ports_map(layout, settings)), HOSTS_MAP: _map_text(hosts),
+    return {PORTS_MAP: map_text(ports_map(layout, settings)), HOSTS_MAP: map_text(hosts),
             SPARES_FILE: spares_text(layout)}
 
 
@@ -221,7 +221,7 @@ def used_maps(layout: Layout, settings: Settings) -> dict[str, dict[str, str]]:
     return out
 
 
-def _map_text(entries: Mapping[str, str]) -> str:
+def map_text(entries: Mapping[str, str]) -> str:
     return "".join(f"{k} {v}\n" for k, v in sorted(entries.items()))
 
 

@@ -26,6 +26,7 @@ from .haproxy.runtime import HAProxyRuntimeError, respell_socket_path
 from .layout import Layout, Settings, SlotTable, build_layout, grace_ms
 from .metrics import RELOAD_STAGES
 from .planner import ReloadReason, health_up
+from .rangeindex import RangeIndex
 from .reloadbudget import ReloadBudget, ReloadGate
 
 if TYPE_CHECKING:
@@ -495,14 +496,17 @@ class ReloadPipeline:
                 log.error("restoring the last good config after a failed reload: %s", exc)
 
 
-def write_maps(writer: ConfigWriter, layout: Layout, settings: Settings) -> None:
+def write_maps(writer: ConfigWriter, layout: Layout, settings: Settings,
+               index: RangeIndex | None = None) -> None:
     """Range mode: write the map files of ``layout`` (what HAProxy holds or is about to
-    load), so that a reload or a restarted worker starts with the runtime maps."""
+    load), so that a reload or a restarted worker starts with the runtime maps
+    (``index``: ``layout``'s, which has them without a pass over every entry)."""
     write = getattr(writer, "write_maps", None)
     if write is None or not pool.range_on(settings):
         return
     try:
-        write(settings.map_dir, pool.map_files(layout, settings))
+        write(settings.map_dir, index.map_files() if index is not None
+              else pool.map_files(layout, settings))
     except OSError as exc:
         log.error("writing the map files in %s: %s; reconcile repairs HAProxy's maps",
                   settings.map_dir, exc)
