@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from . import owners, pool
 from .applylog import runtime_lines
+from .changelog import ChangeLog
 from .gauges import Gauges
 from .guard import Guard
 from .haproxy.render import template_environment
@@ -119,8 +120,7 @@ class Engine:
         # MAX_AWAITING_RELOAD: reloads failing for days under churn grew it without end.
         self.awaiting_reload: list[float] = []
         self.generation = 0  # counts our reloads: a scan from before one is dropped
-        self.change_seq = 0
-        self.changed_at: dict[str, int] = {}  # backend -> change_seq of its last batch
+        self.changes = ChangeLog()  # which backends each batch changed, for the readers
         self.plan_errors: dict[str, str] = {}  # backend -> what planning it raised, logged
         self.batch_plan_error: str | None = None  # what planning a whole batch raised
         self.guard = Guard(self.state, writer, config.settings, config.templates)
@@ -137,6 +137,11 @@ class Engine:
         self.gauges = Gauges(self)
         self.ready = asyncio.Event()  # set after the first good config is live
         self._owners_saved = 0  # the state's owners_version last written to owners_file
+
+    @property
+    def change_seq(self) -> int:
+        """The number of the last batch planned (changelog.py)."""
+        return self.changes.seq
 
     @property
     def layout(self) -> Layout:
@@ -334,8 +339,7 @@ class Engine:
         if dirty:
             # Every backend looked at now, applied or left for a reload, is planned again
             # after a reload whose render began before this (it may lack this change).
-            self.change_seq += 1
-            self.changed_at.update(dict.fromkeys(dirty, self.change_seq))
+            self.changes.record(dirty)
             try:
                 p = plan(self.layout, self.table, self.state.desired, dirty,
                          self.config.settings, self.range_index)

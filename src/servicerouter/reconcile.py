@@ -40,7 +40,7 @@ class Scanned:
     """What one read of ``show servers state`` found: the backends that differ."""
 
     generation: int  # Engine.generation when the read began
-    seq: int  # Engine.change_seq when the read began
+    seq: int  # the ChangeLog number the read began at (repair() ends it)
     suspect: Layout
     actual: list[ServerState]
     maps: bool = True  # range mode: read the maps back too (once a full round)
@@ -127,7 +127,19 @@ class Reconciler:
         e = self.engine
         if not e.layout:
             return None
-        generation, seq = e.generation, e.change_seq
+        seq = e.changes.begin()  # ended by repair(), or here if nothing is found
+        found = None
+        try:
+            found = await self._read(after_reload, keys, maps, seq)
+        finally:
+            if found is None:
+                e.changes.end(seq)
+        return found
+
+    async def _read(self, after_reload: bool, keys: list[str] | None, maps: bool, seq: int
+                    ) -> Scanned | None:
+        e = self.engine
+        generation = e.generation
         # Copies: the apply loop replaces entries while the dump streams in (in range
         # mode a new app takes a spare under another key), and the scan must judge
         # HAProxy against one moment's layout; what changed since is left out by repair.
@@ -163,6 +175,12 @@ class Reconciler:
     async def repair(self, found: Scanned, after_reload: bool = False) -> None:
         """Repair what a scan found, leaving out backends changed since it began; in range
         mode, also the maps (read now, in the apply loop, against the current layout)."""
+        try:
+            await self._repair(found, after_reload)
+        finally:
+            self.engine.changes.end(found.seq)
+
+    async def _repair(self, found: Scanned, after_reload: bool) -> None:
         e = self.engine
         if found.generation != e.generation:
             return  # a reload since: its own reconcile read the new worker
@@ -171,7 +189,7 @@ class Reconciler:
         # the table as it is then, leaving out backends changed since the scan began.
         maps, readable = await self.map_repairs() if found.maps else ([], True)
         layout = {name: shape for name, shape in found.suspect.items()
-                  if e.changed_at.get(name, 0) <= found.seq
+                  if not e.changes.changed_since(name, found.seq)
                   and e.layout.get(name) == shape}
         commands, broken = (reconcile(layout, e.table, found.actual,
                                       e.config.settings.health_check)

@@ -199,6 +199,14 @@ class ReloadPipeline:
 
     async def run(self) -> bool:
         """Render all of the desired state, validate, write, reload, reconcile."""
+        # What this render holds: changes after this point are planned again afterwards.
+        seq = self.engine.changes.begin()
+        try:
+            return await self._run(seq)
+        finally:
+            self.engine.changes.end(seq)
+
+    async def _run(self, seq: int) -> bool:
         e = self.engine
         self.last_started = time.monotonic()
         tenants = self._tenants()  # whose tokens it spends once done (a failure: nobody's)
@@ -219,8 +227,7 @@ class ReloadPipeline:
                   if self.restore_socket else settings.socket_path)
         if socket != settings.socket_path:
             settings = replace(settings, socket_path=socket)
-        # What this render holds: changes after this point are planned again afterwards.
-        seq, pending = e.change_seq, dict(e.pending)
+        pending = dict(e.pending)  # (and what changed since seq is planned again)
         try:  # in a thread (~0.4 s at 10,000 apps) while churn goes on
             layout, table, text = await e.while_applying(asyncio.to_thread(
                 self._build(settings)))
@@ -307,11 +314,12 @@ class ReloadPipeline:
         e.reconciler.worker = self.new_worker  # our reload forked it: no reason to reconcile
         # Changed at runtime while this config was validated and loaded: planned again
         # against what the new worker has from the file, before its reconcile.
-        replan = {name for name, at in e.changed_at.items() if at > seq}
+        replan = e.changes.since(seq)
         e.dirty |= replan
         for name in replan:  # decided again against the new layout, just below: a new app
             e.pending.pop(name, None)  # that came meanwhile may fit a fresh spare now
-        e.generation, e.changed_at = e.generation + 1, {}
+        e.generation += 1
+        e.changes.clear()
         # Its kept session talks to the old worker, which in HAProxy's grace still
         # accepts clients (and queries): it is sent each batch meanwhile, and nothing of
         # ours is answered by it (until the grace is over: retire).

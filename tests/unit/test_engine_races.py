@@ -317,6 +317,26 @@ async def test_a_task_killed_while_a_reloads_reconcile_reads_the_maps_is_not_put
     assert "set server web_20001/s1 state ready" not in runtime.sent[last], runtime.sent
 
 
+async def test_apps_coming_and_going_without_a_reload_leave_no_trace_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Range mode applies a new app and a deleted one at runtime, without a reload: the
+    engine's record of which backends each batch changed (for the reads of HAProxy and
+    the renders in flight) kept one entry per backend name ever changed until the next
+    reload, which need never come (a CI build, created and deleted, every minute)."""
+    from servicerouter import changelog
+
+    monkeypatch.setattr(changelog, "KEEP_AT_LEAST", 8)
+    engine, _, reloader = await range_engine()
+    for i in range(200):
+        engine.mark(engine.state.set_app(range_app(f"/ci/build{i}", 20002, i)))
+        await engine.step()
+        assert f"ci_build{i}_20002" in engine.layout  # routed at runtime
+        engine.mark(engine.state.remove_app(f"/ci/build{i}"))
+        await engine.step()
+    assert reloader.reloads == 1
+    assert len(engine.changes) <= 16
+
+
 async def test_a_bug_in_one_round_of_the_timer_loop_does_not_end_it() -> None:
     """Engine.run gathers its loops only at stop, with return_exceptions=True: a timer
     loop that raised was gone unseen, and with it every full resync, reconcile, worker
