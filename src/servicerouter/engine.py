@@ -137,6 +137,8 @@ class Engine:
         self.gauges = Gauges(self)
         self.ready = asyncio.Event()  # set after the first good config is live
         self._owners_saved = 0  # the state's owners_version last written to owners_file
+        self._owners_file = owners.OwnersFile(config.owners_file) \
+            if config.owners_file is not None else None
 
     @property
     def change_seq(self) -> int:
@@ -327,8 +329,8 @@ class Engine:
     def keep_owners(self) -> None:
         """Write who owns ports and hosts to ``owners_file`` if that changed."""
         version = self.state.owners_version
-        if self.config.owners_file is not None and version != self._owners_saved:
-            owners.save(self.config.owners_file, self.state.owners())  # reports a failure
+        if self._owners_file is not None and version != self._owners_saved:
+            self._owners_file.save(self.state.owners())  # reports a failure
             self._owners_saved = version  # and tries again at the next change only
 
     async def apply_dirty(self) -> None:

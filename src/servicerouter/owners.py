@@ -15,12 +15,15 @@ malformed one is moved to ``<file>.broken`` first, for an operator to read.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .haproxy.files import atomic_write
 from .model import shown
@@ -162,10 +165,81 @@ def _set_aside(path: Path, why: object) -> None:
 def save(path: Path, owners: Owners) -> bool:
     """Write ``owners`` to ``path`` (atomically, 0600 even if an operator loosened it);
     False (reported) if it failed."""
+    return _write(path, owners.to_json())
+
+
+def _write(path: Path, text: str) -> bool:
     try:
-        atomic_write(path, owners.to_json(), mode=0o600)
+        atomic_write(path, text, mode=0o600)
     except OSError as exc:
         log.error("owners file %s not written (%s): after a restart, ports and hosts "
                   "would be claimed anew", path, exc)
         return False
     return True
+
+
+class OwnersFile:
+    """:func:`save` for a daemon, which writes its owners at every change: the text is
+    :meth:`Owners.to_json`'s, each entry's line kept from the last save unless it
+    changed. (A new app changes one port and a host of 10,000: the pass over every
+    entry of ``to_json`` was 27 ms, at each app created or deleted at 10,000 apps.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last = Owners(groups=set())
+        self._sections: dict[str, _Lines] = {name: _Lines() for name in _SECTIONS}
+
+    def save(self, owners: Owners) -> bool:
+        """Write ``owners`` to the file; False (reported) if it failed."""
+        last, self._last = self._last, owners
+        for name, (entries, key, line) in _SECTIONS.items():
+            new, old = entries(owners), entries(last)
+            lines = self._sections[name]
+            for thing in {k for k, _ in new.items() ^ old.items()}:
+                lines.set(key(thing), line(thing, new[thing]) if thing in new else None)
+        sections = ",\n".join(f" {json.dumps(name)}: {lines.text(name == 'groups')}"
+                               for name, lines in self._sections.items())
+        return _write(self.path, f'{{\n "version": {VERSION},\n{sections}\n}}')
+
+
+def _pair(owner: tuple[str, str]) -> str:
+    return f"[\n   {json.dumps(owner[0])},\n   {json.dumps(owner[1])}\n  ]"
+
+
+# Section of Owners.to_json -> (its entries in an Owners, the sort key of one, its line).
+_SECTIONS: dict[str, tuple[Callable[[Owners], Mapping[Any, Any]], Callable[[Any], Any],
+                           Callable[[Any, Any], str]]] = {
+    "ports": (lambda o: o.ports, lambda port: port,
+              lambda port, app: f"  {json.dumps(str(port))}: {json.dumps(app)}"),
+    "hosts": (lambda o: o.hosts, lambda host: host,
+              lambda host, owner: f"  {json.dumps(host)}: {_pair(owner)}"),
+    "certs": (lambda o: o.certs, lambda cert: cert,
+              lambda cert, owner: f"  {json.dumps(cert)}: {_pair(owner)}"),
+    "routes": (lambda o: o.routes, lambda route: route,
+               lambda route, owner: f"  {json.dumps(route[0] + route[1])}: {_pair(owner)}"),
+    "groups": (lambda o: dict.fromkeys(o.groups or ()), lambda group: group,
+               lambda group, _: f"  {json.dumps(group)}"),
+}
+
+
+class _Lines:
+    """One section's lines, in the order of their keys."""
+
+    def __init__(self) -> None:
+        self._keys: list[Any] = []
+        self._lines: dict[Any, str] = {}
+
+    def set(self, key: Any, line: str | None) -> None:
+        if line is None:
+            if self._lines.pop(key, None) is not None:
+                del self._keys[bisect.bisect_left(self._keys, key)]
+            return
+        if key not in self._lines:
+            bisect.insort(self._keys, key)
+        self._lines[key] = line
+
+    def text(self, listed: bool) -> str:
+        if not self._keys:
+            return "[]" if listed else "{}"
+        body = ",\n".join(map(self._lines.__getitem__, self._keys))
+        return f"[\n{body}\n ]" if listed else f"{{\n{body}\n }}"

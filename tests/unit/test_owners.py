@@ -234,3 +234,45 @@ def test_an_owners_file_someone_loosened_is_made_private_again(tmp_path: Path) -
     path.chmod(0o644)
     assert owners.save(path, running().owners())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_daemons_owners_file_is_written_as_to_json_writes_it(tmp_path: Path) -> None:
+    """OwnersFile (the daemon's writer, which keeps each entry's text from the save
+    before unless it changed) writes what Owners.to_json does, save after save, as
+    ports, hosts, certificate files, routes and groups come, change owner and go; and
+    0600 like save()."""
+    import random
+
+    rng = random.Random(3)
+    path = tmp_path / "haproxy.cfg.owners.json"
+    writer = owners.OwnersFile(path)
+    apps = ["/a/web", "/b/x", "/shöp/ü", '/q"uote', "/t/\\back"]
+    hosts = ["a.example.com", "*.b.example.com", "ünï.example", "x.test", "y.test"]
+    now = Owners(groups=set())
+    for step in range(120):
+        now = Owners(dict(now.ports), dict(now.hosts), dict(now.certs), dict(now.routes),
+                     set(now.groups or ()))
+        for _ in range(rng.randrange(1, 4)):
+            kind = rng.randrange(5)
+            gone = rng.random() < 0.3
+            if kind == 0:
+                port = rng.choice([80, 1000, 9999, 10000, 10001, 20000, 65535])
+                now.ports.pop(port, None) if gone else now.ports.__setitem__(
+                    port, rng.choice(apps))
+            elif kind in (1, 2):
+                into = now.hosts if kind == 1 else now.certs
+                thing = rng.choice(hosts) if kind == 1 else f"/c/{rng.choice(hosts)}.pem"
+                into.pop(thing, None) if gone else into.__setitem__(
+                    thing, (rng.choice(apps)[:2], rng.choice(apps)))
+            elif kind == 3:
+                route = (rng.choice(hosts), rng.choice(["", "/api", "/api/v2"]))
+                now.routes.pop(route, None) if gone else now.routes.__setitem__(
+                    route, (f"b_{rng.randrange(9)}", rng.choice(apps)))
+            else:
+                group = rng.choice(apps)
+                assert now.groups is not None
+                now.groups.discard(group) if gone else now.groups.add(group)
+        assert writer.save(now)
+        assert path.read_text() == now.to_json(), step
+        assert Owners.from_json(path.read_text()) == now
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
