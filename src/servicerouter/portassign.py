@@ -214,9 +214,11 @@ class PortBook:
             if (need := self._needs.pop(before.id, None)) is not None:
                 members = self._members[need[0]]
                 members.discard(before.id)
-                if not members:
+                if members:
+                    self._touch(need[0])
+                else:  # no app of it needs ports: nothing of it is kept
                     del self._members[need[0]]
-                self._touch(need[0])
+                    self._forget(need[0])
         if after is None:
             if before is not None:
                 self._check.discard(before.id)
@@ -233,12 +235,22 @@ class PortBook:
 
     def held_changed(self, owner: str) -> None:
         """The ports ``owner`` holds changed (Ownership's claims)."""
-        if owner in self._members or owner in self._shares:
+        if owner in self._members:
             self._touch(owner)
 
     def _touch(self, owner: str) -> None:
+        """``owner``'s part is to be worked out again, and its apps looked at."""
         self._stale.add(owner)
-        self._check |= self._members.get(owner, set())
+        self._check |= self._members[owner]
+
+    def _forget(self, owner: str) -> None:
+        """``owner``'s part, worked out before (if it was)."""
+        self._stale.discard(owner)
+        self._short.discard(owner)
+        old = self._shares.pop(owner, None)
+        for port in old.ports.values() if old else ():
+            if self._kept.get(port) == owner:
+                del self._kept[port]
 
     def assign(self, app: App, apps: Mapping[str, App], order: Mapping[str, int],
                settings: Settings, held: Mapping[int, str] | None,
@@ -268,19 +280,14 @@ class PortBook:
                 if size else set()
             return _Share(*_keep(owner, indices, mine, low, size))
 
-        for owner in self._stale:  # worked out again, as the apps and held ports are now
-            old = self._shares.pop(owner, None)
-            for port in old.ports.values() if old else ():
-                if self._kept.get(port) == owner:
-                    del self._kept[port]
-            self._short.discard(owner)
-            if members := self._members.get(owner):
-                new = self._shares[owner] = share(owner, sorted(
-                    {i for m in members for i in self._needs[m][1]}))
-                self._kept.update(dict.fromkeys(new.ports.values(), owner))
-                if new.short:
-                    self._short.add(owner)
-        self._stale.clear()
+        for owner in list(self._stale):  # worked out again, as apps and held ports are now
+            self._forget(owner)
+            members = self._members[owner]
+            new = self._shares[owner] = share(owner, sorted(
+                {i for m in members for i in self._needs[m][1]}))
+            self._kept.update(dict.fromkeys(new.ports.values(), owner))
+            if new.short:
+                self._short.add(owner)
         # The parts of the owners of ``app`` (before and now), with it in place of before.
         indices = needs_port(app)
         need = (_key(app), tuple(indices)) if indices else None

@@ -211,3 +211,24 @@ def test_a_states_assignment_of_one_app_is_assign_one_among_all_its_apps() -> No
     restarted.restore_owners(state.owners())
     got = restarted.assign_ports(_app("/t0/app0", (0, 0)))
     assert got == assign_one(_app("/t0/app0", (0, 0)), [], settings, restarted.held_ports())
+
+
+def test_the_port_book_keeps_nothing_of_apps_gone_between_refetches() -> None:
+    """IP-per-task apps come and go through full syncs with no one-app refetch between
+    (the PortBook works out what changed only when asked): it keeps nothing of the ones
+    gone, however many."""
+    settings = Settings(ip_per_task_ports=(10050, 19999))
+    state = ClusterState(settings)
+    live = [_app(f"/live/app{i}") for i in range(5)]
+    assigned, _ = assign_all(live, settings, state.held_ports())
+    state.replace_all(assigned)
+    state.assign_ports(_app("/live/app0"))  # asked once
+    for k in range(300):
+        for apps in ([*state.apps.values(), _app(f"/ci/build{k}")], live):
+            assigned, _ = assign_all(apps, settings, state.held_ports())
+            state.replace_all(assigned)
+    book = state._ports
+    assert len(book._stale) + len(book._check) <= 5
+    assert set(book._shares) == set(book._members) == {a.id for a in live}
+    assert state.assign_ports(_app("/new")) == assign_one(
+        _app("/new"), list(state.apps.values()), settings, state.held_ports())
