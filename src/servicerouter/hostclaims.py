@@ -30,9 +30,11 @@ class HostClaims:
         self.hosts_of: dict[str, set[str]] = {}
         self.routes_of: dict[str, set[tuple[str, str]]] = {}
         self.waiting: dict[str, set[str]] = {}  # host -> apps refused it
-        # domain -> owned hosts under it: a wildcard over another owner's host (or a host
-        # under another owner's wildcard) would take its traffic on the vhost frontends.
-        self.under: dict[str, set[str]] = {}
+        # domain -> owner key -> held hosts under it: a wildcard over another owner's host
+        # (or a host under another owner's wildcard) would take its traffic on the vhost
+        # frontends. By owner: a wildcard's claim looks at the other owners' hosts only
+        # (sorting every host under it was 2 ms a claim with 10,000 of its own there).
+        self.under: dict[str, dict[str, set[str]]] = {}
         self.version = 0  # bumped when an owner changes (kept on disk: owners.py)
         self._claim_order = claim_order  # who gets a host first: the oldest definition
 
@@ -153,13 +155,18 @@ class HostClaims:
         return problems, freed | {h for h, _ in old_routes - routes.keys()}
 
     def _index(self, host: str, add: bool) -> None:
+        """``host`` is held (``add``), or let go, by its owner (whose key does not change
+        while anyone holds it)."""
+        key = self.owner[host][0]
         for domain in domains_above(host):
             if add:
-                self.under.setdefault(domain, set()).add(host)
-            elif domain in self.under:
-                self.under[domain].discard(host)
-                if not self.under[domain]:
-                    del self.under[domain]
+                self.under.setdefault(domain, {}).setdefault(key, set()).add(host)
+            elif (hosts := self.under.get(domain, {}).get(key)) is not None:
+                hosts.discard(host)
+                if not hosts:
+                    del self.under[domain][key]
+                    if not self.under[domain]:
+                        del self.under[domain]
 
     def _other_owner(self, host: str, key: str, kind: str) -> tuple[str, str] | None:
         """Whether another owner holds ``host``, or a host it would match or be matched
@@ -188,13 +195,16 @@ class HostClaims:
     def _overlap(self, host: str, key: str | None) -> tuple[str, tuple[str, str]] | None:
         """A host of another owner that ``host`` would match or be matched by: a
         wildcard above it, or (``host`` a wildcard) a host under it."""
-        others = covering_wildcards(host)
-        if host.startswith("*."):
-            others += sorted(self.under.get(host[2:], ()))
-        for other in others:
+        for other in covering_wildcards(host):
             owner = self.owner.get(other)
             if owner is not None and owner[0] != key and self.holders.get(other):
                 return other, owner
+        if host.startswith("*."):  # the first, in order, of the other owners' hosts
+            others = [h for k, hosts in self.under.get(host[2:], {}).items() if k != key
+                      if (h := min((h for h in hosts if self.holders.get(h)), default=None))]
+            if others:
+                other = min(others)
+                return other, self.owner[other]
         return None
 
     def seed(self, host: str, key: str, app_id: str) -> bool:

@@ -1072,3 +1072,42 @@ def test_apps_refused_something_and_deleted_are_not_kept_waiting_for_it() -> Non
     assert reasons(s, "/teamb/web") == ["vhost_taken"]
     s.replace_all([waiting])  # the owner is deleted: the one waiting gets the host
     assert set(s.desired) == {"teamb_web_12000"} and not s.problems
+
+
+def test_a_wildcard_finds_the_first_host_of_another_owner_under_it_as_before() -> None:
+    """HostClaims keeps the held hosts under each domain by owner, so that a wildcard's
+    claim looks at the other owners' hosts only: the host it answers (to wait on, and
+    to name in the problem) is the first of the sorted hosts under it that another
+    owner holds, as the pass over all of them answered; and the index is every held
+    host under each domain, as apps of several groups claim and let go."""
+    import random
+
+    from servicerouter.admission import covering_wildcards, domains_above
+
+    hosts = ["a.shop.test", "b.shop.test", "x.a.shop.test", "*.a.shop.test", "*.shop.test",
+             "c.other.test", "*.other.test", "shop.test", "*.test", "d.shop.test"]
+    rng = random.Random(5)
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    claims = s._ownership._hosts
+    ids = [f"/{g}/app{i}" for g in ("shop", "other", "evil") for i in range(4)]
+    for step in range(400):
+        app_id = rng.choice(ids)
+        if rng.random() < 0.2:
+            s.remove_app(app_id)
+        else:
+            s.set_app(app(app_id, 10000 + ids.index(app_id), f"2026-01-{1 + step % 28:02d}",
+                          vhosts=tuple(rng.sample(hosts, rng.randrange(1, 3)))))
+        held = {h for h, holders in claims.holders.items() if holders}
+        assert {d: {h for by in keyed.values() for h in by}
+                for d, keyed in claims.under.items()} == \
+            {d: {h for h in held if d in domains_above(h)}
+             for d in {d for h in held for d in domains_above(h)}}
+        for probe in hosts:
+            for key in ("/shop", "/other", "/evil", None):
+                others = covering_wildcards(probe) + (
+                    sorted(h for by in claims.under.get(probe[2:], {}).values() for h in by)
+                    if probe.startswith("*.") else [])
+                first = next(((o, claims.owner[o]) for o in others
+                              if o in claims.owner and claims.owner[o][0] != key
+                              and claims.holders.get(o)), None)
+                assert claims._overlap(probe, key) == first, (step, probe, key)
