@@ -44,10 +44,10 @@ class ChangeLog:
 
     def end(self, seq: int) -> None:
         """The reader that began at ``seq`` is done."""
-        if left := self._readers[seq] - 1:
+        if left := self._readers.get(seq, 1) - 1:
             self._readers[seq] = left
         else:
-            del self._readers[seq]
+            self._readers.pop(seq, None)
 
     def changed_since(self, name: str, seq: int) -> bool:
         return self._at.get(name, 0) > seq
