@@ -113,6 +113,7 @@ def create_app(engine: Engine, *, health_probe_timeout: float = 1.0) -> Starlett
     """The Starlette application serving ``engine``'s metrics and state."""
 
     async def metrics(_: Request) -> Response:
+        engine.gauges.scrape()
         return Response(generate_latest(engine.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from servicerouter.haproxy.runtime_parse import ServerState
 from servicerouter.web import create_app
@@ -85,3 +86,29 @@ async def test_livez_is_haproxy_serving_whatever_marathon_does() -> None:
         assert dead.json() == {"status": "unhealthy",
                                "reason": "HAProxy does not answer: cannot connect to /x.sock"}
         assert engine.haproxy_ok is False  # the probe is the one /healthz shares
+
+
+async def test_each_scrape_counts_slots_once_and_afresh(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/metrics: the slot gauges (servicerouter_endpoints, servicerouter_slots{used,free})
+    come from one walk of the slot table per scrape, not one per gauge (13 ms a scrape at
+    10,000 apps), and the next scrape sees a change made in between."""
+    from servicerouter import gauges
+
+    walks = []
+    real = gauges.slot_counts
+    monkeypatch.setattr(gauges, "slot_counts", lambda table: walks.append(1) or real(table))
+    engine, _, _, _ = make_engine()
+    await started(engine, 1, 2)
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sr") as client:
+        first = (await client.get("/metrics")).text
+        assert len(walks) == 1
+        assert "servicerouter_endpoints 2.0" in first
+        assert 'servicerouter_slots{state="used"} 2.0' in first
+        engine.mark(engine.state.set_app(app(1, 2, 3)))
+        await engine.step()
+        second = (await client.get("/metrics")).text
+        assert len(walks) == 2
+        assert "servicerouter_endpoints 3.0" in second
+        assert 'servicerouter_slots{state="used"} 3.0' in second
