@@ -32,6 +32,7 @@ from .harness import (
     Daemon,
     ExternalHAProxy,
     Simulator,
+    children_of,
     free_port,
     open_tunnel,
     responders,
@@ -57,20 +58,6 @@ def replace_task(sim: Simulator, app_id: str) -> None:
     """Kill one of the app's running tasks (as Marathon has them now) and wait for its
     replacement."""
     sim.replace_one(app_id, sim.running(app_id))
-
-
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
 
 
 def _wait_gone(pids: list[int]) -> None:
@@ -123,7 +110,7 @@ def test_sigkilled_daemon_leaves_no_process_and_no_file(tmp_path: Path,
         simulator.launch("/second", 1)  # a reload: its candidate meets the hanging -c
 
         def hanging_checks() -> list[int]:
-            return [c for c in _children_of(pid) if _comm(c) == "sleep"]
+            return [c for c in children_of(pid) if _comm(c) == "sleep"]
 
         checks = wait_for(hanging_checks, 30, what="a running haproxy -c")
         os.kill(pid, signal.SIGKILL)
@@ -196,7 +183,7 @@ def test_sigterm_while_starting_stops_at_once_and_leaves_nothing(tmp_path: Path,
             assert daemon.proc.popen is not None
             pid = daemon.proc.popen.pid
             if hangs == "check":
-                children = wait_for(lambda: [c for c in _children_of(pid)
+                children = wait_for(lambda: [c for c in children_of(pid)
                                              if _comm(c) == "sleep"], 30, what="haproxy -c")
             else:
                 wait_for(lambda: "starting HAProxy on the existing" in daemon.proc.output(),
@@ -225,7 +212,7 @@ def test_sigterm_during_a_hanging_reload_command_stops_all_it_started(
         daemon.start(wait_healthy=False)
         assert daemon.proc.popen is not None
         pid = daemon.proc.popen.pid
-        sleeps = wait_for(lambda: [c for sh in _children_of(pid) for c in _children_of(sh)
+        sleeps = wait_for(lambda: [c for sh in children_of(pid) for c in children_of(sh)
                                    if _comm(c) == "sleep"], 30, what="the reload command")
         os.kill(pid, signal.SIGTERM)
         daemon.proc.popen.wait(30)
@@ -933,8 +920,8 @@ def _reload_cut_short(tmp_path: Path, simulator: Simulator, sig: signal.Signals)
                 assert r.status_code == 200, r.text
                 assert first.proc.popen is not None
                 pid = first.proc.popen.pid
-                sleeping += wait_for(lambda: [c for sh in _children_of(pid)
-                                              for c in _children_of(sh)
+                sleeping += wait_for(lambda: [c for sh in children_of(pid)
+                                              for c in children_of(sh)
                                               if _comm(c) == "sleep"],
                                      30, what="the reload command")
                 first.proc.popen.send_signal(sig)

@@ -34,6 +34,7 @@ from .harness import (
     Daemon,
     ExternalHAProxy,
     Simulator,
+    children_of,
     master_reloads,
     responders,
     running,
@@ -321,19 +322,6 @@ def test_a_killed_worker_comes_back_with_the_runtime_maps(tmp_path: Path,
         assert refused(low + 3)
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
 def test_a_stop_while_a_candidate_is_checked_leaves_the_running_maps(
         tmp_path: Path, simulator: Simulator) -> None:
     """haproxy -c reads the map files a candidate names, so they are written first; a
@@ -358,7 +346,7 @@ def test_a_stop_while_a_candidate_is_checked_leaves_the_running_maps(
             launch(simulator, "/held/a1", low + 2)  # no spare left: a reload, checked
             assert daemon.proc.popen is not None
             pid = daemon.proc.popen.pid
-            checks += wait_for(lambda: [c for c in _children_of(pid)
+            checks += wait_for(lambda: [c for c in children_of(pid)
                                         if "sleep" in Path(f"/proc/{c}/cmdline").read_text()],
                                30, what="haproxy -c checking the candidate")
             assert not unmapped(tmp_path, low + 2), "the candidate's maps are on disk"
