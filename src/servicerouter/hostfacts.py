@@ -2,7 +2,8 @@
 
 - certificate files an app names (``HAPROXY_{n}_SSL_CERT``): under an
   operator-allowed folder once symlinks are resolved, a regular file, holding a
-  certificate and a private key, that HAProxy can load (:func:`load_refused`);
+  certificate and a private key, that HAProxy can load (:mod:`certcheck`: one
+  ``haproxy -c`` for all the files of a gather that need it, :class:`Survey`);
 - bind addresses an app names (``HAPROXY_{n}_BIND_ADDR``): ones the host has,
   found by binding a socket to the address (port 0, closed at once);
 - just before a reload, whether each new frontend address can be bound.
@@ -14,19 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import ipaddress
 import os
 import re
-import signal
 import socket
-import ssl
 import stat
-import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import certcheck
 from .admission import CertFact, Facts
 from .certnames import cert_names
 from .layout import Settings
@@ -39,21 +38,19 @@ _KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 _PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----")
 # PKCS#8 "ENCRYPTED PRIVATE KEY", or a legacy PEM key with "Proc-Type: 4,ENCRYPTED".
 _ENCRYPTED = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,\s*ENCRYPTED")
-# What OpenSSL says of a file HAProxy then refuses to load, failing ``haproxy -c`` for the
-# whole candidate (Python's ssl runs the same checks, at OpenSSL's default security level
-# 2, HAProxy's on Debian and Ubuntu).
-_KEY_MISMATCH = frozenset({"KEY_VALUES_MISMATCH",  # a key of the certificate's type
-                           "NO_CERTIFICATE_ASSIGNED"})  # of another type (EC for RSA)
-_TOO_WEAK = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL", "CA_MD_TOO_WEAK"})
-# Files HAProxy 2.6 loads beside a certificate (``ssl-load-extra-files``, "all" by
-# default): one it cannot parse fails the certificate, whatever the file holds.
-SIDECARS = (".ocsp", ".sctl", ".issuer")
-CHECK_TIMEOUT = 15.0  # seconds for `haproxy -c` on one certificate (~40 ms)
-_ALERT = re.compile(r"\[ALERT\][^\n]*?in section '[^']*' : *([^\n]+)")
 
 
 def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
+
+
+@dataclass(frozen=True)
+class _Unjudged:
+    """A certificate file allowed but for HAProxy's verdict (:mod:`certcheck`), and the
+    fact it is when HAProxy loads it."""
+
+    pending: certcheck.Pending
+    fact: CertFact
 
 
 def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[str],
@@ -62,8 +59,17 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
 
     Allowed: a file named in ``--ssl-certs``, or one under an ``--ssl-cert-dir`` both as
     written and once every symlink is resolved (a link may not lead out of the folder),
-    and one HAProxy can load (:func:`load_refused`): else ``haproxy -c`` would refuse
-    every candidate naming it, for every tenant, until isolation found the service."""
+    and one HAProxy can load (:mod:`certcheck`): else ``haproxy -c`` would refuse every
+    candidate naming it, for every tenant, until isolation found the service."""
+    found = _examine(path, allowed_dirs, allowed_files, haproxy_bin)
+    if isinstance(found, _Unjudged):
+        return _settled(found, certcheck.judge([found.pending], haproxy_bin))
+    return found
+
+
+def _examine(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[str],
+             haproxy_bin: str) -> CertFact | _Unjudged:
+    """:func:`check_cert` but for a question only ``haproxy -c`` can answer."""
     lexical = os.path.normpath(path)
     real = os.path.realpath(path)
     allowed = shared = False
@@ -104,10 +110,20 @@ def check_cert(path: str, allowed_dirs: Iterable[str], allowed_files: Iterable[s
         return CertFact(None, "holds an encrypted private key: HAProxy would ask for its "
                               "passphrase on a terminal (haproxy -c and the reload hang "
                               "there) or fail; the key must be unencrypted", stamp)
-    refused = load_refused(real, (info.st_ino, *stamp), haproxy_bin)
+    refused = certcheck.first_look(real, (info.st_ino, *stamp), haproxy_bin)
+    if isinstance(refused, certcheck.Pending):
+        return _Unjudged(refused, CertFact(real, None, stamp, shared, cert_names(data)))
     if refused:
         return CertFact(None, refused, stamp)
     return CertFact(real, None, stamp, shared, cert_names(data))
+
+
+def _settled(found: CertFact | _Unjudged, said: Mapping[str, str | None]) -> CertFact:
+    """The fact, once HAProxy said (``said``, by file) what it needed to."""
+    if not isinstance(found, _Unjudged):
+        return found
+    refused = said[found.pending.path]
+    return found.fact if refused is None else CertFact(None, refused, found.fact.stamp)
 
 
 def _lacks(data: bytes) -> str | None:
@@ -122,106 +138,6 @@ def _lacks(data: bytes) -> str | None:
     if not _KEY.search(data):
         return "it holds no private key"
     return None
-
-
-def load_refused(path: str, version: tuple[int, int, int], haproxy_bin: str) -> str | None:
-    """Why HAProxy would refuse to load the certificate file ``path``, or None.
-
-    OpenSSL's own loader (Python's ssl, ~1 ms) judges first: a key of another certificate
-    or one too weak is refused in words that say what to do. A file it cannot load
-    otherwise (a corrupt block, a key it cannot read) is not always one HAProxy refuses
-    (HAProxy 2.6 stops reading the chain at a broken block and keeps the rest), and a
-    file it loads is not always one HAProxy takes (a broken ``.ocsp`` beside it), so
-    those ask ``haproxy -c`` itself, on a configuration naming only this file. Both
-    verdicts are kept per ``version`` of the file (inode, mtime, size; and of the files
-    beside it): each full sync gathers every file apps name. When ``haproxy -c`` cannot
-    be asked, the file fails closed (it is left out, with why), and is asked again next
-    time."""
-    verdict, said = _openssl_verdict(path, version)
-    if verdict == "refused":
-        return said
-    beside = _sidecars(path)
-    if verdict == "loads" and not beside:
-        return None
-    try:
-        return _haproxy_refuses(path, version, beside, haproxy_bin)
-    except _Unasked as exc:
-        why = f"OpenSSL cannot load it ({said})" if verdict == "unsure" else \
-            f"HAProxy also loads {', '.join(p for p, _ in beside)}"
-        return f"cannot be checked: {why}, and {exc}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _openssl_verdict(path: str, version: tuple[int, int, int]) -> tuple[str, str]:
-    """("loads", ""), ("refused", why HAProxy refuses it too) or ("unsure", what OpenSSL
-    said): see :func:`load_refused`."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:  # the password callback: an encrypted key never prompts on a terminal
-        context.load_cert_chain(path, password=lambda: b"")
-    except ssl.SSLError as exc:
-        said = exc.reason.replace("_", " ").lower() if exc.reason else str(exc)
-        if exc.reason in _KEY_MISMATCH:
-            return "refused", (
-                "holds a private key that is not the certificate's: HAProxy refuses the "
-                "file (\"inconsistencies between private key and certificate\"); put the "
-                "certificate's own key in it")
-        if exc.reason in _TOO_WEAK:
-            return "refused", (
-                f"holds a key or signature OpenSSL's default security level refuses "
-                f"({said}): HAProxy cannot load it; use an RSA key of at least 2,048 "
-                "bits, or EC, signed with SHA-256 or better")
-        return "unsure", said or "unreadable PEM"
-    except OSError as exc:  # gone or unreadable since it was read
-        return "unsure", exc.strerror or str(exc)
-    return "loads", ""
-
-
-def _sidecars(path: str) -> tuple[tuple[str, tuple[int, int, int]], ...]:
-    """The files HAProxy loads beside ``path`` that exist, each with its version."""
-    out = []
-    for suffix in SIDECARS:
-        with contextlib.suppress(OSError):
-            info = os.stat(path + suffix)
-            out.append((path + suffix, (info.st_ino, info.st_mtime_ns, info.st_size)))
-    return tuple(out)
-
-
-class _Unasked(Exception):
-    """``haproxy -c`` could not give a verdict (not run, timed out): not cached."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _haproxy_refuses(path: str, version: tuple[int, int, int],
-                     beside: tuple[tuple[str, tuple[int, int, int]], ...],
-                     haproxy_bin: str) -> str | None:
-    """What ``haproxy -c`` says of a configuration loading ``path`` alone, or None when
-    it takes it. ``version`` and ``beside`` are the cache key."""
-    from .haproxy.children import CHECK_NICE, pdeathsig
-
-    config = (f"frontend servicerouter_certificate_check\n    mode tcp\n"
-              f"    bind 127.0.0.1:1 ssl crt {path}\n")
-    try:  # its own session: no terminal for a passphrase prompt; killed at the timeout
-        proc = subprocess.run([haproxy_bin, "-c", "-f", "/dev/stdin"], input=config.encode(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=CHECK_TIMEOUT, start_new_session=True,
-                              preexec_fn=pdeathsig(signal.SIGKILL, CHECK_NICE))
-    except subprocess.TimeoutExpired:
-        raise _Unasked(f"{haproxy_bin} -c timed out after {CHECK_TIMEOUT:.0f}s") from None
-    except OSError as exc:
-        raise _Unasked(f"{haproxy_bin} -c cannot run: {exc.strerror or exc}") from None
-    if proc.returncode == 0:
-        return None
-    output = proc.stdout.decode("utf-8", "replace")
-    said = _ALERT.search(output)
-    if said is None:
-        if "ALERT" not in output:  # killed, or not haproxy at all: no verdict on the file
-            raise _Unasked(f"{haproxy_bin} -c failed without a verdict (exit status "
-                           f"{proc.returncode})")
-        alert = output.strip().splitlines()[-1]
-    else:
-        alert = said.group(1).strip()
-    return (f"is a file HAProxy cannot load (haproxy -c: {alert[:300]}); it must hold the "
-            "certificate, its private key and any chain as PEM blocks HAProxy can read")
 
 
 def host_has_address(address: str) -> bool:
@@ -329,16 +245,46 @@ def listeners(text: str, port: int) -> list[str]:
     return out
 
 
-def gather(apps: Iterable[App], settings: Settings) -> Facts:
-    """The facts for every certificate and bind address ``apps`` name."""
-    certs: dict[str, CertFact] = {}
+@dataclass(frozen=True)
+class Survey:
+    """The facts for the values apps name, but for the certificate files only ``haproxy
+    -c`` can judge (:meth:`settle` asks it: run that off the event loop)."""
+
+    certs: Mapping[str, CertFact | _Unjudged]
+    addresses: Mapping[str, bool]
+    haproxy_bin: str
+
+    @property
+    def asks_haproxy(self) -> bool:
+        """Whether :meth:`settle` runs ``haproxy -c`` (once for all, ~1.2 s at 1,000
+        files); else it returns at once."""
+        return any(isinstance(f, _Unjudged) for f in self.certs.values())
+
+    def settle(self) -> Facts:
+        """The facts, asking ``haproxy -c`` about the files that need it (blocking)."""
+        pending = [f.pending for f in self.certs.values() if isinstance(f, _Unjudged)]
+        said = certcheck.judge(pending, self.haproxy_bin) if pending else {}
+        return Facts({label: _settled(f, said) for label, f in self.certs.items()},
+                     dict(self.addresses))
+
+
+def survey(apps: Iterable[App], settings: Settings) -> Survey:
+    """Every certificate and bind address ``apps`` name, looked at here (~1 ms a new
+    certificate file, nothing for one seen before), but for ``haproxy -c``."""
+    certs: dict[str, CertFact | _Unjudged] = {}
     addresses: dict[str, bool] = {}
     for app in apps:
         for svc in app.services:
             opts = svc.options
             if opts.ssl_cert is not None and opts.ssl_cert not in certs:
-                certs[opts.ssl_cert] = check_cert(opts.ssl_cert, settings.ssl_cert_dirs,
-                                                  settings.ssl_certs, settings.haproxy_bin)
+                certs[opts.ssl_cert] = _examine(opts.ssl_cert, settings.ssl_cert_dirs,
+                                                settings.ssl_certs, settings.haproxy_bin)
             if opts.bind_address != "*" and opts.bind_address not in addresses:
                 addresses[opts.bind_address] = host_has_address(opts.bind_address)
-    return Facts(certs, addresses)
+    return Survey(certs, addresses, settings.haproxy_bin)
+
+
+def gather(apps: Iterable[App], settings: Settings) -> Facts:
+    """The facts for every certificate and bind address ``apps`` name. Blocks for as long
+    as ``haproxy -c`` takes on the files only it can judge: see :class:`Survey`."""
+    return survey(apps, settings).settle()

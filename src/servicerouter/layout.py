@@ -55,7 +55,7 @@ class Settings:
     crt_list_dir: str = ""
     pool_spares: int = 8  # at least this many spare backends per pool shape
     # The haproxy admission asks about a certificate file OpenSSL's loader is unsure of
-    # (hostfacts.load_refused): --haproxy-bin.
+    # (certcheck): --haproxy-bin.
     haproxy_bin: str = "haproxy"
 
     @property
