@@ -54,11 +54,12 @@ class Guard:
         """HAProxy now serves ``text``: its addresses are bound."""
         self._bound = set(_BIND.findall(text))
 
-    def recheck_certs(self) -> set[str]:
+    async def recheck_certs(self) -> set[str]:
         """Read again the certificate files of routed services that changed on disk since
         admission read them (a stat each: a rotation between two full syncs), and judge
         their apps again, before HAProxy loads them: a file now naming another owner's
-        host is left out, not presented. Returns the backends that changed."""
+        host is left out, not presented. Returns the backends that changed. (haproxy -c
+        on those only it can judge runs in a thread.)"""
         served = {c for d in self.state.desired.values() if (c := d.service.options.ssl_cert)}
         if not served:
             return set()
@@ -77,7 +78,10 @@ class Guard:
             return set()
         apps = [a for a in self.state.apps.values()
                 if any(s.options.ssl_cert in stale for s in a.services)]
-        return self.state.set_facts(hostfacts.gather(apps, self.settings))
+        survey = hostfacts.survey(apps, self.settings)
+        facts = await asyncio.to_thread(survey.settle) if survey.asks_haproxy else \
+            survey.settle()
+        return self.state.set_facts(facts)
 
     def exclude_unbindable(self) -> set[str]:
         """Try to bind each frontend address the running HAProxy does not have yet; leave

@@ -219,7 +219,7 @@ class ReloadPipeline:
         # check (0.8 s at 10,000 apps) run only if it does not start (then as always).
         cold = (e.running_config is None and not self.cold_start_failed
                 and e.reloader.starts_haproxy())
-        e.mark(e.guard.recheck_certs())  # HAProxy reads them now: names checked first
+        e.mark(await e.guard.recheck_certs())  # HAProxy reads them now: names checked first
         if not cold:
             e.mark(e.guard.exclude_unbindable())
         settings = e.config.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -939,15 +940,15 @@ def test_a_certificate_rotated_between_syncs_is_judged_before_haproxy_loads_it(
     s.replace_all(apps)
     guard = Guard(s, None, settings, None)  # type: ignore[arg-type]
     assert set(s.desired) == {"teama_web_10001", "teamc_db_10002"}
-    assert guard.recheck_certs() == set()  # unchanged: not read again
+    assert asyncio.run(guard.recheck_certs()) == set()  # unchanged: not read again
     db.write_bytes(pem("shop.example.com"))  # rotated to a file for /teama's host
-    assert guard.recheck_certs() == {"teamc_db_10002"}
+    assert asyncio.run(guard.recheck_certs()) == {"teamc_db_10002"}
     assert set(s.desired) == {"teama_web_10001"}
     (p,) = s.problems["/teamc/db"]
     assert (p.reason, p.value) == ("ssl_cert", str(db))
     assert "is a certificate for shop.example.com, which belongs to group /teama" in p.message
     db.write_bytes(pem("db.example.net"))  # rotated back: nobody else holds it
-    assert guard.recheck_certs() == set()  # not routed: its next full sync judges it
+    assert asyncio.run(guard.recheck_certs()) == set()  # not routed: its next full sync judges it
 
 
 class _FactsReadWhole(ClusterState):

@@ -19,6 +19,7 @@ from servicerouter.marathon.events import MarathonEvent
 from servicerouter.metrics import Metrics
 from servicerouter.model import App, Mode, Options, Service, Task
 
+from .payloads import LOADABLE_PEM
 from .test_engine import (
     Answers,
     FakeReloader,
@@ -614,3 +615,113 @@ async def test_a_new_app_mapped_while_haproxy_reloads_leaves_the_candidates_maps
     assert loaded[pool.PORTS_MAP] == candidate[pool.PORTS_MAP]
     # ... and the files end as the layout in force, the new app included.
     assert writer.maps == pool.map_files(engine.layout, settings)
+
+
+class HeldCheck:
+    """``haproxy -c`` of certificate files (``subprocess.run``, in whichever thread runs
+    it) held until the test, on the event loop, lets it go. ``loop_ran`` records for
+    each check whether the event loop could run meanwhile: not while the check blocks
+    it (then the check gives up waiting after 5 s). It answers "valid"."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import subprocess
+        import threading
+
+        self.entered, self.go = threading.Event(), threading.Event()
+        self.loop_ran: list[bool] = []
+
+        def run(args: Any, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+            self.entered.set()
+            self.loop_ran.append(self.go.wait(5))
+            return subprocess.CompletedProcess(args, 0, b"Configuration file is valid\n")
+
+        monkeypatch.setattr(subprocess, "run", run)
+
+    async def release(self, meanwhile: Any = None) -> None:
+        """Once a check is running: run ``meanwhile`` on the loop, then let it go."""
+        await asyncio.to_thread(self.entered.wait, 10)
+        if meanwhile is not None:
+            meanwhile()
+        self.go.set()
+
+
+def cert_engine(certs: Any) -> Engine:
+    """An engine whose apps may name certificate files under ``certs``."""
+    settings = Settings(stats_port=0, grace_ms=0, ssl_cert_dirs=(str(certs),))
+    runtime = FakeRuntime()
+    engine = Engine(EngineConfig(settings=settings, min_reload_interval=0.0), None,
+                    runtime, FakeWriter(), FakeReloader(), Metrics(),  # type: ignore[arg-type]
+                    lambda host: host)
+    runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
+    return engine
+
+
+# OpenSSL's loader refuses it, HAProxy takes it: admission asks haproxy -c.
+TAKEN = LOADABLE_PEM + "-----BEGIN FOO-----\n!!!!\n-----END FOO-----\n"
+
+
+async def test_a_full_sync_asks_haproxy_about_certificates_off_the_event_loop(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """haproxy -c on certificate files ran on the event loop (40 s at 1,000 files): no
+    churn was applied and /healthz did not answer meanwhile. Events that come while it
+    runs keep what they did over the sync's older answer, as during any other wait."""
+    (tmp_path / "a.pem").write_text(TAKEN)
+    engine = cert_engine(tmp_path)
+    web = marathon_app("/web", 10000, "w1", "w2")
+    engine.marathon = Answers(web)  # type: ignore[assignment]
+    assert await engine.intake.full_sync()
+    engine.marathon = Answers(web, marathon_app(  # type: ignore[assignment]
+        "/tls", 10001, "t1", labels={"HAPROXY_0_SSL_CERT": str(tmp_path / "a.pem")}))
+    held = HeldCheck(monkeypatch)
+    sync = asyncio.ensure_future(engine.intake.full_sync())
+    await held.release(lambda: engine.on_event(killed("/web", "w2")))
+    assert await asyncio.wait_for(sync, 10)
+    assert held.loop_ran == [True]
+    assert engine.state.desired["tls_10001"].service.options.ssl_cert == str(tmp_path / "a.pem")
+    assert [t.id for t in engine.state.apps["/web"].tasks] == ["w1"]
+
+
+async def test_a_refetch_asks_haproxy_about_certificates_off_the_event_loop(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the one app a deploy refetches."""
+    (tmp_path / "a.pem").write_text(TAKEN)
+    engine = cert_engine(tmp_path)
+    engine.marathon = Answers(marathon_app("/tls", 10001, "t1"))  # type: ignore[assignment]
+    assert await engine.intake.full_sync()
+
+    class OneApp:
+        async def get_app(self, app_id: str) -> dict[str, Any]:
+            return marathon_app("/tls", 10001, "t1", labels={
+                "HAPROXY_0_SSL_CERT": str(tmp_path / "a.pem")})
+
+    engine.marathon = OneApp()  # type: ignore[assignment]
+    held = HeldCheck(monkeypatch)
+    refetch = asyncio.ensure_future(engine.intake.refetch_app("/tls"))
+    await held.release()
+    await asyncio.wait_for(refetch, 10)
+    assert held.loop_ran == [True]
+    assert engine.state.desired["tls_10001"].service.options.ssl_cert == str(tmp_path / "a.pem")
+
+
+async def test_a_certificate_rotated_before_a_reload_is_judged_off_the_event_loop(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a routed service's certificate file rewritten on disk, read again
+    before the next reload."""
+    cert = tmp_path / "a.pem"
+    cert.write_text(LOADABLE_PEM)  # OpenSSL loads it: no haproxy -c
+    engine = cert_engine(tmp_path)
+    engine.marathon = Answers(marathon_app(  # type: ignore[assignment]
+        "/tls", 10002, "t1", labels={"HAPROXY_0_SSL_CERT": str(cert)}))
+    assert await engine.intake.full_sync()
+    await engine.step()
+    assert "tls_10002" in engine.layout
+    cert.unlink()
+    cert.write_text(TAKEN)  # rotated: now only haproxy -c can judge it
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))  # a reload is due
+    held = HeldCheck(monkeypatch)
+    step = asyncio.ensure_future(engine.step())
+    await held.release()
+    await asyncio.wait_for(step, 10)
+    assert held.loop_ran == [True]
+    assert {"tls_10002", "new_10001"} <= set(engine.layout)
