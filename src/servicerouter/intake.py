@@ -51,6 +51,9 @@ class Intake:
         # refetch begun after that sync's fetch (or an app_terminated_event), newer than
         # the sync's answer for that app. See full_sync.
         self._redefined: dict[str, str | None] | None = None
+        # App id -> whether an app_terminated_event came while its refetch was in flight
+        # (AppRefetcher runs one per app at a time): the answer was sampled before it.
+        self._refetching: dict[str, bool] = {}
 
     def accept_empty_once(self) -> None:
         """The next full sync may apply an answer that lists no apps (``POST
@@ -158,17 +161,33 @@ class Intake:
         # haproxy -c, and events meanwhile must win over the answer too.
         touched = e.events.watch(app_id)
         redefined = self._redefined  # the full sync this fetch began after, if any
+        self._refetching[app_id] = False
         try:
             if await self._refetch_app(app_id, event_time, touched) and redefined is not None:
                 redefined[app_id] = e.app_errors.get(app_id)  # (no await since it decided)
         finally:
             e.events.unwatch(touched)
+            self._refetching.pop(app_id, None)
 
     def app_removed(self, app_id: str) -> None:
-        """An event removed ``app_id`` (newer than a full sync's answer in flight)."""
+        """An event removed ``app_id`` (newer than a full sync's or a refetch's answer in
+        flight)."""
         self.engine.app_errors.pop(app_id, None)  # gone: nothing of it is left to report
         if self._redefined is not None:
             self._redefined[app_id] = None
+        if app_id in self._refetching:
+            self._refetching[app_id] = True
+
+    def _removed_meanwhile(self, app_id: str) -> bool:
+        """Whether an app_terminated_event came since this refetch asked Marathon: its
+        answer is older. Put back, the app held its port and hosts against the app
+        replacing it until the next full sync. (Re-created meanwhile, the new app's own
+        events ask for a refetch of their own, after this one.)"""
+        if not self._refetching.get(app_id):
+            return False
+        log.info("app %s: destroyed while its refetch was in flight; that older answer "
+                 "is dropped", app_id)
+        return True
 
     async def _refetch_app(self, app_id: str, event_time: float | None,
                            touched: set[tuple[str, str]]) -> bool:
@@ -186,6 +205,8 @@ class Intake:
             e.app_errors.pop(app_id, None)  # gone: nothing of it is left to report
             e.mark(e.state.remove_app(app_id), event_time)
             return True
+        if self._removed_meanwhile(app_id):
+            return True
         try:
             app, warnings = parse_app(raw, e.resolve,
                                       e.config.settings.allow_label_templates)
@@ -194,6 +215,8 @@ class Intake:
             e.app_errors[app_id] = f"{exc}; app keeps its last good state"
             return True
         _, broken = await self._vetting.vet([app])  # label templates, validated alone
+        if self._removed_meanwhile(app_id):
+            return True
         if broken:
             log.error("app %s: %s", app_id, broken[app_id])
             e.app_errors[app_id] = broken[app_id]
@@ -202,6 +225,8 @@ class Intake:
         # A certificate file only haproxy -c can judge (new, or changed): in a thread.
         facts = await asyncio.to_thread(survey.settle) if survey.asks_haproxy else \
             survey.settle()
+        if self._removed_meanwhile(app_id):  # (during haproxy -c)
+            return True
         e.app_errors.pop(app_id, None)
         # IP-per-task ports are a function of all such apps: one arriving may move another's.
         app, moved, assigned = e.state.assign_ports(e.events.newer_tasks(app, touched))

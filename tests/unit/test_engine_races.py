@@ -725,3 +725,26 @@ async def test_a_certificate_rotated_before_a_reload_is_judged_off_the_event_loo
     await asyncio.wait_for(step, 10)
     assert held.loop_ran == [True]
     assert {"tls_10002", "new_10001"} <= set(engine.layout)
+
+
+async def test_an_app_terminated_while_its_refetch_is_in_flight_does_not_come_back() -> None:
+    """A refetch of /web asked Marathon before /web was destroyed and got its answer
+    after the app_terminated_event: the answer put /web back, holding its port (and
+    hosts) against the app that replaces it until the next full sync, minutes later."""
+    engine, _, _, _ = make_engine()
+    marathon = await synced(engine, balanced("/web", 10000, "roundrobin", "w1"))
+    marathon.hold_app = (asyncio.Event(), asyncio.Event())
+    refetch = asyncio.ensure_future(engine.intake.refetch_app("/web"))
+    await asyncio.wait_for(marathon.hold_app[0].wait(), 5)  # sampled: /web still there
+    del marathon.apps["/web"]
+    engine.on_event(MarathonEvent("app_terminated_event", {"appId": "/web"},
+                                  time.monotonic()))
+    assert "/web" not in engine.state.apps
+    marathon.hold_app[1].set()
+    await asyncio.wait_for(refetch, 5)
+    assert "/web" not in engine.state.apps and "web_10000" not in engine.state.desired
+    # The port is free for the app that takes /web's place.
+    marathon.hold_app = None
+    marathon.apps["/shop"] = balanced("/shop", 10000, "roundrobin", "s1")
+    await engine.intake.refetch_app("/shop")
+    assert "shop_10000" in engine.state.desired and not engine.state.problems
