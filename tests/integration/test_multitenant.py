@@ -163,6 +163,15 @@ def test_fresh_start_next_to_bad_apps_serves_the_others(tmp_path: Path,
         assert log.count("/bad/held-port: HAPROXY_0_PORT") == 1  # retried at each sync
 
 
+def unloadable(cert: Path) -> str:
+    """/status's error for a certificate file HAProxy cannot load (its markers around
+    bytes that are not a certificate)."""
+    return (f"HAPROXY_0_SSL_CERT='{cert}' is a file HAProxy cannot load (haproxy -c: "
+            f"unable to load certificate from file '{cert}'.); it must hold the "
+            "certificate, its private key and any chain as PEM blocks HAProxy can read; "
+            "service left out, others applied")
+
+
 def _log(daemon: Daemon) -> str:
     return (daemon.tmp / "servicerouter.log").read_text()
 
@@ -550,11 +559,7 @@ def test_a_certificate_file_broken_under_a_running_service_costs_only_that_servi
         (problem,) = wait_for(lambda: problems(daemon).get("/teama/web"), 30,
                               what="the broken certificate's service in /status")
         assert (problem["reason"], problem["label"]) == ("ssl_cert", "HAPROXY_0_SSL_CERT")
-        assert problem["error"] == (
-            f"HAPROXY_0_SSL_CERT='{cert}' is a file HAProxy cannot load (haproxy -c: unable "
-            f"to load certificate from file '{cert}'.); it must hold the certificate, its "
-            "private key and any chain as PEM blocks HAProxy can read; service left out, "
-            "others applied")
+        assert problem["error"] == unloadable(cert)
         assert "haproxy -c rejected" not in _log(daemon)
         # Fixed, and seen at the next full sync: the service comes back.
         cert.write_bytes(good)
@@ -586,11 +591,7 @@ def test_a_certificate_file_haproxy_cannot_load_costs_no_other_tenant_a_check(
         new_app_is_routed(simulator, daemon, "/other/new")
         assert (problem["reason"], problem["label"], problem["value"]) == (
             "ssl_cert", "HAPROXY_0_SSL_CERT", str(cert))
-        assert problem["error"] == (
-            f"HAPROXY_0_SSL_CERT='{cert}' is a file HAProxy cannot load (haproxy -c: unable "
-            f"to load certificate from file '{cert}'.); it must hold the certificate, its "
-            "private key and any chain as PEM blocks HAProxy can read; service left out, "
-            "others applied")
+        assert problem["error"] == unloadable(cert)
         # No validation round failed on its account: nothing rejected, kept or bisected.
         assert "haproxy -c rejected" not in _log(daemon)
         assert not (tmp_path / "haproxy.cfg.rejected").exists()
