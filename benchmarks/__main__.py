@@ -21,8 +21,9 @@ from .common import STRATEGIES, Context, Table, machine
 
 DEFAULT = ("runtime", "scale", "convergence", "reloads", "zeroloss", "tail", "subscribers",
            "slots")
-# Range mode (issue #13): ~260 s more, so not in the default run.
-EXTRA = ("newapp", "vhosts", "zeroloss_range")
+# Range mode (issue #13, ~260 s more) and certificate admission (~15 s): not in the
+# default run.
+EXTRA = ("newapp", "vhosts", "zeroloss_range", "certs")
 ORDER = (*DEFAULT, *EXTRA)
 
 

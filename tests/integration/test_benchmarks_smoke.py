@@ -32,6 +32,7 @@ EXPECTED = {
     "vhosts": {"vhosts": ["vhosts", "routing", "host", "p50 ms", "p99 ms"]},
     "zeroloss_range": {"zeroloss_range": ["strategy", "phase", "requests", "failed",
                                           "reloads"]},
+    "certs": {"certs": ["files", "first gather ms (one haproxy -c)", "unchanged gather ms"]},
 }
 # The churn-heavy zero-loss run is smoked with one strategy to keep this under a minute.
 STRATEGIES = {"zeroloss": ["runtime"]}
