@@ -17,6 +17,11 @@ are in place before ``haproxy -c``, and are put back with the file when it fails
 SIGTERM or SIGINT (``stopping.run_stoppable``) ends a sync with 143 or 130, and puts the
 config and the map files back as they were when it had started changing them, unless
 HAProxy has reloaded them already: then they are what it serves, and stay.
+
+SIGKILL runs no code: as the daemon's (haproxy/control.py), ``<config>.unconfirmed`` is
+on disk from before the first file changes until HAProxy is seen to reload them, so a
+sync killed in between leaves it, and the next sync (or daemon) reloads even though the
+file matches its render.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from . import owners
 from .cli import sockets_clash
 from .haproxy.children import brief
+from .haproxy.control import ConfigFile
 from .haproxy.files import CONFIG_MODE, atomic_write, keep_rejected, make_dirs, remove_leftovers
 from .haproxy.lock import ConfigLock
 from .haproxy.master_cli import HAProxyProcessError, MasterCLI, MasterUnavailable, ProcInfo
@@ -180,7 +186,18 @@ def _prune(config: Path) -> None:
 
 @dataclass
 class _Progress:
+    file: ConfigFile  # its marker: from before the first change until HAProxy reloaded
+    unconfirmed: str | None  # why the file may not be what HAProxy runs, at the start
     reloaded: bool = False  # HAProxy runs the new files: a stop keeps them
+
+    def loaded(self) -> None:
+        self.reloaded = True
+        self.file.loaded()
+
+    def put_back(self) -> None:
+        """The files are as they were: unconfirmed only if they were so before."""
+        if self.unconfirmed is None:
+            self.file.loaded()
 
 
 async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[Rendered]],
@@ -198,11 +215,15 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
         raise SyncError(f"{config} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                         "nothing was changed: move it aside or save it as UTF-8") from None
     old_maps = read_maps(rendered)
+    file = ConfigFile(config, args.haproxy_bin)
+    progress = _Progress(file, file.unconfirmed())
     if current == candidate and old_maps == rendered.maps:
-        log.debug("%s is up to date; nothing to do", config)
-        _keep_owners(config, rendered)
-        return ""
-    progress = _Progress()
+        if progress.unconfirmed is None:
+            log.debug("%s is up to date; nothing to do", config)
+            _keep_owners(config, rendered)
+            return ""
+        log.warning("%s; reloading rather than taking it for the config HAProxy runs",
+                    progress.unconfirmed)
     try:
         return await _apply(args, config, rendered, current, old_maps, reload, progress)
     except asyncio.CancelledError:  # a stop (SIGTERM): no half-applied change stays
@@ -210,6 +231,7 @@ async def _sync(args: argparse.Namespace, render_config: Callable[[], Awaitable[
             log.warning("stopped after HAProxy had reloaded: %s is the config it serves "
                         "and stays", config)
         elif _undo(config, current, rendered.map_dir, old_maps):
+            progress.put_back()
             log.warning("stopped before HAProxy reloaded: %s and its map files are put "
                         "back as they were", config)
         raise
@@ -247,10 +269,16 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
     """Validate, write and reload the change ``rendered`` is to ``current``."""
     how = reload.how
     candidate = rendered.text
+    try:  # on disk before any file changes: a SIGKILL from now on leaves it
+        progress.file.unconfirm()
+    except OSError as exc:
+        raise SyncError(f"cannot write {progress.file.marker}: {exc.strerror or exc}; "
+                        "nothing was changed") from None
     try:  # haproxy -c opens the map files the candidate names
         write_maps(rendered.map_dir, rendered.maps)
     except OSError as exc:
         _put_back(rendered.map_dir, old_maps)
+        progress.put_back()
         raise SyncError(f"cannot write the map files in {rendered.map_dir}: {exc}; the "
                         "running HAProxy is unchanged") from None
     checked = await validate(candidate, args.haproxy_bin)
@@ -263,13 +291,16 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         if isolated is None:
             break
         rendered, candidate = isolated, isolated.text
-        if current == candidate and old_maps == rendered.maps:
+        if current == candidate and old_maps == rendered.maps \
+                and progress.unconfirmed is None:
             _put_back(rendered.map_dir, old_maps)  # the first candidate's are on disk
+            progress.put_back()
             _keep_owners(config, rendered)
             return ""  # what HAProxy serves is all that can be served
         checked = await validate(candidate, args.haproxy_bin)
     if not checked.ok:
         _put_back(rendered.map_dir, old_maps)
+        progress.put_back()
         kept = keep_rejected(config, candidate)
         raise SyncError(f"haproxy -c rejected the new config (kept at {kept}); {config} and "
                         f"the running HAProxy are unchanged: {brief(checked.output)}")
@@ -278,6 +309,7 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
             write_maps(rendered.map_dir, rendered.maps)
     except OSError as exc:
         _put_back(rendered.map_dir, old_maps)
+        progress.put_back()
         raise SyncError(f"cannot write the map files in {rendered.map_dir}: {exc}; the "
                         "running HAProxy is unchanged") from None
     try:
@@ -285,6 +317,7 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         atomic_write(config, candidate, new_mode=CONFIG_MODE)
     except OSError as exc:
         _put_back(rendered.map_dir, old_maps)
+        progress.put_back()
         raise SyncError(f"cannot write {config}: {exc}; the running HAProxy is "
                         "unchanged") from None
     try:
@@ -293,13 +326,15 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         # A stop once HAProxy has reloaded, before that was read: the new files are what
         # it serves. Put back, they would say otherwise, and the next sync reload again.
         if await reload.happened():
-            progress.reloaded = True
+            progress.loaded()
             _keep_owners(config, rendered)
         raise
     except (HAProxyProcessError, OSError) as exc:
         # Put the old file back: it is what HAProxy runs, and the next sync must see
         # the difference again and retry the reload.
         restored = _undo(config, current, rendered.map_dir, old_maps)
+        if restored:  # else the file holds what HAProxy did not load: the marker stays
+            progress.put_back()
         try:  # for whoever looks into the failure: what was to be loaded
             saved = f"the new one is kept at {keep_rejected(config, candidate)}"
         except OSError as exc2:
@@ -314,7 +349,7 @@ async def _apply(args: argparse.Namespace, config: Path, rendered: Rendered,
         raise SyncError(f"reload via {how} failed: {exc}; {config} was restored to the "
                         f"config HAProxy is running ({saved}), the next sync "
                         "retries") from None
-    progress.reloaded = True
+    progress.loaded()
     _keep_owners(config, rendered)
     return f"{config} updated; HAProxy reloaded via {how} ({detail})"
 

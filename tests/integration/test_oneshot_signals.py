@@ -298,3 +298,56 @@ def test_a_sync_stopped_after_haproxy_reloaded_keeps_the_new_config(
         assert (again.returncode, again.stdout) == (0, ""), again.stderr
         assert master_reloads(master) == 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_sync_killed_before_haproxy_reloaded_is_not_taken_for_applied_by_the_next(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """SIGKILL (the OOM killer, cron's timeout -s KILL) runs no code: a sync killed once
+    it had written the new config, before HAProxy reloaded it, left a file HAProxy never
+    loaded. The next sync found the file equal to its render and did nothing, for ever:
+    the app stayed unrouted until some other change. ``<config>.unconfirmed`` (the
+    daemon's marker) is there from the first change on; the next sync reloads."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    master = tmp_path / "master.sock"
+    marker = tmp_path / "haproxy.cfg.unconfirmed"
+    common = ("sync", "--marathon", simulator.url, "--haproxy-config", str(config),
+              "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
+              "--http-port", "0", "--https-port", "0")
+    port, live = simulator.launch("/killed/web", 2)
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    pid_file = tmp_path / "reload.pid"
+    hang = f"echo $$ > {pid_file}; exec sleep 600"
+    with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
+                               what="HAProxy's master socket")):
+        with stopped_in_the_end(start(*common, "--reload-command", hang)) as proc:
+            try:
+                wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                         PATIENCE, what="the reload command")
+                assert f":{port}" in config.read_text()  # the change is on disk
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.communicate(timeout=PATIENCE)
+            finally:
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        assert proc.returncode == -signal.SIGKILL
+        assert marker.exists(), "a change HAProxy was never seen to load, unmarked"
+        assert master_reloads(master) == 0
+        again = subprocess.run([PYTHON, "-m", "servicerouter", *common,
+                                "--haproxy-master-socket", str(master)],
+                               capture_output=True, text=True, timeout=90,
+                               stdin=subprocess.DEVNULL, check=False)
+        assert again.returncode == 0, again.stderr
+        assert "HAProxy reloaded" in again.stdout, (again.stdout, again.stderr)
+        assert "haproxy.cfg.unconfirmed is there" in again.stderr, again.stderr
+        assert master_reloads(master) == 1
+        wait_routed(port, live)
+        assert not marker.exists()
+        # Confirmed: the run after that has nothing to do.
+        third = subprocess.run([PYTHON, "-m", "servicerouter", *common,
+                                "--haproxy-master-socket", str(master)],
+                               capture_output=True, text=True, timeout=90,
+                               stdin=subprocess.DEVNULL, check=False)
+        assert (third.returncode, third.stdout) == (0, ""), third.stderr
+        assert master_reloads(master) == 1

@@ -99,6 +99,12 @@ class ConfigFile:
     def write(self, text: str) -> None:
         """Replace the file with ``text``, unconfirmed until :meth:`loaded`: the marker
         is on disk before the file changes, so no kill leaves a change without it."""
+        self.unconfirm()
+        atomic_write(self.path, text, new_mode=CONFIG_MODE)
+
+    def unconfirm(self) -> None:
+        """Put the marker on disk (before the file or its map files change): until
+        :meth:`loaded`, the file may hold what HAProxy does not run."""
         make_dirs(self.path.parent)
         fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                      CONFIG_MODE)
@@ -106,7 +112,6 @@ class ConfigFile:
             f.write(f"{self.path} was written by servicerouter (pid {os.getpid()}), which "
                     "had not seen HAProxy load it; the next servicerouter reloads HAProxy "
                     "rather than take it for the config HAProxy runs.\n")
-        atomic_write(self.path, text, new_mode=CONFIG_MODE)
 
     def loaded(self) -> None:
         """HAProxy runs what the file holds (a confirmed reload, a start on the file):
