@@ -131,6 +131,14 @@ class ReloadPipeline:
         # and runtime changes to the old worker meanwhile must not write the running
         # layout's over them (they are planned again against the new layout after it).
         self.loading = False
+        # Until the first reload of ours: the config file and map files that were on
+        # disk before a candidate's, put back when it fails or the daemon stops. An
+        # HAProxy the daemon did not adopt (kept, or started elsewhere) runs from them,
+        # and its next reload or restart reads them. prior_maps is None outside the
+        # range mode (and in a dry run): then the running layout's are written, as ever.
+        self.kept_prior = False
+        self.prior_config: str | None = None
+        self.prior_maps: dict[str, str | None] | None = None
         self.gate = ReloadGate(ReloadBudget(engine.config.tenant_reload_interval,
                                             engine.config.tenant_reload_burst),
                                engine.metrics.reloads_held.inc)
@@ -235,6 +243,7 @@ class ReloadPipeline:
             return self.failed("validate", f"{exc}; the running config keeps serving")
         if text == self.rejected:
             return self.failed("validate", None)  # already reported, still invalid
+        self.keep_prior()
         e.write_maps(layout)  # haproxy -c opens the map files the candidate names
         try:
             ok, output = (True, "") if cold else \
@@ -255,11 +264,11 @@ class ReloadPipeline:
             # A stop while haproxy -c checks the candidate: its map files must not stay
             # beside the config HAProxy runs (a restarted HAProxy or the next daemon
             # would read them with it).
-            e.write_maps(e.layout)
+            self.put_back_maps()
             raise
         if not ok:
             self.rejected = text
-            e.write_maps(e.layout)
+            self.put_back_maps()
             return self.failed("validate", f"candidate config rejected by haproxy -c "
                                f"(kept at {kept}): {brief(output)}; the running "
                                "config keeps serving")
@@ -289,12 +298,12 @@ class ReloadPipeline:
             # still on the old config "with no reload" when they matched.
             self.loading = False
             self.restore_file()
-            e.write_maps(e.layout)
+            self.put_back_maps()
             raise
         except Exception as exc:
             self.loading = False
             self.restore_file()
-            e.write_maps(e.layout)
+            self.put_back_maps()
             if cold:  # checked and isolated service by service, as any other candidate
                 self.cold_start_failed = True
                 e.writer.remove()
@@ -308,6 +317,7 @@ class ReloadPipeline:
         # The old worker stops after the grace of the config it runs (the one replaced).
         grace = grace_ms(e.config.settings, len(e.layout)) / 1000
         e.layout, e.table, e.running_config = layout, table, text
+        self.prior_config, self.prior_maps = None, None  # ours runs now: they are history
         self.loading = False
         prune_crt_lists(e.config.settings.crt_list_dir, text)  # candidates' and old ones
         self.live_socket, self.restore_socket = socket, False
@@ -493,15 +503,59 @@ class ReloadPipeline:
 
         return build
 
+    def keep_prior(self) -> None:
+        """Before the first candidate's files go on disk while no config of ours runs:
+        keep the config file and the map files there (:attr:`prior_config`)."""
+        e = self.engine
+        if e.running_config is None and not self.kept_prior:
+            self.kept_prior = True
+            self.prior_config = e.writer.read()
+            self.prior_maps = read_maps(e.writer, e.config.settings)
+
+    def put_back_maps(self) -> None:
+        """After a candidate failed or a stop: the map files of the config HAProxy runs.
+        That is the running layout's; before the first reload of ours, the files that
+        were on disk (the maps of an empty layout, written instead, left an HAProxy
+        not adopted routing no range port at its next reload or restart)."""
+        e = self.engine
+        if e.running_config is None and self.prior_maps is not None:
+            put_back_maps(e.writer, e.config.settings, self.prior_maps)
+        else:
+            e.write_maps(e.layout)
+
     def restore_file(self) -> None:
         """After a failed reload, put the last good config back on disk: a restarted
-        master (after a worker crash) must find a config it can serve."""
+        master (after a worker crash) must find a config it can serve. Before the first
+        reload of ours, the file that was there (what an HAProxy not adopted runs)."""
         running = self.engine.running_config
+        if running is None:
+            running = self.prior_config
         if running is not None:
             try:
                 self.engine.writer.write(running)
             except OSError as exc:
                 log.error("restoring the last good config after a failed reload: %s", exc)
+
+
+def read_maps(writer: ConfigWriter, settings: Settings) -> dict[str, str | None] | None:
+    """Range mode: the map files on disk now (None: no such file, or unreadable); None
+    when the range mode is off or the writer reads none (a dry run)."""
+    read = getattr(writer, "read_map_file", None)
+    if read is None or not pool.range_on(settings):
+        return None
+    return {name: read(settings.map_dir, name) for name in pool.map_files({}, settings)}
+
+
+def put_back_maps(writer: ConfigWriter, settings: Settings,
+                  files: dict[str, str | None]) -> None:
+    """Range mode: the map files as :func:`read_maps` read them (None: removed)."""
+    write = getattr(writer, "write_maps", None)
+    if write is None:
+        return
+    try:
+        write(settings.map_dir, files)
+    except OSError as exc:
+        log.error("putting back the map files in %s: %s", settings.map_dir, exc)
 
 
 def write_maps(writer: ConfigWriter, layout: Layout, settings: Settings,

@@ -469,6 +469,47 @@ def test_a_restart_next_to_a_running_haproxy_adopts_its_pool_without_a_reload(
             assert f"{low + 4} kept_moved_{low + 4}\n" in ports  # its own backend again
 
 
+def test_a_first_candidate_rejected_leaves_the_files_of_the_haproxy_it_did_not_adopt(
+        tmp_path: Path, simulator: Simulator) -> None:
+    """A daemon that starts beside an HAProxy it cannot adopt (another --http-port than
+    the config HAProxy runs) reloads it: its first candidate's maps go on disk for
+    haproxy -c. A
+    rejection (or a failed reload, or a stop) then wrote the maps of the layout it
+    ran, which was none yet: empty maps beside the config that HAProxy still ran from
+    disk, and its next reload (systemctl reload, a restart) routed no range port."""
+    from servicerouter.haproxy.master_cli import MasterCLI
+
+    low, high = free_port_range(RANGE_SIZE)
+    haproxy = ExternalHAProxy(tmp_path).start()
+    args = ("--service-port-range", f"{low}-{high}")
+    maps = tmp_path / "haproxy.cfg.d"
+    rejecting = tmp_path / "haproxy-rejecting"  # haproxy -c refuses every config
+    rejecting.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo "[ALERT] (1) : '
+                         'config : refused by the test" >&2; exit 1; fi\nexec haproxy "$@"\n')
+    rejecting.chmod(0o755)
+    with running(haproxy):
+        launch(simulator, "/kept/a", low + 1)
+        first = Daemon(tmp_path, simulator.url, *args, start_haproxy=False)
+        with running(first):
+            first.start()
+            routed(simulator, "/kept/a", low + 1)
+        config = haproxy.config.read_text()
+        files = {p.name: p.read_text() for p in maps.iterdir()}
+        assert f"{low + 1} " in files["ports.map"]
+        second = Daemon(tmp_path, simulator.url, *args, "--haproxy-bin", str(rejecting),
+                        "--http-port", str(free_port()), start_haproxy=False)
+        with running(second):
+            second.start(wait_healthy=False)
+            wait_for(lambda: "candidate config rejected by haproxy -c" in second.proc.output(),
+                     30, what="the first candidate rejected")
+            assert {p.name: p.read_text() for p in maps.iterdir()} == files
+        assert haproxy.config.read_text() == config
+        assert {p.name: p.read_text() for p in maps.iterdir()} == files
+        # HAProxy loads its files again (systemctl reload, say): /kept/a is still routed.
+        asyncio.run(MasterCLI(str(haproxy.master_socket)).reload())
+        routed(simulator, "/kept/a", low + 1)
+
+
 def oneshot(command: str, sim: Simulator, tmp: Path, low: int, high: int, *extra: str
             ) -> subprocess.CompletedProcess[str]:
     """``servicerouter render|sync --service-port-range`` against the simulator."""

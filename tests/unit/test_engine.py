@@ -250,6 +250,40 @@ async def test_failed_write_or_reload_keeps_the_layout(failure: str, stage: str)
     assert counter(engine, "servicerouter_reload_failing", stage=stage) == 0
 
 
+@pytest.mark.parametrize("stop", [False, True])
+async def test_a_first_reload_cut_short_puts_back_the_file_that_was_there(stop: bool) -> None:
+    """No config of ours runs yet, but an HAProxy the daemon did not adopt (started
+    elsewhere, or kept with another config) runs the file on disk: a first reload that
+    failed, or a stop during it, left the candidate in the file, and that HAProxy's next
+    reload or restart loaded what had just failed (or was never confirmed)."""
+    engine, _, writer, reloader = make_engine()
+    theirs = "# the config an HAProxy not adopted runs\n"
+    writer.written.append(theirs)
+    reloading = asyncio.Event()
+
+    async def hanging() -> None:
+        reloading.set()
+        await asyncio.Event().wait()
+
+    if stop:
+        reloader.reload = hanging  # type: ignore[method-assign]
+    else:
+        reloader.fail = True
+    engine.mark(engine.state.set_app(app(1)))
+    if stop:
+        step = asyncio.ensure_future(engine.step())
+        await asyncio.wait_for(reloading.wait(), 5)
+        assert writer.read() != theirs  # the candidate, in the file for the reload
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+    else:
+        await engine.step()
+        assert counter(engine, "servicerouter_reload_failures_total", stage="reload") == 1
+    assert engine.running_config is None
+    assert writer.read() == theirs
+
+
 async def test_update_strategy_reload_reloads_on_churn() -> None:
     engine, runtime, _, reloader = make_engine()
     engine.config = EngineConfig(settings=Settings(stats_port=0), min_reload_interval=0.0,

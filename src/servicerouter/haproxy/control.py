@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,11 +152,15 @@ class ConfigFile:
         except (OSError, UnicodeDecodeError):
             return None
 
-    def write_maps(self, directory: str, files: dict[str, str]) -> None:
-        """Range mode: the map files the config names (pool.py), each replaced atomically."""
+    def write_maps(self, directory: str, files: Mapping[str, str | None]) -> None:
+        """Range mode: the map files the config names (pool.py), each replaced atomically
+        (None: removed, as one that was not there is put back)."""
         make_dirs(Path(directory))
         for name, text in files.items():
-            atomic_write(Path(directory) / name, text)
+            if text is None:
+                (Path(directory) / name).unlink(missing_ok=True)
+            else:
+                atomic_write(Path(directory) / name, text)
 
 
 def _alerts(exc: Exception) -> str:
