@@ -399,7 +399,8 @@ async def run_daemon(args: argparse.Namespace) -> int:
 
         runtime, writer, reloader = dry_run_parts(args, settings.socket_path)
     else:
-        writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin)
+        writer = ConfigFile(Path(args.haproxy_config), args.haproxy_bin,
+                            crt_list_dir=settings.crt_list_dir)
         reloader = build_reloader(args, writer)
         runtime = RuntimeClient(settings.socket_path)
     async with marathon_client(args, on_request=on_request) as marathon:

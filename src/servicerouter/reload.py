@@ -240,8 +240,10 @@ class ReloadPipeline:
             layout, table, text = await e.while_applying(asyncio.to_thread(
                 self._build(settings)))
         except TemplateError as exc:
+            self.prune_candidates()  # (the crt-list is written before the templates run)
             return self.failed("validate", f"{exc}; the running config keeps serving")
         if text == self.rejected:
+            self.prune_candidates()  # rendered again, with its crt-list
             return self.failed("validate", None)  # already reported, still invalid
         self.keep_prior()
         e.write_maps(layout)  # haproxy -c opens the map files the candidate names
@@ -269,6 +271,7 @@ class ReloadPipeline:
         if not ok:
             self.rejected = text
             self.put_back_maps()
+            self.prune_candidates()
             return self.failed("validate", f"candidate config rejected by haproxy -c "
                                f"(kept at {kept}): {brief(output)}; the running "
                                "config keeps serving")
@@ -304,6 +307,7 @@ class ReloadPipeline:
             self.loading = False
             self.restore_file()
             self.put_back_maps()
+            self.prune_candidates()
             if cold:  # checked and isolated service by service, as any other candidate
                 self.cold_start_failed = True
                 e.writer.remove()
@@ -522,6 +526,13 @@ class ReloadPipeline:
             put_back_maps(e.writer, e.config.settings, self.prior_maps)
         else:
             e.write_maps(e.layout)
+
+    def prune_candidates(self) -> None:
+        """After a candidate failed: remove the crt-lists that only candidates named
+        (its own, bisection's), keeping those of the config HAProxy runs and of the
+        file on disk. A stop leaves them to ConfigFile.cleanup, at exit."""
+        e = self.engine
+        prune_crt_lists(e.config.settings.crt_list_dir, e.running_config, e.writer.read())
 
     def restore_file(self) -> None:
         """After a failed reload, put the last good config back on disk: a restarted

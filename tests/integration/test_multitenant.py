@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -804,6 +805,57 @@ def test_thirty_one_tenants_certificates_are_each_presented_for_their_own_host(
         text = daemon.config.read_text()
         (bind,) = [ln for ln in text.splitlines() if f"bind *:{https} " in ln]
         assert len(bind.split()) < 64, bind
+
+
+@pytest.mark.parametrize("cut", ["rejected", "stopped"])
+def test_a_candidates_crt_list_does_not_outlive_it(tmp_path: Path, simulator: Simulator,
+                                                   cut: str) -> None:
+    """The crt-list is named by its content, so a candidate with another set of tenant
+    certificates writes a file of its own in <config>.d. Only the next successful
+    reload removed it: after a rejected candidate, or a stop (during the check here),
+    it outlived the daemon, beside the config that never named it."""
+    from servicerouter.demo.procs import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    operator = _pem(tmp_path, "operator", "/CN=corp.test", "DNS:*.corp.test")
+    flag = tmp_path / "cut"  # while it exists, haproxy -c refuses (or hangs)
+    act = ('echo "[ALERT] (1) : config : refused by the test" >&2; exit 1'
+           if cut == "rejected" else "exec sleep 300")
+    wrapper = tmp_path / "haproxy-cut"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ] && [ -e {flag} ]; then {act}; fi\n'
+                       'exec haproxy "$@"\n')
+    wrapper.chmod(0o755)
+    folder = Path(f"{(tmp_path / 'haproxy.cfg').resolve()}.d")
+
+    def named() -> set[str]:
+        return {Path(p).name for p in re.findall(r"crt-list (\S+)",
+                                                 (tmp_path / "haproxy.cfg").read_text())}
+
+    def lists() -> set[str]:
+        return {p.name for p in folder.glob("crt-*.list")}
+
+    for i in (1, 2):
+        _pem(certs, f"t{i}", f"/CN=t{i}.corp.test", f"DNS:t{i}.corp.test", "ec")
+    simulator.create_app("/team1/web", instances=0, labels={
+        "HAPROXY_0_VHOST": "t1.corp.test", "HAPROXY_0_SSL_CERT": str(certs / "t1.pem")})
+    daemon = Daemon(tmp_path, simulator.url, "--https-port", str(free_port()),
+                    "--ssl-certs", str(operator), "--ssl-cert-dir", str(certs),
+                    "--haproxy-bin", str(wrapper)).start()
+    with running(daemon):
+        (served,) = named()
+        assert lists() == {served}
+        flag.touch()
+        simulator.create_app("/team2/web", instances=0, labels={
+            "HAPROXY_0_VHOST": "t2.corp.test", "HAPROXY_0_SSL_CERT": str(certs / "t2.pem")})
+        wait_for(lambda: len(lists()) > 1, 30, what="the candidate's crt-list")
+        if cut == "rejected":  # (test_engine checks the folder while the daemon runs)
+            wait_for(lambda: "candidate config rejected by haproxy -c" in _log(daemon), 30,
+                     what="the candidate rejected")
+    assert named() == {served}
+    assert lists() == {served}
 
 
 def test_a_certificate_for_many_long_vhosts_is_presented_and_costs_no_one(

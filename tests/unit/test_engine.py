@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from servicerouter.haproxy.runtime import RuntimeUnavailable
 from servicerouter.haproxy.runtime_parse import CommandResult, ServerState, Status
 from servicerouter.layout import Settings
 from servicerouter.metrics import Metrics
-from servicerouter.model import App, Service, Task
+from servicerouter.model import App, Options, Service, Task
 from servicerouter.planner import ReloadReason
 from servicerouter.servercheck import state_line
 
@@ -282,6 +283,54 @@ async def test_a_first_reload_cut_short_puts_back_the_file_that_was_there(stop: 
         assert counter(engine, "servicerouter_reload_failures_total", stage="reload") == 1
     assert engine.running_config is None
     assert writer.read() == theirs
+
+
+def tenant(engine: Engine, app_id: str, port: int, cert: Path) -> App:
+    """An app whose vhost brings its own certificate (as admission found it: ``cert``
+    names its host): in the HTTPS frontend's crt-list."""
+    from servicerouter.admission import CertFact, Facts
+
+    host = cert.stem
+    cert.write_text("a certificate for the crt-list, not for HAProxy\n")
+    info = cert.stat()
+    engine.state.set_facts(Facts(certs={str(cert): CertFact(
+        str(cert), stamp=(info.st_mtime_ns, info.st_size), names=(host,))}))
+    return App(app_id, services=(Service(app_id, 0, port, options=Options(
+        vhosts=(host,), ssl_cert=str(cert))),), tasks=(
+        Task(f"{app_id}-1", app_id, "127.0.0.1", (31000 + port % 1000,), "TASK_RUNNING"),))
+
+
+@pytest.mark.parametrize("failure", ["rejected", "reload"])
+async def test_a_failed_candidates_crt_list_does_not_stay(tmp_path: Path,
+                                                          failure: str) -> None:
+    """The crt-list is named by its content: a candidate with one more tenant certificate
+    writes a file of its own, which only the next successful reload removed. A rejected
+    candidate is rendered again at each retry (and not checked again): its file came
+    back each time."""
+    engine, _, writer, reloader = make_engine()
+    folder = tmp_path / "haproxy.cfg.d"
+    engine.config = replace(engine.config, settings=replace(
+        engine.config.settings, https_port=8443, crt_list_dir=str(folder)))
+
+    def lists() -> set[str]:
+        return {str(p) for p in folder.glob("crt-*.list")}
+
+    engine.mark(engine.state.set_app(tenant(engine, "/a", 10000, tmp_path / "a.test")))
+    await engine.step()
+    served = set(re.findall(r"crt-list (\S+)", writer.written[-1]))
+    assert len(served) == 1 and lists() == served
+    if failure == "rejected":
+        writer.valid = False
+    else:
+        reloader.fail = True
+    engine.mark(engine.state.set_app(tenant(engine, "/b", 10001, tmp_path / "b.test")))
+    await engine.step()
+    assert "b_10001" not in engine.layout
+    assert lists() == served
+    engine.reload_pipeline.next_at = 0.0  # the backoff has passed: tried again
+    await engine.step()
+    assert "b_10001" not in engine.layout
+    assert lists() == served
 
 
 async def test_update_strategy_reload_reloads_on_churn() -> None:

@@ -29,6 +29,7 @@ from .process import (
     run_reload_command,
     validate,
 )
+from .render import prune_crt_lists
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -50,7 +51,8 @@ class ConfigFile:
 
     The candidate is piped to ``haproxy -c`` (never written to /tmp); :meth:`cleanup`
     removes what a killed daemon may have left of an ``atomic_write`` next to the
-    config and in ``<config>.d`` (map files, crt-lists), at start and at exit.
+    config and in ``<config>.d`` (map files, crt-lists), at start and at exit, and the
+    crt-lists in ``crt_list_dir`` the file does not name (candidates' of a run cut short).
 
     From :meth:`write` until :meth:`loaded`, ``<config>.unconfirmed`` says on disk that
     the file holds a config HAProxy was not (yet) confirmed to run. A daemon killed in
@@ -58,10 +60,11 @@ class ConfigFile:
     adopt HAProxy as though it ran the file (:meth:`unconfirmed`, takeover.py)."""
 
     def __init__(self, path: Path, haproxy_bin: str = "haproxy",
-                 check_timeout: float = 60.0) -> None:
+                 check_timeout: float = 60.0, crt_list_dir: str = "") -> None:
         self.path = path
         self.haproxy_bin = haproxy_bin
         self.check_timeout = check_timeout
+        self.crt_list_dir = crt_list_dir
         self.marker = path.with_name(path.name + ".unconfirmed")
 
     async def validate(self, text: str) -> tuple[bool, str]:
@@ -94,8 +97,12 @@ class ConfigFile:
 
     def cleanup(self) -> None:
         """Remove the temp files a killed daemon may have left next to the config and in
-        its map folder (files.remove_leftovers)."""
+        its map folder (files.remove_leftovers), and the crt-lists that only candidates
+        named: the file on disk is the config HAProxy runs (or is restarted on)."""
         remove_leftovers(self.path)
+        text = self.read()
+        if text is not None:  # else nothing tells which one is in use
+            prune_crt_lists(self.crt_list_dir, text)
 
     def write(self, text: str) -> None:
         """Replace the file with ``text``, unconfirmed until :meth:`loaded`: the marker
