@@ -13,6 +13,7 @@ to repair and only real changes from Marathon produce output.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import tempfile
@@ -114,6 +115,7 @@ class DryRunConfig:
         # Range mode: haproxy -c opens the map files a candidate names; they go in a
         # private temporary folder (removed at exit), never in the real one.
         self._maps: tuple[str, Path] | None = None
+        self.changes = asyncio.Lock()  # (the reload pipeline takes the file's turn)
 
     async def validate(self, text: str) -> tuple[bool, str]:
         if self._maps is not None:

@@ -96,6 +96,13 @@ class ConfigWriter(Protocol):
         or None."""
         ...
 
+    @property
+    def changes(self) -> asyncio.Lock:
+        """The file's turn: held from a :meth:`write` until HAProxy loaded it (or the
+        file was put back), and by a restart of HAProxy from putting the file right
+        until HAProxy runs it."""
+        ...
+
 
 def primary_reason(pending: dict[str, str]) -> str:
     """The reason one reload is counted under, of all the ``pending`` ones."""
@@ -283,45 +290,66 @@ class ReloadPipeline:
             e.awaiting_reload.clear()
             self.failing = None
             return True
+        # The file's turn (ConfigFile.changes), from writing the candidate until HAProxy
+        # loaded it or the file is put back: a supervised restart of HAProxy (its master
+        # died) takes it to put the file right and start HAProxy on it. Without it, a
+        # restart between the write and the reload put the running config back over the
+        # candidate and started on it; the reload loaded that again, and the candidate
+        # was taken for served. And one under way while the candidate was written marked
+        # the file loaded though HAProxy had read the config before.
+        turn = e.writer.changes
+        await turn.acquire()
         try:
-            e.writer.write(text)
-        except OSError as exc:
-            return self.failed("write", f"writing the config failed: {exc}")
-        # The candidate's maps again: runtime map changes applied while it was validated
-        # wrote the running layout's (what still differs is repaired after the reload).
-        e.write_maps(layout)
-        self.loading = True
-        try:
-            old_pid = None if cold else await self._serving_pid()
-            confirming = await e.while_applying(self._reload(old_pid))
-        except asyncio.CancelledError:
-            # The daemon stops before HAProxy confirmed it loaded the file (a reload
-            # command killed, a reload never sent): the file must not claim it did. The
-            # next daemon compares its render with the file, and adopted an HAProxy
-            # still on the old config "with no reload" when they matched.
-            self.loading = False
-            self.restore_file()
-            self.put_back_maps()
-            raise
-        except Exception as exc:
-            self.loading = False
-            self.restore_file()
-            self.put_back_maps()
-            self.prune_candidates()
-            if cold:  # checked and isolated service by service, as any other candidate
+            try:
+                e.writer.write(text)
+            except OSError as exc:
+                return self.failed("write", f"writing the config failed: {exc}")
+            # The candidate's maps again: runtime map changes applied while it was
+            # validated wrote the running layout's (what differs is repaired after the
+            # reload).
+            e.write_maps(layout)
+            self.loading = True
+            try:
+                old_pid = None if cold else await self._serving_pid()
+                confirming = await e.while_applying(self._reload(old_pid))
+            except asyncio.CancelledError:
+                # The daemon stops before HAProxy confirmed it loaded the file (a reload
+                # command killed, a reload never sent): the file must not claim it did.
+                # The next daemon compares its render with the file, and adopted an
+                # HAProxy still on the old config "with no reload" when they matched.
+                self.loading = False
+                self.restore_file()
+                self.put_back_maps()
+                raise
+            except Exception as exc:
+                self.loading = False
+                self.restore_file()
+                self.put_back_maps()
+                self.prune_candidates()
+                if not cold:
+                    stage = getattr(exc, "stage", "reload")
+                    return self.failed(
+                        stage if stage in ("reload", "confirm") else "reload",
+                        f"reload failed: {exc}")
+                # Checked and isolated service by service, as any other candidate (below,
+                # once the file's turn is given back).
                 self.cold_start_failed = True
                 e.writer.remove()
                 log.warning("HAProxy did not start on the first config (%s); checking it "
                             "with haproxy -c, service by service", str(exc).splitlines()[0])
-                return await self.run()
-            stage = getattr(exc, "stage", "reload")
-            return self.failed(stage if stage in ("reload", "confirm") else "reload",
-                               f"reload failed: {exc}")
-        e.writer.loaded()  # the next daemon may adopt HAProxy on this file
-        # The old worker stops after the grace of the config it runs (the one replaced).
-        grace = grace_ms(e.config.settings, len(e.layout)) / 1000
-        e.layout, e.table, e.running_config = layout, table, text
-        self.prior_config, self.prior_maps = None, None  # ours runs now: they are history
+            else:
+                e.writer.loaded()  # the next daemon may adopt HAProxy on this file
+                # The old worker stops after the grace of the config it runs (the one
+                # replaced).
+                grace = grace_ms(e.config.settings, len(e.layout)) / 1000
+                # Before the turn is given back: a restart of HAProxy after it puts this
+                # config back if the file is changed outside servicerouter.
+                e.layout, e.table, e.running_config = layout, table, text
+                self.prior_config, self.prior_maps = None, None  # ours runs now: history
+        finally:
+            turn.release()
+        if cold and self.cold_start_failed:  # HAProxy did not start on it, just above
+            return await self.run()
         self.loading = False
         prune_crt_lists(e.config.settings.crt_list_dir, text)  # candidates' and old ones
         self.live_socket, self.restore_socket = socket, False

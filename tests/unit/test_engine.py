@@ -92,6 +92,7 @@ class FakeWriter:
         self.rejected: list[str] = []
         self.loaded_count = 0  # times HAProxy was seen to load the file
         self.unconfirmed_why: str | None = None
+        self.changes = asyncio.Lock()
 
     async def validate(self, text: str) -> tuple[bool, str]:
         self.validated += 1

@@ -7,12 +7,22 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from servicerouter import pool
 from servicerouter.engine import Engine, EngineConfig
+from servicerouter.haproxy.control import ConfigFile
+from servicerouter.haproxy.detached import HAProxyPid, KeptHAProxy
+from servicerouter.haproxy.master_cli import (
+    MasterUnavailable,
+    ProcInfo,
+    ReloadError,
+    WorkerInfo,
+)
+from servicerouter.haproxy.process import HAProxyProcess, StartError
 from servicerouter.haproxy.runtime_parse import CommandResult, ServerState
 from servicerouter.layout import Settings
 from servicerouter.marathon.events import MarathonEvent
@@ -748,3 +758,222 @@ async def test_an_app_terminated_while_its_refetch_is_in_flight_does_not_come_ba
     marathon.apps["/shop"] = balanced("/shop", 10000, "roundrobin", "s1")
     await engine.intake.refetch_app("/shop")
     assert "shop_10000" in engine.state.desired and not engine.state.problems
+
+
+class FileHAProxy(HAProxyProcess):
+    """HAProxy as far as its config file goes: each start and reload runs what the file
+    holds at that moment (:attr:`runs`); :meth:`die` ends the master, as a killed
+    worker does (StartedHAProxy's supervisor then starts it again from the file).
+    ``gate``, when set, holds each start after HAProxy read the file, as a real one
+    takes a while to answer. ``unmarked`` records each reload that found the file
+    holding what HAProxy does not run without ``<config>.unconfirmed`` beside it."""
+
+    def __init__(self, config: Path) -> None:
+        super().__init__(config, config.with_name("master.sock"))
+        self.file = config
+        self.marker = config.with_name(config.name + ".unconfirmed")
+        self.runs: str | None = None
+        self.starts = 0
+        self.alive = False
+        self.exited = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        self.starting = asyncio.Event()
+        self.unmarked: list[str] = []
+
+    def is_running(self) -> bool:
+        return self.alive
+
+    def die(self) -> None:
+        self.alive = False
+        self.exited.set()
+
+    async def _start(self) -> ProcInfo:
+        self.runs, self.alive, self.exited = self.file.read_text(), True, asyncio.Event()
+        self.starting.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        self.starts += 1
+        return ProcInfo(1, 0, 0, "0s", "2.6", [WorkerInfo(100, 0, "0s", "2.6")])
+
+    async def reload(self, timeout: float | None = None) -> ProcInfo:
+        async with self._lock:
+            if not self.alive:
+                raise ReloadError("HAProxy is not running")
+            if self.file.read_text() != self.runs and not self.marker.exists():
+                self.unmarked.append(self.file.read_text())
+            self.runs = self.file.read_text()
+            return ProcInfo(1, 1, 0, "0s", "2.6", [WorkerInfo(100, 1, "0s", "2.6")])
+
+    async def wait(self) -> int:
+        await self.exited.wait()
+        return 137
+
+    async def _drain_log(self) -> None:
+        pass
+
+    async def _reap_group(self) -> None:
+        pass
+
+    async def supervise(self, **kw: Any) -> None:
+        await super().supervise(**{**kw, "backoff": 0.0})  # no waiting between restarts
+
+    async def stop(self, graceful: bool = False, timeout: float | None = None) -> int | None:
+        self._stopping = True
+        self.die()
+        return 137
+
+
+class FileKeptHAProxy(KeptHAProxy):
+    """The --keep-haproxy-on-exit reloader on a master as far as the config file goes,
+    with :class:`FileHAProxy`'s attributes: a launch and a reload run what the file
+    holds; :meth:`die` leaves the master socket unanswered and no master alive."""
+
+    def __init__(self, config: ConfigFile) -> None:
+        super().__init__(config, str(config.path.with_name("master.sock")),
+                         str(config.path.with_name("admin.sock")))
+        self.file, self.marker = config.path, config.marker
+        self.runs: str | None = None
+        self.starts = 0
+        self.alive = False
+        self.gate: asyncio.Event | None = None
+        self.starting = asyncio.Event()
+        self.unmarked: list[str] = []
+        self.master = FileMaster(self)  # type: ignore[assignment]
+
+    def die(self) -> None:
+        self.alive = False
+
+    def live_master(self) -> HAProxyPid | None:
+        return HAProxyPid(1, 0, "S") if self.alive else None
+
+    async def _launch(self) -> ProcInfo:
+        if self.alive:
+            raise StartError("HAProxy master 1 already runs")
+        self.runs, self.alive = self.file.read_text(), True
+        self.starting.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        self.starts += 1
+        self._master_pid = 1
+        self.config.loaded()  # as the real one: HAProxy started on the file
+        return await self.master.show_proc()
+
+
+class FileMaster:
+    """:class:`FileKeptHAProxy`'s master CLI."""
+
+    def __init__(self, haproxy: FileKeptHAProxy) -> None:
+        self.haproxy = haproxy
+
+    def socket_gone(self) -> bool:
+        return False
+
+    async def show_proc(self, **_: Any) -> ProcInfo:
+        if not self.haproxy.alive:
+            raise MasterUnavailable("connection refused")
+        return ProcInfo(1, 0, 0, "0s", "2.6", [WorkerInfo(100, 0, "0s", "2.6")])
+
+    async def reload(self, **_: Any) -> ProcInfo:
+        h = self.haproxy
+        if not h.alive:  # (KeptHAProxy.reload then launches one)
+            raise MasterUnavailable("connection refused")
+        if h.file.read_text() != h.runs and not h.marker.exists():
+            h.unmarked.append(h.file.read_text())
+        h.runs = h.file.read_text()
+        return await self.show_proc()
+
+
+async def started_haproxy(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+                          ) -> tuple[Engine, FakeRuntime, Any]:
+    """An engine whose HAProxy is started by servicerouter (``kind`` "started":
+    StartedHAProxy on a FileHAProxy; "kept": a FileKeptHAProxy), on the first config:
+    candidates pass haproxy -c, the file is real."""
+    from servicerouter.haproxy import detached
+    from servicerouter.haproxy.control import StartedHAProxy
+
+    writer = ConfigFile(tmp_path / "haproxy.cfg")
+
+    async def passes(text: str) -> tuple[bool, str]:
+        return True, ""
+
+    writer.validate = passes  # type: ignore[method-assign]
+    reloader: Any
+    if kind == "started":
+        reloader = StartedHAProxy(writer, str(tmp_path / "master.sock"),
+                                  str(tmp_path / "admin.sock"))
+        reloader.process = process = FileHAProxy(writer.path)
+    else:
+        monkeypatch.setattr(detached, "WATCH_INTERVAL", 0.0)  # it looks at every turn
+        reloader = process = FileKeptHAProxy(writer)
+    runtime = FakeRuntime()
+    engine = Engine(EngineConfig(settings=Settings(stats_port=0, grace_ms=0),
+                                 min_reload_interval=0.0), None, runtime, writer, reloader,
+                    Metrics(), lambda host: host)  # type: ignore[arg-type]
+    runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
+    await reloader.start(engine)
+    await started(engine, 1)
+    assert process.starts == 1 and process.runs == engine.running_config
+    return engine, runtime, process
+
+
+async def turns(until: Any, most: int = 200) -> None:
+    """Let the other tasks run: ``most`` turns of the loop, or until ``until()``."""
+    for _ in range(most):
+        if until():
+            return
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("kind", ["started", "kept"])
+async def test_haproxy_restarted_between_a_write_and_its_reload_serves_what_we_believe(
+        tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """HAProxy's master died (a worker killed) after the pipeline wrote a candidate,
+    before it reloaded it. The supervisor (the kept master's watch) put "the running
+    config" back over the candidate, reported as a change made outside servicerouter,
+    and started HAProxy on it; the pipeline then reloaded that same old file, was told
+    the reload worked, and took the candidate for served: a new app HAProxy did not
+    have until some other reload, and a file that said the old config."""
+    engine, runtime, process = await started_haproxy(tmp_path, kind, monkeypatch)
+    plain = runtime.show_info
+
+    async def master_dies() -> dict[str, str]:  # asked just before the reload is sent
+        runtime.show_info = plain  # type: ignore[method-assign]  # this one only
+        process.die()
+        await turns(lambda: process.starts == 2)  # the supervisor's restart, if it runs
+        return await plain()
+
+    runtime.show_info = master_dies  # type: ignore[method-assign]
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))  # a new app: a reload
+    await asyncio.wait_for(engine.step(), 5)
+    await turns(lambda: False, 20)  # whatever the supervisor does after it
+    assert "new_10001" in engine.layout
+    assert process.runs == engine.running_config, "HAProxy runs another config"
+    assert engine.writer.read() == engine.running_config
+    assert not process.unmarked
+    assert process.starts == 2  # one start, and no second one tried beside it:
+    assert "restart failed" not in caplog.text and "outside servicerouter" not in caplog.text
+    await engine.reloader.stop()
+
+
+@pytest.mark.parametrize("kind", ["started", "kept"])
+async def test_a_write_during_a_restart_is_not_confirmed_by_it(
+        tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other order: the supervisor starts HAProxy on the file, and while HAProxy
+    comes up the pipeline writes a candidate. The restart then marked the file loaded
+    (<config>.unconfirmed removed) though HAProxy had read the config before: a daemon
+    killed before its own reload left the next one adopting HAProxy as though it ran
+    the candidate."""
+    engine, _, process = await started_haproxy(tmp_path, kind, monkeypatch)
+    process.gate, process.starting = asyncio.Event(), asyncio.Event()
+    process.die()
+    await asyncio.wait_for(process.starting.wait(), 5)  # HAProxy read the file
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))
+    step = asyncio.ensure_future(engine.step())
+    await turns(lambda: engine.writer.read() != process.runs)  # the candidate, if written
+    process.gate.set()
+    await asyncio.wait_for(step, 5)
+    assert process.runs == engine.running_config and "new_10001" in engine.layout
+    assert not process.unmarked, "HAProxy reloaded a file not marked unconfirmed"
+    await engine.reloader.stop()

@@ -66,6 +66,10 @@ class ConfigFile:
         self.check_timeout = check_timeout
         self.crt_list_dir = crt_list_dir
         self.marker = path.with_name(path.name + ".unconfirmed")
+        # The file's turn: held by the reload pipeline from a write until HAProxy loaded
+        # it (or the file is put back), and by a restart of HAProxy from putting the file
+        # right until HAProxy runs it, so that neither changes the file under the other.
+        self.changes = asyncio.Lock()
 
     async def validate(self, text: str) -> tuple[bool, str]:
         result = await validate(text, self.haproxy_bin, self.check_timeout)
@@ -260,7 +264,10 @@ class StartedHAProxy(_Reloader):
         self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def _supervise(self) -> None:
-        await self.process.supervise(on_restart=self._restarted, before_restart=self._restore)
+        # In the file's turn: a candidate the pipeline wrote, not yet reloaded, is not put
+        # back under it, nor written while HAProxy starts (ConfigFile.changes).
+        await self.process.supervise(on_restart=self._restarted, before_restart=self._restore,
+                                     hold=self.config.changes)
 
     def _restore(self) -> None:
         self.config.restore(self._engine.running_config if self._engine else None)

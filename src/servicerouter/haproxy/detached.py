@@ -265,13 +265,18 @@ class KeptHAProxy:
             self._silent_since = None
             log.error("HAProxy's master %s does not answer; starting HAProxy again",
                       self.master_socket)
-            self.config.restore(self._engine.running_config if self._engine else None)
-            try:
-                await self._launch()
-            except StartError as exc:
-                log.error("HAProxy restart failed: %s", exc)
-                delay = min(delay * 2, 30.0)
-                continue
+            # In the file's turn (ConfigFile.changes): a candidate the pipeline wrote, not
+            # yet reloaded, is not put back under it, nor written while HAProxy starts.
+            async with self.config.changes:
+                if self.live_master() is not None:  # a reload launched one meanwhile
+                    continue
+                self.config.restore(self._engine.running_config if self._engine else None)
+                try:
+                    await self._launch()
+                except StartError as exc:
+                    log.error("HAProxy restart failed: %s", exc)
+                    delay = min(delay * 2, 30.0)
+                    continue
             if self._engine is not None:
                 self._engine.request_reconcile()  # it starts from the file
 

@@ -25,6 +25,7 @@ import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from servicerouter.haproxy.children import (
     ValidationResult,
@@ -274,13 +275,16 @@ class HAProxyProcess:
         max_backoff: float = 30.0,
         on_restart: Callable[[ProcInfo], Awaitable[None]] | None = None,
         before_restart: Callable[[], None] | None = None,
+        hold: contextlib.AbstractAsyncContextManager[Any] | None = None,
     ) -> None:
         """Restart HAProxy whenever the master exits (e.g. after its worker was killed),
         with exponential backoff; past ``max_restarts`` exits in ``window`` seconds, once
         every ``max_backoff`` seconds (said at CRITICAL). It never gives up: it did, and a
         load balancer whose HAProxy was OOM-killed six times in five minutes then served
         nothing until some app changed. Returns when :meth:`stop` is called.
-        ``before_restart`` runs before each start (to put the config file right)."""
+        ``before_restart`` runs before each start (to put the config file right); ``hold``
+        (a lock) is held from it until ``on_restart`` is done: whoever else changes the
+        file takes it too, and neither changes the file under the other."""
         recent: collections.deque[float] = collections.deque()
         delay = backoff
         while True:
@@ -303,19 +307,20 @@ class HAProxyProcess:
             recent.append(now)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff) if len(recent) > 1 else backoff
-            async with self._lock:
-                if self._stopping:
-                    return
-                if before_restart is not None:
-                    before_restart()
-                try:
-                    info = await self._start()
-                except StartError as exc:
-                    log.error("HAProxy restart failed: %s", exc)
-                    continue
-                self.restarts += 1
-            if on_restart is not None:
-                await on_restart(info)
+            async with hold if hold is not None else contextlib.nullcontext():
+                async with self._lock:
+                    if self._stopping:
+                        return
+                    if before_restart is not None:
+                        before_restart()
+                    try:
+                        info = await self._start()
+                    except StartError as exc:
+                        log.error("HAProxy restart failed: %s", exc)
+                        continue
+                    self.restarts += 1
+                if on_restart is not None:
+                    await on_restart(info)
 
     async def stop(self, graceful: bool = False, timeout: float | None = None) -> int | None:
         """Stop HAProxy and everything it forked. ``graceful`` first soft-stops (SIGUSR1:
