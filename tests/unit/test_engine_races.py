@@ -977,3 +977,48 @@ async def test_a_write_during_a_restart_is_not_confirmed_by_it(
     assert process.runs == engine.running_config and "new_10001" in engine.layout
     assert not process.unmarked, "HAProxy reloaded a file not marked unconfirmed"
     await engine.reloader.stop()
+
+
+class DownHAProxy(FileHAProxy):
+    """A FileHAProxy whose supervisor first waits long before a restart (HAProxy is down
+    when the next reload comes) and on which a config naming ``refuses`` does not start
+    (it passed haproxy -c, and a port it binds was taken since)."""
+
+    refuses = "new_10001"
+
+    def __init__(self, config: Path) -> None:
+        super().__init__(config)
+        self.backoffs = [3600.0]
+
+    async def supervise(self, **kw: Any) -> None:
+        backoff = self.backoffs.pop(0) if self.backoffs else 0.0
+        await HAProxyProcess.supervise(self, **{**kw, "backoff": backoff})
+
+    async def _start(self) -> ProcInfo:
+        if self.refuses in self.file.read_text():
+            self.alive = False
+            self.exited = asyncio.Event()
+            self.exited.set()
+            raise StartError("HAProxy exited with status 1 at start: cannot bind socket")
+        return await super()._start()
+
+
+async def test_a_candidate_that_does_not_start_leaves_haproxy_running_the_last_good(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HAProxy's master died and the supervisor waited before restarting it; a reload
+    meanwhile stopped the supervisor to start HAProxy on the candidate, which did not
+    start. The file was put back, but nobody started HAProxy on it: every port stayed
+    closed while the candidate kept failing (each retry tried the same one)."""
+    monkeypatch.setitem(globals(), "FileHAProxy", DownHAProxy)
+    engine, _, process = await started_haproxy(tmp_path, "started", monkeypatch)
+    good = engine.running_config
+    process.die()
+    await turns(lambda: False, 20)  # the supervisor sees it and waits to restart
+    assert not process.is_running()
+    engine.mark(engine.state.set_app(app(1, app_id="/new")))  # a new app: a reload
+    await asyncio.wait_for(engine.step(), 5)
+    assert "new_10001" not in engine.layout and engine.running_config == good
+    await turns(lambda: process.is_running())
+    assert process.is_running(), "HAProxy stays down"
+    assert process.runs == good and engine.writer.read() == good
+    await engine.reloader.stop()

@@ -287,11 +287,22 @@ class StartedHAProxy(_Reloader):
         if self.process.is_running():
             await self.process.reload()
         else:
+            supervised = self._supervisor is not None
             if self._supervisor is not None:
                 self._supervisor.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._supervisor
-            await self._start()
+                self._supervisor = None
+            try:
+                await self._start()
+            except StartError:
+                # HAProxy is down (it exited, its restart was pending) and the candidate
+                # did not start: supervised again, it is started on the last good config
+                # (put back before each start), as after any exit. Left alone it stayed
+                # down while the candidate kept failing.
+                if supervised and self._supervisor is None:
+                    self._supervisor = asyncio.ensure_future(self._supervise())
+                raise
 
     async def stop(self) -> None:
         if self._supervisor is not None:
