@@ -34,13 +34,12 @@ class AppIndex:
                 index.setdefault(value, set()).add(after.id)
 
     def _named(self, app: App) -> list[tuple[dict[str, set[str]], str]]:
-        out: list[tuple[dict[str, set[str]], str]] = []
-        for s in app.services:
-            if s.options.ssl_cert is not None:
-                out.append((self.certs, s.options.ssl_cert))
-            if s.options.bind_address != "*":
-                out.append((self.addresses, s.options.bind_address))
-        return out
+        """Each file and address ``app`` names, once however many of its ports name it
+        (an app's HTTP and HTTPS ports on one file: taken out twice, the second raised)."""
+        certs = {s.options.ssl_cert for s in app.services if s.options.ssl_cert is not None}
+        addresses = {s.options.bind_address for s in app.services
+                     if s.options.bind_address != "*"}
+        return [*((self.certs, c) for c in certs), *((self.addresses, a) for a in addresses)]
 
     def naming(self, certs: set[str], addresses: set[str]) -> set[str]:
         """The apps naming one of these certificate files or bind addresses."""

@@ -1048,6 +1048,30 @@ def test_new_facts_re_admit_the_apps_naming_them_as_a_pass_over_every_app_did() 
         assert refreshed > 10, seed  # facts that changed what was routed
 
 
+def test_an_app_naming_one_file_and_address_on_two_ports_is_redeployed_and_deleted() -> None:
+    """One certificate file (and bind address) for two ports of an app, as its HTTP and
+    HTTPS ports have: the index of the apps naming each file and address listed the app
+    once per port on the way in and took it out once per port on the way out, so its
+    redeploy or removal raised KeyError, and a full sync with either did, for every app."""
+    s = ClusterState(Settings(http_port=0, https_port=0))
+    s.set_facts(Facts(certs={"/c/shop.pem": CertFact("/c/shop.pem")},
+                      addresses={"127.0.0.1": True}))
+    opts = Options(ssl_cert="/c/shop.pem", bind_address="127.0.0.1")
+    shop = App("/shop/web", "2026-01-01", services=(
+        Service("/shop/web", 0, 10001, opts), Service("/shop/web", 1, 10002, opts)),
+        tasks=(Task("shop.1", "/shop/web", "10.0.0.1", (31000, 31001), "TASK_RUNNING"),))
+    other = app("/other/x", 10003)
+    s.replace_all([shop, other])
+    s.replace_all([App(shop.id, "2026-02-01", services=shop.services[:1], tasks=shop.tasks),
+                   other])  # a deploy: one port left
+    assert set(s.desired) == {"shop_web_10001", "other_x_10003"}
+    s.set_app(shop)
+    s.replace_all([other])  # deleted
+    assert set(s.desired) == {"other_x_10003"}
+    assert s.set_facts(Facts(certs={"/c/shop.pem": CertFact("/c/shop.pem", stamp=(1, 1))},
+                             addresses={"127.0.0.1": False})) == set()  # no one names them
+
+
 def test_apps_refused_something_and_deleted_are_not_kept_waiting_for_it() -> None:
     """An app refused a taken port or host stays listed as waiting for it until it is
     let go; deleted, it stayed listed too, one more id per such app (a CI build naming
