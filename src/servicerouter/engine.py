@@ -207,12 +207,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. The first full sync is retried with backoff."""
         delays = reconnect_delays(initial=0.5, maximum=15.0)
-        if self.config.owners_file is not None:
-            prior = owners.load(self.config.owners_file)
-            if prior is not None:
-                self.state.restore_owners(prior)
-                log.info("owners of %d ports and %d hosts read from %s", len(prior.ports),
-                         len(prior.hosts), self.config.owners_file)
+        self.restore_owners()
         while not stop.is_set() and not await unless_stopped(self.intake.full_sync(), stop):
             # The worker check starts after the first sync: meanwhile HAProxy (serving its
             # last config) is asked here, or servicerouter_haproxy_up blames it for Marathon.
@@ -231,6 +226,23 @@ class Engine:
             for r in [*runners, *self._tasks]:
                 r.cancel()
             await asyncio.gather(*runners, *self._tasks, return_exceptions=True)
+
+    def restore_owners(self) -> None:
+        """Read who owned ports and hosts before this process from ``owners_file``: handed
+        back at the first full sync (:meth:`ClusterState.restore_owners`). The file is
+        written again after it (:meth:`keep_owners`) even if no owner changes: what it
+        handed back to apps gone meanwhile, or to groups that did not form again, is no
+        one's now. Left in the file, it was theirs again at the next restart (an app
+        deleted while the daemon was down, created again, had its port back over an
+        older definition, from a daemon that never saw it hold it)."""
+        if self.config.owners_file is None:
+            return
+        prior = owners.load(self.config.owners_file)
+        if prior is not None:
+            self.state.restore_owners(prior)
+            self._owners_saved = -1  # no version: the first step writes the file
+            log.info("owners of %d ports and %d hosts read from %s", len(prior.ports),
+                     len(prior.hosts), self.config.owners_file)
 
     async def _event_loop(self, stop: asyncio.Event) -> None:
         delays = reconnect_delays()

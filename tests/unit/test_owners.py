@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 
 from servicerouter import owners
+from servicerouter.engine import Engine, EngineConfig
 from servicerouter.layout import Settings
+from servicerouter.metrics import Metrics
 from servicerouter.model import App, Options, Service, Task
 from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
+
+from .test_engine import Answers, FakeReloader, FakeRuntime, FakeWriter
 
 
 def app(app_id: str, port: int, version: str, **opts: object) -> App:
@@ -276,3 +280,50 @@ def test_a_daemons_owners_file_is_written_as_to_json_writes_it(tmp_path: Path) -
         assert path.read_text() == now.to_json(), step
         assert Owners.from_json(path.read_text()) == now
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def daemon(path: Path, *apps: dict[str, object]) -> Engine:
+    """A daemon keeping its owners at ``path``, Marathon answering ``apps``."""
+    runtime = FakeRuntime()
+    engine = Engine(EngineConfig(settings=Settings(stats_port=0, grace_ms=0, http_port=0,
+                                                   https_port=0),
+                                 min_reload_interval=0.0, owners_file=path),
+                    Answers(*apps), runtime, FakeWriter(), FakeReloader(),  # type: ignore[arg-type]
+                    Metrics(), lambda host: host)
+    runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
+    return engine
+
+
+def marathon_app(app_id: str, port: int, version: str) -> dict[str, object]:
+    return {"id": app_id, "version": version, "portDefinitions": [{"port": port}],
+            "tasks": [{"id": f"{app_id[1:]}.1", "host": "127.0.0.1", "ports": [31000],
+                       "state": "TASK_RUNNING"}]}
+
+
+async def start(engine: Engine) -> None:
+    """What Engine.run does before its loops: the owners file, the first full sync."""
+    engine.restore_owners()
+    assert await engine.intake.full_sync()
+    await engine.step()
+
+
+async def test_an_owner_gone_at_a_restart_is_gone_from_the_owners_file_too(
+        tmp_path: Path) -> None:
+    """The first full sync after a restart hands back what the owners file kept to the
+    apps still in Marathon: one deleted while the daemon was down owns nothing. But the
+    file was written only when an owner changed, so it still named that app, and at the
+    next restart the app, created again, had its port back from a daemon that never saw
+    it hold it, over an older definition (the oldest first, with no owner before)."""
+    path = tmp_path / "haproxy.cfg.owners.json"
+    web = marathon_app("/teama/web", 10001, "2026-01-01")
+    await start(daemon(path, web, marathon_app("/teamb/db", 10003, "2026-03-01")))
+    assert Owners.from_json(path.read_text()).ports == {10001: "/teama/web",
+                                                        10003: "/teamb/db"}
+    restarted = daemon(path, web)  # /teamb/db was deleted while it was down
+    await start(restarted)
+    assert path.read_text() == restarted.state.owners().to_json()
+    again = daemon(path, web, marathon_app("/teamb/db", 10003, "2026-03-01"),
+                   marathon_app("/aaa/db", 10003, "2026-02-01"))
+    await start(again)
+    assert set(again.state.desired) == {"teama_web_10001", "aaa_db_10003"}
