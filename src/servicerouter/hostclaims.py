@@ -55,8 +55,7 @@ class HostClaims:
             return [], set()  # claims nothing, held nothing (most apps: ~3 µs a sync each)
         old_hosts = self.hosts_of.pop(app_id, set())
         old_routes = self.routes_of.pop(app_id, set())
-        for route in old_routes:
-            del self.route_owner[route]
+        old_backends = {route: self.route_owner.pop(route) for route in old_routes}
         for host in old_hosts:
             self.holders[host].discard(app_id)
         hosts: set[str] = set()
@@ -137,7 +136,7 @@ class HostClaims:
             self.hosts_of[app_id] = hosts
         if routes:
             self.routes_of[app_id] = set(routes)
-        if old_routes != routes.keys():
+        if old_backends != routes:  # (a backend too: the app's ports swapped paths)
             self.version += 1  # who routes a host and path is kept on disk too (owners.py)
         freed = {h for h in old_hosts if not self.holders.get(h)}
         for host in freed:

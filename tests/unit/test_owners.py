@@ -14,7 +14,7 @@ from servicerouter import owners
 from servicerouter.engine import Engine, EngineConfig
 from servicerouter.layout import Settings
 from servicerouter.metrics import Metrics
-from servicerouter.model import App, Options, Service, Task
+from servicerouter.model import App, Mode, Options, Service, Task
 from servicerouter.owners import Owners
 from servicerouter.state import ClusterState
 
@@ -327,3 +327,34 @@ async def test_an_owner_gone_at_a_restart_is_gone_from_the_owners_file_too(
                    marathon_app("/aaa/db", 10003, "2026-02-01"))
     await start(again)
     assert set(again.state.desired) == {"teama_web_10001", "aaa_db_10003"}
+
+
+async def test_the_owners_file_follows_the_ports_of_an_app_swapping_paths(
+        tmp_path: Path) -> None:
+    """Who routes a host and path is kept in the owners file by its backend. An app's
+    two ports that swap their paths (/api moves to the other port) change no owner of a
+    port, a host or a host and path, and the file, written when an owner changes, kept
+    naming the old backends. A deploy that changes none of it writes nothing."""
+    path = tmp_path / "haproxy.cfg.owners.json"
+    engine = daemon(path)
+
+    def shop(api: int, version: str = "2026-01-01") -> App:
+        options = {port: Options(mode=Mode.HTTP, vhosts=("shop.example.com",),
+                                 paths=("/api" if port == api else "/",))
+                   for port in (10001, 10002)}
+        return App("/shop/web", version, services=tuple(
+            Service("/shop/web", i, port, options[port]) for i, port in enumerate(options)),
+            tasks=(Task("shop.1", "/shop/web", "10.0.0.1", (31000, 31001), "TASK_RUNNING"),))
+
+    engine.mark(engine.state.set_app(shop(api=10001)))
+    await engine.step()
+    engine.mark(engine.state.set_app(shop(api=10002)))
+    await engine.step()
+    assert Owners.from_json(path.read_text()).routes == {
+        ("shop.example.com", "/api"): ("shop_web_10002", "/shop/web"),
+        ("shop.example.com", "/"): ("shop_web_10001", "/shop/web")}
+    saved = path.stat().st_mtime_ns
+    path.unlink()
+    engine.mark(engine.state.set_app(shop(api=10002, version="2026-02-01")))
+    await engine.step()
+    assert not path.exists(), saved  # not written again
