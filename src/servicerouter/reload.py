@@ -303,6 +303,7 @@ class ReloadPipeline:
             try:
                 e.writer.write(text)
             except OSError as exc:
+                self.put_back_maps()  # the running config's, beside it (as rejected)
                 return self.failed("write", f"writing the config failed: {exc}")
             # The candidate's maps again: runtime map changes applied while it was
             # validated wrote the running layout's (what differs is repaired after the

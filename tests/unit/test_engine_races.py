@@ -589,6 +589,42 @@ class MapWriter(FakeWriter):
         self.maps.update(files)
 
 
+def map_engine(writer: MapWriter, runtime: MapRuntime | None = None) -> Engine:
+    """Range mode (as range_engine) with a MapWriter, started on nothing yet."""
+    runtime = runtime or MapRuntime()
+    settings = Settings(stats_port=0, grace_ms=0, service_port_range=(20000, 20099),
+                        map_dir="/nonexistent/maps", pool_spares=2, http_port=8080)
+    engine = Engine(EngineConfig(settings=settings, min_reload_interval=0.0), None,
+                    runtime, writer, FakeReloader(), Metrics(),  # type: ignore[arg-type]
+                    lambda host: host)
+    runtime.engine = engine
+    engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
+    return engine
+
+
+async def test_a_candidate_whose_config_cannot_be_written_leaves_the_running_maps(
+        ) -> None:
+    """Range mode: a reload writes the candidate's map files (haproxy -c reads them),
+    then its config. When the config cannot be written (a full disk), the running config
+    keeps serving, and beside it were the candidate's maps: a worker HAProxy's master
+    restarts reads them, with the running config (the candidate's ports sent to backends
+    it may not have). A rejected candidate or a failed reload put them back already."""
+    writer = MapWriter()
+    engine = map_engine(writer)
+    engine.mark(engine.state.set_app(range_app("/web", 20001, 1)))
+    await engine.step()
+
+    def full(text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer.write = full  # type: ignore[method-assign]
+    for i in range(2, 6):  # more new apps than spares: a reload refills the pool
+        engine.mark(engine.state.set_app(range_app(f"/new{i}", 20000 + i, i)))
+    await engine.step()
+    assert engine.reload_pipeline.failing is not None
+    assert writer.maps == pool.map_files(engine.layout, engine.config.settings)
+
+
 async def test_a_new_app_mapped_while_haproxy_reloads_leaves_the_candidates_maps_alone(
         ) -> None:
     """Range mode: while HAProxy loads a candidate, its new worker reads the candidate's
