@@ -70,6 +70,10 @@ async def take_over(engine: Engine) -> bool:
                  ours[first] if first < len(ours) else None)
         return False
     engine.layout, engine.running_config = layout, running
+    # The maps beside the file are the last daemon's layout's: apps redefined meanwhile
+    # (a host gone) differ in them, not in the file. HAProxy's are repaired by the
+    # reconcile below; a worker restarted from the files must read the same.
+    engine.write_maps(layout)
     engine.haproxy_answered(True)
     engine.guard.served(running)
     log.info("adopted the running HAProxy: %d services, %d endpoints in their slots, "

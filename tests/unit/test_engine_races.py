@@ -28,6 +28,7 @@ from servicerouter.layout import Settings
 from servicerouter.marathon.events import MarathonEvent
 from servicerouter.metrics import Metrics
 from servicerouter.model import App, Mode, Options, Service, Task
+from servicerouter.takeover import take_over
 
 from .payloads import LOADABLE_PEM
 from .test_engine import (
@@ -588,6 +589,9 @@ class MapWriter(FakeWriter):
     def write_maps(self, directory: str, files: dict[str, str]) -> None:
         self.maps.update(files)
 
+    def read_map_file(self, directory: str, name: str) -> str | None:
+        return self.maps.get(name)
+
 
 def map_engine(writer: MapWriter, runtime: MapRuntime | None = None) -> Engine:
     """Range mode (as range_engine) with a MapWriter, started on nothing yet."""
@@ -600,6 +604,12 @@ def map_engine(writer: MapWriter, runtime: MapRuntime | None = None) -> Engine:
     runtime.engine = engine
     engine.guard.bind_problem = lambda address, port, own=(): None  # no real sockets here
     return engine
+
+
+def site(*vhosts: str) -> App:
+    options = Options(mode=Mode.HTTP, vhosts=vhosts)
+    return App("/site", services=(Service("/site", 0, 20003, options),), tasks=(
+        Task("site1", "/site", "127.0.0.1", (31003,), "TASK_RUNNING"),))
 
 
 async def test_a_candidate_whose_config_cannot_be_written_leaves_the_running_maps(
@@ -623,6 +633,28 @@ async def test_a_candidate_whose_config_cannot_be_written_leaves_the_running_map
     await engine.step()
     assert engine.reload_pipeline.failing is not None
     assert writer.maps == pool.map_files(engine.layout, engine.config.settings)
+
+
+async def test_a_takeover_writes_the_maps_of_what_it_adopts() -> None:
+    """Range mode: a restarted daemon adopts the running HAProxy when its config has
+    the shape the daemon would render; a host an app dropped while the daemon was down
+    is in the map files only. Adopted, the files kept routing it: the reconcile that
+    follows repaired HAProxy's runtime map, but a worker restarted by HAProxy's master
+    read the files and routed it again (a worker check later, until the next repair)."""
+    writer, runtime = MapWriter(), MapRuntime()
+    engine = map_engine(writer, runtime)
+    engine.mark(engine.state.set_app(site("site.test", "www.site.test")))
+    await engine.step()
+    assert "site.test" in writer.maps[pool.HOSTS_MAP]
+    restarted = MapRuntime()
+    restarted.servers = await runtime.show_servers_state()  # as HAProxy serves them
+    restarted.maps = {pool.map_path(engine.config.settings, name): entries for name, entries
+                      in pool.used_maps(engine.layout, engine.config.settings).items()}
+    again = map_engine(writer, restarted)
+    again.state.set_app(site("www.site.test"))  # site.test dropped meanwhile
+    assert await take_over(again)  # no reload
+    assert writer.maps == pool.map_files(again.layout, again.config.settings)
+    assert "site.test site_20003" not in writer.maps[pool.HOSTS_MAP].splitlines()
 
 
 async def test_a_new_app_mapped_while_haproxy_reloads_leaves_the_candidates_maps_alone(
