@@ -284,6 +284,9 @@ class ReloadPipeline:
                                "config keeps serving")
         forced = {ReloadReason.RUNTIME_ERROR.value, ReloadReason.MANUAL.value}
         if text == e.running_config and not forced & {str(r) for r in pending.values()}:
+            # No reload: the files stay those of the layout HAProxy runs (the same text
+            # can come with other maps, in range mode).
+            self.put_back_maps()
             for name, why in pending.items():  # what changed was left out: HAProxy has
                 if e.pending.get(name) == why:  # the rest already
                     del e.pending[name]
