@@ -58,6 +58,22 @@ def waiting_on(silent_marathon: socket.socket, tmp_path: Path, command: str) -> 
             "--haproxy-socket", str(tmp_path / "admin.sock"), *where]
 
 
+
+def beside_haproxy(tmp_path: Path, simulator: Simulator
+                   ) -> tuple[Path, Path, tuple[str, ...], Proc]:
+    """A ``sync`` beside an HAProxy of its own (not started yet) on an empty config in
+    ``tmp_path``: the config, HAProxy's master socket, sync's arguments but the reload's,
+    and the HAProxy."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(EMPTY_CFG)
+    master = tmp_path / "master.sock"
+    common = ("sync", "--marathon", simulator.url, "--haproxy-config", str(config),
+              "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
+              "--http-port", "0", "--https-port", "0")
+    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
+                   tmp_path / "haproxy.log")
+    return config, master, common, haproxy
+
 @contextlib.contextmanager
 def stopped_in_the_end(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
     try:
@@ -260,15 +276,8 @@ def test_a_sync_stopped_after_haproxy_reloaded_keeps_the_new_config(
     the old file back: HAProxy served the new config, the file said the old one, and the
     next sync reloaded again. One last look at the master decides: it reloaded, so the
     new file stays."""
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(EMPTY_CFG)
-    master = tmp_path / "master.sock"
-    common = ("sync", "--marathon", simulator.url, "--haproxy-config", str(config),
-              "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
-              "--http-port", "0", "--https-port", "0")
+    config, master, common, haproxy = beside_haproxy(tmp_path, simulator)
     port, live = simulator.launch("/stop/web", 2)
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
-                   tmp_path / "haproxy.log")
     with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
                                what="HAProxy's master socket")):
         holding = HoldingMaster(tmp_path / "holding.sock", master)
@@ -307,16 +316,9 @@ def test_a_sync_killed_before_haproxy_reloaded_is_not_taken_for_applied_by_the_n
     loaded. The next sync found the file equal to its render and did nothing, for ever:
     the app stayed unrouted until some other change. ``<config>.unconfirmed`` (the
     daemon's marker) is there from the first change on; the next sync reloads."""
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(EMPTY_CFG)
-    master = tmp_path / "master.sock"
+    config, master, common, haproxy = beside_haproxy(tmp_path, simulator)
     marker = tmp_path / "haproxy.cfg.unconfirmed"
-    common = ("sync", "--marathon", simulator.url, "--haproxy-config", str(config),
-              "--haproxy-socket", str(tmp_path / "admin.sock"), "--stats-port", "0",
-              "--http-port", "0", "--https-port", "0")
     port, live = simulator.launch("/killed/web", 2)
-    haproxy = Proc("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-S", str(master)],
-                   tmp_path / "haproxy.log")
     pid_file = tmp_path / "reload.pid"
     hang = f"echo $$ > {pid_file}; exec sleep 600"
     with running(haproxy.start(lambda: master.exists() and master_reloads(master) == 0,
