@@ -74,6 +74,14 @@ def beside_haproxy(tmp_path: Path, simulator: Simulator
                    tmp_path / "haproxy.log")
     return config, master, common, haproxy
 
+
+def sync_once(common: tuple[str, ...], master: Path) -> subprocess.CompletedProcess[str]:
+    """One more ``sync`` with ``common``'s arguments, reloading through ``master``."""
+    return subprocess.run([PYTHON, "-m", "servicerouter", *common,
+                           "--haproxy-master-socket", str(master)],
+                          capture_output=True, text=True, timeout=90,
+                          stdin=subprocess.DEVNULL, check=False)
+
 @contextlib.contextmanager
 def stopped_in_the_end(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
     try:
@@ -300,10 +308,7 @@ def test_a_sync_stopped_after_haproxy_reloaded_keeps_the_new_config(
         wait_routed(port, live)  # HAProxy serves the new config ...
         assert f":{port}" in config.read_text()  # ... and the file is that config
         # So the next sync has nothing to do: no reload, nothing said.
-        again = subprocess.run([PYTHON, "-m", "servicerouter", *common,
-                                "--haproxy-master-socket", str(master)],
-                               capture_output=True, text=True, timeout=90,
-                               stdin=subprocess.DEVNULL, check=False)
+        again = sync_once(common, master)
         assert (again.returncode, again.stdout) == (0, ""), again.stderr
         assert master_reloads(master) == 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -336,10 +341,7 @@ def test_a_sync_killed_before_haproxy_reloaded_is_not_taken_for_applied_by_the_n
         assert proc.returncode == -signal.SIGKILL
         assert marker.exists(), "a change HAProxy was never seen to load, unmarked"
         assert master_reloads(master) == 0
-        again = subprocess.run([PYTHON, "-m", "servicerouter", *common,
-                                "--haproxy-master-socket", str(master)],
-                               capture_output=True, text=True, timeout=90,
-                               stdin=subprocess.DEVNULL, check=False)
+        again = sync_once(common, master)
         assert again.returncode == 0, again.stderr
         assert "HAProxy reloaded" in again.stdout, (again.stdout, again.stderr)
         assert "haproxy.cfg.unconfirmed is there" in again.stderr, again.stderr
@@ -347,9 +349,6 @@ def test_a_sync_killed_before_haproxy_reloaded_is_not_taken_for_applied_by_the_n
         wait_routed(port, live)
         assert not marker.exists()
         # Confirmed: the run after that has nothing to do.
-        third = subprocess.run([PYTHON, "-m", "servicerouter", *common,
-                                "--haproxy-master-socket", str(master)],
-                               capture_output=True, text=True, timeout=90,
-                               stdin=subprocess.DEVNULL, check=False)
+        third = sync_once(common, master)
         assert (third.returncode, third.stdout) == (0, ""), third.stderr
         assert master_reloads(master) == 1

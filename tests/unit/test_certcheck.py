@@ -48,6 +48,16 @@ def logging_haproxy(tmp_path: Path, crash_on: str | None = None
     return str(wrapper), asked
 
 
+
+def pem_files(tmp_path: Path, count: int, text: str) -> list[Path]:
+    """``count`` certificate files holding ``text``, in ``tmp_path``/certs."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    files = [certs / f"c{i}.pem" for i in range(count)]
+    for f in files:
+        f.write_text(text)
+    return files
+
 def apps_naming(files: list[Path]) -> list[App]:
     return [App(f"/t/a{i}", services=(Service(f"/t/a{i}", 0, 10000 + i,
                                               Options(ssl_cert=str(f))),))
@@ -71,11 +81,7 @@ def test_one_haproxy_check_judges_every_file_a_sync_needs_it_for(tmp_path: Path)
     loop: 1,000 apps with their own certificates (all of them, with OCSP stapling)
     stalled the first sync, churn and /healthz for 40 s."""
     haproxy, asked = logging_haproxy(tmp_path)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = [certs / f"c{i}.pem" for i in range(40)]
-    for f in files:
-        f.write_text(TAKEN)
+    files = pem_files(tmp_path, 40, TAKEN)
     facts = gathered(files, haproxy)
     assert {f.path for f in facts.values()} == {str(f) for f in files}
     assert asked() == [40]
@@ -90,11 +96,7 @@ def test_a_bad_file_among_good_ones_is_refused_alone_in_haproxys_words(
     without it: HAProxy stops checking after a fatal error), and so is every good file
     beside a tenant's many broken ones (HAProxy stops at its 50th fatal error)."""
     haproxy, asked = logging_haproxy(tmp_path)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = [certs / f"c{i}.pem" for i in range(21)]
-    for f in files:
-        f.write_text(TAKEN)
+    files = pem_files(tmp_path, 21, TAKEN)
     bad = files[10]
     bad.write_text(UNLOADABLE_PEM)
     facts = gathered(files, haproxy)
@@ -126,12 +128,8 @@ def test_a_batch_that_fails_naming_no_file_is_split_until_it_does(tmp_path: Path
     .sctl) blames no line: the files are checked in halves, down to the one, which is
     refused as "cannot be checked" (fail closed, asked again next time) and the others
     admitted, in a bounded number of checks."""
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = [certs / f"c{i}.pem" for i in range(16)]
-    for f in files:
-        f.write_text(TAKEN)
-    crash = certs / "crash.pem"
+    files = pem_files(tmp_path, 16, TAKEN)
+    crash = files[0].parent / "crash.pem"
     crash.write_text(TAKEN)
     files[5] = crash
     haproxy, asked = logging_haproxy(tmp_path, crash_on="crash.pem")
@@ -155,11 +153,9 @@ def test_a_refreshed_ocsp_response_is_not_a_new_question(tmp_path: Path) -> None
     .issuer that must be that issuer). So the .ocsp's content is no part of the
     question, and a .issuer without a .ocsp (which HAProxy does not read) asks none."""
     haproxy, asked = logging_haproxy(tmp_path)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = [certs / f"c{i}.pem" for i in range(10)]
+    files = pem_files(tmp_path, 10, PEM)
+    certs = files[0].parent
     for i, f in enumerate(files):
-        f.write_text(PEM)
         Path(f"{f}.issuer").write_text(ISSUER)
         Path(f"{f}.ocsp").write_bytes(b"response of day 1 %d" % i)
     facts = gathered(files, haproxy)
@@ -198,11 +194,7 @@ def test_a_refreshed_ocsp_response_is_not_a_new_question(tmp_path: Path) -> None
 
 def test_haproxy_asked_in_batches_fails_closed_when_it_cannot_run(tmp_path: Path) -> None:
     """Every file of the batch is refused, saying why, and asked again next time."""
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = [certs / f"c{i}.pem" for i in range(3)]
-    for f in files:
-        f.write_text(TAKEN)
+    files = pem_files(tmp_path, 3, TAKEN)
     missing = str(tmp_path / "no-haproxy")
     facts = gathered(files, missing)
     assert {f.problem for f in facts.values()} == {
@@ -240,11 +232,7 @@ def test_a_pipe_beside_a_certificate_is_refused_without_asking_haproxy(
     import os
 
     haproxy, asked = logging_haproxy(tmp_path)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    files = [certs / f"c{i}.pem" for i in range(4)]
-    for f in files:
-        f.write_text(TAKEN)
+    files = pem_files(tmp_path, 4, TAKEN)
     os.mkfifo(f"{files[1]}.ocsp")
     facts = gathered(files, haproxy)
     assert facts[str(files[1])].problem == (
