@@ -280,16 +280,22 @@ def _run(batch: Sequence[str], haproxy_bin: str) -> tuple[int, str]:
     try:  # its own session: no terminal for a passphrase prompt; killed at the timeout.
         # (In a worker thread too: the parent-death signal follows the thread that forked,
         # and that thread waits here until the check is over.)
-        proc = subprocess.run([haproxy_bin, "-c", "-f", "/dev/stdin"],
-                              input=(config + "\n").encode(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout,
-                              start_new_session=True,
-                              preexec_fn=pdeathsig(signal.SIGKILL, CHECK_NICE))
-    except subprocess.TimeoutExpired:
-        raise _TimedOut(f"{haproxy_bin} -c timed out after {timeout:.0f}s") from None
+        proc = subprocess.Popen([haproxy_bin, "-c", "-f", "/dev/stdin"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=pdeathsig(signal.SIGKILL, CHECK_NICE))
     except OSError as exc:
         raise _Unasked(f"{haproxy_bin} -c cannot run: {exc.strerror or exc}") from None
-    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+    try:
+        output, _ = proc.communicate((config + "\n").encode(), timeout=timeout)
+    except BaseException as exc:  # the timeout, or a stop: its whole session goes (a
+        with contextlib.suppress(ProcessLookupError):  # --haproxy-bin wrapper's HAProxy
+            os.killpg(proc.pid, signal.SIGKILL)  # child too, which outlived it)
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise _TimedOut(f"{haproxy_bin} -c timed out after {timeout:.0f}s") from None
+        raise
+    return proc.returncode, output.decode("utf-8", "replace")
 
 
 def _blamed(output: str, batch: Sequence[str]) -> dict[str, str]:

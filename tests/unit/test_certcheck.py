@@ -241,3 +241,33 @@ def test_a_pipe_beside_a_certificate_is_refused_without_asking_haproxy(
         "and the reload hang there); it must be a file")
     assert all(facts[str(f)].path == str(f) for f in files if f != files[1])
     assert asked() == [3]
+
+
+def test_a_check_that_times_out_leaves_nothing_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--haproxy-bin may be a wrapper that runs HAProxy as its child. At the timeout only
+    the wrapper was killed: the HAProxy under it (waiting on a file, say) ran on,
+    orphaned, one more each time the file was asked about."""
+    import os
+    import time
+
+    from servicerouter import certcheck
+
+    monkeypatch.setattr(certcheck, "CHECK_TIMEOUT", 0.5)
+    child = tmp_path / "child.pid"
+    wrapper = tmp_path / "haproxy"
+    wrapper.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {child}\nwait\n")
+    wrapper.chmod(0o755)
+    files = pem_files(tmp_path, 1, TAKEN)
+    facts = gathered(files, str(wrapper))
+    assert "timed out" in str(facts[str(files[0])].problem)
+    pid = int(child.read_text())
+    for _ in range(100):  # bounded: the kill is sent before gather returns
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail(f"haproxy -c's child {pid} outlived the check's timeout")

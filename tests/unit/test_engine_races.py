@@ -696,24 +696,25 @@ async def test_a_new_app_mapped_while_haproxy_reloads_leaves_the_candidates_maps
 
 
 class HeldCheck:
-    """``haproxy -c`` of certificate files (``subprocess.run``, in whichever thread runs
+    """``haproxy -c`` of certificate files (``certcheck._run``, in whichever thread runs
     it) held until the test, on the event loop, lets it go. ``loop_ran`` records for
     each check whether the event loop could run meanwhile: not while the check blocks
     it (then the check gives up waiting after 5 s). It answers "valid"."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import subprocess
         import threading
+
+        from servicerouter import certcheck
 
         self.entered, self.go = threading.Event(), threading.Event()
         self.loop_ran: list[bool] = []
 
-        def run(args: Any, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        def run(batch: Any, haproxy_bin: str) -> tuple[int, str]:
             self.entered.set()
             self.loop_ran.append(self.go.wait(5))
-            return subprocess.CompletedProcess(args, 0, b"Configuration file is valid\n")
+            return 0, "Configuration file is valid\n"
 
-        monkeypatch.setattr(subprocess, "run", run)
+        monkeypatch.setattr(certcheck, "_run", run)
 
     async def release(self, meanwhile: Any = None) -> None:
         """Once a check is running: run ``meanwhile`` on the loop, then let it go."""
