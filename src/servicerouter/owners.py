@@ -15,7 +15,6 @@ malformed one is moved to ``<file>.broken`` first, for an operator to read.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 from .haproxy.files import atomic_write
 from .model import shown
+from .sortedlines import SortedLines
 
 log = logging.getLogger("servicerouter.owners")
 
@@ -187,7 +187,7 @@ class OwnersFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._last = Owners(groups=set())
-        self._sections: dict[str, _Lines] = {name: _Lines() for name in _SECTIONS}
+        self._sections: dict[str, SortedLines] = {name: SortedLines() for name in _SECTIONS}
 
     def save(self, owners: Owners) -> bool:
         """Write ``owners`` to the file; False (reported) if it failed."""
@@ -197,7 +197,7 @@ class OwnersFile:
             lines = self._sections[name]
             for thing in {k for k, _ in new.items() ^ old.items()}:
                 lines.set(key(thing), line(thing, new[thing]) if thing in new else None)
-        sections = ",\n".join(f" {json.dumps(name)}: {lines.text(name == 'groups')}"
+        sections = ",\n".join(f" {json.dumps(name)}: {_section(lines, name == 'groups')}"
                                for name, lines in self._sections.items())
         return _write(self.path, f'{{\n "version": {VERSION},\n{sections}\n}}')
 
@@ -222,24 +222,9 @@ _SECTIONS: dict[str, tuple[Callable[[Owners], Mapping[Any, Any]], Callable[[Any]
 }
 
 
-class _Lines:
-    """One section's lines, in the order of their keys."""
-
-    def __init__(self) -> None:
-        self._keys: list[Any] = []
-        self._lines: dict[Any, str] = {}
-
-    def set(self, key: Any, line: str | None) -> None:
-        if line is None:
-            if self._lines.pop(key, None) is not None:
-                del self._keys[bisect.bisect_left(self._keys, key)]
-            return
-        if key not in self._lines:
-            bisect.insort(self._keys, key)
-        self._lines[key] = line
-
-    def text(self, listed: bool) -> str:
-        if not self._keys:
-            return "[]" if listed else "{}"
-        body = ",\n".join(map(self._lines.__getitem__, self._keys))
-        return f"[\n{body}\n ]" if listed else f"{{\n{body}\n }}"
+def _section(lines: SortedLines, listed: bool) -> str:
+    """One section's text: a JSON list (``listed``) or object of its lines."""
+    if not lines:
+        return "[]" if listed else "{}"
+    body = lines.join(",\n")
+    return f"[\n{body}\n ]" if listed else f"{{\n{body}\n }}"

@@ -15,7 +15,6 @@ with pool's over random layouts and changes).
 from __future__ import annotations
 
 import json
-from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -24,32 +23,13 @@ from . import pool
 from .haproxy.render import vhost_routes
 from .layout import BackendShape, Layout, Settings
 from .model import Options
+from .sortedlines import SortedLines
 
 
 def _dot_suffixes(host: str) -> list[str]:
     """The suffixes of ``host`` that start at a dot: what a wildcard route's ``h[1:]``
     must equal to match it (``str.endswith`` in :func:`.pool.host_routes`)."""
     return [host[i:] for i, c in enumerate(host) if c == "."]
-
-
-class _Lines:
-    """Lines of text kept in the order of their keys, as a file is written whole."""
-
-    def __init__(self) -> None:
-        self._keys: list[str] = []
-        self._lines: dict[str, str] = {}
-
-    def set(self, key: str, line: str | None) -> None:
-        if line is None:
-            if self._lines.pop(key, None) is not None:
-                del self._keys[bisect_left(self._keys, key)]
-            return
-        if key not in self._lines:
-            insort(self._keys, key)
-        self._lines[key] = line
-
-    def text(self, separator: str = "") -> str:
-        return separator.join(map(self._lines.__getitem__, self._keys))
 
 
 class RangeIndex:
@@ -64,16 +44,16 @@ class RangeIndex:
         self._came: dict[str, int] = {}  # layout key -> its place in the layout's order
         self._next = 0
         self._ports: dict[str, dict[str, int]] = {}  # port -> map-routed keys naming it
-        self._port_map = _Lines()  # ports.map
+        self._port_map = SortedLines()  # ports.map
         self._spares: dict[Options, dict[str, BackendShape]] = {}  # shape -> free spares
-        self._spare_json = _Lines()  # spares.json's entries
+        self._spare_json = SortedLines()  # spares.json's entries
         self._routes: dict[str, dict[str, Any]] = {}  # key -> its vhost route
         self._named: dict[str, int] = {}  # host (lower case) -> times routes name it
         self._by_host: dict[str, set[str]] = {}  # host (lower case) -> keys of routes naming it
         self._wild: dict[str, int] = {}  # ".example.com" of "*.example.com" -> routes
         self._under: dict[str, set[str]] = {}  # ".example.com" -> named hosts under it
         self.hosts: dict[str, str] = {}  # the host map: host -> backend
-        self._host_map = _Lines()  # hosts.map
+        self._host_map = SortedLines()  # hosts.map
         for key, shape in layout.items():
             self.put(key, shape)
 
@@ -218,8 +198,8 @@ class RangeIndex:
 
     def map_files(self) -> dict[str, str]:
         """:func:`.pool.map_files` of the layout."""
-        return {pool.PORTS_MAP: self._port_map.text(), pool.HOSTS_MAP: self._host_map.text(),
-                pool.SPARES_FILE: "{" + self._spare_json.text(", ") + "}\n"}
+        return {pool.PORTS_MAP: self._port_map.join(), pool.HOSTS_MAP: self._host_map.join(),
+                pool.SPARES_FILE: "{" + self._spare_json.join(", ") + "}\n"}
 
     def host_change(self, changes: Mapping[str, BackendShape | None]
                     ) -> tuple[bool, dict[str, str], dict[str, str]]:
